@@ -1,0 +1,149 @@
+"""Canonical JSON (RFC 8785, restricted by SPEC §2.1) and the strict decoder for outside input.
+
+This is the one module that makes the bytes that are hashed or signed. The restricted value
+space (objects with `[a-z][a-z0-9_]*` keys, strings, integers, booleans, null, arrays) makes RFC
+8785 coincide with `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`:
+keys are ASCII, so UTF-16 ordering is byte ordering; integers print as ECMAScript does; and
+Python escapes exactly the characters JCS escapes (`"`, `\\`, and U+0000..U+001F, using the
+short forms for \\b \\f \\n \\r \\t). The test suite checks this against the `rfc8785` package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from ledger.errors import DecodeError, LedgerError
+from ledger.limits import JSON_DEPTH_MAX, JSON_INTEGER_MAX
+
+KEY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+JSON = Any
+"""A decoded JSON value: dict, list, str, int, bool or None (never float)."""
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+
+
+def canonical(value: JSON) -> bytes:
+    """The RFC 8785 bytes of `value`, which must lie in the SPEC §2.1 value space."""
+    _check_value(value, 0, signed=True)
+    return _encoder.encode(value).encode("utf-8")
+
+
+def canonical_unchecked(value: JSON) -> bytes:
+    """`canonical` for values the ledger built itself and already validated (hot path)."""
+    return _encoder.encode(value).encode("utf-8")
+
+
+def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
+    if isinstance(value, Mapping | list | tuple) and depth >= JSON_DEPTH_MAX:
+        raise LedgerError(f"nesting deeper than {JSON_DEPTH_MAX}", code="limit_exceeded")
+    if value is None or value is True or value is False:
+        return
+    if isinstance(value, int):
+        low = -JSON_INTEGER_MAX if signed else 0
+        if not low <= value <= JSON_INTEGER_MAX:
+            raise LedgerError(f"integer {value} outside [{low}, {JSON_INTEGER_MAX}]")
+        return
+    if isinstance(value, str):
+        _check_string(value)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not KEY_PATTERN.match(key):
+                raise LedgerError(f"object key {key!r} does not match [a-z][a-z0-9_]*")
+            _check_value(item, depth + 1, signed=signed)
+        return
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        for item in value:
+            _check_value(item, depth + 1, signed=signed)
+        return
+    raise LedgerError(f"{type(value).__name__} is not a canonical JSON value")
+
+
+def _check_string(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DecodeError("string holds a lone surrogate, which is not UTF-8") from error
+
+
+def _reject_float(text: str) -> Any:
+    raise DecodeError(f"number {text} is not an integer (floats and exponents are invalid)")
+
+
+def _reject_constant(text: str) -> Any:
+    raise DecodeError(f"{text} is not JSON")
+
+
+def _parse_int(text: str) -> int:
+    if text.startswith("-"):
+        if text == "-0":
+            raise DecodeError("negative zero is invalid")
+        raise DecodeError(f"negative integer {text} is invalid")
+    if len(text) > 16:
+        raise DecodeError(f"integer {text[:20]}… is outside [0, 2**53 - 1]")
+    number = int(text)
+    if number > JSON_INTEGER_MAX:
+        raise DecodeError(f"integer {number} is outside [0, 2**53 - 1]")
+    return number
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DecodeError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
+    """Decode outside input strictly (SPEC §2.1): UTF-8, no duplicate keys, no floats, integers
+    in [0, 2**53 - 1], nesting at most `max_depth`, no trailing data. Raises `DecodeError`.
+
+    Field-level rules (unknown, missing, types, lengths) are the schema's (`transactions`).
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DecodeError(f"invalid UTF-8 at byte {error.start}") from error
+    else:
+        text = data
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_object_pairs,
+            parse_float=_reject_float,
+            parse_int=_parse_int,
+            parse_constant=_reject_constant,
+        )
+    except DecodeError:
+        raise
+    except json.JSONDecodeError as error:
+        message = f"not JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        raise DecodeError(message) from error
+    except RecursionError as error:
+        raise DecodeError(f"nesting deeper than {max_depth}", code="limit_exceeded") from error
+    _check_decoded(value, 0, max_depth)
+    return value
+
+
+def _check_decoded(value: JSON, depth: int, max_depth: int) -> None:
+    """Nesting and UTF-8 of a decoded value. `depth` counts the containers around `value`.
+
+    json.loads turns "\\ud800" escapes into lone surrogates; such a string has no UTF-8 form.
+    """
+    if isinstance(value, str):
+        _check_string(value)
+    elif isinstance(value, dict | list):
+        if depth >= max_depth:
+            raise DecodeError(f"nesting deeper than {max_depth}", code="limit_exceeded")
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            _check_decoded(item, depth + 1, max_depth)

@@ -1,0 +1,774 @@
+"""The state transition: `apply_block(state, block) -> state`, pure and atomic (SPEC §3, §5.2).
+
+Every transaction is checked completely before it writes anything, so a rejected transaction
+changes nothing; a block is applied to a private working copy, so a rejected block leaves its
+input untouched. `build_block` is the proposer's side of the same code: it leaves out what
+fails and returns the block, the new state and the rejections. After every block, for each
+batch it touched, the lots must partition the batch's serial range exactly and
+`issued = circulating + retired + invalidated` (SPEC §3.4); a violation is a bug and raises
+`AssertionError`.
+
+Lots move lowest serial first. A lot is a maximal range of one batch with one owner and one
+status; moving part of one splits it, and adjacent circulating lots of one owner are merged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.blocks import (
+    Block,
+    Certificate,
+    Header,
+    compute_evidence_hash,
+    compute_validators_hash,
+    verify_certificate,
+)
+from ledger.crypto import ZERO_HASH_HEX, compute_account_id
+from ledger.errors import InvalidBlockError, InvalidProofError, LedgerError, TransactionRejected
+from ledger.limits import JSON_INTEGER_MAX
+from ledger.merkle import leaf_hash
+from ledger.state import BlockDelta, State, holding_key
+from ledger.transactions import AUTHORITY_TYPES, Envelope, verify_envelope_signatures
+
+CIRCULATING = "circulating"
+RETIRED = "retired"
+INVALIDATED = "invalidated"
+
+
+def _reject(code: str, message: str) -> TransactionRejected:
+    return TransactionRejected(code, message)
+
+
+class _Work:
+    """A block in progress: reads fall through to the base state; writes stay here."""
+
+    def __init__(self, base: State, *, height: int, time: int) -> None:
+        self.base = base
+        self.height = height
+        self.time = time
+        self.changes: dict[str, Any] = {}
+        self.batch_lots: dict[str, list[int]] = {}
+        self.holdings: dict[str, list[int]] = {}
+        self.batch_count = base.batch_count
+        self.next_serial = base.next_serial
+        self.touched_batches: set[str] = set()
+        self.next_validators: Any = None
+
+    def get(self, key: str) -> Any:
+        if key in self.changes:
+            return self.changes[key]
+        return self.base.entries.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.changes[key] = value
+
+    def delete(self, key: str) -> None:
+        self.changes[key] = None
+
+    def lots(self, batch_id: str) -> list[int]:
+        starts = self.batch_lots.get(batch_id)
+        if starts is None:
+            starts = self.batch_lots[batch_id] = list(self.base.batch_lots.get(batch_id, ()))
+        return starts
+
+    def holding(self, batch_id: str, owner: str) -> list[int]:
+        key = holding_key(batch_id, owner)
+        starts = self.holdings.get(key)
+        if starts is None:
+            starts = self.holdings[key] = list(self.base.holdings.get(key, ()))
+        return starts
+
+    def circulating_quantity(self, batch_id: str, owner: str) -> int:
+        return sum(
+            self.get(f"lot/{batch_id}/{start}")["quantity"]
+            for start in self.holding(batch_id, owner)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    envelope: Envelope
+    work: _Work
+
+    @property
+    def tx(self) -> Any:
+        return self.envelope.tx
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.envelope.tx.payload
+
+
+# --- lots -------------------------------------------------------------------------------------
+
+
+def _add_lot(work: _Work, lot: dict[str, Any]) -> None:
+    batch_id, start = lot["batch_id"], lot["first_serial"]
+    work.put(f"lot/{batch_id}/{start}", lot)
+    bisect.insort(work.lots(batch_id), start)
+    if lot["status"] == CIRCULATING:
+        bisect.insort(work.holding(batch_id, lot["owner"]), start)
+
+
+def _remove_lot(work: _Work, batch_id: str, start: int) -> dict[str, Any]:
+    lot: dict[str, Any] = work.get(f"lot/{batch_id}/{start}")
+    work.delete(f"lot/{batch_id}/{start}")
+    starts = work.lots(batch_id)
+    del starts[bisect.bisect_left(starts, start)]
+    if lot["status"] == CIRCULATING:
+        holding = work.holding(batch_id, lot["owner"])
+        del holding[bisect.bisect_left(holding, start)]
+    return lot
+
+
+def _lot(batch_id: str, start: int, quantity: int, owner: str, status: str) -> dict[str, Any]:
+    return {
+        "batch_id": batch_id,
+        "first_serial": start,
+        "quantity": quantity,
+        "owner": owner,
+        "status": status,
+        "retirement_id": None,
+    }
+
+
+def _merge_circulating(work: _Work, batch_id: str, start: int) -> None:
+    """Merge the circulating lot at `start` with circulating neighbours of the same owner."""
+    lot = work.get(f"lot/{batch_id}/{start}")
+    starts = work.lots(batch_id)
+    index = bisect.bisect_left(starts, start)
+    if index > 0:
+        before = work.get(f"lot/{batch_id}/{starts[index - 1]}")
+        if before["status"] == CIRCULATING and before["owner"] == lot["owner"]:
+            _remove_lot(work, batch_id, start)
+            _remove_lot(work, batch_id, before["first_serial"])
+            lot = {**before, "quantity": before["quantity"] + lot["quantity"]}
+            _add_lot(work, lot)
+            start = lot["first_serial"]
+            index -= 1
+    if index + 1 < len(starts):
+        after = work.get(f"lot/{batch_id}/{starts[index + 1]}")
+        if after["status"] == CIRCULATING and after["owner"] == lot["owner"]:
+            _remove_lot(work, batch_id, after["first_serial"])
+            _remove_lot(work, batch_id, start)
+            _add_lot(work, {**lot, "quantity": lot["quantity"] + after["quantity"]})
+
+
+def _move(
+    work: _Work,
+    batch_id: str,
+    owner: str,
+    quantity: int,
+    *,
+    to: str,
+    status: str,
+    retirement_id: str | None = None,
+) -> list[list[int]]:
+    """Move `owner`'s lowest `quantity` circulating serials of the batch; returns the ranges
+    moved as [first, last] pairs. The caller has checked that `owner` holds enough."""
+    remaining = quantity
+    moved: list[list[int]] = []
+    for start in list(work.holding(batch_id, owner)):
+        lot = _remove_lot(work, batch_id, start)
+        take = min(lot["quantity"], remaining)
+        if take < lot["quantity"]:
+            _add_lot(
+                work, {**lot, "first_serial": start + take, "quantity": lot["quantity"] - take}
+            )
+        new = _lot(batch_id, start, take, to, status)
+        new["retirement_id"] = retirement_id
+        _add_lot(work, new)
+        if status == CIRCULATING:
+            _merge_circulating(work, batch_id, start)
+        moved.append([start, start + take - 1])
+        remaining -= take
+        if remaining == 0:
+            break
+    assert remaining == 0, "caller must check the holding first"
+    work.touched_batches.add(batch_id)
+    return moved
+
+
+def _check_holding(work: _Work, batch_id: str, owner: str, quantity: int) -> None:
+    held = work.circulating_quantity(batch_id, owner)
+    if held < quantity:
+        raise _reject(
+            "insufficient_credits",
+            f"{owner} holds {held} circulating units of {batch_id}, {quantity} needed",
+        )
+
+
+def _ensure_account(work: _Work, account_id: str) -> None:
+    """An account comes into existence when it first receives credits (SPEC §3.1)."""
+    if work.get(f"account/{account_id}") is None:
+        work.put(
+            f"account/{account_id}", {"keys": [], "threshold": 0, "nonce": 0, "status": "active"}
+        )
+
+
+def _check_not_suspended(work: _Work, account_id: str, role: str) -> None:
+    account = work.get(f"account/{account_id}")
+    if account is not None and account["status"] == "suspended":
+        raise _reject("account_suspended", f"{role} {account_id} is suspended")
+
+
+def _batch(work: _Work, batch_id: str) -> dict[str, Any]:
+    batch = work.get(f"batch/{batch_id}")
+    if batch is None:
+        raise _reject("unknown_batch", f"no batch {batch_id}")
+    return dict(batch)
+
+
+# --- the transaction types (SPEC §3.2, §3.3): every check first, then every write -------------
+
+
+def _register_methodology(ctx: _Context) -> None:
+    p, work = ctx.payload, ctx.work
+    key = f"methodology/{p['methodology_id']}"
+    if work.get(key) is not None:
+        raise _reject("already_exists", f"methodology {p['methodology_id']} is registered")
+    work.put(key, {**p, "height": work.height})
+
+
+def _accredit_certifier(ctx: _Context) -> None:
+    p, work = ctx.payload, ctx.work
+    for methodology_id in p["methodologies"]:
+        if work.get(f"methodology/{methodology_id}") is None:
+            raise _reject("unknown_methodology", f"methodology {methodology_id} is not registered")
+    work.put(
+        f"certifier/{p['certifier']}",
+        {**p, "height": work.height, "revoked_height": None, "revoke_reason": None},
+    )
+
+
+def _revoke_certifier(ctx: _Context) -> None:
+    p, work = ctx.payload, ctx.work
+    key = f"certifier/{p['certifier']}"
+    certifier = work.get(key)
+    if certifier is None or certifier["revoked_height"] is not None:
+        raise _reject("not_accredited", f"{p['certifier']} holds no accreditation to revoke")
+    work.put(key, {**certifier, "revoked_height": work.height, "revoke_reason": p["reason"]})
+
+
+def _create_program(ctx: _Context) -> None:
+    p, work = ctx.payload, ctx.work
+    key = f"program/{p['program_id']}"
+    if work.get(key) is not None:
+        raise _reject("already_exists", f"programme {p['program_id']} exists")
+    if p["valid_until"] <= work.time:
+        raise _reject("program_expired", f"valid_until {p['valid_until']} is not after {work.time}")
+    work.put(key, {**p, "height": work.height, "retired": 0})
+
+
+def _set_status(ctx: _Context, status: str) -> None:
+    p, work = ctx.payload, ctx.work
+    key = f"account/{p['account']}"
+    account = work.get(key)
+    if account is None:
+        raise _reject("unknown_account", f"no account {p['account']}")
+    if p["account"] == work.base.authority:
+        raise _reject("not_authorized", "the authority cannot suspend or reinstate itself")
+    if account["status"] == status:
+        code = "account_suspended" if status == "suspended" else "account_not_suspended"
+        raise _reject(code, f"account {p['account']} is already {status}")
+    work.put(key, {**account, "status": status})
+
+
+def _suspend_account(ctx: _Context) -> None:
+    _set_status(ctx, "suspended")
+
+
+def _reinstate_account(ctx: _Context) -> None:
+    _set_status(ctx, "active")
+
+
+def _set_validators(ctx: _Context) -> None:
+    validators = sorted(ctx.payload["validators"], key=lambda v: v["public_key"])
+    ctx.work.next_validators = validators  # governs H+2: written when the block is finished
+
+
+def _overlaps(a_start: str, a_end: str, b_start: str, b_end: str) -> bool:
+    return a_start < b_end and b_start < a_end  # ISO dates order as strings; ends exclusive
+
+
+def _issue(ctx: _Context) -> None:
+    p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
+    certifier = work.get(f"certifier/{signer}")
+    if certifier is None or certifier["revoked_height"] is not None:
+        raise _reject("not_accredited", f"{signer} is not an accredited certifier")
+    if not certifier["valid_from"] <= work.time < certifier["valid_until"]:
+        raise _reject(
+            "not_accredited",
+            f"block time {work.time} is outside the accreditation "
+            f"[{certifier['valid_from']}, {certifier['valid_until']})",
+        )
+    methodology_id = p["methodology_id"]
+    if work.get(f"methodology/{methodology_id}") is None:
+        raise _reject("unknown_methodology", f"methodology {methodology_id} is not registered")
+    if methodology_id not in certifier["methodologies"]:
+        raise _reject(
+            "methodology_not_in_scope", f"{methodology_id} is not in {signer}'s accreditation"
+        )
+    for recipient in p["recipients"]:
+        _check_not_suspended(work, recipient["account"], "recipient")
+    issuance_key = f"issuance/{methodology_id}/{p['project_id']}"
+    earlier = work.get(issuance_key) or []
+    for entry in earlier:
+        if _overlaps(
+            entry["period_start"], entry["period_end"], p["period_start"], p["period_end"]
+        ):
+            batch = work.get(f"batch/{entry['batch_id']}")
+            if batch["issued"] > batch["invalidated"]:
+                raise _reject(
+                    "double_issuance",
+                    f"{entry['batch_id']} already credits {p['project_id']} for "
+                    f"{entry['period_start']}..{entry['period_end']}",
+                )
+    total = sum(recipient["quantity"] for recipient in p["recipients"])
+    first = work.next_serial
+    if first + total - 1 > JSON_INTEGER_MAX:
+        raise _reject("limit_exceeded", "the chain's serial numbers would pass 2**53 - 1")
+
+    work.batch_count += 1
+    batch_id = f"B-{work.batch_count}"
+    work.next_serial = first + total
+    work.put(
+        f"batch/{batch_id}",
+        {
+            "batch_id": batch_id,
+            "methodology_id": methodology_id,
+            "project_id": p["project_id"],
+            "period_start": p["period_start"],
+            "period_end": p["period_end"],
+            "evidence_sha256": p["evidence_sha256"],
+            "certifier": signer,
+            "first_serial": first,
+            "issued": total,
+            "circulating": total,
+            "retired": 0,
+            "invalidated": 0,
+            "memo": p.get("memo"),
+            "tx_id": ctx.envelope.tx_id,
+            "height": work.height,
+            "time": work.time,
+        },
+    )
+    work.put(
+        issuance_key,
+        [
+            *earlier,
+            {
+                "batch_id": batch_id,
+                "period_start": p["period_start"],
+                "period_end": p["period_end"],
+            },
+        ],
+    )
+    start = first
+    for recipient in p["recipients"]:
+        _ensure_account(work, recipient["account"])
+        _add_lot(
+            work, _lot(batch_id, start, recipient["quantity"], recipient["account"], CIRCULATING)
+        )
+        _merge_circulating(work, batch_id, start)
+        start += recipient["quantity"]
+    work.touched_batches.add(batch_id)
+
+
+def _transfer(ctx: _Context) -> None:
+    p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
+    if p["to"] == signer:
+        raise _reject("self_transfer", "a transfer must go to another account")
+    batch = _batch(work, p["batch_id"])
+    _check_not_suspended(work, p["to"], "recipient")
+    _check_holding(work, p["batch_id"], signer, p["quantity"])
+    _ensure_account(work, p["to"])
+    _move(work, batch["batch_id"], signer, p["quantity"], to=p["to"], status=CIRCULATING)
+
+
+def _retire(ctx: _Context) -> None:
+    p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
+    batch = _batch(work, p["batch_id"])
+    program = None
+    if "program_id" in p:
+        program = work.get(f"program/{p['program_id']}")
+        if program is None:
+            raise _reject("unknown_program", f"no programme {p['program_id']}")
+        if program["valid_until"] <= work.time:
+            raise _reject("program_expired", f"programme {p['program_id']} has ended")
+    _check_holding(work, p["batch_id"], signer, p["quantity"])
+    tx_id = ctx.envelope.tx_id
+    serials = _move(
+        work, p["batch_id"], signer, p["quantity"], to=signer, status=RETIRED, retirement_id=tx_id
+    )
+    work.put(
+        f"batch/{p['batch_id']}",
+        {
+            **batch,
+            "circulating": batch["circulating"] - p["quantity"],
+            "retired": batch["retired"] + p["quantity"],
+        },
+    )
+    if program is not None:
+        work.put(
+            f"program/{p['program_id']}", {**program, "retired": program["retired"] + p["quantity"]}
+        )
+    work.put(
+        f"retirement/{tx_id}",
+        {
+            "retirement_id": tx_id,
+            "holder": signer,
+            "batch_id": p["batch_id"],
+            "serials": serials,
+            "quantity": p["quantity"],
+            "beneficiary": p["beneficiary"],
+            "purpose": p["purpose"],
+            "program_id": p.get("program_id"),
+            "jurisdiction": p.get("jurisdiction"),
+            "memo": p.get("memo"),
+            "height": work.height,
+            "time": work.time,
+        },
+    )
+
+
+def _invalidate(ctx: _Context) -> None:
+    p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
+    batch = _batch(work, p["batch_id"])
+    if signer not in (work.base.authority, batch["certifier"]):
+        raise _reject(
+            "not_authorized", "only the authority or the batch's certifier may invalidate it"
+        )
+    _check_holding(work, p["batch_id"], p["holder"], p["quantity"])
+    _move(work, p["batch_id"], p["holder"], p["quantity"], to=p["holder"], status=INVALIDATED)
+    work.put(
+        f"batch/{p['batch_id']}",
+        {
+            **batch,
+            "circulating": batch["circulating"] - p["quantity"],
+            "invalidated": batch["invalidated"] + p["quantity"],
+        },
+    )
+
+
+def _set_keys(ctx: _Context) -> None:
+    p, work = ctx.payload, ctx.work
+    key = f"account/{ctx.tx.signer}"
+    account = work.get(key) or {"nonce": 0, "status": "active"}
+    work.put(key, {**account, "keys": sorted(p["keys"]), "threshold": p["threshold"]})
+
+
+_HANDLERS: dict[str, Callable[[_Context], None]] = {
+    "register_methodology": _register_methodology,
+    "accredit_certifier": _accredit_certifier,
+    "revoke_certifier": _revoke_certifier,
+    "create_program": _create_program,
+    "suspend_account": _suspend_account,
+    "reinstate_account": _reinstate_account,
+    "set_validators": _set_validators,
+    "issue": _issue,
+    "transfer": _transfer,
+    "retire": _retire,
+    "invalidate": _invalidate,
+    "set_keys": _set_keys,
+}
+
+
+# --- envelope rules (SPEC §3.1) ---------------------------------------------------------------
+
+
+def check_envelope(
+    state_get: Callable[[str], Any],
+    envelope: Envelope,
+    *,
+    chain_id: str,
+    signatures_verified: bool,
+) -> None:
+    """Chain id, the signer's keys and threshold, every signature, and the nonce."""
+    tx = envelope.tx
+    if tx.chain_id != chain_id:
+        raise _reject("wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {chain_id!r}")
+    account = state_get(f"account/{tx.signer}")
+    listed = [signature.public_key for signature in envelope.signatures]
+    if account is not None and account["keys"]:
+        keys, threshold = set(account["keys"]), account["threshold"]
+    else:
+        # Keys not known yet: a single-key account whose id is derived from its key.
+        own = [key for key in listed if compute_account_id([key], 1) == tx.signer]
+        if listed and not own:
+            raise _reject(
+                "unknown_key",
+                f"signer {tx.signer} has no keys on the ledger, and no listed key derives it",
+            )
+        keys, threshold = set(own), 1
+    for key in listed:
+        if key not in keys:
+            raise _reject("unknown_key", f"key {key} is not in the key set of {tx.signer}")
+    if len(listed) < threshold:
+        raise _reject(
+            "insufficient_signatures", f"{len(listed)} signatures, threshold is {threshold}"
+        )
+    if not signatures_verified:
+        try:
+            verify_envelope_signatures(envelope)
+        except LedgerError as error:
+            raise _reject("bad_signature", error.message) from error
+    expected = (account["nonce"] if account is not None else 0) + 1
+    if tx.nonce != expected:
+        raise _reject("bad_nonce", f"nonce {tx.nonce}, expected {expected}")
+
+
+def _apply_transaction(work: _Work, envelope: Envelope, *, signatures_verified: bool) -> None:
+    tx = envelope.tx
+    check_envelope(
+        work.get, envelope, chain_id=work.base.chain_id, signatures_verified=signatures_verified
+    )
+    if tx.type in AUTHORITY_TYPES and tx.signer != work.base.authority:
+        raise _reject("not_authorized", f"{tx.type} is for the registry authority only")
+    if tx.type != "set_keys":
+        _check_not_suspended(work, tx.signer, "signer")
+    _HANDLERS[tx.type](_Context(envelope, work))
+    key = f"account/{tx.signer}"
+    account = work.get(key)
+    if account is None:
+        only_key = envelope.signatures[0].public_key
+        account = {"keys": [only_key], "threshold": 1, "nonce": 0, "status": "active"}
+    elif not account["keys"]:
+        account = {**account, "keys": [envelope.signatures[0].public_key], "threshold": 1}
+    work.put(key, {**account, "nonce": tx.nonce})
+
+
+# --- blocks -----------------------------------------------------------------------------------
+
+
+def _check_conservation(work: _Work) -> None:
+    """SPEC §3.4 on every touched batch: exact partition and conservation of units."""
+    for batch_id in sorted(work.touched_batches):
+        batch = work.get(f"batch/{batch_id}")
+        expected = batch["first_serial"]
+        totals = {CIRCULATING: 0, RETIRED: 0, INVALIDATED: 0}
+        for start in work.lots(batch_id):
+            lot = work.get(f"lot/{batch_id}/{start}")
+            if lot["first_serial"] != expected or lot["quantity"] < 1:
+                raise AssertionError(f"{batch_id}: lots do not partition at serial {expected}")
+            totals[lot["status"]] += lot["quantity"]
+            expected += lot["quantity"]
+        if expected != batch["first_serial"] + batch["issued"]:
+            raise AssertionError(f"{batch_id}: lots end at {expected - 1}, not the batch's end")
+        counters = {status: batch[status] for status in totals}
+        if totals != counters or sum(totals.values()) != batch["issued"]:
+            raise AssertionError(f"{batch_id}: units {totals} do not match counters {counters}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Finished:
+    state: State
+    log_size: int
+    log_root: str
+    state_root: str
+
+
+def _finish(
+    work: _Work, applied: Sequence[Envelope], header_hash_and_time: tuple[str, int]
+) -> _Finished:
+    base = work.base
+    _check_conservation(work)
+    current = base.entries["validators/current"]
+    upcoming = base.entries["validators/next"]
+    # After block H, `current` governs H+1 and `next` governs H+2 (the H+2 rule, SPEC §3.2):
+    # the set that was next moves up, and a set_validators in this block becomes the next one.
+    if upcoming != current:
+        work.put("validators/current", upcoming)
+    if work.next_validators is not None and work.next_validators != upcoming:
+        work.put("validators/next", work.next_validators)
+    changes = work.changes
+    entries = base.entries.mutate()
+    for key, value in changes.items():
+        if value is None:
+            if key in entries:
+                del entries[key]
+        else:
+            entries[key] = value
+    batch_lots = base.batch_lots.mutate()
+    for batch_id, starts in work.batch_lots.items():
+        batch_lots[batch_id] = tuple(starts)
+    holdings = base.holdings.mutate()
+    for key, starts in work.holdings.items():
+        if starts:
+            holdings[key] = tuple(starts)
+        elif key in holdings:
+            del holdings[key]
+    log, nodes = base.log.append([leaf_hash(envelope.leaf) for envelope in applied])
+    tree = base.tree.update(changes.items())
+    head_hash, head_time = header_hash_and_time
+    state = State(
+        chain_id=base.chain_id,
+        genesis_hash=base.genesis_hash,
+        authority=base.authority,
+        params=base.params,
+        height=work.height,
+        head_hash=head_hash,
+        head_time=head_time,
+        last_validators=base.current_validators(),
+        entries=entries.finish(),
+        tree=tree,
+        log=log,
+        batch_lots=batch_lots.finish(),
+        holdings=holdings.finish(),
+        batch_count=work.batch_count,
+        next_serial=work.next_serial,
+        delta=BlockDelta(changes=dict(changes), log_nodes=tuple(nodes)),
+    )
+    return _Finished(
+        state=state, log_size=log.size, log_root=log.root().hex(), state_root=tree.root.hex()
+    )
+
+
+def _check_header_links(state: State, block: Block) -> None:
+    header, height = block.header, block.header.height
+
+    def fail(rule: str, message: str) -> InvalidBlockError:
+        return InvalidBlockError(height, rule, message)
+
+    if header.chain_id != state.chain_id:
+        raise fail("chain_id", f"{header.chain_id!r} is not {state.chain_id!r}")
+    if height != state.height + 1:
+        raise fail("height", f"expected height {state.height + 1}")
+    if header.time <= state.head_time:
+        raise fail("time", f"{header.time} is not after the parent's {state.head_time}")
+    if header.parent_hash != state.head_hash:
+        raise fail("parent_hash", f"{header.parent_hash} is not the parent {state.head_hash}")
+    validators = state.current_validators()
+    if header.validators_hash != compute_validators_hash(validators):
+        raise fail("validators_hash", "does not match the set governing this height")
+    if header.next_validators_hash != compute_validators_hash(state.next_validators()):
+        raise fail("next_validators_hash", "does not match the set governing the next height")
+    if header.proposer not in {v.public_key for v in validators}:
+        raise fail("proposer", f"{header.proposer} is not a validator at this height")
+    if block.evidence:
+        raise fail("evidence", "this version accepts no evidence yet")
+    if header.evidence_hash != compute_evidence_hash(block.evidence):
+        raise fail("evidence_hash", "does not match the block's evidence")
+    if len(block.transactions) > state.params.block_transactions_max:
+        raise fail("block_transactions_max", f"{len(block.transactions)} transactions")
+    if height == 1:
+        if block.last_commit is not None or header.last_commit_hash != ZERO_HASH_HEX:
+            raise fail("last_commit", "block 1 has no last commit")
+        return
+    if block.last_commit is None:
+        raise fail("last_commit", "missing the certificate of the parent")
+    if header.last_commit_hash != block.last_commit.certificate_hash():
+        raise fail("last_commit_hash", "does not match the carried certificate")
+    try:
+        verify_certificate(
+            block.last_commit,
+            chain_id=state.chain_id,
+            height=height - 1,
+            block_hash=state.head_hash,
+            validators=state.last_validators,
+        )
+    except InvalidProofError as error:
+        raise fail("last_commit", error.message) from error
+
+
+def apply_block(state: State, block: Block, *, signatures_verified: bool = False) -> State:
+    """The state after `block`, or `InvalidBlockError` naming the height and the rule.
+
+    Pure: `state` is never modified. `signatures_verified` says the caller has already checked
+    every transaction signature (in parallel); every other rule is checked here.
+    """
+    _check_header_links(state, block)
+    header = block.header
+    work = _Work(state, height=header.height, time=header.time)
+    for envelope in block.transactions:
+        try:
+            _apply_transaction(work, envelope, signatures_verified=signatures_verified)
+        except TransactionRejected as error:
+            raise InvalidBlockError(
+                header.height,
+                error.code,
+                f"transaction {envelope.tx_id}: {error.message}",
+                tx_id=envelope.tx_id,
+            ) from error
+    finished = _finish(work, block.transactions, (header.block_hash(), header.time))
+    for rule, expected in (
+        ("log_size", finished.log_size),
+        ("log_root", finished.log_root),
+        ("state_root", finished.state_root),
+    ):
+        if getattr(header, rule) != expected:
+            raise InvalidBlockError(
+                header.height, rule, f"header says {getattr(header, rule)}, replay gives {expected}"
+            )
+    return finished.state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuiltBlock:
+    block: Block
+    state: State
+    rejected: tuple[tuple[Envelope, TransactionRejected], ...]
+
+
+def build_block(
+    state: State,
+    candidates: Iterable[Envelope],
+    *,
+    time: int,
+    proposer: str,
+    last_commit: Certificate | None,
+    signatures_verified: bool = False,
+) -> BuiltBlock:
+    """The proposer's side: apply what is valid, in order, and leave out what fails."""
+    height = state.height + 1
+    time = max(time, state.head_time + 1)
+    work = _Work(state, height=height, time=time)
+    applied: list[Envelope] = []
+    rejected: list[tuple[Envelope, TransactionRejected]] = []
+    for envelope in candidates:
+        if len(applied) == state.params.block_transactions_max:
+            break
+        try:
+            _apply_transaction(work, envelope, signatures_verified=signatures_verified)
+        except TransactionRejected as error:
+            error.tx_id = envelope.tx_id
+            rejected.append((envelope, error))
+            continue
+        applied.append(envelope)
+    partial = Header(
+        chain_id=state.chain_id,
+        height=height,
+        time=time,
+        parent_hash=state.head_hash,
+        last_commit_hash=ZERO_HASH_HEX if last_commit is None else last_commit.certificate_hash(),
+        log_size=0,
+        log_root=ZERO_HASH_HEX,
+        state_root=ZERO_HASH_HEX,
+        evidence_hash=compute_evidence_hash([]),
+        validators_hash=compute_validators_hash(state.current_validators()),
+        next_validators_hash=compute_validators_hash(state.next_validators()),
+        proposer=proposer,
+    )
+    # The header hash depends on the roots, and the state records the header hash: finish
+    # once with a placeholder, then fill in the roots and fix the head hash.
+    finished = _finish(work, applied, ("", time))
+    header = dataclasses.replace(
+        partial,
+        log_size=finished.log_size,
+        log_root=finished.log_root,
+        state_root=finished.state_root,
+    )
+    block = Block(header=header, transactions=tuple(applied), last_commit=last_commit)
+    new_state = dataclasses.replace(finished.state, head_hash=header.block_hash())
+    return BuiltBlock(block=block, state=new_state, rejected=tuple(rejected))
+
+
+def transaction_date(time_ms: int) -> datetime.date:
+    """The UTC calendar date of a block time, for reports."""
+    return datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.UTC).date()
