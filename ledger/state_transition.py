@@ -714,6 +714,7 @@ class BuiltBlock:
     block: Block
     state: State
     rejected: tuple[tuple[Envelope, TransactionRejected], ...]
+    deferred: tuple[Envelope, ...] = ()
 
 
 def build_block(
@@ -725,20 +726,30 @@ def build_block(
     last_commit: Certificate | None,
     signatures_verified: bool = False,
 ) -> BuiltBlock:
-    """The proposer's side: apply what is valid, in order, and leave out what fails."""
+    """The proposer's side: apply what is valid, in order, and leave out what fails.
+
+    Once a signer's transaction fails, its later candidates are deferred, not rejected: their
+    nonces no longer follow on, but they may once the signer fills the gap.
+    """
     height = state.height + 1
     time = max(time, state.head_time + 1)
     work = _Work(state, height=height, time=time)
     applied: list[Envelope] = []
     rejected: list[tuple[Envelope, TransactionRejected]] = []
+    deferred: list[Envelope] = []
+    failed_signers: set[str] = set()
     for envelope in candidates:
         if len(applied) == state.params.block_transactions_max:
             break
+        if envelope.tx.signer in failed_signers:
+            deferred.append(envelope)
+            continue
         try:
             _apply_transaction(work, envelope, signatures_verified=signatures_verified)
         except TransactionRejected as error:
             error.tx_id = envelope.tx_id
             rejected.append((envelope, error))
+            failed_signers.add(envelope.tx.signer)
             continue
         applied.append(envelope)
     partial = Header(
@@ -766,7 +777,9 @@ def build_block(
     )
     block = Block(header=header, transactions=tuple(applied), last_commit=last_commit)
     new_state = dataclasses.replace(finished.state, head_hash=header.block_hash())
-    return BuiltBlock(block=block, state=new_state, rejected=tuple(rejected))
+    return BuiltBlock(
+        block=block, state=new_state, rejected=tuple(rejected), deferred=tuple(deferred)
+    )
 
 
 def transaction_date(time_ms: int) -> datetime.date:

@@ -1,0 +1,244 @@
+"""Ingest benchmark (issue 2): signed transactions through the pool and the single-validator
+producer into SQLite, with the log root and the state root maintained on every block.
+
+    .venv/bin/python bench/ingest.py [--transactions 20000] [--accounts 1000]
+
+Prints committed tx/s beside the raw single-core Ed25519 verification rate of the fastest
+installed implementation, measured in the same run, and their ratio; the share of block time
+spent keeping both roots; and the peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nacl.bindings
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from consensus.pool import Pool
+from consensus.producer import SoloProducer
+from ledger import merkle, state_tree
+from ledger.blocks import Validator
+from ledger.crypto import PrivateKey
+from ledger.genesis import make_genesis_document, parse_genesis
+from ledger.store import Store
+from ledger.transactions import Envelope, Transaction, sign_transaction
+
+CHAIN_ID = "bench"
+METHODOLOGY = "household-electricity"
+
+
+def raw_verify_rate(seconds: float = 1.0) -> tuple[float, str]:
+    """Single-core Ed25519 verifications per second: libsodium and OpenSSL, the faster."""
+    message = os.urandom(300)
+    seed = os.urandom(32)
+    key = PrivateKey(seed=seed)
+    signature = key.sign(message)
+    rates = {}
+    start = time.perf_counter()
+    count = 0
+    while time.perf_counter() - start < seconds:
+        for _ in range(200):
+            nacl.bindings.crypto_sign_open(signature + message, key.public_key)
+        count += 200
+    rates["libsodium"] = count / (time.perf_counter() - start)
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    start = time.perf_counter()
+    count = 0
+    while time.perf_counter() - start < seconds:
+        for _ in range(200):
+            public.verify(signature, message)
+        count += 200
+    rates["openssl"] = count / (time.perf_counter() - start)
+    best = max(rates, key=lambda name: rates[name])
+    return rates[best], best
+
+
+def make_workload(
+    total: int, accounts: int, seed: int
+) -> tuple[dict, list[Envelope], Validator, PrivateKey]:  # type: ignore[type-arg]
+    rng = random.Random(seed)
+    authority = PrivateKey(seed=hashlib.sha256(b"bench-authority").digest())
+    validator_key = PrivateKey(seed=hashlib.sha256(b"bench-validator").digest())
+    certifier = PrivateKey(seed=hashlib.sha256(b"bench-certifier").digest())
+    holders = [
+        PrivateKey(seed=hashlib.sha256(f"bench-{i}".encode()).digest()) for i in range(accounts)
+    ]
+    validator = Validator(public_key=validator_key.public_key_hex, power=1, name="city")
+    genesis = make_genesis_document(
+        chain_id=CHAIN_ID,
+        genesis_time=1_700_000_000_000,
+        authority_name="authority",
+        authority_keys=[authority.public_key_hex],
+        authority_threshold=1,
+        validators=[validator],
+        methodologies=[
+            {"methodology_id": METHODOLOGY, "name": "Household", "document_sha256": "00" * 32}
+        ],
+    )
+    nonces: dict[str, int] = {}
+
+    def tx(key: PrivateKey, kind: str, payload: dict) -> Envelope:  # type: ignore[type-arg]
+        nonces[key.account_id] = nonces.get(key.account_id, 0) + 1
+        t = Transaction(
+            chain_id=CHAIN_ID,
+            type=kind,
+            signer=key.account_id,
+            nonce=nonces[key.account_id],
+            payload=payload,
+        )
+        return sign_transaction(t, [key])
+
+    envelopes = [
+        tx(
+            authority,
+            "accredit_certifier",
+            {
+                "certifier": certifier.account_id,
+                "name": "certifier",
+                "methodologies": [METHODOLOGY],
+                "valid_from": 0,
+                "valid_until": 4_000_000_000_000,
+            },
+        )
+    ]
+    issues = max(1, total // 100)
+    per_issue = 50
+    holdings: list[list[str]] = [[] for _ in range(accounts)]
+    for n in range(issues):
+        chosen = rng.sample(range(accounts), per_issue)
+        envelopes.append(
+            tx(
+                certifier,
+                "issue",
+                {
+                    "methodology_id": METHODOLOGY,
+                    "project_id": f"meter-{n}",
+                    "period_start": "2026-01-01",
+                    "period_end": "2026-02-01",
+                    "evidence_sha256": hashlib.sha256(str(n).encode()).hexdigest(),
+                    "recipients": [
+                        {"account": holders[i].account_id, "quantity": 10_000} for i in chosen
+                    ],
+                },
+            )
+        )
+        for i in chosen:
+            holdings[i].append(f"B-{n + 1}")
+    funded = [i for i in range(accounts) if holdings[i]]
+    while len(envelopes) < total:
+        i = rng.choice(funded)
+        batch = rng.choice(holdings[i])
+        if rng.random() < 0.7:
+            j = rng.randrange(accounts)
+            while j == i:
+                j = rng.randrange(accounts)
+            envelopes.append(
+                tx(
+                    holders[i],
+                    "transfer",
+                    {"to": holders[j].account_id, "batch_id": batch, "quantity": rng.randint(1, 5)},
+                )
+            )
+        else:
+            envelopes.append(
+                tx(
+                    holders[i],
+                    "retire",
+                    {
+                        "batch_id": batch,
+                        "quantity": rng.randint(1, 3),
+                        "beneficiary": f"household {i}",
+                        "purpose": "voluntary",
+                    },
+                )
+            )
+    return genesis, envelopes, validator, validator_key
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    print(f"preparing {args.transactions} signed transactions over {args.accounts} accounts ...")
+    genesis, envelopes, _, validator_key = make_workload(
+        args.transactions, args.accounts, args.seed
+    )
+    raw, backend = raw_verify_rate()
+
+    roots = Timer()
+    roots.wrap(state_tree.StateTree, "update")
+    roots.wrap(merkle.LogState, "append")
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        ThreadPoolExecutor(os.cpu_count() or 2) as pool,
+    ):
+        store = Store.create(Path(directory), genesis)
+        # One client submits the whole pre-signed workload at once, so the pool is sized for it
+        # (the node's defaults bound what many clients can queue ahead of commit).
+        tx_pool = Pool(capacity=len(envelopes) + 1, nonce_gap_max=len(envelopes), executor=pool)
+        producer = SoloProducer(store, validator_key, pool=tx_pool)
+        chunk = 1000
+        start = time.perf_counter()
+        block_time = 0.0
+        now = parse_genesis(genesis).genesis_time
+        committed = rejected = blocks = 0
+        for offset in range(0, len(envelopes), chunk):
+            answers = producer.submit(envelopes[offset : offset + chunk])
+            rejected += sum(1 for a in answers if a.status == "rejected")
+        while producer.pending_count():
+            now += 1000
+            t0 = time.perf_counter()
+            result = producer.produce(now)
+            block_time += time.perf_counter() - t0
+            if result is None:
+                break
+            blocks += 1
+            committed += len(result.block.transactions)
+            rejected += sum(1 for o in result.outcomes if o.status == "rejected")
+        elapsed = time.perf_counter() - start
+        store.close()
+
+    rate = committed / elapsed
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"committed            {committed} transactions in {blocks} blocks, {rejected} rejected")
+    print(f"ingest rate          {rate:,.0f} tx/s  ({elapsed:.2f} s)")
+    print(f"raw Ed25519 verify   {raw:,.0f} verifications/s on one core ({backend})")
+    print(f"ratio                {rate / raw:.2f}  (goal >= 0.5)")
+    print(f"root upkeep          {roots.seconds / block_time:.1%} of block time  (goal < 20%)")
+    print(f"peak RSS             {rss_mb:,.0f} MB  (goal <= 300 MB at 100,000 transactions)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The pending pool: bounded, deduplicated by `tx_id`, nonce-ordered per account (SPEC §7.2).
+
+- At most `capacity` transactions in all; beyond that `add` raises `mempool_full` (the pool
+  never evicts silently: a caller always learns what was not taken).
+- Per account it holds nonces from the next expected one up to `nonce_gap_max` ahead, and
+  releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`.
+- Signatures are checked on admission, in parallel threads (libsodium releases the GIL), so
+  block building need not check them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ledger.errors import LedgerError, PoolError
+from ledger.limits import POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
+from ledger.transactions import Envelope, verify_envelope_signatures
+
+_PARALLEL_MIN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The pool's answer for one envelope: accepted, or the error that refused it."""
+
+    envelope: Envelope
+    error: LedgerError | None = None
+
+
+def verify_signatures(
+    envelopes: Sequence[Envelope], executor: ThreadPoolExecutor | None
+) -> list[LedgerError | None]:
+    """Each envelope's signature check result, spread over `executor`'s threads."""
+
+    def check(chunk: Sequence[Envelope]) -> list[LedgerError | None]:
+        results: list[LedgerError | None] = []
+        for envelope in chunk:
+            try:
+                verify_envelope_signatures(envelope)
+                results.append(None)
+            except LedgerError as error:
+                results.append(error)
+        return results
+
+    if executor is None or len(envelopes) < _PARALLEL_MIN:
+        return check(envelopes)
+    workers = executor._max_workers
+    size = -(-len(envelopes) // workers)
+    chunks = [envelopes[i : i + size] for i in range(0, len(envelopes), size)]
+    return [result for part in executor.map(check, chunks) for result in part]
+
+
+class Pool:
+    def __init__(
+        self,
+        *,
+        capacity: int = POOL_TRANSACTIONS_MAX,
+        nonce_gap_max: int = POOL_NONCE_GAP_MAX,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        assert capacity > 0 and nonce_gap_max > 0
+        self.capacity = capacity
+        self.nonce_gap_max = nonce_gap_max
+        self.executor = executor
+        self._by_id: dict[str, Envelope] = {}
+        self._by_signer: dict[str, dict[int, Envelope]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._by_id
+
+    def add_many(
+        self, envelopes: Sequence[Envelope], committed_nonce: Callable[[str], int]
+    ) -> list[Admission]:
+        """Admit each envelope or say why not; signatures are checked in parallel."""
+        checks = verify_signatures(envelopes, self.executor)
+        answers = []
+        for envelope, signature_error in zip(envelopes, checks, strict=True):
+            error = signature_error
+            if error is None:
+                try:
+                    self._admit(envelope, committed_nonce(envelope.tx.signer))
+                except PoolError as refused:
+                    error = refused
+            answers.append(Admission(envelope, error))
+        return answers
+
+    def _admit(self, envelope: Envelope, committed: int) -> None:
+        if envelope.tx_id in self._by_id:
+            return  # the same transaction again: already pending, nothing changes
+        nonce = envelope.tx.nonce
+        if nonce <= committed:
+            raise PoolError(f"nonce {nonce} is already used (last {committed})", code="bad_nonce")
+        if nonce > committed + self.nonce_gap_max:
+            raise PoolError(
+                f"nonce {nonce} is more than {self.nonce_gap_max} ahead of {committed}",
+                code="bad_nonce",
+            )
+        pending = self._by_signer.setdefault(envelope.tx.signer, {})
+        if nonce in pending:
+            raise PoolError(
+                f"another transaction with nonce {nonce} of this signer is pending",
+                code="bad_nonce",
+            )
+        if len(self._by_id) >= self.capacity:
+            raise PoolError(f"the pending pool holds {self.capacity}", code="mempool_full")
+        pending[nonce] = envelope
+        self._by_id[envelope.tx_id] = envelope
+
+    def ready(self, committed_nonce: Callable[[str], int], limit: int) -> list[Envelope]:
+        """Up to `limit` transactions whose nonces follow on from the committed ones, oldest
+        account first, each account's in nonce order."""
+        selected: list[Envelope] = []
+        for signer, pending in self._by_signer.items():
+            nonce = committed_nonce(signer) + 1
+            while nonce in pending and len(selected) < limit:
+                selected.append(pending[nonce])
+                nonce += 1
+            if len(selected) >= limit:
+                break
+        return selected
+
+    def remove(self, envelopes: Iterable[Envelope]) -> None:
+        for envelope in envelopes:
+            if self._by_id.pop(envelope.tx_id, None) is None:
+                continue
+            pending = self._by_signer[envelope.tx.signer]
+            del pending[envelope.tx.nonce]
+            if not pending:
+                del self._by_signer[envelope.tx.signer]
+
+    def drop_stale(self, committed_nonce: Callable[[str], int]) -> list[Envelope]:
+        """Remove and return transactions whose nonce a committed transaction has used."""
+        stale = [
+            envelope
+            for signer, pending in self._by_signer.items()
+            for nonce, envelope in pending.items()
+            if nonce <= committed_nonce(signer)
+        ]
+        self.remove(stale)
+        return stale

@@ -1,0 +1,179 @@
+"""Block producers: what turns pending transactions into certified blocks.
+
+`BlockProducer` is the interface the node drives; `SoloProducer` is the single-validator
+producer (n = 1, f = 0). It signs a 1-of-1 commit certificate in exactly the SPEC §5.3 format
+the BFT engine will produce, so nothing downstream changes when consensus arrives.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from consensus.pool import Pool
+from ledger.blocks import Block, Certificate, sign_certificate, verify_certificate
+from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
+from ledger.limits import OUTCOMES_REMEMBERED_MAX
+from ledger.state import State
+from ledger.state_transition import build_block
+from ledger.store import Store
+from ledger.transactions import Envelope
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What became of a transaction: pending, committed (height, log index) or rejected."""
+
+    tx_id: str
+    status: str
+    height: int | None = None
+    log_index: int | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommittedBlock:
+    block: Block
+    certificate: Certificate
+    outcomes: tuple[Outcome, ...]
+
+
+class BlockProducer(Protocol):
+    @property
+    def state(self) -> State: ...
+
+    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
+
+    def produce(self, now_ms: int) -> CommittedBlock | None: ...
+
+    def pending_count(self) -> int: ...
+
+
+class SoloProducer:
+    """One validator, one store: cut a block from the pool, certify it, write it."""
+
+    def __init__(
+        self,
+        store: Store,
+        validator_key: PrivateKey,
+        *,
+        pool: Pool | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.store = store
+        self.key = validator_key
+        self._state = store.load_state()
+        validators = self._state.current_validators()
+        if [v.public_key for v in validators] != [validator_key.public_key_hex]:
+            raise LedgerError(
+                "this key is not the chain's only validator: a consortium needs BFT consensus",
+                code="not_a_validator",
+            )
+        self.pool = pool if pool is not None else Pool(executor=executor)
+        self._last_certificate = store.last_certificate()
+        self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def pending_count(self) -> int:
+        return len(self.pool)
+
+    def _committed_nonce(self, signer: str) -> int:
+        account = self._state.get(f"account/{signer}")
+        return 0 if account is None else int(account["nonce"])
+
+    def _remember(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.tx_id] = outcome
+        self.outcomes.move_to_end(outcome.tx_id)
+        while len(self.outcomes) > OUTCOMES_REMEMBERED_MAX:
+            self.outcomes.popitem(last=False)
+
+    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        """Admit envelopes to the pool; each answer is pending or rejected with its code."""
+        answers = []
+        for admission in self.pool.add_many(envelopes, self._committed_nonce):
+            tx_id = admission.envelope.tx_id
+            error = admission.error
+            if error is None:
+                outcome = Outcome(tx_id=tx_id, status="pending")
+            else:
+                outcome = Outcome(
+                    tx_id=tx_id, status="rejected", code=error.code, message=error.message
+                )
+                self._remember(outcome)
+            answers.append(outcome)
+        return answers
+
+    def produce(self, now_ms: int) -> CommittedBlock | None:
+        """Cut one block from the ready transactions at time `now_ms`; None if none apply."""
+        state = self._state
+        candidates = self.pool.ready(self._committed_nonce, state.params.block_transactions_max)
+        if not candidates:
+            return None
+        built = build_block(
+            state,
+            candidates,
+            time=now_ms,
+            proposer=self.key.public_key_hex,
+            last_commit=self._last_certificate,
+            signatures_verified=True,
+        )
+        rejected = [
+            Outcome(
+                tx_id=envelope.tx_id,
+                status="rejected",
+                code=error.code,
+                message=error.message,
+            )
+            for envelope, error in built.rejected
+        ]
+        for outcome in rejected:
+            self._remember(outcome)
+        self.pool.remove(envelope for envelope, _ in built.rejected)
+        if not built.block.transactions:
+            return None
+        block = built.block
+        certificate = sign_certificate(
+            chain_id=state.chain_id,
+            height=block.height,
+            round=0,
+            block_hash=block.block_hash(),
+            keys=[self.key],
+        )
+        verify_certificate(  # check our own work from the other side before writing it
+            certificate,
+            chain_id=state.chain_id,
+            height=block.height,
+            block_hash=block.block_hash(),
+            validators=state.current_validators(),
+        )
+        self.store.append(block, certificate, built.state)
+        self._state = built.state
+        self._last_certificate = certificate
+        self.pool.remove(block.transactions)
+        first = block.header.log_size - len(block.transactions)
+        committed = [
+            Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
+            for i, e in enumerate(block.transactions)
+        ]
+        for outcome in committed:
+            self._remember(outcome)
+        for stale in self.pool.drop_stale(self._committed_nonce):
+            self._remember(
+                Outcome(
+                    tx_id=stale.tx_id,
+                    status="rejected",
+                    code="bad_nonce",
+                    message="another transaction used this nonce first",
+                )
+            )
+        return CommittedBlock(
+            block=block, certificate=certificate, outcomes=tuple(committed + rejected)
+        )

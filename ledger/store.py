@@ -1,0 +1,491 @@
+"""The data directory: one SQLite database, the only ledger module that does I/O (SPEC §5, §7).
+
+WAL journal with `synchronous=FULL`: a block is durable when `append` returns. Each block
+(header, transactions, certificate, state changes, log Merkle nodes and the query tables) is
+written in one SQLite transaction, so a crash or an error leaves the store at the previous
+block. Opening checks the stored head before anything is served: the header hashes to its
+recorded hash, its certificate verifies against the validators that governed it, and the
+state and log rebuilt from the tables give the header's `state_root`, `log_root` and
+`log_size`. A mismatch refuses to start, with the reason.
+
+Tables: meta, blocks, transactions, account_transactions, state, state_changes, log_nodes,
+and the query projections batches, retirements and lots (indexed for the API's queries).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Final
+
+import sqlite_utils
+
+from ledger.blocks import (
+    Block,
+    Certificate,
+    Validator,
+    compute_validators_hash,
+    parse_certificate,
+    parse_header,
+    verify_certificate,
+)
+from ledger.encoding import canonical, canonical_unchecked
+from ledger.errors import InvalidProofError, StoreError
+from ledger.genesis import Genesis, genesis_state, parse_genesis
+from ledger.merkle import LogState
+from ledger.state import State
+from ledger.transactions import Envelope, envelope_from_json_trusted
+
+DATABASE_FILE: Final = "ledger.sqlite"
+SCHEMA_VERSION: Final = 1
+
+
+def _involved_accounts(envelope: Envelope) -> set[str]:
+    """Every account a transaction names, for the per-account history."""
+    tx = envelope.tx
+    accounts = {tx.signer}
+    payload = tx.payload
+    for field in ("to", "holder", "certifier", "account"):
+        if field in payload:
+            accounts.add(payload[field])
+    for recipient in payload.get("recipients", ()):
+        accounts.add(recipient["account"])
+    return accounts
+
+
+class Store:
+    """A Tanlian data directory. Create it with `Store.create`, reopen it with `Store.open`."""
+
+    def __init__(self, directory: Path, connection: sqlite3.Connection) -> None:
+        self.directory = directory
+        self._conn = connection
+        self.db = sqlite_utils.Database(connection)
+        self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
+
+    # --- opening --------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        return connection
+
+    @classmethod
+    def create(cls, directory: Path, genesis_document: dict[str, Any]) -> Store:
+        """A new data directory for the chain of `genesis_document`."""
+        genesis = parse_genesis(genesis_document)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / DATABASE_FILE
+        if path.exists():
+            raise StoreError(f"{path} exists already: refusing to overwrite a ledger")
+        connection = cls._connect(path)
+        db = sqlite_utils.Database(connection)
+        _create_schema(db)
+        state = genesis_state(genesis)
+        with _transaction(connection):
+            connection.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("genesis", canonical(genesis_document).decode()),
+                    ("genesis_hash", genesis.genesis_hash()),
+                    ("head_height", "0"),
+                    ("last_validators", "[]"),
+                ],
+            )
+            connection.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)",
+                [
+                    (key, canonical_unchecked(value).decode())
+                    for key, value in state.entries.items()
+                ],
+            )
+        return cls(directory, connection)
+
+    @classmethod
+    def open(cls, directory: Path) -> Store:
+        path = directory / DATABASE_FILE
+        if not path.is_file():
+            raise StoreError(f"no ledger at {path}")
+        try:
+            connection = cls._connect(path)
+            store = cls(directory, connection)
+        except (sqlite3.DatabaseError, KeyError, ValueError) as error:
+            raise StoreError(f"{path} is not a usable Tanlian database: {error}") from error
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _meta(self, key: str) -> str:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(f"meta {key!r} missing")
+        return str(row[0])
+
+    @property
+    def head_height(self) -> int:
+        return int(self._meta("head_height"))
+
+    def load_state(self) -> State:
+        """The state at the stored head, after checking that head (refuses a damaged store)."""
+        try:
+            return self._load_state()
+        except StoreError:
+            raise
+        except (sqlite3.DatabaseError, KeyError, ValueError, TypeError) as error:
+            raise StoreError(f"refusing to start: the store cannot be read ({error})") from error
+
+    def _load_state(self) -> State:
+        genesis = self.genesis
+        height = self.head_height
+        entries = {
+            key: json.loads(value)
+            for key, value in self._conn.execute("SELECT key, value FROM state")
+        }
+        if height == 0:
+            state = genesis_state(genesis)
+            if dict(state.entries) != entries:
+                raise StoreError("refusing to start: the stored genesis state was altered")
+            return state
+        top = self._conn.execute("SELECT MAX(height) FROM blocks").fetchone()[0]
+        if top != height:
+            raise StoreError(f"refusing to start: head is {height} but blocks end at {top}")
+        block = self.read_block(height)
+        header = block.header
+        stored_hash = self._conn.execute(
+            "SELECT hash FROM blocks WHERE height = ?", (height,)
+        ).fetchone()[0]
+        if header.block_hash() != stored_hash:
+            raise StoreError(
+                f"refusing to start: block {height}'s header does not hash to {stored_hash}"
+            )
+        last_validators = tuple(
+            Validator(**entry) for entry in json.loads(self._meta("last_validators"))
+        )
+        certificate = self.read_certificate(height)
+        try:
+            verify_certificate(
+                certificate,
+                chain_id=genesis.chain_id,
+                height=height,
+                block_hash=stored_hash,
+                validators=last_validators,
+            )
+        except InvalidProofError as error:
+            raise StoreError(
+                f"refusing to start: certificate of block {height}: {error}"
+            ) from error
+        log = self._load_log(header.log_size)
+        if log.root().hex() != header.log_root:
+            raise StoreError(
+                f"refusing to start: the stored log does not give block {height}'s log_root"
+            )
+        state = State.from_entries(
+            chain_id=genesis.chain_id,
+            genesis_hash=genesis.genesis_hash(),
+            authority=genesis.authority_id,
+            params=genesis.params,
+            height=height,
+            head_hash=stored_hash,
+            head_time=header.time,
+            last_validators=last_validators,
+            entries=entries,
+            log=log,
+        )
+        if state.state_root != header.state_root:
+            raise StoreError(
+                f"refusing to start: the stored state does not give block {height}'s state_root"
+            )
+        if compute_validators_hash(last_validators) != header.validators_hash:
+            raise StoreError("refusing to start: recorded validators do not match the head")
+        return state
+
+    def _load_log(self, size: int) -> LogState:
+        count = self._conn.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
+        if count != size:
+            raise StoreError(f"refusing to start: {count} transactions stored, head says {size}")
+        peaks = []
+        for level, index in LogState.peak_positions(size):
+            row = self._conn.execute(
+                "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"refusing to start: log node ({level}, {index}) is missing")
+            peaks.append(bytes(row[0]))
+        return LogState(size=size, peaks=tuple(peaks))
+
+    # --- writing --------------------------------------------------------------------------
+
+    def append(self, block: Block, certificate: Certificate, state: State) -> None:
+        """Write `block`, its `certificate` and the `state` it produced, atomically."""
+        delta = state.delta
+        assert delta is not None and state.height == block.height == self.head_height + 1
+        assert certificate.height == block.height and certificate.block_hash == block.block_hash()
+        height = block.height
+        first_index = block.header.log_size - len(block.transactions)
+        conn = self._conn
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO blocks (height, hash, time, header, last_commit, evidence, "
+                "certificate, tx_count, log_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    height,
+                    block.block_hash(),
+                    block.header.time,
+                    canonical_unchecked(block.header.to_json()).decode(),
+                    None
+                    if block.last_commit is None
+                    else canonical_unchecked(block.last_commit.to_json()).decode(),
+                    canonical_unchecked(list(block.evidence)).decode(),
+                    canonical_unchecked(certificate.to_json()).decode(),
+                    len(block.transactions),
+                    block.header.log_size,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO transactions (log_index, tx_id, height, type, signer, envelope) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (first_index + offset, e.tx_id, height, e.tx.type, e.tx.signer, e.leaf.decode())
+                    for offset, e in enumerate(block.transactions)
+                ],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO account_transactions (account, log_index) VALUES (?, ?)",
+                [
+                    (account, first_index + offset)
+                    for offset, e in enumerate(block.transactions)
+                    for account in _involved_accounts(e)
+                ],
+            )
+            self._write_state(height, delta.changes)
+            conn.executemany(
+                "INSERT OR REPLACE INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)",
+                [(node.level, node.index, node.hash) for node in delta.log_nodes],
+            )
+            self._write_projections(height, delta.changes)
+            conn.executemany(
+                "UPDATE meta SET value = ? WHERE key = ?",
+                [
+                    (str(height), "head_height"),
+                    (json.dumps([v.to_json() for v in state.last_validators]), "last_validators"),
+                ],
+            )
+
+    def _write_state(self, height: int, changes: Any) -> None:
+        rows = [
+            (key, None if value is None else canonical_unchecked(value).decode())
+            for key, value in changes.items()
+        ]
+        self._conn.executemany(
+            "INSERT INTO state_changes (height, key, value) VALUES (?, ?, ?)",
+            [(height, key, value) for key, value in rows],
+        )
+        self._conn.executemany(
+            "DELETE FROM state WHERE key = ?", [(key,) for key, value in rows if value is None]
+        )
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+            [(key, value) for key, value in rows if value is not None],
+        )
+
+    def _write_projections(self, height: int, changes: Any) -> None:
+        """Query tables derived from the state changes (batches, retirements, lots)."""
+        conn = self._conn
+        for key, value in changes.items():
+            family, _, rest = key.partition("/")
+            if family == "batch":
+                conn.execute(
+                    "INSERT OR REPLACE INTO batches (batch_id, methodology_id, certifier, "
+                    "project_id, height) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        value["batch_id"],
+                        value["methodology_id"],
+                        value["certifier"],
+                        value["project_id"],
+                        value["height"],
+                    ),
+                )
+            elif family == "retirement":
+                conn.execute(
+                    "INSERT OR REPLACE INTO retirements (retirement_id, holder, beneficiary, "
+                    "program_id, batch_id, height) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        value["retirement_id"],
+                        value["holder"],
+                        value["beneficiary"],
+                        value["program_id"],
+                        value["batch_id"],
+                        value["height"],
+                    ),
+                )
+            elif family == "lot":
+                batch_id, _, start = rest.partition("/")
+                if value is None:
+                    conn.execute(
+                        "DELETE FROM lots WHERE batch_id = ? AND first_serial = ?",
+                        (batch_id, int(start)),
+                    )
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, "
+                        "status) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            batch_id,
+                            value["first_serial"],
+                            value["quantity"],
+                            value["owner"],
+                            value["status"],
+                        ),
+                    )
+
+    # --- reading --------------------------------------------------------------------------
+
+    def read_block(self, height: int) -> Block:
+        row = self._conn.execute(
+            "SELECT header, last_commit, evidence FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no block at height {height}")
+        envelopes = tuple(
+            envelope_from_json_trusted(json.loads(envelope))
+            for (envelope,) in self._conn.execute(
+                "SELECT envelope FROM transactions WHERE height = ? ORDER BY log_index", (height,)
+            )
+        )
+        return Block(
+            header=parse_header(json.loads(row[0])),
+            transactions=envelopes,
+            last_commit=None if row[1] is None else parse_certificate(json.loads(row[1])),
+            evidence=tuple(json.loads(row[2])),
+        )
+
+    def read_certificate(self, height: int) -> Certificate:
+        row = self._conn.execute(
+            "SELECT certificate FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no block at height {height}")
+        return parse_certificate(json.loads(row[0]))
+
+    def last_certificate(self) -> Certificate | None:
+        height = self.head_height
+        return None if height == 0 else self.read_certificate(height)
+
+    def export_lines(self, from_height: int = 1, to_height: int | None = None) -> Iterator[bytes]:
+        """SPEC §7.1 NDJSON: the genesis, then one `{"block", "certificate"}` per line."""
+        yield canonical(json.loads(self._meta("genesis"))) + b"\n"
+        last = self.head_height if to_height is None else min(to_height, self.head_height)
+        for height in range(max(from_height, 1), last + 1):
+            line = {
+                "block": self.read_block(height).to_json(),
+                "certificate": self.read_certificate(height).to_json(),
+            }
+            yield canonical_unchecked(line) + b"\n"
+
+    def export(self, out: IO[bytes]) -> int:
+        count = 0
+        for line in self.export_lines():
+            out.write(line)
+            count += 1
+        return count - 1
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def __enter__(self) -> None:
+        self.connection.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if kind is None:
+            self.connection.execute("COMMIT")
+        else:
+            self.connection.execute("ROLLBACK")
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("blocks").create(
+        {
+            "height": int,
+            "hash": str,
+            "time": int,
+            "header": str,
+            "last_commit": str,
+            "evidence": str,
+            "certificate": str,
+            "tx_count": int,
+            "log_size": int,
+        },
+        pk="height",
+        not_null={"hash", "time", "header", "evidence", "certificate"},
+    )
+    db.table("blocks").create_index(["hash"], unique=True)
+    db.table("transactions").create(
+        {
+            "log_index": int,
+            "tx_id": str,
+            "height": int,
+            "type": str,
+            "signer": str,
+            "envelope": str,
+        },
+        pk="log_index",
+        not_null={"tx_id", "height", "type", "signer", "envelope"},
+    )
+    db.table("transactions").create_index(["tx_id"], unique=True)
+    db.table("transactions").create_index(["height"])
+    db.execute(
+        "CREATE TABLE account_transactions (account TEXT NOT NULL, log_index INTEGER NOT NULL, "
+        "PRIMARY KEY (account, log_index)) WITHOUT ROWID"
+    )
+    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    db.execute(
+        "CREATE TABLE state_changes (height INTEGER NOT NULL, key TEXT NOT NULL, value TEXT, "
+        "PRIMARY KEY (height, key)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE log_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
+        "hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID"
+    )
+    db.table("batches").create(
+        {
+            "batch_id": str,
+            "methodology_id": str,
+            "certifier": str,
+            "project_id": str,
+            "height": int,
+        },
+        pk="batch_id",
+    )
+    db.table("batches").create_index(["methodology_id"])
+    db.table("batches").create_index(["certifier"])
+    db.table("retirements").create(
+        {
+            "retirement_id": str,
+            "holder": str,
+            "beneficiary": str,
+            "program_id": str,
+            "batch_id": str,
+            "height": int,
+        },
+        pk="retirement_id",
+    )
+    db.table("retirements").create_index(["beneficiary"])
+    db.table("retirements").create_index(["program_id"])
+    db.table("retirements").create_index(["holder"])
+    db.execute(
+        "CREATE TABLE lots (batch_id TEXT NOT NULL, first_serial INTEGER NOT NULL, "
+        "quantity INTEGER NOT NULL, owner TEXT NOT NULL, status TEXT NOT NULL, "
+        "PRIMARY KEY (batch_id, first_serial)) WITHOUT ROWID"
+    )
+    db.table("lots").create_index(["owner"])
