@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +68,8 @@ class Pool:
         self.executor = executor
         self._by_id: dict[str, Envelope] = {}
         self._by_signer: dict[str, dict[int, Envelope]] = {}
+        self._arrival: dict[str, int] = {}  # tx_id -> admission sequence number
+        self._sequence = 0
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -110,24 +114,33 @@ class Pool:
             raise PoolError(f"the pending pool holds {self.capacity}", code="mempool_full")
         pending[nonce] = envelope
         self._by_id[envelope.tx_id] = envelope
+        self._sequence += 1
+        self._arrival[envelope.tx_id] = self._sequence
 
     def ready(self, committed_nonce: Callable[[str], int], limit: int) -> list[Envelope]:
-        """Up to `limit` transactions whose nonces follow on from the committed ones, oldest
-        account first, each account's in nonce order."""
-        selected: list[Envelope] = []
+        """Up to `limit` transactions in order of arrival, except that each account's follow
+        on from its committed nonce without a gap (a later nonce never overtakes an earlier)."""
+        heap: list[tuple[int, str, int]] = []
         for signer, pending in self._by_signer.items():
             nonce = committed_nonce(signer) + 1
-            while nonce in pending and len(selected) < limit:
-                selected.append(pending[nonce])
-                nonce += 1
-            if len(selected) >= limit:
-                break
+            if nonce in pending:
+                heap.append((self._arrival[pending[nonce].tx_id], signer, nonce))
+        heapq.heapify(heap)
+        selected: list[Envelope] = []
+        while heap and len(selected) < limit:
+            _, signer, nonce = heapq.heappop(heap)
+            pending = self._by_signer[signer]
+            selected.append(pending[nonce])
+            following = pending.get(nonce + 1)
+            if following is not None:
+                heapq.heappush(heap, (self._arrival[following.tx_id], signer, nonce + 1))
         return selected
 
     def remove(self, envelopes: Iterable[Envelope]) -> None:
         for envelope in envelopes:
             if self._by_id.pop(envelope.tx_id, None) is None:
                 continue
+            del self._arrival[envelope.tx_id]
             pending = self._by_signer[envelope.tx.signer]
             del pending[envelope.tx.nonce]
             if not pending:

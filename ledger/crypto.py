@@ -188,7 +188,7 @@ class PrivateKey:
             ) from error
         except ValueError as error:
             raise LedgerError(
-                f"not a PKCS#8 PEM private key, or a wrong passphrase ({error})", code="bad_key"
+                "not a PKCS#8 PEM private key, or a wrong passphrase", code="bad_key"
             ) from error
         if not isinstance(key, Ed25519PrivateKey):
             raise LedgerError("the key file holds a key that is not Ed25519", code="bad_key")
