@@ -197,7 +197,7 @@ def main() -> None:
     raw, backend = raw_verify_rate()
 
     roots = Timer()
-    roots.wrap(state_tree.StateTree, "update")
+    roots.wrap(state_tree.StateTree, "update_encoded")
     roots.wrap(merkle.LogState, "append")
     with (
         tempfile.TemporaryDirectory() as directory,

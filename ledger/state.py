@@ -51,6 +51,7 @@ class BlockDelta:
     """What the block that produced a state changed: the store writes exactly this."""
 
     changes: Mapping[str, JSON | None]
+    encoded: Mapping[str, bytes | None]  # the same changes as canonical bytes
     log_nodes: tuple[LogNode, ...]
 
 

@@ -9,7 +9,8 @@ batch it touched, the lots must partition the batch's serial range exactly and
 `AssertionError`.
 
 Lots move lowest serial first. A lot is a maximal range of one batch with one owner and one
-status; moving part of one splits it, and adjacent circulating lots of one owner are merged.
+status; moving part of one splits it, and adjacent lots of one owner and status are merged
+(retired lots only within one retirement, since each names the retirement that claims it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ledger.blocks import (
     verify_certificate,
 )
 from ledger.crypto import ZERO_HASH_HEX, compute_account_id
+from ledger.encoding import canonical_unchecked
 from ledger.errors import InvalidBlockError, InvalidProofError, LedgerError, TransactionRejected
 from ledger.limits import JSON_INTEGER_MAX
 from ledger.merkle import leaf_hash
@@ -138,14 +140,24 @@ def _lot(batch_id: str, start: int, quantity: int, owner: str, status: str) -> d
     }
 
 
-def _merge_circulating(work: _Work, batch_id: str, start: int) -> None:
-    """Merge the circulating lot at `start` with circulating neighbours of the same owner."""
+def _same_kind(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a["owner"], a["status"], a["retirement_id"]) == (
+        b["owner"],
+        b["status"],
+        b["retirement_id"],
+    )
+
+
+def _merge_lot(work: _Work, batch_id: str, start: int) -> None:
+    """Merge the lot at `start` with adjacent lots of the same owner, status and retirement,
+    so every lot stays a maximal range (SPEC §3.4). Lots of two retirements never merge:
+    each keeps the id of the retirement that claims it."""
     lot = work.get(f"lot/{batch_id}/{start}")
     starts = work.lots(batch_id)
     index = bisect.bisect_left(starts, start)
     if index > 0:
         before = work.get(f"lot/{batch_id}/{starts[index - 1]}")
-        if before["status"] == CIRCULATING and before["owner"] == lot["owner"]:
+        if _same_kind(before, lot):
             _remove_lot(work, batch_id, start)
             _remove_lot(work, batch_id, before["first_serial"])
             lot = {**before, "quantity": before["quantity"] + lot["quantity"]}
@@ -154,7 +166,7 @@ def _merge_circulating(work: _Work, batch_id: str, start: int) -> None:
             index -= 1
     if index + 1 < len(starts):
         after = work.get(f"lot/{batch_id}/{starts[index + 1]}")
-        if after["status"] == CIRCULATING and after["owner"] == lot["owner"]:
+        if _same_kind(after, lot):
             _remove_lot(work, batch_id, after["first_serial"])
             _remove_lot(work, batch_id, start)
             _add_lot(work, {**lot, "quantity": lot["quantity"] + after["quantity"]})
@@ -184,8 +196,7 @@ def _move(
         new = _lot(batch_id, start, take, to, status)
         new["retirement_id"] = retirement_id
         _add_lot(work, new)
-        if status == CIRCULATING:
-            _merge_circulating(work, batch_id, start)
+        _merge_lot(work, batch_id, start)
         moved.append([start, start + take - 1])
         remaining -= take
         if remaining == 0:
@@ -376,7 +387,7 @@ def _issue(ctx: _Context) -> None:
         _add_lot(
             work, _lot(batch_id, start, recipient["quantity"], recipient["account"], CIRCULATING)
         )
-        _merge_circulating(work, batch_id, start)
+        _merge_lot(work, batch_id, start)
         start += recipient["quantity"]
     work.touched_batches.add(batch_id)
 
@@ -605,7 +616,10 @@ def _finish(
         elif key in holdings:
             del holdings[key]
     log, nodes = base.log.append([leaf_hash(envelope.leaf) for envelope in applied])
-    tree = base.tree.update(changes.items())
+    encoded = {
+        key: None if value is None else canonical_unchecked(value) for key, value in changes.items()
+    }
+    tree = base.tree.update_encoded(encoded.items())
     head_hash, head_time = header_hash_and_time
     state = State(
         chain_id=base.chain_id,
@@ -623,7 +637,7 @@ def _finish(
         holdings=holdings.finish(),
         batch_count=work.batch_count,
         next_serial=work.next_serial,
-        delta=BlockDelta(changes=dict(changes), log_nodes=tuple(nodes)),
+        delta=BlockDelta(changes=dict(changes), encoded=encoded, log_nodes=tuple(nodes)),
     )
     return _Finished(
         state=state, log_size=log.size, log_root=log.root().hex(), state_root=tree.root.hex()

@@ -13,6 +13,7 @@ touched keys.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -85,6 +86,20 @@ def _first_difference(a: int, b: int) -> int:
     return PATH_BITS - (a ^ b).bit_length()
 
 
+def _with_bit(path: int, position: int) -> int:
+    """The smallest path that shares `path`'s bits before `position` and has 1 there."""
+    shift = PATH_BITS - 1 - position
+    return ((path >> (shift + 1)) << (shift + 1)) | (1 << shift)
+
+
+def _path_of(leaf: _Leaf) -> int:
+    return leaf.path
+
+
+def _change_path(change: tuple[int, _Leaf | None]) -> int:
+    return change[0]
+
+
 def _build(leaves: Sequence[_Leaf]) -> _Node | None:
     """A trie over leaves sorted by path, with no two equal."""
     if not leaves:
@@ -92,7 +107,7 @@ def _build(leaves: Sequence[_Leaf]) -> _Node | None:
     if len(leaves) == 1:
         return leaves[0]
     depth = _first_difference(leaves[0].path, leaves[-1].path)
-    split = next(i for i, leaf in enumerate(leaves) if _bit(leaf.path, depth))
+    split = bisect.bisect_left(leaves, _with_bit(leaves[0].path, depth), key=_path_of)
     left = _build(leaves[:split])
     right = _build(leaves[split:])
     assert left is not None and right is not None
@@ -120,17 +135,21 @@ def _update(node: _Node | None, depth: int, changes: Sequence[_Change]) -> _Node
         merged: dict[int, _Leaf | None] = {node.path: node}
         merged.update(dict(changes))
         return _build([merged[path] for path in sorted(merged) if merged[path] is not None])  # type: ignore[misc]
-    # Where does the first change leave the branch's shared prefix, if it does before depth?
-    split = min(_first_difference(path, node.path) for path, _ in changes)
+    # Where do the changes first leave the branch's shared prefix, if before its depth? The
+    # changes are sorted, so the extremes decide: all share their common prefix.
+    split = min(
+        _first_difference(changes[0][0], node.path), _first_difference(changes[-1][0], node.path)
+    )
     if split < node.depth:
-        side = _bit(node.path, split)
-        same = [change for change in changes if _bit(change[0], split) == side]
-        other = [change for change in changes if _bit(change[0], split) != side]
-        kept = _update(node, split + 1, same)
-        added = _build([leaf for _, leaf in other if leaf is not None])
-        return _join(split, *((kept, added) if side == 0 else (added, kept)))
-    left_changes = [change for change in changes if not _bit(change[0], node.depth)]
-    right_changes = changes[len(left_changes) :]
+        middle = bisect.bisect_left(changes, _with_bit(changes[0][0], split), key=_change_path)
+        low, high = changes[:middle], changes[middle:]
+        if _bit(node.path, split) == 0:
+            kept = _update(node, split + 1, low)
+            return _join(split, kept, _build([leaf for _, leaf in high if leaf is not None]))
+        kept = _update(node, split + 1, high)
+        return _join(split, _build([leaf for _, leaf in low if leaf is not None]), kept)
+    middle = bisect.bisect_left(changes, _with_bit(node.path, node.depth), key=_change_path)
+    left_changes, right_changes = changes[:middle], changes[middle:]
     return _join(
         node.depth,
         _update(node.left, node.depth + 1, left_changes),
@@ -160,12 +179,18 @@ class StateTree:
 
     def update(self, changes: Iterable[tuple[str, JSON | None]]) -> StateTree:
         """The tree with each key set to its value, or removed where the value is None."""
+        return self.update_encoded(
+            (key, None if value is None else canonical_unchecked(value)) for key, value in changes
+        )
+
+    def update_encoded(self, changes: Iterable[tuple[str, bytes | None]]) -> StateTree:
+        """`update` with each value given as its canonical bytes (None removes the key)."""
         prepared: dict[int, _Leaf | None] = {}
-        for key, value in changes:
+        for key, encoded in changes:
             digest = key_hash(key)
-            leaf = None if value is None else _Leaf(digest, value_hash(value))
+            leaf = None if encoded is None else _Leaf(digest, hashlib.sha256(encoded).digest())
             prepared[int.from_bytes(digest, "big")] = leaf
-        ordered = sorted(prepared.items())
+        ordered = sorted(prepared.items(), key=_change_path)
         return StateTree(_update(self._root, 0, ordered))
 
 

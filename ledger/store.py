@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -263,7 +263,7 @@ class Store:
                     for account in _involved_accounts(e)
                 ],
             )
-            self._write_state(height, delta.changes)
+            self._write_state(height, delta.encoded)
             conn.executemany(
                 "INSERT OR REPLACE INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)",
                 [(node.level, node.index, node.hash) for node in delta.log_nodes],
@@ -277,11 +277,8 @@ class Store:
                 ],
             )
 
-    def _write_state(self, height: int, changes: Any) -> None:
-        rows = [
-            (key, None if value is None else canonical_unchecked(value).decode())
-            for key, value in changes.items()
-        ]
+    def _write_state(self, height: int, encoded: Mapping[str, bytes | None]) -> None:
+        rows = [(key, None if value is None else value.decode()) for key, value in encoded.items()]
         self._conn.executemany(
             "INSERT INTO state_changes (height, key, value) VALUES (?, ?, ?)",
             [(height, key, value) for key, value in rows],
@@ -294,27 +291,23 @@ class Store:
             [(key, value) for key, value in rows if value is not None],
         )
 
-    def _write_projections(self, height: int, changes: Any) -> None:
+    def _write_projections(self, height: int, changes: Mapping[str, Any]) -> None:
         """Query tables derived from the state changes (batches, retirements, lots)."""
-        conn = self._conn
+        batches, retirements, lots, gone = [], [], [], []
         for key, value in changes.items():
             family, _, rest = key.partition("/")
             if family == "batch":
-                conn.execute(
-                    "INSERT OR REPLACE INTO batches (batch_id, methodology_id, certifier, "
-                    "project_id, height) VALUES (?, ?, ?, ?, ?)",
+                batches.append(
                     (
                         value["batch_id"],
                         value["methodology_id"],
                         value["certifier"],
                         value["project_id"],
                         value["height"],
-                    ),
+                    )
                 )
             elif family == "retirement":
-                conn.execute(
-                    "INSERT OR REPLACE INTO retirements (retirement_id, holder, beneficiary, "
-                    "program_id, batch_id, height) VALUES (?, ?, ?, ?, ?, ?)",
+                retirements.append(
                     (
                         value["retirement_id"],
                         value["holder"],
@@ -322,27 +315,39 @@ class Store:
                         value["program_id"],
                         value["batch_id"],
                         value["height"],
-                    ),
+                    )
                 )
             elif family == "lot":
                 batch_id, _, start = rest.partition("/")
                 if value is None:
-                    conn.execute(
-                        "DELETE FROM lots WHERE batch_id = ? AND first_serial = ?",
-                        (batch_id, int(start)),
-                    )
+                    gone.append((batch_id, int(start)))
                 else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, "
-                        "status) VALUES (?, ?, ?, ?, ?)",
+                    lots.append(
                         (
                             batch_id,
                             value["first_serial"],
                             value["quantity"],
                             value["owner"],
                             value["status"],
-                        ),
+                        )
                     )
+        conn = self._conn
+        conn.executemany(
+            "INSERT OR REPLACE INTO batches (batch_id, methodology_id, certifier, project_id, "
+            "height) VALUES (?, ?, ?, ?, ?)",
+            batches,
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO retirements (retirement_id, holder, beneficiary, program_id, "
+            "batch_id, height) VALUES (?, ?, ?, ?, ?, ?)",
+            retirements,
+        )
+        conn.executemany("DELETE FROM lots WHERE batch_id = ? AND first_serial = ?", gone)
+        conn.executemany(
+            "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, status) "
+            "VALUES (?, ?, ?, ?, ?)",
+            lots,
+        )
 
     # --- reading --------------------------------------------------------------------------
 
