@@ -17,6 +17,7 @@ import random
 import resource
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -213,19 +214,29 @@ def main() -> None:
         block_time = 0.0
         now = parse_genesis(genesis).genesis_time
         committed = rejected = blocks = 0
-        for offset in range(0, len(envelopes), chunk):
-            answers = producer.submit(envelopes[offset : offset + chunk])
-            rejected += sum(1 for a in answers if a.status == "rejected")
-        while producer.pending_count():
+        refused: list[int] = []
+
+        def submit_all() -> None:
+            # Clients submit while the producer cuts blocks, as on a live node.
+            for offset in range(0, len(envelopes), chunk):
+                answers = producer.submit(envelopes[offset : offset + chunk])
+                refused.append(sum(1 for a in answers if a.status == "rejected"))
+
+        submitter = threading.Thread(target=submit_all)
+        submitter.start()
+        while submitter.is_alive() or producer.pending_count():
             now += 1000
             t0 = time.perf_counter()
             result = producer.produce(now)
-            block_time += time.perf_counter() - t0
             if result is None:
-                break
+                time.sleep(0.001)
+                continue
+            block_time += time.perf_counter() - t0
             blocks += 1
             committed += len(result.block.transactions)
             rejected += sum(1 for o in result.outcomes if o.status == "rejected")
+        submitter.join()
+        rejected += sum(refused)
         elapsed = time.perf_counter() - start
         store.close()
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import heapq
-
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,7 +80,15 @@ class Pool:
         self, envelopes: Sequence[Envelope], committed_nonce: Callable[[str], int]
     ) -> list[Admission]:
         """Admit each envelope or say why not; signatures are checked in parallel."""
-        checks = verify_signatures(envelopes, self.executor)
+        return self.admit(envelopes, verify_signatures(envelopes, self.executor), committed_nonce)
+
+    def admit(
+        self,
+        envelopes: Sequence[Envelope],
+        checks: Sequence[LedgerError | None],
+        committed_nonce: Callable[[str], int],
+    ) -> list[Admission]:
+        """Admit envelopes whose signature `checks` (from `verify_signatures`) passed."""
         answers = []
         for envelope, signature_error in zip(envelopes, checks, strict=True):
             error = signature_error

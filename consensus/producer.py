@@ -7,13 +7,14 @@ the BFT engine will produce, so nothing downstream changes when consensus arrive
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from consensus.pool import Pool
+from consensus.pool import Pool, verify_signatures
 from ledger.blocks import Block, Certificate, sign_certificate, verify_certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -55,7 +56,12 @@ class BlockProducer(Protocol):
 
 
 class SoloProducer:
-    """One validator, one store: cut a block from the pool, certify it, write it."""
+    """One validator, one store: cut a block from the pool, certify it, write it.
+
+    `submit` may be called from any thread while one thread calls `produce`: signatures are
+    checked and blocks are built and written outside the lock, which guards only the pool,
+    the outcomes and the switch to the new state.
+    """
 
     def __init__(
         self,
@@ -77,6 +83,7 @@ class SoloProducer:
         self.pool = pool if pool is not None else Pool(executor=executor)
         self._last_certificate = store.last_certificate()
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> State:
@@ -97,8 +104,11 @@ class SoloProducer:
 
     def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         """Admit envelopes to the pool; each answer is pending or rejected with its code."""
+        checks = verify_signatures(envelopes, self.pool.executor)
         answers = []
-        for admission in self.pool.add_many(envelopes, self._committed_nonce):
+        with self._lock:
+            admissions = self.pool.admit(envelopes, checks, self._committed_nonce)
+        for admission in admissions:
             tx_id = admission.envelope.tx_id
             error = admission.error
             if error is None:
@@ -107,14 +117,17 @@ class SoloProducer:
                 outcome = Outcome(
                     tx_id=tx_id, status="rejected", code=error.code, message=error.message
                 )
-                self._remember(outcome)
+                with self._lock:
+                    self._remember(outcome)
             answers.append(outcome)
         return answers
 
     def produce(self, now_ms: int) -> CommittedBlock | None:
         """Cut one block from the ready transactions at time `now_ms`; None if none apply."""
-        state = self._state
-        candidates = self.pool.ready(self._committed_nonce, state.params.block_transactions_max)
+        with self._lock:
+            state = self._state
+            limit = state.params.block_transactions_max
+            candidates = self.pool.ready(self._committed_nonce, limit)
         if not candidates:
             return None
         built = build_block(
@@ -134,9 +147,10 @@ class SoloProducer:
             )
             for envelope, error in built.rejected
         ]
-        for outcome in rejected:
-            self._remember(outcome)
-        self.pool.remove(envelope for envelope, _ in built.rejected)
+        with self._lock:
+            for outcome in rejected:
+                self._remember(outcome)
+            self.pool.remove(envelope for envelope, _ in built.rejected)
         if not built.block.transactions:
             return None
         block = built.block
@@ -155,25 +169,26 @@ class SoloProducer:
             validators=state.current_validators(),
         )
         self.store.append(block, certificate, built.state)
-        self._state = built.state
-        self._last_certificate = certificate
-        self.pool.remove(block.transactions)
         first = block.header.log_size - len(block.transactions)
         committed = [
             Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
             for i, e in enumerate(block.transactions)
         ]
-        for outcome in committed:
-            self._remember(outcome)
-        for stale in self.pool.drop_stale(self._committed_nonce):
-            self._remember(
-                Outcome(
-                    tx_id=stale.tx_id,
-                    status="rejected",
-                    code="bad_nonce",
-                    message="another transaction used this nonce first",
+        with self._lock:
+            self._state = built.state
+            self._last_certificate = certificate
+            self.pool.remove(block.transactions)
+            for outcome in committed:
+                self._remember(outcome)
+            for stale in self.pool.drop_stale(self._committed_nonce):
+                self._remember(
+                    Outcome(
+                        tx_id=stale.tx_id,
+                        status="rejected",
+                        code="bad_nonce",
+                        message="another transaction used this nonce first",
+                    )
                 )
-            )
         return CommittedBlock(
             block=block, certificate=certificate, outcomes=tuple(committed + rejected)
         )

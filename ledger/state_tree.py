@@ -92,29 +92,35 @@ def _with_bit(path: int, position: int) -> int:
     return ((path >> (shift + 1)) << (shift + 1)) | (1 << shift)
 
 
-def _path_of(leaf: _Leaf) -> int:
-    return leaf.path
-
-
-def _change_path(change: tuple[int, _Leaf | None]) -> int:
-    return change[0]
-
-
 def _build(leaves: Sequence[_Leaf]) -> _Node | None:
     """A trie over leaves sorted by path, with no two equal."""
-    if not leaves:
-        return None
-    if len(leaves) == 1:
-        return leaves[0]
-    depth = _first_difference(leaves[0].path, leaves[-1].path)
-    split = bisect.bisect_left(leaves, _with_bit(leaves[0].path, depth), key=_path_of)
-    left = _build(leaves[:split])
-    right = _build(leaves[split:])
+    return _build_range(leaves, [leaf.path for leaf in leaves], 0, len(leaves))
+
+
+def _build_range(leaves: Sequence[_Leaf], paths: list[int], lo: int, hi: int) -> _Node | None:
+    if hi - lo <= 1:
+        return leaves[lo] if hi > lo else None
+    depth = _first_difference(paths[lo], paths[hi - 1])
+    split = bisect.bisect_left(paths, _with_bit(paths[lo], depth), lo, hi)
+    left = _build_range(leaves, paths, lo, split)
+    right = _build_range(leaves, paths, split, hi)
     assert left is not None and right is not None
     return _Branch(depth, left, right)
 
 
-_Change = tuple[int, _Leaf | None]  # (path, new leaf or None to delete)
+class _Changes:
+    """Changes sorted by path, as parallel lists: a leaf, or None to delete the path."""
+
+    __slots__ = ("leaves", "paths")
+
+    def __init__(self, paths: list[int], leaves: list[_Leaf | None]) -> None:
+        self.paths = paths
+        self.leaves = leaves
+
+    def inserted(self, lo: int, hi: int) -> _Node | None:
+        """A subtree of the leaves set in [lo, hi) where nothing was before."""
+        leaves = [leaf for leaf in self.leaves[lo:hi] if leaf is not None]
+        return _build(leaves)
 
 
 def _join(depth: int, left: _Node | None, right: _Node | None) -> _Node | None:
@@ -125,35 +131,32 @@ def _join(depth: int, left: _Node | None, right: _Node | None) -> _Node | None:
     return _Branch(depth, left, right)
 
 
-def _update(node: _Node | None, depth: int, changes: Sequence[_Change]) -> _Node | None:
-    """`node`, a subtree at `depth`, with `changes` (sorted by path) applied."""
-    if not changes:
+def _update(node: _Node | None, changes: _Changes, lo: int, hi: int) -> _Node | None:
+    """`node` with the changes in [lo, hi) applied; all of them lie below `node`'s parent."""
+    if lo == hi:
         return node
     if node is None:
-        return _build([leaf for _, leaf in changes if leaf is not None])
+        return changes.inserted(lo, hi)
+    paths = changes.paths
     if isinstance(node, _Leaf):
         merged: dict[int, _Leaf | None] = {node.path: node}
-        merged.update(dict(changes))
-        return _build([merged[path] for path in sorted(merged) if merged[path] is not None])  # type: ignore[misc]
+        merged.update(zip(paths[lo:hi], changes.leaves[lo:hi], strict=True))
+        return _build([leaf for _, leaf in sorted(merged.items()) if leaf is not None])
     # Where do the changes first leave the branch's shared prefix, if before its depth? The
     # changes are sorted, so the extremes decide: all share their common prefix.
     split = min(
-        _first_difference(changes[0][0], node.path), _first_difference(changes[-1][0], node.path)
+        _first_difference(paths[lo], node.path), _first_difference(paths[hi - 1], node.path)
     )
     if split < node.depth:
-        middle = bisect.bisect_left(changes, _with_bit(changes[0][0], split), key=_change_path)
-        low, high = changes[:middle], changes[middle:]
+        middle = bisect.bisect_left(paths, _with_bit(paths[lo], split), lo, hi)
         if _bit(node.path, split) == 0:
-            kept = _update(node, split + 1, low)
-            return _join(split, kept, _build([leaf for _, leaf in high if leaf is not None]))
-        kept = _update(node, split + 1, high)
-        return _join(split, _build([leaf for _, leaf in low if leaf is not None]), kept)
-    middle = bisect.bisect_left(changes, _with_bit(node.path, node.depth), key=_change_path)
-    left_changes, right_changes = changes[:middle], changes[middle:]
+            return _join(split, _update(node, changes, lo, middle), changes.inserted(middle, hi))
+        return _join(split, changes.inserted(lo, middle), _update(node, changes, middle, hi))
+    middle = bisect.bisect_left(paths, _with_bit(node.path, node.depth), lo, hi)
     return _join(
         node.depth,
-        _update(node.left, node.depth + 1, left_changes),
-        _update(node.right, node.depth + 1, right_changes),
+        _update(node.left, changes, lo, middle),
+        _update(node.right, changes, middle, hi),
     )
 
 
@@ -190,8 +193,9 @@ class StateTree:
             digest = key_hash(key)
             leaf = None if encoded is None else _Leaf(digest, hashlib.sha256(encoded).digest())
             prepared[int.from_bytes(digest, "big")] = leaf
-        ordered = sorted(prepared.items(), key=_change_path)
-        return StateTree(_update(self._root, 0, ordered))
+        paths = sorted(prepared)
+        ordered = _Changes(paths, [prepared[path] for path in paths])
+        return StateTree(_update(self._root, ordered, 0, len(paths)))
 
 
 def compute_state_root(items: Iterable[tuple[str, JSON]]) -> bytes:
