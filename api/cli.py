@@ -46,6 +46,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
+POLL_SECONDS = 0.05  # how often the block loop looks at the clock and the pool
 
 
 def _fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
@@ -223,16 +224,22 @@ def _live(producer: SoloProducer, household_files: list[Path]) -> None:
     rng = random.Random()
     keys = [PrivateKey.from_pem(path.read_bytes()) for path in household_files]
     interval = producer.state.params.block_interval_ms / 1000
+    next_activity = 0.0
     while True:
-        time.sleep(interval)
-        state = producer.state
-        envelopes = []
-        for key in rng.sample(keys, k=min(3, len(keys))):
-            envelope = _small_retirement(state, key)
-            if envelope is not None:
-                envelopes.append(envelope)
-        producer.submit(envelopes)
-        result = producer.produce(int(time.time() * 1000))
+        time.sleep(POLL_SECONDS)
+        if time.monotonic() >= next_activity:
+            next_activity = time.monotonic() + interval
+            state = producer.state
+            envelopes = []
+            for key in rng.sample(keys, k=min(3, len(keys))):
+                envelope = _small_retirement(state, key)
+                if envelope is not None:
+                    envelopes.append(envelope)
+            producer.submit(envelopes)
+        now_ms = int(time.time() * 1000)
+        if not producer.due(now_ms):
+            continue
+        result = producer.produce(now_ms)
         if result is not None:
             header = result.block.header
             out.print(

@@ -54,6 +54,8 @@ class BlockProducer(Protocol):
 
     def pending_count(self) -> int: ...
 
+    def due(self, now_ms: int) -> bool: ...
+
 
 class SoloProducer:
     """One validator, one store: cut a block from the pool, certify it, write it.
@@ -91,6 +93,15 @@ class SoloProducer:
 
     def pending_count(self) -> int:
         return len(self.pool)
+
+    def due(self, now_ms: int) -> bool:
+        """Time to cut a block: `block_interval_ms` since the last one with something pending,
+        or `block_transactions_max` pending already."""
+        pending = len(self.pool)
+        params = self._state.params
+        if pending >= params.block_transactions_max:
+            return True
+        return pending > 0 and now_ms - self._state.head_time >= params.block_interval_ms
 
     def _committed_nonce(self, signer: str) -> int:
         account = self._state.get(f"account/{signer}")
