@@ -20,6 +20,7 @@ from typing import Final
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -177,8 +178,9 @@ class PrivateKey:
 
     @classmethod
     def from_pem(cls, data: bytes, passphrase: bytes | None = None) -> PrivateKey:
+        passphrase = passphrase or None  # an empty passphrase is no passphrase, as in to_pem
         try:
-            key = serialization.load_pem_private_key(data, password=passphrase or None)
+            key = serialization.load_pem_private_key(data, password=passphrase)
         except TypeError as error:
             raise LedgerError(
                 "the key file is encrypted: give its passphrase"
@@ -186,9 +188,9 @@ class PrivateKey:
                 else "the key file is not encrypted: give no passphrase",
                 code="bad_key",
             ) from error
-        except ValueError as error:
+        except (ValueError, UnsupportedAlgorithm) as error:
             raise LedgerError(
-                "not a PKCS#8 PEM private key, or a wrong passphrase", code="bad_key"
+                "not a PKCS#8 PEM Ed25519 private key, or a wrong passphrase", code="bad_key"
             ) from error
         if not isinstance(key, Ed25519PrivateKey):
             raise LedgerError("the key file holds a key that is not Ed25519", code="bad_key")

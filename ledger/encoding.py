@@ -73,7 +73,8 @@ def _check_string(value: str) -> None:
 
 
 def _reject_float(text: str) -> Any:
-    raise DecodeError(f"number {text} is not an integer (floats and exponents are invalid)")
+    shown = text if len(text) <= 24 else f"{text[:24]}…"
+    raise DecodeError(f"number {shown} is not an integer (floats and exponents are invalid)")
 
 
 def _reject_constant(text: str) -> Any:
@@ -144,6 +145,11 @@ def _check_decoded(value: JSON, depth: int, max_depth: int) -> None:
     elif isinstance(value, dict | list):
         if depth >= max_depth:
             raise DecodeError(f"nesting deeper than {max_depth}", code="limit_exceeded")
-        items = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            for key in value:
+                _check_string(key)
+            items: Any = value.values()
+        else:
+            items = value
         for item in items:
             _check_decoded(item, depth + 1, max_depth)
