@@ -521,9 +521,10 @@ def check_envelope(
     for key in listed:
         if key not in keys:
             raise _reject("unknown_key", f"key {key} is not in the key set of {tx.signer}")
-    if len(listed) < threshold:
+    distinct = len(set(listed))  # M-of-N means M different keys, however the list was built
+    if distinct < threshold:
         raise _reject(
-            "insufficient_signatures", f"{len(listed)} signatures, threshold is {threshold}"
+            "insufficient_signatures", f"{distinct} distinct signing keys, threshold {threshold}"
         )
     if not signatures_verified:
         try:

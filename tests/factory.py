@@ -205,4 +205,5 @@ class Chain:
             self.issue([(self.alice, 1000), (self.bob, 500)]),
         )
         assert not built.rejected, built.rejected
+        assert len(built.block.transactions) == 3, "block_transactions_max left a set-up out"
         return self
