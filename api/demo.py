@@ -38,6 +38,7 @@ MONTHS: Final = 10
 HOUSEHOLDS: Final = 300
 SOLAR_SITES: Final = 24
 EV_OWNERS: Final = 40
+COMPOUND_HOUSEHOLDS: Final = 100  # households per residential compound, one batch each
 # China's national grid emission factor, 0.5703 t CO2 / MWh (= 0.5703 kg CO2e per kWh),
 # kept as an integer ratio so quantities stay integers (units of 1 kg CO2e).
 GRID_FACTOR_PER_10000_KWH: Final = 5703
@@ -210,7 +211,7 @@ def build_demo(
     commit(setup, genesis_time + DAY_MS)
     report(f"registry set up: {len(METHODOLOGIES)} methodologies, certifier, 2 programmes")
 
-    per_month = max(10, (transactions - summary.transactions - 3 * MONTHS) // MONTHS)
+    per_month = max(10, (transactions - summary.transactions - 5 * MONTHS) // MONTHS)
     batch_number = 0
     solar = city.households[:SOLAR_SITES]
     ev = city.households[SOLAR_SITES : SOLAR_SITES + EV_OWNERS]
@@ -225,31 +226,35 @@ def build_demo(
             ("rooftop-solar", solar, 200, 900),
             ("ev-charging", ev, 40, 260),
         ):
-            recipients: list[dict[str, Any]] = [
-                {"account": member, "quantity": _kg(city.rng.randint(low, high))}
-                for member in group
-                if not (member == suspended and month in (4, 5))
-            ]
-            evidence = hashlib.sha256(f"meter-readings/{methodology_id}/{start}".encode())
-            issues.append(
-                city.tx(
-                    city.certifier.account_id,
-                    "issue",
-                    {
-                        "methodology_id": methodology_id,
-                        "project_id": f"zibo-zhangdian-{methodology_id}",
-                        "period_start": start,
-                        "period_end": end,
-                        "evidence_sha256": evidence.hexdigest(),
-                        "recipients": recipients,
-                        "memo": f"Zhangdian district, {start[:7]} meter readings",
-                    },
+            members = [m for m in group if not (m == suspended and month in (4, 5))]
+            # One batch per residential compound (小区) and month: each compound's meters are
+            # read together, and a batch stays well inside transaction_bytes_max.
+            for compound, first in enumerate(range(0, len(members), COMPOUND_HOUSEHOLDS), 1):
+                recipients: list[dict[str, Any]] = [
+                    {"account": member, "quantity": _kg(city.rng.randint(low, high))}
+                    for member in members[first : first + COMPOUND_HOUSEHOLDS]
+                ]
+                project = f"zhangdian-compound-{compound:02d}-{methodology_id}"
+                evidence = hashlib.sha256(f"meter-readings/{project}/{start}".encode())
+                issues.append(
+                    city.tx(
+                        city.certifier.account_id,
+                        "issue",
+                        {
+                            "methodology_id": methodology_id,
+                            "project_id": project,
+                            "period_start": start,
+                            "period_end": end,
+                            "evidence_sha256": evidence.hexdigest(),
+                            "recipients": recipients,
+                            "memo": f"Zhangdian compound {compound}, {start[:7]} meter readings",
+                        },
+                    )
                 )
-            )
-            batch_number += 1
-            for recipient in recipients:
-                holding = (recipient["account"], f"B-{batch_number}")
-                city.holdings[holding] = city.holdings.get(holding, 0) + recipient["quantity"]
+                batch_number += 1
+                for recipient in recipients:
+                    holding = (recipient["account"], f"B-{batch_number}")
+                    city.holdings[holding] = city.holdings.get(holding, 0) + recipient["quantity"]
         commit(issues, month_start)
 
         activity = _month_activity(city, month, per_month, suspended)

@@ -115,7 +115,15 @@ class SoloProducer:
 
     def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         """Admit envelopes to the pool; each answer is pending or rejected with its code."""
-        checks = verify_signatures(envelopes, self.pool.executor)
+        limit = self._state.params.transaction_bytes_max
+        checks: list[LedgerError | None] = [
+            error if size_error is None else size_error
+            for size_error, error in zip(
+                (_size_error(envelope, limit) for envelope in envelopes),
+                verify_signatures(envelopes, self.pool.executor),
+                strict=True,
+            )
+        ]
         answers = []
         with self._lock:
             admissions = self.pool.admit(envelopes, checks, self._committed_nonce)
@@ -203,3 +211,13 @@ class SoloProducer:
         return CommittedBlock(
             block=block, certificate=certificate, outcomes=tuple(committed + rejected)
         )
+
+
+def _size_error(envelope: Envelope, limit: int) -> LedgerError | None:
+    """Refuse at the door what no block could hold (the state transition checks it again)."""
+    if len(envelope.leaf) <= limit:
+        return None
+    return LedgerError(
+        f"transaction is {len(envelope.leaf)} bytes, the chain allows {limit}",
+        code="payload_too_large",
+    )

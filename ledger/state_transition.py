@@ -499,10 +499,16 @@ def check_envelope(
     envelope: Envelope,
     *,
     chain_id: str,
+    transaction_bytes_max: int,
     signatures_verified: bool,
 ) -> None:
-    """Chain id, the signer's keys and threshold, every signature, and the nonce."""
+    """Size, chain id, the signer's keys and threshold, every signature, and the nonce."""
     tx = envelope.tx
+    if len(envelope.leaf) > transaction_bytes_max:
+        raise _reject(
+            "payload_too_large",
+            f"transaction is {len(envelope.leaf)} bytes, the chain allows {transaction_bytes_max}",
+        )
     if tx.chain_id != chain_id:
         raise _reject("wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {chain_id!r}")
     account = state_get(f"account/{tx.signer}")
@@ -539,7 +545,11 @@ def check_envelope(
 def _apply_transaction(work: _Work, envelope: Envelope, *, signatures_verified: bool) -> None:
     tx = envelope.tx
     check_envelope(
-        work.get, envelope, chain_id=work.base.chain_id, signatures_verified=signatures_verified
+        work.get,
+        envelope,
+        chain_id=work.base.chain_id,
+        transaction_bytes_max=work.base.params.transaction_bytes_max,
+        signatures_verified=signatures_verified,
     )
     if tx.type in AUTHORITY_TYPES and tx.signer != work.base.authority:
         raise _reject("not_authorized", f"{tx.type} is for the registry authority only")

@@ -32,9 +32,9 @@ from ledger.blocks import (
     verify_certificate,
 )
 from ledger.encoding import canonical, canonical_unchecked
-from ledger.errors import InvalidProofError, StoreError
+from ledger.errors import InvalidProofError, LedgerError, StoreError
 from ledger.genesis import Genesis, genesis_state, parse_genesis
-from ledger.merkle import LogState
+from ledger.merkle import LogState, leaf_hash
 from ledger.state import State
 from ledger.transactions import Envelope, envelope_from_json_trusted
 
@@ -117,7 +117,7 @@ class Store:
         try:
             connection = cls._connect(path)
             store = cls(directory, connection)
-        except (sqlite3.DatabaseError, KeyError, ValueError) as error:
+        except (sqlite3.DatabaseError, KeyError, ValueError, LedgerError) as error:
             raise StoreError(f"{path} is not a usable Tanlian database: {error}") from error
         return store
 
@@ -140,7 +140,7 @@ class Store:
             return self._load_state()
         except StoreError:
             raise
-        except (sqlite3.DatabaseError, KeyError, ValueError, TypeError) as error:
+        except (sqlite3.DatabaseError, KeyError, ValueError, TypeError, LedgerError) as error:
             raise StoreError(f"refusing to start: the store cannot be read ({error})") from error
 
     def _load_state(self) -> State:
@@ -184,6 +184,7 @@ class Store:
                 f"refusing to start: certificate of block {height}: {error}"
             ) from error
         log = self._load_log(header.log_size)
+        self._check_head_transactions(block)
         if log.root().hex() != header.log_root:
             raise StoreError(
                 f"refusing to start: the stored log does not give block {height}'s log_root"
@@ -207,6 +208,22 @@ class Store:
         if compute_validators_hash(last_validators) != header.validators_hash:
             raise StoreError("refusing to start: recorded validators do not match the head")
         return state
+
+    def _check_head_transactions(self, block: Block) -> None:
+        """The head block's stored transactions are the leaves its log root was built from."""
+        first = block.header.log_size - len(block.transactions)
+        stored = dict(
+            self._conn.execute(
+                "SELECT idx, hash FROM log_nodes WHERE level = 0 AND idx >= ? AND idx < ?",
+                (first, block.header.log_size),
+            ).fetchall()
+        )
+        for offset, envelope in enumerate(block.transactions):
+            if stored.get(first + offset) != leaf_hash(envelope.leaf):
+                raise StoreError(
+                    f"refusing to start: transaction {first + offset} of block "
+                    f"{block.height} does not match its log leaf"
+                )
 
     def _load_log(self, size: int) -> LogState:
         count = self._conn.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]

@@ -1,0 +1,264 @@
+"""The pending pool (SPEC §7.2): bounded, deduplicated, nonce-windowed, released in order.
+
+Envelopes are signed for real; the pool only looks at signatures, signers, nonces and ids, so
+the payloads need not pass the state rules. The committed nonce of each account is a plain
+dict, the way the producer's state would answer it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from consensus import pool as pool_module
+from consensus.pool import Pool
+from ledger.crypto import PrivateKey
+from ledger.limits import POOL_NONCE_GAP_MAX
+from ledger.transactions import Envelope, Signature, verify_envelope_signatures
+from tests.factory import Chain, key
+
+CHAIN = Chain()
+
+
+def envelope(signer: PrivateKey, nonce: int, *, memo: str = "") -> Envelope:
+    """A signed transfer of `signer` with `nonce`; `memo` makes a different transaction."""
+    payload = {"to": CHAIN.carol.account_id, "batch_id": "B-1", "quantity": 1}
+    if memo:
+        payload["memo"] = memo
+    return CHAIN.tx(signer, "transfer", payload, nonce=nonce)
+
+
+def committed(nonces: dict[str, int] | None = None) -> Callable[[str], int]:
+    table = nonces or {}
+    return lambda signer: table.get(signer, 0)
+
+
+def codes(
+    pool: Pool, envelopes: Sequence[Envelope], nonces: dict[str, int] | None = None
+) -> list[str | None]:
+    answers = pool.add_many(envelopes, committed(nonces))
+    assert [a.envelope for a in answers] == list(envelopes), "one answer per envelope, in order"
+    return [None if a.error is None else a.error.code for a in answers]
+
+
+def tampered(original: Envelope, position: int = -1) -> Envelope:
+    """The same envelope with one hex character of its first signature changed."""
+    first = original.signatures[0]
+    text = first.signature
+    index = position % len(text)
+    digit = "0" if text[index] != "0" else "1"
+    signature = Signature(
+        public_key=first.public_key, signature=text[:index] + digit + text[index + 1 :]
+    )
+    return Envelope(tx=original.tx, signatures=(signature, *original.signatures[1:]))
+
+
+ALICE, BOB = CHAIN.alice, CHAIN.bob
+
+
+# --- bounds -------------------------------------------------------------------------------------
+
+
+def test_full_pool_refuses_with_mempool_full_and_evicts_nothing() -> None:
+    pool = Pool(capacity=3)
+    held = [envelope(ALICE, 1), envelope(ALICE, 2), envelope(BOB, 1)]
+    assert codes(pool, held) == [None, None, None]
+    extra = envelope(BOB, 2)
+    assert codes(pool, [extra]) == ["mempool_full"]
+    assert len(pool) == 3
+    assert all(e.tx_id in pool for e in held)
+    assert extra.tx_id not in pool
+    assert pool.ready(committed(), limit=10) == [held[0], held[1], held[2]]
+    # Resubmitting a held transaction to a full pool is still a no-op, not a refusal.
+    assert codes(pool, [held[0]]) == [None]
+    assert len(pool) == 3
+    # Room made by removal is room again.
+    pool.remove([held[0]])
+    assert codes(pool, [extra]) == [None]
+    assert len(pool) == 3
+
+
+def test_full_pool_error_message_names_the_capacity() -> None:
+    pool = Pool(capacity=1)
+    pool.add_many([envelope(ALICE, 1)], committed())
+    (answer,) = pool.add_many([envelope(BOB, 1)], committed())
+    assert answer.error is not None
+    assert answer.error.code == "mempool_full"
+    assert "1" in answer.error.message
+
+
+# --- deduplication and nonces -------------------------------------------------------------------
+
+
+def test_duplicate_tx_id_is_idempotent() -> None:
+    pool = Pool()
+    first = envelope(ALICE, 1)
+    later = envelope(BOB, 1)
+    assert codes(pool, [first, first]) == [None, None]
+    assert codes(pool, [later, first]) == [None, None]
+    assert len(pool) == 2
+    # The duplicate did not refresh the first one's place in the arrival order.
+    assert pool.ready(committed(), limit=10) == [first, later]
+
+
+def test_nonce_already_committed_is_bad_nonce() -> None:
+    pool = Pool()
+    nonces = {ALICE.account_id: 3}
+    assert codes(pool, [envelope(ALICE, 3), envelope(ALICE, 1)], nonces) == [
+        "bad_nonce",
+        "bad_nonce",
+    ]
+    assert len(pool) == 0
+    assert codes(pool, [envelope(ALICE, 4)], nonces) == [None]
+
+
+def test_nonce_beyond_the_window_is_bad_nonce() -> None:
+    pool = Pool(nonce_gap_max=4)
+    nonces = {ALICE.account_id: 10}
+    assert codes(pool, [envelope(ALICE, 15)], nonces) == ["bad_nonce"]
+    assert codes(pool, [envelope(ALICE, 14)], nonces) == [None]
+    default = Pool()
+    assert codes(default, [envelope(BOB, POOL_NONCE_GAP_MAX + 1)]) == ["bad_nonce"]
+    assert codes(default, [envelope(BOB, POOL_NONCE_GAP_MAX)]) == [None]
+
+
+def test_second_transaction_with_a_pending_nonce_is_bad_nonce() -> None:
+    pool = Pool()
+    first = envelope(ALICE, 1, memo="first")
+    rival = envelope(ALICE, 1, memo="rival")
+    assert first.tx_id != rival.tx_id
+    assert codes(pool, [first, rival]) == [None, "bad_nonce"]
+    assert first.tx_id in pool and rival.tx_id not in pool
+    assert pool.ready(committed(), limit=10) == [first]
+
+
+# --- release order ------------------------------------------------------------------------------
+
+
+def test_ready_follows_nonces_without_gaps() -> None:
+    pool = Pool()
+    one, three = envelope(ALICE, 1), envelope(ALICE, 3)
+    codes(pool, [one, three])
+    assert pool.ready(committed(), limit=10) == [one]
+    assert pool.ready(committed({ALICE.account_id: 1}), limit=10) == []
+    two = envelope(ALICE, 2)
+    codes(pool, [two], {ALICE.account_id: 1})
+    assert pool.ready(committed({ALICE.account_id: 1}), limit=10) == [two, three]
+
+
+def test_ready_releases_out_of_order_submissions_in_nonce_order() -> None:
+    pool = Pool()
+    three, one, two = envelope(ALICE, 3), envelope(ALICE, 1), envelope(ALICE, 2)
+    codes(pool, [three])
+    codes(pool, [one])
+    codes(pool, [two])
+    assert pool.ready(committed(), limit=10) == [one, two, three]
+
+
+def test_ready_respects_arrival_order_across_accounts() -> None:
+    pool = Pool()
+    a1, b1, a2, c1, b2 = (
+        envelope(ALICE, 1),
+        envelope(BOB, 1),
+        envelope(ALICE, 2),
+        envelope(CHAIN.carol, 1),
+        envelope(BOB, 2),
+    )
+    codes(pool, [a1, b1, a2, c1, b2])
+    assert pool.ready(committed(), limit=10) == [a1, b1, a2, c1, b2]
+
+
+def test_an_early_later_nonce_waits_for_its_predecessor() -> None:
+    pool = Pool()
+    a2, b1, a1 = envelope(ALICE, 2), envelope(BOB, 1), envelope(ALICE, 1)
+    codes(pool, [a2, b1, a1])
+    # a2 arrived first but cannot overtake a1, which arrived after b1.
+    assert pool.ready(committed(), limit=10) == [b1, a1, a2]
+
+
+def test_ready_respects_the_limit() -> None:
+    pool = Pool()
+    envelopes = [envelope(ALICE, n) for n in range(1, 6)] + [envelope(BOB, 1)]
+    codes(pool, envelopes)
+    assert pool.ready(committed(), limit=3) == envelopes[:3]
+    assert pool.ready(committed(), limit=0) == []
+    assert pool.ready(committed(), limit=100) == envelopes
+    assert len(pool) == 6, "ready() only looks"
+
+
+# --- removal ------------------------------------------------------------------------------------
+
+
+def test_remove_takes_transactions_out_and_ignores_unknown_ones() -> None:
+    pool = Pool()
+    a1, a2, b1 = envelope(ALICE, 1), envelope(ALICE, 2), envelope(BOB, 1)
+    codes(pool, [a1, a2, b1])
+    pool.remove([a1, envelope(CHAIN.carol, 1)])
+    assert len(pool) == 2
+    assert a1.tx_id not in pool and a2.tx_id in pool
+    assert pool.ready(committed({ALICE.account_id: 1}), limit=10) == [a2, b1]
+    pool.remove([a2, b1, b1])
+    assert len(pool) == 0
+    assert pool.ready(committed(), limit=10) == []
+    # A removed nonce is free again.
+    assert codes(pool, [a1]) == [None]
+
+
+def test_drop_stale_removes_and_returns_used_nonces() -> None:
+    pool = Pool()
+    a1, a2, a3, b1 = envelope(ALICE, 1), envelope(ALICE, 2), envelope(ALICE, 3), envelope(BOB, 1)
+    codes(pool, [a1, a2, a3, b1])
+    nonces = {ALICE.account_id: 2}
+    stale = pool.drop_stale(committed(nonces))
+    assert {e.tx_id for e in stale} == {a1.tx_id, a2.tx_id}
+    assert len(pool) == 2
+    assert a3.tx_id in pool and b1.tx_id in pool
+    assert pool.ready(committed(nonces), limit=10) == [a3, b1]
+    assert pool.drop_stale(committed(nonces)) == []
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", [0, 31, 64, -1])
+def test_bad_signature_is_refused_at_admission(position: int) -> None:
+    pool = Pool()
+    good = envelope(ALICE, 1)
+    bad = tampered(good, position)
+    assert bad.tx_id == good.tx_id, "a signature is not part of the id"
+    assert codes(pool, [bad]) == ["bad_signature"]
+    assert len(pool) == 0
+    assert codes(pool, [good]) == [None]
+
+
+def test_bad_signatures_are_refused_when_verified_in_parallel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signers = [key(f"household-{i}") for i in range(96)]
+    envelopes = [
+        tampered(envelope(signer, 1)) if i % 7 == 3 else envelope(signer, 1)
+        for i, signer in enumerate(signers)
+    ]
+    expected = ["bad_signature" if i % 7 == 3 else None for i in range(len(envelopes))]
+    threads: set[str] = set()
+
+    def recording(item: Envelope) -> None:
+        threads.add(threading.current_thread().name)
+        verify_envelope_signatures(item)
+
+    monkeypatch.setattr(pool_module, "verify_envelope_signatures", recording)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as executor:
+        pool = Pool(executor=executor)
+        assert codes(pool, envelopes) == expected
+    # Verified on the executor's threads, never on the caller's (how many threads the executor
+    # starts is its own business).
+    assert threads and all(name.startswith("verify") for name in threads), threads
+    assert len(pool) == expected.count(None)
+    assert all(
+        (e.tx_id in pool) == (code is None) for e, code in zip(envelopes, expected, strict=True)
+    )
+    # The sequential path gives the same answers.
+    assert codes(Pool(), envelopes) == expected

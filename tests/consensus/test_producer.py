@@ -1,0 +1,333 @@
+"""The single-validator producer: pool to certified, stored block (SPEC §5.2, §5.3).
+
+Each test runs a real store in a temporary directory and checks what the producer returns
+against what the store holds and what an independent replay (`apply_block`) accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consensus.producer import CommittedBlock, SoloProducer
+from ledger.blocks import Validator, parse_block, verify_certificate, vote_bytes
+from ledger.crypto import verify_signature
+from ledger.errors import LedgerError
+from ledger.genesis import genesis_state, make_genesis_document
+from ledger.state_transition import apply_block
+from ledger.store import Store
+from ledger.transactions import Envelope, Signature
+from tests.factory import CHAIN_ID, GENESIS_TIME, Chain, key
+
+PROGRAM = "zibo-green-home"
+T1 = GENESIS_TIME + 1000
+
+
+@pytest.fixture
+def chain() -> Chain:
+    return Chain()
+
+
+@pytest.fixture
+def store(tmp_path: Path, chain: Chain) -> Iterator[Store]:
+    opened = Store.create(tmp_path, chain.genesis_document)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def producer(store: Store, chain: Chain) -> SoloProducer:
+    return SoloProducer(store, chain.validator)
+
+
+def setup_envelopes(chain: Chain) -> list[Envelope]:
+    return [
+        chain.accredit(),
+        chain.create_program(PROGRAM),
+        chain.issue([(chain.alice, 1000), (chain.bob, 500)]),
+    ]
+
+
+def produced(producer: SoloProducer, now_ms: int) -> CommittedBlock:
+    result = producer.produce(now_ms)
+    assert result is not None
+    return result
+
+
+def transfer(chain: Chain, quantity: int, *, nonce: int | None = None) -> Envelope:
+    return chain.tx(
+        chain.alice,
+        "transfer",
+        {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": quantity},
+        nonce=nonce,
+    )
+
+
+# --- committing ---------------------------------------------------------------------------------
+
+
+def test_commits_submitted_transactions_with_a_one_of_one_certificate(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    envelopes = setup_envelopes(chain)
+    answers = producer.submit(envelopes)
+    assert [(a.tx_id, a.status) for a in answers] == [(e.tx_id, "pending") for e in envelopes]
+    assert producer.pending_count() == 3
+
+    result = produced(producer, T1)
+    block, certificate = result.block, result.certificate
+    assert block.height == 1 and block.transactions == tuple(envelopes)
+    assert block.header.proposer == chain.validator.public_key_hex
+    assert producer.pending_count() == 0
+    # SPEC §5.3: exactly these fields, one precommit signature by the only validator.
+    document = certificate.to_json()
+    assert set(document) == {"chain_id", "height", "round", "block_hash", "signatures"}
+    assert (document["chain_id"], document["height"], document["round"]) == (CHAIN_ID, 1, 0)
+    assert document["block_hash"] == block.block_hash()
+    assert document["signatures"] == [
+        {"public_key": chain.validator.public_key_hex, "signature": certificate.signatures[0][1]}
+    ]
+    verify_certificate(
+        certificate,
+        chain_id=CHAIN_ID,
+        height=1,
+        block_hash=block.block_hash(),
+        validators=genesis_state(chain.genesis).current_validators(),
+    )
+    signed = vote_bytes(
+        chain_id=CHAIN_ID, vote_type="precommit", height=1, round=0, block_hash=block.block_hash()
+    )
+    verify_signature(
+        chain.validator.public_key, signed, bytes.fromhex(certificate.signatures[0][1])
+    )
+    # The block is stored with its certificate, and replays on the genesis state.
+    assert store.head_height == 1
+    assert store.read_block(1) == block
+    assert store.read_certificate(1) == certificate
+    replayed = apply_block(genesis_state(chain.genesis), block)
+    assert replayed.state_root == producer.state.state_root == block.header.state_root
+
+    # The next block carries this certificate as its last commit.
+    following = transfer(chain, 10)
+    producer.submit([following])
+    second = produced(producer, T1 + 1000)
+    assert second.block.last_commit == certificate
+    assert second.block.header.last_commit_hash == certificate.certificate_hash()
+    assert second.block.header.parent_hash == block.block_hash()
+    assert apply_block(replayed, second.block).state_root == second.block.header.state_root
+
+
+def test_outcomes_record_height_and_log_index(producer: SoloProducer, chain: Chain) -> None:
+    envelopes = setup_envelopes(chain)
+    producer.submit(envelopes)
+    first = produced(producer, T1)
+    expected = [("committed", 1, index) for index in range(3)]
+    assert [(o.status, o.height, o.log_index) for o in first.outcomes] == expected
+    assert [o.tx_id for o in first.outcomes] == [e.tx_id for e in envelopes]
+    later = [transfer(chain, 1), transfer(chain, 2)]
+    producer.submit(later)
+    produced(producer, T1 + 1000)
+    for envelope, (status, height, index) in zip(
+        envelopes + later, [*expected, ("committed", 2, 3), ("committed", 2, 4)], strict=True
+    ):
+        outcome = producer.outcomes[envelope.tx_id]
+        assert (outcome.status, outcome.height, outcome.log_index) == (status, height, index)
+        assert outcome.code is None
+
+
+def test_a_failing_transaction_is_rejected_with_its_code(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    too_much = transfer(chain, 5000)
+    fine = chain.tx(
+        chain.bob, "transfer", {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 5}
+    )
+    producer.submit([too_much, fine])
+    result = produced(producer, T1 + 1000)
+    assert result.block.transactions == (fine,)
+    rejected = [o for o in result.outcomes if o.status == "rejected"]
+    assert [(o.tx_id, o.code) for o in rejected] == [(too_much.tx_id, "insufficient_credits")]
+    remembered = producer.outcomes[too_much.tx_id]
+    assert remembered.status == "rejected" and remembered.code == "insufficient_credits"
+    assert remembered.message and "5000" in remembered.message
+    assert too_much.tx_id not in producer.pool
+    assert producer.pending_count() == 0
+    assert store.read_block(2).transactions == (fine,)
+
+
+def test_a_bad_signature_is_rejected_at_submission(producer: SoloProducer, chain: Chain) -> None:
+    good = chain.accredit()
+    signature = good.signatures[0]
+    flipped = signature.signature[:-1] + ("0" if signature.signature[-1] != "0" else "1")
+    bad = Envelope(
+        tx=good.tx,
+        signatures=(
+            Signature(public_key=signature.public_key, signature=flipped),
+            *good.signatures[1:],
+        ),
+    )
+    (answer,) = producer.submit([bad])
+    assert (answer.status, answer.code) == ("rejected", "bad_signature")
+    assert producer.outcomes[bad.tx_id].code == "bad_signature"
+    assert producer.pending_count() == 0
+    assert producer.produce(T1) is None
+
+
+def test_later_transactions_of_a_failed_signer_are_deferred(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    failing = transfer(chain, 5000, nonce=1)
+    second = transfer(chain, 10, nonce=2)
+    producer.submit([failing, second])
+    # Only alice's transactions are ready: the failed one is rejected, the next one waits,
+    # and no empty block is cut.
+    assert producer.produce(T1 + 1000) is None
+    assert store.head_height == 1
+    assert producer.outcomes[failing.tx_id].code == "insufficient_credits"
+    assert second.tx_id not in producer.outcomes, "deferred, not rejected"
+    assert second.tx_id in producer.pool and producer.pending_count() == 1
+    assert producer.produce(T1 + 2000) is None, "nonce 2 cannot go before a nonce 1"
+    # A new, valid transaction with nonce 1 fills the gap; both commit, in nonce order.
+    refill = transfer(chain, 20, nonce=1)
+    (answer,) = producer.submit([refill])
+    assert answer.status == "pending"
+    result = produced(producer, T1 + 3000)
+    assert result.block.transactions == (refill, second)
+    assert producer.outcomes[second.tx_id].status == "committed"
+    assert producer.outcomes[second.tx_id].height == 2
+    assert producer.pending_count() == 0
+    assert producer.state.get(f"account/{chain.alice.account_id}")["nonce"] == 2
+
+
+def test_deferred_transactions_wait_while_others_commit(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    failing = transfer(chain, 5000, nonce=1)
+    second = transfer(chain, 10, nonce=2)
+    other = chain.tx(
+        chain.bob, "transfer", {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 5}
+    )
+    producer.submit([failing, second, other])
+    result = produced(producer, T1 + 1000)
+    assert result.block.transactions == (other,)
+    assert {o.tx_id: o.status for o in result.outcomes} == {
+        other.tx_id: "committed",
+        failing.tx_id: "rejected",
+    }
+    assert second.tx_id in producer.pool
+
+
+def test_a_transaction_over_transaction_bytes_max_is_never_committed(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    """SPEC §7.2: a transaction is at most the genesis `transaction_bytes_max`. Whatever the
+    way in, a block must never carry a bigger one: `parse_block` (what a verifier of the
+    export runs) refuses it."""
+    limit = chain.genesis.params.transaction_bytes_max
+    producer.submit([chain.accredit()])
+    produced(producer, T1)
+    households = [hashlib.sha256(f"household-{i}".encode()).hexdigest() for i in range(250)]
+    big = chain.issue([(account, 10) for account in households])
+    assert len(big.leaf) > limit
+    small = chain.issue([(chain.alice, 10)], project_id="meter-0002")
+    producer.submit([big, small])
+    result = producer.produce(T1 + 1000)
+    committed = () if result is None else result.block.transactions
+    assert big.tx_id not in {e.tx_id for e in committed}, (
+        f"a {len(big.leaf)}-byte transaction was committed (limit {limit})"
+    )
+    outcome = producer.outcomes.get(big.tx_id)
+    assert outcome is not None and (outcome.status, outcome.code) == (
+        "rejected",
+        "payload_too_large",
+    )
+    for height in range(1, store.head_height + 1):
+        parse_block(store.read_block(height).to_json(), transaction_bytes_max=limit)
+
+
+# --- blocks -------------------------------------------------------------------------------------
+
+
+def test_no_empty_blocks(producer: SoloProducer, store: Store, chain: Chain) -> None:
+    assert producer.produce(T1) is None
+    assert store.head_height == 0 and producer.state.height == 0
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    assert producer.produce(T1 + 1000) is None
+    assert store.head_height == 1
+
+
+def test_block_time_strictly_increases_when_the_clock_goes_back(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    producer.submit(setup_envelopes(chain))
+    first = produced(producer, T1 + 50_000)
+    assert first.block.header.time == T1 + 50_000
+    producer.submit([transfer(chain, 1)])
+    second = produced(producer, T1)  # the clock went back 50 s
+    assert second.block.header.time > first.block.header.time
+    producer.submit([transfer(chain, 1)])
+    third = produced(producer, second.block.header.time)  # the clock stood still
+    assert third.block.header.time > second.block.header.time
+    assert [store.read_block(h).header.time for h in (1, 2, 3)] == [
+        first.block.header.time,
+        second.block.header.time,
+        third.block.header.time,
+    ]
+
+
+def test_block_transactions_max_is_respected(tmp_path: Path) -> None:
+    chain = Chain(block_transactions_max=2)
+    store = Store.create(tmp_path, chain.genesis_document)
+    try:
+        producer = SoloProducer(store, chain.validator)
+        envelopes = [*setup_envelopes(chain), chain.create_program("zibo-ev-rewards")]
+        producer.submit(envelopes)
+        blocks = [produced(producer, T1), produced(producer, T1 + 1000)]
+        assert [b.block.transactions for b in blocks] == [
+            tuple(envelopes[:2]),
+            tuple(envelopes[2:]),
+        ]
+        assert producer.produce(T1 + 2000) is None
+        assert store.head_height == 2
+    finally:
+        store.close()
+
+
+# --- who may produce ----------------------------------------------------------------------------
+
+
+def test_refuses_a_key_that_is_not_the_validator(store: Store, chain: Chain) -> None:
+    with pytest.raises(LedgerError) as raised:
+        SoloProducer(store, chain.alice)
+    assert raised.value.code == "not_a_validator"
+
+
+def test_refuses_a_chain_with_more_than_one_validator(tmp_path: Path, chain: Chain) -> None:
+    document = make_genesis_document(
+        chain_id=CHAIN_ID,
+        genesis_time=GENESIS_TIME,
+        authority_name="Zibo registry authority",
+        authority_keys=[k.public_key_hex for k in chain.authority_keys],
+        authority_threshold=2,
+        validators=[
+            Validator(public_key=chain.validator.public_key_hex, power=1, name="city"),
+            Validator(public_key=key("validator-centre").public_key_hex, power=1, name="centre"),
+        ],
+    )
+    store = Store.create(tmp_path, document)
+    try:
+        with pytest.raises(LedgerError) as raised:
+            SoloProducer(store, chain.validator)
+        assert raised.value.code == "not_a_validator"
+    finally:
+        store.close()

@@ -1,0 +1,653 @@
+"""The data directory (SPEC §5, §7.1): durable blocks, reopening, export, and refusing damage.
+
+A small chain is produced through the real pool and `SoloProducer` (issuance, transfers that
+split and merge lots, retirements, an invalidation), then the store is closed, reopened, read
+back, exported and replayed from the genesis alone. Failures injected in the middle of
+`append` must leave the previous block as the head, and every kind of damage done to the
+database behind the store's back must make opening refuse with a `StoreError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+
+from consensus.producer import CommittedBlock, SoloProducer
+from ledger.blocks import parse_block, parse_certificate, verify_certificate
+from ledger.errors import StoreError
+from ledger.genesis import genesis_state, parse_genesis
+from ledger.merkle import LogState
+from ledger.state import State
+from ledger.state_transition import apply_block
+from ledger.store import DATABASE_FILE, Store
+from ledger.transactions import Envelope
+from tests.factory import GENESIS_TIME, Chain
+
+PROGRAM = "zibo-green-home"
+TABLES = (
+    "meta",
+    "blocks",
+    "transactions",
+    "account_transactions",
+    "state",
+    "state_changes",
+    "log_nodes",
+    "batches",
+    "retirements",
+    "lots",
+)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Produced:
+    """A chain produced into a store (closed afterwards), with what the producer returned."""
+
+    chain: Chain
+    directory: Path
+    blocks: list[CommittedBlock]
+    state: State
+
+
+def commit(producer: SoloProducer, envelopes: list[Envelope], at_ms: int) -> CommittedBlock:
+    """Submit `envelopes` and cut one block holding exactly them."""
+    answers = producer.submit(envelopes)
+    assert [a.status for a in answers] == ["pending"] * len(envelopes), answers
+    result = producer.produce(at_ms)
+    assert result is not None
+    assert [e.tx_id for e in result.block.transactions] == [e.tx_id for e in envelopes]
+    return result
+
+
+def scenario_blocks(chain: Chain) -> Iterator[list[Envelope]]:
+    """Four blocks: set-up and issuance, transfers and retirements that split and merge lots,
+    an invalidation, and a second batch. Generated lazily: each uses the nonces committed."""
+    alice, bob = chain.alice.account_id, chain.bob.account_id
+    yield [
+        chain.accredit(),
+        chain.create_program(PROGRAM),
+        chain.issue([(alice, 1000), (bob, 500)]),
+    ]
+    yield [
+        chain.tx(chain.alice, "transfer", {"to": bob, "batch_id": "B-1", "quantity": 100}),
+        chain.tx(
+            chain.bob,
+            "retire",
+            {"batch_id": "B-1", "quantity": 50, "beneficiary": "Bob", "purpose": "voluntary"},
+        ),
+    ]
+    yield [
+        # Bob's lowest serials come back to alice and merge with her remaining lot.
+        chain.tx(chain.bob, "transfer", {"to": alice, "batch_id": "B-1", "quantity": 100}),
+        chain.tx(
+            chain.alice,
+            "retire",
+            {
+                "batch_id": "B-1",
+                "quantity": 30,
+                "beneficiary": "Alice's household",
+                "purpose": "incentive",
+                "program_id": PROGRAM,
+                "jurisdiction": "CN-SD",
+            },
+        ),
+        chain.tx(
+            chain.certifier,
+            "invalidate",
+            {"batch_id": "B-1", "holder": bob, "quantity": 10, "reason": "meter fault"},
+        ),
+    ]
+    yield [
+        chain.issue([(chain.carol, 300)], project_id="meter-0002"),
+        chain.tx(chain.alice, "transfer", {"to": bob, "batch_id": "B-1", "quantity": 1}),
+    ]
+
+
+def produce_chain(directory: Path) -> Produced:
+    chain = Chain()
+    store = Store.create(directory, chain.genesis_document)
+    producer = SoloProducer(store, chain.validator)
+    blocks = [
+        commit(producer, envelopes, GENESIS_TIME + 1000 * (number + 1))
+        for number, envelopes in enumerate(scenario_blocks(chain))
+    ]
+    state = producer.state
+    store.close()
+    return Produced(chain=chain, directory=directory, blocks=blocks, state=state)
+
+
+@pytest.fixture
+def produced(tmp_path: Path) -> Produced:
+    return produce_chain(tmp_path / "node")
+
+
+def connect(directory: Path) -> sqlite3.Connection:
+    """A plain connection to the store's database, behind the store's back."""
+    connection = sqlite3.connect(directory / DATABASE_FILE, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+def dump(directory: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, sorted: to compare a whole database before and after."""
+    connection = connect(directory)
+    try:
+        return {
+            table: sorted(tuple(row) for row in connection.execute(f"SELECT * FROM {table}"))
+            for table in TABLES
+        }
+    finally:
+        connection.close()
+
+
+def assert_same_state(loaded: State, expected: State) -> None:
+    assert loaded.state_root == expected.state_root
+    assert loaded.height == expected.height
+    assert loaded.head_hash == expected.head_hash
+    assert loaded.head_time == expected.head_time
+    assert loaded.log.size == expected.log.size
+    assert loaded.log.root() == expected.log.root()
+    assert loaded.log.peaks == expected.log.peaks
+    assert dict(loaded.entries) == dict(expected.entries)
+    assert loaded.last_validators == expected.last_validators
+    assert dict(loaded.batch_lots) == dict(expected.batch_lots)
+    assert dict(loaded.holdings) == dict(expected.holdings)
+    assert (loaded.batch_count, loaded.next_serial) == (expected.batch_count, expected.next_serial)
+
+
+def replay_export(lines: list[bytes]) -> State:
+    """Check an export from the genesis alone: every block replays and every certificate
+    carries the set that governs its height."""
+    genesis = parse_genesis(json.loads(lines[0]))
+    state = genesis_state(genesis)
+    for line in lines[1:]:
+        item = json.loads(line)
+        assert set(item) == {"block", "certificate"}
+        block = parse_block(
+            item["block"], transaction_bytes_max=genesis.params.transaction_bytes_max
+        )
+        certificate = parse_certificate(item["certificate"])
+        verify_certificate(
+            certificate,
+            chain_id=genesis.chain_id,
+            height=block.height,
+            block_hash=block.block_hash(),
+            validators=state.current_validators(),
+        )
+        state = apply_block(state, block)
+    return state
+
+
+# --- reopening ----------------------------------------------------------------------------------
+
+
+def test_reopened_store_loads_the_identical_state(produced: Produced) -> None:
+    store = Store.open(produced.directory)
+    try:
+        assert store.head_height == len(produced.blocks) == 4
+        assert_same_state(store.load_state(), produced.state)
+    finally:
+        store.close()
+
+
+def test_production_resumes_on_the_stored_head(produced: Produced) -> None:
+    chain = produced.chain
+    store = Store.open(produced.directory)
+    try:
+        producer = SoloProducer(store, chain.validator)
+        head = produced.blocks[-1]
+        envelope = chain.tx(
+            chain.bob, "transfer", {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 7}
+        )
+        result = commit(producer, [envelope], GENESIS_TIME + 60_000)
+        header = result.block.header
+        assert header.height == 5
+        assert header.parent_hash == head.block.block_hash()
+        assert result.block.last_commit == head.certificate
+        assert header.last_commit_hash == head.certificate.certificate_hash()
+        assert header.log_size == produced.state.log.size + 1
+        # A validator replaying the new block on the state as it was stored agrees with it.
+        assert apply_block(produced.state, result.block).state_root == header.state_root
+    finally:
+        store.close()
+    reopened = Store.open(produced.directory)
+    try:
+        assert reopened.load_state().state_root == header.state_root
+        assert reopened.head_height == 5
+    finally:
+        reopened.close()
+
+
+def test_read_block_and_certificate_round_trip(produced: Produced) -> None:
+    store = Store.open(produced.directory)
+    try:
+        for committed in produced.blocks:
+            height = committed.block.height
+            block = store.read_block(height)
+            assert block == committed.block
+            assert block.to_json() == committed.block.to_json()
+            assert [e.tx_id for e in block.transactions] == [
+                e.tx_id for e in committed.block.transactions
+            ]
+            assert store.read_certificate(height) == committed.certificate
+        assert store.last_certificate() == produced.blocks[-1].certificate
+        with pytest.raises(StoreError, match="no block at height 5"):
+            store.read_block(5)
+        with pytest.raises(StoreError, match="no block at height 0"):
+            store.read_certificate(0)
+    finally:
+        store.close()
+
+
+def test_genesis_only_store_reopens_at_height_zero(tmp_path: Path) -> None:
+    chain = Chain()
+    Store.create(tmp_path, chain.genesis_document).close()
+    store = Store.open(tmp_path)
+    try:
+        state = store.load_state()
+        assert state.height == 0
+        assert state.state_root == genesis_state(chain.genesis).state_root
+        assert store.last_certificate() is None
+        assert list(store.export_lines()) == [rfc8785.dumps(chain.genesis_document) + b"\n"]
+    finally:
+        store.close()
+
+
+# --- export (SPEC §7.1) -------------------------------------------------------------------------
+
+
+def test_export_is_genesis_then_one_block_and_certificate_per_line(produced: Produced) -> None:
+    store = Store.open(produced.directory)
+    try:
+        lines = list(store.export_lines())
+        part = list(store.export_lines(2, 3))
+        beyond = list(store.export_lines(4, 99))
+    finally:
+        store.close()
+    assert len(lines) == 1 + len(produced.blocks)
+    assert lines[0] == rfc8785.dumps(produced.chain.genesis_document) + b"\n"
+    for line, committed in zip(lines[1:], produced.blocks, strict=True):
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert line == rfc8785.dumps(json.loads(line)) + b"\n", "each line is canonical JSON"
+        assert json.loads(line) == {
+            "block": committed.block.to_json(),
+            "certificate": committed.certificate.to_json(),
+        }
+    assert part == [lines[0], lines[2], lines[3]]
+    assert beyond == [lines[0], lines[4]]
+
+
+def test_export_replays_from_genesis_to_the_stored_state(produced: Produced) -> None:
+    store = Store.open(produced.directory)
+    try:
+        lines = list(store.export_lines())
+        stored = store.load_state()
+    finally:
+        store.close()
+    replayed = replay_export(lines)
+    assert replayed.height == stored.height == 4
+    assert replayed.state_root == stored.state_root == produced.state.state_root
+    assert replayed.log.root() == stored.log.root()
+    assert dict(replayed.entries) == dict(stored.entries)
+
+
+# --- query tables -------------------------------------------------------------------------------
+
+
+def test_query_tables_agree_with_the_state(produced: Produced) -> None:
+    entries = dict(produced.state.entries)
+
+    def family(prefix: str) -> dict[str, Any]:
+        return {k: v for k, v in entries.items() if k.startswith(prefix)}
+
+    connection = connect(produced.directory)
+    try:
+        batches = {
+            row["batch_id"]: dict(row) for row in connection.execute("SELECT * FROM batches")
+        }
+        retirements = {
+            row["retirement_id"]: dict(row)
+            for row in connection.execute("SELECT * FROM retirements")
+        }
+        lots = {
+            (row["batch_id"], row["first_serial"]): dict(row)
+            for row in connection.execute("SELECT * FROM lots")
+        }
+        history = {
+            (row["account"], row["log_index"])
+            for row in connection.execute("SELECT * FROM account_transactions")
+        }
+        transactions = [dict(row) for row in connection.execute("SELECT * FROM transactions")]
+    finally:
+        connection.close()
+
+    assert batches == {
+        value["batch_id"]: {
+            "batch_id": value["batch_id"],
+            "methodology_id": value["methodology_id"],
+            "certifier": value["certifier"],
+            "project_id": value["project_id"],
+            "height": value["height"],
+        }
+        for value in family("batch/").values()
+    }
+    assert set(batches) == {"B-1", "B-2"}
+    assert retirements == {
+        value["retirement_id"]: {
+            "retirement_id": value["retirement_id"],
+            "holder": value["holder"],
+            "beneficiary": value["beneficiary"],
+            "program_id": value.get("program_id"),
+            "batch_id": value["batch_id"],
+            "height": value["height"],
+        }
+        for value in family("retirement/").values()
+    }
+    assert len(retirements) == 2
+    # Lots split, merged and deleted along the way: the table holds exactly the state's lots.
+    assert lots == {
+        (value["batch_id"], value["first_serial"]): {
+            "batch_id": value["batch_id"],
+            "first_serial": value["first_serial"],
+            "quantity": value["quantity"],
+            "owner": value["owner"],
+            "status": value["status"],
+        }
+        for value in family("lot/").values()
+    }
+    assert {lot["status"] for lot in lots.values()} == {"circulating", "retired", "invalidated"}
+
+    committed = [e for block in produced.blocks for e in block.block.transactions]
+    assert [(t["log_index"], t["tx_id"], t["type"], t["signer"]) for t in transactions] == [
+        (index, e.tx_id, e.tx.type, e.tx.signer) for index, e in enumerate(committed)
+    ]
+    expected_history: set[tuple[str, int]] = set()
+    for index, envelope in enumerate(committed):
+        payload = envelope.tx.payload
+        named = {envelope.tx.signer}
+        named |= {payload[f] for f in ("to", "holder", "certifier", "account") if f in payload}
+        named |= {r["account"] for r in payload.get("recipients", ())}
+        expected_history |= {(account, index) for account in named}
+    assert history == expected_history
+    carol = produced.chain.carol.account_id
+    assert {index for account, index in history if account == carol} == {8}
+
+
+# --- failures in the middle of append -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["_write_state", "_write_projections"])
+def test_failed_append_leaves_the_previous_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    chain = Chain()
+    store = Store.create(tmp_path, chain.genesis_document)
+    producer = SoloProducer(store, chain.validator)
+    blocks = scenario_blocks(chain)
+    commit(producer, next(blocks), GENESIS_TIME + 1000)
+    before_state = producer.state
+    before_rows = dump(tmp_path)
+    original = getattr(Store, method)
+
+    def write_then_fail(self: Store, height: int, changes: Any) -> None:
+        original(self, height, changes)  # rows written inside the block's transaction ...
+        raise RuntimeError("disk on fire")  # ... and then the write fails
+
+    monkeypatch.setattr(Store, method, write_then_fail)
+    second = next(blocks)
+    producer.submit(second)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        producer.produce(GENESIS_TIME + 2000)
+    assert store.head_height == 1
+    assert producer.state is before_state
+    assert producer.pending_count() == len(second), "the transactions wait for the next try"
+    store.close()
+
+    assert dump(tmp_path) == before_rows, "nothing of block 2 is stored"
+    connection = connect(tmp_path)
+    try:
+        assert connection.execute("SELECT COUNT(*) FROM blocks WHERE height = 2").fetchone()[0] == 0
+        assert (
+            connection.execute("SELECT COUNT(*) FROM transactions WHERE height = 2").fetchone()[0]
+            == 0
+        )
+    finally:
+        connection.close()
+    reopened = Store.open(tmp_path)
+    try:
+        assert reopened.head_height == 1
+        assert_same_state(reopened.load_state(), before_state)
+        # Once the fault is gone, the same transactions commit at the same height.
+        monkeypatch.undo()
+        resumed = SoloProducer(reopened, chain.validator)
+        result = commit(resumed, second, GENESIS_TIME + 3000)
+        assert result.block.height == 2
+        assert reopened.load_state().state_root == result.block.header.state_root
+    finally:
+        reopened.close()
+
+
+# --- damage done behind the store's back --------------------------------------------------------
+
+
+def _head(connection: sqlite3.Connection) -> sqlite3.Row:
+    row: sqlite3.Row = connection.execute(
+        "SELECT * FROM blocks ORDER BY height DESC LIMIT 1"
+    ).fetchone()
+    return row
+
+
+def _alter_header(change: Callable[[str], str]) -> Callable[[sqlite3.Connection], None]:
+    """Rewrite the head block's stored header JSON with `change` (one byte each time)."""
+
+    def alter(connection: sqlite3.Connection) -> None:
+        head = _head(connection)
+        header: str = head["header"]
+        changed = change(header)
+        assert len(changed) == len(header) and changed != header
+        connection.execute(
+            "UPDATE blocks SET header = ? WHERE height = ?", (changed, head["height"])
+        )
+
+    return alter
+
+
+def _replace_once(old: str, new: str) -> Callable[[str], str]:
+    def change(text: str) -> str:
+        assert old in text
+        return text.replace(old, new, 1)
+
+    return change
+
+
+def _hex_digit_of(field: str) -> Callable[[str], str]:
+    """Another hex digit at the start of `field`'s value."""
+
+    def change(text: str) -> str:
+        return _other_hex_digit(text, text.index(f'"{field}":"') + len(field) + 4)
+
+    return change
+
+
+def _alter_signature(replace: Callable[[str], str]) -> Callable[[sqlite3.Connection], None]:
+    def alter(connection: sqlite3.Connection) -> None:
+        head = _head(connection)
+        certificate = json.loads(head["certificate"])
+        signature = certificate["signatures"][0]["signature"]
+        certificate["signatures"][0]["signature"] = replace(signature)
+        connection.execute(
+            "UPDATE blocks SET certificate = ? WHERE height = ?",
+            (json.dumps(certificate, separators=(",", ":")), head["height"]),
+        )
+
+    return alter
+
+
+def _alter_state_value(connection: sqlite3.Connection) -> None:
+    (value,) = connection.execute("SELECT value FROM state WHERE key = 'batch/B-1'").fetchone()
+    assert '"issued":1500' in value
+    changed = value.replace('"issued":1500', '"issued":1501')
+    connection.execute("UPDATE state SET value = ? WHERE key = 'batch/B-1'", (changed,))
+
+
+def _alter_peak(connection: sqlite3.Connection) -> None:
+    size = connection.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
+    level, index = LogState.peak_positions(size)[0]
+    (node,) = connection.execute(
+        "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
+    ).fetchone()
+    changed = bytes([node[0] ^ 0x01]) + bytes(node[1:])
+    connection.execute(
+        "UPDATE log_nodes SET hash = ? WHERE level = ? AND idx = ?", (changed, level, index)
+    )
+
+
+def _delete_head(connection: sqlite3.Connection) -> None:
+    connection.execute("DELETE FROM blocks WHERE height = (SELECT MAX(height) FROM blocks)")
+
+
+def _set_head_height(value: str) -> Callable[[sqlite3.Connection], None]:
+    def alter(connection: sqlite3.Connection) -> None:
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'head_height'", (value,))
+
+    return alter
+
+
+def _other_hex_digit(text: str, position: int) -> str:
+    digit = "0" if text[position] != "0" else "1"
+    return text[:position] + digit + text[position + 1 :]
+
+
+TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
+    # (a) one byte of the head block's header JSON
+    "header state_root digit": (_alter_header(_hex_digit_of("state_root")), "does not hash to"),
+    "header time digit": (
+        _alter_header(_replace_once('"time":1767225604000', '"time":1767225604001')),
+        "does not hash to",
+    ),
+    "header field name": (_alter_header(_replace_once('"time"', '"tima"')), "header"),
+    "header closing brace": (_alter_header(_replace_once("}", " ")), "cannot be read"),
+    # (b) a state row value
+    "state value": (_alter_state_value, "state_root"),
+    # (c) a log_nodes hash of a peak
+    "log peak": (_alter_peak, "log_root"),
+    # (d) the head certificate's signature
+    "certificate signature digit": (
+        _alter_signature(lambda s: _other_hex_digit(s, 70)),
+        "certificate of block 4",
+    ),
+    "certificate signature not hex": (
+        _alter_signature(lambda s: s[:70] + "g" + s[71:]),
+        "certificate",
+    ),
+    # (e) the head block row deleted
+    "head block deleted": (_delete_head, "blocks end at 3"),
+    # (f) meta head_height
+    "head_height lower": (_set_head_height("3"), "head is 3 but blocks end at 4"),
+    "head_height higher": (_set_head_height("5"), "head is 5 but blocks end at 4"),
+    "head_height zero": (_set_head_height("0"), "genesis state was altered"),
+    "head_height not a number": (_set_head_height("four"), "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TAMPERING))
+def test_damaged_store_refuses_to_start(produced: Produced, damage: str) -> None:
+    alter, fragment = TAMPERING[damage]
+    connection = connect(produced.directory)
+    try:
+        alter(connection)
+    finally:
+        connection.close()
+    store = Store.open(produced.directory)
+    try:
+        with pytest.raises(StoreError) as raised:
+            store.load_state()
+    finally:
+        store.close()
+    message = str(raised.value)
+    assert "refusing to start" in message
+    assert fragment in message
+    assert raised.value.code == "store_error"
+
+
+def test_genesis_state_altered_is_refused(tmp_path: Path) -> None:
+    Store.create(tmp_path, Chain().genesis_document).close()
+    connection = connect(tmp_path)
+    try:
+        connection.execute("UPDATE state SET value = replace(value, '\"nonce\":0', '\"nonce\":1')")
+    finally:
+        connection.close()
+    store = Store.open(tmp_path)
+    try:
+        with pytest.raises(StoreError, match="genesis state was altered"):
+            store.load_state()
+    finally:
+        store.close()
+
+
+# --- creating and opening -----------------------------------------------------------------------
+
+
+def test_create_refuses_an_existing_database(produced: Produced) -> None:
+    before = dump(produced.directory)
+    with pytest.raises(StoreError, match="exists already"):
+        Store.create(produced.directory, produced.chain.genesis_document)
+    assert dump(produced.directory) == before
+    store = Store.open(produced.directory)
+    try:
+        assert store.load_state().state_root == produced.state.state_root
+    finally:
+        store.close()
+
+
+def test_open_refuses_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no ledger at"):
+        Store.open(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match="no ledger at"):
+        Store.open(tmp_path)  # exists, but holds no database
+
+
+def test_open_refuses_a_garbage_file(tmp_path: Path) -> None:
+    (tmp_path / DATABASE_FILE).write_bytes(os.urandom(8192))
+    with pytest.raises(StoreError, match="not a usable Tanlian database"):
+        Store.open(tmp_path)
+
+
+def test_open_refuses_an_empty_sqlite_database(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / DATABASE_FILE).close()
+    with pytest.raises(StoreError, match="not a usable Tanlian database"):
+        Store.open(tmp_path)
+
+
+def test_open_refuses_an_altered_genesis_record(produced: Produced) -> None:
+    connection = connect(produced.directory)
+    try:
+        connection.execute("UPDATE meta SET value = '{}' WHERE key = 'genesis'")
+    finally:
+        connection.close()
+    with pytest.raises(StoreError, match="not a usable Tanlian database"):
+        Store.open(produced.directory)
+
+
+def test_database_uses_wal_and_full_synchronous(produced: Produced) -> None:
+    store = Store.open(produced.directory)
+    try:
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+    connection = connect(produced.directory)  # WAL is a property of the file itself
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        connection.close()
