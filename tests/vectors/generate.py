@@ -48,7 +48,7 @@ from ledger.merkle import EMPTY_ROOT, compute_root, leaf_hash, node_hash
 from ledger.state import State
 from ledger.state_transition import BuiltBlock
 from ledger.state_tree import EMPTY_HASH, StateTree, compute_leaf_hash, key_hash, value_hash
-from ledger.transactions import Envelope
+from ledger.transactions import TRANSACTION_TYPES, Envelope
 from tests.factory import FAR_FUTURE, GENESIS_TIME, Chain, key
 
 VECTORS_DIR: Final = Path(__file__).resolve().parent
@@ -79,20 +79,6 @@ HEAT_PUMP: Final = {
     "name": "Air-source heat pump space heating",
     "document_sha256": hashlib.sha256(b"heat-pump-heating v1").hexdigest(),
 }
-TRANSACTION_TYPES: Final = (
-    "register_methodology",
-    "accredit_certifier",
-    "revoke_certifier",
-    "create_program",
-    "suspend_account",
-    "reinstate_account",
-    "set_validators",
-    "issue",
-    "transfer",
-    "retire",
-    "invalidate",
-    "set_keys",
-)
 # RFC 6962 / RFC 9162 reference leaves (published with Certificate Transparency's test data).
 REFERENCE_LEAVES_HEX: Final = (
     "",
