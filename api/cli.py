@@ -256,8 +256,7 @@ def _small_retirement(state: Any, key: PrivateKey) -> Any:
         return None
     if account["keys"] and account["keys"] != [key.public_key_hex]:
         return None  # this household rotated its key
-    for holding, starts in state.holdings.items():
-        batch_id, _, owner = holding.partition("/")
+    for (batch_id, owner), starts in state.holdings.items():
         if owner == account_id and starts:
             transaction = Transaction(
                 chain_id=state.chain_id,

@@ -37,7 +37,7 @@ TRANSACTION_BYTES_MAX_CEILING: Final = 1024 * 1024
 # committed nonce it holds transactions.
 POOL_TRANSACTIONS_MAX: Final = 50_000
 POOL_NONCE_GAP_MAX: Final = 64
-OUTCOMES_REMEMBERED_MAX: Final = 100_000
+OUTCOMES_REMEMBERED_MAX: Final = 10_000  # recent outcomes in memory; the store has the rest
 
 assert ISSUE_RECIPIENTS_MAX * JSON_INTEGER_MAX > JSON_INTEGER_MAX, "sums must be checked"
 assert POOL_NONCE_GAP_MAX < POOL_TRANSACTIONS_MAX

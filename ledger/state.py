@@ -25,6 +25,7 @@ rebuilds those from the entries alone, which is how the store reopens a data dir
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ class State:
     tree: StateTree
     log: LogState
     batch_lots: immutables.Map[str, tuple[int, ...]]
-    holdings: immutables.Map[str, tuple[int, ...]]
+    holdings: immutables.Map[HoldingKey, tuple[int, ...]]
     batch_count: int
     next_serial: int
     delta: BlockDelta | None = field(default=None, compare=False)
@@ -108,7 +109,7 @@ class State:
         log: LogState,
     ) -> State:
         batch_lots: dict[str, list[int]] = {}
-        holdings: dict[str, list[int]] = {}
+        holdings: dict[HoldingKey, list[int]] = {}
         batch_count = 0
         next_serial = 1
         for key, value in entries.items():
@@ -162,8 +163,13 @@ def initial_state(
     )
 
 
-def holding_key(batch_id: str, owner: str) -> str:
-    return f"{batch_id}/{owner}"
+HoldingKey = tuple[str, str]
+"""(batch_id, owner): the key of the index of an owner's circulating lots in a batch."""
+
+
+def holding_key(batch_id: str, owner: str) -> HoldingKey:
+    # Interned: the index holds one copy of each id however many lots name it.
+    return (sys.intern(batch_id), sys.intern(owner))
 
 
 def _validators(value: Any) -> tuple[Validator, ...]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from ledger.encoding import canonical_unchecked
 from ledger.errors import InvalidBlockError, InvalidProofError, LedgerError, TransactionRejected
 from ledger.limits import JSON_INTEGER_MAX
 from ledger.merkle import leaf_hash
-from ledger.state import BlockDelta, State, holding_key
+from ledger.state import BlockDelta, HoldingKey, State, holding_key
 from ledger.transactions import AUTHORITY_TYPES, Envelope, verify_envelope_signatures
 
 CIRCULATING = "circulating"
@@ -56,7 +57,7 @@ class _Work:
         self.time = time
         self.changes: dict[str, Any] = {}
         self.batch_lots: dict[str, list[int]] = {}
-        self.holdings: dict[str, list[int]] = {}
+        self.holdings: dict[HoldingKey, list[int]] = {}
         self.batch_count = base.batch_count
         self.next_serial = base.next_serial
         self.touched_batches: set[str] = set()
@@ -131,10 +132,10 @@ def _remove_lot(work: _Work, batch_id: str, start: int) -> dict[str, Any]:
 
 def _lot(batch_id: str, start: int, quantity: int, owner: str, status: str) -> dict[str, Any]:
     return {
-        "batch_id": batch_id,
+        "batch_id": sys.intern(batch_id),
         "first_serial": start,
         "quantity": quantity,
-        "owner": owner,
+        "owner": sys.intern(owner),  # one copy of an account id however many lots it holds
         "status": status,
         "retirement_id": None,
     }
@@ -621,11 +622,11 @@ def _finish(
     for batch_id, starts in work.batch_lots.items():
         batch_lots[batch_id] = tuple(starts)
     holdings = base.holdings.mutate()
-    for key, starts in work.holdings.items():
+    for holding, starts in work.holdings.items():
         if starts:
-            holdings[key] = tuple(starts)
-        elif key in holdings:
-            del holdings[key]
+            holdings[holding] = tuple(starts)
+        elif holding in holdings:
+            del holdings[holding]
     log, nodes = base.log.append([leaf_hash(envelope.leaf) for envelope in applied])
     encoded = {
         key: None if value is None else canonical_unchecked(value) for key, value in changes.items()

@@ -41,12 +41,11 @@ def _bit(path: int, position: int) -> int:
 
 
 class _Leaf:
-    __slots__ = ("hash", "key_hash", "path", "value_hash")
+    # Only the path and the hash: a proof that needs the value hash reads it from the state.
+    __slots__ = ("hash", "path")
     path: int
 
     def __init__(self, key_digest: bytes, value_digest: bytes) -> None:
-        self.key_hash = key_digest
-        self.value_hash = value_digest
         self.path = int.from_bytes(key_digest, "big")
         self.hash = compute_leaf_hash(key_digest, value_digest)
 

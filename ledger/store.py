@@ -40,7 +40,7 @@ from ledger.transactions import Envelope, envelope_from_json_trusted
 
 DATABASE_FILE: Final = "ledger.sqlite"
 SCHEMA_VERSION: Final = 1
-PAGE_CACHE_KIB: Final = 65536
+PAGE_CACHE_KIB: Final = 8192
 
 
 def _involved_accounts(envelope: Envelope) -> set[str]:

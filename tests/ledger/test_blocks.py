@@ -52,7 +52,7 @@ class Snapshot:
     log_peaks: tuple[bytes, ...]
     log_root: bytes
     batch_lots: dict[str, tuple[int, ...]]
-    holdings: dict[str, tuple[int, ...]]
+    holdings: dict[tuple[str, str], tuple[int, ...]]
     batch_count: int
     next_serial: int
     height: int

@@ -1129,8 +1129,8 @@ def test_adjacent_lots_of_one_owner_merge(chain: Chain) -> None:
     commit_ok(chain, sign(chain, chain.alice, "transfer", transfer(chain.bob, 900)))
     assert lots(chain) == [(1, 1500, bob, "circulating")]
     assert [k for k in chain.state.entries if k.startswith("lot/")] == ["lot/B-1/1"]
-    assert chain.state.holdings.get(f"B-1/{bob}") == (1,)
-    assert chain.state.holdings.get(f"B-1/{alice}") is None
+    assert chain.state.holdings.get(("B-1", bob)) == (1,)
+    assert chain.state.holdings.get(("B-1", alice)) is None
     assert chain.state.batch_lots["B-1"] == (1,)
 
 

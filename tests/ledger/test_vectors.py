@@ -30,6 +30,7 @@ from ledger.errors import InvalidBlockError, InvalidProofError
 from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import verify_consistency, verify_inclusion
 from ledger.state_transition import apply_block
+from ledger.transactions import TRANSACTION_TYPES
 from tests.vectors import generate
 
 VECTORS: Final = Path(__file__).resolve().parents[1] / "vectors"
@@ -227,7 +228,7 @@ def test_genesis_bytes_hash_and_state() -> None:
 def test_every_transaction_type_once_with_its_bytes_ids_and_signatures() -> None:
     vectors = load("transactions.json")
     items = vectors["transactions"]
-    assert sorted(item["type"] for item in items) == sorted(generate.TRANSACTION_TYPES)
+    assert sorted(item["type"] for item in items) == sorted(TRANSACTION_TYPES)
     assert len(items) == 12
     keys = load("keys.json")
     single_key_ids = {party["account_id"]: party["public_key"] for party in keys["parties"]}
