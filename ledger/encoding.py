@@ -1,14 +1,11 @@
 """Canonical JSON (RFC 8785, restricted by SPEC §2.1) and the strict decoder for outside input.
 
 This is the one module that makes the bytes that are hashed or signed. The restricted value
-space (objects with `[a-z][a-z0-9_]*` keys, strings, integers in ±(2**53 - 1), booleans, null,
-arrays) makes RFC 8785 coincide with compact JSON with sorted keys and unescaped UTF-8: keys
-are ASCII, so UTF-16 ordering is byte ordering; integers print as ECMAScript does; and the
-encoder escapes exactly what JCS escapes (`"`, `\\`, and U+0000..U+001F, with the short forms
-for \\b \\f \\n \\r \\t). orjson does this in C, several times faster than the standard
-library; the test suite checks its bytes against the `rfc8785` package on random values.
-Decoding outside input stays with the standard library, whose hooks let us refuse duplicate
-keys, floats and out-of-range integers before any value is built.
+space (objects with `[a-z][a-z0-9_]*` keys, strings, integers, booleans, null, arrays) makes RFC
+8785 coincide with `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`:
+keys are ASCII, so UTF-16 ordering is byte ordering; integers print as ECMAScript does; and
+Python escapes exactly the characters JCS escapes (`"`, `\\`, and U+0000..U+001F, using the
+short forms for \\b \\f \\n \\r \\t). The test suite checks this against the `rfc8785` package.
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import orjson
-
 from ledger.errors import DecodeError, LedgerError
 from ledger.limits import JSON_DEPTH_MAX, JSON_INTEGER_MAX
 
@@ -28,18 +23,20 @@ KEY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
 JSON = Any
 """A decoded JSON value: dict, list, str, int, bool or None (never float)."""
 
-_SORTED: Final = orjson.OPT_SORT_KEYS
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
 
 
 def canonical(value: JSON) -> bytes:
     """The RFC 8785 bytes of `value`, which must lie in the SPEC §2.1 value space."""
     _check_value(value, 0, signed=True)
-    return orjson.dumps(value, option=_SORTED)
+    return _encoder.encode(value).encode("utf-8")
 
 
 def canonical_unchecked(value: JSON) -> bytes:
     """`canonical` for values the ledger built itself and already validated (hot path)."""
-    return orjson.dumps(value, option=_SORTED)
+    return _encoder.encode(value).encode("utf-8")
 
 
 def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
