@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from api.demo import build_demo
-from consensus.producer import SoloProducer
+from consensus.producer import SoloProducer, tune_garbage_collector
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -198,6 +198,7 @@ def dev(
     store = Store.open(data)
     validator = load_key(data / "keys" / "validator-city.pem")
     producer = SoloProducer(store, validator)
+    tune_garbage_collector()
     state = producer.state
     out.print(
         f"[green]single validator running[/green] on {data}: height {state.height}, "

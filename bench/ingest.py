@@ -32,7 +32,7 @@ import nacl.bindings
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from consensus.pool import Pool
-from consensus.producer import SoloProducer
+from consensus.producer import SoloProducer, tune_garbage_collector
 from ledger import merkle, state_tree
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
@@ -241,6 +241,7 @@ def main() -> None:
             capacity=args.transactions + 1, nonce_gap_max=args.transactions, executor=pool
         )
         producer = SoloProducer(store, validator_key, pool=tx_pool)
+        tune_garbage_collector()  # as a node process does
         start = time.perf_counter()
         block_time = 0.0
         now = parse_genesis(genesis).genesis_time

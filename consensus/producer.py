@@ -7,6 +7,7 @@ the BFT engine will produce, so nothing downstream changes when consensus arrive
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -221,3 +222,19 @@ def _size_error(envelope: Envelope, limit: int) -> LedgerError | None:
         f"transaction is {len(envelope.leaf)} bytes, the chain allows {limit}",
         code="payload_too_large",
     )
+
+
+# The state is millions of long-lived containers that almost never form cycles (refcounting
+# frees them); with the default thresholds every ~700 allocations start a young collection and
+# every few of those promote into full scans of that heap. Measured in bench/ingest.py: about
+# a fifth of a block's time. Collect young objects every 50,000 allocations instead.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Set a node process's garbage collector for a large, acyclic, long-lived heap, and move
+    everything alive now (the loaded state) out of the collector's way."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)

@@ -81,9 +81,9 @@ class _Work:
         return starts
 
     def holding(self, batch_id: str, owner: str) -> list[int]:
-        key = holding_key(batch_id, owner)
-        starts = self.holdings.get(key)
+        starts = self.holdings.get((batch_id, owner))
         if starts is None:
+            key = holding_key(batch_id, owner)  # interned once, when first touched
             starts = self.holdings[key] = list(self.base.holdings.get(key, ()))
         return starts
 
