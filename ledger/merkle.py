@@ -9,7 +9,7 @@ completed, which the store keeps so proofs can be served from O(log n) reads.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -96,6 +96,71 @@ def compute_root(leaf_hashes: Sequence[bytes]) -> bytes:
         return leaf_hashes[0]
     split = 1 << ((n - 1).bit_length() - 1)
     return node_hash(compute_root(leaf_hashes[:split]), compute_root(leaf_hashes[split:]))
+
+
+NodeReader = Callable[[int, int], bytes]
+"""`(level, index) -> hash` of the completed perfect subtree over leaves
+[index * 2**level, (index + 1) * 2**level): what `LogState.append` reports and a store keeps."""
+
+
+def _largest_power_below(n: int) -> int:
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def subtree_hash(start: int, end: int, node: NodeReader) -> bytes:
+    """MTH of leaves [start, end), for the ranges RFC 9162's recursion produces: `start` is a
+    multiple of the largest power of two not above `end - start`, so the range splits into
+    aligned perfect subtrees, one stored node each (O(log n) reads)."""
+    assert 0 <= start < end
+    chunks: list[bytes] = []
+    position = start
+    for level in range((end - start).bit_length() - 1, -1, -1):
+        if (end - start) >> level & 1:
+            assert position % (1 << level) == 0, "range not aligned as RFC 9162 splits it"
+            chunks.append(node(level, position >> level))
+            position += 1 << level
+    result = chunks[-1]
+    for chunk in reversed(chunks[:-1]):
+        result = node_hash(chunk, result)
+    return result
+
+
+def inclusion_path(index: int, size: int, node: NodeReader) -> list[bytes]:
+    """PATH(index, D[size]) of RFC 9162 §2.1.3.1, read from stored nodes, leaf side first."""
+    if not 0 <= index < size:
+        raise InvalidProofError(f"index {index} is not inside a tree of size {size}")
+    path: list[bytes] = []
+    start, width, target = 0, size, index
+    while width > 1:
+        k = _largest_power_below(width)
+        if target < k:
+            path.append(subtree_hash(start + k, start + width, node))
+            width = k
+        else:
+            path.append(subtree_hash(start, start + k, node))
+            start, width, target = start + k, width - k, target - k
+    path.reverse()
+    return path
+
+
+def consistency_path(size1: int, size2: int, node: NodeReader) -> list[bytes]:
+    """PROOF(size1, D[size2]) of RFC 9162 §2.1.4.1, read from stored nodes."""
+    if not 0 < size1 <= size2:
+        raise InvalidProofError(f"no consistency proof from size {size1} to size {size2}")
+    proof: list[bytes] = []
+    start, width, m, complete = 0, size2, size1, True
+    while m != width:
+        k = _largest_power_below(width)
+        if m <= k:
+            proof.append(subtree_hash(start + k, start + width, node))
+            width = k
+        else:
+            proof.append(subtree_hash(start, start + k, node))
+            start, width, m, complete = start + k, width - k, m - k, False
+    if not complete:
+        proof.append(subtree_hash(start, start + width, node))
+    proof.reverse()
+    return proof
 
 
 def _check_hash(name: str, value: object) -> bytes:

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
-from ledger.encoding import JSON, canonical_unchecked
+from ledger import schema as s
+from ledger.encoding import JSON, canonical, canonical_unchecked
+from ledger.errors import InvalidProofError, LedgerError
 
 EMPTY_HASH: Final = bytes(32)
 PATH_BITS: Final = 256
+STATE_KEY_CHARS_MAX: Final = 400  # the longest key: issuance/<63-char slug>/<128-char project>
 
 
 def key_hash(key: str) -> bytes:
@@ -41,11 +45,13 @@ def _bit(path: int, position: int) -> int:
 
 
 class _Leaf:
-    # Only the path and the hash: a proof that needs the value hash reads it from the state.
-    __slots__ = ("hash", "path")
+    # The path, the hash and the key (the same string object as the state's, so 8 bytes): a
+    # proof that needs this leaf's value hash reads the value from the state.
+    __slots__ = ("hash", "key", "path")
     path: int
 
-    def __init__(self, key_digest: bytes, value_digest: bytes) -> None:
+    def __init__(self, key: str, key_digest: bytes, value_digest: bytes) -> None:
+        self.key = key
         self.path = int.from_bytes(key_digest, "big")
         self.hash = compute_leaf_hash(key_digest, value_digest)
 
@@ -170,7 +176,7 @@ class StateTree:
     @classmethod
     def from_items(cls, items: Iterable[tuple[str, JSON]]) -> StateTree:
         leaves = sorted(
-            (_Leaf(key_hash(key), value_hash(value)) for key, value in items),
+            (_Leaf(key, key_hash(key), value_hash(value)) for key, value in items),
             key=lambda leaf: leaf.path,
         )
         return cls(_build(leaves))
@@ -178,6 +184,10 @@ class StateTree:
     @property
     def root(self) -> bytes:
         return EMPTY_HASH if self._root is None else _hash_at(self._root, 0)
+
+    def locate(self, key: str) -> StatePath:
+        """The siblings along `key`'s path and the leaf where it ends (for proofs)."""
+        return _prove(self._root, key)
 
     def update(self, changes: Iterable[tuple[str, JSON | None]]) -> StateTree:
         """The tree with each key set to its value, or removed where the value is None."""
@@ -190,11 +200,112 @@ class StateTree:
         prepared: dict[int, _Leaf | None] = {}
         for key, encoded in changes:
             digest = key_hash(key)
-            leaf = None if encoded is None else _Leaf(digest, hashlib.sha256(encoded).digest())
+            leaf = None if encoded is None else _Leaf(key, digest, hashlib.sha256(encoded).digest())
             prepared[int.from_bytes(digest, "big")] = leaf
         paths = sorted(prepared)
         ordered = _Changes(paths, [prepared[path] for path in paths])
         return StateTree(_update(self._root, ordered, 0, len(paths)))
+
+
+@dataclass(frozen=True, slots=True)
+class StatePath:
+    """Where a key's path ends: its siblings from the root down, and the leaf found there
+    (its own, another key's, or none)."""
+
+    siblings: tuple[bytes, ...]
+    leaf_key: str | None
+
+
+def _prove(root: _Node | None, key: str) -> StatePath:
+    path = int.from_bytes(key_hash(key), "big")
+    siblings: list[bytes] = []
+    node, depth = root, 0
+    while isinstance(node, _Branch):
+        for level in range(depth, node.depth):
+            if _bit(path, level) != _bit(node.path, level):
+                # The key leaves the branch's prefix here: its side is empty.
+                siblings.append(_hash_at(node, level + 1))
+                return StatePath(tuple(siblings), None)
+            siblings.append(EMPTY_HASH)
+        side = _bit(path, node.depth)
+        child, other = (node.right, node.left) if side else (node.left, node.right)
+        siblings.append(_hash_at(other, node.depth + 1))
+        depth = node.depth + 1
+        node = child
+    return StatePath(tuple(siblings), None if node is None else node.key)
+
+
+def prove_state(tree: StateTree, key: str, value_of: Callable[[str], JSON]) -> dict[str, JSON]:
+    """The SPEC §4 proof for `key` against `tree.root`: membership with its value, or
+    absence, with the leaf that sits on its path if there is one (`value_of` reads values)."""
+    found = tree.locate(key)
+    proof: dict[str, JSON] = {
+        "key": key,
+        "value": None,
+        "siblings": [sibling.hex() for sibling in found.siblings],
+    }
+    if found.leaf_key == key:
+        proof["value"] = value_of(key)
+    elif found.leaf_key is not None:
+        proof["leaf"] = {
+            "key_hash": key_hash(found.leaf_key).hex(),
+            "value_hash": value_hash(value_of(found.leaf_key)).hex(),
+        }
+    return proof
+
+
+_PROOF_SCHEMA: Final = s.obj(
+    {
+        "key": s.text(STATE_KEY_CHARS_MAX),
+        "value": lambda path, value: value,
+        "siblings": s.array(s.HASH_HEX, low=0, high=PATH_BITS),
+        "leaf": s.optional(s.obj({"key_hash": s.HASH_HEX, "value_hash": s.HASH_HEX})),
+    }
+)
+
+
+def verify_state_proof(*, proof: Any, root: bytes) -> None:
+    """Check a SPEC §4 state proof against `root`; raises `InvalidProofError` naming the check.
+
+    1. The proof has exactly the fields key, value, siblings (at most 256) and, for an absent
+       key, optionally the leaf that sits on its path.
+    2. The bottom: the key's own leaf (value not null); or the other leaf, whose key hash must
+       differ from the key's and share its first len(siblings) bits; or the empty subtree.
+    3. Fold the siblings from the bottom up, by the bits of sha256(key); the result is `root`.
+    """
+    if not isinstance(root, bytes) or len(root) != 32:
+        raise InvalidProofError("root is not a 32-byte hash")
+    try:
+        fields = _PROOF_SCHEMA("proof", proof)
+        value = fields["value"]
+        encoded = None if value is None else canonical(value)
+    except LedgerError as error:
+        raise InvalidProofError(f"malformed state proof: {error.message}") from error
+    digest = key_hash(fields["key"])
+    path = int.from_bytes(digest, "big")
+    siblings = [bytes.fromhex(sibling) for sibling in fields["siblings"]]
+    other = fields.get("leaf")
+    if encoded is not None:
+        if other is not None:
+            raise InvalidProofError("a proof of a present key names no other leaf")
+        current = compute_leaf_hash(digest, hashlib.sha256(encoded).digest())
+    elif other is not None:
+        other_digest = bytes.fromhex(other["key_hash"])
+        other_path = int.from_bytes(other_digest, "big")
+        if other_digest == digest:
+            raise InvalidProofError("the leaf on the path is the key's own: it is not absent")
+        if _first_difference(path, other_path) < len(siblings):
+            raise InvalidProofError("the leaf named does not sit on the key's path")
+        current = compute_leaf_hash(other_digest, bytes.fromhex(other["value_hash"]))
+    else:
+        current = EMPTY_HASH
+    for level in range(len(siblings) - 1, -1, -1):
+        if _bit(path, level):
+            current = hashlib.sha256(b"\x01" + siblings[level] + current).digest()
+        else:
+            current = hashlib.sha256(b"\x01" + current + siblings[level]).digest()
+    if current != root:
+        raise InvalidProofError(f"state proof for {fields['key'][:80]!r} does not lead to the root")
 
 
 def compute_state_root(items: Iterable[tuple[str, JSON]]) -> bytes:

@@ -25,6 +25,7 @@ import sqlite_utils
 from ledger.blocks import (
     Block,
     Certificate,
+    Header,
     Validator,
     compute_validators_hash,
     parse_certificate,
@@ -34,8 +35,16 @@ from ledger.blocks import (
 from ledger.encoding import canonical, canonical_unchecked
 from ledger.errors import InvalidProofError, LedgerError, StoreError
 from ledger.genesis import Genesis, genesis_state, parse_genesis
-from ledger.merkle import LogState, leaf_hash
+from ledger.merkle import (
+    LogState,
+    consistency_path,
+    inclusion_path,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from ledger.state import State
+from ledger.state_tree import prove_state, verify_state_proof
 from ledger.transactions import Envelope, envelope_from_json_trusted
 
 DATABASE_FILE: Final = "ledger.sqlite"
@@ -402,6 +411,136 @@ class Store:
     def last_certificate(self) -> Certificate | None:
         height = self.head_height
         return None if height == 0 else self.read_certificate(height)
+
+    # --- proofs (SPEC §6): each one checked against the stored header before it is served --
+
+    def log_node(self, level: int, index: int) -> bytes:
+        row = self._conn.execute(
+            "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"log node ({level}, {index}) is missing")
+        return bytes(row[0])
+
+    def checkpoint(self, height: int) -> dict[str, Any]:
+        """`{"header", "certificate"}` of a stored height (SPEC §5.3)."""
+        return {
+            "header": self.read_header(height).to_json(),
+            "certificate": self.read_certificate(height).to_json(),
+        }
+
+    def read_header(self, height: int) -> Header:
+        row = self._conn.execute("SELECT header FROM blocks WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no block at height {height}", code="not_found")
+        return parse_header(json.loads(row[0]))
+
+    def transaction_position(self, tx_id: str) -> tuple[int, int, Envelope]:
+        """(height, log index, envelope) of a committed transaction."""
+        row = self._conn.execute(
+            "SELECT height, log_index, envelope FROM transactions WHERE tx_id = ?", (tx_id,)
+        ).fetchone()
+        if row is None:
+            raise LedgerError(f"no committed transaction {tx_id}", code="not_found")
+        return int(row[0]), int(row[1]), envelope_from_json_trusted(json.loads(row[2]))
+
+    def inclusion_proof(self, tx_id: str, height: int) -> dict[str, Any]:
+        """The RFC 9162 inclusion proof of `tx_id` in the log at `height`, with its checkpoint."""
+        tx_height, index, envelope = self.transaction_position(tx_id)
+        if tx_height > height:
+            raise LedgerError(
+                f"transaction {tx_id} is at height {tx_height}, after {height}", code="not_found"
+            )
+        header = self.read_header(height)
+        path = inclusion_path(index, header.log_size, self.log_node)
+        try:
+            verify_inclusion(
+                leaf_hash=leaf_hash(envelope.leaf),
+                index=index,
+                size=header.log_size,
+                path=path,
+                root=bytes.fromhex(header.log_root),
+            )
+        except InvalidProofError as error:
+            raise StoreError(f"stored log data is corrupt, refusing the proof: {error}") from error
+        return {
+            "log_index": index,
+            "log_size": header.log_size,
+            "path": [node.hex() for node in path],
+            "checkpoint": self.checkpoint(height),
+        }
+
+    def consistency_proof(self, from_height: int, to_height: int) -> dict[str, Any]:
+        """The RFC 9162 consistency proof between the logs at two heights, with checkpoints."""
+        first, second = self.read_header(from_height), self.read_header(to_height)
+        if first.log_size == 0 or first.log_size > second.log_size:
+            raise LedgerError(
+                f"no consistency proof from log size {first.log_size} to {second.log_size}",
+                code="invalid_field",
+            )
+        path = consistency_path(first.log_size, second.log_size, self.log_node)
+        try:
+            verify_consistency(
+                size1=first.log_size,
+                size2=second.log_size,
+                path=path,
+                root1=bytes.fromhex(first.log_root),
+                root2=bytes.fromhex(second.log_root),
+            )
+        except InvalidProofError as error:
+            raise StoreError(f"stored log data is corrupt, refusing the proof: {error}") from error
+        return {
+            "first_size": first.log_size,
+            "second_size": second.log_size,
+            "path": [node.hex() for node in path],
+            "first": self.checkpoint(from_height),
+            "second": self.checkpoint(to_height),
+        }
+
+    def state_proof(self, state: State, key: str) -> dict[str, Any]:
+        """A state proof against `state`'s checkpoint, which must be this store's head."""
+        self._check_head(state)
+        proof = prove_state(state.tree, key, state.entries.__getitem__)
+        try:
+            verify_state_proof(proof=proof, root=bytes.fromhex(state.state_root))
+        except InvalidProofError as error:  # pragma: no cover - the tree is ours
+            raise StoreError(f"state tree is inconsistent, refusing the proof: {error}") from error
+        return {"proof": proof, "checkpoint": self.checkpoint(state.height)}
+
+    def receipt(self, state: State, retirement_id: str) -> dict[str, Any]:
+        """The self-contained retirement receipt of SPEC §6.3, against the head checkpoint."""
+        self._check_head(state)
+        record = state.get(f"retirement/{retirement_id}")
+        if record is None:
+            raise LedgerError(f"no retirement {retirement_id}", code="not_found")
+        proof = self.inclusion_proof(retirement_id, state.height)
+        _, _, envelope = self.transaction_position(retirement_id)
+        keys = [f"retirement/{retirement_id}"] + [
+            f"lot/{record['batch_id']}/{first}" for first, _ in record["serials"]
+        ]
+        root = bytes.fromhex(state.state_root)
+        state_proofs = []
+        for key in keys:
+            state_proof = prove_state(state.tree, key, state.entries.__getitem__)
+            verify_state_proof(proof=state_proof, root=root)
+            state_proofs.append(state_proof)
+        return {
+            "retirement": record,
+            "transaction": envelope.to_json(),
+            "log_index": proof["log_index"],
+            "inclusion": proof["path"],
+            "state_proofs": state_proofs,
+            "checkpoint": proof["checkpoint"],
+            "validators": [v.to_json() for v in state.last_validators],
+            "genesis_hash": self.genesis.genesis_hash(),
+        }
+
+    def _check_head(self, state: State) -> None:
+        if state.height != self.head_height or state.height == 0:
+            raise LedgerError(
+                f"proofs are served against the head checkpoint; state is at {state.height}",
+                code="not_found",
+            )
 
     def export_lines(self, from_height: int = 1, to_height: int | None = None) -> Iterator[bytes]:
         """SPEC §7.1 NDJSON: the genesis, then one `{"block", "certificate"}` per line."""
