@@ -76,6 +76,11 @@ class LogState:
         return LogState(size=size, peaks=tuple(peaks)), completed
 
     @staticmethod
+    def root_of_prefix(size: int, node: NodeReader) -> bytes:
+        """The root of the log's first `size` leaves, from stored nodes (O(log n) reads)."""
+        return EMPTY_ROOT if size == 0 else subtree_hash(0, size, node)
+
+    @staticmethod
     def peak_positions(size: int) -> list[tuple[int, int]]:
         """(level, index) of each peak of a log of `size` leaves, leftmost first."""
         positions: list[tuple[int, int]] = []
