@@ -28,6 +28,7 @@ from ledger.blocks import (
     parse_validators,
     verify_certificate,
 )
+from ledger.encoding import canonical
 from ledger.errors import InvalidProofError, LedgerError
 from ledger.limits import ISSUE_RECIPIENTS_MAX, TRANSACTION_BYTES_MAX_CEILING
 from ledger.merkle import leaf_hash, verify_inclusion
@@ -63,6 +64,15 @@ def verify_receipt(
         raise
     except LedgerError as error:
         raise InvalidProofError(f"receipt: {error.message}") from error
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as canonical JSON: `true` is not `1` and `6.0` is not `6` (SPEC §2.1), as they
+    would be for Python's `==`."""
+    try:
+        return canonical(a) == canonical(b)
+    except LedgerError:
+        return False
 
 
 def _fail(step: str, message: str) -> InvalidProofError:
@@ -119,9 +129,10 @@ def _verify(receipt: Any, trusted: str, genesis_hash: str | None) -> None:
         "purpose": tx.payload["purpose"],
         "program_id": tx.payload.get("program_id"),
         "jurisdiction": tx.payload.get("jurisdiction"),
+        "memo": tx.payload.get("memo"),
     }
     for name, value in expected.items():
-        if record.get(name) != value:
+        if not _same(record.get(name), value):
             raise _fail("4", f"the record's {name} differs from the transaction's")
     try:
         verify_envelope_signatures(envelope)
@@ -150,7 +161,7 @@ def _verify(receipt: Any, trusted: str, genesis_hash: str | None) -> None:
             raise _fail("6", error.message) from error
         proven[proof["key"]] = proof["value"]
     retirement_id = envelope.tx_id
-    if proven.get(f"retirement/{retirement_id}") != record:
+    if not _same(proven.get(f"retirement/{retirement_id}"), record):
         raise _fail("6", "the state does not hold this retirement record")
     serials = record.get("serials")
     if not isinstance(serials, list) or not serials:
@@ -165,8 +176,8 @@ def _verify(receipt: Any, trusted: str, genesis_hash: str | None) -> None:
             raise _fail("6", f"serials from {first} are not proven retired")
         if lot.get("retirement_id") != retirement_id or lot.get("owner") != record["holder"]:
             raise _fail("6", f"serials from {first} are retired by another retirement")
-        if lot.get("quantity") != last - first + 1:
+        if not _same(lot.get("quantity"), last - first + 1):
             raise _fail("6", f"the lot at {first} does not cover [{first}, {last}]")
         total += lot["quantity"]
-    if total != record["quantity"]:
+    if not _same(total, record["quantity"]):
         raise _fail("6", f"the lots hold {total} units, the retirement {record['quantity']}")

@@ -420,7 +420,10 @@ class Store:
         ).fetchone()
         if row is None:
             raise StoreError(f"log node ({level}, {index}) is missing")
-        return bytes(row[0])
+        value = row[0]
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise StoreError(f"log node ({level}, {index}) is not a 32-byte hash")
+        return value
 
     def checkpoint(self, height: int) -> dict[str, Any]:
         """`{"header", "certificate"}` of a stored height (SPEC §5.3)."""
