@@ -6,19 +6,18 @@ traceback), 2 on bad usage. Commands that talk to a node arrive with the HTTP AP
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from api.cli_verify import verify_app
+from api.console import fails_cleanly, out
 from api.demo import build_demo
 from consensus.producer import SoloProducer, tune_garbage_collector
 from ledger.blocks import Validator
@@ -38,35 +37,10 @@ keys_app = typer.Typer(help="Make and inspect Ed25519 keys (PKCS#8 PEM).", no_ar
 genesis_app = typer.Typer(help="Write genesis files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(genesis_app, name="genesis")
-
-out = Console()
-err = Console(stderr=True)
-
-P = ParamSpec("P")
-R = TypeVar("R")
+app.add_typer(verify_app, name="verify")
 
 PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
 POLL_SECONDS = 0.05  # how often the block loop looks at the clock and the pool
-
-
-def _fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
-    """Bad input or a failed check: one line on stderr and exit 1, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except LedgerError as error:
-            err.print(
-                f"[red]error[/red] ({error.code}): {error.message}", highlight=False, soft_wrap=True
-            )
-        except OSError as error:
-            err.print(
-                f"[red]error[/red]: {error.strerror or error}: {error.filename}", soft_wrap=True
-            )
-        raise typer.Exit(1)
-
-    return wrapper
 
 
 def _passphrase() -> bytes | None:
@@ -79,7 +53,7 @@ def load_key(path: Path) -> PrivateKey:
 
 
 @keys_app.command("new")
-@_fails_cleanly
+@fails_cleanly
 def keys_new(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the PEM file.")],
 ) -> None:
@@ -94,7 +68,7 @@ def keys_new(
 
 
 @keys_app.command("show")
-@_fails_cleanly
+@fails_cleanly
 def keys_show(file: Path) -> None:
     """Print a key's public key and the id of its single-key account."""
     key = load_key(file)
@@ -102,7 +76,7 @@ def keys_show(file: Path) -> None:
 
 
 @genesis_app.command("new")
-@_fails_cleanly
+@fails_cleanly
 def genesis_new(  # noqa: PLR0917 - typer maps each option to a parameter
     chain_id: Annotated[str, typer.Option(help="The chain's id, e.g. zibo-2026.")],
     authority: Annotated[list[Path], typer.Option(help="An authority key file (repeat).")],
@@ -129,7 +103,7 @@ def genesis_new(  # noqa: PLR0917 - typer maps each option to a parameter
 
 
 @app.command()
-@_fails_cleanly
+@fails_cleanly
 def demo(
     data: Annotated[Path, typer.Option(help="An empty directory for keys, genesis and chain.")],
     transactions: Annotated[int, typer.Option(min=50, max=1_000_000)] = 3000,
@@ -166,7 +140,7 @@ def _build_demo(data: Path, transactions: int, seed: int) -> None:
 
 
 @app.command()
-@_fails_cleanly
+@fails_cleanly
 def export(
     out_file: Annotated[Path, typer.Option("--out", help="The NDJSON file to write.")],
     data: Annotated[Path, typer.Option(help="A node's data directory.")],
@@ -183,7 +157,26 @@ def export(
 
 
 @app.command()
-@_fails_cleanly
+@fails_cleanly
+def receipt(
+    retirement_id: Annotated[str, typer.Argument(help="The retirement's id (its tx_id).")],
+    data: Annotated[Path, typer.Option(help="A node's data directory.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the receipt.")],
+) -> None:
+    """Write the self-contained receipt of a retirement (SPEC §6.3), against the head."""
+    store = Store.open(data)
+    try:
+        document = store.receipt(store.load_state(), retirement_id.lower())
+    finally:
+        store.close()
+    out_file.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    out.print(
+        f"wrote the receipt of {retirement_id} to {out_file}", highlight=False, soft_wrap=True
+    )
+
+
+@app.command()
+@fails_cleanly
 def dev(
     data: Annotated[Path, typer.Option(help="Data directory; a demo is built if empty.")] = Path(
         "data/dev"

@@ -1,0 +1,235 @@
+"""Auditing a whole chain offline, from the genesis file alone (SPEC §6.2, §7.1).
+
+`audit_chain(genesis, lines)` reads an export (the genesis, then one `{"block", "certificate"}`
+per line) and either returns an `AuditReport` of the head or raises `AuditFailure` naming the
+first failing height, the transaction (if one is to blame) and the rule. Pure: it takes the
+lines from its caller and touches no disk, clock, thread or network; a caller that wants the
+signature checks spread over threads injects a batch verifier (`verify_signatures`).
+
+The steps, in order, for a chain the auditor trusts only through `genesis`:
+
+1. The first line decodes strictly (SPEC §2.1) to a genesis document whose hash is the trusted
+   genesis's hash (rule `genesis`, reported at the genesis line, height None).
+2. Each following line is at most `compute_line_bytes_max` bytes and decodes strictly to
+   exactly `{"block", "certificate"}`: the block parses under the genesis's
+   `transaction_bytes_max`, the certificate parses (rule `malformed`, at the previous
+   height + 1, whatever height the line claims).
+3. Every signature of every transaction verifies, through the injected batch verifier or
+   serially (rule `bad_signature`, naming the first failing transaction).
+4. The block applies to the state before it (`state_transition.apply_block`): heights run
+   1, 2, 3 ..., every hash link, the `last_commit` certificate of the parent, every
+   transaction rule and `log_size`, `log_root` and `state_root` (the rule is the one
+   `apply_block` names: `height`, `parent_hash`, `state_root`, a transaction's code such as
+   `unknown_key` with its transaction, ...). A deleted or reordered line fails here as
+   `height`.
+5. The line's own certificate commits this block with more than 2/3 of the power of the set
+   governing its height: the current set of the state before the block, which the state
+   transition moves on by the H+2 rule of `set_validators` (rule `certificate`).
+6. After the last line the head is reported: height, transactions, both roots, head hash.
+   A genesis line alone is a valid, empty chain. What is not there cannot be checked: an
+   export cut at a line boundary is a shorter valid chain, so compare the reported head with
+   a head you trust (a checkpoint) when you have one.
+
+Bounds: one line, one block and the state at a time, whatever the chain's length (the state
+grows with the ledger, as a node's does); a line over `compute_line_bytes_max` is refused.
+Any bad input ends in `AuditFailure`; any other exception is a bug.
+
+Receipts are checked by `verify_receipt` (SPEC §6.4 names it here; it lives in
+`ledger.receipts`, with its own numbered steps).
+
+    LedgerError
+    └── AuditFailure   audit_failed: height, tx_id and rule of the first failed check
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ledger.blocks import Block, Certificate, parse_block, parse_certificate, verify_certificate
+from ledger.crypto import GENESIS_DOMAIN, hash_domain
+from ledger.encoding import decode
+from ledger.errors import FieldError, InvalidBlockError, LedgerError
+from ledger.genesis import Genesis, genesis_state
+from ledger.receipts import verify_receipt
+from ledger.state import Params, State
+from ledger.state_transition import apply_block
+from ledger.transactions import Envelope, verify_envelope_signatures
+
+LINE_FIELDS: Final = frozenset({"block", "certificate"})
+# Besides its transactions a line holds a header, two certificates of at most VALIDATORS_MAX
+# signatures (about 22 KB each) and the evidence list: far below one MiB.
+LINE_OVERHEAD_BYTES: Final = 1024 * 1024
+# Transactions are bounded in canonical bytes; an export need not be canonical (SPEC §2.1),
+# so a line may spend up to this factor more on spacing and escapes.
+LINE_SPACING_FACTOR: Final = 2
+
+SignatureVerifier = Callable[[Sequence[Envelope]], Sequence[LedgerError | None]]
+"""A batch signature check (one block's transactions): for each envelope, in order, None or
+the error of its first bad signature."""
+
+
+class AuditFailure(LedgerError):
+    """The first check an audited chain fails: its height, its transaction and its rule.
+
+    `height` is the position of the failing line (None for the genesis line), `tx_id` the
+    transaction to blame (or None), `rule` the failed rule and `detail` what was found.
+    """
+
+    code = "audit_failed"
+
+    def __init__(
+        self, *, height: int | None, rule: str, detail: str, tx_id: str | None = None
+    ) -> None:
+        where = "at the genesis line" if height is None else f"at height {height}"
+        if tx_id is not None:
+            where += f", transaction {tx_id}"
+        super().__init__(f"{where}: rule {rule}: {detail}")
+        self.height = height
+        self.tx_id = tx_id
+        self.rule = rule
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditReport:
+    """The head of a chain that passed every check."""
+
+    height: int
+    transactions: int
+    log_root: str
+    state_root: str
+    head_hash: str
+
+
+def compute_line_bytes_max(params: Params) -> int:
+    """The longest export line (bytes) the auditor reads for a chain with these parameters."""
+    return (
+        params.block_transactions_max * params.transaction_bytes_max * LINE_SPACING_FACTOR
+        + LINE_OVERHEAD_BYTES
+    )
+
+
+def verify_signatures_serially(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+    """The default `SignatureVerifier`: one envelope after the other, on this thread."""
+    results: list[LedgerError | None] = []
+    for envelope in envelopes:
+        try:
+            verify_envelope_signatures(envelope)
+            results.append(None)
+        except LedgerError as error:
+            results.append(error)
+    return results
+
+
+def audit_chain(
+    genesis: Genesis,
+    lines: Iterable[bytes],
+    *,
+    verify_signatures: SignatureVerifier | None = None,
+    on_block: Callable[[int, int], None] | None = None,
+) -> AuditReport:
+    """Check every line of an export against `genesis` (steps 1-6 of the module docstring).
+
+    `on_block(height, transactions)` is called after each block passes, with the number of
+    transactions audited so far. Raises `AuditFailure` at the first failed check.
+    """
+    verify = verify_signatures_serially if verify_signatures is None else verify_signatures
+    line_bytes_max = compute_line_bytes_max(genesis.params)
+    remaining = iter(lines)
+    _check_genesis_line(genesis, next(remaining, None), line_bytes_max)  # step 1
+    state = genesis_state(genesis)
+    for line in remaining:
+        height = state.height + 1
+        try:  # step 2
+            block, certificate = _parse_line(line, genesis, line_bytes_max)
+        except LedgerError as error:
+            detail = f"({error.code}) {error.message}"
+            raise AuditFailure(height=height, rule="malformed", detail=detail) from error
+        _check_signatures(block, verify(block.transactions), height)  # step 3
+        state = _check_block(state, block, certificate)  # steps 4 and 5
+        if on_block is not None:
+            on_block(state.height, state.log.size)
+    return AuditReport(  # step 6
+        height=state.height,
+        transactions=state.log.size,
+        log_root=state.log.root().hex(),
+        state_root=state.state_root,
+        head_hash=state.head_hash,
+    )
+
+
+def _check_genesis_line(genesis: Genesis, line: bytes | None, line_bytes_max: int) -> None:
+    """Step 1: the export starts with the trusted genesis document."""
+
+    def fail(detail: str) -> AuditFailure:
+        return AuditFailure(height=None, rule="genesis", detail=detail)
+
+    if line is None:
+        raise fail("the export is empty: no genesis line")
+    if len(line) > line_bytes_max:
+        raise fail(f"the genesis line is over {line_bytes_max} bytes")
+    try:
+        found = hash_domain(GENESIS_DOMAIN, decode(line)).hex()
+    except LedgerError as error:
+        raise fail(f"not a genesis document ({error.code}): {error.message}") from error
+    expected = genesis.genesis_hash()
+    if found != expected:
+        raise fail(f"the export's genesis hashes to {found}, the trusted genesis to {expected}")
+
+
+def _parse_line(line: bytes, genesis: Genesis, line_bytes_max: int) -> tuple[Block, Certificate]:
+    """Step 2: exactly {"block", "certificate"}, each strictly parsed."""
+    if len(line) > line_bytes_max:
+        raise LedgerError(
+            f"the line is over {line_bytes_max} bytes, the most this chain's blocks can take",
+            code="limit_exceeded",
+        )
+    value: Any = decode(line)
+    if not isinstance(value, dict):
+        raise FieldError("line", f"expected an object, got {type(value).__name__}")
+    if set(value) != LINE_FIELDS:
+        raise FieldError("line", f"expected the fields block and certificate, got {sorted(value)}")
+    block = parse_block(value["block"], transaction_bytes_max=genesis.params.transaction_bytes_max)
+    return block, parse_certificate(value["certificate"])
+
+
+def _check_signatures(block: Block, checks: Sequence[LedgerError | None], height: int) -> None:
+    """Step 3: the first transaction with a bad signature fails the block."""
+    assert len(checks) == len(block.transactions), "one signature check per transaction"
+    for envelope, error in zip(block.transactions, checks, strict=True):
+        if error is not None:
+            raise AuditFailure(
+                height=height, rule="bad_signature", detail=error.message, tx_id=envelope.tx_id
+            )
+
+
+def _check_block(state: State, block: Block, certificate: Certificate) -> State:
+    """Steps 4 and 5: the state after `block`, which its certificate commits."""
+    height = state.height + 1
+    try:
+        after = apply_block(state, block, signatures_verified=True)
+    except InvalidBlockError as error:
+        detail = error.message.removeprefix(f"block {error.height}: {error.rule}: ")
+        if error.tx_id is not None:
+            detail = detail.removeprefix(f"transaction {error.tx_id}: ")
+        if error.rule == "height":
+            detail = f"the line holds block {block.height}, {detail}"
+        raise AuditFailure(
+            height=height, rule=error.rule, detail=detail, tx_id=error.tx_id
+        ) from error
+    try:  # the set governing `height` is the current one of the state before the block
+        verify_certificate(
+            certificate,
+            chain_id=state.chain_id,
+            height=height,
+            block_hash=block.block_hash(),
+            validators=state.current_validators(),
+        )
+    except LedgerError as error:  # InvalidProofError, naming the failed check
+        raise AuditFailure(height=height, rule="certificate", detail=error.message) from error
+    return after
+
+
+__all__ = ["AuditFailure", "AuditReport", "audit_chain", "verify_receipt"]
