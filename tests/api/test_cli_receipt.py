@@ -1,0 +1,122 @@
+"""`tanlian receipt` and `tanlian verify receipt`, through the real console script."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ledger.store import DATABASE_FILE
+from tests.api.test_cli import assert_fails_cleanly, tanlian
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("receipt-demo")
+    result = tanlian("demo", "--data", data, "--transactions", 300, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    return data
+
+
+def write_receipt(data: Path, retirement_id: str, out: Path) -> None:
+    result = tanlian("receipt", retirement_id, "--data", data, "--out", out)
+    assert result.returncode == 0, result.stderr
+
+
+def retirement_ids(data: Path) -> list[str]:
+    connection = sqlite3.connect(data / DATABASE_FILE)
+    try:
+        rows = connection.execute("SELECT retirement_id FROM retirements ORDER BY height")
+        return [row[0] for row in rows]
+    finally:
+        connection.close()
+
+
+def test_a_written_receipt_verifies_against_the_genesis(demo: Path, tmp_path: Path) -> None:
+    retirement_id = retirement_ids(demo)[0]
+    receipt = tmp_path / "receipt.json"
+    written = tanlian("receipt", retirement_id, "--data", demo, "--out", receipt)
+    assert written.returncode == 0, written.stderr
+    document = json.loads(receipt.read_text())
+    assert document["retirement"]["retirement_id"] == retirement_id
+    checked = tanlian("verify", "receipt", receipt, "--genesis", demo / "genesis.json")
+    assert checked.returncode == 0, checked.stderr
+    assert "receipt verified" in checked.stdout
+    assert retirement_id in checked.stdout
+
+
+def test_a_receipt_verifies_against_a_trusted_validators_hash(demo: Path, tmp_path: Path) -> None:
+    receipt = tmp_path / "receipt.json"
+    assert (
+        tanlian("receipt", retirement_ids(demo)[1], "--data", demo, "--out", receipt).returncode
+        == 0
+    )
+    trusted = json.loads(receipt.read_text())["checkpoint"]["header"]["validators_hash"]
+    assert tanlian("verify", "receipt", receipt, "--validators-hash", trusted).returncode == 0
+    other = "0" * 64
+    result = tanlian("verify", "receipt", receipt, "--validators-hash", other)
+    assert_fails_cleanly(result, "not the trusted set")
+
+
+def test_a_tampered_receipt_fails_with_one_line(demo: Path, tmp_path: Path) -> None:
+    receipt = tmp_path / "receipt.json"
+    assert (
+        tanlian("receipt", retirement_ids(demo)[0], "--data", demo, "--out", receipt).returncode
+        == 0
+    )
+    document = json.loads(receipt.read_text())
+    document["retirement"]["quantity"] += 1
+    receipt.write_text(json.dumps(document))
+    result = tanlian("verify", "receipt", receipt, "--genesis", demo / "genesis.json")
+    assert_fails_cleanly(result, "receipt not verified")
+
+
+def test_a_receipt_that_is_not_json_fails_with_one_line(demo: Path, tmp_path: Path) -> None:
+    receipt = tmp_path / "receipt.json"
+    receipt.write_bytes(b'{"retirement": [[[[[[[[[[1]]]]]]]]]]}\xff')
+    result = tanlian("verify", "receipt", receipt, "--genesis", demo / "genesis.json")
+    assert_fails_cleanly(result, "receipt not verified")
+
+
+def test_verify_receipt_needs_exactly_one_trust_anchor(demo: Path, tmp_path: Path) -> None:
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text("{}")
+    assert tanlian("verify", "receipt", receipt).returncode == 2
+    both = tanlian(
+        "verify",
+        "receipt",
+        receipt,
+        "--genesis",
+        demo / "genesis.json",
+        "--validators-hash",
+        "0" * 64,
+    )
+    assert both.returncode == 2
+
+
+def test_receipt_of_an_unknown_retirement_is_not_found(demo: Path, tmp_path: Path) -> None:
+    result = tanlian("receipt", "ab" * 32, "--data", demo, "--out", tmp_path / "r.json")
+    assert_fails_cleanly(result, "(not_found)")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_error_messages_quoting_markup_are_printed_as_they_are(tmp_path: Path) -> None:
+    """Rich markup in outside input must neither crash the command nor vanish from its line."""
+    key = tmp_path / "city.pem"
+    assert tanlian("keys", "new", "--out", key).returncode == 0
+    for chain_id in ("[/x]", "a[b]"):
+        result = tanlian(
+            "genesis",
+            "new",
+            "--chain-id",
+            chain_id,
+            "--authority",
+            key,
+            "--validator",
+            key,
+            "--out",
+            tmp_path / "genesis.json",
+        )
+        assert_fails_cleanly(result, chain_id)
