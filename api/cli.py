@@ -10,20 +10,26 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 
+from api.app import create_app
 from api.cli_verify import verify_app
 from api.console import fails_cleanly, out
 from api.demo import build_demo
-from consensus.producer import SoloProducer, tune_garbage_collector
+from api.node import Node
+from api.settings import Settings
+from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
+from ledger.encoding import decode
 from ledger.errors import LedgerError
-from ledger.genesis import make_genesis_document
+from ledger.genesis import decode_genesis, make_genesis_document
 from ledger.store import DATABASE_FILE, Store
 from ledger.transactions import Transaction, sign_transaction
 
@@ -177,70 +183,123 @@ def receipt(
 
 @app.command()
 @fails_cleanly
+def node(
+    genesis_file: Annotated[Path, typer.Option("--genesis", help="The chain's genesis file.")],
+    data: Annotated[Path, typer.Option(help="The data directory (created if new).")],
+    validator_key: Annotated[
+        Path | None, typer.Option(help="This node's validator key (PEM).")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve the API on.")] = "127.0.0.1:8000",
+    peer: Annotated[list[str] | None, typer.Option(help="A peer validator's URL.")] = None,
+) -> None:
+    """Run a node: the single validator of its chain, serving the HTTP API."""
+    if peer:
+        raise LedgerError(
+            "peers need BFT consensus, which this version does not have yet", code="not_available"
+        )
+    if validator_key is None:
+        raise LedgerError(
+            "followers arrive with consensus: give --validator-key", code="not_available"
+        )
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise typer.BadParameter(f"--listen must be HOST:PORT, not {listen!r}")
+    document = decode(genesis_file.read_bytes())
+    if not (data / DATABASE_FILE).exists():
+        Store.create(data, document).close()
+    store = Store.open(data)
+    try:
+        if store.genesis.genesis_hash() != decode_genesis(genesis_file.read_bytes()).genesis_hash():
+            raise LedgerError(f"{data} holds another chain than {genesis_file}", code="exists")
+    finally:
+        store.close()
+    _serve(data, load_key(validator_key), host=host, port=int(port_text), simulate=False)
+
+
+@app.command()
+@fails_cleanly
 def dev(
     data: Annotated[Path, typer.Option(help="Data directory; a demo is built if empty.")] = Path(
         "data/dev"
     ),
-    port: Annotated[int, typer.Option(help="Port for the HTTP API (issue 4).")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for the HTTP API.")] = 8000,
     transactions: Annotated[int, typer.Option(min=50, max=1_000_000)] = 3000,
+    simulate: Annotated[bool, typer.Option(help="Keep households retiring, live.")] = True,
 ) -> None:
-    """Build the demo if DATA is empty, then run the single validator on it: it keeps
-    producing blocks from live simulated activity, printing each one, until Ctrl-C."""
+    """Build the demo if DATA is empty, then run its single validator and serve the API and
+    its docs on 127.0.0.1, with live simulated activity, until Ctrl-C."""
     if not (data / DATABASE_FILE).exists():
         _build_demo(data, transactions, seed=1)
-    store = Store.open(data)
-    validator = load_key(data / "keys" / "validator-city.pem")
-    producer = SoloProducer(store, validator)
-    tune_garbage_collector()
-    state = producer.state
+    _serve(
+        data,
+        load_key(data / "keys" / "validator-city.pem"),
+        host="127.0.0.1",
+        port=port,
+        simulate=simulate,
+    )
+
+
+def _serve(data: Path, validator: PrivateKey, *, host: str, port: int, simulate: bool) -> None:
+    running = Node(data, validator)
+    running.on_block = _print_block
+    app_ = create_app(running, Settings(data=data, host=host, port=port))
+    state = running.state
+    base = f"http://{host}:{port}"
     out.print(
         f"[green]single validator running[/green] on {data}: height {state.height}, "
         f"{state.log.size} transactions, state root {state.state_root[:16]}…\n"
-        f"(the HTTP API on 127.0.0.1:{port} arrives with the API issue; Ctrl-C stops)",
+        f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
         highlight=False,
     )
-    households = sorted((data / "keys" / "households").glob("household-*.pem"))
-    signal.signal(signal.SIGTERM, _stop)
+    keys = data / "keys"
+    if keys.is_dir():
+        out.print(f"demo keys in {keys} (households in {keys / 'households'})", highlight=False)
+    stopping = threading.Event()
+    if simulate:
+        households = sorted((keys / "households").glob("household-*.pem"))
+        threading.Thread(
+            target=_live, args=(running, households, stopping), name="simulation", daemon=True
+        ).start()
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning"))
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
+    # that was there before: let that be a no-op (SIGTERM) or a caught KeyboardInterrupt, so
+    # a clean stop exits 0.
+    signal.signal(signal.SIGTERM, _after_shutdown)
     try:
-        _live(producer, households)
+        server.run()
     except KeyboardInterrupt:
-        out.print(f"stopped at height {producer.state.height}", highlight=False)
+        pass
     finally:
-        store.close()
+        stopping.set()
+    out.print(f"stopped at height {running.state.height}", highlight=False)
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C
+def _after_shutdown(signum: int, frame: object) -> None:
+    """The signal uvicorn already handled, raised again after its shutdown: nothing to do."""
 
 
-def _live(producer: SoloProducer, household_files: list[Path]) -> None:
-    """Live activity: each interval a few households retire a little, and a block is cut."""
+def _print_block(result: CommittedBlock) -> None:
+    header = result.block.header
+    out.print(
+        f"block {header.height}: {len(result.block.transactions)} transactions, "
+        f"log {header.log_size}, state root {header.state_root[:16]}…",
+        highlight=False,
+    )
+
+
+def _live(running: Node, household_files: list[Path], stopping: threading.Event) -> None:
+    """Live activity: each block interval a few households retire a little."""
     rng = random.Random()
     keys = [PrivateKey.from_pem(path.read_bytes()) for path in household_files]
-    interval = producer.state.params.block_interval_ms / 1000
-    next_activity = 0.0
-    while True:
-        time.sleep(POLL_SECONDS)
-        if time.monotonic() >= next_activity:
-            next_activity = time.monotonic() + interval
-            state = producer.state
-            envelopes = []
-            for key in rng.sample(keys, k=min(3, len(keys))):
-                envelope = _small_retirement(state, key)
-                if envelope is not None:
-                    envelopes.append(envelope)
-            producer.submit(envelopes)
-        now_ms = int(time.time() * 1000)
-        if not producer.due(now_ms):
-            continue
-        result = producer.produce(now_ms)
-        if result is not None:
-            header = result.block.header
-            out.print(
-                f"block {header.height}: {len(result.block.transactions)} transactions, "
-                f"log {header.log_size}, state root {header.state_root[:16]}…",
-                highlight=False,
-            )
+    interval = running.state.params.block_interval_ms / 1000
+    while not stopping.wait(interval):
+        state = running.state
+        envelopes = []
+        for key in rng.sample(keys, k=min(3, len(keys))):
+            envelope = _small_retirement(state, key)
+            if envelope is not None:
+                envelopes.append(envelope)
+        running.submit(envelopes)
 
 
 def _small_retirement(state: Any, key: PrivateKey) -> Any:

@@ -539,9 +539,11 @@ class Store:
         }
 
     def _check_head(self, state: State) -> None:
-        if state.height != self.head_height or state.height == 0:
+        """`state` must be a state this store has written (the head, or just behind it while a
+        reader's snapshot trails the writer): its proofs are served against its own height."""
+        if state.height == 0 or state.height > self.head_height:
             raise LedgerError(
-                f"proofs are served against the head checkpoint; state is at {state.height}",
+                f"no checkpoint for a state at height {state.height} in this store",
                 code="not_found",
             )
 

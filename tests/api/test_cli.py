@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -328,11 +329,19 @@ def _lines(stream: object, into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def test_dev_runs_the_validator_until_sigterm(tmp_path: Path) -> None:
     data = tmp_path / "dev"
     stderr = (tmp_path / "dev.stderr").open("w")
+    port = str(free_port())
     process = subprocess.Popen(
-        [str(TANLIAN), "dev", "--data", str(data), "--transactions", "200"],
+        [str(TANLIAN), "dev", "--data", str(data), "--transactions", "200", "--port", port],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,

@@ -1,0 +1,139 @@
+"""The HTTP API (SPEC §7): one FastAPI application per node, thin routes over `Node`.
+
+Every error is an RFC 9457 problem from `api.problems` (one table maps codes to statuses);
+request bodies are bounded while they are read (a body over the limit is refused with 413
+without being read into memory); outside input never yields a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.node import Node
+from api.problems import problem, problem_body
+from api.routes import chain, proofs, transactions
+from api.settings import Settings
+from ledger.errors import LedgerError, StoreError
+
+log = logging.getLogger("tanlian.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes while it streams in: by its Content-Length
+    before reading anything, or as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+        responded = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.start":
+                responded = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if not responded:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = problem("payload_too_large", f"request bodies are at most {self.limit} bytes")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_node:
+            node.start()
+        try:
+            yield
+        finally:
+            if manage_node:
+                node.stop()
+
+    app = FastAPI(
+        title="Tanlian (碳链) ledger API",
+        version="1",
+        description="A verifiable carbon-credit ledger: submit, query and prove (SPEC §7).",
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.body_bytes_max)
+    for router in (transactions.router, chain.router, proofs.router):
+        app.include_router(router)
+
+    @app.exception_handler(LedgerError)
+    async def ledger_error(request: Request, error: LedgerError) -> JSONResponse:
+        if isinstance(error, StoreError):
+            log.error("store refused to serve %s: %s", request.url.path, error.message)
+            return problem("store_unavailable", error.message)
+        return problem(error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return problem("invalid_field", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}.get(
+            error.status_code, "invalid_field"
+        )
+        return problem(code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        return JSONResponse(problem_body("internal_error", "internal error"), status_code=500)
+
+    return app

@@ -1,0 +1,119 @@
+"""A running node: the store, the block producer and the loop that cuts blocks.
+
+One thread owns the writer connection and the producer's `produce`; request threads submit
+to the pool and read through their own read-only connections (SQLite WAL lets readers run
+beside the writer). Reads of the state use the producer's latest immutable `State`, so a
+request sees one consistent height even while the next block is written.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+from consensus.producer import CommittedBlock, Outcome, SoloProducer, tune_garbage_collector
+from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
+from ledger.state import State
+from ledger.store import Store
+from ledger.transactions import Envelope
+
+POLL_SECONDS: Final = 0.01  # how often the block loop looks at the clock and the pool
+COMMIT_WAIT_SECONDS_MAX: Final = 30.0  # the longest a submitter may wait for its commit
+
+
+class Node:
+    """A single-validator node on a data directory (BFT consensus replaces the producer)."""
+
+    def __init__(self, data: Path, validator_key: PrivateKey) -> None:
+        self.data = data
+        self._writer = Store.open(data)
+        self.genesis = self._writer.genesis
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix="signatures")
+        self.producer = SoloProducer(self._writer, validator_key, executor=self._executor)
+        self._readers = threading.local()
+        self._opened: list[Store] = []
+        self._opened_lock = threading.Lock()
+        self._committed = threading.Condition()
+        self._stopping = threading.Event()
+        self._loop: threading.Thread | None = None
+        self.blocks_produced = 0
+        self.on_block: Callable[[CommittedBlock], None] | None = None
+
+    @property
+    def state(self) -> State:
+        return self.producer.state
+
+    def reader(self) -> Store:
+        """This thread's read connection to the store."""
+        store: Store | None = getattr(self._readers, "store", None)
+        if store is None:
+            store = Store.open(self.data)
+            self._readers.store = store
+            with self._opened_lock:
+                self._opened.append(store)
+        return store
+
+    def start(self) -> None:
+        tune_garbage_collector()
+        self._loop = threading.Thread(target=self._run, name="block-loop", daemon=True)
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._loop is not None:
+            self._loop.join(timeout=10)
+        self._executor.shutdown(wait=True)
+        with self._opened_lock:
+            for store in self._opened:
+                store.close()
+            self._opened.clear()
+        self._writer.close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            now_ms = int(time.time() * 1000)
+            if self.producer.due(now_ms):
+                result = self.producer.produce(now_ms)
+                if result is not None:
+                    self.blocks_produced += 1
+                    if self.on_block is not None:
+                        self.on_block(result)
+                    with self._committed:
+                        self._committed.notify_all()
+                    continue
+            self._stopping.wait(POLL_SECONDS)
+
+    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return self.producer.submit(envelopes)
+
+    def outcome(self, tx_id: str) -> Outcome | None:
+        """What became of a transaction: remembered by the producer, or found committed."""
+        remembered = self.producer.outcomes.get(tx_id)
+        if remembered is not None:
+            return remembered
+        if tx_id in self.producer.pool:
+            return Outcome(tx_id=tx_id, status="pending")
+        try:
+            height, index, _ = self.reader().transaction_position(tx_id)
+        except LedgerError as error:
+            if error.code == "not_found":
+                return None
+            raise
+        return Outcome(tx_id=tx_id, status="committed", height=height, log_index=index)
+
+    def wait_for_commit(self, tx_ids: Sequence[str], timeout: float) -> list[Outcome | None]:
+        """Each transaction's outcome once none is pending any more, or when `timeout` ends."""
+        deadline = time.monotonic() + min(timeout, COMMIT_WAIT_SECONDS_MAX)
+        with self._committed:
+            while True:
+                outcomes = [self.outcome(tx_id) for tx_id in tx_ids]
+                pending = any(o is None or o.status == "pending" for o in outcomes)
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0:
+                    return outcomes
+                self._committed.wait(remaining)

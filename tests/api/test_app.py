@@ -1,0 +1,260 @@
+"""The HTTP API in process, through httpx.ASGITransport, on a real node and store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.node import Node
+from api.problems import PROBLEM_MEDIA_TYPE, STATUS
+from api.settings import Settings
+from ledger.blocks import compute_validators_hash
+from ledger.encoding import canonical
+from ledger.errors import RULE_CODES
+from ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
+from ledger.state_tree import verify_state_proof
+from ledger.store import Store
+from ledger.verification import audit_chain, verify_receipt
+from tests.factory import Chain
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Live:
+    def __init__(self, chain: Chain, node: Node, client: httpx.AsyncClient) -> None:
+        self.chain = chain
+        self.node = node
+        self.client = client
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Chain, Node]]:
+    chain = Chain()
+    Store.create(tmp_path, chain.genesis_document).close()
+    running = Node(tmp_path, chain.validator)
+    running.start()
+    try:
+        yield chain, running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def live(node: tuple[Chain, Node], tmp_path: Path) -> AsyncIterator[Live]:
+    chain, running = node
+    app = create_app(running, Settings(data=tmp_path, body_bytes_max=64 * 1024), manage_node=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        yield Live(chain, running, client)
+
+
+async def post(live: Live, body: Any, wait: bool = True) -> httpx.Response:
+    return await live.client.post(
+        "/v1/transactions" + ("?wait=commit" if wait else ""),
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+    )
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code and body["status"] == status, body
+    assert set(body) == {"type", "title", "status", "detail", "code"}
+    return body
+
+
+async def funded(live: Live) -> None:
+    chain = live.chain
+    for envelope in (
+        chain.accredit(),
+        chain.create_program(),
+        chain.issue([(chain.alice, 1000), (chain.bob, 500)]),
+    ):
+        response = await post(live, envelope.to_json())
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "committed"
+
+
+def test_every_rule_code_has_a_status_that_is_not_500() -> None:
+    for code in RULE_CODES | {"malformed_json", "mempool_full", "not_found"}:
+        assert code in STATUS, code
+        assert STATUS[code][0] < 500 or code in ("mempool_full",), code
+
+
+async def test_submit_commit_query_and_resubmit(live: Live) -> None:
+    await funded(live)
+    chain = live.chain
+    retire = chain.tx(
+        chain.alice,
+        "retire",
+        {"batch_id": "B-1", "quantity": 40, "beneficiary": "Alice", "purpose": "voluntary"},
+    )
+    first = await post(live, retire.to_json())
+    assert first.status_code == 200, first.text
+    outcome = first.json()
+    assert outcome["tx_id"] == retire.tx_id and outcome["status"] == "committed"
+    again = await post(live, retire.to_json())
+    assert again.status_code == 200 and again.json() == outcome  # idempotent
+    fetched = (await live.client.get(f"/v1/transactions/{retire.tx_id}")).json()
+    assert fetched["status"] == "committed" and fetched["transaction"] == retire.to_json()
+
+
+async def test_pending_answer_without_wait(live: Live) -> None:
+    chain = live.chain
+    response = await post(live, chain.accredit().to_json(), wait=False)
+    assert response.status_code in (200, 202)
+    assert response.json()["status"] in ("pending", "committed")
+
+
+async def test_a_rejected_transaction_is_a_problem_and_is_remembered(live: Live) -> None:
+    await funded(live)
+    chain = live.chain
+    to_self = chain.tx(
+        chain.alice, "transfer", {"to": chain.alice.account_id, "batch_id": "B-1", "quantity": 1}
+    )
+    response = await post(live, to_self.to_json())
+    assert_problem(response, 422, "self_transfer")
+    remembered = (await live.client.get(f"/v1/transactions/{to_self.tx_id}")).json()
+    assert remembered["status"] == "rejected"
+    assert remembered["problem"]["code"] == "self_transfer"
+
+
+async def test_an_array_answers_each_transaction(live: Live) -> None:
+    chain = live.chain
+    good = chain.accredit()
+    bad_chain = chain.tx(
+        chain.alice,
+        "set_keys",
+        {"keys": [chain.alice.public_key_hex], "threshold": 1},
+        chain_id="other-chain",
+    )
+    response = await post(live, [good.to_json(), {"tx": {}}, bad_chain.to_json()])
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["committed", "rejected", "rejected"]
+    assert results[1]["problem"]["code"] == "invalid_field"
+    assert results[2]["problem"]["code"] == "wrong_chain"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"tx": 1, "tx": 2}', 400, "malformed_json"),
+        (b"\xff\xfe", 400, "malformed_json"),
+        (b"1.5", 400, "malformed_json"),
+        (b"[" * 50 + b"]" * 50, 422, "limit_exceeded"),
+        (b'{"tx": {}, "signatures": [], "extra": 1}', 422, "invalid_field"),
+        (b"[" + b",".join([b"{}"] * 1001) + b"]", 422, "limit_exceeded"),
+    ],
+)
+async def test_bad_bodies_get_their_problem(
+    live: Live, body: bytes, status: int, code: str
+) -> None:
+    response = await live.client.post(
+        "/v1/transactions", content=body, headers={"content-type": "application/json"}
+    )
+    assert_problem(response, status, code)
+    assert live.node.state.height == 0  # nothing changed
+
+
+async def test_a_body_over_the_limit_is_refused_while_streaming(live: Live) -> None:
+    declared = await live.client.post(
+        "/v1/transactions", content=b"x", headers={"content-length": str(1 << 30)}
+    )
+    assert_problem(declared, 413, "payload_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            yield b" " * 1024
+
+    streamed = await live.client.post("/v1/transactions", content=chunks())
+    assert_problem(streamed, 413, "payload_too_large")
+
+
+async def test_unknown_routes_methods_and_ids_are_problems(live: Live) -> None:
+    assert_problem(await live.client.get("/v1/nothing"), 404, "not_found")
+    assert_problem(await live.client.delete("/healthz"), 405, "method_not_allowed")
+    assert_problem(await live.client.get("/v1/transactions/xyz"), 422, "invalid_field")
+    assert_problem(await live.client.get(f"/v1/transactions/{'ab' * 32}"), 404, "not_found")
+    assert_problem(await live.client.get("/v1/checkpoint"), 404, "not_found")
+    assert_problem(await live.client.get("/v1/blocks/0"), 422, "invalid_field")
+    assert_problem(await live.client.get("/v1/blocks/99"), 404, "not_found")
+    assert_problem(
+        await live.client.get("/v1/proofs/consistency?from_height=abc"), 422, "invalid_field"
+    )
+
+
+async def test_proofs_receipts_and_export_verify_with_the_pure_library(live: Live) -> None:
+    await funded(live)
+    chain = live.chain
+    retire = chain.tx(
+        chain.bob,
+        "retire",
+        {
+            "batch_id": "B-1",
+            "quantity": 25,
+            "beneficiary": "Bob's household",
+            "purpose": "incentive",
+            "program_id": "zibo-green-home",
+        },
+    )
+    assert (await post(live, retire.to_json())).json()["status"] == "committed"
+    client = live.client
+
+    checkpoint = (await client.get("/v1/checkpoint")).json()
+    header = checkpoint["header"]
+    inclusion = (await client.get(f"/v1/proofs/inclusion?tx_id={retire.tx_id}")).json()
+    verify_inclusion(
+        leaf_hash=leaf_hash(canonical(retire.to_json())),
+        index=inclusion["log_index"],
+        size=inclusion["log_size"],
+        path=[bytes.fromhex(node) for node in inclusion["path"]],
+        root=bytes.fromhex(inclusion["checkpoint"]["header"]["log_root"]),
+    )
+    consistency = (await client.get("/v1/proofs/consistency?from_height=1")).json()
+    verify_consistency(
+        size1=consistency["first_size"],
+        size2=consistency["second_size"],
+        path=[bytes.fromhex(node) for node in consistency["path"]],
+        root1=bytes.fromhex(consistency["first"]["header"]["log_root"]),
+        root2=bytes.fromhex(consistency["second"]["header"]["log_root"]),
+    )
+    state = (await client.get(f"/v1/proofs/state?key=retirement/{retire.tx_id}")).json()
+    verify_state_proof(
+        proof=state["proof"], root=bytes.fromhex(state["checkpoint"]["header"]["state_root"])
+    )
+    assert state["proof"]["value"]["beneficiary"] == "Bob's household"
+
+    receipt = (await client.get(f"/v1/retirements/{retire.tx_id}/receipt")).json()
+    trusted = compute_validators_hash(chain.genesis.validators)
+    verify_receipt(receipt, validators_hash=trusted, genesis_hash=chain.genesis.genesis_hash())
+
+    export = await client.get("/v1/export")
+    assert export.headers["content-type"].startswith("application/x-ndjson")
+    report = audit_chain(chain.genesis, export.content.splitlines(keepends=True))
+    assert report.height == header["height"] and report.state_root == header["state_root"]
+
+    genesis = (await client.get("/v1/genesis")).json()
+    assert genesis == chain.genesis_document
+    health = (await client.get("/healthz")).json()
+    assert health == {"status": "ok", "height": header["height"]}
+
+
+async def test_openapi_and_docs_are_served(live: Live) -> None:
+    spec = (await live.client.get("/openapi.json")).json()
+    assert "/v1/transactions" in spec["paths"] and "/v1/proofs/inclusion" in spec["paths"]
+    docs = await live.client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
