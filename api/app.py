@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.node import Node
 from api.problems import problem, problem_body
-from api.routes import chain, proofs, transactions
+from api.routes import chain, metrics, proofs, registry, transactions
 from api.settings import Settings
 from ledger.errors import LedgerError, StoreError
 
@@ -108,7 +108,15 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     app.state.node = node
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.body_bytes_max)
-    for router in (transactions.router, chain.router, proofs.router):
+    app.state.metrics = metrics.Metrics()
+    app.add_middleware(metrics.Measure, metrics=app.state.metrics)
+    for router in (
+        transactions.router,
+        chain.router,
+        proofs.router,
+        registry.router,
+        metrics.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(LedgerError)

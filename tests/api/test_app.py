@@ -258,3 +258,86 @@ async def test_openapi_and_docs_are_served(live: Live) -> None:
     assert "/v1/transactions" in spec["paths"] and "/v1/proofs/inclusion" in spec["paths"]
     docs = await live.client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_accounts_batches_retirements_and_pages(live: Live) -> None:
+    await funded(live)
+    chain = live.chain
+    client = live.client
+    retirements = []
+    for quantity in (5, 6, 7):
+        retire = chain.tx(
+            chain.alice,
+            "retire",
+            {
+                "batch_id": "B-1",
+                "quantity": quantity,
+                "beneficiary": "Alice",
+                "purpose": "voluntary",
+            },
+        )
+        assert (await post(live, retire.to_json())).json()["status"] == "committed"
+        retirements.append(retire.tx_id)
+
+    alice = (await client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
+    assert alice["nonce"] == 3 and alice["roles"] == ["holder"]
+    (holding,) = alice["holdings"]
+    assert holding["circulating"] == 1000 - 18 and holding["retired"] == 18
+    assert [r["status"] for r in holding["ranges"]] == ["retired"] * 3 + ["circulating"]
+    authority = (await client.get(f"/v1/accounts/{chain.authority_id}")).json()
+    assert "authority" in authority["roles"]
+    certifier = (await client.get(f"/v1/accounts/{chain.certifier.account_id}")).json()
+    assert "certifier" in certifier["roles"]
+
+    first = await client.get(f"/v1/accounts/{chain.alice.account_id}/transactions?limit=2")
+    page = first.json()
+    assert [item["tx_id"] for item in page["items"]] == retirements[::-1][:2]
+    rest = await client.get(
+        f"/v1/accounts/{chain.alice.account_id}/transactions?limit=2&cursor={page['next_cursor']}"
+    )
+    assert rest.json()["items"][0]["tx_id"] == retirements[0]
+
+    listed = (await client.get("/v1/retirements?beneficiary=Alice&limit=2")).json()
+    assert len(listed["items"]) == 2 and listed["next_cursor"]
+    more = (await client.get(f"/v1/retirements?cursor={listed['next_cursor']}&limit=2")).json()
+    seen = {item["retirement_id"] for item in listed["items"] + more["items"]}
+    assert seen == set(retirements)
+    one = (await client.get(f"/v1/retirements/{retirements[0]}")).json()
+    assert one["quantity"] == 5
+
+    batches = (await client.get("/v1/batches?methodology_id=household-electricity")).json()
+    assert [b["batch_id"] for b in batches["items"]] == ["B-1"]
+    by_certifier = await client.get(f"/v1/batches?certifier={chain.certifier.account_id}")
+    assert len(by_certifier.json()["items"]) == 1
+    batch = (await client.get("/v1/batches/B-1")).json()
+    assert batch["issued"] == batch["circulating"] + batch["retired"] + batch["invalidated"]
+
+    blocks = (await client.get("/v1/blocks?limit=2")).json()
+    heights = [item["block"]["header"]["height"] for item in blocks["items"]]
+    assert heights == [live.node.state.height, live.node.state.height - 1]
+
+    stats = (await client.get("/v1/stats")).json()
+    assert stats["totals"]["issued"] == 1500 and stats["totals"]["retired"] == 18
+    assert stats["by_methodology"]["household-electricity"]["issued"] == 1500
+
+
+async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:
+    client = live.client
+    for cursor in ("%%%", "e30", "x" * 600, "eyJiZWZvcmUiOiJhIn0"):
+        response = await client.get(f"/v1/blocks?cursor={cursor}")
+        assert response.status_code == 422, (cursor, response.text)
+        assert response.json()["code"] == "invalid_field"
+    assert_problem(await client.get(f"/v1/accounts/{'cd' * 32}"), 404, "not_found")
+    assert_problem(await client.get("/v1/batches/B-9"), 404, "not_found")
+    assert_problem(await client.get("/v1/batches/B-01"), 422, "invalid_field")
+    assert_problem(await client.get(f"/v1/retirements/{'ef' * 32}"), 404, "not_found")
+    assert_problem(await client.get("/v1/retirements?limit=1000"), 422, "invalid_field")
+
+
+async def test_metrics_count_requests_by_route(live: Live) -> None:
+    await live.client.get("/healthz")
+    await live.client.get(f"/v1/transactions/{'ab' * 32}")
+    text = (await live.client.get("/metrics")).text
+    assert 'tanlian_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert 'route="/v1/transactions/{tx_id}",status="404"' in text
+    assert "tanlian_height 0.0" in text and "tanlian_pending_transactions" in text

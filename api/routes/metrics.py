@@ -1,0 +1,93 @@
+"""GET /metrics: Prometheus text (blocks, transactions, pool size, requests and latencies by
+route), through prometheus-client; one registry per application."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from api.node import Node
+from api.routes import node_of
+
+router = APIRouter(tags=["operations"])
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tanlian_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tanlian_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.height = Gauge("tanlian_height", "Height of the latest block", registry=self.registry)
+        self.transactions = Gauge(
+            "tanlian_transactions", "Transactions in the log", registry=self.registry
+        )
+        self.pending = Gauge(
+            "tanlian_pending_transactions",
+            "Transactions in the pending pool",
+            registry=self.registry,
+        )
+        self.blocks = Gauge(
+            "tanlian_blocks_produced", "Blocks this process produced", registry=self.registry
+        )
+
+
+class Measure:
+    """ASGI middleware counting requests and timing them by the route template the router
+    matched (FastAPI records it in the scope; bounded cardinality: unknown paths are
+    "unmatched")."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = ["500"]
+
+        async def tracked(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        finally:
+            path = getattr(scope.get("route"), "path", None)
+            route = path if isinstance(path, str) else "unmatched"
+            self.metrics.requests.labels(route, scope["method"], status[0]).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Response:
+    registry: Metrics = request.app.state.metrics
+    state = node.state
+    registry.height.set(state.height)
+    registry.transactions.set(state.log.size)
+    registry.pending.set(node.producer.pending_count())
+    registry.blocks.set(node.blocks_produced)
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

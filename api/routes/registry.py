@@ -1,0 +1,237 @@
+"""Accounts, batches, retirements and blocks, with opaque cursors and bounded limits; stats.
+
+Values come from the node's latest state (one consistent height); lists come from the
+store's indexed query tables, newest first.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from api.cursors import decode_cursor, encode_cursor
+from api.node import Node
+from api.routes import node_of
+from api.settings import LIST_LIMIT_MAX
+from ledger.errors import LedgerError
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+
+ACCOUNT = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="An account id.")]
+LIMIT = Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX, description="Items per page.")]
+CURSOR = Annotated[str | None, Query(max_length=512, description="From a previous page.")]
+HOLDING_RANGES_MAX = 1000
+
+
+def _page(items: list[Any], limit: int, position: dict[str, Any] | None) -> dict[str, Any]:
+    return {"items": items, "next_cursor": None if position is None else encode_cursor(position)}
+
+
+@router.get("/accounts/{account_id}", summary="Keys, nonce, status, roles and holdings")
+def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
+    state = node.state
+    value = state.get(f"account/{account_id}")
+    if value is None:
+        raise LedgerError(f"no account {account_id}", code="not_found")
+    roles = ["holder"]
+    if account_id == state.authority:
+        roles.append("authority")
+    certifier = state.get(f"certifier/{account_id}")
+    if certifier is not None and certifier["revoked_height"] is None:
+        roles.append("certifier")
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT batch_id, first_serial, quantity, status FROM lots WHERE owner = ? "
+            "ORDER BY batch_id, first_serial LIMIT ?",
+            (account_id, HOLDING_RANGES_MAX + 1),
+        )
+        .fetchall()
+    )
+    holdings: dict[str, dict[str, Any]] = {}
+    for batch_id, first, quantity, status in rows[:HOLDING_RANGES_MAX]:
+        entry = holdings.setdefault(
+            batch_id,
+            {"batch_id": batch_id, "circulating": 0, "retired": 0, "invalidated": 0, "ranges": []},
+        )
+        entry[status] += quantity
+        entry["ranges"].append({"first": first, "last": first + quantity - 1, "status": status})
+    return {
+        "account_id": account_id,
+        "keys": value["keys"],
+        "threshold": value["threshold"],
+        "nonce": value["nonce"],
+        "status": value["status"],
+        "roles": roles,
+        "holdings": list(holdings.values()),
+        "holdings_truncated": len(rows) > HOLDING_RANGES_MAX,
+        "height": state.height,
+    }
+
+
+@router.get("/accounts/{account_id}/transactions", summary="An account's history, newest first")
+def account_transactions(
+    account_id: ACCOUNT,
+    node: Annotated[Node, Depends(node_of)],
+    limit: LIMIT = 20,
+    cursor: CURSOR = None,
+) -> dict[str, Any]:
+    position = decode_cursor(cursor, {"before": int})
+    before = position["before"] if position else 2**63 - 1
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT t.log_index, t.tx_id, t.height, t.type, t.envelope FROM account_transactions a "
+            "JOIN transactions t ON t.log_index = a.log_index "
+            "WHERE a.account = ? AND a.log_index < ? ORDER BY a.log_index DESC LIMIT ?",
+            (account_id, before, limit + 1),
+        )
+        .fetchall()
+    )
+    items = [
+        {"log_index": index, "tx_id": tx_id, "height": height, "type": kind}
+        for index, tx_id, height, kind, _ in rows[:limit]
+    ]
+    more = {"before": rows[limit - 1][0]} if len(rows) > limit else None
+    return _page(items, limit, more)
+
+
+@router.get("/batches", summary="Batches, newest first, by methodology or certifier")
+def batches(
+    node: Annotated[Node, Depends(node_of)],
+    methodology_id: Annotated[str | None, Query(max_length=63)] = None,
+    certifier: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    limit: LIMIT = 20,
+    cursor: CURSOR = None,
+) -> dict[str, Any]:
+    position = decode_cursor(cursor, {"before": int})
+    before = position["before"] if position else 2**63 - 1
+    clauses: list[str] = ["CAST(substr(batch_id, 3) AS INTEGER) < ?"]
+    values: list[Any] = [before]
+    if methodology_id is not None:
+        clauses.append("methodology_id = ?")
+        values.append(methodology_id)
+    if certifier is not None:
+        clauses.append("certifier = ?")
+        values.append(certifier)
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT batch_id FROM batches WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY CAST(substr(batch_id, 3) AS INTEGER) DESC LIMIT ?",
+            (*values, limit + 1),
+        )
+        .fetchall()
+    )
+    state = node.state
+    items = [state.get(f"batch/{batch_id}") for (batch_id,) in rows[:limit]]
+    more = {"before": int(rows[limit - 1][0][2:])} if len(rows) > limit else None
+    return _page([item for item in items if item is not None], limit, more)
+
+
+@router.get("/batches/{batch_id}", summary="A batch: issuance details and supply by status")
+def batch(
+    batch_id: Annotated[str, Path(pattern=r"^B-[1-9][0-9]{0,15}$")],
+    node: Annotated[Node, Depends(node_of)],
+) -> dict[str, Any]:
+    value: dict[str, Any] | None = node.state.get(f"batch/{batch_id}")
+    if value is None:
+        raise LedgerError(f"no batch {batch_id}", code="not_found")
+    return value
+
+
+@router.get("/retirements", summary="Retirements, newest first, by beneficiary or programme")
+def retirements(
+    node: Annotated[Node, Depends(node_of)],
+    beneficiary: Annotated[str | None, Query(max_length=200)] = None,
+    program_id: Annotated[str | None, Query(max_length=63)] = None,
+    limit: LIMIT = 20,
+    cursor: CURSOR = None,
+) -> dict[str, Any]:
+    position = decode_cursor(cursor, {"height": int, "id": str})
+    clauses: list[str] = []
+    values: list[Any] = []
+    if position is not None:
+        clauses.append("(height < ? OR (height = ? AND retirement_id < ?))")
+        values += [position["height"], position["height"], position["id"]]
+    if beneficiary is not None:
+        clauses.append("beneficiary = ?")
+        values.append(beneficiary)
+    if program_id is not None:
+        clauses.append("program_id = ?")
+        values.append(program_id)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    rows = (
+        node.reader()
+        .db.execute(
+            f"SELECT retirement_id, height FROM retirements {where} "
+            "ORDER BY height DESC, retirement_id DESC LIMIT ?",
+            (*values, limit + 1),
+        )
+        .fetchall()
+    )
+    state = node.state
+    items = [state.get(f"retirement/{rid}") for rid, _ in rows[:limit]]
+    more = {"height": rows[limit - 1][1], "id": rows[limit - 1][0]} if len(rows) > limit else None
+    return _page([item for item in items if item is not None], limit, more)
+
+
+@router.get("/retirements/{retirement_id}", summary="A retirement record")
+def retirement(
+    retirement_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    node: Annotated[Node, Depends(node_of)],
+) -> dict[str, Any]:
+    value: dict[str, Any] | None = node.state.get(f"retirement/{retirement_id}")
+    if value is None:
+        raise LedgerError(f"no retirement {retirement_id}", code="not_found")
+    return value
+
+
+@router.get("/blocks", summary="Blocks with their certificates, newest first")
+def blocks(
+    node: Annotated[Node, Depends(node_of)], limit: LIMIT = 10, cursor: CURSOR = None
+) -> dict[str, Any]:
+    position = decode_cursor(cursor, {"before": int})
+    top = (
+        node.state.height + 1
+        if position is None
+        else min(position["before"], node.state.height + 1)
+    )
+    heights = list(range(top - 1, max(top - 1 - limit, 0), -1))
+    store = node.reader()
+    items = [
+        {"block": store.read_block(h).to_json(), "certificate": store.read_certificate(h).to_json()}
+        for h in heights
+    ]
+    more = {"before": heights[-1]} if heights and heights[-1] > 1 else None
+    return _page(items, limit, more)
+
+
+@router.get("/stats", summary="Totals by status, methodology and month (t = 1,000 units)")
+def stats(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
+    state = node.state
+    totals = {"issued": 0, "circulating": 0, "retired": 0, "invalidated": 0}
+    by_methodology: dict[str, dict[str, int]] = {}
+    by_month: dict[str, dict[str, int]] = {}
+    for key, value in state.entries.items():
+        if not key.startswith("batch/"):
+            continue
+        month = datetime.datetime.fromtimestamp(value["time"] / 1000, tz=datetime.UTC)
+        for bucket in (
+            totals,
+            by_methodology.setdefault(value["methodology_id"], dict.fromkeys(totals, 0)),
+            by_month.setdefault(month.strftime("%Y-%m"), dict.fromkeys(totals, 0)),
+        ):
+            for status in totals:
+                bucket[status] += value[status]
+    return {
+        "height": state.height,
+        "transactions": state.log.size,
+        "units": "kg CO2e",
+        "totals": totals,
+        "by_methodology": by_methodology,
+        "by_issuance_month": dict(sorted(by_month.items())),
+    }
