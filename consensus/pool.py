@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ledger.errors import LedgerError, PoolError
 from ledger.limits import POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
-from ledger.transactions import Envelope, verify_envelope_signatures
+from ledger.transactions import Envelope, check_signatures
 
 _PARALLEL_MIN = 64
 
@@ -37,23 +37,12 @@ def verify_signatures(
     envelopes: Sequence[Envelope], executor: ThreadPoolExecutor | None
 ) -> list[LedgerError | None]:
     """Each envelope's signature check result, spread over `executor`'s threads."""
-
-    def check(chunk: Sequence[Envelope]) -> list[LedgerError | None]:
-        results: list[LedgerError | None] = []
-        for envelope in chunk:
-            try:
-                verify_envelope_signatures(envelope)
-                results.append(None)
-            except LedgerError as error:
-                results.append(error)
-        return results
-
     if executor is None or len(envelopes) < _PARALLEL_MIN:
-        return check(envelopes)
+        return check_signatures(envelopes)
     workers = executor._max_workers
     size = -(-len(envelopes) // workers)
     chunks = [envelopes[i : i + size] for i in range(0, len(envelopes), size)]
-    return [result for part in executor.map(check, chunks) for result in part]
+    return [result for part in executor.map(check_signatures, chunks) for result in part]
 
 
 class Pool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -275,6 +276,18 @@ def verify_envelope_signatures(envelope: Envelope) -> None:
         verify_signature(
             bytes.fromhex(signature.public_key), message, bytes.fromhex(signature.signature)
         )
+
+
+def check_signatures(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+    """For each envelope, in order, None or the error of its first bad signature."""
+    results: list[LedgerError | None] = []
+    for envelope in envelopes:
+        try:
+            verify_envelope_signatures(envelope)
+            results.append(None)
+        except LedgerError as error:
+            results.append(error)
+    return results
 
 
 def sign_transaction(tx: Transaction, keys: list[Any]) -> Envelope:

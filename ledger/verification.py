@@ -55,7 +55,7 @@ from ledger.genesis import Genesis, genesis_state
 from ledger.receipts import verify_receipt
 from ledger.state import Params, State
 from ledger.state_transition import apply_block
-from ledger.transactions import Envelope, verify_envelope_signatures
+from ledger.transactions import Envelope, check_signatures
 
 LINE_FIELDS: Final = frozenset({"block", "certificate"})
 # Besides its transactions a line holds a header, two certificates of at most VALIDATORS_MAX
@@ -111,16 +111,8 @@ def compute_line_bytes_max(params: Params) -> int:
     )
 
 
-def verify_signatures_serially(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
-    """The default `SignatureVerifier`: one envelope after the other, on this thread."""
-    results: list[LedgerError | None] = []
-    for envelope in envelopes:
-        try:
-            verify_envelope_signatures(envelope)
-            results.append(None)
-        except LedgerError as error:
-            results.append(error)
-    return results
+verify_signatures_serially: Final[SignatureVerifier] = check_signatures
+"""The default `SignatureVerifier`: one envelope after the other, on this thread."""
 
 
 def audit_chain(

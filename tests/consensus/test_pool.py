@@ -16,8 +16,9 @@ import pytest
 from consensus import pool as pool_module
 from consensus.pool import Pool
 from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
 from ledger.limits import POOL_NONCE_GAP_MAX
-from ledger.transactions import Envelope, Signature, verify_envelope_signatures
+from ledger.transactions import Envelope, Signature, check_signatures
 from tests.factory import Chain, key
 
 CHAIN = Chain()
@@ -245,11 +246,11 @@ def test_bad_signatures_are_refused_when_verified_in_parallel(
     expected = ["bad_signature" if i % 7 == 3 else None for i in range(len(envelopes))]
     threads: set[str] = set()
 
-    def recording(item: Envelope) -> None:
+    def recording(items: Sequence[Envelope]) -> list[LedgerError | None]:
         threads.add(threading.current_thread().name)
-        verify_envelope_signatures(item)
+        return check_signatures(items)
 
-    monkeypatch.setattr(pool_module, "verify_envelope_signatures", recording)
+    monkeypatch.setattr(pool_module, "check_signatures", recording)
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as executor:
         pool = Pool(executor=executor)
         assert codes(pool, envelopes) == expected
