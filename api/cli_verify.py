@@ -1,22 +1,46 @@
-"""`tanlian verify ...` (SPEC §8): check a chain offline, trusting only its genesis file.
+"""`tanlian verify ...` (SPEC §8): check a chain, trusting only its genesis file.
 
-    tanlian verify chain --export FILE --genesis FILE
+    tanlian verify chain (--export FILE | --node URL) --genesis FILE
+    tanlian verify receipt FILE (--genesis FILE | --validators-hash HEX)
+    tanlian verify monitor --node URL --state FILE --genesis FILE [--interval S --rounds N]
 
 The checking is the pure auditor's (`ledger.verification.audit_chain`, SPEC §6.2); this shell
-reads the files (line by line, each line bounded), spreads each block's signature checks
-over one thread per core (`consensus.pool.verify_signatures`), draws a progress bar on a
-terminal and prints the outcome: the head on stdout and exit 0, or one line on stderr naming
-the first failing height, transaction and rule, and exit 1. Bad usage exits 2.
+reads the export (from a file or streamed from a node, line by line, each line bounded),
+spreads each block's signature checks over one thread per core
+(`consensus.pool.verify_signatures`), draws a progress bar on a terminal and prints the
+outcome: the head on stdout and exit 0, or one line on stderr naming the first failing height,
+transaction and rule, and exit 1. Bad usage exits 2. A node is outside input like a file: a
+broken or hostile answer ends in one line and exit 1 (`api.client`).
+
+The monitor (SPEC §6.2, "two checkpoints") remembers the last checkpoint it verified in a state
+file and, each round, proves the node's latest checkpoint extends it:
+
+1. The node's latest checkpoint is signed by the trusted genesis's validator set: its header's
+   `validators_hash` is that set's hash (else the set changed, and only an audit of the chain
+   can say whether the change is legitimate) and its certificate carries more than 2/3 of
+   the set's power for this header's block hash.
+2. Against the remembered checkpoint: the same height must be the same header; a lower height
+   is a rollback; a higher height needs an RFC 9162 consistency proof whose checkpoints are
+   exactly the remembered header and the latest one, and whose path rebuilds both log roots.
+3. On success the latest checkpoint replaces the remembered one (write, then rename). On a
+   fork, a rollback or an inconsistency the state file is left as it was, the evidence (both
+   checkpoints and the proof) is written beside it, and the command fails loudly.
+
+The state file is the monitor's own memory, trusted like the genesis file: keep it where only
+you can write it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Final
+from typing import IO, Annotated, Any, Final, Literal
 
 import typer
 from rich.progress import (
@@ -30,13 +54,22 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from api.client import Client, ClientError
 from api.console import err, fail, fails_cleanly, out
 from consensus.pool import verify_signatures
 from consensus.producer import tune_garbage_collector
-from ledger.blocks import compute_validators_hash
-from ledger.encoding import decode
-from ledger.errors import LedgerError
+from ledger.blocks import (
+    Certificate,
+    Header,
+    compute_validators_hash,
+    parse_certificate,
+    parse_header,
+    verify_certificate,
+)
+from ledger.encoding import JSON, decode
+from ledger.errors import FieldError, InvalidProofError, LedgerError
 from ledger.genesis import Genesis, decode_genesis
+from ledger.merkle import verify_consistency
 from ledger.receipts import verify_receipt
 from ledger.transactions import Envelope
 from ledger.verification import (
@@ -54,7 +87,6 @@ verify_app: typer.Typer = typer.Typer(
 )
 
 GENESIS_FILE_BYTES_MAX: Final = 16 * 1024 * 1024
-NODE_NOT_AVAILABLE: Final = "the HTTP API is not available yet; use --export"
 
 
 def parallel_verifier(executor: ThreadPoolExecutor) -> SignatureVerifier:
@@ -112,23 +144,26 @@ def _progress() -> Progress:
     )
 
 
-def audit_export(export_file: Path, genesis: Genesis) -> tuple[AuditReport, float]:
-    """Audit an export file with threaded signature checks; the report and the seconds."""
-    line_bytes_max = compute_line_bytes_max(genesis.params)
+def audit_lines(
+    genesis: Genesis, lines: Iterable[bytes], *, total_bytes: int | None
+) -> tuple[AuditReport, float]:
+    """Audit export lines with threaded signature checks; the report and the seconds.
+    `total_bytes` (if known) sizes the progress bar."""
     workers = os.cpu_count() or 2
     consumed = 0
 
+    def counted() -> Iterator[bytes]:
+        nonlocal consumed
+        for line in lines:
+            consumed += len(line)
+            yield line
+
     tune_garbage_collector()  # the replay builds the state's large, acyclic heap, as a node's
     with (
-        export_file.open("rb") as handle,
         ThreadPoolExecutor(workers, thread_name_prefix="verify") as executor,
         _progress() as progress,
     ):
-        task = progress.add_task("audit", total=os.fstat(handle.fileno()).st_size or None)
-
-        def on_read(size: int) -> None:
-            nonlocal consumed
-            consumed += size
+        task = progress.add_task("audit", total=total_bytes)
 
         def on_block(height: int, transactions: int) -> None:
             progress.update(task, completed=consumed, transactions=transactions)
@@ -136,11 +171,49 @@ def audit_export(export_file: Path, genesis: Genesis) -> tuple[AuditReport, floa
         started = time.perf_counter()
         report = audit_chain(
             genesis,
-            read_lines(handle, line_bytes_max, on_read),
+            counted(),
             verify_signatures=parallel_verifier(executor),
             on_block=on_block,
         )
         return report, time.perf_counter() - started
+
+
+def audit_export(export_file: Path, genesis: Genesis) -> tuple[AuditReport, float]:
+    """Audit an export file with threaded signature checks; the report and the seconds."""
+    line_bytes_max = compute_line_bytes_max(genesis.params)
+    with export_file.open("rb") as handle:
+        total = os.fstat(handle.fileno()).st_size or None
+        lines = read_lines(handle, line_bytes_max, lambda size: None)
+        return audit_lines(genesis, lines, total_bytes=total)
+
+
+def audit_node(client: Client, genesis: Genesis) -> tuple[AuditReport, float]:
+    """Audit the export a node streams, up to the checkpoint it names as its head, and check
+    that the audited head is that checkpoint (an export cut short is a shorter valid chain)."""
+    try:
+        head: Header | None = parse_checkpoint(client.checkpoint()).header
+    except ClientError as error:
+        if error.code != "not_found":  # a node with no block yet has no checkpoint
+            raise
+        head = None
+    lines = client.export_lines(
+        1,
+        None if head is None else head.height,
+        line_bytes_max=compute_line_bytes_max(genesis.params),
+    )
+    report, seconds = audit_lines(genesis, lines, total_bytes=None)
+    if head is None:
+        height, head_hash = 0, genesis.genesis_hash()
+    else:
+        height, head_hash = head.height, head.block_hash()
+    if (report.height, report.head_hash) != (height, head_hash):
+        raise AuditFailure(
+            height=report.height,
+            rule="head",
+            detail=f"the node's export ends at height {report.height} (block {report.head_hash})"
+            f", its checkpoint names height {height} (block {head_hash})",
+        )
+    return report, seconds
 
 
 @verify_app.command("chain")
@@ -156,20 +229,23 @@ def verify_chain(
 ) -> None:
     """Audit a whole chain (SPEC §6.2) and name the first failing height and rule.
 
-    Checks every hash link, every certificate against the validator set governing its height,
+    Reads an export file, or streams a node's export up to its latest checkpoint. Checks
+    every hash link, every certificate against the validator set governing its height,
     every signature, every transaction rule by replaying the state, and both roots.
     """
     if (export_file is None) == (node is None):
         raise typer.BadParameter("give either --export FILE or --node URL")
-    if node is not None:
-        raise LedgerError(NODE_NOT_AVAILABLE, code="not_available")
-    assert export_file is not None
     try:
         genesis = read_genesis(genesis_file)
     except LedgerError as error:
         fail(f"error ({error.code}): {error.message}")
     try:
-        report, seconds = audit_export(export_file, genesis)
+        if node is not None:
+            with Client(node) as client:
+                report, seconds = audit_node(client, genesis)
+        else:
+            assert export_file is not None
+            report, seconds = audit_export(export_file, genesis)
     except AuditFailure as failure:
         fail(f"verification failed {failure.message}")
     rate = report.transactions / seconds if seconds > 0 else 0.0
@@ -231,3 +307,301 @@ def verify_receipt_file(
         highlight=False,
         soft_wrap=True,
     )
+
+
+# --- the checkpoint monitor (SPEC §6.2, §8) -------------------------------------------------------
+
+STATE_FILE_BYTES_MAX: Final = 1024 * 1024  # a checkpoint: a header and <= 100 signatures
+EVIDENCE_SUFFIX: Final = ".fork-evidence.json"
+MONITOR_ROUNDS_MAX: Final = 1_000_000
+MONITOR_INTERVAL_SECONDS_MAX: Final = 24 * 3600.0
+
+Misbehaviour = Literal["fork", "rollback", "inconsistency"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """A certified header (SPEC §5.3): everything a light client needs to trust a height."""
+
+    header: Header
+    certificate: Certificate
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"header": self.header.to_json(), "certificate": self.certificate.to_json()}
+
+
+def parse_checkpoint(value: Any, path: str = "checkpoint") -> Checkpoint:
+    """Exactly `{"header", "certificate"}`, each strictly parsed; raises `FieldError`."""
+    if not isinstance(value, dict) or set(value) != {"header", "certificate"}:
+        raise FieldError(path, "expected an object with exactly header and certificate")
+    return Checkpoint(
+        header=parse_header(value["header"], f"{path}.header"),
+        certificate=parse_certificate(value["certificate"], f"{path}.certificate"),
+    )
+
+
+class MonitorAlarm(LedgerError):
+    """The node's chain does not extend the remembered checkpoint: a fork (two certified
+    headers for one height, or a log that does not extend the remembered log), a rollback or
+    an answer contradicting itself. `proof` is the consistency proof, if one was fetched."""
+
+    code = "fork_detected"
+
+    def __init__(self, kind: Misbehaviour, detail: str, *, proof: Any = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.proof = proof
+
+
+def verify_checkpoint(checkpoint: Checkpoint, genesis: Genesis) -> None:
+    """Step 1: `checkpoint` is certified by the genesis's validator set; raises LedgerError."""
+    header, height = checkpoint.header, checkpoint.height
+    if header.chain_id != genesis.chain_id:
+        raise LedgerError(
+            f"the node's checkpoint at height {height} is for chain {header.chain_id!r}, "
+            f"the genesis for {genesis.chain_id!r}",
+            code="wrong_chain",
+        )
+    trusted = compute_validators_hash(genesis.validators)
+    if header.validators_hash != trusted:
+        raise LedgerError(
+            f"the node's checkpoint at height {height} is governed by validator set "
+            f"{header.validators_hash}, not the genesis set {trusted}: the set changed, so "
+            "audit the chain (tanlian verify chain) before trusting this node again",
+            code="validators_changed",
+        )
+    try:
+        verify_certificate(
+            checkpoint.certificate,
+            chain_id=genesis.chain_id,
+            height=height,
+            block_hash=header.block_hash(),
+            validators=genesis.validators,
+        )
+    except InvalidProofError as error:
+        raise InvalidProofError(
+            f"the node's checkpoint at height {height} is not certified: {error.message}"
+        ) from error
+
+
+def check_consistency(remembered: Checkpoint, latest: Checkpoint, proof: Any) -> None:
+    """Step 2, higher height: `proof` is an RFC 9162 consistency proof between exactly these
+    two checkpoints. Raises `MonitorAlarm`, or `ClientError` for a proof that is no proof."""
+    old, new = remembered.header, latest.header
+    assert old.height < new.height
+    try:
+        if not isinstance(proof, dict):
+            raise FieldError("proof", "expected an object")
+        first = parse_checkpoint(proof.get("first"), "proof.first")
+        second = parse_checkpoint(proof.get("second"), "proof.second")
+        sizes = (proof.get("first_size"), proof.get("second_size"))
+        path = proof.get("path")
+        if not isinstance(path, list) or not all(isinstance(node, str) for node in path):
+            raise FieldError("proof.path", "expected a list of hex strings")
+        nodes = [bytes.fromhex(node) for node in path]
+    except (LedgerError, ValueError) as error:
+        message = error.message if isinstance(error, LedgerError) else str(error)
+        raise ClientError(f"the consistency proof is malformed: {message}") from error
+    if first.header != old:
+        raise MonitorAlarm(
+            "fork",
+            f"the node's header at the remembered height {old.height} is block "
+            f"{first.header.block_hash()}, the remembered one block {old.block_hash()}",
+            proof=proof,
+        )
+    if second.header != new:
+        raise MonitorAlarm(
+            "inconsistency",
+            f"the node's proof to height {new.height} ends at block "
+            f"{second.header.block_hash()}, its checkpoint names block {new.block_hash()}",
+            proof=proof,
+        )
+    if sizes != (old.log_size, new.log_size):
+        raise MonitorAlarm(
+            "inconsistency",
+            f"the proof is between log sizes {sizes[0]} and {sizes[1]}, the checkpoints at "
+            f"heights {old.height} and {new.height} hold {old.log_size} and {new.log_size}",
+            proof=proof,
+        )
+    try:
+        verify_consistency(
+            size1=old.log_size,
+            size2=new.log_size,
+            path=nodes,
+            root1=bytes.fromhex(old.log_root),
+            root2=bytes.fromhex(new.log_root),
+        )
+    except InvalidProofError as error:
+        raise MonitorAlarm(
+            "inconsistency",
+            f"the log at height {new.height} (size {new.log_size}) does not provably extend "
+            f"the remembered log at height {old.height} (size {old.log_size}): {error.message}",
+            proof=proof,
+        ) from error
+
+
+def fetch_checkpoint(client: Client, height: int | None = None) -> Checkpoint:
+    """The node's latest checkpoint (or the one at `height`), parsed; a malformed one is a
+    bad answer."""
+    value = client.checkpoint() if height is None else client.checkpoint_at(height)
+    try:
+        return parse_checkpoint(value)
+    except FieldError as error:
+        raise ClientError(f"the node's checkpoint is malformed: {error.message}") from error
+
+
+def check_extends(client: Client, remembered: Checkpoint, latest: Checkpoint) -> None:
+    """Step 2: `latest` (verified) extends `remembered`. Raises `MonitorAlarm` for a fork, a
+    rollback or an inconsistency, `ClientError` when the node cannot answer."""
+    old, new = remembered.header, latest.header
+    if new.height == old.height:
+        if new != old:
+            raise MonitorAlarm(
+                "fork",
+                f"the node's certified header at height {new.height} is block "
+                f"{new.block_hash()}, the remembered one block {old.block_hash()}",
+            )
+    elif new.height < old.height:
+        raise MonitorAlarm(
+            "rollback",
+            f"the node's latest checkpoint is at height {new.height} (log size {new.log_size}), "
+            f"below the remembered height {old.height} (log size {old.log_size})",
+        )
+    elif old.log_size == 0:  # every log extends the empty one: compare the header itself
+        at = fetch_checkpoint(client, old.height).header
+        if at != old:
+            raise MonitorAlarm(
+                "fork",
+                f"the node's header at the remembered height {old.height} is block "
+                f"{at.block_hash()}, the remembered one block {old.block_hash()}",
+            )
+    else:
+        check_consistency(remembered, latest, client.consistency(old.height, new.height))
+
+
+def read_state(path: Path, genesis: Genesis) -> Checkpoint | None:
+    """The remembered checkpoint, or None before the first run."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with handle:
+        data = handle.read(STATE_FILE_BYTES_MAX + 1)
+    if len(data) > STATE_FILE_BYTES_MAX:
+        raise LedgerError(f"{path}: over {STATE_FILE_BYTES_MAX} bytes, not a monitor state file")
+    try:
+        remembered = parse_checkpoint(decode(data))
+    except LedgerError as error:
+        raise LedgerError(f"{path}: not a checkpoint: {error.message}", code=error.code) from error
+    if remembered.header.chain_id != genesis.chain_id:
+        raise LedgerError(
+            f"{path}: a checkpoint of chain {remembered.header.chain_id!r}, "
+            f"not of the genesis's {genesis.chain_id!r}",
+            code="wrong_chain",
+        )
+    return remembered
+
+
+def write_atomically(path: Path, value: JSON) -> None:
+    """Write `value` as JSON to a temporary file beside `path`, then rename it over `path`:
+    a reader (or a crash) sees the old file or the new one, never half of one."""
+    data = json.dumps(value, indent=2, ensure_ascii=False).encode() + b"\n"
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _summary(remembered: Checkpoint | None, latest: Checkpoint, state_file: Path) -> str:
+    new = latest.header
+    head = f"checkpoint verified: height {new.height}, log size {new.log_size}"
+    if remembered is None:
+        return f"{head}; first checkpoint, saved to {state_file}"
+    old = remembered.header
+    if old.height == new.height:
+        return f"{head}; unchanged since the last run"
+    return (
+        f"{head}; consistent with the remembered height {old.height}, log size "
+        f"{old.log_size}; saved to {state_file}"
+    )
+
+
+@verify_app.command("monitor")
+@fails_cleanly
+def verify_monitor(
+    state_file: Annotated[
+        Path, typer.Option("--state", help="Where the last verified checkpoint is kept.")
+    ],
+    genesis_file: Annotated[
+        Path, typer.Option("--genesis", help="The genesis file you trust for this chain.")
+    ],
+    node: Annotated[str, typer.Option("--node", help="A node's URL.")] = "http://127.0.0.1:8000",
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=MONITOR_INTERVAL_SECONDS_MAX,
+            help="Seconds between rounds (with --rounds).",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option(min=1, max=MONITOR_ROUNDS_MAX, help="How many rounds to run.")
+    ] = 1,
+) -> None:
+    """Prove the node's latest checkpoint extends the last one verified (SPEC §6.2).
+
+    Remembers the last verified checkpoint in --state. Each round verifies the node's latest
+    checkpoint against the genesis's validator set and proves, by an RFC 9162 consistency
+    proof, that its log extends the remembered one. A fork, a rollback or an inconsistency
+    leaves --state unchanged, writes the evidence to STATE.fork-evidence.json and exits 1.
+    """
+    if rounds > 1 and interval is None:
+        raise typer.BadParameter("--rounds above 1 needs --interval SECONDS")
+    genesis = read_genesis(genesis_file)
+    evidence_file = state_file.with_name(state_file.name + EVIDENCE_SUFFIX)
+    with Client(node) as client:
+        for round_number in range(rounds):
+            if round_number > 0:
+                assert interval is not None
+                time.sleep(interval)
+            remembered = read_state(state_file, genesis)
+            latest = fetch_checkpoint(client)
+            verify_checkpoint(latest, genesis)  # step 1
+            if remembered is not None:
+                try:
+                    check_extends(client, remembered, latest)  # step 2
+                except MonitorAlarm as alarm:
+                    evidence = {
+                        "kind": alarm.kind,
+                        "detail": alarm.detail,
+                        "node": client.base_url,
+                        "remembered": remembered.to_json(),
+                        "latest": latest.to_json(),
+                        "proof": alarm.proof,
+                    }
+                    write_atomically(evidence_file, evidence)
+                    fail(
+                        f"{alarm.kind.upper()} DETECTED between the remembered height "
+                        f"{remembered.height} and the node's height {latest.height}: "
+                        f"{alarm.detail}; evidence written to {evidence_file}; "
+                        f"{state_file} unchanged"
+                    )
+            if remembered is None or latest.header != remembered.header:  # step 3
+                write_atomically(state_file, latest.to_json())
+            out.print(
+                _summary(remembered, latest, state_file),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ledger.store import Store
-from tests.api.test_cli import assert_fails_cleanly, tanlian
+from tests.api.test_cli import assert_fails_cleanly, free_port, tanlian
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +160,8 @@ def test_without_a_source_is_bad_usage(exported: tuple[Path, Path]) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_node_is_not_available_yet(exported: tuple[Path, Path]) -> None:
+def test_an_unreachable_node_fails_with_one_line(exported: tuple[Path, Path]) -> None:
     data, _ = exported
-    result = tanlian(
-        "verify", "chain", "--node", "http://127.0.0.1:8000", "--genesis", data / "genesis.json"
-    )
-    assert_fails_cleanly(result, "the HTTP API is not available yet; use --export")
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = tanlian("verify", "chain", "--node", nowhere, "--genesis", data / "genesis.json")
+    assert_fails_cleanly(result, "node_unreachable")

@@ -1,0 +1,314 @@
+"""A small typed client for a node's HTTP API (SPEC §7), for the command line and for scripts.
+
+    with Client("http://127.0.0.1:8000") as client:
+        head = client.checkpoint()
+
+Every answer is outside input and is read as such: a JSON answer is read up to
+`ANSWER_BYTES_MAX` and decoded strictly (SPEC §2.1), an export is read line by line with each
+line bounded (like `tanlian verify chain --export`), and nothing from the node ever surfaces as
+an httpx traceback. Failures are one exception with a stable code:
+
+    LedgerError
+    └── ClientError   the problem's own `code` (SPEC §7.3) for an RFC 9457 answer,
+                      node_unreachable (no connection, or no answer in time),
+                      bad_answer (not JSON, too large, not the expected shape),
+                      bad_url (a URL that is not http(s)://host)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final, Self
+
+import httpx
+
+from api.problems import PROBLEM_MEDIA_TYPE
+from ledger.encoding import JSON, canonical, decode
+from ledger.errors import LedgerError
+from ledger.limits import BLOCK_TRANSACTIONS_MAX_DEFAULT, TRANSACTION_BYTES_MAX_DEFAULT
+from ledger.transactions import Envelope
+from ledger.verification import LINE_OVERHEAD_BYTES, LINE_SPACING_FACTOR
+
+ANSWER_BYTES_MAX: Final = 64 * 1024 * 1024  # the largest JSON answer read into memory
+TIMEOUT_SECONDS_DEFAULT: Final = 10.0  # connect, read (per chunk), write and pool, each
+# A submission waiting for its commit is answered within the node's commit wait (at most
+# 30 s, api.settings); the client waits this much longer before giving up on the answer.
+COMMIT_WAIT_SECONDS_MAX: Final = 30.0
+COMMIT_WAIT_MARGIN_SECONDS: Final = 5.0
+# An export line of a chain with the default parameters (ledger.verification's bound); give
+# `compute_line_bytes_max(genesis.params)` for a chain with others.
+EXPORT_LINE_BYTES_MAX_DEFAULT: Final = (
+    BLOCK_TRANSACTIONS_MAX_DEFAULT * TRANSACTION_BYTES_MAX_DEFAULT * LINE_SPACING_FACTOR
+    + LINE_OVERHEAD_BYTES
+)
+REASON_CHARS_MAX: Final = 300  # how much of a transport error's text a message quotes
+
+assert ANSWER_BYTES_MAX >= 16 * 1024 * 1024, "a genesis file (16 MiB) must fit in an answer"
+
+
+class ClientError(LedgerError):
+    """A request that did not get the answer it asked for; `status` is the HTTP status, if
+    any came back."""
+
+    code = "bad_answer"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+def _one_line(text: str, limit: int = REASON_CHARS_MAX) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else f"{line[:limit]}…"
+
+
+Submission = Envelope | Mapping[str, Any]
+
+
+class Client:
+    """A node's API at `base_url`; a context manager that closes its connections."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = TIMEOUT_SECONDS_DEFAULT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        try:
+            url = httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError) as error:
+            raise ClientError(f"{base_url!r} is not a URL: {error}", code="bad_url") from error
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ClientError(
+                f"{base_url!r} is not an http:// or https:// URL with a host", code="bad_url"
+            )
+        self.base_url = str(url).rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            headers={"accept": "application/json"},
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def genesis(self) -> dict[str, Any]:
+        """The genesis document the node serves (trust your own copy, not this one)."""
+        return self._get("/v1/genesis")
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The latest checkpoint `{"header", "certificate"}`."""
+        return self._get("/v1/checkpoint")
+
+    def checkpoint_at(self, height: int) -> dict[str, Any]:
+        return self._get(f"/v1/checkpoints/{int(height)}")
+
+    def consistency(self, from_height: int, to_height: int) -> dict[str, Any]:
+        """The RFC 9162 consistency proof between two heights, with both checkpoints:
+        `{"first_size", "second_size", "path", "first", "second"}`."""
+        params = {"from_height": int(from_height), "to_height": int(to_height)}
+        return self._get("/v1/proofs/consistency", params=params)
+
+    def transaction(self, tx_id: str) -> dict[str, Any]:
+        return self._get(f"/v1/transactions/{tx_id}")
+
+    def receipt(self, retirement_id: str) -> dict[str, Any]:
+        """The self-contained receipt of a retirement (SPEC §6.3)."""
+        return self._get(f"/v1/retirements/{retirement_id}/receipt")
+
+    def export_lines(
+        self,
+        from_height: int = 1,
+        to_height: int | None = None,
+        *,
+        line_bytes_max: int = EXPORT_LINE_BYTES_MAX_DEFAULT,
+    ) -> Iterator[bytes]:
+        """Stream `GET /v1/export`: the genesis line, then one `{"block", "certificate"}` line
+        per height, none longer than `line_bytes_max` + 1 bytes (a longer line comes in
+        pieces, as `api.cli_verify.read_lines` gives it, so an auditor refuses the first)."""
+        params: dict[str, int] = {"from_height": int(from_height)}
+        if to_height is not None:
+            params["to_height"] = int(to_height)
+        with self._request("GET", "/v1/export", params=params) as response:
+            if response.status_code != 200:
+                self._raise_for(response)
+            try:
+                yield from split_lines(response.iter_bytes(), line_bytes_max)
+            except httpx.HTTPError as error:
+                raise self._transport_error(error) from error
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def submit(
+        self, envelopes: Submission | Sequence[Submission], *, wait: bool = False
+    ) -> dict[str, Any]:
+        """Submit one envelope (answer `{"tx_id", "status", ...}`) or a list of them (answer
+        `{"results": [...]}`); with `wait`, the node answers once committed (bounded).
+
+        A single envelope the node rejects raises `ClientError` with the rule's code.
+        """
+        body: JSON
+        if isinstance(envelopes, Envelope | Mapping):
+            body = _envelope_json(envelopes)
+        else:
+            body = [_envelope_json(item) for item in envelopes]
+        params = {"wait": "commit"} if wait else None
+        timeout = (
+            max(self.timeout, COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS)
+            if wait
+            else self.timeout
+        )
+        return self._call(
+            "POST",
+            "/v1/transactions",
+            params=params,
+            content=canonical(body),
+            headers={"content-type": "application/json"},
+            timeout=timeout,
+        )
+
+    # --- the plumbing ---------------------------------------------------------------------------
+
+    def _get(self, path: str, *, params: Mapping[str, int | str] | None = None) -> dict[str, Any]:
+        return self._call("GET", path, params=params)
+
+    def _call(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        with self._request(method, path, **options) as response:
+            if not 200 <= response.status_code < 300:
+                self._raise_for(response)
+            value = self._read_json(response)
+        if not isinstance(value, dict):
+            raise ClientError(
+                f"{method} {path}: expected a JSON object, got {type(value).__name__}",
+                status=response.status_code,
+            )
+        return value
+
+    @contextmanager
+    def _request(self, method: str, path: str, **options: Any) -> Iterator[httpx.Response]:
+        """An open, streamed response; transport failures become `ClientError`s."""
+        try:
+            with self._http.stream(method, path, **options) as response:
+                yield response
+        except httpx.HTTPError as error:
+            raise self._transport_error(error) from error
+        except httpx.InvalidURL as error:
+            raise ClientError(f"{path}: {_one_line(str(error))}", code="bad_url") from error
+
+    def _transport_error(self, error: httpx.HTTPError) -> ClientError:
+        reason = _one_line(str(error)) or type(error).__name__
+        if isinstance(error, httpx.TimeoutException):
+            return ClientError(
+                f"{self.base_url} did not answer within {self.timeout:g} s ({reason})",
+                code="node_unreachable",
+            )
+        if isinstance(error, httpx.UnsupportedProtocol):
+            return ClientError(f"{self.base_url}: {reason}", code="bad_url")
+        if isinstance(error, httpx.NetworkError | httpx.ProxyError):
+            return ClientError(f"cannot reach {self.base_url}: {reason}", code="node_unreachable")
+        # ProtocolError, DecodingError, TooManyRedirects...: the node answered, badly
+        return ClientError(f"{self.base_url} answered badly: {reason}", code="bad_answer")
+
+    def _read_body(self, response: httpx.Response) -> bytes:
+        """The body, refused beyond `ANSWER_BYTES_MAX` before it is all in memory."""
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > ANSWER_BYTES_MAX:
+            raise self._too_large(response)
+        body = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > ANSWER_BYTES_MAX:
+                    raise self._too_large(response)
+        except httpx.HTTPError as error:
+            raise self._transport_error(error) from error
+        return bytes(body)
+
+    def _too_large(self, response: httpx.Response) -> ClientError:
+        return ClientError(
+            f"{response.request.url.path}: the answer is over {ANSWER_BYTES_MAX} bytes",
+            status=response.status_code,
+        )
+
+    def _read_json(self, response: httpx.Response) -> JSON:
+        body = self._read_body(response)
+        try:
+            return decode(body)
+        except LedgerError as error:
+            raise ClientError(
+                f"{response.request.url.path}: HTTP {response.status_code} with an answer that "
+                f"is not acceptable JSON: {error.message}",
+                status=response.status_code,
+            ) from error
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        """Raise the error a non-2xx answer stands for: its problem's code, if it is one."""
+        status = response.status_code
+        path = response.request.url.path
+        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if status < 400:
+            raise ClientError(f"{path}: unexpected HTTP {status}", status=status)
+        try:
+            value = self._read_json(response)
+        except ClientError as error:
+            if error.code != "bad_answer":
+                raise
+            value = None
+        if not isinstance(value, dict) or not isinstance(value.get("code"), str):
+            what = "problem" if media_type == PROBLEM_MEDIA_TYPE else media_type or "answer"
+            raise ClientError(f"{path}: HTTP {status} with a malformed {what}", status=status)
+        code = _one_line(value["code"], 64)
+        detail = value.get("detail")
+        detail = _one_line(detail) if isinstance(detail, str) and detail else code
+        raise ClientError(f"{detail} (HTTP {status})", code=code, status=status)
+
+
+def _envelope_json(item: Submission) -> JSON:
+    if isinstance(item, Envelope):
+        return item.to_json()
+    return dict(item)
+
+
+def split_lines(chunks: Iterable[bytes], line_bytes_max: int) -> Iterator[bytes]:
+    """The lines of a byte stream, as `IO.readline(line_bytes_max + 1)` gives them: each ends
+    at its newline or after `line_bytes_max` + 1 bytes, so at most that much is held."""
+    assert line_bytes_max >= 1
+    piece = line_bytes_max + 1
+    buffer = bytearray()
+    scanned = 0  # no newline in buffer[:scanned]
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            newline = buffer.find(b"\n", scanned, piece)
+            if newline != -1:
+                yield bytes(buffer[: newline + 1])
+                del buffer[: newline + 1]
+                scanned = 0
+            elif len(buffer) >= piece:
+                yield bytes(buffer[:piece])
+                del buffer[:piece]
+                scanned = 0
+            else:
+                scanned = len(buffer)
+                break
+    if buffer:
+        yield bytes(buffer)
