@@ -546,6 +546,11 @@ class Store:
                 f"no checkpoint for a state at height {state.height} in this store",
                 code="not_found",
             )
+        if self.read_header(state.height).state_root != state.state_root:
+            raise LedgerError(
+                f"the state at height {state.height} is not the one this store holds",
+                code="not_found",
+            )
 
     def export_lines(self, from_height: int = 1, to_height: int | None = None) -> Iterator[bytes]:
         """SPEC §7.1 NDJSON: the genesis, then one `{"block", "certificate"}` per line."""

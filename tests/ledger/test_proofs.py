@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -866,13 +867,22 @@ def test_state_proofs_of_present_and_absent_keys(ledger: Ledger) -> None:
 
 
 def test_state_proof_and_receipt_refuse_a_state_that_is_not_the_head(ledger: Ledger) -> None:
+    """A state the store wrote is proven against its own checkpoint (a reader's snapshot may
+    trail the writer); one it did not write, or the genesis state, gets no proof."""
     retirement_id = ledger.retirement_ids()[0]
-    for stale in (ledger.states[0], ledger.states[-2]):
+    earlier = ledger.states[-2]
+    served = ledger.store.state_proof(earlier, "batch/B-1")
+    assert served["checkpoint"]["header"]["height"] == earlier.height
+    verify_state_proof(
+        proof=served["proof"], root=bytes.fromhex(served["checkpoint"]["header"]["state_root"])
+    )
+    foreign = dataclasses.replace(earlier, tree=ledger.head.tree)
+    for refused in (ledger.states[0], foreign):
         with pytest.raises(LedgerError) as caught:
-            ledger.store.state_proof(stale, "batch/B-1")
+            ledger.store.state_proof(refused, "batch/B-1")
         assert caught.value.code == "not_found"
         with pytest.raises(LedgerError) as caught:
-            ledger.store.receipt(stale, retirement_id)
+            ledger.store.receipt(refused, retirement_id)
         assert caught.value.code == "not_found"
     with pytest.raises(LedgerError) as caught:
         ledger.store.receipt(ledger.head, "00" * 32)
