@@ -19,6 +19,7 @@ import typer
 import uvicorn
 
 from api.app import create_app
+from api.cli_client import export_from_node, query, tx
 from api.cli_verify import verify_app
 from api.console import fails_cleanly, out
 from api.demo import build_demo
@@ -44,6 +45,8 @@ genesis_app = typer.Typer(help="Write genesis files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(genesis_app, name="genesis")
 app.add_typer(verify_app, name="verify")
+app.command("tx")(tx)
+app.command("query")(query)
 
 PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
 POLL_SECONDS = 0.05  # how often the block loop looks at the clock and the pool
@@ -149,9 +152,18 @@ def _build_demo(data: Path, transactions: int, seed: int) -> None:
 @fails_cleanly
 def export(
     out_file: Annotated[Path, typer.Option("--out", help="The NDJSON file to write.")],
-    data: Annotated[Path, typer.Option(help="A node's data directory.")],
+    data: Annotated[Path | None, typer.Option(help="A node's data directory.")] = None,
+    node: Annotated[str | None, typer.Option("--node", help="A node's URL.")] = None,
 ) -> None:
-    """Write the NDJSON export: the genesis, then one {"block", "certificate"} per line."""
+    """Write the NDJSON export: the genesis, then one {"block", "certificate"} per line,
+    from a node's data directory or streamed from a running node."""
+    if (data is None) == (node is None):
+        raise typer.BadParameter("give either --data DIR or --node URL")
+    if node is not None:
+        blocks = export_from_node(node, out_file)
+        out.print(f"wrote {blocks} blocks to {out_file}", highlight=False)
+        return
+    assert data is not None
     store = Store.open(data)
     try:
         store.load_state()  # refuse to export from a damaged store
