@@ -79,12 +79,14 @@ class Node:
             now_ms = int(time.time() * 1000)
             if self.producer.due(now_ms):
                 result = self.producer.produce(now_ms)
+                # Wake waiters whatever happened: a block may be empty of what they wait for
+                # but their transactions rejected, which they must hear now, not at timeout.
+                with self._committed:
+                    self._committed.notify_all()
                 if result is not None:
                     self.blocks_produced += 1
                     if self.on_block is not None:
                         self.on_block(result)
-                    with self._committed:
-                        self._committed.notify_all()
                     continue
             self._stopping.wait(POLL_SECONDS)
 

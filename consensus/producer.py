@@ -133,6 +133,10 @@ class SoloProducer:
             error = admission.error
             if error is None:
                 outcome = Outcome(tx_id=tx_id, status="pending")
+                with self._lock:
+                    # Ids come from the transaction alone: a new attempt (say, now signed by
+                    # the right key) replaces what an earlier one was answered.
+                    self.outcomes.pop(tx_id, None)
             else:
                 outcome = Outcome(
                     tx_id=tx_id, status="rejected", code=error.code, message=error.message

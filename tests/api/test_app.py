@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,12 @@ async def test_a_rejected_transaction_is_a_problem_and_is_remembered(live: Live)
     to_self = chain.tx(
         chain.alice, "transfer", {"to": chain.alice.account_id, "batch_id": "B-1", "quantity": 1}
     )
+    started = time.monotonic()
     response = await post(live, to_self.to_json())
     assert_problem(response, 422, "self_transfer")
+    # Rejected when its block was cut, which wakes the waiter: it must not sit out the whole
+    # ?wait=commit bound (10 s) to hear it.
+    assert time.monotonic() - started < 5
     remembered = (await live.client.get(f"/v1/transactions/{to_self.tx_id}")).json()
     assert remembered["status"] == "rejected"
     assert remembered["problem"]["code"] == "self_transfer"

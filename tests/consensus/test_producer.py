@@ -331,3 +331,33 @@ def test_refuses_a_chain_with_more_than_one_validator(tmp_path: Path, chain: Cha
         assert raised.value.code == "not_a_validator"
     finally:
         store.close()
+
+
+def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """Ids come from the transaction alone: signed by a key outside the signer's set it is
+    rejected at block time; the same transaction signed rightly must not keep that answer."""
+    for envelope in producer.submit(setup_envelopes(chain)):
+        assert envelope.status == "pending"
+    produced(producer, T1)
+    right = transfer(chain, 10)
+    wrong = Envelope(
+        tx=right.tx,
+        signatures=(
+            Signature(
+                public_key=chain.bob.public_key_hex,
+                signature=chain.bob.sign(right.tx.signing_bytes()).hex(),
+            ),
+        ),
+    )
+    assert wrong.tx_id == right.tx_id
+    assert producer.submit([wrong])[0].status == "pending"
+    assert producer.produce(T1 + 1000) is None  # nothing applied: the only candidate failed
+    assert producer.outcomes[wrong.tx_id].code == "unknown_key"
+    (again,) = producer.submit([right])
+    assert again.status == "pending"
+    assert wrong.tx_id not in producer.outcomes  # the old rejection is forgotten
+    result = produced(producer, T1 + 2000)
+    assert [e.tx_id for e in result.block.transactions] == [right.tx_id]
+    assert producer.outcomes[right.tx_id].status == "committed"
