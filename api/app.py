@@ -1,8 +1,9 @@
 """The HTTP API (SPEC §7): one FastAPI application per node, thin routes over `Node`.
 
 Every error is an RFC 9457 problem from `api.problems` (one table maps codes to statuses);
-request bodies are bounded while they are read (a body over the limit is refused with 413
-without being read into memory); outside input never yields a 500.
+request bodies are bounded while they are read, in size (a body over the limit is refused with
+413 without being read into memory) and in time (a body that has not arrived in full within
+`request_body_seconds` is answered 408); outside input never yields a 500.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -73,18 +75,73 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        response = problem("payload_too_large", f"request bodies are at most {self.limit} bytes")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": response.raw_headers,
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        detail = f"request bodies are at most {self.limit} bytes"
+        await _send_problem(send, "payload_too_large", detail)
+
+
+class BodyTimeout:
+    """Answer 408 `request_timeout` when a request body has not arrived in full `seconds` after
+    the application first asks for it: a client that stalls (or trickles) cannot hold a worker.
+    The connection is closed after the answer (RFC 9110 §15.5.9)."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        body_complete = False
+        responded = False
+
+        async def bounded() -> Message:
+            nonlocal deadline, body_complete
+            if body_complete:  # later receives wait for a disconnect (a stream), unbounded
+                return await receive()
+            if deadline is None:
+                deadline = anyio.current_time() + self.seconds
+            with anyio.move_on_after(deadline - anyio.current_time()) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                raise _BodyTimedOut
+            body_complete = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.start":
+                responded = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded, tracked)
+        except _BodyTimedOut:
+            if not responded:
+                detail = f"the request body did not arrive within {self.seconds:g} s"
+                await _send_problem(send, "request_timeout", detail, {"connection": "close"})
+
+
+async def _send_problem(
+    send: Send, code: str, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    response = problem(code, detail, headers)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTimedOut(Exception):
     pass
 
 
@@ -107,6 +164,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     )
     app.state.node = node
     app.state.settings = settings
+    app.add_middleware(BodyTimeout, seconds=settings.request_body_seconds)
     app.add_middleware(BodyLimit, limit=settings.body_bytes_max)
     app.state.metrics = metrics.Metrics()
     app.add_middleware(metrics.Measure, metrics=app.state.metrics)
@@ -137,7 +195,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         code = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}.get(
             error.status_code, "invalid_field"
         )
-        return problem(code, str(error.detail))
+        return problem(code, str(error.detail), error.headers)  # 405 keeps its Allow
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:

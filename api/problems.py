@@ -5,13 +5,19 @@ A problem is `{"type", "title", "status", "detail", "code"}` served as
 HTTP layer's own faults); `STATUS` maps each code to its HTTP status, and routes never choose a
 status themselves. Input from outside never yields a 500: a code missing from the table is a
 bug, answered as `internal_error` and logged.
+
+`problem_responses(*codes)` declares, for one operation's OpenAPI, each status its codes can
+answer with, plus `COMMON_CODES` (any operation can meet them), each status's schema narrowed
+to its own codes and titles, with one example per code.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 
@@ -56,9 +62,35 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
 }
 
 
-def problem(code: str, detail: str) -> JSONResponse:
+DETAIL_CHARS_MAX: Final = 1000
+
+# Codes any operation may answer: a body declared over the limit is refused before routing
+# (BodyLimit), the store may refuse to serve, and a bug is reported as one rather than hidden.
+COMMON_CODES: Final = ("payload_too_large", "store_unavailable", "internal_error")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem, as every error of this API is served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(
+        pattern=r"^urn:tanlian:problem:[a-z_]+$", description="urn:tanlian:problem:<code>"
+    )
+    title: str = Field(description="The title of the code: the same for every problem of a code.")
+    status: int = Field(ge=400, le=599, description="The HTTP status, from the one table.")
+    detail: str = Field(max_length=DETAIL_CHARS_MAX, description="What failed, with its values.")
+    code: str = Field(pattern=r"^[a-z_]+$", description="The stable snake_case code (SPEC §7.3).")
+
+
+def problem(code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     body = problem_body(code, detail)
-    return JSONResponse(body, status_code=int(str(body["status"])), media_type=PROBLEM_MEDIA_TYPE)
+    return JSONResponse(
+        body,
+        status_code=int(str(body["status"])),
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
 
 
 def problem_body(code: str, detail: str) -> dict[str, object]:
@@ -69,6 +101,35 @@ def problem_body(code: str, detail: str) -> dict[str, object]:
         "type": f"urn:tanlian:problem:{code}",
         "title": title,
         "status": status,
-        "detail": detail[:1000],
+        "detail": detail[:DETAIL_CHARS_MAX],
         "code": code,
+    }
+
+
+def problem_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of an operation that can fail with `codes` (and COMMON_CODES)."""
+    by_status: dict[int, set[str]] = {}
+    for code in (*codes, *COMMON_CODES):
+        by_status.setdefault(STATUS[code][0], set()).add(code)  # a code not in STATUS: a bug
+    return {status: _response(status, sorted(group)) for status, group in sorted(by_status.items())}
+
+
+def _response(status: int, codes: list[str]) -> dict[str, Any]:
+    schema = Problem.model_json_schema()
+    properties = schema["properties"]
+    properties["type"] = {"enum": [f"urn:tanlian:problem:{code}" for code in codes]}
+    properties["title"] = {"enum": sorted({STATUS[code][1] for code in codes})}
+    properties["status"] = {"const": status}
+    properties["code"] = {"enum": codes}
+    return {
+        "description": "; ".join(f"`{code}`: {STATUS[code][1]}" for code in codes),
+        "content": {
+            PROBLEM_MEDIA_TYPE: {
+                "schema": schema,
+                "examples": {
+                    code: {"summary": STATUS[code][1], "value": problem_body(code, STATUS[code][1])}
+                    for code in codes
+                },
+            }
+        },
     }

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 BODY_BYTES_MAX = 4 * 1024 * 1024
 SUBMISSION_ENVELOPES_MAX = 1000
 LIST_LIMIT_MAX = 100
+REQUEST_BODY_SECONDS = 30.0  # 4 MiB in 30 s is ~1.1 Mbit/s: slower than that is a stall
 
 
 class Settings(BaseModel):
@@ -22,6 +23,12 @@ class Settings(BaseModel):
     )
     submission_envelopes_max: int = Field(
         default=SUBMISSION_ENVELOPES_MAX, ge=1, description="Most envelopes in one submission."
+    )
+    request_body_seconds: float = Field(
+        default=REQUEST_BODY_SECONDS,
+        gt=0,
+        le=300,
+        description="How long a request body may take to arrive in full (408 after).",
     )
     commit_wait_seconds: float = Field(
         default=10.0,

@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.node import Node
-from api.routes import node_of
+from api.problems import problem_responses
+from api.routes import example, node_of
 from ledger.errors import LedgerError
 from ledger.limits import JSON_INTEGER_MAX
 from ledger.store import Store
 
 router = APIRouter(tags=["chain"])
 
-HEIGHT = Annotated[int, Path(ge=1, le=JSON_INTEGER_MAX, description="A block height.")]
+HEIGHT = Annotated[
+    int,
+    Path(
+        ge=1,
+        le=JSON_INTEGER_MAX,
+        description="A block height.",
+        openapi_examples=example(1, "The first block"),
+    ),
+]
+NDJSON: Final = "application/x-ndjson"
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", summary="Liveness", responses=problem_responses())
 def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     return {"status": "ok", "height": node.state.height}
 
 
-@router.get("/v1/genesis", summary="The genesis document")
+@router.get("/v1/genesis", summary="The genesis document", responses=problem_responses())
 def genesis(node: Annotated[Node, Depends(node_of)]) -> JSONResponse:
     return JSONResponse(node.genesis.document)
 
@@ -35,7 +45,11 @@ def _checkpoint(node: Node, height: int) -> dict[str, Any]:
     return node.reader().checkpoint(height)
 
 
-@router.get("/v1/checkpoint", summary="The latest checkpoint: {header, certificate}")
+@router.get(
+    "/v1/checkpoint",
+    summary="The latest checkpoint: {header, certificate}",
+    responses=problem_responses("not_found"),
+)
 def latest_checkpoint(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     height = node.state.height
     if height == 0:
@@ -43,12 +57,20 @@ def latest_checkpoint(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]
     return _checkpoint(node, height)
 
 
-@router.get("/v1/checkpoints/{height}", summary="The checkpoint of a height")
+@router.get(
+    "/v1/checkpoints/{height}",
+    summary="The checkpoint of a height",
+    responses=problem_responses("not_found", "invalid_field"),
+)
 def checkpoint(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     return _checkpoint(node, height)
 
 
-@router.get("/v1/blocks/{height}", summary="A block with its certificate")
+@router.get(
+    "/v1/blocks/{height}",
+    summary="A block with its certificate",
+    responses=problem_responses("not_found", "invalid_field"),
+)
 def block(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     if height > node.state.height:
         raise LedgerError(f"no block at height {height} yet", code="not_found")
@@ -59,11 +81,27 @@ def block(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, 
     }
 
 
-@router.get("/v1/export", summary="NDJSON: the genesis, then one {block, certificate} per line")
+@router.get(
+    "/v1/export",
+    summary="NDJSON: the genesis, then one {block, certificate} per line",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The genesis document, then each block with its certificate",
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+        },
+        **problem_responses("invalid_field"),
+    },
+)
 def export(
     node: Annotated[Node, Depends(node_of)],
-    from_height: Annotated[int, Query(ge=1, le=JSON_INTEGER_MAX)] = 1,
-    to_height: Annotated[int | None, Query(ge=1, le=JSON_INTEGER_MAX)] = None,
+    from_height: Annotated[
+        int, Query(ge=1, le=JSON_INTEGER_MAX, openapi_examples=example(1, "From the first block"))
+    ] = 1,
+    to_height: Annotated[
+        int | None,
+        Query(ge=1, le=JSON_INTEGER_MAX, openapi_examples=example(10, "Up to height 10")),
+    ] = None,
 ) -> StreamingResponse:
     last = node.state.height if to_height is None else min(to_height, node.state.height)
     store = Store.open(node.data)  # its own connection: the stream outlives this thread
@@ -74,4 +112,4 @@ def export(
         finally:
             store.close()
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(lines(), media_type=NDJSON)

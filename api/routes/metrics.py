@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 from api.node import Node
+from api.problems import problem_responses
 from api.routes import node_of
 
 router = APIRouter(tags=["operations"])
@@ -82,7 +83,18 @@ class Measure:
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(),
+    },
+)
 def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Response:
     registry: Metrics = request.app.state.metrics
     state = node.state

@@ -11,25 +11,66 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from api.cursors import decode_cursor, encode_cursor
+from api.cursors import CURSOR_CHARS_MAX, decode_cursor, encode_cursor
 from api.node import Node
-from api.routes import node_of
+from api.problems import problem_responses
+from api.routes import EXAMPLE_ACCOUNT, EXAMPLE_CERTIFIER, EXAMPLE_TX_ID, example, node_of
 from api.settings import LIST_LIMIT_MAX
 from ledger.errors import LedgerError
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
-ACCOUNT = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="An account id.")]
-LIMIT = Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX, description="Items per page.")]
-CURSOR = Annotated[str | None, Query(max_length=512, description="From a previous page.")]
+HEX64 = r"^[0-9a-f]{64}$"
+ACCOUNT = Annotated[
+    str,
+    Path(
+        pattern=HEX64,
+        description="An account id.",
+        openapi_examples=example(EXAMPLE_ACCOUNT, "An account id"),
+    ),
+]
+LIMIT = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=LIST_LIMIT_MAX,
+        description="Items per page.",
+        openapi_examples=example(2, "Two per page"),
+    ),
+]
+CURSOR_DESCRIPTION = "`next_cursor` of a previous page, passed back unchanged."
+BEFORE_CURSOR = Annotated[
+    str | None,
+    Query(
+        max_length=CURSOR_CHARS_MAX,
+        description=CURSOR_DESCRIPTION,
+        openapi_examples=example(encode_cursor({"before": 20}), "Items before position 20"),
+    ),
+]
+RETIREMENT_CURSOR = Annotated[
+    str | None,
+    Query(
+        max_length=CURSOR_CHARS_MAX,
+        description=CURSOR_DESCRIPTION,
+        openapi_examples=example(
+            encode_cursor({"height": 5, "id": EXAMPLE_TX_ID}), "Retirements before one"
+        ),
+    ),
+]
 HOLDING_RANGES_MAX = 1000
+LIST_PROBLEMS = problem_responses("invalid_field")
+ITEM_PROBLEMS = problem_responses("not_found", "invalid_field")
 
 
 def _page(items: list[Any], limit: int, position: dict[str, Any] | None) -> dict[str, Any]:
     return {"items": items, "next_cursor": None if position is None else encode_cursor(position)}
 
 
-@router.get("/accounts/{account_id}", summary="Keys, nonce, status, roles and holdings")
+@router.get(
+    "/accounts/{account_id}",
+    summary="Keys, nonce, status, roles and holdings",
+    responses=ITEM_PROBLEMS,
+)
 def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     state = node.state
     value = state.get(f"account/{account_id}")
@@ -71,12 +112,16 @@ def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) -> dic
     }
 
 
-@router.get("/accounts/{account_id}/transactions", summary="An account's history, newest first")
+@router.get(
+    "/accounts/{account_id}/transactions",
+    summary="An account's history, newest first",
+    responses=LIST_PROBLEMS,
+)
 def account_transactions(
     account_id: ACCOUNT,
     node: Annotated[Node, Depends(node_of)],
     limit: LIMIT = 20,
-    cursor: CURSOR = None,
+    cursor: BEFORE_CURSOR = None,
 ) -> dict[str, Any]:
     position = decode_cursor(cursor, {"before": int})
     before = position["before"] if position else 2**63 - 1
@@ -98,13 +143,23 @@ def account_transactions(
     return _page(items, limit, more)
 
 
-@router.get("/batches", summary="Batches, newest first, by methodology or certifier")
+@router.get(
+    "/batches",
+    summary="Batches, newest first, by methodology or certifier",
+    responses=LIST_PROBLEMS,
+)
 def batches(
     node: Annotated[Node, Depends(node_of)],
-    methodology_id: Annotated[str | None, Query(max_length=63)] = None,
-    certifier: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    methodology_id: Annotated[
+        str | None,
+        Query(max_length=63, openapi_examples=example("household-electricity", "A methodology")),
+    ] = None,
+    certifier: Annotated[
+        str | None,
+        Query(pattern=HEX64, openapi_examples=example(EXAMPLE_CERTIFIER, "A certifier's id")),
+    ] = None,
     limit: LIMIT = 20,
-    cursor: CURSOR = None,
+    cursor: BEFORE_CURSOR = None,
 ) -> dict[str, Any]:
     position = decode_cursor(cursor, {"before": int})
     before = position["before"] if position else 2**63 - 1
@@ -132,9 +187,15 @@ def batches(
     return _page([item for item in items if item is not None], limit, more)
 
 
-@router.get("/batches/{batch_id}", summary="A batch: issuance details and supply by status")
+@router.get(
+    "/batches/{batch_id}",
+    summary="A batch: issuance details and supply by status",
+    responses=ITEM_PROBLEMS,
+)
 def batch(
-    batch_id: Annotated[str, Path(pattern=r"^B-[1-9][0-9]{0,15}$")],
+    batch_id: Annotated[
+        str, Path(pattern=r"^B-[1-9][0-9]{0,15}$", openapi_examples=example("B-1", "A batch id"))
+    ],
     node: Annotated[Node, Depends(node_of)],
 ) -> dict[str, Any]:
     value: dict[str, Any] | None = node.state.get(f"batch/{batch_id}")
@@ -143,13 +204,26 @@ def batch(
     return value
 
 
-@router.get("/retirements", summary="Retirements, newest first, by beneficiary or programme")
+@router.get(
+    "/retirements",
+    summary="Retirements, newest first, by beneficiary or programme",
+    responses=LIST_PROBLEMS,
+)
 def retirements(
     node: Annotated[Node, Depends(node_of)],
-    beneficiary: Annotated[str | None, Query(max_length=200)] = None,
-    program_id: Annotated[str | None, Query(max_length=63)] = None,
+    beneficiary: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            openapi_examples=example("Household 560fbf3d, Zhangdian", "A beneficiary"),
+        ),
+    ] = None,
+    program_id: Annotated[
+        str | None,
+        Query(max_length=63, openapi_examples=example("zibo-green-home", "A programme")),
+    ] = None,
     limit: LIMIT = 20,
-    cursor: CURSOR = None,
+    cursor: RETIREMENT_CURSOR = None,
 ) -> dict[str, Any]:
     position = decode_cursor(cursor, {"height": int, "id": str})
     clauses: list[str] = []
@@ -179,9 +253,11 @@ def retirements(
     return _page([item for item in items if item is not None], limit, more)
 
 
-@router.get("/retirements/{retirement_id}", summary="A retirement record")
+@router.get("/retirements/{retirement_id}", summary="A retirement record", responses=ITEM_PROBLEMS)
 def retirement(
-    retirement_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    retirement_id: Annotated[
+        str, Path(pattern=HEX64, openapi_examples=example(EXAMPLE_TX_ID, "A retirement's tx id"))
+    ],
     node: Annotated[Node, Depends(node_of)],
 ) -> dict[str, Any]:
     value: dict[str, Any] | None = node.state.get(f"retirement/{retirement_id}")
@@ -190,9 +266,11 @@ def retirement(
     return value
 
 
-@router.get("/blocks", summary="Blocks with their certificates, newest first")
+@router.get(
+    "/blocks", summary="Blocks with their certificates, newest first", responses=LIST_PROBLEMS
+)
 def blocks(
-    node: Annotated[Node, Depends(node_of)], limit: LIMIT = 10, cursor: CURSOR = None
+    node: Annotated[Node, Depends(node_of)], limit: LIMIT = 10, cursor: BEFORE_CURSOR = None
 ) -> dict[str, Any]:
     position = decode_cursor(cursor, {"before": int})
     top = (
@@ -210,7 +288,11 @@ def blocks(
     return _page(items, limit, more)
 
 
-@router.get("/stats", summary="Totals by status, methodology and month (t = 1,000 units)")
+@router.get(
+    "/stats",
+    summary="Totals by status, methodology and month (t = 1,000 units)",
+    responses=problem_responses(),
+)
 def stats(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     state = node.state
     totals = {"issued": 0, "circulating": 0, "retired": 0, "invalidated": 0}

@@ -1,0 +1,291 @@
+"""The API's hardening (issue 4), in process on a real node: what schemathesis found, each fix
+with its exact problem, the request-body deadline, and the OpenAPI document's promises (every
+operation has examples for its parameters and body and declares its problem responses)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from api.app import BodyTimeout, Message, Scope, create_app
+from api.node import Node
+from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
+from api.settings import Settings
+from ledger.store import Store
+from tests.factory import Chain
+
+pytestmark = pytest.mark.anyio
+
+BODY_SECONDS = 0.3  # the request-body deadline of these tests' node
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Chain, Node]]:
+    chain = Chain()
+    Store.create(tmp_path, chain.genesis_document).close()
+    running = Node(tmp_path, chain.validator)
+    running.start()
+    try:
+        yield chain, running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def client(node: tuple[Chain, Node], tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(data=tmp_path, body_bytes_max=64 * 1024, request_body_seconds=BODY_SECONDS)
+    app = create_app(node[1], settings, manage_node=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def spec(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    body: dict[str, Any] = response.json()
+    Problem.model_validate(body)
+    assert body["code"] == code and body["status"] == status, body
+    return body
+
+
+def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            yield method.upper(), path, operation
+
+
+# What schemathesis found --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["\x00", "retirement/\n", "batch/B-1\x7f", "a\x85b", "\x1b[31m"])
+async def test_a_state_key_with_a_control_character_is_invalid_not_a_503(
+    client: httpx.AsyncClient, key: str
+) -> None:
+    # Found: the store proved the key, its own check of the proof refused it, and the node
+    # answered 503 store_unavailable to outside input.
+    response = await client.get("/v1/proofs/state", params={"key": key})
+    assert_problem(response, 422, "invalid_field")
+
+
+async def test_a_state_key_over_the_limit_is_invalid(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/proofs/state", params={"key": "k" * 401})
+    assert_problem(response, 422, "invalid_field")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("TRACE", "/v1/genesis", {"GET"}),
+        ("DELETE", "/healthz", {"GET"}),
+        ("PUT", "/v1/transactions", {"POST"}),
+        ("PATCH", f"/v1/transactions/{'ab' * 32}", {"GET"}),
+    ],
+)
+async def test_an_undeclared_method_is_405_with_allow(
+    client: httpx.AsyncClient, method: str, path: str, allowed: set[str]
+) -> None:
+    # Found: 405 answered without the Allow header RFC 9110 §15.5.6 requires.
+    response = await client.request(method, path)
+    assert_problem(response, 405, "method_not_allowed")
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+
+
+async def test_an_unparsable_array_item_is_rejected_in_its_place(
+    client: httpx.AsyncClient,
+) -> None:
+    # Found: the schema promised envelopes as array items while the node, by design (§7.1),
+    # answers each item on its own; the schema now says so, and this stays the behaviour.
+    response = await client.post("/v1/transactions", json=[{"tx": 1}, "x"])
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "rejected"]
+    assert {r["problem"]["code"] for r in results} == {"invalid_field"}
+
+
+# The request-body deadline ------------------------------------------------------------------
+
+
+async def test_a_stalled_body_is_408_request_timeout(client: httpx.AsyncClient) -> None:
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"tx": '
+        await anyio.sleep(30)
+        yield b"{}}"
+
+    started = time.monotonic()
+    response = await client.post(
+        "/v1/transactions", content=stalled(), headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 408, "request_timeout")
+    assert response.headers["connection"] == "close"
+    assert BODY_SECONDS <= time.monotonic() - started < 10
+
+
+async def test_a_trickled_body_is_408_request_timeout(client: httpx.AsyncClient) -> None:
+    async def trickled() -> AsyncIterator[bytes]:
+        for _ in range(100):  # each chunk on time, the whole body not
+            yield b" "
+            await anyio.sleep(BODY_SECONDS / 10)
+
+    response = await client.post("/v1/transactions", content=trickled())
+    assert_problem(response, 408, "request_timeout")
+
+
+async def test_a_body_on_time_is_read(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"[1"
+        await anyio.sleep(BODY_SECONDS / 10)
+        yield b".5]"
+
+    response = await client.post("/v1/transactions", content=chunks())
+    assert_problem(response, 400, "malformed_json")  # read in full, then judged
+
+
+async def test_the_deadline_ends_with_the_body() -> None:
+    """After the body, a receive waits for the client to disconnect (a streamed answer does):
+    that wait is not bounded by the body's deadline."""
+    seconds = 0.05
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep(seconds * 4)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        assert (await receive())["body"] == b"{}"
+        assert (await receive())["type"] == "http.disconnect"  # past the deadline
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    await BodyTimeout(app, seconds)({"type": "http", "method": "POST"}, receive, send)
+    assert [m.get("status") for m in sent] == [204, None]
+
+
+def test_the_deadline_is_a_bounded_setting(tmp_path: Path) -> None:
+    assert Settings(data=tmp_path).request_body_seconds == 30.0
+    for bad in (0, -1, 301):
+        with pytest.raises(ValidationError):
+            Settings(data=tmp_path, request_body_seconds=bad)
+
+
+# The OpenAPI document ------------------------------------------------------------------------
+
+
+async def test_every_operation_has_examples_for_its_parameters_and_body(
+    spec: dict[str, Any],
+) -> None:
+    assert len(list(operations(spec))) == 21
+    for method, path, operation in operations(spec):
+        for parameter in operation.get("parameters", []):
+            examples = parameter.get("examples")
+            assert examples, (method, path, parameter["name"])
+            assert all("value" in example for example in examples.values())
+        if method == "POST":
+            content = operation["requestBody"]["content"]
+            assert set(content) == {"application/json"}, (method, path)
+            assert set(content["application/json"]["examples"]) == {"one", "array"}
+        else:
+            assert "requestBody" not in operation, (method, path)
+
+
+async def test_every_operation_declares_its_problem_responses(spec: dict[str, Any]) -> None:
+    for method, path, operation in operations(spec):
+        responses = operation["responses"]
+        for code in COMMON_CODES:
+            assert str(STATUS[code][0]) in responses, (method, path, code)
+        for status, response in responses.items():
+            if int(status) < 400:
+                continue
+            (media,) = response["content"]  # an error is a problem, and only a problem
+            assert media == PROBLEM_MEDIA_TYPE, (method, path, status)
+            body = response["content"][media]
+            codes = body["schema"]["properties"]["code"]["enum"]
+            assert codes and all(STATUS[code][0] == int(status) for code in codes)
+            assert set(body["examples"]) == set(codes), (method, path, status)
+            for example in body["examples"].values():
+                problem = Problem.model_validate(example["value"])
+                assert problem.status == int(status) and problem.code in codes
+        assert "HTTPValidationError" not in json.dumps(responses), (method, path)
+
+
+async def test_non_json_answers_declare_their_media_type(spec: dict[str, Any]) -> None:
+    export = spec["paths"]["/v1/export"]["get"]["responses"]["200"]["content"]
+    assert set(export) == {"application/x-ndjson"}
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert set(metrics) == {"text/plain"}
+
+
+async def test_a_submission_declares_both_answers_and_every_rule_code(
+    spec: dict[str, Any],
+) -> None:
+    responses = spec["paths"]["/v1/transactions"]["post"]["responses"]
+    assert {"200", "202"} <= set(responses)
+    declared = {
+        code
+        for status, response in responses.items()
+        if int(status) >= 400
+        for code in response["content"][PROBLEM_MEDIA_TYPE]["schema"]["properties"]["code"]["enum"]
+    }
+    assert {"malformed_json", "request_timeout", "mempool_full", "bad_signature"} <= declared
+    assert {"not_found", "method_not_allowed"}.isdisjoint(declared)
+
+
+async def test_on_an_empty_chain_each_example_answers_a_declared_status(
+    client: httpx.AsyncClient, spec: dict[str, Any]
+) -> None:
+    """A node that has cut no block yet (height 0) answers each operation's examples with a
+    status its OpenAPI declares, in the media type declared for it (schemathesis runs on a
+    chain with blocks)."""
+    for method, path, operation in operations(spec):
+        url, params = path, {}
+        for parameter in operation.get("parameters", []):
+            value = next(iter(parameter["examples"].values()))["value"]
+            if parameter["in"] == "path":
+                url = url.replace("{" + parameter["name"] + "}", str(value))
+            else:
+                params[parameter["name"]] = value
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        response = await client.request(
+            method,
+            url,
+            params=params,
+            json=None if body is None else body["examples"]["one"]["value"],
+        )
+        declared = operation["responses"].get(str(response.status_code))
+        assert declared is not None, (method, url, response.status_code, response.text)
+        media = response.headers["content-type"].split(";")[0]
+        assert media in declared.get("content", {media: None}), (method, url, media)
+        assert response.status_code < 500, (method, url, response.text)
+
+
+def test_a_code_not_in_the_table_cannot_be_declared() -> None:
+    with pytest.raises(KeyError):
+        problem_responses("no_such_code")
+    assert set(problem_responses()) == {STATUS[code][0] for code in COMMON_CODES}
