@@ -22,6 +22,7 @@ from typing import IO, Any, Final
 
 import sqlite_utils
 
+from ledger import schema
 from ledger.blocks import (
     Block,
     Certificate,
@@ -44,7 +45,7 @@ from ledger.merkle import (
     verify_inclusion,
 )
 from ledger.state import State
-from ledger.state_tree import prove_state, verify_state_proof
+from ledger.state_tree import STATE_KEY_CHARS_MAX, prove_state, verify_state_proof
 from ledger.transactions import Envelope, envelope_from_json_trusted
 
 DATABASE_FILE: Final = "ledger.sqlite"
@@ -503,6 +504,7 @@ class Store:
     def state_proof(self, state: State, key: str) -> dict[str, Any]:
         """A state proof against `state`'s checkpoint, which must be this store's head."""
         self._check_head(state)
+        schema.text(STATE_KEY_CHARS_MAX)("key", key)  # outside input: invalid_field, not a 503
         proof = prove_state(state.tree, key, state.entries.__getitem__)
         try:
             verify_state_proof(proof=proof, root=bytes.fromhex(state.state_root))
