@@ -16,8 +16,9 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from api.node import Node
 from api.problems import problem, problem_body
@@ -34,79 +35,49 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyLimit:
-    """Refuse a request body over `limit` bytes while it streams in: by its Content-Length
-    before reading anything, or as soon as the bytes read pass the limit."""
+class BodyGuard:
+    """Bound a request body while it streams in, so no client can fill memory or hold a
+    worker: at most `limit` bytes (refused by its Content-Length before anything is read, or
+    as soon as the bytes read pass the limit: 413 `payload_too_large`), and in full within
+    `seconds` of the application first asking for it (408 `request_timeout`, after which the
+    connection closes, RFC 9110 §15.5.9). Once the body is complete, later receives (a
+    streaming answer waiting for a disconnect) are not bounded."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, seconds: float) -> None:
         self.app = app
         self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
-            return
-        seen = 0
-        responded = False
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracked(message: Message) -> None:
-            nonlocal responded
-            if message["type"] == "http.response.start":
-                responded = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _BodyTooLarge:
-            if not responded:
-                await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        detail = f"request bodies are at most {self.limit} bytes"
-        await _send_problem(send, "payload_too_large", detail)
-
-
-class BodyTimeout:
-    """Answer 408 `request_timeout` when a request body has not arrived in full `seconds` after
-    the application first asks for it: a client that stalls (or trickles) cannot hold a worker.
-    The connection is closed after the answer (RFC 9110 §15.5.9)."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
         self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = f"request bodies are at most {self.limit} bytes"
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _send_problem(send, "payload_too_large", too_large)
+            return
+        seen = 0
         deadline: float | None = None
-        body_complete = False
+        complete = False
         responded = False
 
-        async def bounded() -> Message:
-            nonlocal deadline, body_complete
-            if body_complete:  # later receives wait for a disconnect (a stream), unbounded
+        async def guarded() -> Message:
+            nonlocal seen, deadline, complete
+            if complete:
                 return await receive()
             if deadline is None:
                 deadline = anyio.current_time() + self.seconds
             with anyio.move_on_after(deadline - anyio.current_time()) as waited:
                 message = await receive()
             if waited.cancelled_caught:
-                raise _BodyTimedOut
-            body_complete = message["type"] != "http.request" or not message.get("more_body")
+                detail = f"the request body did not arrive within {self.seconds:g} s"
+                raise _BodyRefused("request_timeout", detail, {"connection": "close"})
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyRefused("payload_too_large", too_large)
+            complete = message["type"] != "http.request" or not message.get("more_body")
             return message
 
         async def tracked(message: Message) -> None:
@@ -116,11 +87,10 @@ class BodyTimeout:
             await send(message)
 
         try:
-            await self.app(scope, bounded, tracked)
-        except _BodyTimedOut:
+            await self.app(scope, guarded, tracked)
+        except _BodyRefused as refused:
             if not responded:
-                detail = f"the request body did not arrive within {self.seconds:g} s"
-                await _send_problem(send, "request_timeout", detail, {"connection": "close"})
+                await _send_problem(send, refused.code, refused.detail, refused.headers)
 
 
 async def _send_problem(
@@ -137,12 +107,12 @@ async def _send_problem(
     await send({"type": "http.response.body", "body": response.body})
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _BodyTimedOut(Exception):
-    pass
+class _BodyRefused(Exception):
+    def __init__(self, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.headers = headers
 
 
 def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> FastAPI:
@@ -164,8 +134,9 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     )
     app.state.node = node
     app.state.settings = settings
-    app.add_middleware(BodyTimeout, seconds=settings.request_body_seconds)
-    app.add_middleware(BodyLimit, limit=settings.body_bytes_max)
+    app.add_middleware(
+        BodyGuard, limit=settings.body_bytes_max, seconds=settings.request_body_seconds
+    )
     app.state.metrics = metrics.Metrics()
     app.add_middleware(metrics.Measure, metrics=app.state.metrics)
     for router in (
@@ -196,6 +167,12 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
             error.status_code, "invalid_field"
         )
         return problem(code, str(error.detail), error.headers)  # 405 keeps its Allow
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # The client left mid-request: nobody reads an answer, and nothing went wrong here.
+        log.debug("client disconnected during %s", request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:

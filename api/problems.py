@@ -65,7 +65,7 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
 DETAIL_CHARS_MAX: Final = 1000
 
 # Codes any operation may answer: a body declared over the limit is refused before routing
-# (BodyLimit), the store may refuse to serve, and a bug is reported as one rather than hidden.
+# (BodyGuard), the store may refuse to serve, and a bug is reported as one rather than hidden.
 COMMON_CODES: Final = ("payload_too_large", "store_unavailable", "internal_error")
 
 

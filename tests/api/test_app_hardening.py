@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.app import BodyTimeout, Message, Scope, create_app
+from api.app import BodyGuard, Message, Scope, create_app
 from api.node import Node
 from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
 from api.settings import Settings
@@ -184,7 +184,8 @@ async def test_the_deadline_ends_with_the_body() -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    await BodyTimeout(app, seconds)({"type": "http", "method": "POST"}, receive, send)
+    guard = BodyGuard(app, limit=1 << 20, seconds=seconds)
+    await guard({"type": "http", "method": "POST"}, receive, send)
     assert [m.get("status") for m in sent] == [204, None]
 
 
@@ -289,3 +290,40 @@ def test_a_code_not_in_the_table_cannot_be_declared() -> None:
     with pytest.raises(KeyError):
         problem_responses("no_such_code")
     assert set(problem_responses()) == {STATUS[code][0] for code in COMMON_CODES}
+
+
+async def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
+    node: tuple[Chain, Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, running = node
+    app = create_app(running, Settings(data=tmp_path), manage_node=False)
+    incoming: list[Message] = [
+        {"type": "http.request", "body": b'{"tx"', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/transactions",
+        "raw_path": b"/v1/transactions",
+        "query_string": b"",
+        "headers": [(b"content-length", b"100"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+        "root_path": "",
+    }
+    with caplog.at_level("DEBUG", logger="tanlian.api"):
+        await app(scope, receive, send)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert "client disconnected" in caplog.text
+    assert running.state.height == 0
