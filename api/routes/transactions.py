@@ -221,21 +221,13 @@ async def submit(
     ] = None,
 ) -> JSONResponse:
     body = await request.body()
-    value = decode(body)
-    single = not isinstance(value, list)
-    items = [value] if single else value
-    if len(items) > settings.submission_envelopes_max:
-        raise LedgerError(
-            f"{len(items)} envelopes, at most {settings.submission_envelopes_max} at once",
-            code="limit_exceeded",
-        )
-    limit = node.genesis.params.transaction_bytes_max
-    parsed: list[Envelope | LedgerError] = []
-    for item in items:
-        try:
-            parsed.append(parse_envelope(item, transaction_bytes_max=limit))
-        except LedgerError as error:
-            parsed.append(error)
+    # Decoding and parsing up to 1,000 envelopes is CPU work: off the event loop.
+    single, parsed = await run_in_threadpool(
+        _parse_submission,
+        body,
+        envelopes_max=settings.submission_envelopes_max,
+        transaction_bytes_max=node.genesis.params.transaction_bytes_max,
+    )
     envelopes = [item for item in parsed if isinstance(item, Envelope)]
     outcomes = await run_in_threadpool(_admit, node, envelopes)
     if wait == "commit":
@@ -266,6 +258,26 @@ async def submit(
     ]
     done = all(b["status"] in ("committed", "rejected") for b in bodies)
     return JSONResponse({"results": bodies}, status_code=200 if done else 202)
+
+
+def _parse_submission(
+    body: bytes, *, envelopes_max: int, transaction_bytes_max: int
+) -> tuple[bool, list[Envelope | LedgerError]]:
+    """Whether one envelope came (or an array), and each item parsed or its error."""
+    value = decode(body)
+    single = not isinstance(value, list)
+    items = [value] if single else value
+    if len(items) > envelopes_max:
+        raise LedgerError(
+            f"{len(items)} envelopes, at most {envelopes_max} at once", code="limit_exceeded"
+        )
+    parsed: list[Envelope | LedgerError] = []
+    for item in items:
+        try:
+            parsed.append(parse_envelope(item, transaction_bytes_max=transaction_bytes_max))
+        except LedgerError as error:
+            parsed.append(error)
+    return single, parsed
 
 
 def _admit(node: Node, envelopes: list[Envelope]) -> dict[str, Outcome]:
