@@ -32,7 +32,7 @@ from ledger.crypto import PrivateKey, compute_account_id
 from ledger.errors import LedgerError
 from ledger.transactions import PAYLOADS, parse_transaction
 from tests.api.test_cli import TANLIAN, assert_fails_cleanly, environment, free_port, tanlian
-from tests.api.test_client_monitor import RunningNode, _stop
+from tests.api.test_client_monitor import RunningNode, running_dev_node
 
 NODE_WAIT_S = 60  # the demo build and the first answer of /healthz
 COMMIT_WAIT_S = 10  # a block comes about every second
@@ -59,33 +59,8 @@ class Parties:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
-    directory = tmp_path_factory.mktemp("client")
-    data = directory / "city"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    arguments = ["dev", "--data", str(data), "--port", str(port), "--transactions", "200"]
-    with (directory / "dev.out").open("wb") as stdout, (directory / "dev.err").open("wb") as err:
-        process = subprocess.Popen(
-            [str(TANLIAN), *arguments, "--no-simulate"],
-            stdout=stdout,
-            stderr=err,
-            env=environment(),
-        )
-    try:
-        deadline = time.monotonic() + NODE_WAIT_S
-        while True:
-            assert process.poll() is None, (directory / "dev.err").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"no answer from {url} in {NODE_WAIT_S} s"
-            time.sleep(0.1)
-        yield RunningNode(url=url, data=data)
-    finally:
-        _stop(process)
-    assert "Traceback" not in (directory / "dev.err").read_text()
+    with running_dev_node(tmp_path_factory.mktemp("client"), simulate=False) as running:
+        yield running
 
 
 def query(node: RunningNode, kind: str, item_id: str) -> dict[str, Any]:

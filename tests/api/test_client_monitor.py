@@ -9,6 +9,7 @@ size, line length, timeouts) are checked on an in-memory transport.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
@@ -63,28 +64,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
-    """`tanlian dev` with its live simulation, so the chain grows while the tests run."""
-    directory = tmp_path_factory.mktemp("node")
+@contextlib.contextmanager
+def running_dev_node(directory: Path, *, simulate: bool) -> Iterator[RunningNode]:
+    """A real `tanlian dev` process on a free port, until the block ends; stopped by its pid,
+    and its stderr must hold no traceback."""
     data = directory / "city"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    arguments = ["dev", "--data", str(data), "--port", str(port), "--transactions", "200"]
+    if not simulate:
+        arguments.append("--no-simulate")
     with (directory / "dev.out").open("wb") as stdout, (directory / "dev.err").open("wb") as err:
         process = subprocess.Popen(
-            [
-                str(TANLIAN),
-                "dev",
-                "--data",
-                str(data),
-                "--port",
-                str(port),
-                "--transactions",
-                "200",
-            ],
-            stdout=stdout,
-            stderr=err,
-            env=environment(),
+            [str(TANLIAN), *arguments], stdout=stdout, stderr=err, env=environment()
         )
     try:
         deadline = time.monotonic() + NODE_WAIT_S
@@ -101,6 +93,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     finally:
         _stop(process)
     assert "Traceback" not in (directory / "dev.err").read_text()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    """`tanlian dev` with its live simulation, so the chain grows while the tests run."""
+    with running_dev_node(tmp_path_factory.mktemp("node"), simulate=True) as running:
+        yield running
 
 
 @pytest.fixture
