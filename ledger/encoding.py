@@ -39,6 +39,21 @@ def canonical_unchecked(value: JSON) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
+def canonical_object(members: Mapping[str, bytes]) -> bytes:
+    """The canonical bytes of an object whose member values are canonical bytes already.
+
+    For values the ledger encodes once and reuses (a transaction's bytes are its id, its
+    signed message and part of its envelope's log leaf). Keys must match `[a-z][a-z0-9_]*`,
+    so they need no escaping, and sort as RFC 8785 sorts them.
+    """
+    assert all(KEY_PATTERN.match(key) for key in members), sorted(members)
+    return (
+        b"{"
+        + b",".join(b'"%s":%s' % (key.encode(), members[key]) for key in sorted(members))
+        + b"}"
+    )
+
+
 def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
     if isinstance(value, Mapping | list | tuple) and depth >= JSON_DEPTH_MAX:
         raise LedgerError(f"nesting deeper than {JSON_DEPTH_MAX}", code="limit_exceeded")

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from ledger import schema as s
 from ledger.crypto import TX_DOMAIN, verify_signature
-from ledger.encoding import JSON, canonical_unchecked, decode
+from ledger.encoding import JSON, canonical_object, canonical_unchecked, decode
 from ledger.errors import FieldError, LedgerError
 from ledger.limits import (
     ACCOUNT_KEYS_MAX,
@@ -176,17 +176,30 @@ class Transaction:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Envelope:
-    """A transaction with its signatures; `tx_id` and `leaf` are derived once, on creation."""
+    """A transaction with its signatures; `tx_id` and `leaf` are derived once, on creation.
+
+    `leaf` is `canonical(envelope)`. Its keys sort `"signatures"` before `"tx"`, so it ends
+    with `canonical(tx)` and a closing brace: the transaction is encoded once, and the bytes
+    its signatures cover are read back from the leaf (`signing_bytes`).
+    """
 
     tx: Transaction
     signatures: tuple[Signature, ...]
     tx_id: str = field(init=False, compare=False)
     leaf: bytes = field(init=False, compare=False, repr=False)
+    _tx_start: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        signed = self.tx.signing_bytes()
-        object.__setattr__(self, "tx_id", hashlib.sha256(signed).hexdigest())
-        object.__setattr__(self, "leaf", canonical_unchecked(self.to_json()))
+        tx_bytes = canonical_unchecked(self.tx.to_json())
+        signatures = canonical_unchecked([signature.to_json() for signature in self.signatures])
+        leaf = canonical_object({"signatures": signatures, "tx": tx_bytes})
+        object.__setattr__(self, "tx_id", hashlib.sha256(TX_DOMAIN + tx_bytes).hexdigest())
+        object.__setattr__(self, "leaf", leaf)
+        object.__setattr__(self, "_tx_start", len(leaf) - len(tx_bytes) - 1)
+
+    def signing_bytes(self) -> bytes:
+        """What every signature covers, `"tanlian/tx/v1\\n" + canonical(tx)` (SPEC §3.1)."""
+        return TX_DOMAIN + self.leaf[self._tx_start : -1]
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -271,7 +284,7 @@ def _validate_payload(kind: str, payload: dict[str, Any], path: str) -> None:
 
 def verify_envelope_signatures(envelope: Envelope) -> None:
     """Every listed signature verifies under its own key (code bad_signature otherwise)."""
-    message = envelope.tx.signing_bytes()
+    message = envelope.signing_bytes()
     for signature in envelope.signatures:
         verify_signature(
             bytes.fromhex(signature.public_key), message, bytes.fromhex(signature.signature)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from ledger.encoding import canonical, decode
+from ledger.encoding import canonical, canonical_object, decode
 from ledger.errors import DecodeError, LedgerError
 from ledger.limits import JSON_DEPTH_MAX, JSON_INTEGER_MAX
 
@@ -93,6 +93,12 @@ def test_non_canonical_input_decodes_to_the_same_value(
     data = (padding + text + padding).encode("utf-8")
     assert decode(data) == value
     assert canonical(decode(data)) == canonical(value)
+
+
+@given(st.dictionaries(KEYS, VALUES, max_size=6))
+def test_canonical_object_joins_encoded_members(value: dict[str, Any]) -> None:
+    members = {key: canonical(item) for key, item in value.items()}
+    assert canonical_object(members) == canonical(value)
 
 
 def test_canonical_pins_bytes() -> None:

@@ -844,6 +844,11 @@ def test_valid_envelopes_round_trip(envelope: Envelope) -> None:
     assert parsed.tx_id == envelope.tx_id
     assert parsed.tx_id == hashlib.sha256(TX_DOMAIN + canonical(envelope.tx.to_json())).hexdigest()
     assert parsed.leaf == data == canonical_unchecked(parsed.to_json())
+    assert (
+        parsed.signing_bytes()
+        == envelope.tx.signing_bytes()
+        == TX_DOMAIN + canonical(envelope.tx.to_json())
+    )
     again = decode_envelope(data, transaction_bytes_max=TRANSACTION_BYTES_MAX_CEILING)
     assert again == envelope and again.tx_id == envelope.tx_id
     verify_envelope_signatures(parsed)
