@@ -1,15 +1,28 @@
-"""The node's settings, each a named, documented limit (SPEC §7.2)."""
+"""The node's settings, each a named, documented limit (SPEC §7.2).
+
+The command line gives where a node runs (`data`, `host`, `port`); every other setting keeps
+its default unless the environment sets it as `TANLIAN_<NAME>` (`TANLIAN_REQUEST_HEAD_SECONDS=2`),
+validated like any outside input (`Settings.from_environment`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 BODY_BYTES_MAX = 4 * 1024 * 1024
 SUBMISSION_ENVELOPES_MAX = 1000
 LIST_LIMIT_MAX = 100
 REQUEST_BODY_SECONDS = 30.0  # 4 MiB in 30 s is ~1.1 Mbit/s: slower than that is a stall
+REQUEST_HEAD_SECONDS = 10.0  # a request line and headers are a few hundred bytes: ample
+REQUEST_HEAD_BYTES_MAX = 16 * 1024  # h11's own bound on a request head
+KEEP_ALIVE_SECONDS = 5  # uvicorn's default idle time between requests on one connection
+CONNECTIONS_MAX = 1000  # open connections and requests in flight, each (uvicorn's count)
+ENVIRONMENT_PREFIX = "TANLIAN_"
+FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
 
 
 class Settings(BaseModel):
@@ -36,3 +49,51 @@ class Settings(BaseModel):
         le=30,
         description="How long ?wait=commit waits before answering pending.",
     )
+    request_head_seconds: float = Field(
+        default=REQUEST_HEAD_SECONDS,
+        gt=0,
+        le=300,
+        description=(
+            "How long a request line and headers may take to arrive in full, counted from the "
+            "connection's opening (its first request) or from the first byte of the next "
+            "request (keep-alive); 408 and closed after (slowloris)."
+        ),
+    )
+    request_head_bytes_max: int = Field(
+        default=REQUEST_HEAD_BYTES_MAX,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line and headers (413 and closed over it).",
+    )
+    keep_alive_seconds: int = Field(
+        default=KEEP_ALIVE_SECONDS,
+        ge=1,
+        le=300,
+        description="How long a connection may stay idle between requests before it closes.",
+    )
+    connections_max: int = Field(
+        default=CONNECTIONS_MAX,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most open connections, and most requests in flight: a request beyond either is "
+            "answered 503 (uvicorn's limit_concurrency)."
+        ),
+    )
+
+    @classmethod
+    def from_environment(cls, environment: Mapping[str, str], **given: Any) -> Settings:
+        """The settings `given` (the command line's), each other one from `environment`'s
+        TANLIAN_<NAME> when set there; a bad value raises ValueError naming the variable."""
+        values = dict(given)
+        for name in cls.model_fields:
+            variable = ENVIRONMENT_PREFIX + name.upper()
+            if name not in FROM_COMMAND_LINE and name not in given and variable in environment:
+                values[name] = environment[variable]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else ""
+            where = ENVIRONMENT_PREFIX + name.upper() if name not in given else name
+            raise ValueError(f"{where}: {first['msg']}") from None
