@@ -24,6 +24,7 @@ from api.cli_verify import verify_app
 from api.console import fails_cleanly, out
 from api.demo import build_demo
 from api.node import Node
+from api.serving import server_config
 from api.settings import Settings
 from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
@@ -252,9 +253,13 @@ def dev(
 
 
 def _serve(data: Path, validator: PrivateKey, *, host: str, port: int, simulate: bool) -> None:
+    try:
+        settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     running = Node(data, validator)
     running.on_block = _print_block
-    app_ = create_app(running, Settings(data=data, host=host, port=port))
+    app_ = create_app(running, settings)
     state = running.state
     base = f"http://{host}:{port}"
     out.print(
@@ -272,7 +277,7 @@ def _serve(data: Path, validator: PrivateKey, *, host: str, port: int, simulate:
         threading.Thread(
             target=_live, args=(running, households, stopping), name="simulation", daemon=True
         ).start()
-    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app_, settings))
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
     # that was there before: let that be a no-op (SIGTERM) or a caught KeyboardInterrupt, so
     # a clean stop exits 0.

@@ -1,0 +1,187 @@
+"""How a node serves its API over HTTP: uvicorn, bounded against slow and numerous clients.
+
+uvicorn bounds how long a connection may idle between requests (`keep_alive_seconds`) and, with
+`limit_concurrency`, how many connections and requests it takes at once (`connections_max`,
+503 beyond). It does not bound how long a request's line and headers may take to arrive: a
+client sending one header byte every few seconds would hold its connection for ever, and a
+thousand such clients would hold the node (slowloris). `HeadBound` adds that bound to
+uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
+
+- the head clock starts when a connection opens, and on a kept-alive connection at the first
+  byte of the next request (the idle time before it is keep-alive's to bound);
+- it stops when the parser has a complete head (uvicorn then starts a request cycle);
+- when it runs out (`request_head_seconds`), or the head grows past `request_head_bytes_max`,
+  the node answers an RFC 9457 problem (408 `request_timeout`, 413 `payload_too_large`) and
+  closes the connection (RFC 9110 §15.5.9). No part of another response is in flight then: the
+  clock only runs while the connection has no request of its own being answered.
+
+The request body is bounded in size and time by `api.app.BodyGuard`; together they leave no
+phase of a request unbounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, ClassVar, Final, cast
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from api.settings import Settings
+
+REASONS: Final = {408: b"Request Timeout", 413: b"Content Too Large"}
+
+
+class HeadBound(asyncio.Protocol):
+    """A clock and a byte count on each request head, for one of uvicorn's HTTP protocols;
+    the concrete class says when the connection is between requests."""
+
+    head_seconds: ClassVar[float]
+    head_bytes_max: ClassVar[int]
+
+    _head_transport: asyncio.Transport | None = None
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+
+    def is_between_requests(self) -> bool:
+        """True when no request of this connection is being answered."""
+        raise NotImplementedError
+
+    def current_cycle(self) -> object:
+        """The latest request cycle uvicorn started: a new one means a complete head."""
+        raise NotImplementedError
+
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers uvicorn puts on every answer (date, server)."""
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, though they are ones.
+        self._head_transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
+        self._start_head_clock()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and self.is_between_requests():
+            self._start_head_clock()  # the first byte of the next request on this connection
+        cycle = self.current_cycle()
+        super().data_received(data)
+        if self._head_timer is None:
+            return
+        if self.current_cycle() is not cycle:
+            self._stop_head_clock()  # a complete head: its body is BodyGuard's to bound
+            return
+        # Everything received since the clock started is head: the head is not complete yet.
+        self._head_bytes += len(data)
+        if self._head_bytes > self.head_bytes_max:
+            self._refuse(
+                "payload_too_large", f"request heads are at most {self.head_bytes_max} bytes"
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def _start_head_clock(self) -> None:
+        self._head_bytes = 0
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self.head_seconds, self._on_head_timeout)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        detail = f"no complete request line and headers within {self.head_seconds:g} s"
+        self._refuse("request_timeout", detail)
+
+    def _refuse(self, code: str, detail: str) -> None:
+        """Answer a problem and close; the parser has no request, so uvicorn sends nothing."""
+        self._stop_head_clock()
+        transport = self._head_transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(problem_answer(code, detail, self.default_headers()))
+        transport.close()
+
+
+def problem_answer(code: str, detail: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 answer carrying the problem of `code`, closing the connection."""
+    body = json.dumps(problem_body(code, detail), separators=(",", ":")).encode()
+    status = int(str(problem_body(code, detail)["status"]))
+    lines = [b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b""))]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [
+        b"content-type: " + PROBLEM_MEDIA_TYPE.encode(),
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class HeadBoundHttpTools(HeadBound, HttpToolsProtocol):
+    """uvicorn's httptools (llhttp) protocol with the head bound."""
+
+    def is_between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def current_cycle(self) -> object:
+        return self.cycle
+
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.server_state.default_headers
+
+
+class HeadBoundH11(HeadBound, H11Protocol):
+    """uvicorn's h11 protocol with the head bound."""
+
+    def is_between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def current_cycle(self) -> object:
+        return self.cycle
+
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.server_state.default_headers
+
+
+PROTOCOLS: Final[dict[str, type[HeadBound]]] = {
+    "httptools": HeadBoundHttpTools,
+    "h11": HeadBoundH11,
+}
+
+
+def protocol_class(settings: Settings, parser: str = "httptools") -> type[asyncio.Protocol]:
+    """The HTTP protocol class for uvicorn's `http=`, bound by `settings`."""
+    base = PROTOCOLS[parser]
+    attributes: dict[str, Any] = {
+        "head_seconds": settings.request_head_seconds,
+        "head_bytes_max": settings.request_head_bytes_max,
+        "__module__": __name__,
+    }
+    return cast(type[asyncio.Protocol], type(f"{base.__name__}Configured", (base,), attributes))
+
+
+def server_config(app: Any, settings: Settings, parser: str = "httptools") -> uvicorn.Config:
+    """uvicorn's configuration for a node: its bounds from `settings`, uvloop and httptools
+    (measured in docs/decisions/0005-serving.md), and nothing the API does not use."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=protocol_class(settings, parser),
+        ws="none",  # the API has no WebSocket
+        lifespan="on",  # a node that cannot start its block loop must not serve
+        log_level="warning",
+        access_log=False,  # one line per request is no node's log; /metrics counts them
+        proxy_headers=False,  # nothing reads the client's address: trust no X-Forwarded-For
+        limit_concurrency=settings.connections_max,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        h11_max_incomplete_event_size=settings.request_head_bytes_max,
+    )

@@ -1,0 +1,254 @@
+"""Serving against slow and numerous clients (api.serving): a real `tanlian dev` process on
+loopback with a short head bound, and uvicorn servers in this process with both HTTP parsers.
+
+Raw sockets play the clients, so the bytes on the wire are exactly the test's; answers are
+read with the standard library's HTTP response reader. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from api.problems import PROBLEM_MEDIA_TYPE
+from api.serving import server_config
+from api.settings import Settings
+from tests.api.test_cli import free_port, tanlian
+from tests.api.test_client_monitor import RunningNode, running_dev_node
+
+HEAD_SECONDS = 1.0  # the node's request_head_seconds in these tests
+MARGIN_SECONDS = 0.8  # scheduling on a loaded 2-core machine
+TRICKLE_SECONDS = 0.5  # one header byte this often: far slower than any honest client
+ANSWER_WAIT_SECONDS = 10.0  # the longest any read here waits
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: node\r\n\r\n"
+NEVER_ENDING_HEAD = b"GET /healthz HTTP/1.1\r\nhost: node\r\nx-slow: " + b"z" * 200
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    """`tanlian dev` with a head bound of HEAD_SECONDS, set through the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TANLIAN_REQUEST_HEAD_SECONDS", str(HEAD_SECONDS))
+        with running_dev_node(tmp_path_factory.mktemp("serving"), simulate=False) as running:
+            patch.undo()
+            yield running
+
+
+def address(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    return host, int(port)
+
+
+def connect(where: tuple[str, int]) -> socket.socket:
+    connection = socket.create_connection(where, timeout=ANSWER_WAIT_SECONDS)
+    connection.settimeout(ANSWER_WAIT_SECONDS)
+    return connection
+
+
+def read_answer(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One answer from the connection: status, headers (lower-cased names), body."""
+    answer = http.client.HTTPResponse(connection)
+    answer.begin()
+    body = answer.read()
+    return answer.status, {k.lower(): v for k, v in answer.getheaders()}, body
+
+
+def is_closed(connection: socket.socket) -> bool:
+    """Whether the node has closed the connection (within ANSWER_WAIT_SECONDS)."""
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def assert_head_timeout(answer: tuple[int, dict[str, str], bytes]) -> None:
+    status, headers, body = answer
+    assert status == 408, body
+    assert headers["content-type"] == PROBLEM_MEDIA_TYPE
+    assert headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem == {
+        "type": "urn:tanlian:problem:request_timeout",
+        "title": "The request took too long",
+        "status": 408,
+        "detail": f"no complete request line and headers within {HEAD_SECONDS:g} s",
+        "code": "request_timeout",
+    }
+
+
+# --- a real node process -------------------------------------------------------------------------
+
+
+def test_a_trickled_head_is_cut_off_while_other_clients_are_answered(node: RunningNode) -> None:
+    slow = connect(address(node.url))
+    answered = 0
+    started = time.monotonic()
+    with slow, httpx.Client(base_url=node.url, timeout=ANSWER_WAIT_SECONDS) as honest:
+        for byte in NEVER_ENDING_HEAD:
+            try:
+                slow.send(bytes([byte]))
+            except OSError:  # closed since the last look: its answer is there
+                break
+            assert honest.get("/healthz").status_code == 200
+            answered += 1
+            readable, _, _ = select.select([slow], [], [], TRICKLE_SECONDS)
+            if readable:
+                break
+        cut_after = time.monotonic() - started
+        assert_head_timeout(read_answer(slow))
+        assert is_closed(slow)
+    assert HEAD_SECONDS - 0.1 <= cut_after <= HEAD_SECONDS + TRICKLE_SECONDS + MARGIN_SECONDS
+    assert answered >= HEAD_SECONDS / TRICKLE_SECONDS
+
+
+def test_a_silent_connection_is_answered_408_and_closed(node: RunningNode) -> None:
+    started = time.monotonic()
+    with connect(address(node.url)) as silent:
+        assert_head_timeout(read_answer(silent))
+        waited = time.monotonic() - started
+        assert is_closed(silent)
+    assert HEAD_SECONDS - 0.1 <= waited <= HEAD_SECONDS + MARGIN_SECONDS
+
+
+def test_a_kept_alive_connection_idles_between_requests_unharmed(node: RunningNode) -> None:
+    """The head clock does not run while a kept-alive connection idles (keep-alive bounds
+    that, at 5 s here), but it does from the next request's first byte."""
+    with connect(address(node.url)) as kept:
+        kept.sendall(HEALTHZ)
+        assert read_answer(kept)[0] == 200
+        time.sleep(1.5 * HEAD_SECONDS)
+        kept.sendall(HEALTHZ)
+        assert read_answer(kept)[0] == 200
+        kept.sendall(NEVER_ENDING_HEAD)
+        started = time.monotonic()
+        assert_head_timeout(read_answer(kept))
+        waited = time.monotonic() - started
+    assert HEAD_SECONDS - 0.1 <= waited <= HEAD_SECONDS + MARGIN_SECONDS
+
+
+def test_a_head_over_its_byte_limit_is_answered_413(node: RunningNode) -> None:
+    limit = Settings(data=node.data).request_head_bytes_max
+    with connect(address(node.url)) as large:
+        large.sendall(NEVER_ENDING_HEAD + b"z" * limit)
+        status, headers, body = read_answer(large)
+        assert is_closed(large)
+    assert (status, headers["content-type"]) == (413, PROBLEM_MEDIA_TYPE)
+    assert json.loads(body)["detail"] == f"request heads are at most {limit} bytes"
+
+
+def test_a_bad_setting_in_the_environment_is_a_usage_error(
+    node: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TANLIAN_REQUEST_HEAD_SECONDS", "-1")
+    done = tanlian("dev", "--data", node.data, "--port", free_port())
+    assert done.returncode == 2
+    assert "TANLIAN_REQUEST_HEAD_SECONDS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_settings_come_from_the_command_line_then_the_environment() -> None:
+    environment = {
+        "TANLIAN_REQUEST_HEAD_SECONDS": "2.5",
+        "TANLIAN_CONNECTIONS_MAX": "10",
+        "TANLIAN_PORT": "1",  # where a node listens is the command line's alone
+    }
+    settings = Settings.from_environment(environment, data=Path("d"), port=9000)
+    assert (settings.request_head_seconds, settings.connections_max) == (2.5, 10)
+    assert (settings.port, settings.keep_alive_seconds) == (9000, 5)
+    with pytest.raises(ValueError, match=r"^TANLIAN_KEEP_ALIVE_SECONDS: "):
+        Settings.from_environment({"TANLIAN_KEEP_ALIVE_SECONDS": "0"}, data=Path("d"))
+    with pytest.raises(ValueError, match=r"^port: "):
+        Settings.from_environment({}, data=Path("d"), port=0)
+
+
+# --- uvicorn in this process, with each parser ---------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+
+
+async def tiny_app(scope: Scope, receive: Any, send: Any) -> None:
+    """Answers every request 200 "ok" at once; handles the lifespan uvicorn runs."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, parser: str) -> Iterator[tuple[str, int]]:
+    """`server_config(settings)` serving `tiny_app` with `parser`, in a thread, until the
+    block ends."""
+    config = server_config(tiny_app, settings, parser)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + ANSWER_WAIT_SECONDS
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        yield settings.host, settings.port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=ANSWER_WAIT_SECONDS)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_each_parser_bounds_heads_and_idle_connections(parser: str, tmp_path: Path) -> None:
+    settings = Settings(
+        data=tmp_path, port=free_port(), request_head_seconds=0.5, keep_alive_seconds=1
+    )
+    with serving(settings, parser) as where:
+        with connect(where) as client:
+            client.sendall(HEALTHZ)
+            assert read_answer(client)[0] == 200
+            time.sleep(0.7)  # longer than the head bound, shorter than keep-alive
+            client.sendall(HEALTHZ[:10])
+            time.sleep(0.3)
+            client.sendall(HEALTHZ[10:])
+            assert read_answer(client)[0] == 200
+            client.sendall(NEVER_ENDING_HEAD)
+            started = time.monotonic()
+            status, _, body = read_answer(client)
+            assert 0.4 <= time.monotonic() - started <= 0.5 + MARGIN_SECONDS
+            assert (status, json.loads(body)["code"]) == (408, "request_timeout")
+        with connect(where) as idle:
+            idle.sendall(HEALTHZ)
+            assert read_answer(idle)[0] == 200
+            started = time.monotonic()
+            assert is_closed(idle)  # keep-alive ran out
+            assert 0.9 <= time.monotonic() - started <= 1 + MARGIN_SECONDS
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_requests_beyond_connections_max_are_answered_503(parser: str, tmp_path: Path) -> None:
+    settings = Settings(data=tmp_path, port=free_port(), connections_max=3)
+    with serving(settings, parser) as where:
+        idle = [connect(where) for _ in range(2)]
+        with connect(where) as third:
+            third.sendall(HEALTHZ)
+            assert read_answer(third)[0] == 503
+        for connection in idle:
+            connection.close()
+        time.sleep(0.1)  # the node sees the closes
+        with connect(where) as later:
+            later.sendall(HEALTHZ)
+            assert read_answer(later)[0] == 200
