@@ -131,6 +131,8 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         version="1",
         description="A verifiable carbon-credit ledger: submit, query and prove (SPEC §7).",
         lifespan=lifespan,
+        # one schema per model: the request body refers to the same `Envelope` the answers use
+        separate_input_output_schemas=False,
     )
     app.state.node = node
     app.state.settings = settings

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
+from api import schemas
 from api.node import Node
 from api.problems import problem_responses
 from api.routes import example, node_of
@@ -29,14 +30,26 @@ HEIGHT = Annotated[
 NDJSON: Final = "application/x-ndjson"
 
 
-@router.get("/healthz", summary="Liveness", responses=problem_responses())
+@router.get(
+    "/healthz",
+    summary="Liveness",
+    response_model=schemas.Healthz,
+    response_model_exclude_unset=True,
+    responses=problem_responses(),
+)
 def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     return {"status": "ok", "height": node.state.height}
 
 
-@router.get("/v1/genesis", summary="The genesis document", responses=problem_responses())
-def genesis(node: Annotated[Node, Depends(node_of)]) -> JSONResponse:
-    return JSONResponse(node.genesis.document)
+@router.get(
+    "/v1/genesis",
+    summary="The genesis document",
+    response_model=schemas.Genesis,
+    response_model_exclude_unset=True,
+    responses=problem_responses(),
+)
+def genesis(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
+    return node.genesis.document
 
 
 def _checkpoint(node: Node, height: int) -> dict[str, Any]:
@@ -48,6 +61,8 @@ def _checkpoint(node: Node, height: int) -> dict[str, Any]:
 @router.get(
     "/v1/checkpoint",
     summary="The latest checkpoint: {header, certificate}",
+    response_model=schemas.Checkpoint,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found"),
 )
 def latest_checkpoint(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
@@ -60,6 +75,8 @@ def latest_checkpoint(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]
 @router.get(
     "/v1/checkpoints/{height}",
     summary="The checkpoint of a height",
+    response_model=schemas.Checkpoint,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found", "invalid_field"),
 )
 def checkpoint(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
@@ -69,6 +86,8 @@ def checkpoint(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[
 @router.get(
     "/v1/blocks/{height}",
     summary="A block with its certificate",
+    response_model=schemas.CertifiedBlock,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found", "invalid_field"),
 )
 def block(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:

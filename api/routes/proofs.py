@@ -7,9 +7,11 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from api import schemas
 from api.node import Node
 from api.problems import problem_responses
-from api.routes import EXAMPLE_TX_ID, example, node_of
+from api.routes import example, node_of
+from api.schemas import EXAMPLE_TX_ID
 from ledger import schema
 from ledger.errors import LedgerError
 from ledger.limits import JSON_INTEGER_MAX
@@ -30,6 +32,8 @@ HEIGHT_QUERY = Annotated[
 @router.get(
     "/proofs/inclusion",
     summary="RFC 9162 inclusion proof of a transaction",
+    response_model=schemas.InclusionProof,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found", "invalid_field"),
 )
 def inclusion(
@@ -48,6 +52,8 @@ def inclusion(
 @router.get(
     "/proofs/consistency",
     summary="RFC 9162 consistency proof between two heights",
+    response_model=schemas.ConsistencyProof,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found", "invalid_field"),
 )
 def consistency(
@@ -66,6 +72,8 @@ def consistency(
 @router.get(
     "/proofs/state",
     summary="A state proof against the latest checkpoint",
+    response_model=schemas.StateProofAnswer,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found", "invalid_field"),
 )
 def state_proof(
@@ -88,6 +96,8 @@ def state_proof(
 @router.get(
     "/retirements/{retirement_id}/receipt",
     summary="A self-contained receipt (§6.3)",
+    response_model=schemas.Receipt,
+    response_model_exclude_unset=True,
     responses=problem_responses("not_found", "invalid_field"),
 )
 def receipt(

@@ -11,10 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from api import schemas
 from api.cursors import CURSOR_CHARS_MAX, decode_cursor, encode_cursor
 from api.node import Node
 from api.problems import problem_responses
-from api.routes import EXAMPLE_ACCOUNT, EXAMPLE_CERTIFIER, EXAMPLE_TX_ID, example, node_of
+from api.routes import example, node_of
+from api.schemas import EXAMPLE_ACCOUNT, EXAMPLE_CERTIFIER, EXAMPLE_TX_ID
 from api.settings import LIST_LIMIT_MAX
 from ledger.errors import LedgerError
 
@@ -69,6 +71,8 @@ def _page(items: list[Any], limit: int, position: dict[str, Any] | None) -> dict
 @router.get(
     "/accounts/{account_id}",
     summary="Keys, nonce, status, roles and holdings",
+    response_model=schemas.Account,
+    response_model_exclude_unset=True,
     responses=ITEM_PROBLEMS,
 )
 def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
@@ -115,6 +119,8 @@ def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) -> dic
 @router.get(
     "/accounts/{account_id}/transactions",
     summary="An account's history, newest first",
+    response_model=schemas.Page[schemas.HistoryItem],
+    response_model_exclude_unset=True,
     responses=LIST_PROBLEMS,
 )
 def account_transactions(
@@ -146,6 +152,8 @@ def account_transactions(
 @router.get(
     "/batches",
     summary="Batches, newest first, by methodology or certifier",
+    response_model=schemas.Page[schemas.Batch],
+    response_model_exclude_unset=True,
     responses=LIST_PROBLEMS,
 )
 def batches(
@@ -190,6 +198,8 @@ def batches(
 @router.get(
     "/batches/{batch_id}",
     summary="A batch: issuance details and supply by status",
+    response_model=schemas.Batch,
+    response_model_exclude_unset=True,
     responses=ITEM_PROBLEMS,
 )
 def batch(
@@ -207,6 +217,8 @@ def batch(
 @router.get(
     "/retirements",
     summary="Retirements, newest first, by beneficiary or programme",
+    response_model=schemas.Page[schemas.Retirement],
+    response_model_exclude_unset=True,
     responses=LIST_PROBLEMS,
 )
 def retirements(
@@ -253,7 +265,13 @@ def retirements(
     return _page([item for item in items if item is not None], limit, more)
 
 
-@router.get("/retirements/{retirement_id}", summary="A retirement record", responses=ITEM_PROBLEMS)
+@router.get(
+    "/retirements/{retirement_id}",
+    summary="A retirement record",
+    response_model=schemas.Retirement,
+    response_model_exclude_unset=True,
+    responses=ITEM_PROBLEMS,
+)
 def retirement(
     retirement_id: Annotated[
         str, Path(pattern=HEX64, openapi_examples=example(EXAMPLE_TX_ID, "A retirement's tx id"))
@@ -267,7 +285,11 @@ def retirement(
 
 
 @router.get(
-    "/blocks", summary="Blocks with their certificates, newest first", responses=LIST_PROBLEMS
+    "/blocks",
+    summary="Blocks with their certificates, newest first",
+    response_model=schemas.Page[schemas.CertifiedBlock],
+    response_model_exclude_unset=True,
+    responses=LIST_PROBLEMS,
 )
 def blocks(
     node: Annotated[Node, Depends(node_of)], limit: LIMIT = 10, cursor: BEFORE_CURSOR = None
@@ -291,6 +313,8 @@ def blocks(
 @router.get(
     "/stats",
     summary="Totals by status, methodology and month (t = 1,000 units)",
+    response_model=schemas.Stats,
+    response_model_exclude_unset=True,
     responses=problem_responses(),
 )
 def stats(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:

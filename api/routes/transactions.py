@@ -7,24 +7,18 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
+from api import schemas
 from api.node import Node
-from api.problems import Problem, problem, problem_body, problem_responses
-from api.routes import (
-    EXAMPLE_ACCOUNT,
-    EXAMPLE_PUBLIC_KEY,
-    EXAMPLE_SIGNATURE,
-    EXAMPLE_TX_ID,
-    example,
-    node_of,
-    settings_of,
-)
+from api.problems import problem, problem_body, problem_responses
+from api.routes import example, node_of, settings_of
+from api.schemas import EXAMPLE_TX_ID, validate_envelope
 from api.settings import SUBMISSION_ENVELOPES_MAX, Settings
 from consensus.producer import Outcome
 from ledger.encoding import decode
 from ledger.errors import RULE_CODES, LedgerError
-from ledger.limits import JSON_INTEGER_MAX, TRANSACTION_SIGNATURES_MAX
-from ledger.transactions import TRANSACTION_TYPES, Envelope, parse_envelope
+from ledger.transactions import Envelope, parse_envelope
 
 router = APIRouter(prefix="/v1", tags=["transactions"])
 
@@ -38,125 +32,34 @@ TX_ID = Annotated[
     ),
 ]
 
-# The envelope's shape (SPEC §3.1); each payload's fields are checked by its type (§3.2), and a
-# valid shape may still be refused by a rule JSON Schema cannot state (signatures, state).
-ENVELOPE_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["tx", "signatures"],
-    "additionalProperties": False,
-    "properties": {
-        "tx": {
-            "type": "object",
-            "required": ["chain_id", "type", "signer", "nonce", "payload"],
-            "additionalProperties": False,
-            "properties": {
-                "chain_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
-                "type": {"enum": list(TRANSACTION_TYPES)},
-                "signer": {"type": "string", "pattern": HEX64},
-                "nonce": {"type": "integer", "minimum": 1, "maximum": JSON_INTEGER_MAX},
-                "payload": {"type": "object", "description": "The fields of `type` (SPEC §3.2)."},
-            },
-        },
-        "signatures": {
-            "type": "array",
-            "maxItems": TRANSACTION_SIGNATURES_MAX,
-            "description": "Sorted by public_key, one per key.",
-            "items": {
-                "type": "object",
-                "required": ["public_key", "signature"],
-                "additionalProperties": False,
-                "properties": {
-                    "public_key": {"type": "string", "pattern": HEX64},
-                    "signature": {"type": "string", "pattern": r"^[0-9a-f]{128}$"},
-                },
-            },
-        },
-    },
-}
-ENVELOPE_EXAMPLE: Final[dict[str, Any]] = {
-    "tx": {
-        "chain_id": "zibo-demo",
-        "type": "retire",
-        "signer": EXAMPLE_ACCOUNT,
-        "nonce": 7,
-        "payload": {
-            "batch_id": "B-3",
-            "quantity": 40,
-            "beneficiary": "Household 560fbf3d, Zhangdian",
-            "purpose": "incentive",
-            "program_id": "zibo-green-home",
-            "jurisdiction": "CN-SD",
-        },
-    },
-    "signatures": [{"public_key": EXAMPLE_PUBLIC_KEY, "signature": EXAMPLE_SIGNATURE}],
-}
 
-_PROBLEM_SCHEMA: Final = Problem.model_json_schema()
-_COMMITTED: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["tx_id", "status", "height", "log_index"],
-    "additionalProperties": False,
-    "properties": {
-        "tx_id": {"type": "string", "pattern": HEX64},
-        "status": {"const": "committed"},
-        "height": {"type": "integer", "minimum": 1},
-        "log_index": {"type": "integer", "minimum": 0},
-    },
-}
-_PENDING: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["tx_id", "status"],
-    "additionalProperties": False,
-    "properties": {
-        "tx_id": {"type": "string", "pattern": HEX64},
-        "status": {"const": "pending"},
-    },
-}
-_REJECTED: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["status", "problem"],
-    "additionalProperties": False,
-    "properties": {
-        "tx_id": {"type": "string", "pattern": HEX64, "description": "Absent if unparsable."},
-        "status": {"const": "rejected"},
-        "problem": _PROBLEM_SCHEMA,
-    },
-}
-_RESULTS: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["results"],
-    "additionalProperties": False,
-    "properties": {
-        "results": {
-            "type": "array",
-            "maxItems": SUBMISSION_ENVELOPES_MAX,
-            "items": {"oneOf": [_COMMITTED, _PENDING, _REJECTED]},
-        }
-    },
-}
-_KNOWN: Final[dict[str, Any]] = {
-    "oneOf": [
-        {
-            **_COMMITTED,
-            "required": [*_COMMITTED["required"], "transaction"],
-            "properties": {**_COMMITTED["properties"], "transaction": ENVELOPE_SCHEMA},
-        },
-        _PENDING,
-        {**_REJECTED, "required": ["tx_id", "status", "problem"]},
-    ]
-}
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    """A reference to a model among the OpenAPI components (every answer model is one)."""
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "description": "Committed (an array: every envelope committed or rejected)",
-        "content": {"application/json": {"schema": {"oneOf": [_COMMITTED, _RESULTS]}}},
+        "model": schemas.Committed | schemas.Results,
     },
     202: {
         "description": "Pending (an array: some envelope still pending)",
-        "content": {"application/json": {"schema": {"oneOf": [_PENDING, _RESULTS]}}},
+        "model": schemas.Pending | schemas.Results,
     },
     **problem_responses(
         "malformed_json", "request_timeout", "mempool_full", "limit_exceeded", *RULE_CODES
     ),
+}
+REQUEST_EXAMPLES: Final = {
+    **{
+        kind: {"summary": f"One {kind} envelope", "value": envelope}
+        for kind, envelope in schemas.ENVELOPE_EXAMPLES.items()
+    },
+    "array": {
+        "summary": "An array of envelopes, each answered on its own",
+        "value": [schemas.ENVELOPE_EXAMPLES["transfer"], schemas.ENVELOPE_EXAMPLES["retire"]],
+    },
 }
 
 
@@ -189,20 +92,20 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
                 "application/json": {
                     "schema": {
                         "oneOf": [
-                            ENVELOPE_SCHEMA,
+                            _ref(schemas.Envelope),
                             {
                                 "type": "array",
                                 "maxItems": SUBMISSION_ENVELOPES_MAX,
-                                # each item is answered on its own in `results`: a malformed
-                                # one as rejected, beside the others
-                                "items": {"description": "An envelope, as the single form."},
+                                # each item is answered on its own in `results`, a malformed
+                                # one as rejected beside the others: the array itself is valid
+                                "items": {
+                                    "description": "An `Envelope`, answered on its own: one "
+                                    "that is not is rejected in `results`, not the array."
+                                },
                             },
                         ]
                     },
-                    "examples": {
-                        "one": {"summary": "One envelope", "value": ENVELOPE_EXAMPLE},
-                        "array": {"summary": "An array of envelopes", "value": [ENVELOPE_EXAMPLE]},
-                    },
+                    "examples": REQUEST_EXAMPLES,
                 }
             },
         }
@@ -274,6 +177,7 @@ def _parse_submission(
     parsed: list[Envelope | LedgerError] = []
     for item in items:
         try:
+            validate_envelope(item)  # the edge's contract, then the ledger's own parser
             parsed.append(parse_envelope(item, transaction_bytes_max=transaction_bytes_max))
         except LedgerError as error:
             parsed.append(error)
@@ -298,12 +202,11 @@ def _admit(node: Node, envelopes: list[Envelope]) -> dict[str, Outcome]:
 @router.get(
     "/transactions/{tx_id}",
     summary="A transaction: envelope, status, height, error",
-    responses={
-        200: {"content": {"application/json": {"schema": _KNOWN}}},
-        **problem_responses("not_found", "invalid_field"),
-    },
+    response_model=schemas.TransactionStatus,
+    response_model_exclude_unset=True,
+    responses=problem_responses("not_found", "invalid_field"),
 )
-def transaction(tx_id: TX_ID, node: Annotated[Node, Depends(node_of)]) -> JSONResponse:
+def transaction(tx_id: TX_ID, node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     outcome = node.outcome(tx_id)
     if outcome is None:
         raise LedgerError(f"no transaction {tx_id} is known to this node", code="not_found")
@@ -311,4 +214,4 @@ def transaction(tx_id: TX_ID, node: Annotated[Node, Depends(node_of)]) -> JSONRe
     if outcome.status == "committed":
         _, _, envelope = node.reader().transaction_position(tx_id)
         body["transaction"] = envelope.to_json()
-    return JSONResponse(body)
+    return body

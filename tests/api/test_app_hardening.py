@@ -18,8 +18,11 @@ from pydantic import ValidationError
 from api.app import BodyGuard, Message, Scope, create_app
 from api.node import Node
 from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
+from api.schemas import validate_envelope
 from api.settings import Settings
+from ledger.limits import JSON_INTEGER_MAX, LONG_TEXT_CHARS_MAX, TRANSACTION_SIGNATURES_MAX
 from ledger.store import Store
+from ledger.transactions import TRANSACTION_TYPES
 from tests.factory import Chain
 
 pytestmark = pytest.mark.anyio
@@ -211,9 +214,50 @@ async def test_every_operation_has_examples_for_its_parameters_and_body(
         if method == "POST":
             content = operation["requestBody"]["content"]
             assert set(content) == {"application/json"}, (method, path)
-            assert set(content["application/json"]["examples"]) == {"one", "array"}
+            examples = content["application/json"]["examples"]
+            assert set(examples) == {*TRANSACTION_TYPES, "array"}
+            for name, example in examples.items():
+                for envelope in example["value"] if name == "array" else [example["value"]]:
+                    validate_envelope(envelope)  # every example is a well-formed envelope
         else:
             assert "requestBody" not in operation, (method, path)
+
+
+async def test_every_json_answer_is_a_documented_model(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+
+    def refs(schema: Any) -> list[str]:
+        if isinstance(schema, dict):
+            found = [schema["$ref"]] if "$ref" in schema else []
+            return found + [ref for value in schema.values() for ref in refs(value)]
+        if isinstance(schema, list):
+            return [ref for value in schema for ref in refs(value)]
+        return []
+
+    for method, path, operation in operations(spec):
+        if path in ("/metrics", "/v1/export"):
+            continue  # Prometheus text and NDJSON: test_non_json_answers_declare_their_media_type
+        success = [r for status, r in operation["responses"].items() if int(status) < 300]
+        assert success, (method, path)
+        for response in success:
+            schema = response["content"]["application/json"]["schema"]
+            named = refs(schema)
+            assert named, (method, path)  # a model, never an untyped object
+            for ref in named:
+                assert ref.removeprefix("#/components/schemas/") in components, ref
+    body = spec["paths"]["/v1/transactions"]["post"]["requestBody"]["content"]
+    assert refs(body["application/json"]["schema"]) == ["#/components/schemas/Envelope"]
+    envelope = components["Envelope"]
+    assert envelope["additionalProperties"] is False
+    assert envelope["properties"]["signatures"]["maxItems"] == TRANSACTION_SIGNATURES_MAX
+    transfer = components["Transfer"]["properties"]
+    assert transfer["quantity"] == {
+        "maximum": JSON_INTEGER_MAX,
+        "minimum": 1,
+        "title": "Quantity",
+        "type": "integer",
+    }
+    assert transfer["memo"]["maxLength"] == LONG_TEXT_CHARS_MAX  # optional, never null
 
 
 async def test_every_operation_declares_its_problem_responses(spec: dict[str, Any]) -> None:
@@ -277,7 +321,7 @@ async def test_on_an_empty_chain_each_example_answers_a_declared_status(
             method,
             url,
             params=params,
-            json=None if body is None else body["examples"]["one"]["value"],
+            json=None if body is None else body["examples"]["retire"]["value"],
         )
         declared = operation["responses"].get(str(response.status_code))
         assert declared is not None, (method, url, response.status_code, response.text)

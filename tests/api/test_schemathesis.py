@@ -39,6 +39,7 @@ from fastapi import FastAPI
 from schemathesis import Case
 from schemathesis.checks import CheckContext
 from schemathesis.config import PositiveDataAcceptanceConfig, SchemathesisConfig
+from schemathesis.config._checks import NegativeDataRejectionConfig
 from schemathesis.core.transport import Response
 
 from api.app import create_app
@@ -59,6 +60,7 @@ CURSOR_OPERATIONS: Final = (
 BAD_CURSOR: Final = "cursor is not one this node gave out"
 # schemathesis's default for positive_data_acceptance, extended below by the refusals explained
 ACCEPTED: Final = list(PositiveDataAcceptanceConfig().expected_statuses)
+REJECTED: Final = list(NegativeDataRejectionConfig().expected_statuses)
 CONFIG: Final = SchemathesisConfig.from_dict(
     {
         "operations": [
@@ -69,7 +71,10 @@ CONFIG: Final = SchemathesisConfig.from_dict(
                 "checks": {
                     "positive_data_acceptance": {
                         "expected-statuses": [*ACCEPTED, "400", "413", "422"]
-                    }
+                    },
+                    # schema-invalid data is refused; a body over the size limit (an array of
+                    # 1,001 recipients, say) is refused first, as too large
+                    "negative_data_rejection": {"expected-statuses": [*REJECTED, "413"]},
                 },
             },
             *(
@@ -163,7 +168,7 @@ def with_chain_examples(spec: dict[str, Any], plan: Plan) -> tuple[dict[str, Any
                     replaced.add(parameter["name"])
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
             if body is not None:
-                body["examples"]["one"]["value"] = plan.fresh.to_json()
+                body["examples"]["retire"]["value"] = plan.fresh.to_json()
                 body["examples"]["array"]["value"] = [plan.fresh.to_json()]
                 replaced.add("requestBody")
     return patched, replaced
