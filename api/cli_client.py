@@ -1,7 +1,7 @@
 """`tanlian tx`, `tanlian query` and `tanlian export --node` (SPEC §8): the node's clients.
 
     tanlian tx TYPE --key KEY [--key KEY ...] [--signer ACCOUNT] [--nonce N] [--no-wait]
-               [--field NAME=VALUE ...] [--payload FILE|-] [--node URL]
+               [--field NAME=VALUE ...] [--payload FILE|-] [--node URL] [--out FILE]
     tanlian query (account|batch|retirement|block|tx) ID [--node URL]
 
 `tx` makes one §3.2 transaction in numbered steps:
@@ -16,7 +16,8 @@
 3. Ask the node for its genesis (the chain id and the size limit) and, unless `--nonce`, the
    signer's nonce: its last committed nonce + 1, or 1 for an account the node does not know.
 4. Sign with every key, check the envelope as the node will (`parse_envelope`), submit and,
-   unless `--no-wait`, wait (bounded) for the commit.
+   unless `--no-wait`, wait (bounded) for the commit. With `--out FILE`, write the signed
+   envelope there instead and submit nothing (to POST it with curl or another client).
 5. Print the outcome (tx_id, status, height, log index), or the node's problem as one line
    on stderr, "rejected (code): detail", and exit 1.
 
@@ -38,10 +39,10 @@ from typing import Annotated, Any, Final
 import typer
 
 from api.client import Client, ClientError
-from api.console import fail, fails_cleanly, out
+from api.console import err, fail, fails_cleanly, out
 from ledger import schema as s
 from ledger.crypto import PrivateKey
-from ledger.encoding import JSON, KEY_PATTERN, decode
+from ledger.encoding import JSON, KEY_PATTERN, canonical, decode
 from ledger.errors import FieldError, LedgerError
 from ledger.genesis import parse_genesis
 from ledger.limits import JSON_INTEGER_MAX, TRANSACTION_BYTES_MAX_CEILING
@@ -224,6 +225,14 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
     ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the commit.")] = True,
     node: Annotated[str, typer.Option(help="The node's URL.")] = NODE_DEFAULT,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            help="Write the signed envelope (JSON) to FILE and submit nothing: for curl.",
+        ),
+    ] = None,
 ) -> None:
     """Sign and submit a transaction of any type, wait for its commit, print the outcome.
 
@@ -265,6 +274,15 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
             sign_transaction(transaction, keys).to_json(),
             transaction_bytes_max=genesis.params.transaction_bytes_max,
         )
+        if out is not None:
+            out.write_bytes(canonical(envelope.to_json()) + b"\n")
+            err.print(
+                f"signed {envelope.tx_id}, not submitted: {out}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            return
         try:
             answer = client.submit(envelope, wait=wait)
         except ClientError as error:

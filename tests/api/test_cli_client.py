@@ -30,7 +30,7 @@ from api.cli_client import Reader, next_nonce, print_outcome, read_field, read_p
 from api.client import ClientError
 from ledger.crypto import PrivateKey, compute_account_id
 from ledger.errors import LedgerError
-from ledger.transactions import PAYLOADS, parse_transaction
+from ledger.transactions import PAYLOADS, parse_envelope, parse_transaction
 from tests.api.test_cli import TANLIAN, assert_fails_cleanly, environment, free_port, tanlian
 from tests.api.test_client_monitor import RunningNode, running_dev_node
 
@@ -224,6 +224,43 @@ def test_a_household_transfers_credits(node: RunningNode, parties: Parties) -> N
     assert circulating(after, batch_id) == circulating(account, batch_id) - 2
     assert after["nonce"] == account["nonce"] + 1
     assert circulating(account_of(node, recipient.account_id), batch_id) == received + 2
+
+
+def test_out_signs_without_submitting_and_the_file_posts_as_is(
+    node: RunningNode, parties: Parties, tmp_path: Path
+) -> None:
+    sender, recipient = parties.sender, parties.recipient
+    account = account_of(node, sender.account_id)
+    out = tmp_path / "transfer.json"
+    result = submit(
+        node,
+        "transfer",
+        "--key",
+        sender.key_file,
+        "--field",
+        f"to={recipient.account_id}",
+        "--field",
+        f"batch_id={richest_batch(account)}",
+        "--field",
+        "quantity=1",
+        "--out",
+        out,
+    )
+    assert result.returncode == 0 and result.stdout == "", (result.stdout, result.stderr)
+    envelope = parse_envelope(json.loads(out.read_bytes()), transaction_bytes_max=16384)
+    assert f"signed {envelope.tx_id}, not submitted" in result.stderr
+    assert envelope.tx.nonce == account["nonce"] + 1
+    unknown = httpx.get(f"{node.url}/v1/transactions/{envelope.tx_id}", timeout=10)
+    assert unknown.status_code == 404  # nothing was submitted
+    assert account_of(node, sender.account_id)["nonce"] == account["nonce"]
+    posted = httpx.post(
+        f"{node.url}/v1/transactions?wait=commit",
+        content=out.read_bytes(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["tx_id"] == envelope.tx_id and posted.json()["status"] == "committed"
 
 
 def test_a_household_retires_credits_read_back_as_a_retirement(
