@@ -17,6 +17,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -27,6 +28,7 @@ from api.settings import Settings
 from ledger.errors import LedgerError, StoreError
 
 log = logging.getLogger("tanlian.api")
+DOCS_ASSETS_URL = "/docs-assets"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -126,7 +128,10 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
             if manage_node:
                 node.stop()
 
-    app = FastAPI(
+    # The docs pages (/docs, /redoc) load Swagger UI and ReDoc from the node itself, never
+    # from a CDN: a node runs offline.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="Tanlian (碳链) ledger API",
         version="1",
         description="A verifiable carbon-credit ledger: submit, query and prove (SPEC §7).",

@@ -5,6 +5,7 @@ operation has examples for its parameters and body and declares its problem resp
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.app import BodyGuard, Message, Scope, create_app
+from api.app import DOCS_ASSETS_URL, BodyGuard, Message, Scope, create_app
 from api.node import Node
 from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
 from api.schemas import validate_envelope
@@ -278,6 +279,28 @@ async def test_every_operation_declares_its_problem_responses(spec: dict[str, An
                 problem = Problem.model_validate(example["value"])
                 assert problem.status == int(status) and problem.code in codes
         assert "HTTPValidationError" not in json.dumps(responses), (method, path)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_docs_pages_load_everything_from_the_node(
+    client: httpx.AsyncClient, page: str
+) -> None:
+    """A node runs offline: its docs pages name no other host, and it serves what they load."""
+    response = await client.get(page)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "//" not in re.sub(r"<!--.*?-->", "", response.text, flags=re.S).replace("://", "")
+    assets = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", response.text)
+    assert "/openapi.json" in assets
+    loaded = [asset for asset in assets if asset.startswith(DOCS_ASSETS_URL)]
+    assert any(asset.endswith(".js") for asset in loaded), assets
+    for asset in loaded:
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+        assert len(served.content) > 1000, asset
+    missing = await client.get(f"{DOCS_ASSETS_URL}/no-such-file.js")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == PROBLEM_MEDIA_TYPE
 
 
 async def test_non_json_answers_declare_their_media_type(spec: dict[str, Any]) -> None:
