@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from consensus.pool import Pool
 from consensus.producer import CommittedBlock, Outcome, SoloProducer, tune_garbage_collector
+from consensus.verifier import SignatureWorker
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.state import State
@@ -33,8 +34,10 @@ class Node:
         self.data = data
         self._writer = Store.open(data)
         self.genesis = self._writer.genesis
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix="signatures")
-        self.producer = SoloProducer(self._writer, validator_key, executor=self._executor)
+        self._signatures = SignatureWorker()  # a process: see consensus.verifier for why
+        self.producer = SoloProducer(
+            self._writer, validator_key, pool=Pool(check_signatures=self._signatures.check)
+        )
         self._readers = threading.local()
         self._opened: list[Store] = []
         self._opened_lock = threading.Lock()
@@ -67,7 +70,7 @@ class Node:
         self._stopping.set()
         if self._loop is not None:
             self._loop.join(timeout=10)
-        self._executor.shutdown(wait=True)
+        self._signatures.close()
         with self._opened_lock:
             for store in self._opened:
                 store.close()

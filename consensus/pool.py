@@ -4,18 +4,18 @@
   never evicts silently: a caller always learns what was not taken).
 - Per account it holds nonces from the next expected one up to `nonce_gap_max` ahead, and
   releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`.
-- Signatures are checked on admission, so block building need not check them again. The
-  checks are spread over threads: libsodium releases the GIL, so the curve arithmetic runs in
-  parallel (two threads verify ~40,000/s here, one ~21,000/s), but the Python work around
-  each check does not, and a busy main thread starves the workers (measured in
-  bench/verify.py); the gain is real only while the interpreter is otherwise idle.
+- Signatures are checked on admission, so block building need not check them again. Who
+  checks them is the pool's `check_signatures`: by default `verify_signatures` over an
+  executor's threads, which only pay while the interpreter is otherwise idle (a thread must
+  win the GIL back after every check; measured in bench/verify.py); a node passes
+  `consensus.verifier.SignatureWorker.check`, a worker process with a core of its own.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from ledger.errors import LedgerError, PoolError
@@ -23,6 +23,9 @@ from ledger.limits import POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
 from ledger.transactions import Envelope, check_signatures
 
 _PARALLEL_MIN = 64
+
+SignatureCheck = Callable[[Sequence[Envelope]], list[LedgerError | None]]
+"""For each envelope, in order, None or the error of its first bad signature."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +37,12 @@ class Admission:
 
 
 def verify_signatures(
-    envelopes: Sequence[Envelope], executor: ThreadPoolExecutor | None
+    envelopes: Sequence[Envelope], executor: Executor | None
 ) -> list[LedgerError | None]:
     """Each envelope's signature check result, spread over `executor`'s threads."""
     if executor is None or len(envelopes) < _PARALLEL_MIN:
         return check_signatures(envelopes)
-    workers = executor._max_workers
+    workers: int = getattr(executor, "_max_workers", 1)
     size = -(-len(envelopes) // workers)
     chunks = [envelopes[i : i + size] for i in range(0, len(envelopes), size)]
     return [result for part in executor.map(check_signatures, chunks) for result in part]
@@ -51,12 +54,16 @@ class Pool:
         *,
         capacity: int = POOL_TRANSACTIONS_MAX,
         nonce_gap_max: int = POOL_NONCE_GAP_MAX,
-        executor: ThreadPoolExecutor | None = None,
+        executor: Executor | None = None,
+        check_signatures: SignatureCheck | None = None,
     ) -> None:
         assert capacity > 0 and nonce_gap_max > 0
         self.capacity = capacity
         self.nonce_gap_max = nonce_gap_max
         self.executor = executor
+        self.check_signatures: SignatureCheck = check_signatures or (
+            lambda envelopes: verify_signatures(envelopes, executor)
+        )
         self._by_id: dict[str, Envelope] = {}
         self._by_signer: dict[str, dict[int, Envelope]] = {}
         self._arrival: dict[str, int] = {}  # tx_id -> admission sequence number
@@ -72,7 +79,7 @@ class Pool:
         self, envelopes: Sequence[Envelope], committed_nonce: Callable[[str], int]
     ) -> list[Admission]:
         """Admit each envelope or say why not; signatures are checked in parallel."""
-        return self.admit(envelopes, verify_signatures(envelopes, self.executor), committed_nonce)
+        return self.admit(envelopes, self.check_signatures(envelopes), committed_nonce)
 
     def admit(
         self,

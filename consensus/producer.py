@@ -11,11 +11,11 @@ import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
-from consensus.pool import Pool, verify_signatures
+from consensus.pool import Pool
 from ledger.blocks import Block, Certificate, sign_certificate, verify_certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -72,7 +72,7 @@ class SoloProducer:
         validator_key: PrivateKey,
         *,
         pool: Pool | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.store = store
         self.key = validator_key
@@ -121,7 +121,7 @@ class SoloProducer:
             error if size_error is None else size_error
             for size_error, error in zip(
                 (_size_error(envelope, limit) for envelope in envelopes),
-                verify_signatures(envelopes, self.pool.executor),
+                self.pool.check_signatures(envelopes),
                 strict=True,
             )
         ]

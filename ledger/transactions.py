@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ledger import schema as s
-from ledger.crypto import TX_DOMAIN, verify_signature
+from ledger.crypto import TX_DOMAIN, SignatureError, verify_signature
 from ledger.encoding import JSON, canonical_object, canonical_unchecked, decode
 from ledger.errors import FieldError, LedgerError
 from ledger.limits import (
@@ -284,23 +284,43 @@ def _validate_payload(kind: str, payload: dict[str, Any], path: str) -> None:
 
 def verify_envelope_signatures(envelope: Envelope) -> None:
     """Every listed signature verifies under its own key (code bad_signature otherwise)."""
-    message = envelope.signing_bytes()
-    for signature in envelope.signatures:
-        verify_signature(
-            bytes.fromhex(signature.public_key), message, bytes.fromhex(signature.signature)
-        )
+    _verify_signed(*signed_message(envelope))
+
+
+SignedMessage = tuple[bytes, tuple[tuple[str, str], ...]]
+"""A transaction's signed bytes and its (public key, signature) pairs, as hex."""
+
+
+def signed_message(envelope: Envelope) -> SignedMessage:
+    return envelope.signing_bytes(), tuple(
+        (signature.public_key, signature.signature) for signature in envelope.signatures
+    )
+
+
+def _verify_signed(message: bytes, signatures: tuple[tuple[str, str], ...]) -> None:
+    for public_key, signature in signatures:
+        verify_signature(bytes.fromhex(public_key), message, bytes.fromhex(signature))
+
+
+def check_signed_messages(items: Sequence[SignedMessage]) -> list[str | None]:
+    """For each item, in order, None or why its first bad signature fails (the message of
+    its bad_signature error). Plain data in and out, so that another process can run it."""
+    results: list[str | None] = []
+    for message, signatures in items:
+        try:
+            _verify_signed(message, signatures)
+            results.append(None)
+        except SignatureError as error:
+            results.append(error.message)
+    return results
 
 
 def check_signatures(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
     """For each envelope, in order, None or the error of its first bad signature."""
-    results: list[LedgerError | None] = []
-    for envelope in envelopes:
-        try:
-            verify_envelope_signatures(envelope)
-            results.append(None)
-        except LedgerError as error:
-            results.append(error)
-    return results
+    return [
+        None if failure is None else SignatureError(failure)
+        for failure in check_signed_messages([signed_message(e) for e in envelopes])
+    ]
 
 
 def sign_transaction(tx: Transaction, keys: list[Any]) -> Envelope:
