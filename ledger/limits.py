@@ -43,3 +43,28 @@ assert ISSUE_RECIPIENTS_MAX * JSON_INTEGER_MAX > JSON_INTEGER_MAX, "sums must be
 assert POOL_NONCE_GAP_MAX < POOL_TRANSACTIONS_MAX
 assert BLOCK_TRANSACTIONS_MAX_DEFAULT <= BLOCK_TRANSACTIONS_MAX_CEILING
 assert TRANSACTION_BYTES_MAX_DEFAULT <= TRANSACTION_BYTES_MAX_CEILING
+
+# Consensus (SPEC §5.4; docs/decisions/0006-consensus.md). Each of the three step timeouts of
+# round r lasts min(ROUND_TIMEOUT_MS_BASE + r * ROUND_TIMEOUT_MS_DELTA, ROUND_TIMEOUT_MS_MAX):
+# it grows with the round, so it outgrows any unknown network delay, and starts again from
+# round 0 at each height. A replica re-sends what it signed at its height every
+# REBROADCAST_INTERVAL_MS (messages may be lost), and answers a lagging validator with the
+# decided block it lacks at most once per CATCH_UP_INTERVAL_MS.
+ROUND_TIMEOUT_MS_BASE: Final = 1000
+ROUND_TIMEOUT_MS_DELTA: Final = 500
+ROUND_TIMEOUT_MS_MAX: Final = 60_000
+REBROADCAST_INTERVAL_MS: Final = 1000
+CATCH_UP_INTERVAL_MS: Final = 1000
+# A validator prevotes for a block only if its time is at most this far ahead of its own clock.
+BLOCK_TIME_DRIFT_MS_MAX: Final = 10_000
+# What a replica holds of messages not yet useful: rounds up to ROUNDS_AHEAD_MAX past its own,
+# and the next height (round 0 .. ROUNDS_AHEAD_MAX) only; anything further is refused, so a
+# flood of future messages cannot grow its memory.
+ROUNDS_AHEAD_MAX: Final = 8
+HEIGHTS_AHEAD_MAX: Final = 1
+CONSENSUS_MESSAGES_BATCH_MAX: Final = 1000  # messages in one POST /v1/consensus/messages
+EVIDENCE_PENDING_MAX: Final = VALIDATORS_MAX  # evidence a replica holds for its next block
+
+assert ROUND_TIMEOUT_MS_BASE <= ROUND_TIMEOUT_MS_MAX
+assert REBROADCAST_INTERVAL_MS <= ROUND_TIMEOUT_MS_MAX
+assert HEIGHTS_AHEAD_MAX == 1, "only the next height's validator set is known (the H+2 rule)"
