@@ -24,7 +24,7 @@ from api.cli_verify import verify_app
 from api.console import fails_cleanly, out
 from api.demo import build_demo
 from api.node import Node
-from api.serving import server_config
+from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
 from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
@@ -255,6 +255,7 @@ def dev(
 def _serve(data: Path, validator: PrivateKey, *, host: str, port: int, simulate: bool) -> None:
     try:
         settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
+        ensure_file_limit(settings)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     running = Node(data, validator)

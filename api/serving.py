@@ -13,7 +13,10 @@ uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
 - when it runs out (`request_head_seconds`), or the head grows past `request_head_bytes_max`,
   the node answers an RFC 9457 problem (408 `request_timeout`, 413 `payload_too_large`) and
   closes the connection (RFC 9110 §15.5.9). No part of another response is in flight then: the
-  clock only runs while the connection has no request of its own being answered.
+  clock only runs while the connection has no request of its own being answered;
+- a new connection that brings the server to `connections_max` closes, the same way, the one
+  that has waited longest for its head: slow clients make room for new ones instead of
+  keeping them out with uvicorn's 503.
 
 The request body is bounded in size and time by `api.app.BodyGuard`; together they leave no
 phase of a request unbounded in time.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 from typing import Any, ClassVar, Final, cast
 
 import uvicorn
@@ -33,14 +37,19 @@ from api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from api.settings import Settings
 
 REASONS: Final = {408: b"Request Timeout", 413: b"Content Too Large"}
+FILES_RESERVE: Final = 256  # the node's own files: the store, each thread's reader, logs
 
 
 class HeadBound(asyncio.Protocol):
     """A clock and a byte count on each request head, for one of uvicorn's HTTP protocols;
-    the concrete class says when the connection is between requests."""
+    the concrete class says when the connection is between requests. `protocol_class` sets
+    the bounds, and the server's `waiting` connections, on a subclass per server."""
 
     head_seconds: ClassVar[float]
     head_bytes_max: ClassVar[int]
+    connections_max: ClassVar[int]
+    # The server's connections whose head clock runs, oldest clock first, with its start.
+    waiting: ClassVar[dict[HeadBound, float]]
 
     _head_transport: asyncio.Transport | None = None
     _head_timer: asyncio.TimerHandle | None = None
@@ -58,11 +67,36 @@ class HeadBound(asyncio.Protocol):
         """The headers uvicorn puts on every answer (date, server)."""
         raise NotImplementedError
 
+    def open_connections(self) -> int:
+        """The server's open connections, this one included (uvicorn's count)."""
+        raise NotImplementedError
+
+    def forget_connection(self) -> None:
+        """Count this connection out of the server's open ones now, as uvicorn does when it
+        is lost: a closed transport may only tell so after the next reads are handled."""
+        raise NotImplementedError
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, though they are ones.
         self._head_transport = cast(asyncio.Transport, transport)
         super().connection_made(transport)
         self._start_head_clock()
+        if self.open_connections() >= self.connections_max:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """At `connections_max`, close the connection that has waited longest for its head,
+        so that slow clients cannot keep a new one out (uvicorn would answer it 503). When
+        no other connection waits for a head, uvicorn's 503 stands."""
+        oldest = next(iter(self.waiting))
+        if oldest is self:
+            return
+        waited = asyncio.get_running_loop().time() - self.waiting[oldest]
+        detail = (
+            f"no complete request line and headers after {waited:.1f} s, with "
+            f"{self.open_connections()} connections open (at most {self.connections_max})"
+        )
+        oldest._refuse("request_timeout", detail)
 
     def data_received(self, data: bytes) -> None:
         if self._head_timer is None and self.is_between_requests():
@@ -89,14 +123,15 @@ class HeadBound(asyncio.Protocol):
         self._head_bytes = 0
         loop = asyncio.get_running_loop()
         self._head_timer = loop.call_later(self.head_seconds, self._on_head_timeout)
+        self.waiting[self] = loop.time()
 
     def _stop_head_clock(self) -> None:
+        self.waiting.pop(self, None)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _on_head_timeout(self) -> None:
-        self._head_timer = None
         detail = f"no complete request line and headers within {self.head_seconds:g} s"
         self._refuse("request_timeout", detail)
 
@@ -108,6 +143,7 @@ class HeadBound(asyncio.Protocol):
             return
         transport.write(problem_answer(code, detail, self.default_headers()))
         transport.close()
+        self.forget_connection()
 
 
 def problem_answer(code: str, detail: str, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -136,6 +172,12 @@ class HeadBoundHttpTools(HeadBound, HttpToolsProtocol):
     def default_headers(self) -> list[tuple[bytes, bytes]]:
         return self.server_state.default_headers
 
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    def forget_connection(self) -> None:
+        self.connections.discard(self)
+
 
 class HeadBoundH11(HeadBound, H11Protocol):
     """uvicorn's h11 protocol with the head bound."""
@@ -148,6 +190,12 @@ class HeadBoundH11(HeadBound, H11Protocol):
 
     def default_headers(self) -> list[tuple[bytes, bytes]]:
         return self.server_state.default_headers
+
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    def forget_connection(self) -> None:
+        self.connections.discard(self)
 
 
 PROTOCOLS: Final[dict[str, type[HeadBound]]] = {
@@ -162,9 +210,28 @@ def protocol_class(settings: Settings, parser: str = "httptools") -> type[asynci
     attributes: dict[str, Any] = {
         "head_seconds": settings.request_head_seconds,
         "head_bytes_max": settings.request_head_bytes_max,
+        "connections_max": settings.connections_max,
+        "waiting": {},
         "__module__": __name__,
     }
     return cast(type[asyncio.Protocol], type(f"{base.__name__}Configured", (base,), attributes))
+
+
+def ensure_file_limit(settings: Settings) -> int:
+    """Let the process hold `connections_max` sockets beside its own files: raise its soft
+    limit on open files as far as needed, up to the hard limit; the limit now in force. A hard
+    limit too low raises ValueError: `connections_max` would be met by failing accepts."""
+    needed = settings.connections_max + FILES_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ValueError(
+            f"TANLIAN_CONNECTIONS_MAX {settings.connections_max} needs {needed} open files, "
+            f"over this process's hard limit of {hard}: lower it, or raise the limit"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed
 
 
 def server_config(app: Any, settings: Settings, parser: str = "httptools") -> uvicorn.Config:

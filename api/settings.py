@@ -20,7 +20,7 @@ REQUEST_BODY_SECONDS = 30.0  # 4 MiB in 30 s is ~1.1 Mbit/s: slower than that is
 REQUEST_HEAD_SECONDS = 10.0  # a request line and headers are a few hundred bytes: ample
 REQUEST_HEAD_BYTES_MAX = 16 * 1024  # h11's own bound on a request head
 KEEP_ALIVE_SECONDS = 5  # uvicorn's default idle time between requests on one connection
-CONNECTIONS_MAX = 1000  # open connections and requests in flight, each (uvicorn's count)
+CONNECTIONS_MAX = 4096  # open connections, and requests in flight (uvicorn counts both)
 ENVIRONMENT_PREFIX = "TANLIAN_"
 FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
 
@@ -76,8 +76,9 @@ class Settings(BaseModel):
         ge=1,
         le=100_000,
         description=(
-            "Most open connections, and most requests in flight: a request beyond either is "
-            "answered 503 (uvicorn's limit_concurrency)."
+            "Most open connections, and most requests in flight: a new connection beyond it "
+            "closes the one waiting longest for its request head, and a request that finds "
+            "no room is answered 503 (uvicorn's limit_concurrency)."
         ),
     )
 

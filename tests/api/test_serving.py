@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import resource
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,14 @@ import pytest
 import uvicorn
 
 from api.problems import PROBLEM_MEDIA_TYPE
-from api.serving import server_config
+from api.serving import FILES_RESERVE, server_config
+from api.settings import CONNECTIONS_MAX as CONNECTIONS_MAX_DEFAULT
 from api.settings import Settings
-from tests.api.test_cli import free_port, tanlian
+from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
 from tests.api.test_client_monitor import RunningNode, running_dev_node
 
 HEAD_SECONDS = 1.0  # the node's request_head_seconds in these tests
+CONNECTIONS_MAX = 16  # the node's connections_max in these tests
 MARGIN_SECONDS = 0.8  # scheduling on a loaded 2-core machine
 TRICKLE_SECONDS = 0.5  # one header byte this often: far slower than any honest client
 ANSWER_WAIT_SECONDS = 10.0  # the longest any read here waits
@@ -38,9 +43,11 @@ NEVER_ENDING_HEAD = b"GET /healthz HTTP/1.1\r\nhost: node\r\nx-slow: " + b"z" * 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
-    """`tanlian dev` with a head bound of HEAD_SECONDS, set through the environment."""
+    """`tanlian dev` with a head bound of HEAD_SECONDS and at most CONNECTIONS_MAX
+    connections, set through the environment."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TANLIAN_REQUEST_HEAD_SECONDS", str(HEAD_SECONDS))
+        patch.setenv("TANLIAN_CONNECTIONS_MAX", str(CONNECTIONS_MAX))
         with running_dev_node(tmp_path_factory.mktemp("serving"), simulate=False) as running:
             patch.undo()
             yield running
@@ -113,6 +120,28 @@ def test_a_trickled_head_is_cut_off_while_other_clients_are_answered(node: Runni
     assert answered >= HEAD_SECONDS / TRICKLE_SECONDS
 
 
+def test_slow_clients_beyond_connections_max_make_room_for_others(node: RunningNode) -> None:
+    """Three times as many slow clients as the node takes connections: each new one closes
+    the slowest, and an honest client, kept alive or new, is answered throughout."""
+    where = address(node.url)
+    slow: list[socket.socket] = []
+    with httpx.Client(base_url=node.url, timeout=ANSWER_WAIT_SECONDS) as honest:
+        try:
+            for _ in range(3 * CONNECTIONS_MAX):
+                slow.append(connect(where))
+                slow[-1].sendall(NEVER_ENDING_HEAD[:20])
+                assert honest.get("/healthz").status_code == 200
+            with connect(where) as new:
+                new.sendall(HEALTHZ)
+                assert read_answer(new)[0] == 200
+            for connection in slow[: 2 * CONNECTIONS_MAX]:  # at least these made room
+                assert read_answer(connection)[0] == 408
+                assert is_closed(connection)
+        finally:
+            for connection in slow:
+                connection.close()
+
+
 def test_a_silent_connection_is_answered_408_and_closed(node: RunningNode) -> None:
     started = time.monotonic()
     with connect(address(node.url)) as silent:
@@ -155,6 +184,49 @@ def test_a_bad_setting_in_the_environment_is_a_usage_error(
     done = tanlian("dev", "--data", node.data, "--port", free_port())
     assert done.returncode == 2
     assert "TANLIAN_REQUEST_HEAD_SECONDS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def limit_open_files(soft: int, hard: int) -> Callable[[], None]:
+    def limit() -> None:  # in the child, before it runs
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return limit
+
+
+def test_the_node_raises_its_open_file_limit_to_hold_connections_max() -> None:
+    program = (
+        "from pathlib import Path; from api.serving import ensure_file_limit; "
+        "from api.settings import Settings; import resource; "
+        "print(ensure_file_limit(Settings(data=Path('d'), connections_max=4000)), "
+        "resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_open_files(256, 8192),
+        check=True,
+    )
+    assert done.stdout.split() == [str(4000 + FILES_RESERVE)] * 2
+
+
+def test_a_node_refuses_to_start_when_connections_max_needs_more_files(
+    node: RunningNode,
+) -> None:
+    done = subprocess.run(
+        [str(TANLIAN), "dev", "--data", str(node.data), "--port", str(free_port())],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+        preexec_fn=limit_open_files(256, 1024),
+    )
+    assert done.returncode == 2
+    assert f"needs {CONNECTIONS_MAX_DEFAULT + FILES_RESERVE} open files" in done.stderr
+    assert "hard limit of 1024" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -239,14 +311,33 @@ def test_each_parser_bounds_heads_and_idle_connections(parser: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_connections_max_closes_the_longest_waiting_head_first(parser: str, tmp_path: Path) -> None:
+    settings = Settings(data=tmp_path, port=free_port(), connections_max=3)
+    with serving(settings, parser) as where, connect(where) as oldest, connect(where) as older:
+        with connect(where) as third:
+            status, _, body = read_answer(oldest)
+            assert (status, json.loads(body)["code"]) == (408, "request_timeout")
+            assert json.loads(body)["detail"].endswith(", with 3 connections open (at most 3)")
+            third.sendall(HEALTHZ)
+            assert read_answer(third)[0] == 200
+        older.sendall(HEALTHZ)
+        assert read_answer(older)[0] == 200
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
 def test_requests_beyond_connections_max_are_answered_503(parser: str, tmp_path: Path) -> None:
+    """Connections kept alive between requests wait for no head: none is closed for a new
+    one, which uvicorn answers 503 until one goes."""
     settings = Settings(data=tmp_path, port=free_port(), connections_max=3)
     with serving(settings, parser) as where:
-        idle = [connect(where) for _ in range(2)]
+        kept = [connect(where) for _ in range(2)]
+        for connection in kept:
+            connection.sendall(HEALTHZ)
+            assert read_answer(connection)[0] == 200
         with connect(where) as third:
             third.sendall(HEALTHZ)
             assert read_answer(third)[0] == 503
-        for connection in idle:
+        for connection in kept:
             connection.close()
         time.sleep(0.1)  # the node sees the closes
         with connect(where) as later:
