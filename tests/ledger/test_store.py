@@ -22,6 +22,7 @@ import rfc8785
 
 from consensus.producer import CommittedBlock, SoloProducer
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
+from ledger.encoding import canonical_unchecked
 from ledger.errors import StoreError
 from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import LogState
@@ -381,6 +382,57 @@ def test_query_tables_agree_with_the_state(produced: Produced) -> None:
     assert history == expected_history
     carol = produced.chain.carol.account_id
     assert {index for account, index in history if account == carol} == {8}
+
+
+# --- exact bytes -------------------------------------------------------------------------------
+
+AWKWARD_TEXT = 'Zibo 淄博 "quoted" back\\slash \u2028 line sep, 😀, tab-free, \u00e9'
+
+
+def test_rows_keep_the_exact_canonical_bytes(tmp_path: Path) -> None:
+    """The stored text is byte for byte the canonical encoding, whatever characters a
+    free-text field holds, and reopens to the same state."""
+    chain = Chain()
+    store = Store.create(tmp_path, chain.genesis_document)
+    producer = SoloProducer(store, chain.validator)
+    alice, bob = chain.alice.account_id, chain.bob.account_id
+    commit(producer, [chain.accredit(), chain.issue([(alice, 1000)])], GENESIS_TIME + 1000)
+    moves = [
+        chain.tx(
+            chain.alice,
+            "transfer",
+            {"to": bob, "batch_id": "B-1", "quantity": 7, "memo": AWKWARD_TEXT},
+        ),
+        chain.tx(
+            chain.alice,
+            "retire",
+            {
+                "batch_id": "B-1",
+                "quantity": 3,
+                "beneficiary": AWKWARD_TEXT[:200],
+                "purpose": "voluntary",
+            },
+        ),
+    ]
+    result = commit(producer, moves, GENESIS_TIME + 2000)
+    state = producer.state
+    store.close()
+    connection = connect(tmp_path)
+    try:
+        stored = dict(connection.execute("SELECT tx_id, envelope FROM transactions").fetchall())
+        for envelope in result.block.transactions:
+            assert stored[envelope.tx_id].encode() == envelope.leaf
+        for key, value in connection.execute("SELECT key, value FROM state"):
+            assert value.encode() == canonical_unchecked(state.entries[key])
+        retirement = connection.execute("SELECT beneficiary FROM retirements").fetchone()
+        assert retirement["beneficiary"] == AWKWARD_TEXT[:200]
+    finally:
+        connection.close()
+    reopened = Store.open(tmp_path)
+    try:
+        assert_same_state(reopened.load_state(), state)
+    finally:
+        reopened.close()
 
 
 # --- failures in the middle of append -----------------------------------------------------------
