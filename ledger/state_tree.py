@@ -48,6 +48,7 @@ class _Leaf:
     # The path, the hash and the key (the same string object as the state's, so 8 bytes): a
     # proof that needs this leaf's value hash reads the value from the state.
     __slots__ = ("hash", "key", "path")
+    hash: bytes
     path: int
 
     def __init__(self, key: str, key_digest: bytes, value_digest: bytes) -> None:
@@ -59,6 +60,8 @@ class _Leaf:
 class _Branch:
     __slots__ = ("depth", "hash", "left", "path", "right")
 
+    depth: int
+    hash: bytes
     path: int
 
     def __init__(self, depth: int, left: _Node, right: _Node) -> None:
@@ -66,9 +69,18 @@ class _Branch:
         self.left = left
         self.right = right
         self.path = left.path  # every leaf below shares bits [0, depth)
-        self.hash = hashlib.sha256(
-            b"\x01" + _hash_at(left, depth + 1) + _hash_at(right, depth + 1)
-        ).digest()
+        # Most children sit right below (a leaf, or a branch one level down): their own
+        # hash, without the call (this runs for every branch a block rebuilds).
+        below = depth + 1
+        left_hash = (
+            left.hash if isinstance(left, _Leaf) or left.depth == below else _hash_at(left, below)
+        )
+        right_hash = (
+            right.hash
+            if isinstance(right, _Leaf) or right.depth == below
+            else _hash_at(right, below)
+        )
+        self.hash = hashlib.sha256(b"\x01" + left_hash + right_hash).digest()
 
 
 _Node = _Leaf | _Branch
@@ -137,32 +149,37 @@ def _join(depth: int, left: _Node | None, right: _Node | None) -> _Node | None:
 
 
 def _update(node: _Node | None, changes: _Changes, lo: int, hi: int) -> _Node | None:
-    """`node` with the changes in [lo, hi) applied; all of them lie below `node`'s parent."""
-    if lo == hi:
-        return node
+    """`node` with the changes in [lo, hi) (never empty) applied; all of them lie below
+    `node`'s parent. A side without changes is kept as it is, without a call: this recursion
+    runs for every branch a block touches."""
     if node is None:
         return changes.inserted(lo, hi)
     paths = changes.paths
     if isinstance(node, _Leaf):
+        if hi - lo == 1 and paths[lo] == node.path:
+            return changes.leaves[lo]  # the key's new value, or None: removed
         merged: dict[int, _Leaf | None] = {node.path: node}
         merged.update(zip(paths[lo:hi], changes.leaves[lo:hi], strict=True))
         return _build([leaf for _, leaf in sorted(merged.items()) if leaf is not None])
+    depth = node.depth
     # Where do the changes first leave the branch's shared prefix, if before its depth? The
     # changes are sorted, so the extremes decide: all share their common prefix.
-    split = min(
-        _first_difference(paths[lo], node.path), _first_difference(paths[hi - 1], node.path)
+    split = PATH_BITS - max(
+        (paths[lo] ^ node.path).bit_length(), (paths[hi - 1] ^ node.path).bit_length()
     )
-    if split < node.depth:
+    if split < depth:
         middle = bisect.bisect_left(paths, _with_bit(paths[lo], split), lo, hi)
         if _bit(node.path, split) == 0:
-            return _join(split, _update(node, changes, lo, middle), changes.inserted(middle, hi))
-        return _join(split, changes.inserted(lo, middle), _update(node, changes, middle, hi))
-    middle = bisect.bisect_left(paths, _with_bit(node.path, node.depth), lo, hi)
-    return _join(
-        node.depth,
-        _update(node.left, changes, lo, middle),
-        _update(node.right, changes, middle, hi),
-    )
+            left = node if lo == middle else _update(node, changes, lo, middle)
+            right = changes.inserted(middle, hi) if middle < hi else None
+        else:
+            left = changes.inserted(lo, middle) if lo < middle else None
+            right = node if middle == hi else _update(node, changes, middle, hi)
+        return _join(split, left, right)
+    middle = bisect.bisect_left(paths, _with_bit(node.path, depth), lo, hi)
+    left = node.left if lo == middle else _update(node.left, changes, lo, middle)
+    right = node.right if middle == hi else _update(node.right, changes, middle, hi)
+    return _join(depth, left, right)
 
 
 class StateTree:
@@ -204,6 +221,8 @@ class StateTree:
             prepared[int.from_bytes(digest, "big")] = leaf
         paths = sorted(prepared)
         ordered = _Changes(paths, [prepared[path] for path in paths])
+        if not paths:
+            return self
         return StateTree(_update(self._root, ordered, 0, len(paths)))
 
 
