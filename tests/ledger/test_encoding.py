@@ -95,7 +95,7 @@ def test_non_canonical_input_decodes_to_the_same_value(
     assert canonical(decode(data)) == canonical(value)
 
 
-@given(st.dictionaries(KEYS, VALUES, max_size=6))
+@given(st.dictionaries(KEYS, json_values(JSON_DEPTH_MAX - 1), max_size=6))
 def test_canonical_object_joins_encoded_members(value: dict[str, Any]) -> None:
     members = {key: canonical(item) for key, item in value.items()}
     assert canonical_object(members) == canonical(value)
@@ -249,10 +249,23 @@ def test_trailing_data_is_refused(data: bytes) -> None:
         b'"\\ude00\\ud83d"',  # a pair in the wrong order is two lone surrogates
         b'["\\udfff"]',
         b'{"a":{"b":"\\ud800"}}',
+        b'"\\uD800"',  # hex digits in either case
+        b'["\\\\ud800", "\\uDBFF"]',  # an escaped backslash first, then a real one
     ],
 )
 def test_lone_surrogate_escapes_are_refused(data: bytes) -> None:
     expect_decode_error(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b'"\\\\ud800"', "\\ud800"),  # an escaped backslash, then plain letters
+        (b'{"\\\\udc00":"\\ud83d\\ude00"}', {"\\udc00": "\U0001f600"}),  # and a pair
+    ],
+)
+def test_text_that_only_looks_like_a_surrogate_escape_decodes(data: bytes, value: Any) -> None:
+    assert decode(data) == value
 
 
 @pytest.mark.parametrize("data", [b'{"\\ud800":1}', b'{"a":{"\\udc00":1}}', b'[{"\\ud800":1}]'])
