@@ -1,0 +1,594 @@
+"""One validator's consensus: Tendermint (Buchman, Kwon, Milosevic 2018, Algorithm 1), pure.
+
+A `Replica` is a deterministic state machine. It owns no socket, clock, thread or randomness:
+the node shell (or the simulator) calls
+
+    on_start(now_ms)                 once, after construction
+    on_message(message, now_ms)      for every parsed message from a peer
+    on_timeout(timeout, now_ms)      when a timeout it asked for is due
+
+and each returns the effects to carry out, in order:
+
+    Persist(message)        make a message this replica signed durable. The shell MUST have
+                            written it (fsync) before it carries out any later effect, above
+                            all the Broadcast of the same message (SPEC §5.4).
+    Broadcast(message)      send to every other validator (best effort; it is re-sent).
+    SendDecision(to, height)  send validator `to` the decided block of `height` with its
+                            certificate, from the store, as a `Decision` message (it lags).
+    ScheduleTimeout(timeout, delay_ms)  call on_timeout(timeout, ...) after delay_ms.
+    Decide(block, certificate, state, evidence)  append the block, its certificate and the
+                            state after it to the store before any later effect.
+
+The same inputs give the same effects, byte for byte, wherever they run.
+
+Algorithm 1, line by line (h = height, r = round; "2f+1" is more than 2/3 of the power of the
+set governing h, "f+1" more than 1/3):
+
+    11  StartRound(r): the proposer proposes validValue with validRound if it has one, else a
+        new block (`build_block` on its state, at `now_ms`, with the transactions the injected
+        `TransactionSource` offers and the certificate of h-1 as `last_commit`); the others
+        schedule timeoutPropose(r).
+    22  PROPOSAL(h, r, v, -1) while step = propose: prevote v if valid(v) and (lockedRound =
+        -1 or lockedValue = v), else nil; step = prevote.
+    28  PROPOSAL(h, r, v, vr) with 0 <= vr < r and 2f+1 PREVOTE(h, vr, v) while step =
+        propose: prevote v if valid(v) and (lockedRound <= vr or lockedValue = v), else nil.
+    34  2f+1 PREVOTE(h, r, *) while step = prevote, first time: schedule timeoutPrevote(r).
+    36  PROPOSAL(h, r, v, *) and 2f+1 PREVOTE(h, r, v), valid(v), step >= prevote, first time:
+        if step = prevote, lock v at r and precommit v (step = precommit); validValue = v,
+        validRound = r.
+    44  2f+1 PREVOTE(h, r, nil) while step = prevote: precommit nil; step = precommit.
+    47  2f+1 PRECOMMIT(h, r, *), first time: schedule timeoutPrecommit(r).
+    49  PROPOSAL(h, r', v, *) and 2f+1 PRECOMMIT(h, r', v) for any r': if v applies, decide v
+        with the certificate of those precommits (sorted by key), and start height h+1.
+    55  f+1 of the power sent messages of (h, r') with r' > r: StartRound(r').
+    57/61/65  timeoutPropose / timeoutPrevote: vote nil if still in that step of that round;
+        timeoutPrecommit: StartRound(r+1).
+
+Timeouts of round r last min(base + r * delta, max) (ledger.limits ROUND_TIMEOUT_MS_*) and
+start again from round 0 at each height. After a decision the replica waits the chain's
+`block_interval_ms` before round 0 of the next height (the pace of an idle chain), still
+taking messages meanwhile.
+
+valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v. Before it
+prevotes for or locks on v, the replica also requires v's time to be at most
+BLOCK_TIME_DRIFT_MS_MAX after its own clock (the header's time is already after the parent's);
+deciding (line 49, or a `Decision` message) needs only `apply_block`, so a validator with a
+slow clock still follows the chain.
+
+Never two messages for one slot: every message the replica signs is keyed by (height, round,
+type) in `signed`; asking again returns the same message, byte for byte. A restarted replica
+gets its durable log back through `signed` and re-uses it; its lock is the latest non-nil
+precommit in that log, and it resumes at the latest round it signed in.
+
+Messages are lost: every REBROADCAST_INTERVAL_MS the replica re-sends its own votes of the
+current height, its proposal of the current round, and the prevotes that justify its
+validRound. A message of an older height tells it the sender lags: it answers with
+SendDecision, at most once per CATCH_UP_INTERVAL_MS per validator. A `Decision` for the
+current height whose certificate verifies and whose block applies is decided at once.
+
+Evidence (a validator's two different messages for one slot, from `consensus.quorum`) is
+gathered, at most EVIDENCE_PENDING_MAX, and handed to the shell with the next Decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from consensus.messages import (
+    Decision,
+    InvalidMessage,
+    Message,
+    Proposal,
+    sign_proposal,
+    sign_vote,
+    verify_decision,
+)
+from consensus.quorum import PRECOMMIT, PREVOTE, PROPOSAL, Quorum
+from ledger.blocks import Block, Certificate, verify_certificate
+from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
+from ledger.evidence import NO_ROUND, Evidence, Vote
+from ledger.limits import (
+    BLOCK_TIME_DRIFT_MS_MAX,
+    CATCH_UP_INTERVAL_MS,
+    EVIDENCE_PENDING_MAX,
+    REBROADCAST_INTERVAL_MS,
+    ROUND_TIMEOUT_MS_BASE,
+    ROUND_TIMEOUT_MS_DELTA,
+    ROUND_TIMEOUT_MS_MAX,
+)
+from ledger.state import State
+from ledger.state_transition import apply_block, build_block
+from ledger.transactions import Envelope
+
+NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
+PROPOSE: Final = "propose"
+REBROADCAST: Final = "rebroadcast"  # a timeout kind only, never a step
+STEPS: Final = (NEW_HEIGHT, PROPOSE, PREVOTE, PRECOMMIT)  # in order
+TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST)
+
+TransactionSource = Callable[[State, int], Sequence[Envelope]]
+"""Candidate transactions for a block on top of `state` at time `now_ms`, in order; the block
+holds those that apply (`build_block` leaves out the rest)."""
+
+SignedMessage = Vote | Proposal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeout:
+    height: int
+    round: int
+    step: str
+
+    def __post_init__(self) -> None:
+        assert self.step in TIMEOUT_KINDS, self.step
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """How long each step may take; defaults from ledger.limits."""
+
+    base_ms: int = ROUND_TIMEOUT_MS_BASE
+    delta_ms: int = ROUND_TIMEOUT_MS_DELTA
+    max_ms: int = ROUND_TIMEOUT_MS_MAX
+    rebroadcast_ms: int = REBROADCAST_INTERVAL_MS
+    catch_up_ms: int = CATCH_UP_INTERVAL_MS
+    drift_ms: int = BLOCK_TIME_DRIFT_MS_MAX
+
+    def __post_init__(self) -> None:
+        assert 0 < self.base_ms <= self.max_ms and self.delta_ms >= 0
+        assert self.rebroadcast_ms > 0 and self.catch_up_ms >= 0 and self.drift_ms >= 0
+
+    def for_round(self, round: int) -> int:
+        return min(self.base_ms + round * self.delta_ms, self.max_ms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Persist:
+    message: SignedMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Broadcast:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendDecision:
+    to: str
+    height: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleTimeout:
+    timeout: Timeout
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decide:
+    block: Block
+    certificate: Certificate
+    state: State
+    evidence: tuple[Evidence, ...]
+
+
+Effect = Persist | Broadcast | SendDecision | ScheduleTimeout | Decide
+
+_RULE_STEPS_MAX: Final = 10_000  # the rules always settle; this catches a bug that would loop
+
+
+def _slot(message: SignedMessage) -> tuple[int, int, str]:
+    kind = message.vote_type if isinstance(message, Vote) else PROPOSAL
+    return (message.height, message.round, kind)
+
+
+class Replica:
+    def __init__(
+        self,
+        *,
+        key: PrivateKey,
+        state: State,
+        last_certificate: Certificate | None,
+        transactions: TransactionSource,
+        signed: Sequence[SignedMessage] = (),
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        """A replica at height `state.height + 1`. `last_certificate` commits the block at
+        `state.height` (None at genesis); `signed` is this replica's durable log."""
+        assert (last_certificate is None) == (state.height == 0)
+        self.key = key
+        self.public_key = key.public_key_hex
+        self.chain_id = state.chain_id
+        self.transactions = transactions
+        self.timeouts = timeouts or Timeouts()
+        self.signed: dict[tuple[int, int, str], SignedMessage] = {}
+        for message in signed:
+            if message.height > state.height:
+                assert not isinstance(message, Vote) or message.public_key == self.public_key
+                assert _slot(message) not in self.signed, "the log holds two messages for a slot"
+                self.signed[_slot(message)] = message
+        self.evidence: dict[tuple[str, int, int, str], Evidence] = {}
+        self._catch_up_sent: dict[str, int] = {}
+        self._decided_at = 0  # when the last height was decided here (clock of the caller)
+        self._effects: list[Effect] = []
+        self._now = 0
+        self.quorum = Quorum(
+            chain_id=self.chain_id,
+            height=state.height + 1,
+            validators=state.current_validators(),
+            next_validators=state.next_validators(),
+        )
+        self._enter(state, last_certificate)
+        self._restore()
+
+    # --- the height and round -----------------------------------------------------------------
+
+    def _enter(self, state: State, last_certificate: Certificate | None) -> None:
+        """Start height `state.height + 1` (the quorum has already moved there)."""
+        self.state = state
+        self.last_certificate = last_certificate
+        self.height = state.height + 1
+        assert self.quorum.height == self.height
+        self.validators = state.current_validators()
+        self.is_validator = any(v.public_key == self.public_key for v in self.validators)
+        self.round = 0
+        self.step = NEW_HEIGHT
+        self.locked_round = NO_ROUND
+        self.locked_hash: str | None = None
+        self.valid_round = NO_ROUND
+        self.valid_hash: str | None = None
+        self._prevote_timeouts: set[int] = set()  # rounds where line 34 fired
+        self._precommit_timeouts: set[int] = set()  # rounds where line 47 fired
+        self._locked_rounds: set[int] = set()  # rounds where line 36 fired
+        self._applied: dict[str, State | None] = {}  # block hash -> state after it, or invalid
+        for slot in [slot for slot in self.signed if slot[0] < self.height]:
+            del self.signed[slot]
+
+    def _restore(self) -> None:
+        """Take back what the durable log says this replica signed at this height."""
+        mine = sorted(
+            (message for message in self.signed.values() if message.height == self.height),
+            key=_slot,
+        )
+        if not mine:
+            return
+        self.round = max(message.round for message in mine)
+        for message in mine:
+            admission = self.quorum.admit(message, current_round=self.round)
+            assert admission.status in ("added", "known"), admission
+            is_lock = isinstance(message, Vote) and message.vote_type == PRECOMMIT
+            if is_lock and message.block_hash is not None:
+                # Line 36 locked on what it precommitted; the latest lock wins.
+                self.locked_round = self.valid_round = message.round
+                self.locked_hash = self.valid_hash = message.block_hash
+
+    def _start_round(self, round: int) -> None:
+        """Algorithm 1 line 11."""
+        self.round = round
+        self.step = PROPOSE
+        if self.is_validator and self.quorum.proposer(round) == self.public_key:
+            proposal = self.signed.get((self.height, round, PROPOSAL))
+            if proposal is None:
+                proposal = self._new_proposal(round)
+            self._emit(proposal)
+            self.quorum.admit(proposal, current_round=round)
+        else:
+            self._schedule(PROPOSE, round)
+
+    def _new_proposal(self, round: int) -> Proposal:
+        block = None if self.valid_hash is None else self._block(self.valid_hash)
+        valid_round = self.valid_round
+        if block is None or valid_round >= round:  # no validValue (or not its block): new
+            built = build_block(
+                self.state,
+                self.transactions(self.state, self._now),
+                time=self._now,
+                proposer=self.public_key,
+                last_commit=self.last_certificate,
+            )
+            block, valid_round = built.block, NO_ROUND
+            self._applied[block.block_hash()] = built.state
+        return sign_proposal(
+            self.key,
+            chain_id=self.chain_id,
+            height=self.height,
+            round=round,
+            valid_round=valid_round,
+            block=block,
+        )
+
+    # --- events -------------------------------------------------------------------------------
+
+    def on_start(self, now_ms: int) -> list[Effect]:
+        self._begin(now_ms)
+        self._effects.append(
+            ScheduleTimeout(
+                timeout=Timeout(height=self.height, round=0, step=REBROADCAST),
+                delay_ms=self.timeouts.rebroadcast_ms,
+            )
+        )
+        self._start_round(self.round)
+        for vote_type in (PREVOTE, PRECOMMIT):  # resume where the log says this round stood
+            vote = self.signed.get((self.height, self.round, vote_type))
+            if vote is not None:
+                self.step = vote_type
+                self._emit(vote)
+        self._run_rules()
+        return self._end()
+
+    def on_message(self, message: Message, now_ms: int) -> list[Effect]:
+        self._begin(now_ms)
+        if isinstance(message, Decision):
+            self._on_decision(message)
+        else:
+            admission = self.quorum.admit(message, current_round=self.round)
+            if admission.evidence is not None:
+                self._add_evidence(admission.evidence)
+            elif admission.status == "old" and isinstance(message, Vote):
+                self._on_lagging(message)
+            if admission.status == "added":
+                self._run_rules()
+        return self._end()
+
+    def on_timeout(self, timeout: Timeout, now_ms: int) -> list[Effect]:
+        self._begin(now_ms)
+        if timeout.step == REBROADCAST:
+            self._rebroadcast()
+            self._effects.append(
+                ScheduleTimeout(timeout=timeout, delay_ms=self.timeouts.rebroadcast_ms)
+            )
+        elif timeout.height == self.height:
+            self._on_step_timeout(timeout)
+        self._run_rules()  # time moved: a block too far ahead a moment ago may be valid now
+        return self._end()
+
+    def _begin(self, now_ms: int) -> None:
+        assert not self._effects
+        self._now = now_ms
+
+    def _end(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def _on_step_timeout(self, timeout: Timeout) -> None:
+        """Algorithm 1 lines 57, 61 and 65, and the wait before a new height's round 0."""
+        if timeout.step == NEW_HEIGHT:
+            if self.step == NEW_HEIGHT:
+                self._start_round(0)
+            return
+        if timeout.round != self.round:
+            return
+        if timeout.step == PROPOSE and self.step == PROPOSE:
+            self._vote(PREVOTE, None)
+            self.step = PREVOTE
+        elif timeout.step == PREVOTE and self.step == PREVOTE:
+            self._vote(PRECOMMIT, None)
+            self.step = PRECOMMIT
+        elif timeout.step == PRECOMMIT:
+            self._start_round(self.round + 1)
+
+    def _on_decision(self, decision: Decision) -> None:
+        if decision.height != self.height:
+            return
+        try:
+            verify_decision(decision, chain_id=self.chain_id, validators=self.validators)
+        except InvalidMessage:
+            return
+        state = self._applies(decision.block)
+        if state is not None:
+            self._decide(decision.block, decision.certificate, state)
+            self._run_rules()
+
+    def _on_lagging(self, vote: Vote) -> None:
+        """A validator voted at a height decided here: send it that height's decision.
+
+        Votes of the height just decided keep arriving for a moment after any decision (the
+        precommits beyond the quorum); only after CATCH_UP_INTERVAL_MS do they mean that the
+        sender is stuck there."""
+        sender = vote.public_key
+        if sender == self.public_key or all(v.public_key != sender for v in self.validators):
+            return
+        if (
+            vote.height == self.height - 1
+            and self._now - self._decided_at < self.timeouts.catch_up_ms
+        ):
+            return
+        last = self._catch_up_sent.get(sender)
+        if last is not None and self._now - last < self.timeouts.catch_up_ms:
+            return
+        self._catch_up_sent[sender] = self._now
+        self._effects.append(SendDecision(to=sender, height=vote.height))
+
+    def _rebroadcast(self) -> None:
+        for slot, message in sorted(self.signed.items(), key=lambda item: item[0]):
+            if slot[0] == self.height and (isinstance(message, Vote) or slot[1] == self.round):
+                self._effects.append(Broadcast(message=message))
+        justification = self.quorum.current.votes.get((self.valid_round, PREVOTE))
+        if self.valid_hash is not None and justification is not None:
+            for vote in justification.votes_for(self.valid_hash):
+                if vote.public_key != self.public_key:
+                    self._effects.append(Broadcast(message=vote))
+
+    # --- the upon rules -----------------------------------------------------------------------
+
+    def _run_rules(self) -> None:
+        for _ in range(_RULE_STEPS_MAX):
+            if not self._fire_one():
+                return
+        raise AssertionError("consensus rules did not settle")
+
+    def _fire_one(self) -> bool:
+        """Fire the first rule of Algorithm 1 whose condition holds; False if none does."""
+        held = self.quorum.current
+        for round, block_hash in held.precommit_quorums():  # line 49
+            block = self._block(block_hash)
+            state = None if block is None else self._applies(block)
+            if block is not None and state is not None:
+                precommits = held.vote_set(round, PRECOMMIT).votes_for(block_hash)
+                self._decide(block, self._certificate(round, block_hash, precommits), state)
+                return True
+        skip = held.skip_round(self.round)  # line 55
+        if skip is not None:
+            self._start_round(skip)
+            return True
+        round = self.round
+        proposal = held.proposals.get(round)
+        if self.step == PROPOSE and proposal is not None:
+            vr = proposal.valid_round
+            if vr == NO_ROUND:  # line 22
+                vote_for = self._is_valid(proposal.block) and (
+                    self.locked_round == NO_ROUND or self.locked_hash == proposal.block_hash
+                )
+                self._vote(PREVOTE, proposal.block_hash if vote_for else None)
+                self.step = PREVOTE
+                return True
+            if vr < round and held.has_quorum_for(vr, PREVOTE, proposal.block_hash):  # line 28
+                vote_for = self._is_valid(proposal.block) and (
+                    self.locked_round <= vr or self.locked_hash == proposal.block_hash
+                )
+                self._vote(PREVOTE, proposal.block_hash if vote_for else None)
+                self.step = PREVOTE
+                return True
+        if (
+            self.step == PREVOTE
+            and round not in self._prevote_timeouts
+            and held.has_quorum_any(round, PREVOTE)
+        ):  # line 34
+            self._prevote_timeouts.add(round)
+            self._schedule(PREVOTE, round)
+            return True
+        if (
+            self.step in (PREVOTE, PRECOMMIT)
+            and proposal is not None
+            and round not in self._locked_rounds
+            and held.has_quorum_for(round, PREVOTE, proposal.block_hash)
+            and self._is_valid(proposal.block)
+        ):  # line 36
+            self._locked_rounds.add(round)
+            if self.step == PREVOTE:
+                vote = self._vote(PRECOMMIT, proposal.block_hash)
+                if vote is not None and vote.block_hash == proposal.block_hash:
+                    self.locked_round, self.locked_hash = round, proposal.block_hash
+                self.step = PRECOMMIT
+            self.valid_round, self.valid_hash = round, proposal.block_hash
+            return True
+        if self.step == PREVOTE and held.has_quorum_for(round, PREVOTE, None):  # line 44
+            self._vote(PRECOMMIT, None)
+            self.step = PRECOMMIT
+            return True
+        if round not in self._precommit_timeouts and held.has_quorum_any(
+            round, PRECOMMIT
+        ):  # line 47
+            self._precommit_timeouts.add(round)
+            self._schedule(PRECOMMIT, round)
+            return True
+        return False
+
+    # --- values -------------------------------------------------------------------------------
+
+    def _block(self, block_hash: str) -> Block | None:
+        """A block with this hash that this replica holds at its height, if any."""
+        for proposal in self.quorum.current.proposals.values():
+            if proposal.block_hash == block_hash:
+                return proposal.block
+        return None
+
+    def _applies(self, block: Block) -> State | None:
+        """The state after `block` if the ledger accepts it on this replica's state."""
+        block_hash = block.block_hash()
+        if block_hash not in self._applied:
+            try:
+                self._applied[block_hash] = apply_block(self.state, block)
+            except LedgerError:
+                self._applied[block_hash] = None
+        return self._applied[block_hash]
+
+    def _is_valid(self, block: Block) -> bool:
+        """valid(v) for voting: the block applies and its time is not too far ahead."""
+        return (
+            block.header.time <= self._now + self.timeouts.drift_ms
+            and self._applies(block) is not None
+        )
+
+    def _certificate(self, round: int, block_hash: str, precommits: list[Vote]) -> Certificate:
+        certificate = Certificate(
+            chain_id=self.chain_id,
+            height=self.height,
+            round=round,
+            block_hash=block_hash,
+            signatures=tuple((vote.public_key, vote.signature) for vote in precommits),
+        )
+        verify_certificate(  # our own work, checked from the other side before it is used
+            certificate,
+            chain_id=self.chain_id,
+            height=self.height,
+            block_hash=block_hash,
+            validators=self.validators,
+        )
+        return certificate
+
+    def _decide(self, block: Block, certificate: Certificate, state: State) -> None:
+        self._decided_at = self._now
+        evidence = tuple(self.evidence.values())
+        self.evidence.clear()
+        self._effects.append(
+            Decide(block=block, certificate=certificate, state=state, evidence=evidence)
+        )
+        self.quorum.advance(next_validators=state.next_validators())
+        self._enter(state, certificate)
+        self._effects.append(
+            ScheduleTimeout(
+                timeout=Timeout(height=self.height, round=0, step=NEW_HEIGHT),
+                delay_ms=state.params.block_interval_ms,
+            )
+        )
+
+    def _add_evidence(self, evidence: Evidence) -> None:
+        a = evidence.a
+        kind = a.vote_type if isinstance(a, Vote) else PROPOSAL
+        slot = (a.public_key, a.height, a.round, kind)
+        if slot not in self.evidence and len(self.evidence) < EVIDENCE_PENDING_MAX:
+            self.evidence[slot] = evidence
+
+    # --- signing and sending ------------------------------------------------------------------
+
+    def _vote(self, vote_type: str, block_hash: str | None) -> Vote | None:
+        """Sign (or re-use) this replica's vote of `vote_type` at the current height and
+        round; None if it is not a validator at this height."""
+        if not self.is_validator:
+            return None
+        slot = (self.height, self.round, vote_type)
+        vote = self.signed.get(slot)
+        if vote is None:
+            vote = sign_vote(
+                self.key,
+                chain_id=self.chain_id,
+                vote_type=vote_type,
+                height=self.height,
+                round=self.round,
+                block_hash=block_hash,
+            )
+        assert isinstance(vote, Vote)
+        self._emit(vote)
+        self.quorum.admit(vote, current_round=self.round)
+        return vote
+
+    def _emit(self, message: SignedMessage) -> None:
+        """Send what this replica signed, persisting it first if it is new."""
+        slot = _slot(message)
+        if slot not in self.signed:
+            self.signed[slot] = message
+            self._effects.append(Persist(message=message))
+        assert self.signed[slot] is message, "never two messages for one slot"
+        self._effects.append(Broadcast(message=message))
+
+    def _schedule(self, step: str, round: int) -> None:
+        self._effects.append(
+            ScheduleTimeout(
+                timeout=Timeout(height=self.height, round=round, step=step),
+                delay_ms=self.timeouts.for_round(round),
+            )
+        )

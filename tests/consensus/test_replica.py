@@ -1,0 +1,535 @@
+"""The replica, rule by rule: effects in order, locks, restarts, timeouts, catch-up.
+
+Most tests drive one replica by hand with messages signed by the other validators' real
+keys; `Cluster` runs four replicas over a perfect, in-order network. The simulation
+(tests/consensus/simulation) does the same under faults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from consensus.messages import (
+    NO_ROUND,
+    Decision,
+    Message,
+    Proposal,
+    encode_message,
+    sign_proposal,
+    sign_vote,
+)
+from consensus.proposer import compute_proposer
+from consensus.replica import (
+    NEW_HEIGHT,
+    PROPOSE,
+    REBROADCAST,
+    Broadcast,
+    Decide,
+    Effect,
+    Persist,
+    Replica,
+    ScheduleTimeout,
+    SendDecision,
+    SignedMessage,
+    Timeout,
+    Timeouts,
+)
+from ledger.blocks import Block, sign_certificate, verify_certificate
+from ledger.evidence import Vote, verify_evidence
+from ledger.limits import (
+    BLOCK_TIME_DRIFT_MS_MAX,
+    CATCH_UP_INTERVAL_MS,
+    ROUND_TIMEOUT_MS_BASE,
+    ROUND_TIMEOUT_MS_DELTA,
+)
+from ledger.state import State
+from ledger.state_transition import apply_block, build_block
+from tests.consensus.simulation.world import World, make_world, transaction_source
+from tests.factory import CHAIN_ID, key
+
+WORLD: World = make_world(4)
+KEYS = WORLD.keys
+T0 = WORLD.genesis.head_time + 1000
+
+
+def index_of(public_key: str) -> int:
+    return [k.public_key_hex for k in KEYS].index(public_key)
+
+
+def proposer(height: int, round: int) -> int:
+    return index_of(compute_proposer(WORLD.validators, height, round))
+
+
+def not_proposer(height: int, round: int) -> int:
+    return next(i for i in range(4) if i != proposer(height, round))
+
+
+def replica(
+    index: int, *, signed: Sequence[SignedMessage] = (), state: State | None = None
+) -> Replica:
+    return Replica(
+        key=KEYS[index],
+        state=state or WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD),
+        signed=signed,
+    )
+
+
+def block(*, time: int = T0, transactions: int = 3, builder: int = 1) -> Block:
+    return build_block(
+        WORLD.genesis,
+        WORLD.workload[:transactions],
+        time=time,
+        proposer=KEYS[builder].public_key_hex,
+        last_commit=None,
+    ).block
+
+
+def proposal(round: int, value: Block, valid_round: int = NO_ROUND, height: int = 1) -> Proposal:
+    return sign_proposal(
+        KEYS[proposer(height, round)],
+        chain_id=CHAIN_ID,
+        height=height,
+        round=round,
+        valid_round=valid_round,
+        block=value,
+    )
+
+
+def vote(signer: int, vote_type: str, round: int, block_hash: str | None, height: int = 1) -> Vote:
+    return sign_vote(
+        KEYS[signer],
+        chain_id=CHAIN_ID,
+        vote_type=vote_type,
+        height=height,
+        round=round,
+        block_hash=block_hash,
+    )
+
+
+def feed(target: Replica, messages: Sequence[Message], now: int = T0) -> list[Effect]:
+    effects: list[Effect] = []
+    for message in messages:
+        effects += target.on_message(message, now)
+    return effects
+
+
+def signed_by(effects: Sequence[Effect], kind: type) -> list[Effect]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def votes_sent(effects: Sequence[Effect], vote_type: str) -> list[Vote]:
+    return [
+        e.message
+        for e in effects
+        if isinstance(e, Broadcast)
+        and isinstance(e.message, Vote)
+        and e.message.vote_type == vote_type
+    ]
+
+
+def timeouts(effects: Sequence[Effect], step: str) -> list[ScheduleTimeout]:
+    return [e for e in effects if isinstance(e, ScheduleTimeout) and e.timeout.step == step]
+
+
+def assert_persisted_before_sent(
+    effects: Sequence[Effect], log: Sequence[SignedMessage] = ()
+) -> None:
+    persisted = list(log)
+    for effect in effects:
+        if isinstance(effect, Persist):
+            persisted.append(effect.message)
+        elif isinstance(effect, Broadcast) and not isinstance(effect.message, Decision):
+            message = effect.message
+            own = not isinstance(message, Vote) or message.public_key in {
+                m.public_key for m in persisted if isinstance(m, Vote)
+            }
+            if own:
+                assert message in persisted, f"sent before persisted: {message}"
+
+
+def describe(effect: Effect) -> str:
+    """An effect as text without object addresses (a State's repr has some)."""
+    if isinstance(effect, Persist | Broadcast):
+        return f"{type(effect).__name__} {encode_message(effect.message).hex()}"
+    if isinstance(effect, Decide):
+        return f"Decide {effect.block.block_hash()} {effect.certificate!r} {effect.evidence!r}"
+    return repr(effect)
+
+
+# --- a perfect network ---------------------------------------------------------------------------
+
+
+class Cluster:
+    """Four replicas; every broadcast reaches every other replica in order, at once."""
+
+    def __init__(self, *, silent: Sequence[int] = ()) -> None:
+        self.replicas = [replica(i) for i in range(4)]
+        self.silent = set(silent)
+        self.now = T0
+        self.queue: deque[tuple[int, Message]] = deque()
+        self.timers: list[tuple[int, int, int, Timeout]] = []
+        self.sequence = 0
+        self.decided: list[list[Decide]] = [[] for _ in range(4)]
+        self.logs: list[list[SignedMessage]] = [[] for _ in range(4)]
+        self.trace: list[str] = []
+
+    def carry_out(self, index: int, effects: list[Effect]) -> None:
+        assert_persisted_before_sent(effects, self.logs[index])
+        for effect in effects:
+            self.trace.append(f"{index} {self.now} {describe(effect)}")
+            if isinstance(effect, Persist):
+                self.logs[index].append(effect.message)
+            elif isinstance(effect, Broadcast) and index not in self.silent:
+                self.queue.extend((other, effect.message) for other in range(4) if other != index)
+            elif isinstance(effect, ScheduleTimeout):
+                self.sequence += 1
+                heapq.heappush(
+                    self.timers, (self.now + effect.delay_ms, self.sequence, index, effect.timeout)
+                )
+            elif isinstance(effect, Decide):
+                self.decided[index].append(effect)
+
+    def run(self, until: Callable[[], bool], steps_max: int = 20_000) -> None:
+        for index, member in enumerate(self.replicas):
+            self.carry_out(index, member.on_start(self.now))
+        for _ in range(steps_max):
+            if until():
+                return
+            if self.queue:
+                index, message = self.queue.popleft()
+                self.carry_out(index, self.replicas[index].on_message(message, self.now))
+            else:
+                due, _, index, timeout = heapq.heappop(self.timers)
+                self.now = max(self.now, due)
+                self.carry_out(index, self.replicas[index].on_timeout(timeout, self.now))
+        raise AssertionError("the cluster did not get there")
+
+
+def test_four_replicas_decide_the_same_valid_chain() -> None:
+    cluster = Cluster()
+    cluster.run(lambda: all(len(d) >= 3 for d in cluster.decided))
+    state = WORLD.genesis
+    for height in range(1, 4):
+        decisions = [d[height - 1] for d in cluster.decided]
+        assert len({d.block.block_hash() for d in decisions}) == 1
+        decided = decisions[0].block
+        assert decided.height == height
+        state_before, state = state, apply_block(state, decided)
+        for d in decisions:
+            verify_certificate(
+                d.certificate,
+                chain_id=CHAIN_ID,
+                height=height,
+                block_hash=decided.block_hash(),
+                validators=state_before.current_validators(),
+            )
+            assert d.state.state_root == state.state_root
+            assert [key for key, _ in d.certificate.signatures] == sorted(
+                key for key, _ in d.certificate.signatures
+            )
+        if height > 1:
+            # The next block carries its proposer's own certificate of the previous height.
+            builder = index_of(decided.header.proposer)
+            assert decided.last_commit == cluster.decided[builder][height - 2].certificate
+    assert sum(len(b.block.transactions) for b in cluster.decided[0]) >= 3
+
+
+def test_the_same_inputs_give_the_same_effects() -> None:
+    first, second = Cluster(), Cluster()
+    for cluster in (first, second):
+        cluster.run(lambda c=cluster: len(c.decided[0]) >= 2)  # type: ignore[misc]
+    assert first.trace == second.trace
+
+
+def test_three_of_four_decide_without_the_silent_one() -> None:
+    cluster = Cluster(silent=[proposer(1, 0)])  # the first proposer never speaks
+    cluster.run(
+        lambda: all(len(cluster.decided[i]) >= 2 for i in range(4) if i not in cluster.silent)
+    )
+    assert {
+        d.certificate.round
+        for i in range(4)
+        for d in cluster.decided[i][:1]
+        if i not in cluster.silent
+    } == {1}
+
+
+# --- one replica by hand -------------------------------------------------------------------------
+
+
+def test_the_proposer_persists_each_message_before_sending_it() -> None:
+    effects = replica(proposer(1, 0)).on_start(T0)
+    kinds = [type(e).__name__ for e in effects]
+    assert kinds == ["ScheduleTimeout", "Persist", "Broadcast", "Persist", "Broadcast"]
+    assert isinstance(effects[1], Persist) and isinstance(effects[1].message, Proposal)
+    assert effects[2] == Broadcast(message=effects[1].message)
+    assert isinstance(effects[3], Persist) and effects[4] == Broadcast(message=effects[3].message)
+    assert_persisted_before_sent(effects)
+    assert timeouts(effects, REBROADCAST)[0].delay_ms == Timeouts().rebroadcast_ms
+
+
+def test_timeouts_grow_with_the_round_and_start_again_at_each_height() -> None:
+    me = not_proposer(1, 0)
+    target = replica(me)
+    start = target.on_start(T0)
+    assert [t.delay_ms for t in timeouts(start, PROPOSE)] == [ROUND_TIMEOUT_MS_BASE]
+    for round in range(3):
+        others = [i for i in range(4) if i != me][:2]
+        effects = target.on_timeout(Timeout(height=1, round=round, step=PROPOSE), T0)
+        assert [v.block_hash for v in votes_sent(effects, "prevote")] == [None]  # line 57
+        effects = feed(target, [vote(i, "prevote", round, None) for i in others])
+        delay = ROUND_TIMEOUT_MS_BASE + round * ROUND_TIMEOUT_MS_DELTA
+        assert [t.delay_ms for t in timeouts(effects, "prevote")] == [delay]  # line 34
+        assert [v.block_hash for v in votes_sent(effects, "precommit")] == [None]  # line 44
+        effects = feed(target, [vote(i, "precommit", round, None) for i in others])
+        (scheduled,) = timeouts(effects, "precommit")  # line 47
+        effects = target.on_timeout(scheduled.timeout, T0)  # line 65
+        assert target.round == round + 1
+        if proposer(1, round + 1) != me:
+            assert [t.delay_ms for t in timeouts(effects, PROPOSE)] == [
+                ROUND_TIMEOUT_MS_BASE + (round + 1) * ROUND_TIMEOUT_MS_DELTA
+            ]
+    # A decision moves to height 2: the pause before round 0, then round 0's timeout again.
+    decided = block(time=T0)
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[:3]
+    )
+    effects = target.on_message(Decision(block=decided, certificate=certificate), T0)
+    assert isinstance(effects[0], Decide) and target.height == 2 and target.step == NEW_HEIGHT
+    (pause,) = timeouts(effects, NEW_HEIGHT)
+    assert pause.delay_ms == WORLD.genesis.params.block_interval_ms
+    effects = target.on_timeout(pause.timeout, T0 + pause.delay_ms)
+    if proposer(2, 0) != me:
+        assert [t.delay_ms for t in timeouts(effects, PROPOSE)] == [ROUND_TIMEOUT_MS_BASE]
+
+
+def test_a_valid_proposal_gets_a_prevote_and_an_invalid_one_nil() -> None:
+    me = not_proposer(1, 0)
+    good = block()
+    target = replica(me)
+    target.on_start(T0)
+    assert [v.block_hash for v in votes_sent(feed(target, [proposal(0, good)]), "prevote")] == [
+        good.block_hash()
+    ]  # line 22
+    for bad in (
+        dataclasses.replace(good, header=dataclasses.replace(good.header, state_root="00" * 32)),
+        block(time=T0 + BLOCK_TIME_DRIFT_MS_MAX + 1),  # too far ahead of this replica's clock
+    ):
+        target = replica(me)
+        target.on_start(T0)
+        assert [v.block_hash for v in votes_sent(feed(target, [proposal(0, bad)]), "prevote")] == [
+            None
+        ]
+
+
+def _locked_on(value: Block, me: int) -> tuple[Replica, list[SignedMessage]]:
+    """A replica that saw 2f+1 prevotes for `value` in round 0 and precommitted it."""
+    target = replica(me)
+    log: list[SignedMessage] = []
+    effects = target.on_start(T0)
+    others = [i for i in range(4) if i != me]
+    effects += feed(
+        target,
+        [proposal(0, value), *(vote(i, "prevote", 0, value.block_hash()) for i in others[:2])],
+    )
+    log += [e.message for e in effects if isinstance(e, Persist)]
+    assert target.locked_round == 0 and target.locked_hash == value.block_hash()  # line 36
+    assert [v.block_hash for v in votes_sent(effects, "precommit")] == [value.block_hash()]
+    return target, log
+
+
+def _to_round_1(target: Replica, me: int) -> list[Effect]:
+    others = [i for i in range(4) if i != me]
+    effects = feed(target, [vote(i, "precommit", 0, None) for i in others[:2]])
+    (scheduled,) = timeouts(effects, "precommit")
+    return target.on_timeout(scheduled.timeout, T0)
+
+
+def test_a_locked_replica_prevotes_nil_for_another_block_even_after_a_restart() -> None:
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(1, 1)))
+    locked_value, other_value = block(), block(time=T0 + 1)
+    target, log = _locked_on(locked_value, me)
+    restarted = replica(me, signed=log)
+    assert restarted.locked_round == 0 and restarted.locked_hash == locked_value.block_hash()
+    restarted.on_start(T0)
+    fresh = replica(me)
+    fresh.on_start(T0)
+    for member in (target, restarted, fresh):
+        if member is not fresh:
+            _to_round_1(member, me)
+        else:
+            member.on_timeout(Timeout(height=1, round=0, step=PROPOSE), T0)
+            member.round, member.step = 1, PROPOSE  # the same place, without a lock
+        prevotes = votes_sent(feed(member, [proposal(1, other_value)]), "prevote")
+        expected = other_value.block_hash() if member is fresh else None
+        assert [v.block_hash for v in prevotes] == [expected]
+
+
+def test_a_later_polka_unlocks_line_28() -> None:
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(1, 1), proposer(1, 2)))
+    first_value, later_value = block(), block(time=T0 + 1)
+    target, _ = _locked_on(first_value, me)
+    _to_round_1(target, me)
+    others = [i for i in range(4) if i != me]
+    # Round 1: three others prevote later_value (a polka this replica missed voting for).
+    target.on_timeout(Timeout(height=1, round=1, step=PROPOSE), T0)
+    feed(target, [vote(i, "prevote", 1, later_value.block_hash()) for i in others])
+    feed(target, [vote(i, "precommit", 1, None) for i in others[:2]])
+    target.on_timeout(Timeout(height=1, round=1, step="precommit"), T0)
+    assert target.round == 2 and target.locked_round == 0
+    prevotes = votes_sent(feed(target, [proposal(2, later_value, valid_round=1)]), "prevote")
+    assert [v.block_hash for v in prevotes] == [later_value.block_hash()]
+
+
+def test_a_restarted_replica_reuses_what_it_signed_byte_for_byte() -> None:
+    me = not_proposer(1, 0)
+    target = replica(me)
+    target.on_start(T0)
+    effects = target.on_timeout(Timeout(height=1, round=0, step=PROPOSE), T0)
+    (logged,) = [e.message for e in effects if isinstance(e, Persist)]
+    assert isinstance(logged, Vote) and logged.block_hash is None
+    restarted = replica(me, signed=[logged])
+    effects = restarted.on_start(T0 + 5000)
+    effects += feed(restarted, [proposal(0, block())])  # would prevote the block if it could
+    assert not signed_by(effects, Persist)
+    assert votes_sent(effects, "prevote") == [logged]
+    assert restarted.step == "prevote"
+
+
+def test_a_restarted_proposer_sends_the_same_proposal() -> None:
+    me = proposer(1, 0)
+    effects = replica(me).on_start(T0)
+    log = [e.message for e in effects if isinstance(e, Persist)]
+    again = replica(me, signed=log).on_start(T0 + 7000)  # a later clock would build another block
+    assert not signed_by(again, Persist)
+    assert [e.message for e in again if isinstance(e, Broadcast)] == log
+
+
+def test_more_than_a_third_in_a_later_round_skips_to_it() -> None:
+    me = not_proposer(1, 0)
+    target = replica(me)
+    target.on_start(T0)
+    others = [i for i in range(4) if i != me]
+    feed(target, [vote(others[0], "prevote", 4, None)])
+    assert target.round == 0
+    feed(target, [vote(others[1], "precommit", 4, None)])
+    assert target.round == 4  # line 55
+
+
+def test_a_decision_message_catches_up_and_a_forged_one_is_ignored() -> None:
+    target = replica(0)
+    target.on_start(T0)
+    decided = block()
+    weak = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[1:3]
+    )
+    assert target.on_message(Decision(block=decided, certificate=weak), T0) == []
+    strong = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=2, block_hash=decided.block_hash(), keys=KEYS[1:]
+    )
+    effects = target.on_message(Decision(block=decided, certificate=strong), T0)
+    assert isinstance(effects[0], Decide) and effects[0].certificate == strong
+    assert target.height == 2 and target.last_certificate == strong
+    invalid = dataclasses.replace(decided, header=dataclasses.replace(decided.header, height=2))
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=2, round=0, block_hash=invalid.block_hash(), keys=KEYS
+    )
+    assert (
+        target.on_message(Decision(block=invalid, certificate=certificate), T0) == []
+    )  # does not apply
+
+
+def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
+    target = replica(0)
+    target.on_start(T0)
+    decided = block()
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[1:]
+    )
+    target.on_message(Decision(block=decided, certificate=certificate), T0)
+    late = vote(2, "precommit", 0, decided.block_hash())
+    assert target.on_message(late, T0 + 10) == []  # the usual stragglers after a decision
+    later = T0 + CATCH_UP_INTERVAL_MS
+    assert target.on_message(vote(2, "prevote", 3, None), later) == [
+        SendDecision(to=KEYS[2].public_key_hex, height=1)
+    ]
+    assert target.on_message(vote(2, "prevote", 4, None), later + 1) == []  # rate limited
+    assert target.on_message(vote(2, "prevote", 5, None), later + CATCH_UP_INTERVAL_MS) != []
+    stranger = sign_vote(
+        key("stranger"), chain_id=CHAIN_ID, vote_type="prevote", height=1, round=9, block_hash=None
+    )
+    assert target.on_message(stranger, later * 2) == []
+
+
+def test_evidence_goes_out_with_the_next_decision() -> None:
+    target = replica(0)
+    target.on_start(T0)
+    target.on_message(vote(3, "prevote", 0, None), T0)
+    target.on_message(vote(3, "prevote", 0, "ab" * 32), T0)
+    decided = block()
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[1:]
+    )
+    (decide,) = signed_by(
+        target.on_message(Decision(block=decided, certificate=certificate), T0), Decide
+    )
+    assert isinstance(decide, Decide) and len(decide.evidence) == 1
+    assert decide.evidence[0].public_key == KEYS[3].public_key_hex
+    verify_evidence(decide.evidence[0], chain_id=CHAIN_ID, validators=WORLD.validators)
+
+
+def test_a_replica_outside_the_set_follows_without_signing() -> None:
+    observer = Replica(
+        key=key("observer"),
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD),
+    )
+    effects = observer.on_start(T0)
+    effects += observer.on_timeout(Timeout(height=1, round=0, step=PROPOSE), T0)
+    effects += feed(observer, [proposal(0, block())])
+    assert not signed_by(effects, Persist) and not signed_by(effects, Broadcast)
+    decided = block()
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[:3]
+    )
+    assert signed_by(
+        observer.on_message(Decision(block=decided, certificate=certificate), T0), Decide
+    )
+
+
+def test_rebroadcast_resends_what_was_signed_at_this_height() -> None:
+    me = proposer(1, 0)
+    target = replica(me)
+    effects = target.on_start(T0)
+    signed = [e.message for e in effects if isinstance(e, Persist)]
+    (tick,) = timeouts(effects, REBROADCAST)
+    again = target.on_timeout(tick.timeout, T0 + tick.delay_ms)
+    assert {encode_message(e.message) for e in again if isinstance(e, Broadcast)} == {
+        encode_message(message) for message in signed
+    }
+    assert len(signed_by(again, Broadcast)) == 2
+    assert timeouts(again, REBROADCAST) == [tick]
+
+
+def test_split_prevotes_wait_for_the_prevote_timeout_then_precommit_nil() -> None:
+    me = not_proposer(1, 0)
+    target = replica(me)
+    target.on_start(T0)
+    others = [i for i in range(4) if i != me]
+    target.on_timeout(Timeout(height=1, round=0, step=PROPOSE), T0)
+    effects = feed(
+        target, [vote(others[0], "prevote", 0, "ab" * 32), vote(others[1], "prevote", 0, "cd" * 32)]
+    )
+    (scheduled,) = timeouts(effects, "prevote")  # line 34: 2f+1 prevotes, for nothing in common
+    assert not votes_sent(effects, "precommit")
+    stale = target.on_timeout(Timeout(height=1, round=1, step="prevote"), T0)
+    assert not votes_sent(stale, "precommit")  # another round's timeout changes nothing
+    effects = target.on_timeout(scheduled.timeout, T0 + scheduled.delay_ms)
+    assert [v.block_hash for v in votes_sent(effects, "precommit")] == [None]  # line 61
+    assert target.step == "precommit"
