@@ -1,0 +1,432 @@
+"""Node shells around `consensus.replica.Replica`, and the invariants checked after every event.
+
+Each simulated validator is a `Node`: a replica, a durable log of what it signed, a store of
+what it decided, and a behaviour on the wire (honest or Byzantine). The node carries out its
+replica's effects in order, exactly as the real shell must: Persist writes the log before
+anything later happens, Decide appends to the store, Broadcast and SendDecision go through the
+links, ScheduleTimeout through the clock. A crash loses the replica and every pending timer,
+and keeps the log and the store; a restart builds a new replica from them.
+
+Every message travels as bytes: it is encoded canonically, decoded by the strict decoder and
+parsed, once per message, so the wire forms are exercised by every run.
+
+`Checker` holds the invariants. After every event:
+- agreement: no two correct validators decide different blocks at one height;
+- validity: the first decided block of each height applies (`apply_block`, which asserts
+  conservation of units) to the state of the height before, giving the decided state;
+- the hash chain is unbroken (parent hash and last commit hash);
+- every certificate a correct validator decides with passes `verify_certificate` against the
+  set governing its height;
+- a correct validator signs at most one message per (height, round, type), across restarts,
+  and sends what it signed only after persisting it;
+- every piece of evidence verifies and names a Byzantine validator, never a correct one;
+- a correct replica holds at most 3 messages per validator for each round it may hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from consensus.messages import Decision, Message, decode_message, encode_message
+from consensus.replica import (
+    Broadcast,
+    Decide,
+    Effect,
+    Persist,
+    Replica,
+    ScheduleTimeout,
+    SendDecision,
+    SignedMessage,
+    Timeout,
+)
+from ledger.blocks import Block, Certificate, verify_certificate
+from ledger.crypto import ZERO_HASH_HEX
+from ledger.evidence import Vote, verify_evidence
+from ledger.limits import ROUNDS_AHEAD_MAX
+from ledger.state import State
+from ledger.state_transition import apply_block
+from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
+from tests.consensus.simulation.network import Clock, Links
+from tests.consensus.simulation.scenario import Scenario
+from tests.consensus.simulation.world import World, make_world, transaction_source
+
+HEAL_PROGRESS_MS_MAX = 30_000  # after the heal, every core validator decides a new height
+
+
+class SimulationFailure(AssertionError):
+    """An invariant broke; the message names it, and the scenario replays it."""
+
+
+@dataclass(slots=True)
+class Stored:
+    block: Block
+    certificate: Certificate
+    state: State
+
+
+@dataclass(eq=False)
+class Node:
+    """One validator process: what survives a crash is `log` and `store`."""
+
+    id: int
+    validator: int  # index into World.keys (twins share one)
+    endpoint: int  # where the links see it: the validator index, n + index for a second twin
+    behaviour: Behaviour
+    skew_ms: int
+    correct: bool
+    replica: Replica | None = None
+    incarnation: int = 0
+    log: list[SignedMessage] = field(default_factory=list)
+    logged: dict[tuple[int, int, str], SignedMessage] = field(default_factory=dict)
+    store: list[Stored] = field(default_factory=list)
+    torn_crash: bool = False
+
+    @property
+    def height(self) -> int:
+        """The last height this node decided (0 before the first)."""
+        return len(self.store)
+
+
+def slot(message: SignedMessage) -> tuple[int, int, str]:
+    kind = message.vote_type if isinstance(message, Vote) else "proposal"
+    return (message.height, message.round, kind)
+
+
+class Checker:
+    def __init__(self, world: World, byzantine_keys: set[str]) -> None:
+        self.world = world
+        self.byzantine_keys = byzantine_keys
+        self.states: list[State] = [world.genesis]  # index h: the state after height h
+        self.blocks: list[str] = []  # index h-1: the block hash decided at height h
+        self.signed: dict[tuple[str, int, int, str], bytes] = {}
+        self.evidence_seen = 0
+        self.certificates: dict[int, list[Certificate]] = {}  # every correct decision's
+
+    def fail(self, message: str) -> SimulationFailure:
+        return SimulationFailure(message)
+
+    def on_persist(self, node: Node, message: SignedMessage) -> None:
+        if not node.correct:
+            return
+        key = self.world.keys[node.validator].public_key_hex
+        if isinstance(message, Vote) and message.public_key != key:
+            raise self.fail(f"node {node.id} persisted a vote of another key")
+        content = message.signed_bytes()
+        known = self.signed.setdefault((key, *slot(message)), content)
+        if known != content:
+            raise self.fail(f"correct node {node.id} equivocated at {slot(message)}")
+
+    def on_send(self, node: Node, message: Message) -> None:
+        """A correct node sends what it signed only after persisting it."""
+        if not node.correct or isinstance(message, Decision):
+            return
+        key = self.world.keys[node.validator].public_key_hex
+        if isinstance(message, Vote) and message.public_key != key:
+            return  # a relayed vote of another validator
+        if node.logged.get(slot(message)) != message:
+            raise self.fail(f"node {node.id} sent {slot(message)} before persisting it")
+
+    def on_decide(self, node: Node, decide: Decide) -> None:
+        block, height = decide.block, decide.block.height
+        if height != node.height + 1:
+            raise self.fail(f"node {node.id} decided height {height} after {node.height}")
+        if not node.correct:
+            return
+        self.certificates.setdefault(height, []).append(decide.certificate)
+        block_hash = block.block_hash()
+        before = self.states[height - 1]
+        if height <= len(self.blocks):
+            if self.blocks[height - 1] != block_hash:
+                raise self.fail(
+                    f"agreement: node {node.id} decided {block_hash[:12]} at height {height},"
+                    f" another correct node {self.blocks[height - 1][:12]}"
+                )
+        else:
+            parent = self.blocks[-1] if self.blocks else before.genesis_hash
+            if block.header.parent_hash != parent:
+                raise self.fail(f"hash chain broken at height {height}")
+            expected_last = (
+                ZERO_HASH_HEX if block.last_commit is None else block.last_commit.certificate_hash()
+            )
+            if block.header.last_commit_hash != expected_last or (
+                (block.last_commit is None) != (height == 1)
+            ):
+                raise self.fail(f"last commit broken at height {height}")
+            after = apply_block(before, block)  # validity; asserts conservation
+            self.blocks.append(block_hash)
+            self.states.append(after)
+        after = self.states[height]
+        if (decide.state.state_root, decide.state.head_hash) != (after.state_root, block_hash):
+            raise self.fail(f"node {node.id} decided a state that replay does not give")
+        verify_certificate(
+            decide.certificate,
+            chain_id=before.chain_id,
+            height=height,
+            block_hash=block_hash,
+            validators=before.current_validators(),
+        )
+        for evidence in decide.evidence:
+            verify_evidence(evidence, chain_id=before.chain_id, validators=self.world.validators)
+            if evidence.public_key not in self.byzantine_keys:
+                raise self.fail(f"evidence names correct validator {evidence.public_key}")
+            self.evidence_seen += 1
+
+    def on_event(self, node: Node) -> None:
+        replica = node.replica
+        if not node.correct or replica is None:
+            return
+        held = replica.quorum
+        n = self.world.n
+        limit_current = 3 * n * (replica.round + ROUNDS_AHEAD_MAX + 1)
+        limit_next = 3 * n * (ROUNDS_AHEAD_MAX + 1)
+        if (
+            held.current.message_count() > limit_current
+            or held.following.message_count() > limit_next
+        ):
+            raise self.fail(f"node {node.id} holds more messages than its bounds allow")
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    heights: int  # the longest chain a correct node decided
+    healed_at_ms: int
+    progress_ms: int  # from the heal to the new height at every core node
+    events: int
+    messages: int
+    lost: int
+    evidence: int
+    trace: str  # sha256 of every effect carried out: equal traces, equal runs
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.world = make_world(scenario.n)
+        self.rng = random.Random(scenario.seed)
+        self.clock = Clock()
+        self.links = Links(scenario, self.rng)
+        self.source = transaction_source(self.world)
+        behaviours = dict(scenario.byzantine)
+        self.nodes: list[Node] = []
+        for validator in range(scenario.n):
+            name = behaviours.get(validator)
+            copies = 2 if name == "twins" else 1
+            for copy in range(copies):
+                behaviour = BEHAVIOUR_CLASSES.get(name or "", Behaviour)(
+                    self.world.keys[validator], self.rng
+                )
+                self.nodes.append(
+                    Node(
+                        id=len(self.nodes),
+                        validator=validator,
+                        endpoint=validator + copy * scenario.n,
+                        behaviour=behaviour,
+                        skew_ms=scenario.skew_ms[validator] + 97 * copy,
+                        correct=name is None,
+                    )
+                )
+        self.checker = Checker(
+            self.world, {self.world.keys[index].public_key_hex for index in behaviours}
+        )
+        self._wire: dict[int, tuple[Message, Message]] = {}
+        self.trace = hashlib.sha256()  # every effect of every event, in order
+        self.events = 0
+        self.healed_at: int | None = None
+        self.heal_target: int | None = None
+        self.progress_at: int | None = None
+
+    # --- running ------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        for node in self.nodes:
+            self.clock.at(0, partial(self._start, node))
+            if node.behaviour.ticks:
+                self.clock.at(TICK_MS, partial(self._tick, node))
+        for crash in self.scenario.crashes:
+            for node in self._nodes_of(crash.node):
+                self.clock.at(crash.at_ms, partial(self._crash, node, crash.torn))
+                restart = crash.at_ms + crash.down_ms
+                if crash.node not in self.scenario.core or restart < self.scenario.chaos_ms:
+                    self.clock.at(restart, partial(self._restart, node))
+        self.clock.at(self.scenario.chaos_ms, self._heal)
+        deadline = self.scenario.chaos_ms + HEAL_PROGRESS_MS_MAX
+        while self.progress_at is None and self.clock.step():
+            self.events += 1
+            if self.clock.now > deadline:
+                raise SimulationFailure(
+                    f"no progress: {HEAL_PROGRESS_MS_MAX} ms after the heal, core heights"
+                    f" {[self.nodes[i].height for i in self._core_node_ids()]},"
+                    f" target {self.heal_target}"
+                )
+        assert self.healed_at is not None and self.progress_at is not None
+        return Report(
+            heights=len(self.checker.blocks),
+            healed_at_ms=self.healed_at,
+            progress_ms=self.progress_at - self.healed_at,
+            events=self.events,
+            messages=self.links.sent,
+            lost=self.links.lost,
+            evidence=self.checker.evidence_seen,
+            trace=self.trace.hexdigest(),
+        )
+
+    def _nodes_of(self, validator: int) -> list[Node]:
+        return [node for node in self.nodes if node.validator == validator]
+
+    def _core_node_ids(self) -> list[int]:
+        return [node.id for node in self.nodes if node.validator in self.scenario.core]
+
+    def _now(self, node: Node) -> int:
+        return self.world.genesis.head_time + self.clock.now + node.skew_ms
+
+    def _start(self, node: Node) -> None:
+        if node.replica is not None:
+            return
+        head = node.store[-1] if node.store else None
+        node.replica = Replica(
+            key=self.world.keys[node.validator],
+            state=self.world.genesis if head is None else head.state,
+            last_certificate=None if head is None else head.certificate,
+            transactions=self.source,
+            signed=tuple(node.log),
+        )
+        self._carry_out(node, node.replica.on_start(self._now(node)))
+
+    def _crash(self, node: Node, torn: bool) -> None:
+        if torn:
+            node.torn_crash = True  # the next event stops part way through its effects
+        else:
+            self._stop(node)
+
+    def _stop(self, node: Node) -> None:
+        node.replica = None
+        node.incarnation += 1
+        node.torn_crash = False
+
+    def _restart(self, node: Node) -> None:
+        if node.replica is None:
+            self._start(node)
+        else:
+            node.torn_crash = False
+
+    def _heal(self) -> None:
+        self.links.healed = True
+        self.healed_at = self.clock.now
+        self.heal_target = max(node.height for node in self.nodes if node.correct) + 1
+        for node_id in self._core_node_ids():
+            self._restart(self.nodes[node_id])
+
+    def _tick(self, node: Node) -> None:
+        if node.replica is not None:
+            self._send_all(node, node.behaviour.tick(node.replica, self._peers(node)))
+        self.clock.at(self.clock.now + TICK_MS, partial(self._tick, node))
+
+    # --- effects ------------------------------------------------------------------------------
+
+    def _deliver(self, node: Node, message: Message) -> None:
+        replica = node.replica
+        if replica is None:
+            return
+        node.behaviour.received(message)
+        self._carry_out(node, replica.on_message(message, self._now(node)))
+
+    def _timeout(self, node: Node, incarnation: int, timeout: Timeout) -> None:
+        if node.replica is None or node.incarnation != incarnation:
+            return
+        self._carry_out(node, node.replica.on_timeout(timeout, self._now(node)))
+
+    def _carry_out(self, node: Node, effects: Sequence[Effect]) -> None:
+        count = len(effects)
+        if node.torn_crash and count:
+            count = self.rng.randrange(count)  # the process dies part way through
+        for effect in effects[:count]:
+            self._carry_out_one(node, effect)
+        if node.torn_crash and effects:
+            self._stop(node)
+        self.checker.on_event(node)
+        self._check_progress(node)
+
+    def _carry_out_one(self, node: Node, effect: Effect) -> None:
+        self.trace.update(f"{self.clock.now} {node.id} {describe(effect)}\n".encode())
+        if isinstance(effect, Persist):
+            self.checker.on_persist(node, effect.message)
+            node.log.append(effect.message)
+            node.logged[slot(effect.message)] = effect.message
+        elif isinstance(effect, Broadcast):
+            self.checker.on_send(node, effect.message)
+            assert node.replica is not None
+            sends = node.behaviour.broadcast(node.replica, effect.message, self._peers(node))
+            self._send_all(node, sends)
+        elif isinstance(effect, SendDecision):
+            if 1 <= effect.height <= node.height:
+                stored = node.store[effect.height - 1]
+                decision = Decision(block=stored.block, certificate=stored.certificate)
+                targets = [peer.id for peer in self._nodes_of(self._validator_of(effect.to))]
+                if node.behaviour.name != "silent":
+                    self._send_all(node, [(target, decision) for target in targets])
+        elif isinstance(effect, ScheduleTimeout):
+            self.clock.at(
+                self.clock.now + effect.delay_ms,
+                partial(self._timeout, node, node.incarnation, effect.timeout),
+            )
+        else:
+            assert isinstance(effect, Decide)
+            self.checker.on_decide(node, effect)
+            node.store.append(Stored(effect.block, effect.certificate, effect.state))
+
+    def _validator_of(self, public_key: str) -> int:
+        return next(i for i, k in enumerate(self.world.keys) if k.public_key_hex == public_key)
+
+    def _peers(self, node: Node) -> list[int]:
+        return [peer.id for peer in self.nodes if peer.id != node.id]
+
+    def _send_all(self, node: Node, sends: Sequence[tuple[int, Message]]) -> None:
+        for target_id, message in sends:
+            target = self.nodes[target_id]
+            wire = self._over_the_wire(message)
+            for delay in self.links.delays(node.endpoint, target.endpoint, self.clock.now):
+                self.clock.at(self.clock.now + delay, partial(self._deliver, target, wire))
+
+    def _over_the_wire(self, message: Message) -> Message:
+        """The message as a peer parses it from its canonical bytes (once per message)."""
+        cached = self._wire.get(id(message))
+        if cached is None or cached[0] is not message:
+            limit = self.world.genesis.params.transaction_bytes_max
+            parsed = decode_message(encode_message(message), transaction_bytes_max=limit)
+            if parsed != message:
+                raise SimulationFailure(f"wire round trip changed {type(message).__name__}")
+            cached = self._wire[id(message)] = (message, parsed)
+        return cached[1]
+
+    def _check_progress(self, node: Node) -> None:
+        if self.heal_target is None or self.progress_at is not None:
+            return
+        core = [self.nodes[i] for i in self._core_node_ids()]
+        if all(member.height >= self.heal_target for member in core):
+            self.progress_at = self.clock.now
+
+
+def describe(effect: Effect) -> str:
+    """An effect as text, without object addresses: what the trace digest is made of."""
+    if isinstance(effect, Persist | Broadcast):
+        message = effect.message
+        if isinstance(message, Decision):
+            return f"{type(effect).__name__} decision {message.certificate.certificate_hash()}"
+        return f"{type(effect).__name__} {slot(message)} {message.signature}"
+    if isinstance(effect, Decide):
+        return f"Decide {effect.block.block_hash()} {effect.certificate.certificate_hash()}"
+    return repr(effect)
+
+
+def run(scenario: Scenario) -> Report:
+    """Run `scenario` to the end; raises `SimulationFailure` (with its replay) on a violation."""
+    try:
+        return Simulation(scenario).run()
+    except Exception as error:  # an invariant, or a bug anywhere: both need the replay
+        raise SimulationFailure(
+            f"{type(error).__name__}: {error}\nreplay: run({scenario!r})"
+        ) from error

@@ -1,0 +1,278 @@
+"""The consortium under chaos: safety after every event, progress after the heal.
+
+How many runs: the `dev` profile 40, `ci` 400, `nightly` 10,000 (HYPOTHESIS_PROFILE; the
+counts are set here, not in tests/conftest.py, because a simulated run is a whole scenario):
+
+    HYPOTHESIS_PROFILE=nightly .venv/bin/pytest tests/consensus/simulation -p no:cacheprovider
+
+A failure prints `replay: run(Scenario(...))`; paste that into a test (or `python -c`) to
+replay the run exactly, event for event. `SEEDS` replays a fixed list every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+
+from consensus.replica import Broadcast, Decide, Persist, Replica, SignedMessage
+from ledger.blocks import sign_certificate
+from ledger.errors import LedgerError
+from ledger.evidence import evidence_from_certificates, make_evidence, sign_vote, verify_evidence
+from ledger.state_transition import build_block
+from tests.consensus.simulation.byzantine import Behaviour
+from tests.consensus.simulation.harness import (
+    HEAL_PROGRESS_MS_MAX,
+    Checker,
+    Node,
+    Report,
+    Simulation,
+    SimulationFailure,
+    run,
+)
+from tests.consensus.simulation.scenario import Crash, Partition, Scenario, scenarios
+from tests.consensus.simulation.world import make_world
+from tests.factory import CHAIN_ID
+
+PROFILE_RUNS = {"dev": 40, "ci": 400, "nightly": 10_000}
+RUNS = PROFILE_RUNS.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
+
+# Seeds replayed on every run: a spread of sizes and faults, and the scenarios that once
+# stalled (before an equivocator's vote counted towards the quorum of a proposed block).
+SEEDS = [0, 4, 7, 13, 21, 44, 100, 168, 169, 251, 400, 777, 1024, 1400]
+
+
+def check(report: Report) -> None:
+    assert report.progress_ms <= HEAL_PROGRESS_MS_MAX
+    assert report.heights >= 1
+
+
+@settings(
+    max_examples=RUNS,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenario=scenarios())
+def test_safety_after_every_event_and_progress_after_the_heal(scenario: Scenario) -> None:
+    note(f"replay: run({scenario!r})")
+    check(run(scenario))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fixed_seeds_replay(seed: int) -> None:
+    check(run(Scenario.from_seed(seed)))
+
+
+def test_a_run_is_a_function_of_its_scenario() -> None:
+    scenario = Scenario.from_seed(44)
+    assert run(scenario) == run(scenario)
+
+
+def test_a_run_does_not_depend_on_string_hashing() -> None:
+    """Set and dict orders of strings change with PYTHONHASHSEED; a run must not."""
+    root = Path(__file__).resolve().parents[3]
+    script = (
+        "from tests.consensus.simulation.harness import run;"
+        "from tests.consensus.simulation.scenario import Scenario;"
+        "print(run(Scenario.from_seed(100)))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in ("1", "2")
+    }
+    assert len(outputs) == 1 and "trace=" in outputs.pop()
+
+
+# --- more than f Byzantine validators: a fork, detected and attributed ----------------------------
+
+
+def fork_scenario() -> Scenario:
+    """Four validators; 1 and 2 each run twice with one key (twins), one copy on each side
+    of a partition that never heals: {0, 1, 2} | {3, 1', 2'} (n + i names the second copy).
+    Validator 1 proposes at (1, 0); its copies build at different moments, so each side sees
+    3 of 4 sign a different block in round 0."""
+    sides = ({0, 1, 2}, {3, 5, 6})
+    blocked = tuple(
+        (a, b)
+        for a in sorted(sides[0] | sides[1])
+        for b in sorted(sides[0] | sides[1])
+        if (a in sides[0]) != (b in sides[0])
+    )
+    return Scenario(
+        seed=5,
+        n=4,
+        byzantine=((1, "twins"), (2, "twins")),
+        loss_permille=0,
+        duplicate_permille=0,
+        delay_ms=(5, 20),
+        partitions=(Partition(start_ms=0, end_ms=10**9, blocked=blocked),),
+        crashes=(),
+        chaos_ms=3_000,
+        core=(0, 3),
+        skew_ms=(0, 0, 0, 0),
+        beyond_f=True,
+    )
+
+
+def test_more_than_f_byzantine_can_fork_and_the_fork_names_f_plus_1() -> None:
+    world = make_world(4)
+    simulation = Simulation(fork_scenario())
+    with pytest.raises(SimulationFailure, match="agreement"):
+        simulation.run()
+    certificates = simulation.checker.certificates[1]
+    conflicting = [
+        (a, b) for a in certificates for b in certificates if a.block_hash < b.block_hash
+    ]
+    assert conflicting, "two conflicting certificates for height 1"
+    first, second = conflicting[0]
+    for certificate in (first, second):
+        # Each side's certificate is genuine: more than 2/3 of the power signed it.
+        assert len(certificate.signatures) >= 3
+    evidence = evidence_from_certificates(first, second)
+    named = {e.public_key for e in evidence}
+    assert len(named) >= world.f + 1
+    assert named == {world.keys[1].public_key_hex, world.keys[2].public_key_hex}
+    for piece in evidence:
+        verify_evidence(piece, chain_id=CHAIN_ID, validators=world.validators)
+
+
+# --- the checker catches what it must ------------------------------------------------------------
+
+
+def _node(validator: int) -> Node:
+    world = make_world(4)
+    return Node(
+        id=validator,
+        validator=validator,
+        endpoint=validator,
+        behaviour=Behaviour(world.keys[validator], random.Random(0)),
+        skew_ms=0,
+        correct=True,
+    )
+
+
+def _decide(time: int) -> Decide:
+    world = make_world(4)
+    built = build_block(
+        world.genesis,
+        world.workload[:2],
+        time=time,
+        proposer=world.keys[0].public_key_hex,
+        last_commit=None,
+    )
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID,
+        height=1,
+        round=0,
+        block_hash=built.block.block_hash(),
+        keys=world.keys[:3],
+    )
+    return Decide(block=built.block, certificate=certificate, state=built.state, evidence=())
+
+
+def test_the_checker_refuses_two_blocks_at_one_height() -> None:
+    world = make_world(4)
+    checker = Checker(world, set())
+    checker.on_decide(_node(0), _decide(world.genesis.head_time + 10))
+    checker.on_decide(_node(1), _decide(world.genesis.head_time + 10))
+    with pytest.raises(SimulationFailure, match="agreement"):
+        checker.on_decide(_node(2), _decide(world.genesis.head_time + 20))
+
+
+def test_the_checker_replays_every_block() -> None:
+    world = make_world(4)
+    decide = _decide(world.genesis.head_time + 10)
+    bad_header = dataclasses.replace(decide.block.header, state_root="00" * 32)
+    bad = dataclasses.replace(decide, block=dataclasses.replace(decide.block, header=bad_header))
+    with pytest.raises(LedgerError):
+        Checker(world, set()).on_decide(_node(0), bad)
+    Checker(world, set()).on_decide(_node(0), decide)
+
+
+def test_the_checker_refuses_evidence_against_a_correct_validator() -> None:
+    world = make_world(4)
+    votes = [
+        sign_vote(
+            world.keys[3], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0, block_hash=h
+        )
+        for h in (None, "ab" * 32)
+    ]
+    decide = dataclasses.replace(
+        _decide(world.genesis.head_time + 10), evidence=(make_evidence(*votes),)
+    )
+    Checker(world, {world.keys[3].public_key_hex}).on_decide(_node(0), decide)
+    with pytest.raises(SimulationFailure, match="correct validator"):
+        Checker(world, set()).on_decide(_node(0), decide)
+
+
+def test_the_checker_refuses_sending_before_persisting_and_equivocating() -> None:
+    world = make_world(4)
+    checker = Checker(world, set())
+    node = _node(2)
+    votes = [
+        sign_vote(
+            world.keys[2], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0, block_hash=h
+        )
+        for h in (None, "ab" * 32)
+    ]
+    with pytest.raises(SimulationFailure, match="before persisting"):
+        checker.on_send(node, votes[0])
+    checker.on_persist(node, votes[0])
+    with pytest.raises(SimulationFailure, match="equivocated"):
+        checker.on_persist(node, votes[1])
+
+
+def crash_the_first_proposer() -> Scenario:
+    return Scenario(
+        seed=3,
+        n=4,
+        byzantine=(),
+        loss_permille=0,
+        duplicate_permille=0,
+        delay_ms=(30, 40),
+        partitions=(),
+        crashes=(Crash(node=1, at_ms=50, down_ms=100, torn=False),),
+        chaos_ms=1_000,
+        core=(0, 1, 2, 3),
+        skew_ms=(0, 0, 0, 0),
+    )
+
+
+def test_a_shell_that_loses_its_log_makes_the_checker_see_equivocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check(run(crash_the_first_proposer()))  # with its log, the restarted proposer is safe
+    original = Replica.__init__
+
+    def forgetful(self: Replica, **kwargs: object) -> None:
+        original(self, **{**kwargs, "signed": ()})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Replica, "__init__", forgetful)
+    with pytest.raises(SimulationFailure, match="equivocated"):
+        run(crash_the_first_proposer())
+
+
+def test_a_replica_that_sends_before_persisting_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    def careless(self: Replica, message: SignedMessage) -> None:
+        slot_ = (message.height, message.round, getattr(message, "vote_type", "proposal"))
+        self._effects.append(Broadcast(message=message))
+        if slot_ not in self.signed:
+            self.signed[slot_] = message
+            self._effects.append(Persist(message=message))
+
+    monkeypatch.setattr(Replica, "_emit", careless)
+    with pytest.raises(SimulationFailure, match="before persisting"):
+        run(Scenario.from_seed(1))
