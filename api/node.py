@@ -33,6 +33,7 @@ class Node:
     def __init__(self, data: Path, validator_key: PrivateKey) -> None:
         self.data = data
         self._writer = Store.open(data)
+        self._writer.start_writer()  # a process: see Store.start_writer for why
         self.genesis = self._writer.genesis
         self._signatures = SignatureWorker()  # a process: see consensus.verifier for why
         self.producer = SoloProducer(

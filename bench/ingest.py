@@ -236,6 +236,7 @@ def main() -> None:
     signatures = SignatureWorker()  # as a node checks them: in a worker process
     with tempfile.TemporaryDirectory() as directory:
         store = Store.create(Path(directory), genesis)
+        store.start_writer()  # as a node writes blocks: in a writer process
         # One client submits the whole pre-signed workload, so the pool is sized for it (the
         # node's defaults bound what many clients can queue ahead of commit).
         tx_pool = Pool(

@@ -14,9 +14,17 @@ and the query projections batches, retirements and lots (indexed for the API's q
 
 from __future__ import annotations
 
+import contextlib
 import json
+import marshal
+import os
+import signal
 import sqlite3
-from collections.abc import Iterator, Mapping
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -72,6 +80,7 @@ class Store:
     def __init__(self, directory: Path, connection: sqlite3.Connection) -> None:
         self.directory = directory
         self._conn = connection
+        self._writer: _Writer | None = None
         self.db = sqlite_utils.Database(connection)
         self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
 
@@ -132,6 +141,9 @@ class Store:
         return store
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self._conn.close()
 
     def _meta(self, key: str) -> str:
@@ -252,133 +264,27 @@ class Store:
     # --- writing --------------------------------------------------------------------------
 
     def append(self, block: Block, certificate: Certificate, state: State) -> None:
-        """Write `block`, its `certificate` and the `state` it produced, atomically."""
-        delta = state.delta
-        assert delta is not None and state.height == block.height == self.head_height + 1
+        """Write `block`, its `certificate` and the `state` it produced, atomically; durable
+        when this returns (in the writer process if one was started)."""
+        assert state.height == block.height == self.head_height + 1
         assert certificate.height == block.height and certificate.block_hash == block.block_hash()
-        height = block.height
-        first_index = block.header.log_size - len(block.transactions)
-        conn = self._conn
-        with _transaction(conn):
-            conn.execute(
-                "INSERT INTO blocks (height, hash, time, header, last_commit, evidence, "
-                "certificate, tx_count, log_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    height,
-                    block.block_hash(),
-                    block.header.time,
-                    canonical_unchecked(block.header.to_json()).decode(),
-                    None
-                    if block.last_commit is None
-                    else canonical_unchecked(block.last_commit.to_json()).decode(),
-                    canonical_unchecked(list(block.evidence)).decode(),
-                    canonical_unchecked(certificate.to_json()).decode(),
-                    len(block.transactions),
-                    block.header.log_size,
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO transactions (log_index, tx_id, height, type, signer, envelope) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (first_index + offset, e.tx_id, height, e.tx.type, e.tx.signer, e.leaf.decode())
-                    for offset, e in enumerate(block.transactions)
-                ],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO account_transactions (account, log_index) VALUES (?, ?)",
-                sorted(
-                    (account, first_index + offset)
-                    for offset, e in enumerate(block.transactions)
-                    for account in _involved_accounts(e)
-                ),
-            )
-            self._write_state(height, delta.encoded)
-            conn.executemany(
-                "INSERT OR REPLACE INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)",
-                [(node.level, node.index, node.hash) for node in delta.log_nodes],
-            )
-            self._write_projections(height, delta.changes)
-            conn.executemany(
-                "UPDATE meta SET value = ? WHERE key = ?",
-                [
-                    (str(height), "head_height"),
-                    (json.dumps([v.to_json() for v in state.last_validators]), "last_validators"),
-                ],
-            )
+        record = _block_record(block, certificate, state)
+        if self._writer is None:
+            _write(self._conn, record)
+        else:
+            self._writer.write(record)
 
-    def _write_state(self, height: int, encoded: Mapping[str, bytes | None]) -> None:
-        rows = [(key, None if value is None else value.decode()) for key, value in encoded.items()]
-        self._conn.executemany(
-            "INSERT INTO state_changes (height, key, value) VALUES (?, ?, ?)",
-            [(height, key, value) for key, value in rows],
-        )
-        self._conn.executemany(
-            "DELETE FROM state WHERE key = ?", [(key,) for key, value in rows if value is None]
-        )
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-            [(key, value) for key, value in rows if value is not None],
-        )
+    def start_writer(self) -> None:
+        """From now on, hand `append`'s rows to a writer process with its own connection.
 
-    def _write_projections(self, height: int, changes: Mapping[str, Any]) -> None:
-        """Query tables derived from the state changes (batches, retirements, lots)."""
-        batches, retirements, lots, gone = [], [], [], []
-        for key, value in changes.items():
-            family, _, rest = key.partition("/")
-            if family == "batch":
-                batches.append(
-                    (
-                        value["batch_id"],
-                        value["methodology_id"],
-                        value["certifier"],
-                        value["project_id"],
-                        value["height"],
-                    )
-                )
-            elif family == "retirement":
-                retirements.append(
-                    (
-                        value["retirement_id"],
-                        value["holder"],
-                        value["beneficiary"],
-                        value["program_id"],
-                        value["batch_id"],
-                        value["height"],
-                    )
-                )
-            elif family == "lot":
-                batch_id, _, start = rest.partition("/")
-                if value is None:
-                    gone.append((batch_id, int(start)))
-                else:
-                    lots.append(
-                        (
-                            batch_id,
-                            value["first_serial"],
-                            value["quantity"],
-                            value["owner"],
-                            value["status"],
-                        )
-                    )
-        conn = self._conn
-        conn.executemany(
-            "INSERT OR REPLACE INTO batches (batch_id, methodology_id, certifier, project_id, "
-            "height) VALUES (?, ?, ?, ?, ?)",
-            batches,
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO retirements (retirement_id, holder, beneficiary, program_id, "
-            "batch_id, height) VALUES (?, ?, ?, ?, ?, ?)",
-            retirements,
-        )
-        lots.sort()
-        conn.executemany("DELETE FROM lots WHERE batch_id = ? AND first_serial = ?", sorted(gone))
-        conn.executemany(
-            "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, status) "
-            "VALUES (?, ?, ?, ?, ?)",
-            lots,
-        )
+        SQLite releases the GIL for each row it inserts, and a thread must win the GIL back
+        before the next row: beside a thread running Python (a request being parsed) that
+        wait is the interpreter's 5 ms switch interval, row after row, and a block has tens of
+        thousands of rows. In a process of its own the inserts run at full speed on another
+        core, with the decoding and the query-table rows; this process sends each block's
+        record (`marshal`: plain data) and waits for the writer's answer."""
+        if self._writer is None:
+            self._writer = _Writer(self.directory / DATABASE_FILE)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -573,6 +479,264 @@ class Store:
         return count - 1
 
 
+# --- writing a block: its rows, the statements that write them, and the writer process ---------
+
+Record = dict[str, Any]
+"""What `append` hands over for one block: plain data (`marshal` carries it to a writer
+process), the canonical texts still as bytes. `_rows` derives the rows from it where they are
+written, so a writer process also takes the decoding and the query-table rows off the node."""
+
+Rows = dict[str, list[tuple[Any, ...]]]
+"""A block's rows, by the name of the statement that writes them (`_STATEMENTS`)."""
+
+_STATEMENTS: Final = (
+    (
+        "blocks",
+        "INSERT INTO blocks (height, hash, time, header, last_commit, evidence, certificate, "
+        "tx_count, log_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ),
+    (
+        "transactions",
+        "INSERT INTO transactions (log_index, tx_id, height, type, signer, envelope) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    (
+        "account_transactions",
+        "INSERT OR IGNORE INTO account_transactions (account, log_index) VALUES (?, ?)",
+    ),
+    ("state_changes", "INSERT INTO state_changes (height, key, value) VALUES (?, ?, ?)"),
+    ("state_removed", "DELETE FROM state WHERE key = ?"),
+    ("state", "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)"),
+    ("log_nodes", "INSERT OR REPLACE INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)"),
+    (
+        "batches",
+        "INSERT OR REPLACE INTO batches (batch_id, methodology_id, certifier, project_id, "
+        "height) VALUES (?, ?, ?, ?, ?)",
+    ),
+    (
+        "retirements",
+        "INSERT OR REPLACE INTO retirements (retirement_id, holder, beneficiary, program_id, "
+        "batch_id, height) VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    ("lots_removed", "DELETE FROM lots WHERE batch_id = ? AND first_serial = ?"),
+    (
+        "lots",
+        "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, status) "
+        "VALUES (?, ?, ?, ?, ?)",
+    ),
+    ("meta", "UPDATE meta SET value = ? WHERE key = ?"),
+)
+
+
+def _block_record(block: Block, certificate: Certificate, state: State) -> Record:
+    delta = state.delta
+    assert delta is not None
+    return {
+        "block": (
+            block.height,
+            block.block_hash(),
+            block.header.time,
+            canonical_unchecked(block.header.to_json()),
+            None if block.last_commit is None else canonical_unchecked(block.last_commit.to_json()),
+            canonical_unchecked(list(block.evidence)),
+            canonical_unchecked(certificate.to_json()),
+            len(block.transactions),
+            block.header.log_size,
+        ),
+        "first_index": block.header.log_size - len(block.transactions),
+        "transactions": [
+            (e.tx_id, e.tx.type, e.tx.signer, e.leaf, tuple(_involved_accounts(e)))
+            for e in block.transactions
+        ],
+        "changes": list(delta.encoded.items()),
+        "log_nodes": [(node.level, node.index, node.hash) for node in delta.log_nodes],
+        "last_validators": json.dumps([v.to_json() for v in state.last_validators]),
+    }
+
+
+def _rows(record: Record) -> Rows:
+    """Every row a block writes: the block, its transactions, the state changes, the log
+    nodes, the query tables and the head."""
+    height, *block = record["block"]
+    first_index = record["first_index"]
+    changes = [(key, None if value is None else value.decode()) for key, value in record["changes"]]
+    batches, retirements, lots, gone = _projections(changes)
+    return {
+        "blocks": [
+            (height, *(item.decode() if isinstance(item, bytes) else item for item in block))
+        ],
+        "transactions": [
+            (first_index + offset, tx_id, height, kind, signer, leaf.decode())
+            for offset, (tx_id, kind, signer, leaf, _) in enumerate(record["transactions"])
+        ],
+        "account_transactions": sorted(
+            (account, first_index + offset)
+            for offset, (*_, accounts) in enumerate(record["transactions"])
+            for account in accounts
+        ),
+        "state_changes": [(height, key, value) for key, value in changes],
+        "state_removed": [(key,) for key, value in changes if value is None],
+        "state": [(key, value) for key, value in changes if value is not None],
+        "log_nodes": record["log_nodes"],
+        "batches": batches,
+        "retirements": retirements,
+        "lots_removed": gone,
+        "lots": lots,
+        "meta": [(str(height), "head_height"), (record["last_validators"], "last_validators")],
+    }
+
+
+def _projections(
+    changes: list[tuple[str, str | None]],
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Rows of the query tables derived from the state changes (values as canonical text):
+    batches, retirements, lots written and lots removed (the last two sorted by key)."""
+    batches, retirements, lots, gone = [], [], [], []
+    for key, text in changes:
+        family, _, rest = key.partition("/")
+        if family not in ("batch", "retirement", "lot"):
+            continue
+        value: Any = None if text is None else json.loads(text)
+        if family == "batch":
+            batches.append(
+                (
+                    value["batch_id"],
+                    value["methodology_id"],
+                    value["certifier"],
+                    value["project_id"],
+                    value["height"],
+                )
+            )
+        elif family == "retirement":
+            retirements.append(
+                (
+                    value["retirement_id"],
+                    value["holder"],
+                    value["beneficiary"],
+                    value["program_id"],
+                    value["batch_id"],
+                    value["height"],
+                )
+            )
+        else:
+            batch_id, _, start = rest.partition("/")
+            if value is None:
+                gone.append((batch_id, int(start)))
+            else:
+                lots.append(
+                    (
+                        batch_id,
+                        value["first_serial"],
+                        value["quantity"],
+                        value["owner"],
+                        value["status"],
+                    )
+                )
+    return batches, retirements, sorted(lots), sorted(gone)
+
+
+def _write(connection: sqlite3.Connection, record: Record) -> None:
+    """One block in one SQLite transaction: all of its rows, or none after an error."""
+    rows = _rows(record)
+    assert set(rows) == {name for name, _ in _STATEMENTS}
+    with _transaction(connection):
+        for name, statement in _STATEMENTS:
+            connection.executemany(statement, rows[name])
+
+
+_LENGTH: Final = struct.Struct("<Q")  # frames as consensus.verifier frames them
+_PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
+WRITER_STOP_SECONDS: Final = 10.0
+
+
+def _write_frame(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(_LENGTH.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    """One length-prefixed frame, or None at the end of the stream."""
+    head = stream.read(_LENGTH.size)
+    if len(head) != _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    payload = stream.read(length)
+    return payload if len(payload) == length else None
+
+
+class _Writer:
+    """`python -m ledger.store DATABASE`: writes each block record it is sent, one SQLite
+    transaction each, and answers once the block is durable (an empty answer) or with the
+    error that rolled it back. A writer that dies fails the block it held (nothing of it was
+    committed) and is replaced at the next block."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def write(self, record: Record) -> None:
+        request = marshal.dumps(record)
+        with self._lock:
+            if self._process is None:
+                self._process = self._start()
+            process = self._process
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                _write_frame(process.stdin, request)
+                answer = _read_frame(process.stdout)
+            except OSError:
+                answer = None
+            if answer is None:
+                self._stop()
+                raise StoreError("the store's writer process died: the block was not written")
+        if answer:
+            raise StoreError(f"the block was not written: {answer.decode()}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        paths = [str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledger.store", str(self.database)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        )
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(OSError):  # a dead writer's pipe may not flush
+            process.stdin.close()
+        try:
+            process.wait(timeout=WRITER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=WRITER_STOP_SECONDS)
+        process.stdout.close()
+
+
+def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
+    """The writer process: write each block record, answer, until the node closes the pipe."""
+    connection = Store._connect(database)
+    try:
+        while (request := _read_frame(source)) is not None:
+            try:
+                _write(connection, marshal.loads(request))
+            except (sqlite3.Error, AssertionError, ValueError) as error:
+                _write_frame(sink, str(error).encode() or type(error).__name__.encode())
+            else:
+                _write_frame(sink, b"")
+    finally:
+        connection.close()
+
+
 class _transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
 
@@ -667,3 +831,18 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         "PRIMARY KEY (batch_id, first_serial)) WITHOUT ROWID"
     )
     db.table("lots").create_index(["owner"])
+
+
+def _main() -> None:
+    # The node stops its writer by closing the pipe; a Ctrl-C meant for the node is not ours,
+    # and the block being written must finish or roll back, not stop halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
+    sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with sink:
+        serve_writes(Path(sys.argv[1]), sys.stdin.buffer, sink)
+
+
+if __name__ == "__main__":
+    _main()

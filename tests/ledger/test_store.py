@@ -9,9 +9,12 @@ database behind the store's back must make opening refuse with a `StoreError` na
 
 from __future__ import annotations
 
+import io
 import json
+import marshal
 import os
 import sqlite3
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import pytest
 import rfc8785
 
 from consensus.producer import CommittedBlock, SoloProducer
+from ledger import store as store_module
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
 from ledger.encoding import canonical_unchecked
 from ledger.errors import StoreError
@@ -114,9 +118,11 @@ def scenario_blocks(chain: Chain) -> Iterator[list[Envelope]]:
     ]
 
 
-def produce_chain(directory: Path) -> Produced:
+def produce_chain(directory: Path, *, writer: bool = False) -> Produced:
     chain = Chain()
     store = Store.create(directory, chain.genesis_document)
+    if writer:
+        store.start_writer()
     producer = SoloProducer(store, chain.validator)
     blocks = [
         commit(producer, envelopes, GENESIS_TIME + 1000 * (number + 1))
@@ -435,30 +441,114 @@ def test_rows_keep_the_exact_canonical_bytes(tmp_path: Path) -> None:
         reopened.close()
 
 
+# --- the writer process --------------------------------------------------------------------------
+
+
+def test_a_writer_process_writes_the_same_rows(produced: Produced, tmp_path: Path) -> None:
+    through_writer = produce_chain(tmp_path / "writer", writer=True)
+    assert dump(through_writer.directory) == dump(produced.directory)
+    assert_same_state(through_writer.state, produced.state)
+    store = Store.open(through_writer.directory)
+    try:
+        assert_same_state(store.load_state(), produced.state)
+    finally:
+        store.close()
+
+
+def test_a_dead_writer_fails_its_block_and_the_next_writer_takes_over(tmp_path: Path) -> None:
+    chain = Chain()
+    store = Store.create(tmp_path, chain.genesis_document)
+    store.start_writer()
+    producer = SoloProducer(store, chain.validator)
+    blocks = scenario_blocks(chain)
+    commit(producer, next(blocks), GENESIS_TIME + 1000)
+    writer = store._writer
+    assert writer is not None and writer._process is not None
+    first = writer._process
+    first.kill()
+    first.wait()
+    second = next(blocks)
+    producer.submit(second)
+    with pytest.raises(StoreError, match="writer process died"):
+        producer.produce(GENESIS_TIME + 2000)
+    assert store.head_height == 1 and producer.pending_count() == len(second)
+    result = producer.produce(GENESIS_TIME + 3000)  # a new writer, the same transactions
+    assert result is not None and result.block.height == 2
+    assert writer._process is not None and writer._process.pid != first.pid
+    assert store.head_height == 2
+    store.close()
+    assert first.returncode is not None and writer._process is None
+    reopened = Store.open(tmp_path)
+    try:
+        assert reopened.load_state().state_root == result.block.header.state_root
+    finally:
+        reopened.close()
+
+
+def test_serve_writes_answers_each_block_and_names_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's loop, driven in-process: rows of a height already written are refused
+    with SQLite's reason, and the loop goes on to the next request."""
+    written: list[store_module.Record] = []
+    original = store_module._write
+
+    def recording(connection: sqlite3.Connection, record: store_module.Record) -> None:
+        written.append(record)
+        original(connection, record)
+
+    monkeypatch.setattr(store_module, "_write", recording)
+    produced = produce_chain(tmp_path)
+    monkeypatch.undo()
+    request = marshal.dumps(written[0])
+    source = io.BytesIO(b"".join(struct.pack("<Q", len(request)) + request for _ in range(2)))
+    sink = io.BytesIO()
+    store_module.serve_writes(produced.directory / DATABASE_FILE, source, sink)
+    sink.seek(0)
+    answers = [store_module._read_frame(sink) for _ in range(3)]
+    assert answers[0] and b"UNIQUE" in answers[0] and answers[1] == answers[0]
+    assert answers[2] is None
+
+
 # --- failures in the middle of append -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["_write_state", "_write_projections"])
-def test_failed_append_leaves_the_previous_head(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
-) -> None:
+def _fail_inserts_into(directory: Path, table: str) -> None:
+    """A fault inside SQLite itself: every insert into `table` aborts its transaction."""
+    connection = connect(directory)
+    try:
+        connection.execute(
+            f"CREATE TRIGGER fault BEFORE INSERT ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    finally:
+        connection.close()
+
+
+def _repair(directory: Path) -> None:
+    connection = connect(directory)
+    try:
+        connection.execute("DROP TRIGGER fault")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("writer", [False, True], ids=["in-process", "writer-process"])
+@pytest.mark.parametrize("table", ["state_changes", "lots"])
+def test_failed_append_leaves_the_previous_head(tmp_path: Path, table: str, writer: bool) -> None:
     chain = Chain()
     store = Store.create(tmp_path, chain.genesis_document)
+    if writer:
+        store.start_writer()
     producer = SoloProducer(store, chain.validator)
     blocks = scenario_blocks(chain)
     commit(producer, next(blocks), GENESIS_TIME + 1000)
     before_state = producer.state
     before_rows = dump(tmp_path)
-    original = getattr(Store, method)
-
-    def write_then_fail(self: Store, height: int, changes: Any) -> None:
-        original(self, height, changes)  # rows written inside the block's transaction ...
-        raise RuntimeError("disk on fire")  # ... and then the write fails
-
-    monkeypatch.setattr(Store, method, write_then_fail)
+    _fail_inserts_into(tmp_path, table)  # rows of block 2 go in before it, then it fails
     second = next(blocks)
     producer.submit(second)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises((sqlite3.IntegrityError, StoreError), match="disk on fire"):
         producer.produce(GENESIS_TIME + 2000)
     assert store.head_height == 1
     assert producer.state is before_state
@@ -480,7 +570,7 @@ def test_failed_append_leaves_the_previous_head(
         assert reopened.head_height == 1
         assert_same_state(reopened.load_state(), before_state)
         # Once the fault is gone, the same transactions commit at the same height.
-        monkeypatch.undo()
+        _repair(tmp_path)
         resumed = SoloProducer(reopened, chain.validator)
         result = commit(resumed, second, GENESIS_TIME + 3000)
         assert result.block.height == 2
