@@ -1,9 +1,12 @@
 """A running node: the store, the block producer and the loop that cuts blocks.
 
-One thread owns the writer connection and the producer's `produce`; request threads submit
-to the pool and read through their own read-only connections (SQLite WAL lets readers run
-beside the writer). Reads of the state use the producer's latest immutable `State`, so a
-request sees one consistent height even while the next block is written.
+The block loop builds blocks (`SoloProducer.prepare`); one write thread makes each durable
+through the store's writer process while the loop builds the next, and only then does the
+loop commit it (`finish`): what readers see, and every "committed" answer, follows
+durability. Request threads submit to the pool and read through their own read-only
+connections (SQLite WAL lets readers run beside the writer). Reads of the state use the
+producer's latest committed immutable `State`, so a request sees one consistent height even
+while the next block is written.
 """
 
 from __future__ import annotations
@@ -11,11 +14,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
 from consensus.pool import Pool
-from consensus.producer import CommittedBlock, Outcome, SoloProducer, tune_garbage_collector
+from consensus.producer import (
+    CommittedBlock,
+    Outcome,
+    PreparedBlock,
+    SoloProducer,
+    tune_garbage_collector,
+)
 from consensus.verifier import SignatureWorker
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -36,6 +46,7 @@ class Node:
         self._writer.start_writer()  # a process: see Store.start_writer for why
         self.genesis = self._writer.genesis
         self._signatures = SignatureWorker()  # a process: see consensus.verifier for why
+        self._write = ThreadPoolExecutor(1, thread_name_prefix="block-write")
         self.producer = SoloProducer(
             self._writer, validator_key, pool=Pool(check_signatures=self._signatures.check)
         )
@@ -71,6 +82,7 @@ class Node:
         self._stopping.set()
         if self._loop is not None:
             self._loop.join(timeout=10)
+        self._write.shutdown(wait=True)
         self._signatures.close()
         with self._opened_lock:
             for store in self._opened:
@@ -79,20 +91,45 @@ class Node:
         self._writer.close()
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            now_ms = int(time.time() * 1000)
-            if self.producer.due(now_ms):
-                result = self.producer.produce(now_ms)
-                # Wake waiters whatever happened: a block may be empty of what they wait for
-                # but their transactions rejected, which they must hear now, not at timeout.
-                with self._committed:
-                    self._committed.notify_all()
-                if result is not None:
-                    self.blocks_produced += 1
-                    if self.on_block is not None:
-                        self.on_block(result)
-                    continue
-            self._stopping.wait(POLL_SECONDS)
+        """Cut blocks; block N+1 is built while block N is written (`SoloProducer`)."""
+        writing: tuple[PreparedBlock, Future[None]] | None = None
+        try:
+            while not self._stopping.is_set():
+                if writing is not None and writing[1].done():
+                    written, writing = writing, None
+                    self._finish(*written)
+                now_ms = int(time.time() * 1000)
+                if self.producer.due(now_ms):
+                    prepared = self.producer.prepare(now_ms)
+                    if writing is not None:  # one block written at a time, in order
+                        written, writing = writing, None
+                        self._finish(*written)
+                    if prepared is not None:
+                        writing = (prepared, self._write.submit(self.producer.write, prepared))
+                        continue
+                    self._wake()  # rejections only: their submitters hear it now
+                self._stopping.wait(POLL_SECONDS)
+        finally:
+            if writing is not None:
+                self._finish(*writing)
+
+    def _finish(self, prepared: PreparedBlock, written: Future[None]) -> None:
+        try:
+            written.result()
+        except BaseException:
+            self.producer.abandon()  # nothing of it was stored; its transactions wait
+            raise
+        result = self.producer.finish(prepared)
+        self.blocks_produced += 1
+        self._wake()
+        if self.on_block is not None:
+            self.on_block(result)
+
+    def _wake(self) -> None:
+        # Wake waiters whatever happened: a block may be empty of what they wait for but
+        # their transactions rejected, which they must hear now, not at timeout.
+        with self._committed:
+            self._committed.notify_all()
 
     def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         return self.producer.submit(envelopes)

@@ -58,12 +58,28 @@ class BlockProducer(Protocol):
     def due(self, now_ms: int) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedBlock:
+    """A block built and certified on the producer's tip, not yet written."""
+
+    block: Block
+    certificate: Certificate
+    state: State
+    rejected: tuple[Outcome, ...]
+
+
 class SoloProducer:
     """One validator, one store: cut a block from the pool, certify it, write it.
 
-    `submit` may be called from any thread while one thread calls `produce`: signatures are
-    checked and blocks are built and written outside the lock, which guards only the pool,
-    the outcomes and the switch to the new state.
+    `produce` does it all at once. A node pipelines the same three steps: `prepare` builds
+    block N+1 on the tip (block N, possibly still being written) while another thread runs
+    `write` for block N; `finish` then makes N the committed state. What readers see (`state`,
+    committed outcomes) changes only in `finish`, after `write` returned: a block is never
+    reported committed before it is durable.
+
+    `submit` may be called from any thread while one thread prepares and finishes blocks:
+    signatures are checked and blocks are built and written outside the lock, which guards
+    only the pool, the outcomes and the switch to a new state.
     """
 
     def __init__(
@@ -85,24 +101,34 @@ class SoloProducer:
             )
         self.pool = pool if pool is not None else Pool(executor=executor)
         self._last_certificate = store.last_certificate()
+        # The tip: the last block prepared, which `finish` has not made committed yet.
+        self._tip = self._state
+        self._tip_certificate = self._last_certificate
+        self._unfinished: list[PreparedBlock] = []
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def state(self) -> State:
+        """The committed state: what the store holds."""
         return self._state
 
     def pending_count(self) -> int:
-        return len(self.pool)
+        """Transactions waiting for a block (not those in a block being written)."""
+        return len(self.pool) - sum(len(p.block.transactions) for p in self._unfinished)
 
     def due(self, now_ms: int) -> bool:
         """Time to cut a block: `block_interval_ms` since the last one with something pending,
         or `block_transactions_max` pending already."""
-        pending = len(self.pool)
-        params = self._state.params
+        pending = self.pending_count()
+        params = self._tip.params
         if pending >= params.block_transactions_max:
             return True
-        return pending > 0 and now_ms - self._state.head_time >= params.block_interval_ms
+        return pending > 0 and now_ms - self._tip.head_time >= params.block_interval_ms
+
+    def _tip_nonce(self, signer: str) -> int:
+        account = self._tip.get(f"account/{signer}")
+        return 0 if account is None else int(account["nonce"])
 
     def _committed_nonce(self, signer: str) -> int:
         account = self._state.get(f"account/{signer}")
@@ -127,7 +153,8 @@ class SoloProducer:
         ]
         answers = []
         with self._lock:
-            admissions = self.pool.admit(envelopes, checks, self._committed_nonce)
+            # Nonces count from the tip: one in a block being written is used already.
+            admissions = self.pool.admit(envelopes, checks, self._tip_nonce)
         for admission in admissions:
             tx_id = admission.envelope.tx_id
             error = admission.error
@@ -147,22 +174,38 @@ class SoloProducer:
         return answers
 
     def produce(self, now_ms: int) -> CommittedBlock | None:
-        """Cut one block from the ready transactions at time `now_ms`; None if none apply."""
+        """Cut one block from the ready transactions at time `now_ms`, write it and commit
+        it; None if none apply."""
+        prepared = self.prepare(now_ms)
+        if prepared is None:
+            return None
+        try:
+            self.write(prepared)
+        except BaseException:
+            self.abandon()
+            raise
+        return self.finish(prepared)
+
+    def prepare(self, now_ms: int) -> PreparedBlock | None:
+        """Build and certify the next block on the tip, from the ready transactions; None if
+        none apply. Rejected transactions leave the pool now; the block's own stay in it,
+        pending, until `finish`."""
+        assert len(self._unfinished) < 2, "at most one block is written while one is built"
         with self._lock:
-            state = self._state
-            limit = state.params.block_transactions_max
-            candidates = self.pool.ready(self._committed_nonce, limit)
+            tip = self._tip
+            limit = tip.params.block_transactions_max
+            candidates = self.pool.ready(self._tip_nonce, limit)
         if not candidates:
             return None
         built = build_block(
-            state,
+            tip,
             candidates,
             time=now_ms,
             proposer=self.key.public_key_hex,
-            last_commit=self._last_certificate,
+            last_commit=self._tip_certificate,
             signatures_verified=True,
         )
-        rejected = [
+        rejected = tuple(
             Outcome(
                 tx_id=envelope.tx_id,
                 status="rejected",
@@ -170,7 +213,7 @@ class SoloProducer:
                 message=error.message,
             )
             for envelope, error in built.rejected
-        ]
+        )
         with self._lock:
             for outcome in rejected:
                 self._remember(outcome)
@@ -179,7 +222,7 @@ class SoloProducer:
             return None
         block = built.block
         certificate = sign_certificate(
-            chain_id=state.chain_id,
+            chain_id=tip.chain_id,
             height=block.height,
             round=0,
             block_hash=block.block_hash(),
@@ -187,23 +230,41 @@ class SoloProducer:
         )
         verify_certificate(  # check our own work from the other side before writing it
             certificate,
-            chain_id=state.chain_id,
+            chain_id=tip.chain_id,
             height=block.height,
             block_hash=block.block_hash(),
-            validators=state.current_validators(),
+            validators=tip.current_validators(),
         )
-        self.store.append(block, certificate, built.state)
+        prepared = PreparedBlock(
+            block=block, certificate=certificate, state=built.state, rejected=rejected
+        )
+        with self._lock:
+            self._tip = built.state
+            self._tip_certificate = certificate
+            self._unfinished.append(prepared)
+        return prepared
+
+    def write(self, prepared: PreparedBlock) -> None:
+        """Make a prepared block durable (any thread; one block at a time, in order)."""
+        self.store.append(prepared.block, prepared.certificate, prepared.state)
+
+    def finish(self, prepared: PreparedBlock) -> CommittedBlock:
+        """After `write` returned: the block is committed, and readers see it."""
+        block = prepared.block
         first = block.header.log_size - len(block.transactions)
         committed = [
             Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
             for i, e in enumerate(block.transactions)
         ]
         with self._lock:
-            self._state = built.state
-            self._last_certificate = certificate
+            assert self._unfinished and self._unfinished[0] is prepared, "finish in order"
+            self._unfinished.pop(0)
+            self._state = prepared.state
+            self._last_certificate = prepared.certificate
             self.pool.remove(block.transactions)
             for outcome in committed:
                 self._remember(outcome)
+            # Against the committed state: the next block, if prepared, is not stale.
             for stale in self.pool.drop_stale(self._committed_nonce):
                 self._remember(
                     Outcome(
@@ -214,8 +275,19 @@ class SoloProducer:
                     )
                 )
         return CommittedBlock(
-            block=block, certificate=certificate, outcomes=tuple(committed + rejected)
+            block=block,
+            certificate=prepared.certificate,
+            outcomes=tuple(committed) + prepared.rejected,
         )
+
+    def abandon(self) -> None:
+        """After a failed `write`: drop every unfinished block (the next one was built on the
+        failed one) and build again from the committed state. Their transactions never left
+        the pool."""
+        with self._lock:
+            self._unfinished.clear()
+            self._tip = self._state
+            self._tip_certificate = self._last_certificate
 
 
 def _size_error(envelope: Envelope, limit: int) -> LedgerError | None:

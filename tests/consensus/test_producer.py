@@ -361,3 +361,83 @@ def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
     result = produced(producer, T1 + 2000)
     assert [e.tx_id for e in result.block.transactions] == [right.tx_id]
     assert producer.outcomes[right.tx_id].status == "committed"
+
+
+# --- a block built while the previous one is written ------------------------------------------
+
+
+def test_the_next_block_is_built_on_one_not_yet_committed(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    producer.submit(setup_envelopes(chain))
+    first = producer.prepare(T1)
+    assert first is not None and first.block.height == 1
+    # Prepared, not written: nothing is committed, and its transactions are still pending
+    # in the pool but not waiting for a block.
+    assert producer.state.height == 0 and store.head_height == 0
+    assert all(e.tx_id in producer.pool for e in first.block.transactions)
+    assert not any(e.tx_id in producer.outcomes for e in first.block.transactions)
+    assert producer.pending_count() == 0 and not producer.due(T1 + 5000)
+
+    moves = [transfer(chain, 10), transfer(chain, 20)]  # alice's nonces follow block 1's
+    assert [a.status for a in producer.submit(moves)] == ["pending", "pending"]
+    again = producer.submit([first.block.transactions[0]])  # already in block 1: pending
+    assert again[0].status == "pending"
+    other = chain.tx(
+        chain.alice,
+        "transfer",
+        {"to": chain.bob.account_id, "batch_id": "B-1", "quantity": 1},
+        nonce=1,
+    )
+    refused = producer.submit([other])  # alice's nonce 1 is taken by block 1
+    assert refused[0].status == "rejected" and refused[0].code == "bad_nonce"
+    assert producer.pending_count() == 2 and producer.due(T1 + 1000)
+
+    second = producer.prepare(T1 + 1000)  # on block 1, while it is "being written"
+    assert second is not None and second.block.height == 2
+    assert [e.tx_id for e in second.block.transactions] == [e.tx_id for e in moves]
+    assert second.block.last_commit == first.certificate
+
+    producer.write(first)
+    assert producer.state.height == 0, "written is not committed until finish"
+    committed = producer.finish(first)
+    assert producer.state.height == 1 and store.head_height == 1
+    assert all(producer.outcomes[o.tx_id].status == "committed" for o in committed.outcomes)
+    assert all(e.tx_id in producer.pool for e in second.block.transactions), "not stale"
+
+    producer.write(second)
+    producer.finish(second)
+    assert producer.state.height == 2 and len(producer.pool) == 0
+    replayed = apply_block(apply_block(genesis_state(store.genesis), first.block), second.block)
+    assert replayed.state_root == producer.state.state_root == store.load_state().state_root
+
+
+def test_abandon_drops_unwritten_blocks_and_keeps_their_transactions(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    producer.submit(setup_envelopes(chain))
+    first = producer.prepare(T1)
+    producer.submit([transfer(chain, 10)])
+    second = producer.prepare(T1 + 1000)
+    assert first is not None and second is not None
+    producer.abandon()  # say writing block 1 failed: block 2 stood on it
+    assert producer.state.height == 0 and producer.pending_count() == 4
+    result = produced(producer, T1 + 2000)
+    assert result.block.height == 1 and len(result.block.transactions) == 4
+    assert store.head_height == 1
+
+
+def test_a_failed_write_leaves_the_producer_ready_to_try_again(
+    producer: SoloProducer, store: Store, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer.submit(setup_envelopes(chain))
+
+    def fail(*args: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(store, "append", fail)
+    with pytest.raises(OSError, match="disk on fire"):
+        producer.produce(T1)
+    assert producer.state.height == 0 and producer.pending_count() == 3
+    monkeypatch.undo()
+    assert produced(producer, T1 + 1000).block.height == 1
