@@ -105,6 +105,7 @@ class SoloProducer:
         self._tip = self._state
         self._tip_certificate = self._last_certificate
         self._unfinished: list[PreparedBlock] = []
+        self._last_full = False  # the last block prepared held block_transactions_max
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -118,13 +119,19 @@ class SoloProducer:
         return len(self.pool) - sum(len(p.block.transactions) for p in self._unfinished)
 
     def due(self, now_ms: int) -> bool:
-        """Time to cut a block: `block_interval_ms` since the last one with something pending,
-        or `block_transactions_max` pending already."""
+        """Time to cut a block: `block_transactions_max` pending already; or something pending
+        and either `block_interval_ms` since the last block, or the last block full and
+        written. A full block means more arrives than a block holds: waiting out the interval
+        then would only leave the node idle while transactions queue."""
         pending = self.pending_count()
         params = self._tip.params
         if pending >= params.block_transactions_max:
             return True
-        return pending > 0 and now_ms - self._tip.head_time >= params.block_interval_ms
+        if pending == 0:
+            return False
+        if not self._unfinished and self._last_full:
+            return True
+        return now_ms - self._tip.head_time >= params.block_interval_ms
 
     def _tip_nonce(self, signer: str) -> int:
         account = self._tip.get(f"account/{signer}")
@@ -242,6 +249,7 @@ class SoloProducer:
             self._tip = built.state
             self._tip_certificate = certificate
             self._unfinished.append(prepared)
+            self._last_full = len(block.transactions) == limit
         return prepared
 
     def write(self, prepared: PreparedBlock) -> None:

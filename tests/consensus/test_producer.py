@@ -441,3 +441,28 @@ def test_a_failed_write_leaves_the_producer_ready_to_try_again(
     assert producer.state.height == 0 and producer.pending_count() == 3
     monkeypatch.undo()
     assert produced(producer, T1 + 1000).block.height == 1
+
+
+def test_after_a_full_block_the_next_is_due_once_it_is_written(tmp_path: Path) -> None:
+    """The interval paces blocks while the node keeps up; after a full block it does not
+    (more arrives than a block holds), so the next is due as soon as nothing is written."""
+    chain = Chain(block_transactions_max=3)
+    store = Store.create(tmp_path, chain.genesis_document)
+    producer = SoloProducer(store, chain.validator)
+    try:
+        producer.submit(setup_envelopes(chain))
+        assert producer.due(GENESIS_TIME + 1), "a full block's worth is due at once"
+        full = produced(producer, T1)
+        assert len(full.block.transactions) == 3
+        producer.submit([transfer(chain, 10)])
+        assert producer.due(T1 + 1), "after a full block: no need to wait for the interval"
+        prepared = producer.prepare(T1 + 1)
+        assert prepared is not None and len(prepared.block.transactions) == 1
+        producer.submit([transfer(chain, 20)])
+        assert not producer.due(T1 + 999), "a block is being written"
+        producer.write(prepared)
+        producer.finish(prepared)
+        assert not producer.due(T1 + 999), "the last block was not full: the interval paces"
+        assert producer.due(T1 + 1 + 1000)
+    finally:
+        store.close()
