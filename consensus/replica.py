@@ -186,6 +186,8 @@ def _slot(message: SignedMessage) -> tuple[int, int, str]:
 
 
 class Replica:
+    """One validator's Algorithm 1 state at its current height; see the module docstring."""
+
     def __init__(
         self,
         *,

@@ -1,6 +1,6 @@
 """The consortium under chaos: safety after every event, progress after the heal.
 
-How many runs: the `dev` profile 40, `ci` 400, `nightly` 10,000 (HYPOTHESIS_PROFILE; the
+How many runs: the `dev` profile 40, `ci` 600, `nightly` 10,000 (HYPOTHESIS_PROFILE; the
 counts are set here, not in tests/conftest.py, because a simulated run is a whole scenario):
 
     HYPOTHESIS_PROFILE=nightly .venv/bin/pytest tests/consensus/simulation -p no:cacheprovider
@@ -40,7 +40,7 @@ from tests.consensus.simulation.scenario import Crash, Partition, Scenario, scen
 from tests.consensus.simulation.world import make_world
 from tests.factory import CHAIN_ID
 
-PROFILE_RUNS = {"dev": 40, "ci": 400, "nightly": 10_000}
+PROFILE_RUNS = {"dev": 40, "ci": 600, "nightly": 10_000}
 RUNS = PROFILE_RUNS.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
 
 # Seeds replayed on every run: a spread of sizes and faults, and the scenarios that once
@@ -274,5 +274,13 @@ def test_a_replica_that_sends_before_persisting_is_caught(monkeypatch: pytest.Mo
             self._effects.append(Persist(message=message))
 
     monkeypatch.setattr(Replica, "_emit", careless)
-    with pytest.raises(SimulationFailure, match="before persisting"):
+    with pytest.raises(SimulationFailure, match="before persisting") as raised:
         run(Scenario.from_seed(1))
+    assert "replay: run(Scenario(seed=1, n=4" in str(raised.value)  # how to replay it
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_printed_scenario_is_the_scenario(seed: int) -> None:
+    scenario = Scenario.from_seed(seed)
+    names = {"Scenario": Scenario, "Partition": Partition, "Crash": Crash}
+    assert eval(repr(scenario), names) == scenario
