@@ -85,17 +85,6 @@ class SignatureWorker:
         assert len(failures) == len(envelopes), "the worker answers every item, in order"
         return [None if failure is None else SignatureError(failure) for failure in failures]
 
-    def peak_rss_mb(self) -> float | None:
-        """The running worker's peak resident memory (Linux), for benchmarks."""
-        process = self._process
-        status = Path(f"/proc/{process.pid}/status") if process is not None else None
-        if status is None or not status.is_file():
-            return None
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return None
-
     def close(self) -> None:
         """Stop the worker (it exits when its input closes); idempotent."""
         with self._lock:
