@@ -35,6 +35,46 @@ from ledger.transactions import Envelope
 
 POLL_SECONDS: Final = 0.01  # how often the block loop looks at the clock and the pool
 COMMIT_WAIT_SECONDS_MAX: Final = 30.0  # the longest a submitter may wait for its commit
+COMMITTED_IDS_MIN: Final = 1 << 20  # transaction ids the filter holds before it grows
+
+
+class _CommittedIds:
+    """A Bloom filter over every committed `tx_id`: its "no" is certain.
+
+    A submission asks first whether each transaction is committed already; for a new one the
+    answer would otherwise be a database lookup, and each lookup releases the GIL and, beside
+    a busy block loop, waits up to the 5 ms switch interval to take it back: ~0.2 s for an
+    array of 1,000. Seven hashes at 10 bits an id (~1 % false "maybe"s, which look up the
+    database as before): 1.25 MB per million ids. Ids are SHA-256 hex, so their own digits
+    are the hashes.
+    """
+
+    HASHES: Final = 7
+    BITS_PER_ID: Final = 10
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self._bits = (capacity * self.BITS_PER_ID).bit_length()  # a power of two, rounded up
+        self._table = bytearray(1 << (self._bits - 3))
+
+    def _positions(self, tx_id: str) -> list[int]:
+        mask = (1 << self._bits) - 1
+        return [int(tx_id[8 * i : 8 * i + 8], 16) & mask for i in range(self.HASHES)]
+
+    def add(self, tx_id: str) -> None:
+        for position in self._positions(tx_id):
+            self._table[position >> 3] |= 1 << (position & 7)
+        self.count += 1
+
+    def __contains__(self, tx_id: object) -> bool:
+        if not isinstance(tx_id, str) or len(tx_id) < 8 * self.HASHES:
+            return True  # not an id this filter can rule out
+        try:
+            positions = self._positions(tx_id)
+        except ValueError:
+            return True  # not hex
+        return all(self._table[p >> 3] & (1 << (p & 7)) for p in positions)
 
 
 class Node:
@@ -50,6 +90,7 @@ class Node:
         self.producer = SoloProducer(
             self._writer, validator_key, pool=Pool(check_signatures=self._signatures.check)
         )
+        self._committed_ids = self._load_committed_ids(0)
         self._readers = threading.local()
         self._opened: list[Store] = []
         self._opened_lock = threading.Lock()
@@ -120,6 +161,13 @@ class Node:
             self.producer.abandon()  # nothing of it was stored; its transactions wait
             raise
         result = self.producer.finish(prepared)
+        if self._committed_ids.count + len(result.block.transactions) > (
+            self._committed_ids.capacity
+        ):
+            self._committed_ids = self._load_committed_ids(self._committed_ids.capacity)
+        else:
+            for envelope in result.block.transactions:
+                self._committed_ids.add(envelope.tx_id)
         self.blocks_produced += 1
         self._wake()
         if self.on_block is not None:
@@ -134,6 +182,15 @@ class Node:
     def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         return self.producer.submit(envelopes)
 
+    def _load_committed_ids(self, at_least: int) -> _CommittedIds:
+        """A filter over the store's committed ids, with room to spare (the block loop
+        replaces it with one twice as large when it fills)."""
+        size = self.producer.state.log.size
+        committed = _CommittedIds(max(COMMITTED_IDS_MIN, 2 * at_least, 2 * size))
+        for tx_id in self._writer.transaction_ids():
+            committed.add(tx_id)
+        return committed
+
     def outcome(self, tx_id: str) -> Outcome | None:
         """What became of a transaction: remembered by the producer, or found committed."""
         remembered = self.producer.outcomes.get(tx_id)
@@ -141,6 +198,8 @@ class Node:
             return remembered
         if tx_id in self.producer.pool:
             return Outcome(tx_id=tx_id, status="pending")
+        if tx_id not in self._committed_ids:
+            return None  # certain: every committed id is in the filter
         try:
             height, index, _ = self.reader().transaction_position(tx_id)
         except LedgerError as error:

@@ -345,6 +345,11 @@ class Store:
             raise LedgerError(f"no block at height {height}", code="not_found")
         return parse_header(json.loads(row[0]))
 
+    def transaction_ids(self) -> Iterator[str]:
+        """Every committed transaction's id."""
+        for (tx_id,) in self._conn.execute("SELECT tx_id FROM transactions"):
+            yield tx_id
+
     def transaction_position(self, tx_id: str) -> tuple[int, int, Envelope]:
         """(height, log index, envelope) of a committed transaction."""
         row = self._conn.execute(

@@ -1,0 +1,128 @@
+"""The node shell: its block loop (built while the previous block is written) and what it
+answers about a transaction, from memory, the pool, or the committed-id filter and the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.node import Node, _CommittedIds
+from consensus.producer import SoloProducer
+from ledger import limits
+from ledger.store import Store
+from tests.factory import GENESIS_TIME, Chain
+
+
+def ids(label: str, count: int) -> list[str]:
+    return [hashlib.sha256(f"{label}-{i}".encode()).hexdigest() for i in range(count)]
+
+
+def test_the_filter_holds_every_id_added_and_rules_out_most_others() -> None:
+    added = ids("committed", 20_000)
+    committed = _CommittedIds(20_000)
+    for tx_id in added:
+        committed.add(tx_id)
+    assert all(tx_id in committed for tx_id in added)
+    others = ids("other", 20_000)
+    maybe = sum(tx_id in committed for tx_id in others)
+    assert maybe < 0.02 * len(others), maybe  # ~1 % at capacity
+    for odd in ("not-hex-" * 8, "abc", 12):  # what it cannot rule out: the store answers
+        assert odd in committed
+
+
+def committed_chain(directory: Path, chain: Chain) -> list[str]:
+    """A store with two committed blocks; their transaction ids."""
+    store = Store.create(directory, chain.genesis_document)
+    producer = SoloProducer(store, chain.validator)
+    alice = chain.alice.account_id
+    tx_ids = []
+    for number, envelopes in enumerate(
+        [
+            [chain.accredit(), chain.issue([(alice, 1000)])],
+            [
+                chain.tx(
+                    chain.alice,
+                    "transfer",
+                    {"to": chain.bob.account_id, "batch_id": "B-1", "quantity": 5},
+                )
+            ],
+        ]
+    ):
+        producer.submit(envelopes)
+        result = producer.produce(GENESIS_TIME + 1000 * (number + 1))
+        assert result is not None
+        tx_ids += [e.tx_id for e in result.block.transactions]
+    store.close()
+    return tx_ids
+
+
+@pytest.fixture
+def chain() -> Chain:
+    return Chain()
+
+
+@pytest.fixture
+def restarted(tmp_path: Path, chain: Chain) -> Iterator[tuple[Node, list[str]]]:
+    tx_ids = committed_chain(tmp_path, chain)
+    node = Node(tmp_path, chain.validator)  # remembers nothing: a restarted node
+    try:
+        yield node, tx_ids
+    finally:
+        node.stop()
+
+
+def test_a_restarted_node_finds_what_was_committed_before(
+    restarted: tuple[Node, list[str]],
+) -> None:
+    node, tx_ids = restarted
+    assert not node.producer.outcomes
+    for index, tx_id in enumerate(tx_ids):
+        outcome = node.outcome(tx_id)
+        assert outcome is not None and outcome.status == "committed"
+        assert outcome.log_index == index
+
+
+def test_an_unknown_id_is_answered_without_the_store(
+    restarted: tuple[Node, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, _ = restarted
+
+    def no_lookup(tx_id: str) -> None:
+        raise AssertionError("the filter rules this id out")
+
+    monkeypatch.setattr(node.reader(), "transaction_position", no_lookup)
+    assert node.outcome(hashlib.sha256(b"never submitted").hexdigest()) is None
+
+
+def test_the_loop_commits_and_the_filter_grows_with_the_chain(
+    tmp_path: Path, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("api.node.COMMITTED_IDS_MIN", 2)  # so that it must grow
+    committed_chain(tmp_path, chain)
+    node = Node(tmp_path, chain.validator)
+    node.start()
+    try:
+        capacity = node._committed_ids.capacity
+        moves = [
+            chain.tx(
+                chain.alice,
+                "transfer",
+                {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 1},
+            )
+            for _ in range(capacity + 1)
+        ]
+        assert len(moves) <= limits.POOL_NONCE_GAP_MAX
+        assert all(a.status == "pending" for a in node.submit(moves))
+        done = node.wait_for_commit([e.tx_id for e in moves], timeout=20)
+        assert all(o is not None and o.status == "committed" for o in done)
+        assert node._committed_ids.capacity > capacity
+        node.producer.outcomes.clear()  # forget: the answers must come from filter and store
+        assert all(
+            (o := node.outcome(e.tx_id)) is not None and o.status == "committed" for e in moves
+        )
+    finally:
+        node.stop()
