@@ -729,6 +729,8 @@ class _Writer:
 
 def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
     """The writer process: write each block record, answer, until the node closes the pipe."""
+    if not database.is_file():  # connecting would create an empty database
+        raise StoreError(f"no ledger at {database}")
     connection = Store._connect(database)
     try:
         while (request := _read_frame(source)) is not None:

@@ -793,3 +793,9 @@ def test_database_uses_wal_and_full_synchronous(produced: Produced) -> None:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         connection.close()
+
+
+def test_the_writer_never_creates_a_database(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no ledger"):
+        store_module.serve_writes(tmp_path / DATABASE_FILE, io.BytesIO(), io.BytesIO())
+    assert not (tmp_path / DATABASE_FILE).exists()
