@@ -1,0 +1,165 @@
+"""The signed-message log: what this validator signed, durable before it is sent (SPEC §5.4).
+
+The replica's `Persist(message)` effect lands here. `SignedLog.append` writes the message's
+wire form (`consensus.messages.encode_message`, canonical JSON, one line) and fsyncs the file
+before it returns, so the shell carries out the `Broadcast` that follows only once the message
+would survive a crash. On restart `SignedLog.read` gives the replica its `signed=` back, and
+the replica re-sends those messages byte for byte instead of signing others: a validator never
+signs two different messages for one (height, round, type), even across crashes.
+
+Rules the log keeps:
+- One message per slot (height, round, type): appending a different message to a taken slot
+  is a bug and raises `ConflictingSignature` before anything is written; the same message
+  again is a no-op.
+- A torn last line (a crash during `append`, before its fsync returned) was never sent: it
+  is cut off on open. Any other unreadable line means the file was damaged: `CorruptLog`,
+  and the node refuses to start rather than sign anew.
+- One process at a time: a lock file beside it is held (`flock`) while open, so two
+  processes started on one data directory cannot both sign (`LogInUse`).
+- `compact(above_height)` keeps only messages above a decided height, rewriting the file
+  through a temporary file, fsync and rename (the old file stays whole until the rename).
+
+    ConsensusError
+    └── WalError               wal_error
+        ├── ConflictingSignature  two different messages for one slot
+        ├── CorruptLog            a line in the middle does not decode
+        └── LogInUse              another process holds the log
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from consensus.messages import ConsensusError, Proposal, decode_message, encode_message
+from ledger.errors import LedgerError
+from ledger.evidence import Vote
+
+SignedMessage = Vote | Proposal
+
+PROPOSAL_SLOT: Final = "proposal"
+WAL_FILE_NAME: Final = "consensus-signed.ndjson"
+
+
+class WalError(ConsensusError):
+    code = "wal_error"
+
+
+class ConflictingSignature(WalError):
+    code = "conflicting_signature"
+
+
+class CorruptLog(WalError):
+    code = "corrupt_log"
+
+
+class LogInUse(WalError):
+    code = "log_in_use"
+
+
+def slot_of(message: SignedMessage) -> tuple[int, int, str]:
+    kind = message.vote_type if isinstance(message, Vote) else PROPOSAL_SLOT
+    return (message.height, message.round, kind)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class SignedLog:
+    """An append-only, fsynced file of this validator's signed messages; see the module
+    docstring. Not thread-safe: one thread (the node's consensus thread) owns it."""
+
+    def __init__(self, path: Path, *, transaction_bytes_max: int) -> None:
+        self.path = path
+        self.transaction_bytes_max = transaction_bytes_max
+        self._slots: dict[tuple[int, int, str], bytes] = {}
+        self._messages: list[SignedMessage] = []
+        # The lock is on a file of its own, so compaction's rename never leaves the log open to
+        # a second process; it is released when this process closes it or dies.
+        self._lock: BinaryIO = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._lock.close()
+            raise LogInUse(f"{path}: another process holds this signed-message log") from error
+        self._file: BinaryIO = open(path, "a+b")  # noqa: SIM115 - closed by close()
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        self._file.seek(0)
+        data = self._file.read()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline, as every append does
+        for number, line in enumerate(lines, start=1):
+            try:
+                message = decode_message(line, transaction_bytes_max=self.transaction_bytes_max)
+            except LedgerError as error:
+                raise CorruptLog(f"{self.path}: line {number}: {error.message}") from error
+            if not isinstance(message, (Vote, Proposal)):
+                raise CorruptLog(f"{self.path}: line {number}: a decision is never signed here")
+            self._remember(message, line)
+        if torn:  # a crash during append: that message was never sent
+            self._file.truncate(len(data) - len(torn))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def _remember(self, message: SignedMessage, line: bytes) -> bool:
+        slot = slot_of(message)
+        known = self._slots.get(slot)
+        if known is not None:
+            if known != line:
+                raise ConflictingSignature(
+                    f"{self.path}: a different message is already signed for {slot}"
+                )
+            return False
+        self._slots[slot] = line
+        self._messages.append(message)
+        return True
+
+    def read(self) -> list[SignedMessage]:
+        """Every message in the log, in the order signed."""
+        return list(self._messages)
+
+    def append(self, message: SignedMessage) -> None:
+        """Write `message` and fsync before returning (the Persist effect)."""
+        line = encode_message(message)
+        assert b"\n" not in line, "canonical JSON is one line"
+        if not self._remember(message, line):
+            return
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(line + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def compact(self, *, above_height: int) -> None:
+        """Keep only messages of heights above `above_height` (decided and stored)."""
+        kept = [m for m in self._messages if m.height > above_height]
+        if len(kept) == len(self._messages):
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with open(temporary, "wb") as file:
+            for message in kept:
+                file.write(self._slots[slot_of(message)] + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.path)
+        _fsync_directory(self.path.parent)
+        self._file.close()
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
+        self._messages = kept
+        self._slots = {slot_of(m): self._slots[slot_of(m)] for m in kept}
+
+    def close(self) -> None:
+        self._file.close()
+        self._lock.close()

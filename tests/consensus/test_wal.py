@@ -1,0 +1,130 @@
+"""The signed-message log: durable, one message per slot, a torn tail cut, one process at a
+time, and a replica rebuilt from it re-sends byte for byte."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from consensus.messages import encode_message
+from consensus.replica import Broadcast, Persist, Replica, SignedMessage
+from consensus.wal import ConflictingSignature, CorruptLog, LogInUse, SignedLog
+from ledger.limits import TRANSACTION_BYTES_MAX_DEFAULT
+from tests.consensus.simulation.world import transaction_source
+from tests.consensus.test_replica import KEYS, T0, WORLD, block, proposal, proposer, vote
+
+LIMIT = TRANSACTION_BYTES_MAX_DEFAULT
+
+
+def open_log(tmp_path: Path) -> SignedLog:
+    return SignedLog(tmp_path / "signed.ndjson", transaction_bytes_max=LIMIT)
+
+
+def test_appended_messages_are_read_back_after_reopening(tmp_path: Path) -> None:
+    value = block()
+    messages: list[SignedMessage] = [proposal(0, value), vote(1, "prevote", 0, value.block_hash())]
+    log = open_log(tmp_path)
+    for message in messages:
+        log.append(message)
+    log.append(messages[0])  # the same message again: nothing new
+    log.close()
+    again = open_log(tmp_path)
+    assert [encode_message(m) for m in again.read()] == [encode_message(m) for m in messages]
+    again.close()
+
+
+def test_a_different_message_for_a_taken_slot_is_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(vote(1, "prevote", 0, None))
+    with pytest.raises(ConflictingSignature) as caught:
+        log.append(vote(1, "prevote", 0, block().block_hash()))
+    assert caught.value.code == "conflicting_signature"
+    log.close()
+    assert len((tmp_path / "signed.ndjson").read_bytes().splitlines()) == 1
+
+
+def test_a_torn_last_line_is_cut_and_a_damaged_one_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(vote(1, "prevote", 0, None))
+    log.close()
+    path = tmp_path / "signed.ndjson"
+    whole = path.read_bytes()
+    path.write_bytes(whole + encode_message(vote(1, "precommit", 0, None))[:40])
+    log = open_log(tmp_path)
+    assert len(log.read()) == 1
+    log.close()
+    assert path.read_bytes() == whole
+    path.write_bytes(b"{not json\n" + whole)
+    with pytest.raises(CorruptLog):
+        open_log(tmp_path)
+
+
+def _try_open(path: str, results: multiprocessing.Queue[str]) -> None:
+    try:
+        SignedLog(Path(path), transaction_bytes_max=LIMIT)
+        results.put("opened")
+    except LogInUse as error:
+        results.put(error.code)
+
+
+def test_a_second_process_cannot_open_the_log(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    results: multiprocessing.Queue[str] = multiprocessing.Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=_try_open, args=(str(tmp_path / "signed.ndjson"), results)
+    )
+    child.start()
+    child.join(timeout=30)
+    assert results.get(timeout=5) == "log_in_use"
+    log.close()
+
+
+def test_compaction_keeps_only_heights_above_the_decided_one(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(vote(1, "prevote", 0, None, height=1))
+    log.append(vote(1, "prevote", 0, None, height=2))
+    log.compact(above_height=1)
+    log.compact(above_height=1)  # nothing to drop
+    log.append(vote(1, "precommit", 0, None, height=2))
+    log.close()
+    again = open_log(tmp_path)
+    assert [(m.height, m.vote_type) for m in again.read() if not hasattr(m, "block")] == [
+        (2, "prevote"),
+        (2, "precommit"),
+    ]
+    again.close()
+
+
+def test_a_replica_rebuilt_from_the_log_resends_byte_for_byte(tmp_path: Path) -> None:
+    index = proposer(1, 0)
+    first = Replica(
+        key=KEYS[index],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD),
+    )
+    log = open_log(tmp_path)
+    sent = []
+    for effect in first.on_start(T0):
+        if isinstance(effect, Persist):
+            log.append(effect.message)
+        elif isinstance(effect, Broadcast):
+            assert effect.message in log.read(), "persisted before it is sent"
+            sent.append(encode_message(effect.message))
+    assert sent
+    log.close()
+    log = open_log(tmp_path)
+    restarted = Replica(
+        key=KEYS[index],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD),
+        signed=log.read(),
+    )
+    resent = [
+        encode_message(e.message) for e in restarted.on_start(T0 + 5000) if isinstance(e, Broadcast)
+    ]
+    assert resent[: len(sent)] == sent
+    log.close()
