@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from api.node import Node
 from api.problems import problem, problem_body
-from api.routes import chain, metrics, proofs, registry, transactions
+from api.routes import chain, consensus, metrics, proofs, registry, transactions
 from api.settings import Settings
 from ledger.errors import LedgerError, StoreError
 
@@ -152,6 +152,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         proofs.router,
         registry.router,
         metrics.router,
+        consensus.router,
     ):
         app.include_router(router)
 

@@ -26,6 +26,7 @@ from consensus.producer import (
     SoloProducer,
     tune_garbage_collector,
 )
+from consensus.transport import Inbox
 from consensus.verifier import SignatureWorker
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -99,6 +100,8 @@ class Node:
         self._loop: threading.Thread | None = None
         self.blocks_produced = 0
         self.on_block: Callable[[CommittedBlock], None] | None = None
+        # Where POST /v1/consensus/messages hands peers' messages; None: no consensus here.
+        self.consensus_inbox: Inbox | None = None
 
     @property
     def state(self) -> State:

@@ -57,6 +57,8 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     "unsupported_media_type": (415, "The body must be application/json"),
     "request_timeout": (408, "The request took too long"),
     "invalid_proof": (422, "A proof does not verify"),
+    # Consensus (SPEC §5.4, docs/decisions/0006)
+    "malformed_message": (400, "A consensus message is not of its wire form"),
     "store_unavailable": (503, "The node's store cannot serve this safely"),
     "internal_error": (500, "Internal error"),
 }

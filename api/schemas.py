@@ -567,6 +567,10 @@ class Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ConsensusAccepted(Answer):
+    accepted: Annotated[int, Field(ge=1, description="Messages handed to the consensus engine.")]
+
+
 class Healthz(Answer):
     status: Literal["ok"]
     height: Height

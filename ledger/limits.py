@@ -64,7 +64,15 @@ ROUNDS_AHEAD_MAX: Final = 8
 HEIGHTS_AHEAD_MAX: Final = 1
 CONSENSUS_MESSAGES_BATCH_MAX: Final = 1000  # messages in one POST /v1/consensus/messages
 EVIDENCE_PENDING_MAX: Final = VALIDATORS_MAX  # evidence a replica holds for its next block
+# The HTTP transport to each peer: one batch is at most this many bytes (the API's request body
+# limit; a single larger message travels alone), a request waits at most PEER_REQUEST_MS_MAX,
+# and at most PEER_QUEUE_MESSAGES_MAX messages wait per peer (the oldest are dropped: the
+# replica re-sends what still matters every REBROADCAST_INTERVAL_MS).
+CONSENSUS_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
+PEER_REQUEST_MS_MAX: Final = 2000
+PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 
 assert ROUND_TIMEOUT_MS_BASE <= ROUND_TIMEOUT_MS_MAX
 assert REBROADCAST_INTERVAL_MS <= ROUND_TIMEOUT_MS_MAX
+assert PEER_QUEUE_MESSAGES_MAX >= CONSENSUS_MESSAGES_BATCH_MAX
 assert HEIGHTS_AHEAD_MAX == 1, "only the next height's validator set is known (the H+2 rule)"

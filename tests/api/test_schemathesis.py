@@ -91,6 +91,14 @@ CONFIG: Final = SchemathesisConfig.from_dict(
     }
 )
 OpenAPICase = Case[Any]
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx: Any, value: Any) -> dict[str, Any]:
+    """Consensus batches (POST /v1/consensus/messages) are NDJSON text, sent as it is."""
+    return {"data": value.encode() if isinstance(value, str) else str(value).encode()}
+
+
 # Stateful scenarios cost ~10 calls each: at most 50 (the `dev` profile's count) of 8 steps keep
 # the module within a few minutes under coverage; links here are 2-3 calls deep.
 SCENARIOS_MAX: Final = 50

@@ -1,0 +1,213 @@
+"""How validators reach each other: signed messages over HTTP, and an in-memory twin.
+
+A `Transport` sends a validator's messages to every peer, best effort: the replica re-sends
+whatever still matters every REBROADCAST_INTERVAL_MS, so a lost batch costs time, never
+safety. Nothing is trusted because of where it came from (SPEC §5.4): the receiver parses
+each batch strictly (`consensus.messages.decode_batch`) and the replica checks every
+signature and certificate.
+
+`HttpTransport` posts NDJSON batches (`POST /v1/consensus/messages`, docs/decisions/0006) to
+each peer from one thread per peer, so a slow or dead peer delays no other. Every bound is
+in ledger.limits: messages per batch (CONSENSUS_MESSAGES_BATCH_MAX), bytes per batch
+(CONSENSUS_BATCH_BYTES_MAX), the time a request may take (PEER_REQUEST_MS_MAX) and the
+messages waiting per peer (PEER_QUEUE_MESSAGES_MAX, the oldest dropped first).
+
+`MemoryNetwork` joins transports in one process: a batch goes through the same bytes and the
+same strict decoder, and a member can be cut off and reconnected, for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import httpx
+
+from consensus.messages import ConsensusError, Message, decode_batch, encode_message
+from ledger.limits import (
+    CONSENSUS_BATCH_BYTES_MAX,
+    CONSENSUS_MESSAGES_BATCH_MAX,
+    PEER_QUEUE_MESSAGES_MAX,
+    PEER_REQUEST_MS_MAX,
+)
+
+log = logging.getLogger("tanlian.consensus.transport")
+
+MESSAGES_PATH: Final = "/v1/consensus/messages"
+NDJSON: Final = "application/x-ndjson"
+RETRY_SECONDS: Final = 0.2  # after a failed request, before the next one to that peer
+
+Inbox = Callable[[list[Message]], None]
+"""Where a node takes parsed messages from peers (its consensus thread's queue)."""
+
+
+class Transport(Protocol):
+    def broadcast(self, messages: Sequence[Message]) -> None:
+        """Send to every peer; returns at once (best effort)."""
+
+    def close(self) -> None: ...
+
+
+def batches(
+    lines: Sequence[bytes],
+    *,
+    lines_max: int = CONSENSUS_MESSAGES_BATCH_MAX,
+    bytes_max: int = CONSENSUS_BATCH_BYTES_MAX,
+) -> list[bytes]:
+    """NDJSON bodies holding `lines` in order, each within both bounds (a line longer than
+    `bytes_max` travels alone)."""
+    bodies: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for line in lines:
+        if current and (len(current) >= lines_max or size + len(line) + 1 > bytes_max):
+            bodies.append(b"\n".join(current) + b"\n")
+            current, size = [], 0
+        current.append(line)
+        size += len(line) + 1
+    if current:
+        bodies.append(b"\n".join(current) + b"\n")
+    return bodies
+
+
+@dataclass(slots=True)
+class PeerCounters:
+    batches_sent: int = 0
+    batches_failed: int = 0
+    messages_dropped: int = 0
+
+
+class _Peer:
+    """One peer's queue and the thread that drains it."""
+
+    def __init__(self, url: str, client: httpx.Client, queue_max: int) -> None:
+        self.url = url.rstrip("/") + MESSAGES_PATH
+        self.client = client
+        self.queue: deque[bytes] = deque()
+        self.queue_max = queue_max
+        self.counters = PeerCounters()
+        self.ready = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name=f"peer {url}", daemon=True)
+        self.thread.start()
+
+    def put(self, lines: Sequence[bytes]) -> None:
+        with self.ready:
+            self.queue.extend(lines)
+            over = len(self.queue) - self.queue_max
+            for _ in range(max(over, 0)):
+                self.queue.popleft()
+            self.counters.messages_dropped += max(over, 0)
+            self.ready.notify()
+
+    def _take(self) -> list[bytes] | None:
+        with self.ready:
+            while not self.queue and not self.closing:
+                self.ready.wait()
+            if self.closing:
+                return None
+            taken = list(self.queue)
+            self.queue.clear()
+            return taken
+
+    def _run(self) -> None:
+        while (lines := self._take()) is not None:
+            for body in batches(lines):
+                try:
+                    answer = self.client.post(
+                        self.url, content=body, headers={"content-type": NDJSON}
+                    )
+                    ok = answer.status_code < 300
+                    if not ok:
+                        log.warning("peer %s refused a batch: %s", self.url, answer.text[:200])
+                except httpx.HTTPError as error:
+                    ok = False
+                    log.debug("peer %s unreachable: %s", self.url, error)
+                if ok:
+                    self.counters.batches_sent += 1
+                    continue
+                self.counters.batches_failed += 1
+                with self.ready:  # the rest is stale by the time the peer is back
+                    self.ready.wait_for(lambda: self.closing, timeout=RETRY_SECONDS)
+                break
+
+    def close(self) -> None:
+        with self.ready:
+            self.closing = True
+            self.ready.notify()
+        self.thread.join(timeout=PEER_REQUEST_MS_MAX / 1000 + 1)
+
+
+class HttpTransport:
+    """NDJSON batches to every peer's `POST /v1/consensus/messages`; see the module docstring."""
+
+    def __init__(
+        self,
+        peers: Sequence[str],
+        *,
+        request_ms_max: int = PEER_REQUEST_MS_MAX,
+        queue_max: int = PEER_QUEUE_MESSAGES_MAX,
+        http: httpx.BaseTransport | None = None,
+    ) -> None:
+        """`http` replaces the network (tests: `httpx.MockTransport`)."""
+        assert request_ms_max > 0 and queue_max > 0
+        self.client = httpx.Client(timeout=request_ms_max / 1000, trust_env=False, transport=http)
+        self.peers = [_Peer(url, self.client, queue_max) for url in peers]
+
+    def broadcast(self, messages: Sequence[Message]) -> None:
+        lines = [encode_message(message) for message in messages]
+        for peer in self.peers:
+            peer.put(lines)
+
+    def counters(self) -> dict[str, PeerCounters]:
+        return {peer.url: peer.counters for peer in self.peers}
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.close()
+        self.client.close()
+
+
+@dataclass(slots=True)
+class MemoryNetwork:
+    """Transports in one process, delivering synchronously through the wire bytes."""
+
+    transaction_bytes_max: int
+    inboxes: dict[str, Inbox] = field(default_factory=dict)
+    cut: set[str] = field(default_factory=set)
+    refused: int = 0  # batches the strict decoder refused
+
+    def join(self, name: str, inbox: Inbox) -> MemoryTransport:
+        assert name not in self.inboxes, name
+        self.inboxes[name] = inbox
+        return MemoryTransport(network=self, name=name)
+
+    def deliver(self, sender: str, body: bytes) -> None:
+        if sender in self.cut:
+            return
+        for name, inbox in list(self.inboxes.items()):
+            if name == sender or name in self.cut:
+                continue
+            try:
+                messages = decode_batch(body, transaction_bytes_max=self.transaction_bytes_max)
+            except ConsensusError:
+                self.refused += 1
+                continue
+            inbox(messages)
+
+
+@dataclass(slots=True)
+class MemoryTransport:
+    network: MemoryNetwork
+    name: str
+
+    def broadcast(self, messages: Sequence[Message]) -> None:
+        for body in batches([encode_message(message) for message in messages]):
+            self.network.deliver(self.name, body)
+
+    def close(self) -> None:
+        self.network.inboxes.pop(self.name, None)

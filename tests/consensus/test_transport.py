@@ -1,0 +1,105 @@
+"""The transports: bounded NDJSON batches over HTTP to every peer, and the in-memory twin."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from consensus.messages import Message, decode_batch, encode_message
+from consensus.transport import (
+    MESSAGES_PATH,
+    HttpTransport,
+    MemoryNetwork,
+    batches,
+)
+from ledger.limits import TRANSACTION_BYTES_MAX_DEFAULT
+from tests.consensus.test_replica import vote
+
+LIMIT = TRANSACTION_BYTES_MAX_DEFAULT
+VOTES = [vote(1, "prevote", r, None) for r in range(5)]
+
+
+def wait_until(condition: object, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_batches_keep_order_and_both_bounds() -> None:
+    lines = [b"a" * 10, b"b" * 10, b"c" * 30, b"d"]
+    assert batches(lines, lines_max=2, bytes_max=1000) == [
+        b"a" * 10 + b"\n" + b"b" * 10 + b"\n",
+        b"c" * 30 + b"\nd\n",
+    ]
+    # a line longer than the byte bound travels alone
+    assert batches(lines, lines_max=10, bytes_max=25) == [
+        b"a" * 10 + b"\n" + b"b" * 10 + b"\n",
+        b"c" * 30 + b"\n",
+        b"d\n",
+    ]
+    assert batches([]) == []
+
+
+def test_memory_network_delivers_the_wire_bytes_to_every_other_member() -> None:
+    network = MemoryNetwork(transaction_bytes_max=LIMIT)
+    inboxes: dict[str, list[Message]] = {name: [] for name in "abc"}
+    transports = {name: network.join(name, inboxes[name].extend) for name in "abc"}
+    transports["a"].broadcast(VOTES)
+    assert inboxes == {"a": [], "b": VOTES, "c": VOTES}
+    network.cut.add("c")
+    transports["b"].broadcast(VOTES[:1])
+    assert inboxes["a"] == VOTES[:1] and inboxes["c"] == VOTES
+    network.deliver("b", b"not json\n")
+    assert network.refused == 1
+    transports["a"].close()
+    transports["b"].broadcast(VOTES[:1])
+    assert inboxes["a"] == VOTES[:1]
+
+
+def test_http_transport_posts_ndjson_to_every_peer() -> None:
+    seen: dict[str, list[Message]] = {}
+    lock = threading.Lock()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == MESSAGES_PATH
+        assert request.headers["content-type"] == "application/x-ndjson"
+        with lock:
+            seen.setdefault(request.url.host, []).extend(
+                decode_batch(request.content, transaction_bytes_max=LIMIT)
+            )
+        return httpx.Response(202, json={"accepted": 1})
+
+    transport = HttpTransport(["http://one:1", "http://two:2/"], http=httpx.MockTransport(answer))
+    transport.broadcast(VOTES)
+    wait_until(lambda: sum(len(v) for v in seen.values()) == 2 * len(VOTES))
+    transport.close()
+    assert [encode_message(m) for m in seen["one"]] == [encode_message(m) for m in VOTES]
+    assert seen["two"] == seen["one"]
+    assert all(c.batches_sent >= 1 for c in transport.counters().values())
+
+
+def test_a_failing_peer_is_counted_and_its_queue_bounded() -> None:
+    release = threading.Event()
+    started: set[str] = set()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        started.add(request.url.host)
+        release.wait(5)
+        if request.url.host == "refuses":
+            return httpx.Response(400, text="no")
+        raise httpx.ConnectError("down", request=request)
+
+    transport = HttpTransport(
+        ["http://refuses:1", "http://down:2"], http=httpx.MockTransport(answer), queue_max=2
+    )
+    transport.broadcast(VOTES[:1])  # taken by the peer threads, which block in `answer`
+    wait_until(lambda: len(started) == 2)
+    transport.broadcast(VOTES)  # 5 more for a queue of 2: the 3 oldest dropped
+    counters = transport.counters()
+    assert all(c.messages_dropped == 3 for c in counters.values())
+    release.set()
+    wait_until(lambda: all(c.batches_failed >= 1 for c in counters.values()))
+    transport.close()
