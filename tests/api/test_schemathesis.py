@@ -41,6 +41,7 @@ from schemathesis.checks import CheckContext
 from schemathesis.config import PositiveDataAcceptanceConfig, SchemathesisConfig
 from schemathesis.config._checks import NegativeDataRejectionConfig
 from schemathesis.core.transport import Response
+from schemathesis.transport import SerializationContext
 
 from api.app import create_app
 from api.node import Node
@@ -94,9 +95,9 @@ OpenAPICase = Case[Any]
 
 
 @schemathesis.serializer("application/x-ndjson")
-def ndjson(ctx: Any, value: Any) -> dict[str, Any]:
+def ndjson(ctx: SerializationContext, value: Any) -> bytes:
     """Consensus batches (POST /v1/consensus/messages) are NDJSON text, sent as it is."""
-    return {"data": value.encode() if isinstance(value, str) else str(value).encode()}
+    return value.encode() if isinstance(value, str) else str(value).encode()
 
 
 # Stateful scenarios cost ~10 calls each: at most 50 (the `dev` profile's count) of 8 steps keep
