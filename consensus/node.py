@@ -1,0 +1,254 @@
+"""The BFT producer: the I/O shell that runs one pure `Replica` for a validator of a consortium.
+
+It implements the `BlockProducer` interface the node's block loop drives (`produce(now_ms)`
+is called often; `due` says whether there is work), and carries out the replica's effects in
+order, as docs/decisions/0006 requires:
+
+    Persist          `SignedLog.append`: written and fsynced before anything later happens,
+                     above all the Broadcast of the same message (SPEC §5.4)
+    Broadcast        gathered and handed to the `Transport` once the effects of one event are
+                     carried out (after the Persists before them, so never before)
+    SendDecision     the block and certificate of that height from the store, as a `Decision`
+                     (sent to every peer: it is authenticated by its certificate)
+    ScheduleTimeout  a timer on the monotonic clock; `produce` fires the due ones
+    Decide           `Store.append` of block, certificate and state, exactly as SoloProducer
+                     writes, before any later effect; then the pool and outcomes move on and
+                     the signed-message log drops the decided heights
+
+Peers' messages arrive on any thread through `on_messages` (the route's inbox), are queued
+(at most PEER_QUEUE_MESSAGES_MAX, the oldest dropped and counted) and fed to the replica on the
+block-loop thread: the replica is touched by one thread only. The replica checks every
+signature and certificate; what it refuses is dropped there.
+
+The replica is built from the store (state, last certificate) and the signed-message log, so a
+restarted validator re-sends what it signed, byte for byte, and signs nothing new for a slot
+it used. Wall-clock `now_ms` (from the caller) gives block times; the timers run on
+`time.monotonic`, so a clock step never fires or delays a timeout.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+
+from consensus.messages import Decision, Message
+from consensus.pool import Pool
+from consensus.producer import CommittedBlock, Outcome
+from consensus.replica import (
+    Broadcast,
+    Decide,
+    Effect,
+    Persist,
+    Replica,
+    ScheduleTimeout,
+    SendDecision,
+    Timeout,
+    Timeouts,
+)
+from consensus.transport import Transport
+from consensus.wal import SignedLog
+from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
+from ledger.limits import OUTCOMES_REMEMBERED_MAX, PEER_QUEUE_MESSAGES_MAX
+from ledger.state import State
+from ledger.store import Store
+from ledger.transactions import Envelope
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class BftProducer:
+    """One validator of a consortium; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        validator_key: PrivateKey,
+        *,
+        log: SignedLog,
+        transport: Transport | None = None,
+        pool: Pool | None = None,
+        timeouts: Timeouts | None = None,
+        clock_ms: Callable[[], int] = _monotonic_ms,
+    ) -> None:
+        self.store = store
+        self.key = validator_key
+        self.log = log
+        self.transport = transport
+        self.pool = pool if pool is not None else Pool()
+        self._clock_ms = clock_ms
+        self._state = store.load_state()
+        if validator_key.public_key_hex not in {
+            v.public_key for v in self._state.current_validators()
+        }:
+            raise LedgerError("this key is not a validator of the chain", code="not_a_validator")
+        self._lock = threading.Lock()  # the pool, the outcomes, the inbox
+        self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self._inbox: deque[Message] = deque()
+        self.messages_dropped = 0
+        self._timers: list[tuple[int, int, Timeout]] = []
+        self._timer_sequence = 0
+        self._committed: deque[CommittedBlock] = deque()
+        self._started = False
+        self.replica = Replica(
+            key=validator_key,
+            state=self._state,
+            last_certificate=store.last_certificate(),
+            transactions=self._candidates,
+            signed=log.read(),
+            timeouts=timeouts,
+        )
+
+    # --- the BlockProducer interface ------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def pending_count(self) -> int:
+        return len(self.pool)
+
+    def due(self, now_ms: int) -> bool:
+        if not self._started or self._committed or self._inbox:
+            return True
+        return bool(self._timers) and self._timers[0][0] <= self._clock_ms()
+
+    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        """Admit envelopes to the pool (pending, or rejected with its code). The replica takes
+        them from the pool when this validator proposes."""
+        checks = self.pool.check_signatures(envelopes)
+        answers = []
+        with self._lock:
+            admissions = self.pool.admit(envelopes, checks, self._nonce)
+            for admission in admissions:
+                tx_id = admission.envelope.tx_id
+                if admission.error is None:
+                    self.outcomes.pop(tx_id, None)
+                    answers.append(Outcome(tx_id=tx_id, status="pending"))
+                else:
+                    outcome = Outcome(
+                        tx_id=tx_id,
+                        status="rejected",
+                        code=admission.error.code,
+                        message=admission.error.message,
+                    )
+                    self._remember(outcome)
+                    answers.append(outcome)
+        return answers
+
+    def produce(self, now_ms: int) -> CommittedBlock | None:
+        """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
+        effects, and return a block decided since the last call, if any."""
+        if not self._started:
+            self._started = True
+            self._carry_out(self.replica.on_start(now_ms))
+        with self._lock:
+            messages = list(self._inbox)
+            self._inbox.clear()
+        for message in messages:
+            self._carry_out(self.replica.on_message(message, now_ms))
+        while self._timers and self._timers[0][0] <= self._clock_ms():
+            _, _, timeout = heapq.heappop(self._timers)
+            self._carry_out(self.replica.on_timeout(timeout, now_ms))
+        return self._committed.popleft() if self._committed else None
+
+    # --- peers ----------------------------------------------------------------------------------
+
+    def on_messages(self, messages: Sequence[Message]) -> None:
+        """The inbox (any thread): queue peers' parsed messages for the replica."""
+        with self._lock:
+            self._inbox.extend(messages)
+            over = len(self._inbox) - PEER_QUEUE_MESSAGES_MAX
+            for _ in range(max(over, 0)):
+                self._inbox.popleft()
+            self.messages_dropped += max(over, 0)
+
+    def next_timer_ms(self) -> int | None:
+        """Milliseconds until the next timer is due (None: none), for a loop that sleeps."""
+        if not self._timers:
+            return None
+        return max(self._timers[0][0] - self._clock_ms(), 0)
+
+    # --- effects --------------------------------------------------------------------------------
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        outgoing: list[Message] = []
+        for effect in effects:
+            if isinstance(effect, Persist):
+                self.log.append(effect.message)
+            elif isinstance(effect, Broadcast):
+                outgoing.append(effect.message)
+            elif isinstance(effect, SendDecision):
+                outgoing.append(
+                    Decision(
+                        block=self.store.read_block(effect.height),
+                        certificate=self.store.read_certificate(effect.height),
+                    )
+                )
+            elif isinstance(effect, ScheduleTimeout):
+                self._timer_sequence += 1
+                heapq.heappush(
+                    self._timers,
+                    (self._clock_ms() + effect.delay_ms, self._timer_sequence, effect.timeout),
+                )
+            else:
+                self._decide(effect)
+        if outgoing and self.transport is not None:
+            self.transport.broadcast(outgoing)
+
+    def _decide(self, decision: Decide) -> None:
+        block = decision.block
+        self.store.append(block, decision.certificate, decision.state)
+        first = block.header.log_size - len(block.transactions)
+        committed = tuple(
+            Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
+            for i, e in enumerate(block.transactions)
+        )
+        with self._lock:
+            self._state = decision.state
+            self.pool.remove(block.transactions)
+            for outcome in committed:
+                self._remember(outcome)
+            for stale in self.pool.drop_stale(self._nonce):
+                self._remember(
+                    Outcome(
+                        tx_id=stale.tx_id,
+                        status="rejected",
+                        code="bad_nonce",
+                        message="another transaction used this nonce first",
+                    )
+                )
+        # Timers of decided heights would only be ignored by the replica: drop them.
+        self._timers = [t for t in self._timers if t[2].height > block.height]
+        heapq.heapify(self._timers)
+        self.log.compact(above_height=block.height)
+        self._committed.append(
+            CommittedBlock(block=block, certificate=decision.certificate, outcomes=committed)
+        )
+
+    # --- the pool -------------------------------------------------------------------------------
+
+    def _candidates(self, state: State, now_ms: int) -> list[Envelope]:
+        """The replica's TransactionSource: ready transactions on top of `state`."""
+
+        def nonce(signer: str) -> int:
+            account = state.get(f"account/{signer}")
+            return 0 if account is None else int(account["nonce"])
+
+        with self._lock:
+            return self.pool.ready(nonce, state.params.block_transactions_max)
+
+    def _nonce(self, signer: str) -> int:
+        account = self._state.get(f"account/{signer}")
+        return 0 if account is None else int(account["nonce"])
+
+    def _remember(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.tx_id] = outcome
+        self.outcomes.move_to_end(outcome.tx_id)
+        while len(self.outcomes) > OUTCOMES_REMEMBERED_MAX:
+            self.outcomes.popitem(last=False)
