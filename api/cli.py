@@ -205,11 +205,8 @@ def node(
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve the API on.")] = "127.0.0.1:8000",
     peer: Annotated[list[str] | None, typer.Option(help="A peer validator's URL.")] = None,
 ) -> None:
-    """Run a node: the single validator of its chain, serving the HTTP API."""
-    if peer:
-        raise LedgerError(
-            "peers need BFT consensus, which this version does not have yet", code="not_available"
-        )
+    """Run a node serving the HTTP API: the single validator of its chain, or (with --peer
+    URL for each other validator) one validator of a consortium running BFT consensus."""
     if validator_key is None:
         raise LedgerError(
             "followers arrive with consensus: give --validator-key", code="not_available"
@@ -226,7 +223,14 @@ def node(
             raise LedgerError(f"{data} holds another chain than {genesis_file}", code="exists")
     finally:
         store.close()
-    _serve(data, load_key(validator_key), host=host, port=int(port_text), simulate=False)
+    _serve(
+        data,
+        load_key(validator_key),
+        host=host,
+        port=int(port_text),
+        simulate=False,
+        peers=tuple(peer or ()),
+    )
 
 
 @app.command()
@@ -252,19 +256,28 @@ def dev(
     )
 
 
-def _serve(data: Path, validator: PrivateKey, *, host: str, port: int, simulate: bool) -> None:
+def _serve(
+    data: Path,
+    validator: PrivateKey,
+    *,
+    host: str,
+    port: int,
+    simulate: bool,
+    peers: tuple[str, ...] = (),
+) -> None:
     try:
         settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
         ensure_file_limit(settings)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    running = Node(data, validator)
+    running = Node(data, validator, peers=peers)
     running.on_block = _print_block
     app_ = create_app(running, settings)
     state = running.state
     base = f"http://{host}:{port}"
     out.print(
-        f"[green]single validator running[/green] on {data}: height {state.height}, "
+        f"[green]{'single validator' if running.consensus_inbox is None else 'validator'}"
+        f" running[/green] on {data}: height {state.height}, "
         f"{state.log.size} transactions, state root {state.state_root[:16]}…\n"
         f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
         highlight=False,

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from consensus.node import BftProducer
 from consensus.pool import Pool
 from consensus.producer import (
     CommittedBlock,
@@ -26,8 +27,9 @@ from consensus.producer import (
     SoloProducer,
     tune_garbage_collector,
 )
-from consensus.transport import Inbox
+from consensus.transport import HttpTransport, Inbox
 from consensus.verifier import SignatureWorker
+from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.state import State
@@ -81,16 +83,31 @@ class _CommittedIds:
 class Node:
     """A single-validator node on a data directory (BFT consensus replaces the producer)."""
 
-    def __init__(self, data: Path, validator_key: PrivateKey) -> None:
+    def __init__(self, data: Path, validator_key: PrivateKey, *, peers: Sequence[str] = ()) -> None:
+        """A single validator with no peers runs `SoloProducer`; with peers, or a genesis
+        naming several validators, the node runs BFT consensus (`consensus.node`)."""
         self.data = data
         self._writer = Store.open(data)
         self._writer.start_writer()  # a process: see Store.start_writer for why
         self.genesis = self._writer.genesis
         self._signatures = SignatureWorker()  # a process: see consensus.verifier for why
         self._write = ThreadPoolExecutor(1, thread_name_prefix="block-write")
-        self.producer = SoloProducer(
-            self._writer, validator_key, pool=Pool(check_signatures=self._signatures.check)
-        )
+        pool = Pool(check_signatures=self._signatures.check)
+        self._solo: SoloProducer | None = None
+        self._transport: HttpTransport | None = None
+        self._log: SignedLog | None = None
+        self.producer: SoloProducer | BftProducer
+        if not peers and len(self.genesis.validators) == 1:
+            self.producer = self._solo = SoloProducer(self._writer, validator_key, pool=pool)
+        else:
+            self._log = SignedLog(
+                data / WAL_FILE_NAME,
+                transaction_bytes_max=self.genesis.params.transaction_bytes_max,
+            )
+            self._transport = HttpTransport(peers)
+            self.producer = BftProducer(
+                self._writer, validator_key, log=self._log, transport=self._transport, pool=pool
+            )
         self._committed_ids = self._load_committed_ids(0)
         self._readers = threading.local()
         self._opened: list[Store] = []
@@ -101,7 +118,9 @@ class Node:
         self.blocks_produced = 0
         self.on_block: Callable[[CommittedBlock], None] | None = None
         # Where POST /v1/consensus/messages hands peers' messages; None: no consensus here.
-        self.consensus_inbox: Inbox | None = None
+        self.consensus_inbox: Inbox | None = (
+            None if isinstance(self.producer, SoloProducer) else self.producer.on_messages
+        )
 
     @property
     def state(self) -> State:
@@ -127,6 +146,10 @@ class Node:
         if self._loop is not None:
             self._loop.join(timeout=10)
         self._write.shutdown(wait=True)
+        if self._transport is not None:
+            self._transport.close()
+        if self._log is not None:
+            self._log.close()
         self._signatures.close()
         with self._opened_lock:
             for store in self._opened:
@@ -136,6 +159,11 @@ class Node:
 
     def _run(self) -> None:
         """Cut blocks; block N+1 is built while block N is written (`SoloProducer`)."""
+        if self._solo is None:
+            assert isinstance(self.producer, BftProducer)
+            self._run_consensus(self.producer)
+            return
+        solo = self._solo
         writing: tuple[PreparedBlock, Future[None]] | None = None
         try:
             while not self._stopping.is_set():
@@ -143,13 +171,13 @@ class Node:
                     written, writing = writing, None
                     self._finish(*written)
                 now_ms = int(time.time() * 1000)
-                if self.producer.due(now_ms):
-                    prepared = self.producer.prepare(now_ms)
+                if solo.due(now_ms):
+                    prepared = solo.prepare(now_ms)
                     if writing is not None:  # one block written at a time, in order
                         written, writing = writing, None
                         self._finish(*written)
                     if prepared is not None:
-                        writing = (prepared, self._write.submit(self.producer.write, prepared))
+                        writing = (prepared, self._write.submit(solo.write, prepared))
                         continue
                     self._wake()  # rejections only: their submitters hear it now
                 self._stopping.wait(POLL_SECONDS)
@@ -157,13 +185,29 @@ class Node:
             if writing is not None:
                 self._finish(*writing)
 
+    def _run_consensus(self, producer: BftProducer) -> None:
+        """Drive the BFT producer: peers' messages and due timers, every POLL_SECONDS at
+        most; each decided block is committed as `_finish` commits a solo one."""
+        while not self._stopping.is_set():
+            now_ms = int(time.time() * 1000)
+            while producer.due(now_ms):
+                result = producer.produce(now_ms)
+                if result is not None:
+                    self._committed_block(result)
+                elif not producer.due(now_ms):
+                    break
+            self._stopping.wait(POLL_SECONDS)
+
     def _finish(self, prepared: PreparedBlock, written: Future[None]) -> None:
+        assert self._solo is not None
         try:
             written.result()
         except BaseException:
-            self.producer.abandon()  # nothing of it was stored; its transactions wait
+            self._solo.abandon()  # nothing of it was stored; its transactions wait
             raise
-        result = self.producer.finish(prepared)
+        self._committed_block(self._solo.finish(prepared))
+
+    def _committed_block(self, result: CommittedBlock) -> None:
         if self._committed_ids.count + len(result.block.transactions) > (
             self._committed_ids.capacity
         ):
