@@ -223,9 +223,8 @@ class BftProducer:
                         message="another transaction used this nonce first",
                     )
                 )
-        # Timers of decided heights would only be ignored by the replica: drop them.
-        self._timers = [t for t in self._timers if t[2].height > block.height]
-        heapq.heapify(self._timers)
+        # Timers of decided heights stay: the replica ignores their steps, and its one
+        # REBROADCAST timer keeps the height it was first scheduled with as it re-arms.
         self.log.compact(above_height=block.height)
         self._committed.append(
             CommittedBlock(block=block, certificate=decision.certificate, outcomes=committed)
