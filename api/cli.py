@@ -20,6 +20,7 @@ import uvicorn
 
 from api.app import create_app
 from api.cli_client import export_from_node, query, tx
+from api.cli_cluster import cluster
 from api.cli_verify import verify_app
 from api.console import fails_cleanly, out
 from api.demo import build_demo
@@ -45,6 +46,7 @@ keys_app = typer.Typer(help="Make and inspect Ed25519 keys (PKCS#8 PEM).", no_ar
 genesis_app = typer.Typer(help="Write genesis files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(genesis_app, name="genesis")
+app.command()(cluster)
 app.add_typer(verify_app, name="verify")
 app.command("tx")(tx)
 app.command("query")(query)

@@ -1,0 +1,137 @@
+"""`tanlian cluster`: N validator processes on this machine as one consortium (SPEC §8).
+
+The first run makes, under DIR, one directory per party (named after the consortium's parties:
+city, certification centre, platform operator, independent party, then validator-5...), each
+with its own validator key and data, an authority key, and one genesis naming all N
+validators. Each party then runs `tanlian node --peer ...` on 127.0.0.1:BASE_PORT+i, and
+Ctrl-C (or SIGTERM) stops every child process, each by its pid, and waits for it (bounded).
+A later run on the same DIR resumes the same chain.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Final
+
+import typer
+
+from api.console import fails_cleanly, out
+from ledger.blocks import Validator
+from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
+from ledger.genesis import make_genesis_document
+
+PARTIES: Final = ("city", "certification-centre", "platform-operator", "independent-party")
+VALIDATORS_MAX: Final = 16  # processes on one machine
+STOP_SECONDS: Final = 20.0  # how long each child may take to stop before it is killed
+CHAIN_ID: Final = "tanlian-consortium"
+
+
+def party_names(count: int) -> list[str]:
+    return [PARTIES[i] if i < len(PARTIES) else f"validator-{i + 1}" for i in range(count)]
+
+
+def _key(path: Path) -> PrivateKey:
+    if path.exists():
+        return PrivateKey.from_pem(path.read_bytes())
+    key = PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.to_pem())
+    path.chmod(0o600)
+    return key
+
+
+def prepare(data: Path, names: list[str]) -> Path:
+    """Keys and genesis under `data` (made once; the same on later runs)."""
+    genesis = data / "genesis.json"
+    keys = {name: _key(data / name / "validator.pem") for name in names}
+    if genesis.exists():
+        document = json.loads(genesis.read_text())
+        named = sorted(v["name"] for v in document["validators"])
+        if named != sorted(names):
+            raise LedgerError(
+                f"{genesis} names validators {named}, not {sorted(names)}", code="exists"
+            )
+        return genesis
+    authority = _key(data / "authority.pem")
+    document = make_genesis_document(
+        chain_id=CHAIN_ID,
+        genesis_time=int(time.time() * 1000),
+        authority_name="Registry",
+        authority_keys=[authority.public_key_hex],
+        authority_threshold=1,
+        validators=[
+            Validator(public_key=keys[name].public_key_hex, power=1, name=name) for name in names
+        ],
+    )
+    genesis.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    return genesis
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=STOP_SECONDS)
+
+
+@fails_cleanly
+def cluster(
+    data: Annotated[Path, typer.Option(help="The consortium's directory (made if new).")],
+    validators: Annotated[
+        int, typer.Option(min=1, max=VALIDATORS_MAX, help="How many validators.")
+    ] = 4,
+    base_port: Annotated[
+        int, typer.Option(min=1, max=65535 - VALIDATORS_MAX, help="The first one's port.")
+    ] = 8100,
+) -> None:
+    """Run N local validator processes as one consortium, until Ctrl-C stops them all."""
+    names = party_names(validators)
+    genesis = prepare(data, names)
+    urls = [f"http://127.0.0.1:{base_port + i}" for i in range(validators)]
+    program = Path(sys.executable).parent / "tanlian"
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {
+        number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        for i, name in enumerate(names):
+            peers = [arg for j, url in enumerate(urls) if j != i for arg in ("--peer", url)]
+            log = (data / name / "node.log").open("ab")
+            command = [
+                str(program), "node",
+                "--genesis", str(genesis),
+                "--data", str(data / name / "data"),
+                "--validator-key", str(data / name / "validator.pem"),
+                "--listen", f"127.0.0.1:{base_port + i}",
+                *peers,
+            ]  # fmt: skip
+            children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+            out.print(f"{name:22} {urls[i]}  (pid {children[-1].pid})", highlight=False)
+        out.print(f"genesis {genesis}; logs in {data}/<party>/node.log (Ctrl-C stops all)")
+        while not stopping:
+            if any(child.poll() is not None for child in children):
+                raise LedgerError("a validator process exited: see its node.log", code="exited")
+            time.sleep(0.2)
+    finally:
+        _stop(children)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    out.print("stopped every validator", highlight=False)

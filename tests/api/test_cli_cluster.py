@@ -1,0 +1,74 @@
+"""`tanlian cluster`: four named parties run as one consortium; SIGTERM stops every child."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from api.cli_cluster import party_names
+from tests.api.test_cli import TANLIAN, environment, free_port
+
+WAIT_S = 30.0
+
+
+def test_party_names_follow_the_consortium_then_number() -> None:
+    assert party_names(5) == [
+        "city",
+        "certification-centre",
+        "platform-operator",
+        "independent-party",
+        "validator-5",
+    ]
+
+
+def test_cluster_runs_four_validators_and_stops_them_all(tmp_path: Path) -> None:
+    base = free_port()
+    while any(_taken(base + i) for i in range(1, 4)):
+        base = free_port()
+    process = subprocess.Popen(
+        [str(TANLIAN), "cluster", "--data", str(tmp_path), "--base-port", str(base)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment(),
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        heights: list[int] = []
+        with httpx.Client(timeout=1, trust_env=False) as client:
+            while len(heights) < 4 or min(heights) < 2:
+                assert time.monotonic() < deadline, heights
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                heights = []
+                for i in range(4):
+                    try:
+                        heights.append(
+                            client.get(f"http://127.0.0.1:{base + i}/healthz").json()["height"]
+                        )
+                    except httpx.HTTPError:
+                        break
+                time.sleep(0.1)
+        genesis = json.loads((tmp_path / "genesis.json").read_text())
+        assert sorted(v["name"] for v in genesis["validators"]) == sorted(party_names(4))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        output = process.stdout.read().decode() if process.stdout else ""
+        assert "stopped every validator" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _taken(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
