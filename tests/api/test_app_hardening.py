@@ -21,6 +21,7 @@ from api.node import Node
 from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
 from api.schemas import validate_envelope
 from api.settings import Settings
+from consensus.messages import decode_batch
 from ledger.limits import JSON_INTEGER_MAX, LONG_TEXT_CHARS_MAX, TRANSACTION_SIGNATURES_MAX
 from ledger.store import Store
 from ledger.transactions import TRANSACTION_TYPES
@@ -206,13 +207,18 @@ def test_the_deadline_is_a_bounded_setting(tmp_path: Path) -> None:
 async def test_every_operation_has_examples_for_its_parameters_and_body(
     spec: dict[str, Any],
 ) -> None:
-    assert len(list(operations(spec))) == 21
+    assert len(list(operations(spec))) == 22
     for method, path, operation in operations(spec):
         for parameter in operation.get("parameters", []):
             examples = parameter.get("examples")
             assert examples, (method, path, parameter["name"])
             assert all("value" in example for example in examples.values())
-        if method == "POST":
+        if (method, path) == ("POST", "/v1/consensus/messages"):
+            content = operation["requestBody"]["content"]
+            assert set(content) == {"application/x-ndjson"}, (method, path)
+            for example in content["application/x-ndjson"]["examples"].values():
+                decode_batch(example["value"].encode(), transaction_bytes_max=16384)
+        elif method == "POST":
             content = operation["requestBody"]["content"]
             assert set(content) == {"application/json"}, (method, path)
             examples = content["application/json"]["examples"]
