@@ -17,16 +17,13 @@ answer.
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import IO, Final
 
 from ledger.crypto import SignatureError
@@ -38,30 +35,10 @@ from ledger.transactions import (
     check_signed_messages,
     signed_message,
 )
+from ledger.worker import read_frame, start_child, stop_child, write_frame
 
 BATCH_MIN: Final = 64  # smaller batches are checked in the calling thread
-FRAME_BYTES_MAX: Final = 1 << 30  # a batch of the API's 1,000 largest envelopes is ~17 MB
 STOP_SECONDS: Final = 5.0
-_LENGTH: Final = struct.Struct("<Q")
-_PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
-
-
-def _write_frame(stream: IO[bytes], payload: bytes) -> None:
-    stream.write(_LENGTH.pack(len(payload)))
-    stream.write(payload)
-    stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> bytes | None:
-    """One length-prefixed frame, or None at the end of the stream."""
-    head = stream.read(_LENGTH.size)
-    if len(head) != _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(head)
-    if length > FRAME_BYTES_MAX:
-        raise ValueError(f"a frame of {length} bytes, at most {FRAME_BYTES_MAX}")
-    payload = stream.read(length)
-    return payload if len(payload) == length else None
 
 
 class SignatureWorker:
@@ -92,12 +69,12 @@ class SignatureWorker:
 
     def _exchange(self, request: bytes) -> bytes | None:
         if self._process is None:
-            self._process = _start_worker()
+            self._process = start_child("consensus.verifier")
         process = self._process
         assert process.stdin is not None and process.stdout is not None
         try:
-            _write_frame(process.stdin, request)
-            answer = _read_frame(process.stdout)
+            write_frame(process.stdin, request)
+            answer = read_frame(process.stdout)
         except (OSError, ValueError):
             answer = None
         if answer is None:  # the worker died or broke the protocol: replace it
@@ -107,35 +84,15 @@ class SignatureWorker:
 
     def _stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None and process.stdout is not None
-        with contextlib.suppress(OSError):  # a dead worker's pipe may not flush
-            process.stdin.close()
-        try:
-            process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_SECONDS)
-        process.stdout.close()
-
-
-def _start_worker() -> subprocess.Popen[bytes]:
-    """`python -m consensus.verifier` with this interpreter, finding this checkout first."""
-    paths = [str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return subprocess.Popen(
-        [sys.executable, "-m", "consensus.verifier"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
-    )
+        if process is not None:
+            stop_child(process, STOP_SECONDS)
 
 
 def serve(source: IO[bytes], sink: IO[bytes]) -> None:
     """The worker: answer each batch in order until the node closes the pipe."""
-    while (request := _read_frame(source)) is not None:
+    while (request := read_frame(source)) is not None:
         items: list[SignedMessage] = marshal.loads(request)
-        _write_frame(sink, marshal.dumps(check_signed_messages(items)))
+        write_frame(sink, marshal.dumps(check_signed_messages(items)))
 
 
 def _main() -> None:

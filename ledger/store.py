@@ -14,13 +14,11 @@ and the query projections batches, retirements and lots (indexed for the API's q
 
 from __future__ import annotations
 
-import contextlib
 import json
 import marshal
 import os
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import threading
@@ -55,6 +53,7 @@ from ledger.merkle import (
 from ledger.state import State
 from ledger.state_tree import STATE_KEY_CHARS_MAX, prove_state, verify_state_proof
 from ledger.transactions import Envelope, envelope_from_json_trusted
+from ledger.worker import read_frame, start_child, stop_child, write_frame
 
 DATABASE_FILE: Final = "ledger.sqlite"
 SCHEMA_VERSION: Final = 1
@@ -649,25 +648,7 @@ def _write(connection: sqlite3.Connection, record: Record) -> None:
             connection.executemany(statement, rows[name])
 
 
-_LENGTH: Final = struct.Struct("<Q")  # frames as consensus.verifier frames them
-_PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 WRITER_STOP_SECONDS: Final = 10.0
-
-
-def _write_frame(stream: IO[bytes], payload: bytes) -> None:
-    stream.write(_LENGTH.pack(len(payload)))
-    stream.write(payload)
-    stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> bytes | None:
-    """One length-prefixed frame, or None at the end of the stream."""
-    head = stream.read(_LENGTH.size)
-    if len(head) != _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(head)
-    payload = stream.read(length)
-    return payload if len(payload) == length else None
 
 
 class _Writer:
@@ -689,8 +670,8 @@ class _Writer:
             process = self._process
             assert process.stdin is not None and process.stdout is not None
             try:
-                _write_frame(process.stdin, request)
-                answer = _read_frame(process.stdout)
+                write_frame(process.stdin, request)
+                answer = read_frame(process.stdout, max_bytes=None)
             except OSError:
                 answer = None
             if answer is None:
@@ -704,27 +685,12 @@ class _Writer:
             self._stop()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        paths = [str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledger.store", str(self.database)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
-        )
+        return start_child("ledger.store", str(self.database))
 
     def _stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None and process.stdout is not None
-        with contextlib.suppress(OSError):  # a dead writer's pipe may not flush
-            process.stdin.close()
-        try:
-            process.wait(timeout=WRITER_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=WRITER_STOP_SECONDS)
-        process.stdout.close()
+        if process is not None:
+            stop_child(process, WRITER_STOP_SECONDS)
 
 
 def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
@@ -733,13 +699,13 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
         raise StoreError(f"no ledger at {database}")
     connection = Store._connect(database)
     try:
-        while (request := _read_frame(source)) is not None:
+        while (request := read_frame(source, max_bytes=None)) is not None:
             try:
                 _write(connection, marshal.loads(request))
             except (sqlite3.Error, AssertionError, ValueError) as error:
-                _write_frame(sink, str(error).encode() or type(error).__name__.encode())
+                write_frame(sink, str(error).encode() or type(error).__name__.encode())
             else:
-                _write_frame(sink, b"")
+                write_frame(sink, b"")
     finally:
         connection.close()
 

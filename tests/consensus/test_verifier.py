@@ -13,11 +13,11 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from consensus import verifier
 from consensus.pool import Pool
 from consensus.verifier import BATCH_MIN, SignatureWorker, serve
 from ledger.errors import LedgerError
 from ledger.transactions import Envelope, check_signatures, signed_message
+from ledger.worker import FRAME_BYTES_MAX, read_frame
 from tests.consensus.test_pool import envelope, tampered
 from tests.factory import key
 
@@ -108,7 +108,7 @@ def test_serve_answers_each_frame_in_order(large: list[Envelope]) -> None:
     sink = io.BytesIO()
     serve(io.BytesIO(frames(marshal.dumps(first), marshal.dumps(second))), sink)
     sink.seek(0)
-    replies = [verifier._read_frame(sink), verifier._read_frame(sink), verifier._read_frame(sink)]
+    replies = [read_frame(sink), read_frame(sink), read_frame(sink)]
     assert replies[2] is None
     expected = answers(check_signatures(large[:9]))
     got = [*marshal.loads(replies[0] or b""), *marshal.loads(replies[1] or b"")]
@@ -116,8 +116,8 @@ def test_serve_answers_each_frame_in_order(large: list[Envelope]) -> None:
 
 
 def test_frames_are_bounded_and_a_cut_frame_is_the_end() -> None:
-    assert verifier._read_frame(io.BytesIO(frames(b"abc")[:-1])) is None
-    assert verifier._read_frame(io.BytesIO(b"\x01\x00")) is None
-    too_long = struct.pack("<Q", verifier.FRAME_BYTES_MAX + 1)
+    assert read_frame(io.BytesIO(frames(b"abc")[:-1])) is None
+    assert read_frame(io.BytesIO(b"\x01\x00")) is None
+    too_long = struct.pack("<Q", FRAME_BYTES_MAX + 1)
     with pytest.raises(ValueError, match="at most"):
-        verifier._read_frame(io.BytesIO(too_long))
+        read_frame(io.BytesIO(too_long))

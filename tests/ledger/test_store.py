@@ -34,6 +34,7 @@ from ledger.state import State
 from ledger.state_transition import apply_block
 from ledger.store import DATABASE_FILE, Store
 from ledger.transactions import Envelope
+from ledger.worker import read_frame
 from tests.factory import GENESIS_TIME, Chain
 
 PROGRAM = "zibo-green-home"
@@ -505,7 +506,7 @@ def test_serve_writes_answers_each_block_and_names_a_failure(
     sink = io.BytesIO()
     store_module.serve_writes(produced.directory / DATABASE_FILE, source, sink)
     sink.seek(0)
-    answers = [store_module._read_frame(sink) for _ in range(3)]
+    answers = [read_frame(sink) for _ in range(3)]
     assert answers[0] and b"UNIQUE" in answers[0] and answers[1] == answers[0]
     assert answers[2] is None
 
