@@ -41,9 +41,10 @@ FILES_RESERVE: Final = 256  # the node's own files: the store, each thread's rea
 
 
 class HeadBound(asyncio.Protocol):
-    """A clock and a byte count on each request head, for one of uvicorn's HTTP protocols;
-    the concrete class says when the connection is between requests. `protocol_class` sets
-    the bounds, and the server's `waiting` connections, on a subclass per server."""
+    """A clock and a byte count on each request head, mixed into one of uvicorn's HTTP
+    protocols (both keep `cycle`, `server_state` and `connections` under the same names).
+    `protocol_class` sets the bounds, and the server's `waiting` connections, on a subclass
+    per server."""
 
     head_seconds: ClassVar[float]
     head_bytes_max: ClassVar[int]
@@ -51,30 +52,36 @@ class HeadBound(asyncio.Protocol):
     # The server's connections whose head clock runs, oldest clock first, with its start.
     waiting: ClassVar[dict[HeadBound, float]]
 
+    # uvicorn's own attributes, the same in its httptools and h11 protocols
+    cycle: Any
+    server_state: Any
+    connections: set[Any]
+
     _head_transport: asyncio.Transport | None = None
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
 
     def is_between_requests(self) -> bool:
         """True when no request of this connection is being answered."""
-        raise NotImplementedError
+        return self.cycle is None or bool(self.cycle.response_complete)
 
     def current_cycle(self) -> object:
         """The latest request cycle uvicorn started: a new one means a complete head."""
-        raise NotImplementedError
+        return self.cycle
 
     def default_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers uvicorn puts on every answer (date, server)."""
-        raise NotImplementedError
+        headers: list[tuple[bytes, bytes]] = self.server_state.default_headers
+        return headers
 
     def open_connections(self) -> int:
         """The server's open connections, this one included (uvicorn's count)."""
-        raise NotImplementedError
+        return len(self.connections)
 
     def forget_connection(self) -> None:
         """Count this connection out of the server's open ones now, as uvicorn does when it
         is lost: a closed transport may only tell so after the next reads are handled."""
-        raise NotImplementedError
+        self.connections.discard(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, though they are ones.
@@ -163,39 +170,9 @@ def problem_answer(code: str, detail: str, headers: list[tuple[bytes, bytes]]) -
 class HeadBoundHttpTools(HeadBound, HttpToolsProtocol):
     """uvicorn's httptools (llhttp) protocol with the head bound."""
 
-    def is_between_requests(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
-
-    def current_cycle(self) -> object:
-        return self.cycle
-
-    def default_headers(self) -> list[tuple[bytes, bytes]]:
-        return self.server_state.default_headers
-
-    def open_connections(self) -> int:
-        return len(self.connections)
-
-    def forget_connection(self) -> None:
-        self.connections.discard(self)
-
 
 class HeadBoundH11(HeadBound, H11Protocol):
     """uvicorn's h11 protocol with the head bound."""
-
-    def is_between_requests(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
-
-    def current_cycle(self) -> object:
-        return self.cycle
-
-    def default_headers(self) -> list[tuple[bytes, bytes]]:
-        return self.server_state.default_headers
-
-    def open_connections(self) -> int:
-        return len(self.connections)
-
-    def forget_connection(self) -> None:
-        self.connections.discard(self)
 
 
 PROTOCOLS: Final[dict[str, type[HeadBound]]] = {
