@@ -36,7 +36,13 @@ from collections.abc import Callable, Sequence
 
 from consensus.messages import Decision, Message
 from consensus.pool import Pool
-from consensus.producer import CommittedBlock, Outcome
+from consensus.producer import (
+    CommittedBlock,
+    Outcome,
+    committed_outcomes,
+    remember,
+    settle_pool,
+)
 from consensus.replica import (
     Broadcast,
     Decide,
@@ -52,7 +58,7 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
-from ledger.limits import OUTCOMES_REMEMBERED_MAX, PEER_QUEUE_MESSAGES_MAX
+from ledger.limits import PEER_QUEUE_MESSAGES_MAX
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
@@ -204,25 +210,10 @@ class BftProducer:
     def _decide(self, decision: Decide) -> None:
         block = decision.block
         self.store.append(block, decision.certificate, decision.state)
-        first = block.header.log_size - len(block.transactions)
-        committed = tuple(
-            Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
-            for i, e in enumerate(block.transactions)
-        )
+        committed = committed_outcomes(block)
         with self._lock:
             self._state = decision.state
-            self.pool.remove(block.transactions)
-            for outcome in committed:
-                self._remember(outcome)
-            for stale in self.pool.drop_stale(self._nonce):
-                self._remember(
-                    Outcome(
-                        tx_id=stale.tx_id,
-                        status="rejected",
-                        code="bad_nonce",
-                        message="another transaction used this nonce first",
-                    )
-                )
+            settle_pool(self.pool, self.outcomes, committed, block, self._nonce)
         # Timers of decided heights stay: the replica ignores their steps, and its one
         # REBROADCAST timer keeps the height it was first scheduled with as it re-arms.
         self.log.compact(above_height=block.height)
@@ -247,7 +238,4 @@ class BftProducer:
         return 0 if account is None else int(account["nonce"])
 
     def _remember(self, outcome: Outcome) -> None:
-        self.outcomes[outcome.tx_id] = outcome
-        self.outcomes.move_to_end(outcome.tx_id)
-        while len(self.outcomes) > OUTCOMES_REMEMBERED_MAX:
-            self.outcomes.popitem(last=False)
+        remember(self.outcomes, outcome)

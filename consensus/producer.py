@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +43,47 @@ class CommittedBlock:
     block: Block
     certificate: Certificate
     outcomes: tuple[Outcome, ...]
+
+
+def committed_outcomes(block: Block) -> tuple[Outcome, ...]:
+    """Each transaction of a committed block, with its height and log index."""
+    first = block.header.log_size - len(block.transactions)
+    return tuple(
+        Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
+        for i, e in enumerate(block.transactions)
+    )
+
+
+def remember(outcomes: OrderedDict[str, Outcome], outcome: Outcome) -> None:
+    """Keep `outcome`, forgetting the oldest beyond OUTCOMES_REMEMBERED_MAX."""
+    outcomes[outcome.tx_id] = outcome
+    outcomes.move_to_end(outcome.tx_id)
+    while len(outcomes) > OUTCOMES_REMEMBERED_MAX:
+        outcomes.popitem(last=False)
+
+
+def settle_pool(
+    pool: Pool,
+    outcomes: OrderedDict[str, Outcome],
+    committed: Sequence[Outcome],
+    block: Block,
+    committed_nonce: Callable[[str], int],
+) -> None:
+    """After `block` is committed (the caller holds its lock): its transactions leave the
+    pool with their outcomes, and any left holding a nonce now used is rejected."""
+    pool.remove(block.transactions)
+    for outcome in committed:
+        remember(outcomes, outcome)
+    for stale in pool.drop_stale(committed_nonce):
+        remember(
+            outcomes,
+            Outcome(
+                tx_id=stale.tx_id,
+                status="rejected",
+                code="bad_nonce",
+                message="another transaction used this nonce first",
+            ),
+        )
 
 
 class BlockProducer(Protocol):
@@ -142,10 +183,7 @@ class SoloProducer:
         return 0 if account is None else int(account["nonce"])
 
     def _remember(self, outcome: Outcome) -> None:
-        self.outcomes[outcome.tx_id] = outcome
-        self.outcomes.move_to_end(outcome.tx_id)
-        while len(self.outcomes) > OUTCOMES_REMEMBERED_MAX:
-            self.outcomes.popitem(last=False)
+        remember(self.outcomes, outcome)
 
     def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         """Admit envelopes to the pool; each answer is pending or rejected with its code."""
@@ -259,33 +297,18 @@ class SoloProducer:
     def finish(self, prepared: PreparedBlock) -> CommittedBlock:
         """After `write` returned: the block is committed, and readers see it."""
         block = prepared.block
-        first = block.header.log_size - len(block.transactions)
-        committed = [
-            Outcome(tx_id=e.tx_id, status="committed", height=block.height, log_index=first + i)
-            for i, e in enumerate(block.transactions)
-        ]
+        committed = committed_outcomes(block)
         with self._lock:
             assert self._unfinished and self._unfinished[0] is prepared, "finish in order"
             self._unfinished.pop(0)
             self._state = prepared.state
             self._last_certificate = prepared.certificate
-            self.pool.remove(block.transactions)
-            for outcome in committed:
-                self._remember(outcome)
             # Against the committed state: the next block, if prepared, is not stale.
-            for stale in self.pool.drop_stale(self._committed_nonce):
-                self._remember(
-                    Outcome(
-                        tx_id=stale.tx_id,
-                        status="rejected",
-                        code="bad_nonce",
-                        message="another transaction used this nonce first",
-                    )
-                )
+            settle_pool(self.pool, self.outcomes, committed, block, self._committed_nonce)
         return CommittedBlock(
             block=block,
             certificate=prepared.certificate,
-            outcomes=tuple(committed) + prepared.rejected,
+            outcomes=committed + prepared.rejected,
         )
 
     def abandon(self) -> None:
