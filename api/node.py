@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from api.intake import IntakeWorker
 from consensus.node import BftProducer
 from consensus.pool import Pool
 from consensus.producer import (
@@ -91,6 +92,7 @@ class Node:
         self._writer.start_writer()  # a process: see Store.start_writer for why
         self.genesis = self._writer.genesis
         self._signatures = SignatureWorker()  # a process: see consensus.verifier for why
+        self.intake = IntakeWorker()  # a process for large submissions: see api.intake
         self._write = ThreadPoolExecutor(1, thread_name_prefix="block-write")
         pool = Pool(check_signatures=self._signatures.check)
         self._solo: SoloProducer | None = None
@@ -151,6 +153,7 @@ class Node:
         if self._log is not None:
             self._log.close()
         self._signatures.close()
+        self.intake.close()
         with self._opened_lock:
             for store in self._opened:
                 store.close()
@@ -226,8 +229,14 @@ class Node:
         with self._committed:
             self._committed.notify_all()
 
-    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        return self.producer.submit(envelopes)
+    def submit(
+        self,
+        envelopes: Sequence[Envelope],
+        signature_checks: Sequence[LedgerError | None] | None = None,
+    ) -> list[Outcome]:
+        """Admit envelopes to the pool; `signature_checks`, where given, are their signatures'
+        checks made already (by the intake worker), which are then not made again."""
+        return self.producer.submit(envelopes, signature_checks)
 
     def _load_committed_ids(self, at_least: int) -> _CommittedIds:
         """A filter over the store's committed ids, with room to spare (the block loop

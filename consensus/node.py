@@ -124,10 +124,17 @@ class BftProducer:
             return True
         return bool(self._timers) and self._timers[0][0] <= self._clock_ms()
 
-    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+    def submit(
+        self,
+        envelopes: Sequence[Envelope],
+        signature_checks: Sequence[LedgerError | None] | None = None,
+    ) -> list[Outcome]:
         """Admit envelopes to the pool (pending, or rejected with its code). The replica takes
-        them from the pool when this validator proposes."""
-        checks = self.pool.check_signatures(envelopes)
+        them from the pool when this validator proposes. `signature_checks`, where given, are
+        the envelopes' checks made already."""
+        checks = (
+            self.pool.check_signatures(envelopes) if signature_checks is None else signature_checks
+        )
         answers = []
         with self._lock:
             admissions = self.pool.admit(envelopes, checks, self._nonce)

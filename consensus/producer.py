@@ -90,7 +90,11 @@ class BlockProducer(Protocol):
     @property
     def state(self) -> State: ...
 
-    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
+    def submit(
+        self,
+        envelopes: Sequence[Envelope],
+        signature_checks: Sequence[LedgerError | None] | None = None,
+    ) -> list[Outcome]: ...
 
     def produce(self, now_ms: int) -> CommittedBlock | None: ...
 
@@ -185,14 +189,23 @@ class SoloProducer:
     def _remember(self, outcome: Outcome) -> None:
         remember(self.outcomes, outcome)
 
-    def submit(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        """Admit envelopes to the pool; each answer is pending or rejected with its code."""
+    def submit(
+        self,
+        envelopes: Sequence[Envelope],
+        signature_checks: Sequence[LedgerError | None] | None = None,
+    ) -> list[Outcome]:
+        """Admit envelopes to the pool; each answer is pending or rejected with its code.
+        `signature_checks`, where given, are the envelopes' checks made already."""
         limit = self._state.params.transaction_bytes_max
         checks: list[LedgerError | None] = [
             error if size_error is None else size_error
             for size_error, error in zip(
                 (_size_error(envelope, limit) for envelope in envelopes),
-                self.pool.check_signatures(envelopes),
+                (
+                    self.pool.check_signatures(envelopes)
+                    if signature_checks is None
+                    else signature_checks
+                ),
                 strict=True,
             )
         ]

@@ -18,11 +18,6 @@ answer.
 from __future__ import annotations
 
 import marshal
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Sequence
 from typing import IO, Final
 
@@ -35,7 +30,7 @@ from ledger.transactions import (
     check_signed_messages,
     signed_message,
 )
-from ledger.worker import read_frame, start_child, stop_child, write_frame
+from ledger.worker import Child, read_frame, run_child, write_frame
 
 BATCH_MIN: Final = 64  # smaller batches are checked in the calling thread
 STOP_SECONDS: Final = 5.0
@@ -45,17 +40,15 @@ class SignatureWorker:
     """A worker process for batches of signature checks, started at the first large batch."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0  # workers started after one was lost
+        self.child = Child("consensus.verifier", stop_seconds=STOP_SECONDS)
 
     def check(self, envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
         """For each envelope, in order, None or the error of its first bad signature."""
         if len(envelopes) < BATCH_MIN:
             return check_signatures(envelopes)
-        request = marshal.dumps([signed_message(envelope) for envelope in envelopes])
-        with self._lock:
-            answer = self._exchange(request)
+        answer = self.child.exchange(
+            marshal.dumps([signed_message(envelope) for envelope in envelopes])
+        )
         if answer is None:
             return check_signatures(envelopes)
         failures: list[str | None] = marshal.loads(answer)
@@ -64,28 +57,7 @@ class SignatureWorker:
 
     def close(self) -> None:
         """Stop the worker (it exits when its input closes); idempotent."""
-        with self._lock:
-            self._stop()
-
-    def _exchange(self, request: bytes) -> bytes | None:
-        if self._process is None:
-            self._process = start_child("consensus.verifier")
-        process = self._process
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            write_frame(process.stdin, request)
-            answer = read_frame(process.stdout)
-        except (OSError, ValueError):
-            answer = None
-        if answer is None:  # the worker died or broke the protocol: replace it
-            self._stop()
-            self.restarts += 1
-        return answer
-
-    def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            stop_child(process, STOP_SECONDS)
+        self.child.close()
 
 
 def serve(source: IO[bytes], sink: IO[bytes]) -> None:
@@ -95,15 +67,5 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         write_frame(sink, marshal.dumps(check_signed_messages(items)))
 
 
-def _main() -> None:
-    # The node stops its worker by closing the pipe; a Ctrl-C meant for the node is not ours.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
-    sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with sink:
-        serve(sys.stdin.buffer, sink)
-
-
 if __name__ == "__main__":
-    _main()
+    run_child(serve)

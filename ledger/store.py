@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import json
 import marshal
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
@@ -53,7 +49,7 @@ from ledger.merkle import (
 from ledger.state import State
 from ledger.state_tree import STATE_KEY_CHARS_MAX, prove_state, verify_state_proof
 from ledger.transactions import Envelope, envelope_from_json_trusted
-from ledger.worker import read_frame, start_child, stop_child, write_frame
+from ledger.worker import Child, read_frame, run_child, write_frame
 
 DATABASE_FILE: Final = "ledger.sqlite"
 SCHEMA_VERSION: Final = 1
@@ -659,38 +655,18 @@ class _Writer:
 
     def __init__(self, database: Path) -> None:
         self.database = database
-        self._process: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        self.child = Child("ledger.store", str(database), stop_seconds=WRITER_STOP_SECONDS)
 
     def write(self, record: Record) -> None:
-        request = marshal.dumps(record)
-        with self._lock:
-            if self._process is None:
-                self._process = self._start()
-            process = self._process
-            assert process.stdin is not None and process.stdout is not None
-            try:
-                write_frame(process.stdin, request)
-                answer = read_frame(process.stdout, max_bytes=None)
-            except OSError:
-                answer = None
-            if answer is None:
-                self._stop()
-                raise StoreError("the store's writer process died: the block was not written")
+        # Answers are empty or an error's text, made by our own child: no bound needed.
+        answer = self.child.exchange(marshal.dumps(record), answer_bytes_max=None)
+        if answer is None:
+            raise StoreError("the store's writer process died: the block was not written")
         if answer:
             raise StoreError(f"the block was not written: {answer.decode()}")
 
     def close(self) -> None:
-        with self._lock:
-            self._stop()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        return start_child("ledger.store", str(self.database))
-
-    def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            stop_child(process, WRITER_STOP_SECONDS)
+        self.child.close()
 
 
 def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
@@ -807,14 +783,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
 
 
 def _main() -> None:
-    # The node stops its writer by closing the pipe; a Ctrl-C meant for the node is not ours,
-    # and the block being written must finish or roll back, not stop halfway.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
-    sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with sink:
-        serve_writes(Path(sys.argv[1]), sys.stdin.buffer, sink)
+    run_child(lambda source, sink: serve_writes(Path(sys.argv[1]), source, sink))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
 """Child processes of a node: how they are started, spoken to and stopped.
 
-A node hands CPU-bound or GIL-bound work (signature checks, block writes) to a child
-`python -m MODULE` reading length-prefixed frames on its stdin and answering on its stdout.
-The child ends when its stdin closes, so a node that dies (even by SIGKILL) leaves none behind.
-Used by `ledger.store` (the block writer) and `consensus.verifier` (the signature worker).
+A node hands CPU-bound or GIL-bound work (signature checks, request bodies, block writes) to a
+child `python -m MODULE` reading length-prefixed frames on its stdin and answering one frame
+for each on its stdout. The child ends when its stdin closes, so a node that dies (even by
+SIGKILL) leaves none behind. `Child` is the node's side, `run_child` the child's main. Used by
+`ledger.store` (the block writer), `consensus.verifier` (the signature worker) and
+`api.intake` (the submission worker).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final
 
@@ -62,3 +67,58 @@ def stop_child(process: subprocess.Popen[bytes], seconds: float) -> None:
         process.kill()
         process.wait(timeout=seconds)
     process.stdout.close()
+
+
+class Child:
+    """A child `python -m module arguments`, asked one request at a time (any thread),
+    started at the first request and replaced at the next after it was lost."""
+
+    def __init__(self, module: str, *arguments: str, stop_seconds: float) -> None:
+        self.module = module
+        self.arguments = arguments
+        self.stop_seconds = stop_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0  # children started after one was lost
+        self._lock = threading.Lock()
+
+    def exchange(
+        self, request: bytes, *, answer_bytes_max: int | None = FRAME_BYTES_MAX
+    ) -> bytes | None:
+        """The child's answer to `request`, or None if the child died or broke the protocol
+        (it is stopped then, and the next request starts a new one)."""
+        with self._lock:
+            if self.process is None:
+                self.process = start_child(self.module, *self.arguments)
+            process = self.process
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                write_frame(process.stdin, request)
+                answer = read_frame(process.stdout, answer_bytes_max)
+            except (OSError, ValueError):
+                answer = None
+            if answer is None:
+                self._stop()
+                self.restarts += 1
+            return answer
+
+    def close(self) -> None:
+        """Stop the child (it exits when its input closes); idempotent."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            stop_child(process, self.stop_seconds)
+
+
+def run_child(serve: Callable[[IO[bytes], IO[bytes]], None]) -> None:
+    """A child's main: `serve(requests, answers)` until the node closes the pipe."""
+    # The node stops its child by closing the pipe; a Ctrl-C meant for the node is not the
+    # child's (and a block being written must finish or roll back, not stop halfway).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
+    sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with sink:
+        serve(sys.stdin.buffer, sink)

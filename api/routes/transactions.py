@@ -10,15 +10,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api import schemas
+from api.intake import Submission
 from api.node import Node
 from api.problems import problem, problem_body, problem_responses
 from api.routes import example, node_of, settings_of
-from api.schemas import EXAMPLE_TX_ID, validate_envelope
+from api.schemas import EXAMPLE_TX_ID
 from api.settings import SUBMISSION_ENVELOPES_MAX, Settings
 from consensus.producer import Outcome
-from ledger.encoding import decode
 from ledger.errors import RULE_CODES, LedgerError
-from ledger.transactions import Envelope, parse_envelope
+from ledger.transactions import Envelope
 
 router = APIRouter(prefix="/v1", tags=["transactions"])
 
@@ -124,15 +124,15 @@ async def submit(
     ] = None,
 ) -> JSONResponse:
     body = await request.body()
-    # Decoding and parsing up to 1,000 envelopes is CPU work: off the event loop.
-    single, parsed = await run_in_threadpool(
-        _parse_submission,
+    # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event loop,
+    # and for a large body in the node's intake worker process (api.intake).
+    submission = await run_in_threadpool(
+        node.intake.parse,
         body,
         envelopes_max=settings.submission_envelopes_max,
         transaction_bytes_max=node.genesis.params.transaction_bytes_max,
     )
-    envelopes = [item for item in parsed if isinstance(item, Envelope)]
-    outcomes = await run_in_threadpool(_admit, node, envelopes)
+    outcomes = await run_in_threadpool(_admit, node, submission)
     if wait == "commit":
         pending = [o.tx_id for o in outcomes.values() if o.status == "pending"]
         if pending:
@@ -143,9 +143,9 @@ async def submit(
                 if result is not None:
                     outcomes[result.tx_id] = result
     answers: list[Outcome | LedgerError] = [
-        outcomes[item.tx_id] if isinstance(item, Envelope) else item for item in parsed
+        outcomes[item.tx_id] if isinstance(item, Envelope) else item for item in submission.items
     ]
-    if single:
+    if submission.single:
         answer = answers[0]
         if isinstance(answer, LedgerError):
             return problem(answer.code, answer.message)
@@ -163,38 +163,17 @@ async def submit(
     return JSONResponse({"results": bodies}, status_code=200 if done else 202)
 
 
-def _parse_submission(
-    body: bytes, *, envelopes_max: int, transaction_bytes_max: int
-) -> tuple[bool, list[Envelope | LedgerError]]:
-    """Whether one envelope came (or an array), and each item parsed or its error."""
-    value = decode(body)
-    single = not isinstance(value, list)
-    items = [value] if single else value
-    if len(items) > envelopes_max:
-        raise LedgerError(
-            f"{len(items)} envelopes, at most {envelopes_max} at once", code="limit_exceeded"
-        )
-    parsed: list[Envelope | LedgerError] = []
-    for item in items:
-        try:
-            validate_envelope(item)  # the edge's contract, then the ledger's own parser
-            parsed.append(parse_envelope(item, transaction_bytes_max=transaction_bytes_max))
-        except LedgerError as error:
-            parsed.append(error)
-    return single, parsed
-
-
-def _admit(node: Node, envelopes: list[Envelope]) -> dict[str, Outcome]:
+def _admit(node: Node, submission: Submission) -> dict[str, Outcome]:
     """Committed transactions answer their original outcome; the rest go to the pool."""
     outcomes: dict[str, Outcome] = {}
     fresh = []
-    for envelope in envelopes:
+    for envelope in submission.envelopes:
         known = node.outcome(envelope.tx_id)
         if known is not None and known.status == "committed":
             outcomes[envelope.tx_id] = known
         else:
             fresh.append(envelope)
-    for outcome in node.submit(fresh):
+    for outcome in node.submit(fresh, submission.signature_checks(fresh)):
         outcomes[outcome.tx_id] = outcome
     return outcomes
 

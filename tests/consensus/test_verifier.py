@@ -52,15 +52,15 @@ def test_a_large_batch_gets_the_in_process_answers(
     expected = answers(check_signatures(large))
     assert any(expected) and expected.count(None) > len(large) // 2
     assert answers(worker.check(large)) == expected
-    assert worker._process is not None, "a large batch goes to the worker"
+    assert worker.child.process is not None, "a large batch goes to the worker"
     assert answers(worker.check(large)) == expected, "and the worker serves the next one too"
-    assert worker.restarts == 0
+    assert worker.child.restarts == 0
 
 
 def test_a_small_batch_is_checked_without_a_worker(worker: SignatureWorker) -> None:
     small = batch(BATCH_MIN - 1)
     assert answers(worker.check(small)) == answers(check_signatures(small))
-    assert worker._process is None
+    assert worker.child.process is None
 
 
 def test_a_lost_worker_costs_speed_not_answers(
@@ -68,21 +68,21 @@ def test_a_lost_worker_costs_speed_not_answers(
 ) -> None:
     expected = answers(check_signatures(large))
     worker.check(large)
-    first = worker._process
+    first = worker.child.process
     assert first is not None
     first.kill()
     first.wait()
     assert answers(worker.check(large)) == expected, "checked in the calling thread instead"
-    assert worker.restarts == 1 and worker._process is None
+    assert worker.child.restarts == 1 and worker.child.process is None
     assert answers(worker.check(large)) == expected
-    assert worker._process is not None and worker._process.pid != first.pid
+    assert worker.child.process is not None and worker.child.process.pid != first.pid
 
 
 def test_close_stops_the_worker_and_may_be_repeated(
     worker: SignatureWorker, large: list[Envelope]
 ) -> None:
     worker.check(large)
-    process = worker._process
+    process = worker.child.process
     assert process is not None
     worker.close()
     assert process.returncode == 0, "the worker ends when its input closes"
@@ -95,7 +95,7 @@ def test_a_pool_admits_through_the_worker(worker: SignatureWorker, large: list[E
     admitted = pool.add_many(large, lambda signer: 0)
     expected = check_signatures(large)
     assert [a.error is None for a in admitted] == [e is None for e in expected]
-    assert worker._process is not None
+    assert worker.child.process is not None
 
 
 def frames(*payloads: bytes) -> bytes:

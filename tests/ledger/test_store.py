@@ -464,8 +464,8 @@ def test_a_dead_writer_fails_its_block_and_the_next_writer_takes_over(tmp_path: 
     blocks = scenario_blocks(chain)
     commit(producer, next(blocks), GENESIS_TIME + 1000)
     writer = store._writer
-    assert writer is not None and writer._process is not None
-    first = writer._process
+    assert writer is not None and writer.child.process is not None
+    first = writer.child.process
     first.kill()
     first.wait()
     second = next(blocks)
@@ -475,10 +475,10 @@ def test_a_dead_writer_fails_its_block_and_the_next_writer_takes_over(tmp_path: 
     assert store.head_height == 1 and producer.pending_count() == len(second)
     result = producer.produce(GENESIS_TIME + 3000)  # a new writer, the same transactions
     assert result is not None and result.block.height == 2
-    assert writer._process is not None and writer._process.pid != first.pid
+    assert writer.child.process is not None and writer.child.process.pid != first.pid
     assert store.head_height == 2
     store.close()
-    assert first.returncode is not None and writer._process is None
+    assert first.returncode is not None and writer.child.process is None
     reopened = Store.open(tmp_path)
     try:
         assert reopened.load_state().state_root == result.block.header.state_root
