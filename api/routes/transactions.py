@@ -1,4 +1,8 @@
-"""POST /v1/transactions and GET /v1/transactions/{tx_id} (SPEC §7.1)."""
+"""POST /v1/transactions and GET /v1/transactions/{tx_id} (SPEC §7.1).
+
+A follower forwards a submission, as it came, to the nodes it follows and answers what the
+first that answers decided (`api.follow.Forwarder`, docs/decisions/0006).
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,13 @@ SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "model": schemas.Pending | schemas.Results,
     },
     **problem_responses(
-        "malformed_json", "request_timeout", "mempool_full", "limit_exceeded", *RULE_CODES
+        "malformed_json",
+        "request_timeout",
+        "mempool_full",
+        "limit_exceeded",
+        "upstream_unavailable",
+        "bad_upstream",
+        *RULE_CODES,
     ),
 }
 REQUEST_EXAMPLES: Final = {
@@ -124,6 +134,11 @@ async def submit(
     ] = None,
 ) -> JSONResponse:
     body = await request.body()
+    if node.forwarder is not None:  # a follower: the nodes it follows decide
+        status, forwarded = await run_in_threadpool(
+            node.forwarder.submit, body, wait=wait == "commit"
+        )
+        return JSONResponse(forwarded, status_code=status)
     # Decoding and parsing up to 1,000 envelopes is CPU work: off the event loop.
     single, parsed = await run_in_threadpool(
         _parse_submission,
