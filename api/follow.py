@@ -10,11 +10,12 @@ pool, so it forwards the body as it came to the nodes it follows, in the order g
 answers what the first that answers decides, as that node answered it: 202 pending, 200
 committed, an array's results, or that node's RFC 9457 problem (its status from this node's
 own table). A user of a follower gets the validators' outcome, not a guess. What the
-follower cannot vouch for it does not relay:
+follower cannot vouch for it does not relay, and asks the next node instead (a transaction is
+idempotent by its id); when none gives an answer to relay:
 
-    upstream_unavailable (503)  no followed node could be reached (each one tried in turn)
-    bad_upstream (502)          a followed node answered something that is not a submission's
-                                answer, or a problem whose code this node does not know
+    upstream_unavailable (503)  no followed node could be reached
+    bad_upstream (502)          one answered something that is not a submission's answer, or
+                                a problem whose code this node does not know
 """
 
 from __future__ import annotations
@@ -89,34 +90,39 @@ class Forwarder:
         return [client.base_url for client in self.clients]
 
     def submit(self, body: bytes, *, wait: bool) -> tuple[int, dict[str, Any]]:
-        """The first followed node's answer to `body` that can be had: its status (200 or
-        202) and body, or its problem raised as a `LedgerError` with the problem's code."""
-        unreachable = []
+        """The first answer to `body` a followed node gives that can be relayed: its status
+        (200 or 202) and body, or its problem raised as a `LedgerError` with the problem's
+        code. A node that cannot be reached or answers something else is passed over for the
+        next (a transaction is idempotent by its id, so a second node may see it too)."""
+        failures: list[LedgerError] = []
         for client in self.clients:
             try:
-                status, answer = client.forward(body, wait=wait)
-            except ClientError as error:
-                if error.code in ("node_unreachable", "bad_url"):
-                    unreachable.append(error.message)
-                    continue  # nothing was decided there: the next node may answer
-                if error.status is not None and error.code in _RELAYED:
-                    raise LedgerError(
-                        f"{client.base_url}: {error.message}", code=error.code
-                    ) from error
-                raise LedgerError(
-                    f"{client.base_url} answered the submission badly: {error.message}",
-                    code="bad_upstream",
-                ) from error
-            return self._checked(client, status, answer)
+                return self._forward(client, body, wait)
+            except LedgerError as error:
+                if error.code not in ("upstream_unavailable", "bad_upstream"):
+                    raise  # that node's decision
+                failures.append(error)
+        reasons = "; ".join(failure.message for failure in failures)
+        if any(failure.code == "bad_upstream" for failure in failures):
+            raise LedgerError(reasons, code="bad_upstream")
         raise LedgerError(
-            "this node is a follower and none of the nodes it follows answered: "
-            + "; ".join(unreachable),
+            f"this node is a follower and none of the nodes it follows answered: {reasons}",
             code="upstream_unavailable",
         )
 
     @staticmethod
-    def _checked(client: Client, status: int, answer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Only a submission's answer is relayed, with the status that goes with it."""
+    def _forward(client: Client, body: bytes, wait: bool) -> tuple[int, dict[str, Any]]:
+        try:
+            status, answer = client.forward(body, wait=wait)
+        except ClientError as error:
+            if error.code in ("node_unreachable", "bad_url"):
+                raise LedgerError(error.message, code="upstream_unavailable") from error
+            if error.status is not None and error.code in _RELAYED:
+                raise LedgerError(f"{client.base_url}: {error.message}", code=error.code) from error
+            raise LedgerError(
+                f"{client.base_url} answered the submission badly: {error.message}",
+                code="bad_upstream",
+            ) from error
         try:
             _SUBMISSION_ANSWER.validate_python(answer, strict=True)
         except ValidationError as error:
