@@ -223,7 +223,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
     follow = follow or []
     if (validator_key is None) == (not follow):
         raise typer.BadParameter(
-            "give --validator-key KEY (a validator) or --follow URL (a follower), not both"
+            "give either --validator-key KEY (a validator) or --follow URL (a follower)"
         )
     if follow and peer:
         raise typer.BadParameter("a follower has no --peer: it follows the --follow nodes")

@@ -162,9 +162,10 @@ class BftProducer:
         """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
         effects, and return a block decided since the last call, if any."""
         if self.sync is not None and self.sync.is_behind(self._state.height):
+            before = self._state.height
             self.sync.step(self._state, self._append_synced)
-            if self.sync.is_behind(self._state.height):  # more to fetch before taking part
-                return self._committed.popleft() if self._committed else None
+            if self._state.height > before and self.sync.is_behind(self._state.height):
+                return self._committed.popleft()  # more to fetch before taking part
         if self.replica.height <= self._state.height:
             self._rejoin()
         if not self._started:

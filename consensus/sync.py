@@ -285,8 +285,10 @@ class BlockSync:
             return self._heard
 
     def is_behind(self, height: int, *, lag: int = SYNC_LAG_HEIGHTS_MIN) -> bool:
-        """At least `lag` heights above `height` are known to be decided, and no retry wait is
-        running: an attempt is due."""
+        """At least `lag` heights above `height` are known to be decided, no retry wait is
+        running and the sync is not closing: an attempt is due."""
+        if self._closing.is_set():
+            return False
         with self._lock:
             return self._heard - height >= lag and self._clock_ms() >= self._retry_at_ms
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from api.app import create_app
+from api.cli import app
 from api.client import Client, ClientError
 from api.follow import ApiSource, Forwarder
 from api.node import Node
@@ -22,6 +24,7 @@ from api.problems import problem_body
 from api.settings import Settings
 from consensus.follower import Follower
 from consensus.sync import BlockSync, MemorySource
+from ledger.encoding import canonical
 from ledger.errors import LedgerError
 from ledger.store import Store
 from tests.api.test_app import assert_problem
@@ -238,14 +241,14 @@ async def follower(tmp_path: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClien
     )
     running.forwarder = forwarder(answering(202, PENDING))
     running.start()
-    app = create_app(running, Settings(data=tmp_path), manage_node=False)
+    served = create_app(running, Settings(data=tmp_path), manage_node=False)
     try:
         deadline = time.monotonic() + 30
         while running.state.height < 250:
             assert time.monotonic() < deadline, running.state.height
             time.sleep(0.02)
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://follower"
+            transport=httpx.ASGITransport(app=served), base_url="http://follower"
         ) as client:
             yield running, client
     finally:
@@ -296,3 +299,27 @@ async def test_a_follower_answers_problems_for_what_it_cannot_forward(
         "insufficient_credits",
     )
     assert "holds 5, needs 10" in relayed["detail"]
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        ([], "give either --validator-key KEY"),
+        (["--validator-key", "v.pem", "--follow", "http://a.test"], "give either"),
+        (["--follow", "http://a.test", "--peer", "http://b.test"], "a follower has no --peer"),
+        (["--follow", "ftp://a.test"], "is not an http:// or https:// URL"),
+    ],
+)
+def test_node_needs_a_key_or_nodes_to_follow(
+    arguments: list[str], reason: str, tmp_path: Path
+) -> None:
+    genesis = tmp_path / "genesis.json"
+    genesis.write_bytes(canonical(built().chain.genesis_document))
+    command = ["node", "--genesis", str(genesis), "--data", str(tmp_path / "data"), *arguments]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert reason in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "data").exists()  # refused before anything is made

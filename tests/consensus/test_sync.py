@@ -451,8 +451,15 @@ def test_a_closing_sync_starts_nothing_and_stops_at_the_next_line() -> None:
         if block.height == 5:
             sync.close()
 
+    vote = sign_vote(
+        key("validator-city"), chain_id=CHAIN_ID, vote_type="prevote", height=100, round=0,
+        block_hash=None,
+    )  # fmt: skip
+    sync.heard([vote])
+    assert sync.is_behind(0)
     state = sync.step(chain.genesis, append_then_close)
     assert state.height == 5 and sync.counters.refusals == 0
+    assert not sync.is_behind(state.height)  # a stopping node's loop must not spin on it
     assert sync.step(state, sink.append) is state
     sync.close_sources()
 
