@@ -19,7 +19,8 @@ auditor checks an export (ledger.verification), line by line, in order:
    verifier) and the block applies to the state before it (`apply_block`: hash links,
    `last_commit`, every transaction rule, `log_size`, `log_root`, `state_root`; the rule is
    the one it names);
-6. only then is the block handed on (`BlockSync` appends it to the store). Lines that end
+6. only then is the block handed on (`BlockSync` has it appended to the store on a write
+   thread of its own, block N written while block N + 1 is checked). Lines that end
    before the range does, when the source claimed a head at or above its end, are refused too
    (rule `short`), and so are lines that stop coming in time (rule `timeout`).
 
@@ -49,6 +50,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -86,7 +88,9 @@ log = logging.getLogger("tanlian.consensus.sync")
 REFUSAL_CHARS_MAX: Final = 300  # how much of a refusal the log and `last_refusal` keep
 
 Append = Callable[[Block, Certificate, State], None]
-"""Where a verified block goes, with its certificate and the state after it (the store)."""
+"""Where a verified block goes, with its certificate and the state after it (the store):
+called in order, one block at a time, on the sync's write thread, while the thread that runs
+`step` checks the next block and waits for it before `step` returns."""
 
 
 class SyncRefused(ConsensusError):
@@ -267,6 +271,8 @@ class BlockSync:
         self._penalty_ms = [0] * len(self.sources)
         self._not_before_ms = [0] * len(self.sources)
         self._closing = threading.Event()
+        # Where `append` runs: block N is written while block N + 1 is checked.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sync-write")
         self.counters = SyncCounters()
 
     # --- what peers say (any thread) ----------------------------------------------------------
@@ -304,6 +310,8 @@ class BlockSync:
         self._closing.set()
 
     def close_sources(self) -> None:
+        """Once no attempt runs any more: close the sources and the write thread."""
+        self._writer.shutdown(wait=True)
         for source in self.sources:
             source.close()
 
@@ -311,7 +319,8 @@ class BlockSync:
 
     def step(self, state: State, append: Append) -> State:
         """One bounded attempt from `state`: each verified block is handed to `append` in
-        order; returns the state after the last one (`state` itself if none came)."""
+        order; returns the state after the last one (`state` itself if none came). An error
+        of `append` itself propagates: it is this node's, not the source's."""
         now = self._clock_ms()
         if self._closing.is_set() or now < self.retry_at_ms:
             return state
@@ -322,20 +331,20 @@ class BlockSync:
                 break
             if now < self._not_before_ms[index]:
                 continue  # refused a moment ago: its wait is not over
-            source = self.sources[index]
             reached = state.height
             try:
-                head = source.head_height()
-                if head > state.height:
-                    last = min(head, state.height + self.range_blocks_max)
-                    for decision, after in self._range(source, state, last, deadline):
-                        append(decision.block, decision.certificate, after)
-                        state = after
-                        self.counters.blocks += 1
+                head = self.sources[index].head_height()
             except LedgerError as error:
+                self._refuse(index, error, 0, now)
+                continue
+            refusal = None
+            if head > state.height:
+                last = min(head, state.height + self.range_blocks_max)
+                state, refusal = self._take_range(index, state, last, deadline, append)
+            if refusal is not None:
                 if self._closing.is_set():
                     return state  # not the source's fault
-                self._refuse(index, error, state.height - reached, now)
+                self._refuse(index, refusal, state.height - reached, now)
                 continue
             self._penalty_ms[index] = 0
             if head > reached:
@@ -349,9 +358,40 @@ class BlockSync:
             self._retry_at_ms = max(now + self.retry_ms_min, min(self._not_before_ms))
         return state
 
+    def _take_range(
+        self, index: int, state: State, last: int, deadline: int, append: Append
+    ) -> tuple[State, LedgerError | None]:
+        """Heights `state.height + 1`..`last` from source `index`, each verified block handed
+        to `append` on the write thread while the next is checked (one at a time, in order);
+        the state reached once every handed block is appended, and the error that ended the
+        range early, if one did."""
+        verified = self._range(self.sources[index], state, last, deadline)
+        writing: Future[None] | None = None
+        refusal = None
+        try:
+            while True:
+                try:
+                    item = next(verified, None)
+                except LedgerError as error:  # the source's, or a failed check
+                    refusal = error
+                    break
+                if item is None:
+                    break
+                decision, after = item
+                if writing is not None:
+                    writing.result()
+                writing = self._writer.submit(append, decision.block, decision.certificate, after)
+                state = after
+                self.counters.blocks += 1
+        finally:
+            verified.close()
+            if writing is not None:
+                writing.result()
+        return state, refusal
+
     def _range(
         self, source: BlockSource, state: State, last: int, deadline: int
-    ) -> Iterator[tuple[Decision, State]]:
+    ) -> Generator[tuple[Decision, State], None, None]:
         lines = source.export_lines(state.height + 1, last, line_bytes_max=self.line_bytes_max)
         try:
             yield from verify_lines(
