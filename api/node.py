@@ -89,7 +89,7 @@ class _CommittedIds:
 
 
 class Node:
-    """A single-validator node on a data directory (BFT consensus replaces the producer)."""
+    """A node on a data directory: a validator (alone, or of a consortium) or a follower."""
 
     def __init__(
         self,

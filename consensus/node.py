@@ -162,9 +162,9 @@ class BftProducer:
         """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
         effects, and return a block decided since the last call, if any."""
         if self.sync is not None and self.sync.is_behind(self._state.height):
-            before = self._state.height
-            self.sync.step(self._state, self._append_synced)
-            if self._state.height > before and self.sync.is_behind(self._state.height):
+            if not self._committed:  # one range at a time: the last one's blocks go first
+                self.sync.step(self._state, self._append_synced)
+            if self._committed and self.sync.is_behind(self._state.height):
                 return self._committed.popleft()  # more to fetch before taking part
         if self.replica.height <= self._state.height:
             self._rejoin()
@@ -244,7 +244,8 @@ class BftProducer:
     # --- block sync -----------------------------------------------------------------------------
 
     def _append_synced(self, block: Block, certificate: Certificate, state: State) -> None:
-        """A block that block sync verified: stored and reported as a decided one."""
+        """A block that block sync verified: stored and reported as a decided one (on the
+        sync's write thread, while this producer's thread waits in `BlockSync.step`)."""
         self._decide(Decide(block=block, certificate=certificate, state=state, evidence=()))
 
     def _rejoin(self) -> None:
