@@ -94,6 +94,12 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
     "/transactions",
     status_code=202,
     summary="Submit one signed envelope, or an array of up to 1,000",
+    description=(
+        "A validator admits the envelopes to its pool. A follower (`tanlian node --follow`) "
+        "forwards the body as it came to the nodes it follows and answers with the first "
+        "answer it can relay: that node's outcome or problem; `upstream_unavailable` when "
+        "none can be reached, `bad_upstream` when one answered badly."
+    ),
     responses=SUBMIT_RESPONSES,
     openapi_extra={
         "requestBody": {
