@@ -85,10 +85,6 @@ class Forwarder:
         assert urls, "a follower follows at least one node"
         self.clients = [Client(url, transport=transport) for url in urls]
 
-    @property
-    def urls(self) -> list[str]:
-        return [client.base_url for client in self.clients]
-
     def submit(self, body: bytes, *, wait: bool) -> tuple[int, dict[str, Any]]:
         """The first answer to `body` a followed node gives that can be relayed: its status
         (200 or 202) and body, or its problem raised as a `LedgerError` with the problem's

@@ -40,6 +40,9 @@ It is taken before any signature check, because a message of a far height cannot
 (its validator set may not be known yet): a false hint costs one bounded attempt, after which
 it is forgotten. The blocks are what is checked.
 
+`verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
+in-memory twin, for tests.
+
     ConsensusError
     └── SyncRefused   sync_refused: what a source served fails a check (`height`, `rule`)
 """

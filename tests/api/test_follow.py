@@ -24,6 +24,7 @@ from api.problems import problem_body
 from api.settings import Settings
 from consensus.follower import Follower
 from consensus.sync import BlockSync, MemorySource
+from consensus.wal import WAL_FILE_NAME
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
 from ledger.store import Store
@@ -275,9 +276,10 @@ async def test_a_follower_serves_the_api_from_its_own_store(
     # Submissions go to the followed node, and its answer comes back.
     submitted = await client.post("/v1/transactions", content=b"{}")
     assert submitted.status_code == 202 and submitted.json() == PENDING
-    # It runs no consensus.
+    # It runs no consensus and signs nothing: it holds no key and keeps no signed-message log.
     refused = await client.post("/v1/consensus/messages", content=b"{}\n")
     assert_problem(refused, 404, "not_found")
+    assert node.consensus_inbox is None and not (node.data / WAL_FILE_NAME).exists()
 
 
 @pytest.mark.anyio
