@@ -203,7 +203,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
     genesis_file: Annotated[Path, typer.Option("--genesis", help="The chain's genesis file.")],
     data: Annotated[Path, typer.Option(help="The data directory (created if new).")],
     validator_key: Annotated[
-        Path | None, typer.Option(help="This node's validator key (PEM).")
+        Path | None, typer.Option(help="This node's validator key (PEM); a follower has none.")
     ] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve the API on.")] = "127.0.0.1:8000",
     peer: Annotated[list[str] | None, typer.Option(help="A peer validator's URL.")] = None,
