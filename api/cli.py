@@ -22,6 +22,7 @@ from api.app import create_app
 from api.cli_client import export_from_node, query, tx
 from api.cli_cluster import cluster
 from api.cli_verify import verify_app
+from api.client import Client, ClientError
 from api.console import fails_cleanly, out
 from api.demo import build_demo
 from api.node import Node
@@ -198,21 +199,39 @@ def receipt(
 
 @app.command()
 @fails_cleanly
-def node(
+def node(  # noqa: PLR0917 - typer maps each option to a parameter
     genesis_file: Annotated[Path, typer.Option("--genesis", help="The chain's genesis file.")],
     data: Annotated[Path, typer.Option(help="The data directory (created if new).")],
     validator_key: Annotated[
-        Path | None, typer.Option(help="This node's validator key (PEM).")
+        Path | None, typer.Option(help="This node's validator key (PEM); a follower has none.")
     ] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve the API on.")] = "127.0.0.1:8000",
     peer: Annotated[list[str] | None, typer.Option(help="A peer validator's URL.")] = None,
+    follow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Follow the node at this URL (repeat: the next is asked when one fails)."
+        ),
+    ] = None,
 ) -> None:
-    """Run a node serving the HTTP API: the single validator of its chain, or (with --peer
-    URL for each other validator) one validator of a consortium running BFT consensus."""
-    if validator_key is None:
-        raise LedgerError(
-            "followers arrive with consensus: give --validator-key", code="not_available"
+    """Run a node serving the HTTP API: the single validator of its chain; one validator of a
+    consortium running BFT consensus (with --peer URL for each other validator; far behind,
+    it catches up by block sync from their API); or, with --follow URL and no key, a follower
+    that signs nothing, checks every certificate and replays every block it takes from the
+    nodes it follows, serves the whole read, proof and export API from its own store, and
+    forwards submissions to them."""
+    follow = follow or []
+    if (validator_key is None) == (not follow):
+        raise typer.BadParameter(
+            "give either --validator-key KEY (a validator) or --follow URL (a follower)"
         )
+    if follow and peer:
+        raise typer.BadParameter("a follower has no --peer: it follows the --follow nodes")
+    for url in follow:
+        try:
+            Client(url).close()
+        except ClientError as error:
+            raise typer.BadParameter(f"--follow {error.message}") from None
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise typer.BadParameter(f"--listen must be HOST:PORT, not {listen!r}")
@@ -227,11 +246,12 @@ def node(
         store.close()
     _serve(
         data,
-        load_key(validator_key),
+        None if validator_key is None else load_key(validator_key),
         host=host,
         port=int(port_text),
         simulate=False,
         peers=tuple(peer or ()),
+        follow=tuple(follow),
     )
 
 
@@ -260,26 +280,30 @@ def dev(
 
 def _serve(
     data: Path,
-    validator: PrivateKey,
+    validator: PrivateKey | None,
     *,
     host: str,
     port: int,
     simulate: bool,
     peers: tuple[str, ...] = (),
+    follow: tuple[str, ...] = (),
 ) -> None:
     try:
         settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
         ensure_file_limit(settings)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    running = Node(data, validator, peers=peers)
+    running = Node(data, validator, peers=peers, follow=follow)
     running.on_block = _print_block
     app_ = create_app(running, settings)
     state = running.state
     base = f"http://{host}:{port}"
+    if follow:
+        role = f"follower of {', '.join(follow)}"
+    else:
+        role = "single validator" if running.consensus_inbox is None else "validator"
     out.print(
-        f"[green]{'single validator' if running.consensus_inbox is None else 'validator'}"
-        f" running[/green] on {data}: height {state.height}, "
+        f"[green]{role} running[/green] on {data}: height {state.height}, "
         f"{state.log.size} transactions, state root {state.state_root[:16]}…\n"
         f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
         highlight=False,

@@ -17,6 +17,7 @@ an httpx traceback. Failures are one exception with a stable code:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -75,8 +76,11 @@ class Client:
         base_url: str,
         *,
         timeout: float = TIMEOUT_SECONDS_DEFAULT,
+        answer_seconds_max: float | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`timeout` bounds each step (connecting, each read, ...); `answer_seconds_max`, if
+        given, a whole request, from sending it to the last byte of its answer."""
         try:
             url = httpx.URL(base_url)
         except (httpx.InvalidURL, TypeError) as error:
@@ -87,6 +91,7 @@ class Client:
             )
         self.base_url = str(url).rstrip("/")
         self.timeout = timeout
+        self.answer_seconds_max = answer_seconds_max
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -172,21 +177,43 @@ class Client:
         else:
             body = [_envelope_json(item) for item in envelopes]
         params = {"wait": "commit"} if wait else None
-        timeout = (
-            max(self.timeout, COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS)
-            if wait
-            else self.timeout
-        )
         return self._call(
             "POST",
             "/v1/transactions",
             params=params,
             content=canonical(body),
             headers={"content-type": "application/json"},
-            timeout=timeout,
+            timeout=self._submit_timeout(wait),
         )
 
+    def forward(self, body: bytes, *, wait: bool = False) -> tuple[int, dict[str, Any]]:
+        """Submit a body as it came, unread (a follower forwarding its users' submissions):
+        the HTTP status (2xx) and the JSON object answered. A problem raises `ClientError`
+        with the problem's code and status."""
+        with self._request(
+            "POST",
+            "/v1/transactions",
+            params={"wait": "commit"} if wait else None,
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=self._submit_timeout(wait),
+        ) as response:
+            if not 200 <= response.status_code < 300:
+                self._raise_for(response)
+            value = self._read_json(response)
+        if not isinstance(value, dict):
+            raise ClientError(
+                f"POST /v1/transactions: expected a JSON object, got {type(value).__name__}",
+                status=response.status_code,
+            )
+        return response.status_code, value
+
     # --- the plumbing ---------------------------------------------------------------------------
+
+    def _submit_timeout(self, wait: bool) -> float:
+        if not wait:
+            return self.timeout
+        return max(self.timeout, COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS)
 
     def _get(self, path: str, *, params: Mapping[str, int | str] | None = None) -> dict[str, Any]:
         return self._call("GET", path, params=params)
@@ -208,6 +235,12 @@ class Client:
         """An open, streamed response; transport failures become `ClientError`s."""
         try:
             with self._http.stream(method, path, **options) as response:
+                if self.answer_seconds_max is not None:
+                    response.stream = _Deadline(
+                        response.stream,
+                        time.monotonic() + self.answer_seconds_max,
+                        response.request,
+                    )
                 yield response
         except httpx.HTTPError as error:
             raise self._transport_error(error) from error
@@ -280,6 +313,25 @@ class Client:
         detail = value.get("detail")
         detail = _one_line(detail) if isinstance(detail, str) and detail else code
         raise ClientError(f"{detail} (HTTP {status})", code=code, status=status)
+
+
+class _Deadline(httpx.SyncByteStream):
+    """An answer's bytes, refused (as a read timeout) once `deadline` (monotonic) passes: a
+    node dripping an answer byte by byte must not hold its reader for ever."""
+
+    def __init__(self, stream: Any, deadline: float, request: httpx.Request) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if time.monotonic() > self._deadline:
+                raise httpx.ReadTimeout("the whole answer took too long", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _envelope_json(item: Submission) -> JSON:

@@ -1,5 +1,10 @@
 """A running node: the store, the block producer and the loop that cuts blocks.
 
+A node is the single validator of its chain (`SoloProducer`), one validator of a consortium
+(`BftProducer`, which catches up by block sync from its peers' API when far behind), or a
+follower (`consensus.follower.Follower`: no key; it syncs from the nodes it follows, and
+`forwarder` hands its users' submissions to them).
+
 The block loop builds blocks (`SoloProducer.prepare`); one write thread makes each durable
 through the store's writer process while the loop builds the next, and only then does the
 loop commit it (`finish`): what readers see, and every "committed" answer, follows
@@ -18,7 +23,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from api.follow import ApiSource, Forwarder
 from api.intake import IntakeWorker
+from consensus.follower import Follower
 from consensus.node import BftProducer
 from consensus.pool import Pool
 from consensus.producer import (
@@ -28,6 +35,7 @@ from consensus.producer import (
     SoloProducer,
     tune_garbage_collector,
 )
+from consensus.sync import BlockSync
 from consensus.transport import HttpTransport, Inbox
 from consensus.verifier import SignatureWorker
 from consensus.wal import WAL_FILE_NAME, SignedLog
@@ -82,11 +90,20 @@ class _CommittedIds:
 
 
 class Node:
-    """A single-validator node on a data directory (BFT consensus replaces the producer)."""
+    """A node on a data directory: a validator (alone, or of a consortium) or a follower."""
 
-    def __init__(self, data: Path, validator_key: PrivateKey, *, peers: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        data: Path,
+        validator_key: PrivateKey | None,
+        *,
+        peers: Sequence[str] = (),
+        follow: Sequence[str] = (),
+    ) -> None:
         """A single validator with no peers runs `SoloProducer`; with peers, or a genesis
-        naming several validators, the node runs BFT consensus (`consensus.node`)."""
+        naming several validators, the node runs BFT consensus (`consensus.node`); with no
+        key, it follows the nodes at `follow` (`consensus.follower`)."""
+        assert (validator_key is None) == bool(follow), "a follower has no key, and follows"
         self.data = data
         self._writer = Store.open(data)
         self._writer.start_writer()  # a process: see Store.start_writer for why
@@ -98,8 +115,14 @@ class Node:
         self._solo: SoloProducer | None = None
         self._transport: HttpTransport | None = None
         self._log: SignedLog | None = None
-        self.producer: SoloProducer | BftProducer
-        if not peers and len(self.genesis.validators) == 1:
+        self.sync: BlockSync | None = None
+        self.forwarder: Forwarder | None = None
+        self.producer: SoloProducer | BftProducer | Follower
+        if validator_key is None:
+            self.sync = self._block_sync(follow)
+            self.forwarder = Forwarder(follow)
+            self.producer = Follower(self._writer, self.sync)
+        elif not peers and len(self.genesis.validators) == 1:
             self.producer = self._solo = SoloProducer(self._writer, validator_key, pool=pool)
         else:
             self._log = SignedLog(
@@ -107,8 +130,14 @@ class Node:
                 transaction_bytes_max=self.genesis.params.transaction_bytes_max,
             )
             self._transport = HttpTransport(peers)
+            self.sync = self._block_sync(peers) if peers else None
             self.producer = BftProducer(
-                self._writer, validator_key, log=self._log, transport=self._transport, pool=pool
+                self._writer,
+                validator_key,
+                log=self._log,
+                transport=self._transport,
+                pool=pool,
+                sync=self.sync,
             )
         self._committed_ids = self._load_committed_ids(0)
         self._readers = threading.local()
@@ -121,7 +150,14 @@ class Node:
         self.on_block: Callable[[CommittedBlock], None] | None = None
         # Where POST /v1/consensus/messages hands peers' messages; None: no consensus here.
         self.consensus_inbox: Inbox | None = (
-            None if isinstance(self.producer, SoloProducer) else self.producer.on_messages
+            self.producer.on_messages if isinstance(self.producer, BftProducer) else None
+        )
+
+    def _block_sync(self, urls: Sequence[str]) -> BlockSync:
+        return BlockSync(
+            [ApiSource(url) for url in urls],
+            genesis=self.genesis,
+            verify_signatures=self._signatures.check,
         )
 
     @property
@@ -145,8 +181,14 @@ class Node:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.sync is not None:
+            self.sync.close()  # an attempt under way ends at its next line
         if self._loop is not None:
             self._loop.join(timeout=10)
+        if self.sync is not None:
+            self.sync.close_sources()
+        if self.forwarder is not None:
+            self.forwarder.close()
         self._write.shutdown(wait=True)
         if self._transport is not None:
             self._transport.close()
@@ -163,7 +205,7 @@ class Node:
     def _run(self) -> None:
         """Cut blocks; block N+1 is built while block N is written (`SoloProducer`)."""
         if self._solo is None:
-            assert isinstance(self.producer, BftProducer)
+            assert not isinstance(self.producer, SoloProducer)
             self._run_consensus(self.producer)
             return
         solo = self._solo
@@ -188,9 +230,10 @@ class Node:
             if writing is not None:
                 self._finish(*writing)
 
-    def _run_consensus(self, producer: BftProducer) -> None:
-        """Drive the BFT producer: peers' messages and due timers, every POLL_SECONDS at
-        most; each decided block is committed as `_finish` commits a solo one."""
+    def _run_consensus(self, producer: BftProducer | Follower) -> None:
+        """Drive the BFT producer (peers' messages, due timers, block sync) or the follower
+        (block sync), every POLL_SECONDS at most; each decided or synced block is committed as
+        `_finish` commits a solo one."""
         while not self._stopping.is_set():
             now_ms = int(time.time() * 1000)
             while producer.due(now_ms):

@@ -60,6 +60,9 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     # Consensus (SPEC §5.4, docs/decisions/0006)
     "malformed_message": (400, "A consensus message is not of its wire form"),
     "store_unavailable": (503, "The node's store cannot serve this safely"),
+    # Followers (docs/decisions/0006): a submission forwarded to the nodes followed
+    "upstream_unavailable": (503, "No node this follower follows could be reached"),
+    "bad_upstream": (502, "The followed node answered badly"),
     "internal_error": (500, "Internal error"),
 }
 

@@ -24,6 +24,11 @@ The replica is built from the store (state, last certificate) and the signed-mes
 restarted validator re-sends what it signed, byte for byte, and signs nothing new for a slot
 it used. Wall-clock `now_ms` (from the caller) gives block times; the timers run on
 `time.monotonic`, so a clock step never fires or delays a timeout.
+
+Far behind (peers' messages show at least SYNC_LAG_HEIGHTS_MIN heights decided above its
+store), it catches up by block sync (`consensus.sync`) before it takes part again: each
+verified block is stored as a decided one, and once none is missing the replica is built
+anew from the store and the signed-message log at the new height.
 """
 
 from __future__ import annotations
@@ -54,8 +59,10 @@ from consensus.replica import (
     Timeout,
     Timeouts,
 )
+from consensus.sync import BlockSync
 from consensus.transport import Transport
 from consensus.wal import SignedLog
+from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.limits import PEER_QUEUE_MESSAGES_MAX
@@ -81,8 +88,10 @@ class BftProducer:
         pool: Pool | None = None,
         timeouts: Timeouts | None = None,
         clock_ms: Callable[[], int] = _monotonic_ms,
+        sync: BlockSync | None = None,
     ) -> None:
         self.store = store
+        self.sync = sync
         self.key = validator_key
         self.log = log
         self.transport = transport
@@ -122,6 +131,8 @@ class BftProducer:
     def due(self, now_ms: int) -> bool:
         if not self._started or self._committed or self._inbox:
             return True
+        if self.sync is not None and self.sync.is_behind(self._state.height):
+            return True
         return bool(self._timers) and self._timers[0][0] <= self._clock_ms()
 
     def submit(
@@ -157,6 +168,13 @@ class BftProducer:
     def produce(self, now_ms: int) -> CommittedBlock | None:
         """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
         effects, and return a block decided since the last call, if any."""
+        if self.sync is not None and self.sync.is_behind(self._state.height):
+            if not self._committed:  # one range at a time: the last one's blocks go first
+                self.sync.step(self._state, self._append_synced)
+            if self._committed and self.sync.is_behind(self._state.height):
+                return self._committed.popleft()  # more to fetch before taking part
+        if self.replica.height <= self._state.height:
+            self._rejoin()
         if not self._started:
             self._started = True
             self._carry_out(self.replica.on_start(now_ms))
@@ -174,6 +192,8 @@ class BftProducer:
 
     def on_messages(self, messages: Sequence[Message]) -> None:
         """The inbox (any thread): queue peers' parsed messages for the replica."""
+        if self.sync is not None:
+            self.sync.heard(messages)
         with self._lock:
             self._inbox.extend(messages)
             over = len(self._inbox) - PEER_QUEUE_MESSAGES_MAX
@@ -227,6 +247,27 @@ class BftProducer:
         self._committed.append(
             CommittedBlock(block=block, certificate=decision.certificate, outcomes=committed)
         )
+
+    # --- block sync -----------------------------------------------------------------------------
+
+    def _append_synced(self, block: Block, certificate: Certificate, state: State) -> None:
+        """A block that block sync verified: stored and reported as a decided one (on the
+        sync's write thread, while this producer's thread waits in `BlockSync.step`)."""
+        self._decide(Decide(block=block, certificate=certificate, state=state, evidence=()))
+
+    def _rejoin(self) -> None:
+        """Take part again at the height after the store's head: a replica built as at a
+        restart, from the store and the signed-message log (which holds nothing below)."""
+        self._timers.clear()  # the old replica's, the rebroadcast timer among them
+        self.replica = Replica(
+            key=self.key,
+            state=self._state,
+            last_certificate=self.store.last_certificate(),
+            transactions=self._candidates,
+            signed=self.log.read(),
+            timeouts=self.replica.timeouts,
+        )
+        self._started = False
 
     # --- the pool -------------------------------------------------------------------------------
 

@@ -72,7 +72,28 @@ CONSENSUS_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 PEER_REQUEST_MS_MAX: Final = 2000
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 
+# Block sync (consensus.sync): a validator that peers' messages show at least
+# SYNC_LAG_HEIGHTS_MIN heights behind, or a follower, fetches the blocks it lacks from other
+# nodes' public API, at most SYNC_RANGE_BLOCKS_MAX per request. Each request has its whole
+# answer within SYNC_REQUEST_MS_MAX, waiting at most SYNC_READ_MS_MAX for the next bytes; an
+# attempt (each source asked for its head at most once, one range read from the first that
+# has more) starts no request and reads no line after SYNC_ATTEMPT_MS_MAX. A source refused
+# (unreachable, or serving what fails a check) is not asked again for SYNC_RETRY_MS_MIN,
+# doubling while it keeps failing, up to SYNC_RETRY_MS_MAX; after an attempt that brought
+# nothing the next waits SYNC_RETRY_MS_MIN. A follower asks for new blocks every FOLLOW_POLL_MS.
+SYNC_LAG_HEIGHTS_MIN: Final = 2
+SYNC_RANGE_BLOCKS_MAX: Final = 100
+SYNC_REQUEST_MS_MAX: Final = 30_000
+SYNC_READ_MS_MAX: Final = 5000
+SYNC_ATTEMPT_MS_MAX: Final = 60_000
+SYNC_RETRY_MS_MIN: Final = 500
+SYNC_RETRY_MS_MAX: Final = 30_000
+FOLLOW_POLL_MS: Final = 500
+
 assert ROUND_TIMEOUT_MS_BASE <= ROUND_TIMEOUT_MS_MAX
 assert REBROADCAST_INTERVAL_MS <= ROUND_TIMEOUT_MS_MAX
 assert PEER_QUEUE_MESSAGES_MAX >= CONSENSUS_MESSAGES_BATCH_MAX
 assert HEIGHTS_AHEAD_MAX == 1, "only the next height's validator set is known (the H+2 rule)"
+assert SYNC_LAG_HEIGHTS_MIN >= 2, "a lag of one height is the Decision message's to close"
+assert SYNC_READ_MS_MAX <= SYNC_REQUEST_MS_MAX <= SYNC_ATTEMPT_MS_MAX
+assert 0 < SYNC_RETRY_MS_MIN <= SYNC_RETRY_MS_MAX

@@ -1,5 +1,5 @@
-"""GET /metrics: Prometheus text (blocks, transactions, pool size, requests and latencies by
-route), through prometheus-client; one registry per application."""
+"""GET /metrics: Prometheus text (blocks, transactions, pool size, block sync, requests and
+latencies by route), through prometheus-client; one registry per application."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ class Metrics:
         )
         self.blocks = Gauge(
             "tanlian_blocks_produced", "Blocks this process produced", registry=self.registry
+        )
+        self.synced = Gauge(
+            "tanlian_blocks_synced",
+            "Blocks this process took by block sync from other nodes, each verified",
+            registry=self.registry,
+        )
+        self.refusals = Gauge(
+            "tanlian_sync_refusals",
+            "Times block sync refused a source (unreachable, or serving what fails a check)",
+            registry=self.registry,
         )
 
 
@@ -102,4 +112,7 @@ def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Respon
     registry.transactions.set(state.log.size)
     registry.pending.set(node.producer.pending_count())
     registry.blocks.set(node.blocks_produced)
+    if node.sync is not None:
+        registry.synced.set(node.sync.counters.blocks)
+        registry.refusals.set(node.sync.counters.refusals)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,8 @@
-"""POST /v1/transactions and GET /v1/transactions/{tx_id} (SPEC §7.1)."""
+"""POST /v1/transactions and GET /v1/transactions/{tx_id} (SPEC §7.1).
+
+A follower forwards a submission, as it came, to the nodes it follows and answers what the
+first that answers decided (`api.follow.Forwarder`, docs/decisions/0006).
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,13 @@ SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "model": schemas.Pending | schemas.Results,
     },
     **problem_responses(
-        "malformed_json", "request_timeout", "mempool_full", "limit_exceeded", *RULE_CODES
+        "malformed_json",
+        "request_timeout",
+        "mempool_full",
+        "limit_exceeded",
+        "upstream_unavailable",
+        "bad_upstream",
+        *RULE_CODES,
     ),
 }
 REQUEST_EXAMPLES: Final = {
@@ -84,6 +94,12 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
     "/transactions",
     status_code=202,
     summary="Submit one signed envelope, or an array of up to 1,000",
+    description=(
+        "A validator admits the envelopes to its pool. A follower (`tanlian node --follow`) "
+        "forwards the body as it came to the nodes it follows and answers with the first "
+        "answer it can relay: that node's outcome or problem; `upstream_unavailable` when "
+        "none can be reached, `bad_upstream` when one answered badly."
+    ),
     responses=SUBMIT_RESPONSES,
     openapi_extra={
         "requestBody": {
@@ -124,6 +140,11 @@ async def submit(
     ] = None,
 ) -> JSONResponse:
     body = await request.body()
+    if node.forwarder is not None:  # a follower: the nodes it follows decide
+        status, forwarded = await run_in_threadpool(
+            node.forwarder.submit, body, wait=wait == "commit"
+        )
+        return JSONResponse(forwarded, status_code=status)
     # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event loop,
     # and for a large body in the node's intake worker process (api.intake).
     submission = await run_in_threadpool(

@@ -1,0 +1,139 @@
+"""Other nodes' public API, as block sync and followers use it (docs/decisions/0006).
+
+`ApiSource` is a node's API as a `consensus.sync.BlockSource`: its head from
+`GET /v1/checkpoint` and its blocks from `GET /v1/export`, read through `api.client.Client`
+(strict JSON, each line bounded, each step and each whole answer bounded in time). Whatever it
+answers is a claim; `consensus.sync.verify_lines` checks the blocks.
+
+`Forwarder` is what a follower does with `POST /v1/transactions`: it signs nothing and holds no
+pool, so it forwards the body as it came to the nodes it follows, in the order given, and
+answers what the first that answers decides, as that node answered it: 202 pending, 200
+committed, an array's results, or that node's RFC 9457 problem (its status from this node's
+own table). A user of a follower gets the validators' outcome, not a guess. What the
+follower cannot vouch for it does not relay, and asks the next node instead (a transaction is
+idempotent by its id); when none gives an answer to relay:
+
+    upstream_unavailable (503)  no followed node could be reached
+    bad_upstream (502)          one answered something that is not a submission's answer, or
+                                a problem whose code this node does not know
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any, Final
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from api import schemas
+from api.client import Client, ClientError
+from api.problems import STATUS
+from ledger.errors import LedgerError
+from ledger.limits import SYNC_READ_MS_MAX, SYNC_REQUEST_MS_MAX
+
+_SUBMISSION_ANSWER: Final = TypeAdapter(schemas.Committed | schemas.Pending | schemas.Results)
+# A followed node's problem is relayed when this node knows its code; its internal error is
+# not ours to claim (bad_upstream instead).
+_RELAYED: Final = frozenset(STATUS) - {"internal_error"}
+
+
+class ApiSource:
+    """A node's public API as a block source (`consensus.sync.BlockSource`)."""
+
+    def __init__(self, url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        """`transport` replaces the network (tests: `httpx.MockTransport`)."""
+        self.client = Client(
+            url,
+            timeout=SYNC_READ_MS_MAX / 1000,
+            answer_seconds_max=SYNC_REQUEST_MS_MAX / 1000,
+            transport=transport,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.client.base_url
+
+    def head_height(self) -> int:
+        try:
+            checkpoint = self.client.checkpoint()
+        except ClientError as error:
+            if error.code == "not_found":
+                return 0  # a chain with no block yet
+            raise
+        header = checkpoint.get("header")
+        height = header.get("height") if isinstance(header, dict) else None
+        if not isinstance(height, int) or isinstance(height, bool) or height < 1:
+            raise ClientError(f"{self.name}/v1/checkpoint: no header height in the answer")
+        return height
+
+    def export_lines(
+        self, from_height: int, to_height: int, *, line_bytes_max: int
+    ) -> Generator[bytes, None, None]:
+        yield from self.client.export_lines(from_height, to_height, line_bytes_max=line_bytes_max)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Forwarder:
+    """A follower's `POST /v1/transactions`; see the module docstring."""
+
+    def __init__(
+        self, urls: Sequence[str], *, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        assert urls, "a follower follows at least one node"
+        self.clients = [Client(url, transport=transport) for url in urls]
+
+    def submit(self, body: bytes, *, wait: bool) -> tuple[int, dict[str, Any]]:
+        """The first answer to `body` a followed node gives that can be relayed: its status
+        (200 or 202) and body, or its problem raised as a `LedgerError` with the problem's
+        code. A node that cannot be reached or answers something else is passed over for the
+        next (a transaction is idempotent by its id, so a second node may see it too)."""
+        failures: list[LedgerError] = []
+        for client in self.clients:
+            try:
+                return self._forward(client, body, wait)
+            except LedgerError as error:
+                if error.code not in ("upstream_unavailable", "bad_upstream"):
+                    raise  # that node's decision
+                failures.append(error)
+        reasons = "; ".join(failure.message for failure in failures)
+        if any(failure.code == "bad_upstream" for failure in failures):
+            raise LedgerError(reasons, code="bad_upstream")
+        raise LedgerError(
+            f"this node is a follower and none of the nodes it follows answered: {reasons}",
+            code="upstream_unavailable",
+        )
+
+    @staticmethod
+    def _forward(client: Client, body: bytes, wait: bool) -> tuple[int, dict[str, Any]]:
+        try:
+            status, answer = client.forward(body, wait=wait)
+        except ClientError as error:
+            if error.code in ("node_unreachable", "bad_url"):
+                raise LedgerError(error.message, code="upstream_unavailable") from error
+            if error.status is not None and error.code in _RELAYED:
+                raise LedgerError(f"{client.base_url}: {error.message}", code=error.code) from error
+            raise LedgerError(
+                f"{client.base_url} answered the submission badly: {error.message}",
+                code="bad_upstream",
+            ) from error
+        try:
+            _SUBMISSION_ANSWER.validate_python(answer, strict=True)
+        except ValidationError as error:
+            raise LedgerError(
+                f"{client.base_url} answered the submission with something else: "
+                f"{error.errors()[0]['msg']}",
+                code="bad_upstream",
+            ) from error
+        if status not in (200, 202):
+            raise LedgerError(
+                f"{client.base_url} answered the submission with HTTP {status}",
+                code="bad_upstream",
+            )
+        return status, answer
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()

@@ -1,0 +1,472 @@
+"""Block sync: catching up from other nodes' public API, for a validator far behind and for a
+follower (docs/decisions/0006, "Lost messages, catching up").
+
+Tendermint's own catch-up (a `Decision` answered to a stale vote) brings one height per round
+trip. A node further behind fetches the blocks it lacks in ranges through a `BlockSource` (a
+node's `GET /v1/checkpoint` for its head and `GET /v1/export` for the blocks:
+`api.follow.ApiSource`) and trusts nothing it is served. `verify_lines` checks a range as the
+auditor checks an export (ledger.verification), line by line, in order:
+
+1. the first line is a genesis document hashing to this chain's genesis hash (rule `genesis`);
+2. each following line is at most `line_bytes_max` bytes and decodes strictly to exactly
+   `{"block", "certificate"}`, a `Decision`'s wire form, under the chain's
+   `transaction_bytes_max` (rule `malformed`);
+3. its block is of the next height: no gap, repetition or reordering (rule `height`);
+4. its certificate commits the block with more than 2/3 of the power of the set governing its
+   height: the current set of the state before it, which the state transition moves on by the
+   H+2 rule of `set_validators` (rule `certificate`);
+5. every transaction signature verifies (rule `bad_signature`, through an injected batch
+   verifier) and the block applies to the state before it (`apply_block`: hash links,
+   `last_commit`, every transaction rule, `log_size`, `log_root`, `state_root`; the rule is
+   the one it names);
+6. only then is the block handed on (`BlockSync` has it appended to the store on a write
+   thread of its own, block N written while block N + 1 is checked). Lines that end
+   before the range does, when the source claimed a head at or above its end, are refused too
+   (rule `short`), and so are lines that stop coming in time (rule `timeout`).
+
+`BlockSync.step` is one bounded attempt: it asks each source in turn for its head (a claim,
+never trusted), and from the first that has blocks above this node's it reads one range of
+at most SYNC_RANGE_BLOCKS_MAX blocks. A source that cannot be reached or serves anything that
+fails a check is refused: the failing block is never stored (those before it passed every
+check and stay), the refusal is logged and counted, and the next source is asked; the refused
+one is not asked again for SYNC_RETRY_MS_MIN, doubling while it keeps failing, up to
+SYNC_RETRY_MS_MAX. An attempt asks each source at most once and starts no request and reads no
+line after SYNC_ATTEMPT_MS_MAX; after one that brought nothing the next waits at least
+SYNC_RETRY_MS_MIN, and while every source is refused, until the first may be asked again.
+
+What tells a validator it is behind is a hint: `heard` keeps the highest height peers'
+messages show decided (a vote or proposal of height h shows h - 1, a decision of h shows h).
+It is taken before any signature check, because a message of a far height cannot be checked
+(its validator set may not be known yet): a false hint costs one bounded attempt, after which
+it is forgotten. The blocks are what is checked.
+
+`verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
+in-memory twin, for tests.
+
+    ConsensusError
+    └── SyncRefused   sync_refused: what a source served fails a check (`height`, `rule`)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from consensus.messages import (
+    ConsensusError,
+    Decision,
+    InvalidMessage,
+    MalformedMessage,
+    Message,
+    decode_message,
+    verify_decision,
+)
+from ledger.blocks import Block, Certificate
+from ledger.crypto import GENESIS_DOMAIN, hash_domain
+from ledger.encoding import decode
+from ledger.errors import InvalidBlockError, LedgerError
+from ledger.genesis import Genesis
+from ledger.limits import (
+    SYNC_ATTEMPT_MS_MAX,
+    SYNC_LAG_HEIGHTS_MIN,
+    SYNC_RANGE_BLOCKS_MAX,
+    SYNC_RETRY_MS_MAX,
+    SYNC_RETRY_MS_MIN,
+)
+from ledger.state import State
+from ledger.state_transition import apply_block
+from ledger.verification import (
+    SignatureVerifier,
+    compute_line_bytes_max,
+    verify_signatures_serially,
+)
+
+log = logging.getLogger("tanlian.consensus.sync")
+
+REFUSAL_CHARS_MAX: Final = 300  # how much of a refusal the log and `last_refusal` keep
+
+Append = Callable[[Block, Certificate, State], None]
+"""Where a verified block goes, with its certificate and the state after it (the store):
+called in order, one block at a time, on the sync's write thread, while the thread that runs
+`step` checks the next block and waits for it before `step` returns."""
+
+
+class SyncRefused(ConsensusError):
+    """What a source served fails check `rule` at `height` (None: not a block's line)."""
+
+    code = "sync_refused"
+
+    def __init__(self, *, height: int | None, rule: str, detail: str) -> None:
+        where = "" if height is None else f" at height {height}"
+        super().__init__(f"rule {rule}{where}: {detail}")
+        self.height = height
+        self.rule = rule
+        self.detail = detail
+
+
+class BlockSource(Protocol):
+    """Another node's blocks, as its public API serves them (SPEC §7.1). Whatever it answers
+    is a claim: `verify_lines` checks the blocks, and nothing else is believed."""
+
+    @property
+    def name(self) -> str: ...
+
+    def head_height(self) -> int:
+        """The height of its latest block, as it claims (0: none yet). Raises `LedgerError`
+        when it cannot answer."""
+
+    def export_lines(
+        self, from_height: int, to_height: int, *, line_bytes_max: int
+    ) -> Generator[bytes, None, None]:
+        """Its export of heights `from_height`..`to_height`: the genesis line, then one
+        `{"block", "certificate"}` line per height; a line longer than `line_bytes_max` comes
+        in pieces (the first one longer than that). Raises `LedgerError` when it cannot."""
+
+    def close(self) -> None: ...
+
+
+# --- the checks (pure) --------------------------------------------------------------------------
+
+
+def verify_lines(
+    state: State,
+    lines: Iterable[bytes],
+    *,
+    last: int,
+    genesis_hash: str,
+    line_bytes_max: int,
+    verify_signatures: SignatureVerifier = verify_signatures_serially,
+) -> Iterator[tuple[Decision, State]]:
+    """Steps 1-5 of the module docstring over the export lines of heights `state.height + 1`
+    to `last` (the genesis line first): each block with its certificate and the state after
+    it, in order. Raises `SyncRefused` at the first line that fails, or when the lines end
+    before `last`; reads no line beyond `last`."""
+    remaining = iter(lines)
+    _check_genesis_line(next(remaining, None), genesis_hash, line_bytes_max)  # step 1
+    transaction_bytes_max = state.params.transaction_bytes_max
+    for height in range(state.height + 1, last + 1):
+        line = next(remaining, None)
+        if line is None:
+            raise SyncRefused(
+                height=height, rule="short", detail=f"the lines ended before height {last}"
+            )
+        decision = _parse_line(line, height, line_bytes_max, transaction_bytes_max)  # 2, 3
+        try:  # step 4: the set governing `height` is the current one of the state before it
+            verify_decision(
+                decision, chain_id=state.chain_id, validators=state.current_validators()
+            )
+        except InvalidMessage as error:
+            raise SyncRefused(height=height, rule="certificate", detail=error.message) from error
+        state = _replay(state, decision.block, verify_signatures)  # step 5
+        yield decision, state
+
+
+def _check_genesis_line(line: bytes | None, genesis_hash: str, line_bytes_max: int) -> None:
+    def refuse(detail: str) -> SyncRefused:
+        return SyncRefused(height=None, rule="genesis", detail=detail)
+
+    if line is None:
+        raise refuse("the answer is empty: no genesis line")
+    if len(line) > line_bytes_max:
+        raise refuse(f"the genesis line is over {line_bytes_max} bytes")
+    try:
+        found = hash_domain(GENESIS_DOMAIN, decode(line)).hex()
+    except LedgerError as error:
+        raise refuse(f"not a genesis document ({error.code}): {error.message}") from error
+    if found != genesis_hash:
+        raise refuse(f"another chain: its genesis hashes to {found}, this one's to {genesis_hash}")
+
+
+def _parse_line(
+    line: bytes, height: int, line_bytes_max: int, transaction_bytes_max: int
+) -> Decision:
+    """Steps 2 and 3: exactly a block and its certificate, of `height`."""
+    if len(line) > line_bytes_max:
+        raise SyncRefused(
+            height=height, rule="malformed", detail=f"the line is over {line_bytes_max} bytes"
+        )
+    try:
+        decision = decode_message(line, transaction_bytes_max=transaction_bytes_max)
+    except MalformedMessage as error:
+        raise SyncRefused(height=height, rule="malformed", detail=error.message) from error
+    if not isinstance(decision, Decision):
+        raise SyncRefused(
+            height=height,
+            rule="malformed",
+            detail=f"expected a block and its certificate, got a {type(decision).__name__}",
+        )
+    if decision.height != height or decision.certificate.height != height:
+        raise SyncRefused(
+            height=height,
+            rule="height",
+            detail=f"the line holds block {decision.height} with a certificate of height "
+            f"{decision.certificate.height}",
+        )
+    return decision
+
+
+def _replay(state: State, block: Block, verify_signatures: SignatureVerifier) -> State:
+    """Step 5: every signature, then every rule of the block on `state`."""
+    checks = verify_signatures(block.transactions)
+    assert len(checks) == len(block.transactions), "one signature check per transaction"
+    for envelope, error in zip(block.transactions, checks, strict=True):
+        if error is not None:
+            raise SyncRefused(
+                height=block.height,
+                rule="bad_signature",
+                detail=f"transaction {envelope.tx_id}: {error.message}",
+            )
+    try:
+        return apply_block(state, block, signatures_verified=True)
+    except InvalidBlockError as error:
+        raise SyncRefused(height=block.height, rule=error.rule, detail=error.message) from error
+    except LedgerError as error:
+        raise SyncRefused(height=block.height, rule=error.code, detail=error.message) from error
+
+
+# --- the attempts (the node's shell) ------------------------------------------------------------
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class BlockSync:
+    """Which source to ask, when, and what came of it; see the module docstring.
+
+    `heard` and the properties may be called from any thread; `step` from one thread (the
+    node's block loop), which owns the store it appends to."""
+
+    def __init__(
+        self,
+        sources: Sequence[BlockSource],
+        *,
+        genesis: Genesis,
+        verify_signatures: SignatureVerifier = verify_signatures_serially,
+        range_blocks_max: int = SYNC_RANGE_BLOCKS_MAX,
+        attempt_ms_max: int = SYNC_ATTEMPT_MS_MAX,
+        retry_ms_min: int = SYNC_RETRY_MS_MIN,
+        retry_ms_max: int = SYNC_RETRY_MS_MAX,
+        clock_ms: Callable[[], int] = _monotonic_ms,
+    ) -> None:
+        assert sources, "a node syncs from at least one source"
+        assert range_blocks_max >= 1 and attempt_ms_max > 0
+        assert 0 < retry_ms_min <= retry_ms_max
+        self.sources = tuple(sources)
+        self.genesis_hash = genesis.genesis_hash()
+        self.line_bytes_max = compute_line_bytes_max(genesis.params)
+        self.verify_signatures = verify_signatures
+        self.range_blocks_max = range_blocks_max
+        self.attempt_ms_max = attempt_ms_max
+        self.retry_ms_min = retry_ms_min
+        self.retry_ms_max = retry_ms_max
+        self._clock_ms = clock_ms
+        self._lock = threading.Lock()  # the hint and the retry wait
+        self._heard = 0
+        self._retry_at_ms = 0  # no attempt before (after one that brought nothing)
+        self._first = 0  # the source asked first: the last one that served
+        # A refused source waits before it is asked again, doubling while it keeps failing.
+        self._penalty_ms = [0] * len(self.sources)
+        self._not_before_ms = [0] * len(self.sources)
+        self._closing = threading.Event()
+        # Where `append` runs: block N is written while block N + 1 is checked.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sync-write")
+        self.counters = SyncCounters()
+
+    # --- what peers say (any thread) ----------------------------------------------------------
+
+    def heard(self, messages: Iterable[Message]) -> None:
+        """Note the highest height peers' messages show decided (a hint: unchecked)."""
+        top = max(
+            (m.height if isinstance(m, Decision) else m.height - 1 for m in messages), default=0
+        )
+        with self._lock:
+            self._heard = max(self._heard, top)
+
+    @property
+    def heard_height(self) -> int:
+        with self._lock:
+            return self._heard
+
+    def is_behind(self, height: int, *, lag: int = SYNC_LAG_HEIGHTS_MIN) -> bool:
+        """At least `lag` heights above `height` are known to be decided, no retry wait is
+        running and the sync is not closing: an attempt is due."""
+        if self._closing.is_set():
+            return False
+        with self._lock:
+            return self._heard - height >= lag and self._clock_ms() >= self._retry_at_ms
+
+    @property
+    def retry_at_ms(self) -> int:
+        """No attempt before this time (the clock's milliseconds)."""
+        with self._lock:
+            return self._retry_at_ms
+
+    def close(self) -> None:
+        """End an attempt under way at its next line or source, and start no other; then
+        close the sources."""
+        self._closing.set()
+
+    def close_sources(self) -> None:
+        """Once no attempt runs any more: close the sources and the write thread."""
+        self._writer.shutdown(wait=True)
+        for source in self.sources:
+            source.close()
+
+    # --- an attempt (one thread) ----------------------------------------------------------------
+
+    def step(self, state: State, append: Append) -> State:
+        """One bounded attempt from `state`: each verified block is handed to `append` in
+        order; returns the state after the last one (`state` itself if none came). An error
+        of `append` itself propagates: it is this node's, not the source's."""
+        now = self._clock_ms()
+        if self._closing.is_set() or now < self.retry_at_ms:
+            return state
+        deadline = now + self.attempt_ms_max
+        count = len(self.sources)
+        for index in [(self._first + offset) % count for offset in range(count)]:
+            if self._closing.is_set() or self._clock_ms() >= deadline:
+                break
+            if now < self._not_before_ms[index]:
+                continue  # refused a moment ago: its wait is not over
+            reached = state.height
+            try:
+                head = self.sources[index].head_height()
+            except LedgerError as error:
+                self._refuse(index, error, 0, now)
+                continue
+            refusal = None
+            if head > state.height:
+                last = min(head, state.height + self.range_blocks_max)
+                state, refusal = self._take_range(index, state, last, deadline, append)
+            if refusal is not None:
+                if self._closing.is_set():
+                    return state  # not the source's fault
+                self._refuse(index, refusal, state.height - reached, now)
+                continue
+            self._penalty_ms[index] = 0
+            if head > reached:
+                self._first = index
+                with self._lock:
+                    self._heard = max(self._heard, head)
+                    self._retry_at_ms = 0
+                return state
+        with self._lock:  # no source served a range: forget a hint none of them backed
+            self._heard = min(self._heard, state.height)
+            self._retry_at_ms = max(now + self.retry_ms_min, min(self._not_before_ms))
+        return state
+
+    def _take_range(
+        self, index: int, state: State, last: int, deadline: int, append: Append
+    ) -> tuple[State, LedgerError | None]:
+        """Heights `state.height + 1`..`last` from source `index`, each verified block handed
+        to `append` on the write thread while the next is checked (one at a time, in order);
+        the state reached once every handed block is appended, and the error that ended the
+        range early, if one did."""
+        verified = self._range(self.sources[index], state, last, deadline)
+        writing: Future[None] | None = None
+        refusal = None
+        try:
+            while True:
+                try:
+                    item = next(verified, None)
+                except LedgerError as error:  # the source's, or a failed check
+                    refusal = error
+                    break
+                if item is None:
+                    break
+                decision, after = item
+                if writing is not None:
+                    writing.result()
+                writing = self._writer.submit(append, decision.block, decision.certificate, after)
+                state = after
+                self.counters.blocks += 1
+        finally:
+            verified.close()
+            if writing is not None:
+                writing.result()
+        return state, refusal
+
+    def _range(
+        self, source: BlockSource, state: State, last: int, deadline: int
+    ) -> Generator[tuple[Decision, State], None, None]:
+        lines = source.export_lines(state.height + 1, last, line_bytes_max=self.line_bytes_max)
+        try:
+            yield from verify_lines(
+                state,
+                self._until(lines, deadline),
+                last=last,
+                genesis_hash=self.genesis_hash,
+                line_bytes_max=self.line_bytes_max,
+                verify_signatures=self.verify_signatures,
+            )
+        finally:
+            lines.close()  # the rest of an answer is not read
+
+    def _until(self, lines: Iterator[bytes], deadline: int) -> Iterator[bytes]:
+        for line in lines:
+            if self._closing.is_set():
+                raise SyncRefused(height=None, rule="closing", detail="the node is stopping")
+            if self._clock_ms() >= deadline:
+                raise SyncRefused(
+                    height=None,
+                    rule="timeout",
+                    detail=f"the attempt ran past {self.attempt_ms_max} ms",
+                )
+            yield line
+
+    def _refuse(self, index: int, error: LedgerError, kept: int, now: int) -> None:
+        source = self.sources[index]
+        penalty = min(max(2 * self._penalty_ms[index], self.retry_ms_min), self.retry_ms_max)
+        self._penalty_ms[index] = penalty
+        self._not_before_ms[index] = now + penalty
+        if index == self._first:
+            self._first = (index + 1) % len(self.sources)
+        reason = f"({error.code}) {error.message}"[:REFUSAL_CHARS_MAX]
+        self.counters.refusals += 1
+        self.counters.last_refusal = f"{source.name}: {reason}"
+        log.warning(
+            "block sync: refused %s for %d ms (%d verified blocks from it kept): %s",
+            source.name,
+            penalty,
+            kept,
+            reason,
+        )
+
+
+@dataclass(slots=True)
+class SyncCounters:
+    blocks: int = 0  # blocks verified and appended
+    refusals: int = 0  # sources refused (unreachable, or serving what fails a check)
+    last_refusal: str | None = field(default=None)
+
+
+@dataclass(slots=True)
+class MemorySource:
+    """A `BlockSource` in memory, for tests: `lines[i]` is the export line of height i + 1,
+    served as a node would serve it; `head` is the head it claims (default: its last line)."""
+
+    name: str
+    genesis_line: bytes
+    lines: list[bytes]
+    head: int | None = None
+    requests: int = 0
+
+    def head_height(self) -> int:
+        self.requests += 1
+        return len(self.lines) if self.head is None else self.head
+
+    def export_lines(
+        self, from_height: int, to_height: int, *, line_bytes_max: int
+    ) -> Generator[bytes, None, None]:
+        self.requests += 1
+        yield self.genesis_line
+        yield from self.lines[from_height - 1 : to_height]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,327 @@
+"""Other nodes' API as block sync and followers use it: `ApiSource` over HTTP (httpx's mock
+transport standing in for the node), the client's bound on a whole answer, the `Forwarder`
+relaying a followed node's answers (and refusing what it cannot vouch for), and a follower
+node serving the API from its own store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from api.app import create_app
+from api.cli import app
+from api.client import Client, ClientError
+from api.follow import ApiSource, Forwarder
+from api.node import Node
+from api.problems import problem_body
+from api.settings import Settings
+from consensus.follower import Follower
+from consensus.sync import BlockSync, MemorySource
+from consensus.wal import WAL_FILE_NAME
+from ledger.encoding import canonical
+from ledger.errors import LedgerError
+from ledger.store import Store
+from tests.api.test_app import assert_problem
+from tests.consensus.test_sync import Sink, built, decoded
+
+Handler = Callable[[httpx.Request], httpx.Response]
+TX_ID = "ab" * 32
+
+
+def node_api(lines: list[bytes] | None = None, *, checkpoint: Any = None) -> Handler:
+    """A node's checkpoint and export over the built chain (tests.consensus.test_sync)."""
+    chain = built()
+    served = list(chain.lines) if lines is None else lines
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/checkpoint":
+            if checkpoint is not None:
+                return httpx.Response(200, json=checkpoint)
+            if not served:
+                return httpx.Response(404, json=problem_body("not_found", "no block yet"))
+            block, certificate = decoded(served[-1])
+            body = {"header": block.header.to_json(), "certificate": certificate.to_json()}
+            return httpx.Response(200, json=body)
+        assert request.url.path == "/v1/export"
+        first = int(request.url.params["from_height"])
+        last = int(request.url.params["to_height"])
+        content = chain.genesis_line + b"".join(served[first - 1 : last])
+        return httpx.Response(200, content=content)
+
+    return handler
+
+
+def api_sync(handler: Handler, **options: Any) -> BlockSync:
+    source = ApiSource("http://node.test", transport=httpx.MockTransport(handler))
+    return BlockSync([source], genesis=built().chain.genesis, **options)
+
+
+# --- ApiSource ----------------------------------------------------------------------------------
+
+
+def test_a_nodes_api_is_synced_through_its_checkpoint_and_export() -> None:
+    sync = api_sync(node_api())
+    sink = Sink()
+    state = built().genesis
+    while (after := sync.step(state, sink.append)) is not state:
+        state = after
+    assert state.height == 250 and state.state_root == built().states[-1].state_root
+    assert sync.counters.refusals == 0
+    sync.close_sources()
+
+
+def test_a_chain_without_blocks_has_head_zero() -> None:
+    source = ApiSource("http://node.test", transport=httpx.MockTransport(node_api([])))
+    assert source.head_height() == 0
+
+
+@pytest.mark.parametrize(
+    "checkpoint", [{"header": {"height": "7"}}, {"header": None}, {"other": 1}, {"header": {}}]
+)
+def test_a_checkpoint_without_a_height_is_refused(checkpoint: Any) -> None:
+    source = ApiSource(
+        "http://node.test", transport=httpx.MockTransport(node_api(checkpoint=checkpoint))
+    )
+    with pytest.raises(ClientError) as refused:
+        source.head_height()
+    assert refused.value.code == "bad_answer"
+
+
+def test_an_unreachable_node_is_refused_with_its_reason() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    sync = api_sync(handler)
+    assert sync.step(built().genesis, Sink().append).height == 0
+    assert "(node_unreachable)" in (sync.counters.last_refusal or "")
+
+
+def test_a_line_over_the_chains_bound_is_refused_while_it_streams() -> None:
+    sync = api_sync(node_api())
+    sync.line_bytes_max = 2000  # the chain's bound is ~160 MB: a small one stands in
+    assert len(built().lines[3]) < 2000 < len(built().lines[4])
+    state = sync.step(built().states[3], lambda block, certificate, state: None)
+    assert state.height == 4
+    assert "rule malformed at height 5: the line is over 2000 bytes" in (
+        sync.counters.last_refusal or ""
+    )
+
+
+def test_a_node_dripping_its_answer_is_cut_off() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        def drip() -> Iterator[bytes]:
+            for _ in range(20):
+                time.sleep(0.05)
+                yield b" "
+            yield b"{}"
+
+        return httpx.Response(200, content=drip())
+
+    with (
+        Client(
+            "http://node.test", answer_seconds_max=0.2, transport=httpx.MockTransport(handler)
+        ) as client,
+        pytest.raises(ClientError) as refused,
+    ):
+        client.checkpoint()
+    assert refused.value.code == "node_unreachable"
+    assert "the whole answer took too long" in refused.value.message
+
+
+# --- Forwarder ----------------------------------------------------------------------------------
+
+
+def forwarder(*handlers: Handler) -> Forwarder:
+    """A forwarder to one node per handler, in order."""
+
+    def route(request: httpx.Request) -> httpx.Response:
+        index = int(request.url.host.removeprefix("node-").removesuffix(".test"))
+        return handlers[index](request)
+
+    urls = [f"http://node-{i}.test" for i in range(len(handlers))]
+    return Forwarder(urls, transport=httpx.MockTransport(route))
+
+
+def answering(status: int, body: Any, **headers: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/transactions"
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handler
+
+
+def unreachable(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+PENDING = {"tx_id": TX_ID, "status": "pending"}
+COMMITTED = {"tx_id": TX_ID, "status": "committed", "height": 3, "log_index": 7}
+
+
+def test_the_followed_nodes_answer_is_relayed_with_its_status() -> None:
+    seen: list[httpx.Request] = []
+
+    def pending(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json=PENDING)
+
+    assert forwarder(pending).submit(b'{"as": "it came"}', wait=False) == (202, PENDING)
+    assert seen[0].content == b'{"as": "it came"}' and "wait" not in seen[0].url.params
+    assert forwarder(answering(200, COMMITTED)).submit(b"{}", wait=True) == (200, COMMITTED)
+    results = {"results": [PENDING, {"status": "rejected", "problem": problem_body("x", "y")}]}
+    assert forwarder(answering(202, results)).submit(b"[]", wait=False) == (202, results)
+
+
+def test_the_next_node_is_asked_when_one_cannot_be_reached_or_answers_badly() -> None:
+    relay = forwarder(unreachable, answering(202, PENDING))
+    assert relay.submit(b"{}", wait=False) == (202, PENDING)
+    relay = forwarder(answering(501, {"not": "an answer"}), answering(200, COMMITTED))
+    assert relay.submit(b"{}", wait=True) == (200, COMMITTED)
+    with pytest.raises(LedgerError) as refused:
+        forwarder(unreachable, answering(200, {"tx_id": TX_ID})).submit(b"{}", wait=False)
+    assert refused.value.code == "bad_upstream"
+
+
+def test_no_node_reachable_is_upstream_unavailable() -> None:
+    with pytest.raises(LedgerError) as refused:
+        forwarder(unreachable, unreachable).submit(b"{}", wait=False)
+    assert refused.value.code == "upstream_unavailable"
+    assert refused.value.message.count("cannot reach") == 2
+
+
+def test_a_problem_is_relayed_with_its_code() -> None:
+    problem = problem_body("bad_nonce", "nonce 3 does not follow 1")
+    relay = forwarder(answering(409, problem, **{"content-type": "application/problem+json"}))
+    with pytest.raises(LedgerError) as refused:
+        relay.submit(b"{}", wait=False)
+    assert refused.value.code == "bad_nonce"
+    assert "http://node-0.test: nonce 3 does not follow 1 (HTTP 409)" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, problem_body("internal_error", "oops")),  # its bug is not ours to claim
+        (422, {**problem_body("invalid_field", "x"), "code": "never_heard_of"}),
+        (418, {"not": "a problem"}),
+        (202, {"tx_id": TX_ID, "status": "maybe"}),
+        (202, {**PENDING, "extra": 1}),
+        (200, [PENDING]),
+        (201, PENDING),
+    ],
+)
+def test_what_is_not_a_submissions_answer_is_bad_upstream(status: int, body: Any) -> None:
+    with pytest.raises(LedgerError) as refused:
+        forwarder(answering(status, body)).submit(b"{}", wait=False)
+    assert refused.value.code == "bad_upstream", refused.value
+
+
+# --- a follower node ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def follower(tmp_path: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    running = Node(tmp_path, None, follow=["http://followed.test"])
+    assert running.sync is not None and isinstance(running.producer, Follower)
+    running.sync.sources = (
+        MemorySource(name="followed", genesis_line=chain.genesis_line, lines=list(chain.lines)),
+    )
+    running.forwarder = forwarder(answering(202, PENDING))
+    running.start()
+    served = create_app(running, Settings(data=tmp_path), manage_node=False)
+    try:
+        deadline = time.monotonic() + 30
+        while running.state.height < 250:
+            assert time.monotonic() < deadline, running.state.height
+            time.sleep(0.02)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served), base_url="http://follower"
+        ) as client:
+            yield running, client
+    finally:
+        running.stop()
+
+
+@pytest.mark.anyio
+async def test_a_follower_serves_the_api_from_its_own_store(
+    follower: tuple[Node, httpx.AsyncClient],
+) -> None:
+    node, client = follower
+    chain = built()
+    checkpoint = (await client.get("/v1/checkpoint")).json()
+    assert checkpoint["header"]["height"] == 250
+    assert checkpoint["header"]["state_root"] == chain.states[-1].state_root
+    block, _ = decoded(chain.lines[1])
+    answer = await client.get(f"/v1/transactions/{block.transactions[0].tx_id}")
+    assert answer.json()["status"] == "committed" and answer.json()["height"] == 2
+    exported = (await client.get("/v1/export?from_height=1&to_height=250")).content
+    assert exported.splitlines(keepends=True) == [chain.genesis_line, *chain.lines]
+    metrics = (await client.get("/metrics")).text
+    assert "tanlian_blocks_synced 250.0" in metrics and "tanlian_sync_refusals 0.0" in metrics
+    assert node.blocks_produced == 250
+    # Submissions go to the followed node, and its answer comes back.
+    submitted = await client.post("/v1/transactions", content=b"{}")
+    assert submitted.status_code == 202 and submitted.json() == PENDING
+    # It runs no consensus and signs nothing: it holds no key and keeps no signed-message log.
+    refused = await client.post("/v1/consensus/messages", content=b"{}\n")
+    assert_problem(refused, 404, "not_found")
+    assert node.consensus_inbox is None and not (node.data / WAL_FILE_NAME).exists()
+
+
+@pytest.mark.anyio
+async def test_a_follower_answers_problems_for_what_it_cannot_forward(
+    follower: tuple[Node, httpx.AsyncClient],
+) -> None:
+    node, client = follower
+    node.forwarder = forwarder(unreachable)
+    assert_problem(
+        await client.post("/v1/transactions", content=b"{}"), 503, "upstream_unavailable"
+    )
+    node.forwarder = forwarder(answering(200, {"tx_id": "nope"}))
+    assert_problem(await client.post("/v1/transactions", content=b"{}"), 502, "bad_upstream")
+    problem = problem_body("insufficient_credits", "holds 5, needs 10")
+    node.forwarder = forwarder(answering(409, problem))
+    relayed = assert_problem(
+        await client.post("/v1/transactions?wait=commit", content=json.dumps({}).encode()),
+        409,
+        "insufficient_credits",
+    )
+    assert "holds 5, needs 10" in relayed["detail"]
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        ([], "give either --validator-key KEY"),
+        (["--validator-key", "v.pem", "--follow", "http://a.test"], "give either"),
+        (["--follow", "http://a.test", "--peer", "http://b.test"], "a follower has no --peer"),
+        (["--follow", "ftp://a.test"], "is not an http:// or https:// URL"),
+    ],
+)
+def test_node_needs_a_key_or_nodes_to_follow(
+    arguments: list[str], reason: str, tmp_path: Path
+) -> None:
+    genesis = tmp_path / "genesis.json"
+    genesis.write_bytes(canonical(built().chain.genesis_document))
+    command = ["node", "--genesis", str(genesis), "--data", str(tmp_path / "data"), *arguments]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert reason in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "data").exists()  # refused before anything is made

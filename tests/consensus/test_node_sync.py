@@ -1,0 +1,112 @@
+"""A validator far behind catches up by block sync, then takes part again; a follower follows.
+
+Four BFT producers on the in-memory transport (tests.consensus.test_node); block sources read
+the other validators' stores as their API's export would serve them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import pytest
+
+from consensus.follower import Follower
+from consensus.producer import CommittedBlock
+from consensus.sync import BlockSync, MemorySource
+from ledger.genesis import parse_genesis
+from ledger.store import Store
+from tests.consensus.test_node import Consortium, document
+
+
+class StoreSource:
+    """Another node's store, served as its `GET /v1/checkpoint` and `GET /v1/export` would."""
+
+    def __init__(self, name: str, store: Store) -> None:
+        self.name = name
+        self.store = store
+
+    def head_height(self) -> int:
+        return self.store.head_height
+
+    def export_lines(
+        self, from_height: int, to_height: int, *, line_bytes_max: int
+    ) -> Generator[bytes, None, None]:
+        yield from self.store.export_lines(from_height, to_height)
+
+    def close(self) -> None:
+        pass
+
+
+def sources(consortium: Consortium, but: int) -> list[StoreSource]:
+    return [
+        StoreSource(str(i), producer.store)
+        for i, producer in consortium.producers.items()
+        if i != but
+    ]
+
+
+def test_a_validator_far_behind_catches_up_by_block_sync_then_votes(tmp_path: Path) -> None:
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 3)
+        consortium.stop(3)
+        before = max(consortium.heights().values())
+        consortium.run(lambda: min(consortium.heights().values()) >= before + 12, seconds=60)
+        consortium.start(3)
+        restarted = consortium.producers[3]
+        restarted.sync = BlockSync(
+            sources(consortium, but=3), genesis=parse_genesis(document()), range_blocks_max=4
+        )
+        behind = restarted.state.height
+        target = max(consortium.heights().values())
+        consortium.run(lambda: restarted.state.height >= target + 3)
+        synced = restarted.sync.counters.blocks
+        assert synced >= target - behind - 3, (synced, behind, target)  # not one by one
+        assert restarted.sync.counters.refusals == 0
+        top = min(consortium.heights().values())
+        assert len({tuple(consortium.hashes(i, top)) for i in range(4)}) == 1
+        # Back at the head, it takes part: its replica is at the height after its store's,
+        # and it signs there.
+        assert restarted.replica.height == restarted.state.height + 1
+        consortium.run(lambda: any(m.height > target for m in restarted.log.read()))
+    finally:
+        consortium.close()
+
+
+def test_a_follower_follows_a_consortium_and_refuses_a_forger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    consortium = Consortium(tmp_path)
+    follower_store = Store.create(tmp_path / "follower", document())
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 12)
+        lines = list(consortium.producers[0].store.export_lines(1, 12))
+        # A forger serving the first five blocks, then block 7 in place of 6 and onwards.
+        forger = MemorySource(name="forger", genesis_line=lines[0], lines=lines[1:6] + lines[7:])
+        forger.head = 30
+        sync = BlockSync([forger, *sources(consortium, but=-1)], genesis=parse_genesis(document()))
+        follower = Follower(follower_store, sync, poll_ms=50)
+        committed: list[CommittedBlock] = []
+
+        def follow(height: int) -> Callable[[], bool]:
+            def reached() -> bool:  # the consortium's loop drives the follower too
+                while follower.due(0) and (result := follower.produce(0)) is not None:
+                    committed.append(result)
+                return follower.state.height >= height
+
+            return reached
+
+        consortium.run(follow(max(consortium.heights().values()) + 5))
+        refusals = [r.getMessage() for r in caplog.records if r.name == "tanlian.consensus.sync"]
+        assert "refused forger" in refusals[0] and "rule height at height 6" in refusals[0]
+        assert all("refused forger" in refusal for refusal in refusals)
+        assert len(refusals) == sync.counters.refusals <= 8  # asked again after a wait, doubling
+        top = follower.state.height
+        assert [c.block.height for c in committed] == list(range(1, top + 1))
+        mine = [follower_store.read_block(h).block_hash() for h in range(1, top + 1)]
+        assert mine == consortium.hashes(0, top)
+        assert follower.pending_count() == 0 and not follower.outcomes
+    finally:
+        follower_store.close()
+        consortium.close()
