@@ -60,9 +60,15 @@ def test_cluster_runs_four_validators_and_stops_them_all(tmp_path: Path) -> None
         output = process.stdout.read().decode() if process.stdout else ""
         assert "stopped every validator" in output
     finally:
+        # SIGTERM first: the supervisor stops its validators by their pids (a SIGKILL would
+        # leave them running); kill it only if it does not end.
         if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
 
 def _taken(port: int) -> bool:
