@@ -91,7 +91,10 @@ def _slug(value: str, what: str) -> str:
 
 
 def _cursor(value: str | None) -> str | None:
-    if value is not None and (len(value) > CURSOR_CHARS_MAX or not value):
+    """The cursor of a page; an empty one (a form's) is the first page."""
+    if not value:
+        return None
+    if len(value) > CURSOR_CHARS_MAX:
         raise _bad("the page cursor is not one this node gave out")
     return value
 
@@ -190,8 +193,9 @@ def _matches(node: Node, text: str) -> list[tuple[str, str]]:
     lowered = text.lower()
     if HEX64.match(lowered):
         if state.get(f"retirement/{lowered}") is not None:
+            # the certificate, which links to its transaction
             found.append(("注销证书 Retirement certificate", f"/retirements/{lowered}"))
-        if node.outcome(lowered) is not None:
+        elif node.outcome(lowered) is not None:
             found.append(("交易 Transaction", f"/transactions/{lowered}"))
         if state.get(f"account/{lowered}") is not None:
             found.append(("账户 Account", f"/accounts/{lowered}"))
