@@ -116,9 +116,10 @@ class City:
 def write_city(directory: Path, city: City) -> None:
     store = Store.create(directory, city.chain.genesis_document)
     producer = SoloProducer(store, city.chain.validator)
-    for at, envelopes in city.blocks():
+    for start, envelopes in city.blocks():
         outcomes = producer.submit(envelopes)
         assert all(o.status == "pending" for o in outcomes), outcomes
+        at = start
         while producer.pending_count():
             result = producer.produce(at)
             assert result is not None and not any(
