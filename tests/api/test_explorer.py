@@ -122,9 +122,8 @@ def write_city(directory: Path, city: City) -> None:
         at = start
         while producer.pending_count():
             result = producer.produce(at)
-            assert result is not None and not any(
-                o.status == "rejected" for o in result.outcomes
-            ), result.outcomes
+            assert result is not None
+            assert not any(o.status == "rejected" for o in result.outcomes), result.outcomes
             at += 1000
     store.close()
 
