@@ -461,7 +461,7 @@ def programme(
     months = _months_until(explorer.month_now(node.state.head_time), WINDOW_MONTHS)
     chart = (
         charts.column_chart(
-            chart_id="programme-months",
+            chart_id="chart-programme-months",
             title=f"{value['name']}: credits redeemed per month, t CO2e",
             description=_series_description(months, [redeemed.get(m, 0) for m in months]),
             labels=months,
@@ -625,7 +625,7 @@ def _dashboard_charts(
     methodologies = sorted(totals.by_methodology.items(), key=lambda kv: -kv[1]["issued"])
     return {
         "issued": charts.column_chart(
-            chart_id="issued",
+            chart_id="chart-issued",
             title="Credits issued per month, t CO2e (每月签发)",
             description=_series_description(months, issued),
             labels=months,
@@ -633,7 +633,7 @@ def _dashboard_charts(
             values=[issued],
         ),
         "retired": charts.column_chart(
-            chart_id="retired",
+            chart_id="chart-retired",
             title="Credits retired per month, t CO2e: redeemed into programmes and other "
             "retirements (每月注销)",
             description=_series_description(
@@ -647,7 +647,7 @@ def _dashboard_charts(
             values=[redeemed, other],
         ),
         "invalidated": charts.column_chart(
-            chart_id="invalidated",
+            chart_id="chart-invalidated",
             title="Credits invalidated per month, t CO2e (每月作废)",
             description=_series_description(months, invalidated),
             labels=months,
@@ -655,7 +655,7 @@ def _dashboard_charts(
             values=[invalidated],
         ),
         "methodology_issued": charts.bar_chart(
-            chart_id="methodology-issued",
+            chart_id="chart-methodology-issued",
             title="Credits issued by methodology, t CO2e (各方法学签发量)",
             description="; ".join(
                 f"{m}: {charts.format_tonnes(f['issued'])} t" for m, f in methodologies
@@ -665,7 +665,7 @@ def _dashboard_charts(
             css="issued",
         ),
         "methodology_retired": charts.bar_chart(
-            chart_id="methodology-retired",
+            chart_id="chart-methodology-retired",
             title="Credits retired by methodology, t CO2e (各方法学注销量)",
             description="; ".join(
                 f"{m}: {charts.format_tonnes(f['retired'])} t" for m, f in methodologies
@@ -675,7 +675,7 @@ def _dashboard_charts(
             css="retired",
         ),
         "programmes": charts.bar_chart(
-            chart_id="programmes",
+            chart_id="chart-programmes",
             title="Top programmes by credits redeemed, t CO2e (激励项目兑换量)",
             description="; ".join(
                 f"{name}: {charts.format_tonnes(units)} t" for name, units in programme_rows

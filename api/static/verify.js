@@ -770,7 +770,8 @@ const TanlianVerify = (() => {
 
   /**
    * A transaction's inclusion proof against a certified checkpoint: `proof` is
-   * {transaction, log_index, log_size, path, checkpoint: {header, certificate}, validators}.
+   * {transaction, height, log_index, log_size, path, checkpoint: {header, certificate},
+   * validators} (api/reads.py transaction_proof).
    */
   async function verifyTransactionProof(proof, { txId, validatorsHash: trusted }) {
     const report = new Report(PROOF_STEPS);
@@ -784,6 +785,7 @@ const TanlianVerify = (() => {
       (await report.run(async () => {
         object("proof", proof, {
           transaction: any,
+          height: (p, v) => integer(p, v, 1),
           log_index: (p, v) => integer(p, v),
           log_size: (p, v) => integer(p, v),
           path: (p, v) => array(p, v, 0, LOG_PATH_MAX, hash),
@@ -795,6 +797,7 @@ const TanlianVerify = (() => {
         validators = parseValidators("proof.validators", proof.validators);
         envelope = parseEnvelope(proof.transaction);
         if (proof.log_size !== header.log_size) fail("the proof's log size is not the header's");
+        if (proof.height > header.height) fail("the transaction's block is after the checkpoint");
       })) &&
       (await report.run(async () => {
         const computed = await validatorsHash(validators);

@@ -234,10 +234,10 @@ async def test_every_page_renders(live: Live) -> None:
 async def test_the_dashboard_draws_labelled_charts_with_tables(live: Live) -> None:
     html = await live.page("/dashboard")
     for chart in ("issued", "retired", "invalidated", "methodology-issued", "programmes"):
-        svg = re.search(rf'<svg class="chart" id="{chart}".*?</svg>', html, re.S)
+        svg = re.search(rf'<svg class="chart" id="chart-{chart}".*?</svg>', html, re.S)
         assert svg is not None, chart
-        assert f'<title id="{chart}-title">' in svg.group(0)
-        assert f'<desc id="{chart}-desc">' in svg.group(0)
+        assert f'<title id="chart-{chart}-title">' in svg.group(0)
+        assert f'<desc id="chart-{chart}-desc">' in svg.group(0)
         assert "t CO2e" in svg.group(0)
         assert '<rect class="bar' in svg.group(0), chart
     assert 'id="progress-zibo-green-home"' in html  # a target is configured for it
