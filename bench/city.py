@@ -403,7 +403,9 @@ def build_city(
     store = Store.create(directory, genesis)
     store.start_writer()
     signatures = SignatureWorker()
-    pool = Pool(capacity=10 * SUBMIT_CHUNK + 5000, nonce_gap_max=10_000, check_signatures=signatures.check)
+    pool = Pool(
+        capacity=10 * SUBMIT_CHUNK + 5000, nonce_gap_max=10_000, check_signatures=signatures.check
+    )
     producer = SoloProducer(store, workload.validator, pool=pool)
     tune_garbage_collector()
     committed = blocks = 0
