@@ -245,7 +245,7 @@ class CityWorkload:
             certifier = self.certifiers[self.scope[methodology]]
             for compound, first in enumerate(range(0, len(group), COMPOUND), 1):
                 members = group[first : first + COMPOUND]
-                recipients = [
+                recipients: list[dict[str, Any]] = [
                     {"account": h.account, "quantity": _kg(self.rng.randint(low, high))}
                     for h in members
                 ]
