@@ -122,7 +122,7 @@ class _BodyRefused(Exception):
 def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> FastAPI:
     """The node's application: the JSON API (SPEC §7), its docs, and the explorer's pages.
     Raises ValueError for a setting the explorer cannot use (a bad programme targets file)."""
-    pages = Explorer(settings, node.genesis)
+    pages = Explorer(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -128,18 +129,36 @@ def embed_json(value: Any) -> Markup:
     )  # safe: escaped above for a script element's content
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chain:
+    """The chain's genesis as the pages show it; the validators' hash is what the browser
+    trusts unless the reader gives another."""
+
+    chain_id: str
+    genesis_hash: str
+    trusted_validators_hash: str
+    authority_name: str
+
+    @classmethod
+    def of(cls, genesis: Genesis) -> Chain:
+        return cls(
+            chain_id=genesis.chain_id,
+            genesis_hash=genesis.genesis_hash(),
+            trusted_validators_hash=compute_validators_hash(genesis.validators),
+            authority_name=genesis.authority_name,
+        )
+
+
 class Explorer:
     """What every page of one node shares."""
 
-    def __init__(self, settings: Settings, genesis: Genesis) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.offset_minutes = settings.display_utc_offset_minutes
         self.zone = _zone_name(self.offset_minutes)
         self.statistics = Statistics(utc_offset_minutes=self.offset_minutes)
         targets_file = settings.programme_targets or settings.data / TARGETS_FILE
         self.targets = load_targets(targets_file)
-        self.genesis = genesis
-        self.genesis_hash = genesis.genesis_hash()
-        self.trusted_validators_hash = compute_validators_hash(genesis.validators)
+        self._chain: Chain | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
             autoescape=True,
@@ -161,13 +180,16 @@ class Explorer:
             STATUS_LABELS=STATUS_LABELS,
             zone=self.zone,
             assets=ASSETS_URL,
-            chain_id=genesis.chain_id,
             query=query,
-            genesis_hash=self.genesis_hash,
-            trusted_validators_hash=self.trusted_validators_hash,
         )
         self._warming: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def chain(self, node: Node) -> Chain:
+        """What the pages show of the chain's genesis (computed once)."""
+        if self._chain is None:
+            self._chain = Chain.of(node.genesis)
+        return self._chain
 
     # --- formatting ---------------------------------------------------------------------------
 
@@ -198,7 +220,11 @@ class Explorer:
     ) -> HTMLResponse:
         node: Node = request.app.state.node
         state = node.state
+        chain = self.chain(node)
         page = self.env.get_template(template).render(
+            chain_id=chain.chain_id,
+            genesis_hash=chain.genesis_hash,
+            trusted_validators_hash=chain.trusted_validators_hash,
             request_path=request.url.path,
             height=state.height,
             head_time=state.head_time,

@@ -116,7 +116,7 @@ def _names(node: Node, explorer: Explorer) -> Callable[[str], str | None]:
 
     def name(account_id: str) -> str | None:
         if account_id == state.authority:
-            return explorer.genesis.authority_name
+            return explorer.chain(node).authority_name
         certifier = state.get(f"certifier/{account_id}")
         return None if certifier is None else str(certifier["name"])
 
@@ -417,7 +417,7 @@ def certificate(
         b=state.get(f"batch/{record['batch_id']}"),
         programme_name=None if programme is None else programme["name"],
         receipt=receipt,
-        authority_name=explorer.genesis.authority_name,
+        authority_name=explorer.chain(node).authority_name,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api import charts
 from api.app import create_app
 from api.explorer import embed_json, load_targets
 from api.node import Node
@@ -23,6 +25,7 @@ from api.settings import Settings
 from api.statistics import Statistics
 from consensus.producer import SoloProducer
 from ledger.store import Store
+from tests.api.test_cli import TANLIAN, environment
 from tests.factory import GENESIS_TIME, Chain
 
 pytestmark = pytest.mark.anyio
@@ -505,3 +508,60 @@ def test_embedded_json_cannot_close_its_script_element() -> None:
     embedded = str(embed_json(value))
     assert "<" not in embedded and ">" not in embedded and "&" not in embedded
     assert json.loads(embedded) == value
+
+
+def test_a_node_with_a_bad_targets_file_refuses_to_start(tmp_path: Path) -> None:
+    chain = Chain()
+    genesis = tmp_path / "genesis.json"
+    genesis.write_text(json.dumps(chain.genesis_document))
+    key = tmp_path / "validator.pem"
+    key.write_bytes(chain.validator.to_pem())
+    targets = tmp_path / "targets.json"
+    targets.write_text('{"zibo-green-home": {"target_t_co2e": "lots"}}')
+    arguments = ["node", "--genesis", genesis, "--data", tmp_path / "data"]
+    arguments += ["--validator-key", key, "--listen", "127.0.0.1:1"]
+    done = subprocess.run(
+        [str(TANLIAN), *map(str, arguments)],
+        env={**environment(), "TANLIAN_PROGRAMME_TARGETS": str(targets)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "zibo-green-home.target_t_co2e" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tonnes_are_exact_and_charts_scale() -> None:
+    assert [charts.format_tonnes(u) for u in (0, 1, 999, 1000, 1234567, 1500)] == [
+        "0",
+        "0.001",
+        "0.999",
+        "1",
+        "1,234.567",
+        "1.5",
+    ]
+    assert [charts.nice_step(top) for top in (0, 0.3, 7, 120, 4491)] == [
+        1.0,
+        0.1,
+        2.0,
+        50.0,
+        1000.0,
+    ]
+    assert charts.fit("short", 200) == "short"
+    cut = charts.fit("淄博公交碳积分 Zibo bus-pass carbon points", 120)
+    assert cut.endswith("…") and charts.text_width(cut) <= 120
+    svg = str(
+        charts.column_chart(
+            chart_id="c",
+            title="T <&>",
+            description="D",
+            labels=["2026-01", "2026-02"],
+            series=[charts.Series(name="a", css="issued"), charts.Series(name="b", css="other")],
+            values=[[1000, 0], [500, 2500]],
+        )
+    )
+    assert "T &lt;&amp;&gt;" in svg and svg.count('<rect class="bar') == 3 + 2  # bars, legend
+    assert "2026-02: 2.5 t CO2e b" in svg and ">2026</text>" in svg
+    empty = str(charts.bar_chart(chart_id="e", title="t", description="d", rows=[], css="x"))
+    assert "<svg" in empty and "rect" not in empty
