@@ -88,6 +88,7 @@ class Node:
         naming several validators, the node runs BFT consensus (`consensus.node`)."""
         self.data = data
         self._writer = Store.open(data)
+        self._writer.ensure_indexes()  # a store from an earlier version gets its list indexes
         self._writer.start_writer()  # a process: see Store.start_writer for why
         self.genesis = self._writer.genesis
         self._signatures = SignatureWorker()  # a process: see consensus.verifier for why

@@ -246,9 +246,9 @@ def retirements(
     position = decode_cursor(cursor, {"height": int, "id": str})
     clauses: list[str] = []
     values: list[Any] = []
-    if position is not None:
-        clauses.append("(height < ? OR (height = ? AND retirement_id < ?))")
-        values += [position["height"], position["height"], position["id"]]
+    if position is not None:  # a row value: a range of the (…, height, retirement_id) indexes
+        clauses.append("(height, retirement_id) < (?, ?)")
+        values += [position["height"], position["id"]]
     if beneficiary is not None:
         clauses.append("beneficiary = ?")
         values.append(beneficiary)
