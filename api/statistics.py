@@ -41,6 +41,7 @@ from ledger.store import Store
 FLOWS: Final = ("issued", "retired", "redeemed", "invalidated")
 REFRESH_HEIGHTS_MAX: Final = 2000  # heights one query groups (a block holds <= 5,000 tx)
 MS_PER_MINUTE: Final = 60_000
+MS_PER_DAY: Final = 86_400_000
 
 # The retirements and invalidations committed in a range of heights (the store's height index).
 # A retirement's figures come from its record in the state (SPEC §3.4: permanent), so only an
@@ -141,13 +142,17 @@ class Statistics:
         self._tally = _Tally()
         self._snapshot = self._tally.snapshot()
         self._lock = threading.Lock()
+        self._months: dict[int, str] = {}
 
     def month(self, time_ms: int) -> str:
-        """ "YYYY-MM" of a unix-ms time in the explorer's time zone."""
-        moment = datetime.datetime.fromtimestamp(
-            (time_ms + self.offset_ms) // 1000, tz=datetime.UTC
-        )
-        return f"{moment.year:04d}-{moment.month:02d}"
+        """The month ("YYYY-MM") of a unix-ms time in the explorer's time zone; remembered by
+        day, since a refresh asks for the month of every retirement."""
+        day = (time_ms + self.offset_ms) // MS_PER_DAY
+        found = self._months.get(day)
+        if found is None:
+            moment = datetime.datetime.fromtimestamp(day * (MS_PER_DAY // 1000), tz=datetime.UTC)
+            found = self._months[day] = f"{moment.year:04d}-{moment.month:02d}"
+        return found
 
     def refresh(self, node: Node, *, stop: threading.Event | None = None) -> Totals:
         """The totals at the node's current height (reading only the heights not seen yet).

@@ -565,3 +565,10 @@ def test_tonnes_are_exact_and_charts_scale() -> None:
     assert "2026-02: 2.5 t CO2e b" in svg and ">2026</text>" in svg
     empty = str(charts.bar_chart(chart_id="e", title="t", description="d", rows=[], css="x"))
     assert "<svg" in empty and "rect" not in empty
+
+
+def test_months_are_counted_in_the_explorers_time_zone() -> None:
+    evening = 1_769_889_600_000  # 2026-01-31 20:00 UTC: 2026-02-01 04:00 in Zibo
+    assert Statistics(utc_offset_minutes=480).month(evening) == "2026-02"
+    assert Statistics(utc_offset_minutes=0).month(evening) == "2026-01"
+    assert Statistics(utc_offset_minutes=-300).month(evening) == "2026-01"
