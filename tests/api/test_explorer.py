@@ -572,3 +572,9 @@ def test_months_are_counted_in_the_explorers_time_zone() -> None:
     assert Statistics(utc_offset_minutes=480).month(evening) == "2026-02"
     assert Statistics(utc_offset_minutes=0).month(evening) == "2026-01"
     assert Statistics(utc_offset_minutes=-300).month(evening) == "2026-01"
+
+
+async def test_an_accounts_history_says_what_an_issuance_gave_it(live: Live) -> None:
+    page = text_of(await live.page(f"/accounts/{live.city.chain.bob.account_id}"))
+    assert "+ 3 t 签发给本账户 issued to this account" in page  # B-1: 3,000 kg of 10,000
+    assert "+ 2 t 签发给本账户 issued to this account" in page  # B-2
