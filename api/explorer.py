@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from api.charts import format_tonnes
 from api.node import Node
-from api.problems import STATUS, problem_body
+from api.problems import problem_body
 from api.settings import Settings
 from api.statistics import Statistics
 from ledger.blocks import compute_validators_hash
@@ -287,6 +287,3 @@ def _zone_name(offset_minutes: int) -> str:
     hours, minutes = divmod(abs(offset_minutes), 60)
     sign = "+" if offset_minutes >= 0 else "-"
     return f"UTC{sign}{hours}" + (f":{minutes:02d}" if minutes else "")
-
-
-__all__ = ["STATIC", "STATUS", "Explorer", "is_page", "load_targets"]
