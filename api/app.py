@@ -9,7 +9,7 @@ request bodies are bounded while they are read, in size (a body over the limit i
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,13 +17,15 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from api.explorer import ASSETS_URL, STATIC, Explorer, is_page
 from api.node import Node
 from api.problems import problem, problem_body
-from api.routes import chain, consensus, metrics, proofs, registry, transactions
+from api.routes import chain, consensus, explorer, metrics, proofs, registry, transactions
 from api.settings import Settings
 from ledger.errors import LedgerError, StoreError
 
@@ -118,13 +120,19 @@ class _BodyRefused(Exception):
 
 
 def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> FastAPI:
+    """The node's application: the JSON API (SPEC §7), its docs, and the explorer's pages.
+    Raises ValueError for a setting the explorer cannot use (a bad programme targets file)."""
+    pages = Explorer(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_node:
             node.start()
+        pages.start(node)
         try:
             yield
         finally:
+            pages.stop()
             if manage_node:
                 node.stop()
 
@@ -141,6 +149,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     )
     app.state.node = node
     app.state.settings = settings
+    app.state.explorer = pages
     app.add_middleware(
         BodyGuard, limit=settings.body_bytes_max, seconds=settings.request_body_seconds
     )
@@ -153,28 +162,42 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         registry.router,
         metrics.router,
         consensus.router,
+        explorer.router,
     ):
         app.include_router(router)
+    app.mount(ASSETS_URL, StaticFiles(directory=STATIC), name="assets")
+
+    # The explorer's paths answer their errors as HTML pages of the same problem (the same
+    # code and status); the machine interfaces keep RFC 9457 JSON.
+    def answer(
+        request: Request, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        if is_page(request.url.path):
+            return pages.error(request, code, detail, headers)
+        return problem(code, detail, headers)
 
     @app.exception_handler(LedgerError)
-    async def ledger_error(request: Request, error: LedgerError) -> JSONResponse:
+    async def ledger_error(request: Request, error: LedgerError) -> Response:
         if isinstance(error, StoreError):
             log.error("store refused to serve %s: %s", request.url.path, error.message)
-            return problem("store_unavailable", error.message)
-        return problem(error.code, error.message)
+            return answer(request, "store_unavailable", error.message)
+        return answer(request, error.code, error.message)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return problem("invalid_field", f"{where}: {first.get('msg', 'invalid')}")
+        detail = f"{where}: {first.get('msg', 'invalid')}"
+        return answer(
+            request, "bad_query" if is_page(request.url.path) else "invalid_field", detail
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}.get(
             error.status_code, "invalid_field"
         )
-        return problem(code, str(error.detail), error.headers)  # 405 keeps its Allow
+        return answer(request, code, str(error.detail), error.headers)  # 405 keeps its Allow
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, error: ClientDisconnect) -> Response:
@@ -183,8 +206,10 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         return Response(status_code=400)
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    async def internal_error(request: Request, error: Exception) -> Response:
         log.exception("internal error on %s", request.url.path)
+        if is_page(request.url.path):
+            return pages.error(request, "internal_error", "internal error")
         return JSONResponse(problem_body("internal_error", "internal error"), status_code=500)
 
     return app

@@ -295,7 +295,11 @@ def _serve(
         raise typer.BadParameter(str(error)) from None
     running = Node(data, validator, peers=peers, follow=follow)
     running.on_block = _print_block
-    app_ = create_app(running, settings)
+    try:
+        app_ = create_app(running, settings)
+    except ValueError as error:  # a setting the explorer cannot use
+        running.stop()
+        raise typer.BadParameter(str(error)) from None
     state = running.state
     base = f"http://{host}:{port}"
     if follow:
@@ -305,6 +309,7 @@ def _serve(
     out.print(
         f"[green]{role} running[/green] on {data}: height {state.height}, "
         f"{state.log.size} transactions, state root {state.state_root[:16]}…\n"
+        f"explorer {base}/   dashboard {base}/dashboard\n"
         f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
         highlight=False,
     )

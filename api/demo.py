@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from api.explorer import TARGETS_FILE
 from consensus.pool import Pool
 from consensus.producer import SoloProducer
 from ledger.blocks import Validator
@@ -210,6 +211,22 @@ def build_demo(
     ]
     commit(setup, genesis_time + DAY_MS)
     report(f"registry set up: {len(METHODOLOGIES)} methodologies, certifier, 2 programmes")
+    # The city's published target for the green-home programme, which the explorer's
+    # dashboard measures the redemptions against (a node-side setting: the SPEC's programmes
+    # carry no target; docs/decisions/0007-explorer.md). Scaled to the demo's size.
+    (directory / TARGETS_FILE).write_text(
+        json.dumps(
+            {
+                PROGRAM: {
+                    "target_t_co2e": max(1, transactions // 100),
+                    "deadline": _date(now_ms + 365 * DAY_MS),
+                    "source": "demo figure: 淄博市绿色家庭行动方案 (Zibo green home action plan)",
+                }
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
 
     per_month = max(10, (transactions - summary.transactions - 5 * MONTHS) // MONTHS)
     batch_number = 0

@@ -57,6 +57,8 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     "unsupported_media_type": (415, "The body must be application/json"),
     "request_timeout": (408, "The request took too long"),
     "invalid_proof": (422, "A proof does not verify"),
+    # The explorer's pages (issue 6): an address with a malformed id, parameter or cursor
+    "bad_query": (400, "The address holds an invalid id or parameter"),
     # Consensus (SPEC §5.4, docs/decisions/0006)
     "malformed_message": (400, "A consensus message is not of its wire form"),
     "store_unavailable": (503, "The node's store cannot serve this safely"),

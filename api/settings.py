@@ -21,6 +21,7 @@ REQUEST_HEAD_SECONDS = 10.0  # a request line and headers are a few hundred byte
 REQUEST_HEAD_BYTES_MAX = 16 * 1024  # h11's own bound on a request head
 KEEP_ALIVE_SECONDS = 5  # uvicorn's default idle time between requests on one connection
 CONNECTIONS_MAX = 4096  # open connections, and requests in flight (uvicorn counts both)
+DISPLAY_UTC_OFFSET_MINUTES = 480  # China Standard Time (UTC+8), where Zibo's officials count
 ENVIRONMENT_PREFIX = "TANLIAN_"
 FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
 
@@ -79,6 +80,24 @@ class Settings(BaseModel):
             "Most open connections, and most requests in flight: a new connection beyond it "
             "closes the one waiting longest for its request head, and a request that finds "
             "no room is answered 503 (uvicorn's limit_concurrency)."
+        ),
+    )
+
+    display_utc_offset_minutes: int = Field(
+        default=DISPLAY_UTC_OFFSET_MINUTES,
+        ge=-720,
+        le=840,
+        description=(
+            "The explorer's time zone, in minutes east of UTC: its times and the dashboard's "
+            "months (480: China Standard Time, Zibo's). The JSON API keeps unix ms and UTC."
+        ),
+    )
+    programme_targets: Path | None = Field(
+        default=None,
+        description=(
+            "A JSON file of programme targets for the dashboard (program_id -> "
+            "{target_t_co2e, deadline, source}); default: programme-targets.json in the data "
+            "directory when it exists. Not on the ledger: docs/decisions/0007-explorer.md."
         ),
     )
 

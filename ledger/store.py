@@ -269,6 +269,23 @@ class Store:
         else:
             self._writer.write(record)
 
+    def ensure_indexes(self) -> None:
+        """Add the list indexes a store made by an earlier version lacks (once; seconds on a
+        large chain). Call it before the writer starts, while nothing else writes."""
+        missing = [
+            statement
+            for statement in _LIST_INDEXES
+            if self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                (statement.split()[5],),
+            ).fetchone()
+            is None
+        ]
+        if missing:
+            with _transaction(self._conn):
+                for statement in missing:
+                    self._conn.execute(statement)
+
     def start_writer(self) -> None:
         """From now on, hand `append`'s rows to a writer process with its own connection.
 
@@ -702,6 +719,22 @@ class _transaction:
             self.connection.execute("ROLLBACK")
 
 
+# Indexes that answer the lists newest first, and an owner's lots in order and its supply,
+# without a sort or a visit to every row (a store made before them gets them when a node
+# opens it: `ensure_indexes`). Without them, on a chain of 700,000 transactions, the newest
+# retirements took 640 ms (a scan and a sort of every retirement) and the supply of an account
+# with 27,000 lots 470 ms (a lookup of each lot), measured on the loaded 2-core machine.
+_LIST_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS retirements_newest ON retirements (height, retirement_id)",
+    "CREATE INDEX IF NOT EXISTS retirements_program_newest "
+    "ON retirements (program_id, height, retirement_id)",
+    "CREATE INDEX IF NOT EXISTS retirements_beneficiary_newest "
+    "ON retirements (beneficiary, height, retirement_id)",
+    "CREATE INDEX IF NOT EXISTS lots_owner_supply "
+    "ON lots (owner, batch_id, first_serial, status, quantity)",
+)
+
+
 def _create_schema(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
     db.table("blocks").create(
@@ -780,6 +813,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         "PRIMARY KEY (batch_id, first_serial)) WITHOUT ROWID"
     )
     db.table("lots").create_index(["owner"])
+    for statement in _LIST_INDEXES:
+        db.execute(statement)
 
 
 def _main() -> None:

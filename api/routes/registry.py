@@ -1,7 +1,8 @@
 """Accounts, batches, retirements and blocks, with opaque cursors and bounded limits; stats.
 
 Values come from the node's latest state (one consistent height); lists come from the
-store's indexed query tables, newest first.
+store's indexed query tables, newest first. The reads are `api.reads`, which the explorer's
+pages share.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from api import schemas
-from api.cursors import CURSOR_CHARS_MAX, decode_cursor, encode_cursor
+from api import reads, schemas
+from api.cursors import CURSOR_CHARS_MAX, encode_cursor
 from api.node import Node
 from api.problems import problem_responses
 from api.routes import example, node_of
 from api.schemas import EXAMPLE_ACCOUNT, EXAMPLE_CERTIFIER, EXAMPLE_TX_ID
 from api.settings import LIST_LIMIT_MAX
-from ledger.errors import LedgerError
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -59,13 +59,9 @@ RETIREMENT_CURSOR = Annotated[
         ),
     ),
 ]
-HOLDING_RANGES_MAX = 1000
+HISTORY_FIELDS = ("log_index", "tx_id", "height", "type")
 LIST_PROBLEMS = problem_responses("invalid_field")
 ITEM_PROBLEMS = problem_responses("not_found", "invalid_field")
-
-
-def _page(items: list[Any], limit: int, position: dict[str, Any] | None) -> dict[str, Any]:
-    return {"items": items, "next_cursor": None if position is None else encode_cursor(position)}
 
 
 @router.get(
@@ -80,44 +76,7 @@ async def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) 
     # one indexed query, ~25 us typical, ~1 ms at the bound), and the hop to a pool thread and
     # back, contending for the GIL, cost several times that (bench/api.py (c): 857 -> 2,442
     # req/s, p99 83 -> 22 ms, measured on the 2-core machine).
-    state = node.state
-    value = state.get(f"account/{account_id}")
-    if value is None:
-        raise LedgerError(f"no account {account_id}", code="not_found")
-    roles = ["holder"]
-    if account_id == state.authority:
-        roles.append("authority")
-    certifier = state.get(f"certifier/{account_id}")
-    if certifier is not None and certifier["revoked_height"] is None:
-        roles.append("certifier")
-    rows = (
-        node.reader()
-        .db.execute(
-            "SELECT batch_id, first_serial, quantity, status FROM lots WHERE owner = ? "
-            "ORDER BY batch_id, first_serial LIMIT ?",
-            (account_id, HOLDING_RANGES_MAX + 1),
-        )
-        .fetchall()
-    )
-    holdings: dict[str, dict[str, Any]] = {}
-    for batch_id, first, quantity, status in rows[:HOLDING_RANGES_MAX]:
-        entry = holdings.setdefault(
-            batch_id,
-            {"batch_id": batch_id, "circulating": 0, "retired": 0, "invalidated": 0, "ranges": []},
-        )
-        entry[status] += quantity
-        entry["ranges"].append({"first": first, "last": first + quantity - 1, "status": status})
-    return {
-        "account_id": account_id,
-        "keys": value["keys"],
-        "threshold": value["threshold"],
-        "nonce": value["nonce"],
-        "status": value["status"],
-        "roles": roles,
-        "holdings": list(holdings.values()),
-        "holdings_truncated": len(rows) > HOLDING_RANGES_MAX,
-        "height": state.height,
-    }
+    return reads.account(node, account_id)
 
 
 @router.get(
@@ -133,24 +92,9 @@ def account_transactions(
     limit: LIMIT = 20,
     cursor: BEFORE_CURSOR = None,
 ) -> dict[str, Any]:
-    position = decode_cursor(cursor, {"before": int})
-    before = position["before"] if position else 2**63 - 1
-    rows = (
-        node.reader()
-        .db.execute(
-            "SELECT t.log_index, t.tx_id, t.height, t.type, t.envelope FROM account_transactions a "
-            "JOIN transactions t ON t.log_index = a.log_index "
-            "WHERE a.account = ? AND a.log_index < ? ORDER BY a.log_index DESC LIMIT ?",
-            (account_id, before, limit + 1),
-        )
-        .fetchall()
-    )
-    items = [
-        {"log_index": index, "tx_id": tx_id, "height": height, "type": kind}
-        for index, tx_id, height, kind, _ in rows[:limit]
-    ]
-    more = {"before": rows[limit - 1][0]} if len(rows) > limit else None
-    return _page(items, limit, more)
+    page = reads.account_history(node, account_id, limit=limit, cursor=cursor)
+    items = [{key: item[key] for key in HISTORY_FIELDS} for item in page.items]
+    return {"items": items, "next_cursor": page.next_cursor}
 
 
 @router.get(
@@ -173,30 +117,9 @@ def batches(
     limit: LIMIT = 20,
     cursor: BEFORE_CURSOR = None,
 ) -> dict[str, Any]:
-    position = decode_cursor(cursor, {"before": int})
-    before = position["before"] if position else 2**63 - 1
-    clauses: list[str] = ["CAST(substr(batch_id, 3) AS INTEGER) < ?"]
-    values: list[Any] = [before]
-    if methodology_id is not None:
-        clauses.append("methodology_id = ?")
-        values.append(methodology_id)
-    if certifier is not None:
-        clauses.append("certifier = ?")
-        values.append(certifier)
-    rows = (
-        node.reader()
-        .db.execute(
-            "SELECT batch_id FROM batches WHERE "
-            + " AND ".join(clauses)
-            + " ORDER BY CAST(substr(batch_id, 3) AS INTEGER) DESC LIMIT ?",
-            (*values, limit + 1),
-        )
-        .fetchall()
-    )
-    state = node.state
-    items = [state.get(f"batch/{batch_id}") for (batch_id,) in rows[:limit]]
-    more = {"before": int(rows[limit - 1][0][2:])} if len(rows) > limit else None
-    return _page([item for item in items if item is not None], limit, more)
+    return reads.batches(
+        node, methodology_id=methodology_id, certifier=certifier, limit=limit, cursor=cursor
+    ).to_json()
 
 
 @router.get(
@@ -212,10 +135,7 @@ def batch(
     ],
     node: Annotated[Node, Depends(node_of)],
 ) -> dict[str, Any]:
-    value: dict[str, Any] | None = node.state.get(f"batch/{batch_id}")
-    if value is None:
-        raise LedgerError(f"no batch {batch_id}", code="not_found")
-    return value
+    return reads.batch(node, batch_id)
 
 
 @router.get(
@@ -241,32 +161,9 @@ def retirements(
     limit: LIMIT = 20,
     cursor: RETIREMENT_CURSOR = None,
 ) -> dict[str, Any]:
-    position = decode_cursor(cursor, {"height": int, "id": str})
-    clauses: list[str] = []
-    values: list[Any] = []
-    if position is not None:
-        clauses.append("(height < ? OR (height = ? AND retirement_id < ?))")
-        values += [position["height"], position["height"], position["id"]]
-    if beneficiary is not None:
-        clauses.append("beneficiary = ?")
-        values.append(beneficiary)
-    if program_id is not None:
-        clauses.append("program_id = ?")
-        values.append(program_id)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    rows = (
-        node.reader()
-        .db.execute(
-            f"SELECT retirement_id, height FROM retirements {where} "
-            "ORDER BY height DESC, retirement_id DESC LIMIT ?",
-            (*values, limit + 1),
-        )
-        .fetchall()
-    )
-    state = node.state
-    items = [state.get(f"retirement/{rid}") for rid, _ in rows[:limit]]
-    more = {"height": rows[limit - 1][1], "id": rows[limit - 1][0]} if len(rows) > limit else None
-    return _page([item for item in items if item is not None], limit, more)
+    return reads.retirements(
+        node, beneficiary=beneficiary, program_id=program_id, limit=limit, cursor=cursor
+    ).to_json()
 
 
 @router.get(
@@ -282,10 +179,7 @@ def retirement(
     ],
     node: Annotated[Node, Depends(node_of)],
 ) -> dict[str, Any]:
-    value: dict[str, Any] | None = node.state.get(f"retirement/{retirement_id}")
-    if value is None:
-        raise LedgerError(f"no retirement {retirement_id}", code="not_found")
-    return value
+    return reads.retirement(node, retirement_id)
 
 
 @router.get(
@@ -298,20 +192,7 @@ def retirement(
 def blocks(
     node: Annotated[Node, Depends(node_of)], limit: LIMIT = 10, cursor: BEFORE_CURSOR = None
 ) -> dict[str, Any]:
-    position = decode_cursor(cursor, {"before": int})
-    top = (
-        node.state.height + 1
-        if position is None
-        else min(position["before"], node.state.height + 1)
-    )
-    heights = list(range(top - 1, max(top - 1 - limit, 0), -1))
-    store = node.reader()
-    items = [
-        {"block": store.read_block(h).to_json(), "certificate": store.read_certificate(h).to_json()}
-        for h in heights
-    ]
-    more = {"before": heights[-1]} if heights and heights[-1] > 1 else None
-    return _page(items, limit, more)
+    return reads.blocks(node, limit=limit, cursor=cursor).to_json()
 
 
 @router.get(

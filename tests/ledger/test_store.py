@@ -800,3 +800,24 @@ def test_the_writer_never_creates_a_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no ledger"):
         store_module.serve_writes(tmp_path / DATABASE_FILE, io.BytesIO(), io.BytesIO())
     assert not (tmp_path / DATABASE_FILE).exists()
+
+
+def test_a_store_from_an_earlier_version_gets_its_list_indexes(tmp_path: Path) -> None:
+    chain = Chain()
+    store = Store.create(tmp_path, chain.genesis_document)
+    names = ["retirements_newest", "retirements_program_newest", "lots_owner_supply"]
+    for name in names:
+        store.db.execute(f"DROP INDEX {name}")  # as a store made before they existed
+    store.ensure_indexes()
+    store.ensure_indexes()  # once is enough; again changes nothing
+    present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
+    assert set(names) <= present
+    plan = " ".join(
+        row[3]
+        for row in store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT retirement_id FROM retirements "
+            "ORDER BY height DESC, retirement_id DESC LIMIT 10"
+        )
+    )
+    assert "retirements_newest" in plan and "TEMP B-TREE" not in plan
+    store.close()

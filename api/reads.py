@@ -1,0 +1,420 @@
+"""What a node reads for its answers: the queries the JSON routes and the explorer's pages share.
+
+Values come from the node's latest state (`node.state`: one consistent height, in memory);
+lists come from the store's indexed query tables through this thread's read connection
+(`node.reader()`), newest first, each page bounded by its `limit` and continued by an opaque
+cursor (`api.cursors`). A list query reads at most `limit + 1` rows: one more than the page,
+to know whether another page follows. An id that names nothing raises `not_found`; a cursor
+this node did not give out raises `invalid_field`.
+
+The routes stay thin: `api.routes.registry` answers these as JSON, `api.routes.explorer` as
+HTML.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from api.cursors import decode_cursor, encode_cursor
+from api.node import Node
+from ledger.errors import LedgerError
+from ledger.store import Store
+
+HOLDING_RANGES_MAX: Final = 1000  # serial ranges in one JSON account answer
+POSITION_MAX: Final = 2**63 - 1  # past every log index, batch number and serial
+FAMILY_ENTRIES_MAX: Final = 1000  # methodologies, certifiers or programmes on one page
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """One page of a list, and the cursor of the next (None on the last page)."""
+
+    items: list[Any]
+    next_cursor: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": self.items, "next_cursor": self.next_cursor}
+
+
+def _page(items: list[Any], position: dict[str, Any] | None) -> Page:
+    return Page(items=items, next_cursor=None if position is None else encode_cursor(position))
+
+
+# --- accounts -------------------------------------------------------------------------------------
+
+
+def account(node: Node, account_id: str) -> dict[str, Any]:
+    """Keys, nonce, status, roles and holdings by batch with serial ranges (at most
+    HOLDING_RANGES_MAX ranges; `holdings_truncated` says when there are more)."""
+    state = node.state
+    value = state.get(f"account/{account_id}")
+    if value is None:
+        raise LedgerError(f"no account {account_id}", code="not_found")
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT batch_id, first_serial, quantity, status FROM lots WHERE owner = ? "
+            "ORDER BY batch_id, first_serial LIMIT ?",
+            (account_id, HOLDING_RANGES_MAX + 1),
+        )
+        .fetchall()
+    )
+    holdings: dict[str, dict[str, Any]] = {}
+    for batch_id, first, quantity, status in rows[:HOLDING_RANGES_MAX]:
+        entry = holdings.setdefault(
+            batch_id,
+            {"batch_id": batch_id, "circulating": 0, "retired": 0, "invalidated": 0, "ranges": []},
+        )
+        entry[status] += quantity
+        entry["ranges"].append({"first": first, "last": first + quantity - 1, "status": status})
+    return {
+        "account_id": account_id,
+        "keys": value["keys"],
+        "threshold": value["threshold"],
+        "nonce": value["nonce"],
+        "status": value["status"],
+        "roles": roles(node, account_id),
+        "holdings": list(holdings.values()),
+        "holdings_truncated": len(rows) > HOLDING_RANGES_MAX,
+        "height": state.height,
+    }
+
+
+def roles(node: Node, account_id: str) -> list[str]:
+    state = node.state
+    found = ["holder"]
+    if account_id == state.authority:
+        found.append("authority")
+    certifier = state.get(f"certifier/{account_id}")
+    if certifier is not None and certifier["revoked_height"] is None:
+        found.append("certifier")
+    return found
+
+
+def account_history(node: Node, account_id: str, *, limit: int, cursor: str | None) -> Page:
+    """The transactions that name the account, newest first: each `{log_index, tx_id, height,
+    type, envelope}` (the envelope as its stored canonical text)."""
+    position = decode_cursor(cursor, {"before": int})
+    before = position["before"] if position else POSITION_MAX
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT t.log_index, t.tx_id, t.height, t.type, t.envelope FROM account_transactions a "
+            "JOIN transactions t ON t.log_index = a.log_index "
+            "WHERE a.account = ? AND a.log_index < ? ORDER BY a.log_index DESC LIMIT ?",
+            (account_id, before, limit + 1),
+        )
+        .fetchall()
+    )
+    items = [
+        {"log_index": index, "tx_id": tx_id, "height": height, "type": kind, "envelope": text}
+        for index, tx_id, height, kind, text in rows[:limit]
+    ]
+    return _page(items, {"before": rows[limit - 1][0]} if len(rows) > limit else None)
+
+
+def account_lots(node: Node, account_id: str, *, limit: int, cursor: str | None) -> Page:
+    """The account's lots (every status) by batch and serial: `{batch_id, first, last,
+    quantity, status, retirement_id}`."""
+    position = decode_cursor(cursor, {"batch": str, "serial": int})
+    after = (position["batch"], position["serial"]) if position else ("", -1)
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT batch_id, first_serial, quantity, status FROM lots "
+            "WHERE owner = ? AND (batch_id, first_serial) > (?, ?) "
+            "ORDER BY batch_id, first_serial LIMIT ?",
+            (account_id, *after, limit + 1),
+        )
+        .fetchall()
+    )
+    items = [
+        _lot(node, batch_id, first, quantity, status)
+        for batch_id, first, quantity, status in rows[:limit]
+    ]
+    more = (
+        {"batch": rows[limit - 1][0], "serial": rows[limit - 1][1]} if len(rows) > limit else None
+    )
+    return _page(items, more)
+
+
+def account_totals(node: Node, account_id: str) -> dict[str, int]:
+    """Units the account holds (circulating), has retired, and lost to invalidation."""
+    totals = {"circulating": 0, "retired": 0, "invalidated": 0}
+    for status, quantity in node.reader().db.execute(
+        "SELECT status, SUM(quantity) FROM lots WHERE owner = ? GROUP BY status", (account_id,)
+    ):
+        totals[status] = int(quantity)
+    return totals
+
+
+def _lot(node: Node, batch_id: str, first: int, quantity: int, status: str) -> dict[str, Any]:
+    retirement_id = None
+    if status == "retired":
+        value = node.state.get(f"lot/{batch_id}/{first}")
+        retirement_id = None if value is None else value["retirement_id"]
+    return {
+        "batch_id": batch_id,
+        "first": first,
+        "last": first + quantity - 1,
+        "quantity": quantity,
+        "status": status,
+        "retirement_id": retirement_id,
+    }
+
+
+# --- batches and lots -----------------------------------------------------------------------------
+
+
+def batches(
+    node: Node,
+    *,
+    methodology_id: str | None,
+    certifier: str | None,
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    """Batches (their state values), newest first, by methodology or certifier."""
+    position = decode_cursor(cursor, {"before": int})
+    before = position["before"] if position else POSITION_MAX
+    clauses: list[str] = ["CAST(substr(batch_id, 3) AS INTEGER) < ?"]
+    values: list[Any] = [before]
+    if methodology_id is not None:
+        clauses.append("methodology_id = ?")
+        values.append(methodology_id)
+    if certifier is not None:
+        clauses.append("certifier = ?")
+        values.append(certifier)
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT batch_id FROM batches WHERE "
+            + " AND ".join(clauses)
+            + " ORDER BY CAST(substr(batch_id, 3) AS INTEGER) DESC LIMIT ?",
+            (*values, limit + 1),
+        )
+        .fetchall()
+    )
+    state = node.state
+    items = [state.get(f"batch/{batch_id}") for (batch_id,) in rows[:limit]]
+    more = {"before": int(rows[limit - 1][0][2:])} if len(rows) > limit else None
+    return _page([item for item in items if item is not None], more)
+
+
+def batch(node: Node, batch_id: str) -> dict[str, Any]:
+    value: dict[str, Any] | None = node.state.get(f"batch/{batch_id}")
+    if value is None:
+        raise LedgerError(f"no batch {batch_id}", code="not_found")
+    return value
+
+
+def batch_lots(node: Node, batch_id: str, *, limit: int, cursor: str | None) -> Page:
+    """A batch's lots in serial order: `{batch_id, first, last, quantity, status, owner,
+    retirement_id}`; together they cover the batch's serials exactly (SPEC §3.4)."""
+    position = decode_cursor(cursor, {"serial": int})
+    after = position["serial"] if position else -1
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT first_serial, quantity, owner, status FROM lots "
+            "WHERE batch_id = ? AND first_serial > ? ORDER BY first_serial LIMIT ?",
+            (batch_id, after, limit + 1),
+        )
+        .fetchall()
+    )
+    items = [
+        {**_lot(node, batch_id, first, quantity, status), "owner": owner}
+        for first, quantity, owner, status in rows[:limit]
+    ]
+    return _page(items, {"serial": rows[limit - 1][0]} if len(rows) > limit else None)
+
+
+# --- retirements ----------------------------------------------------------------------------------
+
+
+def retirements(
+    node: Node,
+    *,
+    beneficiary: str | None,
+    program_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    """Retirement records, newest first, by beneficiary or programme."""
+    position = decode_cursor(cursor, {"height": int, "id": str})
+    clauses: list[str] = []
+    values: list[Any] = []
+    if position is not None:  # a row value: a range of the (…, height, retirement_id) indexes
+        clauses.append("(height, retirement_id) < (?, ?)")
+        values += [position["height"], position["id"]]
+    if beneficiary is not None:
+        clauses.append("beneficiary = ?")
+        values.append(beneficiary)
+    if program_id is not None:
+        clauses.append("program_id = ?")
+        values.append(program_id)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    rows = (
+        node.reader()
+        .db.execute(
+            f"SELECT retirement_id, height FROM retirements {where} "
+            "ORDER BY height DESC, retirement_id DESC LIMIT ?",
+            (*values, limit + 1),
+        )
+        .fetchall()
+    )
+    state = node.state
+    items = [state.get(f"retirement/{rid}") for rid, _ in rows[:limit]]
+    more = {"height": rows[limit - 1][1], "id": rows[limit - 1][0]} if len(rows) > limit else None
+    return _page([item for item in items if item is not None], more)
+
+
+def retirement(node: Node, retirement_id: str) -> dict[str, Any]:
+    value: dict[str, Any] | None = node.state.get(f"retirement/{retirement_id}")
+    if value is None:
+        raise LedgerError(f"no retirement {retirement_id}", code="not_found")
+    return value
+
+
+# --- blocks and transactions ----------------------------------------------------------------------
+
+
+def _top(node: Node, cursor: str | None) -> int:
+    """The height above the page: the head + 1, or the cursor's position."""
+    position = decode_cursor(cursor, {"before": int})
+    head = node.state.height
+    return head + 1 if position is None else min(position["before"], head + 1)
+
+
+def blocks(node: Node, *, limit: int, cursor: str | None) -> Page:
+    """Blocks with their certificates, newest first."""
+    top = _top(node, cursor)
+    heights = list(range(top - 1, max(top - 1 - limit, 0), -1))
+    store = node.reader()
+    items = [
+        {"block": store.read_block(h).to_json(), "certificate": store.read_certificate(h).to_json()}
+        for h in heights
+    ]
+    return _page(items, {"before": heights[-1]} if heights and heights[-1] > 1 else None)
+
+
+def block_summaries(node: Node, *, limit: int, cursor: str | None) -> Page:
+    """Blocks newest first without their transactions: `{height, hash, time, transactions,
+    log_size, proposer, signatures}` (a list page reads headers only, whatever the blocks
+    hold)."""
+    top = _top(node, cursor)
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT height, hash, time, tx_count, log_size, header, certificate FROM blocks "
+            "WHERE height < ? ORDER BY height DESC LIMIT ?",
+            (top, limit),
+        )
+        .fetchall()
+    )
+    items = [
+        {
+            "height": height,
+            "hash": block_hash,
+            "time": time,
+            "transactions": count,
+            "log_size": log_size,
+            "proposer": json.loads(header)["proposer"],
+            "signatures": len(json.loads(certificate)["signatures"]),
+        }
+        for height, block_hash, time, count, log_size, header, certificate in rows
+    ]
+    last = items[-1]["height"] if items else 1
+    return _page(items, {"before": last} if len(items) == limit and last > 1 else None)
+
+
+def block_header(node: Node, height: int) -> dict[str, Any]:
+    """`{header, certificate, hash, transactions, evidence}` of a committed height."""
+    if not 1 <= height <= node.state.height:
+        raise LedgerError(f"no block at height {height} yet", code="not_found")
+    row = (
+        node.reader()
+        .db.execute(
+            "SELECT header, certificate, hash, tx_count, evidence, last_commit FROM blocks "
+            "WHERE height = ?",
+            (height,),
+        )
+        .fetchone()
+    )
+    if row is None:
+        raise LedgerError(f"no block at height {height}", code="not_found")
+    header, certificate, block_hash, count, evidence, last_commit = row
+    return {
+        "header": json.loads(header),
+        "certificate": json.loads(certificate),
+        "hash": block_hash,
+        "transactions": count,
+        "evidence": json.loads(evidence),
+        "last_commit": None if last_commit is None else json.loads(last_commit),
+    }
+
+
+def block_transactions(node: Node, height: int, *, limit: int, cursor: str | None) -> Page:
+    """The transactions of one block in log order: `{log_index, tx_id, type, signer,
+    envelope}` (a block holds up to block_transactions_max of them)."""
+    position = decode_cursor(cursor, {"after": int})
+    after = position["after"] if position else -1
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT log_index, tx_id, type, signer, envelope FROM transactions "
+            "WHERE height = ? AND log_index > ? ORDER BY log_index LIMIT ?",
+            (height, after, limit + 1),
+        )
+        .fetchall()
+    )
+    items = [
+        {"log_index": index, "tx_id": tx_id, "type": kind, "signer": signer, "envelope": text}
+        for index, tx_id, kind, signer, text in rows[:limit]
+    ]
+    return _page(items, {"after": rows[limit - 1][0]} if len(rows) > limit else None)
+
+
+def transaction_proof(node: Node, tx_id: str) -> dict[str, Any]:
+    """A committed transaction with its RFC 9162 inclusion proof against the latest
+    checkpoint and the validators that certified it: everything a browser needs to check it
+    without trusting the node. The store checks the proof before it is served."""
+    state = node.state
+    store: Store = node.reader()
+    proof = store.inclusion_proof(tx_id, state.height)
+    height, _, envelope = store.transaction_position(tx_id)
+    return {
+        "transaction": envelope.to_json(),
+        "height": height,
+        "log_index": proof["log_index"],
+        "log_size": proof["log_size"],
+        "path": proof["path"],
+        "checkpoint": proof["checkpoint"],
+        "validators": [v.to_json() for v in state.last_validators],
+    }
+
+
+# --- the registry's own entries (SPEC §4: methodology/, certifier/, program/) ---------------------
+
+
+def family(node: Node, prefix: str, *, limit: int, cursor: str | None) -> Page:
+    """State values whose key starts with `prefix` ("methodology/", "certifier/",
+    "program/"), in key order. The keys come from the store's state table (a range of its
+    primary key), the values from the node's state, so a page shows one height."""
+    assert prefix.endswith("/")
+    position = decode_cursor(cursor, {"after": str})
+    after = position["after"] if position else prefix
+    end = prefix[:-1] + chr(ord("/") + 1)  # the first key past the family
+    rows = (
+        node.reader()
+        .db.execute(
+            "SELECT key FROM state WHERE key > ? AND key < ? ORDER BY key LIMIT ?",
+            (after, end, limit + 1),
+        )
+        .fetchall()
+    )
+    state = node.state
+    items = [value for (key,) in rows[:limit] if (value := state.get(key)) is not None]
+    return _page(items, {"after": rows[limit - 1][0]} if len(rows) > limit else None)
