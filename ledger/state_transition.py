@@ -36,6 +36,7 @@ from ledger.blocks import (
     Block,
     Certificate,
     Header,
+    Validator,
     compute_evidence_hash,
     compute_validators_hash,
     verify_certificate,
@@ -81,6 +82,8 @@ class _Work:
         self.next_serial = base.next_serial
         self.touched_batches: set[str] = set()
         self.next_validators: Any = None
+        # The set that governed each height the block's evidence names, built once per height.
+        self.governing: dict[int, tuple[Validator, ...] | None] = {}
 
     def get(self, key: str) -> Any:
         if key in self.changes:
@@ -797,7 +800,9 @@ def _record_evidence(work: _Work, evidence: Evidence) -> None:
 
     if evidence.height > height:
         raise fail("evidence_future", f"height {evidence.height} is after this block")
-    validators = state.governing_validators(evidence.height)
+    if evidence.height not in work.governing:
+        work.governing[evidence.height] = state.governing_validators(evidence.height)
+    validators = work.governing[evidence.height]
     if evidence.height < height - EVIDENCE_AGE_HEIGHTS_MAX or validators is None:
         raise fail(
             "evidence_expired",
