@@ -24,6 +24,7 @@ from ledger.blocks import (
 )
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical, decode
+from ledger.errors import FieldError, InvalidBlockError
 from ledger.evidence import (
     NO_ROUND,
     Evidence,
@@ -138,6 +139,21 @@ def test_a_block_with_no_evidence_hashes_the_empty_list(chain: Chain) -> None:
     assert block.evidence == () and block.header.evidence_hash == empty
 
 
+def test_parse_block_refuses_more_evidence_than_a_block_holds(chain: Chain) -> None:
+    value = chain.build([]).block.to_json()
+    piece = double_vote(CITY, height=1).to_json()
+    value["evidence"] = [piece] * EVIDENCE_PER_BLOCK_MAX
+    assert len(parse_block(value, transaction_bytes_max=TRANSACTION_BYTES_MAX).evidence) == 100
+    value["evidence"] = [piece] * (EVIDENCE_PER_BLOCK_MAX + 1)
+    with pytest.raises(FieldError) as caught:
+        parse_block(value, transaction_bytes_max=TRANSACTION_BYTES_MAX)
+    assert caught.value.code == "limit_exceeded" and caught.value.path == "block.evidence"
+    value["evidence"] = [{**piece, "type": "duplicate_votes"}]
+    with pytest.raises(FieldError) as caught:
+        parse_block(value, transaction_bytes_max=TRANSACTION_BYTES_MAX)
+    assert caught.value.path == "block.evidence[0].type"
+
+
 def test_evidence_changed_after_the_header_is_refused(chain: Chain) -> None:
     evidence = (double_vote(chain.validator, height=1), double_proposal(chain.validator, height=2))
     block = chain.build([], evidence=evidence).block
@@ -216,8 +232,9 @@ def test_each_refusal_is_its_own_rule(chain: Chain, case: str) -> None:
     error = assert_refused(chain.state, bad, rule)
     assert error.tx_id is None
     # The auditor vouches for transaction signatures only: evidence is checked all the same.
-    with pytest.raises(Exception, match=rule):
+    with pytest.raises(InvalidBlockError) as caught:
         apply_block(chain.state, bad, signatures_verified=True)
+    assert caught.value.rule == rule
 
 
 def test_the_rules_are_the_documented_ones() -> None:
