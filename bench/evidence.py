@@ -10,8 +10,11 @@ second, and beside them the raw single-core Ed25519 verify rate measured in the 
 (bench/ingest.py's `raw_verify_rate`) and the ratio; then the time to refuse the same block
 with its last piece forged (every check runs before the forgery is found).
 
-Measured on the 2-core development machine (2026-11-26, load average about 9 from other
-work): see the figures printed; the ratio is the meaningful one.
+Measured on the 2-core development machine (2026-12-04, load average 5.4 from other work, so
+the ratio is the figure to compare): the full block applied in 27.3 ms, 7,331 evidence
+signatures/s beside 7,730 raw verifications/s (ratio 0.95: the signatures are nearly all of
+the cost); with its last piece forged it was refused in 24.4 ms. Before the governing set was
+built once per height rather than per piece, the ratio was 0.39.
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ from consensus.replica import (
 )
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import ZERO_HASH_HEX
-from ledger.encoding import canonical_unchecked
 from ledger.evidence import Evidence, Vote, verify_evidence
 from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
 from ledger.state import State
@@ -112,7 +111,7 @@ class Checker:
         self.states: list[State] = [world.genesis]  # index h: the state after height h
         self.blocks: list[str] = []  # index h-1: the block hash decided at height h
         self.signed: dict[tuple[str, int, int, str], bytes] = {}
-        self.evidence_seen: set[bytes] = set()  # every piece checked (held or committed)
+        self.evidence_seen: set[Evidence] = set()  # every piece checked (held or committed)
         self.evidence_committed = 0
         self.certificates: dict[int, list[Certificate]] = {}  # every correct decision's
 
@@ -188,14 +187,13 @@ class Checker:
     def check_evidence(self, evidence: Evidence, where: str) -> None:
         """Evidence verifies against the set that governed its height (by the states decided
         so far; the simulated sets never change) and names a Byzantine validator."""
-        content = canonical_unchecked(evidence.to_json())
-        if content in self.evidence_seen:
+        if evidence in self.evidence_seen:
             return
         if evidence.public_key not in self.byzantine_keys:
             raise self.fail(f"{where}: evidence names correct validator {evidence.public_key}")
         governing = self.states[min(evidence.height, len(self.states)) - 1].current_validators()
         verify_evidence(evidence, chain_id=self.world.genesis.chain_id, validators=governing)
-        self.evidence_seen.add(content)
+        self.evidence_seen.add(evidence)
 
     def on_event(self, node: Node) -> None:
         replica = node.replica
@@ -225,6 +223,7 @@ class Report:
     evidence: int  # pieces checked: held by correct validators or carried by decided blocks
     evidence_committed: int  # pieces recorded by decided blocks
     evidence_awaited: int  # pieces the core held after the heal, each then recorded
+    evidence_ms: int  # from the core's progress to the last awaited piece recorded
     trace: str  # sha256 of every effect carried out: equal traces, equal runs
 
 
@@ -298,7 +297,7 @@ class Simulation:
                     f" {sorted(self._unrecorded())}"
                 )
         assert self.healed_at is not None and self.progress_at is not None
-        assert self.awaited is not None
+        assert self.awaited is not None and self.recorded_at is not None
         return Report(
             heights=len(self.checker.blocks),
             healed_at_ms=self.healed_at,
@@ -309,6 +308,7 @@ class Simulation:
             evidence=len(self.checker.evidence_seen),
             evidence_committed=self.checker.evidence_committed,
             evidence_awaited=len(self.awaited),
+            evidence_ms=self.recorded_at - self.progress_at,
             trace=self.trace.hexdigest(),
         )
 
