@@ -833,3 +833,7 @@ class Stats(Answer):
     totals: Supply
     by_methodology: dict[str, Supply]
     by_issuance_month: dict[str, Supply] = Field(description="Keyed by YYYY-MM (UTC).")
+    evidence: dict[Hex64, Count] = Field(
+        description="Equivocations the state records (`evidence/<validator>/<height>`, SPEC "
+        "§5.4), counted by validator public key: one per validator and height."
+    )

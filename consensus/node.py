@@ -253,12 +253,13 @@ class BftProducer:
     def _append_synced(self, block: Block, certificate: Certificate, state: State) -> None:
         """A block that block sync verified: stored and reported as a decided one (on the
         sync's write thread, while this producer's thread waits in `BlockSync.step`)."""
-        self._decide(Decide(block=block, certificate=certificate, state=state, evidence=()))
+        self._decide(Decide(block=block, certificate=certificate, state=state))
 
     def _rejoin(self) -> None:
         """Take part again at the height after the store's head: a replica built as at a
         restart, from the store and the signed-message log (which holds nothing below)."""
         self._timers.clear()  # the old replica's, the rebroadcast timer among them
+        held = list(self.replica.evidence.values())
         self.replica = Replica(
             key=self.key,
             state=self._state,
@@ -267,6 +268,8 @@ class BftProducer:
             signed=self.log.read(),
             timeouts=self.replica.timeouts,
         )
+        for evidence in held:  # what the old replica held for a block is not lost
+            self.replica.add_evidence(evidence)
         self._started = False
 
     # --- the pool -------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ and each returns the effects to carry out, in order:
     SendDecision(to, height)  send validator `to` the decided block of `height` with its
                             certificate, from the store, as a `Decision` message (it lags).
     ScheduleTimeout(timeout, delay_ms)  call on_timeout(timeout, ...) after delay_ms.
-    Decide(block, certificate, state, evidence)  append the block, its certificate and the
-                            state after it to the store before any later effect.
+    Decide(block, certificate, state)  append the block, its certificate and the state
+                            after it to the store before any later effect.
 
 The same inputs give the same effects, byte for byte, wherever they run.
 
@@ -26,8 +26,8 @@ set governing h, "f+1" more than 1/3):
 
     11  StartRound(r): the proposer proposes validValue with validRound if it has one, else a
         new block (`build_block` on its state, at `now_ms`, with the transactions the injected
-        `TransactionSource` offers and the certificate of h-1 as `last_commit`); the others
-        schedule timeoutPropose(r).
+        `TransactionSource` offers, the evidence it holds and the certificate of h-1 as
+        `last_commit`); the others schedule timeoutPropose(r).
     22  PROPOSAL(h, r, v, -1) while step = propose: prevote v if valid(v) and (lockedRound =
         -1 or lockedValue = v), else nil; step = prevote.
     28  PROPOSAL(h, r, v, vr) with 0 <= vr < r and 2f+1 PREVOTE(h, vr, v) while step =
@@ -67,7 +67,13 @@ SendDecision, at most once per CATCH_UP_INTERVAL_MS per validator. A `Decision` 
 current height whose certificate verifies and whose block applies is decided at once.
 
 Evidence (a validator's two different messages for one slot, from `consensus.quorum`) is
-gathered, at most EVIDENCE_PENDING_MAX, and handed to the shell with the next Decide.
+held until a block records it, at most EVIDENCE_PENDING_MAX pieces, one per validator and
+height (what the state records), and goes into every new block this replica proposes (the
+oldest heights first; `build_block` leaves out what no longer holds, and takes at most
+EVIDENCE_PER_BLOCK_MAX). Once a decided block's state records a validator's equivocation at a
+height, or the height is too old for a block to carry (EVIDENCE_AGE_HEIGHTS_MAX), the replica
+drops it. Other validators judge a proposal's evidence with everything else in `apply_block`.
+Held evidence is not durable: a restarted replica has only what it sees again.
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ from ledger.evidence import NO_ROUND, Evidence, Vote
 from ledger.limits import (
     BLOCK_TIME_DRIFT_MS_MAX,
     CATCH_UP_INTERVAL_MS,
+    EVIDENCE_AGE_HEIGHTS_MAX,
     EVIDENCE_PENDING_MAX,
     REBROADCAST_INTERVAL_MS,
     ROUND_TIMEOUT_MS_BASE,
@@ -172,7 +179,6 @@ class Decide:
     block: Block
     certificate: Certificate
     state: State
-    evidence: tuple[Evidence, ...]
 
 
 Effect = Persist | Broadcast | SendDecision | ScheduleTimeout | Decide
@@ -212,7 +218,7 @@ class Replica:
                 assert not isinstance(message, Vote) or message.public_key == self.public_key
                 assert _slot(message) not in self.signed, "the log holds two messages for a slot"
                 self.signed[_slot(message)] = message
-        self.evidence: dict[tuple[str, int, int, str], Evidence] = {}
+        self.evidence: dict[str, Evidence] = {}  # by the state key that would record it
         self._catch_up_sent: dict[str, int] = {}
         self._decided_at = 0  # when the last height was decided here (clock of the caller)
         self._effects: list[Effect] = []
@@ -290,6 +296,9 @@ class Replica:
                 time=self._now,
                 proposer=self.public_key,
                 last_commit=self.last_certificate,
+                evidence=sorted(
+                    self.evidence.values(), key=lambda item: (item.height, item.public_key)
+                ),
             )
             block, valid_round = built.block, NO_ROUND
             self._applied[block.block_hash()] = built.state
@@ -328,7 +337,7 @@ class Replica:
         else:
             admission = self.quorum.admit(message, current_round=self.round)
             if admission.evidence is not None:
-                self._add_evidence(admission.evidence)
+                self.add_evidence(admission.evidence)
             elif admission.status == "old" and isinstance(message, Vote):
                 self._on_lagging(message)
             if admission.status == "added":
@@ -534,13 +543,12 @@ class Replica:
 
     def _decide(self, block: Block, certificate: Certificate, state: State) -> None:
         self._decided_at = self._now
-        evidence = tuple(self.evidence.values())
-        self.evidence.clear()
-        self._effects.append(
-            Decide(block=block, certificate=certificate, state=state, evidence=evidence)
-        )
+        self._effects.append(Decide(block=block, certificate=certificate, state=state))
         self.quorum.advance(next_validators=state.next_validators())
         self._enter(state, certificate)
+        for key, evidence in list(self.evidence.items()):
+            if not self._may_carry(evidence):
+                del self.evidence[key]
         self._effects.append(
             ScheduleTimeout(
                 timeout=Timeout(height=self.height, round=0, step=NEW_HEIGHT),
@@ -548,12 +556,25 @@ class Replica:
             )
         )
 
-    def _add_evidence(self, evidence: Evidence) -> None:
-        a = evidence.a
-        kind = a.vote_type if isinstance(a, Vote) else PROPOSAL
-        slot = (a.public_key, a.height, a.round, kind)
-        if slot not in self.evidence and len(self.evidence) < EVIDENCE_PENDING_MAX:
-            self.evidence[slot] = evidence
+    def add_evidence(self, evidence: Evidence) -> None:
+        """Hold `evidence` for a block this replica proposes (bounded; once per validator and
+        height; only while a block could still record it)."""
+        key = evidence.state_key()
+        if (
+            key not in self.evidence
+            and len(self.evidence) < EVIDENCE_PENDING_MAX
+            and self._may_carry(evidence)
+        ):
+            self.evidence[key] = evidence
+
+    def _may_carry(self, evidence: Evidence) -> bool:
+        """Whether a block of this height or a later one could still record `evidence`: the
+        state has not recorded that validator's equivocation at that height, and the height
+        is not too old. (The quorum verified it when it arrived.)"""
+        return (
+            self.state.get(evidence.state_key()) is None
+            and evidence.height >= self.height - EVIDENCE_AGE_HEIGHTS_MAX
+        )
 
     # --- signing and sending ------------------------------------------------------------------
 

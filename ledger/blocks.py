@@ -3,7 +3,8 @@
 `block_hash = sha256("tanlian/block/v1\\n" + canonical(header))`; the block's own certificate
 is not part of it, and block H+1 carries the certificate of H in `last_commit`, bound by
 `last_commit_hash`. A certificate holds precommits of distinct validators of the set governing
-its height with more than 2/3 of its total power.
+its height with more than 2/3 of its total power. A block's `evidence` (SPEC §5.4, parsed by
+`ledger.evidence`) is bound by `evidence_hash`; whether it holds is `apply_block`'s question.
 """
 
 from __future__ import annotations
@@ -18,22 +19,21 @@ from ledger.crypto import (
     CERTIFICATE_DOMAIN,
     EVIDENCE_DOMAIN,
     VALIDATORS_DOMAIN,
-    VOTE_DOMAIN,
     SignatureError,
     hash_domain_trusted,
     verify_signature,
 )
-from ledger.encoding import JSON, canonical_unchecked
+from ledger.encoding import JSON
 from ledger.errors import FieldError, InvalidProofError
+from ledger.evidence import Evidence, parse_evidence, vote_bytes
 from ledger.limits import (
     BLOCK_TRANSACTIONS_MAX_CEILING,
+    EVIDENCE_PER_BLOCK_MAX,
     TEXT_CHARS_MAX,
     VALIDATOR_POWER_MAX,
     VALIDATORS_MAX,
 )
 from ledger.transactions import Envelope, parse_envelope
-
-VOTE_TYPES: Final = ("prevote", "precommit")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,8 +71,10 @@ def compute_validators_hash(validators: Iterable[Validator]) -> str:
     return hash_domain_trusted(VALIDATORS_DOMAIN, validators_to_json(validators)).hex()
 
 
-def compute_evidence_hash(evidence: Sequence[JSON]) -> str:
-    return hash_domain_trusted(EVIDENCE_DOMAIN, list(evidence)).hex()
+def compute_evidence_hash(evidence: Sequence[Evidence]) -> str:
+    """`sha256("tanlian/evidence/v1\\n" + canonical(list))` over a block's evidence, in its
+    order (SPEC §2.2, §5.2): the header's `evidence_hash`."""
+    return hash_domain_trusted(EVIDENCE_DOMAIN, [item.to_json() for item in evidence]).hex()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,21 +187,6 @@ def parse_certificate(value: Any, path: str = "certificate") -> Certificate:
     )
 
 
-def vote_bytes(
-    *, chain_id: str, vote_type: str, height: int, round: int, block_hash: str | None
-) -> bytes:
-    """What a validator signs for a vote (SPEC §5.3)."""
-    assert vote_type in VOTE_TYPES
-    value = {
-        "chain_id": chain_id,
-        "type": vote_type,
-        "height": height,
-        "round": round,
-        "block_hash": block_hash,
-    }
-    return VOTE_DOMAIN + canonical_unchecked(value)
-
-
 def has_quorum(power: int, total: int) -> bool:
     """More than 2/3 of the total power, in integers."""
     return 3 * power > 2 * total
@@ -268,7 +255,7 @@ class Block:
     header: Header
     transactions: tuple[Envelope, ...]
     last_commit: Certificate | None
-    evidence: tuple[JSON, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
 
     @property
     def height(self) -> int:
@@ -282,7 +269,7 @@ class Block:
             "header": self.header.to_json(),
             "transactions": [envelope.to_json() for envelope in self.transactions],
             "last_commit": None if self.last_commit is None else self.last_commit.to_json(),
-            "evidence": list(self.evidence),
+            "evidence": [item.to_json() for item in self.evidence],
         }
 
 
@@ -293,7 +280,9 @@ BLOCK_SCHEMA: Final = s.obj(
             lambda path, value: value, low=0, high=BLOCK_TRANSACTIONS_MAX_CEILING
         ),
         "last_commit": lambda path, value: value,
-        "evidence": s.array(lambda path, value: value, low=0, high=VALIDATORS_MAX),
+        "evidence": s.array(
+            lambda path, value: parse_evidence(value, path), low=0, high=EVIDENCE_PER_BLOCK_MAX
+        ),
     }
 )
 

@@ -5,7 +5,8 @@
     ├── FieldError               invalid_field, limit_exceeded
     ├── TransactionRejected      one of RULE_CODES: a §3.3 rule failed
     ├── InvalidBlockError        a block breaks a §5 rule (names the height and the rule)
-    ├── InvalidProofError        a proof or receipt does not verify (§6.4)
+    ├── InvalidProofError        a proof, receipt or evidence does not verify (§6.4, §5.4);
+    │                            evidence names its check (ledger.evidence's codes)
     ├── PoolError                mempool_full, bad_nonce, duplicate (node-side admission)
     └── StoreError               the data directory cannot be used (corrupt, mismatched)
 

@@ -13,7 +13,7 @@ transition verify evidence without the consensus engine (the ledger never import
     EVIDENCE = {"type": "duplicate_vote", "a": VOTE, "b": VOTE}
              | {"type": "duplicate_proposal", "a": PROPOSAL, "b": PROPOSAL}
 
-A vote signs `vote_bytes` (SPEC §5.3, made by `ledger.blocks`); a proposal signs
+A vote signs `vote_bytes` (SPEC §5.3); a proposal signs
 `"tanlian/proposal/v1\\n" + canonical({"chain_id", "height", "round", "valid_round",
 "block_hash"})` with `valid_round` an integer, -1 when the proposal carries no earlier round
 (SPEC §5.4). The decoder refuses negative integers (SPEC §2.1), so on the wire -1 is `null`;
@@ -24,23 +24,62 @@ Evidence verifies when (`verify_evidence`): both messages are for the same chain
 round and type; both are signed by the same validator of the set governing that height; their
 signed bytes differ; `a` sorts before `b` by those bytes (so a pair has exactly one form and
 evidence can be compared and deduplicated byte for byte); and both signatures verify. Failure
-raises `InvalidProofError` naming the check; a malformed value raises `FieldError`.
+raises `InvalidProofError` whose `code` names the check (one of EVIDENCE_CHECK_CODES, which
+`apply_block` reports as the block's rule); a malformed value raises `FieldError`.
+
+This module makes the bytes every validator signs (votes and proposals), so `ledger.blocks`
+asks it for the vote bytes a certificate's precommits sign, and parses a block's evidence with
+`parse_evidence`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ledger import schema as s
-from ledger.blocks import VOTE_TYPES, Certificate, Validator, vote_bytes
-from ledger.crypto import PROPOSAL_DOMAIN, PrivateKey, SignatureError, verify_signature
+from ledger.crypto import (
+    PROPOSAL_DOMAIN,
+    VOTE_DOMAIN,
+    PrivateKey,
+    SignatureError,
+    verify_signature,
+)
 from ledger.encoding import JSON, canonical_unchecked
 from ledger.errors import FieldError, InvalidProofError
 
+if TYPE_CHECKING:  # ledger.blocks imports this module: these are for annotations only
+    from ledger.blocks import Certificate, Validator
+
+VOTE_TYPES: Final = ("prevote", "precommit")
 EVIDENCE_TYPES: Final = ("duplicate_vote", "duplicate_proposal")
 NO_ROUND: Final = -1  # a proposal's valid_round when it names no earlier round
+# What `verify_evidence` names when evidence fails, as `InvalidProofError.code`.
+EVIDENCE_CHECK_CODES: Final = (
+    "evidence_wrong_chain",  # a message is for another chain
+    "evidence_slot_mismatch",  # the two are not for one (height, round, type)
+    "evidence_signer_mismatch",  # two different validators signed them
+    "evidence_not_validator",  # the signer is not in the set governing that height
+    "evidence_no_conflict",  # both sign the same content
+    "evidence_order",  # a does not sort before b
+    "evidence_signature",  # a signature does not verify
+)
+
+
+def vote_bytes(
+    *, chain_id: str, vote_type: str, height: int, round: int, block_hash: str | None
+) -> bytes:
+    """What a validator signs for a vote (SPEC §5.3), a certificate's precommits included."""
+    assert vote_type in VOTE_TYPES
+    value = {
+        "chain_id": chain_id,
+        "type": vote_type,
+        "height": height,
+        "round": round,
+        "block_hash": block_hash,
+    }
+    return VOTE_DOMAIN + canonical_unchecked(value)
 
 
 def proposal_bytes(
@@ -247,8 +286,21 @@ class Evidence:
     def height(self) -> int:
         return self.a.height
 
+    @property
+    def round(self) -> int:
+        return self.a.round
+
+    def state_key(self) -> str:
+        """Where the state records this validator's equivocation at this height (SPEC §4):
+        one record per validator and height, whatever the round or type."""
+        return evidence_state_key(self.public_key, self.height)
+
     def to_json(self) -> dict[str, JSON]:
         return {"type": self.evidence_type, "a": self.a.to_json(), "b": self.b.to_json()}
+
+
+def evidence_state_key(public_key: str, height: int) -> str:
+    return f"evidence/{public_key}/{height}"
 
 
 def _slot(message: Vote | SignedProposal) -> tuple[str, int, int, str]:
@@ -287,28 +339,41 @@ def parse_evidence(value: Any, path: str = "evidence") -> Evidence:
 
 def verify_evidence(evidence: Evidence, *, chain_id: str, validators: Sequence[Validator]) -> None:
     """`evidence` proves that a validator of `validators` (the set governing the evidence's
-    height) equivocated on `chain_id`. Raises `InvalidProofError` naming the failed check."""
+    height) equivocated on `chain_id`. Raises `InvalidProofError` whose `code` names the failed
+    check (EVIDENCE_CHECK_CODES), cheapest first: the signatures are checked last."""
+
+    def fail(code: str, message: str) -> InvalidProofError:
+        assert code in EVIDENCE_CHECK_CODES, code
+        return InvalidProofError(message, code=code)
+
     a, b = evidence.a, evidence.b
     if a.chain_id != chain_id or b.chain_id != chain_id:
-        raise InvalidProofError(f"evidence is not for chain {chain_id!r}")
+        raise fail("evidence_wrong_chain", f"evidence is not for chain {chain_id!r}")
     if _slot(a) != _slot(b):
-        raise InvalidProofError(
-            f"evidence messages are for different slots: {_slot(a)[1:]} and {_slot(b)[1:]}"
+        raise fail(
+            "evidence_slot_mismatch",
+            f"evidence messages are for different slots: {_slot(a)[1:]} and {_slot(b)[1:]}",
         )
     if a.public_key != b.public_key:
-        raise InvalidProofError("evidence messages are signed by two different validators")
+        raise fail(
+            "evidence_signer_mismatch", "evidence messages are signed by two different validators"
+        )
     if a.public_key not in {v.public_key for v in validators}:
-        raise InvalidProofError(f"{a.public_key} is not a validator at height {a.height}")
+        raise fail(
+            "evidence_not_validator", f"{a.public_key} is not a validator at height {a.height}"
+        )
     a_bytes, b_bytes = a.signed_bytes(), b.signed_bytes()
     if a_bytes == b_bytes:
-        raise InvalidProofError("evidence messages sign the same content: no equivocation")
+        raise fail(
+            "evidence_no_conflict", "evidence messages sign the same content: no equivocation"
+        )
     if a_bytes > b_bytes:
-        raise InvalidProofError("evidence messages are not in canonical order (a before b)")
+        raise fail("evidence_order", "evidence messages are not in canonical order (a before b)")
     for name, message in (("a", a), ("b", b)):
         try:
             verify_signed(message)
         except SignatureError as error:
-            raise InvalidProofError(f"evidence {name}: {error.message}") from error
+            raise fail("evidence_signature", f"evidence {name}: {error.message}") from error
 
 
 def evidence_from_certificates(first: Certificate, second: Certificate) -> list[Evidence]:

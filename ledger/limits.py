@@ -63,7 +63,15 @@ BLOCK_TIME_DRIFT_MS_MAX: Final = 10_000
 ROUNDS_AHEAD_MAX: Final = 8
 HEIGHTS_AHEAD_MAX: Final = 1
 CONSENSUS_MESSAGES_BATCH_MAX: Final = 1000  # messages in one POST /v1/consensus/messages
-EVIDENCE_PENDING_MAX: Final = VALIDATORS_MAX  # evidence a replica holds for its next block
+# Evidence of equivocation in blocks (SPEC §5.4; docs/decisions/0006). A block carries at most
+# EVIDENCE_PER_BLOCK_MAX items (each about 1 KB: two signed messages), and block H accepts
+# evidence of heights H - EVIDENCE_AGE_HEIGHTS_MAX .. H only: the state remembers the validator
+# sets that governed that many heights back (`State.recent_validators`), which is what
+# evidence is verified against, so older evidence could not be checked. A replica holds at most
+# EVIDENCE_PENDING_MAX pieces waiting for a block.
+EVIDENCE_PER_BLOCK_MAX: Final = VALIDATORS_MAX
+EVIDENCE_AGE_HEIGHTS_MAX: Final = 100
+EVIDENCE_PENDING_MAX: Final = 4 * EVIDENCE_PER_BLOCK_MAX
 # The HTTP transport to each peer: one batch is at most this many bytes (the API's request body
 # limit; a single larger message travels alone), a request waits at most PEER_REQUEST_MS_MAX,
 # and at most PEER_QUEUE_MESSAGES_MAX messages wait per peer (the oldest are dropped: the
@@ -97,3 +105,5 @@ assert HEIGHTS_AHEAD_MAX == 1, "only the next height's validator set is known (t
 assert SYNC_LAG_HEIGHTS_MIN >= 2, "a lag of one height is the Decision message's to close"
 assert SYNC_READ_MS_MAX <= SYNC_REQUEST_MS_MAX <= SYNC_ATTEMPT_MS_MAX
 assert 0 < SYNC_RETRY_MS_MIN <= SYNC_RETRY_MS_MAX
+assert EVIDENCE_PENDING_MAX >= EVIDENCE_PER_BLOCK_MAX >= 1
+assert EVIDENCE_AGE_HEIGHTS_MAX >= 1

@@ -16,11 +16,18 @@ Keys and value shapes (documented in docs/state.md, pinned by tests/vectors):
     retirement/<tx_id>             the §3.4 record
     issuance/<methodology>/<project>  [{"batch_id", "period_start", "period_end"}, ...]
     validators/current, validators/next   validator lists sorted by public key
+    evidence/<validator>/<height>  {"validator", "height", "round", "evidence",
+                                    "recorded_height"}
 
 Besides the hashed entries a `State` carries what follows from them and from the chain so far:
 the sparse Merkle tree, the log's peaks, the lot indexes (all lots of a batch; the circulating
 lots of an owner in a batch), the batch counter and the next serial. `State.from_entries`
 rebuilds those from the entries alone, which is how the store reopens a data directory.
+
+And one thing the entries cannot give: `recent_validators`, the sets that governed the last
+EVIDENCE_AGE_HEIGHTS_MAX heights (the entries hold only the sets of the next two heights).
+Evidence of a height is verified against the set that governed it, so this is how far back
+evidence can go. The store keeps it beside the head.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import immutables
 
 from ledger.blocks import Validator, compute_validators_hash
 from ledger.encoding import JSON
+from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX
 from ledger.merkle import LogNode, LogState
 from ledger.state_tree import StateTree
 
@@ -57,6 +65,39 @@ class BlockDelta:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GoverningSet:
+    """A validator set and the first height it governed, as far back as a state remembers."""
+
+    first_height: int
+    validators: tuple[Validator, ...]
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "first_height": self.first_height,
+            "validators": [v.to_json() for v in self.validators],
+        }
+
+
+def remember_validators(
+    recent: tuple[GoverningSet, ...], *, height: int, validators: tuple[Validator, ...]
+) -> tuple[GoverningSet, ...]:
+    """`recent` (of a state at `height - 1`) once `validators` governed block `height`: the
+    sets of heights `height - EVIDENCE_AGE_HEIGHTS_MAX + 1 .. height`, oldest first, the first
+    one's `first_height` clipped to that window so that every node remembers the same."""
+    assert not recent or recent[-1].first_height < height
+    if recent and recent[-1].validators == validators:
+        runs = list(recent)
+    else:
+        runs = [*recent, GoverningSet(first_height=height, validators=validators)]
+    oldest = max(1, height - EVIDENCE_AGE_HEIGHTS_MAX + 1)
+    while len(runs) > 1 and runs[1].first_height <= oldest:
+        del runs[0]
+    if runs[0].first_height < oldest:
+        runs[0] = GoverningSet(first_height=oldest, validators=runs[0].validators)
+    return tuple(runs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class State:
     chain_id: str
     genesis_hash: str
@@ -65,7 +106,7 @@ class State:
     height: int
     head_hash: str
     head_time: int
-    last_validators: tuple[Validator, ...]
+    recent_validators: tuple[GoverningSet, ...]  # see the module docstring; () at genesis
     entries: immutables.Map[str, Any]
     tree: StateTree
     log: LogState
@@ -93,6 +134,24 @@ class State:
     def validators_hash(self) -> str:
         return compute_validators_hash(self.current_validators())
 
+    @property
+    def last_validators(self) -> tuple[Validator, ...]:
+        """The set that governed height `self.height` (none at genesis)."""
+        return self.recent_validators[-1].validators if self.recent_validators else ()
+
+    def governing_validators(self, height: int) -> tuple[Validator, ...] | None:
+        """The set that governed (or governs) `height`, if this state knows it: heights from
+        `self.height - EVIDENCE_AGE_HEIGHTS_MAX + 1` to `self.height + 1`."""
+        if height == self.height + 1:
+            return self.current_validators()
+        if height > self.height or not self.recent_validators:
+            return None
+        if height < self.recent_validators[0].first_height:
+            return None
+        return next(
+            run.validators for run in reversed(self.recent_validators) if run.first_height <= height
+        )
+
     @classmethod
     def from_entries(
         cls,
@@ -104,7 +163,7 @@ class State:
         height: int,
         head_hash: str,
         head_time: int,
-        last_validators: tuple[Validator, ...],
+        recent_validators: tuple[GoverningSet, ...],
         entries: Mapping[str, Any],
         log: LogState,
     ) -> State:
@@ -129,7 +188,7 @@ class State:
             height=height,
             head_hash=head_hash,
             head_time=head_time,
-            last_validators=last_validators,
+            recent_validators=recent_validators,
             entries=immutables.Map(entries),
             tree=StateTree.from_items(entries.items()),
             log=log,
@@ -157,7 +216,7 @@ def initial_state(
         height=0,
         head_hash=genesis_hash,
         head_time=genesis_time,
-        last_validators=(),
+        recent_validators=(),
         entries=entries,
         log=LogState(),
     )
@@ -174,3 +233,13 @@ def holding_key(batch_id: str, owner: str) -> HoldingKey:
 
 def _validators(value: Any) -> tuple[Validator, ...]:
     return tuple(Validator(**entry) for entry in value)
+
+
+def parse_recent_validators(value: Any) -> tuple[GoverningSet, ...]:
+    """`GoverningSet.to_json` values back (as the store keeps them)."""
+    return tuple(
+        GoverningSet(
+            first_height=int(run["first_height"]), validators=_validators(run["validators"])
+        )
+        for run in value
+    )

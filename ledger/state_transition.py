@@ -11,6 +11,15 @@ batch it touched, the lots must partition the batch's serial range exactly and
 Lots move lowest serial first. A lot is a maximal range of one batch with one owner and one
 status; moving part of one splits it, and adjacent lots of one owner and status are merged
 (retired lots only within one retirement, since each names the retirement that claims it).
+
+A block's evidence (SPEC §5.4) is checked before its transactions, item by item, each refusal
+a rule of its own (EVIDENCE_RULES): at most EVIDENCE_PER_BLOCK_MAX items (`evidence_count`);
+of a height from H - EVIDENCE_AGE_HEIGHTS_MAX to H for block H (`evidence_future`,
+`evidence_expired`: older sets are not remembered); at most one item per validator and height
+in a block (`evidence_duplicate`) and none the state has recorded already
+(`evidence_recorded`); and `ledger.evidence.verify_evidence` against the set that governed the
+evidence's height (its codes: `evidence_signature`, `evidence_order`, ...). Each is recorded
+under `evidence/<validator>/<height>` (docs/state.md). `build_block` leaves out what fails.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from ledger.blocks import (
     Block,
     Certificate,
     Header,
+    Validator,
     compute_evidence_hash,
     compute_validators_hash,
     verify_certificate,
@@ -34,14 +44,24 @@ from ledger.blocks import (
 from ledger.crypto import ZERO_HASH_HEX, compute_account_id
 from ledger.encoding import canonical_unchecked
 from ledger.errors import InvalidBlockError, InvalidProofError, LedgerError, TransactionRejected
-from ledger.limits import JSON_INTEGER_MAX
+from ledger.evidence import EVIDENCE_CHECK_CODES, Evidence, verify_evidence
+from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, EVIDENCE_PER_BLOCK_MAX, JSON_INTEGER_MAX
 from ledger.merkle import leaf_hash
-from ledger.state import BlockDelta, HoldingKey, State, holding_key
+from ledger.state import BlockDelta, HoldingKey, State, holding_key, remember_validators
 from ledger.transactions import AUTHORITY_TYPES, Envelope, verify_envelope_signatures
 
 CIRCULATING = "circulating"
 RETIRED = "retired"
 INVALIDATED = "invalidated"
+
+EVIDENCE_RULES = (
+    "evidence_count",
+    "evidence_future",
+    "evidence_expired",
+    "evidence_duplicate",
+    "evidence_recorded",
+    *EVIDENCE_CHECK_CODES,
+)
 
 
 def _reject(code: str, message: str) -> TransactionRejected:
@@ -62,6 +82,8 @@ class _Work:
         self.next_serial = base.next_serial
         self.touched_batches: set[str] = set()
         self.next_validators: Any = None
+        # The set that governed each height the block's evidence names, built once per height.
+        self.governing: dict[int, tuple[Validator, ...] | None] = {}
 
     def get(self, key: str) -> Any:
         if key in self.changes:
@@ -698,7 +720,9 @@ def _finish(
         height=work.height,
         head_hash=head_hash,
         head_time=head_time,
-        last_validators=base.current_validators(),
+        recent_validators=remember_validators(
+            base.recent_validators, height=work.height, validators=base.current_validators()
+        ),
         entries=entries.finish(),
         tree=tree,
         log=log,
@@ -734,8 +758,10 @@ def _check_header_links(state: State, block: Block) -> None:
         raise fail("next_validators_hash", "does not match the set governing the next height")
     if header.proposer not in {v.public_key for v in validators}:
         raise fail("proposer", f"{header.proposer} is not a validator at this height")
-    if block.evidence:
-        raise fail("evidence", "this version accepts no evidence yet")
+    if len(block.evidence) > EVIDENCE_PER_BLOCK_MAX:
+        raise fail(
+            "evidence_count", f"{len(block.evidence)} items, at most {EVIDENCE_PER_BLOCK_MAX}"
+        )
     if header.evidence_hash != compute_evidence_hash(block.evidence):
         raise fail("evidence_hash", "does not match the block's evidence")
     if len(block.transactions) > state.params.block_transactions_max:
@@ -760,15 +786,61 @@ def _check_header_links(state: State, block: Block) -> None:
         raise fail("last_commit", error.message) from error
 
 
+# --- evidence (SPEC §5.4) ---------------------------------------------------------------------
+
+
+def _record_evidence(work: _Work, evidence: Evidence) -> None:
+    """Check one piece of evidence of the block in `work` and record it, or raise
+    `InvalidBlockError` naming the rule (EVIDENCE_RULES) with nothing written."""
+    height, state = work.height, work.base
+
+    def fail(rule: str, message: str) -> InvalidBlockError:
+        assert rule in EVIDENCE_RULES, rule
+        return InvalidBlockError(height, rule, f"evidence of {evidence.public_key}: {message}")
+
+    if evidence.height > height:
+        raise fail("evidence_future", f"height {evidence.height} is after this block")
+    if evidence.height not in work.governing:
+        work.governing[evidence.height] = state.governing_validators(evidence.height)
+    validators = work.governing[evidence.height]
+    if evidence.height < height - EVIDENCE_AGE_HEIGHTS_MAX or validators is None:
+        raise fail(
+            "evidence_expired",
+            f"height {evidence.height} is more than {EVIDENCE_AGE_HEIGHTS_MAX} heights back",
+        )
+    key = evidence.state_key()
+    if key in work.changes:
+        raise fail("evidence_duplicate", f"this block already holds evidence for {key}")
+    if state.get(key) is not None:
+        raise fail("evidence_recorded", f"the state already records {key}")
+    try:
+        verify_evidence(evidence, chain_id=state.chain_id, validators=validators)
+    except InvalidProofError as error:
+        raise fail(error.code, error.message) from error
+    work.put(
+        key,
+        {
+            "validator": evidence.public_key,
+            "height": evidence.height,
+            "round": evidence.round,
+            "evidence": evidence.to_json(),
+            "recorded_height": height,
+        },
+    )
+
+
 def apply_block(state: State, block: Block, *, signatures_verified: bool = False) -> State:
     """The state after `block`, or `InvalidBlockError` naming the height and the rule.
 
     Pure: `state` is never modified. `signatures_verified` says the caller has already checked
-    every transaction signature (in parallel); every other rule is checked here.
+    every transaction signature (in parallel); every other rule is checked here, the
+    signatures of the block's evidence included.
     """
     _check_header_links(state, block)
     header = block.header
     work = _Work(state, height=header.height, time=header.time)
+    for evidence in block.evidence:
+        _record_evidence(work, evidence)
     for envelope in block.transactions:
         try:
             _apply_transaction(work, envelope, signatures_verified=signatures_verified)
@@ -798,6 +870,7 @@ class BuiltBlock:
     state: State
     rejected: tuple[tuple[Envelope, TransactionRejected], ...]
     deferred: tuple[Envelope, ...] = ()
+    evidence_left_out: tuple[tuple[Evidence, InvalidBlockError], ...] = ()
 
 
 def build_block(
@@ -807,16 +880,31 @@ def build_block(
     time: int,
     proposer: str,
     last_commit: Certificate | None,
+    evidence: Iterable[Evidence] = (),
     signatures_verified: bool = False,
 ) -> BuiltBlock:
     """The proposer's side: apply what is valid, in order, and leave out what fails.
 
-    Once a signer's transaction fails, its later candidates are deferred, not rejected: their
-    nonces no longer follow on, but they may once the signer fills the gap.
+    Evidence first: each piece that holds (`_record_evidence`) is included, in order, up to
+    EVIDENCE_PER_BLOCK_MAX; the rest is left out with its reason (`evidence_left_out`, which
+    never counts a piece beyond the limit). Once a signer's transaction fails, its later
+    candidates are deferred, not rejected: their nonces no longer follow on, but they may once
+    the signer fills the gap.
     """
     height = state.height + 1
     time = max(time, state.head_time + 1)
     work = _Work(state, height=height, time=time)
+    included: list[Evidence] = []
+    left_out: list[tuple[Evidence, InvalidBlockError]] = []
+    for item in evidence:
+        if len(included) == EVIDENCE_PER_BLOCK_MAX:
+            break
+        try:
+            _record_evidence(work, item)
+        except InvalidBlockError as error:
+            left_out.append((item, error))
+            continue
+        included.append(item)
     applied: list[Envelope] = []
     rejected: list[tuple[Envelope, TransactionRejected]] = []
     deferred: list[Envelope] = []
@@ -844,7 +932,7 @@ def build_block(
         log_size=0,
         log_root=ZERO_HASH_HEX,
         state_root=ZERO_HASH_HEX,
-        evidence_hash=compute_evidence_hash([]),
+        evidence_hash=compute_evidence_hash(included),
         validators_hash=compute_validators_hash(state.current_validators()),
         next_validators_hash=compute_validators_hash(state.next_validators()),
         proposer=proposer,
@@ -858,10 +946,19 @@ def build_block(
         log_root=finished.log_root,
         state_root=finished.state_root,
     )
-    block = Block(header=header, transactions=tuple(applied), last_commit=last_commit)
+    block = Block(
+        header=header,
+        transactions=tuple(applied),
+        last_commit=last_commit,
+        evidence=tuple(included),
+    )
     new_state = dataclasses.replace(finished.state, head_hash=header.block_hash())
     return BuiltBlock(
-        block=block, state=new_state, rejected=tuple(rejected), deferred=tuple(deferred)
+        block=block,
+        state=new_state,
+        rejected=tuple(rejected),
+        deferred=tuple(deferred),
+        evidence_left_out=tuple(left_out),
     )
 
 

@@ -29,15 +29,17 @@ from ledger.blocks import (
     Block,
     Certificate,
     Header,
-    Validator,
     compute_validators_hash,
     parse_certificate,
     parse_header,
+    parse_validators,
     verify_certificate,
 )
 from ledger.encoding import canonical, canonical_unchecked
 from ledger.errors import InvalidProofError, LedgerError, StoreError
+from ledger.evidence import parse_evidence
 from ledger.genesis import Genesis, genesis_state, parse_genesis
+from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX
 from ledger.merkle import (
     LogState,
     consistency_path,
@@ -46,7 +48,7 @@ from ledger.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from ledger.state import State
+from ledger.state import GoverningSet, State, parse_recent_validators, remember_validators
 from ledger.state_tree import STATE_KEY_CHARS_MAX, prove_state, verify_state_proof
 from ledger.transactions import Envelope, envelope_from_json_trusted
 from ledger.worker import Child, read_frame, run_child, write_frame
@@ -111,7 +113,7 @@ class Store:
                     ("genesis", canonical(genesis_document).decode()),
                     ("genesis_hash", genesis.genesis_hash()),
                     ("head_height", "0"),
-                    ("last_validators", "[]"),
+                    ("recent_validators", "[]"),
                 ],
             )
             connection.executemany(
@@ -184,9 +186,8 @@ class Store:
             raise StoreError(
                 f"refusing to start: block {height}'s header does not hash to {stored_hash}"
             )
-        last_validators = tuple(
-            Validator(**entry) for entry in json.loads(self._meta("last_validators"))
-        )
+        recent_validators = self._load_recent_validators(height)
+        last_validators = recent_validators[-1].validators
         certificate = self.read_certificate(height)
         try:
             verify_certificate(
@@ -214,7 +215,7 @@ class Store:
             height=height,
             head_hash=stored_hash,
             head_time=header.time,
-            last_validators=last_validators,
+            recent_validators=recent_validators,
             entries=entries,
             log=log,
         )
@@ -225,6 +226,50 @@ class Store:
         if compute_validators_hash(last_validators) != header.validators_hash:
             raise StoreError("refusing to start: recorded validators do not match the head")
         return state
+
+    def _load_recent_validators(self, height: int) -> tuple[GoverningSet, ...]:
+        """`State.recent_validators` at the head, each set checked against the header of the
+        first height it governed (so a set that did not govern what it claims is refused)."""
+        row = self._conn.execute(
+            "SELECT value FROM meta WHERE key = 'recent_validators'"
+        ).fetchone()
+        if row is None:  # a data directory written before the store kept them
+            recent = self._rebuild_recent_validators(height)
+        else:
+            recent = parse_recent_validators(json.loads(row[0]))
+        firsts = [run.first_height for run in recent]
+        if not recent or firsts[0] != max(1, height - EVIDENCE_AGE_HEIGHTS_MAX + 1):
+            raise StoreError("refusing to start: the recorded recent validator sets are not whole")
+        if firsts != sorted(set(firsts)) or firsts[-1] > height:
+            raise StoreError("refusing to start: the recorded recent validator sets are unordered")
+        for run in recent:
+            if self.read_header(run.first_height).validators_hash != compute_validators_hash(
+                run.validators
+            ):
+                raise StoreError(
+                    "refusing to start: the recorded validators of height "
+                    f"{run.first_height} do not match its header"
+                )
+        return recent
+
+    def _rebuild_recent_validators(self, height: int) -> tuple[GoverningSet, ...]:
+        """The sets that governed the last heights, from the recorded changes of
+        `validators/current` (its value after block h - 1 governs h). Reads every change of
+        the chain: done once, for a data directory from before the store kept them."""
+        changes = {
+            changed_at: parse_validators(json.loads(value))
+            for changed_at, value in self._conn.execute(
+                "SELECT height, value FROM state_changes WHERE key = 'validators/current'"
+            )
+        }
+        oldest = max(1, height - EVIDENCE_AGE_HEIGHTS_MAX + 1)
+        before = [changed_at for changed_at in changes if changed_at < oldest]
+        governing = changes[max(before)] if before else self.genesis.validators
+        recent: tuple[GoverningSet, ...] = ()
+        for governed in range(oldest, height + 1):
+            governing = changes.get(governed - 1, governing)
+            recent = remember_validators(recent, height=governed, validators=governing)
+        return recent
 
     def _check_head_transactions(self, block: Block) -> None:
         """The head block's stored transactions are the leaves its log root was built from."""
@@ -316,7 +361,7 @@ class Store:
             header=parse_header(json.loads(row[0])),
             transactions=envelopes,
             last_commit=None if row[1] is None else parse_certificate(json.loads(row[1])),
-            evidence=tuple(json.loads(row[2])),
+            evidence=tuple(parse_evidence(item) for item in json.loads(row[2])),
         )
 
     def read_certificate(self, height: int) -> Certificate:
@@ -541,7 +586,7 @@ _STATEMENTS: Final = (
         "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, status) "
         "VALUES (?, ?, ?, ?, ?)",
     ),
-    ("meta", "UPDATE meta SET value = ? WHERE key = ?"),
+    ("meta", "INSERT OR REPLACE INTO meta (value, key) VALUES (?, ?)"),
 )
 
 
@@ -555,7 +600,7 @@ def _block_record(block: Block, certificate: Certificate, state: State) -> Recor
             block.header.time,
             canonical_unchecked(block.header.to_json()),
             None if block.last_commit is None else canonical_unchecked(block.last_commit.to_json()),
-            canonical_unchecked(list(block.evidence)),
+            canonical_unchecked([item.to_json() for item in block.evidence]),
             canonical_unchecked(certificate.to_json()),
             len(block.transactions),
             block.header.log_size,
@@ -567,7 +612,7 @@ def _block_record(block: Block, certificate: Certificate, state: State) -> Recor
         ],
         "changes": list(delta.encoded.items()),
         "log_nodes": [(node.level, node.index, node.hash) for node in delta.log_nodes],
-        "last_validators": json.dumps([v.to_json() for v in state.last_validators]),
+        "recent_validators": json.dumps([run.to_json() for run in state.recent_validators]),
     }
 
 
@@ -599,7 +644,10 @@ def _rows(record: Record) -> Rows:
         "retirements": retirements,
         "lots_removed": gone,
         "lots": lots,
-        "meta": [(str(height), "head_height"), (record["last_validators"], "last_validators")],
+        "meta": [
+            (str(height), "head_height"),
+            (record["recent_validators"], "recent_validators"),
+        ],
     }
 
 

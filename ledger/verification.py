@@ -17,9 +17,10 @@ The steps, in order, for a chain the auditor trusts only through `genesis`:
 3. Every signature of every transaction verifies, through the injected batch verifier or
    serially (rule `bad_signature`, naming the first failing transaction).
 4. The block applies to the state before it (`state_transition.apply_block`): heights run
-   1, 2, 3 ..., every hash link, the `last_commit` certificate of the parent, every
-   transaction rule and `log_size`, `log_root` and `state_root` (the rule is the one
-   `apply_block` names: `height`, `parent_hash`, `state_root`, a transaction's code such as
+   1, 2, 3 ..., every hash link, the `last_commit` certificate of the parent, every piece of
+   evidence (against the set that governed its height), every transaction rule and
+   `log_size`, `log_root` and `state_root` (the rule is the one `apply_block` names:
+   `height`, `parent_hash`, `state_root`, `evidence_signature`, a transaction's code such as
    `unknown_key` with its transaction, ...). A deleted or reordered line fails here as
    `height`.
 5. The line's own certificate commits this block with more than 2/3 of the power of the set

@@ -14,6 +14,7 @@ from typing import Any
 
 from ledger.blocks import Certificate, Validator, sign_certificate
 from ledger.crypto import PrivateKey
+from ledger.evidence import Evidence
 from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_genesis
 from ledger.state import State
 from ledger.state_transition import BuiltBlock, apply_block, build_block
@@ -47,6 +48,10 @@ class Chain:
     def __init__(self, *, block_transactions_max: int = 5000) -> None:
         self.authority_keys = [key(f"authority-{i}") for i in range(3)]
         self.validator = key("validator-city")
+        # Keys that certify blocks: those of the governing set this chain knows (a
+        # set_validators may bring in more with `validator_keys`).
+        self.validator_keys = {self.validator.public_key_hex: self.validator}
+        self.proposer = self.validator.public_key_hex
         self.certifier = key("certifier")
         self.alice = key("alice")
         self.bob = key("bob")
@@ -99,31 +104,48 @@ class Chain:
     def authority_tx(self, kind: str, payload: dict[str, Any]) -> Envelope:
         return self.tx(self.authority_keys[:2], kind, payload, signer=self.authority_id)
 
-    def build(self, envelopes: list[Envelope], *, advance_ms: int = 1000) -> BuiltBlock:
+    def build(
+        self,
+        envelopes: list[Envelope],
+        *,
+        advance_ms: int = 1000,
+        evidence: tuple[Evidence, ...] = (),
+    ) -> BuiltBlock:
         self.time += advance_ms
         return build_block(
             self.state,
             envelopes,
             time=self.time,
-            proposer=self.validator.public_key_hex,
+            proposer=self.proposer,
             last_commit=self.last_certificate,
+            evidence=evidence,
         )
 
     def certify(self, built: BuiltBlock) -> Certificate:
+        """Precommits of every validator of the set that governed the block whose key this
+        chain holds."""
+        governing = built.state.last_validators
         return sign_certificate(
             chain_id=CHAIN_ID,
             height=built.block.height,
             round=0,
             block_hash=built.block.block_hash(),
-            keys=[self.validator],
+            keys=[
+                self.validator_keys[v.public_key]
+                for v in governing
+                if v.public_key in self.validator_keys
+            ],
         )
 
-    def commit(self, *envelopes: Envelope, advance_ms: int = 1000) -> BuiltBlock:
-        """Build a block from `envelopes`, replay it with `apply_block`, and adopt it.
+    def commit(
+        self, *envelopes: Envelope, advance_ms: int = 1000, evidence: tuple[Evidence, ...] = ()
+    ) -> BuiltBlock:
+        """Build a block from `envelopes` (and `evidence`), replay it with `apply_block`, and
+        adopt it.
 
         Rejected transactions do not consume their nonce: the bookkeeping is rolled back.
         """
-        built = self.build(list(envelopes), advance_ms=advance_ms)
+        built = self.build(list(envelopes), advance_ms=advance_ms, evidence=evidence)
         replayed = apply_block(self.state, built.block)
         assert replayed.state_root == built.state.state_root
         for envelope, _ in built.rejected:

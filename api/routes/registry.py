@@ -197,7 +197,7 @@ def blocks(
 
 @router.get(
     "/stats",
-    summary="Totals by status, methodology and month (t = 1,000 units)",
+    summary="Totals by status, methodology and month (t = 1,000 units); recorded evidence",
     response_model=schemas.Stats,
     response_model_exclude_unset=True,
     responses=problem_responses(),
@@ -207,7 +207,10 @@ def stats(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     totals = {"issued": 0, "circulating": 0, "retired": 0, "invalidated": 0}
     by_methodology: dict[str, dict[str, int]] = {}
     by_month: dict[str, dict[str, int]] = {}
+    evidence: dict[str, int] = {}
     for key, value in state.entries.items():
+        if key.startswith("evidence/"):
+            evidence[value["validator"]] = evidence.get(value["validator"], 0) + 1
         if not key.startswith("batch/"):
             continue
         month = datetime.datetime.fromtimestamp(value["time"] / 1000, tz=datetime.UTC)
@@ -225,4 +228,5 @@ def stats(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
         "totals": totals,
         "by_methodology": by_methodology,
         "by_issuance_month": dict(sorted(by_month.items())),
+        "evidence": dict(sorted(evidence.items())),
     }

@@ -18,6 +18,7 @@ from api.settings import Settings
 from ledger.blocks import compute_validators_hash
 from ledger.encoding import canonical
 from ledger.errors import RULE_CODES
+from ledger.evidence import make_evidence, sign_vote
 from ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ledger.state_tree import verify_state_proof
 from ledger.store import Store
@@ -324,6 +325,51 @@ async def test_accounts_batches_retirements_and_pages(live: Live) -> None:
     stats = (await client.get("/v1/stats")).json()
     assert stats["totals"]["issued"] == 1500 and stats["totals"]["retired"] == 18
     assert stats["by_methodology"]["household-electricity"]["issued"] == 1500
+
+
+async def test_recorded_evidence_is_served_proven_and_counted(tmp_path: Path) -> None:
+    """A chain whose block 2 carries evidence against its validator: the block JSON shows
+    it, the state entry is proven against the checkpoint, and /v1/stats counts it."""
+    chain = Chain().funded()
+    city = chain.validator
+    votes = [
+        sign_vote(city, chain_id=chain.genesis.chain_id, vote_type="precommit", height=1,
+                  round=1, block_hash=block_hash)
+        for block_hash in (None, chain.blocks[0].block.block_hash())
+    ]  # fmt: skip
+    evidence = make_evidence(*votes)
+    carrying = chain.commit(evidence=(evidence,))
+    store = Store.create(tmp_path, chain.genesis_document)
+    try:
+        for built in chain.blocks:
+            store.append(built.block, chain.certify(built), built.state)
+    finally:
+        store.close()
+    running = Node(tmp_path, city)
+    running.start()
+    try:
+        app = create_app(running, Settings(data=tmp_path), manage_node=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            block = (await client.get("/v1/blocks/2")).json()["block"]
+            assert block["evidence"] == [evidence.to_json()]
+            answer = await client.get(
+                "/v1/proofs/state", params={"key": f"evidence/{city.public_key_hex}/1"}
+            )
+            assert answer.status_code == 200, answer.text
+            proven = answer.json()
+            root = bytes.fromhex(proven["checkpoint"]["header"]["state_root"])
+            verify_state_proof(proof=proven["proof"], root=root)
+            assert proven["proof"]["value"] == carrying.state.get(evidence.state_key())
+            assert proven["proof"]["value"]["evidence"] == evidence.to_json()
+            absent = await client.get(
+                "/v1/proofs/state", params={"key": f"evidence/{city.public_key_hex}/2"}
+            )
+            assert absent.json()["proof"]["value"] is None
+            stats = (await client.get("/v1/stats")).json()
+            assert stats["evidence"] == {city.public_key_hex: 1}
+    finally:
+        running.stop()
 
 
 async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:

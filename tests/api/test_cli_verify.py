@@ -7,14 +7,19 @@ file; 2 on bad usage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from ledger.blocks import compute_evidence_hash
+from ledger.encoding import canonical
+from ledger.evidence import make_evidence, sign_vote
 from ledger.store import Store
 from tests.api.test_cli import assert_fails_cleanly, free_port, tanlian
+from tests.factory import key
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,40 @@ def test_a_changed_quantity_fails_at_its_height(
     assert "rule bad_signature" in line, line
     assert re.search(r"transaction [0-9a-f]{64}: rule bad_signature: ", line), line
     assert result.stdout == ""
+
+
+def chain_id_of(data: Path) -> str:
+    chain_id: str = json.loads((data / "genesis.json").read_text())["chain_id"]
+    return chain_id
+
+
+def test_forged_evidence_fails_at_its_height_and_is_named(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Block 2 of the export made to carry evidence against the demo's validator, signed by
+    another key, its header committing to it: the audit names the height and the rule."""
+    data, export_file = exported
+    validator = json.loads((data / "genesis.json").read_text())["validators"][0]["public_key"]
+    forger = key("forger")
+    votes = [
+        dataclasses.replace(
+            sign_vote(forger, chain_id=chain_id_of(data), vote_type="prevote", height=1,
+                      round=0, block_hash=block_hash),
+            public_key=validator,
+        )
+        for block_hash in (None, "ab" * 32)
+    ]  # fmt: skip
+    lines = export_file.read_bytes().splitlines(keepends=True)
+    line = json.loads(lines[2])
+    evidence = make_evidence(*votes)
+    line["block"]["evidence"] = [evidence.to_json()]
+    line["block"]["header"]["evidence_hash"] = compute_evidence_hash([evidence])
+    lines[2] = canonical(line) + b"\n"
+    tampered = tmp_path / "forged-evidence.ndjson"
+    tampered.write_bytes(b"".join(lines))
+    result = tanlian("verify", "chain", "--export", tampered, "--genesis", data / "genesis.json")
+    assert_fails_cleanly(result, "verification failed at height 2: rule evidence_signature: ")
+    assert validator in result.stderr
 
 
 def test_a_truncated_export_fails_at_its_last_line(

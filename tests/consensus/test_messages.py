@@ -31,10 +31,11 @@ from consensus.messages import (
     verify_vote,
 )
 from consensus.proposer import compute_proposer
-from ledger.blocks import Block, sign_certificate, vote_bytes
+from ledger.blocks import Block, sign_certificate
 from ledger.crypto import PROPOSAL_DOMAIN, verify_signature
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
+from ledger.evidence import vote_bytes
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
 from ledger.state_transition import build_block
 from tests.consensus.simulation.world import World, make_world

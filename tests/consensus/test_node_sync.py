@@ -14,9 +14,11 @@ import pytest
 from consensus.follower import Follower
 from consensus.producer import CommittedBlock
 from consensus.sync import BlockSync, MemorySource
+from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
 from ledger.store import Store
-from tests.consensus.test_node import Consortium, document
+from tests.consensus.test_node import WORLD, Consortium, document
+from tests.factory import CHAIN_ID
 
 
 class StoreSource:
@@ -59,6 +61,20 @@ def test_a_validator_far_behind_catches_up_by_block_sync_then_votes(tmp_path: Pa
             sources(consortium, but=3), genesis=parse_genesis(document()), range_blocks_max=4
         )
         behind = restarted.state.height
+        # Evidence this validator held before its replica is rebuilt at the head goes with it.
+        equivocator = WORLD.keys[1]
+        conflicting = [
+            sign_vote(
+                equivocator,
+                chain_id=CHAIN_ID,
+                vote_type="prevote",
+                height=behind,
+                round=0,
+                block_hash=block_hash,
+            )
+            for block_hash in (None, "ab" * 32)
+        ]
+        restarted.replica.add_evidence(make_evidence(*conflicting))
         target = max(consortium.heights().values())
         consortium.run(lambda: restarted.state.height >= target + 3)
         synced = restarted.sync.counters.blocks
@@ -70,6 +86,8 @@ def test_a_validator_far_behind_catches_up_by_block_sync_then_votes(tmp_path: Pa
         # and it signs there.
         assert restarted.replica.height == restarted.state.height + 1
         consortium.run(lambda: any(m.height > target for m in restarted.log.read()))
+        recorded = f"evidence/{equivocator.public_key_hex}/{behind}"
+        consortium.run(lambda: restarted.state.get(recorded) is not None, seconds=60)
     finally:
         consortium.close()
 

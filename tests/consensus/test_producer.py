@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from consensus.producer import CommittedBlock, SoloProducer
-from ledger.blocks import Validator, parse_block, verify_certificate, vote_bytes
+from ledger.blocks import Validator, parse_block, verify_certificate
 from ledger.crypto import verify_signature
 from ledger.errors import LedgerError
+from ledger.evidence import vote_bytes
 from ledger.genesis import genesis_state, make_genesis_document
 from ledger.state_transition import apply_block
 from ledger.store import Store

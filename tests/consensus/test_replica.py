@@ -37,11 +37,12 @@ from consensus.replica import (
     Timeout,
     Timeouts,
 )
-from ledger.blocks import Block, sign_certificate, verify_certificate
-from ledger.evidence import Vote, verify_evidence
+from ledger.blocks import Block, compute_evidence_hash, sign_certificate, verify_certificate
+from ledger.evidence import Vote, make_evidence, verify_evidence
 from ledger.limits import (
     BLOCK_TIME_DRIFT_MS_MAX,
     CATCH_UP_INTERVAL_MS,
+    EVIDENCE_AGE_HEIGHTS_MAX,
     ROUND_TIMEOUT_MS_BASE,
     ROUND_TIMEOUT_MS_DELTA,
 )
@@ -157,7 +158,7 @@ def describe(effect: Effect) -> str:
     if isinstance(effect, Persist | Broadcast):
         return f"{type(effect).__name__} {encode_message(effect.message).hex()}"
     if isinstance(effect, Decide):
-        return f"Decide {effect.block.block_hash()} {effect.certificate!r} {effect.evidence!r}"
+        return f"Decide {effect.block.block_hash()} {effect.certificate!r}"
     return repr(effect)
 
 
@@ -466,21 +467,89 @@ def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
     assert target.on_message(stranger, later * 2) == []
 
 
-def test_evidence_goes_out_with_the_next_decision() -> None:
-    target = replica(0)
-    target.on_start(T0)
-    target.on_message(vote(3, "prevote", 0, None), T0)
-    target.on_message(vote(3, "prevote", 0, "ab" * 32), T0)
-    decided = block()
+def _decision(value: Block, state: State, signers: Sequence[int] = (0, 1, 2)) -> Decision:
     certificate = sign_certificate(
-        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[1:]
+        chain_id=CHAIN_ID,
+        height=value.height,
+        round=0,
+        block_hash=value.block_hash(),
+        keys=[KEYS[i] for i in signers],
     )
-    (decide,) = signed_by(
-        target.on_message(Decision(block=decided, certificate=certificate), T0), Decide
+    assert apply_block(state, value)
+    return Decision(block=value, certificate=certificate)
+
+
+def test_evidence_goes_into_the_next_block_proposed_and_is_dropped_once_recorded() -> None:
+    me = proposer(2, 0)
+    equivocator = next(i for i in range(4) if i not in (me, proposer(1, 0)))
+    witness = next(i for i in range(4) if i not in (me, equivocator, proposer(2, 0)))
+    target, other = replica(me), replica(witness)
+    conflicting = [vote(equivocator, "prevote", 0, h) for h in (None, "ab" * 32)]
+    for member in (target, other):
+        member.on_start(T0)
+        feed(member, conflicting)
+        assert [e.public_key for e in member.evidence.values()] == [
+            KEYS[equivocator].public_key_hex
+        ]
+    first = block()
+    for member in (target, other):
+        member.on_message(_decision(first, WORLD.genesis), T0)
+        assert member.height == 2 and len(member.evidence) == 1  # not recorded yet: kept
+    effects = target.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 500)
+    (proposed,) = [e.message for e in effects if isinstance(e, Persist)][:1]
+    assert isinstance(proposed, Proposal)
+    (evidence,) = proposed.block.evidence
+    assert evidence == next(iter(target.evidence.values()))
+    verify_evidence(evidence, chain_id=CHAIN_ID, validators=WORLD.validators)
+    # Another validator judges the proposal, evidence and all, with apply_block: it prevotes
+    # for it; and nil for the same block whose evidence was forged.
+    other.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 500)
+    prevotes = votes_sent(other.on_message(proposed, T0 + 500), "prevote")
+    assert [v.block_hash for v in prevotes] == [proposed.block_hash]
+    forged_vote = dataclasses.replace(evidence.b, signature=evidence.a.signature)
+    forged = dataclasses.replace(
+        proposed.block, evidence=(dataclasses.replace(evidence, b=forged_vote),)
     )
-    assert isinstance(decide, Decide) and len(decide.evidence) == 1
-    assert decide.evidence[0].public_key == KEYS[3].public_key_hex
-    verify_evidence(decide.evidence[0], chain_id=CHAIN_ID, validators=WORLD.validators)
+    forged = dataclasses.replace(
+        forged,
+        header=dataclasses.replace(
+            forged.header, evidence_hash=compute_evidence_hash(forged.evidence)
+        ),
+    )
+    judged = replica(witness)
+    judged.on_message(_decision(first, WORLD.genesis), T0)
+    judged.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 500)
+    bad = sign_proposal(
+        KEYS[me], chain_id=CHAIN_ID, height=2, round=0, valid_round=NO_ROUND, block=forged
+    )
+    assert [v.block_hash for v in votes_sent(judged.on_message(bad, T0 + 500), "prevote")] == [None]
+    # Once a decided block records it, every replica that held it lets it go.
+    state_after_1 = apply_block(WORLD.genesis, first)
+    for member in (target, other):
+        member.on_message(_decision(proposed.block, state_after_1), T0 + 600)
+        assert member.height == 3 and member.evidence == {}
+
+
+def test_evidence_too_old_for_a_block_is_not_held() -> None:
+    state = WORLD.genesis
+    while state.height < EVIDENCE_AGE_HEIGHTS_MAX + 1:
+        state = build_block(
+            state, [], time=state.head_time + 1, proposer=KEYS[0].public_key_hex, last_commit=None
+        ).state
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=state.height, round=0, block_hash=state.head_hash, keys=KEYS
+    )
+    target = Replica(
+        key=KEYS[0],
+        state=state,
+        last_certificate=certificate,
+        transactions=transaction_source(WORLD),
+    )
+    assert target.height == EVIDENCE_AGE_HEIGHTS_MAX + 2
+    for height, kept in ((1, False), (2, True)):
+        conflicting = [vote(3, "prevote", 0, h, height=height) for h in (None, "ab" * 32)]
+        target.add_evidence(make_evidence(*conflicting))
+        assert (f"evidence/{KEYS[3].public_key_hex}/{height}" in target.evidence) is kept
 
 
 def test_a_replica_outside_the_set_follows_without_signing() -> None:

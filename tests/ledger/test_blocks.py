@@ -21,15 +21,14 @@ from ledger.blocks import (
     Certificate,
     Header,
     Validator,
-    compute_evidence_hash,
     parse_block,
     sign_certificate,
     verify_certificate,
-    vote_bytes,
 )
 from ledger.crypto import ZERO_HASH_HEX
 from ledger.encoding import canonical, decode
 from ledger.errors import InvalidBlockError, InvalidProofError
+from ledger.evidence import make_evidence, sign_vote, vote_bytes
 from ledger.state import State
 from ledger.state_transition import BuiltBlock, apply_block, build_block
 from ledger.state_tree import compute_state_root
@@ -293,15 +292,6 @@ def test_reordering_transactions_changes_the_log_root(pending: Pending) -> None:
     assert_refused(pending.state, block, "log_root")
 
 
-def test_non_empty_evidence(pending: Pending) -> None:
-    evidence: tuple[Any, ...] = ({"type": "duplicate_vote", "a": {}, "b": {}},)
-    block = dataclasses.replace(pending.block, evidence=evidence)
-    assert_refused(pending.state, block, "evidence")
-    # Even with a header that commits to it.
-    block = with_header(block, evidence_hash=compute_evidence_hash(list(evidence)))
-    assert_refused(pending.state, block, "evidence")
-
-
 def test_missing_last_commit(pending: Pending) -> None:
     block = dataclasses.replace(pending.block, last_commit=None)
     assert_refused(pending.state, block, "last_commit")
@@ -477,7 +467,13 @@ def test_block_hash_excludes_the_certificate(pending: Pending) -> None:
             validators=pending.state.current_validators(),
         )
     # Nothing but the header counts: not the carried certificate, transactions or evidence.
-    stripped = dataclasses.replace(block, last_commit=None, transactions=(), evidence=({},))
+    votes = [
+        sign_vote(chain.validator, chain_id=CHAIN_ID, vote_type="prevote", height=2, round=0,
+                  block_hash=block_hash)
+        for block_hash in (None, block.block_hash())
+    ]  # fmt: skip
+    evidence = (make_evidence(*votes),)
+    stripped = dataclasses.replace(block, last_commit=None, transactions=(), evidence=evidence)
     assert stripped.block_hash() == block.block_hash()
     assert "certificate" not in block.to_json()
     assert with_header(block, time=block.header.time + 1).block_hash() != block.block_hash()

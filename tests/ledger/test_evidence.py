@@ -17,6 +17,7 @@ from ledger.crypto import PROPOSAL_DOMAIN
 from ledger.encoding import canonical, decode
 from ledger.errors import FieldError, InvalidProofError
 from ledger.evidence import (
+    EVIDENCE_CHECK_CODES,
     NO_ROUND,
     Evidence,
     SignedProposal,
@@ -130,23 +131,51 @@ def _resigned_b(evidence: Evidence, **fields: object) -> Evidence:
 
 
 @pytest.mark.parametrize(
-    ("tamper", "check"),
+    ("tamper", "check", "code"),
     [
-        (lambda e: _resigned_b(e, chain_id="other-chain"), "not for chain"),
-        (lambda e: _resigned_b(e, round=3), "different slots"),
-        (lambda e: _resigned_b(e, vote_type="precommit"), "different slots"),
-        (lambda e: _resigned_b(e, public_key=KEYS[1].public_key_hex), "two different validators"),
-        (lambda e: _swap(e, b=e.a), "same content"),
-        (lambda e: _swap(e, a=e.b, b=e.a), "canonical order"),
-        (lambda e: _swap(e, b=dataclasses.replace(e.b, signature=e.a.signature)), "evidence b"),
-        (lambda e: _swap(e, a=dataclasses.replace(e.a, signature=e.b.signature)), "evidence a"),
+        (
+            lambda e: _resigned_b(e, chain_id="other-chain"),
+            "not for chain",
+            "evidence_wrong_chain",
+        ),
+        (lambda e: _resigned_b(e, round=3), "different slots", "evidence_slot_mismatch"),
+        (
+            lambda e: _resigned_b(e, vote_type="precommit"),
+            "different slots",
+            "evidence_slot_mismatch",
+        ),
+        (
+            lambda e: _resigned_b(e, public_key=KEYS[1].public_key_hex),
+            "two different validators",
+            "evidence_signer_mismatch",
+        ),
+        (lambda e: _swap(e, b=e.a), "same content", "evidence_no_conflict"),
+        (lambda e: _swap(e, a=e.b, b=e.a), "canonical order", "evidence_order"),
+        (
+            lambda e: _swap(e, b=dataclasses.replace(e.b, signature=e.a.signature)),
+            "evidence b",
+            "evidence_signature",
+        ),
+        (
+            lambda e: _swap(e, a=dataclasses.replace(e.a, signature=e.b.signature)),
+            "evidence a",
+            "evidence_signature",
+        ),
     ],
 )
-def test_each_broken_rule_is_named(tamper: object, check: str) -> None:
+def test_each_broken_rule_is_named(tamper: object, check: str, code: str) -> None:
     evidence = duplicate_vote()
     verify_evidence(evidence, chain_id=CHAIN_ID, validators=VALIDATORS)
-    with pytest.raises(InvalidProofError, match=check):
+    with pytest.raises(InvalidProofError, match=check) as caught:
         verify_evidence(tamper(evidence), chain_id=CHAIN_ID, validators=VALIDATORS)  # type: ignore[operator]
+    assert caught.value.code == code
+
+
+def test_a_signer_outside_the_set_is_named_by_its_code() -> None:
+    with pytest.raises(InvalidProofError) as caught:
+        verify_evidence(duplicate_vote(), chain_id=CHAIN_ID, validators=VALIDATORS[1:])
+    assert caught.value.code == "evidence_not_validator"
+    assert {caught.value.code} < set(EVIDENCE_CHECK_CODES)
 
 
 def test_a_signer_outside_the_set_is_refused() -> None:

@@ -177,7 +177,7 @@ def check_invariants(state: State) -> None:
         height=state.height,
         head_hash=state.head_hash,
         head_time=state.head_time,
-        last_validators=state.last_validators,
+        recent_validators=state.recent_validators,
         entries=entries,
         log=state.log,
     )

@@ -28,6 +28,7 @@ from ledger import store as store_module
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
 from ledger.encoding import canonical_unchecked
 from ledger.errors import StoreError
+from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import LogState
 from ledger.state import State
@@ -35,7 +36,7 @@ from ledger.state_transition import apply_block
 from ledger.store import DATABASE_FILE, Store
 from ledger.transactions import Envelope
 from ledger.worker import read_frame
-from tests.factory import GENESIS_TIME, Chain
+from tests.factory import GENESIS_TIME, Chain, key
 
 PROGRAM = "zibo-green-home"
 TABLES = (
@@ -167,7 +168,7 @@ def assert_same_state(loaded: State, expected: State) -> None:
     assert loaded.log.root() == expected.log.root()
     assert loaded.log.peaks == expected.log.peaks
     assert dict(loaded.entries) == dict(expected.entries)
-    assert loaded.last_validators == expected.last_validators
+    assert loaded.recent_validators == expected.recent_validators
     assert dict(loaded.batch_lots) == dict(expected.batch_lots)
     assert dict(loaded.holdings) == dict(expected.holdings)
     assert (loaded.batch_count, loaded.next_serial) == (expected.batch_count, expected.next_serial)
@@ -255,6 +256,68 @@ def test_read_block_and_certificate_round_trip(produced: Produced) -> None:
             store.read_certificate(0)
     finally:
         store.close()
+
+
+def _store_chain(chain: Chain, directory: Path) -> None:
+    store = Store.create(directory, chain.genesis_document)
+    try:
+        for built in chain.blocks:
+            store.append(built.block, chain.certify(built), built.state)
+    finally:
+        store.close()
+
+
+def test_blocks_with_evidence_and_the_validator_history_survive_a_reopen(
+    tmp_path: Path,
+) -> None:
+    """Evidence is stored with its block and read back as it was; the sets that governed
+    the last heights (what evidence is verified against) come back across a set change, and
+    from a data directory written before the store kept them, rebuilt from its history."""
+    chain = Chain()
+    other = key("validator-other")
+    chain.validator_keys[other.public_key_hex] = other
+    chain.commit(
+        chain.authority_tx(
+            "set_validators",
+            {"validators": [{"public_key": other.public_key_hex, "power": 1, "name": "other"}]},
+        )
+    )
+    chain.commit()
+    chain.proposer = other.public_key_hex
+    votes = [
+        sign_vote(chain.validator, chain_id=chain.genesis.chain_id, vote_type="precommit",
+                  height=2, round=0, block_hash=block_hash)
+        for block_hash in (None, chain.blocks[-1].block.block_hash())
+    ]  # fmt: skip
+    with_evidence = chain.commit(evidence=(make_evidence(*votes),))
+    assert with_evidence.block.evidence and len(chain.state.recent_validators) == 2
+    _store_chain(chain, tmp_path)
+    store = Store.open(tmp_path)
+    try:
+        assert store.read_block(3) == with_evidence.block
+        assert_same_state(store.load_state(), chain.state)
+    finally:
+        store.close()
+    connection = connect(tmp_path)
+    try:
+        connection.execute("DELETE FROM meta WHERE key = 'recent_validators'")
+    finally:
+        connection.close()
+    store = Store.open(tmp_path)
+    try:
+        assert_same_state(store.load_state(), chain.state)
+        following = chain.commit()  # and the next block records them again
+        store.append(following.block, chain.certify(following), following.state)
+    finally:
+        store.close()
+    connection = connect(tmp_path)
+    try:
+        (recorded,) = connection.execute(
+            "SELECT value FROM meta WHERE key = 'recent_validators'"
+        ).fetchone()
+    finally:
+        connection.close()
+    assert json.loads(recorded) == [run.to_json() for run in following.state.recent_validators]
 
 
 def test_genesis_only_store_reopens_at_height_zero(tmp_path: Path) -> None:
@@ -666,6 +729,26 @@ def _set_head_height(value: str) -> Callable[[sqlite3.Connection], None]:
     return alter
 
 
+def _set_recent_validators(
+    value: Callable[[list[Any]], list[Any]],
+) -> Callable[[sqlite3.Connection], None]:
+    def alter(connection: sqlite3.Connection) -> None:
+        (text,) = connection.execute(
+            "SELECT value FROM meta WHERE key = 'recent_validators'"
+        ).fetchone()
+        changed = json.dumps(value(json.loads(text)))
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'recent_validators'", (changed,))
+
+    return alter
+
+
+def _another_set(runs: list[Any]) -> list[Any]:
+    stranger = key("stranger").public_key_hex
+    return [
+        {**run, "validators": [{**run["validators"][0], "public_key": stranger}]} for run in runs
+    ]
+
+
 def _other_hex_digit(text: str, position: int) -> str:
     digit = "0" if text[position] != "0" else "1"
     return text[:position] + digit + text[position + 1 :]
@@ -700,6 +783,20 @@ TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     "head_height higher": (_set_head_height("5"), "head is 5 but blocks end at 4"),
     "head_height zero": (_set_head_height("0"), "genesis state was altered"),
     "head_height not a number": (_set_head_height("four"), "cannot be read"),
+    # (g) the validator sets kept for evidence (State.recent_validators)
+    "recent validators another set": (
+        _set_recent_validators(_another_set),
+        "validators of height 1 do not match its header",
+    ),
+    "recent validators none": (_set_recent_validators(lambda runs: []), "not whole"),
+    "recent validators start late": (
+        _set_recent_validators(lambda runs: [{**runs[0], "first_height": 2}]),
+        "not whole",
+    ),
+    "recent validators after the head": (
+        _set_recent_validators(lambda runs: [*runs, {**runs[0], "first_height": 9}]),
+        "unordered",
+    ),
 }
 
 

@@ -42,6 +42,7 @@ FILES: Final = (
     "merkle.json",
     "state.json",
     "domains.json",
+    "evidence.json",
 )
 # SPEC §2.2, copied by hand: the vectors must carry exactly these tags.
 SPEC_DOMAINS: Final = (
@@ -58,6 +59,7 @@ SPEC_DOMAINS: Final = (
 TX_TAG: Final = b"tanlian/tx/v1\n"
 BLOCK_TAG: Final = b"tanlian/block/v1\n"
 VOTE_TAG: Final = b"tanlian/vote/v1\n"
+PROPOSAL_TAG: Final = b"tanlian/proposal/v1\n"
 CERTIFICATE_TAG: Final = b"tanlian/certificate/v1\n"
 VALIDATORS_TAG: Final = b"tanlian/validators/v1\n"
 GENESIS_TAG: Final = b"tanlian/genesis/v1\n"
@@ -381,6 +383,95 @@ def test_replaying_the_stored_blocks_from_the_stored_genesis_reaches_the_stored_
     final = load("state.json")
     assert state.state_root == final["state_root"]
     assert dict(state.entries) == final["entries"]
+
+
+def _replayed_to_block_4() -> Any:
+    state = genesis_state(parse_genesis(load("genesis.json")["document"]))
+    for vector in load("blocks.json")["blocks"]:
+        block = parse_block(vector["block"], transaction_bytes_max=TRANSACTION_BYTES_MAX)
+        state = apply_block(state, block)
+    return state
+
+
+def test_evidence_bytes_hash_signatures_and_records_independently() -> None:
+    vectors = load("evidence.json")
+    block = vectors["block"]
+    header = block["header"]
+    assert vectors["height"] == header["height"] == 5
+    assert sha256(BLOCK_TAG + jcs(header)).hex() == vectors["block_hash"]
+    assert jcs(header) == vectors["header_canonical"].encode("utf-8")
+    listed = [item["evidence"] for item in vectors["evidence"]]
+    assert block["evidence"] == listed and len(listed) == 2
+    assert jcs(listed) == vectors["evidence_canonical"].encode("utf-8")
+    assert sha256(EVIDENCE_TAG + jcs(listed)).hex() == vectors["evidence_hash"]
+    assert header["evidence_hash"] == vectors["evidence_hash"]
+    # Who governed which height: the genesis set up to 3, the four from 4 (blocks.json).
+    blocks = load("blocks.json")["blocks"]
+    genesis_set = load("genesis.json")["document"]["validators"]
+    four = blocks[1]["block"]["transactions"][1]["tx"]["payload"]["validators"]
+    governing = {3: genesis_set, 4: four}
+    for height, validators in governing.items():
+        assert blocks[height - 1]["block"]["header"]["validators_hash"] == validators_hash_of(
+            validators
+        )
+    for item in vectors["evidence"]:
+        evidence, signed = item["evidence"], []
+        for half in ("a", "b"):
+            message = dict(evidence[half])
+            public_key, signature = message.pop("public_key"), message.pop("signature")
+            if evidence["type"] == "duplicate_vote":
+                body = VOTE_TAG + jcs(message)
+            else:
+                message["valid_round"] = (
+                    -1 if message["valid_round"] is None else message["valid_round"]
+                )
+                body = PROPOSAL_TAG + jcs(message)
+            assert body == bytes.fromhex(item[f"{half}_signed_bytes_hex"])
+            check_ed25519(public_key, signature, body)
+            signed.append((public_key, message, body))
+        (key_a, a, bytes_a), (key_b, b, bytes_b) = signed
+        assert key_a == key_b and bytes_a < bytes_b
+        slot = (
+            ("type", "height", "round")
+            if evidence["type"] == "duplicate_vote"
+            else ("height", "round")
+        )
+        assert [a[name] for name in slot] == [b[name] for name in slot]
+        assert key_a in {v["public_key"] for v in governing[a["height"]]}
+        assert item["state_key"] == f"evidence/{key_a}/{a['height']}"
+        assert vectors["state_after"]["entries"][item["state_key"]] == {
+            "validator": key_a,
+            "height": a["height"],
+            "round": a["round"],
+            "evidence": evidence,
+            "recorded_height": 5,
+        }
+    # Replayed from the genesis: block 5 applies and adds exactly the evidence records.
+    before = _replayed_to_block_4()
+    after = apply_block(before, parse_block(block, transaction_bytes_max=TRANSACTION_BYTES_MAX))
+    added = {k: v for k, v in after.entries.items() if k not in before.entries}
+    assert added == vectors["state_after"]["entries"]
+    assert after.state_root == header["state_root"] == vectors["state_after"]["state_root"]
+    assert state_root_of(dict(after.entries)) == header["state_root"]
+
+
+def test_refused_evidence_is_refused_with_its_rule() -> None:
+    vectors = load("evidence.json")
+    before = _replayed_to_block_4()
+    assert [item["rule"] for item in vectors["refused"]] == [
+        "evidence_not_validator",
+        "evidence_order",
+    ]
+    for item in vectors["refused"]:
+        header = {
+            **vectors["block"]["header"],
+            "evidence_hash": sha256(EVIDENCE_TAG + jcs([item["evidence"]])).hex(),
+        }
+        value = {**vectors["block"], "header": header, "evidence": [item["evidence"]]}
+        block = parse_block(value, transaction_bytes_max=TRANSACTION_BYTES_MAX)
+        with pytest.raises(InvalidBlockError) as caught:
+            apply_block(before, block)
+        assert caught.value.rule == item["rule"]
 
 
 def test_a_tampered_stored_block_does_not_replay() -> None:

@@ -4,8 +4,9 @@ rule and transaction.
 
 The chain: block 1 funds alice and bob; block 2 changes the validator set from the city alone
 to four validators (and moves credits); block 3 is still certified by the city alone (the H+2
-rule); block 4 is the first the four-validator set governs; block 5 holds enough transactions
-for the threaded signature checks to split them.
+rule); block 4 is the first the four-validator set governs, and carries evidence of
+equivocation; block 5 holds enough transactions for the threaded signature checks to split
+them.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from consensus.pool import verify_signatures
-from ledger.blocks import Certificate, sign_certificate
+from ledger.blocks import Certificate, compute_evidence_hash, sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
+from ledger.evidence import Evidence, make_evidence, parse_evidence, sign_vote
 from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_genesis
 from ledger.merkle import EMPTY_ROOT
 from ledger.state_transition import BuiltBlock
@@ -72,6 +74,23 @@ class ConsortiumChain(Chain):
         return certificate
 
 
+def _double_vote(name: str, height: int) -> Evidence:
+    votes = [
+        sign_vote(key(name), chain_id=CHAIN_ID, vote_type="prevote", height=height, round=1,
+                  block_hash=block_hash)
+        for block_hash in (None, "ab" * 32)
+    ]  # fmt: skip
+    return make_evidence(*votes)
+
+
+# Block 4 carries evidence against the city at height 3 (which the city alone governed) and
+# against the certification centre at height 4 (the four-validator set's first height).
+EVIDENCE = (
+    _double_vote("validator-city", 3),
+    _double_vote("validator-certification-centre", FIRST_CONSORTIUM_HEIGHT),
+)
+
+
 @dataclass(frozen=True)
 class Scenario:
     genesis: Genesis
@@ -112,9 +131,11 @@ def scenario() -> Scenario:
         ],
         [pay(alice, bob, 1) for _ in range(PARALLEL_BLOCK_TRANSACTIONS)],
     ]
-    for envelopes in blocks:
-        built = chain.commit(*envelopes)
+    for height, envelopes in enumerate(blocks, start=2):
+        evidence = EVIDENCE if height == FIRST_CONSORTIUM_HEIGHT else ()
+        built = chain.commit(*envelopes, evidence=evidence)
         assert not built.rejected, built.rejected
+        assert built.block.evidence == evidence, built.evidence_left_out
     lines = [canonical(chain.genesis_document) + b"\n"]
     for built, certificate in zip(chain.blocks, chain.certificates, strict=True):
         line = {"block": built.block.to_json(), "certificate": certificate.to_json()}
@@ -307,6 +328,47 @@ def test_threaded_signature_checks_give_the_serial_result() -> None:
         PARALLEL_BLOCK_TRANSACTIONS // 2
     ]
     assert failures[0][2] == parse_envelope(middle, transaction_bytes_max=16384).tx_id
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+def test_evidence_in_a_block_is_audited_and_recorded() -> None:
+    line = json.loads(scenario().lines[FIRST_CONSORTIUM_HEIGHT])
+    assert [parse_evidence(item) for item in line["block"]["evidence"]] == list(EVIDENCE)
+    assert audit(scenario().lines) == scenario().report
+
+
+def test_changed_evidence_fails_at_its_height() -> None:
+    """A signature in block 4's evidence changed: the header no longer commits to it; with a
+    header rewritten to commit to it, the signature itself fails (and so would the block's
+    certificate, which signs the old header)."""
+
+    def forge(value: Any) -> None:
+        vote = value["block"]["evidence"][1]["b"]
+        vote["signature"] = flip_hex(vote["signature"], 70)
+
+    expect_failure(edited(FIRST_CONSORTIUM_HEIGHT, forge), height=4, rule="evidence_hash")
+
+    def forge_and_commit(value: Any) -> None:
+        forge(value)
+        items = [parse_evidence(item) for item in value["block"]["evidence"]]
+        value["block"]["header"]["evidence_hash"] = compute_evidence_hash(items)
+
+    failure = expect_failure(
+        edited(FIRST_CONSORTIUM_HEIGHT, forge_and_commit), height=4, rule="evidence_signature"
+    )
+    assert key("validator-certification-centre").public_key_hex in failure.detail
+
+
+def test_evidence_dropped_from_a_block_fails_at_its_height() -> None:
+    def drop(value: Any) -> None:
+        value["block"]["evidence"].pop(0)
+        items = [parse_evidence(item) for item in value["block"]["evidence"]]
+        value["block"]["header"]["evidence_hash"] = compute_evidence_hash(items)
+
+    # The header may be rewritten to match, but the state root then says what was dropped.
+    expect_failure(edited(FIRST_CONSORTIUM_HEIGHT, drop), height=4, rule="state_root")
 
 
 # --- headers ------------------------------------------------------------------------------------

@@ -13,10 +13,14 @@ Files (each a JSON object with a "description"):
     merkle.json        RFC 9162 roots and proofs (§6.1)
     state.json         the state after the last block and small sparse-Merkle examples (§4)
     domains.json       every domain tag of §2.2 and one hash under each
+    evidence.json      block 5: evidence of equivocation, its hash and its state records (§5.4)
 
 The chain: block 1 sets up the registry and moves credits (issue, transfer, retire, invalidate,
 suspend, reinstate); block 2 changes keys, the validator set and revokes the certifier; blocks
-3 and 4 are empty and show the H+2 rule: the set chosen at height 2 governs height 4.
+3 and 4 are empty and show the H+2 rule: the set chosen at height 2 governs height 4. Block 5
+(evidence.json only, so the files of blocks 1-4 stay as they were) carries two pieces of
+evidence: one verified against the four-validator set, one against the `city` set that
+governed height 3.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from ledger.blocks import Certificate, sign_certificate, vote_bytes
+from ledger.blocks import Certificate, sign_certificate
 from ledger.crypto import (
     ACCOUNT_DOMAIN,
     BLOCK_DOMAIN,
@@ -43,13 +47,22 @@ from ledger.crypto import (
     hash_domain,
 )
 from ledger.encoding import JSON, canonical
+from ledger.evidence import (
+    NO_ROUND,
+    Evidence,
+    SignedProposal,
+    make_evidence,
+    proposal_bytes,
+    sign_vote,
+    vote_bytes,
+)
 from ledger.genesis import genesis_state
 from ledger.merkle import EMPTY_ROOT, compute_root, leaf_hash, node_hash
 from ledger.state import State
-from ledger.state_transition import BuiltBlock
+from ledger.state_transition import BuiltBlock, apply_block, build_block
 from ledger.state_tree import EMPTY_HASH, StateTree, compute_leaf_hash, key_hash, value_hash
 from ledger.transactions import TRANSACTION_TYPES, Envelope
-from tests.factory import FAR_FUTURE, GENESIS_TIME, Chain, key
+from tests.factory import CHAIN_ID, FAR_FUTURE, GENESIS_TIME, Chain, key
 
 VECTORS_DIR: Final = Path(__file__).resolve().parent
 
@@ -604,6 +617,120 @@ def domains_vectors(scenario: Scenario) -> dict[str, JSON]:
     }
 
 
+def _signed_proposal(signer: str, *, height: int, round: int, block_hash: str) -> SignedProposal:
+    private = key(signer)
+    signed = proposal_bytes(
+        chain_id=CHAIN_ID, height=height, round=round, valid_round=NO_ROUND, block_hash=block_hash
+    )
+    return SignedProposal(
+        chain_id=CHAIN_ID,
+        height=height,
+        round=round,
+        valid_round=NO_ROUND,
+        block_hash=block_hash,
+        public_key=private.public_key_hex,
+        signature=private.sign(signed).hex(),
+    )
+
+
+def _evidence_item(evidence: Evidence) -> dict[str, JSON]:
+    return {
+        "evidence": evidence.to_json(),
+        "a_signed_bytes_hex": evidence.a.signed_bytes().hex(),
+        "b_signed_bytes_hex": evidence.b.signed_bytes().hex(),
+        "state_key": evidence.state_key(),
+    }
+
+
+def evidence_vectors(scenario: Scenario) -> dict[str, JSON]:
+    """Block 5 on top of blocks.json, carrying evidence (built here, so that scenario's files
+    stay as they are), and evidence that block 5 must refuse, with the rule."""
+    chain, state = scenario.chain, scenario.final_state
+    block_3, block_4 = (scenario.blocks[index].block.block_hash() for index in (2, 3))
+    centre_votes = [
+        sign_vote(key("validator-certification-centre"), chain_id=CHAIN_ID, vote_type="prevote",
+                  height=4, round=0, block_hash=block_hash)
+        for block_hash in (block_4, None)
+    ]  # fmt: skip
+    included = (
+        # Four validators governed height 4: the certification centre prevoted twice.
+        make_evidence(*centre_votes),
+        # `city` alone governed height 3 and proposed two blocks in round 1.
+        make_evidence(
+            _signed_proposal("validator-city", height=3, round=1, block_hash=block_3),
+            _signed_proposal("validator-city", height=3, round=1, block_hash=block_4),
+        ),
+    )
+    built = build_block(
+        state,
+        [],
+        time=chain.time + 1000,
+        proposer=chain.validator.public_key_hex,
+        last_commit=scenario.certificates[-1],
+        evidence=included,
+    )
+    assert built.block.evidence == included and not built.evidence_left_out
+    block = built.block
+    certificate = chain.certify(built)
+    energy_votes = [
+        sign_vote(key("validator-energy-platform"), chain_id=CHAIN_ID, vote_type="precommit",
+                  height=3, round=0, block_hash=block_hash)
+        for block_hash in (block_3, None)
+    ]  # fmt: skip
+    in_order = make_evidence(*centre_votes)
+    refused = []
+    for why, piece in (
+        (
+            "the energy platform was not in the set that governed height 3",
+            make_evidence(*energy_votes),
+        ),
+        (
+            "the two votes in the wrong order (b's signed bytes sort first)",
+            Evidence(evidence_type=in_order.evidence_type, a=in_order.b, b=in_order.a),
+        ),
+    ):
+        attempt = build_block(
+            state,
+            [],
+            time=chain.time + 1000,
+            proposer=chain.validator.public_key_hex,
+            last_commit=scenario.certificates[-1],
+            evidence=(piece,),
+        )
+        ((_, error),) = attempt.evidence_left_out
+        refused.append({"why": why, "evidence": piece.to_json(), "rule": error.rule})
+    assert apply_block(state, block).state_root == built.state.state_root
+    listed = [item.to_json() for item in included]
+    return {
+        "description": (
+            "Evidence of equivocation in a block (SPEC §2.2, §5.2, §5.4). Block 5 follows "
+            "block 4 of blocks.json and carries two pieces: a duplicate_vote (a and b signed "
+            "by one validator for one height, round and type, a's signed bytes sorting first) "
+            "verified against the set that governed its height (4), and a duplicate_proposal "
+            "of height 3, which the genesis set governed. evidence_hash = "
+            "sha256('tanlian/evidence/v1\\n' + evidence_canonical), the block's evidence list "
+            "in its order. Each piece is recorded in the state under "
+            "evidence/<validator>/<height> (docs/state.md); state_after lists those entries "
+            "and the root. 'refused' holds evidence block 5 may not carry, with its rule."
+        ),
+        "height": block.height,
+        "block": block.to_json(),
+        "header_canonical": _text(canonical(block.header.to_json())),
+        "block_hash": block.block_hash(),
+        "certificate": certificate.to_json(),
+        "evidence": [_evidence_item(item) for item in included],
+        "evidence_canonical": _text(canonical(listed)),
+        "evidence_hash": block.header.evidence_hash,
+        "state_after": {
+            "entries": {
+                item.state_key(): built.state.entries[item.state_key()] for item in included
+            },
+            "state_root": built.state.state_root,
+        },
+        "refused": refused,
+    }
+
+
 def compute_vectors() -> dict[str, dict[str, JSON]]:
     """Every vector file's content, by file name."""
     scenario = Scenario()
@@ -615,6 +742,7 @@ def compute_vectors() -> dict[str, dict[str, JSON]]:
         "merkle.json": merkle_vectors(),
         "state.json": state_vectors(scenario),
         "domains.json": domains_vectors(scenario),
+        "evidence.json": evidence_vectors(scenario),
     }
 
 

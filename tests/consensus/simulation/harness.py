@@ -19,8 +19,14 @@ parsed, once per message, so the wire forms are exercised by every run.
   set governing its height;
 - a correct validator signs at most one message per (height, round, type), across restarts,
   and sends what it signed only after persisting it;
-- every piece of evidence verifies and names a Byzantine validator, never a correct one;
+- every piece of evidence a correct replica holds, and every piece a decided block carries,
+  verifies against the set that governed its height and names a Byzantine validator, never a
+  correct one;
 - a correct replica holds at most 3 messages per validator for each round it may hold.
+
+And after the heal, once the core has progressed: every piece of evidence a core validator
+holds then is recorded in the decided chain within EVIDENCE_COMMIT_MS_MAX (each core validator
+proposes in turn, and its blocks carry what it holds).
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ from consensus.replica import (
 )
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import ZERO_HASH_HEX
-from ledger.evidence import Vote, verify_evidence
-from ledger.limits import ROUNDS_AHEAD_MAX
+from ledger.evidence import Evidence, Vote, verify_evidence
+from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
 from ledger.state import State
 from ledger.state_transition import apply_block
 from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
@@ -55,6 +61,8 @@ from tests.consensus.simulation.scenario import Scenario
 from tests.consensus.simulation.world import World, make_world, transaction_source
 
 HEAL_PROGRESS_MS_MAX = 30_000  # after the heal, every core validator decides a new height
+# After that progress, the evidence the core holds is recorded within this much virtual time.
+EVIDENCE_COMMIT_MS_MAX = 30_000
 
 
 class SimulationFailure(AssertionError):
@@ -103,7 +111,8 @@ class Checker:
         self.states: list[State] = [world.genesis]  # index h: the state after height h
         self.blocks: list[str] = []  # index h-1: the block hash decided at height h
         self.signed: dict[tuple[str, int, int, str], bytes] = {}
-        self.evidence_seen = 0
+        self.evidence_seen: set[Evidence] = set()  # every piece checked (held or committed)
+        self.evidence_committed = 0
         self.certificates: dict[int, list[Certificate]] = {}  # every correct decision's
 
     def fail(self, message: str) -> SimulationFailure:
@@ -159,6 +168,11 @@ class Checker:
             after = apply_block(before, block)  # validity; asserts conservation
             self.blocks.append(block_hash)
             self.states.append(after)
+            for evidence in block.evidence:
+                self.check_evidence(evidence, f"block {height}")
+                if after.get(evidence.state_key()) is None:
+                    raise self.fail(f"block {height} does not record {evidence.state_key()}")
+                self.evidence_committed += 1
         after = self.states[height]
         if (decide.state.state_root, decide.state.head_hash) != (after.state_root, block_hash):
             raise self.fail(f"node {node.id} decided a state that replay does not give")
@@ -169,16 +183,24 @@ class Checker:
             block_hash=block_hash,
             validators=before.current_validators(),
         )
-        for evidence in decide.evidence:
-            verify_evidence(evidence, chain_id=before.chain_id, validators=self.world.validators)
-            if evidence.public_key not in self.byzantine_keys:
-                raise self.fail(f"evidence names correct validator {evidence.public_key}")
-            self.evidence_seen += 1
+
+    def check_evidence(self, evidence: Evidence, where: str) -> None:
+        """Evidence verifies against the set that governed its height (by the states decided
+        so far; the simulated sets never change) and names a Byzantine validator."""
+        if evidence in self.evidence_seen:
+            return
+        if evidence.public_key not in self.byzantine_keys:
+            raise self.fail(f"{where}: evidence names correct validator {evidence.public_key}")
+        governing = self.states[min(evidence.height, len(self.states)) - 1].current_validators()
+        verify_evidence(evidence, chain_id=self.world.genesis.chain_id, validators=governing)
+        self.evidence_seen.add(evidence)
 
     def on_event(self, node: Node) -> None:
         replica = node.replica
         if not node.correct or replica is None:
             return
+        for evidence in replica.evidence.values():
+            self.check_evidence(evidence, f"node {node.id}")
         held = replica.quorum
         n = self.world.n
         limit_current = 3 * n * (replica.round + ROUNDS_AHEAD_MAX + 1)
@@ -198,7 +220,10 @@ class Report:
     events: int
     messages: int
     lost: int
-    evidence: int
+    evidence: int  # pieces checked: held by correct validators or carried by decided blocks
+    evidence_committed: int  # pieces recorded by decided blocks
+    evidence_awaited: int  # pieces the core held after the heal, each then recorded
+    evidence_ms: int  # from the core's progress to the last awaited piece recorded
     trace: str  # sha256 of every effect carried out: equal traces, equal runs
 
 
@@ -238,6 +263,8 @@ class Simulation:
         self.healed_at: int | None = None
         self.heal_target: int | None = None
         self.progress_at: int | None = None
+        self.awaited: set[str] | None = None  # evidence the core held at progress, by state key
+        self.recorded_at: int | None = None
 
     # --- running ------------------------------------------------------------------------------
 
@@ -254,15 +281,23 @@ class Simulation:
                     self.clock.at(restart, partial(self._restart, node))
         self.clock.at(self.scenario.chaos_ms, self._heal)
         deadline = self.scenario.chaos_ms + HEAL_PROGRESS_MS_MAX
-        while self.progress_at is None and self.clock.step():
+        while self.recorded_at is None and self.clock.step():
             self.events += 1
-            if self.clock.now > deadline:
+            if self.progress_at is None and self.clock.now > deadline:
                 raise SimulationFailure(
                     f"no progress: {HEAL_PROGRESS_MS_MAX} ms after the heal, core heights"
                     f" {[self.nodes[i].height for i in self._core_node_ids()]},"
                     f" target {self.heal_target}"
                 )
+            if self.progress_at is not None and (
+                self.clock.now > self.progress_at + EVIDENCE_COMMIT_MS_MAX
+            ):
+                raise SimulationFailure(
+                    f"evidence not recorded {EVIDENCE_COMMIT_MS_MAX} ms after progress:"
+                    f" {sorted(self._unrecorded())}"
+                )
         assert self.healed_at is not None and self.progress_at is not None
+        assert self.awaited is not None and self.recorded_at is not None
         return Report(
             heights=len(self.checker.blocks),
             healed_at_ms=self.healed_at,
@@ -270,7 +305,10 @@ class Simulation:
             events=self.events,
             messages=self.links.sent,
             lost=self.links.lost,
-            evidence=self.checker.evidence_seen,
+            evidence=len(self.checker.evidence_seen),
+            evidence_committed=self.checker.evidence_committed,
+            evidence_awaited=len(self.awaited),
+            evidence_ms=self.recorded_at - self.progress_at,
             trace=self.trace.hexdigest(),
         )
 
@@ -403,11 +441,31 @@ class Simulation:
         return cached[1]
 
     def _check_progress(self, node: Node) -> None:
-        if self.heal_target is None or self.progress_at is not None:
+        if self.heal_target is None:
             return
-        core = [self.nodes[i] for i in self._core_node_ids()]
-        if all(member.height >= self.heal_target for member in core):
-            self.progress_at = self.clock.now
+        if self.progress_at is None:
+            core = [self.nodes[i] for i in self._core_node_ids()]
+            if all(member.height >= self.heal_target for member in core):
+                self.progress_at = self.clock.now
+                self.awaited = {
+                    key
+                    for member in core
+                    if member.replica is not None
+                    for key in member.replica.evidence
+                }
+        if self.progress_at is not None and not self._unrecorded():
+            self.recorded_at = self.clock.now
+
+    def _unrecorded(self) -> set[str]:
+        """Awaited evidence the decided chain has not recorded (and still could)."""
+        assert self.awaited is not None
+        head = self.checker.states[-1]
+        oldest = head.height + 1 - EVIDENCE_AGE_HEIGHTS_MAX
+        return {
+            key
+            for key in self.awaited
+            if head.get(key) is None and int(key.rsplit("/", 1)[1]) >= oldest
+        }
 
 
 def describe(effect: Effect) -> str:

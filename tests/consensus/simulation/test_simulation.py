@@ -24,7 +24,13 @@ from hypothesis import HealthCheck, given, note, settings
 from consensus.replica import Broadcast, Decide, Persist, Replica, SignedMessage
 from ledger.blocks import sign_certificate
 from ledger.errors import LedgerError
-from ledger.evidence import evidence_from_certificates, make_evidence, sign_vote, verify_evidence
+from ledger.evidence import (
+    Evidence,
+    evidence_from_certificates,
+    make_evidence,
+    sign_vote,
+    verify_evidence,
+)
 from ledger.state_transition import build_block
 from tests.consensus.simulation.byzantine import Behaviour
 from tests.consensus.simulation.harness import (
@@ -164,7 +170,7 @@ def _node(validator: int) -> Node:
     )
 
 
-def _decide(time: int) -> Decide:
+def _decide(time: int, evidence: tuple[Evidence, ...] = ()) -> Decide:
     world = make_world(4)
     built = build_block(
         world.genesis,
@@ -172,7 +178,9 @@ def _decide(time: int) -> Decide:
         time=time,
         proposer=world.keys[0].public_key_hex,
         last_commit=None,
+        evidence=evidence,
     )
+    assert built.block.evidence == evidence
     certificate = sign_certificate(
         chain_id=CHAIN_ID,
         height=1,
@@ -180,7 +188,7 @@ def _decide(time: int) -> Decide:
         block_hash=built.block.block_hash(),
         keys=world.keys[:3],
     )
-    return Decide(block=built.block, certificate=certificate, state=built.state, evidence=())
+    return Decide(block=built.block, certificate=certificate, state=built.state)
 
 
 def test_the_checker_refuses_two_blocks_at_one_height() -> None:
@@ -210,12 +218,26 @@ def test_the_checker_refuses_evidence_against_a_correct_validator() -> None:
         )
         for h in (None, "ab" * 32)
     ]
-    decide = dataclasses.replace(
-        _decide(world.genesis.head_time + 10), evidence=(make_evidence(*votes),)
-    )
-    Checker(world, {world.keys[3].public_key_hex}).on_decide(_node(0), decide)
+    decide = _decide(world.genesis.head_time + 10, evidence=(make_evidence(*votes),))
+    accepting = Checker(world, {world.keys[3].public_key_hex})
+    accepting.on_decide(_node(0), decide)
+    assert accepting.evidence_committed == 1
     with pytest.raises(SimulationFailure, match="correct validator"):
         Checker(world, set()).on_decide(_node(0), decide)
+    # Evidence a correct replica holds is checked the same way.
+    node = _node(1)
+    node.replica = Replica(
+        key=world.keys[1],
+        state=world.genesis,
+        last_certificate=None,
+        transactions=lambda state, now: [],
+    )
+    for vote in votes:
+        node.replica.on_message(vote, world.genesis.head_time)
+    assert len(node.replica.evidence) == 1
+    Checker(world, {world.keys[3].public_key_hex}).on_event(node)
+    with pytest.raises(SimulationFailure, match="correct validator"):
+        Checker(world, set()).on_event(node)
 
 
 def test_the_checker_refuses_sending_before_persisting_and_equivocating() -> None:
