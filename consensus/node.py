@@ -15,10 +15,19 @@ order, as docs/decisions/0006 requires:
                      writes, before any later effect; then the pool and outcomes move on and
                      the signed-message log drops the decided heights
 
-Peers' messages arrive on any thread through `on_messages` (the route's inbox), are queued
-(at most PEER_QUEUE_MESSAGES_MAX, the oldest dropped and counted) and fed to the replica on the
-block-loop thread: the replica is touched by one thread only. The replica checks every
-signature and certificate; what it refuses is dropped there.
+Peers' batches arrive on any thread through `on_batch` (the route's inbox, docs/decisions/0006
+"Pool forwarding" and "Blocks larger than a request body"): transactions new here are admitted
+to the pool as forwarded ones (their signatures checked once, in the signature worker, and
+never forwarded again: every validator forwards only what its own clients submitted, to
+every peer); blocks sent by reference are completed from the pool and the `consensus.relay`
+holding; the messages are queued (at most PEER_QUEUE_MESSAGES_MAX, the oldest dropped and
+counted) and fed to the replica on the block-loop thread: the replica is touched by one
+thread only. The replica checks every signature and certificate; what it refuses is dropped
+there.
+
+Signatures are checked once per node: the replica is given `verify_signatures`, which passes
+every transaction this node admitted (the same leaf: a transaction signed otherwise is
+checked anew) and sends the rest to the signature worker, off the interpreter's GIL.
 
 The replica is built from the store (state, last certificate) and the signed-message log, so a
 restarted validator re-sends what it signed, byte for byte, and signs nothing new for a slot
@@ -43,6 +52,7 @@ from consensus.producer import (
     remember,
     settle_pool,
 )
+from consensus.relay import Relay, decode_batch
 from consensus.replica import (
     Broadcast,
     Decide,
@@ -58,7 +68,7 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
-from ledger.limits import PEER_QUEUE_MESSAGES_MAX
+from ledger.limits import PEER_QUEUE_MESSAGES_MAX, RELAY_BLOCKS_HELD
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
@@ -97,10 +107,13 @@ class BftProducer:
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[Message] = deque()
         self.messages_dropped = 0
+        self.signatures_checked = 0  # by `_verify_signatures`, for the replica
+        self.signatures_reused = 0  # passed there: checked on admission
         self._timers: list[tuple[int, int, Timeout]] = []
         self._timer_sequence = 0
         self._committed: deque[CommittedBlock] = deque()
         self._started = False
+        self.relay = Relay(held_max=RELAY_BLOCKS_HELD * self._state.params.block_transactions_max)
         self.replica = Replica(
             key=validator_key,
             state=self._state,
@@ -108,6 +121,7 @@ class BftProducer:
             transactions=self._candidates,
             signed=log.read(),
             timeouts=timeouts,
+            verify_signatures=self._verify_signatures,
         )
 
     # --- the BlockProducer interface ------------------------------------------------------------
@@ -131,6 +145,7 @@ class BftProducer:
         answers = []
         with self._lock:
             admissions = self.pool.admit(envelopes, checks, self._nonce)
+            fresh = [admission.envelope for admission in admissions if admission.new]
             for admission in admissions:
                 tx_id = admission.envelope.tx_id
                 if admission.error is None:
@@ -145,6 +160,8 @@ class BftProducer:
                     )
                     self._remember(outcome)
                     answers.append(outcome)
+        if fresh and self.transport is not None:
+            self.transport.forward(fresh)
         return answers
 
     def produce(self, now_ms: int) -> CommittedBlock | None:
@@ -164,6 +181,56 @@ class BftProducer:
         return self._committed.popleft() if self._committed else None
 
     # --- peers ----------------------------------------------------------------------------------
+
+    def on_batch(self, body: bytes) -> int:
+        """The route's inbox (any thread): a peer's batch (`consensus.relay.decode_batch`;
+        `MalformedMessage` refuses it whole). Returns how many lines it held."""
+        batch = decode_batch(
+            body,
+            transaction_bytes_max=self._state.params.transaction_bytes_max,
+            known=self._holds_leaf,
+        )
+        if batch.envelopes:
+            self._admit_forwarded(batch.envelopes)
+        messages = self.relay.receive(
+            batch.messages, self._lookup_leaf, height_min=self._state.height + 1
+        )
+        if messages:
+            self.on_messages(messages)
+        return batch.lines
+
+    def _admit_forwarded(self, envelopes: Sequence[Envelope]) -> None:
+        """Transactions from a peer: into the pool within its forwarded share, and into the
+        relay (a block may hold one the pool refused). Refusals are not remembered as
+        outcomes: the transaction may well be pending at the validator that sent it."""
+        checks = self.pool.check_signatures(envelopes)
+        with self._lock:
+            self.pool.admit(envelopes, checks, self._nonce, forwarded=True)
+        for envelope, check in zip(envelopes, checks, strict=True):
+            self.relay.hold(envelope, verified=check is None)
+
+    def _holds_leaf(self, leaf: bytes) -> bool:
+        return self.pool.by_leaf_hash(leaf) is not None or self.relay.lookup(leaf) is not None
+
+    def _lookup_leaf(self, leaf: bytes) -> Envelope | None:
+        return self.pool.by_leaf_hash(leaf) or self.relay.lookup(leaf)
+
+    def _verify_signatures(self, envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        """The replica's signature check: nothing for what this node checked on admission
+        (the same leaf), the signature worker for the rest."""
+        results: list[LedgerError | None] = [None] * len(envelopes)
+        unchecked = [
+            i
+            for i, envelope in enumerate(envelopes)
+            if not (self.pool.holds(envelope) or self.relay.verified(envelope))
+        ]
+        if unchecked:
+            checks = self.pool.check_signatures([envelopes[i] for i in unchecked])
+            for i, check in zip(unchecked, checks, strict=True):
+                results[i] = check
+        self.signatures_checked += len(unchecked)
+        self.signatures_reused += len(envelopes) - len(unchecked)
+        return results
 
     def on_messages(self, messages: Sequence[Message]) -> None:
         """The inbox (any thread): queue peers' parsed messages for the replica."""

@@ -49,7 +49,9 @@ start again from round 0 at each height. After a decision the replica waits the 
 `block_interval_ms` before round 0 of the next height (the pace of an idle chain), still
 taking messages meanwhile.
 
-valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v. Before it
+valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v, every
+signature checked through the injected `verify_signatures` (by default right here; a node
+skips what it checked on admission and checks the rest in a worker process). Before it
 prevotes for or locks on v, the replica also requires v's time to be at most
 BLOCK_TIME_DRIFT_MS_MAX after its own clock (the header's time is already after the parent's);
 deciding (line 49, or a `Decision` message) needs only `apply_block`, so a validator with a
@@ -101,7 +103,7 @@ from ledger.limits import (
 )
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
-from ledger.transactions import Envelope
+from ledger.transactions import Envelope, check_signatures
 
 NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
 PROPOSE: Final = "propose"
@@ -112,6 +114,11 @@ TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST)
 TransactionSource = Callable[[State, int], Sequence[Envelope]]
 """Candidate transactions for a block on top of `state` at time `now_ms`, in order; the block
 holds those that apply (`build_block` leaves out the rest)."""
+
+SignatureCheck = Callable[[Sequence[Envelope]], list[LedgerError | None]]
+"""For each envelope, in order, None or the error of its first bad signature
+(`ledger.transactions.check_signatures`, the default). A node injects one that skips what it
+checked on admission and checks the rest off its interpreter thread."""
 
 SignedMessage = Vote | Proposal
 
@@ -197,6 +204,7 @@ class Replica:
         transactions: TransactionSource,
         signed: Sequence[SignedMessage] = (),
         timeouts: Timeouts | None = None,
+        verify_signatures: SignatureCheck = check_signatures,
     ) -> None:
         """A replica at height `state.height + 1`. `last_certificate` commits the block at
         `state.height` (None at genesis); `signed` is this replica's durable log."""
@@ -205,6 +213,7 @@ class Replica:
         self.public_key = key.public_key_hex
         self.chain_id = state.chain_id
         self.transactions = transactions
+        self.verify_signatures = verify_signatures
         self.timeouts = timeouts or Timeouts()
         self.signed: dict[tuple[int, int, str], SignedMessage] = {}
         for message in signed:
@@ -284,12 +293,15 @@ class Replica:
         block = None if self.valid_hash is None else self._block(self.valid_hash)
         valid_round = self.valid_round
         if block is None or valid_round >= round:  # no validValue (or not its block): new
+            candidates = self.transactions(self.state, self._now)
+            checks = self.verify_signatures(candidates)
             built = build_block(
                 self.state,
-                self.transactions(self.state, self._now),
+                [e for e, error in zip(candidates, checks, strict=True) if error is None],
                 time=self._now,
                 proposer=self.public_key,
                 last_commit=self.last_certificate,
+                signatures_verified=True,
             )
             block, valid_round = built.block, NO_ROUND
             self._applied[block.block_hash()] = built.state
@@ -503,7 +515,12 @@ class Replica:
         block_hash = block.block_hash()
         if block_hash not in self._applied:
             try:
-                self._applied[block_hash] = apply_block(self.state, block)
+                if any(error is not None for error in self.verify_signatures(block.transactions)):
+                    self._applied[block_hash] = None
+                else:
+                    self._applied[block_hash] = apply_block(
+                        self.state, block, signatures_verified=True
+                    )
             except LedgerError:
                 self._applied[block_hash] = None
         return self._applied[block_hash]

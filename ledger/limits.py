@@ -37,10 +37,14 @@ TRANSACTION_BYTES_MAX_CEILING: Final = 1024 * 1024
 # committed nonce it holds transactions.
 POOL_TRANSACTIONS_MAX: Final = 50_000
 POOL_NONCE_GAP_MAX: Final = 64
+# Room in the pool that transactions forwarded by peers may not take: this node's own clients
+# keep it (docs/decisions/0006, pool forwarding).
+POOL_LOCAL_RESERVED: Final = 10_000
 OUTCOMES_REMEMBERED_MAX: Final = 10_000  # recent outcomes in memory; the store has the rest
 
 assert ISSUE_RECIPIENTS_MAX * JSON_INTEGER_MAX > JSON_INTEGER_MAX, "sums must be checked"
 assert POOL_NONCE_GAP_MAX < POOL_TRANSACTIONS_MAX
+assert POOL_LOCAL_RESERVED < POOL_TRANSACTIONS_MAX
 assert BLOCK_TRANSACTIONS_MAX_DEFAULT <= BLOCK_TRANSACTIONS_MAX_CEILING
 assert TRANSACTION_BYTES_MAX_DEFAULT <= TRANSACTION_BYTES_MAX_CEILING
 
@@ -69,6 +73,10 @@ EVIDENCE_PENDING_MAX: Final = VALIDATORS_MAX  # evidence a replica holds for its
 # and at most PEER_QUEUE_MESSAGES_MAX messages wait per peer (the oldest are dropped: the
 # replica re-sends what still matters every REBROADCAST_INTERVAL_MS).
 CONSENSUS_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
+# A receiver holds the transactions that peers sent it (forwarded, or of a block sent by
+# reference) for this many blocks' worth (block_transactions_max each), beside its pool, to
+# complete blocks sent by reference (consensus.relay).
+RELAY_BLOCKS_HELD: Final = 2
 PEER_REQUEST_MS_MAX: Final = 2000
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 

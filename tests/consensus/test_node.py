@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from consensus.messages import Message
 from consensus.node import BftProducer
 from consensus.replica import Timeouts
 from consensus.transport import MemoryNetwork
@@ -45,7 +44,7 @@ def document() -> dict[str, object]:
 class Consortium:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.network = MemoryNetwork(transaction_bytes_max=LIMIT)
+        self.network = MemoryNetwork()
         self.producers: dict[int, BftProducer] = {}
         for index in range(4):
             Store.create(root / str(index), document()).close()
@@ -55,11 +54,7 @@ class Consortium:
         store = Store.open(self.root / str(index))
         log = SignedLog(self.root / str(index) / WAL_FILE_NAME, transaction_bytes_max=LIMIT)
         producer = BftProducer(store, WORLD.keys[index], log=log, timeouts=FAST)
-
-        def inbox(messages: list[Message]) -> None:
-            producer.on_messages(messages)
-
-        producer.transport = self.network.join(str(index), inbox)
+        producer.transport = self.network.join(str(index), producer.on_batch)
         self.producers[index] = producer
 
     def stop(self, index: int) -> None:
