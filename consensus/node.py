@@ -68,7 +68,7 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
-from ledger.limits import PEER_QUEUE_MESSAGES_MAX, RELAY_BLOCKS_HELD
+from ledger.limits import PEER_QUEUE_MESSAGES_MAX, PROPOSE_TIMEOUT_MS_EXTRA, RELAY_BLOCKS_HELD
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
@@ -120,7 +120,7 @@ class BftProducer:
             last_certificate=store.last_certificate(),
             transactions=self._candidates,
             signed=log.read(),
-            timeouts=timeouts,
+            timeouts=timeouts or Timeouts(propose_extra_ms=PROPOSE_TIMEOUT_MS_EXTRA),
             verify_signatures=self._verify_signatures,
         )
 

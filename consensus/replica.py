@@ -45,9 +45,9 @@ set governing h, "f+1" more than 1/3):
         timeoutPrecommit: StartRound(r+1).
 
 Timeouts of round r last min(base + r * delta, max) (ledger.limits ROUND_TIMEOUT_MS_*) and
-start again from round 0 at each height. After a decision the replica waits the chain's
-`block_interval_ms` before round 0 of the next height (the pace of an idle chain), still
-taking messages meanwhile.
+start again from round 0 at each height. After deciding an empty block the replica waits
+the chain's `block_interval_ms` before round 0 of the next height (the pace of an idle
+chain), still taking messages meanwhile; after a block with transactions it starts at once.
 
 valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v, every
 signature checked through the injected `verify_signatures` (by default right here; a node
@@ -143,13 +143,16 @@ class Timeouts:
     rebroadcast_ms: int = REBROADCAST_INTERVAL_MS
     catch_up_ms: int = CATCH_UP_INTERVAL_MS
     drift_ms: int = BLOCK_TIME_DRIFT_MS_MAX
+    propose_extra_ms: int = 0  # the propose step waits this much longer
 
     def __post_init__(self) -> None:
         assert 0 < self.base_ms <= self.max_ms and self.delta_ms >= 0
         assert self.rebroadcast_ms > 0 and self.catch_up_ms >= 0 and self.drift_ms >= 0
+        assert self.propose_extra_ms >= 0
 
-    def for_round(self, round: int) -> int:
-        return min(self.base_ms + round * self.delta_ms, self.max_ms)
+    def for_round(self, round: int, step: str = PRECOMMIT) -> int:
+        extra = self.propose_extra_ms if step == PROPOSE else 0
+        return min(self.base_ms + round * self.delta_ms, self.max_ms) + extra
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -561,7 +564,10 @@ class Replica:
         self._effects.append(
             ScheduleTimeout(
                 timeout=Timeout(height=self.height, round=0, step=NEW_HEIGHT),
-                delay_ms=state.params.block_interval_ms,
+                # A block with transactions says more may be waiting: the next height starts
+                # at once (as the solo producer cuts the next block once a full one is
+                # written). After an empty one, the pace of an idle chain.
+                delay_ms=state.params.block_interval_ms if not block.transactions else 0,
             )
         )
 
@@ -608,6 +614,6 @@ class Replica:
         self._effects.append(
             ScheduleTimeout(
                 timeout=Timeout(height=self.height, round=round, step=step),
-                delay_ms=self.timeouts.for_round(round),
+                delay_ms=self.timeouts.for_round(round, step),
             )
         )
