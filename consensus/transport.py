@@ -201,6 +201,7 @@ class MemoryNetwork:
     inboxes: dict[str, Inbox] = field(default_factory=dict)
     cut: set[str] = field(default_factory=set)
     refused: int = 0  # batches the strict decoder refused
+    largest_body: int = 0  # bytes of the largest batch delivered
 
     def join(self, name: str, inbox: Inbox) -> MemoryTransport:
         assert name not in self.inboxes, name
@@ -210,6 +211,7 @@ class MemoryNetwork:
     def deliver(self, sender: str, body: bytes) -> None:
         if sender in self.cut:
             return
+        self.largest_body = max(self.largest_body, len(body))
         for name, inbox in list(self.inboxes.items()):
             if name == sender or name in self.cut:
                 continue
