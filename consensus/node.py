@@ -8,8 +8,9 @@ order, as docs/decisions/0006 requires:
                      above all the Broadcast of the same message (SPEC §5.4)
     Broadcast        gathered and handed to the `Transport` once the effects of one event are
                      carried out (after the Persists before them, so never before)
-    SendDecision     the block and certificate of that height from the store, as a `Decision`
-                     (sent to every peer: it is authenticated by its certificate)
+    SendDecision     the block and certificate of that height from the store, as a `Decision`,
+                     and of a few heights after it (sent to every peer: it is authenticated
+                     by its certificate)
     ScheduleTimeout  a timer on the monotonic clock; `produce` fires the due ones
     Decide           `Store.append` of block, certificate and state, exactly as SoloProducer
                      writes, before any later effect; then the pool and outcomes move on and
@@ -68,7 +69,12 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
-from ledger.limits import PEER_QUEUE_MESSAGES_MAX, PROPOSE_TIMEOUT_MS_EXTRA, RELAY_BLOCKS_HELD
+from ledger.limits import (
+    CATCH_UP_HEIGHTS_MAX,
+    PEER_QUEUE_MESSAGES_MAX,
+    PROPOSE_TIMEOUT_MS_EXTRA,
+    RELAY_BLOCKS_HELD,
+)
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
@@ -257,12 +263,7 @@ class BftProducer:
             elif isinstance(effect, Broadcast):
                 outgoing.append(effect.message)
             elif isinstance(effect, SendDecision):
-                outgoing.append(
-                    Decision(
-                        block=self.store.read_block(effect.height),
-                        certificate=self.store.read_certificate(effect.height),
-                    )
-                )
+                outgoing.extend(self._decisions_from(effect.height))
             elif isinstance(effect, ScheduleTimeout):
                 self._timer_sequence += 1
                 heapq.heappush(
@@ -273,6 +274,21 @@ class BftProducer:
                 self._decide(effect)
         if outgoing and self.transport is not None:
             self.transport.broadcast(outgoing)
+
+    def _decisions_from(self, height: int) -> list[Decision]:
+        """The decisions of `height` and of the heights after it, at most CATCH_UP_HEIGHTS_MAX
+        and (beyond the first) block_transactions_max transactions in all: the lagging
+        validator's replica takes them in order, so it catches up that many heights a round
+        trip, not one, and passes a chain that decides faster than one height a second."""
+        decisions: list[Decision] = []
+        budget = self._state.params.block_transactions_max
+        for at in range(height, min(self._state.height, height + CATCH_UP_HEIGHTS_MAX - 1) + 1):
+            block = self.store.read_block(at)
+            budget -= len(block.transactions)
+            if decisions and budget < 0:
+                break
+            decisions.append(Decision(block=block, certificate=self.store.read_certificate(at)))
+        return decisions
 
     def _decide(self, decision: Decide) -> None:
         block = decision.block

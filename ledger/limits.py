@@ -66,6 +66,10 @@ ROUND_TIMEOUT_MS_MAX: Final = 60_000
 PROPOSE_TIMEOUT_MS_EXTRA: Final = 2000
 REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
+# A node answering a lagging validator sends the decisions of up to this many heights from
+# the one it lags at (and at most block_transactions_max transactions in them beyond the
+# first), so one answer a CATCH_UP_INTERVAL_MS moves it that many heights.
+CATCH_UP_HEIGHTS_MAX: Final = 16
 # A validator prevotes for a block only if its time is at most this far ahead of its own clock.
 BLOCK_TIME_DRIFT_MS_MAX: Final = 10_000
 # What a replica holds of messages not yet useful: rounds up to ROUNDS_AHEAD_MAX past its own,

@@ -20,7 +20,7 @@ from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.genesis import make_genesis_document, parse_genesis
-from ledger.limits import CONSENSUS_BATCH_BYTES_MAX
+from ledger.limits import CATCH_UP_HEIGHTS_MAX, CONSENSUS_BATCH_BYTES_MAX
 from ledger.store import Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
@@ -188,6 +188,11 @@ def test_a_transaction_sent_to_a_non_proposer_is_forwarded_and_committed_next(
         for producer in consortium.producers.values():
             assert producer.signatures_checked == 0  # every block's were checked on admission
             assert producer.signatures_reused >= 1
+        # A validator behind by several heights is sent several decisions at once, in order.
+        helper = consortium.producers[late]
+        top = helper.state.height
+        sent = helper._decisions_from(1)
+        assert [d.height for d in sent] == list(range(1, min(top, CATCH_UP_HEIGHTS_MAX) + 1))
 
         # A validator that forwards nothing keeps its clients' transactions to itself.
         transport = consortium.producers[late].transport
