@@ -1,7 +1,7 @@
 """Consortium benchmark (issue 5): validators on loopback, as `tanlian cluster` runs them.
 
     .venv/bin/python bench/cluster.py [--validators 4 7] [--seconds 20] [--clients 8]
-                                      [--array 50] [--accounts 4000]
+                                      [--array 100] [--accounts 4000]
 
 What it does: signs the bench workload of bench/ingest.py (`make_workload`), then for a single
 validator (`tanlian node`, the solo producer) and for each --validators N (`tanlian cluster
@@ -407,7 +407,7 @@ def main() -> None:
     parser.add_argument("--validators", type=int, nargs="+", default=[4, 7])
     parser.add_argument("--seconds", type=float, default=20.0, help="the measured window")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients per validator")
-    parser.add_argument("--array", type=int, default=50, help="envelopes per POST")
+    parser.add_argument("--array", type=int, default=100, help="envelopes per POST")
     parser.add_argument("--accounts", type=int, default=4000)
     parser.add_argument("--rate-max", type=int, default=4000, help="tx/s to sign for")
     parser.add_argument("--seed", type=int, default=1)

@@ -47,7 +47,9 @@ set governing h, "f+1" more than 1/3):
 Timeouts of round r last min(base + r * delta, max) (ledger.limits ROUND_TIMEOUT_MS_*) and
 start again from round 0 at each height. After deciding an empty block the replica waits
 the chain's `block_interval_ms` before round 0 of the next height (the pace of an idle
-chain), still taking messages meanwhile; after a block with transactions it starts at once.
+chain), still taking messages meanwhile; after a block with transactions it starts at once,
+and its proposer, if it has no transaction to propose, looks again every `wait_poll_ms`
+(at most `block_interval_ms`, and half a propose timeout) before it proposes an empty block.
 
 valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v, every
 signature checked through the injected `verify_signatures` (by default right here; a node
@@ -96,6 +98,7 @@ from ledger.limits import (
     BLOCK_TIME_DRIFT_MS_MAX,
     CATCH_UP_INTERVAL_MS,
     EVIDENCE_PENDING_MAX,
+    PROPOSER_WAIT_POLL_MS,
     REBROADCAST_INTERVAL_MS,
     ROUND_TIMEOUT_MS_BASE,
     ROUND_TIMEOUT_MS_DELTA,
@@ -108,8 +111,9 @@ from ledger.transactions import Envelope, check_signatures
 NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
 PROPOSE: Final = "propose"
 REBROADCAST: Final = "rebroadcast"  # a timeout kind only, never a step
+WAIT: Final = "wait"  # a timeout kind only: a proposer looking again for transactions
 STEPS: Final = (NEW_HEIGHT, PROPOSE, PREVOTE, PRECOMMIT)  # in order
-TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST)
+TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST, WAIT)
 
 TransactionSource = Callable[[State, int], Sequence[Envelope]]
 """Candidate transactions for a block on top of `state` at time `now_ms`, in order; the block
@@ -144,11 +148,12 @@ class Timeouts:
     catch_up_ms: int = CATCH_UP_INTERVAL_MS
     drift_ms: int = BLOCK_TIME_DRIFT_MS_MAX
     propose_extra_ms: int = 0  # the propose step waits this much longer
+    wait_poll_ms: int = PROPOSER_WAIT_POLL_MS  # how often a waiting proposer looks again
 
     def __post_init__(self) -> None:
         assert 0 < self.base_ms <= self.max_ms and self.delta_ms >= 0
         assert self.rebroadcast_ms > 0 and self.catch_up_ms >= 0 and self.drift_ms >= 0
-        assert self.propose_extra_ms >= 0
+        assert self.propose_extra_ms >= 0 and self.wait_poll_ms > 0
 
     def for_round(self, round: int, step: str = PRECOMMIT) -> int:
         extra = self.propose_extra_ms if step == PROPOSE else 0
@@ -285,12 +290,32 @@ class Replica:
         self.step = PROPOSE
         if self.is_validator and self.quorum.proposer(round) == self.public_key:
             proposal = self.signed.get((self.height, round, PROPOSAL))
+            if proposal is None and self._waits_for_transactions(round):
+                self._effects.append(
+                    ScheduleTimeout(
+                        timeout=Timeout(height=self.height, round=round, step=WAIT),
+                        delay_ms=self.timeouts.wait_poll_ms,
+                    )
+                )
+                return
             if proposal is None:
                 proposal = self._new_proposal(round)
             self._emit(proposal)
             self.quorum.admit(proposal, current_round=round)
         else:
             self._schedule(PROPOSE, round)
+
+    def _waits_for_transactions(self, round: int) -> bool:
+        """After a block with transactions the next height starts at once; its proposer
+        then waits for a transaction rather than propose an empty block at once, looking
+        again every `wait_poll_ms`, for at most `block_interval_ms` after the decision and
+        half the others' round 0 propose timeout (so they still get its proposal in time)."""
+        if round != 0 or self.valid_hash is not None or self._decided_at == 0:
+            return False
+        longest = min(self.state.params.block_interval_ms, self.timeouts.for_round(0, PROPOSE) // 2)
+        if self._now - self._decided_at >= longest:
+            return False
+        return not self.transactions(self.state, self._now)
 
     def _new_proposal(self, round: int) -> Proposal:
         block = None if self.valid_hash is None else self._block(self.valid_hash)
@@ -377,6 +402,10 @@ class Replica:
                 self._start_round(0)
             return
         if timeout.round != self.round:
+            return
+        if timeout.step == WAIT:
+            if self.step == PROPOSE and (self.height, self.round, PROPOSAL) not in self.signed:
+                self._start_round(self.round)
             return
         if timeout.step == PROPOSE and self.step == PROPOSE:
             self._vote(PREVOTE, None)

@@ -64,6 +64,9 @@ ROUND_TIMEOUT_MS_MAX: Final = 60_000
 # (docs/decisions/0006); Tendermint's own default is 3 s. A prevote or precommit timeout only
 # starts once more than 2/3 have voted, so only this one is on the path of every block.
 PROPOSE_TIMEOUT_MS_EXTRA: Final = 2000
+# After a block with transactions the next height starts at once; its proposer, with nothing
+# to propose, looks for transactions again this often before it proposes an empty block.
+PROPOSER_WAIT_POLL_MS: Final = 50
 REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
 # A node answering a lagging validator sends the decisions of up to this many heights from

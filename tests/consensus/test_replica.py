@@ -26,6 +26,7 @@ from consensus.replica import (
     NEW_HEIGHT,
     PROPOSE,
     REBROADCAST,
+    WAIT,
     Broadcast,
     Decide,
     Effect,
@@ -325,6 +326,56 @@ def test_timeouts_grow_with_the_round_and_start_again_at_each_height() -> None:
     assert isinstance(effects[0], Decide) and target.height == 3 and decided_state.height == 1
     (pause,) = timeouts(effects, NEW_HEIGHT)
     assert pause.delay_ms == WORLD.genesis.params.block_interval_ms
+
+
+def test_after_a_busy_block_the_proposer_waits_for_transactions_briefly() -> None:
+    """After a block with transactions the next height starts at once; a proposer with
+    nothing to propose looks again every wait_poll_ms, for at most the block interval."""
+    decided = block(time=T0)
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[:3]
+    )
+    me = proposer(2, 0)
+    offered: list[Envelope] = []
+    target = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=lambda state, now_ms: list(offered),
+        timeouts=Timeouts(wait_poll_ms=40),
+    )
+    target.on_start(T0)
+    effects = target.on_message(Decision(block=decided, certificate=certificate), T0)
+    (pause,) = timeouts(effects, NEW_HEIGHT)
+    effects = target.on_timeout(pause.timeout, T0)
+    (look,) = timeouts(effects, WAIT)
+    assert look.delay_ms == 40 and not signed_by(effects, Persist)  # nothing to propose yet
+    # A transaction arrives: the next look proposes it.
+    after = apply_block(WORLD.genesis, decided)
+    offered.append(WORLD.workload[3])
+    effects = target.on_timeout(look.timeout, T0 + 40)
+    (proposed,) = [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert [e.tx_id for e in proposed.block.transactions] == [WORLD.workload[3].tx_id]
+    assert after.height == 1
+    # Without transactions it proposes an empty block once the block interval has passed.
+    target = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=lambda state, now_ms: [],
+    )
+    target.on_start(T0)
+    effects = target.on_message(Decision(block=decided, certificate=certificate), T0)
+    effects = target.on_timeout(timeouts(effects, NEW_HEIGHT)[0].timeout, T0)
+    (look,) = timeouts(effects, WAIT)
+    interval = WORLD.genesis.params.block_interval_ms
+    effects = target.on_timeout(look.timeout, T0 + interval)
+    (empty,) = [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert empty.block.transactions == ()
 
 
 def test_the_propose_step_may_wait_longer_than_the_others() -> None:
