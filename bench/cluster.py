@@ -14,7 +14,9 @@ answered, for --seconds. Printed for each: committed tx/s (the log's growth over
 from /v1/checkpoint), and the submit-to-commit latency of every transaction answered
 committed (an array's answer time stands for each of its transactions), p50 and p99; beside
 them the raw single-core Ed25519 verify rate (`raw_verify_rate`) and the single validator's
-rate, measured in the same run, with the ratios. Then, in this process: the interpreter
+rate, measured in the same run, with the ratios, and the CPU the validators' processes used
+per committed transaction (node, signature worker, store writer, from /proc) with the share of
+the machine they had (others' processes take the rest). Then, in this process: the interpreter
 time a validator spends validating a proposed full block when it checks every signature
 itself, and when it reuses the checks made on admission (what consensus.node does).
 
@@ -85,6 +87,8 @@ class Result:
     latencies: list[float] = field(default_factory=list)  # seconds, one per committed tx
     pending: int = 0  # transactions answered still pending after the wait
     heights: int = 0  # blocks over the window
+    window_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)  # by process kind, over the window
 
     def p(self, quantile: float) -> float:
         ordered = sorted(self.latencies)
@@ -216,6 +220,48 @@ async def _all_healthy(ports: Sequence[int]) -> bool:
     return all(await asyncio.gather(*(one(port) for port in ports)))
 
 
+# --- where the CPU went ----------------------------------------------------------------------
+
+
+def process_tree(pids: Sequence[int]) -> list[int]:
+    """`pids` and their descendants (Linux /proc)."""
+    found = list(pids)
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        children = []
+        for task in tasks:
+            with contextlib.suppress(FileNotFoundError):
+                text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                children += [int(child) for child in text.split()]
+        found += process_tree(children)
+    return found
+
+
+def cpu_by_kind(pids: Sequence[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process, summed by kind: the node, its
+    signature worker, its store writer."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except FileNotFoundError:
+            continue
+        kind = (
+            "signature worker"
+            if b"consensus.verifier" in command
+            else "store writer"
+            if b"ledger.store" in command
+            else "node"
+        )
+        totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
 # --- the clients --------------------------------------------------------------------------------
 
 
@@ -227,6 +273,7 @@ async def measure(
     array: int,
     seconds: float,
     result: Result,
+    processes: Sequence[int],
 ) -> None:
     """Closed-loop clients on every port; the window opens after WARM_UP_S."""
     clients = len(ports) * clients_per_port
@@ -272,9 +319,12 @@ async def measure(
         await asyncio.sleep(max(0.0, window_open - time.perf_counter()))
         first_size, first_height = await checkpoint(ports[0])
         first_at = time.perf_counter()
+        tree = process_tree(processes)
+        first_cpu = cpu_by_kind(tree)
         await asyncio.sleep(max(0.0, window_close - time.perf_counter()))
         last_size, last_height = await checkpoint(ports[0])
         last_at = time.perf_counter()
+        last_cpu = cpu_by_kind(tree)
         await asyncio.gather(*tasks)
     finally:
         await close_all(connections)
@@ -282,6 +332,8 @@ async def measure(
         print("    NOTE a client ran out of transactions before the window closed: sign more")
     result.rate = (last_size - first_size) / (last_at - first_at)
     result.heights = last_height - first_height
+    result.window_s = last_at - first_at
+    result.cpu_s = {kind: last_cpu[kind] - first_cpu.get(kind, 0.0) for kind in last_cpu}
 
 
 async def checkpoint(port: int) -> tuple[int, int]:
@@ -312,7 +364,7 @@ def run_single(directory: Path, load: Workload, args: argparse.Namespace) -> Res
         asyncio.run(setup_chain(node.port, load.setup))
         asyncio.run(
             measure([node.port], load.work, clients_per_port=clients, array=args.array,
-                    seconds=args.seconds, result=result)
+                    seconds=args.seconds, result=result, processes=[node.process.pid])
         )  # fmt: skip
         node.check_alive()
     except BaseException:
@@ -337,7 +389,7 @@ def run_cluster(directory: Path, load: Workload, count: int, args: argparse.Name
         asyncio.run(setup_chain(cluster.ports[0], load.setup))
         asyncio.run(
             measure(cluster.ports, load.work, clients_per_port=args.clients, array=args.array,
-                    seconds=args.seconds, result=result)
+                    seconds=args.seconds, result=result, processes=cluster.children())
         )  # fmt: skip
         cluster.check_alive()
     except BaseException:
@@ -464,6 +516,14 @@ def main() -> None:
         print(ratios)
         if r.pending:
             print(f"{'':17} {r.pending:,} answered still pending after the wait")
+        committed = r.rate * r.window_s
+        used = sum(r.cpu_s.values())
+        share = used / ((os.cpu_count() or 1) * r.window_s) if r.window_s else 0.0
+        per = ", ".join(
+            f"{kind} {seconds / max(committed, 1) * 1e6:,.0f}"
+            for kind, seconds in sorted(r.cpu_s.items())
+        )
+        print(f"{'':17} CPU us per committed tx: {per}; they had {share:.0%} of the machine")
     print(
         f"validating a proposed block of {size:,} transactions, interpreter time: "
         f"{every * 1000:.0f} ms checking every signature here, {reused * 1000:.0f} ms reusing"

@@ -33,7 +33,8 @@ relay; until then it waits (the sender re-sends the block with its proposal ever
 REBROADCAST_INTERVAL_MS). Nothing here is trusted: the replica checks the proposal's
 signature, the certificate, and that the block applies, as for a block sent whole.
 
-Pure: no I/O; `Relay` takes a lock of its own, as the node's request threads share it.
+No storage, network or clock; `Relay` takes a lock of its own, as the node's request threads
+share it.
 """
 
 from __future__ import annotations
