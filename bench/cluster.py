@@ -59,7 +59,6 @@ from bench.api import (
     close_all,
     free_port,
     open_all,
-    setup_chain,
     start_node,
     write_chain_files,
 )
@@ -68,6 +67,7 @@ from consensus.pool import Pool
 from ledger.blocks import Block, Certificate, Validator, sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.genesis import genesis_state, make_genesis_document, parse_genesis
+from ledger.limits import POOL_NONCE_GAP_MAX
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
 from ledger.transactions import Envelope
@@ -262,6 +262,39 @@ def cpu_by_kind(pids: Sequence[int]) -> dict[str, float]:
     return totals
 
 
+SETUP_WAIT_S = 120.0  # for each chunk of the setup to be committed
+
+
+async def commit_setup(port: int, setup: Sequence[Envelope]) -> None:
+    """The accreditation and issuances, in chunks of the pool's nonce window (one certifier
+    signs them all), each committed before the next is sent. A chunk still pending after the
+    node's own wait is polled for (a consortium under load, or one that forwards nothing,
+    takes longer than one wait)."""
+    for i in range(0, len(setup), POOL_NONCE_GAP_MAX):
+        chunk = setup[i : i + POOL_NONCE_GAP_MAX]
+        connection = await Connection.open(port)
+        try:
+            status, body = await connection.request(
+                "POST", "/v1/transactions?wait=commit", array_body(chunk)
+            )
+        finally:
+            await connection.close()
+        if status not in (200, 202):
+            raise BenchError(f"setup refused: {status} {body[:300]!r}")
+        deadline = time.monotonic() + SETUP_WAIT_S
+        while True:
+            connection = await Connection.open(port)
+            try:
+                answer = await connection.get_json(f"/v1/transactions/{chunk[-1].tx_id}")
+            finally:
+                await connection.close()
+            if answer["status"] == "committed":
+                break
+            if answer["status"] != "pending" or time.monotonic() > deadline:
+                raise BenchError(f"setup transaction not committed: {answer}")
+            await asyncio.sleep(0.2)
+
+
 # --- the clients --------------------------------------------------------------------------------
 
 
@@ -361,7 +394,7 @@ def run_single(directory: Path, load: Workload, args: argparse.Namespace) -> Res
     result = Result(name="single validator", validators=1)
     clients = args.clients * args.validators[0]
     try:
-        asyncio.run(setup_chain(node.port, load.setup))
+        asyncio.run(commit_setup(node.port, load.setup))
         asyncio.run(
             measure([node.port], load.work, clients_per_port=clients, array=args.array,
                     seconds=args.seconds, result=result, processes=[node.process.pid])
@@ -386,7 +419,7 @@ def run_cluster(directory: Path, load: Workload, count: int, args: argparse.Name
     cluster = start_cluster(directory, consortium_genesis(load.genesis, keys), keys)
     result = Result(name=f"{count} validators", validators=count)
     try:
-        asyncio.run(setup_chain(cluster.ports[0], load.setup))
+        asyncio.run(commit_setup(cluster.ports[0], load.setup))
         asyncio.run(
             measure(cluster.ports, load.work, clients_per_port=args.clients, array=args.array,
                     seconds=args.seconds, result=result, processes=cluster.children())
