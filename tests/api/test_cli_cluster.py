@@ -61,8 +61,13 @@ def test_cluster_runs_four_validators_and_stops_them_all(tmp_path: Path) -> None
         assert "stopped every validator" in output
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+            # SIGTERM first: `tanlian cluster` stops its children; a SIGKILL would orphan them.
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
 
 def _taken(port: int) -> bool:
