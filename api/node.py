@@ -41,6 +41,7 @@ from consensus.verifier import SignatureWorker
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
+from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX, PEER_QUEUE_MESSAGES_MAX
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
@@ -130,7 +131,15 @@ class Node:
                 data / WAL_FILE_NAME,
                 transaction_bytes_max=self.genesis.params.transaction_bytes_max,
             )
-            self._transport = HttpTransport(peers)
+            params = self.genesis.params
+            # A block travels as its transactions' lines: a peer's queue holds two of them.
+            self._transport = HttpTransport(
+                peers,
+                queue_max=max(
+                    PEER_QUEUE_MESSAGES_MAX,
+                    2 * params.block_transactions_max + CONSENSUS_MESSAGES_BATCH_MAX,
+                ),
+            )
             self.sync = self._block_sync(peers) if peers else None
             self.producer = BftProducer(
                 self._writer,
@@ -151,7 +160,7 @@ class Node:
         self.on_block: Callable[[CommittedBlock], None] | None = None
         # Where POST /v1/consensus/messages hands peers' messages; None: no consensus here.
         self.consensus_inbox: Inbox | None = (
-            self.producer.on_messages if isinstance(self.producer, BftProducer) else None
+            self.producer.on_batch if isinstance(self.producer, BftProducer) else None
         )
 
     def _block_sync(self, urls: Sequence[str]) -> BlockSync:

@@ -8,17 +8,27 @@ order, as docs/decisions/0006 requires:
                      above all the Broadcast of the same message (SPEC §5.4)
     Broadcast        gathered and handed to the `Transport` once the effects of one event are
                      carried out (after the Persists before them, so never before)
-    SendDecision     the block and certificate of that height from the store, as a `Decision`
-                     (sent to every peer: it is authenticated by its certificate)
+    SendDecision     the block and certificate of that height from the store, as a `Decision`,
+                     and of a few heights after it (sent to every peer: it is authenticated
+                     by its certificate)
     ScheduleTimeout  a timer on the monotonic clock; `produce` fires the due ones
     Decide           `Store.append` of block, certificate and state, exactly as SoloProducer
                      writes, before any later effect; then the pool and outcomes move on and
                      the signed-message log drops the decided heights
 
-Peers' messages arrive on any thread through `on_messages` (the route's inbox), are queued
-(at most PEER_QUEUE_MESSAGES_MAX, the oldest dropped and counted) and fed to the replica on the
-block-loop thread: the replica is touched by one thread only. The replica checks every
-signature and certificate; what it refuses is dropped there.
+Peers' batches arrive on any thread through `on_batch` (the route's inbox, docs/decisions/0006
+"Pool forwarding" and "Blocks larger than a request body"): transactions new here are admitted
+to the pool as forwarded ones (their signatures checked once, in the signature worker, and
+never forwarded again: every validator forwards only what its own clients submitted, to
+every peer); blocks sent by reference are completed from the pool and the `consensus.relay`
+holding; the messages are queued (at most PEER_QUEUE_MESSAGES_MAX, the oldest dropped and
+counted) and fed to the replica on the block-loop thread: the replica is touched by one
+thread only. The replica checks every signature and certificate; what it refuses is dropped
+there.
+
+Signatures are checked once per node: the replica is given `verify_signatures`, which passes
+every transaction this node admitted (the same leaf: a transaction signed otherwise is
+checked anew) and sends the rest to the signature worker, off the interpreter's GIL.
 
 The replica is built from the store (state, last certificate) and the signed-message log, so a
 restarted validator re-sends what it signed, byte for byte, and signs nothing new for a slot
@@ -48,6 +58,7 @@ from consensus.producer import (
     remember,
     settle_pool,
 )
+from consensus.relay import Relay, decode_batch
 from consensus.replica import (
     Broadcast,
     Decide,
@@ -65,7 +76,12 @@ from consensus.wal import SignedLog
 from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
-from ledger.limits import PEER_QUEUE_MESSAGES_MAX
+from ledger.limits import (
+    CATCH_UP_HEIGHTS_MAX,
+    PEER_QUEUE_MESSAGES_MAX,
+    PROPOSE_TIMEOUT_MS_EXTRA,
+    RELAY_BLOCKS_HELD,
+)
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
@@ -106,17 +122,28 @@ class BftProducer:
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[Message] = deque()
         self.messages_dropped = 0
+        self.signatures_checked = 0  # by `_verify_signatures`, for the replica
+        self.signatures_reused = 0  # passed there: checked on admission
         self._timers: list[tuple[int, int, Timeout]] = []
         self._timer_sequence = 0
         self._committed: deque[CommittedBlock] = deque()
         self._started = False
-        self.replica = Replica(
-            key=validator_key,
+        self.relay = Relay(held_max=RELAY_BLOCKS_HELD * self._state.params.block_transactions_max)
+        self.replica = self._new_replica(
+            timeouts or Timeouts(propose_extra_ms=PROPOSE_TIMEOUT_MS_EXTRA)
+        )
+
+    def _new_replica(self, timeouts: Timeouts) -> Replica:
+        """A replica at the height after the store's head, as at a start: from the store and
+        the signed-message log (it re-uses what it signed, byte for byte)."""
+        return Replica(
+            key=self.key,
             state=self._state,
-            last_certificate=store.last_certificate(),
+            last_certificate=self.store.last_certificate(),
             transactions=self._candidates,
-            signed=log.read(),
+            signed=self.log.read(),
             timeouts=timeouts,
+            verify_signatures=self._verify_signatures,
         )
 
     # --- the BlockProducer interface ------------------------------------------------------------
@@ -149,6 +176,7 @@ class BftProducer:
         answers = []
         with self._lock:
             admissions = self.pool.admit(envelopes, checks, self._nonce)
+            fresh = [admission.envelope for admission in admissions if admission.new]
             for admission in admissions:
                 tx_id = admission.envelope.tx_id
                 if admission.error is None:
@@ -163,6 +191,8 @@ class BftProducer:
                     )
                     self._remember(outcome)
                     answers.append(outcome)
+        if fresh and self.transport is not None:
+            self.transport.forward(fresh)
         return answers
 
     def produce(self, now_ms: int) -> CommittedBlock | None:
@@ -189,6 +219,56 @@ class BftProducer:
         return self._committed.popleft() if self._committed else None
 
     # --- peers ----------------------------------------------------------------------------------
+
+    def on_batch(self, body: bytes) -> int:
+        """The route's inbox (any thread): a peer's batch (`consensus.relay.decode_batch`;
+        `MalformedMessage` refuses it whole). Returns how many lines it held."""
+        batch = decode_batch(
+            body,
+            transaction_bytes_max=self._state.params.transaction_bytes_max,
+            known=self._holds_leaf,
+        )
+        if batch.envelopes:
+            self._admit_forwarded(batch.envelopes)
+        messages = self.relay.receive(
+            batch.messages, self._lookup_leaf, height_min=self._state.height + 1
+        )
+        if messages:
+            self.on_messages(messages)
+        return batch.lines
+
+    def _admit_forwarded(self, envelopes: Sequence[Envelope]) -> None:
+        """Transactions from a peer: into the pool within its forwarded share, and into the
+        relay (a block may hold one the pool refused). Refusals are not remembered as
+        outcomes: the transaction may well be pending at the validator that sent it."""
+        checks = self.pool.check_signatures(envelopes)
+        with self._lock:
+            self.pool.admit(envelopes, checks, self._nonce, forwarded=True)
+        for envelope, check in zip(envelopes, checks, strict=True):
+            self.relay.hold(envelope, verified=check is None)
+
+    def _holds_leaf(self, leaf: bytes) -> bool:
+        return self.pool.by_leaf_hash(leaf) is not None or self.relay.lookup(leaf) is not None
+
+    def _lookup_leaf(self, leaf: bytes) -> Envelope | None:
+        return self.pool.by_leaf_hash(leaf) or self.relay.lookup(leaf)
+
+    def _verify_signatures(self, envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        """The replica's signature check: nothing for what this node checked on admission
+        (the same leaf), the signature worker for the rest."""
+        results: list[LedgerError | None] = [None] * len(envelopes)
+        unchecked = [
+            i
+            for i, envelope in enumerate(envelopes)
+            if not (self.pool.holds(envelope) or self.relay.verified(envelope))
+        ]
+        if unchecked:
+            checks = self.pool.check_signatures([envelopes[i] for i in unchecked])
+            for i, check in zip(unchecked, checks, strict=True):
+                results[i] = check
+        self.signatures_checked += len(unchecked)
+        self.signatures_reused += len(envelopes) - len(unchecked)
+        return results
 
     def on_messages(self, messages: Sequence[Message]) -> None:
         """The inbox (any thread): queue peers' parsed messages for the replica."""
@@ -217,12 +297,7 @@ class BftProducer:
             elif isinstance(effect, Broadcast):
                 outgoing.append(effect.message)
             elif isinstance(effect, SendDecision):
-                outgoing.append(
-                    Decision(
-                        block=self.store.read_block(effect.height),
-                        certificate=self.store.read_certificate(effect.height),
-                    )
-                )
+                outgoing.extend(self._decisions_from(effect.height))
             elif isinstance(effect, ScheduleTimeout):
                 self._timer_sequence += 1
                 heapq.heappush(
@@ -233,6 +308,21 @@ class BftProducer:
                 self._decide(effect)
         if outgoing and self.transport is not None:
             self.transport.broadcast(outgoing)
+
+    def _decisions_from(self, height: int) -> list[Decision]:
+        """The decisions of `height` and of the heights after it, at most CATCH_UP_HEIGHTS_MAX
+        and (beyond the first) block_transactions_max transactions in all: the lagging
+        validator's replica takes them in order, so it catches up that many heights a round
+        trip, not one, and passes a chain that decides faster than one height a second."""
+        decisions: list[Decision] = []
+        budget = self._state.params.block_transactions_max
+        for at in range(height, min(self._state.height, height + CATCH_UP_HEIGHTS_MAX - 1) + 1):
+            block = self.store.read_block(at)
+            budget -= len(block.transactions)
+            if decisions and budget < 0:
+                break
+            decisions.append(Decision(block=block, certificate=self.store.read_certificate(at)))
+        return decisions
 
     def _decide(self, decision: Decide) -> None:
         block = decision.block
@@ -260,14 +350,7 @@ class BftProducer:
         restart, from the store and the signed-message log (which holds nothing below)."""
         self._timers.clear()  # the old replica's, the rebroadcast timer among them
         held = list(self.replica.evidence.values())
-        self.replica = Replica(
-            key=self.key,
-            state=self._state,
-            last_certificate=self.store.last_certificate(),
-            transactions=self._candidates,
-            signed=self.log.read(),
-            timeouts=self.replica.timeouts,
-        )
+        self.replica = self._new_replica(self.replica.timeouts)
         for evidence in held:  # what the old replica held for a block is not lost
             self.replica.add_evidence(evidence)
         self._started = False

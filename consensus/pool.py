@@ -1,7 +1,10 @@
 """The pending pool: bounded, deduplicated by `tx_id`, nonce-ordered per account (SPEC §7.2).
 
 - At most `capacity` transactions in all; beyond that `add` raises `mempool_full` (the pool
-  never evicts silently: a caller always learns what was not taken).
+  never evicts silently: a caller always learns what was not taken). Transactions forwarded
+  by peers (`forwarded=True`) may fill it only up to `capacity - local_reserved`: a flood
+  from a peer (or from anyone posting to the consensus route) leaves room for this node's
+  own clients, whose transactions it proposes itself in its turn (docs/decisions/0006).
 - Per account it holds nonces from the next expected one up to `nonce_gap_max` ahead, and
   releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`.
 - Signatures are checked on admission, so block building need not check them again. Who
@@ -19,7 +22,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from ledger.errors import LedgerError, PoolError
-from ledger.limits import POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
+from ledger.limits import POOL_LOCAL_RESERVED, POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
+from ledger.merkle import leaf_hash
 from ledger.transactions import Envelope, check_signatures
 
 _PARALLEL_MIN = 64
@@ -30,10 +34,12 @@ SignatureCheck = Callable[[Sequence[Envelope]], list[LedgerError | None]]
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The pool's answer for one envelope: accepted, or the error that refused it."""
+    """The pool's answer for one envelope: accepted (`new` unless it was pending already), or
+    the error that refused it."""
 
     envelope: Envelope
     error: LedgerError | None = None
+    new: bool = False
 
 
 def verify_signatures(
@@ -54,17 +60,23 @@ class Pool:
         *,
         capacity: int = POOL_TRANSACTIONS_MAX,
         nonce_gap_max: int = POOL_NONCE_GAP_MAX,
+        local_reserved: int | None = None,
         executor: Executor | None = None,
         check_signatures: SignatureCheck | None = None,
     ) -> None:
         assert capacity > 0 and nonce_gap_max > 0
         self.capacity = capacity
         self.nonce_gap_max = nonce_gap_max
+        if local_reserved is None:
+            local_reserved = min(POOL_LOCAL_RESERVED, capacity // 2)
+        assert 0 <= local_reserved < capacity
+        self.forwarded_capacity = capacity - local_reserved
         self.executor = executor
         self.check_signatures: SignatureCheck = check_signatures or (
             lambda envelopes: verify_signatures(envelopes, executor)
         )
         self._by_id: dict[str, Envelope] = {}
+        self._by_leaf: dict[bytes, Envelope] = {}  # RFC 9162 leaf hash -> envelope
         self._by_signer: dict[str, dict[int, Envelope]] = {}
         self._arrival: dict[str, int] = {}  # tx_id -> admission sequence number
         self._sequence = 0
@@ -74,6 +86,17 @@ class Pool:
 
     def __contains__(self, tx_id: object) -> bool:
         return tx_id in self._by_id
+
+    def by_leaf_hash(self, leaf: bytes) -> Envelope | None:
+        """The pending envelope whose RFC 9162 leaf hash is `leaf` (its signatures included:
+        ids name the transaction alone). Any thread: one dictionary read."""
+        return self._by_leaf.get(leaf)
+
+    def holds(self, envelope: Envelope) -> bool:
+        """This very envelope, signatures and all, is pending (so its signatures were
+        checked when it was admitted). Any thread: one dictionary read."""
+        pending = self._by_id.get(envelope.tx_id)
+        return pending is not None and (pending is envelope or pending.leaf == envelope.leaf)
 
     def add_many(
         self, envelopes: Sequence[Envelope], committed_nonce: Callable[[str], int]
@@ -86,22 +109,27 @@ class Pool:
         envelopes: Sequence[Envelope],
         checks: Sequence[LedgerError | None],
         committed_nonce: Callable[[str], int],
+        *,
+        forwarded: bool = False,
     ) -> list[Admission]:
-        """Admit envelopes whose signature `checks` (from `verify_signatures`) passed."""
+        """Admit envelopes whose signature `checks` (from `verify_signatures`) passed;
+        `forwarded` ones (from a peer) only within `forwarded_capacity`."""
         answers = []
+        capacity = self.forwarded_capacity if forwarded else self.capacity
         for envelope, signature_error in zip(envelopes, checks, strict=True):
             error = signature_error
+            new = False
             if error is None:
                 try:
-                    self._admit(envelope, committed_nonce(envelope.tx.signer))
+                    new = self._admit(envelope, committed_nonce(envelope.tx.signer), capacity)
                 except PoolError as refused:
                     error = refused
-            answers.append(Admission(envelope, error))
+            answers.append(Admission(envelope, error, new))
         return answers
 
-    def _admit(self, envelope: Envelope, committed: int) -> None:
+    def _admit(self, envelope: Envelope, committed: int, capacity: int) -> bool:
         if envelope.tx_id in self._by_id:
-            return  # the same transaction again: already pending, nothing changes
+            return False  # the same transaction again: already pending, nothing changes
         nonce = envelope.tx.nonce
         if nonce <= committed:
             raise PoolError(f"nonce {nonce} is already used (last {committed})", code="bad_nonce")
@@ -116,12 +144,14 @@ class Pool:
                 f"another transaction with nonce {nonce} of this signer is pending",
                 code="bad_nonce",
             )
-        if len(self._by_id) >= self.capacity:
-            raise PoolError(f"the pending pool holds {self.capacity}", code="mempool_full")
+        if len(self._by_id) >= capacity:
+            raise PoolError(f"the pending pool holds {len(self._by_id)}", code="mempool_full")
         pending[nonce] = envelope
         self._by_id[envelope.tx_id] = envelope
+        self._by_leaf[leaf_hash(envelope.leaf)] = envelope
         self._sequence += 1
         self._arrival[envelope.tx_id] = self._sequence
+        return True
 
     def ready(self, committed_nonce: Callable[[str], int], limit: int) -> list[Envelope]:
         """Up to `limit` transactions in order of arrival, except that each account's follow
@@ -144,8 +174,10 @@ class Pool:
 
     def remove(self, envelopes: Iterable[Envelope]) -> None:
         for envelope in envelopes:
-            if self._by_id.pop(envelope.tx_id, None) is None:
+            pending_envelope = self._by_id.pop(envelope.tx_id, None)
+            if pending_envelope is None:
                 continue
+            del self._by_leaf[leaf_hash(pending_envelope.leaf)]
             del self._arrival[envelope.tx_id]
             pending = self._by_signer[envelope.tx.signer]
             del pending[envelope.tx.nonce]

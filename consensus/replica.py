@@ -45,11 +45,15 @@ set governing h, "f+1" more than 1/3):
         timeoutPrecommit: StartRound(r+1).
 
 Timeouts of round r last min(base + r * delta, max) (ledger.limits ROUND_TIMEOUT_MS_*) and
-start again from round 0 at each height. After a decision the replica waits the chain's
-`block_interval_ms` before round 0 of the next height (the pace of an idle chain), still
-taking messages meanwhile.
+start again from round 0 at each height. After deciding an empty block the replica waits
+the chain's `block_interval_ms` before round 0 of the next height (the pace of an idle
+chain), still taking messages meanwhile; after a block with transactions it starts at once,
+and its proposer, if it has no transaction to propose, looks again every `wait_poll_ms`
+(at most `block_interval_ms`, and half a propose timeout) before it proposes an empty block.
 
-valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v. Before it
+valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v, every
+signature checked through the injected `verify_signatures` (by default right here; a node
+skips what it checked on admission and checks the rest in a worker process). Before it
 prevotes for or locks on v, the replica also requires v's time to be at most
 BLOCK_TIME_DRIFT_MS_MAX after its own clock (the header's time is already after the parent's);
 deciding (line 49, or a `Decision` message) needs only `apply_block`, so a validator with a
@@ -101,6 +105,7 @@ from ledger.limits import (
     CATCH_UP_INTERVAL_MS,
     EVIDENCE_AGE_HEIGHTS_MAX,
     EVIDENCE_PENDING_MAX,
+    PROPOSER_WAIT_POLL_MS,
     REBROADCAST_INTERVAL_MS,
     ROUND_TIMEOUT_MS_BASE,
     ROUND_TIMEOUT_MS_DELTA,
@@ -108,17 +113,23 @@ from ledger.limits import (
 )
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
-from ledger.transactions import Envelope
+from ledger.transactions import Envelope, check_signatures
 
 NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
 PROPOSE: Final = "propose"
 REBROADCAST: Final = "rebroadcast"  # a timeout kind only, never a step
+WAIT: Final = "wait"  # a timeout kind only: a proposer looking again for transactions
 STEPS: Final = (NEW_HEIGHT, PROPOSE, PREVOTE, PRECOMMIT)  # in order
-TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST)
+TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST, WAIT)
 
 TransactionSource = Callable[[State, int], Sequence[Envelope]]
 """Candidate transactions for a block on top of `state` at time `now_ms`, in order; the block
 holds those that apply (`build_block` leaves out the rest)."""
+
+SignatureCheck = Callable[[Sequence[Envelope]], list[LedgerError | None]]
+"""For each envelope, in order, None or the error of its first bad signature
+(`ledger.transactions.check_signatures`, the default). A node injects one that skips what it
+checked on admission and checks the rest off its interpreter thread."""
 
 SignedMessage = Vote | Proposal
 
@@ -143,13 +154,17 @@ class Timeouts:
     rebroadcast_ms: int = REBROADCAST_INTERVAL_MS
     catch_up_ms: int = CATCH_UP_INTERVAL_MS
     drift_ms: int = BLOCK_TIME_DRIFT_MS_MAX
+    propose_extra_ms: int = 0  # the propose step waits this much longer
+    wait_poll_ms: int = PROPOSER_WAIT_POLL_MS  # how often a waiting proposer looks again
 
     def __post_init__(self) -> None:
         assert 0 < self.base_ms <= self.max_ms and self.delta_ms >= 0
         assert self.rebroadcast_ms > 0 and self.catch_up_ms >= 0 and self.drift_ms >= 0
+        assert self.propose_extra_ms >= 0 and self.wait_poll_ms > 0
 
-    def for_round(self, round: int) -> int:
-        return min(self.base_ms + round * self.delta_ms, self.max_ms)
+    def for_round(self, round: int, step: str = PRECOMMIT) -> int:
+        extra = self.propose_extra_ms if step == PROPOSE else 0
+        return min(self.base_ms + round * self.delta_ms, self.max_ms) + extra
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +218,7 @@ class Replica:
         transactions: TransactionSource,
         signed: Sequence[SignedMessage] = (),
         timeouts: Timeouts | None = None,
+        verify_signatures: SignatureCheck = check_signatures,
     ) -> None:
         """A replica at height `state.height + 1`. `last_certificate` commits the block at
         `state.height` (None at genesis); `signed` is this replica's durable log."""
@@ -211,6 +227,7 @@ class Replica:
         self.public_key = key.public_key_hex
         self.chain_id = state.chain_id
         self.transactions = transactions
+        self.verify_signatures = verify_signatures
         self.timeouts = timeouts or Timeouts()
         self.signed: dict[tuple[int, int, str], SignedMessage] = {}
         for message in signed:
@@ -279,6 +296,14 @@ class Replica:
         self.step = PROPOSE
         if self.is_validator and self.quorum.proposer(round) == self.public_key:
             proposal = self.signed.get((self.height, round, PROPOSAL))
+            if proposal is None and self._waits_for_transactions(round):
+                self._effects.append(
+                    ScheduleTimeout(
+                        timeout=Timeout(height=self.height, round=round, step=WAIT),
+                        delay_ms=self.timeouts.wait_poll_ms,
+                    )
+                )
+                return
             if proposal is None:
                 proposal = self._new_proposal(round)
             self._emit(proposal)
@@ -286,19 +311,34 @@ class Replica:
         else:
             self._schedule(PROPOSE, round)
 
+    def _waits_for_transactions(self, round: int) -> bool:
+        """After a block with transactions the next height starts at once; its proposer
+        then waits for a transaction rather than propose an empty block at once, looking
+        again every `wait_poll_ms`, for at most `block_interval_ms` after the decision and
+        half the others' round 0 propose timeout (so they still get its proposal in time)."""
+        if round != 0 or self.valid_hash is not None or self._decided_at == 0:
+            return False
+        longest = min(self.state.params.block_interval_ms, self.timeouts.for_round(0, PROPOSE) // 2)
+        if self._now - self._decided_at >= longest:
+            return False
+        return not self.transactions(self.state, self._now)
+
     def _new_proposal(self, round: int) -> Proposal:
         block = None if self.valid_hash is None else self._block(self.valid_hash)
         valid_round = self.valid_round
         if block is None or valid_round >= round:  # no validValue (or not its block): new
+            candidates = self.transactions(self.state, self._now)
+            checks = self.verify_signatures(candidates)
             built = build_block(
                 self.state,
-                self.transactions(self.state, self._now),
+                [e for e, error in zip(candidates, checks, strict=True) if error is None],
                 time=self._now,
                 proposer=self.public_key,
                 last_commit=self.last_certificate,
                 evidence=sorted(
                     self.evidence.values(), key=lambda item: (item.height, item.public_key)
                 ),
+                signatures_verified=True,
             )
             block, valid_round = built.block, NO_ROUND
             self._applied[block.block_hash()] = built.state
@@ -371,6 +411,10 @@ class Replica:
                 self._start_round(0)
             return
         if timeout.round != self.round:
+            return
+        if timeout.step == WAIT:
+            if self.step == PROPOSE and (self.height, self.round, PROPOSAL) not in self.signed:
+                self._start_round(self.round)
             return
         if timeout.step == PROPOSE and self.step == PROPOSE:
             self._vote(PREVOTE, None)
@@ -512,7 +556,12 @@ class Replica:
         block_hash = block.block_hash()
         if block_hash not in self._applied:
             try:
-                self._applied[block_hash] = apply_block(self.state, block)
+                if any(error is not None for error in self.verify_signatures(block.transactions)):
+                    self._applied[block_hash] = None
+                else:
+                    self._applied[block_hash] = apply_block(
+                        self.state, block, signatures_verified=True
+                    )
             except LedgerError:
                 self._applied[block_hash] = None
         return self._applied[block_hash]
@@ -552,7 +601,10 @@ class Replica:
         self._effects.append(
             ScheduleTimeout(
                 timeout=Timeout(height=self.height, round=0, step=NEW_HEIGHT),
-                delay_ms=state.params.block_interval_ms,
+                # A block with transactions says more may be waiting: the next height starts
+                # at once (as the solo producer cuts the next block once a full one is
+                # written). After an empty one, the pace of an idle chain.
+                delay_ms=state.params.block_interval_ms if not block.transactions else 0,
             )
         )
 
@@ -612,6 +664,6 @@ class Replica:
         self._effects.append(
             ScheduleTimeout(
                 timeout=Timeout(height=self.height, round=round, step=step),
-                delay_ms=self.timeouts.for_round(round),
+                delay_ms=self.timeouts.for_round(round, step),
             )
         )

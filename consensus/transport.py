@@ -1,19 +1,27 @@
-"""How validators reach each other: signed messages over HTTP, and an in-memory twin.
+"""How validators reach each other: signed messages and transactions over HTTP, and an
+in-memory twin.
 
-A `Transport` sends a validator's messages to every peer, best effort: the replica re-sends
-whatever still matters every REBROADCAST_INTERVAL_MS, so a lost batch costs time, never
-safety. Nothing is trusted because of where it came from (SPEC §5.4): the receiver parses
-each batch strictly (`consensus.messages.decode_batch`) and the replica checks every
-signature and certificate.
+A `Transport` sends a validator's messages to every peer (`broadcast`), and forwards the
+transactions its own clients submitted (`forward`, docs/decisions/0006), best effort: the
+replica re-sends whatever still matters every REBROADCAST_INTERVAL_MS, and a transaction
+that a peer never hears of is still proposed by the validator that holds it, so a lost batch
+costs time, never safety. Nothing is trusted because of where it came from (SPEC §5.4): the
+receiver parses each batch strictly (`consensus.relay.decode_batch`), checks transactions'
+signatures on admission, and the replica checks every vote, proposal and certificate.
 
-`HttpTransport` posts NDJSON batches (`POST /v1/consensus/messages`, docs/decisions/0006) to
-each peer from one thread per peer, so a slow or dead peer delays no other. Every bound is
-in ledger.limits: messages per batch (CONSENSUS_MESSAGES_BATCH_MAX), bytes per batch
-(CONSENSUS_BATCH_BYTES_MAX), the time a request may take (PEER_REQUEST_MS_MAX) and the
-messages waiting per peer (PEER_QUEUE_MESSAGES_MAX, the oldest dropped first).
+Lines come from `consensus.relay.encode_lines`: a proposal or decision travels as its block's
+transactions and then the message by reference, so no block needs a body larger than the
+API's limit, and `batches` cuts the lines into bodies within it.
+
+`HttpTransport` posts NDJSON batches (`POST /v1/consensus/messages`) to each peer on two
+lanes, each with its own queue and thread: consensus messages, and forwarded transactions,
+so that neither a slow peer nor a large forwarded batch delays a vote. Every bound is in
+ledger.limits: messages per batch (CONSENSUS_MESSAGES_BATCH_MAX), bytes per batch
+(CONSENSUS_BATCH_BYTES_MAX), the time a request may take (PEER_REQUEST_MS_MAX) and the lines
+waiting per peer and lane (PEER_QUEUE_MESSAGES_MAX at least, the oldest dropped first).
 
 `MemoryNetwork` joins transports in one process: a batch goes through the same bytes and the
-same strict decoder, and a member can be cut off and reconnected, for tests.
+same receiver, and a member can be cut off and reconnected, for tests.
 """
 
 from __future__ import annotations
@@ -27,13 +35,15 @@ from typing import Final, Protocol
 
 import httpx
 
-from consensus.messages import ConsensusError, Message, decode_batch, encode_message
+from consensus.messages import ConsensusError, Message
+from consensus.relay import encode_lines
 from ledger.limits import (
     CONSENSUS_BATCH_BYTES_MAX,
     CONSENSUS_MESSAGES_BATCH_MAX,
     PEER_QUEUE_MESSAGES_MAX,
     PEER_REQUEST_MS_MAX,
 )
+from ledger.transactions import Envelope
 
 log = logging.getLogger("tanlian.consensus.transport")
 
@@ -41,13 +51,18 @@ MESSAGES_PATH: Final = "/v1/consensus/messages"
 NDJSON: Final = "application/x-ndjson"
 RETRY_SECONDS: Final = 0.2  # after a failed request, before the next one to that peer
 
-Inbox = Callable[[list[Message]], None]
-"""Where a node takes parsed messages from peers (its consensus thread's queue)."""
+Inbox = Callable[[bytes], int]
+"""Where a node takes a peer's batch: it decodes it (`consensus.relay.decode_batch`, raising
+`MalformedMessage`), takes what it holds, and answers how many lines it read."""
 
 
 class Transport(Protocol):
     def broadcast(self, messages: Sequence[Message]) -> None:
         """Send to every peer; returns at once (best effort)."""
+
+    def forward(self, envelopes: Sequence[Envelope]) -> None:
+        """Send transactions this node admitted from its clients to every peer; returns at
+        once (best effort)."""
 
     def close(self) -> None: ...
 
@@ -84,7 +99,7 @@ class PeerCounters:
 class _Peer:
     """One peer's queue and the thread that drains it."""
 
-    def __init__(self, url: str, client: httpx.Client, queue_max: int) -> None:
+    def __init__(self, url: str, client: httpx.Client, queue_max: int, lane: str) -> None:
         self.url = url.rstrip("/") + MESSAGES_PATH
         self.client = client
         self.queue: deque[bytes] = deque()
@@ -92,7 +107,7 @@ class _Peer:
         self.counters = PeerCounters()
         self.ready = threading.Condition()
         self.closing = False
-        self.thread = threading.Thread(target=self._run, name=f"peer {url}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"{lane} {url}", daemon=True)
         self.thread.start()
 
     def put(self, lines: Sequence[bytes]) -> None:
@@ -153,21 +168,28 @@ class HttpTransport:
         queue_max: int = PEER_QUEUE_MESSAGES_MAX,
         http: httpx.BaseTransport | None = None,
     ) -> None:
-        """`http` replaces the network (tests: `httpx.MockTransport`)."""
+        """`http` replaces the network (tests: `httpx.MockTransport`). `queue_max` should
+        hold two blocks' transactions: a block travels as its transactions' lines."""
         assert request_ms_max > 0 and queue_max > 0
         self.client = httpx.Client(timeout=request_ms_max / 1000, trust_env=False, transport=http)
-        self.peers = [_Peer(url, self.client, queue_max) for url in peers]
+        self.peers = [_Peer(url, self.client, queue_max, "consensus") for url in peers]
+        self.forwarding = [_Peer(url, self.client, queue_max, "forward") for url in peers]
 
     def broadcast(self, messages: Sequence[Message]) -> None:
-        lines = [encode_message(message) for message in messages]
+        lines = encode_lines(messages)
         for peer in self.peers:
+            peer.put(lines)
+
+    def forward(self, envelopes: Sequence[Envelope]) -> None:
+        lines = [envelope.leaf for envelope in envelopes]
+        for peer in self.forwarding:
             peer.put(lines)
 
     def counters(self) -> dict[str, PeerCounters]:
         return {peer.url: peer.counters for peer in self.peers}
 
     def close(self) -> None:
-        for peer in self.peers:
+        for peer in [*self.peers, *self.forwarding]:
             peer.close()
         self.client.close()
 
@@ -176,10 +198,10 @@ class HttpTransport:
 class MemoryNetwork:
     """Transports in one process, delivering synchronously through the wire bytes."""
 
-    transaction_bytes_max: int
     inboxes: dict[str, Inbox] = field(default_factory=dict)
     cut: set[str] = field(default_factory=set)
     refused: int = 0  # batches the strict decoder refused
+    largest_body: int = 0  # bytes of the largest batch delivered
 
     def join(self, name: str, inbox: Inbox) -> MemoryTransport:
         assert name not in self.inboxes, name
@@ -189,25 +211,30 @@ class MemoryNetwork:
     def deliver(self, sender: str, body: bytes) -> None:
         if sender in self.cut:
             return
+        self.largest_body = max(self.largest_body, len(body))
         for name, inbox in list(self.inboxes.items()):
             if name == sender or name in self.cut:
                 continue
             try:
-                messages = decode_batch(body, transaction_bytes_max=self.transaction_bytes_max)
+                inbox(body)
             except ConsensusError:
                 self.refused += 1
-                continue
-            inbox(messages)
 
 
 @dataclass(slots=True)
 class MemoryTransport:
     network: MemoryNetwork
     name: str
+    forwarding: bool = True  # False: this member forwards no transactions (tests)
 
     def broadcast(self, messages: Sequence[Message]) -> None:
-        for body in batches([encode_message(message) for message in messages]):
+        for body in batches(encode_lines(messages)):
             self.network.deliver(self.name, body)
+
+    def forward(self, envelopes: Sequence[Envelope]) -> None:
+        if self.forwarding and envelopes:
+            for body in batches([envelope.leaf for envelope in envelopes]):
+                self.network.deliver(self.name, body)
 
     def close(self) -> None:
         self.network.inboxes.pop(self.name, None)

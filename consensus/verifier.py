@@ -32,7 +32,8 @@ from ledger.transactions import (
 )
 from ledger.worker import Child, read_frame, run_child, write_frame
 
-BATCH_MIN: Final = 64  # smaller batches are checked in the calling thread
+BATCH_MIN: Final = 4  # smaller batches are checked in the calling thread (a round trip costs
+# about one check on the development machine; beyond it the worker keeps the GIL free)
 STOP_SECONDS: Final = 5.0
 
 

@@ -37,10 +37,14 @@ TRANSACTION_BYTES_MAX_CEILING: Final = 1024 * 1024
 # committed nonce it holds transactions.
 POOL_TRANSACTIONS_MAX: Final = 50_000
 POOL_NONCE_GAP_MAX: Final = 64
+# Room in the pool that transactions forwarded by peers may not take: this node's own clients
+# keep it (docs/decisions/0006, pool forwarding).
+POOL_LOCAL_RESERVED: Final = 10_000
 OUTCOMES_REMEMBERED_MAX: Final = 10_000  # recent outcomes in memory; the store has the rest
 
 assert ISSUE_RECIPIENTS_MAX * JSON_INTEGER_MAX > JSON_INTEGER_MAX, "sums must be checked"
 assert POOL_NONCE_GAP_MAX < POOL_TRANSACTIONS_MAX
+assert POOL_LOCAL_RESERVED < POOL_TRANSACTIONS_MAX
 assert BLOCK_TRANSACTIONS_MAX_DEFAULT <= BLOCK_TRANSACTIONS_MAX_CEILING
 assert TRANSACTION_BYTES_MAX_DEFAULT <= TRANSACTION_BYTES_MAX_CEILING
 
@@ -53,8 +57,22 @@ assert TRANSACTION_BYTES_MAX_DEFAULT <= TRANSACTION_BYTES_MAX_CEILING
 ROUND_TIMEOUT_MS_BASE: Final = 1000
 ROUND_TIMEOUT_MS_DELTA: Final = 500
 ROUND_TIMEOUT_MS_MAX: Final = 60_000
+# A node's propose step waits this much more (the simulation's replicas do not): before a
+# validator prevotes, the proposer of a round must have written the last block, built the
+# next and sent it, and the validator must have received it. On a loaded 2-core machine
+# running four validators, a block of 3,000 transactions took longer than 1 s
+# (docs/decisions/0006); Tendermint's own default is 3 s. A prevote or precommit timeout only
+# starts once more than 2/3 have voted, so only this one is on the path of every block.
+PROPOSE_TIMEOUT_MS_EXTRA: Final = 2000
+# After a block with transactions the next height starts at once; its proposer, with nothing
+# to propose, looks for transactions again this often before it proposes an empty block.
+PROPOSER_WAIT_POLL_MS: Final = 50
 REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
+# A node answering a lagging validator sends the decisions of up to this many heights from
+# the one it lags at (and at most block_transactions_max transactions in them beyond the
+# first), so one answer a CATCH_UP_INTERVAL_MS moves it that many heights.
+CATCH_UP_HEIGHTS_MAX: Final = 16
 # A validator prevotes for a block only if its time is at most this far ahead of its own clock.
 BLOCK_TIME_DRIFT_MS_MAX: Final = 10_000
 # What a replica holds of messages not yet useful: rounds up to ROUNDS_AHEAD_MAX past its own,
@@ -77,6 +95,10 @@ EVIDENCE_PENDING_MAX: Final = 4 * EVIDENCE_PER_BLOCK_MAX
 # and at most PEER_QUEUE_MESSAGES_MAX messages wait per peer (the oldest are dropped: the
 # replica re-sends what still matters every REBROADCAST_INTERVAL_MS).
 CONSENSUS_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
+# A receiver holds the transactions that peers sent it (forwarded, or of a block sent by
+# reference) for this many blocks' worth (block_transactions_max each), beside its pool, to
+# complete blocks sent by reference (consensus.relay).
+RELAY_BLOCKS_HELD: Final = 2
 PEER_REQUEST_MS_MAX: Final = 2000
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 

@@ -1,11 +1,12 @@
 """Validators' consensus messages (SPEC §7.1 `POST /v1/consensus/messages`, §5.4).
 
-The body is an NDJSON batch, one signed message per line (docs/decisions/0006: messages travel
-unwrapped, so no JSON wrapper can hold them). The route parses it strictly
-(`consensus.messages.decode_batch`: one bad line refuses the batch, naming the line) and hands
-the messages to the node's consensus engine; it trusts nothing about the connection, and checks
-no signature itself: the replica verifies every vote, proposal and certificate against the
-validator set, and drops what fails. A node that runs no consensus (a single validator, or a
+The body is an NDJSON batch, one signed message or transaction per line (docs/decisions/0006:
+messages travel unwrapped, so no JSON wrapper can hold them; blocks travel by reference after
+their transactions, `consensus.relay`). The node's inbox parses it strictly
+(`consensus.relay.decode_batch`: one bad line refuses the batch, naming the line); it trusts
+nothing about the connection: transactions are admitted to the pool like any submission
+(signatures checked), and the replica verifies every vote, proposal and certificate against
+the validator set, and drops what fails. A node that runs no consensus (a single validator, or a
 follower) answers `not_found`.
 """
 
@@ -20,7 +21,6 @@ from api import schemas
 from api.node import Node
 from api.problems import problem_responses
 from api.routes import node_of
-from consensus.messages import decode_batch
 from consensus.transport import MESSAGES_PATH, NDJSON
 from ledger.errors import LedgerError
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
@@ -45,7 +45,10 @@ _VOTE_EXAMPLE: Final = (
     openapi_extra={
         "requestBody": {
             "required": True,
-            "description": "NDJSON: one vote, proposal or decision per line (canonical JSON).",
+            "description": (
+                "NDJSON: one vote, proposal, decision (whole or by reference) or transaction"
+                " envelope per line (canonical JSON)."
+            ),
             "content": {
                 NDJSON: {
                     "schema": {"type": "string"},
@@ -62,9 +65,7 @@ async def post_messages(
     if inbox is None:
         raise LedgerError("this node runs no consensus: it takes no messages", code="not_found")
     body = await request.body()
-    # Strict decoding of up to 1,000 messages (blocks among them) is CPU work: off the loop.
-    messages = await run_in_threadpool(
-        decode_batch, body, transaction_bytes_max=node.genesis.params.transaction_bytes_max
-    )
-    inbox(messages)
-    return {"accepted": len(messages)}
+    # Strict decoding of up to 1,000 lines, and admitting transactions, is CPU work and waits
+    # for the signature worker: off the loop.
+    accepted = await run_in_threadpool(inbox, body)
+    return {"accepted": accepted}

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from api.routes.consensus import _VOTE_EXAMPLE
-from consensus.messages import Message, encode_batch, sign_vote
+from consensus.messages import Message, decode_batch, encode_batch, sign_vote
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
 from tests.api.test_app import Live, anyio_backend, assert_problem, live, node
 
@@ -21,7 +21,14 @@ async def post_batch(live: Live, body: bytes) -> httpx.Response:
 
 def collect(live: Live) -> list[Message]:
     received: list[Message] = []
-    live.node.consensus_inbox = received.extend
+    limit = live.node.genesis.params.transaction_bytes_max
+
+    def inbox(body: bytes) -> int:
+        messages = decode_batch(body, transaction_bytes_max=limit)
+        received.extend(messages)
+        return len(messages)
+
+    live.node.consensus_inbox = inbox
     return received
 
 

@@ -1,21 +1,28 @@
 """The BFT producer: four validators, each with its own store and signed-message log, joined
 by the in-memory transport, decide the same chain; one restarted from its log and store
-catches up and re-signs nothing differently."""
+catches up and re-signs nothing differently. A transaction submitted to any validator is
+forwarded to every pool, so the next proposer commits it; a block over the 4 MiB request
+limit travels in bodies within it and is decided; signatures checked on admission are not
+checked again when a block is validated."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from consensus.messages import Message
 from consensus.node import BftProducer
+from consensus.proposer import compute_proposer
 from consensus.replica import Timeouts
-from consensus.transport import MemoryNetwork
+from consensus.transport import MemoryNetwork, MemoryTransport
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.blocks import Validator
+from ledger.crypto import PrivateKey
 from ledger.genesis import make_genesis_document, parse_genesis
+from ledger.limits import CATCH_UP_HEIGHTS_MAX, CONSENSUS_BATCH_BYTES_MAX
 from ledger.store import Store
+from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
 from tests.consensus.simulation.world import BLOCK_INTERVAL_MS, make_world
 from tests.factory import CHAIN_ID, GENESIS_TIME, METHODOLOGIES, key
@@ -43,9 +50,10 @@ def document() -> dict[str, object]:
 
 
 class Consortium:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, timeouts: Timeouts = FAST) -> None:
         self.root = root
-        self.network = MemoryNetwork(transaction_bytes_max=LIMIT)
+        self.timeouts = timeouts
+        self.network = MemoryNetwork()
         self.producers: dict[int, BftProducer] = {}
         for index in range(4):
             Store.create(root / str(index), document()).close()
@@ -54,12 +62,8 @@ class Consortium:
     def start(self, index: int) -> None:
         store = Store.open(self.root / str(index))
         log = SignedLog(self.root / str(index) / WAL_FILE_NAME, transaction_bytes_max=LIMIT)
-        producer = BftProducer(store, WORLD.keys[index], log=log, timeouts=FAST)
-
-        def inbox(messages: list[Message]) -> None:
-            producer.on_messages(messages)
-
-        producer.transport = self.network.join(str(index), inbox)
+        producer = BftProducer(store, WORLD.keys[index], log=log, timeouts=self.timeouts)
+        producer.transport = self.network.join(str(index), producer.on_batch)
         self.producers[index] = producer
 
     def stop(self, index: int) -> None:
@@ -131,5 +135,127 @@ def test_four_validators_decide_one_chain_and_a_restarted_one_catches_up(tmp_pat
             lines = list(consortium.producers[index].store.export_lines())
             report = audit_chain(parse_genesis(document()), lines)
             assert report.height >= top
+    finally:
+        consortium.close()
+
+
+AUTHORITY = [key(f"authority-{i}") for i in range(3)]
+
+
+def signed(signer: PrivateKey | list[PrivateKey], kind: str, payload: dict[str, Any], *,
+           nonce: int, account: str | None = None) -> Envelope:  # fmt: skip
+    keys = signer if isinstance(signer, list) else [signer]
+    transaction = Transaction(
+        chain_id=CHAIN_ID,
+        type=kind,
+        signer=account or keys[0].account_id,
+        nonce=nonce,
+        payload=payload,
+    )
+    return sign_transaction(transaction, keys)
+
+
+def committed_everywhere(consortium: Consortium, tx_ids: Sequence[str]) -> Callable[[], bool]:
+    def check() -> bool:
+        return all(
+            (o := p.outcomes.get(i)) is not None and o.status == "committed"
+            for p in consortium.producers.values()
+            for i in tx_ids
+        )
+
+    return check
+
+
+def test_a_transaction_sent_to_a_non_proposer_is_forwarded_and_committed_next(
+    tmp_path: Path,
+) -> None:
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+        height = max(consortium.heights().values())
+        validators = WORLD.genesis.current_validators()
+        upcoming = {compute_proposer(validators, height + k, 0) for k in (1, 2, 3)}
+        (late,) = [i for i, k in enumerate(WORLD.keys) if k.public_key_hex not in upcoming]
+        first = WORLD.workload[0]
+        (answer,) = consortium.producers[late].submit([first])
+        assert answer.status == "pending"
+        # Forwarded at once to every pool, and only by the validator it was submitted to.
+        assert all(first.tx_id in p.pool for p in consortium.producers.values())
+        consortium.run(committed_everywhere(consortium, [first.tx_id]))
+        outcome = consortium.producers[late].outcomes[first.tx_id]
+        # Without forwarding it would wait for `late` to propose, at height + 4 at best.
+        assert outcome.height is not None and outcome.height <= height + 2
+        for producer in consortium.producers.values():
+            assert producer.signatures_checked == 0  # every block's were checked on admission
+            assert producer.signatures_reused >= 1
+        # A validator behind by several heights is sent several decisions at once, in order.
+        helper = consortium.producers[late]
+        top = helper.state.height
+        sent = helper._decisions_from(1)
+        assert [d.height for d in sent] == list(range(1, min(top, CATCH_UP_HEIGHTS_MAX) + 1))
+
+        # A validator that forwards nothing keeps its clients' transactions to itself.
+        transport = consortium.producers[late].transport
+        assert isinstance(transport, MemoryTransport)
+        transport.forwarding = False
+        second = WORLD.workload[1]
+        consortium.producers[late].submit([second])
+        assert [second.tx_id in p.pool for p in consortium.producers.values()].count(True) == 1
+    finally:
+        consortium.close()
+
+
+def test_a_block_larger_than_a_request_body_is_decided(tmp_path: Path) -> None:
+    """4,800 transfers of ~900 bytes each: one block of ~4.4 MB, over the 4 MiB body limit."""
+    consortium = Consortium(tmp_path, timeouts=Timeouts(base_ms=3000, rebroadcast_ms=1000))
+    try:
+        certifier = key("large-certifier")
+        holders = [key(f"large-holder-{i}") for i in range(80)]
+        setup = [
+            signed(AUTHORITY[:2], "accredit_certifier", {
+                "certifier": certifier.account_id,
+                "name": "National quality certification centre",
+                "methodologies": ["household-electricity"],
+                "valid_from": 0,
+                "valid_until": 4_102_444_800_000,
+            }, nonce=1, account=WORLD.genesis.authority),
+            signed(certifier, "issue", {
+                "methodology_id": "household-electricity",
+                "project_id": "meter-large",
+                "period_start": "2026-01-01",
+                "period_end": "2026-02-01",
+                "evidence_sha256": "cd" * 32,
+                "recipients": [{"account": h.account_id, "quantity": 1000} for h in holders],
+            }, nonce=1),
+        ]  # fmt: skip
+        consortium.producers[0].submit(setup)
+        consortium.run(committed_everywhere(consortium, [e.tx_id for e in setup]))
+        memo = "m" * 500
+        transfers = [
+            signed(holder, "transfer", {
+                "to": holders[(i + 1) % len(holders)].account_id,
+                "batch_id": "B-1",
+                "quantity": 1,
+                "memo": memo,
+            }, nonce=n)
+            for i, holder in enumerate(holders)
+            for n in range(1, 61)
+        ]  # fmt: skip
+        total = sum(len(e.leaf) for e in transfers)
+        assert total > CONSENSUS_BATCH_BYTES_MAX
+        answers = consortium.producers[1].submit(transfers)
+        assert all(a.status == "pending" for a in answers)
+        consortium.network.largest_body = 0
+        consortium.run(committed_everywhere(consortium, [e.tx_id for e in transfers]), 120)
+        store = consortium.producers[0].store
+        top = consortium.producers[0].state.height
+        largest = max(
+            sum(len(e.leaf) for e in store.read_block(h).transactions) for h in range(1, top + 1)
+        )
+        assert largest > CONSENSUS_BATCH_BYTES_MAX  # one block held them all
+        # and no body was over the limit
+        assert 0 < consortium.network.largest_body <= CONSENSUS_BATCH_BYTES_MAX
+        low = min(consortium.heights().values())
+        assert len({tuple(consortium.hashes(i, low)) for i in range(4)}) == 1
     finally:
         consortium.close()

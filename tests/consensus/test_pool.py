@@ -18,6 +18,7 @@ from consensus.pool import Pool
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.limits import POOL_NONCE_GAP_MAX
+from ledger.merkle import leaf_hash
 from ledger.transactions import Envelope, Signature, check_signatures
 from tests.factory import Chain, key
 
@@ -263,3 +264,35 @@ def test_bad_signatures_are_refused_when_verified_in_parallel(
     )
     # The sequential path gives the same answers.
     assert codes(Pool(), envelopes) == expected
+
+
+def test_forwarded_transactions_leave_room_for_local_clients() -> None:
+    pool = Pool(capacity=4, local_reserved=2)
+    assert pool.forwarded_capacity == 2
+    signers = [key(f"forwarded-{i}") for i in range(5)]
+    forwarded = [envelope(s, 1) for s in signers[:3]]
+    answers = pool.admit(forwarded, [None] * 3, committed(), forwarded=True)
+    assert [None if a.error is None else a.error.code for a in answers] == [
+        None,
+        None,
+        "mempool_full",
+    ]
+    local = [envelope(s, 1) for s in signers[3:]]  # the reserved room is this node's clients'
+    assert codes(pool, local) == [None, None]
+    assert codes(pool, [envelope(signers[2], 1)]) == ["mempool_full"]
+
+
+def test_admission_says_what_is_new_and_the_pool_finds_envelopes_by_leaf() -> None:
+    pool = Pool()
+    first = envelope(ALICE, 1)
+    (answer,) = pool.add_many([first], committed())
+    assert answer.new and answer.error is None
+    (again,) = pool.add_many([first], committed())
+    assert not again.new and again.error is None  # pending already
+    assert pool.by_leaf_hash(leaf_hash(first.leaf)) is first
+    assert pool.holds(first)
+    # Same transaction, other signatures: another leaf, not "held" (its check was not made).
+    assert not pool.holds(tampered(first))
+    assert pool.by_leaf_hash(leaf_hash(tampered(first).leaf)) is None
+    pool.remove([first])
+    assert pool.by_leaf_hash(leaf_hash(first.leaf)) is None and not pool.holds(first)

@@ -26,6 +26,7 @@ from consensus.replica import (
     NEW_HEIGHT,
     PROPOSE,
     REBROADCAST,
+    WAIT,
     Broadcast,
     Decide,
     Effect,
@@ -38,6 +39,8 @@ from consensus.replica import (
     Timeouts,
 )
 from ledger.blocks import Block, compute_evidence_hash, sign_certificate, verify_certificate
+from ledger.crypto import SignatureError
+from ledger.errors import LedgerError
 from ledger.evidence import Vote, make_evidence, verify_evidence
 from ledger.limits import (
     BLOCK_TIME_DRIFT_MS_MAX,
@@ -48,6 +51,7 @@ from ledger.limits import (
 )
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
+from ledger.transactions import Envelope
 from tests.consensus.simulation.world import World, make_world, transaction_source
 from tests.factory import CHAIN_ID, key
 
@@ -296,6 +300,7 @@ def test_timeouts_grow_with_the_round_and_start_again_at_each_height() -> None:
                 ROUND_TIMEOUT_MS_BASE + (round + 1) * ROUND_TIMEOUT_MS_DELTA
             ]
     # A decision moves to height 2: the pause before round 0, then round 0's timeout again.
+    # After a block with transactions more may be waiting: no pause.
     decided = block(time=T0)
     certificate = sign_certificate(
         chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[:3]
@@ -303,10 +308,141 @@ def test_timeouts_grow_with_the_round_and_start_again_at_each_height() -> None:
     effects = target.on_message(Decision(block=decided, certificate=certificate), T0)
     assert isinstance(effects[0], Decide) and target.height == 2 and target.step == NEW_HEIGHT
     (pause,) = timeouts(effects, NEW_HEIGHT)
-    assert pause.delay_ms == WORLD.genesis.params.block_interval_ms
+    assert pause.delay_ms == 0
     effects = target.on_timeout(pause.timeout, T0 + pause.delay_ms)
     if proposer(2, 0) != me:
         assert [t.delay_ms for t in timeouts(effects, PROPOSE)] == [ROUND_TIMEOUT_MS_BASE]
+    # After an empty block, the pace of an idle chain.
+    empty = build_block(
+        decided_state := apply_block(WORLD.genesis, decided),
+        [],
+        time=T0 + 1,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=certificate,
+    ).block
+    second = sign_certificate(
+        chain_id=CHAIN_ID, height=2, round=0, block_hash=empty.block_hash(), keys=KEYS[:3]
+    )
+    effects = target.on_message(Decision(block=empty, certificate=second), T0 + 1)
+    assert isinstance(effects[0], Decide) and target.height == 3 and decided_state.height == 1
+    (pause,) = timeouts(effects, NEW_HEIGHT)
+    assert pause.delay_ms == WORLD.genesis.params.block_interval_ms
+
+
+def test_after_a_busy_block_the_proposer_waits_for_transactions_briefly() -> None:
+    """After a block with transactions the next height starts at once; a proposer with
+    nothing to propose looks again every wait_poll_ms, for at most the block interval."""
+    decided = block(time=T0)
+    certificate = sign_certificate(
+        chain_id=CHAIN_ID, height=1, round=0, block_hash=decided.block_hash(), keys=KEYS[:3]
+    )
+    me = proposer(2, 0)
+    offered: list[Envelope] = []
+    target = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=lambda state, now_ms: list(offered),
+        timeouts=Timeouts(wait_poll_ms=40),
+    )
+    target.on_start(T0)
+    effects = target.on_message(Decision(block=decided, certificate=certificate), T0)
+    (pause,) = timeouts(effects, NEW_HEIGHT)
+    effects = target.on_timeout(pause.timeout, T0)
+    (look,) = timeouts(effects, WAIT)
+    assert look.delay_ms == 40 and not signed_by(effects, Persist)  # nothing to propose yet
+    # A transaction arrives: the next look proposes it.
+    after = apply_block(WORLD.genesis, decided)
+    offered.append(WORLD.workload[3])
+    effects = target.on_timeout(look.timeout, T0 + 40)
+    (proposed,) = [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert [e.tx_id for e in proposed.block.transactions] == [WORLD.workload[3].tx_id]
+    assert after.height == 1
+    # Without transactions it proposes an empty block once the block interval has passed.
+    target = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=lambda state, now_ms: [],
+    )
+    target.on_start(T0)
+    effects = target.on_message(Decision(block=decided, certificate=certificate), T0)
+    effects = target.on_timeout(timeouts(effects, NEW_HEIGHT)[0].timeout, T0)
+    (look,) = timeouts(effects, WAIT)
+    interval = WORLD.genesis.params.block_interval_ms
+    effects = target.on_timeout(look.timeout, T0 + interval)
+    (empty,) = [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert empty.block.transactions == ()
+
+
+def test_the_propose_step_may_wait_longer_than_the_others() -> None:
+    me = not_proposer(1, 0)
+    target = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD),
+        timeouts=Timeouts(propose_extra_ms=2000),
+    )
+    start = target.on_start(T0)
+    assert [t.delay_ms for t in timeouts(start, PROPOSE)] == [ROUND_TIMEOUT_MS_BASE + 2000]
+    target.on_timeout(Timeout(height=1, round=0, step=PROPOSE), T0)
+    others = [i for i in range(4) if i != me][:2]
+    effects = feed(target, [vote(i, "prevote", 0, None) for i in others])
+    assert [t.delay_ms for t in timeouts(effects, "prevote")] == [ROUND_TIMEOUT_MS_BASE]
+
+
+def test_signatures_are_checked_through_the_injected_check_once_per_block() -> None:
+    """The replica asks its `verify_signatures` (a node's skips what it checked on
+    admission) and applies the block without checking signatures again itself."""
+    asked: list[list[str]] = []
+
+    def check_none(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        asked.append([e.tx_id for e in envelopes])
+        return [None] * len(envelopes)
+
+    def refuse_all(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        return [SignatureError("refused by the injected check")] * len(envelopes)
+
+    good = block()
+    me = not_proposer(1, 0)
+    for check, expected in ((check_none, good.block_hash()), (refuse_all, None)):
+        target = Replica(
+            key=KEYS[me],
+            state=WORLD.genesis,
+            last_certificate=None,
+            transactions=transaction_source(WORLD),
+            verify_signatures=check,
+        )
+        target.on_start(T0)
+        effects = feed(target, [proposal(0, good), proposal(0, good)])
+        assert [v.block_hash for v in votes_sent(effects, "prevote")] == [expected]
+    assert asked == [[e.tx_id for e in good.transactions]]  # once: the result is kept
+
+    # The proposer passes its candidates through the same check: one it refuses stays out.
+    builder = proposer(1, 0)
+    first = WORLD.workload[0].tx_id
+
+    def refuse_first(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        return [SignatureError("no") if e.tx_id == first else None for e in envelopes]
+
+    target = Replica(
+        key=KEYS[builder],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD),
+        verify_signatures=refuse_first,
+    )
+    (proposed,) = [
+        e.message
+        for e in target.on_start(T0)
+        if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert first not in [e.tx_id for e in proposed.block.transactions]
 
 
 def test_a_valid_proposal_gets_a_prevote_and_an_invalid_one_nil() -> None:

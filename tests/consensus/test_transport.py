@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -43,10 +44,21 @@ def test_batches_keep_order_and_both_bounds() -> None:
     assert batches([]) == []
 
 
+def collecting(into: list[Message]) -> Callable[[bytes], int]:
+    """An inbox that decodes a batch of consensus messages (no blocks) into `into`."""
+
+    def inbox(body: bytes) -> int:
+        messages = decode_batch(body, transaction_bytes_max=LIMIT)
+        into.extend(messages)
+        return len(messages)
+
+    return inbox
+
+
 def test_memory_network_delivers_the_wire_bytes_to_every_other_member() -> None:
-    network = MemoryNetwork(transaction_bytes_max=LIMIT)
+    network = MemoryNetwork()
     inboxes: dict[str, list[Message]] = {name: [] for name in "abc"}
-    transports = {name: network.join(name, inboxes[name].extend) for name in "abc"}
+    transports = {name: network.join(name, collecting(inboxes[name])) for name in "abc"}
     transports["a"].broadcast(VOTES)
     assert inboxes == {"a": [], "b": VOTES, "c": VOTES}
     network.cut.add("c")
