@@ -64,6 +64,7 @@ from consensus.replica import (
     Decide,
     Effect,
     Persist,
+    Reject,
     Replica,
     ScheduleTimeout,
     SendDecision,
@@ -304,6 +305,8 @@ class BftProducer:
                     self._timers,
                     (self._clock_ms() + effect.delay_ms, self._timer_sequence, effect.timeout),
                 )
+            elif isinstance(effect, Reject):
+                self._reject(effect)
             else:
                 self._decide(effect)
         if outgoing and self.transport is not None:
@@ -323,6 +326,21 @@ class BftProducer:
                 break
             decisions.append(Decision(block=block, certificate=self.store.read_certificate(at)))
         return decisions
+
+    def _reject(self, rejection: Reject) -> None:
+        """What this validator left out of its proposal leaves its pool, answered rejected
+        (without it, each proposal would try it again, and its submitter wait for ever)."""
+        with self._lock:
+            self.pool.remove(envelope for envelope, _ in rejection.rejected)
+            for envelope, error in rejection.rejected:
+                self._remember(
+                    Outcome(
+                        tx_id=envelope.tx_id,
+                        status="rejected",
+                        code=error.code,
+                        message=error.message,
+                    )
+                )
 
     def _decide(self, decision: Decide) -> None:
         block = decision.block

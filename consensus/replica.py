@@ -196,7 +196,16 @@ class Decide:
     state: State
 
 
-Effect = Persist | Broadcast | SendDecision | ScheduleTimeout | Decide
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reject:
+    """Transactions this replica left out of a block it built, each with the rule it broke
+    (or its bad signature) on the state it built on: the shell drops them from its pool and
+    answers their submitters, as the single-validator producer does."""
+
+    rejected: tuple[tuple[Envelope, LedgerError], ...]
+
+
+Effect = Persist | Broadcast | SendDecision | ScheduleTimeout | Decide | Reject
 
 _RULE_STEPS_MAX: Final = 10_000  # the rules always settle; this catches a bug that would loop
 
@@ -329,6 +338,7 @@ class Replica:
         if block is None or valid_round >= round:  # no validValue (or not its block): new
             candidates = self.transactions(self.state, self._now)
             checks = self.verify_signatures(candidates)
+            bad = [(e, err) for e, err in zip(candidates, checks, strict=True) if err is not None]
             built = build_block(
                 self.state,
                 [e for e, error in zip(candidates, checks, strict=True) if error is None],
@@ -342,6 +352,8 @@ class Replica:
             )
             block, valid_round = built.block, NO_ROUND
             self._applied[block.block_hash()] = built.state
+            if bad or built.rejected:
+                self._effects.append(Reject(rejected=(*bad, *built.rejected)))
         return sign_proposal(
             self.key,
             chain_id=self.chain_id,

@@ -259,3 +259,42 @@ def test_a_block_larger_than_a_request_body_is_decided(tmp_path: Path) -> None:
         assert len({tuple(consortium.hashes(i, low)) for i in range(4)}) == 1
     finally:
         consortium.close()
+
+
+def test_a_transaction_a_proposer_leaves_out_is_answered_rejected_everywhere(
+    tmp_path: Path,
+) -> None:
+    """Valid on admission (signature, nonce), invalid on the state (no such batch): the
+    proposer leaves it out, and every validator's pool lets it go as rejected, with its rule,
+    once that validator proposes (before, each proposal tried it again and its submitter
+    waited for ever)."""
+    consortium = Consortium(tmp_path)
+    stranger, other = key("stranger"), key("other")
+    doomed = sign_transaction(
+        Transaction(
+            chain_id=CHAIN_ID,
+            type="transfer",
+            signer=stranger.account_id,
+            nonce=1,
+            payload={"to": other.account_id, "batch_id": "B-999", "quantity": 1},
+        ),
+        [stranger],
+    )
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+        (answer,) = consortium.producers[0].submit([doomed])
+        assert answer.status == "pending"
+        assert all(doomed.tx_id in p.pool for p in consortium.producers.values())
+
+        def rejected_everywhere() -> bool:
+            return all(doomed.tx_id not in p.pool for p in consortium.producers.values())
+
+        consortium.run(rejected_everywhere, seconds=30)
+        for producer in consortium.producers.values():
+            outcome = producer.outcomes[doomed.tx_id]
+            assert (outcome.status, outcome.code) == ("rejected", "unknown_batch")
+        top = min(consortium.heights().values())
+        chain = [consortium.producers[0].store.read_block(h) for h in range(1, top + 1)]
+        assert all(doomed.tx_id != e.tx_id for block in chain for e in block.transactions)
+    finally:
+        consortium.close()

@@ -43,6 +43,7 @@ from consensus.replica import (
     Decide,
     Effect,
     Persist,
+    Reject,
     Replica,
     ScheduleTimeout,
     SendDecision,
@@ -411,6 +412,8 @@ class Simulation:
                 self.clock.now + effect.delay_ms,
                 partial(self._timeout, node, node.incarnation, effect.timeout),
             )
+        elif isinstance(effect, Reject):
+            pass  # the workload offers again what is not applied: a pool's business, not ours
         else:
             assert isinstance(effect, Decide)
             self.checker.on_decide(node, effect)
