@@ -7,7 +7,10 @@ never a traceback (SPEC §8). Messages quote outside input, so they are never re
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -48,3 +51,21 @@ def fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
         raise typer.Exit(1)
 
     return wrapper
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write `data` to a temporary file beside `path` (created with `mode`), fsync it, then
+    rename it over `path`: a reader, a crash or a full disk leaves the old file or the new
+    one, never half of one (a truncated key or genesis would be worse than none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

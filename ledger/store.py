@@ -14,15 +14,18 @@ and the query projections batches, retirements and lots (indexed for the API's q
 
 from __future__ import annotations
 
+import fcntl
 import json
 import marshal
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -56,6 +59,10 @@ from ledger.transactions import Envelope, envelope_from_json_trusted
 from ledger.worker import read_frame, start_child, stop_child, write_frame
 
 DATABASE_FILE: Final = "ledger.sqlite"
+LOCK_FILE: Final = "ledger.lock"
+# How long a node waits for the data directory's write lock: a node killed a moment ago may
+# leave its writer process finishing (or rolling back) the block it held.
+LOCK_WAIT_SECONDS: Final = 10.0
 SCHEMA_VERSION: Final = 1
 PAGE_CACHE_KIB: Final = 8192
 
@@ -80,6 +87,7 @@ class Store:
         self.directory = directory
         self._conn = connection
         self._writer: _Writer | None = None
+        self._lock: DirectoryLock | None = None
         self.db = sqlite_utils.Database(connection)
         self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
 
@@ -143,7 +151,19 @@ class Store:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self._conn.close()
+
+    def _lock_for_writing(self) -> DirectoryLock:
+        """Become the data directory's one writer (`DirectoryLock`), waiting a little for a
+        writer that is finishing; StoreError if another process keeps it."""
+        if self._lock is None:
+            lock = DirectoryLock(self.directory / LOCK_FILE)
+            lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
+            self._lock = lock
+        return self._lock
 
     def _meta(self, key: str) -> str:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -268,6 +288,7 @@ class Store:
         assert state.height == block.height == self.head_height + 1
         assert certificate.height == block.height and certificate.block_hash == block.block_hash()
         record = _block_record(block, certificate, state)
+        self._lock_for_writing()
         if self._writer is None:
             _write(self._conn, record)
         else:
@@ -283,7 +304,7 @@ class Store:
         core, with the decoding and the query-table rows; this process sends each block's
         record (`marshal`: plain data) and waits for the writer's answer."""
         if self._writer is None:
-            self._writer = _Writer(self.directory / DATABASE_FILE)
+            self._writer = _Writer(self.directory / DATABASE_FILE, self._lock_for_writing())
 
     # --- reading --------------------------------------------------------------------------
 
@@ -643,12 +664,61 @@ def _write(connection: sqlite3.Connection, record: Record) -> None:
     """One block in one SQLite transaction: all of its rows, or none after an error."""
     rows = _rows(record)
     assert set(rows) == {name for name, _ in _STATEMENTS}
-    with _transaction(connection):
-        for name, statement in _STATEMENTS:
-            connection.executemany(statement, rows[name])
+    fault = record.get("fault")
+    if fault == "full":  # the database may not grow by a page: SQLite's own SQLITE_FULL
+        (pages,) = connection.execute("PRAGMA page_count").fetchone()
+        connection.execute(f"PRAGMA max_page_count = {int(pages)}")
+    try:
+        with _transaction(connection, on_commit=_FAULTS.get(fault)):
+            for name, statement in _STATEMENTS:
+                connection.executemany(statement, rows[name])
+    finally:
+        if fault == "full":
+            connection.execute(f"PRAGMA max_page_count = {_PAGES_MAX}")
+
+
+def _refuse_file_writes() -> Callable[[], None]:
+    """Until the returned function is called, the kernel refuses this process's file writes
+    past the first byte (RLIMIT_FSIZE: EFBIG; Python ignores SIGXFSZ): SQLite's COMMIT meets a
+    real write error (SQLITE_IOERR_WRITE) and rolls back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _die() -> Callable[[], None]:
+    os._exit(3)  # the writer dies with the block's rows written, uncommitted
+
+
+_FAULTS: Final[dict[Any, Callable[[], Callable[[], None]]]] = {
+    "ioerror": _refuse_file_writes,
+    "exit": _die,
+}
+_PAGES_MAX: Final = 0xFFFFFFFE  # SQLite's largest max_page_count
 
 
 WRITER_STOP_SECONDS: Final = 10.0
+
+FAULT_ENVIRONMENT: Final = "TANLIAN_STORE_FAULT"
+"""Tests only: `N:KIND` or `N:KIND:forever` makes the N-th block write of a node's writer
+(and, with `forever`, every one after it) fail for real inside its SQLite transaction. KIND is
+`ioerror` (the kernel refuses the COMMIT's file writes, RLIMIT_FSIZE: SQLite's own
+SQLITE_IOERR_WRITE, every row already written), `full` (the database may not grow by a page,
+`PRAGMA max_page_count`: SQLite's own SQLITE_FULL once the block needs a new page) or `exit`
+(the writer process dies just before COMMIT). Unset, nothing is injected."""
+FAULT_KINDS: Final = ("ioerror", "full", "exit")
+
+
+def parse_fault(text: str | None) -> tuple[int, str, bool] | None:
+    """(N, KIND, forever) from FAULT_ENVIRONMENT's value; ValueError if it is not one."""
+    if not text:
+        return None
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit() or int(parts[0]) < 1:
+        raise ValueError(f"{FAULT_ENVIRONMENT} must be N:KIND[:forever], not {text!r}")
+    if parts[1] not in FAULT_KINDS or parts[2:] not in ([], ["forever"]):
+        raise ValueError(f"{FAULT_ENVIRONMENT}: KIND is one of {FAULT_KINDS}, then :forever")
+    return int(parts[0]), parts[1], len(parts) == 3
 
 
 class _Writer:
@@ -657,12 +727,22 @@ class _Writer:
     error that rolled it back. A writer that dies fails the block it held (nothing of it was
     committed) and is replaced at the next block."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, lock: DirectoryLock) -> None:
         self.database = database
-        self._process: subprocess.Popen[bytes] | None = None
+        self.lock = lock
         self._lock = threading.Lock()
+        self.writes = 0  # blocks handed to a writer process, counted across its restarts
+        self.fault = parse_fault(os.environ.get(FAULT_ENVIRONMENT))
+        # Started now, not at the first block: its interpreter starts on the other core while
+        # the node loads its state and starts serving, and the first block does not wait.
+        self._process: subprocess.Popen[bytes] | None = self._start()
 
     def write(self, record: Record) -> None:
+        self.writes += 1
+        if self.fault is not None:
+            first, kind, forever = self.fault
+            if self.writes == first or (forever and self.writes > first):
+                record = {**record, "fault": kind}
         request = marshal.dumps(record)
         with self._lock:
             if self._process is None:
@@ -685,7 +765,9 @@ class _Writer:
             self._stop()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        return start_child("ledger.store", str(self.database))
+        # The child holds the directory lock too (the same open file): a node killed while
+        # its writer finishes a block keeps the next node out until the writer has ended.
+        return start_child("ledger.store", str(self.database), pass_fds=(self.lock.fileno(),))
 
     def _stop(self) -> None:
         process, self._process = self._process, None
@@ -703,26 +785,80 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
             try:
                 _write(connection, marshal.loads(request))
             except (sqlite3.Error, AssertionError, ValueError) as error:
-                write_frame(sink, str(error).encode() or type(error).__name__.encode())
+                answer = str(error).encode() or type(error).__name__.encode()
             else:
-                write_frame(sink, b"")
+                answer = b""
+            try:
+                write_frame(sink, answer)
+            except BrokenPipeError:
+                return  # the node is gone (killed): the block is stored or rolled back
     finally:
         connection.close()
 
 
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+class DirectoryLock:
+    """An exclusive `flock` on a file of the data directory, held by the one process that
+    writes blocks there (and by its writer process, which shares the open file): two nodes on
+    one directory, or a node restarted while its killed predecessor's writer still finishes
+    a block, would otherwise both write. The kernel drops it when every holder has ended."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    def acquire(self, *, wait_seconds: float) -> None:
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(descriptor)
+                    raise StoreError(
+                        f"another process writes to {self.path.parent} (it holds "
+                        f"{self.path.name} after {wait_seconds:g} s): one node per directory"
+                    ) from None
+                time.sleep(0.01)
+            else:
+                self._descriptor = descriptor
+                return
+
+    def fileno(self) -> int:
+        assert self._descriptor is not None, "not acquired"
+        return self._descriptor
+
+    def release(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (SQLite may have rolled back
+    already after an I/O error). `on_commit` (fault injection) runs just before COMMIT and
+    returns what undoes it once COMMIT has returned or failed."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        on_commit: Callable[[], Callable[[], None]] | None = None,
+    ) -> None:
         self.connection = connection
+        self.on_commit = on_commit
 
     def __enter__(self) -> None:
         self.connection.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         if kind is None:
-            self.connection.execute("COMMIT")
-        else:
+            undo = None if self.on_commit is None else self.on_commit()
+            try:
+                self.connection.execute("COMMIT")
+            finally:
+                if undo is not None:
+                    undo()
+        elif self.connection.in_transaction:
             self.connection.execute("ROLLBACK")
 
 
@@ -813,8 +949,11 @@ def _main() -> None:
     # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
     sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with sink:
-        serve_writes(Path(sys.argv[1]), sys.stdin.buffer, sink)
+    try:
+        with sink:
+            serve_writes(Path(sys.argv[1]), sys.stdin.buffer, sink)
+    except BrokenPipeError:
+        pass  # the node is gone: nothing reads what is left in the pipe's buffer
 
 
 if __name__ == "__main__":

@@ -40,14 +40,18 @@ def read_frame(stream: IO[bytes], max_bytes: int | None = FRAME_BYTES_MAX) -> by
     return payload if len(payload) == length else None
 
 
-def start_child(module: str, *arguments: str) -> subprocess.Popen[bytes]:
-    """`python -m module arguments` with this interpreter, finding this checkout first."""
+def start_child(
+    module: str, *arguments: str, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """`python -m module arguments` with this interpreter, finding this checkout first;
+    `pass_fds` stay open in the child."""
     paths = [str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     return subprocess.Popen(
         [sys.executable, "-m", module, *arguments],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        pass_fds=pass_fds,
     )
 
 
