@@ -22,7 +22,7 @@ from api.app import create_app
 from api.cli_client import export_from_node, query, tx
 from api.cli_cluster import cluster
 from api.cli_verify import verify_app
-from api.console import fails_cleanly, out, write_atomically
+from api.console import atomic_file, fails_cleanly, out, write_atomically
 from api.demo import build_demo
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
@@ -168,7 +168,7 @@ def export(
     store = Store.open(data)
     try:
         store.load_state()  # refuse to export from a damaged store
-        with out_file.open("wb") as handle:
+        with atomic_file(out_file) as handle:  # nothing is left if a block is found corrupt
             blocks = store.export(handle)
     finally:
         store.close()

@@ -37,11 +37,14 @@ from ledger.blocks import (
     Certificate,
     Header,
     Validator,
+    compute_evidence_hash,
     compute_validators_hash,
     parse_certificate,
     parse_header,
+    parse_validators,
     verify_certificate,
 )
+from ledger.crypto import ZERO_HASH_HEX
 from ledger.encoding import canonical, canonical_unchecked
 from ledger.errors import InvalidProofError, LedgerError, StoreError
 from ledger.genesis import Genesis, genesis_state, parse_genesis
@@ -88,6 +91,7 @@ class Store:
         self._conn = connection
         self._writer: _Writer | None = None
         self._lock: DirectoryLock | None = None
+        self._validator_sets: dict[str, tuple[Validator, ...]] = {}
         self.db = sqlite_utils.Database(connection)
         self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
 
@@ -179,8 +183,10 @@ class Store:
         """The state at the stored head, after checking that head (refuses a damaged store)."""
         try:
             return self._load_state()
-        except StoreError:
-            raise
+        except StoreError as error:
+            if error.message.startswith("refusing to start"):
+                raise
+            raise StoreError(f"refusing to start: {error.message}") from error
         except (sqlite3.DatabaseError, KeyError, ValueError, TypeError, LedgerError) as error:
             raise StoreError(f"refusing to start: the store cannot be read ({error})") from error
 
@@ -309,31 +315,122 @@ class Store:
     # --- reading --------------------------------------------------------------------------
 
     def read_block(self, height: int) -> Block:
+        """The block at `height`, checked before it is returned (`_check_block`)."""
         row = self._conn.execute(
-            "SELECT header, last_commit, evidence FROM blocks WHERE height = ?", (height,)
+            "SELECT header, last_commit, evidence, hash FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise StoreError(f"no block at height {height}")
-        envelopes = tuple(
-            envelope_from_json_trusted(json.loads(envelope))
-            for (envelope,) in self._conn.execute(
-                "SELECT envelope FROM transactions WHERE height = ? ORDER BY log_index", (height,)
+        try:
+            envelopes = tuple(
+                envelope_from_json_trusted(json.loads(envelope))
+                for (envelope,) in self._conn.execute(
+                    "SELECT envelope FROM transactions WHERE height = ? ORDER BY log_index",
+                    (height,),
+                )
             )
-        )
-        return Block(
-            header=parse_header(json.loads(row[0])),
-            transactions=envelopes,
-            last_commit=None if row[1] is None else parse_certificate(json.loads(row[1])),
-            evidence=tuple(json.loads(row[2])),
-        )
+            block = Block(
+                header=parse_header(json.loads(row[0])),
+                transactions=envelopes,
+                last_commit=None if row[1] is None else parse_certificate(json.loads(row[1])),
+                evidence=tuple(json.loads(row[2])),
+            )
+        except (ValueError, KeyError, TypeError, LedgerError) as error:
+            raise StoreError(f"block {height} is corrupt: it does not parse ({error})") from error
+        self._check_block(block, height=height, stored_hash=row[3])
+        return block
+
+    def _check_block(self, block: Block, *, height: int, stored_hash: str) -> None:
+        """A stored block is what was certified, before anything of it is served: its header
+        hashes to the recorded hash, the certificate it carries and its evidence hash to what
+        the header says, and its transactions, appended to the log the parent's header
+        committed to (the stored peaks, checked against the parent's `log_root`), give the
+        header's `log_root`. The header itself is checked with its certificate
+        (`read_certificate`, `checkpoint`). StoreError names the block and what differs."""
+        header = block.header
+
+        def corrupt(what: str) -> StoreError:
+            return StoreError(f"block {height} is corrupt: {what}; refusing to serve it")
+
+        if header.height != height or header.chain_id != self.genesis.chain_id:
+            raise corrupt(f"its header is block {header.height} of {header.chain_id}")
+        if header.block_hash() != stored_hash:
+            raise corrupt(f"its header does not hash to the recorded {stored_hash}")
+        if compute_evidence_hash(block.evidence) != header.evidence_hash:
+            raise corrupt("its evidence does not hash to the header's evidence_hash")
+        last_commit = block.last_commit
+        carried = ZERO_HASH_HEX if last_commit is None else last_commit.certificate_hash()
+        if carried != header.last_commit_hash:
+            raise corrupt("the certificate it carries does not hash to its last_commit_hash")
+        first = header.log_size - len(block.transactions)
+        if first < 0:
+            raise corrupt("it holds more transactions than its log_size")
+        log = self._stored_log(first, self.read_header(height - 1).log_root if height > 1 else "")
+        if log is None:
+            raise corrupt("the stored log before it does not give its parent's log_root")
+        grown, _ = log.append([leaf_hash(envelope.leaf) for envelope in block.transactions])
+        if grown.root().hex() != header.log_root:
+            raise corrupt("its transactions do not give its log_root")
+
+    def _stored_log(self, size: int, root: str) -> LogState | None:
+        """The log of the first `size` transactions from the stored peaks, if they give
+        `root` (any root for the empty log at height 0)."""
+        peaks = []
+        for level, index in LogState.peak_positions(size):
+            try:
+                peaks.append(self.log_node(level, index))
+            except StoreError:
+                return None
+        log = LogState(size=size, peaks=tuple(peaks))
+        return log if size == 0 or log.root().hex() == root else None
 
     def read_certificate(self, height: int) -> Certificate:
+        """The certificate of `height`, checked against the block's stored header and the
+        validator set that header names: a corrupt one is never served as valid."""
         row = self._conn.execute(
-            "SELECT certificate FROM blocks WHERE height = ?", (height,)
+            "SELECT certificate, header FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise StoreError(f"no block at height {height}")
-        return parse_certificate(json.loads(row[0]))
+        try:
+            certificate = parse_certificate(json.loads(row[0]))
+            header = parse_header(json.loads(row[1]))
+        except (ValueError, KeyError, TypeError, LedgerError) as error:
+            raise StoreError(f"block {height} is corrupt: it does not parse ({error})") from error
+        if header.height != height:
+            raise StoreError(f"block {height} is corrupt: its header is block {header.height}")
+        validators = self._validator_set(header.validators_hash)
+        try:
+            if validators is None:
+                raise InvalidProofError(f"no validator set of this chain has hash "
+                                        f"{header.validators_hash}")  # fmt: skip
+            verify_certificate(
+                certificate,
+                chain_id=self.genesis.chain_id,
+                height=height,
+                block_hash=header.block_hash(),
+                validators=validators,
+            )
+        except InvalidProofError as error:
+            raise StoreError(
+                f"block {height} is corrupt: its certificate does not certify its header "
+                f"({error.message}); refusing to serve it"
+            ) from error
+        return certificate
+
+    def _validator_set(self, validators_hash: str) -> tuple[Validator, ...] | None:
+        """The validator set of this chain with that hash: the genesis set or one the state
+        recorded since (read again only when a block names a set not seen yet)."""
+        if validators_hash not in self._validator_sets:
+            sets = {compute_validators_hash(self.genesis.validators): self.genesis.validators}
+            for (value,) in self._conn.execute(
+                "SELECT value FROM state_changes WHERE key IN ('validators/current', "
+                "'validators/next') AND value IS NOT NULL"
+            ):
+                validators = parse_validators(json.loads(value))
+                sets[compute_validators_hash(validators)] = validators
+            self._validator_sets = sets
+        return self._validator_sets.get(validators_hash)
 
     def last_certificate(self) -> Certificate | None:
         height = self.head_height
@@ -377,7 +474,27 @@ class Store:
         ).fetchone()
         if row is None:
             raise LedgerError(f"no committed transaction {tx_id}", code="not_found")
-        return int(row[0]), int(row[1]), envelope_from_json_trusted(json.loads(row[2]))
+        height, index = int(row[0]), int(row[1])
+        try:
+            envelope = envelope_from_json_trusted(json.loads(row[2]))
+        except (ValueError, KeyError, TypeError, LedgerError) as error:
+            raise StoreError(f"transaction {tx_id} is corrupt: it does not parse") from error
+        if envelope.tx_id != tx_id:
+            raise StoreError(f"transaction {tx_id} is corrupt: its stored body has another id")
+        header = self.read_header(height)
+        try:  # the stored envelope, signatures included, is the log's leaf at its index
+            verify_inclusion(
+                leaf_hash=leaf_hash(envelope.leaf),
+                index=index,
+                size=header.log_size,
+                path=inclusion_path(index, header.log_size, self.log_node),
+                root=bytes.fromhex(header.log_root),
+            )
+        except (InvalidProofError, StoreError) as error:
+            raise StoreError(
+                f"transaction {tx_id} is corrupt: it is not the log's leaf {index} ({error})"
+            ) from error
+        return height, index, envelope
 
     def inclusion_proof(self, tx_id: str, height: int) -> dict[str, Any]:
         """The RFC 9162 inclusion proof of `tx_id` in the log at `height`, with its checkpoint."""
