@@ -93,14 +93,22 @@ async def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) 
     rows = (
         node.reader()
         .db.execute(
-            "SELECT batch_id, first_serial, quantity, status FROM lots WHERE owner = ? "
+            "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
             "ORDER BY batch_id, first_serial LIMIT ?",
             (account_id, HOLDING_RANGES_MAX + 1),
         )
         .fetchall()
     )
     holdings: dict[str, dict[str, Any]] = {}
-    for batch_id, first, quantity, status in rows[:HOLDING_RANGES_MAX]:
+    for batch_id, first in rows[:HOLDING_RANGES_MAX]:
+        # The lots table is an index that finds the account's lots; what is served comes from
+        # the state (verified against the head at start), so a damaged row cannot forge a
+        # holding. A row the state does not hold for this account (the store may be a block
+        # ahead of `state` while the next block is committed) is left out.
+        lot = state.get(f"lot/{batch_id}/{first}")
+        if lot is None or lot["owner"] != account_id:
+            continue
+        quantity, status = lot["quantity"], lot["status"]
         entry = holdings.setdefault(
             batch_id,
             {"batch_id": batch_id, "circulating": 0, "retired": 0, "invalidated": 0, "ranges": []},

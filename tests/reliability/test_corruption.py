@@ -141,3 +141,18 @@ async def test_a_damaged_header_is_refused(served: Served) -> None:
     served.alter(change)
     for path in ("/v1/blocks/2", "/v1/checkpoints/2", "/v1/export?from_height=2"):
         assert_problem(await served.client.get(path), 503, "store_unavailable")
+
+
+async def test_a_damaged_lots_index_forges_no_holding(served: Served) -> None:
+    """The lots table only finds an account's lots; the amounts come from the verified state."""
+    client = served.client
+    answer = await client.get("/v1/blocks/2")
+    alice = answer.json()["block"]["transactions"][0]["tx"]["payload"]["recipients"][0]["account"]
+    before = (await client.get(f"/v1/accounts/{alice}")).json()["holdings"]
+    served.alter(
+        lambda connection: connection.execute(
+            "UPDATE lots SET quantity = quantity + 1000, status = 'circulating' WHERE owner = ?",
+            (alice,),
+        )
+    )
+    assert (await client.get(f"/v1/accounts/{alice}")).json()["holdings"] == before
