@@ -827,14 +827,14 @@ FAULT_KINDS: Final = ("ioerror", "full", "exit")
 
 
 def parse_fault(text: str | None) -> tuple[int, str, bool] | None:
-    """(N, KIND, forever) from FAULT_ENVIRONMENT's value; ValueError if it is not one."""
+    """(N, KIND, forever) from FAULT_ENVIRONMENT's value; StoreError if it is not one."""
     if not text:
         return None
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0].isdigit() or int(parts[0]) < 1:
-        raise ValueError(f"{FAULT_ENVIRONMENT} must be N:KIND[:forever], not {text!r}")
+        raise StoreError(f"{FAULT_ENVIRONMENT} must be N:KIND[:forever], not {text!r}")
     if parts[1] not in FAULT_KINDS or parts[2:] not in ([], ["forever"]):
-        raise ValueError(f"{FAULT_ENVIRONMENT}: KIND is one of {FAULT_KINDS}, then :forever")
+        raise StoreError(f"{FAULT_ENVIRONMENT}: KIND is one of {FAULT_KINDS}, then :forever")
     return int(parts[0]), parts[1], len(parts) == 3
 
 

@@ -101,7 +101,7 @@ def test_the_fault_setting_is_read_strictly() -> None:
     assert parse_fault("3:full") == (3, "full", False)
     assert parse_fault("1:exit:forever") == (1, "exit", True)
     for bad in ("0:full", "x:full", "2:melt", "2:full:sometimes", "2", "2:full:forever:x"):
-        with pytest.raises(ValueError, match=FAULT_ENVIRONMENT):
+        with pytest.raises(StoreError, match=FAULT_ENVIRONMENT):
             parse_fault(bad)
 
 
