@@ -9,12 +9,17 @@ DATA ?= data/dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Bytecode compiled once at install: an editable install is not compiled by pip, and where
+# PYTHONDONTWRITEBYTECODE is set every process (each `tanlian` command, a node, its writer)
+# would compile the project's sources again at start. Stale files are ignored by Python.
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m compileall -q ledger consensus api
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m compileall -q ledger consensus api tests bench
 	touch $@
 
 run: $(VENV)/.run-installed

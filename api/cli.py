@@ -23,7 +23,7 @@ from api.cli_client import export_from_node, query, tx
 from api.cli_cluster import cluster
 from api.cli_verify import verify_app
 from api.client import Client, ClientError
-from api.console import fails_cleanly, out
+from api.console import atomic_file, fails_cleanly, out, write_atomically
 from api.demo import build_demo
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
@@ -74,9 +74,7 @@ def keys_new(
     if out_file.exists():
         raise LedgerError(f"{out_file} exists: refusing to overwrite a key", code="exists")
     key = PrivateKey.generate()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_bytes(key.to_pem(_passphrase()))
-    out_file.chmod(0o600)
+    write_atomically(out_file, key.to_pem(_passphrase()), mode=0o600)
     out.print(f"public key  {key.public_key_hex}\naccount id  {key.account_id}", highlight=False)
 
 
@@ -111,7 +109,7 @@ def genesis_new(  # noqa: PLR0917 - typer maps each option to a parameter
             for path in validator
         ],
     )
-    out_file.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    write_atomically(out_file, json.dumps(document, indent=2, ensure_ascii=False).encode())
     out.print(f"wrote {out_file}", highlight=False)
 
 
@@ -171,7 +169,7 @@ def export(
     store = Store.open(data)
     try:
         store.load_state()  # refuse to export from a damaged store
-        with out_file.open("wb") as handle:
+        with atomic_file(out_file) as handle:  # nothing is left if a block is found corrupt
             blocks = store.export(handle)
     finally:
         store.close()
@@ -323,6 +321,11 @@ def _serve(
             target=_live, args=(running, households, stopping), name="simulation", daemon=True
         ).start()
     server = uvicorn.Server(server_config(app_, settings))
+
+    def stop_serving(reason: str) -> None:  # the store keeps failing: stop, and say why
+        server.should_exit = True
+
+    running.on_failure = stop_serving
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
     # that was there before: let that be a no-op (SIGTERM) or a caught KeyboardInterrupt, so
     # a clean stop exits 0.
@@ -333,6 +336,11 @@ def _serve(
         pass
     finally:
         stopping.set()
+    if running.failure is not None:
+        raise LedgerError(
+            f"stopped at height {running.state.height}: {running.failure}",
+            code="store_unavailable",
+        )
     out.print(f"stopped at height {running.state.height}", highlight=False)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +54,7 @@ from rich.progress import (
 from rich.text import Text
 
 from api.client import Client, ClientError
-from api.console import err, fail, fails_cleanly, out
+from api.console import err, fail, fails_cleanly, out, write_atomically
 from consensus.pool import verify_signatures
 from consensus.producer import tune_garbage_collector
 from ledger.blocks import (
@@ -507,20 +506,9 @@ def read_state(path: Path, genesis: Genesis) -> Checkpoint | None:
     return remembered
 
 
-def write_atomically(path: Path, value: JSON) -> None:
-    """Write `value` as JSON to a temporary file beside `path`, then rename it over `path`:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
-    data = json.dumps(value, indent=2, ensure_ascii=False).encode() + b"\n"
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def write_json_atomically(path: Path, value: JSON) -> None:
+    """`value` as JSON, written through `api.console.write_atomically`."""
+    write_atomically(path, json.dumps(value, indent=2, ensure_ascii=False).encode() + b"\n")
 
 
 def _summary(remembered: Checkpoint | None, latest: Checkpoint, state_file: Path) -> str:
@@ -590,7 +578,7 @@ def verify_monitor(
                         "latest": latest.to_json(),
                         "proof": alarm.proof,
                     }
-                    write_atomically(evidence_file, evidence)
+                    write_json_atomically(evidence_file, evidence)
                     fail(
                         f"{alarm.kind.upper()} DETECTED between the remembered height "
                         f"{remembered.height} and the node's height {latest.height}: "
@@ -598,7 +586,7 @@ def verify_monitor(
                         f"{state_file} unchanged"
                     )
             if remembered is None or latest.header != remembered.header:  # step 3
-                write_atomically(state_file, latest.to_json())
+                write_json_atomically(state_file, latest.to_json())
             out.print(
                 _summary(remembered, latest, state_file),
                 markup=False,

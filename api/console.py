@@ -6,9 +6,13 @@ never a traceback (SPEC §8). Messages quote outside input, so they are never re
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
-from typing import NoReturn, ParamSpec, TypeVar
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,3 +52,29 @@ def fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
         raise typer.Exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A binary file that becomes `path` only once the block ends without an error: written
+    to a temporary file beside it (created with `mode`), fsynced, then renamed over `path`.
+    A reader, a crash, a full disk or a failed check leaves the old file or the new one,
+    never half of one (a truncated key, genesis or export would be worse than none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """`data` to `path` through `atomic_file`."""
+    with atomic_file(path, mode=mode) as handle:
+        handle.write(data)

@@ -16,6 +16,7 @@ while the next block is written.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,13 +41,20 @@ from consensus.transport import HttpTransport, Inbox
 from consensus.verifier import SignatureWorker
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StoreError
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX, PEER_QUEUE_MESSAGES_MAX
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
 
+log = logging.getLogger("tanlian.node")
+
 POLL_SECONDS: Final = 0.01  # how often the block loop looks at the clock and the pool
+# A block the store could not write is dropped (its transactions stay pending) and built
+# again after WRITE_RETRY_SECONDS; after WRITE_ATTEMPTS_MAX failures in a row the node stops
+# (`Node.failure`): a store that keeps failing needs its operator, not a node that limps on.
+WRITE_RETRY_SECONDS: Final = 0.2
+WRITE_ATTEMPTS_MAX: Final = 3
 COMMIT_WAIT_SECONDS_MAX: Final = 30.0  # the longest a submitter may wait for its commit
 COMMITTED_IDS_MIN: Final = 1 << 20  # transaction ids the filter holds before it grows
 
@@ -162,6 +170,10 @@ class Node:
         self._loop: threading.Thread | None = None
         self.blocks_produced = 0
         self.on_block: Callable[[CommittedBlock], None] | None = None
+        # Why the block loop stopped for good (the store kept failing), and whom to tell.
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
+        self._write_failures = 0
         # Where POST /v1/consensus/messages hands peers' messages; None: no consensus here.
         self.consensus_inbox: Inbox | None = (
             self.producer.on_batch if isinstance(self.producer, BftProducer) else None
@@ -225,16 +237,18 @@ class Node:
         solo = self._solo
         writing: tuple[PreparedBlock, Future[None]] | None = None
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and self.failure is None:
                 if writing is not None and writing[1].done():
                     written, writing = writing, None
-                    self._finish(*written)
+                    if not self._finish(*written):
+                        continue
                 now_ms = int(time.time() * 1000)
                 if solo.due(now_ms):
                     prepared = solo.prepare(now_ms)
                     if writing is not None:  # one block written at a time, in order
                         written, writing = writing, None
-                        self._finish(*written)
+                        if not self._finish(*written):
+                            continue  # `prepared` was built on it: dropped with it
                     if prepared is not None:
                         writing = (prepared, self._write.submit(solo.write, prepared))
                         continue
@@ -258,14 +272,36 @@ class Node:
                     break
             self._stopping.wait(POLL_SECONDS)
 
-    def _finish(self, prepared: PreparedBlock, written: Future[None]) -> None:
+    def _finish(self, prepared: PreparedBlock, written: Future[None]) -> bool:
+        """Commit a block once its write returned; False if the store refused it."""
         assert self._solo is not None
         try:
             written.result()
-        except BaseException:
+        except StoreError as error:
             self._solo.abandon()  # nothing of it was stored; its transactions wait
+            self._write_failures += 1
+            height = prepared.block.height
+            if self._write_failures >= WRITE_ATTEMPTS_MAX:
+                self._fail(f"the store failed to write block {height} "
+                           f"{self._write_failures} times: {error.message}")  # fmt: skip
+            else:
+                log.warning("block %d was not stored (%s): built again", height, error.message)
+                self._stopping.wait(WRITE_RETRY_SECONDS)
+            return False
+        except BaseException:
+            self._solo.abandon()
             raise
+        self._write_failures = 0
         self._committed_block(self._solo.finish(prepared))
+        return True
+
+    def _fail(self, reason: str) -> None:
+        """Stop producing blocks for good; nothing more is committed by this process."""
+        self.failure = reason
+        log.error("stopping: %s", reason)
+        self._wake()
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     def _committed_block(self, result: CommittedBlock) -> None:
         if self._committed_ids.count + len(result.block.transactions) > (
@@ -329,6 +365,6 @@ class Node:
                 outcomes = [self.outcome(tx_id) for tx_id in tx_ids]
                 pending = any(o is None or o.status == "pending" for o in outcomes)
                 remaining = deadline - time.monotonic()
-                if not pending or remaining <= 0:
+                if not pending or remaining <= 0 or self.failure is not None:
                     return outcomes
                 self._committed.wait(remaining)

@@ -14,12 +14,14 @@ HTML.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 from api.cursors import decode_cursor, encode_cursor
 from api.node import Node
 from ledger.errors import LedgerError
+from ledger.state import State
 from ledger.store import Store
 
 HOLDING_RANGES_MAX: Final = 1000  # serial ranges in one JSON account answer
@@ -55,14 +57,16 @@ def account(node: Node, account_id: str) -> dict[str, Any]:
     rows = (
         node.reader()
         .db.execute(
-            "SELECT batch_id, first_serial, quantity, status FROM lots WHERE owner = ? "
+            "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
             "ORDER BY batch_id, first_serial LIMIT ?",
             (account_id, HOLDING_RANGES_MAX + 1),
         )
         .fetchall()
     )
     holdings: dict[str, dict[str, Any]] = {}
-    for batch_id, first, quantity, status in rows[:HOLDING_RANGES_MAX]:
+    for batch_id, first, quantity, status in held_lots(
+        state, account_id, rows[:HOLDING_RANGES_MAX]
+    ):
         entry = holdings.setdefault(
             batch_id,
             {"batch_id": batch_id, "circulating": 0, "retired": 0, "invalidated": 0, "ranges": []},
@@ -80,6 +84,20 @@ def account(node: Node, account_id: str) -> dict[str, Any]:
         "holdings_truncated": len(rows) > HOLDING_RANGES_MAX,
         "height": state.height,
     }
+
+
+def held_lots(
+    state: State, account_id: str, rows: Iterable[tuple[str, int]]
+) -> Iterator[tuple[str, int, int, str]]:
+    """`(batch_id, first, quantity, status)` of each lot the rows `(batch_id, first_serial)`
+    name, read from the state. The lots table is an index that finds an account's lots; what
+    is served comes from the state (verified against the head at start), so a damaged row
+    cannot forge a holding. A row the state does not hold for this account (the store may be a
+    block ahead of `state` while the next block is committed) is left out."""
+    for batch_id, first in rows:
+        lot = state.get(f"lot/{batch_id}/{first}")
+        if lot is not None and lot["owner"] == account_id:
+            yield batch_id, first, lot["quantity"], lot["status"]
 
 
 def roles(node: Node, account_id: str) -> list[str]:
@@ -123,7 +141,7 @@ def account_lots(node: Node, account_id: str, *, limit: int, cursor: str | None)
     rows = (
         node.reader()
         .db.execute(
-            "SELECT batch_id, first_serial, quantity, status FROM lots "
+            "SELECT batch_id, first_serial FROM lots "
             "WHERE owner = ? AND (batch_id, first_serial) > (?, ?) "
             "ORDER BY batch_id, first_serial LIMIT ?",
             (account_id, *after, limit + 1),
@@ -132,7 +150,7 @@ def account_lots(node: Node, account_id: str, *, limit: int, cursor: str | None)
     )
     items = [
         _lot(node, batch_id, first, quantity, status)
-        for batch_id, first, quantity, status in rows[:limit]
+        for batch_id, first, quantity, status in held_lots(node.state, account_id, rows[:limit])
     ]
     more = (
         {"batch": rows[limit - 1][0], "serial": rows[limit - 1][1]} if len(rows) > limit else None
@@ -143,10 +161,11 @@ def account_lots(node: Node, account_id: str, *, limit: int, cursor: str | None)
 def account_totals(node: Node, account_id: str) -> dict[str, int]:
     """Units the account holds (circulating), has retired, and lost to invalidation."""
     totals = {"circulating": 0, "retired": 0, "invalidated": 0}
-    for status, quantity in node.reader().db.execute(
-        "SELECT status, SUM(quantity) FROM lots WHERE owner = ? GROUP BY status", (account_id,)
-    ):
-        totals[status] = int(quantity)
+    rows = node.reader().db.execute(
+        "SELECT batch_id, first_serial FROM lots WHERE owner = ?", (account_id,)
+    )
+    for _, _, quantity, status in held_lots(node.state, account_id, rows):
+        totals[status] += quantity
     return totals
 
 

@@ -14,11 +14,15 @@ and the query projections batches, retirements and lots (indexed for the API's q
 
 from __future__ import annotations
 
+import fcntl
 import json
 import marshal
+import os
+import resource
 import sqlite3
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -29,12 +33,15 @@ from ledger.blocks import (
     Block,
     Certificate,
     Header,
+    Validator,
+    compute_evidence_hash,
     compute_validators_hash,
     parse_certificate,
     parse_header,
     parse_validators,
     verify_certificate,
 )
+from ledger.crypto import ZERO_HASH_HEX
 from ledger.encoding import canonical, canonical_unchecked
 from ledger.errors import InvalidProofError, LedgerError, StoreError
 from ledger.evidence import parse_evidence
@@ -54,6 +61,10 @@ from ledger.transactions import Envelope, envelope_from_json_trusted
 from ledger.worker import Child, read_frame, run_child, write_frame
 
 DATABASE_FILE: Final = "ledger.sqlite"
+LOCK_FILE: Final = "ledger.lock"
+# How long a node waits for the data directory's write lock: a node killed a moment ago may
+# leave its writer process finishing (or rolling back) the block it held.
+LOCK_WAIT_SECONDS: Final = 10.0
 SCHEMA_VERSION: Final = 1
 PAGE_CACHE_KIB: Final = 8192
 
@@ -78,6 +89,8 @@ class Store:
         self.directory = directory
         self._conn = connection
         self._writer: _Writer | None = None
+        self._lock: DirectoryLock | None = None
+        self._validator_sets: dict[str, tuple[Validator, ...]] = {}
         self.db = sqlite_utils.Database(connection)
         self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
 
@@ -141,7 +154,19 @@ class Store:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self._conn.close()
+
+    def _lock_for_writing(self) -> DirectoryLock:
+        """Become the data directory's one writer (`DirectoryLock`), waiting a little for a
+        writer that is finishing; StoreError if another process keeps it."""
+        if self._lock is None:
+            lock = DirectoryLock(self.directory / LOCK_FILE)
+            lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
+            self._lock = lock
+        return self._lock
 
     def _meta(self, key: str) -> str:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -157,8 +182,10 @@ class Store:
         """The state at the stored head, after checking that head (refuses a damaged store)."""
         try:
             return self._load_state()
-        except StoreError:
-            raise
+        except StoreError as error:
+            if error.message.startswith("refusing to start"):
+                raise
+            raise StoreError(f"refusing to start: {error.message}") from error
         except (sqlite3.DatabaseError, KeyError, ValueError, TypeError, LedgerError) as error:
             raise StoreError(f"refusing to start: the store cannot be read ({error})") from error
 
@@ -309,6 +336,7 @@ class Store:
         assert state.height == block.height == self.head_height + 1
         assert certificate.height == block.height and certificate.block_hash == block.block_hash()
         record = _block_record(block, certificate, state)
+        self._lock_for_writing()
         if self._writer is None:
             _write(self._conn, record)
         else:
@@ -341,36 +369,127 @@ class Store:
         core, with the decoding and the query-table rows; this process sends each block's
         record (`marshal`: plain data) and waits for the writer's answer."""
         if self._writer is None:
-            self._writer = _Writer(self.directory / DATABASE_FILE)
+            self._writer = _Writer(self.directory / DATABASE_FILE, self._lock_for_writing())
 
     # --- reading --------------------------------------------------------------------------
 
     def read_block(self, height: int) -> Block:
+        """The block at `height`, checked before it is returned (`_check_block`)."""
         row = self._conn.execute(
-            "SELECT header, last_commit, evidence FROM blocks WHERE height = ?", (height,)
+            "SELECT header, last_commit, evidence, hash FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise StoreError(f"no block at height {height}")
-        envelopes = tuple(
-            envelope_from_json_trusted(json.loads(envelope))
-            for (envelope,) in self._conn.execute(
-                "SELECT envelope FROM transactions WHERE height = ? ORDER BY log_index", (height,)
+        try:
+            envelopes = tuple(
+                envelope_from_json_trusted(json.loads(envelope))
+                for (envelope,) in self._conn.execute(
+                    "SELECT envelope FROM transactions WHERE height = ? ORDER BY log_index",
+                    (height,),
+                )
             )
-        )
-        return Block(
-            header=parse_header(json.loads(row[0])),
-            transactions=envelopes,
-            last_commit=None if row[1] is None else parse_certificate(json.loads(row[1])),
-            evidence=tuple(parse_evidence(item) for item in json.loads(row[2])),
-        )
+            block = Block(
+                header=parse_header(json.loads(row[0])),
+                transactions=envelopes,
+                last_commit=None if row[1] is None else parse_certificate(json.loads(row[1])),
+                evidence=tuple(parse_evidence(item) for item in json.loads(row[2])),
+            )
+        except (ValueError, KeyError, TypeError, LedgerError) as error:
+            raise StoreError(f"block {height} is corrupt: it does not parse ({error})") from error
+        self._check_block(block, height=height, stored_hash=row[3])
+        return block
+
+    def _check_block(self, block: Block, *, height: int, stored_hash: str) -> None:
+        """A stored block is what was certified, before anything of it is served: its header
+        hashes to the recorded hash, the certificate it carries and its evidence hash to what
+        the header says, and its transactions, appended to the log the parent's header
+        committed to (the stored peaks, checked against the parent's `log_root`), give the
+        header's `log_root`. The header itself is checked with its certificate
+        (`read_certificate`, `checkpoint`). StoreError names the block and what differs."""
+        header = block.header
+
+        def corrupt(what: str) -> StoreError:
+            return StoreError(f"block {height} is corrupt: {what}; refusing to serve it")
+
+        if header.height != height or header.chain_id != self.genesis.chain_id:
+            raise corrupt(f"its header is block {header.height} of {header.chain_id}")
+        if header.block_hash() != stored_hash:
+            raise corrupt(f"its header does not hash to the recorded {stored_hash}")
+        if compute_evidence_hash(block.evidence) != header.evidence_hash:
+            raise corrupt("its evidence does not hash to the header's evidence_hash")
+        last_commit = block.last_commit
+        carried = ZERO_HASH_HEX if last_commit is None else last_commit.certificate_hash()
+        if carried != header.last_commit_hash:
+            raise corrupt("the certificate it carries does not hash to its last_commit_hash")
+        first = header.log_size - len(block.transactions)
+        if first < 0:
+            raise corrupt("it holds more transactions than its log_size")
+        log = self._stored_log(first, self.read_header(height - 1).log_root if height > 1 else "")
+        if log is None:
+            raise corrupt("the stored log before it does not give its parent's log_root")
+        grown, _ = log.append([leaf_hash(envelope.leaf) for envelope in block.transactions])
+        if grown.root().hex() != header.log_root:
+            raise corrupt("its transactions do not give its log_root")
+
+    def _stored_log(self, size: int, root: str) -> LogState | None:
+        """The log of the first `size` transactions from the stored peaks, if they give
+        `root` (any root for the empty log at height 0)."""
+        peaks = []
+        for level, index in LogState.peak_positions(size):
+            try:
+                peaks.append(self.log_node(level, index))
+            except StoreError:
+                return None
+        log = LogState(size=size, peaks=tuple(peaks))
+        return log if size == 0 or log.root().hex() == root else None
 
     def read_certificate(self, height: int) -> Certificate:
+        """The certificate of `height`, checked against the block's stored header and the
+        validator set that header names: a corrupt one is never served as valid."""
         row = self._conn.execute(
-            "SELECT certificate FROM blocks WHERE height = ?", (height,)
+            "SELECT certificate, header FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise StoreError(f"no block at height {height}")
-        return parse_certificate(json.loads(row[0]))
+        try:
+            certificate = parse_certificate(json.loads(row[0]))
+            header = parse_header(json.loads(row[1]))
+        except (ValueError, KeyError, TypeError, LedgerError) as error:
+            raise StoreError(f"block {height} is corrupt: it does not parse ({error})") from error
+        if header.height != height:
+            raise StoreError(f"block {height} is corrupt: its header is block {header.height}")
+        validators = self._validator_set(header.validators_hash)
+        try:
+            if validators is None:
+                raise InvalidProofError(f"no validator set of this chain has hash "
+                                        f"{header.validators_hash}")  # fmt: skip
+            verify_certificate(
+                certificate,
+                chain_id=self.genesis.chain_id,
+                height=height,
+                block_hash=header.block_hash(),
+                validators=validators,
+            )
+        except InvalidProofError as error:
+            raise StoreError(
+                f"block {height} is corrupt: its certificate does not certify its header "
+                f"({error.message}); refusing to serve it"
+            ) from error
+        return certificate
+
+    def _validator_set(self, validators_hash: str) -> tuple[Validator, ...] | None:
+        """The validator set of this chain with that hash: the genesis set or one the state
+        recorded since (read again only when a block names a set not seen yet)."""
+        if validators_hash not in self._validator_sets:
+            sets = {compute_validators_hash(self.genesis.validators): self.genesis.validators}
+            for (value,) in self._conn.execute(
+                "SELECT value FROM state_changes WHERE key IN ('validators/current', "
+                "'validators/next') AND value IS NOT NULL"
+            ):
+                validators = parse_validators(json.loads(value))
+                sets[compute_validators_hash(validators)] = validators
+            self._validator_sets = sets
+        return self._validator_sets.get(validators_hash)
 
     def last_certificate(self) -> Certificate | None:
         height = self.head_height
@@ -414,7 +533,27 @@ class Store:
         ).fetchone()
         if row is None:
             raise LedgerError(f"no committed transaction {tx_id}", code="not_found")
-        return int(row[0]), int(row[1]), envelope_from_json_trusted(json.loads(row[2]))
+        height, index = int(row[0]), int(row[1])
+        try:
+            envelope = envelope_from_json_trusted(json.loads(row[2]))
+        except (ValueError, KeyError, TypeError, LedgerError) as error:
+            raise StoreError(f"transaction {tx_id} is corrupt: it does not parse") from error
+        if envelope.tx_id != tx_id:
+            raise StoreError(f"transaction {tx_id} is corrupt: its stored body has another id")
+        header = self.read_header(height)
+        try:  # the stored envelope, signatures included, is the log's leaf at its index
+            verify_inclusion(
+                leaf_hash=leaf_hash(envelope.leaf),
+                index=index,
+                size=header.log_size,
+                path=inclusion_path(index, header.log_size, self.log_node),
+                root=bytes.fromhex(header.log_root),
+            )
+        except (InvalidProofError, StoreError) as error:
+            raise StoreError(
+                f"transaction {tx_id} is corrupt: it is not the log's leaf {index} ({error})"
+            ) from error
+        return height, index, envelope
 
     def inclusion_proof(self, tx_id: str, height: int) -> dict[str, Any]:
         """The RFC 9162 inclusion proof of `tx_id` in the log at `height`, with its checkpoint."""
@@ -704,12 +843,61 @@ def _write(connection: sqlite3.Connection, record: Record) -> None:
     """One block in one SQLite transaction: all of its rows, or none after an error."""
     rows = _rows(record)
     assert set(rows) == {name for name, _ in _STATEMENTS}
-    with _transaction(connection):
-        for name, statement in _STATEMENTS:
-            connection.executemany(statement, rows[name])
+    fault = record.get("fault")
+    if fault == "full":  # the database may not grow by a page: SQLite's own SQLITE_FULL
+        (pages,) = connection.execute("PRAGMA page_count").fetchone()
+        connection.execute(f"PRAGMA max_page_count = {int(pages)}")
+    try:
+        with _transaction(connection, on_commit=_FAULTS.get(fault)):
+            for name, statement in _STATEMENTS:
+                connection.executemany(statement, rows[name])
+    finally:
+        if fault == "full":
+            connection.execute(f"PRAGMA max_page_count = {_PAGES_MAX}")
+
+
+def _refuse_file_writes() -> Callable[[], None]:
+    """Until the returned function is called, the kernel refuses this process's file writes
+    past the first byte (RLIMIT_FSIZE: EFBIG; Python ignores SIGXFSZ): SQLite's COMMIT meets a
+    real write error (SQLITE_IOERR_WRITE) and rolls back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _die() -> Callable[[], None]:
+    os._exit(3)  # the writer dies with the block's rows written, uncommitted
+
+
+_FAULTS: Final[dict[Any, Callable[[], Callable[[], None]]]] = {
+    "ioerror": _refuse_file_writes,
+    "exit": _die,
+}
+_PAGES_MAX: Final = 0xFFFFFFFE  # SQLite's largest max_page_count
 
 
 WRITER_STOP_SECONDS: Final = 10.0
+
+FAULT_ENVIRONMENT: Final = "TANLIAN_STORE_FAULT"
+"""Tests only: `N:KIND` or `N:KIND:forever` makes the N-th block write of a node's writer
+(and, with `forever`, every one after it) fail for real inside its SQLite transaction. KIND is
+`ioerror` (the kernel refuses the COMMIT's file writes, RLIMIT_FSIZE: SQLite's own
+SQLITE_IOERR_WRITE, every row already written), `full` (the database may not grow by a page,
+`PRAGMA max_page_count`: SQLite's own SQLITE_FULL once the block needs a new page) or `exit`
+(the writer process dies just before COMMIT). Unset, nothing is injected."""
+FAULT_KINDS: Final = ("ioerror", "full", "exit")
+
+
+def parse_fault(text: str | None) -> tuple[int, str, bool] | None:
+    """(N, KIND, forever) from FAULT_ENVIRONMENT's value; StoreError if it is not one."""
+    if not text:
+        return None
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit() or int(parts[0]) < 1:
+        raise StoreError(f"{FAULT_ENVIRONMENT} must be N:KIND[:forever], not {text!r}")
+    if parts[1] not in FAULT_KINDS or parts[2:] not in ([], ["forever"]):
+        raise StoreError(f"{FAULT_ENVIRONMENT}: KIND is one of {FAULT_KINDS}, then :forever")
+    return int(parts[0]), parts[1], len(parts) == 3
 
 
 class _Writer:
@@ -718,11 +906,29 @@ class _Writer:
     error that rolled it back. A writer that dies fails the block it held (nothing of it was
     committed) and is replaced at the next block."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, lock: DirectoryLock) -> None:
         self.database = database
-        self.child = Child("ledger.store", str(database), stop_seconds=WRITER_STOP_SECONDS)
+        self.lock = lock
+        self.writes = 0  # blocks handed to a writer process, counted across its restarts
+        self.fault = parse_fault(os.environ.get(FAULT_ENVIRONMENT))
+        # Started now, not at the first block (its interpreter starts on the other core while
+        # the node loads its state), and holding the directory lock too (the same open file):
+        # a node killed while its writer finishes a block keeps the next node out until the
+        # writer has ended.
+        self.child = Child(
+            "ledger.store",
+            str(database),
+            stop_seconds=WRITER_STOP_SECONDS,
+            pass_fds=(lock.fileno(),),
+            start_now=True,
+        )
 
     def write(self, record: Record) -> None:
+        self.writes += 1
+        if self.fault is not None:
+            first, kind, forever = self.fault
+            if self.writes == first or (forever and self.writes > first):
+                record = {**record, "fault": kind}
         # Answers are empty or an error's text, made by our own child: no bound needed.
         answer = self.child.exchange(marshal.dumps(record), answer_bytes_max=None)
         if answer is None:
@@ -744,26 +950,80 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
             try:
                 _write(connection, marshal.loads(request))
             except (sqlite3.Error, AssertionError, ValueError) as error:
-                write_frame(sink, str(error).encode() or type(error).__name__.encode())
+                answer = str(error).encode() or type(error).__name__.encode()
             else:
-                write_frame(sink, b"")
+                answer = b""
+            try:
+                write_frame(sink, answer)
+            except BrokenPipeError:
+                return  # the node is gone (killed): the block is stored or rolled back
     finally:
         connection.close()
 
 
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+class DirectoryLock:
+    """An exclusive `flock` on a file of the data directory, held by the one process that
+    writes blocks there (and by its writer process, which shares the open file): two nodes on
+    one directory, or a node restarted while its killed predecessor's writer still finishes
+    a block, would otherwise both write. The kernel drops it when every holder has ended."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    def acquire(self, *, wait_seconds: float) -> None:
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(descriptor)
+                    raise StoreError(
+                        f"another process writes to {self.path.parent} (it holds "
+                        f"{self.path.name} after {wait_seconds:g} s): one node per directory"
+                    ) from None
+                time.sleep(0.01)
+            else:
+                self._descriptor = descriptor
+                return
+
+    def fileno(self) -> int:
+        assert self._descriptor is not None, "not acquired"
+        return self._descriptor
+
+    def release(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (SQLite may have rolled back
+    already after an I/O error). `on_commit` (fault injection) runs just before COMMIT and
+    returns what undoes it once COMMIT has returned or failed."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        on_commit: Callable[[], Callable[[], None]] | None = None,
+    ) -> None:
         self.connection = connection
+        self.on_commit = on_commit
 
     def __enter__(self) -> None:
         self.connection.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         if kind is None:
-            self.connection.execute("COMMIT")
-        else:
+            undo = None if self.on_commit is None else self.on_commit()
+            try:
+                self.connection.execute("COMMIT")
+            finally:
+                if undo is not None:
+                    undo()
+        elif self.connection.in_transaction:
             self.connection.execute("ROLLBACK")
 
 

@@ -45,14 +45,18 @@ def read_frame(stream: IO[bytes], max_bytes: int | None = FRAME_BYTES_MAX) -> by
     return payload if len(payload) == length else None
 
 
-def start_child(module: str, *arguments: str) -> subprocess.Popen[bytes]:
-    """`python -m module arguments` with this interpreter, finding this checkout first."""
+def start_child(
+    module: str, *arguments: str, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """`python -m module arguments` with this interpreter, finding this checkout first;
+    `pass_fds` stay open in the child."""
     paths = [str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     return subprocess.Popen(
         [sys.executable, "-m", module, *arguments],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        pass_fds=pass_fds,
     )
 
 
@@ -73,13 +77,28 @@ class Child:
     """A child `python -m module arguments`, asked one request at a time (any thread),
     started at the first request and replaced at the next after it was lost."""
 
-    def __init__(self, module: str, *arguments: str, stop_seconds: float) -> None:
+    def __init__(
+        self,
+        module: str,
+        *arguments: str,
+        stop_seconds: float,
+        pass_fds: tuple[int, ...] = (),
+        start_now: bool = False,
+    ) -> None:
+        """`pass_fds` stay open in the child; `start_now` starts it at once (its interpreter
+        starts on the other core meanwhile, and the first request does not wait for it)."""
         self.module = module
         self.arguments = arguments
         self.stop_seconds = stop_seconds
+        self.pass_fds = pass_fds
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0  # children started after one was lost
         self._lock = threading.Lock()
+        if start_now:
+            self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return start_child(self.module, *self.arguments, pass_fds=self.pass_fds)
 
     def exchange(
         self, request: bytes, *, answer_bytes_max: int | None = FRAME_BYTES_MAX
@@ -88,7 +107,7 @@ class Child:
         (it is stopped then, and the next request starts a new one)."""
         with self._lock:
             if self.process is None:
-                self.process = start_child(self.module, *self.arguments)
+                self.process = self._start()
             process = self.process
             assert process.stdin is not None and process.stdout is not None
             try:
@@ -120,5 +139,8 @@ def run_child(serve: Callable[[IO[bytes], IO[bytes]], None]) -> None:
     # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
     sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with sink:
-        serve(sys.stdin.buffer, sink)
+    try:
+        with sink:
+            serve(sys.stdin.buffer, sink)
+    except BrokenPipeError:
+        pass  # the node is gone: nothing reads what is left in the pipe's buffer

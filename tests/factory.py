@@ -45,7 +45,9 @@ def key(name: str) -> PrivateKey:
 class Chain:
     """A single-validator chain in memory, with named parties and nonce bookkeeping."""
 
-    def __init__(self, *, block_transactions_max: int = 5000) -> None:
+    def __init__(
+        self, *, block_transactions_max: int = 5000, block_interval_ms: int = 1000
+    ) -> None:
         self.authority_keys = [key(f"authority-{i}") for i in range(3)]
         self.validator = key("validator-city")
         # Keys that certify blocks: those of the governing set this chain knows (a
@@ -65,6 +67,7 @@ class Chain:
             validators=[Validator(public_key=self.validator.public_key_hex, power=1, name="city")],
             methodologies=METHODOLOGIES,
             block_transactions_max=block_transactions_max,
+            block_interval_ms=block_interval_ms,
         )
         self.genesis_document = document
         self.genesis: Genesis = parse_genesis(document)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Iterator
 from typing import Annotated, Any, Final
 
@@ -10,11 +12,14 @@ from fastapi.responses import StreamingResponse
 
 from api import schemas
 from api.node import Node
-from api.problems import problem_responses
+from api.problems import problem_body, problem_responses
 from api.routes import example, node_of
-from ledger.errors import LedgerError
+from ledger.encoding import canonical
+from ledger.errors import LedgerError, StoreError
 from ledger.limits import JSON_INTEGER_MAX
 from ledger.store import Store
+
+log = logging.getLogger("tanlian.api")
 
 router = APIRouter(tags=["chain"])
 
@@ -124,10 +129,22 @@ def export(
 ) -> StreamingResponse:
     last = node.state.height if to_height is None else min(to_height, node.state.height)
     store = Store.open(node.data)  # its own connection: the stream outlives this thread
+    produced = store.export_lines(from_height, last)
+    try:  # the genesis and the first block before answering: a corrupt one is a 503
+        first = list(itertools.islice(produced, 2))
+    except BaseException:
+        store.close()
+        raise
 
     def lines() -> Iterator[bytes]:
         try:
-            yield from store.export_lines(from_height, last)
+            yield from first
+            yield from produced
+        except StoreError as error:
+            # A block found corrupt mid-stream (the status is sent already): the last line
+            # says so, and no client or auditor can take the export for a shorter chain.
+            log.error("export stopped: %s", error.message)
+            yield canonical({"problem": problem_body("store_unavailable", error.message)}) + b"\n"
         finally:
             store.close()
 

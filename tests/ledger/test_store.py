@@ -762,7 +762,7 @@ TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
         "does not hash to",
     ),
     "header field name": (_alter_header(_replace_once('"time"', '"tima"')), "header"),
-    "header closing brace": (_alter_header(_replace_once("}", " ")), "cannot be read"),
+    "header closing brace": (_alter_header(_replace_once("}", " ")), "does not parse"),
     # (b) a state row value
     "state value": (_alter_state_value, "state_root"),
     # (c) a log_nodes hash of a peak
@@ -770,7 +770,7 @@ TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     # (d) the head certificate's signature
     "certificate signature digit": (
         _alter_signature(lambda s: _other_hex_digit(s, 70)),
-        "certificate of block 4",
+        "block 4 is corrupt: its certificate does not certify its header",
     ),
     "certificate signature not hex": (
         _alter_signature(lambda s: s[:70] + "g" + s[71:]),
