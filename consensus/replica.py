@@ -112,7 +112,7 @@ from ledger.limits import (
     ROUND_TIMEOUT_MS_MAX,
 )
 from ledger.state import State
-from ledger.state_transition import apply_block, build_block
+from ledger.state_transition import apply_block, build_block, check_block_body
 from ledger.transactions import Envelope, check_signatures
 
 NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
@@ -278,6 +278,9 @@ class Replica:
         self._precommit_timeouts: set[int] = set()  # rounds where line 47 fired
         self._locked_rounds: set[int] = set()  # rounds where line 36 fired
         self._applied: dict[str, State | None] = {}  # block hash -> state after it, or invalid
+        # Proposals of this height held before its parent was known: a body that does not
+        # match its header gives its slot back (the real proposal is re-sent).
+        self.quorum.current.drop_proposals(lambda proposal: not self._body_matches(proposal))
         for slot in [slot for slot in self.signed if slot[0] < self.height]:
             del self.signed[slot]
 
@@ -386,6 +389,8 @@ class Replica:
         self._begin(now_ms)
         if isinstance(message, Decision):
             self._on_decision(message)
+        elif isinstance(message, Proposal) and not self._body_matches(message):
+            pass  # a replayed signature with another body: it must not take the slot
         else:
             admission = self.quorum.admit(message, current_round=self.round)
             if admission.evidence is not None:
@@ -563,10 +568,28 @@ class Replica:
                 return proposal.block
         return None
 
+    def _body_matches(self, proposal: Proposal) -> bool:
+        """A proposal of this height carries the body its header commits to
+        (`check_block_body`). One of the next height is checked once this replica has its
+        parent (`_enter` drops the held ones that fail)."""
+        if proposal.height != self.height:
+            return True
+        try:
+            check_block_body(self.state, proposal.block)
+        except LedgerError:
+            return False
+        return True
+
     def _applies(self, block: Block) -> State | None:
-        """The state after `block` if the ledger accepts it on this replica's state."""
+        """The state after `block` if the ledger accepts it on this replica's state. The
+        verdict is remembered by block hash only for a body that matches its header: the
+        hash names the header alone, and another body must not speak for the real one."""
         block_hash = block.block_hash()
         if block_hash not in self._applied:
+            try:
+                check_block_body(self.state, block)
+            except LedgerError:
+                return None
             try:
                 if any(error is not None for error in self.verify_signatures(block.transactions)):
                     self._applied[block_hash] = None

@@ -581,6 +581,76 @@ def test_a_decision_message_catches_up_and_a_forged_one_is_ignored() -> None:
     )  # does not apply
 
 
+def _forgeries(genuine: Proposal) -> list[Proposal]:
+    """The genuine proposal's signature and header with other bodies, as anyone who saw it
+    can send them: fewer transactions, others, other evidence."""
+    value = genuine.block
+    a, b = (vote(3, "prevote", 0, value) for value in (None, "ab" * 32))
+    bodies = [
+        dataclasses.replace(value, transactions=value.transactions[:1]),
+        dataclasses.replace(value, transactions=tuple(WORLD.workload[5:8])),
+        dataclasses.replace(value, evidence=(make_evidence(a, b),)),
+    ]
+    return [dataclasses.replace(genuine, block=body) for body in bodies]
+
+
+def test_a_replayed_proposal_signature_with_another_body_does_not_take_the_slot() -> None:
+    me = not_proposer(1, 0)
+    genuine = proposal(0, block())
+    for forged in _forgeries(genuine):
+        assert forged.block_hash == genuine.block_hash  # the signature verifies for it
+        target = replica(me)
+        target.on_start(T0)
+        assert feed(target, [forged]) == []  # refused before the quorum holds it
+        assert target.quorum.current.proposals == {}
+        effects = feed(target, [genuine])
+        assert [v.block_hash for v in votes_sent(effects, "prevote")] == [genuine.block_hash]
+        assert target.quorum.current.proposals[0] is genuine
+
+
+def test_a_forged_proposal_of_the_next_height_gives_its_slot_back_once_the_parent_is_known() -> (
+    None
+):
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(2, 0)))
+    target = replica(me)
+    target.on_start(T0)
+    first = block()
+    parent = apply_block(WORLD.genesis, first)
+    decision = _decision(first, WORLD.genesis)
+    second = build_block(
+        parent,
+        WORLD.workload[3:6],
+        time=T0 + 10,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=decision.certificate,
+    ).block
+    genuine = proposal(0, second, height=2)
+    forged = dataclasses.replace(genuine, block=dataclasses.replace(second, transactions=()))
+    feed(target, [forged])  # held for height 2: its parent is not known yet
+    assert target.quorum.following.proposals[0] is forged
+    feed(target, [decision])
+    assert target.height == 2 and target.quorum.current.proposals == {}
+    target.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 20)
+    effects = feed(target, [genuine], now=T0 + 20)
+    assert [v.block_hash for v in votes_sent(effects, "prevote")] == [genuine.block_hash]
+
+
+def test_a_forged_decision_does_not_speak_for_the_real_block() -> None:
+    """A certificate replayed with another body is ignored, and the verdict on that body is
+    not remembered for the block hash: the real decision and proposal still count."""
+    me = not_proposer(1, 0)
+    genuine = block()
+    decision = _decision(genuine, WORLD.genesis)
+    target = replica(me)
+    target.on_start(T0)
+    for forged in _forgeries(proposal(0, genuine)):
+        assert feed(target, [Decision(block=forged.block, certificate=decision.certificate)]) == []
+    effects = feed(target, [proposal(0, genuine)])
+    assert [v.block_hash for v in votes_sent(effects, "prevote")] == [genuine.block_hash()]
+    effects = feed(target, [decision])
+    assert [e.block for e in effects if isinstance(e, Decide)] == [genuine]
+
+
 def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
     target = replica(0)
     target.on_start(T0)
