@@ -651,6 +651,55 @@ def test_a_forged_decision_does_not_speak_for_the_real_block() -> None:
     assert [e.block for e in effects if isinstance(e, Decide)] == [genuine]
 
 
+def test_a_proposal_holds_at_most_its_limit_halved_each_round() -> None:
+    me = proposer(1, 1)
+    capped = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD, limit=10),
+        proposal_transactions_max=4,
+    )
+    assert [capped.proposal_limit(r) for r in range(5)] == [4, 2, 1, 1, 1]
+    chain_max = WORLD.genesis.params.block_transactions_max
+    assert replica(me).proposal_limit(0) == chain_max  # no bound of its own: the chain's
+    assert replica(me).proposal_limit(1) == chain_max // 2
+    assert replica(me).proposal_limit(99) == 1
+    capped.on_start(T0)
+    others = [i for i in range(4) if i != me][:2]
+    effects = feed(capped, [vote(i, "prevote", 1, None) for i in others])  # line 55: round 1
+    (proposed,) = [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert proposed.round == 1 and len(proposed.block.transactions) == 2
+
+
+def test_a_lock_signed_at_a_later_height_is_taken_back_when_the_replica_gets_there() -> None:
+    """A node writes a decided block while its replica goes on: after a crash its store may
+    be a height behind its log. The lock it signed at that later height must hold there."""
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(2, 0)))
+    first = block()
+    decision = _decision(first, WORLD.genesis)
+    locked_on = "ab" * 32
+    precommit = vote(me, "precommit", 0, locked_on, height=2)
+    target = replica(me, signed=[precommit])
+    target.on_start(T0)
+    feed(target, [decision])
+    assert target.height == 2
+    assert (target.locked_round, target.locked_hash) == (0, locked_on)
+    target.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 20)
+    second = build_block(
+        apply_block(WORLD.genesis, first),
+        WORLD.workload[3:6],
+        time=T0 + 10,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=decision.certificate,
+    ).block
+    effects = feed(target, [proposal(0, second, height=2)], now=T0 + 20)
+    assert [v.block_hash for v in votes_sent(effects, "prevote")] == [None]  # locked elsewhere
+    assert target.signed[(2, 0, "precommit")] is precommit  # never signed anew
+
+
 def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
     target = replica(0)
     target.on_start(T0)
