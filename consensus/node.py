@@ -70,7 +70,7 @@ from consensus.producer import (
     remember,
     settle_pool,
 )
-from consensus.relay import Relay, decode_batch
+from consensus.relay import Reference, Relay, decode_batch
 from consensus.replica import (
     Broadcast,
     Decide,
@@ -97,6 +97,7 @@ from ledger.limits import (
     RELAY_BLOCKS_HELD,
 )
 from ledger.state import State
+from ledger.state_transition import check_block_body
 from ledger.store import Store
 from ledger.transactions import Envelope
 
@@ -260,11 +261,27 @@ class BftProducer:
         if batch.envelopes:
             self._admit_forwarded(batch.envelopes)
         messages = self.relay.receive(
-            batch.messages, self._lookup_leaf, height_min=self._tip.height + 1
+            batch.messages,
+            self._lookup_leaf,
+            height_min=self._tip.height + 1,
+            refuses=self._refuses_reference,
         )
         if messages:
             self.on_messages(messages)
         return batch.lines
+
+    def _refuses_reference(self, reference: Reference) -> bool:
+        """A block by reference of the next height whose leaf hashes, evidence or last commit
+        are not what its header commits to (`check_block_body`: a replayed signature); one
+        of a later height is left to the replica, which checks it once it has the parent."""
+        tip = self._tip
+        if reference.block.skeleton.height != tip.height + 1:
+            return False
+        try:
+            check_block_body(tip, reference.block.skeleton, leaf_hashes=reference.block.leaf_hashes)
+        except LedgerError:
+            return True
+        return False
 
     def _admit_forwarded(self, envelopes: Sequence[Envelope]) -> None:
         """Transactions from a peer: into the pool within its forwarded share, and into the

@@ -7,6 +7,7 @@ checked again when a block is validated."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,8 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from consensus.messages import sign_proposal
 from consensus.node import BftProducer
 from consensus.proposer import compute_proposer
+from consensus.relay import encode_reference
 from consensus.replica import Timeouts
 from consensus.transport import MemoryNetwork, MemoryTransport
 from consensus.wal import WAL_FILE_NAME, SignedLog
@@ -27,6 +30,7 @@ from ledger.limits import (
     CONSENSUS_BATCH_BYTES_MAX,
     PROPOSAL_TRANSACTIONS_MAX,
 )
+from ledger.state_transition import build_block
 from ledger.store import Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
@@ -220,6 +224,34 @@ def test_a_decided_block_is_answered_committed_only_once_durable(tmp_path: Path)
         assert len({tuple(consortium.hashes(i, top)) for i in range(4)}) == 1
     finally:
         held.gate.set()
+        consortium.close()
+
+
+def test_a_block_by_reference_whose_leaves_its_header_does_not_commit_to_is_not_held(
+    tmp_path: Path,
+) -> None:
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        built = build_block(
+            validator.state,
+            WORLD.workload[:3],
+            time=validator.state.head_time + 1,
+            proposer=WORLD.keys[1].public_key_hex,
+            last_commit=None,
+        ).block
+        proposer = compute_proposer(validator.state.current_validators(), 1, 0)
+        (signer,) = [k for k in WORLD.keys if k.public_key_hex == proposer]
+        genuine = sign_proposal(
+            signer, chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=built
+        )
+        forged = dataclasses.replace(
+            genuine, block=dataclasses.replace(built, transactions=built.transactions[1:])
+        )
+        for message, waiting in ((forged, 0), (genuine, 1)):
+            validator.on_batch(encode_reference(message) + b"\n")  # its transactions unknown
+            assert validator.relay.waiting() == waiting
+    finally:
         consortium.close()
 
 
