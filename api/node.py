@@ -160,6 +160,7 @@ class Node:
                 transport=self._transport,
                 pool=pool,
                 sync=self.sync,
+                write_executor=self._write,  # decided blocks are written beside the next
             )
         self._committed_ids = self._load_committed_ids(0)
         self._readers = threading.local()

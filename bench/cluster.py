@@ -20,6 +20,12 @@ the machine they had (others' processes take the rest). Then, in this process: t
 time a validator spends validating a proposed full block when it checks every signature
 itself, and when it reuses the checks made on admission (what consensus.node does).
 
+Also printed per run: the blocks of the window (median and largest transactions, and how
+many were decided only after round 0), and at the start the scheduler group the benchmark
+runs in (`/proc/self/autogroup`; the figures in docs/decisions/0006 come from a group of its
+own at nice -15: `setsid bash -c 'echo -15 > /proc/self/autogroup; exec .venv/bin/python
+bench/cluster.py ...'`).
+
 Every process is stopped by its pid (the cluster's children by `tanlian cluster` itself, on
 SIGTERM; by their pids if it fails to). The load average is printed: other processes on the
 same two cores lower every figure. Issue 5's goal: >= 1,500 tx/s with p50 <= 1.5 s on 4.
@@ -89,6 +95,8 @@ class Result:
     heights: int = 0  # blocks over the window
     window_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)  # by process kind, over the window
+    block_sizes: list[int] = field(default_factory=list)  # transactions, each block of the window
+    late_rounds: int = 0  # blocks of the window decided after round 0 (their certificate's)
 
     def p(self, quantile: float) -> float:
         ordered = sorted(self.latencies)
@@ -359,6 +367,9 @@ async def measure(
         last_at = time.perf_counter()
         last_cpu = cpu_by_kind(tree)
         await asyncio.gather(*tasks)
+        result.block_sizes, result.late_rounds = await blocks_of(
+            ports[0], first_height, last_height, first_size
+        )
     finally:
         await close_all(connections)
     if exhausted:
@@ -377,6 +388,23 @@ async def checkpoint(port: int) -> tuple[int, int]:
     finally:
         await connection.close()
     return int(header["log_size"]), int(header["height"])
+
+
+async def blocks_of(port: int, first: int, last: int, size: int) -> tuple[list[int], int]:
+    """The transactions of each block after height `first` up to `last` (the log held `size`
+    at `first`), and how many of them were decided after round 0."""
+    sizes, late = [], 0
+    connection = await Connection.open(port)
+    try:
+        for height in range(first + 1, last + 1):
+            checkpoint = await connection.get_json(f"/v1/checkpoints/{height}")
+            log_size = int(checkpoint["header"]["log_size"])
+            sizes.append(log_size - size)
+            size = log_size
+            late += int(checkpoint["certificate"]["round"]) > 0
+    finally:
+        await connection.close()
+    return sizes, late
 
 
 @dataclass(frozen=True)
@@ -484,6 +512,16 @@ def validation_cost(
     return len(block.transactions), every, reused, lookups
 
 
+def scheduler_group() -> str:
+    """This process's autogroup and its nice value (Linux): a run started in a group of its
+    own at a high priority (`echo -15 > /proc/self/autogroup`) is less disturbed by other
+    work on the machine, and its figures should say so."""
+    try:
+        return Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -507,6 +545,7 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     total = int(args.rate_max * (args.seconds + WARM_UP_S + 5))
     print(f"load average {loads[0]:.2f}; signing {total:,} transactions ...", flush=True)
+    print(f"scheduler group: {scheduler_group()}", flush=True)
     genesis, generated, validator_key = make_workload(total, args.accounts, args.seed)
     envelopes = list(generated)
     setup = [e for e in envelopes if e.tx.type in SETUP_TYPES]
@@ -555,6 +594,12 @@ def main() -> None:
         print(ratios)
         if r.pending:
             print(f"{'':17} {r.pending:,} answered still pending after the wait")
+        if r.block_sizes:
+            sizes = sorted(r.block_sizes)
+            print(
+                f"{'':17} blocks of {sizes[len(sizes) // 2]:,} tx (median), at most"
+                f" {sizes[-1]:,}; {r.late_rounds} of {len(sizes)} decided after round 0"
+            )
         committed = r.rate * r.window_s
         used = sum(r.cpu_s.values())
         share = used / ((os.cpu_count() or 1) * r.window_s) if r.window_s else 0.0

@@ -13,8 +13,11 @@ order, as docs/decisions/0006 requires:
                      by its certificate)
     ScheduleTimeout  a timer on the monotonic clock; `produce` fires the due ones
     Decide           `Store.append` of block, certificate and state, exactly as SoloProducer
-                     writes, before any later effect; then the pool and outcomes move on and
-                     the signed-message log drops the decided heights
+                     writes: on the write thread (`write_executor`) while the replica goes
+                     on with the next height, one block at a time, in order; once it is
+                     durable the pool and outcomes move on, readers see it, and the
+                     signed-message log drops the decided heights (without an executor,
+                     before any later effect)
 
 Peers' batches arrive on any thread through `on_batch` (the route's inbox, docs/decisions/0006
 "Pool forwarding" and "Blocks larger than a request body"): transactions new here are admitted
@@ -25,6 +28,14 @@ holding; the messages are queued (at most PEER_QUEUE_MESSAGES_MAX, the oldest dr
 counted) and fed to the replica on the block-loop thread: the replica is touched by one
 thread only. The replica checks every signature and certificate; what it refuses is dropped
 there.
+
+Two states: `state` is the committed one (durable: what readers see and the store holds),
+the tip is the replica's (decided, perhaps still being written). Nonces count from the tip,
+so a transaction in a block being written is not offered again; a decided block's
+transactions stay in the pool, pending, until it is durable (as `SoloProducer` keeps them),
+and nothing is answered committed before. The replica goes on meanwhile, which is safe: what
+it signs at later heights is fsynced in its log first, and a restarted replica takes back
+its round and lock at each height from that log (`consensus.replica`).
 
 Signatures are checked once per node: the replica is given `verify_signatures`, which passes
 every transaction this node admitted (the same leaf: a transaction signed otherwise is
@@ -48,6 +59,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 
 from consensus.messages import Decision, Message
 from consensus.pool import Pool
@@ -58,7 +70,7 @@ from consensus.producer import (
     remember,
     settle_pool,
 )
-from consensus.relay import Relay, decode_batch
+from consensus.relay import Reference, Relay, decode_batch
 from consensus.replica import (
     Broadcast,
     Decide,
@@ -80,10 +92,12 @@ from ledger.errors import LedgerError
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     PEER_QUEUE_MESSAGES_MAX,
+    PROPOSAL_TRANSACTIONS_MAX,
     PROPOSE_TIMEOUT_MS_EXTRA,
     RELAY_BLOCKS_HELD,
 )
 from ledger.state import State
+from ledger.state_transition import check_block_body
 from ledger.store import Store
 from ledger.transactions import Envelope
 
@@ -106,7 +120,12 @@ class BftProducer:
         timeouts: Timeouts | None = None,
         clock_ms: Callable[[], int] = _monotonic_ms,
         sync: BlockSync | None = None,
+        write_executor: Executor | None = None,
+        proposal_transactions_max: int | None = PROPOSAL_TRANSACTIONS_MAX,
     ) -> None:
+        """`write_executor` (one thread) makes decided blocks durable while the replica goes
+        on; None: in the caller's thread, before anything else. `proposal_transactions_max`
+        bounds this validator's proposals (`Replica.proposal_limit`)."""
         self.store = store
         self.sync = sync
         self.key = validator_key
@@ -115,6 +134,10 @@ class BftProducer:
         self.pool = pool if pool is not None else Pool()
         self._clock_ms = clock_ms
         self._state = store.load_state()
+        self._tip = self._state  # the replica's: decided, perhaps not yet durable
+        self._write_executor = write_executor
+        self._writing: deque[tuple[Decide, Future[None]]] = deque()  # in height order
+        self.proposal_transactions_max = proposal_transactions_max
         if validator_key.public_key_hex not in {
             v.public_key for v in self._state.current_validators()
         }:
@@ -145,6 +168,7 @@ class BftProducer:
             signed=self.log.read(),
             timeouts=timeouts,
             verify_signatures=self._verify_signatures,
+            proposal_transactions_max=self.proposal_transactions_max,
         )
 
     # --- the BlockProducer interface ------------------------------------------------------------
@@ -159,7 +183,9 @@ class BftProducer:
     def due(self, now_ms: int) -> bool:
         if not self._started or self._committed or self._inbox:
             return True
-        if self.sync is not None and self.sync.is_behind(self._state.height):
+        if self._writing and self._writing[0][1].done():
+            return True
+        if self.sync is not None and self.sync.is_behind(self._tip.height):
             return True
         return bool(self._timers) and self._timers[0][0] <= self._clock_ms()
 
@@ -199,12 +225,15 @@ class BftProducer:
     def produce(self, now_ms: int) -> CommittedBlock | None:
         """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
         effects, and return a block decided since the last call, if any."""
-        if self.sync is not None and self.sync.is_behind(self._state.height):
+        self._finish_writes(wait=False)
+        if self.sync is not None and self.sync.is_behind(self._tip.height):
+            self._finish_writes(wait=True)  # sync and rejoining start from the store
             if not self._committed:  # one range at a time: the last one's blocks go first
                 self.sync.step(self._state, self._append_synced)
             if self._committed and self.sync.is_behind(self._state.height):
                 return self._committed.popleft()  # more to fetch before taking part
-        if self.replica.height <= self._state.height:
+        if self.replica.height <= self._tip.height:
+            self._finish_writes(wait=True)
             self._rejoin()
         if not self._started:
             self._started = True
@@ -232,11 +261,27 @@ class BftProducer:
         if batch.envelopes:
             self._admit_forwarded(batch.envelopes)
         messages = self.relay.receive(
-            batch.messages, self._lookup_leaf, height_min=self._state.height + 1
+            batch.messages,
+            self._lookup_leaf,
+            height_min=self._tip.height + 1,
+            refuses=self._refuses_reference,
         )
         if messages:
             self.on_messages(messages)
         return batch.lines
+
+    def _refuses_reference(self, reference: Reference) -> bool:
+        """A block by reference of the next height whose leaf hashes, evidence or last commit
+        are not what its header commits to (`check_block_body`: a replayed signature); one
+        of a later height is left to the replica, which checks it once it has the parent."""
+        tip = self._tip
+        if reference.block.skeleton.height != tip.height + 1:
+            return False
+        try:
+            check_block_body(tip, reference.block.skeleton, leaf_hashes=reference.block.leaf_hashes)
+        except LedgerError:
+            return True
+        return False
 
     def _admit_forwarded(self, envelopes: Sequence[Envelope]) -> None:
         """Transactions from a peer: into the pool within its forwarded share, and into the
@@ -343,12 +388,36 @@ class BftProducer:
                 )
 
     def _decide(self, decision: Decide) -> None:
+        """Make the decided block durable: on the write thread if there is one (`produce`
+        finishes it once written), else now."""
+        with self._lock:
+            self._tip = decision.state
+        if self._write_executor is None:
+            self._write(decision)
+            self._settle(decision)
+            return
+        self._writing.append((decision, self._write_executor.submit(self._write, decision)))
+
+    def _write(self, decision: Decide) -> None:
+        self.store.append(decision.block, decision.certificate, decision.state)
+
+    def _finish_writes(self, *, wait: bool) -> None:
+        """Settle the blocks written so far, in order (all of them if `wait`). A failed write
+        raises here, on the block loop, as a failed synchronous append would: the replica
+        went on past a block the store does not hold, so the node must not go on."""
+        while self._writing and (wait or self._writing[0][1].done()):
+            decision, written = self._writing.popleft()
+            written.result()
+            self._settle(decision)
+
+    def _settle(self, decision: Decide) -> None:
+        """A decided block is durable: readers see it, its transactions leave the pool
+        answered committed, and the log forgets its height."""
         block = decision.block
-        self.store.append(block, decision.certificate, decision.state)
         committed = committed_outcomes(block)
         with self._lock:
             self._state = decision.state
-            settle_pool(self.pool, self.outcomes, committed, block, self._nonce)
+            settle_pool(self.pool, self.outcomes, committed, block, self._committed_nonce)
         # Timers of decided heights stay: the replica ignores their steps, and its one
         # REBROADCAST timer keeps the height it was first scheduled with as it re-arms.
         self.log.compact(above_height=block.height)
@@ -360,8 +429,13 @@ class BftProducer:
 
     def _append_synced(self, block: Block, certificate: Certificate, state: State) -> None:
         """A block that block sync verified: stored and reported as a decided one (on the
-        sync's write thread, while this producer's thread waits in `BlockSync.step`)."""
-        self._decide(Decide(block=block, certificate=certificate, state=state))
+        sync's write thread, while this producer's thread waits in `BlockSync.step`, with no
+        write of its own under way)."""
+        decision = Decide(block=block, certificate=certificate, state=state)
+        with self._lock:
+            self._tip = state
+        self._write(decision)
+        self._settle(decision)
 
     def _rejoin(self) -> None:
         """Take part again at the height after the store's head: a replica built as at a
@@ -386,6 +460,11 @@ class BftProducer:
             return self.pool.ready(nonce, state.params.block_transactions_max)
 
     def _nonce(self, signer: str) -> int:
+        """Nonces count from the tip: one used in a block being written is used."""
+        account = self._tip.get(f"account/{signer}")
+        return 0 if account is None else int(account["nonce"])
+
+    def _committed_nonce(self, signer: str) -> int:
         account = self._state.get(f"account/{signer}")
         return 0 if account is None else int(account["nonce"])
 

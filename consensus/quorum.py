@@ -31,7 +31,7 @@ Thresholds are by power, in integers: a quorum is more than 2/3 of the total pow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -192,6 +192,14 @@ class HeightMessages:
             proposal.block_hash == block_hash and round in (proposal.round, proposal.valid_round)
             for proposal in self.proposals.values()
         )
+
+    def drop_proposals(self, refuse: Callable[[Proposal], bool]) -> None:
+        """Forget the proposals `refuse` names: their slots take the next proposal of their
+        round. (Their senders stay noted: each signed something in that round.)"""
+        for round, proposal in list(self.proposals.items()):
+            if refuse(proposal):
+                del self.proposals[round]
+                del self.proposers[round]
 
     def message_count(self) -> int:
         return len(self.proposals) + sum(held.count() for held in self.votes.values())

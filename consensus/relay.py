@@ -335,10 +335,13 @@ class Relay:
         lookup: Callable[[bytes], Envelope | None],
         *,
         height_min: int,
+        refuses: Callable[[Reference], bool] = lambda reference: False,
     ) -> list[Message]:
         """The messages ready for the replica: `items` in order, each message by reference
         completed through `lookup`, then any waiting one now complete. Incomplete ones
-        wait; those below `height_min` (decided here) are dropped."""
+        wait; those below `height_min` (decided here) are dropped, and so is a reference
+        the receiver `refuses` (its leaf hashes are not what its header commits to: it must
+        not take the waiting place of the real one)."""
         ready: list[Message] = []
         with self._lock:
             for slot in [slot for slot in self._waiting if slot[1] < height_min]:
@@ -346,6 +349,8 @@ class Relay:
             for item in items:
                 if not isinstance(item, ProposalRef | DecisionRef):
                     ready.append(item)
+                    continue
+                if refuses(item):
                     continue
                 message = complete(item, lookup)
                 if message is not None:

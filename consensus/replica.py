@@ -17,7 +17,12 @@ and each returns the effects to carry out, in order:
                             certificate, from the store, as a `Decision` message (it lags).
     ScheduleTimeout(timeout, delay_ms)  call on_timeout(timeout, ...) after delay_ms.
     Decide(block, certificate, state)  append the block, its certificate and the state
-                            after it to the store before any later effect.
+                            after it to the store, in order, and report nothing of it
+                            committed before it is durable. Later effects may be carried
+                            out meanwhile (a node writes while the next height runs): what
+                            the replica signs at later heights is in its durable log, and
+                            a restarted replica takes back its round and lock at every
+                            height from that log.
 
 The same inputs give the same effects, byte for byte, wherever they run.
 
@@ -26,8 +31,8 @@ set governing h, "f+1" more than 1/3):
 
     11  StartRound(r): the proposer proposes validValue with validRound if it has one, else a
         new block (`build_block` on its state, at `now_ms`, with the transactions the injected
-        `TransactionSource` offers, the evidence it holds and the certificate of h-1 as
-        `last_commit`); the others schedule timeoutPropose(r).
+        `TransactionSource` offers, at most `proposal_limit(r)`, the evidence it holds and the
+        certificate of h-1 as `last_commit`); the others schedule timeoutPropose(r).
     22  PROPOSAL(h, r, v, -1) while step = propose: prevote v if valid(v) and (lockedRound =
         -1 or lockedValue = v), else nil; step = prevote.
     28  PROPOSAL(h, r, v, vr) with 0 <= vr < r and 2f+1 PREVOTE(h, vr, v) while step =
@@ -50,6 +55,12 @@ the chain's `block_interval_ms` before round 0 of the next height (the pace of a
 chain), still taking messages meanwhile; after a block with transactions it starts at once,
 and its proposer, if it has no transaction to propose, looks again every `wait_poll_ms`
 (at most `block_interval_ms`, and half a propose timeout) before it proposes an empty block.
+
+A proposal is held only if its block's body is the one its header commits to
+(`check_block_body`: transactions against log_size and log_root, evidence against
+evidence_hash, last_commit against last_commit_hash): the proposer's signature covers the
+block hash alone, and a copy replayed with another body must not take the slot of the real
+one. A proposal of the next height is checked once its parent is decided here.
 
 valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v, every
 signature checked through the injected `verify_signatures` (by default right here; a node
@@ -112,7 +123,7 @@ from ledger.limits import (
     ROUND_TIMEOUT_MS_MAX,
 )
 from ledger.state import State
-from ledger.state_transition import apply_block, build_block
+from ledger.state_transition import apply_block, build_block, check_block_body
 from ledger.transactions import Envelope, check_signatures
 
 NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
@@ -228,9 +239,14 @@ class Replica:
         signed: Sequence[SignedMessage] = (),
         timeouts: Timeouts | None = None,
         verify_signatures: SignatureCheck = check_signatures,
+        proposal_transactions_max: int | None = None,
     ) -> None:
         """A replica at height `state.height + 1`. `last_certificate` commits the block at
-        `state.height` (None at genesis); `signed` is this replica's durable log."""
+        `state.height` (None at genesis); `signed` is this replica's durable log.
+        `proposal_transactions_max` bounds the blocks it proposes in round 0 (at most the
+        chain's `block_transactions_max`, the default); each later round halves it."""
+        assert proposal_transactions_max is None or proposal_transactions_max >= 1
+        self.proposal_transactions_max = proposal_transactions_max
         assert (last_certificate is None) == (state.height == 0)
         self.key = key
         self.public_key = key.public_key_hex
@@ -256,7 +272,6 @@ class Replica:
             next_validators=state.next_validators(),
         )
         self._enter(state, last_certificate)
-        self._restore()
 
     # --- the height and round -----------------------------------------------------------------
 
@@ -278,11 +293,18 @@ class Replica:
         self._precommit_timeouts: set[int] = set()  # rounds where line 47 fired
         self._locked_rounds: set[int] = set()  # rounds where line 36 fired
         self._applied: dict[str, State | None] = {}  # block hash -> state after it, or invalid
+        # Proposals of this height held before its parent was known: a body that does not
+        # match its header gives its slot back (the real proposal is re-sent).
+        self.quorum.current.drop_proposals(lambda proposal: not self._body_matches(proposal))
         for slot in [slot for slot in self.signed if slot[0] < self.height]:
             del self.signed[slot]
+        self._restore()
 
     def _restore(self) -> None:
-        """Take back what the durable log says this replica signed at this height."""
+        """Take back what the durable log says this replica signed at this height: its round
+        and its lock. At a restart, and at each later height: a shell that makes a decided
+        block durable while the replica goes on (`Decide`) may restart with messages of a
+        height above the next one in its log."""
         mine = sorted(
             (message for message in self.signed.values() if message.height == self.height),
             key=_slot,
@@ -292,7 +314,7 @@ class Replica:
         self.round = max(message.round for message in mine)
         for message in mine:
             admission = self.quorum.admit(message, current_round=self.round)
-            assert admission.status in ("added", "known"), admission
+            assert admission.status in ("added", "known", "equivocation"), admission  # twins
             is_lock = isinstance(message, Vote) and message.vote_type == PRECOMMIT
             if is_lock and message.block_hash is not None:
                 # Line 36 locked on what it precommitted; the latest lock wins.
@@ -332,11 +354,22 @@ class Replica:
             return False
         return not self.transactions(self.state, self._now)
 
+    def proposal_limit(self, round: int) -> int:
+        """The most transactions this replica proposes in a new block at `round`: its bound
+        (or the chain's) in round 0, halved each round after, at least one. A round that
+        failed because its block took longer to build, send and validate than its timeouts
+        allow is followed by one with less work, not more (the pool has grown meanwhile):
+        under overload the chain goes on at what a round can carry instead of collapsing."""
+        cap = self.state.params.block_transactions_max
+        if self.proposal_transactions_max is not None:
+            cap = min(cap, self.proposal_transactions_max)
+        return max(cap >> min(round, cap.bit_length()), 1)
+
     def _new_proposal(self, round: int) -> Proposal:
         block = None if self.valid_hash is None else self._block(self.valid_hash)
         valid_round = self.valid_round
         if block is None or valid_round >= round:  # no validValue (or not its block): new
-            candidates = self.transactions(self.state, self._now)
+            candidates = self.transactions(self.state, self._now)[: self.proposal_limit(round)]
             checks = self.verify_signatures(candidates)
             bad = [(e, err) for e, err in zip(candidates, checks, strict=True) if err is not None]
             built = build_block(
@@ -386,6 +419,8 @@ class Replica:
         self._begin(now_ms)
         if isinstance(message, Decision):
             self._on_decision(message)
+        elif isinstance(message, Proposal) and not self._body_matches(message):
+            pass  # a replayed signature with another body: it must not take the slot
         else:
             admission = self.quorum.admit(message, current_round=self.round)
             if admission.evidence is not None:
@@ -420,7 +455,7 @@ class Replica:
         """Algorithm 1 lines 57, 61 and 65, and the wait before a new height's round 0."""
         if timeout.step == NEW_HEIGHT:
             if self.step == NEW_HEIGHT:
-                self._start_round(0)
+                self._start_round(self.round)  # 0, unless the log says it signed later
             return
         if timeout.round != self.round:
             return
@@ -563,10 +598,28 @@ class Replica:
                 return proposal.block
         return None
 
+    def _body_matches(self, proposal: Proposal) -> bool:
+        """A proposal of this height carries the body its header commits to
+        (`check_block_body`). One of the next height is checked once this replica has its
+        parent (`_enter` drops the held ones that fail)."""
+        if proposal.height != self.height:
+            return True
+        try:
+            check_block_body(self.state, proposal.block)
+        except LedgerError:
+            return False
+        return True
+
     def _applies(self, block: Block) -> State | None:
-        """The state after `block` if the ledger accepts it on this replica's state."""
+        """The state after `block` if the ledger accepts it on this replica's state. The
+        verdict is remembered by block hash only for a body that matches its header: the
+        hash names the header alone, and another body must not speak for the real one."""
         block_hash = block.block_hash()
         if block_hash not in self._applied:
+            try:
+                check_block_body(self.state, block)
+            except LedgerError:
+                return None
             try:
                 if any(error is not None for error in self.verify_signatures(block.transactions)):
                     self._applied[block_hash] = None

@@ -64,6 +64,12 @@ ROUND_TIMEOUT_MS_MAX: Final = 60_000
 # (docs/decisions/0006); Tendermint's own default is 3 s. A prevote or precommit timeout only
 # starts once more than 2/3 have voted, so only this one is on the path of every block.
 PROPOSE_TIMEOUT_MS_EXTRA: Final = 2000
+# A node's proposals hold at most this many transactions in round 0, half as many in each
+# later round (`Replica.proposal_limit`): the proposer builds its block, sends it, and every
+# validator applies it within the propose step (3 s in round 0). Four validators sharing a
+# loaded 2-core machine took ~0.3 ms a transaction for each of those (docs/decisions/0006),
+# and blocks of ~3,000 missed round after round, each miss making the next block larger.
+PROPOSAL_TRANSACTIONS_MAX: Final = 2000
 # After a block with transactions the next height starts at once; its proposer, with nothing
 # to propose, looks for transactions again this often before it proposes an empty block.
 PROPOSER_WAIT_POLL_MS: Final = 50

@@ -786,6 +786,51 @@ def _check_header_links(state: State, block: Block) -> None:
         raise fail("last_commit", error.message) from error
 
 
+def check_block_body(
+    state: State, block: Block, *, leaf_hashes: Sequence[bytes] | None = None
+) -> None:
+    """The block's body is the one its header commits to, on top of `state` (its parent):
+    the transactions give the header's `log_size` and `log_root` when their leaves are
+    appended to the parent's log (RFC 9162, as `apply_block` appends them), the evidence
+    gives `evidence_hash`, and `last_commit` gives `last_commit_hash`; raises
+    `InvalidBlockError` naming the first field that differs.
+
+    A proposal's signature covers only its block hash, the hash of the header: this is what
+    binds the rest to it, so a signature replayed with other transactions is refused here,
+    at a few hashes a transaction and before any rule is checked (docs/decisions/0006). It
+    says nothing about whether the block applies: that is `apply_block`'s question.
+    `leaf_hashes`, for a block sent by reference, stand for its transactions.
+    """
+    header, height = block.header, block.header.height
+    if leaf_hashes is None:
+        leaf_hashes = [leaf_hash(envelope.leaf) for envelope in block.transactions]
+
+    def fail(rule: str, message: str) -> InvalidBlockError:
+        return InvalidBlockError(height, rule, message)
+
+    if height != state.height + 1:
+        raise fail("height", f"expected height {state.height + 1}")
+    if len(leaf_hashes) > state.params.block_transactions_max:
+        raise fail("block_transactions_max", f"{len(leaf_hashes)} transactions")
+    if len(block.evidence) > EVIDENCE_PER_BLOCK_MAX:
+        raise fail(
+            "evidence_count", f"{len(block.evidence)} items, at most {EVIDENCE_PER_BLOCK_MAX}"
+        )
+    if header.evidence_hash != compute_evidence_hash(block.evidence):
+        raise fail("evidence_hash", "does not match the block's evidence")
+    last_commit_hash = (
+        ZERO_HASH_HEX if block.last_commit is None else block.last_commit.certificate_hash()
+    )
+    if header.last_commit_hash != last_commit_hash:
+        raise fail("last_commit_hash", "does not match the carried certificate")
+    size = state.log.size + len(leaf_hashes)
+    if header.log_size != size:
+        raise fail("log_size", f"header says {header.log_size}, the transactions give {size}")
+    log, _ = state.log.append(leaf_hashes)
+    if header.log_root != log.root().hex():
+        raise fail("log_root", "does not match the block's transactions")
+
+
 # --- evidence (SPEC §5.4) ---------------------------------------------------------------------
 
 

@@ -7,20 +7,30 @@ checked again when a block is validated."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from consensus.messages import sign_proposal
 from consensus.node import BftProducer
 from consensus.proposer import compute_proposer
+from consensus.relay import encode_reference
 from consensus.replica import Timeouts
 from consensus.transport import MemoryNetwork, MemoryTransport
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.genesis import make_genesis_document, parse_genesis
-from ledger.limits import CATCH_UP_HEIGHTS_MAX, CONSENSUS_BATCH_BYTES_MAX
+from ledger.limits import (
+    CATCH_UP_HEIGHTS_MAX,
+    CONSENSUS_BATCH_BYTES_MAX,
+    PROPOSAL_TRANSACTIONS_MAX,
+)
+from ledger.state_transition import build_block
 from ledger.store import Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
@@ -50,11 +60,24 @@ def document() -> dict[str, object]:
 
 
 class Consortium:
-    def __init__(self, root: Path, timeouts: Timeouts = FAST) -> None:
+    """Four BFT producers in one process, each writing its decided blocks on its own write
+    thread as a node does, joined by a `MemoryNetwork`."""
+
+    def __init__(
+        self,
+        root: Path,
+        timeouts: Timeouts = FAST,
+        proposal_transactions_max: int | None = PROPOSAL_TRANSACTIONS_MAX,
+        writers: dict[int, ThreadPoolExecutor] | None = None,
+    ) -> None:
+        """`writers`: a write thread of the test's own for some validators."""
         self.root = root
+        self.given_writers = writers or {}
         self.timeouts = timeouts
+        self.proposal_transactions_max = proposal_transactions_max
         self.network = MemoryNetwork()
         self.producers: dict[int, BftProducer] = {}
+        self.writers: dict[int, ThreadPoolExecutor] = {}
         for index in range(4):
             Store.create(root / str(index), document()).close()
             self.start(index)
@@ -62,7 +85,16 @@ class Consortium:
     def start(self, index: int) -> None:
         store = Store.open(self.root / str(index))
         log = SignedLog(self.root / str(index) / WAL_FILE_NAME, transaction_bytes_max=LIMIT)
-        producer = BftProducer(store, WORLD.keys[index], log=log, timeouts=self.timeouts)
+        given = self.given_writers.pop(index) if index in self.given_writers else None
+        self.writers[index] = given or ThreadPoolExecutor(1)
+        producer = BftProducer(
+            store,
+            WORLD.keys[index],
+            log=log,
+            timeouts=self.timeouts,
+            write_executor=self.writers[index],
+            proposal_transactions_max=self.proposal_transactions_max,
+        )
         producer.transport = self.network.join(str(index), producer.on_batch)
         self.producers[index] = producer
 
@@ -70,6 +102,7 @@ class Consortium:
         producer = self.producers.pop(index)
         assert producer.transport is not None
         producer.transport.close()
+        self.writers.pop(index).shutdown(wait=True)
         producer.log.close()
         producer.store.close()
 
@@ -155,6 +188,73 @@ def signed(signer: PrivateKey | list[PrivateKey], kind: str, payload: dict[str, 
     return sign_transaction(transaction, keys)
 
 
+class HeldWrites(ThreadPoolExecutor):
+    """A write thread whose writes wait until `release`."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.gate = threading.Event()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def held() -> Any:
+            assert self.gate.wait(30)
+            return fn(*args, **kwargs)
+
+        return super().submit(held)
+
+
+def test_a_decided_block_is_answered_committed_only_once_durable(tmp_path: Path) -> None:
+    """The replica goes on while its block is written; readers, outcomes and the pool move
+    only once the write returned."""
+    held = HeldWrites()
+    consortium = Consortium(tmp_path, writers={0: held})
+    try:
+        validator = consortium.producers[0]
+        submitted = validator.submit(list(WORLD.workload[:3]))
+        ids = [o.tx_id for o in submitted]
+        consortium.run(lambda: validator.replica.height >= 3)  # two heights decided
+        assert validator.state.height == 0 and validator.store.head_height == 0
+        assert all(validator.outcomes.get(i) is None for i in ids)
+        assert all(i in validator.pool for i in ids)  # pending, as for a reader
+        assert validator.replica.height >= 3  # went on meanwhile
+        held.gate.set()
+        consortium.run(committed_everywhere(consortium, ids))
+        assert validator.state.height == validator.store.head_height >= 2
+        top = min(consortium.heights().values())
+        assert len({tuple(consortium.hashes(i, top)) for i in range(4)}) == 1
+    finally:
+        held.gate.set()
+        consortium.close()
+
+
+def test_a_block_by_reference_whose_leaves_its_header_does_not_commit_to_is_not_held(
+    tmp_path: Path,
+) -> None:
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        built = build_block(
+            validator.state,
+            WORLD.workload[:3],
+            time=validator.state.head_time + 1,
+            proposer=WORLD.keys[1].public_key_hex,
+            last_commit=None,
+        ).block
+        proposer = compute_proposer(validator.state.current_validators(), 1, 0)
+        (signer,) = [k for k in WORLD.keys if k.public_key_hex == proposer]
+        genuine = sign_proposal(
+            signer, chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=built
+        )
+        forged = dataclasses.replace(
+            genuine, block=dataclasses.replace(built, transactions=built.transactions[1:])
+        )
+        for message, waiting in ((forged, 0), (genuine, 1)):
+            validator.on_batch(encode_reference(message) + b"\n")  # its transactions unknown
+            assert validator.relay.waiting() == waiting
+    finally:
+        consortium.close()
+
+
 def committed_everywhere(consortium: Consortium, tx_ids: Sequence[str]) -> Callable[[], bool]:
     def check() -> bool:
         return all(
@@ -207,7 +307,13 @@ def test_a_transaction_sent_to_a_non_proposer_is_forwarded_and_committed_next(
 
 def test_a_block_larger_than_a_request_body_is_decided(tmp_path: Path) -> None:
     """4,800 transfers of ~900 bytes each: one block of ~4.4 MB, over the 4 MiB body limit."""
-    consortium = Consortium(tmp_path, timeouts=Timeouts(base_ms=3000, rebroadcast_ms=1000))
+    consortium = Consortium(
+        tmp_path,
+        # Four validators building and applying 4,800 transactions on one thread take
+        # seconds: a missed round 0 would halve the next proposal (`proposal_limit`).
+        timeouts=Timeouts(base_ms=30_000, rebroadcast_ms=1000),
+        proposal_transactions_max=None,  # the chain's bound: one block holds them all
+    )
     try:
         certifier = key("large-certifier")
         holders = [key(f"large-holder-{i}") for i in range(80)]

@@ -31,10 +31,12 @@ from consensus.relay import (
 from consensus.transport import batches
 from ledger.blocks import Block, sign_certificate
 from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
 from ledger.limits import CONSENSUS_BATCH_BYTES_MAX, CONSENSUS_MESSAGES_BATCH_MAX
 from ledger.merkle import leaf_hash
+from ledger.state_transition import check_block_body
 from ledger.transactions import Envelope, Transaction, sign_transaction
-from tests.consensus.test_replica import KEYS, block, proposal, vote
+from tests.consensus.test_replica import KEYS, WORLD, block, proposal, vote
 from tests.factory import CHAIN_ID
 
 LIMIT = 16384
@@ -198,6 +200,37 @@ def test_a_reference_waits_for_its_transactions_within_bounds() -> None:
     assert relay.waiting() == 0
     assert relay.receive(reference_only.messages, missing, height_min=2) == []
     assert relay.waiting() == 0  # below the height decided here: not kept
+
+
+def test_a_forged_reference_does_not_take_the_waiting_place_of_the_real_one() -> None:
+    """The genuine signature with other leaf hashes (here: fewer) is refused by the body
+    check a node passes (`refuses`); without it the newer reference would replace the one
+    waiting for its transactions."""
+    value = block()
+    genuine = proposal(0, value)
+    forged = dataclasses.replace(
+        genuine, block=dataclasses.replace(value, transactions=value.transactions[:1])
+    )
+
+    def by_reference(message: Proposal) -> tuple[Message | ProposalRef | DecisionRef, ...]:
+        line = encode_lines([message])[-1]
+        return decode_batch(line, transaction_bytes_max=LIMIT, known=nothing).messages
+
+    def refuses(reference: ProposalRef | DecisionRef) -> bool:
+        try:
+            check_block_body(
+                WORLD.genesis, reference.block.skeleton, leaf_hashes=reference.block.leaf_hashes
+            )
+        except LedgerError:
+            return True
+        return False
+
+    relay = Relay(held_max=10, waiting_max=4)
+    assert relay.receive(by_reference(genuine), missing, height_min=1, refuses=refuses) == []
+    assert relay.receive(by_reference(forged), missing, height_min=1, refuses=refuses) == []
+    assert relay.waiting() == 1
+    (ready,) = relay.receive([], held_in(value.transactions).get, height_min=1, refuses=refuses)
+    assert isinstance(ready, Proposal) and ready.block == value
 
 
 def test_only_the_same_leaf_counts_as_verified() -> None:

@@ -581,6 +581,125 @@ def test_a_decision_message_catches_up_and_a_forged_one_is_ignored() -> None:
     )  # does not apply
 
 
+def _forgeries(genuine: Proposal) -> list[Proposal]:
+    """The genuine proposal's signature and header with other bodies, as anyone who saw it
+    can send them: fewer transactions, others, other evidence."""
+    value = genuine.block
+    a, b = (vote(3, "prevote", 0, value) for value in (None, "ab" * 32))
+    bodies = [
+        dataclasses.replace(value, transactions=value.transactions[:1]),
+        dataclasses.replace(value, transactions=tuple(WORLD.workload[5:8])),
+        dataclasses.replace(value, evidence=(make_evidence(a, b),)),
+    ]
+    return [dataclasses.replace(genuine, block=body) for body in bodies]
+
+
+def test_a_replayed_proposal_signature_with_another_body_does_not_take_the_slot() -> None:
+    me = not_proposer(1, 0)
+    genuine = proposal(0, block())
+    for forged in _forgeries(genuine):
+        assert forged.block_hash == genuine.block_hash  # the signature verifies for it
+        target = replica(me)
+        target.on_start(T0)
+        assert feed(target, [forged]) == []  # refused before the quorum holds it
+        assert target.quorum.current.proposals == {}
+        effects = feed(target, [genuine])
+        assert [v.block_hash for v in votes_sent(effects, "prevote")] == [genuine.block_hash]
+        assert target.quorum.current.proposals[0] is genuine
+
+
+def test_a_forged_proposal_of_the_next_height_gives_its_slot_back_once_the_parent_is_known() -> (
+    None
+):
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(2, 0)))
+    target = replica(me)
+    target.on_start(T0)
+    first = block()
+    parent = apply_block(WORLD.genesis, first)
+    decision = _decision(first, WORLD.genesis)
+    second = build_block(
+        parent,
+        WORLD.workload[3:6],
+        time=T0 + 10,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=decision.certificate,
+    ).block
+    genuine = proposal(0, second, height=2)
+    forged = dataclasses.replace(genuine, block=dataclasses.replace(second, transactions=()))
+    feed(target, [forged])  # held for height 2: its parent is not known yet
+    assert target.quorum.following.proposals[0] is forged
+    feed(target, [decision])
+    assert target.height == 2 and target.quorum.current.proposals == {}
+    target.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 20)
+    effects = feed(target, [genuine], now=T0 + 20)
+    assert [v.block_hash for v in votes_sent(effects, "prevote")] == [genuine.block_hash]
+
+
+def test_a_forged_decision_does_not_speak_for_the_real_block() -> None:
+    """A certificate replayed with another body is ignored, and the verdict on that body is
+    not remembered for the block hash: the real decision and proposal still count."""
+    me = not_proposer(1, 0)
+    genuine = block()
+    decision = _decision(genuine, WORLD.genesis)
+    target = replica(me)
+    target.on_start(T0)
+    for forged in _forgeries(proposal(0, genuine)):
+        assert feed(target, [Decision(block=forged.block, certificate=decision.certificate)]) == []
+    effects = feed(target, [proposal(0, genuine)])
+    assert [v.block_hash for v in votes_sent(effects, "prevote")] == [genuine.block_hash()]
+    effects = feed(target, [decision])
+    assert [e.block for e in effects if isinstance(e, Decide)] == [genuine]
+
+
+def test_a_proposal_holds_at_most_its_limit_halved_each_round() -> None:
+    me = proposer(1, 1)
+    capped = Replica(
+        key=KEYS[me],
+        state=WORLD.genesis,
+        last_certificate=None,
+        transactions=transaction_source(WORLD, limit=10),
+        proposal_transactions_max=4,
+    )
+    assert [capped.proposal_limit(r) for r in range(5)] == [4, 2, 1, 1, 1]
+    chain_max = WORLD.genesis.params.block_transactions_max
+    assert replica(me).proposal_limit(0) == chain_max  # no bound of its own: the chain's
+    assert replica(me).proposal_limit(1) == chain_max // 2
+    assert replica(me).proposal_limit(99) == 1
+    capped.on_start(T0)
+    others = [i for i in range(4) if i != me][:2]
+    effects = feed(capped, [vote(i, "prevote", 1, None) for i in others])  # line 55: round 1
+    (proposed,) = [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+    assert proposed.round == 1 and len(proposed.block.transactions) == 2
+
+
+def test_a_lock_signed_at_a_later_height_is_taken_back_when_the_replica_gets_there() -> None:
+    """A node writes a decided block while its replica goes on: after a crash its store may
+    be a height behind its log. The lock it signed at that later height must hold there."""
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(2, 0)))
+    first = block()
+    decision = _decision(first, WORLD.genesis)
+    locked_on = "ab" * 32
+    precommit = vote(me, "precommit", 0, locked_on, height=2)
+    target = replica(me, signed=[precommit])
+    target.on_start(T0)
+    feed(target, [decision])
+    assert target.height == 2
+    assert (target.locked_round, target.locked_hash) == (0, locked_on)
+    target.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 20)
+    second = build_block(
+        apply_block(WORLD.genesis, first),
+        WORLD.workload[3:6],
+        time=T0 + 10,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=decision.certificate,
+    ).block
+    effects = feed(target, [proposal(0, second, height=2)], now=T0 + 20)
+    assert [v.block_hash for v in votes_sent(effects, "prevote")] == [None]  # locked elsewhere
+    assert target.signed[(2, 0, "precommit")] is precommit  # never signed anew
+
+
 def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
     target = replica(0)
     target.on_start(T0)

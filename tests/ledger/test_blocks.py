@@ -30,7 +30,7 @@ from ledger.encoding import canonical, decode
 from ledger.errors import InvalidBlockError, InvalidProofError
 from ledger.evidence import make_evidence, sign_vote, vote_bytes
 from ledger.state import State
-from ledger.state_transition import BuiltBlock, apply_block, build_block
+from ledger.state_transition import BuiltBlock, apply_block, build_block, check_block_body
 from ledger.state_tree import compute_state_root
 from ledger.transactions import Envelope
 from tests.factory import CHAIN_ID, Chain, key
@@ -290,6 +290,68 @@ def test_reordering_transactions_changes_the_log_root(pending: Pending) -> None:
     a, b, c = pending.block.transactions
     block = dataclasses.replace(pending.block, transactions=(b, a, c))
     assert_refused(pending.state, block, "log_root")
+
+
+# --- the body against its header (a proposal's signature covers the header only) --------------
+
+
+def test_the_body_a_header_commits_to_passes(pending: Pending) -> None:
+    check_block_body(pending.state, pending.block)
+
+
+def _other_signing(envelope: Envelope) -> Envelope:
+    """The same transaction with its signature list changed: the same id, another leaf."""
+    return dataclasses.replace(envelope, signatures=envelope.signatures * 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (lambda b: dataclasses.replace(b, transactions=b.transactions[:2]), "log_size"),
+        (lambda b: dataclasses.replace(b, transactions=b.transactions[::-1]), "log_root"),
+        (
+            lambda b: dataclasses.replace(
+                b, transactions=(*b.transactions[:2], _other_signing(b.transactions[2]))
+            ),
+            "log_root",
+        ),
+        (lambda b: dataclasses.replace(b, last_commit=None), "last_commit_hash"),
+        (lambda b: with_header(b, height=b.header.height + 1), "height"),
+    ],
+    ids=["dropped", "reordered", "resigned", "no_last_commit", "other_height"],
+)
+def test_a_body_its_header_does_not_commit_to_is_refused(
+    pending: Pending, change: Any, rule: str
+) -> None:
+    with pytest.raises(InvalidBlockError) as caught:
+        check_block_body(pending.state, change(pending.block))
+    assert caught.value.rule == rule, caught.value.message
+
+
+def test_a_body_with_other_evidence_or_too_much_is_refused(pending: Pending) -> None:
+    a, b = (
+        sign_vote(
+            pending.chain.validator,
+            chain_id=CHAIN_ID,
+            vote_type="prevote",
+            height=1,
+            round=0,
+            block_hash=value,
+        )
+        for value in (None, ZERO_HASH_HEX)
+    )
+    evidence = make_evidence(a, b)
+    for body, rule in (
+        (dataclasses.replace(pending.block, evidence=(evidence,)), "evidence_hash"),
+        (dataclasses.replace(pending.block, evidence=(evidence,) * 101), "evidence_count"),
+        (
+            dataclasses.replace(pending.block, transactions=pending.block.transactions * 2_000),
+            "block_transactions_max",
+        ),
+    ):
+        with pytest.raises(InvalidBlockError) as caught:
+            check_block_body(pending.state, body)
+        assert caught.value.rule == rule, caught.value.message
 
 
 def test_missing_last_commit(pending: Pending) -> None:

@@ -11,6 +11,9 @@ then lies about what it sends:
 - `flood`: keeps sending validly signed votes for future rounds and heights;
 - `replay`: keeps re-sending old messages it received, from any validator;
 - `twins`: two processes share its key, each running the correct code on its own.
+- `forge`: re-sends every proposal it receives from another validator, at once and to every
+  peer, with the genuine signature and header but other transactions (the signature covers
+  only the block hash: anyone who saw a proposal can do this).
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class Behaviour:
 
     def received(self, message: Message) -> None:
         return None
+
+    def on_receive(self, replica: Replica, message: Message, peers: Sequence[int]) -> Sends:
+        """What it sends the moment `message` arrives (nothing, for the honest)."""
+        return []
 
     def tick(self, replica: Replica, peers: Sequence[int]) -> Sends:
         return []
@@ -181,12 +188,30 @@ class Replay(Behaviour):
         ]
 
 
+class Forge(Behaviour):
+    name = "forge"
+
+    def on_receive(self, replica: Replica, message: Message, peers: Sequence[int]) -> Sends:
+        if not isinstance(message, Proposal):
+            return []
+        block = message.block
+        # Other transactions: the same ones reordered, or one where the block had none.
+        other = block.transactions[::-1] if len(block.transactions) > 1 else ()
+        if not block.transactions:
+            other = tuple(replica.transactions(replica.state, block.header.time)[:1])
+        if other == block.transactions:
+            return []
+        forged = dataclasses.replace(message, block=dataclasses.replace(block, transactions=other))
+        return [(peer, forged) for peer in peers]
+
+
 BEHAVIOUR_CLASSES: dict[str, type[Behaviour]] = {
     "silent": Silent,
     "equivocate": Equivocate,
     "invalid": Invalid,
     "flood": Flood,
     "replay": Replay,
+    "forge": Forge,
     "twins": Behaviour,  # each twin is honest; that there are two is the fault
 }
 

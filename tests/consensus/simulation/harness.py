@@ -371,6 +371,7 @@ class Simulation:
         if replica is None:
             return
         node.behaviour.received(message)
+        self._send_all(node, node.behaviour.on_receive(replica, message, self._peers(node)))
         self._carry_out(node, replica.on_message(message, self._now(node)))
 
     def _timeout(self, node: Node, incarnation: int, timeout: Timeout) -> None:

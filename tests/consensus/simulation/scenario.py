@@ -18,7 +18,7 @@ from typing import Protocol
 
 from hypothesis import strategies as st
 
-BEHAVIOURS = ("silent", "equivocate", "invalid", "flood", "replay", "twins")
+BEHAVIOURS = ("silent", "equivocate", "invalid", "flood", "replay", "twins", "forge")
 SIZES = (4, 7)
 LOSS_PERMILLE_MAX = 300  # 30 %
 DUPLICATE_PERMILLE_MAX = 200

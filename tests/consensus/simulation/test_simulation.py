@@ -306,3 +306,32 @@ def test_a_printed_scenario_is_the_scenario(seed: int) -> None:
     scenario = Scenario.from_seed(seed)
     names = {"Scenario": Scenario, "Partition": Partition, "Crash": Crash}
     assert eval(repr(scenario), names) == scenario
+
+
+# --- a replayed proposal signature with other transactions ----------------------------------------
+
+
+def test_a_forger_next_to_every_proposer_costs_no_round() -> None:
+    """Validator 3 re-sends every proposal it receives, at once, with the genuine signature
+    and other transactions; it often arrives before the genuine one. No correct validator
+    holds a forged body, so every height is decided in round 0. (Before the body check, one
+    forged decision also made a validator take the real block for invalid: it never decided
+    height 1 again.)"""
+    scenario = Scenario(
+        seed=11,
+        n=4,
+        byzantine=((3, "forge"),),
+        loss_permille=0,
+        duplicate_permille=0,
+        delay_ms=(1, 120),
+        partitions=(),
+        crashes=(),
+        chaos_ms=4_000,
+        core=(0, 1, 2),
+        skew_ms=(0, 0, 0, 0),
+    )
+    simulation = Simulation(scenario)
+    report = simulation.run()
+    check(report)
+    rounds = [stored.certificate.round for stored in simulation.nodes[0].store]
+    assert len(rounds) >= 5 and set(rounds) == {0}, rounds
