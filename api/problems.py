@@ -51,6 +51,9 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     "self_transfer": (422, "A transfer must go to another account"),
     # The node (SPEC §7.2)
     "mempool_full": (503, "The pending pool is full: try again later"),
+    # Overload (docs/decisions/0005): refused before any work, with Retry-After
+    "overloaded": (503, "The node is overloaded: try again later"),
+    "too_many_requests": (429, "Too many submissions from this client at once: try again later"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "not_acceptable": (406, "Not acceptable"),
