@@ -65,6 +65,7 @@ from typing import Any, Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
+import itertools
 
 from bench.api import (
     HOST,
@@ -123,6 +124,8 @@ class Honest:
     retries: Counter[str] = field(default_factory=Counter)  # refusals retried, by code
     rejected: Counter[str] = field(default_factory=Counter)  # final rejections, by code
     acknowledged: dict[str, tuple[int, int]] = field(default_factory=dict)  # tx_id -> position
+    # tx_id -> wall clock (ms) of its first attempt and of its commit's answer
+    clock: dict[str, tuple[float, float]] = field(default_factory=dict)
     unverified: int = 0  # receipts that did not verify
     seconds: float = 0.0
     cpu: tuple[float, float] = (0.0, 0.0)  # CPU seconds of the node, and of its children
@@ -165,6 +168,10 @@ class Figures:
     attackers: dict[str, Any] = field(default_factory=dict)
     audit: str = ""
     lost: list[str] = field(default_factory=list)
+    attack_window_ms: tuple[int, int] = (0, 0)  # wall clock, for the blocks cut under attack
+    block_gaps: Run = field(default_factory=Run)  # seconds between blocks under attack
+    to_block: Run = field(default_factory=Run)  # honest, under attack: submitted to its block
+    from_block: Run = field(default_factory=Run)  # its block's time to the committed answer
 
 
 # --- the node's memory --------------------------------------------------------------------------
@@ -616,6 +623,7 @@ async def honest_client(
         while time.monotonic() < deadline and (envelope := next(queue, None)) is not None:
             body = single_body(envelope)
             started = time.perf_counter()
+            wall = time.time() * 1000
             if replaying:
                 copy = asyncio.ensure_future(replay(port, body_of(broken(envelope)), 0.005))
                 REPLAYS.add(copy)
@@ -628,6 +636,7 @@ async def honest_client(
                 continue
             record.commits.latencies.append(time.perf_counter() - started)
             record.acknowledged[envelope.tx_id] = (outcome["height"], outcome["log_index"])
+            record.clock[envelope.tx_id] = (wall, time.time() * 1000)
             t0 = time.perf_counter()
             status, answer = await connection.request(
                 "GET", f"/v1/retirements/{envelope.tx_id}/receipt"
@@ -769,18 +778,28 @@ def audit(node: NodeProcess, genesis_file: Path, directory: Path, figures: Figur
     seen: Counter[str] = Counter()
     where: dict[str, tuple[int, int]] = {}
     log_index = 0
+    times: list[int] = []
     limit = parse_genesis(json.loads(genesis_file.read_text())).params.transaction_bytes_max
     with export_file.open("rb") as lines:
         next(lines)  # the genesis
         for line in lines:
             block = json.loads(line)["block"]
             height = int(block["header"]["height"])
+            times.append(int(block["header"]["time"]))
             for value in block["transactions"]:
                 tx_id = parse_envelope(value, transaction_bytes_max=limit).tx_id
                 if tx_id in acknowledged:
                     seen[tx_id] += 1
                     where[tx_id] = (height, log_index)
+                    if tx_id in figures.attack.clock:
+                        submitted, answered = figures.attack.clock[tx_id]
+                        block_time = int(block["header"]["time"])
+                        figures.to_block.latencies.append((block_time - submitted) / 1000)
+                        figures.from_block.latencies.append((answered - block_time) / 1000)
                 log_index += 1
+    start, end = figures.attack_window_ms
+    cut = [t for t in times if start <= t <= end]
+    figures.block_gaps.latencies = [(b - a) / 1000 for a, b in itertools.pairwise(cut)]
     figures.lost = [
         f"{tx_id}: {seen[tx_id]} times, at {where.get(tx_id)}, acknowledged at {position}"
         for tx_id, position in acknowledged.items()
@@ -811,6 +830,16 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
         f"(a commit waits for the next block); ratio p99 "
         f"{a.commits.p(0.99) / r.commits.p(0.99):.2f}"
         f" / goal p99 <= 1 s: {'meets' if commit_goal else 'MISSES'}"
+    )
+    gaps = f.block_gaps
+    print(
+        f"       blocks under attack: {gaps.count + 1}, one every {gaps.p(0.5):.0f} ms (p50), "
+        f"p99 {gaps.p(0.99):.0f} ms, longest {gaps.p(1.0):.0f} ms"
+    )
+    print(
+        f"       under attack, submitted to its block's time: p50 {f.to_block.p(0.5):.0f} ms, "
+        f"p99 {f.to_block.p(0.99):.0f} ms; block's time to the answer: "
+        f"p50 {f.from_block.p(0.5):.0f} ms, p99 {f.from_block.p(0.99):.0f} ms"
     )
     if a.retries or a.rejected:
         print(f"       honest refusals retried {dict(a.retries)}; rejected {dict(a.rejected)}")
@@ -952,6 +981,7 @@ def main() -> None:
             node.check_alive()
             print(f"under attack for {args.seconds:g} s ...")
             ours.send("go")
+            attack_start = int(time.time() * 1000)
             figures.attack = asyncio.run(
                 phase(
                     node.port,
@@ -966,6 +996,7 @@ def main() -> None:
             if not ours.poll(REQUEST_TIMEOUT_SECONDS + args.seconds):
                 raise BenchError("the attacker process did not report")
             figures.attackers = ours.recv()
+            figures.attack_window_ms = (attack_start, int(time.time() * 1000))
             attacker.join(timeout=10)
             node.check_alive()
             figures.high_water = high_water(pid)
