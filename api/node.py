@@ -347,8 +347,9 @@ class Node:
             with self._waiters_lock:  # before looking: a block committed meanwhile wakes it
                 self._waiters.append((loop, woken))
             try:
-                # An outcome may be read from the store: in a thread, briefly.
-                outcomes = await anyio.to_thread.run_sync(self._outcomes, tx_ids)
+                outcomes = self._outcomes_in_memory(tx_ids)
+                if outcomes is None:  # one must be read from the store: in a thread, briefly
+                    outcomes = await anyio.to_thread.run_sync(self._outcomes, tx_ids)
                 pending = any(o is None or o.status == "pending" for o in outcomes)
                 remaining = deadline - loop.time()
                 if not pending or remaining <= 0:
@@ -361,6 +362,21 @@ class Node:
 
     def _outcomes(self, tx_ids: Sequence[str]) -> list[Outcome | None]:
         return [self.outcome(tx_id) for tx_id in tx_ids]
+
+    def _outcomes_in_memory(self, tx_ids: Sequence[str]) -> list[Outcome | None] | None:
+        """`outcome` of each, when none needs the store (a committed transaction the producer
+        no longer remembers); None otherwise. Reads only what `outcome` reads first."""
+        outcomes: list[Outcome | None] = []
+        for tx_id in tx_ids:
+            if tx_id in self.producer.pool:
+                outcomes.append(Outcome(tx_id=tx_id, status="pending"))
+            elif (remembered := self.producer.outcomes.get(tx_id)) is not None:
+                outcomes.append(remembered)
+            elif tx_id not in self._committed_ids:
+                outcomes.append(None)
+            else:
+                return None
+        return outcomes
 
 
 def _wake_future(future: asyncio.Future[None]) -> None:
