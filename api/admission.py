@@ -152,11 +152,12 @@ class Admission:
             queue_per_client_max=queue_per_client_max,
         )
         # One intake worker parses one large body at a time: a second would only wait for it.
+        # One address may hold a quarter of the large queue, so that three others still fit.
         self.large = FairQueue(
             "large",
             working_max=1,
             queue_max=large_queue_max,
-            queue_per_client_max=min(queue_per_client_max, large_queue_max),
+            queue_per_client_max=min(queue_per_client_max, max(1, large_queue_max // 4)),
         )
 
     def queue_for(self, body_bytes: int) -> FairQueue:

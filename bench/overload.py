@@ -814,13 +814,13 @@ def mib(value: int) -> str:
     return f"{value / (1 << 20):,.0f} MiB"
 
 
-def report(figures: Figures, args: argparse.Namespace) -> None:
+def report(figures: Figures, options: Options) -> None:
     f = figures
     a, r = f.attack, f.rest
     print("\nsummary: figure / limit measured in this run, ratio / issue 7's goal")
     commit_goal = a.commits.count and a.commits.p(0.99) <= 1000
     print(
-        f"honest submit-to-commit under attack, {args.honest} clients: "
+        f"honest submit-to-commit under attack, {options.honest} clients: "
         f"p50 {a.commits.p(0.5):.0f} ms, p99 {a.commits.p(0.99):.0f} ms, "
         f"{a.commits.count / a.seconds:.1f} tx/s ({a.commits.count} tx)"
     )
@@ -905,119 +905,146 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=30.0, help="of attack")
-    parser.add_argument("--rest-seconds", type=float, default=10.0)
-    parser.add_argument("--honest", type=int, default=4, help="honest accounts, one client each")
-    parser.add_argument("--flood", type=int, default=48)
-    parser.add_argument("--flood-arrays", type=int, default=4)
-    parser.add_argument("--slow-heads", type=int, default=1000)
-    parser.add_argument("--slow-bodies", type=int, default=200)
-    parser.add_argument("--big-bodies", type=int, default=32)
-    parser.add_argument("--oversized", type=int, default=2)
-    parser.add_argument("--no-replay", action="store_true", help="no broken copies of honest tx")
-    parser.add_argument("--block-interval-ms", type=int, default=250)
-    parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """One run's shape: the command line's options (tests run a small one)."""
 
-    began = time.perf_counter()
-    load = os.getloadavg()
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
-    genesis, generated, validator_key = make_workload(100 * args.accounts, args.accounts, args.seed)
-    genesis["params"]["block_interval_ms"] = args.block_interval_ms
+    seconds: float = 30.0
+    rest_seconds: float = 10.0
+    honest: int = 4
+    flood: int = 48
+    flood_arrays: int = 4
+    slow_heads: int = 1000
+    slow_bodies: int = 200
+    big_bodies: int = 32
+    oversized: int = 2
+    replay: bool = True
+    block_interval_ms: int = 250
+    accounts: int = 200
+    seed: int = 1
+
+
+def run(options: Options, directory: Path) -> Figures:
+    """Start a node in `directory`, run both phases and the audit; the node is stopped by
+    its pid and the attacker process by its own, whatever happens."""
+    o = options
+    genesis, generated, validator_key = make_workload(100 * o.accounts, o.accounts, o.seed)
+    genesis["params"]["block_interval_ms"] = o.block_interval_ms
     setup = []
     for envelope in generated:
         if envelope.tx.type not in SETUP_TYPES:
             break
         setup.append(envelope)
-    each = int((args.rest_seconds + args.seconds) * 1000 / args.block_interval_ms) + 50
-    queues = [iter(q) for q in honest_retirements(setup, args.accounts, args.honest, each)]
+    each = int((o.rest_seconds + o.seconds) * 1000 / o.block_interval_ms) + 50
+    queues = [iter(q) for q in honest_retirements(setup, o.accounts, o.honest, each)]
     verifier = Verifier(parse_genesis(genesis))
 
-    figures = Figures(block_interval_ms=args.block_interval_ms)
+    figures = Figures(block_interval_ms=o.block_interval_ms)
     print("measuring the raw Ed25519 verification rate ...")
     figures.raw_verify, figures.verify_backend = raw_verify_rate()
 
     context = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory() as temporary:
-        directory = Path(temporary)
-        genesis_file, key_file = write_chain_files(directory, genesis, validator_key)
-        node = start_node(directory, genesis_file, key_file, directory / "data", NODE_START_S)
-        ours, theirs = context.Pipe()
-        plan = {
-            "port": node.port,
-            "seconds": args.seconds,
-            "seed": args.seed,
-            "flood": args.flood,
-            "flood_arrays": args.flood_arrays,
-            "slow_heads": args.slow_heads,
-            "slow_bodies": args.slow_bodies,
-            "big_bodies": args.big_bodies,
-            "oversized": args.oversized,
-        }
-        attacker = context.Process(target=attacker_main, args=(plan, theirs), daemon=True)
-        try:
-            pid = node.process.pid
-            print(f"node pid {pid} on {HOST}:{node.port}; {len(setup)} setup tx ...")
-            asyncio.run(setup_chain(node.port, setup))
-            attacker.start()
-            if not ours.poll(ATTACKER_READY_SECONDS) or ours.recv() != "ready":
-                raise BenchError("the attacker process did not start")
-            figures.bare = asyncio.run(bare_round_trips(node.port, 1000))
-            print(f"at rest: {args.honest} honest clients for {args.rest_seconds:g} s ...")
-            figures.rest = asyncio.run(
-                phase(
-                    node.port,
-                    pid=pid,
-                    queues=queues,
-                    seconds=args.rest_seconds,
-                    verifier=verifier,
-                    memory=figures.rest_memory,
-                    replaying=False,
-                )
+    genesis_file, key_file = write_chain_files(directory, genesis, validator_key)
+    node = start_node(directory, genesis_file, key_file, directory / "data", NODE_START_S)
+    ours, theirs = context.Pipe()
+    plan = {
+        "port": node.port,
+        "seconds": o.seconds,
+        "seed": o.seed,
+        "flood": o.flood,
+        "flood_arrays": o.flood_arrays,
+        "slow_heads": o.slow_heads,
+        "slow_bodies": o.slow_bodies,
+        "big_bodies": o.big_bodies,
+        "oversized": o.oversized,
+    }
+    attacker = context.Process(target=attacker_main, args=(plan, theirs), daemon=True)
+    try:
+        pid = node.process.pid
+        print(f"node pid {pid} on {HOST}:{node.port}; {len(setup)} setup tx ...")
+        asyncio.run(setup_chain(node.port, setup))
+        attacker.start()
+        if not ours.poll(ATTACKER_READY_SECONDS) or ours.recv() != "ready":
+            raise BenchError("the attacker process did not start")
+        figures.bare = asyncio.run(bare_round_trips(node.port, 1000))
+        print(f"at rest: {o.honest} honest clients for {o.rest_seconds:g} s ...")
+        figures.rest = asyncio.run(
+            phase(
+                node.port,
+                pid=pid,
+                queues=queues,
+                seconds=o.rest_seconds,
+                verifier=verifier,
+                memory=figures.rest_memory,
+                replaying=False,
             )
-            node.check_alive()
-            print(f"under attack for {args.seconds:g} s ...")
-            ours.send("go")
-            attack_start = int(time.time() * 1000)
-            figures.attack = asyncio.run(
-                phase(
-                    node.port,
-                    pid=pid,
-                    queues=queues,
-                    seconds=args.seconds,
-                    verifier=verifier,
-                    memory=figures.attack_memory,
-                    replaying=not args.no_replay,
-                )
+        )
+        node.check_alive()
+        print(f"under attack for {o.seconds:g} s ...")
+        ours.send("go")
+        attack_start = int(time.time() * 1000)
+        figures.attack = asyncio.run(
+            phase(
+                node.port,
+                pid=pid,
+                queues=queues,
+                seconds=o.seconds,
+                verifier=verifier,
+                memory=figures.attack_memory,
+                replaying=o.replay,
             )
-            if not ours.poll(REQUEST_TIMEOUT_SECONDS + args.seconds):
-                raise BenchError("the attacker process did not report")
-            figures.attackers = ours.recv()
-            figures.attack_window_ms = (attack_start, int(time.time() * 1000))
+        )
+        if not ours.poll(REQUEST_TIMEOUT_SECONDS + o.seconds):
+            raise BenchError("the attacker process did not report")
+        figures.attackers = ours.recv()
+        figures.attack_window_ms = (attack_start, int(time.time() * 1000))
+        attacker.join(timeout=10)
+        node.check_alive()
+        figures.high_water = high_water(pid)
+        print("auditing the chain ...")
+        audit(node, genesis_file, directory, figures)
+    except BaseException:
+        tail = node.stderr.read_text(errors="replace")[-5000:]
+        print(f"the node's stderr:\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        if attacker.is_alive():
+            attacker.kill()
             attacker.join(timeout=10)
-            node.check_alive()
-            figures.high_water = high_water(pid)
-            print("auditing the chain ...")
-            audit(node, genesis_file, directory, figures)
-        except BaseException:
-            tail = node.stderr.read_text(errors="replace")[-5000:]
-            print(f"the node's stderr:\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            if attacker.is_alive():
-                attacker.kill()
-                attacker.join(timeout=10)
-            node.stop()
+        node.stop()
+    return figures
+
+
+def main() -> None:
+    defaults = Options()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=defaults.seconds, help="of attack")
+    parser.add_argument("--rest-seconds", type=float, default=defaults.rest_seconds)
+    parser.add_argument("--honest", type=int, default=defaults.honest, help="honest clients")
+    for name in ("flood", "flood_arrays", "slow_heads", "slow_bodies", "big_bodies", "oversized"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
+        )
+    parser.add_argument("--no-replay", action="store_true", help="no broken copies of honest tx")
+    parser.add_argument("--block-interval-ms", type=int, default=defaults.block_interval_ms)
+    parser.add_argument("--accounts", type=int, default=defaults.accounts)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = vars(parser.parse_args())
+    args["replay"] = not args.pop("no_replay")
+    options = Options(**args)
+
+    began = time.perf_counter()
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as temporary:
+        figures = run(options, Path(temporary))
     end = os.getloadavg()
     print(
         f"\ntotal {time.perf_counter() - began:.0f} s; load average {load[0]:.2f} at the start, "
         f"{end[0]:.2f} at the end, on {os.cpu_count()} cores (other processes' load lowers "
         "every figure here)"
     )
-    report(figures, args)
+    report(figures, options)
 
 
 if __name__ == "__main__":
