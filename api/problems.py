@@ -75,8 +75,10 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
 DETAIL_CHARS_MAX: Final = 1000
 
 # Codes any operation may answer: a body declared over the limit is refused before routing
-# (BodyGuard), the store may refuse to serve, and a bug is reported as one rather than hidden.
-COMMON_CODES: Final = ("payload_too_large", "store_unavailable", "internal_error")
+# (BodyGuard), a node at its bound on connections or body bytes refuses before routing too
+# (api.serving, api.admission), the store may refuse to serve, and a bug is reported as one
+# rather than hidden.
+COMMON_CODES: Final = ("payload_too_large", "overloaded", "store_unavailable", "internal_error")
 
 
 class Problem(BaseModel):

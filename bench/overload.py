@@ -54,6 +54,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -92,6 +93,7 @@ SETUP_TYPES: Final = frozenset({"accredit_certifier", "issue"})
 ARRAY: Final = 1000  # envelopes in one flood array: the API's most
 PROBE_SECONDS: Final = 0.1  # how often the prober asks /healthz
 RSS_SECONDS: Final = 0.25  # how often the node's memory is read
+FSYNC_PROBE_SECONDS: Final = 0.1  # how often the disk probe writes and fsyncs
 TRICKLE_SECONDS: Final = 1.0  # a slow client's byte, this often
 SLOW_BODY_BYTES: Final = 100_000  # what a slow body declares
 BIG_BODY_BYTES: Final = 4 * 1024 * 1024 - 4096  # just under the node's body limit
@@ -129,6 +131,7 @@ class Honest:
     unverified: int = 0  # receipts that did not verify
     seconds: float = 0.0
     cpu: tuple[float, float] = (0.0, 0.0)  # CPU seconds of the node, and of its children
+    fsync: Run = field(default_factory=Run)  # a 4 KiB write and fsync beside the node's store
 
 
 @dataclass
@@ -705,9 +708,24 @@ async def probe(port: int, run: Run, stop: asyncio.Event) -> None:
         await connection.close()
 
 
+def probe_disk(directory: Path, run: Run, stop: threading.Event) -> None:
+    """Write 4 KiB and fsync it every FSYNC_PROBE_SECONDS on the node's disk: each block waits
+    for one (synchronous=FULL), so a slow disk shows here as it shows in the block gaps."""
+    target = directory / "fsync-probe"
+    with target.open("wb") as handle:
+        while not stop.wait(FSYNC_PROBE_SECONDS):
+            t0 = time.perf_counter()
+            handle.write(os.urandom(4096))
+            handle.flush()
+            os.fsync(handle.fileno())
+            run.latencies.append(time.perf_counter() - t0)
+    target.unlink()
+
+
 async def phase(
     port: int,
     *,
+    directory: Path,
     pid: int,
     queues: Sequence[Iterator[Envelope]],
     seconds: float,
@@ -719,6 +737,9 @@ async def phase(
     stop = asyncio.Event()
     watching = asyncio.ensure_future(watch_memory(pid, memory, stop))
     probing = asyncio.ensure_future(probe(port, record.probe, stop))
+    disk_stop = threading.Event()
+    disk = threading.Thread(target=probe_disk, args=(directory, record.fsync, disk_stop))
+    disk.start()
     started = time.perf_counter()
     cpu_before = cpu_of(pid)
     deadline = time.monotonic() + seconds
@@ -738,6 +759,8 @@ async def phase(
     record.seconds = time.perf_counter() - started
     cpu_after = cpu_of(pid)
     record.cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+    disk_stop.set()
+    disk.join()
     stop.set()
     await asyncio.gather(watching, probing)
     return record
@@ -840,6 +863,11 @@ def report(figures: Figures, options: Options) -> None:
         f"       under attack, submitted to its block's time: p50 {f.to_block.p(0.5):.0f} ms, "
         f"p99 {f.to_block.p(0.99):.0f} ms; block's time to the answer: "
         f"p50 {f.from_block.p(0.5):.0f} ms, p99 {f.from_block.p(0.99):.0f} ms"
+    )
+    print(
+        f"       limit: fsync of 4 KiB beside the store (each block waits for one) under attack "
+        f"p50 {a.fsync.p(0.5):.1f} ms, p99 {a.fsync.p(0.99):.0f} ms, longest "
+        f"{a.fsync.p(1.0):.0f} ms; at rest p99 {r.fsync.p(0.99):.0f} ms"
     )
     if a.retries or a.rejected:
         print(f"       honest refusals retried {dict(a.retries)}; rejected {dict(a.rejected)}")
@@ -971,6 +999,7 @@ def run(options: Options, directory: Path) -> Figures:
         figures.rest = asyncio.run(
             phase(
                 node.port,
+                directory=directory,
                 pid=pid,
                 queues=queues,
                 seconds=o.rest_seconds,
@@ -986,6 +1015,7 @@ def run(options: Options, directory: Path) -> Figures:
         figures.attack = asyncio.run(
             phase(
                 node.port,
+                directory=directory,
                 pid=pid,
                 queues=queues,
                 seconds=o.seconds,

@@ -56,7 +56,6 @@ SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "malformed_json",
         "request_timeout",
         "mempool_full",
-        "overloaded",
         "too_many_requests",
         "limit_exceeded",
         "upstream_unavailable",
