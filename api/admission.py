@@ -12,9 +12,10 @@ client wait behind its whole flood, and nothing it sends may pile up without bou
   out, and these are bounded by the connections (`connections_max`) that carry them.
 - **Parsing** a submission waits for its turn in a `FairQueue`: at most `working_max` at once
   (small bodies in threads: the GIL runs one at a time, but several hide each one's wait for
-  a thread and for the GIL; large ones in the one intake worker process, api.intake). The turn goes round the client addresses that have a
-  submission waiting, one submission each: a client with one request in flight waits for at
-  most one submission of each other client, however many they queue.
+  a thread and for the GIL; large ones in the one intake worker process, api.intake). The
+  turn goes round the client addresses that have a submission waiting, one submission each:
+  a client with one request in flight waits for at most one submission of each other
+  client, however many they queue.
 - At most `queue_max` wait in all (503 `overloaded`) and `queue_per_client_max` from one
   address (429 `too_many_requests`), answered at once with Retry-After: waiting is bounded in
   count, so in memory and in time.
