@@ -308,3 +308,22 @@ async def test_clients_waiting_for_commits_hold_no_request_thread(
         answers = await asyncio.gather(*submissions)
         assert {a.status_code for a in answers} == {202}
         assert {a.json()["status"] for a in answers} == {"pending"}
+
+
+async def test_a_commit_wait_reads_the_store_for_an_outcome_no_longer_remembered(
+    node: tuple[Chain, Node], tmp_path: Path
+) -> None:
+    async with serving(node, tmp_path) as live:
+        await funded(live)
+        chain, running = node
+        retire = chain.tx(
+            chain.bob,
+            "retire",
+            {"batch_id": "B-1", "quantity": 1, "beneficiary": "Bob", "purpose": "voluntary"},
+        )
+        committed = (await post(live, retire.to_json())).json()
+        assert committed["status"] == "committed"
+        running.producer.outcomes.clear()  # as if a flood of later outcomes had pushed it out
+        (outcome,) = await running.wait_for_commit_async([retire.tx_id], timeout=1)
+        assert outcome is not None and outcome.status == "committed"
+        assert (outcome.height, outcome.log_index) == (committed["height"], committed["log_index"])
