@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from fastapi import FastAPI, Request
@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from api.admission import RETRY_AFTER_SECONDS, Admission, BodyBudget
 from api.explorer import ASSETS_URL, STATIC, Explorer, is_page
 from api.node import Node
 from api.problems import problem, problem_body
@@ -30,6 +31,8 @@ from api.settings import Settings
 from ledger.errors import LedgerError, StoreError
 
 log = logging.getLogger("tanlian.api")
+# A refused body is left unread: the connection closes, and the client may come back later.
+OVERLOADED_HEADERS: Final = {"connection": "close", "retry-after": str(RETRY_AFTER_SECONDS)}
 DOCS_ASSETS_URL = "/docs-assets"
 
 Scope = MutableMapping[str, Any]
@@ -45,12 +48,18 @@ class BodyGuard:
     as soon as the bytes read pass the limit: 413 `payload_too_large`), and in full within
     `seconds` of the application first asking for it (408 `request_timeout`, after which the
     connection closes, RFC 9110 §15.5.9). Once the body is complete, later receives (a
-    streaming answer waiting for a disconnect) are not bounded."""
+    streaming answer waiting for a disconnect) are not bounded.
 
-    def __init__(self, app: ASGIApp, limit: int, seconds: float) -> None:
+    The bytes every request's body holds count against `budget` (api.admission.BodyBudget)
+    until the request is answered: a large body that would pass it is refused, 503
+    `overloaded` with Retry-After, unread when its Content-Length says so, and the
+    connection closes."""
+
+    def __init__(self, app: ASGIApp, limit: int, seconds: float, budget: BodyBudget) -> None:
         self.app = app
         self.limit = limit
         self.seconds = seconds
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,6 +69,9 @@ class BodyGuard:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _send_problem(send, "payload_too_large", too_large)
+            return
+        if declared is not None and (refused := self.budget.refusal(0, int(declared))):
+            await _send_problem(send, refused.code, refused.detail, OVERLOADED_HEADERS)
             return
         seen = 0
         deadline: float | None = None
@@ -78,9 +90,13 @@ class BodyGuard:
                 detail = f"the request body did not arrive within {self.seconds:g} s"
                 raise _BodyRefused("request_timeout", detail, {"connection": "close"})
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
+                more = len(message.get("body", b""))
+                if seen + more > self.limit:
                     raise _BodyRefused("payload_too_large", too_large)
+                if refused := self.budget.refusal(seen, more):
+                    raise _BodyRefused(refused.code, refused.detail, OVERLOADED_HEADERS)
+                self.budget.held += more
+                seen += more
             complete = message["type"] != "http.request" or not message.get("more_body")
             return message
 
@@ -95,6 +111,8 @@ class BodyGuard:
         except _BodyRefused as refused:
             if not responded:
                 await _send_problem(send, refused.code, refused.detail, refused.headers)
+        finally:
+            self.budget.held -= seen
 
 
 async def _send_problem(
@@ -150,8 +168,17 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     app.state.node = node
     app.state.settings = settings
     app.state.explorer = pages
+    app.state.admission = Admission(
+        parsing_max=settings.submissions_parsing_max,
+        queue_max=settings.submission_queue_max,
+        queue_per_client_max=settings.submission_queue_per_client_max,
+        large_queue_max=settings.large_submission_queue_max,
+    )
     app.add_middleware(
-        BodyGuard, limit=settings.body_bytes_max, seconds=settings.request_body_seconds
+        BodyGuard,
+        limit=settings.body_bytes_max,
+        seconds=settings.request_body_seconds,
+        budget=BodyBudget(settings.request_bodies_bytes_max),
     )
     app.state.metrics = metrics.Metrics()
     app.add_middleware(metrics.Measure, metrics=app.state.metrics)

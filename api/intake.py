@@ -25,6 +25,7 @@ import marshal
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
+from api.admission import SMALL_BODY_BYTES
 from api.schemas import validate_envelope
 from ledger.crypto import SignatureError
 from ledger.encoding import decode
@@ -40,7 +41,8 @@ from ledger.transactions import (
 )
 from ledger.worker import Child, read_frame, run_child, write_frame
 
-WORKER_BODY_BYTES_MIN: Final = 32 * 1024  # ~60 envelopes: below, the calling thread is cheaper
+# ~60 envelopes: below, the calling thread is cheaper (api.admission queues by the same size)
+WORKER_BODY_BYTES_MIN: Final = SMALL_BODY_BYTES
 STOP_SECONDS: Final = 5.0
 
 

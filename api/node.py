@@ -16,6 +16,8 @@ while the next block is written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +25,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
+
+import anyio
 
 from api.follow import ApiSource, Forwarder
 from api.intake import IntakeWorker
@@ -167,6 +171,9 @@ class Node:
         self._opened: list[Store] = []
         self._opened_lock = threading.Lock()
         self._committed = threading.Condition()
+        # Event loops' futures waiting for the next block (`wait_for_commit_async`)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
         self._stopping = threading.Event()
         self._loop: threading.Thread | None = None
         self.blocks_produced = 0
@@ -322,6 +329,11 @@ class Node:
         # their transactions rejected, which they must hear now, not at timeout.
         with self._committed:
             self._committed.notify_all()
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                loop.call_soon_threadsafe(_wake_future, future)
 
     def submit(
         self,
@@ -342,12 +354,15 @@ class Node:
         return committed
 
     def outcome(self, tx_id: str) -> Outcome | None:
-        """What became of a transaction: remembered by the producer, or found committed."""
+        """What became of a transaction: pending in the pool, remembered by the producer, or
+        found committed. The pool comes first: an id names the transaction alone, so a copy
+        with a broken signature, refused after the transaction was admitted, must not make it
+        look rejected while it waits for its block."""
+        if tx_id in self.producer.pool:
+            return Outcome(tx_id=tx_id, status="pending")
         remembered = self.producer.outcomes.get(tx_id)
         if remembered is not None:
             return remembered
-        if tx_id in self.producer.pool:
-            return Outcome(tx_id=tx_id, status="pending")
         if tx_id not in self._committed_ids:
             return None  # certain: every committed id is in the filter
         try:
@@ -369,3 +384,51 @@ class Node:
                 if not pending or remaining <= 0 or self.failure is not None:
                     return outcomes
                 self._committed.wait(remaining)
+
+    async def wait_for_commit_async(
+        self, tx_ids: Sequence[str], timeout: float
+    ) -> list[Outcome | None]:
+        """`wait_for_commit` for an event loop: no thread is held while it waits, so clients
+        waiting for their commits cannot take every request thread."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, COMMIT_WAIT_SECONDS_MAX)
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            with self._waiters_lock:  # before looking: a block committed meanwhile wakes it
+                self._waiters.append((loop, woken))
+            try:
+                outcomes = self._outcomes_in_memory(tx_ids)
+                if outcomes is None:  # one must be read from the store: in a thread, briefly
+                    outcomes = await anyio.to_thread.run_sync(self._outcomes, tx_ids)
+                pending = any(o is None or o.status == "pending" for o in outcomes)
+                remaining = deadline - loop.time()
+                if not pending or remaining <= 0 or self.failure is not None:
+                    return outcomes
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, remaining)
+            finally:
+                with self._waiters_lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, woken))
+
+    def _outcomes(self, tx_ids: Sequence[str]) -> list[Outcome | None]:
+        return [self.outcome(tx_id) for tx_id in tx_ids]
+
+    def _outcomes_in_memory(self, tx_ids: Sequence[str]) -> list[Outcome | None] | None:
+        """`outcome` of each, when none needs the store (a committed transaction the producer
+        no longer remembers); None otherwise. Reads only what `outcome` reads first."""
+        outcomes: list[Outcome | None] = []
+        for tx_id in tx_ids:
+            if tx_id in self.producer.pool:
+                outcomes.append(Outcome(tx_id=tx_id, status="pending"))
+            elif (remembered := self.producer.outcomes.get(tx_id)) is not None:
+                outcomes.append(remembered)
+            elif tx_id not in self._committed_ids:
+                outcomes.append(None)
+            else:
+                return None
+        return outcomes
+
+
+def _wake_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

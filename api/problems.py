@@ -51,6 +51,9 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     "self_transfer": (422, "A transfer must go to another account"),
     # The node (SPEC §7.2)
     "mempool_full": (503, "The pending pool is full: try again later"),
+    # Overload (docs/decisions/0005): refused before any work, with Retry-After
+    "overloaded": (503, "The node is overloaded: try again later"),
+    "too_many_requests": (429, "Too many submissions from this client at once: try again later"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "not_acceptable": (406, "Not acceptable"),
@@ -72,8 +75,10 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
 DETAIL_CHARS_MAX: Final = 1000
 
 # Codes any operation may answer: a body declared over the limit is refused before routing
-# (BodyGuard), the store may refuse to serve, and a bug is reported as one rather than hidden.
-COMMON_CODES: Final = ("payload_too_large", "store_unavailable", "internal_error")
+# (BodyGuard), a node at its bound on connections or body bytes refuses before routing too
+# (api.serving, api.admission), the store may refuse to serve, and a bug is reported as one
+# rather than hidden.
+COMMON_CODES: Final = ("payload_too_large", "overloaded", "store_unavailable", "internal_error")
 
 
 class Problem(BaseModel):

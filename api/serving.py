@@ -1,10 +1,9 @@
 """How a node serves its API over HTTP: uvicorn, bounded against slow and numerous clients.
 
-uvicorn bounds how long a connection may idle between requests (`keep_alive_seconds`) and, with
-`limit_concurrency`, how many connections and requests it takes at once (`connections_max`,
-503 beyond). It does not bound how long a request's line and headers may take to arrive: a
-client sending one header byte every few seconds would hold its connection for ever, and a
-thousand such clients would hold the node (slowloris). `HeadBound` adds that bound to
+uvicorn bounds how long a connection may idle between requests (`keep_alive_seconds`). It does
+not bound how long a request's line and headers may take to arrive: a client sending one header
+byte every few seconds would hold its connection for ever, and a thousand such clients would
+hold the node (slowloris). `HeadBound` adds that bound to
 uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
 
 - the head clock starts when a connection opens, and on a kept-alive connection at the first
@@ -16,7 +15,11 @@ uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
   clock only runs while the connection has no request of its own being answered;
 - a new connection that brings the server to `connections_max` closes, the same way, the one
   that has waited longest for its head: slow clients make room for new ones instead of
-  keeping them out with uvicorn's 503.
+  keeping them out;
+- a request that arrives while `connections_max` connections are open, or as many requests
+  are in flight, is answered 503 `overloaded` (a problem, with Retry-After, closing the
+  connection): uvicorn's own `limit_concurrency` would answer the same in plain text, so the
+  node keeps that bound itself.
 
 The request body is bounded in size and time by `api.app.BodyGuard`; together they leave no
 phase of a request unbounded in time.
@@ -33,7 +36,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from api.admission import RETRY_AFTER_SECONDS
+from api.problems import PROBLEM_MEDIA_TYPE, problem, problem_body
 from api.settings import Settings
 
 REASONS: Final = {408: b"Request Timeout", 413: b"Content Too Large"}
@@ -53,13 +57,35 @@ class HeadBound(asyncio.Protocol):
     waiting: ClassVar[dict[HeadBound, float]]
 
     # uvicorn's own attributes, the same in its httptools and h11 protocols
+    app: Any
     cycle: Any
     server_state: Any
     connections: set[Any]
+    tasks: set[Any]
 
     _head_transport: asyncio.Transport | None = None
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served_app = self.app
+        self.app = self._bounded_app  # what uvicorn starts each request cycle with
+
+    async def _bounded_app(self, scope: Any, receive: Any, send: Any) -> None:
+        """The application, or an `overloaded` problem past `connections_max` connections
+        or requests in flight (this request's task counts already: uvicorn adds it before
+        it runs)."""
+        requests = len(self.tasks) - 1
+        if self.open_connections() < self.connections_max and requests < self.connections_max:
+            await self._served_app(scope, receive, send)
+            return
+        detail = (
+            f"{self.open_connections()} connections open and {requests} requests in flight "
+            f"(at most {self.connections_max} of each)"
+        )
+        headers = {"connection": "close", "retry-after": str(RETRY_AFTER_SECONDS)}
+        await problem("overloaded", detail, headers)(scope, receive, send)
 
     def is_between_requests(self) -> bool:
         """True when no request of this connection is being answered."""
@@ -225,7 +251,7 @@ def server_config(app: Any, settings: Settings, parser: str = "httptools") -> uv
         log_level="warning",
         access_log=False,  # one line per request is no node's log; /metrics counts them
         proxy_headers=False,  # nothing reads the client's address: trust no X-Forwarded-For
-        limit_concurrency=settings.connections_max,
+        limit_concurrency=None,  # HeadBound keeps connections_max, answering a problem
         timeout_keep_alive=settings.keep_alive_seconds,
         h11_max_incomplete_event_size=settings.request_head_bytes_max,
     )

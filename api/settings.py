@@ -21,6 +21,11 @@ REQUEST_HEAD_SECONDS = 10.0  # a request line and headers are a few hundred byte
 REQUEST_HEAD_BYTES_MAX = 16 * 1024  # h11's own bound on a request head
 KEEP_ALIVE_SECONDS = 5  # uvicorn's default idle time between requests on one connection
 CONNECTIONS_MAX = 4096  # open connections, and requests in flight (uvicorn counts both)
+REQUEST_BODIES_BYTES_MAX = 64 * 1024 * 1024  # 16 bodies of the largest size at once
+SUBMISSIONS_PARSING_MAX = 16  # small bodies parsed at once: enough to hide the trips to threads
+SUBMISSION_QUEUE_MAX = 1024  # small bodies waiting for their turn, ~1 KB each
+SUBMISSION_QUEUE_PER_CLIENT_MAX = 64  # of them from one address
+LARGE_SUBMISSION_QUEUE_MAX = 8  # large bodies waiting for the intake worker, up to 4 MiB each
 DISPLAY_UTC_OFFSET_MINUTES = 480  # China Standard Time (UTC+8), where Zibo's officials count
 ENVIRONMENT_PREFIX = "TANLIAN_"
 FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
@@ -80,6 +85,45 @@ class Settings(BaseModel):
             "Most open connections, and most requests in flight: a new connection beyond it "
             "closes the one waiting longest for its request head, and a request that finds "
             "no room is answered 503 (uvicorn's limit_concurrency)."
+        ),
+    )
+    request_bodies_bytes_max: int = Field(
+        default=REQUEST_BODIES_BYTES_MAX,
+        ge=1024,
+        description=(
+            "Most request body bytes the node holds at once, over all requests: a body that "
+            "would pass it is refused (503 overloaded, unread if its length is declared), so "
+            "many large bodies sent at once cannot fill memory."
+        ),
+    )
+    submissions_parsing_max: int = Field(
+        default=SUBMISSIONS_PARSING_MAX,
+        ge=1,
+        le=64,
+        description=(
+            "Small submissions (below the intake worker's size) decoded and signature-checked "
+            "at once; the others wait in a queue, served in turn from each client address."
+        ),
+    )
+    submission_queue_max: int = Field(
+        default=SUBMISSION_QUEUE_MAX,
+        ge=1,
+        description="Small submissions waiting for their turn, in all (503 overloaded beyond).",
+    )
+    submission_queue_per_client_max: int = Field(
+        default=SUBMISSION_QUEUE_PER_CLIENT_MAX,
+        ge=1,
+        description=(
+            "Submissions of one client address waiting for their turn, in each queue "
+            "(429 too_many_requests beyond)."
+        ),
+    )
+    large_submission_queue_max: int = Field(
+        default=LARGE_SUBMISSION_QUEUE_MAX,
+        ge=1,
+        description=(
+            "Large submissions (arrays parsed in the intake worker, one at a time) waiting "
+            "for their turn, in all (503 overloaded beyond)."
         ),
     )
 

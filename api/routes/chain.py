@@ -42,7 +42,9 @@ NDJSON: Final = "application/x-ndjson"
     response_model_exclude_unset=True,
     responses=problem_responses(),
 )
-def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
+async def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
+    # Answered on the event loop, with no trip to a request thread: liveness says whether
+    # the node answers at all, and a busy node's threads must not make it look dead.
     return {"status": "ok", "height": node.state.height}
 
 

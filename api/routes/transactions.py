@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api import schemas
+from api.admission import RETRY_AFTER_SECONDS, Admission, Refused
 from api.intake import Submission
 from api.node import Node
 from api.problems import problem, problem_body, problem_responses
-from api.routes import example, node_of, settings_of
+from api.routes import admission_of, example, node_of, settings_of
 from api.schemas import EXAMPLE_TX_ID
 from api.settings import SUBMISSION_ENVELOPES_MAX, Settings
 from consensus.producer import Outcome
@@ -55,6 +56,7 @@ SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "malformed_json",
         "request_timeout",
         "mempool_full",
+        "too_many_requests",
         "limit_exceeded",
         "upstream_unavailable",
         "bad_upstream",
@@ -131,6 +133,7 @@ async def submit(
     request: Request,
     node: Annotated[Node, Depends(node_of)],
     settings: Annotated[Settings, Depends(settings_of)],
+    admission: Annotated[Admission, Depends(admission_of)],
     wait: Annotated[
         Literal["commit"] | None,
         Query(
@@ -140,26 +143,29 @@ async def submit(
     ] = None,
 ) -> JSONResponse:
     body = await request.body()
-    if node.forwarder is not None:  # a follower: the nodes it follows decide
-        status, forwarded = await run_in_threadpool(
-            node.forwarder.submit, body, wait=wait == "commit"
-        )
-        return JSONResponse(forwarded, status_code=status)
-    # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event loop,
-    # and for a large body in the node's intake worker process (api.intake).
-    submission = await run_in_threadpool(
-        node.intake.parse,
-        body,
-        envelopes_max=settings.submission_envelopes_max,
-        transaction_bytes_max=node.genesis.params.transaction_bytes_max,
-    )
-    outcomes = await run_in_threadpool(_admit, node, submission)
+    client = request.client.host if request.client is not None else ""
+    try:
+        # Parsing costs CPU per envelope, good signatures or not: each client's submissions
+        # wait their turn (api.admission), and a full queue is answered at once.
+        async with admission.queue_for(len(body)).turn(client):
+            if node.forwarder is not None:  # a follower: the nodes it follows decide
+                status, forwarded = await run_in_threadpool(
+                    node.forwarder.submit, body, wait=wait == "commit"
+                )
+                return JSONResponse(forwarded, status_code=status)
+            # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event
+            # loop, and for a large body in the node's intake worker process (api.intake);
+            # then the pool. One trip to a thread for both: on a busy node each trip waits
+            # for the GIL.
+            submission, outcomes = await run_in_threadpool(
+                _parse_and_admit, node, body, settings.submission_envelopes_max
+            )
+    except Refused as refused:
+        return problem(refused.code, refused.detail, {"retry-after": str(RETRY_AFTER_SECONDS)})
     if wait == "commit":
         pending = [o.tx_id for o in outcomes.values() if o.status == "pending"]
         if pending:
-            waited = await run_in_threadpool(
-                node.wait_for_commit, pending, settings.commit_wait_seconds
-            )
+            waited = await node.wait_for_commit_async(pending, settings.commit_wait_seconds)
             for result in waited:
                 if result is not None:
                     outcomes[result.tx_id] = result
@@ -184,14 +190,33 @@ async def submit(
     return JSONResponse({"results": bodies}, status_code=200 if done else 202)
 
 
+def _parse_and_admit(
+    node: Node, body: bytes, envelopes_max: int
+) -> tuple[Submission, dict[str, Outcome]]:
+    submission = node.intake.parse(
+        body,
+        envelopes_max=envelopes_max,
+        transaction_bytes_max=node.genesis.params.transaction_bytes_max,
+    )
+    return submission, _admit(node, submission)
+
+
 def _admit(node: Node, submission: Submission) -> dict[str, Outcome]:
-    """Committed transactions answer their original outcome; the rest go to the pool."""
+    """Committed transactions answer their original outcome; an envelope whose signature
+    failed is answered so without the pool (an id names the transaction alone: a broken copy
+    says nothing of what became of it, and a flood of them must not push other outcomes out
+    of the producer's memory); the rest go to the pool."""
     outcomes: dict[str, Outcome] = {}
     fresh = []
     for envelope in submission.envelopes:
         known = node.outcome(envelope.tx_id)
+        failure = submission.signature_errors.get(envelope.tx_id)
         if known is not None and known.status == "committed":
             outcomes[envelope.tx_id] = known
+        elif failure is not None:
+            outcomes[envelope.tx_id] = Outcome(
+                tx_id=envelope.tx_id, status="rejected", code=failure.code, message=failure.message
+            )
         else:
             fresh.append(envelope)
     for outcome in node.submit(fresh, submission.signature_checks(fresh)):

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from api.admission import BodyBudget
 from api.app import DOCS_ASSETS_URL, BodyGuard, Message, Scope, create_app
 from api.node import Node
 from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
@@ -189,7 +190,7 @@ async def test_the_deadline_ends_with_the_body() -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    guard = BodyGuard(app, limit=1 << 20, seconds=seconds)
+    guard = BodyGuard(app, limit=1 << 20, seconds=seconds, budget=BodyBudget(1 << 20))
     await guard({"type": "http", "method": "POST"}, receive, send)
     assert [m.get("status") for m in sent] == [204, None]
 

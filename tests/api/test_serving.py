@@ -327,7 +327,7 @@ def test_connections_max_closes_the_longest_waiting_head_first(parser: str, tmp_
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
 def test_requests_beyond_connections_max_are_answered_503(parser: str, tmp_path: Path) -> None:
     """Connections kept alive between requests wait for no head: none is closed for a new
-    one, which uvicorn answers 503 until one goes."""
+    one, which is answered an `overloaded` problem until one goes."""
     settings = Settings(data=tmp_path, port=free_port(), connections_max=3)
     with serving(settings, parser) as where:
         kept = [connect(where) for _ in range(2)]
@@ -336,7 +336,17 @@ def test_requests_beyond_connections_max_are_answered_503(parser: str, tmp_path:
             assert read_answer(connection)[0] == 200
         with connect(where) as third:
             third.sendall(HEALTHZ)
-            assert read_answer(third)[0] == 503
+            status, headers, body = read_answer(third)
+            assert (status, headers["content-type"]) == (503, PROBLEM_MEDIA_TYPE)
+            assert (headers["connection"], headers["retry-after"]) == ("close", "1")
+            assert json.loads(body) == {
+                "type": "urn:tanlian:problem:overloaded",
+                "title": "The node is overloaded: try again later",
+                "status": 503,
+                "detail": "3 connections open and 0 requests in flight (at most 3 of each)",
+                "code": "overloaded",
+            }
+            assert is_closed(third)
         for connection in kept:
             connection.close()
         time.sleep(0.1)  # the node sees the closes
