@@ -269,15 +269,25 @@ class Node:
     def _run_consensus(self, producer: BftProducer | Follower) -> None:
         """Drive the BFT producer (peers' messages, due timers, block sync) or the follower
         (block sync), every POLL_SECONDS at most; each decided or synced block is committed as
-        `_finish` commits a solo one."""
+        `_finish` commits a solo one.
+
+        A decided block the store cannot write stops the node (`_fail`): unlike a solo
+        block it cannot be built again, the consortium has decided it and the replica has
+        gone on. Nothing of it or after it was reported committed; once restarted on a
+        healthy disk the node fetches what it missed from its peers (block sync)."""
         while not self._stopping.is_set():
             now_ms = int(time.time() * 1000)
-            while producer.due(now_ms):
-                result = producer.produce(now_ms)
-                if result is not None:
-                    self._committed_block(result)
-                elif not producer.due(now_ms):
-                    break
+            try:
+                while producer.due(now_ms):
+                    result = producer.produce(now_ms)
+                    if result is not None:
+                        self._committed_block(result)
+                    elif not producer.due(now_ms):
+                        break
+            except StoreError as error:
+                height = self.state.height + 1
+                self._fail(f"the store failed to write decided block {height}: {error.message}")
+                return
             self._stopping.wait(POLL_SECONDS)
 
     def _finish(self, prepared: PreparedBlock, written: Future[None]) -> bool:

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from api.node import WRITE_ATTEMPTS_MAX, Node
+from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
 from ledger import store as store_module
 from ledger.crypto import PrivateKey
@@ -156,6 +157,45 @@ def test_a_store_that_keeps_failing_stops_the_node_and_loses_nothing(
     finally:
         node.stop()
     assert assert_store_whole(tmp_path, reported) == 2
+
+
+# `full` refuses only a write that needs a new page, which the first block may not: the
+# writer's code is the same for every producer, what differs here is the node's answer.
+@pytest.mark.parametrize("kind", ["ioerror", "exit"])
+def test_a_validator_whose_store_fails_stops_cleanly_and_loses_nothing(
+    kind: str, chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under BFT consensus (a peer named, here unreachable: the one validator decides alone)
+    a decided block cannot be built again: a failed write stops the node, nothing of it is
+    reported committed, and a restart on a healthy store decides and commits it again."""
+    Store.create(tmp_path, chain.genesis_document).close()
+    monkeypatch.setenv(FAULT_ENVIRONMENT, f"1:{kind}")
+    peers = [f"http://127.0.0.1:{free_port()}"]
+    node = Node(tmp_path, chain.validator, peers=peers)
+    reported: list[CommittedBlock] = []
+    node.on_block = reported.append
+    node.start()
+    accredit = chain.accredit()
+    try:
+        assert isinstance(node.producer, BftProducer)
+        assert commit(node, [accredit]) == ["pending"]
+        assert node.failure is not None
+        assert "the store failed to write decided block 1" in node.failure
+        assert node.state.height == 0
+    finally:
+        node.stop()
+    assert reported == []
+    assert assert_store_whole(tmp_path, reported) == 0
+    monkeypatch.delenv(FAULT_ENVIRONMENT)
+    node = Node(tmp_path, chain.validator, peers=peers)
+    node.on_block = reported.append
+    node.start()
+    try:
+        assert commit(node, [accredit]) == ["committed"]
+        assert node.failure is None
+    finally:
+        node.stop()
+    assert assert_store_whole(tmp_path, reported) >= 1
 
 
 def test_the_node_process_stops_with_one_line_when_its_store_keeps_failing(
