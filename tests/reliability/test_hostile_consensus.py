@@ -761,6 +761,13 @@ async def test_a_flood_of_far_ahead_messages_holds_nothing_and_the_chain_goes_on
     assert 0 < sampler.waiting_peak <= REFERENCES_WAITING_MAX
     assert dropped(cluster, "future") + cluster.bft.messages_dropped >= future_before + beyond
     assert not signatures & held_signatures(cluster)
+    metrics = (await client.get("/metrics")).text
+    seen = {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("tanlian_consensus_messages_dropped{")
+    }
+    assert seen["future"] + seen["inbox_full"] >= beyond, seen
 
 
 # --- 6. equivocation --------------------------------------------------------------------------
