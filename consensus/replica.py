@@ -261,6 +261,9 @@ class Replica:
                 assert _slot(message) not in self.signed, "the log holds two messages for a slot"
                 self.signed[_slot(message)] = message
         self.evidence: dict[str, Evidence] = {}  # by the state key that would record it
+        # Peers' messages taken but not held, by why (an admission status, or the code of the
+        # check that failed): what a validator's operator and the hostile-input tests see.
+        self.dropped: dict[str, int] = {}
         self._catch_up_sent: dict[str, int] = {}
         self._decided_at = 0  # when the last height was decided here (clock of the caller)
         self._effects: list[Effect] = []
@@ -420,9 +423,13 @@ class Replica:
         if isinstance(message, Decision):
             self._on_decision(message)
         elif isinstance(message, Proposal) and not self._body_matches(message):
-            pass  # a replayed signature with another body: it must not take the slot
+            self._drop("body_mismatch")  # a replayed signature with another body: not held
         else:
             admission = self.quorum.admit(message, current_round=self.round)
+            if admission.error is not None:
+                self._drop(admission.error.code)
+            elif admission.status in ("old", "future", "known"):
+                self._drop(admission.status)
             if admission.evidence is not None:
                 self.add_evidence(admission.evidence)
             elif admission.status == "old" and isinstance(message, Vote):
@@ -442,6 +449,9 @@ class Replica:
             self._on_step_timeout(timeout)
         self._run_rules()  # time moved: a block too far ahead a moment ago may be valid now
         return self._end()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def _begin(self, now_ms: int) -> None:
         assert not self._effects
@@ -474,10 +484,12 @@ class Replica:
 
     def _on_decision(self, decision: Decision) -> None:
         if decision.height != self.height:
+            self._drop("old" if decision.height < self.height else "future")
             return
         try:
             verify_decision(decision, chain_id=self.chain_id, validators=self.validators)
-        except InvalidMessage:
+        except InvalidMessage as error:
+            self._drop(error.code)
             return
         state = self._applies(decision.block)
         if state is not None:

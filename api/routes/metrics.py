@@ -1,5 +1,6 @@
-"""GET /metrics: Prometheus text (blocks, transactions, pool size, block sync, requests and
-latencies by route), through prometheus-client; one registry per application."""
+"""GET /metrics: Prometheus text (blocks, transactions, pool size, block sync, consensus
+messages dropped by why, requests and latencies by route), through prometheus-client; one
+registry per application."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from prometheus_client import (
 from api.node import Node
 from api.problems import problem_responses
 from api.routes import node_of
+from consensus.node import BftProducer
 
 router = APIRouter(tags=["operations"])
 
@@ -59,6 +61,13 @@ class Metrics:
         self.refusals = Gauge(
             "tanlian_sync_refusals",
             "Times block sync refused a source (unreachable, or serving what fails a check)",
+            registry=self.registry,
+        )
+        self.dropped = Gauge(
+            "tanlian_consensus_messages_dropped",
+            "Peers' consensus messages a validator took and did not hold, by why: an admission"
+            " status (old, future, known), a failed check's code, or inbox_full",
+            ["reason"],
             registry=self.registry,
         )
 
@@ -115,4 +124,9 @@ def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Respon
     if node.sync is not None:
         registry.synced.set(node.sync.counters.blocks)
         registry.refusals.set(node.sync.counters.refusals)
+    if isinstance(node.producer, BftProducer):
+        # Since the replica was built (at the start, or when it rejoins after block sync).
+        for reason, count in dict(node.producer.replica.dropped).items():
+            registry.dropped.labels(reason).set(count)
+        registry.dropped.labels("inbox_full").set(node.producer.messages_dropped)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -445,6 +445,54 @@ def test_signatures_are_checked_through_the_injected_check_once_per_block() -> N
     assert first not in [e.tx_id for e in proposed.block.transactions]
 
 
+def test_what_is_not_held_is_counted_by_why() -> None:
+    target = replica(0)
+    target.on_start(T0)
+    genuine = vote(1, "prevote", 0, None)
+    value = block()
+    offered = proposal(0, value)
+    forged_body = dataclasses.replace(
+        offered, block=dataclasses.replace(value, transactions=value.transactions[1:])
+    )
+    feed(
+        target,
+        [
+            genuine,
+            genuine,  # a copy: known
+            vote(1, "prevote", 0, None, height=3),  # future
+            vote(1, "prevote", 50, None),  # future (a round far ahead)
+            dataclasses.replace(vote(2, "prevote", 0, None), block_hash="aa" * 32),
+            sign_vote(
+                key("stranger"),
+                chain_id=CHAIN_ID,
+                vote_type="prevote",
+                height=1,
+                round=0,
+                block_hash=None,
+            ),
+            sign_vote(
+                KEYS[3],
+                chain_id="other-chain",
+                vote_type="prevote",
+                height=1,
+                round=0,
+                block_hash=None,
+            ),
+            forged_body,
+            dataclasses.replace(offered, round=1),  # signed for round 0: not its proposer's
+        ],
+    )
+    assert target.dropped == {
+        "known": 1,
+        "future": 2,
+        "bad_signature": 1,
+        "unknown_validator": 1,
+        "wrong_chain": 1,
+        "body_mismatch": 1,
+        "not_proposer": 1,
+    }
+
+
 def test_a_valid_proposal_gets_a_prevote_and_an_invalid_one_nil() -> None:
     me = not_proposer(1, 0)
     good = block()

@@ -14,8 +14,8 @@ edge-case vectors, of which strict verification (libsodium's rules, which `ledge
 states itself) accepts exactly one, the signature whose points have a torsion component but
 are not of small order. The RFC 8032 §7.1 vectors are checked in tests/ledger/test_crypto.py.
 
-Consensus messages (from non-validators, badly signed, far-future heights and rounds) join
-this catalogue with the consortium's part of issue 7.
+Consensus messages (from non-validators, badly signed, far-future heights and rounds) have
+their part of the catalogue in tests/reliability/test_hostile_consensus.py.
 """
 
 from __future__ import annotations
