@@ -50,6 +50,12 @@ Far behind (peers' messages show at least SYNC_LAG_HEIGHTS_MIN heights decided a
 store), it catches up by block sync (`consensus.sync`) before it takes part again: each
 verified block is stored as a decided one, and once none is missing the replica is built
 anew from the store and the signed-message log at the new height.
+
+A store behind the heights this validator signed at and then forgot (the log's
+`decided_height`: a store rebuilt from its peers, `tanlian node --resync`) would let a replica
+sign a second message for a slot it used. Until block sync brings the store up to that height
+the replica is not started, hears nothing and signs nothing (`_below_decided`); then it is
+built from the store and the log as at a restart.
 """
 
 from __future__ import annotations
@@ -181,6 +187,10 @@ class BftProducer:
         return len(self.pool)
 
     def due(self, now_ms: int) -> bool:
+        if self._below_decided():
+            return bool(self._committed) or (
+                self.sync is not None and self.sync.is_behind(self._tip.height, lag=1)
+            )
         if not self._started or self._committed or self._inbox:
             return True
         if self._writing and self._writing[0][1].done():
@@ -226,6 +236,8 @@ class BftProducer:
         """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
         effects, and return a block decided since the last call, if any."""
         self._finish_writes(wait=False)
+        if self._below_decided():
+            return self._sync_to_decided()
         if self.sync is not None and self.sync.is_behind(self._tip.height):
             self._finish_writes(wait=True)  # sync and rejoining start from the store
             if not self._committed:  # one range at a time: the last one's blocks go first
@@ -436,6 +448,29 @@ class BftProducer:
             self._tip = state
         self._write(decision)
         self._settle(decision)
+
+    def _below_decided(self) -> bool:
+        """The store is below a height this validator signed at and forgot (module
+        docstring): it must sign nothing until block sync brings it there, and block sync
+        knows it must get there."""
+        below = self._tip.height < self.log.decided_height
+        if below and self.sync is not None:
+            self.sync.expect(self.log.decided_height)
+        return below
+
+    def _sync_to_decided(self) -> CommittedBlock | None:
+        """Block sync only, the replica untouched: peers' messages are dropped (they are
+        re-sent), the blocks up to the log's `decided_height` fetched and verified."""
+        self._finish_writes(wait=True)
+        with self._lock:
+            self._inbox.clear()
+        if (
+            not self._committed
+            and self.sync is not None
+            and self.sync.is_behind(self._state.height, lag=1)
+        ):
+            self.sync.step(self._state, self._append_synced)
+        return self._committed.popleft() if self._committed else None
 
     def _rejoin(self) -> None:
         """Take part again at the height after the store's head: a replica built as at a
