@@ -14,6 +14,7 @@ import pytest
 from consensus.follower import Follower
 from consensus.producer import CommittedBlock
 from consensus.sync import BlockSync, MemorySource
+from consensus.wal import SignedMessage
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
 from ledger.store import Store
@@ -110,7 +111,12 @@ def test_a_validator_on_a_rebuilt_store_signs_nothing_below_its_log_until_synced
         assert decided >= 5 and restarted.state.height == 0
         signed: list[int] = []
         append = restarted.log.append
-        restarted.log.append = lambda message: (signed.append(message.height), append(message))[1]
+
+        def spy(message: SignedMessage) -> None:
+            signed.append(message.height)
+            append(message)
+
+        restarted.log.append = spy  # type: ignore[method-assign]
         # No peer's message and no block sync: it stays silent, it does not start over.
         consortium.run(lambda: max(consortium.heights().values()) >= decided + 2)
         assert restarted.state.height == 0 and signed == []
