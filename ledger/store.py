@@ -961,6 +961,44 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
         connection.close()
 
 
+MOVED_ASIDE_PREFIX: Final = "store-moved-aside-"
+
+
+def move_store_aside(directory: Path) -> Path | None:
+    """Move the data directory's database (with its SQLite WAL and shared-memory files) into a
+    new folder `store-moved-aside-<UTC time>` inside it, for `tanlian node --resync`: a
+    damaged store is kept for its operator to inspect, never deleted; everything else of the
+    directory (the validator's signed-message log above all) stays. Holds the directory's
+    write lock meanwhile, so a running node's store is never moved. Returns the folder, or
+    None when there was no database."""
+    database = directory / DATABASE_FILE
+    if not database.exists():
+        return None
+    lock = DirectoryLock(directory / LOCK_FILE)
+    lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = directory / f"{MOVED_ASIDE_PREFIX}{stamp}"
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = directory / f"{MOVED_ASIDE_PREFIX}{stamp}-{number}"
+        aside.mkdir()
+        # The WAL file goes with the database: it may hold committed pages.
+        for suffix in ("", "-wal", "-shm"):
+            path = directory / (DATABASE_FILE + suffix)
+            if path.exists():
+                path.rename(aside / path.name)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    finally:
+        lock.release()
+    return aside
+
+
 class DirectoryLock:
     """An exclusive `flock` on a file of the data directory, held by the one process that
     writes blocks there (and by its writer process, which shares the open file): two nodes on

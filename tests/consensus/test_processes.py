@@ -50,7 +50,8 @@ class Consortium:
         for index in range(NODES):
             (root / f"key-{index}.pem").write_bytes(WORLD.keys[index].to_pem())
 
-    def start(self, index: int) -> None:
+    def start(self, index: int, *extra: str) -> None:
+        """Start validator `index` (`extra`: more arguments of `tanlian node`)."""
         peers = [arg for j in range(NODES) if j != index for arg in ("--peer", self.urls[j])]
         log = (self.root / f"node-{index}.log").open("ab")
         self.processes[index] = subprocess.Popen(
@@ -61,6 +62,7 @@ class Consortium:
                 "--validator-key", str(self.root / f"key-{index}.pem"),
                 "--listen", f"127.0.0.1:{self.ports[index]}",
                 *peers,
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
