@@ -6,7 +6,8 @@ written in one SQLite transaction, so a crash or an error leaves the store at th
 block. Opening checks the stored head before anything is served: the header hashes to its
 recorded hash, its certificate verifies against the validators that governed it, and the
 state and log rebuilt from the tables give the header's `state_root`, `log_root` and
-`log_size`. A mismatch refuses to start, with the reason.
+`log_size`. A mismatch refuses to start, with the reason. A new store is built under another
+name and renamed once whole, so a node killed at its first start leaves none half made.
 
 Tables: meta, blocks, transactions, account_transactions, state, state_changes, log_nodes,
 and the query projections batches, retirements and lots (indexed for the API's queries).
@@ -62,6 +63,7 @@ from ledger.worker import Child, read_frame, run_child, write_frame
 
 DATABASE_FILE: Final = "ledger.sqlite"
 LOCK_FILE: Final = "ledger.lock"
+CREATING_SUFFIX: Final = ".creating"  # a database being created (`Store.create`)
 # How long a node waits for the data directory's write lock: a node killed a moment ago may
 # leave its writer process finishing (or rolling back) the block it held.
 LOCK_WAIT_SECONDS: Final = 10.0
@@ -114,7 +116,29 @@ class Store:
         path = directory / DATABASE_FILE
         if path.exists():
             raise StoreError(f"{path} exists already: refusing to overwrite a ledger")
-        connection = cls._connect(path)
+        # Built under another name and renamed once whole: a node killed while it creates
+        # its store (at its first start) leaves no half-made database that refuses to open.
+        building = directory / (DATABASE_FILE + CREATING_SUFFIX)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(building) + suffix).unlink(missing_ok=True)  # a killed creation's
+        connection = cls._connect(building)
+        try:
+            cls._fill(connection, genesis, genesis_document)
+        finally:
+            connection.close()  # the last connection: SQLite folds its WAL into the file
+        descriptor = os.open(building, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.rename(building, path)
+        _fsync_directory(directory)
+        return cls(directory, cls._connect(path))
+
+    @staticmethod
+    def _fill(
+        connection: sqlite3.Connection, genesis: Genesis, genesis_document: dict[str, Any]
+    ) -> None:
         db = sqlite_utils.Database(connection)
         _create_schema(db)
         state = genesis_state(genesis)
@@ -136,7 +160,6 @@ class Store:
                     for key, value in state.entries.items()
                 ],
             )
-        return cls(directory, connection)
 
     @classmethod
     def open(cls, directory: Path) -> Store:
@@ -989,14 +1012,19 @@ def move_store_aside(directory: Path) -> Path | None:
             path = directory / (DATABASE_FILE + suffix)
             if path.exists():
                 path.rename(aside / path.name)
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        _fsync_directory(directory)
     finally:
         lock.release()
     return aside
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames in `directory` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class DirectoryLock:
