@@ -61,6 +61,7 @@ built from the store and the log as at a restart.
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -94,7 +95,7 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StoreError
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     PEER_QUEUE_MESSAGES_MAX,
@@ -106,6 +107,8 @@ from ledger.state import State
 from ledger.state_transition import check_block_body
 from ledger.store import Store
 from ledger.transactions import Envelope
+
+log = logging.getLogger("tanlian.consensus.node")
 
 
 def _monotonic_ms() -> int:
@@ -377,11 +380,18 @@ class BftProducer:
         decisions: list[Decision] = []
         budget = self._state.params.block_transactions_max
         for at in range(height, min(self._state.height, height + CATCH_UP_HEIGHTS_MAX - 1) + 1):
-            block = self.store.read_block(at)
+            try:
+                block = self.store.read_block(at)
+                certificate = self.store.read_certificate(at)
+            except StoreError as error:
+                # A damaged block is never sent (nor does it stop the block loop): the peer
+                # gets it from another validator, and this one's operator is told.
+                log.error("not sending block %d to a peer: %s", at, error.message)
+                break
             budget -= len(block.transactions)
             if decisions and budget < 0:
                 break
-            decisions.append(Decision(block=block, certificate=self.store.read_certificate(at)))
+            decisions.append(Decision(block=block, certificate=certificate))
         return decisions
 
     def _reject(self, rejection: Reject) -> None:
