@@ -255,16 +255,21 @@ class Stored:
 
 
 def read_store(
-    data: Path, failure: Callable[[str], CrashFailure], *, name: str, names_key: str = "-"
+    data: Path,
+    failure: Callable[[str], CrashFailure],
+    *,
+    name: str,
+    names_key: str = "-",
+    integrity: bool = True,
 ) -> Stored:
     """A store's committed transactions, lots and block hashes, once `PRAGMA integrity_check`
-    says "ok" (a transaction stored twice fails). One read transaction: a running node's
-    store is seen at one height."""
+    says "ok" (unless not `integrity`; a transaction stored twice fails). One read
+    transaction: a running node's store is seen at one height."""
     connection = sqlite3.connect(f"file:{data / DATABASE_FILE}?mode=ro", uri=True)
     try:
-        (integrity,) = connection.execute("PRAGMA integrity_check").fetchone()
-        if integrity != "ok":
-            raise failure(f"PRAGMA integrity_check of {name}: {integrity}")
+        checked = connection.execute("PRAGMA integrity_check").fetchone() if integrity else None
+        if checked is not None and checked[0] != "ok":
+            raise failure(f"PRAGMA integrity_check of {name}: {checked[0]}")
         connection.execute("BEGIN")
         rows = connection.execute("SELECT tx_id, height, log_index FROM transactions").fetchall()
         lots = connection.execute(

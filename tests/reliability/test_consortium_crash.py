@@ -29,7 +29,7 @@ def test_a_hundred_kills_of_one_validator_of_four_lose_nothing(tmp_path: Path) -
     # The kills met the victim in every state: opening its store, storing blocks it synced or
     # decided, answering submissions; and the consortium committed throughout.
     assert harness.kills_while_starting >= KILLS // 10, lines
-    assert harness.kills_after_storing >= KILLS // 10, lines
+    assert harness.kills_after_storing >= KILLS // 20, lines
     assert harness.kills_in_flight >= 1 and harness.acknowledged_by_victim >= 1, lines
     assert len(harness.workload.ledger.acknowledged) >= KILLS, lines
     assert harness.signed, "the victim signed in the consortium"
