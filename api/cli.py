@@ -32,9 +32,9 @@ from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.encoding import decode
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StoreError
 from ledger.genesis import decode_genesis, make_genesis_document
-from ledger.store import DATABASE_FILE, Store
+from ledger.store import DATABASE_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
 
 app = typer.Typer(
@@ -211,13 +211,24 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             help="Follow the node at this URL (repeat: the next is asked when one fails)."
         ),
     ] = None,
+    resync: Annotated[
+        bool,
+        typer.Option(
+            "--resync",
+            help="Move this node's store aside (kept, never deleted) and rebuild it from its "
+            "--peer (or --follow) nodes, verifying every certificate; a validator keeps its "
+            "key and signed-message log. For a store that refuses to start or answers "
+            "store_unavailable.",
+        ),
+    ] = False,
 ) -> None:
     """Run a node serving the HTTP API: the single validator of its chain; one validator of a
     consortium running BFT consensus (with --peer URL for each other validator; far behind,
     it catches up by block sync from their API); or, with --follow URL and no key, a follower
     that signs nothing, checks every certificate and replays every block it takes from the
     nodes it follows, serves the whole read, proof and export API from its own store, and
-    forwards submissions to them."""
+    forwards submissions to them. With --resync, a damaged store is moved aside and rebuilt
+    from those nodes (docs/decisions/0008-reliability.md)."""
     follow = follow or []
     if (validator_key is None) == (not follow):
         raise typer.BadParameter(
@@ -233,24 +244,51 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise typer.BadParameter(f"--listen must be HOST:PORT, not {listen!r}")
+    if resync and not (peer or follow):
+        raise typer.BadParameter("--resync rebuilds the store from other nodes: give --peer")
     document = decode(genesis_file.read_bytes())
+    genesis_hash = decode_genesis(genesis_file.read_bytes()).genesis_hash()
+    key = None if validator_key is None else load_key(validator_key)
+    if resync:
+        _check_same_chain(data, genesis_hash, genesis_file)  # never set aside another chain
+        aside = move_store_aside(data)
+        sources = ", ".join(peer or follow)
+        where = "no store to move aside" if aside is None else f"store moved aside to {aside}"
+        out.print(f"resync: {where}; rebuilding it from {sources}", highlight=False, soft_wrap=True)
     if not (data / DATABASE_FILE).exists():
         Store.create(data, document).close()
-    store = Store.open(data)
+    _check_same_chain(data, genesis_hash, genesis_file)
     try:
-        if store.genesis.genesis_hash() != decode_genesis(genesis_file.read_bytes()).genesis_hash():
+        _serve(
+            data,
+            key,
+            host=host,
+            port=int(port_text),
+            simulate=False,
+            peers=tuple(peer or ()),
+            follow=tuple(follow),
+        )
+    except StoreError as error:
+        damaged = error.message.startswith("refusing to start") or "not a usable" in error.message
+        if (peer or follow) and damaged:
+            raise StoreError(
+                f"{error.message} (--resync moves this store aside and rebuilds it from the "
+                "other nodes)"
+            ) from error
+        raise
+
+
+def _check_same_chain(data: Path, genesis_hash: str, genesis_file: Path) -> None:
+    """The store at `data` is of the chain of `genesis_file` (or too damaged to say)."""
+    try:
+        store = Store.open(data)
+    except StoreError:
+        return  # none, or its genesis cannot be read: nothing to compare
+    try:
+        if store.genesis.genesis_hash() != genesis_hash:
             raise LedgerError(f"{data} holds another chain than {genesis_file}", code="exists")
     finally:
         store.close()
-    _serve(
-        data,
-        None if validator_key is None else load_key(validator_key),
-        host=host,
-        port=int(port_text),
-        simulate=False,
-        peers=tuple(peer or ()),
-        follow=tuple(follow),
-    )
 
 
 @app.command()

@@ -50,11 +50,18 @@ Far behind (peers' messages show at least SYNC_LAG_HEIGHTS_MIN heights decided a
 store), it catches up by block sync (`consensus.sync`) before it takes part again: each
 verified block is stored as a decided one, and once none is missing the replica is built
 anew from the store and the signed-message log at the new height.
+
+A store behind the heights this validator signed at and then forgot (the log's
+`decided_height`: a store rebuilt from its peers, `tanlian node --resync`) would let a replica
+sign a second message for a slot it used. Until block sync brings the store up to that height
+the replica is not started, hears nothing and signs nothing (`_below_decided`); then it is
+built from the store and the log as at a restart.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -88,7 +95,7 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StoreError
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     PEER_QUEUE_MESSAGES_MAX,
@@ -100,6 +107,8 @@ from ledger.state import State
 from ledger.state_transition import check_block_body
 from ledger.store import Store
 from ledger.transactions import Envelope
+
+log = logging.getLogger("tanlian.consensus.node")
 
 
 def _monotonic_ms() -> int:
@@ -181,6 +190,10 @@ class BftProducer:
         return len(self.pool)
 
     def due(self, now_ms: int) -> bool:
+        if self._below_decided():
+            return bool(self._committed) or (
+                self.sync is not None and self.sync.is_behind(self._tip.height, lag=1)
+            )
         if not self._started or self._committed or self._inbox:
             return True
         if self._writing and self._writing[0][1].done():
@@ -226,6 +239,8 @@ class BftProducer:
         """Feed the replica what is due (its start, peers' messages, timeouts), carry out its
         effects, and return a block decided since the last call, if any."""
         self._finish_writes(wait=False)
+        if self._below_decided():
+            return self._sync_to_decided()
         if self.sync is not None and self.sync.is_behind(self._tip.height):
             self._finish_writes(wait=True)  # sync and rejoining start from the store
             if not self._committed:  # one range at a time: the last one's blocks go first
@@ -365,11 +380,18 @@ class BftProducer:
         decisions: list[Decision] = []
         budget = self._state.params.block_transactions_max
         for at in range(height, min(self._state.height, height + CATCH_UP_HEIGHTS_MAX - 1) + 1):
-            block = self.store.read_block(at)
+            try:
+                block = self.store.read_block(at)
+                certificate = self.store.read_certificate(at)
+            except StoreError as error:
+                # A damaged block is never sent (nor does it stop the block loop): the peer
+                # gets it from another validator, and this one's operator is told.
+                log.error("not sending block %d to a peer: %s", at, error.message)
+                break
             budget -= len(block.transactions)
             if decisions and budget < 0:
                 break
-            decisions.append(Decision(block=block, certificate=self.store.read_certificate(at)))
+            decisions.append(Decision(block=block, certificate=certificate))
         return decisions
 
     def _reject(self, rejection: Reject) -> None:
@@ -436,6 +458,29 @@ class BftProducer:
             self._tip = state
         self._write(decision)
         self._settle(decision)
+
+    def _below_decided(self) -> bool:
+        """The store is below a height this validator signed at and forgot (module
+        docstring): it must sign nothing until block sync brings it there, and block sync
+        knows it must get there."""
+        below = self._tip.height < self.log.decided_height
+        if below and self.sync is not None:
+            self.sync.expect(self.log.decided_height)
+        return below
+
+    def _sync_to_decided(self) -> CommittedBlock | None:
+        """Block sync only, the replica untouched: peers' messages are dropped (they are
+        re-sent), the blocks up to the log's `decided_height` fetched and verified."""
+        self._finish_writes(wait=True)
+        with self._lock:
+            self._inbox.clear()
+        if (
+            not self._committed
+            and self.sync is not None
+            and self.sync.is_behind(self._state.height, lag=1)
+        ):
+            self.sync.step(self._state, self._append_synced)
+        return self._committed.popleft() if self._committed else None
 
     def _rejoin(self) -> None:
         """Take part again at the height after the store's head: a replica built as at a

@@ -268,6 +268,7 @@ class BlockSync:
         self._clock_ms = clock_ms
         self._lock = threading.Lock()  # the hint and the retry wait
         self._heard = 0
+        self._expected = 0  # decided for certain (`expect`): never forgotten
         self._retry_at_ms = 0  # no attempt before (after one that brought nothing)
         self._first = 0  # the source asked first: the last one that served
         # A refused source waits before it is asked again, doubling while it keeps failing.
@@ -287,6 +288,14 @@ class BlockSync:
         )
         with self._lock:
             self._heard = max(self._heard, top)
+
+    def expect(self, height: int) -> None:
+        """Note a height this node knows for certain is decided (its own signed-message log
+        says it took part beyond it): unlike a hint, it is not forgotten when an attempt
+        brings nothing, so attempts go on, within their retry waits, until it is reached."""
+        with self._lock:
+            self._expected = max(self._expected, height)
+            self._heard = max(self._heard, height)
 
     @property
     def heard_height(self) -> int:
@@ -357,7 +366,7 @@ class BlockSync:
                     self._retry_at_ms = 0
                 return state
         with self._lock:  # no source served a range: forget a hint none of them backed
-            self._heard = min(self._heard, state.height)
+            self._heard = max(min(self._heard, state.height), self._expected)
             self._retry_at_ms = max(now + self.retry_ms_min, min(self._not_before_ms))
         return state
 

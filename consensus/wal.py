@@ -18,6 +18,12 @@ Rules the log keeps:
   processes started on one data directory cannot both sign (`LogInUse`).
 - `compact(above_height)` keeps only messages above a decided height, rewriting the file
   through a temporary file, fsync and rename (the old file stays whole until the rename).
+  The rewritten file starts with the line `{"decided_height":H}`: every height up to H was
+  decided, and what this validator signed there is forgotten, so it must never sign at
+  those heights again (`decided_height`). A store that is behind it (rebuilt from peers,
+  `tanlian node --resync`) catches up by block sync before its replica signs anything: with
+  the messages gone, a replica at such a height could sign a second, different message for
+  a slot it used (consensus.node).
 
     ConsensusError
     └── WalError               wal_error
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from consensus.messages import ConsensusError, Proposal, decode_message, encode_message
+from ledger.encoding import canonical, decode
 from ledger.errors import LedgerError
 from ledger.evidence import Vote
 
@@ -41,6 +48,7 @@ SignedMessage = Vote | Proposal
 
 PROPOSAL_SLOT: Final = "proposal"
 WAL_FILE_NAME: Final = "consensus-signed.ndjson"
+DECIDED_HEIGHT_FIELD: Final = "decided_height"
 
 
 class WalError(ConsensusError):
@@ -81,6 +89,7 @@ class SignedLog:
         self.transaction_bytes_max = transaction_bytes_max
         self._slots: dict[tuple[int, int, str], bytes] = {}
         self._messages: list[SignedMessage] = []
+        self.decided_height = 0  # this validator signs nothing at or below (see above)
         # The lock is on a file of its own, so compaction's rename never leaves the log open to
         # a second process; it is released when this process closes it or dies.
         self._lock: BinaryIO = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115
@@ -102,6 +111,9 @@ class SignedLog:
         lines = data.split(b"\n")
         torn = lines.pop()  # b"" when the file ends with a newline, as every append does
         for number, line in enumerate(lines, start=1):
+            if number == 1 and line.startswith(b'{"' + DECIDED_HEIGHT_FIELD.encode()):
+                self.decided_height = self._decided_height(line)
+                continue
             try:
                 message = decode_message(line, transaction_bytes_max=self.transaction_bytes_max)
             except LedgerError as error:
@@ -113,6 +125,18 @@ class SignedLog:
             self._file.truncate(len(data) - len(torn))
             self._file.flush()
             os.fsync(self._file.fileno())
+
+    def _decided_height(self, line: bytes) -> int:
+        try:
+            value = decode(line)
+        except LedgerError as error:
+            raise CorruptLog(f"{self.path}: line 1: {error.message}") from error
+        if not isinstance(value, dict) or list(value) != [DECIDED_HEIGHT_FIELD]:
+            raise CorruptLog(f"{self.path}: line 1: not a decided height")
+        height = value[DECIDED_HEIGHT_FIELD]
+        if type(height) is not int or height < 0:
+            raise CorruptLog(f"{self.path}: line 1: not a decided height")
+        return height
 
     def _remember(self, message: SignedMessage, line: bytes) -> bool:
         slot = slot_of(message)
@@ -143,12 +167,15 @@ class SignedLog:
         os.fsync(self._file.fileno())
 
     def compact(self, *, above_height: int) -> None:
-        """Keep only messages of heights above `above_height` (decided and stored)."""
+        """Keep only messages of heights above `above_height` (decided and stored), and
+        remember that height as `decided_height` when anything is forgotten."""
         kept = [m for m in self._messages if m.height > above_height]
         if len(kept) == len(self._messages):
             return
+        decided = max(self.decided_height, above_height)
         temporary = self.path.with_name(self.path.name + ".tmp")
         with open(temporary, "wb") as file:
+            file.write(canonical({DECIDED_HEIGHT_FIELD: decided}) + b"\n")
             for message in kept:
                 file.write(self._slots[slot_of(message)] + b"\n")
             file.flush()
@@ -159,6 +186,7 @@ class SignedLog:
         self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
         self._messages = kept
         self._slots = {slot_of(m): self._slots[slot_of(m)] for m in kept}
+        self.decided_height = decided
 
     def close(self) -> None:
         self._file.close()

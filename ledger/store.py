@@ -6,7 +6,8 @@ written in one SQLite transaction, so a crash or an error leaves the store at th
 block. Opening checks the stored head before anything is served: the header hashes to its
 recorded hash, its certificate verifies against the validators that governed it, and the
 state and log rebuilt from the tables give the header's `state_root`, `log_root` and
-`log_size`. A mismatch refuses to start, with the reason.
+`log_size`. A mismatch refuses to start, with the reason. A new store is built under another
+name and renamed once whole, so a node killed at its first start leaves none half made.
 
 Tables: meta, blocks, transactions, account_transactions, state, state_changes, log_nodes,
 and the query projections batches, retirements and lots (indexed for the API's queries).
@@ -62,6 +63,7 @@ from ledger.worker import Child, read_frame, run_child, write_frame
 
 DATABASE_FILE: Final = "ledger.sqlite"
 LOCK_FILE: Final = "ledger.lock"
+CREATING_SUFFIX: Final = ".creating"  # a database being created (`Store.create`)
 # How long a node waits for the data directory's write lock: a node killed a moment ago may
 # leave its writer process finishing (or rolling back) the block it held.
 LOCK_WAIT_SECONDS: Final = 10.0
@@ -114,7 +116,29 @@ class Store:
         path = directory / DATABASE_FILE
         if path.exists():
             raise StoreError(f"{path} exists already: refusing to overwrite a ledger")
-        connection = cls._connect(path)
+        # Built under another name and renamed once whole: a node killed while it creates
+        # its store (at its first start) leaves no half-made database that refuses to open.
+        building = directory / (DATABASE_FILE + CREATING_SUFFIX)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(building) + suffix).unlink(missing_ok=True)  # a killed creation's
+        connection = cls._connect(building)
+        try:
+            cls._fill(connection, genesis, genesis_document)
+        finally:
+            connection.close()  # the last connection: SQLite folds its WAL into the file
+        descriptor = os.open(building, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.rename(building, path)
+        _fsync_directory(directory)
+        return cls(directory, cls._connect(path))
+
+    @staticmethod
+    def _fill(
+        connection: sqlite3.Connection, genesis: Genesis, genesis_document: dict[str, Any]
+    ) -> None:
         db = sqlite_utils.Database(connection)
         _create_schema(db)
         state = genesis_state(genesis)
@@ -136,7 +160,6 @@ class Store:
                     for key, value in state.entries.items()
                 ],
             )
-        return cls(directory, connection)
 
     @classmethod
     def open(cls, directory: Path) -> Store:
@@ -959,6 +982,49 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
                 return  # the node is gone (killed): the block is stored or rolled back
     finally:
         connection.close()
+
+
+MOVED_ASIDE_PREFIX: Final = "store-moved-aside-"
+
+
+def move_store_aside(directory: Path) -> Path | None:
+    """Move the data directory's database (with its SQLite WAL and shared-memory files) into a
+    new folder `store-moved-aside-<UTC time>` inside it, for `tanlian node --resync`: a
+    damaged store is kept for its operator to inspect, never deleted; everything else of the
+    directory (the validator's signed-message log above all) stays. Holds the directory's
+    write lock meanwhile, so a running node's store is never moved. Returns the folder, or
+    None when there was no database."""
+    database = directory / DATABASE_FILE
+    if not database.exists():
+        return None
+    lock = DirectoryLock(directory / LOCK_FILE)
+    lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = directory / f"{MOVED_ASIDE_PREFIX}{stamp}"
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = directory / f"{MOVED_ASIDE_PREFIX}{stamp}-{number}"
+        aside.mkdir()
+        # The WAL file goes with the database: it may hold committed pages.
+        for suffix in ("", "-wal", "-shm"):
+            path = directory / (DATABASE_FILE + suffix)
+            if path.exists():
+                path.rename(aside / path.name)
+        _fsync_directory(directory)
+    finally:
+        lock.release()
+    return aside
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames in `directory` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class DirectoryLock:

@@ -8,6 +8,7 @@ checked again when a block is validated."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from ledger.limits import (
     PROPOSAL_TRANSACTIONS_MAX,
 )
 from ledger.state_transition import build_block
-from ledger.store import Store
+from ledger.store import DATABASE_FILE, Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
 from tests.consensus.simulation.world import BLOCK_INTERVAL_MS, make_world
@@ -402,5 +403,23 @@ def test_a_transaction_a_proposer_leaves_out_is_answered_rejected_everywhere(
         top = min(consortium.heights().values())
         chain = [consortium.producers[0].store.read_block(h) for h in range(1, top + 1)]
         assert all(doomed.tx_id != e.tx_id for block in chain for e in block.transactions)
+    finally:
+        consortium.close()
+
+
+def test_a_damaged_older_block_is_not_sent_to_a_lagging_peer(tmp_path: Path) -> None:
+    """Catching a peer up reads old blocks: a damaged one is left out (the peer asks another
+    validator) instead of ending the block loop with a StoreError."""
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 5)
+        producer = consortium.producers[0]
+        assert len(producer._decisions_from(1)) >= 3
+        connection = sqlite3.connect(tmp_path / "0" / DATABASE_FILE)
+        connection.execute("UPDATE blocks SET hash = ? WHERE height = 3", ("00" * 32,))
+        connection.commit()
+        connection.close()
+        assert [d.height for d in producer._decisions_from(1)] == [1, 2]
+        assert producer._decisions_from(3) == []
     finally:
         consortium.close()

@@ -14,6 +14,7 @@ import pytest
 from consensus.follower import Follower
 from consensus.producer import CommittedBlock
 from consensus.sync import BlockSync, MemorySource
+from consensus.wal import SignedMessage
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
 from ledger.store import Store
@@ -88,6 +89,46 @@ def test_a_validator_far_behind_catches_up_by_block_sync_then_votes(tmp_path: Pa
         consortium.run(lambda: any(m.height > target for m in restarted.log.read()))
         recorded = f"evidence/{equivocator.public_key_hex}/{behind}"
         consortium.run(lambda: restarted.state.get(recorded) is not None, seconds=60)
+    finally:
+        consortium.close()
+
+
+def test_a_validator_on_a_rebuilt_store_signs_nothing_below_its_log_until_synced(
+    tmp_path: Path,
+) -> None:
+    """Its store moved aside and created anew (`tanlian node --resync`), a validator keeps its
+    signed-message log: heights it signed at and forgot are not signed at again."""
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 6)
+        consortium.stop(3)
+        for path in (tmp_path / "3").glob("ledger.sqlite*"):
+            path.rename(tmp_path / f"aside-{path.name}")
+        Store.create(tmp_path / "3", document()).close()
+        consortium.start(3)
+        restarted = consortium.producers[3]
+        decided = restarted.log.decided_height
+        assert decided >= 5 and restarted.state.height == 0
+        signed: list[int] = []
+        append = restarted.log.append
+
+        def spy(message: SignedMessage) -> None:
+            signed.append(message.height)
+            append(message)
+
+        restarted.log.append = spy  # type: ignore[method-assign]
+        # No peer's message and no block sync: it stays silent, it does not start over.
+        consortium.run(lambda: max(consortium.heights().values()) >= decided + 2)
+        assert restarted.state.height == 0 and signed == []
+        restarted.sync = BlockSync(
+            sources(consortium, but=3), genesis=parse_genesis(document()), range_blocks_max=4
+        )
+        target = max(consortium.heights().values())
+        consortium.run(lambda: restarted.state.height >= target + 2, seconds=60)
+        consortium.run(lambda: any(height > target for height in signed))
+        assert min(signed) > decided, (signed, decided)
+        top = min(consortium.heights().values())
+        assert len({tuple(consortium.hashes(i, top)) for i in range(4)}) == 1
     finally:
         consortium.close()
 

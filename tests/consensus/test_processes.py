@@ -40,9 +40,10 @@ def free_port() -> int:
 
 
 class Consortium:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, genesis: dict[str, Any] | None = None) -> None:
+        """Four validators of `genesis` (default: `document()`; its validators are WORLD's)."""
         self.root = root
-        (root / "genesis.json").write_bytes(canonical(document()))
+        (root / "genesis.json").write_bytes(canonical(document() if genesis is None else genesis))
         self.ports = [free_port() for _ in range(NODES)]
         self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -50,7 +51,8 @@ class Consortium:
         for index in range(NODES):
             (root / f"key-{index}.pem").write_bytes(WORLD.keys[index].to_pem())
 
-    def start(self, index: int) -> None:
+    def start(self, index: int, *extra: str) -> None:
+        """Start validator `index` (`extra`: more arguments of `tanlian node`)."""
         peers = [arg for j in range(NODES) if j != index for arg in ("--peer", self.urls[j])]
         log = (self.root / f"node-{index}.log").open("ab")
         self.processes[index] = subprocess.Popen(
@@ -61,6 +63,7 @@ class Consortium:
                 "--validator-key", str(self.root / f"key-{index}.pem"),
                 "--listen", f"127.0.0.1:{self.ports[index]}",
                 *peers,
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

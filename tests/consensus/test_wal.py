@@ -94,7 +94,21 @@ def test_compaction_keeps_only_heights_above_the_decided_one(tmp_path: Path) -> 
         (2, "prevote"),
         (2, "precommit"),
     ]
+    # What was forgotten is remembered as a height never to sign at again.
+    assert again.decided_height == 1
+    again.compact(above_height=2)
     again.close()
+    assert (tmp_path / "signed.ndjson").read_bytes() == b'{"decided_height":2}\n'
+    assert open_log(tmp_path).decided_height == 2
+
+
+@pytest.mark.parametrize(
+    "first", [b'{"decided_height":-1}', b'{"decided_height":1,"x":2}', b'{"decided_height":"1"}']
+)
+def test_a_damaged_decided_height_is_refused(tmp_path: Path, first: bytes) -> None:
+    (tmp_path / "signed.ndjson").write_bytes(first + b"\n")
+    with pytest.raises(CorruptLog, match="line 1"):
+        open_log(tmp_path)
 
 
 def test_a_replica_rebuilt_from_the_log_resends_byte_for_byte(tmp_path: Path) -> None:

@@ -850,6 +850,29 @@ def test_create_refuses_an_existing_database(produced: Produced) -> None:
         store.close()
 
 
+def test_a_creation_cut_short_leaves_no_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node killed while it creates its store (its first start) must start next time: a
+    half-made database (tables, no genesis) used to refuse to open for ever."""
+    chain = Chain()
+
+    def killed(genesis: object) -> None:
+        raise KeyboardInterrupt  # as a SIGKILL would stop it: after the tables, before meta
+
+    monkeypatch.setattr(store_module, "genesis_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Store.create(tmp_path, chain.genesis_document)
+    assert not (tmp_path / DATABASE_FILE).exists()
+    monkeypatch.undo()
+    store = Store.create(tmp_path, chain.genesis_document)  # the leftover is cleared
+    try:
+        assert store.load_state().height == 0
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if "creating" in p.name) == []
+
+
 def test_open_refuses_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no ledger at"):
         Store.open(tmp_path / "nowhere")

@@ -25,6 +25,10 @@ CI runs it with 100 kills (tests/reliability/test_crash.py). What each cycle doe
 
 A failure raises `CrashFailure` naming the kill, the seed and what broke. The node's output
 goes to `node.log` in the data directory; a traceback there fails the run.
+
+The workload (`Workload`: its accounts, signing, and the checks of a store's committed
+transactions), `read_store`, `audit` and `wait_unlocked` are shared with the harness for one
+validator of a consortium, tests.reliability.consortium_crash.
 """
 
 from __future__ import annotations
@@ -97,6 +101,234 @@ def free_port() -> int:
         return port
 
 
+class Workload:
+    """The harness's accounts and what it knows of their transactions, shared by the single
+    node's harness and the consortium's (tests.reliability.consortium_crash): an authority,
+    a certifier that issues SENDER_UNITS to each of SENDERS senders, each sender signing
+    transfers and retirements of 1 kg with its next nonce; and the checks of a store's
+    committed transactions against what was acknowledged."""
+
+    def __init__(self, chain_id: str, name: str, failure: Callable[[str], CrashFailure]) -> None:
+        self.chain_id = chain_id
+        self.failure = failure
+        self.authority = key(f"{name}/authority")
+        self.certifier = key(f"{name}/certifier")
+        self.senders = [key(f"{name}/sender-{i}") for i in range(SENDERS)]
+        self.nonces = [0] * SENDERS  # the next nonce each sender signs is this + 1
+        self.ledger = Ledger()
+        self.issue_id: str | None = None  # a store without it holds no lots yet
+
+    def genesis(self, validators: list[Validator], block_interval_ms: int) -> dict[str, Any]:
+        return make_genesis_document(
+            chain_id=self.chain_id,
+            genesis_time=GENESIS_TIME,
+            authority_name="Crash test authority",
+            authority_keys=[self.authority.public_key_hex],
+            authority_threshold=1,
+            validators=validators,
+            methodologies=METHODOLOGIES,
+            block_interval_ms=block_interval_ms,
+        )
+
+    def sign(self, sender: int, kind: str) -> Envelope:
+        self.nonces[sender] += 1
+        nonce = self.nonces[sender]
+        if kind == "transfer":
+            to = self.senders[(sender + 1) % SENDERS].account_id
+            payload: dict[str, Any] = {"to": to, "batch_id": "B-1", "quantity": 1}
+        else:
+            payload = {
+                "batch_id": "B-1",
+                "quantity": 1,
+                "beneficiary": f"Sender {sender}",
+                "purpose": "voluntary",
+            }
+        transaction = Transaction(
+            chain_id=self.chain_id,
+            type=kind,
+            signer=self.senders[sender].account_id,
+            nonce=nonce,
+            payload=payload,
+        )
+        envelope = sign_transaction(transaction, [self.senders[sender]])
+        with self.ledger.lock:
+            self.ledger.sent[envelope.tx_id] = Sent(sender=sender, nonce=nonce, kind=kind)
+        return envelope
+
+    def set_up(self) -> list[Envelope]:
+        """Accredit the certifier and issue SENDER_UNITS to each sender."""
+        accredit = sign_transaction(
+            Transaction(
+                chain_id=self.chain_id,
+                type="accredit_certifier",
+                signer=self.authority.account_id,
+                nonce=1,
+                payload={
+                    "certifier": self.certifier.account_id,
+                    "name": "Crash test certifier",
+                    "methodologies": ["household-electricity"],
+                    "valid_from": 0,
+                    "valid_until": FAR_FUTURE,
+                },
+            ),
+            [self.authority],
+        )
+        issue = sign_transaction(
+            Transaction(
+                chain_id=self.chain_id,
+                type="issue",
+                signer=self.certifier.account_id,
+                nonce=1,
+                payload={
+                    "methodology_id": "household-electricity",
+                    "project_id": "meter-crash",
+                    "period_start": "2026-01-01",
+                    "period_end": "2026-02-01",
+                    "evidence_sha256": "ab" * 32,
+                    "recipients": [
+                        {"account": sender.account_id, "quantity": SENDER_UNITS}
+                        for sender in self.senders
+                    ],
+                },
+            ),
+            [self.certifier],
+        )
+        self.issue_id = issue.tx_id
+        return [accredit, issue]
+
+    def check(self, stored: Stored, *, up_to_head: bool = False) -> None:
+        """A store's committed transactions: every acknowledged one exactly once where it
+        was acknowledged (with `up_to_head`, only those of heights the store holds: a node
+        still catching up), each sender's nonces 1..n, and the lots what the committed
+        transactions say (all-or-nothing: a transaction is there with all of its effects or
+        not at all)."""
+        with self.ledger.lock:
+            acknowledged = dict(self.ledger.acknowledged)
+            sent = dict(self.ledger.sent)
+        for tx_id, position in acknowledged.items():
+            if up_to_head and position[0] > stored.head:
+                continue
+            if stored.committed.get(tx_id) != position:
+                raise self.failure(
+                    f"acknowledged {tx_id} at {position}, stored at "
+                    f"{stored.committed.get(tx_id)} in {stored.name}"
+                )
+        nonces: list[list[int]] = [[] for _ in range(SENDERS)]
+        issued = self.issue_id is None or self.issue_id in stored.committed
+        expected: dict[tuple[str, str], int] = {
+            (s.account_id, "circulating"): SENDER_UNITS for s in self.senders if issued
+        }
+        for tx_id in stored.committed:
+            known = sent.get(tx_id)
+            if known is None:
+                continue
+            nonces[known.sender].append(known.nonce)
+            owner = self.senders[known.sender].account_id
+            expected[(owner, "circulating")] -= 1
+            if known.kind == "transfer":
+                to = self.senders[(known.sender + 1) % SENDERS].account_id
+                expected[(to, "circulating")] += 1
+            else:
+                expected[(owner, "retired")] = expected.get((owner, "retired"), 0) + 1
+        for sender, used in enumerate(nonces):
+            if sorted(used) != list(range(1, len(used) + 1)):
+                raise self.failure(
+                    f"sender {sender}'s committed nonces in {stored.name} are {sorted(used)}"
+                )
+        if stored.lots != expected:
+            raise self.failure(
+                f"the lots of {stored.name} are {stored.lots}, its committed transactions "
+                f"say {expected}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a data directory's database holds, read in one read transaction."""
+
+    name: str
+    head: int
+    committed: dict[str, tuple[int, int]]  # tx_id -> (height, log index)
+    lots: dict[tuple[str, str], int]  # (owner, status) -> kg
+    hashes: list[str]  # block hashes, height 1 first
+    evidence_heights: list[int]  # blocks whose evidence names `names_key` (read_store)
+
+
+def read_store(
+    data: Path,
+    failure: Callable[[str], CrashFailure],
+    *,
+    name: str,
+    names_key: str = "-",
+    integrity: bool = True,
+) -> Stored:
+    """A store's committed transactions, lots and block hashes, once `PRAGMA integrity_check`
+    says "ok" (unless not `integrity`; a transaction stored twice fails). One read
+    transaction: a running node's store is seen at one height."""
+    connection = sqlite3.connect(f"file:{data / DATABASE_FILE}?mode=ro", uri=True)
+    try:
+        checked = connection.execute("PRAGMA integrity_check").fetchone() if integrity else None
+        if checked is not None and checked[0] != "ok":
+            raise failure(f"PRAGMA integrity_check of {name}: {checked[0]}")
+        connection.execute("BEGIN")
+        rows = connection.execute("SELECT tx_id, height, log_index FROM transactions").fetchall()
+        lots = connection.execute(
+            "SELECT owner, status, SUM(quantity) FROM lots GROUP BY owner, status"
+        ).fetchall()
+        hashes = [h for (h,) in connection.execute("SELECT hash FROM blocks ORDER BY height")]
+        evidence = [
+            height
+            for (height,) in connection.execute(
+                "SELECT height FROM blocks WHERE instr(evidence, ?) > 0", (names_key,)
+            )
+        ]
+        evidence += [
+            -1
+            for _ in connection.execute(
+                "SELECT key FROM state WHERE key LIKE 'evidence/' || ? || '/%'", (names_key,)
+            )
+        ]
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+    committed = {tx_id: (height, index) for tx_id, height, index in rows}
+    if len(committed) != len(rows):
+        raise failure(f"a transaction is stored twice in {name}")
+    return Stored(
+        name=name,
+        head=len(hashes),
+        committed=committed,
+        lots={(owner, status): quantity for owner, status, quantity in lots},
+        hashes=hashes,
+        evidence_heights=evidence,
+    )
+
+
+def audit(
+    data: Path, genesis_file: Path, export: Path, failure: Callable[[str], CrashFailure]
+) -> None:
+    """`tanlian export --data` then `tanlian verify chain`, as an auditor would."""
+    for arguments in (
+        ["export", "--data", str(data), "--out", str(export)],
+        ["verify", "chain", "--export", str(export), "--genesis", str(genesis_file)],
+    ):
+        result = subprocess.run(
+            [str(TANLIAN), *arguments], capture_output=True, text=True, timeout=300, check=False
+        )
+        if result.returncode != 0:
+            raise failure(f"tanlian {arguments[0]} of {data}: {result.stderr or result.stdout}")
+
+
+def wait_unlocked(data: Path) -> None:
+    """Until nothing of a killed node holds its data directory (its block writer finishes or
+    rolls back the block it holds, then ends on its own)."""
+    if not data.is_dir():
+        return  # killed before it made its data directory
+    lock = DirectoryLock(data / LOCK_FILE)
+    lock.acquire(wait_seconds=LOCK_WAIT_S)
+    lock.release()
+
+
 class CrashHarness:
     def __init__(self, data: Path, *, seed: int, audit_every: int = 25) -> None:
         self.data = data
@@ -104,11 +336,10 @@ class CrashHarness:
         self.audit_every = audit_every
         self.rng = random.Random(seed)
         self.validator = key("crash/validator")
-        self.authority = key("crash/authority")
-        self.certifier = key("crash/certifier")
-        self.senders = [key(f"crash/sender-{i}") for i in range(SENDERS)]
-        self.nonces = [0] * SENDERS  # the next nonce each sender signs is this + 1
-        self.ledger = Ledger()
+        self.workload = Workload(CHAIN_ID, "crash", self.failure)
+        self.senders = self.workload.senders
+        self.nonces = self.workload.nonces
+        self.ledger = self.workload.ledger
         self.kills = 0
         self.audits = 0
         self.kills_in_flight = 0  # kills that found transactions sent and not yet answered
@@ -120,15 +351,9 @@ class CrashHarness:
         data.mkdir(parents=True, exist_ok=True)
         self.genesis_file = data / "genesis.json"
         self.key_file = data / "validator.pem"
-        document = make_genesis_document(
-            chain_id=CHAIN_ID,
-            genesis_time=GENESIS_TIME,
-            authority_name="Crash test authority",
-            authority_keys=[self.authority.public_key_hex],
-            authority_threshold=1,
-            validators=[Validator(public_key=self.validator.public_key_hex, power=1, name="v")],
-            methodologies=METHODOLOGIES,
-            block_interval_ms=BLOCK_INTERVAL_MS,
+        document = self.workload.genesis(
+            [Validator(public_key=self.validator.public_key_hex, power=1, name="v")],
+            BLOCK_INTERVAL_MS,
         )
         self.genesis_file.write_bytes(canonical(document))
         self.key_file.write_bytes(self.validator.to_pem())
@@ -175,9 +400,7 @@ class CrashHarness:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         self.kills += 1
-        lock = DirectoryLock(self.data / "node" / LOCK_FILE)
-        lock.acquire(wait_seconds=LOCK_WAIT_S)
-        lock.release()
+        wait_unlocked(self.data / "node")
 
     def stop(self) -> None:
         """Stop whatever runs (the end of a run, or a failure): by its pid only."""
@@ -193,72 +416,15 @@ class CrashHarness:
     # --- transactions -------------------------------------------------------------------
 
     def sign(self, sender: int, kind: str) -> Envelope:
-        self.nonces[sender] += 1
-        nonce = self.nonces[sender]
-        if kind == "transfer":
-            to = self.senders[(sender + 1) % SENDERS].account_id
-            payload: dict[str, Any] = {"to": to, "batch_id": "B-1", "quantity": 1}
-        else:
-            payload = {
-                "batch_id": "B-1",
-                "quantity": 1,
-                "beneficiary": f"Sender {sender}",
-                "purpose": "voluntary",
-            }
-        transaction = Transaction(
-            chain_id=CHAIN_ID,
-            type=kind,
-            signer=self.senders[sender].account_id,
-            nonce=nonce,
-            payload=payload,
-        )
-        envelope = sign_transaction(transaction, [self.senders[sender]])
-        self.ledger.sent[envelope.tx_id] = Sent(sender=sender, nonce=nonce, kind=kind)
-        return envelope
+        return self.workload.sign(sender, kind)
 
     def set_up(self) -> None:
         """Accredit the certifier and issue SENDER_UNITS to each sender, committed."""
-        accredit = sign_transaction(
-            Transaction(
-                chain_id=CHAIN_ID,
-                type="accredit_certifier",
-                signer=self.authority.account_id,
-                nonce=1,
-                payload={
-                    "certifier": self.certifier.account_id,
-                    "name": "Crash test certifier",
-                    "methodologies": ["household-electricity"],
-                    "valid_from": 0,
-                    "valid_until": FAR_FUTURE,
-                },
-            ),
-            [self.authority],
-        )
-        issue = sign_transaction(
-            Transaction(
-                chain_id=CHAIN_ID,
-                type="issue",
-                signer=self.certifier.account_id,
-                nonce=1,
-                payload={
-                    "methodology_id": "household-electricity",
-                    "project_id": "meter-crash",
-                    "period_start": "2026-01-01",
-                    "period_end": "2026-02-01",
-                    "evidence_sha256": "ab" * 32,
-                    "recipients": [
-                        {"account": sender.account_id, "quantity": SENDER_UNITS}
-                        for sender in self.senders
-                    ],
-                },
-            ),
-            [self.certifier],
-        )
         self.start()
         self.wait_ready()
         answer = self.client.post(
             f"{self.url}/v1/transactions?wait=commit",
-            json=[accredit.to_json(), issue.to_json()],
+            json=[envelope.to_json() for envelope in self.workload.set_up()],
         )
         statuses = [item["status"] for item in answer.json()["results"]]
         if statuses != ["committed", "committed"]:
@@ -330,62 +496,11 @@ class CrashHarness:
     def check_files(self) -> dict[str, tuple[int, int]]:
         """On the stopped node's files: integrity, acknowledged transactions exactly once
         where they were acknowledged, nonces 1..n, and the lots agreeing with the committed
-        transactions. Returns every committed transaction's (height, log index)."""
-        connection = sqlite3.connect(self.data / "node" / DATABASE_FILE)
-        try:
-            (integrity,) = connection.execute("PRAGMA integrity_check").fetchone()
-            if integrity != "ok":
-                raise self.failure(f"PRAGMA integrity_check: {integrity}")
-            rows = connection.execute(
-                "SELECT tx_id, height, log_index FROM transactions"
-            ).fetchall()
-            lots = connection.execute(
-                "SELECT owner, status, SUM(quantity) FROM lots GROUP BY owner, status"
-            ).fetchall()
-        finally:
-            connection.close()
-        committed = {tx_id: (height, index) for tx_id, height, index in rows}
-        if len(committed) != len(rows):
-            raise self.failure("a transaction is stored twice")
-        for tx_id, position in self.ledger.acknowledged.items():
-            if committed.get(tx_id) != position:
-                raise self.failure(
-                    f"acknowledged {tx_id} at {position}, stored at {committed.get(tx_id)}"
-                )
-        self._check_nonces(committed)
-        self._check_lots(committed, lots)
-        return committed
-
-    def _check_nonces(self, committed: dict[str, tuple[int, int]]) -> None:
-        nonces: list[list[int]] = [[] for _ in range(SENDERS)]
-        for tx_id in committed:
-            sent = self.ledger.sent.get(tx_id)
-            if sent is not None:
-                nonces[sent.sender].append(sent.nonce)
-        for sender, used in enumerate(nonces):
-            if sorted(used) != list(range(1, len(used) + 1)):
-                raise self.failure(f"sender {sender}'s committed nonces are {sorted(used)}")
-
-    def _check_lots(
-        self, committed: dict[str, tuple[int, int]], lots: list[tuple[str, str, int]]
-    ) -> None:
-        expected: dict[tuple[str, str], int] = {
-            (s.account_id, "circulating"): SENDER_UNITS for s in self.senders
-        }
-        for tx_id in committed:
-            sent = self.ledger.sent.get(tx_id)
-            if sent is None:
-                continue
-            owner = self.senders[sent.sender].account_id
-            expected[(owner, "circulating")] -= 1
-            if sent.kind == "transfer":
-                to = self.senders[(sent.sender + 1) % SENDERS].account_id
-                expected[(to, "circulating")] += 1
-            else:
-                expected[(owner, "retired")] = expected.get((owner, "retired"), 0) + 1
-        stored = {(owner, status): quantity for owner, status, quantity in lots}
-        if stored != expected:
-            raise self.failure(f"the lots are {stored}, the committed transactions say {expected}")
+        transactions (`Workload.check`). Returns every committed transaction's (height, log
+        index)."""
+        stored = read_store(self.data / "node", self.failure, name="the node")
+        self.workload.check(stored)
+        return stored.committed
 
     def settle_doubts(self, committed: dict[str, tuple[int, int]]) -> None:
         """After a kill: a transaction in doubt is committed (and now known) or absent; every
@@ -416,16 +531,7 @@ class CrashHarness:
 
     def audit(self) -> None:
         """`tanlian export --data` then `tanlian verify chain`, as an auditor would."""
-        export = self.data / "chain.ndjson"
-        for arguments in (
-            ["export", "--data", str(self.data / "node"), "--out", str(export)],
-            ["verify", "chain", "--export", str(export), "--genesis", str(self.genesis_file)],
-        ):
-            result = subprocess.run(
-                [str(TANLIAN), *arguments], capture_output=True, text=True, timeout=300, check=False
-            )
-            if result.returncode != 0:
-                raise self.failure(f"tanlian {arguments[0]}: {result.stderr or result.stdout}")
+        audit(self.data / "node", self.genesis_file, self.data / "chain.ndjson", self.failure)
         self.audits += 1
 
     # --- the run --------------------------------------------------------------------------
