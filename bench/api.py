@@ -113,16 +113,29 @@ class Connection:
     """One keep-alive HTTP/1.1 connection: a request line, Host, Content-Length and the body;
     an answer read by its Content-Length (every answer this benchmark asks for has one)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        port: int = 0,
+        address: str | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.port = port  # where it connects, and from (None: any), to open another like it
+        self.address = address
 
     @classmethod
-    async def open(cls, port: int) -> Connection:
+    async def open(cls, port: int, *, address: str | None = None) -> Connection:
+        """`address`: the loopback address to connect from (127.0.0.0/8), so that a node's
+        per-client fairness sees separate clients (api.admission)."""
+        local = None if address is None else (address, 0)
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(HOST, port, limit=HEAD_BYTES_MAX), REQUEST_TIMEOUT_S
+            asyncio.open_connection(HOST, port, limit=HEAD_BYTES_MAX, local_addr=local),
+            REQUEST_TIMEOUT_S,
         )
-        return cls(reader, writer)
+        return cls(reader, writer, port=port, address=address)
 
     async def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
         return await asyncio.wait_for(self._exchange(method, target, body), REQUEST_TIMEOUT_S)
@@ -206,8 +219,19 @@ async def drive(
     return run
 
 
-async def open_all(port: int, count: int) -> list[Connection]:
-    return list(await asyncio.gather(*(Connection.open(port) for _ in range(count))))
+async def open_all(port: int, count: int, *, first_address: int | None = None) -> list[Connection]:
+    """`count` connections to `port`; from 127.0.0.`first_address` + i each if given (one
+    client an address), else all from 127.0.0.1."""
+    return list(
+        await asyncio.gather(
+            *(
+                Connection.open(
+                    port, address=None if first_address is None else f"127.0.0.{first_address + i}"
+                )
+                for i in range(count)
+            )
+        )
+    )
 
 
 async def close_all(connections: Sequence[Connection]) -> None:

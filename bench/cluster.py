@@ -97,6 +97,7 @@ class Result:
     cpu_s: dict[str, float] = field(default_factory=dict)  # by process kind, over the window
     block_sizes: list[int] = field(default_factory=list)  # transactions, each block of the window
     late_rounds: int = 0  # blocks of the window decided after round 0 (their certificate's)
+    refusals: int = 0  # submissions answered 429 or 503 (queues full) and sent again
 
     def p(self, quantile: float) -> float:
         ordered = sorted(self.latencies)
@@ -270,6 +271,7 @@ def cpu_by_kind(pids: Sequence[int]) -> dict[str, float]:
     return totals
 
 
+BACK_OFF_S = 0.2  # before a submission refused for full queues is sent again
 SETUP_WAIT_S = 120.0  # for each chunk of the setup to be committed
 
 
@@ -323,23 +325,39 @@ async def measure(
         [(array_body(q[i : i + array]), len(q[i : i + array])) for i in range(0, len(q), array)]
         for q in queues
     ]
+    # Client k talks to ports[k // cpp] from 127.0.0.(2 + k): each is one certifier's or
+    # platform's app, and a node queues large submissions fairly by client address.
     connections = [
         c
-        for port in ports
-        for c in await open_all(port, clients_per_port)  # client k talks to ports[k // cpp]
+        for p, port in enumerate(ports)
+        for c in await open_all(port, clients_per_port, first_address=2 + p * clients_per_port)
     ]
     start = time.perf_counter()
     window_open = start + WARM_UP_S
     window_close = window_open + seconds
     exhausted = False
 
-    async def client(connection: Connection, mine: list[tuple[bytes, int]]) -> None:
+    async def client(index: int, mine: list[tuple[bytes, int]]) -> None:
         nonlocal exhausted
         for body, count in mine:
             if time.perf_counter() >= window_close:
                 return
             sent = time.perf_counter()
-            status, answer = await connection.request("POST", "/v1/transactions?wait=commit", body)
+            while True:
+                connection = connections[index]
+                status, answer = await connection.request(
+                    "POST", "/v1/transactions?wait=commit", body
+                )
+                if status not in (429, 503):
+                    break
+                # The node's fair queues are full (api.admission): back off as a client
+                # told Retry-After would, on a new connection (a refused one may close).
+                result.refusals += 1
+                await connection.close()
+                await asyncio.sleep(BACK_OFF_S)
+                connections[index] = await Connection.open(
+                    connection.port, address=connection.address
+                )
             done = time.perf_counter()
             if status not in (200, 202):
                 raise BenchError(f"array refused: {status} {answer[:300]!r}")
@@ -354,9 +372,7 @@ async def measure(
         exhausted = True
 
     try:
-        tasks = [
-            asyncio.ensure_future(client(c, b)) for c, b in zip(connections, bodies, strict=True)
-        ]
+        tasks = [asyncio.ensure_future(client(i, b)) for i, b in enumerate(bodies)]
         await asyncio.sleep(max(0.0, window_open - time.perf_counter()))
         first_size, first_height = await checkpoint(ports[0])
         first_at = time.perf_counter()
@@ -594,6 +610,8 @@ def main() -> None:
         print(ratios)
         if r.pending:
             print(f"{'':17} {r.pending:,} answered still pending after the wait")
+        if r.refusals:
+            print(f"{'':17} {r.refusals:,} submissions refused for full queues, sent again")
         if r.block_sizes:
             sizes = sorted(r.block_sizes)
             print(
