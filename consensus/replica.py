@@ -81,6 +81,12 @@ validRound. A message of an older height tells it the sender lags: it answers wi
 SendDecision, at most once per CATCH_UP_INTERVAL_MS per validator. A `Decision` for the
 current height whose certificate verifies and whose block applies is decided at once.
 
+What the replica takes and does not hold is counted in `dropped`, by why: the admission
+status (`old`, `future`, `known`), the code of the failed check (e.g. `unknown_validator`,
+`bad_signature`, `wrong_chain`, `not_proposer`), or `body_mismatch` for a proposal whose body
+is not the one its header commits to. A handful of keys, so bounded; what an operator (through
+/metrics) and the hostile-input catalogue read to see why a peer's messages count for nothing.
+
 Evidence (a validator's two different messages for one slot, from `consensus.quorum`) is
 held until a block records it, at most EVIDENCE_PENDING_MAX pieces, one per validator and
 height (what the state records), and goes into every new block this replica proposes (the
