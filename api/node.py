@@ -274,7 +274,9 @@ class Node:
         A decided block the store cannot write stops the node (`_fail`): unlike a solo
         block it cannot be built again, the consortium has decided it and the replica has
         gone on. Nothing of it or after it was reported committed; once restarted on a
-        healthy disk the node fetches what it missed from its peers (block sync)."""
+        healthy disk the node fetches what it missed from its peers (block sync). So does a
+        signed-message log that cannot be written: the message was not sent (it is sent only
+        once durable), and a torn last line is dropped when the log is read at the restart."""
         while not self._stopping.is_set():
             now_ms = int(time.time() * 1000)
             try:
@@ -287,6 +289,9 @@ class Node:
             except StoreError as error:
                 height = self.state.height + 1
                 self._fail(f"the store failed to write decided block {height}: {error.message}")
+                return
+            except OSError as error:  # the signed-message log: what is signed must be durable
+                self._fail(f"the signed-message log could not be written: {error}")
                 return
             self._stopping.wait(POLL_SECONDS)
 

@@ -12,6 +12,7 @@ head re-derives, the audit passes).
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import sqlite3
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ import pytest
 from api.node import WRITE_ATTEMPTS_MAX, Node
 from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
+from consensus.wal import WAL_FILE_NAME
 from ledger import store as store_module
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
@@ -196,6 +199,64 @@ def test_a_validator_whose_store_fails_stops_cleanly_and_loses_nothing(
     finally:
         node.stop()
     assert assert_store_whole(tmp_path, reported) >= 1
+
+
+class FullDisk:
+    """The signed-message log's file on a disk that fills after `room` bytes: a write beyond
+    writes what fits (a torn line) and fails with ENOSPC, as the kernel does."""
+
+    def __init__(self, file: BinaryIO, room: int) -> None:
+        self.file = file
+        self.room = room
+
+    def write(self, data: bytes) -> int:
+        written = self.file.write(data[: self.room])
+        self.room -= written
+        if written < len(data):
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def test_a_validator_whose_signed_message_log_cannot_be_written_stops_and_recovers(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """A full disk under the signed-message log: the message is not sent (it would be signed
+    but not durable), the node stops cleanly, and a restart drops the torn line, signs again
+    and commits."""
+    Store.create(tmp_path, chain.genesis_document).close()
+    peers = [f"http://127.0.0.1:{free_port()}"]
+    node = Node(tmp_path, chain.validator, peers=peers)
+    reported: list[CommittedBlock] = []
+    node.on_block = reported.append
+    node.start()
+    accredit, late = chain.accredit(), second_block(chain)
+    try:
+        assert commit(node, [accredit]) == ["committed"]
+        log = node._log
+        assert log is not None
+        log._file = FullDisk(log._file, room=40)  # type: ignore[assignment]
+        assert commit(node, late) == ["pending", "pending"]
+        assert node.failure is not None
+        assert "the signed-message log could not be written" in node.failure
+        assert "No space left on device" in node.failure
+        height = node.state.height
+    finally:
+        node.stop()
+    assert [r.block.height for r in reported] == list(range(1, height + 1))
+    assert (tmp_path / WAL_FILE_NAME).read_bytes()[-1:] != b"\n"  # the torn line is there
+    node = Node(tmp_path, chain.validator, peers=peers)
+    node.on_block = reported.append
+    node.start()
+    try:
+        assert commit(node, late) == ["committed", "committed"]
+        assert node.failure is None
+    finally:
+        node.stop()
+    assert assert_store_whole(tmp_path, reported) > height
 
 
 def test_the_node_process_stops_with_one_line_when_its_store_keeps_failing(
