@@ -195,14 +195,20 @@ def test_a_damaged_merkle_node_yields_no_proof(ledger: Path) -> None:
     store = Store.open(ledger)
     try:
         state = store.load_state()
-        retirement_id = next(
-            key.split("/", 1)[1] for key in state.entries if key.startswith("retirement/")
+        # A retirement whose leaf has a sibling at level 0, the first node its inclusion
+        # path reads (the last leaf at an even index has none: its path starts higher).
+        retirement_id, index = next(
+            (retirement_id, index)
+            for key in state.entries
+            if key.startswith("retirement/")
+            for retirement_id in [key.split("/", 1)[1]]
+            for _, index, _ in [store.transaction_position(retirement_id)]
+            if index ^ 1 < state.log.size
         )
         store.receipt(state, retirement_id)  # served while the log is intact
-        _, index, _ = store.transaction_position(retirement_id)
     finally:
         store.close()
-    sibling = index ^ 1 if (index ^ 1) < state.log.size else index
+    sibling = index ^ 1
     alter(
         ledger,
         lambda c: c.execute(
