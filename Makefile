@@ -31,8 +31,11 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Two workers, one per core; the consortium and crash tests share one (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/ingest.py

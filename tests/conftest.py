@@ -1,11 +1,18 @@
-"""Shared test configuration: hypothesis profiles.
+"""Shared test configuration: hypothesis profiles, and how tests share the machine.
 
 Profiles: `dev` (default, quick), `ci` (what .ci/run uses), `nightly` (long; see README):
     HYPOTHESIS_PROFILE=nightly make test
+
+`make test` runs the suite in two pytest-xdist workers (one per core of the CI machine;
+`PYTEST_WORKERS` changes it). The tests that run a consortium or kill nodes again and again
+poll real processes against deadlines, so they go to one worker, one at a time
+(`--dist loadgroup`), while the other worker takes the rest.
 """
 
 import os
+from typing import Final
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=50, deadline=None)
@@ -16,3 +23,25 @@ settings.register_profile(
     "nightly", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# Modules whose tests start several node processes each and time them.
+PROCESS_HEAVY: Final = frozenset(
+    {
+        "tests/api/test_cli_cluster.py",
+        "tests/api/test_overload.py",
+        "tests/consensus/test_processes.py",
+        "tests/consensus/test_processes_proposer.py",
+        "tests/consensus/test_processes_twins.py",
+        "tests/consensus/test_sync_processes.py",
+        "tests/reliability/test_consortium_crash.py",
+        "tests/reliability/test_crash.py",
+        "tests/reliability/test_resync.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix() in PROCESS_HEAVY:
+            item.add_marker(pytest.mark.xdist_group("processes"))
