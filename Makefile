@@ -32,10 +32,13 @@ lint: $(VENV)/.test-installed
 	$(BIN)/lint-imports
 
 # Two workers, one per core; the consortium and crash tests share one (tests/conftest.py).
+# Schemathesis's generated tests are not run under xdist: they run after, in one process.
 PYTEST_WORKERS ?= 2
+SCHEMATHESIS := tests/api/test_schemathesis.py
 
 test: lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --ignore=$(SCHEMATHESIS)
+	$(BIN)/pytest --cov-append $(SCHEMATHESIS)
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/ingest.py

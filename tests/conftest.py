@@ -6,7 +6,9 @@ Profiles: `dev` (default, quick), `ci` (what .ci/run uses), `nightly` (long; see
 `make test` runs the suite in two pytest-xdist workers (one per core of the CI machine;
 `PYTEST_WORKERS` changes it). The tests that run a consortium or kill nodes again and again
 poll real processes against deadlines, so they go to one worker, one at a time
-(`--dist loadgroup`), while the other worker takes the rest.
+(`--dist loadgroup`), while the other worker takes the rest. tests/api/test_schemathesis.py
+runs after them in one process: under xdist its per-operation tests were collected and never
+run, and its last test checks what the earlier ones did.
 """
 
 import os

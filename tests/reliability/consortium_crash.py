@@ -155,6 +155,19 @@ class ConsortiumCrashHarness:
             life = log.read()
         self.kills_while_starting += b"running on" not in life
 
+    def wait_victim_acknowledges(self) -> None:
+        """Let the victim answer at least one more transaction committed before this kill
+        (at most CATCH_UP_WAIT_S): on a busy machine the short lives of the other cycles may
+        never let it, and its own acknowledgements are the ones a kill must not lose."""
+        with self._lock:
+            before = self.acknowledged_by_victim
+        deadline = time.monotonic() + CATCH_UP_WAIT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.acknowledged_by_victim > before:
+                    return
+            self.live_for(0.05)
+
     def wait_answers(self) -> None:
         deadline = time.monotonic() + CATCH_UP_WAIT_S
         while self.consortium.height(VICTIM) is None:
@@ -337,6 +350,7 @@ class ConsortiumCrashHarness:
                 if (self.kills + 1) % self.check_every == 0:
                     self.wait_caught_up()
                     self.check_all(final=False)
+                    self.wait_victim_acknowledges()
                     self.live_for(self.rng.uniform(*KILL_RUNNING_S))
                 elif self.rng.random() < KILL_WHILE_STARTING:
                     self.live_for(self.rng.uniform(*KILL_STARTING_S))
