@@ -43,6 +43,7 @@ from consensus.messages import ConsensusError, Proposal, decode_message, encode_
 from ledger.encoding import canonical, decode
 from ledger.errors import LedgerError
 from ledger.evidence import Vote
+from ledger.store import fsync_directory
 
 SignedMessage = Vote | Proposal
 
@@ -70,14 +71,6 @@ class LogInUse(WalError):
 def slot_of(message: SignedMessage) -> tuple[int, int, str]:
     kind = message.vote_type if isinstance(message, Vote) else PROPOSAL_SLOT
     return (message.height, message.round, kind)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class SignedLog:
@@ -181,7 +174,7 @@ class SignedLog:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.path)
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
         self._file.close()
         self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
         self._messages = kept

@@ -132,7 +132,7 @@ class Store:
         finally:
             os.close(descriptor)
         os.rename(building, path)
-        _fsync_directory(directory)
+        fsync_directory(directory)
         return cls(directory, cls._connect(path))
 
     @staticmethod
@@ -1012,13 +1012,13 @@ def move_store_aside(directory: Path) -> Path | None:
             path = directory / (DATABASE_FILE + suffix)
             if path.exists():
                 path.rename(aside / path.name)
-        _fsync_directory(directory)
+        fsync_directory(directory)
     finally:
         lock.release()
     return aside
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make renames in `directory` durable."""
     descriptor = os.open(directory, os.O_RDONLY)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,30 +17,12 @@ from api.admission import SMALL_BODY_BYTES, Admission, BodyBudget, FairQueue, Re
 from api.app import create_app
 from api.node import Node
 from api.settings import Settings
-from ledger.store import Store
 from tests.api.test_app import Live, assert_problem, funded, post
 from tests.factory import Chain
 
 pytestmark = pytest.mark.anyio
 
 CLIENT = "127.0.0.1"  # the address httpx.ASGITransport gives its requests
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[Chain, Node]]:
-    chain = Chain()
-    Store.create(tmp_path, chain.genesis_document).close()
-    running = Node(tmp_path, chain.validator)
-    running.start()
-    try:
-        yield chain, running
-    finally:
-        running.stop()
 
 
 @asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +28,11 @@ from tests.factory import Chain
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Live:
     def __init__(self, chain: Chain, node: Node, client: httpx.AsyncClient) -> None:
         self.chain = chain
         self.node = node
         self.client = client
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[Chain, Node]]:
-    chain = Chain()
-    Store.create(tmp_path, chain.genesis_document).close()
-    running = Node(tmp_path, chain.validator)
-    running.start()
-    try:
-        yield chain, running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -24,30 +24,12 @@ from api.schemas import validate_envelope
 from api.settings import Settings
 from consensus.messages import decode_batch
 from ledger.limits import JSON_INTEGER_MAX, LONG_TEXT_CHARS_MAX, TRANSACTION_SIGNATURES_MAX
-from ledger.store import Store
 from ledger.transactions import TRANSACTION_TYPES
 from tests.factory import Chain
 
 pytestmark = pytest.mark.anyio
 
 BODY_SECONDS = 0.3  # the request-body deadline of these tests' node
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[Chain, Node]]:
-    chain = Chain()
-    Store.create(tmp_path, chain.genesis_document).close()
-    running = Node(tmp_path, chain.validator)
-    running.start()
-    try:
-        yield chain, running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 from api.routes.consensus import _VOTE_EXAMPLE
 from consensus.messages import Message, decode_batch, encode_batch, sign_vote
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
-from tests.api.test_app import Live, anyio_backend, assert_problem, live, node
+from tests.api.test_app import Live, assert_problem, live
 
-__all__ = ["anyio_backend", "live", "node"]  # fixtures
+__all__ = ["live"]  # a fixture (anyio_backend and node: tests/api/conftest.py)
 pytestmark = pytest.mark.anyio
 NDJSON = {"content-type": "application/x-ndjson"}
 
