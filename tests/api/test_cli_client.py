@@ -419,23 +419,33 @@ def test_a_transfer_of_more_than_held_is_rejected_and_changes_nothing(
 
 
 def test_a_used_nonce_is_rejected(node: RunningNode, parties: Parties) -> None:
+    """The replayed nonce is one this test has just used, and the memo makes its bytes differ
+    from every other transaction's: however the tests are ordered or shared among workers, the
+    node cannot answer it as an idempotent resubmission of an earlier transfer."""
     sender = parties.sender
+
+    def transfer(memo: str, *nonce: str) -> subprocess.CompletedProcess[str]:
+        account = account_of(node, sender.account_id)
+        return submit(
+            node,
+            "transfer",
+            "--key",
+            sender.key_file,
+            *nonce,
+            "--field",
+            f"to={parties.recipient.account_id}",
+            "--field",
+            f"batch_id={richest_batch(account)}",
+            "--field",
+            "quantity=1",
+            "--field",
+            f"memo={memo}",
+        )
+
+    used = committed_transaction(node, committed(transfer("nonce to be replayed")))["tx"]["nonce"]
     account = account_of(node, sender.account_id)
-    assert account["nonce"] >= 1
-    result = submit(
-        node,
-        "transfer",
-        "--key",
-        sender.key_file,
-        "--nonce",
-        "1",
-        "--field",
-        f"to={parties.recipient.account_id}",
-        "--field",
-        f"batch_id={richest_batch(account)}",
-        "--field",
-        "quantity=1",
-    )
+    assert account["nonce"] >= used
+    result = transfer("the same nonce again", "--nonce", str(used))
     assert_fails_cleanly(result, "rejected (bad_nonce)")
     assert account_of(node, sender.account_id) == account
 

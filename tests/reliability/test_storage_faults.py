@@ -238,6 +238,12 @@ def test_a_validator_whose_signed_message_log_cannot_be_written_stops_and_recove
         assert commit(node, [accredit]) == ["committed"]
         log = node._log
         assert log is not None
+        # The log is compacted (its file reopened) just after block 1 is answered: wait for
+        # that, or the full disk would be swapped in under a file about to be replaced.
+        deadline = time.monotonic() + 10
+        while log.decided_height < 1:
+            assert time.monotonic() < deadline, "block 1 never compacted out of the log"
+            time.sleep(0.01)
         log._file = FullDisk(log._file, room=40)  # type: ignore[assignment]
         assert commit(node, late) == ["pending", "pending"]
         assert node.failure is not None
