@@ -109,11 +109,16 @@ class _Work:
             starts = self.holdings[key] = list(self.base.holdings.get(key, ()))
         return starts
 
-    def circulating_quantity(self, batch_id: str, owner: str) -> int:
-        return sum(
-            self.get(f"lot/{batch_id}/{start}")["quantity"]
-            for start in self.holding(batch_id, owner)
-        )
+    def circulating_quantity(self, batch_id: str, owner: str, *, enough: int | None = None) -> int:
+        """What `owner` holds of the batch, circulating; or, given `enough`, a sum that stops
+        once it reaches `enough` (a holder of many small lots is not summed whole to move a
+        few units)."""
+        held = 0
+        for start in self.holding(batch_id, owner):
+            held += self.get(f"lot/{batch_id}/{start}")["quantity"]
+            if enough is not None and held >= enough:
+                break
+        return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +235,8 @@ def _move(
 
 
 def _check_holding(work: _Work, batch_id: str, owner: str, quantity: int) -> None:
-    held = work.circulating_quantity(batch_id, owner)
-    if held < quantity:
+    if work.circulating_quantity(batch_id, owner, enough=quantity) < quantity:
+        held = work.circulating_quantity(batch_id, owner)
         raise _reject(
             "insufficient_credits",
             f"{owner} holds {held} circulating units of {batch_id}, {quantity} needed",

@@ -140,46 +140,82 @@ class _Changes:
         return _build(leaves)
 
 
-def _join(depth: int, left: _Node | None, right: _Node | None) -> _Node | None:
+def _update(node: _Node | None, changes: _Changes, lo: int, hi: int) -> _Node | None:
+    """`node` with the changes in [lo, hi) (never empty) applied; all of them lie below
+    `node`'s parent. A side without changes is kept as it is, without a call: this recursion
+    runs for every branch a block touches, so the joins and bit arithmetic are inline."""
+    if node is None:
+        return changes.inserted(lo, hi)
+    paths = changes.paths
+    if hi - lo == 1:
+        return _update_one(node, paths[lo], changes.leaves[lo])
+    if isinstance(node, _Leaf):
+        merged: dict[int, _Leaf | None] = {node.path: node}
+        merged.update(zip(paths[lo:hi], changes.leaves[lo:hi], strict=True))
+        return _build([leaf for _, leaf in sorted(merged.items()) if leaf is not None])
+    depth, node_path = node.depth, node.path
+    # Do the changes leave the branch's shared prefix before its depth? They are sorted, so
+    # the extremes decide: all share their common prefix.
+    differ = ((paths[lo] ^ node_path) | (paths[hi - 1] ^ node_path)).bit_length()
+    if differ > PATH_BITS - depth:
+        split = PATH_BITS - differ
+        shift = differ - 1  # the bit at `split`, counted from the right
+        ones = ((paths[lo] >> differ) << differ) | (1 << shift)
+        middle = bisect.bisect_left(paths, ones, lo, hi)
+        kept: _Node | None
+        if (node_path >> shift) & 1 == 0:
+            kept = node if lo == middle else _update(node, changes, lo, middle)
+            added = changes.inserted(middle, hi) if middle < hi else None
+            left, right = kept, added
+        else:
+            added = changes.inserted(lo, middle) if lo < middle else None
+            kept = node if middle == hi else _update(node, changes, middle, hi)
+            left, right = added, kept
+    else:
+        split = depth
+        shift = PATH_BITS - 1 - depth
+        ones = ((node_path >> (shift + 1)) << (shift + 1)) | (1 << shift)
+        middle = bisect.bisect_left(paths, ones, lo, hi)
+        left = node.left if lo == middle else _update(node.left, changes, lo, middle)
+        right = node.right if middle == hi else _update(node.right, changes, middle, hi)
     if left is None:
         return right
     if right is None:
         return left
-    return _Branch(depth, left, right)
+    return _Branch(split, left, right)
 
 
-def _update(node: _Node | None, changes: _Changes, lo: int, hi: int) -> _Node | None:
-    """`node` with the changes in [lo, hi) (never empty) applied; all of them lie below
-    `node`'s parent. A side without changes is kept as it is, without a call: this recursion
-    runs for every branch a block touches."""
-    if node is None:
-        return changes.inserted(lo, hi)
-    paths = changes.paths
-    if isinstance(node, _Leaf):
-        if hi - lo == 1 and paths[lo] == node.path:
-            return changes.leaves[lo]  # the key's new value, or None: removed
-        merged: dict[int, _Leaf | None] = {node.path: node}
-        merged.update(zip(paths[lo:hi], changes.leaves[lo:hi], strict=True))
-        return _build([leaf for _, leaf in sorted(merged.items()) if leaf is not None])
-    depth = node.depth
-    # Where do the changes first leave the branch's shared prefix, if before its depth? The
-    # changes are sorted, so the extremes decide: all share their common prefix.
-    split = PATH_BITS - max(
-        (paths[lo] ^ node.path).bit_length(), (paths[hi - 1] ^ node.path).bit_length()
-    )
-    if split < depth:
-        middle = bisect.bisect_left(paths, _with_bit(paths[lo], split), lo, hi)
-        if _bit(node.path, split) == 0:
-            left = node if lo == middle else _update(node, changes, lo, middle)
-            right = changes.inserted(middle, hi) if middle < hi else None
+def _update_one(node: _Node, path: int, leaf: _Leaf | None) -> _Node | None:
+    """`_update` of a single change (most calls, below the top levels a block shares): down
+    its path by the path's bits, then up again, copying the branches passed."""
+    passed: list[tuple[_Branch, int]] = []
+    while isinstance(node, _Branch) and not (path ^ node.path) >> (PATH_BITS - node.depth):
+        side = (path >> (PATH_BITS - 1 - node.depth)) & 1
+        passed.append((node, side))
+        node = node.right if side else node.left
+    # `node` is a leaf, or a branch whose shared prefix the path leaves before its depth.
+    new: _Node | None
+    if isinstance(node, _Leaf) and node.path == path:
+        new = leaf  # the key's new value, or None: removed
+    elif leaf is None:
+        return passed[0][0] if passed else node  # absent already: nothing changes
+    else:  # the new key's leaf and `node` part where their paths first differ
+        split = _first_difference(path, node.path)
+        if _bit(path, split):
+            new = _Branch(split, node, leaf)
         else:
-            left = changes.inserted(lo, middle) if lo < middle else None
-            right = node if middle == hi else _update(node, changes, middle, hi)
-        return _join(split, left, right)
-    middle = bisect.bisect_left(paths, _with_bit(node.path, depth), lo, hi)
-    left = node.left if lo == middle else _update(node.left, changes, lo, middle)
-    right = node.right if middle == hi else _update(node.right, changes, middle, hi)
-    return _join(depth, left, right)
+            new = _Branch(split, leaf, node)
+    return _rebuild(passed, new)
+
+
+def _rebuild(passed: list[tuple[_Branch, int]], new: _Node | None) -> _Node | None:
+    """The branches `passed` on the way down, copied bottom up around `new`."""
+    for branch, side in reversed(passed):
+        if side:
+            new = branch.left if new is None else _Branch(branch.depth, branch.left, new)
+        else:
+            new = branch.right if new is None else _Branch(branch.depth, new, branch.right)
+    return new
 
 
 class StateTree:
