@@ -12,7 +12,7 @@ client wait behind its whole flood, and nothing it sends may pile up without bou
   out, and these are bounded by the connections (`connections_max`) that carry them.
 - **Parsing** a submission waits for its turn in a `FairQueue`: at most `working_max` at once
   (small bodies in threads: the GIL runs one at a time, but several hide each one's wait for
-  a thread and for the GIL; large ones in the one intake worker process, api.intake). The
+  a thread and for the GIL; large ones in the intake worker processes, api.intake). The
   turn goes round the client addresses that have a submission waiting, one submission each:
   a client with one request in flight waits for at most one submission of each other
   client, however many they queue.
@@ -33,7 +33,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
-SMALL_BODY_BYTES: Final = 32 * 1024  # the intake worker's threshold (api.intake)
+SMALL_BODY_BYTES: Final = 32 * 1024  # the intake workers' threshold (api.intake)
+# Intake worker processes (api.intake): with one, it sat idle while the node took in its
+# answer and the machine's second core idled a quarter of the time under arrays (bench/api.py
+# (b): 4,300-4,800 tx/s with one, ~5,200 with two, measured in turn on 2 cores).
+INTAKE_WORKERS: Final = 2
 RETRY_AFTER_SECONDS: Final = 1  # what a refused client is told to wait (RFC 9110 §10.2.3)
 
 
@@ -136,7 +140,7 @@ class BodyBudget:
 
 class Admission:
     """The node's two submission queues: small bodies parsed in threads, large ones in the
-    intake worker (api.intake.WORKER_BODY_BYTES_MIN, the same threshold)."""
+    intake workers (api.intake.WORKER_BODY_BYTES_MIN, the same threshold)."""
 
     def __init__(
         self,
@@ -152,11 +156,11 @@ class Admission:
             queue_max=queue_max,
             queue_per_client_max=queue_per_client_max,
         )
-        # One intake worker parses one large body at a time: a second would only wait for it.
+        # Each intake worker parses one large body at a time: another would only wait.
         # One address may hold a quarter of the large queue, so that three others still fit.
         self.large = FairQueue(
             "large",
-            working_max=1,
+            working_max=INTAKE_WORKERS,
             queue_max=large_queue_max,
             queue_per_client_max=min(queue_per_client_max, max(1, large_queue_max // 4)),
         )

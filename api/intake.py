@@ -8,24 +8,25 @@ error, beside the others.
 
 For a large body this is most of the node's work per transaction (decoding, two validators,
 canonical bytes and id, a signature check: ~70 us of the ~115 us the node process spent per
-transaction of an array, docs/decisions/0003). `IntakeWorker` runs it in a child process
-(`python -m api.intake`), beside the node's interpreter instead of inside it, as
-`consensus.verifier` does for signatures alone and for the same reason (the GIL). The
-worker answers plain data (`marshal`: strings, integers, bytes, lists, dicts, tuples) from
+transaction of an array, docs/decisions/0003). `IntakeWorker` runs it in child processes
+(`python -m api.intake`, `INTAKE_WORKERS` of them), beside the node's interpreter instead of
+inside it, as `consensus.verifier` does for signatures alone and for the same reason (the
+GIL). A worker answers plain data (`marshal`: strings, integers, bytes, lists, dicts, tuples) from
 which the node rebuilds each envelope without computing anything again
 (`ledger.transactions.restore_envelope`). A small body is handled in the calling thread,
-where it costs less than the round trip. If the worker dies or breaks the protocol, its body
-is handled in the calling thread and the next large body starts a new worker: a lost worker
-costs speed, never a different answer.
+where it costs less than the round trip. If a worker dies or breaks the protocol, its body
+is handled in the calling thread and the next large body it is given starts a new one: a
+lost worker costs speed, never a different answer.
 """
 
 from __future__ import annotations
 
 import marshal
+import queue
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
-from api.admission import SMALL_BODY_BYTES
+from api.admission import INTAKE_WORKERS, SMALL_BODY_BYTES
 from api.schemas import validate_envelope
 from ledger.crypto import SignatureError
 from ledger.encoding import decode
@@ -165,16 +166,22 @@ def _submission(answer: Any) -> Submission:
 
 
 class IntakeWorker:
-    """`parse_submission` in a worker process for large bodies (started at the first)."""
+    """`parse_submission` in worker processes for large bodies (each started at its first
+    body); a body goes to a worker that is free, and waits for one if none is."""
 
-    def __init__(self) -> None:
-        self.child = Child("api.intake", stop_seconds=STOP_SECONDS)
+    def __init__(self, workers: int = INTAKE_WORKERS) -> None:
+        self.children = [Child("api.intake", stop_seconds=STOP_SECONDS) for _ in range(workers)]
+        self._idle: queue.SimpleQueue[Child] = queue.SimpleQueue()
+        for child in self.children:
+            self._idle.put(child)
 
     def parse(self, body: bytes, *, envelopes_max: int, transaction_bytes_max: int) -> Submission:
         if len(body) >= WORKER_BODY_BYTES_MIN:
-            answer = self.child.exchange(
-                marshal.dumps((body, envelopes_max, transaction_bytes_max))
-            )
+            child = self._idle.get()
+            try:
+                answer = child.exchange(marshal.dumps((body, envelopes_max, transaction_bytes_max)))
+            finally:
+                self._idle.put(child)
             if answer is not None:
                 return _submission(marshal.loads(answer))
         return parse_submission(
@@ -182,8 +189,9 @@ class IntakeWorker:
         )
 
     def close(self) -> None:
-        """Stop the worker (it exits when its input closes); idempotent."""
-        self.child.close()
+        """Stop the workers (each exits when its input closes); idempotent."""
+        for child in self.children:
+            child.close()
 
 
 def serve(source: IO[bytes], sink: IO[bytes]) -> None:

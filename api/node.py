@@ -356,7 +356,7 @@ class Node:
         signature_checks: Sequence[LedgerError | None] | None = None,
     ) -> list[Outcome]:
         """Admit envelopes to the pool; `signature_checks`, where given, are their signatures'
-        checks made already (by the intake worker), which are then not made again."""
+        checks made already (by an intake worker), which are then not made again."""
         return self.producer.submit(envelopes, signature_checks)
 
     def _load_committed_ids(self, at_least: int) -> _CommittedIds:

@@ -25,7 +25,7 @@ REQUEST_BODIES_BYTES_MAX = 64 * 1024 * 1024  # 16 bodies of the largest size at 
 SUBMISSIONS_PARSING_MAX = 16  # small bodies parsed at once: enough to hide the trips to threads
 SUBMISSION_QUEUE_MAX = 1024  # small bodies waiting for their turn, ~1 KB each
 SUBMISSION_QUEUE_PER_CLIENT_MAX = 64  # of them from one address
-LARGE_SUBMISSION_QUEUE_MAX = 8  # large bodies waiting for the intake worker, up to 4 MiB each
+LARGE_SUBMISSION_QUEUE_MAX = 8  # large bodies waiting for the intake workers, up to 4 MiB each
 DISPLAY_UTC_OFFSET_MINUTES = 480  # China Standard Time (UTC+8), where Zibo's officials count
 ENVIRONMENT_PREFIX = "TANLIAN_"
 FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
@@ -101,7 +101,7 @@ class Settings(BaseModel):
         ge=1,
         le=64,
         description=(
-            "Small submissions (below the intake worker's size) decoded and signature-checked "
+            "Small submissions (below the intake workers' size) decoded and signature-checked "
             "at once; the others wait in a queue, served in turn from each client address."
         ),
     )
@@ -122,7 +122,7 @@ class Settings(BaseModel):
         default=LARGE_SUBMISSION_QUEUE_MAX,
         ge=1,
         description=(
-            "Large submissions (arrays parsed in the intake worker, one at a time) waiting "
+            "Large submissions (arrays parsed in the intake workers, one each at a time) waiting "
             "for their turn, in all (503 overloaded beyond)."
         ),
     )

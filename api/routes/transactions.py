@@ -154,7 +154,7 @@ async def submit(
                 )
                 return JSONResponse(forwarded, status_code=status)
             # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event
-            # loop, and for a large body in the node's intake worker process (api.intake);
+            # loop, and for a large body in one of the node's intake worker processes (api.intake);
             # then the pool. One trip to a thread for both: on a busy node each trip waits
             # for the GIL.
             submission, outcomes = await run_in_threadpool(

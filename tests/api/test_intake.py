@@ -13,10 +13,12 @@ import json
 import marshal
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from api.admission import INTAKE_WORKERS
 from api.intake import (
     WORKER_BODY_BYTES_MIN,
     IntakeWorker,
@@ -83,7 +85,8 @@ def large_body() -> bytes:
 
 @pytest.fixture
 def worker() -> Iterator[IntakeWorker]:
-    started = IntakeWorker()
+    """One worker process, so that each test knows which one a body went to."""
+    started = IntakeWorker(workers=1)
     yield started
     started.close()
 
@@ -93,9 +96,9 @@ def test_a_large_body_gets_the_in_process_answers(worker: IntakeWorker, large_bo
     kinds = {type(item) for item in expected.items}
     assert kinds == {Envelope, LedgerError} and expected.signature_errors, "a mixed body"
     assert summary(worker.parse(large_body, **LIMITS)) == summary(expected)
-    assert worker.child.process is not None, "a large body goes to the worker"
+    assert worker.children[0].process is not None, "a large body goes to the worker"
     assert summary(worker.parse(large_body, **LIMITS)) == summary(expected), "and the next"
-    assert worker.child.restarts == 0
+    assert worker.children[0].restarts == 0
 
 
 @pytest.mark.parametrize(
@@ -115,26 +118,45 @@ def test_a_bad_large_body_gets_its_error_from_the_worker(
         worker.parse(body, **LIMITS)
     assert in_process.value.code == from_worker.value.code == code
     assert from_worker.value.message == in_process.value.message
-    assert worker.child.process is not None and worker.child.restarts == 0
+    assert worker.children[0].process is not None and worker.children[0].restarts == 0
 
 
 def test_a_small_body_is_parsed_without_a_worker(worker: IntakeWorker) -> None:
     body = body_of(mixed_items(3)[0])
     assert summary(worker.parse(body, **LIMITS)) == summary(parse_submission(body, **LIMITS))
-    assert worker.child.process is None
+    assert worker.children[0].process is None
 
 
 def test_a_lost_worker_costs_speed_not_answers(worker: IntakeWorker, large_body: bytes) -> None:
     expected = summary(parse_submission(large_body, **LIMITS))
     worker.parse(large_body, **LIMITS)
-    first = worker.child.process
+    first = worker.children[0].process
     assert first is not None
     first.kill()
     first.wait()
     assert summary(worker.parse(large_body, **LIMITS)) == expected, "parsed in this thread"
-    assert worker.child.restarts == 1 and worker.child.process is None
+    assert worker.children[0].restarts == 1 and worker.children[0].process is None
     assert summary(worker.parse(large_body, **LIMITS)) == expected
-    assert worker.child.process is not None and worker.child.process.pid != first.pid
+    assert worker.children[0].process is not None and worker.children[0].process.pid != first.pid
+
+
+def test_bodies_go_to_a_free_worker_each(large_body: bytes) -> None:
+    """The node's default: INTAKE_WORKERS processes; two bodies given at once go to two of
+    them, and each gets the in-process answer."""
+    expected = summary(parse_submission(large_body, **LIMITS))
+    intake = IntakeWorker()
+    try:
+        assert len(intake.children) == INTAKE_WORKERS >= 2
+        with ThreadPoolExecutor(2) as threads:
+            answers = list(threads.map(lambda _: intake.parse(large_body, **LIMITS), range(2)))
+        assert [summary(answer) for answer in answers] == [expected, expected]
+        assert [child.process is not None for child in intake.children[:2]] == [True, True]
+        pids = {child.process.pid for child in intake.children if child.process is not None}
+        assert len(pids) >= 2
+        assert all(child.restarts == 0 for child in intake.children)
+    finally:
+        intake.close()
+    assert all(child.process is None for child in intake.children), "close stops them all"
 
 
 def test_serve_answers_each_body_in_order() -> None:
