@@ -1,7 +1,7 @@
 """API benchmark (issue 4): a real `tanlian node` process on loopback, driven over HTTP.
 
     .venv/bin/python bench/api.py [--transactions 20000] [--single 2000] [--clients 32]
-                                  [--seconds 10] [--proof-chain N]
+                                  [--seconds 10] [--retire-share 0] [--proof-chain N]
 
 The default run takes about 1 minute on the 2-core development machine (signing the
 workload, the in-process ingest run of bench/ingest.py, then the node). --proof-chain
@@ -11,7 +11,7 @@ tx/s, 1.6 GB of RSS, a 3.5 GB store), then a second node on it.
 What it does: signs the bench workload of bench/ingest.py (`make_workload`), writes its
 genesis and validator key (PEM) into a temporary directory, starts `tanlian node` there on a
 free loopback port and waits (bounded) for /healthz. The setup transactions (accreditation,
-issuances) go in first, committed; after them every account's transfers and retirements are
+issuances) go in first, committed; after them every account's transfers (and retirements) are
 independent of the other accounts', so clients only need to keep their own accounts' nonces
 in order.
 
@@ -21,6 +21,8 @@ in order.
     --single transactions without waiting (the node's intake of single submissions), each
     beside the bare round trip of /healthz from as many clients, measured in the same run.
 (b) arrays of 1,000 envelopes (--transactions of them), without waiting, with back-pressure;
+    transfers, as issue 4 asks (--retire-share 0.3 mixes in retirements as bench/ingest.py
+    does, for every phase: they cost more, each writes a retirement record and a batch);
     committed tx/s runs from the first POST until /v1/checkpoint's log_size shows them all.
     Printed beside the raw single-core Ed25519 verification rate (bench/ingest.py's
     `raw_verify_rate`) and the in-process ingest rate (bench/ingest.py run as a program on
@@ -89,9 +91,13 @@ COMMIT_TIMEOUT_S = 120.0  # for everything submitted to show in the log
 ANSWER_BYTES_MAX = 16 * 1024 * 1024
 HEAD_BYTES_MAX = 64 * 1024
 POLL_S = 0.02  # how often (b) reads the checkpoint
-# (b) keeps at most this many submitted but not yet in the log: two blocks' worth, and few
-# enough per account (about 16 on average) that none passes the pool's nonce window of 64.
-BACKLOG = 10_000
+# (b) keeps at most this many blocks' worth submitted but not yet in the log: one being
+# written, one being built and one filling the pool. With two, the client stalled whenever
+# a block of 5,000 was built and the next one waited in the pool: nothing reaches the log
+# before its write ends, so each write left the node idle for want of transactions (about a
+# fifth of (b)'s time, measured). And at most this many per account on average, so that none
+# passes the pool's nonce window of 64.
+BACKLOG_BLOCKS = 3
 BACKLOG_PER_ACCOUNT = 16
 FLOOR_S = 3.0  # how long the many-client /healthz floor runs
 PROOF_SAMPLES = 1000  # requests per proof endpoint, and for the one-client floor
@@ -455,9 +461,9 @@ async def phase_a(
 
 
 async def phase_b(
-    port: int, envelopes: Sequence[Envelope], accounts: int, figures: Figures
+    port: int, envelopes: Sequence[Envelope], accounts: int, block_max: int, figures: Figures
 ) -> None:
-    backlog = max(ARRAY, min(BACKLOG, BACKLOG_PER_ACCOUNT * accounts))
+    backlog = max(ARRAY, min(BACKLOG_BLOCKS * block_max, BACKLOG_PER_ACCOUNT * accounts))
     bodies = [array_body(envelopes[i : i + ARRAY]) for i in range(0, len(envelopes), ARRAY)]
     submitters = await open_all(port, 2)
     poller = await Connection.open(port)
@@ -567,7 +573,13 @@ async def phase_d(port: int, data: Path, samples: int, seed: int) -> tuple[int, 
 # --- the comparison and the large proof chain ---------------------------------------------------
 
 
-def ingest_rate(transactions: int, accounts: int, seed: int) -> float | None:
+def moves(retire_share: float) -> str:
+    return (
+        "transfers" if retire_share == 0 else f"{retire_share:.0%} retirements, the rest transfers"
+    )
+
+
+def ingest_rate(transactions: int, accounts: int, seed: int, retire_share: float) -> float | None:
     """bench/ingest.py's committed tx/s on as many transactions, run as the program it is."""
     done = subprocess.run(
         [
@@ -579,6 +591,8 @@ def ingest_rate(transactions: int, accounts: int, seed: int) -> float | None:
             str(accounts),
             "--seed",
             str(seed),
+            "--retire-share",
+            str(retire_share),
         ],
         capture_output=True,
         text=True,
@@ -668,7 +682,8 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
 
     ratio = f.arrays / f.raw_verify
     print(
-        f"(b) arrays of {ARRAY:,}: {f.arrays:,.0f} committed tx/s ({f.arrays_committed:,} tx: "
+        f"(b) arrays of {ARRAY:,} ({moves(args.retire_share)}): {f.arrays:,.0f} committed tx/s "
+        f"({f.arrays_committed:,} tx: "
         f"admitted after {f.arrays_admitted_s:.2f} s, in the log after "
         f"{f.arrays_committed_s:.2f} s)"
     )
@@ -725,6 +740,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="for (a) waited and (c)")
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--retire-share",
+        type=float,
+        default=0.0,
+        help="retirements among the moves (0: transfers only, as issue 4's (b) asks)",
+    )
     parser.add_argument("--proof-chain", type=int, default=0, help="(d) on an N-tx chain too")
     args = parser.parse_args()
     assert args.clients >= 1 and args.single >= args.clients and args.transactions >= ARRAY
@@ -733,7 +754,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     total = args.single + args.transactions
     print(f"signing {total:,} transactions over {args.accounts} accounts ...")
-    genesis, generated, validator_key = make_workload(total, args.accounts, args.seed)
+    genesis, generated, validator_key = make_workload(
+        total, args.accounts, args.seed, retire_share=args.retire_share
+    )
     envelopes = list(generated)
     setup = [e for e in envelopes if e.tx.type in SETUP_TYPES]
     rest = [e for e in envelopes if e.tx.type not in SETUP_TYPES]
@@ -744,8 +767,11 @@ def main() -> None:
     figures = Figures(block_interval_ms=parse_genesis(genesis).params.block_interval_ms)
     print("measuring the raw Ed25519 verification rate ...")
     figures.raw_verify, figures.verify_backend = raw_verify_rate()
-    print(f"running bench/ingest.py --transactions {args.transactions} in-process ...")
-    figures.ingest = ingest_rate(args.transactions, args.accounts, args.seed)
+    print(
+        f"running bench/ingest.py --transactions {args.transactions} "
+        f"--retire-share {args.retire_share} in-process ..."
+    )
+    figures.ingest = ingest_rate(args.transactions, args.accounts, args.seed, args.retire_share)
 
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
@@ -761,7 +787,8 @@ def main() -> None:
             asyncio.run(phase_a(port, single, args.clients, args.seconds, figures))
             node.check_alive()
             print(f"(b) {len(arrays):,} transactions in arrays of {ARRAY} ...")
-            asyncio.run(phase_b(port, arrays, args.accounts, figures))
+            block_max = parse_genesis(genesis).params.block_transactions_max
+            asyncio.run(phase_b(port, arrays, args.accounts, block_max, figures))
             node.check_alive()
             print(f"(c) GET /v1/accounts/{{id}} for {args.seconds:.0f} s ...")
             asyncio.run(phase_c(port, accounts, args.clients, args.seconds, figures))
@@ -791,7 +818,9 @@ def proof_chain(directory: Path, args: argparse.Namespace) -> tuple[int, Run, Ru
     directory.mkdir()
     n = args.proof_chain
     print(f"(d) building a {n:,}-transaction chain in-process (signing included) ...")
-    genesis, workload, key = make_workload(n, args.accounts, args.seed + 1)
+    genesis, workload, key = make_workload(
+        n, args.accounts, args.seed + 1, retire_share=args.retire_share
+    )
     genesis_file, key_file = write_chain_files(directory, genesis, key)
     started = time.perf_counter()
     committed = build_chain(directory / "data", genesis, workload, key)

@@ -45,6 +45,7 @@ from ledger.transactions import Envelope, Transaction, sign_transaction
 CHAIN_ID = "bench"
 CHUNK = 1000  # transactions a client submits at once
 METHODOLOGY = "household-electricity"
+RETIRE_SHARE = 0.3  # of the moves after the issuances; the rest are transfers
 
 
 def raw_verify_rate(seconds: float = 1.0) -> tuple[float, str]:
@@ -74,9 +75,10 @@ def raw_verify_rate(seconds: float = 1.0) -> tuple[float, str]:
 
 
 def make_workload(
-    total: int, accounts: int, seed: int
+    total: int, accounts: int, seed: int, *, retire_share: float = RETIRE_SHARE
 ) -> tuple[dict[str, Any], Iterator[Envelope], PrivateKey]:
-    """The genesis, the signed transactions (made lazily, in order) and the validator key."""
+    """The genesis, the signed transactions (made lazily, in order) and the validator key:
+    an issuance for every 100, then transfers and, `retire_share` of them, retirements."""
     rng = random.Random(seed)
     authority = PrivateKey(seed=hashlib.sha256(b"bench-authority").digest())
     validator_key = PrivateKey(seed=hashlib.sha256(b"bench-validator").digest())
@@ -110,7 +112,7 @@ def make_workload(
         return sign_transaction(t, [key])
 
     def generate() -> Iterator[Envelope]:
-        yield from _transactions(tx, rng, authority, certifier, holders, total)
+        yield from _transactions(tx, rng, authority, certifier, holders, total, retire_share)
 
     return genesis, generate(), validator_key
 
@@ -122,6 +124,7 @@ def _transactions(  # noqa: PLR0917
     certifier: PrivateKey,
     holders: list[PrivateKey],
     total: int,
+    retire_share: float,
 ) -> Iterator[Envelope]:
     accounts = len(holders)
     count = 1
@@ -165,7 +168,7 @@ def _transactions(  # noqa: PLR0917
         count += 1
         i = rng.choice(funded)
         batch = rng.choice(holdings[i])
-        if rng.random() < 0.7:
+        if rng.random() < 1 - retire_share:
             j = rng.randrange(accounts)
             while j == i:
                 j = rng.randrange(accounts)
@@ -214,6 +217,12 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--retire-share",
+        type=float,
+        default=RETIRE_SHARE,
+        help="the share of retirements among the moves (the rest are transfers)",
+    )
+    parser.add_argument(
         "--stream",
         action="store_true",
         help="sign the workload while it is submitted instead of before (for peak RSS: the "
@@ -221,7 +230,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    genesis, generated, validator_key = make_workload(args.transactions, args.accounts, args.seed)
+    genesis, generated, validator_key = make_workload(
+        args.transactions, args.accounts, args.seed, retire_share=args.retire_share
+    )
     workload: Iterator[Envelope]
     if args.stream:
         print(f"streaming {args.transactions} transactions over {args.accounts} accounts ...")
