@@ -201,10 +201,7 @@ def _update_one(node: _Node, path: int, leaf: _Leaf | None) -> _Node | None:
         return passed[0][0] if passed else node  # absent already: nothing changes
     else:  # the new key's leaf and `node` part where their paths first differ
         split = _first_difference(path, node.path)
-        if _bit(path, split):
-            new = _Branch(split, node, leaf)
-        else:
-            new = _Branch(split, leaf, node)
+        new = _Branch(split, node, leaf) if _bit(path, split) else _Branch(split, leaf, node)
     return _rebuild(passed, new)
 
 
