@@ -13,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from api.admission import SMALL_BODY_BYTES, Admission, BodyBudget, FairQueue, Refused
+from api.admission import (
+    INTAKE_WORKERS,
+    SMALL_BODY_BYTES,
+    Admission,
+    BodyBudget,
+    FairQueue,
+    Refused,
+)
 from api.app import create_app
 from api.node import Node
 from api.settings import Settings
@@ -129,7 +136,7 @@ def test_large_bodies_have_their_own_queue_and_one_address_a_quarter_of_it() -> 
     admission = Admission(parsing_max=8, queue_max=100, queue_per_client_max=64, large_queue_max=8)
     assert admission.queue_for(SMALL_BODY_BYTES - 1) is admission.small
     assert admission.queue_for(SMALL_BODY_BYTES) is admission.large
-    assert admission.large.working_max == 1
+    assert admission.large.working_max == INTAKE_WORKERS  # one body at a time in each
     assert admission.large.queue_per_client_max == 2
 
 
