@@ -29,7 +29,7 @@ import pytest
 from api.node import WRITE_ATTEMPTS_MAX, Node
 from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
-from consensus.wal import WAL_FILE_NAME
+from consensus.wal import WAL_FILE_NAME, SignedMessage
 from ledger import store as store_module
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
@@ -238,13 +238,17 @@ def test_a_validator_whose_signed_message_log_cannot_be_written_stops_and_recove
         assert commit(node, [accredit]) == ["committed"]
         log = node._log
         assert log is not None
-        # The log is compacted (its file reopened) just after block 1 is answered: wait for
-        # that, or the full disk would be swapped in under a file about to be replaced.
-        deadline = time.monotonic() + 10
-        while log.decided_height < 1:
-            assert time.monotonic() < deadline, "block 1 never compacted out of the log"
-            time.sleep(0.01)
-        log._file = FullDisk(log._file, room=40)  # type: ignore[assignment]
+        # The disk fills under the next message signed, whichever: the file is put on it as
+        # that message is appended, since each decided block's compaction opens a new file
+        # (and an idle chain decides empty blocks meanwhile).
+        append = log.append
+
+        def append_on_a_full_disk(message: SignedMessage) -> None:
+            if not isinstance(log._file, FullDisk):
+                log._file = FullDisk(log._file, room=40)  # type: ignore[assignment]
+            append(message)
+
+        log.append = append_on_a_full_disk  # type: ignore[method-assign]
         assert commit(node, late) == ["pending", "pending"]
         assert node.failure is not None
         assert "the signed-message log could not be written" in node.failure
