@@ -1,13 +1,14 @@
 """Ingest benchmark (issue 2): signed transactions through the pool and the single-validator
 producer into SQLite, with the log root and the state root maintained on every block.
 
-    .venv/bin/python bench/ingest.py [--transactions 20000] [--accounts 1000]
+    .venv/bin/python bench/ingest.py [--transactions 20000] [--accounts 1000] [--retire-share 0.3]
     .venv/bin/python bench/ingest.py --transactions 100000 --stream      # peak RSS
 
-Prints committed tx/s beside the raw single-core Ed25519 verification rate of the fastest
-installed implementation, measured in the same run, and their ratio; the share of block time
-spent keeping both roots; and the peak RSS of the process (and, apart, of its signature
-worker process).
+After an issuance for every 100 transactions, the workload moves credits: transfers, and
+retirements for --retire-share of the moves. Prints committed tx/s beside the raw
+single-core Ed25519 verification rate of the fastest installed implementation, measured in
+the same run, and their ratio; the share of block time spent keeping both roots; and the
+peak RSS of the process (and, apart, of its signature worker process).
 """
 
 from __future__ import annotations
