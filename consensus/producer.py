@@ -348,10 +348,10 @@ def _size_error(envelope: Envelope, limit: int) -> LedgerError | None:
 # frees them); with the default thresholds every ~700 allocations start a young collection and
 # every few of those promote into full scans of that heap. Measured in bench/ingest.py: about
 # a fifth of a block's time. Collect young objects every 200,000 allocations instead: at
-# 50,000, young and middle collections still took a sixth of the node process's CPU in
-# bench/api.py (b) (1.6 s of GC in 10 s, each young one ~40 ms); at 200,000 the node spent
+# 50,000, collections still took a quarter of the node process's CPU in bench/api.py (b)
+# (1.8 s of ~7 s over 50,000 transfers, each young one ~40 ms); at 200,000 the node spent
 # 127-141 us of CPU a transaction against 149-153 (three runs each, in turn), each young
-# collection ~130 ms, a few a minute under that load. Cyclic garbage waits longer for it:
+# collection ~130 ms, about one every 2.5 s under that load. Cyclic garbage waits longer:
 # a bounded amount.
 GC_YOUNG_THRESHOLD = 200_000
 
