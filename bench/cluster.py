@@ -251,7 +251,7 @@ def process_tree(pids: Sequence[int]) -> list[int]:
 
 def cpu_by_kind(pids: Sequence[int]) -> dict[str, float]:
     """CPU seconds (user + system) so far of each process, summed by kind: the node, its
-    signature worker, its store writer."""
+    intake workers, its signature worker, its store writer."""
     tick = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
     for pid in pids:
@@ -265,6 +265,8 @@ def cpu_by_kind(pids: Sequence[int]) -> dict[str, float]:
             if b"consensus.verifier" in command
             else "store writer"
             if b"ledger.store" in command
+            else "intake workers"
+            if b"api.intake" in command
             else "node"
         )
         totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick

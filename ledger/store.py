@@ -367,20 +367,25 @@ class Store:
 
     def ensure_indexes(self) -> None:
         """Add the list indexes a store made by an earlier version lacks (once; seconds on a
-        large chain). Call it before the writer starts, while nothing else writes."""
-        missing = [
-            statement
-            for statement in _LIST_INDEXES
-            if self._conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
-                (statement.split()[5],),
-            ).fetchone()
-            is None
-        ]
-        if missing:
+        large chain), and drop the ones they superseded. Call it before the writer starts,
+        while nothing else writes."""
+
+        def present(name: str) -> bool:
+            return (
+                self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+                ).fetchone()
+                is not None
+            )
+
+        missing = [s for s in _LIST_INDEXES if not present(s.split()[5])]
+        superseded = [name for name in _SUPERSEDED_INDEXES if present(name)]
+        if missing or superseded:
             with _transaction(self._conn):
                 for statement in missing:
                     self._conn.execute(statement)
+                for name in superseded:
+                    self._conn.execute(f"DROP INDEX {name}")
 
     def start_writer(self) -> None:
         """From now on, hand `append`'s rows to a writer process with its own connection.
@@ -1108,6 +1113,17 @@ _LIST_INDEXES: Final = (
     "ON lots (owner, batch_id, first_serial, status, quantity)",
 )
 
+# Single-column indexes a store made before 2026-12-05 has, each a prefix of one above, which
+# answers every query it did: `ensure_indexes` drops them. Every row a block writes into an
+# index is a random insert, so each cost the writer a B-tree page: dropping the lots' owner
+# index took its share of the writer's time from ~21 to ~16 us a transaction (transfers and
+# retirements, in-process; docs/decisions/0006).
+_SUPERSEDED_INDEXES: Final = (
+    "idx_lots_owner",  # by lots_owner_supply
+    "idx_retirements_beneficiary",  # by retirements_beneficiary_newest
+    "idx_retirements_program_id",  # by retirements_program_newest
+)
+
 
 def _create_schema(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
@@ -1178,15 +1194,12 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         },
         pk="retirement_id",
     )
-    db.table("retirements").create_index(["beneficiary"])
-    db.table("retirements").create_index(["program_id"])
     db.table("retirements").create_index(["holder"])
     db.execute(
         "CREATE TABLE lots (batch_id TEXT NOT NULL, first_serial INTEGER NOT NULL, "
         "quantity INTEGER NOT NULL, owner TEXT NOT NULL, status TEXT NOT NULL, "
         "PRIMARY KEY (batch_id, first_serial)) WITHOUT ROWID"
     )
-    db.table("lots").create_index(["owner"])
     for statement in _LIST_INDEXES:
         db.execute(statement)
 

@@ -941,3 +941,50 @@ def test_a_store_from_an_earlier_version_gets_its_list_indexes(tmp_path: Path) -
     )
     assert "retirements_newest" in plan and "TEMP B-TREE" not in plan
     store.close()
+
+
+# What each single-column index answered, and the covering index that answers it now.
+SUPERSEDED_QUERIES = {
+    "idx_lots_owner": (
+        "CREATE INDEX idx_lots_owner ON lots (owner)",
+        "SELECT batch_id, first_serial FROM lots WHERE owner = 'a'",
+        "lots_owner_supply",
+    ),
+    "idx_retirements_beneficiary": (
+        "CREATE INDEX idx_retirements_beneficiary ON retirements (beneficiary)",
+        "SELECT 1 FROM retirements WHERE beneficiary = 'b' LIMIT 1",
+        "retirements_beneficiary_newest",
+    ),
+    "idx_retirements_program_id": (
+        "CREATE INDEX idx_retirements_program_id ON retirements (program_id)",
+        "SELECT retirement_id FROM retirements WHERE program_id = 'p' "
+        "ORDER BY height DESC, retirement_id DESC LIMIT 10",
+        "retirements_program_newest",
+    ),
+}
+
+
+def test_a_new_store_has_no_index_another_one_covers(tmp_path: Path) -> None:
+    store = Store.create(tmp_path, Chain().genesis_document)
+    present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
+    assert present.isdisjoint(SUPERSEDED_QUERIES)
+    for _, query, covering in SUPERSEDED_QUERIES.values():
+        plan = " ".join(row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {query}"))
+        assert covering in plan and "SCAN" not in plan, (query, plan)
+    store.close()
+
+
+def test_a_store_from_an_earlier_version_loses_its_superseded_indexes(tmp_path: Path) -> None:
+    chain = Chain()
+    store = Store.create(tmp_path, chain.genesis_document)
+    for statement, _, _ in SUPERSEDED_QUERIES.values():
+        store.db.execute(statement)  # as a store made before 2026-12-05 has them
+    store.ensure_indexes()
+    store.ensure_indexes()  # once is enough; again changes nothing
+    present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
+    assert present.isdisjoint(SUPERSEDED_QUERIES)
+    assert "lots_owner_supply" in present
+    store.close()
+    reopened = Store.open(tmp_path)  # and the store still opens, its head checked
+    assert reopened.load_state().height == 0
+    reopened.close()
