@@ -49,7 +49,7 @@ from ledger.blocks import (
     verify_certificate,
 )
 from ledger.crypto import PrivateKey, SignatureError
-from ledger.encoding import JSON, canonical, decode
+from ledger.encoding import JSON, canonical, canonical_object, decode
 from ledger.errors import InvalidProofError, LedgerError
 from ledger.evidence import (
     NO_ROUND,
@@ -157,12 +157,15 @@ class Proposal:
         )
 
     def to_json(self) -> dict[str, JSON]:
+        return {**self.fields_but_block(), "block": self.block.to_json()}
+
+    def fields_but_block(self) -> dict[str, JSON]:
+        """Every member but the block."""
         return {
             "chain_id": self.chain_id,
             "height": self.height,
             "round": self.round,
             "valid_round": valid_round_to_json(self.valid_round),
-            "block": self.block.to_json(),
             "signature": self.signature,
         }
 
@@ -186,8 +189,15 @@ Message = Vote | Proposal | Decision
 
 
 def encode_message(message: Message) -> bytes:
-    """The canonical bytes of a message's wire form."""
-    return canonical(message.to_json())
+    """The canonical bytes of a message's wire form: `canonical(message.to_json())`, a
+    block's transactions taken from their leaves (`Block.canonical_bytes`)."""
+    if isinstance(message, Vote):
+        return canonical(message.to_json())
+    if isinstance(message, Proposal):
+        members = {key: canonical(value) for key, value in message.fields_but_block().items()}
+    else:
+        members = {"certificate": canonical(message.certificate.to_json())}
+    return canonical_object({**members, "block": message.block.canonical_bytes()})
 
 
 def encode_batch(messages: Sequence[Message]) -> bytes:

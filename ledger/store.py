@@ -43,7 +43,7 @@ from ledger.blocks import (
     verify_certificate,
 )
 from ledger.crypto import ZERO_HASH_HEX
-from ledger.encoding import canonical, canonical_unchecked
+from ledger.encoding import canonical, canonical_object, canonical_unchecked
 from ledger.errors import InvalidProofError, LedgerError, StoreError
 from ledger.evidence import parse_evidence
 from ledger.genesis import Genesis, genesis_state, parse_genesis
@@ -694,11 +694,9 @@ class Store:
         yield canonical(json.loads(self._meta("genesis"))) + b"\n"
         last = self.head_height if to_height is None else min(to_height, self.head_height)
         for height in range(max(from_height, 1), last + 1):
-            line = {
-                "block": self.read_block(height).to_json(),
-                "certificate": self.read_certificate(height).to_json(),
-            }
-            yield canonical_unchecked(line) + b"\n"
+            block = self.read_block(height).canonical_bytes()
+            certificate = canonical_unchecked(self.read_certificate(height).to_json())
+            yield canonical_object({"block": block, "certificate": certificate}) + b"\n"
 
     def export(self, out: IO[bytes]) -> int:
         count = 0

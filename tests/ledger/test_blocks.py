@@ -354,6 +354,33 @@ def test_a_body_with_other_evidence_or_too_much_is_refused(pending: Pending) -> 
         assert caught.value.rule == rule, caught.value.message
 
 
+def test_a_blocks_canonical_bytes_are_those_of_its_json(pending: Pending) -> None:
+    """`canonical_bytes` joins the transactions' leaves instead of encoding them again: the
+    same bytes, with a last commit, evidence, memos beyond ASCII, and for an empty block."""
+    chain = pending.chain
+    votes = [
+        sign_vote(chain.validator, chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0,
+                  block_hash=value)
+        for value in (None, ZERO_HASH_HEX)
+    ]  # fmt: skip
+    unicode = chain.tx(
+        chain.alice,
+        "transfer",
+        {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 1,
+         "memo": "淄博 \u2028 \"quoted\" é"},
+    )  # fmt: skip
+    blocks = [
+        pending.block,
+        dataclasses.replace(pending.block, evidence=(make_evidence(*votes),)),
+        dataclasses.replace(pending.block, transactions=(unicode,)),
+        dataclasses.replace(pending.block, transactions=()),
+        chain.blocks[0].block,  # height 1: no last commit
+    ]
+    assert pending.block.last_commit is not None and chain.blocks[0].block.last_commit is None
+    for block in blocks:
+        assert block.canonical_bytes() == canonical(block.to_json())
+
+
 def test_missing_last_commit(pending: Pending) -> None:
     block = dataclasses.replace(pending.block, last_commit=None)
     assert_refused(pending.state, block, "last_commit")
