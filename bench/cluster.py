@@ -15,10 +15,14 @@ from /v1/checkpoint), and the submit-to-commit latency of every transaction answ
 committed (an array's answer time stands for each of its transactions), p50 and p99; beside
 them the raw single-core Ed25519 verify rate (`raw_verify_rate`) and the single validator's
 rate, measured in the same run, with the ratios, and the CPU the validators' processes used
-per committed transaction (node, signature worker, store writer, from /proc) with the share of
-the machine they had (others' processes take the rest). Then, in this process: the interpreter
-time a validator spends validating a proposed full block when it checks every signature
-itself, and when it reuses the checks made on admission (what consensus.node does).
+per committed transaction (node, intake workers, signature worker, store writer, from /proc)
+with the share of the machine they had (others' processes take the rest). Then, in this
+process: one validator's floor (`replica_floor`: the CPU a transaction of the strict decoding,
+one signature check, `apply_block` and the store's write, which every validator spends on
+every transaction) and the most the machine's cores could commit for each validator count at
+that floor with nothing else running, with each run's share of it; and the interpreter time a
+validator spends validating a proposed full block when it checks every signature itself, and
+when it reuses the checks made on admission (what consensus.node does).
 
 Also printed per run: the blocks of the window (median and largest transactions, and how
 many were decided only after round 0), and at the start the scheduler group the benchmark
@@ -70,13 +74,15 @@ from bench.api import (
 )
 from bench.ingest import make_workload, raw_verify_rate
 from consensus.pool import Pool
+from consensus.producer import tune_garbage_collector
 from ledger.blocks import Block, Certificate, Validator, sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.genesis import genesis_state, make_genesis_document, parse_genesis
 from ledger.limits import POOL_NONCE_GAP_MAX
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
-from ledger.transactions import Envelope
+from ledger.store import Store
+from ledger.transactions import Envelope, check_signatures, decode_envelope
 
 TANLIAN = Path(sys.executable).parent / "tanlian"
 SETUP_TYPES = frozenset({"accredit_certifier", "issue"})
@@ -530,6 +536,80 @@ def validation_cost(
     return len(block.transactions), every, reused, lookups
 
 
+FLOOR_BLOCK_TRANSACTIONS = 1200  # the median block of 4 validators under the default load
+FLOOR_BLOCKS = 8
+
+
+@dataclass
+class Floor:
+    """CPU seconds per transaction of what every validator does for every transaction, in
+    this process: the strict decoding and parsing of its bytes, one signature check, its
+    share of `apply_block` and of the store's write of the block (SQLite, fsync included)."""
+
+    transactions: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.process_time() - started
+
+    def per_transaction(self) -> dict[str, float]:
+        return {stage: s / self.transactions for stage, s in self.seconds.items()}
+
+
+def replica_floor(
+    genesis: dict[str, Any], setup: Sequence[Envelope], work: Sequence[Envelope], key: PrivateKey
+) -> Floor:
+    """`Floor` over FLOOR_BLOCKS blocks of the workload's transfers and retirements, on a
+    store in a temporary directory, after the setup's blocks; the garbage collector set as
+    a node sets it (this process holds the whole signed workload, which a node does not)."""
+    tune_garbage_collector()
+    floor = Floor()
+    limit = parse_genesis(genesis).params.transaction_bytes_max
+    with tempfile.TemporaryDirectory() as temporary:
+        store = Store.create(Path(temporary), genesis)
+        state = store.load_state()
+        certificate: Certificate | None = None
+        size = FLOOR_BLOCK_TRANSACTIONS
+        chunks = [setup[i : i + 500] for i in range(0, len(setup), 500)]
+        chunks += [work[i : i + size] for i in range(0, size * FLOOR_BLOCKS, size)]
+        for number, chunk in enumerate(chunks):
+            built = build_block(
+                state,
+                chunk,
+                time=state.head_time + 1000,
+                proposer=key.public_key_hex,
+                last_commit=certificate,
+            )
+            block = built.block
+            certificate = sign_certificate(
+                chain_id=state.chain_id,
+                height=block.height,
+                round=0,
+                block_hash=block.block_hash(),
+                keys=[key],
+            )
+            if number < len(chunks) - FLOOR_BLOCKS:
+                store.append(block, certificate, built.state)
+                state = built.state
+                continue
+            floor.transactions += len(block.transactions)
+            started = time.process_time()
+            for envelope in block.transactions:
+                decode_envelope(envelope.leaf, transaction_bytes_max=limit)
+            floor.add("decode", started)
+            started = time.process_time()
+            assert not any(check_signatures(block.transactions))
+            floor.add("signature", started)
+            started = time.process_time()
+            state = apply_block(state, block, signatures_verified=True)
+            floor.add("apply", started)
+            started = time.process_time()
+            store.append(block, certificate, state)
+            floor.add("store", started)
+        store.close()
+    return floor
+
+
 def scheduler_group() -> str:
     """This process's autogroup and its nice value (Linux): a run started in a group of its
     own at a high priority (`echo -15 > /proc/self/autogroup`) is less disturbed by other
@@ -587,6 +667,7 @@ def main() -> None:
                 print(f"    {count} validators: no figure: {str(error)[:300]}", flush=True)
             loads.append(os.getloadavg()[0])
     cost = None if args.no_validation else validation_cost(genesis, setup, work, validator_key)
+    floor = None if args.no_validation else replica_floor(genesis, setup, work, validator_key)
 
     print(
         f"\ntotal {time.perf_counter() - began:.0f} s; load average "
@@ -628,6 +709,23 @@ def main() -> None:
             for kind, seconds in sorted(r.cpu_s.items())
         )
         print(f"{'':17} CPU us per committed tx: {per}; they had {share:.0%} of the machine")
+    if floor is not None:
+        stages = floor.per_transaction()
+        each = sum(stages.values())
+        cores = os.cpu_count() or 1
+        print(
+            f"one validator's floor, in this process ({FLOOR_BLOCKS} blocks of"
+            f" {FLOOR_BLOCK_TRANSACTIONS:,}): "
+            + ", ".join(f"{stage} {seconds * 1e6:.0f}" for stage, seconds in stages.items())
+            + f" = {each * 1e6:.0f} us CPU a transaction; with nothing else, {cores} cores"
+            " could commit at most "
+            + ", ".join(
+                f"{cores / (n * each):,.0f} tx/s for {n} validator{'s' if n > 1 else ''}"
+                for n in sorted({1, *args.validators})
+            )
+        )
+        for r in results:
+            print(f"{'':17} {r.name}: {r.rate * r.validators * each / cores:.2f} of that ceiling")
     if cost is None:
         return
     size, every, reused, lookups = cost
