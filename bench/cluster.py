@@ -5,24 +5,25 @@
 
 What it does: signs the bench workload of bench/ingest.py (`make_workload`), then for a single
 validator (`tanlian node`, the solo producer) and for each --validators N (`tanlian cluster
---validators N`, real `tanlian node --peer ...` processes, BFT consensus) on a fresh chain
-with the same authority and transactions: commits the setup (accreditation, issuances), then
-runs --clients closed-loop clients per validator (so the single validator gets as many
-clients as the first consortium in total), each owning its accounts and posting arrays of
---array envelopes with `?wait=commit` to its validator, the next array once the last is
-answered, for --seconds. Printed for each: committed tx/s (the log's growth over the window,
-from /v1/checkpoint), and the submit-to-commit latency of every transaction answered
-committed (an array's answer time stands for each of its transactions), p50 and p99; beside
-them the raw single-core Ed25519 verify rate (`raw_verify_rate`) and the single validator's
-rate, measured in the same run, with the ratios, and the CPU the validators' processes used
-per committed transaction (node, intake workers, signature worker, store writer, from /proc)
-with the share of the machine they had (others' processes take the rest). Then, in this
-process: one validator's floor (`replica_floor`: the CPU a transaction of the strict decoding,
-one signature check, `apply_block` and the store's write, which every validator spends on
-every transaction) and the most the machine's cores could commit for each validator count at
-that floor with nothing else running, with each run's share of it; and the interpreter time a
-validator spends validating a proposed full block when it checks every signature itself, and
-when it reuses the checks made on admission (what consensus.node does).
+--validators N`, real `tanlian node --peer ...` processes, BFT consensus) on a fresh chain with
+the same authority and transactions: commits the setup (accreditation, issuances), then runs
+closed-loop clients, --clients for each validator of the first --validators count (32 for 4 by
+default) and the same number in all for every other run (all on the single validator; spread
+evenly over 7), so every run is offered the same load. Each client owns its accounts and posts
+arrays of --array envelopes with `?wait=commit` to its validator, the next array once the last
+is answered, for --seconds. Printed for each: committed tx/s (the log's growth over the window,
+from /v1/checkpoint), and the submit-to-commit latency of every transaction answered committed
+(an array's answer time stands for each of its transactions), p50 and p99; beside them the raw
+single-core Ed25519 verify rate (`raw_verify_rate`) and the single validator's rate, measured in
+the same run, with the ratios, and the CPU the validators' processes used per committed
+transaction (node, intake workers, signature worker, store writer, from /proc) with the share of
+the machine they had (others' processes take the rest). Then, in this process: one validator's
+floor (`replica_floor`: the CPU a transaction of the strict decoding, one signature check,
+`apply_block` and the store's write, which every validator spends on every transaction) and the
+most the machine's cores could commit for each validator count at that floor with nothing else
+running, with each run's share of it; and the interpreter time a validator spends validating a
+proposed full block when it checks every signature itself, and when it reuses the checks made on
+admission (what consensus.node does).
 
 Also printed per run: the blocks of the window (median and largest transactions, and how
 many were decided only after round 0), and at the start the scheduler group the benchmark
@@ -320,25 +321,27 @@ async def measure(
     ports: Sequence[int],
     work: Sequence[Envelope],
     *,
-    clients_per_port: int,
+    clients: int,
     array: int,
     seconds: float,
     result: Result,
     processes: Sequence[int],
 ) -> None:
-    """Closed-loop clients on every port; the window opens after WARM_UP_S."""
-    clients = len(ports) * clients_per_port
+    """`clients` closed-loop clients spread evenly over the ports; the window opens after
+    WARM_UP_S."""
+    per_port = [clients // len(ports) + (p < clients % len(ports)) for p in range(len(ports))]
     queues = by_client(work, clients)
     bodies = [
         [(array_body(q[i : i + array]), len(q[i : i + array])) for i in range(0, len(q), array)]
         for q in queues
     ]
-    # Client k talks to ports[k // cpp] from 127.0.0.(2 + k): each is one certifier's or
-    # platform's app, and a node queues large submissions fairly by client address.
+    # Client k talks from 127.0.0.(2 + k), the first per_port[0] of them to ports[0] and so
+    # on: each is one certifier's or platform's app, and a node queues large submissions
+    # fairly by client address.
     connections = [
         c
         for p, port in enumerate(ports)
-        for c in await open_all(port, clients_per_port, first_address=2 + p * clients_per_port)
+        for c in await open_all(port, per_port[p], first_address=2 + sum(per_port[:p]))
     ]
     start = time.perf_counter()
     window_open = start + WARM_UP_S
@@ -448,7 +451,7 @@ def run_single(directory: Path, load: Workload, args: argparse.Namespace) -> Res
     try:
         asyncio.run(commit_setup(node.port, load.setup))
         asyncio.run(
-            measure([node.port], load.work, clients_per_port=clients, array=args.array,
+            measure([node.port], load.work, clients=clients, array=args.array,
                     seconds=args.seconds, result=result, processes=[node.process.pid])
         )  # fmt: skip
         node.check_alive()
@@ -473,8 +476,9 @@ def run_cluster(directory: Path, load: Workload, count: int, args: argparse.Name
     try:
         asyncio.run(commit_setup(cluster.ports[0], load.setup))
         asyncio.run(
-            measure(cluster.ports, load.work, clients_per_port=args.clients, array=args.array,
-                    seconds=args.seconds, result=result, processes=cluster.children())
+            measure(cluster.ports, load.work, clients=args.clients * args.validators[0],
+                    array=args.array, seconds=args.seconds, result=result,
+                    processes=cluster.children())
         )  # fmt: skip
         cluster.check_alive()
     except BaseException:
@@ -627,7 +631,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--validators", type=int, nargs="+", default=[4, 7])
     parser.add_argument("--seconds", type=float, default=20.0, help="the measured window")
-    parser.add_argument("--clients", type=int, default=8, help="closed-loop clients per validator")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=8,
+        help="closed-loop clients per validator of the first --validators count; every run"
+        " gets that many in all, spread evenly over its validators",
+    )
     parser.add_argument("--array", type=int, default=100, help="envelopes per POST")
     parser.add_argument("--accounts", type=int, default=4000)
     parser.add_argument("--rate-max", type=int, default=4000, help="tx/s to sign for")
@@ -677,7 +687,7 @@ def main() -> None:
     print(f"raw Ed25519 verify {raw:,.0f}/s, one core ({backend})")
     single = next((r for r in results if r.validators == 1), None)
     for r in results:
-        clients = args.clients * (r.validators if r.validators > 1 else args.validators[0])
+        clients = args.clients * args.validators[0]
         line = (
             f"{r.name:17} {r.rate:7,.0f} committed tx/s, submit-to-commit p50 {r.p(0.5):.2f} s,"
             f" p99 {r.p(0.99):.2f} s ({len(r.latencies):,} tx, {r.heights} blocks in"

@@ -275,7 +275,7 @@ class Block:
     def canonical_bytes(self) -> bytes:
         """`canonical(self.to_json())`, each transaction taken as its leaf (its canonical
         bytes, made once when it was parsed or signed): a block of thousands of transactions
-        is not walked and encoded again (42 ms for 1,200 transfers against 2 ms)."""
+        is not walked and encoded again (39-42 ms for 1,200 transfers against ~1 ms)."""
         return canonical_object(
             {
                 "header": canonical(self.header.to_json()),
