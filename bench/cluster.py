@@ -495,6 +495,17 @@ def run_cluster(directory: Path, load: Workload, count: int, args: argparse.Name
 # --- validating a proposed block ----------------------------------------------------------------
 
 
+def solo_certificate(block: Block, key: PrivateKey) -> Certificate:
+    """The certificate of `block` in round 0 by the workload's one validator."""
+    return sign_certificate(
+        chain_id=block.header.chain_id,
+        height=block.height,
+        round=0,
+        block_hash=block.block_hash(),
+        keys=[key],
+    )
+
+
 def validation_cost(
     genesis: dict[str, Any], setup: Sequence[Envelope], work: Sequence[Envelope], key: PrivateKey
 ) -> tuple[int, float, float, float]:
@@ -513,13 +524,7 @@ def validation_cost(
     for i in range(0, len(setup), 500):
         now += 1000
         block, state = build(setup[i : i + 500])
-        certificate = sign_certificate(
-            chain_id=state.chain_id,
-            height=block.height,
-            round=0,
-            block_hash=block.block_hash(),
-            keys=[key],
-        )
+        certificate = solo_certificate(block, key)
     now += 1000
     block, _ = build(work[: state.params.block_transactions_max])
     limit = len(block.transactions)
@@ -585,13 +590,7 @@ def replica_floor(
                 last_commit=certificate,
             )
             block = built.block
-            certificate = sign_certificate(
-                chain_id=state.chain_id,
-                height=block.height,
-                round=0,
-                block_hash=block.block_hash(),
-                keys=[key],
-            )
+            certificate = solo_certificate(block, key)
             if number < len(chunks) - FLOOR_BLOCKS:
                 store.append(block, certificate, built.state)
                 state = built.state
