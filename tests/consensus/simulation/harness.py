@@ -53,7 +53,7 @@ from consensus.replica import (
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import ZERO_HASH_HEX
 from ledger.evidence import Evidence, Vote, verify_evidence
-from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
+from ledger.limits import CATCH_UP_HEIGHTS_MAX, EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
 from ledger.state import State
 from ledger.state_transition import apply_block
 from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
@@ -402,12 +402,12 @@ class Simulation:
             sends = node.behaviour.broadcast(node.replica, effect.message, self._peers(node))
             self._send_all(node, sends)
         elif isinstance(effect, SendDecision):
-            if 1 <= effect.height <= node.height:
-                stored = node.store[effect.height - 1]
-                decision = Decision(block=stored.block, certificate=stored.certificate)
-                targets = [peer.id for peer in self._nodes_of(self._validator_of(effect.to))]
-                if node.behaviour.name != "silent":
-                    self._send_all(node, [(target, decision) for target in targets])
+            targets = [peer.id for peer in self._nodes_of(self._validator_of(effect.to))]
+            if node.behaviour.name != "silent":
+                self._send_all(
+                    node,
+                    [(t, d) for d in self._decisions_from(node, effect.height) for t in targets],
+                )
         elif isinstance(effect, ScheduleTimeout):
             self.clock.at(
                 self.clock.now + effect.delay_ms,
@@ -432,6 +432,24 @@ class Simulation:
             wire = self._over_the_wire(message)
             for delay in self.links.delays(node.endpoint, target.endpoint, self.clock.now):
                 self.clock.at(self.clock.now + delay, partial(self._deliver, target, wire))
+
+    def _decisions_from(self, node: Node, height: int) -> list[Decision]:
+        """What the node shell answers a SendDecision with (`BftProducer._decisions_from`):
+        the decisions of `height` and of the heights after it that `node` has, at most
+        CATCH_UP_HEIGHTS_MAX and, beyond the first, block_transactions_max transactions in
+        all. One a round trip was too slow: a validator cut off during the chaos fell further
+        behind a 7-validator chain deciding faster than a height a second, never proposed
+        again, and so never put the evidence it held in a block."""
+        decisions: list[Decision] = []
+        if height < 1:
+            return decisions
+        budget = self.world.genesis.params.block_transactions_max
+        for stored in node.store[height - 1 : height - 1 + CATCH_UP_HEIGHTS_MAX]:
+            budget -= len(stored.block.transactions)
+            if decisions and budget < 0:
+                break
+            decisions.append(Decision(block=stored.block, certificate=stored.certificate))
+        return decisions
 
     def _over_the_wire(self, message: Message) -> Message:
         """The message as a peer parses it from its canonical bytes (once per message)."""

@@ -34,6 +34,7 @@ from ledger.evidence import (
 from ledger.state_transition import build_block
 from tests.consensus.simulation.byzantine import Behaviour
 from tests.consensus.simulation.harness import (
+    EVIDENCE_COMMIT_MS_MAX,
     HEAL_PROGRESS_MS_MAX,
     Checker,
     Node,
@@ -73,6 +74,39 @@ def test_safety_after_every_event_and_progress_after_the_heal(scenario: Scenario
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fixed_seeds_replay(seed: int) -> None:
     check(run(Scenario.from_seed(seed)))
+
+
+def _cut(*sides: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The links a partition into `sides` blocks: every ordered pair across two sides."""
+    return tuple(sorted((a, b) for s in sides for t in sides if s is not t for a in s for b in t))
+
+
+def test_a_validator_cut_off_during_the_chaos_catches_up_and_its_evidence_is_recorded() -> None:
+    """Found by the `ci` profile (2026-12-05): validator 1 was cut off from every other
+    for half a second; after the heal it was sent one decision a round trip, fell further
+    behind a 7-validator chain deciding faster than a height a second, never proposed again
+    and so never put the evidence it held (of validator 5, flooding) in a block. The shell
+    answers with up to CATCH_UP_HEIGHTS_MAX decisions a request, and so does the simulation."""
+    scenario = Scenario(
+        seed=0,
+        n=7,
+        byzantine=((5, "flood"),),
+        loss_permille=2,
+        duplicate_permille=11,
+        delay_ms=(155, 199),
+        partitions=(
+            Partition(start_ms=501, end_ms=1001, blocked=_cut((1,), (0, 2, 3, 4, 5, 6))),
+            Partition(start_ms=1, end_ms=379, blocked=_cut((0, 2, 3, 4), (1, 5, 6))),
+        ),
+        crashes=(),
+        chaos_ms=1021,
+        core=(0, 1, 2, 3, 4, 6),
+        skew_ms=(0,) * 7,
+        beyond_f=False,
+    )
+    report = run(scenario)
+    check(report)
+    assert report.evidence_awaited >= 1 and report.evidence_ms <= EVIDENCE_COMMIT_MS_MAX
 
 
 def test_a_run_is_a_function_of_its_scenario() -> None:
