@@ -309,13 +309,14 @@ class Relay:
         self._waiting: OrderedDict[tuple[str, int, int], Reference] = OrderedDict()
 
     def hold(self, envelope: Envelope, *, verified: bool) -> None:
-        """Keep `envelope` (the least recently held beyond `held_max` are dropped)."""
+        """Keep `envelope` (the least recently held beyond `held_max` are dropped, before it
+        comes: the holding never exceeds `held_max`)."""
         key = leaf_hash(envelope.leaf)
         with self._lock:
+            if key not in self._held and len(self._held) >= self.held_max:
+                self._held.popitem(last=False)
             self._held[key] = (envelope, verified)
             self._held.move_to_end(key)
-            while len(self._held) > self.held_max:
-                self._held.popitem(last=False)
 
     def lookup(self, hash_: bytes) -> Envelope | None:
         held = self._held.get(hash_)
@@ -356,10 +357,13 @@ class Relay:
                 if message is not None:
                     ready.append(message)
                 elif item.block.skeleton.height >= height_min:
-                    self._waiting[_slot(item)] = item
-                    self._waiting.move_to_end(_slot(item))
-                    while len(self._waiting) > self.waiting_max:
+                    # The oldest goes before the newest comes, so no reader (`waiting`, which
+                    # takes no lock) ever sees more than waiting_max.
+                    slot = _slot(item)
+                    if slot not in self._waiting and len(self._waiting) >= self.waiting_max:
                         self._waiting.popitem(last=False)
+                    self._waiting[slot] = item
+                    self._waiting.move_to_end(slot)
             for slot, reference in list(self._waiting.items()):
                 message = complete(reference, lookup)
                 if message is not None:

@@ -9,6 +9,8 @@ than a request body travels in bodies within the limit.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
+from typing import Any
 
 import pytest
 
@@ -200,6 +202,38 @@ def test_a_reference_waits_for_its_transactions_within_bounds() -> None:
     assert relay.waiting() == 0
     assert relay.receive(reference_only.messages, missing, height_min=2) == []
     assert relay.waiting() == 0  # below the height decided here: not kept
+
+
+class Bounded(OrderedDict[Any, Any]):
+    """An OrderedDict that fails the moment it holds more than `bound` entries."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        assert len(self) <= self.bound, f"{len(self)} held, at most {self.bound}"
+
+
+def test_the_holdings_never_exceed_their_bounds_even_for_a_moment() -> None:
+    """`waiting()` is read without the relay's lock (the node's metrics, the hostile-flood
+    test's sampler thread), so the bound must hold at every instant, not only once `receive`
+    or `hold` returns: the oldest goes before the newest comes (a sampler once saw 17 of 16)."""
+    value: Block = block()
+    relay = Relay(held_max=2, waiting_max=2)
+    relay._waiting = Bounded(2)  # the invariant is about these very dicts
+    relay._held = Bounded(2)
+    for round_ in range(5):
+        lines = encode_lines([proposal(round_, value)])
+        reference = decode_batch(lines[-1], transaction_bytes_max=LIMIT, known=nothing)
+        relay.receive(reference.messages, missing, height_min=1)
+    assert relay.waiting() == 2
+    for envelope in value.transactions:
+        relay.hold(envelope, verified=True)
+    assert [relay.lookup(leaf_hash(e.leaf)) for e in value.transactions[-2:]] == list(
+        value.transactions[-2:]
+    )
 
 
 def test_a_forged_reference_does_not_take_the_waiting_place_of_the_real_one() -> None:
