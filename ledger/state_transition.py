@@ -235,8 +235,9 @@ def _move(
 
 
 def _check_holding(work: _Work, batch_id: str, owner: str, quantity: int) -> None:
-    if work.circulating_quantity(batch_id, owner, enough=quantity) < quantity:
-        held = work.circulating_quantity(batch_id, owner)
+    # A sum that stops short of `enough` has summed the whole holding: the figure to show.
+    held = work.circulating_quantity(batch_id, owner, enough=quantity)
+    if held < quantity:
         raise _reject(
             "insufficient_credits",
             f"{owner} holds {held} circulating units of {batch_id}, {quantity} needed",
