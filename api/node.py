@@ -273,10 +273,11 @@ class Node:
 
         A decided block the store cannot write stops the node (`_fail`): unlike a solo
         block it cannot be built again, the consortium has decided it and the replica has
-        gone on. Nothing of it or after it was reported committed; once restarted on a
-        healthy disk the node fetches what it missed from its peers (block sync). So does a
-        signed-message log that cannot be written: the message was not sent (it is sent only
-        once durable), and a torn last line is dropped when the log is read at the restart."""
+        gone on. Nothing of it or after it was reported committed, and every block made
+        durable before it is (`_report_settled`); once restarted on a healthy disk the node
+        fetches what it missed from its peers (block sync). So does a signed-message log that
+        cannot be written: the message was not sent (it is sent only once durable), and a torn
+        last line is dropped when the log is read at the restart."""
         while not self._stopping.is_set():
             now_ms = int(time.time() * 1000)
             try:
@@ -287,13 +288,21 @@ class Node:
                     elif not producer.due(now_ms):
                         break
             except StoreError as error:
+                self._report_settled(producer)
                 height = self.state.height + 1
                 self._fail(f"the store failed to write decided block {height}: {error.message}")
                 return
             except OSError as error:  # the signed-message log: what is signed must be durable
+                self._report_settled(producer)
                 self._fail(f"the signed-message log could not be written: {error}")
                 return
             self._stopping.wait(POLL_SECONDS)
+
+    def _report_settled(self, producer: BftProducer | Follower) -> None:
+        """Report the blocks the failing call made durable before it failed: their
+        transactions are answered committed, so whoever follows `on_block` must see them."""
+        for result in producer.take_settled():
+            self._committed_block(result)
 
     def _finish(self, prepared: PreparedBlock, written: Future[None]) -> bool:
         """Commit a block once its write returned; False if the store refused it."""

@@ -91,6 +91,13 @@ class Follower:
             self._next_poll_ms = self._clock_ms() + (0 if more else self.poll_ms)
         return self._committed.popleft() if self._committed else None
 
+    def take_settled(self) -> list[CommittedBlock]:
+        """The blocks appended that `produce` has not returned yet, in order (a range whose
+        later block the store refused leaves its earlier ones here; the node reports them)."""
+        settled = list(self._committed)
+        self._committed.clear()
+        return settled
+
     def _append(self, block: Block, certificate: Certificate, state: State) -> None:
         """A block that passed every check: durable first, then what readers see."""
         self.store.append(block, certificate, state)

@@ -146,6 +146,9 @@ class BftProducer:
         self._tip = self._state  # the replica's: decided, perhaps not yet durable
         self._write_executor = write_executor
         self._writing: deque[tuple[Decide, Future[None]]] = deque()  # in height order
+        # The transactions of decided blocks not yet durable: resubmitted, one is pending (it
+        # is committed once its block is written), not refused for the nonce it used.
+        self._unsettled: set[str] = set()
         self.proposal_transactions_max = proposal_transactions_max
         if validator_key.public_key_hex not in {
             v.public_key for v in self._state.current_validators()
@@ -208,8 +211,10 @@ class BftProducer:
         signature_checks: Sequence[LedgerError | None] | None = None,
     ) -> list[Outcome]:
         """Admit envelopes to the pool (pending, or rejected with its code). The replica takes
-        them from the pool when this validator proposes. `signature_checks`, where given, are
-        the envelopes' checks made already."""
+        them from the pool when this validator proposes. One in a decided block still being
+        written is pending too, whether or not the pool held it (a restart re-decides from
+        the signed-message log; a peer proposes). `signature_checks`, where given, are the
+        envelopes' checks made already."""
         checks = (
             self.pool.check_signatures(envelopes) if signature_checks is None else signature_checks
         )
@@ -217,9 +222,9 @@ class BftProducer:
         with self._lock:
             admissions = self.pool.admit(envelopes, checks, self._nonce)
             fresh = [admission.envelope for admission in admissions if admission.new]
-            for admission in admissions:
+            for admission, check in zip(admissions, checks, strict=True):
                 tx_id = admission.envelope.tx_id
-                if admission.error is None:
+                if admission.error is None or (check is None and tx_id in self._unsettled):
                     self.outcomes.pop(tx_id, None)
                     answers.append(Outcome(tx_id=tx_id, status="pending"))
                 else:
@@ -262,6 +267,14 @@ class BftProducer:
             _, _, timeout = heapq.heappop(self._timers)
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
         return self._committed.popleft() if self._committed else None
+
+    def take_settled(self) -> list[CommittedBlock]:
+        """The blocks made durable that `produce` has not returned yet, in order: a call that
+        settles several and then fails (the log on a full disk, the store) leaves them here,
+        and the node reports them as it stops."""
+        settled = list(self._committed)
+        self._committed.clear()
+        return settled
 
     # --- peers ----------------------------------------------------------------------------------
 
@@ -412,13 +425,17 @@ class BftProducer:
     def _decide(self, decision: Decide) -> None:
         """Make the decided block durable: on the write thread if there is one (`produce`
         finishes it once written), else now."""
-        with self._lock:
-            self._tip = decision.state
+        self._advance_tip(decision)
         if self._write_executor is None:
             self._write(decision)
             self._settle(decision)
             return
         self._writing.append((decision, self._write_executor.submit(self._write, decision)))
+
+    def _advance_tip(self, decision: Decide) -> None:
+        with self._lock:
+            self._tip = decision.state
+            self._unsettled.update(e.tx_id for e in decision.block.transactions)
 
     def _write(self, decision: Decide) -> None:
         self.store.append(decision.block, decision.certificate, decision.state)
@@ -440,12 +457,14 @@ class BftProducer:
         with self._lock:
             self._state = decision.state
             settle_pool(self.pool, self.outcomes, committed, block, self._committed_nonce)
-        # Timers of decided heights stay: the replica ignores their steps, and its one
-        # REBROADCAST timer keeps the height it was first scheduled with as it re-arms.
-        self.log.compact(above_height=block.height)
+            self._unsettled.difference_update(e.tx_id for e in block.transactions)
+        # Reported whatever the compaction meets (a full disk): the block is durable.
         self._committed.append(
             CommittedBlock(block=block, certificate=decision.certificate, outcomes=committed)
         )
+        # Timers of decided heights stay: the replica ignores their steps, and its one
+        # REBROADCAST timer keeps the height it was first scheduled with as it re-arms.
+        self.log.compact(above_height=block.height)
 
     # --- block sync -----------------------------------------------------------------------------
 
@@ -454,8 +473,7 @@ class BftProducer:
         sync's write thread, while this producer's thread waits in `BlockSync.step`, with no
         write of its own under way)."""
         decision = Decide(block=block, certificate=certificate, state=state)
-        with self._lock:
-            self._tip = state
+        self._advance_tip(decision)
         self._write(decision)
         self._settle(decision)
 

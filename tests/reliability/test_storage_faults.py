@@ -18,6 +18,7 @@ import resource
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +28,10 @@ import httpx
 import pytest
 
 from api.node import WRITE_ATTEMPTS_MAX, Node
+from consensus.follower import Follower
 from consensus.node import BftProducer
-from consensus.producer import CommittedBlock
+from consensus.producer import CommittedBlock, Outcome
+from consensus.replica import Decide
 from consensus.wal import WAL_FILE_NAME, SignedMessage
 from ledger import store as store_module
 from ledger.crypto import PrivateKey
@@ -46,6 +49,7 @@ from ledger.store import (
 from ledger.transactions import Envelope
 from ledger.verification import audit_chain
 from tests.api.test_cli import TANLIAN, environment
+from tests.consensus.test_sync import built, make_sync, source
 from tests.factory import Chain
 from tests.reliability.crash import free_port
 
@@ -201,6 +205,57 @@ def test_a_validator_whose_store_fails_stops_cleanly_and_loses_nothing(
     assert assert_store_whole(tmp_path, reported) >= 1
 
 
+def test_a_transaction_resubmitted_while_its_decided_block_is_written_is_pending(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart re-decides the block whose write failed from the signed-message log, so the
+    transaction is in a decided block the pool never held. Resubmitted while that block is
+    written, it is pending (then committed), not refused for the nonce its block used."""
+    Store.create(tmp_path, chain.genesis_document).close()
+    monkeypatch.setenv(FAULT_ENVIRONMENT, "1:ioerror:forever")
+    peers = [f"http://127.0.0.1:{free_port()}"]
+    accredit = chain.accredit()
+    node = Node(tmp_path, chain.validator, peers=peers)
+    try:
+        assert node.submit([accredit])[0].status == "pending"  # in block 1, proposed at start
+        node.start()
+        (waited,) = node.wait_for_commit([accredit.tx_id], WAIT_S)
+        assert waited is not None and waited.status == "pending"
+        assert node.failure is not None and "decided block 1" in node.failure
+    finally:
+        node.stop()
+    monkeypatch.delenv(FAULT_ENVIRONMENT)
+    node = Node(tmp_path, chain.validator, peers=peers)
+    producer = node.producer
+    assert isinstance(producer, BftProducer)
+    written = threading.Event()
+    write = producer._write
+
+    def held(decision: Decide) -> None:
+        assert written.wait(WAIT_S)
+        write(decision)
+
+    producer._write = held  # type: ignore[method-assign]
+    node.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not any(d.block.transactions for d, _ in list(producer._writing)):
+            assert time.monotonic() < deadline, "block 1 was not decided again"
+            time.sleep(0.01)
+        assert [e.tx_id for e in producer._writing[0][0].block.transactions] == [accredit.tx_id]
+        assert accredit.tx_id not in producer.pool
+        (answer,) = node.submit([accredit])
+        assert (answer.status, answer.code) == ("pending", None)
+        written.set()
+        assert commit(node, [accredit]) == ["committed"]
+        assert node.outcome(accredit.tx_id) == Outcome(
+            tx_id=accredit.tx_id, status="committed", height=1, log_index=0
+        )
+    finally:
+        written.set()
+        node.stop()
+
+
 class FullDisk:
     """The signed-message log's file on a disk that fills after `room` bytes: a write beyond
     writes what fits (a torn line) and fails with ENOSPC, as the kernel does."""
@@ -267,6 +322,62 @@ def test_a_validator_whose_signed_message_log_cannot_be_written_stops_and_recove
     finally:
         node.stop()
     assert assert_store_whole(tmp_path, reported) > height
+
+
+def test_a_block_made_durable_as_the_log_fails_is_reported_before_the_node_stops(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """The disk fills as the signed-message log is compacted, just after a decided block was
+    written and its transactions answered committed: the node stops, and that block is
+    reported (`on_block`) first, as is every block the failing call made durable."""
+    Store.create(tmp_path, chain.genesis_document).close()
+    node = Node(tmp_path, chain.validator, peers=[f"http://127.0.0.1:{free_port()}"])
+    reported: list[CommittedBlock] = []
+    node.on_block = reported.append
+    node.start()
+    try:
+        assert commit(node, [chain.accredit()]) == ["committed"]
+        log = node._log
+        assert log is not None
+
+        def compact_on_a_full_disk(*, above_height: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        log.compact = compact_on_a_full_disk  # type: ignore[method-assign]
+        deadline = time.monotonic() + WAIT_S
+        while node.failure is None:  # an idle chain decides empty blocks meanwhile
+            assert time.monotonic() < deadline, "the node went on"
+            time.sleep(0.01)
+        height = node.state.height
+    finally:
+        node.stop()
+    assert "the signed-message log could not be written" in node.failure
+    assert "No space left on device" in node.failure
+    assert height >= 2  # the block whose compaction failed
+    assert [r.block.height for r in reported] == list(range(1, height + 1))
+    assert assert_store_whole(tmp_path, reported) == height
+
+
+def test_a_follower_whose_store_refuses_a_block_mid_range_keeps_the_ones_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A synced range whose third block the store refuses: `produce` raises (the node stops,
+    `Node._report_settled`), and the two blocks made durable first are handed over, in
+    order, for the node to report."""
+    Store.create(tmp_path, built().chain.genesis_document).close()
+    monkeypatch.setenv(FAULT_ENVIRONMENT, "3:ioerror")
+    store = Store.open(tmp_path)
+    store.start_writer()
+    try:
+        follower = Follower(store, make_sync(source()), poll_ms=50)
+        with pytest.raises(StoreError, match="the block was not written"):
+            follower.produce(0)
+        assert follower.state.height == 2
+        assert [s.block.height for s in follower.take_settled()] == [1, 2]
+        assert follower.take_settled() == []
+    finally:
+        store.close()
+    assert assert_store_whole(tmp_path, []) == 2
 
 
 def test_the_node_process_stops_with_one_line_when_its_store_keeps_failing(
