@@ -33,11 +33,12 @@ lint: $(VENV)/.test-installed
 
 # Two workers, one per core; the consortium and crash tests share one (tests/conftest.py).
 # Schemathesis's generated tests are not run under xdist: they run after, in one process.
+# The fifteen slowest tests are printed: the suite must stay under 20 minutes on two cores.
 PYTEST_WORKERS ?= 2
 SCHEMATHESIS := tests/api/test_schemathesis.py
 
 test: lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --ignore=$(SCHEMATHESIS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 --ignore=$(SCHEMATHESIS)
 	$(BIN)/pytest --cov-append $(SCHEMATHESIS)
 
 bench: $(VENV)/.test-installed
