@@ -111,6 +111,7 @@ from consensus.messages import (
     sign_proposal,
     sign_vote,
     verify_decision,
+    verify_vote,
 )
 from consensus.quorum import PRECOMMIT, PREVOTE, PROPOSAL, Quorum
 from ledger.blocks import Block, Certificate, verify_certificate
@@ -518,6 +519,13 @@ class Replica:
             return
         last = self._catch_up_sent.get(sender)
         if last is not None and self._now - last < self.timeouts.catch_up_ms:
+            return
+        # Only a vote its sender signed: a forged one would cost reads of old blocks and a
+        # send of them, and take the sender's catch-up slot from its own votes.
+        try:
+            verify_vote(vote, chain_id=self.chain_id, validators=self.validators)
+        except InvalidMessage as error:
+            self._drop(error.code)
             return
         self._catch_up_sent[sender] = self._now
         self._effects.append(SendDecision(to=sender, height=vote.height))

@@ -770,6 +770,28 @@ def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
     assert target.on_message(stranger, later * 2) == []
 
 
+def test_a_forged_vote_of_a_decided_height_is_not_answered_and_keeps_no_slot() -> None:
+    """Only a vote its sender signed asks for a decision: the keys are public (the genesis
+    names them), and a forged vote would cost reads and sends of old blocks and take the
+    validator's own catch-up slot."""
+    target = replica(0)
+    target.on_start(T0)
+    decided = block()
+    target.on_message(_decision(decided, WORLD.genesis, signers=(1, 2, 3)), T0)
+    later = T0 + CATCH_UP_INTERVAL_MS
+    signed = vote(2, "prevote", 3, None)
+    forged = dataclasses.replace(signed, signature="00" * 64)
+    assert target.on_message(forged, later) == []
+    assert target.dropped.get("bad_signature") == 1
+    other_chain = sign_vote(
+        KEYS[2], chain_id="another-chain", vote_type="prevote", height=1, round=3, block_hash=None
+    )
+    assert target.on_message(other_chain, later) == []
+    assert target.on_message(signed, later) == [  # the forgeries took no slot
+        SendDecision(to=KEYS[2].public_key_hex, height=1)
+    ]
+
+
 def _decision(value: Block, state: State, signers: Sequence[int] = (0, 1, 2)) -> Decision:
     certificate = sign_certificate(
         chain_id=CHAIN_ID,
