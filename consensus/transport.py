@@ -17,8 +17,9 @@ API's limit, and `batches` cuts the lines into bodies within it.
 lanes, each with its own queue and thread: consensus messages, and forwarded transactions,
 so that neither a slow peer nor a large forwarded batch delays a vote. Every bound is in
 ledger.limits: messages per batch (CONSENSUS_MESSAGES_BATCH_MAX), bytes per batch
-(CONSENSUS_BATCH_BYTES_MAX), the time a request may take (PEER_REQUEST_MS_MAX) and the lines
-waiting per peer and lane (PEER_QUEUE_MESSAGES_MAX at least, the oldest dropped first).
+(CONSENSUS_BATCH_BYTES_MAX), the time a request may take (PEER_REQUEST_MS_MAX), the bytes of a
+peer's answer read (PEER_ANSWER_BYTES_MAX) and the lines waiting per peer and lane
+(PEER_QUEUE_MESSAGES_MAX at least, the oldest dropped first).
 
 `MemoryNetwork` joins transports in one process: a batch goes through the same bytes and the
 same receiver, and a member can be cut off and reconnected, for tests.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ log = logging.getLogger("tanlian.consensus.transport")
 MESSAGES_PATH: Final = "/v1/consensus/messages"
 NDJSON: Final = "application/x-ndjson"
 RETRY_SECONDS: Final = 0.2  # after a failed request, before the next one to that peer
+PEER_ANSWER_BYTES_MAX: Final = 4096  # of a peer's answer to a batch: a count, or a problem
+_REQUEST_HEADERS: Final = {"content-type": NDJSON, "accept-encoding": "identity"}
 
 Inbox = Callable[[bytes], int]
 """Where a node takes a peer's batch: it decodes it (`consensus.relay.decode_batch`, raising
@@ -99,9 +103,12 @@ class PeerCounters:
 class _Peer:
     """One peer's queue and the thread that drains it."""
 
-    def __init__(self, url: str, client: httpx.Client, queue_max: int, lane: str) -> None:
+    def __init__(
+        self, url: str, client: httpx.Client, queue_max: int, lane: str, request_s: float
+    ) -> None:
         self.url = url.rstrip("/") + MESSAGES_PATH
         self.client = client
+        self.request_s = request_s
         self.queue: deque[bytes] = deque()
         self.queue_max = queue_max
         self.counters = PeerCounters()
@@ -129,20 +136,36 @@ class _Peer:
             self.queue.clear()
             return taken
 
+    def _post(self, body: bytes) -> bool:
+        """Send one batch; whether the peer took it. Of its answer (a count, or a problem)
+        at most PEER_ANSWER_BYTES_MAX bytes are read, as they came (no decompression), and
+        only until the request's time is up: a faulty peer answering without end, or byte by
+        byte, holds neither this lane nor memory."""
+        deadline = time.monotonic() + self.request_s
+        try:
+            with self.client.stream(
+                "POST", self.url, content=body, headers=_REQUEST_HEADERS
+            ) as answer:
+                head = bytearray()
+                # An answer already in memory (a mock network's) has no stream left.
+                chunks = [answer.content] if answer.is_stream_consumed else answer.iter_raw()
+                for chunk in chunks:
+                    head += chunk[: PEER_ANSWER_BYTES_MAX - len(head)]
+                    if len(head) >= PEER_ANSWER_BYTES_MAX or time.monotonic() > deadline:
+                        break  # the rest is never read: closing drops the connection
+        except httpx.HTTPError as error:
+            log.debug("peer %s unreachable: %s", self.url, error)
+            return False
+        if answer.status_code >= 300:
+            shown = bytes(head[:200]).decode("utf-8", "replace")
+            log.warning("peer %s refused a batch: %s %s", self.url, answer.status_code, shown)
+            return False
+        return True
+
     def _run(self) -> None:
         while (lines := self._take()) is not None:
             for body in batches(lines):
-                try:
-                    answer = self.client.post(
-                        self.url, content=body, headers={"content-type": NDJSON}
-                    )
-                    ok = answer.status_code < 300
-                    if not ok:
-                        log.warning("peer %s refused a batch: %s", self.url, answer.text[:200])
-                except httpx.HTTPError as error:
-                    ok = False
-                    log.debug("peer %s unreachable: %s", self.url, error)
-                if ok:
+                if self._post(body):
                     self.counters.batches_sent += 1
                     continue
                 self.counters.batches_failed += 1
@@ -172,8 +195,11 @@ class HttpTransport:
         hold two blocks' transactions: a block travels as its transactions' lines."""
         assert request_ms_max > 0 and queue_max > 0
         self.client = httpx.Client(timeout=request_ms_max / 1000, trust_env=False, transport=http)
-        self.peers = [_Peer(url, self.client, queue_max, "consensus") for url in peers]
-        self.forwarding = [_Peer(url, self.client, queue_max, "forward") for url in peers]
+        request_s = request_ms_max / 1000
+        self.peers = [_Peer(url, self.client, queue_max, "consensus", request_s) for url in peers]
+        self.forwarding = [
+            _Peer(url, self.client, queue_max, "forward", request_s) for url in peers
+        ]
 
     def broadcast(self, messages: Sequence[Message]) -> None:
         lines = encode_lines(messages)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 
@@ -115,3 +115,48 @@ def test_a_failing_peer_is_counted_and_its_queue_bounded() -> None:
     release.set()
     wait_until(lambda: all(c.batches_failed >= 1 for c in counters.values()))
     transport.close()
+
+
+class _Endless(httpx.SyncByteStream):
+    """A faulty peer's answer that never ends (bounded here only so that a broken transport
+    ends the test): `chunk` every `pause` seconds, counted."""
+
+    def __init__(self, chunk: bytes, pause: float, chunks_max: int) -> None:
+        self.chunk, self.pause, self.chunks_max = chunk, pause, chunks_max
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < self.chunks_max:
+            self.sent += 1
+            yield self.chunk
+            time.sleep(self.pause)
+
+
+def test_a_peer_answering_without_end_holds_neither_memory_nor_the_lane() -> None:
+    """Of a peer's answer the transport reads a few KiB, and only within the request's time:
+    an endless answer (a Byzantine peer) is not read into memory, and one dripped byte by
+    byte does not hold the lane."""
+    streams: dict[str, list[_Endless]] = {"flood": [], "drip": []}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host == "flood":
+            stream = _Endless(b"x" * (1 << 20), 0.0, chunks_max=256)  # up to 256 MiB
+        else:
+            stream = _Endless(b"x", 0.05, chunks_max=400)  # a byte every 50 ms, 20 s
+        streams[host].append(stream)
+        return httpx.Response(202, stream=stream)
+
+    transport = HttpTransport(
+        ["http://flood:1", "http://drip:2"], http=httpx.MockTransport(answer), request_ms_max=300
+    )
+    try:
+        transport.broadcast(VOTES[:1])
+        wait_until(lambda: all(len(s) == 1 for s in streams.values()))
+        transport.broadcast(VOTES[1:2])  # the lanes are free for the next batch at once
+        counters = transport.counters().values()
+        wait_until(lambda: all(c.batches_sent == 2 for c in counters), seconds=3)
+        assert [s.sent for s in streams["flood"]] == [1, 1]  # 1 MiB each, not 256
+        assert all(s.sent <= 10 for s in streams["drip"])  # ~300 ms of drip, not 20 s
+    finally:
+        transport.close()
