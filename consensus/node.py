@@ -115,6 +115,22 @@ def _monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+def _check_membership(state: State, key: PrivateKey, *, can_sync: bool) -> None:
+    """Refuse a key that is not a validator at the store's head, unless block sync can bring
+    the store to a height where it is one: a validator brought in by set_validators whose
+    store is below the height its set governs from (a new member, or a store rebuilt by
+    `--resync`) syncs there first, and its replica signs nothing where it is no validator."""
+    if key.public_key_hex in {v.public_key for v in state.current_validators()}:
+        return
+    if not can_sync:
+        raise LedgerError("this key is not a validator of the chain", code="not_a_validator")
+    log.warning(
+        "this key is not a validator at height %d: following the chain until a"
+        " set_validators makes it one",
+        state.height,
+    )
+
+
 class BftProducer:
     """One validator of a consortium; see the module docstring."""
 
@@ -150,10 +166,7 @@ class BftProducer:
         # is committed once its block is written), not refused for the nonce it used.
         self._unsettled: set[str] = set()
         self.proposal_transactions_max = proposal_transactions_max
-        if validator_key.public_key_hex not in {
-            v.public_key for v in self._state.current_validators()
-        }:
-            raise LedgerError("this key is not a validator of the chain", code="not_a_validator")
+        _check_membership(self._state, validator_key, can_sync=sync is not None)
         self._lock = threading.Lock()  # the pool, the outcomes, the inbox
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[Message] = deque()

@@ -6,19 +6,23 @@ the other validators' stores as their API's export would serve them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
 
 from consensus.follower import Follower
+from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
 from consensus.sync import BlockSync, MemorySource
-from consensus.wal import SignedMessage
+from consensus.wal import WAL_FILE_NAME, SignedLog, SignedMessage
+from ledger.errors import LedgerError
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
 from ledger.store import Store
 from tests.consensus.test_node import WORLD, Consortium, document
+from tests.consensus.test_sync import NEW_VALIDATOR, built, source
 from tests.factory import CHAIN_ID
 
 
@@ -173,3 +177,38 @@ def test_a_follower_follows_a_consortium_and_refuses_a_forger(
     finally:
         follower_store.close()
         consortium.close()
+
+
+def test_a_validator_brought_in_by_set_validators_starts_below_its_set_and_syncs_to_it(
+    tmp_path: Path,
+) -> None:
+    """A member added by set_validators (here at height 5: it governs from 7) whose store is
+    below that height (a new member's first start, a store rebuilt by `--resync`) is not
+    refused: it syncs from its peers, signing nothing until its key is a validator there.
+    With no peer to sync from, its key is refused as before."""
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    store = Store.open(tmp_path)
+    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
+    genesis = parse_genesis(chain.chain.genesis_document)
+    sync = BlockSync([source()], genesis=genesis)
+    try:
+        with pytest.raises(LedgerError) as refused:
+            BftProducer(store, NEW_VALIDATOR, log=log)
+        assert refused.value.code == "not_a_validator"
+        producer = BftProducer(store, NEW_VALIDATOR, log=log, sync=sync)
+        assert not producer.replica.is_validator
+        sync.expect(len(chain.lines))
+        deadline = time.monotonic() + 30
+        while store.head_height < len(chain.lines) and time.monotonic() < deadline:
+            producer.produce(int(time.monotonic() * 1000))
+        producer.produce(int(time.monotonic() * 1000))
+        assert store.head_height == len(chain.lines)  # the whole chain, synced and verified
+        assert producer.replica.height == len(chain.lines) + 1
+        assert producer.replica.is_validator  # the new set's member, from here on
+        assert all(m.height > len(chain.lines) for m in log.read())  # nothing signed below
+    finally:
+        sync.close()
+        sync.close_sources()
+        log.close()
+        store.close()
