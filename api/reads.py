@@ -425,6 +425,8 @@ def family(node: Node, prefix: str, *, limit: int, cursor: str | None) -> Page:
     assert prefix.endswith("/")
     position = decode_cursor(cursor, {"after": str})
     after = position["after"] if position else prefix
+    if not after.startswith(prefix):  # a made-up cursor would reach into other families
+        raise LedgerError("cursor is not one this node gave out", code="invalid_field")
     end = prefix[:-1] + chr(ord("/") + 1)  # the first key past the family
     rows = (
         node.reader()

@@ -6,6 +6,7 @@ dashboard's totals agree with the state. The browser's side is tests/api/test_ex
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -397,6 +398,12 @@ async def test_unknown_ids_are_404_pages(live: Live) -> None:
         assert "<code>not_found</code>" in html, path
 
 
+def _after(key: str) -> str:
+    """A family list's cursor (api.reads.family) as a client could make one up."""
+    text = json.dumps({"after": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
+
+
 async def test_bad_addresses_are_400_pages(live: Live) -> None:
     for path in (
         "/blocks/abc",
@@ -412,6 +419,10 @@ async def test_bad_addresses_are_400_pages(live: Live) -> None:
         "/retirements?beneficiary=" + "x" * 201,
         "/blocks?cursor=not-a-cursor",
         "/batches?cursor=" + "A" * 600,
+        # cursors of the right shape, made up to reach before the family into other state
+        "/programmes?cursor=" + _after("a"),
+        "/certifiers?cursor=" + _after(""),
+        "/methodologies?cursor=" + _after("account/"),
         f"/accounts/{live.city.chain.alice.account_id}?lots=eyJ4IjoxfQ",
         "/dashboard?to=2026-13",
         "/search?q=" + "x" * 201,
