@@ -67,6 +67,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
+from typing import Any
 
 from consensus.messages import Decision, Message
 from consensus.pool import Pool
@@ -233,7 +234,7 @@ class BftProducer:
         )
         answers = []
         with self._lock:
-            admissions = self.pool.admit(envelopes, checks, self._nonce)
+            admissions = self.pool.admit(envelopes, checks, self._tip_account)
             fresh = [admission.envelope for admission in admissions if admission.new]
             for admission, check in zip(admissions, checks, strict=True):
                 tx_id = admission.envelope.tx_id
@@ -330,7 +331,7 @@ class BftProducer:
         outcomes: the transaction may well be pending at the validator that sent it."""
         checks = self.pool.check_signatures(envelopes)
         with self._lock:
-            self.pool.admit(envelopes, checks, self._nonce, forwarded=True)
+            self.pool.admit(envelopes, checks, self._tip_account, forwarded=True)
         for envelope, check in zip(envelopes, checks, strict=True):
             self.relay.hold(envelope, verified=check is None)
 
@@ -535,10 +536,9 @@ class BftProducer:
         with self._lock:
             return self.pool.ready(nonce, state.params.block_transactions_max)
 
-    def _nonce(self, signer: str) -> int:
-        """Nonces count from the tip: one used in a block being written is used."""
-        account = self._tip.get(f"account/{signer}")
-        return 0 if account is None else int(account["nonce"])
+    def _tip_account(self, signer: str) -> Any:
+        """Accounts as at the tip: a nonce used in a block being written is used."""
+        return self._tip.get(f"account/{signer}")
 
     def _committed_nonce(self, signer: str) -> int:
         account = self._state.get(f"account/{signer}")

@@ -7,6 +7,10 @@
   own clients, whose transactions it proposes itself in its turn (docs/decisions/0006).
 - Per account it holds nonces from the next expected one up to `nonce_gap_max` ahead, and
   releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`.
+- The listed keys must belong to the signer's key set at the node's tip and reach its
+  threshold (`check_authorization`), so nobody can hold another account's nonce (and make its
+  own transaction `bad_nonce`) with one that account did not sign. After a pending
+  `set_keys` of the same signer the keys are not known yet: block building decides.
 - Signatures are checked on admission, so block building need not check them again. Who
   checks them is the pool's `check_signatures`: by default `verify_signatures` over an
   executor's threads, which only pay while the interpreter is otherwise idle (a thread must
@@ -17,19 +21,24 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from ledger.errors import LedgerError, PoolError
 from ledger.limits import POOL_LOCAL_RESERVED, POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
 from ledger.merkle import leaf_hash
+from ledger.state_transition import check_authorization
 from ledger.transactions import Envelope, check_signatures
 
 _PARALLEL_MIN = 64
 
 SignatureCheck = Callable[[Sequence[Envelope]], list[LedgerError | None]]
 """For each envelope, in order, None or the error of its first bad signature."""
+
+AccountLookup = Callable[[str], Mapping[str, Any] | None]
+"""An account's `account/` record at the node's tip (its nonce, keys and threshold), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +107,21 @@ class Pool:
         pending = self._by_id.get(envelope.tx_id)
         return pending is not None and (pending is envelope or pending.leaf == envelope.leaf)
 
-    def add_many(
-        self, envelopes: Sequence[Envelope], committed_nonce: Callable[[str], int]
-    ) -> list[Admission]:
+    def add_many(self, envelopes: Sequence[Envelope], account: AccountLookup) -> list[Admission]:
         """Admit each envelope or say why not; signatures are checked in parallel."""
-        return self.admit(envelopes, self.check_signatures(envelopes), committed_nonce)
+        return self.admit(envelopes, self.check_signatures(envelopes), account)
 
     def admit(
         self,
         envelopes: Sequence[Envelope],
         checks: Sequence[LedgerError | None],
-        committed_nonce: Callable[[str], int],
+        account: AccountLookup,
         *,
         forwarded: bool = False,
     ) -> list[Admission]:
-        """Admit envelopes whose signature `checks` (from `verify_signatures`) passed;
-        `forwarded` ones (from a peer) only within `forwarded_capacity`."""
+        """Admit envelopes whose signature `checks` (from `verify_signatures`) passed, by
+        their signers' `account` records at the tip; `forwarded` ones (from a peer) only
+        within `forwarded_capacity`."""
         answers = []
         capacity = self.forwarded_capacity if forwarded else self.capacity
         for envelope, signature_error in zip(envelopes, checks, strict=True):
@@ -121,15 +129,16 @@ class Pool:
             new = False
             if error is None:
                 try:
-                    new = self._admit(envelope, committed_nonce(envelope.tx.signer), capacity)
-                except PoolError as refused:
+                    new = self._admit(envelope, account(envelope.tx.signer), capacity)
+                except LedgerError as refused:  # PoolError, or the envelope's authorization
                     error = refused
             answers.append(Admission(envelope, error, new))
         return answers
 
-    def _admit(self, envelope: Envelope, committed: int, capacity: int) -> bool:
+    def _admit(self, envelope: Envelope, account: Mapping[str, Any] | None, capacity: int) -> bool:
         if envelope.tx_id in self._by_id:
             return False  # the same transaction again: already pending, nothing changes
+        committed = 0 if account is None else int(account["nonce"])
         nonce = envelope.tx.nonce
         if nonce <= committed:
             raise PoolError(f"nonce {nonce} is already used (last {committed})", code="bad_nonce")
@@ -138,7 +147,9 @@ class Pool:
                 f"nonce {nonce} is more than {self.nonce_gap_max} ahead of {committed}",
                 code="bad_nonce",
             )
-        pending = self._by_signer.setdefault(envelope.tx.signer, {})
+        pending = self._by_signer.get(envelope.tx.signer, {})
+        if not any(e.tx.type == "set_keys" for n, e in pending.items() if n < nonce):
+            check_authorization(account, envelope)
         if nonce in pending:
             raise PoolError(
                 f"another transaction with nonce {nonce} of this signer is pending",
@@ -146,7 +157,7 @@ class Pool:
             )
         if len(self._by_id) >= capacity:
             raise PoolError(f"the pending pool holds {len(self._by_id)}", code="mempool_full")
-        pending[nonce] = envelope
+        self._by_signer.setdefault(envelope.tx.signer, pending)[nonce] = envelope
         self._by_id[envelope.tx_id] = envelope
         self._by_leaf[leaf_hash(envelope.leaf)] = envelope
         self._sequence += 1

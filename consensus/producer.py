@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from consensus.pool import Pool
 from ledger.blocks import Block, Certificate, sign_certificate, verify_certificate
@@ -179,8 +179,11 @@ class SoloProducer:
         return now_ms - self._tip.head_time >= params.block_interval_ms
 
     def _tip_nonce(self, signer: str) -> int:
-        account = self._tip.get(f"account/{signer}")
+        account = self._tip_account(signer)
         return 0 if account is None else int(account["nonce"])
+
+    def _tip_account(self, signer: str) -> Any:
+        return self._tip.get(f"account/{signer}")
 
     def _committed_nonce(self, signer: str) -> int:
         account = self._state.get(f"account/{signer}")
@@ -212,7 +215,7 @@ class SoloProducer:
         answers = []
         with self._lock:
             # Nonces count from the tip: one in a block being written is used already.
-            admissions = self.pool.admit(envelopes, checks, self._tip_nonce)
+            admissions = self.pool.admit(envelopes, checks, self._tip_account)
         for admission in admissions:
             tx_id = admission.envelope.tx_id
             error = admission.error

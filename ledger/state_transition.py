@@ -28,7 +28,7 @@ import bisect
 import dataclasses
 import datetime
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -523,6 +523,34 @@ _HANDLERS: dict[str, Callable[[_Context], None]] = {
 # --- envelope rules (SPEC §3.1) ---------------------------------------------------------------
 
 
+def check_authorization(account: Mapping[str, Any] | None, envelope: Envelope) -> None:
+    """Every listed key belongs to the signer's key set (`account`: its `account/` record, or
+    None) and together they reach its threshold (SPEC §3.1); whether the signatures verify is
+    another check. The pool makes it on admission too, so that nobody can hold another
+    account's nonce with a transaction that account did not sign."""
+    signer = envelope.tx.signer
+    listed = [signature.public_key for signature in envelope.signatures]
+    if account is not None and account["keys"]:
+        keys, threshold = set(account["keys"]), account["threshold"]
+    else:
+        # Keys not known yet: a single-key account whose id is derived from its key.
+        own = [key for key in listed if compute_account_id([key], 1) == signer]
+        if listed and not own:
+            raise _reject(
+                "unknown_key",
+                f"signer {signer} has no keys on the ledger, and no listed key derives it",
+            )
+        keys, threshold = set(own), 1
+    for key in listed:
+        if key not in keys:
+            raise _reject("unknown_key", f"key {key} is not in the key set of {signer}")
+    distinct = len(set(listed))  # M-of-N means M different keys, however the list was built
+    if distinct < threshold:
+        raise _reject(
+            "insufficient_signatures", f"{distinct} distinct signing keys, threshold {threshold}"
+        )
+
+
 def check_envelope(
     state_get: Callable[[str], Any],
     envelope: Envelope,
@@ -541,26 +569,7 @@ def check_envelope(
     if tx.chain_id != chain_id:
         raise _reject("wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {chain_id!r}")
     account = state_get(f"account/{tx.signer}")
-    listed = [signature.public_key for signature in envelope.signatures]
-    if account is not None and account["keys"]:
-        keys, threshold = set(account["keys"]), account["threshold"]
-    else:
-        # Keys not known yet: a single-key account whose id is derived from its key.
-        own = [key for key in listed if compute_account_id([key], 1) == tx.signer]
-        if listed and not own:
-            raise _reject(
-                "unknown_key",
-                f"signer {tx.signer} has no keys on the ledger, and no listed key derives it",
-            )
-        keys, threshold = set(own), 1
-    for key in listed:
-        if key not in keys:
-            raise _reject("unknown_key", f"key {key} is not in the key set of {tx.signer}")
-    distinct = len(set(listed))  # M-of-N means M different keys, however the list was built
-    if distinct < threshold:
-        raise _reject(
-            "insufficient_signatures", f"{distinct} distinct signing keys, threshold {threshold}"
-        )
+    check_authorization(account, envelope)
     if not signatures_verified:
         try:
             verify_envelope_signatures(envelope)

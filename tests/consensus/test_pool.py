@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from consensus import pool as pool_module
-from consensus.pool import Pool
+from consensus.pool import AccountLookup, Pool
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.limits import POOL_NONCE_GAP_MAX
@@ -38,10 +38,16 @@ def committed(nonces: dict[str, int] | None = None) -> Callable[[str], int]:
     return lambda signer: table.get(signer, 0)
 
 
+def accounts(nonces: dict[str, int] | None = None) -> AccountLookup:
+    """Accounts as the producer's state gives them: single-key ones at these nonces."""
+    table = nonces or {}
+    return lambda signer: {"nonce": table[signer], "keys": []} if signer in table else None
+
+
 def codes(
     pool: Pool, envelopes: Sequence[Envelope], nonces: dict[str, int] | None = None
 ) -> list[str | None]:
-    answers = pool.add_many(envelopes, committed(nonces))
+    answers = pool.add_many(envelopes, accounts(nonces))
     assert [a.envelope for a in answers] == list(envelopes), "one answer per envelope, in order"
     return [None if a.error is None else a.error.code for a in answers]
 
@@ -85,8 +91,8 @@ def test_full_pool_refuses_with_mempool_full_and_evicts_nothing() -> None:
 
 def test_full_pool_error_message_names_the_capacity() -> None:
     pool = Pool(capacity=1)
-    pool.add_many([envelope(ALICE, 1)], committed())
-    (answer,) = pool.add_many([envelope(BOB, 1)], committed())
+    pool.add_many([envelope(ALICE, 1)], accounts())
+    (answer,) = pool.add_many([envelope(BOB, 1)], accounts())
     assert answer.error is not None
     assert answer.error.code == "mempool_full"
     assert "1" in answer.error.message
@@ -271,7 +277,7 @@ def test_forwarded_transactions_leave_room_for_local_clients() -> None:
     assert pool.forwarded_capacity == 2
     signers = [key(f"forwarded-{i}") for i in range(5)]
     forwarded = [envelope(s, 1) for s in signers[:3]]
-    answers = pool.admit(forwarded, [None] * 3, committed(), forwarded=True)
+    answers = pool.admit(forwarded, [None] * 3, accounts(), forwarded=True)
     assert [None if a.error is None else a.error.code for a in answers] == [
         None,
         None,
@@ -285,9 +291,9 @@ def test_forwarded_transactions_leave_room_for_local_clients() -> None:
 def test_admission_says_what_is_new_and_the_pool_finds_envelopes_by_leaf() -> None:
     pool = Pool()
     first = envelope(ALICE, 1)
-    (answer,) = pool.add_many([first], committed())
+    (answer,) = pool.add_many([first], accounts())
     assert answer.new and answer.error is None
-    (again,) = pool.add_many([first], committed())
+    (again,) = pool.add_many([first], accounts())
     assert not again.new and again.error is None  # pending already
     assert pool.by_leaf_hash(leaf_hash(first.leaf)) is first
     assert pool.holds(first)
@@ -296,3 +302,56 @@ def test_admission_says_what_is_new_and_the_pool_finds_envelopes_by_leaf() -> No
     assert pool.by_leaf_hash(leaf_hash(tampered(first).leaf)) is None
     pool.remove([first])
     assert pool.by_leaf_hash(leaf_hash(first.leaf)) is None and not pool.holds(first)
+
+
+# --- who may hold a nonce -----------------------------------------------------------------------
+
+
+def test_nobody_holds_another_accounts_nonce_with_a_transaction_it_did_not_sign() -> None:
+    """A transaction of Alice's account signed by Bob's key, or by no key at all, or a copy
+    of Alice's own with its signatures stripped (ids name the transaction alone) is refused
+    on admission, so Alice's own transaction with that nonce is still taken."""
+    pool = Pool()
+    payload = {"to": CHAIN.carol.account_id, "batch_id": "B-1", "quantity": 1}
+    by_bob = CHAIN.tx(BOB, "transfer", payload, signer=ALICE.account_id, nonce=1)
+    unsigned = Envelope(tx=by_bob.tx, signatures=())
+    own = CHAIN.tx(ALICE, "transfer", payload, nonce=1)
+    stripped = Envelope(tx=own.tx, signatures=())
+    assert codes(pool, [by_bob, unsigned, stripped]) == [
+        "unknown_key",
+        "insufficient_signatures",
+        "insufficient_signatures",
+    ]
+    assert len(pool) == 0
+    assert codes(pool, [own]) == [None]
+    # Against keys on the ledger: an M-of-N account needs M of its own keys.
+    keys = [key(f"shared-{i}") for i in range(3)]
+    shared = {"nonce": 4, "keys": sorted(k.public_key_hex for k in keys), "threshold": 2}
+    account_id = "ab" * 32
+
+    def lookup(signer: str) -> dict[str, object] | None:
+        return shared if signer == account_id else None
+
+    one = CHAIN.tx(keys[0], "transfer", payload, signer=account_id, nonce=5)
+    foreign = CHAIN.tx([keys[0], BOB], "transfer", payload, signer=account_id, nonce=5)
+    two = CHAIN.tx(keys[1:], "transfer", payload, signer=account_id, nonce=5)
+    answers = pool.add_many([one, foreign, two], lookup)
+    assert [None if a.error is None else a.error.code for a in answers] == [
+        "insufficient_signatures",
+        "unknown_key",
+        None,
+    ]
+
+
+def test_after_a_pending_set_keys_the_new_keys_are_taken_on_trust_until_the_block() -> None:
+    """Alice replaces her key (nonce 1, pending): her nonce 2, signed by the new key, cannot be
+    checked against keys the ledger does not hold yet. Block building decides it."""
+    pool = Pool()
+    new_key = key("alice-new")
+    rotate = CHAIN.tx(
+        ALICE, "set_keys", {"keys": [new_key.public_key_hex], "threshold": 1}, nonce=1
+    )
+    payload = {"to": CHAIN.carol.account_id, "batch_id": "B-1", "quantity": 1}
+    after = CHAIN.tx(new_key, "transfer", payload, signer=ALICE.account_id, nonce=2)
+    assert codes(pool, [after]) == ["unknown_key"]  # no set_keys before it: refused
+    assert codes(pool, [rotate, after]) == [None, None]

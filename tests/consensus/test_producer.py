@@ -338,7 +338,8 @@ def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
     producer: SoloProducer, chain: Chain
 ) -> None:
     """Ids come from the transaction alone: signed by a key outside the signer's set it is
-    rejected at block time; the same transaction signed rightly must not keep that answer."""
+    rejected (on admission, by the pool); the same transaction signed rightly must not keep
+    that answer."""
     for envelope in producer.submit(setup_envelopes(chain)):
         assert envelope.status == "pending"
     produced(producer, T1)
@@ -353,8 +354,9 @@ def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
         ),
     )
     assert wrong.tx_id == right.tx_id
-    assert producer.submit([wrong])[0].status == "pending"
-    assert producer.produce(T1 + 1000) is None  # nothing applied: the only candidate failed
+    (refused,) = producer.submit([wrong])
+    assert (refused.status, refused.code) == ("rejected", "unknown_key")
+    assert producer.pending_count() == 0
     assert producer.outcomes[wrong.tx_id].code == "unknown_key"
     (again,) = producer.submit([right])
     assert again.status == "pending"

@@ -92,7 +92,7 @@ def test_close_stops_the_worker_and_may_be_repeated(
 
 def test_a_pool_admits_through_the_worker(worker: SignatureWorker, large: list[Envelope]) -> None:
     pool = Pool(check_signatures=worker.check)
-    admitted = pool.add_many(large, lambda signer: 0)
+    admitted = pool.add_many(large, lambda signer: None)
     expected = check_signatures(large)
     assert [a.error is None for a in admitted] == [e is None for e in expected]
     assert worker.child.process is not None
