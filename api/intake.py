@@ -54,14 +54,16 @@ class Submission:
 
     single: bool
     items: list[Envelope | LedgerError]
-    signature_errors: dict[str, LedgerError]  # tx_id -> its first bad signature
+    # An envelope's leaf (its bytes, signatures included) -> its first bad signature: an id
+    # names the transaction alone, and a broken copy must not stand for a good one beside it.
+    signature_errors: dict[bytes, LedgerError]
 
     @property
     def envelopes(self) -> list[Envelope]:
         return [item for item in self.items if isinstance(item, Envelope)]
 
     def signature_checks(self, envelopes: list[Envelope]) -> list[LedgerError | None]:
-        return [self.signature_errors.get(envelope.tx_id) for envelope in envelopes]
+        return [self.signature_errors.get(envelope.leaf) for envelope in envelopes]
 
 
 def parse_items(
@@ -97,7 +99,7 @@ def parse_submission(body: bytes, *, envelopes_max: int, transaction_bytes_max: 
         single=single,
         items=items,
         signature_errors={
-            envelope.tx_id: SignatureError(failure)
+            envelope.leaf: SignatureError(failure)
             for envelope, failure in zip(envelopes, failures, strict=True)
             if failure is not None
         },
@@ -147,7 +149,7 @@ def _submission(answer: Any) -> Submission:
         raise LedgerError(answer[2], code=answer[1])
     _, single, answers = answer
     items: list[Envelope | LedgerError] = []
-    signature_errors: dict[str, LedgerError] = {}
+    signature_errors: dict[bytes, LedgerError] = {}
     for entry in answers:
         if entry[0] == "item":
             items.append(LedgerError(entry[2], code=entry[1]))
@@ -161,7 +163,7 @@ def _submission(answer: Any) -> Submission:
         )
         items.append(envelope)
         if failure is not None:
-            signature_errors[tx_id] = SignatureError(failure)
+            signature_errors[leaf] = SignatureError(failure)
     return Submission(single=single, items=items, signature_errors=signature_errors)
 
 

@@ -23,7 +23,6 @@ from api.schemas import EXAMPLE_TX_ID
 from api.settings import SUBMISSION_ENVELOPES_MAX, Settings
 from consensus.producer import Outcome
 from ledger.errors import RULE_CODES, LedgerError
-from ledger.transactions import Envelope
 
 router = APIRouter(prefix="/v1", tags=["transactions"])
 
@@ -157,7 +156,7 @@ async def submit(
             # loop, and for a large body in one of the node's intake worker processes (api.intake);
             # then the pool. One trip to a thread for both: on a busy node each trip waits
             # for the GIL.
-            submission, outcomes = await run_in_threadpool(
+            submission, outcomes, broken = await run_in_threadpool(
                 _parse_and_admit, node, body, settings.submission_envelopes_max
             )
     except Refused as refused:
@@ -170,7 +169,8 @@ async def submit(
                 if result is not None:
                     outcomes[result.tx_id] = result
     answers: list[Outcome | LedgerError] = [
-        outcomes[item.tx_id] if isinstance(item, Envelope) else item for item in submission.items
+        item if isinstance(item, LedgerError) else broken.get(item.leaf) or outcomes[item.tx_id]
+        for item in submission.items
     ]
     if submission.single:
         answer = answers[0]
@@ -192,36 +192,39 @@ async def submit(
 
 def _parse_and_admit(
     node: Node, body: bytes, envelopes_max: int
-) -> tuple[Submission, dict[str, Outcome]]:
+) -> tuple[Submission, dict[str, Outcome], dict[bytes, Outcome]]:
     submission = node.intake.parse(
         body,
         envelopes_max=envelopes_max,
         transaction_bytes_max=node.genesis.params.transaction_bytes_max,
     )
-    return submission, _admit(node, submission)
+    return submission, *_admit(node, submission)
 
 
-def _admit(node: Node, submission: Submission) -> dict[str, Outcome]:
-    """Committed transactions answer their original outcome; an envelope whose signature
+def _admit(node: Node, submission: Submission) -> tuple[dict[str, Outcome], dict[bytes, Outcome]]:
+    """The outcomes by transaction id, and the refusals of broken copies by envelope leaf.
+    Committed transactions answer their original outcome. An envelope whose signature
     failed is answered so without the pool (an id names the transaction alone: a broken copy
     says nothing of what became of it, and a flood of them must not push other outcomes out
-    of the producer's memory); the rest go to the pool."""
+    of the producer's memory), and a good copy beside it still goes to the pool, as do the
+    rest."""
     outcomes: dict[str, Outcome] = {}
+    refused: dict[bytes, Outcome] = {}
     fresh = []
     for envelope in submission.envelopes:
         known = node.outcome(envelope.tx_id)
-        failure = submission.signature_errors.get(envelope.tx_id)
+        failure = submission.signature_errors.get(envelope.leaf)
         if known is not None and known.status == "committed":
             outcomes[envelope.tx_id] = known
         elif failure is not None:
-            outcomes[envelope.tx_id] = Outcome(
+            refused[envelope.leaf] = Outcome(
                 tx_id=envelope.tx_id, status="rejected", code=failure.code, message=failure.message
             )
         else:
             fresh.append(envelope)
     for outcome in node.submit(fresh, submission.signature_checks(fresh)):
         outcomes[outcome.tx_id] = outcome
-    return outcomes
+    return outcomes, refused
 
 
 @router.get(

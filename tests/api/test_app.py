@@ -138,6 +138,37 @@ async def test_an_array_answers_each_transaction(live: Live) -> None:
     assert results[2]["problem"]["code"] == "wrong_chain"
 
 
+async def test_nobody_holds_another_accounts_nonce_and_a_broken_copy_spoils_nothing(
+    live: Live,
+) -> None:
+    """Alice's next nonce cannot be taken by a transaction she did not sign (signed by Bob's
+    key, by none, or her own with its signatures stripped): each is refused and changes
+    nothing, and her own transaction with that nonce commits. In one array, a copy of a
+    transaction with a broken signature is refused without spoiling the good copy beside it."""
+    await funded(live)
+    chain = live.chain
+    payload = {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 5}
+    nonce = chain.next_nonce(chain.alice.account_id)
+    own = chain.tx(chain.alice, "transfer", payload, nonce=nonce)
+    by_bob = chain.tx(chain.bob, "transfer", payload, signer=chain.alice.account_id, nonce=nonce)
+    for squatter, code in (
+        (by_bob.to_json(), "unknown_key"),
+        ({"tx": by_bob.to_json()["tx"], "signatures": []}, "insufficient_signatures"),
+        ({"tx": own.to_json()["tx"], "signatures": []}, "insufficient_signatures"),
+    ):
+        assert_problem(await post(live, squatter, wait=False), 422, code)
+        assert live.node.producer.pending_count() == 0
+    broken = own.to_json()
+    signature = broken["signatures"][0]["signature"]
+    broken["signatures"][0]["signature"] = ("0" if signature[0] != "0" else "1") + signature[1:]
+    response = await post(live, [broken, own.to_json()])
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "committed"], results
+    assert results[0]["problem"]["code"] == "bad_signature"
+    alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
+    assert alice["nonce"] == nonce and alice["holdings"][0]["circulating"] == 1000 - 5
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

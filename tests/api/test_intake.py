@@ -70,7 +70,7 @@ def summary(submission: Submission) -> list[Any]:
             item.leaf,
             item.signing_bytes(),
             item,
-            error_of(submission.signature_errors.get(item.tx_id)),
+            error_of(submission.signature_errors.get(item.leaf)),
         )
         for item in submission.items
     ] + [submission.single]
