@@ -279,11 +279,11 @@ def verify_receipt_file(
     record and its lots are retired in the state, under a certificate of the trusted set."""
     if (genesis_file is None) == (validators_hash is None):
         raise typer.BadParameter("give either --genesis FILE or --validators-hash HEX")
-    genesis_hash = None
+    genesis_hash = chain_id = None
     if genesis_file is not None:
         genesis = read_genesis(genesis_file)
         trusted = compute_validators_hash(genesis.validators)
-        genesis_hash = genesis.genesis_hash()
+        genesis_hash, chain_id = genesis.genesis_hash(), genesis.chain_id
     else:
         assert validators_hash is not None
         trusted = validators_hash.lower()
@@ -293,7 +293,9 @@ def verify_receipt_file(
         fail(f"receipt not verified: {receipt_file} is over {RECEIPT_FILE_BYTES_MAX} bytes")
     try:
         receipt = decode(data, max_depth=RECEIPT_DEPTH_MAX)
-        verify_receipt(receipt, validators_hash=trusted, genesis_hash=genesis_hash)
+        verify_receipt(
+            receipt, validators_hash=trusted, genesis_hash=genesis_hash, chain_id=chain_id
+        )
     except LedgerError as error:
         fail(f"receipt not verified: {error.message}")
     record = receipt["retirement"]

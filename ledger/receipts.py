@@ -3,7 +3,11 @@
 `verify_receipt(receipt, *, validators_hash)` trusts nothing but `validators_hash` (from the
 genesis file, or a validator set the verifier already trusts) and checks, in order:
 
-1. The receipt has exactly the SPEC's fields, each well-formed and within its bounds.
+1. The receipt has exactly the SPEC's fields, each well-formed and within its bounds; with a
+   trusted `chain_id` (a genesis file's), the header is of that chain. The receipt's own
+   `genesis_hash` is a claim nobody signs: only the chain id, which every certificate's
+   precommits sign, ties a receipt to one chain, so two chains sharing a validator set (a
+   test chain and the real one) cannot pass for each other.
 2. The validators hash to `validators_hash`, and so does the header's `validators_hash`.
 3. The certificate commits the header's block hash with more than 2/3 of their power.
 4. The transaction is a `retire` on this chain whose id is the retirement's id, whose fields
@@ -54,12 +58,17 @@ _RECEIPT: Final = s.obj(
 
 
 def verify_receipt(
-    receipt: Any, *, validators_hash: str | bytes, genesis_hash: str | None = None
+    receipt: Any,
+    *,
+    validators_hash: str | bytes,
+    genesis_hash: str | None = None,
+    chain_id: str | None = None,
 ) -> None:
-    """Check a retirement receipt offline (steps in the module docstring)."""
+    """Check a retirement receipt offline (steps in the module docstring). A verifier that
+    trusts a genesis file passes its hash and its `chain_id`."""
     trusted = validators_hash.hex() if isinstance(validators_hash, bytes) else validators_hash
     try:
-        _verify(receipt, trusted, genesis_hash)
+        _verify(receipt, trusted, genesis_hash, chain_id)
     except InvalidProofError:
         raise
     except LedgerError as error:
@@ -79,7 +88,7 @@ def _fail(step: str, message: str) -> InvalidProofError:
     return InvalidProofError(f"receipt step {step}: {message}")
 
 
-def _verify(receipt: Any, trusted: str, genesis_hash: str | None) -> None:
+def _verify(receipt: Any, trusted: str, genesis_hash: str | None, chain_id: str | None) -> None:
     # 1. Shape.
     fields = _RECEIPT("receipt", receipt)
     header = parse_header(fields["checkpoint"]["header"], "receipt.checkpoint.header")
@@ -95,6 +104,8 @@ def _verify(receipt: Any, trusted: str, genesis_hash: str | None) -> None:
         raise _fail("1", "retirement is not an object")
     if genesis_hash is not None and fields["genesis_hash"] != genesis_hash:
         raise _fail("1", "the receipt is for another chain's genesis")
+    if chain_id is not None and header.chain_id != chain_id:
+        raise _fail("1", f"the receipt is for chain {header.chain_id!r}, not {chain_id!r}")
 
     # 2. The validators are the trusted ones, and the ones the header names.
     computed = compute_validators_hash(validators)

@@ -7,6 +7,7 @@
 (() => {
   const script = document.currentScript;
   const genesisHash = script.dataset.genesisHash;
+  const chainId = script.dataset.chainId;
   const HEX64 = /^[0-9a-f]{64}$/;
   const MARKS = {
     true: ["✔", "verified", "已核验 Verified"],
@@ -71,7 +72,7 @@
     const seal = document.querySelector("[data-seal]");
     try {
       const text = document.getElementById("receipt-data").textContent;
-      const report = await TanlianVerify.verifyReceiptText(text, { validatorsHash: trusted(section), genesisHash });
+      const report = await TanlianVerify.verifyReceiptText(text, { validatorsHash: trusted(section), genesisHash, chainId });
       show(result, report, "this certificate's receipt");
       const [mark, state, words] = MARKS[String(report.verified)];
       seal.textContent = `${mark} ${words}`;
@@ -95,7 +96,11 @@
       }
       if (!text.trim()) throw new TanlianVerify.ProofError("choose a receipt file or paste its JSON");
       const sameChain = form.querySelector("#same-chain").checked;
-      const report = await TanlianVerify.verifyReceiptText(text, { validatorsHash: trusted(form), genesisHash: sameChain ? genesisHash : null });
+      const report = await TanlianVerify.verifyReceiptText(text, {
+        validatorsHash: trusted(form),
+        genesisHash: sameChain ? genesisHash : null,
+        chainId: sameChain ? chainId : null,
+      });
       const record = report.receipt && report.receipt.retirement;
       const subject = record && typeof record === "object" ? `retirement ${String(record.retirement_id).slice(0, 16)}…` : "the receipt";
       show(result, report, subject);

@@ -652,9 +652,11 @@ const TanlianVerify = (() => {
 
   /**
    * A retirement receipt (SPEC §6.3) against a trusted validator set hash, and the genesis hash
-   * when one is given; the steps of ledger/receipts.py, in order, stopping at the first failure.
+   * and chain id when they are given (the chain id is what the certificate signs: the receipt's
+   * own genesis_hash is an unsigned claim); the steps of ledger/receipts.py, in order, stopping
+   * at the first failure.
    */
-  async function verifyReceipt(receipt, { validatorsHash: trusted, genesisHash: chain = null }) {
+  async function verifyReceipt(receipt, { validatorsHash: trusted, genesisHash: chain = null, chainId = null }) {
     const report = new Report(RECEIPT_STEPS);
     const signatures = await ed25519Available().catch(() => false);
     report.signatures = signatures;
@@ -683,6 +685,7 @@ const TanlianVerify = (() => {
         record = receipt.retirement;
         if (record === null || typeof record !== "object" || Array.isArray(record)) fail("retirement is not an object");
         if (chain !== null && receipt.genesis_hash !== chain) fail("the receipt is for another chain's genesis");
+        if (chainId !== null && header.chain_id !== chainId) fail(`the receipt is for chain ${JSON.stringify(header.chain_id)}, not ${JSON.stringify(chainId)}`);
       })) &&
       (await report.run(async () => {
         const computed = await validatorsHash(validators);

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.genesis import parse_genesis
 from ledger.store import DATABASE_FILE
 from tests.api.test_cli import assert_fails_cleanly, tanlian
 
@@ -71,6 +72,24 @@ def test_a_tampered_receipt_fails_with_one_line(demo: Path, tmp_path: Path) -> N
     receipt.write_text(json.dumps(document))
     result = tanlian("verify", "receipt", receipt, "--genesis", demo / "genesis.json")
     assert_fails_cleanly(result, "receipt not verified")
+
+
+def test_a_receipt_of_another_chain_with_the_same_validators_fails(
+    demo: Path, tmp_path: Path
+) -> None:
+    """A test chain run by the same validators certifies its own retirements with the same
+    keys: only the chain id, which the precommits sign, tells its receipts from the real
+    chain's. The receipt's genesis_hash is a claim anyone can rewrite."""
+    receipt = tmp_path / "receipt.json"
+    write_receipt(demo, retirement_ids(demo)[0], receipt)
+    genesis = json.loads((demo / "genesis.json").read_text())
+    other = {**genesis, "chain_id": "zibo-prod"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    document = json.loads(receipt.read_text())
+    document["genesis_hash"] = parse_genesis(other).genesis_hash()  # claims the other chain
+    receipt.write_text(json.dumps(document))
+    result = tanlian("verify", "receipt", receipt, "--genesis", tmp_path / "other.json")
+    assert_fails_cleanly(result, f"is for chain {genesis['chain_id']!r}, not 'zibo-prod'")
 
 
 def test_a_receipt_that_is_not_json_fails_with_one_line(demo: Path, tmp_path: Path) -> None:

@@ -284,24 +284,30 @@ def test_a_transaction_verifies_with_its_button(explorer: Explorer) -> None:
 # --- the JavaScript verifier agrees with the Python one -----------------------------------------
 
 
-def python_verifies_receipt(text: str, explorer: Explorer) -> bool:
+def python_verifies_receipt(text: str, explorer: Explorer, chain_id: str | None = None) -> bool:
     try:
         verify_receipt(
             decode(text, max_depth=8),
             validators_hash=explorer.trusted,
             genesis_hash=explorer.genesis.genesis_hash(),
+            chain_id=chain_id or explorer.genesis.chain_id,
         )
     except LedgerError:
         return False
     return True
 
 
-def js_verifies_receipt(text: str, explorer: Explorer) -> Any:
+def js_verifies_receipt(text: str, explorer: Explorer, chain_id: str | None = None) -> Any:
     explorer.load_verifier()
     return explorer.page.evaluate(
-        "async ([text, trusted, genesis]) => (await TanlianVerify.verifyReceiptText(text, "
-        "{validatorsHash: trusted, genesisHash: genesis})).verified",
-        [text, explorer.trusted, explorer.genesis.genesis_hash()],
+        "async ([text, trusted, genesis, chainId]) => (await TanlianVerify.verifyReceiptText("
+        "text, {validatorsHash: trusted, genesisHash: genesis, chainId})).verified",
+        [
+            text,
+            explorer.trusted,
+            explorer.genesis.genesis_hash(),
+            chain_id or explorer.genesis.chain_id,
+        ],
     )
 
 
@@ -382,6 +388,9 @@ def test_the_genuine_receipt_verifies_in_both(explorer: Explorer, genuine_receip
     text = json.dumps(genuine_receipt, ensure_ascii=False)
     assert python_verifies_receipt(text, explorer)
     assert js_verifies_receipt(text, explorer) is True
+    # Trusted for another chain (one run by the same validators), it fails in both.
+    assert not python_verifies_receipt(text, explorer, chain_id="zibo-prod")
+    assert js_verifies_receipt(text, explorer, chain_id="zibo-prod") is False
 
 
 @settings(max_examples=60, deadline=None)
