@@ -168,6 +168,11 @@ def consistency_path(size1: int, size2: int, node: NodeReader) -> list[bytes]:
     return proof
 
 
+def _check_path(name: str, path: object) -> None:
+    if not isinstance(path, list | tuple):
+        raise InvalidProofError(f"{name} is not a list of hashes")
+
+
 def _check_hash(name: str, value: object) -> bytes:
     if not isinstance(value, bytes) or len(value) != HASH_BYTES:
         raise InvalidProofError(f"{name} is not a {HASH_BYTES}-byte hash")
@@ -182,6 +187,7 @@ def verify_inclusion(
     _check_hash("root", root)
     if not (isinstance(index, int) and isinstance(size, int)) or not 0 <= index < size:
         raise InvalidProofError(f"index {index} is not inside a tree of size {size}")
+    _check_path("inclusion path", path)
     if len(path) > 64:
         raise InvalidProofError("inclusion path is longer than any tree allows")
     fn, sn = index, size - 1
@@ -218,6 +224,7 @@ def verify_consistency(
         raise InvalidProofError("a consistency proof from size 0 is meaningless")
     if size1 > size2:
         raise InvalidProofError(f"first size {size1} is larger than second size {size2}")
+    _check_path("consistency path", path)
     if len(path) > 128:
         raise InvalidProofError("consistency path is longer than any tree allows")
     for position, node in enumerate(path):

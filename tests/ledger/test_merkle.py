@@ -504,3 +504,11 @@ def test_wrong_path_lengths_name_the_failed_check() -> None:
             if len(proof) > 1:
                 with pytest.raises(InvalidProofError, match="shorter"):
                     check_consistency(size1, size, proof[:-1], r1, r2)
+
+
+@pytest.mark.parametrize("bad", [None, 7, b"\x00" * 32, "00" * 32, {}], ids=repr)
+def test_a_path_that_is_not_a_list_is_refused(bad: Any) -> None:
+    """A script passing `proof.get("path")` (None) or a hex string still gets the library's
+    own error (SPEC §6.4), never a TypeError."""
+    expect_refused(check_inclusion, 2, 5, bad, mth(0, 5))
+    expect_refused(check_consistency, 3, 7, bad, mth(0, 3), mth(0, 7))
