@@ -237,6 +237,19 @@ class Node:
         self._writer.close()
 
     def _run(self) -> None:
+        """The block loop's thread. Whatever ends it unforeseen stops the node (`_fail`), so
+        that a node whose loop has died never looks alive and takes transactions it will
+        never decide."""
+        try:
+            self._produce()
+        except Exception as error:
+            log.exception("the block loop failed")
+            if self._solo is None:
+                assert not isinstance(self.producer, SoloProducer)
+                self._report_settled(self.producer)
+            self._fail(f"the block loop failed: {type(error).__name__}: {error}")
+
+    def _produce(self) -> None:
         """Cut blocks; block N+1 is built while block N is written (`SoloProducer`)."""
         if self._solo is None:
             assert not isinstance(self.producer, SoloProducer)

@@ -402,7 +402,15 @@ class Store:
     # --- reading --------------------------------------------------------------------------
 
     def read_block(self, height: int) -> Block:
-        """The block at `height`, checked before it is returned (`_check_block`)."""
+        """The block at `height`, checked before it is returned (`_check_block`). A page
+        SQLite cannot read (a damaged file, a failing disk) is a StoreError too, like any
+        other damage to the block."""
+        try:
+            return self._read_block(height)
+        except sqlite3.Error as error:
+            raise StoreError(f"block {height} could not be read: {error}") from error
+
+    def _read_block(self, height: int) -> Block:
         row = self._conn.execute(
             "SELECT header, last_commit, evidence, hash FROM blocks WHERE height = ?", (height,)
         ).fetchone()
@@ -473,7 +481,16 @@ class Store:
 
     def read_certificate(self, height: int) -> Certificate:
         """The certificate of `height`, checked against the block's stored header and the
-        validator set that header names: a corrupt one is never served as valid."""
+        validator set that header names: a corrupt one is never served as valid (nor is an
+        unreadable one: StoreError, as for `read_block`)."""
+        try:
+            return self._read_certificate(height)
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"the certificate of block {height} could not be read: {error}"
+            ) from error
+
+    def _read_certificate(self, height: int) -> Certificate:
         row = self._conn.execute(
             "SELECT certificate, header FROM blocks WHERE height = ?", (height,)
         ).fetchone()

@@ -520,3 +520,55 @@ def test_a_full_disk_leaves_no_half_written_key_or_genesis(command: str, tmp_pat
         )  # fmt: skip
         assert again.returncode == 0, again.stderr
         assert os.stat(target).st_mode & 0o077 == 0, "a key file readable by others"
+
+
+def test_a_block_sqlite_cannot_read_is_a_store_error(chain: Chain, tmp_path: Path) -> None:
+    """A page SQLite cannot read (here SQLite refuses the reads itself, as it refuses those of
+    a damaged file) is damage like any other: StoreError, which the block loop's sending of
+    old blocks to a lagging peer knows how to skip (decision 8)."""
+    Store.create(tmp_path, chain.genesis_document).close()
+    node, _ = started(tmp_path, chain)
+    try:
+        assert commit(node, [chain.accredit()]) == ["committed"]
+    finally:
+        node.stop()
+    store = Store.open(tmp_path)
+    try:
+        assert store.read_block(1).height == 1
+        store._conn.set_authorizer(
+            lambda action, table, *_: (
+                sqlite3.SQLITE_DENY if table == "blocks" else sqlite3.SQLITE_OK
+            )
+        )
+        with pytest.raises(StoreError, match="block 1 could not be read"):
+            store.read_block(1)
+        with pytest.raises(StoreError, match="certificate of block 1 could not be read"):
+            store.read_certificate(1)
+    finally:
+        store._conn.set_authorizer(None)
+        store.close()
+
+
+def test_anything_unforeseen_in_the_block_loop_stops_the_node(chain: Chain, tmp_path: Path) -> None:
+    """A block loop that dies of an error nobody foresaw must not leave a node that answers
+    HTTP and takes transactions it will never decide: it stops, saying why."""
+    Store.create(tmp_path, chain.genesis_document).close()
+    node = Node(tmp_path, chain.validator, peers=[f"http://127.0.0.1:{free_port()}"])
+    producer = node.producer
+    assert isinstance(producer, BftProducer)
+    stopped: list[str] = []
+    node.on_failure = stopped.append
+
+    def unforeseen(now_ms: int) -> CommittedBlock | None:
+        raise RuntimeError("an error nobody foresaw")
+
+    producer.produce = unforeseen  # type: ignore[method-assign]
+    node.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while node.failure is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert node.failure == "the block loop failed: RuntimeError: an error nobody foresaw"
+        assert stopped == [node.failure]
+    finally:
+        node.stop()
