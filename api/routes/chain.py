@@ -129,6 +129,10 @@ def export(
         Query(ge=1, le=JSON_INTEGER_MAX, openapi_examples=example(10, "Up to height 10")),
     ] = None,
 ) -> StreamingResponse:
+    if to_height is not None and to_height < from_height:
+        raise LedgerError(
+            f"to_height {to_height} is below from_height {from_height}", code="invalid_field"
+        )
     last = node.state.height if to_height is None else min(to_height, node.state.height)
     store = Store.open(node.data)  # its own connection: the stream outlives this thread
     produced = store.export_lines(from_height, last)
