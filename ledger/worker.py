@@ -134,8 +134,11 @@ class Child:
 def run_child(serve: Callable[[IO[bytes], IO[bytes]], None]) -> None:
     """A child's main: `serve(requests, answers)` until the node closes the pipe."""
     # The node stops its child by closing the pipe; a Ctrl-C meant for the node is not the
-    # child's (and a block being written must finish or roll back, not stop halfway).
+    # child's (and a block being written must finish or roll back, not stop halfway). Nor is
+    # a SIGTERM sent to the node's whole process group (systemd's stop, `timeout`): the node
+    # stops gracefully on it and then closes the pipe; a node killed outright closes it too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Answers go to a private copy of stdout; anything printed by accident goes to stderr.
     sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
