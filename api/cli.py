@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -21,9 +22,16 @@ import uvicorn
 from api.app import create_app
 from api.cli_client import export_from_node, query, tx
 from api.cli_cluster import cluster
-from api.cli_verify import verify_app
+from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
-from api.console import atomic_file, fails_cleanly, out, write_atomically
+from api.console import (
+    atomic_file,
+    fails_cleanly,
+    load_key,
+    out,
+    passphrase,
+    write_atomically,
+)
 from api.demo import build_demo
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
@@ -31,9 +39,8 @@ from api.settings import Settings
 from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
-from ledger.encoding import decode
 from ledger.errors import LedgerError, StoreError
-from ledger.genesis import decode_genesis, make_genesis_document
+from ledger.genesis import make_genesis_document
 from ledger.store import DATABASE_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
 
@@ -52,17 +59,7 @@ app.add_typer(verify_app, name="verify")
 app.command("tx")(tx)
 app.command("query")(query)
 
-PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
 POLL_SECONDS = 0.05  # how often the block loop looks at the clock and the pool
-
-
-def _passphrase() -> bytes | None:
-    value = os.environ.get(PASSPHRASE_ENV)
-    return value.encode() if value else None
-
-
-def load_key(path: Path) -> PrivateKey:
-    return PrivateKey.from_pem(path.read_bytes(), _passphrase())
 
 
 @keys_app.command("new")
@@ -74,7 +71,7 @@ def keys_new(
     if out_file.exists():
         raise LedgerError(f"{out_file} exists: refusing to overwrite a key", code="exists")
     key = PrivateKey.generate()
-    write_atomically(out_file, key.to_pem(_passphrase()), mode=0o600)
+    write_atomically(out_file, key.to_pem(passphrase()), mode=0o600)
     out.print(f"public key  {key.public_key_hex}\naccount id  {key.account_id}", highlight=False)
 
 
@@ -129,6 +126,12 @@ def _build_demo(data: Path, transactions: int, seed: int) -> None:
         raise LedgerError(
             f"{data} holds a ledger already: choose an empty directory", code="exists"
         )
+    for made in (data / "genesis.json", data / "keys"):
+        if made.exists():  # a demo writes both: never over someone's keys
+            raise LedgerError(
+                f"{made} exists but {data} holds no ledger: remove it or choose an empty directory",
+                code="exists",
+            )
     started = time.perf_counter()
     summary = build_demo(
         data,
@@ -166,6 +169,7 @@ def export(
         out.print(f"wrote {blocks} blocks to {out_file}", highlight=False)
         return
     assert data is not None
+    _refuse_store_files(out_file, data)
     store = Store.open(data)
     try:
         store.load_state()  # refuse to export from a damaged store
@@ -176,6 +180,15 @@ def export(
     out.print(f"wrote {blocks} blocks to {out_file}", highlight=False)
 
 
+def _refuse_store_files(out_file: Path, data: Path) -> None:
+    """--out must not name the ledger's own database (or its WAL): that would be the chain."""
+    store_files = {(data / f"{DATABASE_FILE}{suffix}").resolve() for suffix in ("", "-wal", "-shm")}
+    if out_file.resolve() in store_files:
+        raise LedgerError(
+            f"{out_file} is the ledger's own database: choose another --out", code="exists"
+        )
+
+
 @app.command()
 @fails_cleanly
 def receipt(
@@ -184,6 +197,7 @@ def receipt(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the receipt.")],
 ) -> None:
     """Write the self-contained receipt of a retirement (SPEC §6.3), against the head."""
+    _refuse_store_files(out_file, data)
     store = Store.open(data)
     try:
         document = store.receipt(store.load_state(), retirement_id.lower())
@@ -236,18 +250,19 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         )
     if follow and peer:
         raise typer.BadParameter("a follower has no --peer: it follows the --follow nodes")
-    for url in follow:
-        try:
-            Client(url).close()
-        except ClientError as error:
-            raise typer.BadParameter(f"--follow {error.message}") from None
+    for option, urls in (("--follow", follow), ("--peer", peer or [])):
+        for url in urls:
+            try:
+                Client(url).close()
+            except ClientError as error:
+                raise typer.BadParameter(f"{option} {error.message}") from None
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise typer.BadParameter(f"--listen must be HOST:PORT, not {listen!r}")
     if resync and not (peer or follow):
         raise typer.BadParameter("--resync rebuilds the store from other nodes: give --peer")
-    document = decode(genesis_file.read_bytes())
-    genesis_hash = decode_genesis(genesis_file.read_bytes()).genesis_hash()
+    genesis = read_genesis(genesis_file)  # bounded, and named in its errors
+    document, genesis_hash = genesis.document, genesis.genesis_hash()
     key = None if validator_key is None else load_key(validator_key)
     if resync:
         _check_same_chain(data, genesis_hash, genesis_file)  # never set aside another chain
@@ -329,12 +344,18 @@ def _serve(
         ensure_file_limit(settings)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    running = Node(data, validator, peers=peers, follow=follow)
+    listening = _listening_socket(host, port)
+    try:
+        running = Node(data, validator, peers=peers, follow=follow)
+    except BaseException:
+        listening.close()
+        raise
     running.on_block = _print_block
     try:
         app_ = create_app(running, settings)
     except ValueError as error:  # a setting the explorer cannot use
         running.stop()
+        listening.close()
         raise typer.BadParameter(str(error)) from None
     state = running.state
     base = f"http://{host}:{port}"
@@ -369,17 +390,44 @@ def _serve(
     # a clean stop exits 0.
     signal.signal(signal.SIGTERM, _after_shutdown)
     try:
-        server.run()
+        server.run(sockets=[listening])
     except KeyboardInterrupt:
         pass
+    except SystemExit as exited:  # uvicorn's own startup failure (it logged why)
+        if exited.code not in (None, 0):
+            running.stop()
+            raise LedgerError("the HTTP server could not start", code="exited") from None
     finally:
         stopping.set()
+        listening.close()
     if running.failure is not None:
         raise LedgerError(
             f"stopped at height {running.state.height}: {running.failure}",
             code="store_unavailable",
         )
     out.print(f"stopped at height {running.state.height}", highlight=False)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before the node says it runs: a port in use, or a host this
+    machine cannot listen on, is one line and exit 1, not uvicorn's exit 3 after the banner.
+    An IPv6 address may come in brackets (`[::1]:8000`)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listening = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as error:
+        raise LedgerError(f"cannot listen on {host}:{port}: {error}", code="bad_listen") from None
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+    except OSError as error:
+        listening.close()
+        reason = error.strerror or str(error)
+        raise LedgerError(f"cannot listen on {host}:{port}: {reason}", code="bad_listen") from None
+    return listening
 
 
 def _after_shutdown(signum: int, frame: object) -> None:

@@ -38,8 +38,14 @@ from typing import Annotated, Any, Final
 
 import typer
 
-from api.client import Client, ClientError
-from api.console import err, fail, fails_cleanly, out
+from api.client import (
+    ONE_ANSWER_SECONDS_MAX,
+    STREAM_PACE_BYTES_MIN,
+    STREAM_PACE_SECONDS,
+    Client,
+    ClientError,
+)
+from api.console import err, fail, fails_cleanly, load_key, out
 from ledger import schema as s
 from ledger.crypto import PrivateKey
 from ledger.encoding import JSON, KEY_PATTERN, canonical, decode
@@ -159,7 +165,6 @@ def _read_bounded(source: str) -> bytes:
 
 
 def _load_keys(paths: list[Path]) -> list[PrivateKey]:
-    from api.cli import load_key  # noqa: PLC0415 - api.cli imports this module
 
     keys = [load_key(path) for path in paths]
     public_keys = [key.public_key_hex for key in keys]
@@ -265,7 +270,7 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
     keys = _load_keys(key)
     account = signer.lower() if signer is not None else keys[0].account_id
     _transaction(kind, account, nonce or 1, LOCAL_CHAIN_ID, payload)  # before any network call
-    with Reader(node) as client:
+    with Reader(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         genesis = parse_genesis(client.genesis())
         transaction = _transaction(
             kind, account, nonce or next_nonce(client, account), genesis.chain_id, payload
@@ -308,7 +313,7 @@ def query(
     normalized = item_id.lower() if pattern is s.HEX64 else item_id
     if not pattern.match(normalized):
         raise typer.BadParameter(f"{item_id!r} is not {shape}", param_hint="ID")
-    with Reader(node) as client:
+    with Reader(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         value = client.read(kind, normalized)
     out.print_json(data=value, ensure_ascii=False)
 
@@ -321,7 +326,10 @@ def export_from_node(node: str, out_file: Path) -> int:
     handle, temporary = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.")
     lines = 0
     try:
-        with Client(node) as client, os.fdopen(handle, "wb") as file:
+        with (
+            Client(node, answer_pace=(STREAM_PACE_BYTES_MIN, STREAM_PACE_SECONDS)) as client,
+            os.fdopen(handle, "wb") as file,
+        ):
             for line in client.export_lines():
                 file.write(line)
                 if line.endswith(b"\n"):

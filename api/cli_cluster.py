@@ -20,7 +20,8 @@ from typing import Annotated, Final
 
 import typer
 
-from api.console import fails_cleanly, out
+from api.cli_verify import read_genesis
+from api.console import fails_cleanly, out, read_key_file, write_atomically
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -38,26 +39,34 @@ def party_names(count: int) -> list[str]:
 
 def _key(path: Path) -> PrivateKey:
     if path.exists():
-        return PrivateKey.from_pem(path.read_bytes())
+        return PrivateKey.from_pem(read_key_file(path))
     key = PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.to_pem())
-    path.chmod(0o600)
+    write_atomically(path, key.to_pem(), mode=0o600)
     return key
 
 
 def prepare(data: Path, names: list[str]) -> Path:
-    """Keys and genesis under `data` (made once; the same on later runs)."""
+    """Keys and genesis under `data` (made once; the same on later runs). An existing genesis
+    is checked, with each party's key against it, before anything is written."""
     genesis = data / "genesis.json"
-    keys = {name: _key(data / name / "validator.pem") for name in names}
     if genesis.exists():
-        document = json.loads(genesis.read_text())
-        named = sorted(v["name"] for v in document["validators"])
-        if named != sorted(names):
+        named = {v.name: v.public_key for v in read_genesis(genesis).validators}
+        if sorted(named) != sorted(names):
             raise LedgerError(
-                f"{genesis} names validators {named}, not {sorted(names)}", code="exists"
+                f"{genesis} names validators {sorted(named)}, not {sorted(names)}", code="exists"
             )
+        for name in names:
+            path = data / name / "validator.pem"
+            if (
+                not path.exists()
+                or PrivateKey.from_pem(read_key_file(path)).public_key_hex != (named[name])
+            ):
+                raise LedgerError(
+                    f"{path} is not the key {genesis} names for {name}", code="exists"
+                )
         return genesis
+    keys = {name: _key(data / name / "validator.pem") for name in names}
     authority = _key(data / "authority.pem")
     document = make_genesis_document(
         chain_id=CHAIN_ID,
@@ -69,7 +78,7 @@ def prepare(data: Path, names: list[str]) -> Path:
             Validator(public_key=keys[name].public_key_hex, power=1, name=name) for name in names
         ],
     )
-    genesis.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    write_atomically(genesis, json.dumps(document, indent=2, ensure_ascii=False).encode())
     return genesis
 
 

@@ -53,7 +53,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from api.client import Client, ClientError
+from api.client import (
+    ONE_ANSWER_SECONDS_MAX,
+    STREAM_PACE_BYTES_MIN,
+    STREAM_PACE_SECONDS,
+    Client,
+    ClientError,
+)
 from api.console import err, fail, fails_cleanly, out, write_atomically
 from consensus.pool import verify_signatures
 from consensus.producer import tune_garbage_collector
@@ -240,7 +246,8 @@ def verify_chain(
         fail(f"error ({error.code}): {error.message}")
     try:
         if node is not None:
-            with Client(node) as client:
+            pace = (STREAM_PACE_BYTES_MIN, STREAM_PACE_SECONDS)
+            with Client(node, answer_pace=pace) as client:
                 report, seconds = audit_node(client, genesis)
         else:
             assert export_file is not None
@@ -560,7 +567,7 @@ def verify_monitor(
         raise typer.BadParameter("--rounds above 1 needs --interval SECONDS")
     genesis = read_genesis(genesis_file)
     evidence_file = state_file.with_name(state_file.name + EVIDENCE_SUFFIX)
-    with Client(node) as client:
+    with Client(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         for round_number in range(rounds):
             if round_number > 0:
                 assert interval is not None

@@ -45,6 +45,13 @@ EXPORT_LINE_BYTES_MAX_DEFAULT: Final = (
     + LINE_OVERHEAD_BYTES
 )
 REASON_CHARS_MAX: Final = 300  # how much of a transport error's text a message quotes
+# What the command line allows a node: a whole one-shot answer (a read, a submission that
+# waits for its commit) within ONE_ANSWER_SECONDS_MAX; a streamed export at least
+# STREAM_PACE_BYTES_MIN bytes every STREAM_PACE_SECONDS (a long chain takes as long as it
+# takes, but a node dripping bytes does not hold an auditor for ever).
+ONE_ANSWER_SECONDS_MAX: Final = 60.0
+STREAM_PACE_BYTES_MIN: Final = 64 * 1024
+STREAM_PACE_SECONDS: Final = 30.0
 
 assert ANSWER_BYTES_MAX >= 16 * 1024 * 1024, "a genesis file (16 MiB) must fit in an answer"
 
@@ -77,14 +84,19 @@ class Client:
         *,
         timeout: float = TIMEOUT_SECONDS_DEFAULT,
         answer_seconds_max: float | None = None,
+        answer_pace: tuple[int, float] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """`timeout` bounds each step (connecting, each read, ...); `answer_seconds_max`, if
-        given, a whole request, from sending it to the last byte of its answer."""
+        given, a whole request, from sending it to the last byte of its answer;
+        `answer_pace` (bytes, seconds), if given, how slowly an answer may come: at least
+        that many bytes in every window of that many seconds."""
         try:
             url = httpx.URL(base_url)
-        except (httpx.InvalidURL, TypeError) as error:
-            raise ClientError(f"{base_url!r} is not a URL: {error}", code="bad_url") from error
+            url.host.encode("idna")  # what connecting does: an empty or long label fails here
+        except (httpx.InvalidURL, TypeError, ValueError) as error:  # UnicodeError: a ValueError
+            reason = _one_line(str(error))
+            raise ClientError(f"{base_url!r} is not a URL: {reason}", code="bad_url") from error
         if url.scheme not in ("http", "https") or not url.host:
             raise ClientError(
                 f"{base_url!r} is not an http:// or https:// URL with a host", code="bad_url"
@@ -92,6 +104,7 @@ class Client:
         self.base_url = str(url).rstrip("/")
         self.timeout = timeout
         self.answer_seconds_max = answer_seconds_max
+        self.answer_pace = answer_pace
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -241,6 +254,8 @@ class Client:
                         time.monotonic() + self.answer_seconds_max,
                         response.request,
                     )
+                if self.answer_pace is not None:
+                    response.stream = _Pace(response.stream, self.answer_pace, response.request)
                 yield response
         except httpx.HTTPError as error:
             raise self._transport_error(error) from error
@@ -328,6 +343,35 @@ class _Deadline(httpx.SyncByteStream):
         for chunk in self._stream:
             if time.monotonic() > self._deadline:
                 raise httpx.ReadTimeout("the whole answer took too long", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _Pace(httpx.SyncByteStream):
+    """An answer's bytes, refused (as a read timeout) once a window of `pace[1]` seconds has
+    brought fewer than `pace[0]` bytes: a node that keeps a stream alive byte by byte."""
+
+    def __init__(self, stream: Any, pace: tuple[int, float], request: httpx.Request) -> None:
+        self._stream = stream
+        self._bytes_min, self._seconds = pace
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        window_end = time.monotonic() + self._seconds
+        received = 0
+        for chunk in self._stream:
+            received += len(chunk)
+            now = time.monotonic()
+            if now >= window_end:
+                if received < self._bytes_min:
+                    raise httpx.ReadTimeout(
+                        f"the answer came slower than {self._bytes_min} bytes in"
+                        f" {self._seconds:g} s",
+                        request=self._request,
+                    )
+                window_end, received = now + self._seconds, 0
             yield chunk
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 
 out = Console()
@@ -25,6 +26,31 @@ err = Console(stderr=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
+KEY_FILE_BYTES_MAX = 64 * 1024  # a PEM key is a few hundred bytes; /dev/zero is not one
+
+
+def passphrase() -> bytes | None:
+    """$TANLIAN_PASSPHRASE, as bytes: a passphrase need not be text in this locale."""
+    return os.environb.get(PASSPHRASE_ENV.encode()) or None
+
+
+def read_key_file(path: Path) -> bytes:
+    """A key file's bytes, refused (bad_key) beyond KEY_FILE_BYTES_MAX before they are all
+    in memory."""
+    with path.open("rb") as handle:
+        data = handle.read(KEY_FILE_BYTES_MAX + 1)
+    if len(data) > KEY_FILE_BYTES_MAX:
+        message = f"{path}: over {KEY_FILE_BYTES_MAX} bytes, not a key file"
+        raise LedgerError(message, code="bad_key")
+    return data
+
+
+def load_key(path: Path) -> PrivateKey:
+    """A PEM key file, decrypted with $TANLIAN_PASSPHRASE when it is set."""
+    return PrivateKey.from_pem(read_key_file(path), passphrase())
 
 
 def fail(line: str) -> NoReturn:

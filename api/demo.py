@@ -311,23 +311,30 @@ def _month_activity(city: _City, month: int, count: int, suspended: str) -> list
                 {"account": suspended, "reason": "investigation closed: meter sound"},
             )
         )
-    if month == 2:
-        # A meter fault found by the certifier: part of one household's first batch is void.
-        victim = city.households[11]
-        units = max(1, city.holdings.get((victim, "B-1"), 0) // 2)
+    victim = city.households[11]
+    held = sorted(
+        (batch != "B-1", -units, batch)
+        for (a, batch), units in city.holdings.items()
+        if a == victim and units > 0
+    )
+    if month == 2 and held:  # a busy month 1 may have left it nothing to void
+        # A meter fault found by the certifier: half of what one household holds of its first
+        # batch is void (of the batch it holds most of, if it kept none of the first).
+        _, minus_units, batch = held[0]
+        units = -minus_units
         envelopes.append(
             city.tx(
                 city.certifier.account_id,
                 "invalidate",
                 {
-                    "batch_id": "B-1",
+                    "batch_id": batch,
                     "holder": victim,
-                    "quantity": units,
+                    "quantity": max(1, units // 2),
                     "reason": "meter 0011 found miscalibrated on inspection",
                 },
             )
         )
-        city.move(victim, "B-1", units, None)
+        city.move(victim, batch, max(1, units // 2), None)
     if month == 4:
         household = city.households[10]
         new_key = city.key("households/household-0010-rotated")

@@ -25,9 +25,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from api.cli import PASSPHRASE_ENV, app
+from api.cli import app
 from api.cli_client import Reader, next_nonce, print_outcome, read_field, read_payload
 from api.client import ClientError
+from api.console import PASSPHRASE_ENV
 from ledger.crypto import PrivateKey, compute_account_id
 from ledger.errors import LedgerError
 from ledger.transactions import PAYLOADS, parse_envelope, parse_transaction
