@@ -529,7 +529,13 @@ def validation_cost(
     block, _ = build(work[: state.params.block_transactions_max])
     limit = len(block.transactions)
     pool = Pool(capacity=2 * limit, nonce_gap_max=limit)
-    pool.admit(block.transactions, [None] * len(block.transactions), lambda signer: 0)
+    accounts = state  # the block's parent: its signers' nonces and keys
+    pool.admit(
+        block.transactions,
+        [None] * len(block.transactions),
+        lambda signer: accounts.get(f"account/{signer}"),
+    )
+    assert len(pool) == limit
     started = time.perf_counter()
     apply_block(state, block)
     every = time.perf_counter() - started
