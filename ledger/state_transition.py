@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime
+import functools
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -523,6 +524,14 @@ _HANDLERS: dict[str, Callable[[_Context], None]] = {
 # --- envelope rules (SPEC §3.1) ---------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16_384)
+def _single_key_account(public_key: str) -> str:
+    """The id of the single-key account of `public_key`: a hash of canonical JSON, asked for
+    each transaction of an account whose keys the ledger does not hold (most households'),
+    on admission and again in the block; a few MiB remember the active ones."""
+    return compute_account_id([public_key], 1)
+
+
 def check_authorization(account: Mapping[str, Any] | None, envelope: Envelope) -> None:
     """Every listed key belongs to the signer's key set (`account`: its `account/` record, or
     None) and together they reach its threshold (SPEC §3.1); whether the signatures verify is
@@ -534,7 +543,7 @@ def check_authorization(account: Mapping[str, Any] | None, envelope: Envelope) -
         keys, threshold = set(account["keys"]), account["threshold"]
     else:
         # Keys not known yet: a single-key account whose id is derived from its key.
-        own = [key for key in listed if compute_account_id([key], 1) == signer]
+        own = [key for key in listed if _single_key_account(key) == signer]
         if listed and not own:
             raise _reject(
                 "unknown_key",
