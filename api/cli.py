@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 import uvicorn
@@ -344,18 +344,20 @@ def _serve(
         ensure_file_limit(settings)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    listening = _listening_socket(host, port)
+    listening = _listening_sockets(host, port)
     try:
         running = Node(data, validator, peers=peers, follow=follow)
     except BaseException:
-        listening.close()
+        for one in listening:
+            one.close()
         raise
     running.on_block = _print_block
     try:
         app_ = create_app(running, settings)
     except ValueError as error:  # a setting the explorer cannot use
         running.stop()
-        listening.close()
+        for one in listening:
+            one.close()
         raise typer.BadParameter(str(error)) from None
     state = running.state
     base = f"http://{host}:{port}"
@@ -390,7 +392,7 @@ def _serve(
     # a clean stop exits 0.
     signal.signal(signal.SIGTERM, _after_shutdown)
     try:
-        server.run(sockets=[listening])
+        server.run(sockets=listening)
     except KeyboardInterrupt:
         pass
     except SystemExit as exited:  # uvicorn's own startup failure (it logged why)
@@ -399,32 +401,43 @@ def _serve(
             raise LedgerError("the HTTP server could not start", code="exited") from None
     finally:
         stopping.set()
-        listening.close()
+        for one in listening:
+            one.close()
     if running.failure is not None:
         raise LedgerError(
             f"stopped at height {running.state.height}: {running.failure}",
-            code="store_unavailable",
+            code=running.failure_code,
         )
     out.print(f"stopped at height {running.state.height}", highlight=False)
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """The API's socket, bound before the node says it runs: a port in use, or a host this
-    machine cannot listen on, is one line and exit 1, not uvicorn's exit 3 after the banner.
-    An IPv6 address may come in brackets (`[::1]:8000`)."""
+LISTEN_BACKLOG: Final = 2048  # uvicorn's own
+
+
+def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The API's sockets, listening before the node says it runs: a port in use, or a host
+    this machine cannot listen on, is one line and exit 1, not uvicorn's exit 3 after the
+    banner. One socket for each address the host names (`localhost` may be ::1 and
+    127.0.0.1), as asyncio's `create_server` makes them; an IPv6 address may come in
+    brackets (`[::1]:8000`)."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        listening = socket.socket(family, kind, proto)
+        found = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as error:
         raise LedgerError(f"cannot listen on {host}:{port}: {error}", code="bad_listen") from None
+    listening: list[socket.socket] = []
     try:
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listening.bind(address)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            one = socket.socket(family, kind, proto)
+            listening.append(one)
+            one.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # `::` is IPv6 only, as create_server has it
+                one.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            one.bind(address)
+            one.listen(LISTEN_BACKLOG)  # now: a second node cannot take the port meanwhile
     except OSError as error:
-        listening.close()
+        for one in listening:
+            one.close()
         reason = error.strerror or str(error)
         raise LedgerError(f"cannot listen on {host}:{port}: {reason}", code="bad_listen") from None
     return listening

@@ -264,6 +264,10 @@ class Client:
 
     def _transport_error(self, error: httpx.HTTPError) -> ClientError:
         reason = _one_line(str(error)) or type(error).__name__
+        if isinstance(error, _TooSlow):  # it answered, but slower than this client allows
+            return ClientError(
+                f"{self.base_url} answered too slowly: {reason}", code="node_unreachable"
+            )
         if isinstance(error, httpx.TimeoutException):
             return ClientError(
                 f"{self.base_url} did not answer within {self.timeout:g} s ({reason})",
@@ -330,6 +334,10 @@ class Client:
         raise ClientError(f"{detail} (HTTP {status})", code=code, status=status)
 
 
+class _TooSlow(httpx.ReadTimeout):
+    """An answer that came, but slower than `_Deadline` or `_Pace` allow."""
+
+
 class _Deadline(httpx.SyncByteStream):
     """An answer's bytes, refused (as a read timeout) once `deadline` (monotonic) passes: a
     node dripping an answer byte by byte must not hold its reader for ever."""
@@ -342,7 +350,7 @@ class _Deadline(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._stream:
             if time.monotonic() > self._deadline:
-                raise httpx.ReadTimeout("the whole answer took too long", request=self._request)
+                raise _TooSlow("the whole answer took too long", request=self._request)
             yield chunk
 
     def close(self) -> None:
@@ -366,7 +374,7 @@ class _Pace(httpx.SyncByteStream):
             now = time.monotonic()
             if now >= window_end:
                 if received < self._bytes_min:
-                    raise httpx.ReadTimeout(
+                    raise _TooSlow(
                         f"the answer came slower than {self._bytes_min} bytes in"
                         f" {self._seconds:g} s",
                         request=self._request,

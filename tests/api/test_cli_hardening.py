@@ -231,6 +231,7 @@ def test_an_export_kept_alive_byte_by_byte_is_cut_off_and_a_steady_one_is_not() 
             except ClientError as error:
                 assert not expected, error.message
                 assert error.code == "node_unreachable"
+                assert "answered too slowly" in error.message
                 assert "slower than 1024 bytes in 0.2 s" in error.message
             else:
                 assert expected and len(lines) == 2
