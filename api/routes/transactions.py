@@ -222,6 +222,9 @@ def _admit(node: Node, submission: Submission) -> tuple[dict[str, Outcome], dict
             )
         else:
             fresh.append(envelope)
+    # Each signer's in nonce order: a transaction signed by the keys a set_keys of the same
+    # array brings is admitted after it, whatever order the array had (consensus.pool).
+    fresh.sort(key=lambda envelope: (envelope.tx.signer, envelope.tx.nonce))
     for outcome in node.submit(fresh, submission.signature_checks(fresh)):
         outcomes[outcome.tx_id] = outcome
     return outcomes, refused

@@ -23,7 +23,7 @@ from ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ledger.state_tree import verify_state_proof
 from ledger.store import Store
 from ledger.verification import audit_chain, verify_receipt
-from tests.factory import Chain
+from tests.factory import Chain, key
 
 pytestmark = pytest.mark.anyio
 
@@ -167,6 +167,24 @@ async def test_nobody_holds_another_accounts_nonce_and_a_broken_copy_spoils_noth
     assert results[0]["problem"]["code"] == "bad_signature"
     alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
     assert alice["nonce"] == nonce and alice["holdings"][0]["circulating"] == 1000 - 5
+
+
+async def test_a_rotation_and_a_transaction_under_the_new_key_in_one_array_both_commit(
+    live: Live,
+) -> None:
+    """The pool checks keys on admission, and after a pending set_keys takes the signer's
+    later transactions on trust: in one array the rotation goes first whatever the order."""
+    await funded(live)
+    chain = live.chain
+    new_key = key("alice-rotated")
+    nonce = chain.next_nonce(chain.alice.account_id)
+    rotate = chain.tx(
+        chain.alice, "set_keys", {"keys": [new_key.public_key_hex], "threshold": 1}, nonce=nonce
+    )
+    payload = {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 3}
+    after = chain.tx(new_key, "transfer", payload, signer=chain.alice.account_id, nonce=nonce + 1)
+    response = await post(live, [after.to_json(), rotate.to_json()])
+    assert [r["status"] for r in response.json()["results"]] == ["committed", "committed"]
 
 
 @pytest.mark.parametrize(
