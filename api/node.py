@@ -180,6 +180,7 @@ class Node:
         self.on_block: Callable[[CommittedBlock], None] | None = None
         # Why the block loop stopped for good (the store kept failing), and whom to tell.
         self.failure: str | None = None
+        self.failure_code = "store_unavailable"  # the code of `failure`, when there is one
         self.on_failure: Callable[[str], None] | None = None
         self._write_failures = 0
         # Where POST /v1/consensus/messages hands peers' messages; None: no consensus here.
@@ -247,7 +248,9 @@ class Node:
             if self._solo is None:
                 assert not isinstance(self.producer, SoloProducer)
                 self._report_settled(self.producer)
-            self._fail(f"the block loop failed: {type(error).__name__}: {error}")
+            self._fail(
+                f"the block loop failed: {type(error).__name__}: {error}", code="internal_error"
+            )
 
     def _produce(self) -> None:
         """Cut blocks; block N+1 is built while block N is written (`SoloProducer`)."""
@@ -309,6 +312,10 @@ class Node:
                 self._report_settled(producer)
                 self._fail(f"the signed-message log could not be written: {error}")
                 return
+            except LedgerError as error:  # this node cannot take part (not_a_validator)
+                self._report_settled(producer)
+                self._fail(error.message, code=error.code)
+                return
             self._stopping.wait(POLL_SECONDS)
 
     def _report_settled(self, producer: BftProducer | Follower) -> None:
@@ -340,9 +347,9 @@ class Node:
         self._committed_block(self._solo.finish(prepared))
         return True
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, code: str = "store_unavailable") -> None:
         """Stop producing blocks for good; nothing more is committed by this process."""
-        self.failure = reason
+        self.failure, self.failure_code = reason, code
         log.error("stopping: %s", reason)
         self._wake()
         if self.on_failure is not None:

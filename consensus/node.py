@@ -103,6 +103,7 @@ from ledger.limits import (
     PROPOSAL_TRANSACTIONS_MAX,
     PROPOSE_TIMEOUT_MS_EXTRA,
     RELAY_BLOCKS_HELD,
+    SYNC_LAG_HEIGHTS_MIN,
 )
 from ledger.state import State
 from ledger.state_transition import check_block_body
@@ -116,13 +117,23 @@ def _monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def _check_membership(state: State, key: PrivateKey, *, can_sync: bool) -> None:
-    """Refuse a key that is not a validator at the store's head, unless block sync can bring
-    the store to a height where it is one: a validator brought in by set_validators whose
-    store is below the height its set governs from (a new member, or a store rebuilt by
-    `--resync`) syncs there first, and its replica signs nothing where it is no validator."""
-    if key.public_key_hex in {v.public_key for v in state.current_validators()}:
-        return
+def _names(state: State, key: PrivateKey) -> bool:
+    """`key` is in the set governing the next height, or in the one after it (a
+    set_validators decided at the head governs from two heights on)."""
+    public = key.public_key_hex
+    return any(v.public_key == public for v in (*state.current_validators(),
+                                                *state.next_validators()))  # fmt: skip
+
+
+def _check_membership(state: State, key: PrivateKey, *, can_sync: bool) -> bool:
+    """Whether `key` is joining: not a validator at the store's head, but block sync may
+    bring the store to a height where it is one (a validator brought in by set_validators
+    whose store is below the height its set governs from: a new member, or a store rebuilt
+    by `--resync`). Its replica signs nothing where it is no validator, and `produce` stops
+    it once it has caught up with its peers and still no set names it (a wrong key). With
+    no peer to sync from, such a key is refused at once."""
+    if _names(state, key):
+        return False
     if not can_sync:
         raise LedgerError("this key is not a validator of the chain", code="not_a_validator")
     log.warning(
@@ -130,6 +141,7 @@ def _check_membership(state: State, key: PrivateKey, *, can_sync: bool) -> None:
         " set_validators makes it one",
         state.height,
     )
+    return True
 
 
 class BftProducer:
@@ -167,7 +179,7 @@ class BftProducer:
         # is committed once its block is written), not refused for the nonce it used.
         self._unsettled: set[str] = set()
         self.proposal_transactions_max = proposal_transactions_max
-        _check_membership(self._state, validator_key, can_sync=sync is not None)
+        self._joining = _check_membership(self._state, validator_key, can_sync=sync is not None)
         self._lock = threading.Lock()  # the pool, the outcomes, the inbox
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[Message] = deque()
@@ -234,7 +246,9 @@ class BftProducer:
         )
         answers = []
         with self._lock:
-            admissions = self.pool.admit(envelopes, checks, self._tip_account)
+            admissions = self.pool.admit(
+                envelopes, checks, self._tip_account, tip_behind=self._tip_behind()
+            )
             fresh = [admission.envelope for admission in admissions if admission.new]
             for admission, check in zip(admissions, checks, strict=True):
                 tx_id = admission.envelope.tx_id
@@ -269,6 +283,8 @@ class BftProducer:
         if self.replica.height <= self._tip.height:
             self._finish_writes(wait=True)
             self._rejoin()
+        if self._joining:
+            self._check_joining()
         if not self._started:
             self._started = True
             self._carry_out(self.replica.on_start(now_ms))
@@ -281,6 +297,22 @@ class BftProducer:
             _, _, timeout = heapq.heappop(self._timers)
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
         return self._committed.popleft() if self._committed else None
+
+    def _check_joining(self) -> None:
+        """A joining validator (see `_check_membership`) is one once a set names it; caught up
+        with what its peers say is decided while none does, its key is not one of the
+        chain's validators: stop (not_a_validator) rather than run one validator short."""
+        if _names(self._tip, self.key):
+            self._joining = False
+            return
+        assert self.sync is not None
+        heard = self.sync.heard_height
+        if heard > 0 and self._tip.height >= heard:
+            raise LedgerError(
+                f"this key is not a validator of the chain: synced to height"
+                f" {self._tip.height}, the peers' head, and no validator set names it",
+                code="not_a_validator",
+            )
 
     def take_settled(self) -> list[CommittedBlock]:
         """The blocks made durable that `produce` has not returned yet, in order: a call that
@@ -331,7 +363,13 @@ class BftProducer:
         outcomes: the transaction may well be pending at the validator that sent it."""
         checks = self.pool.check_signatures(envelopes)
         with self._lock:
-            self.pool.admit(envelopes, checks, self._tip_account, forwarded=True)
+            self.pool.admit(
+                envelopes,
+                checks,
+                self._tip_account,
+                forwarded=True,
+                tip_behind=self._tip_behind(),
+            )
         for envelope, check in zip(envelopes, checks, strict=True):
             self.relay.hold(envelope, verified=check is None)
 
@@ -535,6 +573,14 @@ class BftProducer:
 
         with self._lock:
             return self.pool.ready(nonce, state.params.block_transactions_max)
+
+    def _tip_behind(self) -> bool:
+        """Peers' messages (or its own log) show heights decided well beyond the tip: this
+        validator is catching up, and its accounts are not the chain's."""
+        return (
+            self.sync is not None
+            and self.sync.heard_height - self._tip.height >= SYNC_LAG_HEIGHTS_MIN
+        )
 
     def _tip_account(self, signer: str) -> Any:
         """Accounts as at the tip: a nonce used in a block being written is used."""

@@ -118,10 +118,15 @@ class Pool:
         account: AccountLookup,
         *,
         forwarded: bool = False,
+        tip_behind: bool = False,
     ) -> list[Admission]:
         """Admit envelopes whose signature `checks` (from `verify_signatures`) passed, by
         their signers' `account` records at the tip; `forwarded` ones (from a peer) only
-        within `forwarded_capacity`."""
+        within `forwarded_capacity`. With `tip_behind` (the chain has gone on beyond the
+        node's tip: it is catching up) a nonce far ahead of the tip's is not refused, for it
+        may well be the next one at the chain's head; the keys are still checked (peers'
+        messages, which say how far behind, are not verified when they arrive, and a key
+        check is what keeps another account's nonce free)."""
         answers = []
         capacity = self.forwarded_capacity if forwarded else self.capacity
         for envelope, signature_error in zip(envelopes, checks, strict=True):
@@ -129,20 +134,26 @@ class Pool:
             new = False
             if error is None:
                 try:
-                    new = self._admit(envelope, account(envelope.tx.signer), capacity)
+                    new = self._admit(envelope, account(envelope.tx.signer), capacity, tip_behind)
                 except LedgerError as refused:  # PoolError, or the envelope's authorization
                     error = refused
             answers.append(Admission(envelope, error, new))
         return answers
 
-    def _admit(self, envelope: Envelope, account: Mapping[str, Any] | None, capacity: int) -> bool:
+    def _admit(
+        self,
+        envelope: Envelope,
+        account: Mapping[str, Any] | None,
+        capacity: int,
+        tip_behind: bool,
+    ) -> bool:
         if envelope.tx_id in self._by_id:
             return False  # the same transaction again: already pending, nothing changes
         committed = 0 if account is None else int(account["nonce"])
         nonce = envelope.tx.nonce
         if nonce <= committed:
             raise PoolError(f"nonce {nonce} is already used (last {committed})", code="bad_nonce")
-        if nonce > committed + self.nonce_gap_max:
+        if nonce > committed + self.nonce_gap_max and not tip_behind:
             raise PoolError(
                 f"nonce {nonce} is more than {self.nonce_gap_max} ahead of {committed}",
                 code="bad_nonce",

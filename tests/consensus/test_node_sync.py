@@ -23,7 +23,7 @@ from ledger.genesis import parse_genesis
 from ledger.store import Store
 from tests.consensus.test_node import WORLD, Consortium, document
 from tests.consensus.test_sync import NEW_VALIDATOR, built, source
-from tests.factory import CHAIN_ID
+from tests.factory import CHAIN_ID, key
 
 
 class StoreSource:
@@ -207,6 +207,61 @@ def test_a_validator_brought_in_by_set_validators_starts_below_its_set_and_syncs
         assert producer.replica.height == len(chain.lines) + 1
         assert producer.replica.is_validator  # the new set's member, from here on
         assert all(m.height > len(chain.lines) for m in log.read())  # nothing signed below
+    finally:
+        sync.close()
+        sync.close_sources()
+        log.close()
+        store.close()
+
+
+def test_a_key_no_validator_set_names_stops_once_synced_with_its_peers(tmp_path: Path) -> None:
+    """Starting below its set is allowed a joining validator; a wrong key (a typo, another
+    party's) is let start too, for nothing tells it apart yet, but once the store has caught
+    up with the peers' head and still no set names it, the node stops (not_a_validator)
+    rather than run the consortium one validator short without a word."""
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    store = Store.open(tmp_path)
+    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
+    sync = BlockSync([source()], genesis=parse_genesis(chain.chain.genesis_document))
+    try:
+        producer = BftProducer(store, key("not-in-any-set"), log=log, sync=sync)
+        sync.expect(len(chain.lines))
+        deadline = time.monotonic() + 30
+        with pytest.raises(LedgerError) as stopped:
+            while time.monotonic() < deadline:
+                producer.produce(int(time.monotonic() * 1000))
+        assert stopped.value.code == "not_a_validator"
+        assert f"synced to height {len(chain.lines)}" in stopped.value.message
+        assert store.head_height == len(chain.lines)
+        assert log.read() == []
+    finally:
+        sync.close()
+        sync.close_sources()
+        log.close()
+        store.close()
+
+
+def test_a_validator_catching_up_takes_a_transaction_whose_nonce_is_far_ahead_of_its_tip(
+    tmp_path: Path,
+) -> None:
+    """A validator whose store is far behind (restarted, resynced) knows it from its peers:
+    a client's transaction with a nonce far ahead of its tip is the chain's next one, not a
+    bad nonce. Refusing it was a final wrong answer (the crash harness met it)."""
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    store = Store.open(tmp_path)
+    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
+    sync = BlockSync([source()], genesis=parse_genesis(chain.chain.genesis_document))
+    try:
+        producer = BftProducer(store, NEW_VALIDATOR, log=log, sync=sync)
+        payload = {"to": chain.chain.bob.account_id, "batch_id": "B-1", "quantity": 1}
+        far = chain.chain.tx(chain.chain.alice, "transfer", payload, nonce=500)
+        (refused,) = producer.submit([far])
+        assert (refused.status, refused.code) == ("rejected", "bad_nonce")  # nothing heard
+        sync.expect(len(chain.lines))  # what its peers' messages say is decided
+        (taken,) = producer.submit([far])
+        assert taken.status == "pending"
     finally:
         sync.close()
         sync.close_sources()

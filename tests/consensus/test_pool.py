@@ -355,3 +355,17 @@ def test_after_a_pending_set_keys_the_new_keys_are_taken_on_trust_until_the_bloc
     after = CHAIN.tx(new_key, "transfer", payload, signer=ALICE.account_id, nonce=2)
     assert codes(pool, [after]) == ["unknown_key"]  # no set_keys before it: refused
     assert codes(pool, [rotate, after]) == [None, None]
+
+
+def test_a_node_catching_up_does_not_refuse_a_nonce_far_ahead_of_its_tip() -> None:
+    """Its tip is behind the chain: a nonce far ahead of it may be the next at the chain's
+    head. The keys are still checked."""
+    pool = Pool(nonce_gap_max=4)
+    far = envelope(ALICE, 9)
+    assert codes(pool, [far]) == ["bad_nonce"]
+    (answer,) = pool.admit([far], [None], accounts(), tip_behind=True)
+    assert answer.error is None and far.tx_id in pool
+    payload = {"to": CHAIN.carol.account_id, "batch_id": "B-1", "quantity": 1}
+    by_bob = CHAIN.tx(BOB, "transfer", payload, signer=ALICE.account_id, nonce=12)
+    (refused,) = pool.admit([by_bob], [None], accounts(), tip_behind=True)
+    assert refused.error is not None and refused.error.code == "unknown_key"
