@@ -61,7 +61,9 @@ def submit(c: Consortium, index: int, envelope: Envelope, wait: bool) -> httpx.R
     return c.client.post(target, json=envelope.to_json(), timeout=15)
 
 
-def test_transactions_sent_to_four_validators_are_forwarded_to_the_next_proposer(consortium: Consortium) -> None:
+def test_transactions_sent_to_four_validators_are_forwarded_to_the_next_proposer(
+    consortium: Consortium,
+) -> None:
     c = consortium
     envelopes = [new_account(f"forwarded-{i}") for i in range(NODES)]
     before = max(h or 0 for h in c.heights())
