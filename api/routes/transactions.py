@@ -23,6 +23,7 @@ from api.schemas import EXAMPLE_TX_ID
 from api.settings import SUBMISSION_ENVELOPES_MAX, Settings
 from consensus.producer import Outcome
 from ledger.errors import RULE_CODES, LedgerError
+from ledger.transactions import Envelope
 
 router = APIRouter(prefix="/v1", tags=["transactions"])
 
@@ -201,6 +202,21 @@ def _parse_and_admit(
     return submission, *_admit(node, submission)
 
 
+def in_nonce_order(envelopes: list[Envelope]) -> list[Envelope]:
+    """Each signer's transactions in nonce order, in the places its transactions held: a
+    transaction signed by the keys a set_keys of the same array brings is admitted after it
+    (consensus.pool), and the order between signers, which a block keeps and on which one
+    signer's transaction may depend (an accreditation, then an issuance), is the array's."""
+    by_signer: dict[str, list[Envelope]] = {}
+    for envelope in envelopes:
+        by_signer.setdefault(envelope.tx.signer, []).append(envelope)
+    queues = {
+        signer: iter(sorted(own, key=lambda envelope: envelope.tx.nonce))
+        for signer, own in by_signer.items()
+    }
+    return [next(queues[envelope.tx.signer]) for envelope in envelopes]
+
+
 def _admit(node: Node, submission: Submission) -> tuple[dict[str, Outcome], dict[bytes, Outcome]]:
     """The outcomes by transaction id, and the refusals of broken copies by envelope leaf.
     Committed transactions answer their original outcome. An envelope whose signature
@@ -222,9 +238,7 @@ def _admit(node: Node, submission: Submission) -> tuple[dict[str, Outcome], dict
             )
         else:
             fresh.append(envelope)
-    # Each signer's in nonce order: a transaction signed by the keys a set_keys of the same
-    # array brings is admitted after it, whatever order the array had (consensus.pool).
-    fresh.sort(key=lambda envelope: (envelope.tx.signer, envelope.tx.nonce))
+    fresh = in_nonce_order(fresh)
     for outcome in node.submit(fresh, submission.signature_checks(fresh)):
         outcomes[outcome.tx_id] = outcome
     return outcomes, refused

@@ -14,6 +14,7 @@ import pytest
 from api.app import create_app
 from api.node import Node
 from api.problems import PROBLEM_MEDIA_TYPE, STATUS
+from api.routes.transactions import in_nonce_order
 from api.settings import Settings
 from ledger.blocks import compute_validators_hash
 from ledger.encoding import canonical
@@ -185,6 +186,30 @@ async def test_a_rotation_and_a_transaction_under_the_new_key_in_one_array_both_
     after = chain.tx(new_key, "transfer", payload, signer=chain.alice.account_id, nonce=nonce + 1)
     response = await post(live, [after.to_json(), rotate.to_json()])
     assert [r["status"] for r in response.json()["results"]] == ["committed", "committed"]
+
+
+def test_an_arrays_order_changes_only_within_each_signer() -> None:
+    """in_nonce_order puts each signer's transactions in nonce order in the places they held,
+    and never moves one signer's transaction past another's (it may depend on it)."""
+    chain = Chain()
+    a1, a2, a3 = (chain.tx(chain.alice, "set_keys", _own(chain), nonce=n) for n in (1, 2, 3))
+    b1 = chain.tx(chain.bob, "set_keys", {"keys": [chain.bob.public_key_hex], "threshold": 1})
+    assert in_nonce_order([a3, b1, a1, a2]) == [a1, b1, a2, a3]
+    for signers in ([b1, a1], [a1, b1]):  # whichever id sorts first
+        assert in_nonce_order(signers) == signers
+
+
+def _own(chain: Chain) -> dict[str, object]:
+    return {"keys": [chain.alice.public_key_hex], "threshold": 1}
+
+
+async def test_an_array_whose_issuance_needs_the_accreditation_before_it_commits(
+    live: Live,
+) -> None:
+    chain = live.chain
+    setup = [chain.accredit(), chain.create_program(), chain.issue([(chain.alice, 10)])]
+    response = await post(live, [envelope.to_json() for envelope in setup])
+    assert [r["status"] for r in response.json()["results"]] == ["committed"] * 3
 
 
 @pytest.mark.parametrize(
