@@ -116,7 +116,7 @@ def block(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, 
             "description": "The genesis document, then each block with its certificate",
             "content": {NDJSON: {"schema": {"type": "string"}}},
         },
-        **problem_responses("invalid_field"),
+        **problem_responses("not_found", "invalid_field"),
     },
 )
 def export(
@@ -129,9 +129,10 @@ def export(
         Query(ge=1, le=JSON_INTEGER_MAX, openapi_examples=example(10, "Up to height 10")),
     ] = None,
 ) -> StreamingResponse:
-    if to_height is not None and to_height < from_height:
+    if to_height is not None and to_height < from_height:  # as the consistency route has it
         raise LedgerError(
-            f"to_height {to_height} is below from_height {from_height}", code="invalid_field"
+            f"no blocks from height {from_height} to {to_height}: to_height is below from_height",
+            code="not_found",
         )
     last = node.state.height if to_height is None else min(to_height, node.state.height)
     store = Store.open(node.data)  # its own connection: the stream outlives this thread
