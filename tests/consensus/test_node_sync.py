@@ -6,6 +6,7 @@ the other validators' stores as their API's export would serve them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -22,7 +23,7 @@ from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
 from ledger.store import Store
 from tests.consensus.test_node import WORLD, Consortium, document
-from tests.consensus.test_sync import NEW_VALIDATOR, built, source
+from tests.consensus.test_sync import NEW_VALIDATOR, Built, built, source
 from tests.factory import CHAIN_ID, key
 
 
@@ -179,91 +180,94 @@ def test_a_follower_follows_a_consortium_and_refuses_a_forger(
         consortium.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class AtGenesis:
+    """A store at genesis of `built()`'s chain (its set changes at height 5), a signed-message
+    log, and block sync from that chain's export, as a validator restarted on an empty
+    store (or a new member's first start) has them."""
+
+    chain: Built
+    store: Store
+    log: SignedLog
+    sync: BlockSync
+
+
+@pytest.fixture
+def at_genesis(tmp_path: Path) -> Generator[AtGenesis, None, None]:
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    store = Store.open(tmp_path)
+    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
+    sync = BlockSync([source()], genesis=parse_genesis(chain.chain.genesis_document))
+    try:
+        yield AtGenesis(chain=chain, store=store, log=log, sync=sync)
+    finally:
+        sync.close()
+        sync.close_sources()
+        log.close()
+        store.close()
+
+
 def test_a_validator_brought_in_by_set_validators_starts_below_its_set_and_syncs_to_it(
-    tmp_path: Path,
+    at_genesis: AtGenesis,
 ) -> None:
     """A member added by set_validators (here at height 5: it governs from 7) whose store is
     below that height (a new member's first start, a store rebuilt by `--resync`) is not
     refused: it syncs from its peers, signing nothing until its key is a validator there.
     With no peer to sync from, its key is refused as before."""
-    chain = built()
-    Store.create(tmp_path, chain.chain.genesis_document).close()
-    store = Store.open(tmp_path)
-    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
-    genesis = parse_genesis(chain.chain.genesis_document)
-    sync = BlockSync([source()], genesis=genesis)
-    try:
-        with pytest.raises(LedgerError) as refused:
-            BftProducer(store, NEW_VALIDATOR, log=log)
-        assert refused.value.code == "not_a_validator"
-        producer = BftProducer(store, NEW_VALIDATOR, log=log, sync=sync)
-        assert not producer.replica.is_validator
-        sync.expect(len(chain.lines))
-        deadline = time.monotonic() + 30
-        while store.head_height < len(chain.lines) and time.monotonic() < deadline:
-            producer.produce(int(time.monotonic() * 1000))
+    store, log, sync = at_genesis.store, at_genesis.log, at_genesis.sync
+    height = len(at_genesis.chain.lines)
+    with pytest.raises(LedgerError) as refused:
+        BftProducer(store, NEW_VALIDATOR, log=log)
+    assert refused.value.code == "not_a_validator"
+    producer = BftProducer(store, NEW_VALIDATOR, log=log, sync=sync)
+    assert not producer.replica.is_validator
+    sync.expect(height)
+    deadline = time.monotonic() + 30
+    while store.head_height < height and time.monotonic() < deadline:
         producer.produce(int(time.monotonic() * 1000))
-        assert store.head_height == len(chain.lines)  # the whole chain, synced and verified
-        assert producer.replica.height == len(chain.lines) + 1
-        assert producer.replica.is_validator  # the new set's member, from here on
-        assert all(m.height > len(chain.lines) for m in log.read())  # nothing signed below
-    finally:
-        sync.close()
-        sync.close_sources()
-        log.close()
-        store.close()
+    producer.produce(int(time.monotonic() * 1000))
+    assert store.head_height == height  # the whole chain, synced and verified
+    assert producer.replica.height == height + 1
+    assert producer.replica.is_validator  # the new set's member, from here on
+    assert all(m.height > height for m in log.read())  # nothing signed below
 
 
-def test_a_key_no_validator_set_names_stops_once_synced_with_its_peers(tmp_path: Path) -> None:
+def test_a_key_no_validator_set_names_stops_once_synced_with_its_peers(
+    at_genesis: AtGenesis,
+) -> None:
     """Starting below its set is allowed a joining validator; a wrong key (a typo, another
     party's) is let start too, for nothing tells it apart yet, but once the store has caught
     up with the peers' head and still no set names it, the node stops (not_a_validator)
     rather than run the consortium one validator short without a word."""
-    chain = built()
-    Store.create(tmp_path, chain.chain.genesis_document).close()
-    store = Store.open(tmp_path)
-    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
-    sync = BlockSync([source()], genesis=parse_genesis(chain.chain.genesis_document))
-    try:
-        producer = BftProducer(store, key("not-in-any-set"), log=log, sync=sync)
-        sync.expect(len(chain.lines))
-        deadline = time.monotonic() + 30
-        with pytest.raises(LedgerError) as stopped:
-            while time.monotonic() < deadline:
-                producer.produce(int(time.monotonic() * 1000))
-        assert stopped.value.code == "not_a_validator"
-        assert f"synced to height {len(chain.lines)}" in stopped.value.message
-        assert store.head_height == len(chain.lines)
-        assert log.read() == []
-    finally:
-        sync.close()
-        sync.close_sources()
-        log.close()
-        store.close()
+    store, log, sync = at_genesis.store, at_genesis.log, at_genesis.sync
+    height = len(at_genesis.chain.lines)
+    producer = BftProducer(store, key("not-in-any-set"), log=log, sync=sync)
+    sync.expect(height)
+    deadline = time.monotonic() + 30
+    with pytest.raises(LedgerError) as stopped:
+        while time.monotonic() < deadline:
+            producer.produce(int(time.monotonic() * 1000))
+    assert stopped.value.code == "not_a_validator"
+    assert f"synced to height {height}" in stopped.value.message
+    assert store.head_height == height
+    assert log.read() == []
 
 
 def test_a_validator_catching_up_takes_a_transaction_whose_nonce_is_far_ahead_of_its_tip(
-    tmp_path: Path,
+    at_genesis: AtGenesis,
 ) -> None:
     """A validator whose store is far behind (restarted, resynced) knows it from its peers:
     a client's transaction with a nonce far ahead of its tip is the chain's next one, not a
     bad nonce. Refusing it was a final wrong answer (the crash harness met it)."""
-    chain = built()
-    Store.create(tmp_path, chain.chain.genesis_document).close()
-    store = Store.open(tmp_path)
-    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
-    sync = BlockSync([source()], genesis=parse_genesis(chain.chain.genesis_document))
-    try:
-        producer = BftProducer(store, NEW_VALIDATOR, log=log, sync=sync)
-        payload = {"to": chain.chain.bob.account_id, "batch_id": "B-1", "quantity": 1}
-        far = chain.chain.tx(chain.chain.alice, "transfer", payload, nonce=500)
-        (refused,) = producer.submit([far])
-        assert (refused.status, refused.code) == ("rejected", "bad_nonce")  # nothing heard
-        sync.expect(len(chain.lines))  # what its peers' messages say is decided
-        (taken,) = producer.submit([far])
-        assert taken.status == "pending"
-    finally:
-        sync.close()
-        sync.close_sources()
-        log.close()
-        store.close()
+    chain = at_genesis.chain.chain
+    producer = BftProducer(
+        at_genesis.store, NEW_VALIDATOR, log=at_genesis.log, sync=at_genesis.sync
+    )
+    payload = {"to": chain.bob.account_id, "batch_id": "B-1", "quantity": 1}
+    far = chain.tx(chain.alice, "transfer", payload, nonce=500)
+    (refused,) = producer.submit([far])
+    assert (refused.status, refused.code) == ("rejected", "bad_nonce")  # nothing heard
+    at_genesis.sync.expect(len(at_genesis.chain.lines))  # what its peers' messages say
+    (taken,) = producer.submit([far])
+    assert taken.status == "pending"
