@@ -42,6 +42,7 @@ from consensus.relay import encode_lines
 from ledger.limits import (
     CONSENSUS_BATCH_BYTES_MAX,
     CONSENSUS_MESSAGES_BATCH_MAX,
+    PEER_ANSWER_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
     PEER_REQUEST_MS_MAX,
 )
@@ -52,7 +53,6 @@ log = logging.getLogger("tanlian.consensus.transport")
 MESSAGES_PATH: Final = "/v1/consensus/messages"
 NDJSON: Final = "application/x-ndjson"
 RETRY_SECONDS: Final = 0.2  # after a failed request, before the next one to that peer
-PEER_ANSWER_BYTES_MAX: Final = 4096  # of a peer's answer to a batch: a count, or a problem
 _REQUEST_HEADERS: Final = {"content-type": NDJSON, "accept-encoding": "identity"}
 
 Inbox = Callable[[bytes], int]

@@ -106,6 +106,7 @@ CONSENSUS_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 # complete blocks sent by reference (consensus.relay).
 RELAY_BLOCKS_HELD: Final = 2
 PEER_REQUEST_MS_MAX: Final = 2000
+PEER_ANSWER_BYTES_MAX: Final = 4096  # of a peer's answer to a batch: a count, or a problem
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 
 # Block sync (consensus.sync): a validator that peers' messages show at least
