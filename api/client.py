@@ -28,7 +28,11 @@ import httpx
 from api.problems import PROBLEM_MEDIA_TYPE
 from ledger.encoding import JSON, canonical, decode
 from ledger.errors import LedgerError
-from ledger.limits import BLOCK_TRANSACTIONS_MAX_DEFAULT, TRANSACTION_BYTES_MAX_DEFAULT
+from ledger.limits import (
+    BLOCK_TRANSACTIONS_MAX_DEFAULT,
+    HTTP_IDLE_REUSE_SECONDS_MAX,
+    TRANSACTION_BYTES_MAX_DEFAULT,
+)
 from ledger.transactions import Envelope
 from ledger.verification import LINE_OVERHEAD_BYTES, LINE_SPACING_FACTOR
 
@@ -111,6 +115,7 @@ class Client:
             transport=transport,
             follow_redirects=False,
             headers={"accept": "application/json"},
+            limits=httpx.Limits(keepalive_expiry=HTTP_IDLE_REUSE_SECONDS_MAX),
         )
 
     def __enter__(self) -> Self:

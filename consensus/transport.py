@@ -42,6 +42,7 @@ from consensus.relay import encode_lines
 from ledger.limits import (
     CONSENSUS_BATCH_BYTES_MAX,
     CONSENSUS_MESSAGES_BATCH_MAX,
+    HTTP_IDLE_REUSE_SECONDS_MAX,
     PEER_ANSWER_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
     PEER_REQUEST_MS_MAX,
@@ -194,7 +195,12 @@ class HttpTransport:
         """`http` replaces the network (tests: `httpx.MockTransport`). `queue_max` should
         hold two blocks' transactions: a block travels as its transactions' lines."""
         assert request_ms_max > 0 and queue_max > 0
-        self.client = httpx.Client(timeout=request_ms_max / 1000, trust_env=False, transport=http)
+        self.client = httpx.Client(
+            timeout=request_ms_max / 1000,
+            trust_env=False,
+            transport=http,
+            limits=httpx.Limits(keepalive_expiry=HTTP_IDLE_REUSE_SECONDS_MAX),
+        )
         request_s = request_ms_max / 1000
         self.peers = [_Peer(url, self.client, queue_max, "consensus", request_s) for url in peers]
         self.forwarding = [

@@ -107,6 +107,10 @@ CONSENSUS_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 RELAY_BLOCKS_HELD: Final = 2
 PEER_REQUEST_MS_MAX: Final = 2000
 PEER_ANSWER_BYTES_MAX: Final = 4096  # of a peer's answer to a batch: a count, or a problem
+# Our HTTP clients reuse an idle connection for at most this long: below a node's keep-alive
+# (5 s by default, api.settings), so a request never goes out on a connection the server is
+# closing at that moment (it would meet a reset). httpx's own default is 5 s, the race itself.
+HTTP_IDLE_REUSE_SECONDS_MAX: Final = 1.0
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 
 # Block sync (consensus.sync): a validator that peers' messages show at least

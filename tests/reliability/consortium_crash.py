@@ -57,7 +57,7 @@ from consensus.wal import DECIDED_HEIGHT_FIELD, WAL_FILE_NAME, slot_of
 from ledger.blocks import Validator
 from ledger.errors import LedgerError
 from ledger.evidence import Vote
-from ledger.limits import TRANSACTION_BYTES_MAX_DEFAULT
+from ledger.limits import HTTP_IDLE_REUSE_SECONDS_MAX, TRANSACTION_BYTES_MAX_DEFAULT
 from ledger.store import DATABASE_FILE
 from ledger.transactions import Envelope
 from tests.consensus.test_node import WORLD
@@ -82,6 +82,7 @@ KILL_RUNNING_S: Final = (0.0, 0.4)  # the others: after it answers (or caught up
 VICTIM_FIRST: Final = 0.5  # the share of submissions sent to the victim first
 CATCH_UP_WAIT_S: Final = 90.0
 REQUEST_TIMEOUT_S: Final = 20.0  # above the node's 10 s commit wait
+IDLE_REUSE: Final = httpx.Limits(keepalive_expiry=HTTP_IDLE_REUSE_SECONDS_MAX)  # as our clients
 SUBMISSIONS_MAX: Final = 20  # of one array, before the harness gives up on it
 
 
@@ -267,7 +268,9 @@ class ConsortiumCrashHarness:
 
     def _sender(self, sender: int, rng: random.Random) -> None:
         try:
-            with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
+            with httpx.Client(
+                timeout=REQUEST_TIMEOUT_S, trust_env=False, limits=IDLE_REUSE
+            ) as client:
                 while not self._stop.is_set():
                     envelopes = [
                         self.workload.sign(sender, rng.choice(("transfer", "transfer", "retire")))

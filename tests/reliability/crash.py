@@ -54,6 +54,7 @@ import httpx
 from ledger.blocks import Validator
 from ledger.encoding import canonical
 from ledger.genesis import make_genesis_document
+from ledger.limits import HTTP_IDLE_REUSE_SECONDS_MAX
 from ledger.store import DATABASE_FILE, LOCK_FILE, DirectoryLock
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from tests.factory import FAR_FUTURE, GENESIS_TIME, METHODOLOGIES, key
@@ -65,6 +66,7 @@ SENDER_UNITS: Final = 1_000_000  # issued to each sender; transfers and retireme
 BLOCK_INTERVAL_MS: Final = 50  # short blocks: more writes for a kill to land in
 START_WAIT_S: Final = 60.0
 REQUEST_TIMEOUT_S: Final = 10.0
+IDLE_REUSE: Final = httpx.Limits(keepalive_expiry=HTTP_IDLE_REUSE_SECONDS_MAX)  # as our clients
 LOAD_SECONDS: Final = (0.02, 0.6)
 KILL_WHILE_STARTING: Final = 0.1  # the share of kills that land before the node answers
 LOCK_WAIT_S: Final = 30.0
@@ -347,7 +349,7 @@ class CrashHarness:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False)
+        self.client = httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False, limits=IDLE_REUSE)
         data.mkdir(parents=True, exist_ok=True)
         self.genesis_file = data / "genesis.json"
         self.key_file = data / "validator.pem"
@@ -457,7 +459,7 @@ class CrashHarness:
             raise failures[0]
 
     def _sender(self, sender: int, rng: random.Random, stop: threading.Event) -> None:
-        with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False, limits=IDLE_REUSE) as client:
             while not stop.is_set():
                 envelopes = [
                     self.sign(sender, rng.choice(("transfer", "transfer", "retire")))
