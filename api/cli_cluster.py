@@ -60,7 +60,7 @@ def prepare(data: Path, names: list[str]) -> Path:
             path = data / name / "validator.pem"
             if (
                 not path.exists()
-                or PrivateKey.from_pem(read_key_file(path)).public_key_hex != (named[name])
+                or PrivateKey.from_pem(read_key_file(path)).public_key_hex != named[name]
             ):
                 raise LedgerError(
                     f"{path} is not the key {genesis} names for {name}", code="exists"

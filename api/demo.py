@@ -312,12 +312,16 @@ def _month_activity(city: _City, month: int, count: int, suspended: str) -> list
             )
         )
     victim = city.households[11]
-    held = sorted(
-        (batch != "B-1", -units, batch)
-        for (a, batch), units in city.holdings.items()
-        if a == victim and units > 0
+    held = (
+        sorted(
+            (batch != "B-1", -units, batch)
+            for (a, batch), units in city.holdings.items()
+            if a == victim and units > 0
+        )
+        if month == 2
+        else []
     )
-    if month == 2 and held:  # a busy month 1 may have left it nothing to void
+    if held:  # a busy month 1 may have left it nothing to void
         # A meter fault found by the certifier: half of what one household holds of its first
         # batch is void (of the batch it holds most of, if it kept none of the first).
         _, minus_units, batch = held[0]
