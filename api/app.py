@@ -129,6 +129,32 @@ async def _send_problem(
     await send({"type": "http.response.body", "body": response.body})
 
 
+class HeadAsGet:
+    """HEAD on every GET resource (RFC 9110 §9.3.2: a general-purpose server must support
+    it): the application answers it as GET, and uvicorn, which still sees HEAD, sends the
+    status and headers (Content-Length included) without the body. A HEAD of a resource that
+    takes no GET is answered 405, as GET would be."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}  # a copy: the server's own scope stays HEAD
+        await self.app(scope, receive, send)
+
+
+class AssetFiles(StaticFiles):
+    """The explorer's scripts and style sheet, whole: a Range header is ignored (RFC 9110
+    §14.2 lets a server do so), because Starlette answers a malformed or unsatisfiable one in
+    plain text, where every error of the node is a problem, and no reader of a few kilobytes
+    of script needs a part of it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 class _BodyRefused(Exception):
     def __init__(self, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -182,6 +208,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     )
     app.state.metrics = metrics.Metrics()
     app.add_middleware(metrics.Measure, metrics=app.state.metrics)
+    app.add_middleware(HeadAsGet)
     for router in (
         transactions.router,
         chain.router,
@@ -192,7 +219,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         explorer.router,
     ):
         app.include_router(router)
-    app.mount(ASSETS_URL, StaticFiles(directory=STATIC), name="assets")
+    app.mount(ASSETS_URL, AssetFiles(directory=STATIC), name="assets")
 
     # The explorer's paths answer their errors as HTML pages of the same problem (the same
     # code and status); the machine interfaces keep RFC 9457 JSON.
@@ -224,7 +251,11 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         code = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}.get(
             error.status_code, "invalid_field"
         )
-        return answer(request, code, str(error.detail), error.headers)  # 405 keeps its Allow
+        headers = dict(error.headers or {})
+        allowed = [method.strip() for method in headers.get("Allow", "").split(",")]
+        if "GET" in allowed and "HEAD" not in allowed:  # HeadAsGet answers HEAD of a GET
+            headers["Allow"] = ", ".join([*allowed, "HEAD"])
+        return answer(request, code, str(error.detail), headers or None)  # 405 keeps its Allow
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, error: ClientDisconnect) -> Response:

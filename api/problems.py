@@ -25,6 +25,7 @@ PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 STATUS: Final[dict[str, tuple[int, str]]] = {
     # Decoding and shape (SPEC §2.1, §7.2)
     "malformed_json": (400, "The body is not acceptable JSON"),
+    "malformed_request": (400, "The request is not valid HTTP/1.1"),
     "invalid_field": (422, "A field is missing, unknown or invalid"),
     "limit_exceeded": (422, "A value is over its limit"),
     "payload_too_large": (413, "The request or a transaction is too large"),
@@ -57,7 +58,7 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "not_acceptable": (406, "Not acceptable"),
-    "unsupported_media_type": (415, "The body must be application/json"),
+    "unsupported_media_type": (415, "The body is not of the media type this operation takes"),
     "request_timeout": (408, "The request took too long"),
     "invalid_proof": (422, "A proof does not verify"),
     # The explorer's pages (issue 6): an address with a malformed id, parameter or cursor

@@ -19,7 +19,10 @@ uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
 - a request that arrives while `connections_max` connections are open, or as many requests
   are in flight, is answered 503 `overloaded` (a problem, with Retry-After, closing the
   connection): uvicorn's own `limit_concurrency` would answer the same in plain text, so the
-  node keeps that bound itself.
+  node keeps that bound itself;
+- bytes that are not HTTP/1.1 (a request line or header the parser refuses) are answered 400
+  `malformed_request`, a problem, where uvicorn would answer plain text, and the connection
+  closes as uvicorn closes it.
 
 The request body is bounded in size and time by `api.app.BodyGuard`; together they leave no
 phase of a request unbounded in time.
@@ -40,7 +43,7 @@ from api.admission import RETRY_AFTER_SECONDS
 from api.problems import PROBLEM_MEDIA_TYPE, problem, problem_body
 from api.settings import Settings
 
-REASONS: Final = {408: b"Request Timeout", 413: b"Content Too Large"}
+REASONS: Final = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large"}
 FILES_RESERVE: Final = 256  # the node's own files: the store, each thread's reader, logs
 
 
@@ -167,6 +170,11 @@ class HeadBound(asyncio.Protocol):
     def _on_head_timeout(self) -> None:
         detail = f"no complete request line and headers within {self.head_seconds:g} s"
         self._refuse("request_timeout", detail)
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn calls when its parser refuses the bytes received (both protocols):
+        the same answer as a problem, closing the connection."""
+        self._refuse("malformed_request", "the request line or headers are not valid HTTP/1.1")
 
     def _refuse(self, code: str, detail: str) -> None:
         """Answer a problem and close; the parser has no request, so uvicorn sends nothing."""

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api import schemas
 from api.node import Node
 from api.problems import problem_responses
-from api.routes import node_of
+from api.routes import body_of, node_of
 from consensus.transport import MESSAGES_PATH, NDJSON
 from ledger.errors import LedgerError
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
@@ -41,7 +41,10 @@ _VOTE_EXAMPLE: Final = (
     status_code=202,
     summary=f"Validators only: a batch of up to {CONSENSUS_MESSAGES_BATCH_MAX} signed messages",
     response_model=schemas.ConsensusAccepted,
-    responses=problem_responses("malformed_message", "limit_exceeded", "not_found"),
+    responses=problem_responses(
+        "malformed_message", "limit_exceeded", "not_found", "unsupported_media_type"
+    ),
+    dependencies=[Depends(body_of(NDJSON))],
     openapi_extra={
         "requestBody": {
             "required": True,

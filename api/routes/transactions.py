@@ -18,7 +18,7 @@ from api.admission import RETRY_AFTER_SECONDS, Admission, Refused
 from api.intake import Submission
 from api.node import Node
 from api.problems import problem, problem_body, problem_responses
-from api.routes import admission_of, example, node_of, settings_of
+from api.routes import admission_of, body_of, example, node_of, settings_of
 from api.schemas import EXAMPLE_TX_ID
 from api.settings import SUBMISSION_ENVELOPES_MAX, Settings
 from consensus.producer import Outcome
@@ -54,6 +54,7 @@ SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     },
     **problem_responses(
         "malformed_json",
+        "unsupported_media_type",
         "request_timeout",
         "mempool_full",
         "too_many_requests",
@@ -103,6 +104,7 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
         "none can be reached, `bad_upstream` when one answered badly."
     ),
     responses=SUBMIT_RESPONSES,
+    dependencies=[Depends(body_of("application/json"))],
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -85,10 +85,10 @@ async def test_a_state_key_over_the_limit_is_invalid(client: httpx.AsyncClient) 
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("TRACE", "/v1/genesis", {"GET"}),
-        ("DELETE", "/healthz", {"GET"}),
+        ("TRACE", "/v1/genesis", {"GET", "HEAD"}),
+        ("DELETE", "/healthz", {"GET", "HEAD"}),
         ("PUT", "/v1/transactions", {"POST"}),
-        ("PATCH", f"/v1/transactions/{'ab' * 32}", {"GET"}),
+        ("PATCH", f"/v1/transactions/{'ab' * 32}", {"GET", "HEAD"}),
     ],
 )
 async def test_an_undeclared_method_is_405_with_allow(
@@ -110,6 +110,43 @@ async def test_an_unparsable_array_item_is_rejected_in_its_place(
     results = response.json()["results"]
     assert [r["status"] for r in results] == ["rejected", "rejected"]
     assert {r["problem"]["code"] for r in results} == {"invalid_field"}
+
+
+@pytest.mark.parametrize(
+    "declared",
+    ["application/x-www-form-urlencoded", "text/plain; charset=utf-8", "application/x-ndjson"],
+)
+async def test_a_submission_declared_as_another_media_type_is_415_and_admits_nothing(
+    client: httpx.AsyncClient, node: tuple[Chain, Node], declared: str
+) -> None:
+    """`curl -d @transfer.json` declares a form: it is told what to send, before the body is
+    read, and nothing is admitted."""
+    chain, running = node
+    envelope = chain.create_program()
+    headers = {"content-type": declared}
+    answer = await client.post("/v1/transactions", content=envelope.leaf, headers=headers)
+    problem = assert_problem(answer, 415, "unsupported_media_type")
+    kind = declared.split(";", maxsplit=1)[0]
+    assert problem["detail"] == (
+        f"the body is declared {kind!r}; send it as application/json (content-type header)"
+    )
+    assert running.outcome(envelope.tx_id) is None
+
+
+@pytest.mark.parametrize(
+    "declared", [None, "application/json", "Application/JSON; charset=utf-8", "application/x+json"]
+)
+async def test_a_submission_declared_as_json_or_undeclared_is_admitted(
+    client: httpx.AsyncClient, node: tuple[Chain, Node], declared: str | None
+) -> None:
+    chain, running = node
+    envelope = chain.create_program()
+    headers = {} if declared is None else {"content-type": declared}
+    answer = await client.post("/v1/transactions", content=envelope.leaf, headers=headers)
+    assert answer.status_code in (200, 202), answer.text
+    assert answer.json()["status"] in ("pending", "committed")
+    outcome = running.outcome(envelope.tx_id)
+    assert outcome is not None and outcome.status in ("pending", "committed")
 
 
 # The request-body deadline ------------------------------------------------------------------

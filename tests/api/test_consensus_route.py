@@ -77,3 +77,21 @@ async def test_more_lines_than_a_batch_holds_are_refused(live: Live) -> None:
     collect(live)
     body = b"{}\n" * (CONSENSUS_MESSAGES_BATCH_MAX + 1)  # counted before any line is read
     assert_problem(await post_batch(live, body), 422, "limit_exceeded")
+
+
+@pytest.mark.parametrize("declared", ["application/json", "text/plain", "multipart/form-data"])
+async def test_a_batch_declared_as_another_media_type_is_415_and_not_read(
+    live: Live, declared: str
+) -> None:
+    received = collect(live)
+    body = encode_batch([a_vote(live)])
+    answer = await live.client.post(
+        "/v1/consensus/messages", content=body, headers={"content-type": declared}
+    )
+    problem = assert_problem(answer, 415, "unsupported_media_type")
+    assert problem["detail"] == (
+        f"the body is declared {declared!r}; send it as application/x-ndjson (content-type header)"
+    )
+    assert received == []
+    assert (await live.client.post("/v1/consensus/messages", content=body)).status_code == 202
+    assert received == decode_batch(body, transaction_bytes_max=1 << 20)

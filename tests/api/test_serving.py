@@ -353,3 +353,75 @@ def test_requests_beyond_connections_max_are_answered_503(parser: str, tmp_path:
         with connect(where) as later:
             later.sendall(HEALTHZ)
             assert read_answer(later)[0] == 200
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32,
+        b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+    ],
+    ids=["tls-hello", "header-without-colon"],
+)
+def test_bytes_that_are_not_http_are_answered_a_problem(
+    parser: str, garbage: bytes, tmp_path: Path
+) -> None:
+    """uvicorn answers a request its parser refuses in plain text; the node answers the
+    same 400 as an RFC 9457 problem, and closes the connection as uvicorn does."""
+    settings = Settings(data=tmp_path, port=free_port())
+    with serving(settings, parser) as where, connect(where) as client:
+        client.sendall(garbage)
+        status, headers, body = read_answer(client)
+        assert (status, headers["content-type"]) == (400, PROBLEM_MEDIA_TYPE)
+        assert headers["connection"] == "close"
+        assert json.loads(body) == {
+            "type": "urn:tanlian:problem:malformed_request",
+            "title": "The request is not valid HTTP/1.1",
+            "status": 400,
+            "detail": "the request line or headers are not valid HTTP/1.1",
+            "code": "malformed_request",
+        }
+        assert is_closed(client)
+        with connect(where) as next_client:  # the server goes on
+            next_client.sendall(HEALTHZ)
+            assert read_answer(next_client)[0] == 200
+
+
+# --- HTTP semantics on the real node -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/genesis", "/healthz", "/", "/assets/explorer.css"])
+def test_head_answers_gets_status_and_headers_without_a_body(node: RunningNode, path: str) -> None:
+    """RFC 9110 §9.3.2. The GET after the HEAD on the same connection shows that no body
+    bytes followed the HEAD's headers (they would be read as the GET's answer)."""
+    with connect(address(node.url)) as client:
+        client.sendall(f"HEAD {path} HTTP/1.1\r\nhost: node\r\n\r\n".encode())
+        head = http.client.HTTPResponse(client, method="HEAD")
+        head.begin()
+        assert head.read() == b""
+        head_headers = {k.lower(): v for k, v in head.getheaders()}
+        client.sendall(f"GET {path} HTTP/1.1\r\nhost: node\r\n\r\n".encode())
+        status, get_headers, body = read_answer(client)
+    assert head.status == status == 200
+    assert head_headers["content-type"] == get_headers["content-type"]
+    assert int(head_headers["content-length"]) == len(body) > 0
+
+
+def test_head_of_a_resource_without_get_is_405_naming_what_it_takes(node: RunningNode) -> None:
+    with httpx.Client(base_url=node.url, timeout=ANSWER_WAIT_SECONDS) as client:
+        answer = client.head("/v1/transactions")
+    assert (answer.status_code, answer.headers["content-type"]) == (405, PROBLEM_MEDIA_TYPE)
+    assert answer.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("range_header", ["bytes=999999999-", "bytes=abc", "items=0-1"])
+def test_a_range_on_an_asset_is_ignored_rather_than_refused_in_plain_text(
+    node: RunningNode, range_header: str
+) -> None:
+    with httpx.Client(base_url=node.url, timeout=ANSWER_WAIT_SECONDS) as client:
+        whole = client.get("/assets/explorer.js")
+        ranged = client.get("/assets/explorer.js", headers={"range": range_header})
+    assert whole.status_code == ranged.status_code == 200, ranged.text
+    assert ranged.content == whole.content and len(whole.content) > 1000
+    assert "content-range" not in ranged.headers
