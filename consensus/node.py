@@ -24,10 +24,10 @@ Peers' batches arrive on any thread through `on_batch` (the route's inbox, docs/
 to the pool as forwarded ones (their signatures checked once, in the signature worker, and
 never forwarded again: every validator forwards only what its own clients submitted, to
 every peer); blocks sent by reference are completed from the pool and the `consensus.relay`
-holding; the messages are queued (at most PEER_QUEUE_MESSAGES_MAX, the oldest dropped and
-counted) and fed to the replica on the block-loop thread: the replica is touched by one
-thread only. The replica checks every signature and certificate; what it refuses is dropped
-there.
+holding; the messages are queued (at most PEER_QUEUE_MESSAGES_MAX messages and about
+PEER_QUEUE_BYTES_MAX bytes, the oldest dropped and counted) and fed to the replica on the
+block-loop thread: the replica is touched by one thread only. The replica checks every
+signature and certificate; what it refuses is dropped there.
 
 Two states: `state` is the committed one (durable: what readers see and the store holds),
 the tip is the replica's (decided, perhaps still being written). Nonces count from the tip,
@@ -69,7 +69,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from consensus.messages import Decision, Message
+from consensus.messages import Decision, Message, Vote
 from consensus.pool import Pool
 from consensus.producer import (
     CommittedBlock,
@@ -99,6 +99,8 @@ from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
+    PEER_MESSAGE_BYTES_BASE,
+    PEER_QUEUE_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
     PROPOSAL_TRANSACTIONS_MAX,
     PROPOSE_TIMEOUT_MS_EXTRA,
@@ -111,6 +113,15 @@ from ledger.store import Store
 from ledger.transactions import Envelope
 
 log = logging.getLogger("tanlian.consensus.node")
+
+
+def message_bytes(message: Message) -> int:
+    """What a peer's message counts against PEER_QUEUE_BYTES_MAX: its block's transactions'
+    bytes (shared with the pool when they came by reference: an overcount, on the safe
+    side) and PEER_MESSAGE_BYTES_BASE."""
+    if isinstance(message, Vote):
+        return PEER_MESSAGE_BYTES_BASE
+    return PEER_MESSAGE_BYTES_BASE + sum(len(e.leaf) for e in message.block.transactions)
 
 
 def _monotonic_ms() -> int:
@@ -182,7 +193,8 @@ class BftProducer:
         self._joining = _check_membership(self._state, validator_key, can_sync=sync is not None)
         self._lock = threading.Lock()  # the pool, the outcomes, the inbox
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
-        self._inbox: deque[Message] = deque()
+        self._inbox: deque[tuple[Message, int]] = deque()  # each with its `message_bytes`
+        self._inbox_bytes = 0
         self.messages_dropped = 0
         self.signatures_checked = 0  # by `_verify_signatures`, for the replica
         self.signatures_reused = 0  # passed there: checked on admission
@@ -289,8 +301,9 @@ class BftProducer:
             self._started = True
             self._carry_out(self.replica.on_start(now_ms))
         with self._lock:
-            messages = list(self._inbox)
+            messages = [message for message, _ in self._inbox]
             self._inbox.clear()
+            self._inbox_bytes = 0
         for message in messages:
             self._carry_out(self.replica.on_message(message, now_ms))
         while self._timers and self._timers[0][0] <= self._clock_ms():
@@ -400,12 +413,22 @@ class BftProducer:
         """The inbox (any thread): queue peers' parsed messages for the replica."""
         if self.sync is not None:
             self.sync.heard(messages)
+        sized = [(message, message_bytes(message)) for message in messages]
         with self._lock:
-            self._inbox.extend(messages)
-            over = len(self._inbox) - PEER_QUEUE_MESSAGES_MAX
-            for _ in range(max(over, 0)):
-                self._inbox.popleft()
-            self.messages_dropped += max(over, 0)
+            self._inbox.extend(sized)
+            self._inbox_bytes += sum(size for _, size in sized)
+            while len(self._inbox) > 1 and (
+                len(self._inbox) > PEER_QUEUE_MESSAGES_MAX
+                or self._inbox_bytes > PEER_QUEUE_BYTES_MAX
+            ):
+                _, size = self._inbox.popleft()
+                self._inbox_bytes -= size
+                self.messages_dropped += 1
+
+    def inbox_bytes(self) -> int:
+        """What the messages waiting for the replica count (`message_bytes`)."""
+        with self._lock:
+            return self._inbox_bytes
 
     def next_timer_ms(self) -> int | None:
         """Milliseconds until the next timer is due (None: none), for a loop that sleeps."""
@@ -544,6 +567,7 @@ class BftProducer:
         self._finish_writes(wait=True)
         with self._lock:
             self._inbox.clear()
+            self._inbox_bytes = 0
         if (
             not self._committed
             and self.sync is not None

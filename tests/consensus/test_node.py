@@ -16,8 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from consensus.messages import sign_proposal
-from consensus.node import BftProducer
+import pytest
+
+from consensus.messages import encode_message, sign_proposal, sign_vote
+from consensus.node import BftProducer, message_bytes
 from consensus.proposer import compute_proposer
 from consensus.relay import encode_reference
 from consensus.replica import Timeouts
@@ -29,6 +31,9 @@ from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     CONSENSUS_BATCH_BYTES_MAX,
+    PEER_MESSAGE_BYTES_BASE,
+    PEER_QUEUE_BYTES_MAX,
+    PEER_QUEUE_MESSAGES_MAX,
     PROPOSAL_TRANSACTIONS_MAX,
 )
 from ledger.state_transition import build_block
@@ -421,5 +426,54 @@ def test_a_damaged_older_block_is_not_sent_to_a_lagging_peer(tmp_path: Path) -> 
         connection.close()
         assert [d.height for d in producer._decisions_from(1)] == [1, 2]
         assert producer._decisions_from(3) == []
+    finally:
+        consortium.close()
+
+
+def test_peers_messages_wait_within_a_byte_bound_and_the_newest_always_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing checks a message's signature before the replica, which reads none while a
+    block sync runs: anyone could queue 10,000 whole blocks. They wait within
+    PEER_QUEUE_BYTES_MAX, the oldest dropped, and a forged one goes when the replica reads it."""
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        block = build_block(
+            validator.state,
+            WORLD.workload,
+            time=validator.state.head_time + 1,
+            proposer=key("outsider").public_key_hex,
+            last_commit=None,
+        ).block
+        forged = sign_proposal(
+            key("outsider"), chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=block
+        )
+        size = message_bytes(forged)
+        assert size > sum(len(e.leaf) for e in WORLD.workload) > 10_000
+        assert validator.on_batch(encode_message(forged) + b"\n") == 1  # the route's path
+        assert validator.inbox_bytes() == size
+        copies = PEER_QUEUE_BYTES_MAX // size + 100
+        assert copies < PEER_QUEUE_MESSAGES_MAX  # the byte bound is the one met
+        validator.on_messages([forged] * copies)
+        held = PEER_QUEUE_BYTES_MAX // size
+        assert validator.inbox_bytes() == held * size
+        assert validator.messages_dropped == copies + 1 - held
+        validator.produce(int(time.time() * 1000))  # the replica reads them, and drops them
+        assert validator.inbox_bytes() == 0 and validator.state.height == 0
+
+        monkeypatch.setattr("consensus.node.PEER_QUEUE_BYTES_MAX", size - 1)
+        validator.on_messages([forged])  # over the bound alone: the newest stays
+        assert validator.inbox_bytes() == size
+        vote = sign_vote(
+            WORLD.keys[1],
+            chain_id=CHAIN_ID,
+            vote_type="prevote",
+            height=1,
+            round=0,
+            block_hash=None,
+        )
+        validator.on_messages([vote])
+        assert validator.inbox_bytes() == message_bytes(vote) == PEER_MESSAGE_BYTES_BASE
     finally:
         consortium.close()
