@@ -37,7 +37,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from api.problems import Problem
 from api.settings import SUBMISSION_ENVELOPES_MAX
-from ledger.crypto import is_strict_point
+from ledger.crypto import is_public_key
 from ledger.errors import LedgerError
 from ledger.limits import (
     ACCOUNT_KEYS_MAX,
@@ -77,8 +77,8 @@ def _calendar_date(value: str) -> str:
 
 
 def _strict_point(value: str) -> str:
-    if not is_strict_point(bytes.fromhex(value)):
-        raise ValueError("not a canonical Ed25519 point of large order")
+    if not is_public_key(bytes.fromhex(value)):
+        raise ValueError("not a canonical Ed25519 curve point of large order")
     return value
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ledger.crypto import is_strict_point
+from ledger.crypto import is_public_key
 from ledger.errors import FieldError
 from ledger.limits import JSON_INTEGER_MAX
 
@@ -74,8 +74,8 @@ BATCH: Final = text(18, low=3, pattern=BATCH_ID)
 
 def public_key(path: str, value: Any) -> str:
     HASH_HEX(path, value)
-    if not is_strict_point(bytes.fromhex(value)):
-        raise FieldError(path, "not a canonical Ed25519 point of large order")
+    if not is_public_key(bytes.fromhex(value)):
+        raise FieldError(path, "not a canonical Ed25519 curve point of large order")
     return str(value)
 
 

@@ -310,11 +310,34 @@ const TanlianVerify = (() => {
     return y < FIELD_P && !SMALL_ORDER_Y.has(y);
   }
 
+  function modPow(base, exponent, modulus) {
+    let result = 1n;
+    let square = ((base % modulus) + modulus) % modulus;
+    for (let e = exponent; e > 0n; e >>= 1n) {
+      if (e & 1n) result = (result * square) % modulus;
+      square = (square * square) % modulus;
+    }
+    return result;
+  }
+
+  // The curve's constant d = -121665 / 121666 (RFC 8032 §5.1).
+  const CURVE_D = (((-121665n * modPow(121666n, FIELD_P - 2n, FIELD_P)) % FIELD_P) + FIELD_P) % FIELD_P;
+
+  /** A strict point that is on the curve (ledger/crypto.py is_public_key): x² = u / v, with
+   * u = y² - 1 and v = d·y² + 1, has a root exactly when u·v is a square (Euler). */
+  function isPublicKey(bytes) {
+    if (!isStrictPoint(bytes)) return false;
+    const y = littleEndian(bytes) & ((1n << 255n) - 1n);
+    const ySquared = (y * y) % FIELD_P;
+    const uv = (((ySquared - 1n) * (CURVE_D * ySquared + 1n)) % FIELD_P + FIELD_P) % FIELD_P;
+    return modPow(uv, (FIELD_P - 1n) / 2n, FIELD_P) !== FIELD_P - 1n;
+  }
+
   /** Strict Ed25519 verification; throws ProofError naming what failed. */
   async function verifySignature(publicKeyHex, message, signatureHex) {
     const publicKey = fromHex(publicKeyHex);
     const signature = fromHex(signatureHex);
-    if (!isStrictPoint(publicKey)) fail(`public key ${publicKeyHex} is not a canonical point of large order`);
+    if (!isPublicKey(publicKey)) fail(`public key ${publicKeyHex} is not a canonical curve point of large order`);
     if (signature.length !== 64) fail("a signature is 64 bytes");
     if (!isStrictPoint(signature.slice(0, 32))) fail("signature R is not a canonical point of large order");
     if (littleEndian(signature.slice(32)) >= GROUP_L) fail("signature S is not reduced (S >= L)");
@@ -379,7 +402,7 @@ const TanlianVerify = (() => {
 
   function strictKey(path, value) {
     hash(path, value);
-    if (!isStrictPoint(fromHex(value))) fail(`${path}: not a canonical Ed25519 point of large order`);
+    if (!isPublicKey(fromHex(value))) fail(`${path}: not a canonical Ed25519 curve point of large order`);
   }
 
   function sortedUnique(path, keys) {
@@ -870,5 +893,6 @@ const TanlianVerify = (() => {
     verifyReceiptText,
     verifyTransactionProof,
     SMALL_ORDER_Y,
+    isPublicKey,
   };
 })();

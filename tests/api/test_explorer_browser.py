@@ -32,7 +32,7 @@ from ledger.blocks import (
     parse_validators,
     verify_certificate,
 )
-from ledger.crypto import GROUP_L, SMALL_ORDER_Y
+from ledger.crypto import GROUP_L, SMALL_ORDER_Y, is_public_key
 from ledger.encoding import canonical, decode
 from ledger.errors import InvalidProofError, LedgerError
 from ledger.genesis import Genesis, parse_genesis
@@ -519,9 +519,17 @@ def test_javascript_ed25519_is_as_strict_as_pythons(
     malleable = (signature[:32] + (s_value + GROUP_L).to_bytes(32, "little")).hex()
     identity = (1).to_bytes(32, "little").hex()  # y = 1: the neutral point, order 1
     explorer.load_verifier()
+    off_curve = (2).to_bytes(32, "little").hex()  # y = 2: no point of the curve
+    samples = [key, off_curve] + [(y).to_bytes(32, "little").hex() for y in range(3, 43)]
+    verdicts = explorer.page.evaluate(
+        "keys => keys.map(k => TanlianVerify.isPublicKey(TanlianVerify.fromHex(k)))", samples
+    )
+    assert verdicts == [is_public_key(bytes.fromhex(k)) for k in samples]
+    assert verdicts[:2] == [True, False] and len(set(verdicts[2:])) == 2  # both kinds seen
     for public_key, sig, refusal in (
         (key, malleable, "S >= L"),
         (identity, certificate["signatures"][0]["signature"], "large order"),
+        (off_curve, certificate["signatures"][0]["signature"], "curve point"),
     ):
         refused = explorer.page.evaluate(
             "async ([key, sig]) => { try { await TanlianVerify.verifySignature(key, "

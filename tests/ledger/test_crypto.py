@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 import nacl.bindings
 import nacl.signing
@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import crypto
+from ledger.blocks import parse_validators
 from ledger.crypto import (
     FIELD_P,
     GROUP_L,
@@ -22,12 +23,14 @@ from ledger.crypto import (
     PrivateKey,
     SignatureError,
     compute_account_id,
+    is_public_key,
     is_strict_point,
     validate_public_key,
     verify_signature,
 )
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
+from ledger.transactions import PAYLOADS
 
 SEEDS = st.binary(min_size=32, max_size=32)
 MESSAGE = b"tanlian/tx/v1\n" + b'{"chain_id":"zibo-test"}'
@@ -183,6 +186,37 @@ def test_non_canonical_y_is_refused(offset: int, sign: bool) -> None:
     signature = key.sign(MESSAGE)
     with pytest.raises(SignatureError):
         verify_signature(key.public_key, MESSAGE, encoded + signature[32:])
+
+
+OFF_CURVE_Y: Final = 2  # x² = 3 / (4d + 1) has no root: y = 2 is no point's (checked below)
+
+
+def test_a_key_that_is_no_curve_point_is_refused_everywhere_keys_are_read() -> None:
+    """SPEC §2.3 refuses non-canonical point encodings: an encoding with y < p, not of small
+    order, that decodes to no point of the curve passed as a key, in `set_keys`, validator
+    sets and genesis, where only a later signature check would have refused it (an account
+    rotated to such a key is locked for good; validators given one halt the chain)."""
+    assert points_with_y(OFF_CURVE_Y) == []
+    encoded = encode(OFF_CURVE_Y)
+    assert is_strict_point(encoded) and not is_public_key(encoded)
+    assert not nacl.bindings.crypto_core_ed25519_is_valid_point(encoded)
+    with pytest.raises(SignatureError, match="not a canonical curve point"):
+        validate_public_key(encoded)
+    with pytest.raises(LedgerError, match="not a canonical Ed25519 curve point") as caught:
+        PAYLOADS["set_keys"]("payload", {"keys": [encoded.hex()], "threshold": 1})
+    assert caught.value.code == "invalid_field"
+    with pytest.raises(LedgerError) as caught:
+        parse_validators([{"public_key": encoded.hex(), "power": 1, "name": "v"}])
+    assert caught.value.code == "invalid_field"
+
+
+@given(st.integers(0, FIELD_P - 1), st.booleans())
+def test_a_public_key_is_exactly_a_strict_point_of_the_curve(y: int, sign: bool) -> None:
+    """Against the Edwards model above (its own decoding, not the Euler shortcut)."""
+    encoded = encode(y, sign=sign)
+    assert is_public_key(encoded) == (is_strict_point(encoded) and points_with_y(y) != [])
+    if nacl.bindings.crypto_core_ed25519_is_valid_point(encoded):
+        assert is_public_key(encoded)
 
 
 def test_is_strict_point_length() -> None:
