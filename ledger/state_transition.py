@@ -338,8 +338,10 @@ def _overlaps(a_start: str, a_end: str, b_start: str, b_end: str) -> bool:
     return a_start < b_end and b_start < a_end  # ISO dates order as strings; ends exclusive
 
 
-def _issue(ctx: _Context) -> None:
-    p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
+def _check_accredited(work: _Work, signer: str, methodology_id: str) -> None:
+    """SPEC §3.3 for whatever a certifier signs as one (`issue`, `invalidate`): its
+    accreditation unrevoked, the block time inside `[valid_from, valid_until)`, and the
+    methodology registered and in its scope."""
     certifier = work.get(f"certifier/{signer}")
     if certifier is None or certifier["revoked_height"] is not None:
         raise _reject("not_accredited", f"{signer} is not an accredited certifier")
@@ -349,13 +351,18 @@ def _issue(ctx: _Context) -> None:
             f"block time {work.time} is outside the accreditation "
             f"[{certifier['valid_from']}, {certifier['valid_until']})",
         )
-    methodology_id = p["methodology_id"]
     if work.get(f"methodology/{methodology_id}") is None:
         raise _reject("unknown_methodology", f"methodology {methodology_id} is not registered")
     if methodology_id not in certifier["methodologies"]:
         raise _reject(
             "methodology_not_in_scope", f"{methodology_id} is not in {signer}'s accreditation"
         )
+
+
+def _issue(ctx: _Context) -> None:
+    p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
+    methodology_id = p["methodology_id"]
+    _check_accredited(work, signer, methodology_id)
     for recipient in p["recipients"]:
         _check_not_suspended(work, recipient["account"], "recipient")
     issuance_key = f"issuance/{methodology_id}/{p['project_id']}"
@@ -486,6 +493,8 @@ def _invalidate(ctx: _Context) -> None:
         raise _reject(
             "not_authorized", "only the authority or the batch's certifier may invalidate it"
         )
+    if signer != work.base.authority:  # the certifier, as one: revoked or expired, it may not
+        _check_accredited(work, signer, batch["methodology_id"])
     _check_holding(work, p["batch_id"], p["holder"], p["quantity"])
     _move(work, p["batch_id"], p["holder"], p["quantity"], to=p["holder"], status=INVALIDATED)
     work.put(

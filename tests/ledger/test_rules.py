@@ -553,6 +553,36 @@ def test_invalidate_by_a_holder_is_not_authorized(chain: Chain) -> None:
     check_one_change(chain, valid, invalid, "not_authorized")
 
 
+def test_invalidate_by_a_revoked_certifier_is_not_accredited(chain: Chain) -> None:
+    """SPEC §3.3: a certifier's accreditation must be unrevoked for whatever it signs as one.
+    Found by review: a certifier revoked for misconduct could still destroy its holders'
+    credits for good; the authority still can."""
+    revoke = {"certifier": chain.certifier.account_id, "reason": "audit failed"}
+    commit_ok(chain, as_authority(chain, "revoke_certifier", revoke))
+    payload = invalidation(chain.bob, 100)
+    assert_rejected(chain, sign(chain, chain.certifier, "invalidate", payload), "not_accredited")
+    assert batch(chain)["invalidated"] == 0
+    commit_ok(chain, as_authority(chain, "invalidate", payload))
+    assert batch(chain)["invalidated"] == 100
+
+
+def test_invalidate_by_a_certifier_outside_its_window_or_scope(chain: Chain) -> None:
+    auditor = key("auditor")
+    valid_until = chain.time + 5000
+    accredit = accreditation(auditor, valid_until=valid_until)
+    commit_ok(chain, as_authority(chain, "accredit_certifier", accredit))
+    issuing = issuance([(chain.alice, 10)], project_id="meter-0002")
+    commit_ok(chain, sign(chain, auditor, "issue", issuing))
+    envelope = sign(chain, auditor, "invalidate", invalidation(chain.alice, 4, batch_id="B-2"))
+    # The same envelope: one millisecond inside the window, then at its (exclusive) end.
+    assert_accepted(chain, envelope, advance_ms=valid_until - 1 - chain.time)
+    assert_rejected(chain, envelope, "not_accredited", advance_ms=valid_until - chain.time)
+    narrowed = accreditation(auditor, ["rooftop-solar"])  # re-accredited for another scope
+    commit_ok(chain, as_authority(chain, "accredit_certifier", narrowed))
+    assert_rejected(chain, envelope, "methodology_not_in_scope")
+    assert batch(chain, "B-2")["invalidated"] == 0
+
+
 # --- accreditation (§3.3) ----------------------------------------------------------------------
 
 
