@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import jinja2
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
@@ -117,7 +117,7 @@ def load_targets(path: Path) -> dict[str, ProgrammeTarget]:
 
 def is_page(path: str) -> bool:
     """Whether a path is the explorer's (HTML errors) rather than a machine interface's."""
-    return not path.startswith(MACHINE_PATHS)
+    return path != "/v1" and not path.startswith(MACHINE_PATHS)
 
 
 def embed_json(value: Any) -> Markup:
@@ -235,7 +235,7 @@ class Explorer:
 
     def error(
         self, request: Request, code: str, detail: str, headers: Mapping[str, str] | None = None
-    ) -> HTMLResponse:
+    ) -> Response:
         """The problem `code` (api.problems) as an HTML page with its status."""
         body = problem_body(code, detail)
         status = int(str(body["status"]))
@@ -243,7 +243,7 @@ class Explorer:
             return self.render(request, "error.html", status=status, headers=headers, problem=body)
         except Exception:  # a page that cannot render still answers the problem, as text
             log.exception("the error page for %s failed to render", code)
-            return HTMLResponse(
+            return PlainTextResponse(  # never HTML: the detail may echo the address
                 f"{status} {body['title']}: {body['detail']}",
                 status_code=status,
                 headers=headers,

@@ -29,9 +29,9 @@ router = APIRouter(tags=["consensus"])
 
 _VOTE_EXAMPLE: Final = (
     '{"block_hash":null,"chain_id":"example-chain","height":1,"public_key":"'
-    + "ab" * 32
+    + schemas.EXAMPLE_PUBLIC_KEY
     + '","round":0,"signature":"'
-    + "cd" * 64
+    + schemas.EXAMPLE_SIGNATURE
     + '","type":"prevote"}\n'
 )
 

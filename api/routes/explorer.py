@@ -167,9 +167,9 @@ def search(
     text = q.strip()
     if not text:
         return RedirectResponse("/", status_code=303)
-    if len(text) > SEARCH_CHARS_MAX:
+    if len(q) > SEARCH_CHARS_MAX:
         raise _bad(f"a search is at most {SEARCH_CHARS_MAX} characters")
-    matches = _matches(node, text)
+    matches = _matches(node, text, exact=q)
     if len(matches) == 1:
         return RedirectResponse(matches[0][1], status_code=303)
     if not matches:
@@ -182,7 +182,9 @@ def search(
     return _render(request, explorer, node, "search.html", q=text, matches=matches)
 
 
-def _matches(node: Node, text: str) -> list[tuple[str, str]]:
+def _matches(node: Node, text: str, *, exact: str) -> list[tuple[str, str]]:
+    """What `text` (the search, stripped) names; a beneficiary by its exact name, which may
+    begin or end with spaces (`exact`, the search as typed), or else by `text`."""
     state = node.state
     found: list[tuple[str, str]] = []
     plain = text.replace(",", "").replace(" ", "")
@@ -208,14 +210,13 @@ def _matches(node: Node, text: str) -> list[tuple[str, str]]:
             found.append(
                 (f"方法学 Methodology: {methodology['name']}", f"/batches?methodology_id={text}")
             )
-    beneficiary = (
-        node.reader()
-        .db.execute("SELECT 1 FROM retirements WHERE beneficiary = ? LIMIT 1", (text,))
-        .fetchone()
-    )
-    if beneficiary is not None:
-        link = f"/retirements?beneficiary={quote(text, safe='')}"
-        found.append((f"受益方 Beneficiary: {text}", link))
+    reader = node.reader()
+    for name in dict.fromkeys((exact, text)):
+        query = "SELECT 1 FROM retirements WHERE beneficiary = ? LIMIT 1"
+        if reader.db.execute(query, (name,)).fetchone() is not None:
+            link = f"/retirements?beneficiary={quote(name, safe='')}"
+            found.append((f"受益方 Beneficiary: {name}", link))
+            break
     return found
 
 
@@ -372,8 +373,8 @@ def retirements(
 ) -> HTMLResponse:
     if program_id is not None:
         _slug(program_id, "a programme id")
-    if beneficiary is not None:
-        beneficiary = beneficiary.strip() or None
+    if beneficiary is not None and not beneficiary.strip():
+        beneficiary = None  # an empty filter; a name is matched exactly, spaces and all
     if beneficiary is not None and len(beneficiary) > TEXT_CHARS_MAX:
         raise _bad(f"a beneficiary is at most {TEXT_CHARS_MAX} characters")
     with _cursors():

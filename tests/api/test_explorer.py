@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -38,6 +39,9 @@ HOUSEHOLDS = 30  # more than one page (25) of lots, history and retirements
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+PADDED = " Padded Org "
 
 
 class City:
@@ -90,6 +94,11 @@ class City:
             self.transfers.append(transfer.tx_id)
             moves.append(transfer)
         later = [
+            c.tx(  # a name that begins and ends with spaces: the ledger takes it as it is
+                c.bob,
+                "retire",
+                {"batch_id": "B-2", "quantity": 1, "beneficiary": PADDED, "purpose": "voluntary"},
+            ),
             c.tx(
                 c.bob,
                 "retire",
@@ -109,7 +118,7 @@ class City:
                 {"batch_id": "B-1", "holder": bob, "quantity": 100, "reason": "meter fault"},
             ),
         ]
-        self.retirements.append(later[0].tx_id)
+        self.retirements += [later[0].tx_id, later[1].tx_id]  # Zhang Wei's the latest
         return [
             (GENESIS_TIME + 86_400_000, first + issues[:1]),
             (GENESIS_TIME + MONTH_MS, issues[1:] + moves),
@@ -192,13 +201,13 @@ def text_of(html: str) -> str:
 async def test_home_shows_totals_latest_blocks_and_retirements(live: Live) -> None:
     page = text_of(await live.page("/"))
     assert "Carbon credits" in page and "碳信用" in page
-    # issued 10,000 kg; retired 30 household retirements (10..39 kg) + 700
-    retired = sum(10 + i for i in range(HOUSEHOLDS)) + 700
+    # issued 10,000 kg; retired 30 household retirements (10..39 kg) + 1 + 700
+    retired = sum(10 + i for i in range(HOUSEHOLDS)) + 1 + 700
     assert "Issued 10 " in page  # 10 t
     assert f"Retired {retired // 1000}.{retired % 1000:03d}".rstrip("0") in page
     assert "Invalidated 0.1 " in page
     assert "张伟 Zhang Wei household" in page
-    assert "2 个批次 batches" in page and f"{HOUSEHOLDS + 1} 次注销 retirements" in page
+    assert "2 个批次 batches" in page and f"{HOUSEHOLDS + 2} 次注销 retirements" in page
 
 
 async def test_every_page_renders(live: Live) -> None:
@@ -373,6 +382,39 @@ async def test_search_goes_to_the_one_match(live: Live) -> None:
         response = await live.client.get("/search", params={"q": text})
         assert response.status_code == 303, (text, response.text[:300])
         assert response.headers["location"].startswith(target), (text, response.headers)
+
+
+async def test_a_beneficiary_is_found_by_its_exact_name_as_the_api_finds_it(live: Live) -> None:
+    """Found by review: the explorer stripped the name, so a beneficiary whose name begins or
+    ends with a space was on its certificate but in no list or search."""
+    api = await live.client.get("/v1/retirements", params={"beneficiary": PADDED})
+    (record,) = api.json()["items"]
+    assert record["beneficiary"] == PADDED
+    html = await live.page(f"/retirements?beneficiary={quote(PADDED)}")
+    assert f"/retirements/{record['retirement_id']}" in html
+    response = await live.client.get("/search", params={"q": PADDED})
+    assert response.status_code == 303, response.text[:300]
+    assert response.headers["location"] == f"/retirements?beneficiary={quote(PADDED, safe='')}"
+
+
+async def test_pages_carry_a_content_security_policy_and_every_answer_nosniff(
+    live: Live,
+) -> None:
+    """Found by review: no security header at all. The browser tests load every page under
+    this policy with no console error, so nothing a page needs is refused by it."""
+    for path in ("/", "/verify", "/no-such-page"):
+        response = await live.client.get(path)
+        assert response.headers["content-type"].startswith("text/html"), path
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+        assert "unsafe-eval" not in policy and "script-src 'unsafe-inline'" not in policy
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    for path in ("/v1/genesis", "/v1/nothing", "/assets/verify.js", "/docs", "/v1"):
+        response = await live.client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert "content-security-policy" not in response.headers, path
+    assert (await live.client.get("/v1")).headers["content-type"] == PROBLEM_MEDIA_TYPE
 
 
 async def test_search_with_no_match_is_a_404_page(live: Live) -> None:
