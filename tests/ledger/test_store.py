@@ -961,7 +961,38 @@ SUPERSEDED_QUERIES = {
         "ORDER BY height DESC, retirement_id DESC LIMIT 10",
         "retirements_program_newest",
     ),
+    "idx_batches_methodology_id": (
+        "CREATE INDEX idx_batches_methodology_id ON batches (methodology_id)",
+        "SELECT batch_id FROM batches WHERE methodology_id = 'm'",
+        "batches_methodology_newest",
+    ),
+    "idx_batches_certifier": (
+        "CREATE INDEX idx_batches_certifier ON batches (certifier)",
+        "SELECT batch_id FROM batches WHERE certifier = 'c'",
+        "batches_certifier_newest",
+    ),
 }
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("", "batches_newest"),
+        ("methodology_id = 'm' AND ", "batches_methodology_newest"),
+        ("certifier = 'c' AND ", "batches_certifier_newest"),
+    ],
+)
+def test_a_page_of_batches_reads_an_index_in_order(tmp_path: Path, where: str, index: str) -> None:
+    """`api.reads.batches`' query, newest first by number: found by review sorting every
+    batch on each page (~100 ms a page at 300,000 batches)."""
+    store = Store.create(tmp_path, Chain().genesis_document)
+    number = "CAST(substr(batch_id, 3) AS INTEGER)"
+    query = (
+        f"SELECT batch_id FROM batches WHERE {where}{number} < 99 ORDER BY {number} DESC LIMIT 21"
+    )
+    plan = " ".join(row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {query}"))
+    assert index in plan and "TEMP B-TREE" not in plan and "SCAN batches" not in plan, plan
+    store.close()
 
 
 def test_a_new_store_has_no_index_another_one_covers(tmp_path: Path) -> None:
