@@ -177,7 +177,10 @@ class Statistics:
                 break
             tally.add(("issued",), batch["issued"], self.month(batch["time"]), batch)
             tally.batches += 1
-        for tx_id, kind, time_ms, envelope in store.db.execute(_EVENTS, (tally.height, high)):
+        # Every row read before any is counted: a read that fails halfway (StoreError) must
+        # leave the tally as it was, or the next refresh would count the first rows twice.
+        events = store.db.execute(_EVENTS, (tally.height, high)).fetchall()
+        for tx_id, kind, time_ms, envelope in events:
             month = self.month(time_ms)
             if kind == "retire":
                 record = state.get(f"retirement/{tx_id}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from api.explorer import embed_json, load_targets
 from api.node import Node
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import Settings
-from api.statistics import Statistics
+from api.statistics import _EVENTS, Statistics
 from consensus.producer import SoloProducer
 from ledger.store import Store
 from tests.api.test_cli import TANLIAN, environment
@@ -635,3 +636,43 @@ async def test_an_accounts_history_says_what_an_issuance_gave_it(live: Live) -> 
         pager=-1,
     )
     assert sorted(received) == ["2,000", "3,000"]  # of B-2 (2,000 kg) and B-1 (8,000 kg)
+
+
+class _FailingEvents:
+    """A read of the events that fails after its first row, as a damaged page would."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.rows[0]
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    def fetchall(self) -> list[Any]:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+class _FailingReader:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = self
+
+    def execute(self, query: str, parameters: Any = ()) -> Any:
+        rows = self.store.db.execute(query, parameters)
+        return _FailingEvents(rows.fetchall()) if query == _EVENTS else rows
+
+
+async def test_a_read_failing_halfway_counts_nothing_twice(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the totals counted events while reading them, so a read that failed
+    after its first rows left them counted, and the next refresh counted them again."""
+    statistics = Statistics(utc_offset_minutes=480)
+    reader = live.node.reader
+    monkeypatch.setattr(live.node, "reader", lambda: _FailingReader(reader()))
+    with pytest.raises(sqlite3.DatabaseError):
+        statistics.refresh(live.node)
+    monkeypatch.undo()
+    again = statistics.refresh(live.node)
+    assert again.total["retired"] > 0 and again.total["invalidated"] > 0
+    assert again == Statistics(utc_offset_minutes=480).refresh(live.node)
