@@ -437,8 +437,13 @@ async def test_a_proposal_with_a_flipped_signature_bit(
 
 @pytest.mark.parametrize(
     "public_key",
-    [point(1), point(FIELD_P - 1), point(FIELD_P + 1)],
-    ids=["the identity (small order)", "order 2 (y = -1)", "non-canonical (y = p + 1)"],
+    [point(1), point(FIELD_P - 1), point(FIELD_P + 1), point(2)],
+    ids=[
+        "the identity (small order)",
+        "order 2 (y = -1)",
+        "non-canonical (y = p + 1)",
+        "no curve point (y = 2)",
+    ],
 )
 async def test_a_vote_under_a_small_order_or_non_canonical_key(
     public_key: bytes, client: httpx.AsyncClient, paused: Cluster
@@ -450,7 +455,7 @@ async def test_a_vote_under_a_small_order_or_non_canonical_key(
     problem = await refused(
         client, paused, encode_message(forged) + b"\n", 400, "malformed_message"
     )
-    assert "not a canonical Ed25519 point of large order" in problem["detail"]
+    assert "not a canonical Ed25519 curve point of large order" in problem["detail"]
 
 
 async def test_a_signature_of_the_wrong_length(client: httpx.AsyncClient, paused: Cluster) -> None:
