@@ -20,14 +20,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final, Self
 
+import httpcore
 import httpx
 
 from api.problems import PROBLEM_MEDIA_TYPE
 from ledger.encoding import JSON, canonical, decode
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, printable
 from ledger.limits import (
     BLOCK_TRANSACTIONS_MAX_DEFAULT,
     HTTP_IDLE_REUSE_SECONDS_MAX,
@@ -37,6 +39,10 @@ from ledger.transactions import Envelope
 from ledger.verification import LINE_OVERHEAD_BYTES, LINE_SPACING_FACTOR
 
 ANSWER_BYTES_MAX: Final = 64 * 1024 * 1024  # the largest JSON answer read into memory
+# A checkpoint (a header and up to VALIDATORS_MAX signatures) or a consistency proof (two of
+# them and at most 64 hashes) is a few kilobytes: a node is allowed this much, so a "checkpoint"
+# of [{},{},...] cannot cost an auditor gigabytes of parsed objects.
+SMALL_ANSWER_BYTES_MAX: Final = 1024 * 1024
 TIMEOUT_SECONDS_DEFAULT: Final = 10.0  # connect, read (per chunk), write and pool, each
 # A submission waiting for its commit is answered within the node's commit wait (at most
 # 30 s, api.settings); the client waits this much longer before giving up on the answer.
@@ -72,7 +78,8 @@ class ClientError(LedgerError):
 
 
 def _one_line(text: str, limit: int = REASON_CHARS_MAX) -> str:
-    line = " ".join(text.split())
+    """Another party's words, fit for one line of a terminal (`ledger.errors.printable`)."""
+    line = printable(" ".join(text.split()))
     return line if len(line) <= limit else f"{line[:limit]}…"
 
 
@@ -109,13 +116,16 @@ class Client:
         self.timeout = timeout
         self.answer_seconds_max = answer_seconds_max
         self.answer_pace = answer_pace
+        limits = httpx.Limits(keepalive_expiry=HTTP_IDLE_REUSE_SECONDS_MAX)
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
-            transport=transport,
+            transport=transport or _BoundedTransport(limits=limits),
             follow_redirects=False,
-            headers={"accept": "application/json"},
-            limits=httpx.Limits(keepalive_expiry=HTTP_IDLE_REUSE_SECONDS_MAX),
+            # No compression: a few kilobytes of gzip can decode to gigabytes, and httpx
+            # decodes without a bound; an answer in any other encoding is refused unread.
+            headers={"accept": "application/json", "accept-encoding": "identity"},
+            limits=limits,
         )
 
     def __enter__(self) -> Self:
@@ -140,16 +150,16 @@ class Client:
 
     def checkpoint(self) -> dict[str, Any]:
         """The latest checkpoint `{"header", "certificate"}`."""
-        return self._get("/v1/checkpoint")
+        return self._get("/v1/checkpoint", bytes_max=SMALL_ANSWER_BYTES_MAX)
 
     def checkpoint_at(self, height: int) -> dict[str, Any]:
-        return self._get(f"/v1/checkpoints/{int(height)}")
+        return self._get(f"/v1/checkpoints/{int(height)}", bytes_max=SMALL_ANSWER_BYTES_MAX)
 
     def consistency(self, from_height: int, to_height: int) -> dict[str, Any]:
         """The RFC 9162 consistency proof between two heights, with both checkpoints:
         `{"first_size", "second_size", "path", "first", "second"}`."""
         params = {"from_height": int(from_height), "to_height": int(to_height)}
-        return self._get("/v1/proofs/consistency", params=params)
+        return self._get("/v1/proofs/consistency", params=params, bytes_max=SMALL_ANSWER_BYTES_MAX)
 
     def transaction(self, tx_id: str) -> dict[str, Any]:
         return self._get(f"/v1/transactions/{tx_id}")
@@ -233,14 +243,22 @@ class Client:
             return self.timeout
         return max(self.timeout, COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS)
 
-    def _get(self, path: str, *, params: Mapping[str, int | str] | None = None) -> dict[str, Any]:
-        return self._call("GET", path, params=params)
+    def _get(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, int | str] | None = None,
+        bytes_max: int = ANSWER_BYTES_MAX,
+    ) -> dict[str, Any]:
+        return self._call("GET", path, params=params, bytes_max=bytes_max)
 
-    def _call(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, *, bytes_max: int = ANSWER_BYTES_MAX, **options: Any
+    ) -> dict[str, Any]:
         with self._request(method, path, **options) as response:
             if not 200 <= response.status_code < 300:
                 self._raise_for(response)
-            value = self._read_json(response)
+            value = self._read_json(response, bytes_max)
         if not isinstance(value, dict):
             raise ClientError(
                 f"{method} {path}: expected a JSON object, got {type(value).__name__}",
@@ -250,9 +268,22 @@ class Client:
 
     @contextmanager
     def _request(self, method: str, path: str, **options: Any) -> Iterator[httpx.Response]:
-        """An open, streamed response; transport failures become `ClientError`s."""
+        """An open, streamed response; transport failures become `ClientError`s. Its status
+        line and headers must come within `answer_seconds_max` (ONE_ANSWER_SECONDS_MAX when
+        none is set) of sending the request, however slowly they drip (`_BoundedTransport`);
+        an answer in any encoding but identity is refused before a byte of it is read."""
+        head_seconds = self.answer_seconds_max or ONE_ANSWER_SECONDS_MAX
+        head_by = _DEADLINE.set(time.monotonic() + head_seconds)
         try:
             with self._http.stream(method, path, **options) as response:
+                _DEADLINE.set(None)  # the body has its own bounds (`_Deadline`, `_Pace`)
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding != "identity":
+                    raise ClientError(
+                        f"{path}: the node answered in content-encoding"
+                        f" {_one_line(encoding, 64)!r}, where this client takes identity only",
+                        status=response.status_code,
+                    )
                 if self.answer_seconds_max is not None:
                     response.stream = _Deadline(
                         response.stream,
@@ -263,9 +294,17 @@ class Client:
                     response.stream = _Pace(response.stream, self.answer_pace, response.request)
                 yield response
         except httpx.HTTPError as error:
+            if _DEADLINE.get() is not None and time.monotonic() >= (_DEADLINE.get() or 0):
+                raise ClientError(
+                    f"{self.base_url} answered too slowly: no status and headers within"
+                    f" {head_seconds:g} s",
+                    code="node_unreachable",
+                ) from error
             raise self._transport_error(error) from error
         except httpx.InvalidURL as error:
             raise ClientError(f"{path}: {_one_line(str(error))}", code="bad_url") from error
+        finally:
+            _DEADLINE.reset(head_by)
 
     def _transport_error(self, error: httpx.HTTPError) -> ClientError:
         reason = _one_line(str(error)) or type(error).__name__
@@ -285,29 +324,29 @@ class Client:
         # ProtocolError, DecodingError, TooManyRedirects...: the node answered, badly
         return ClientError(f"{self.base_url} answered badly: {reason}", code="bad_answer")
 
-    def _read_body(self, response: httpx.Response) -> bytes:
-        """The body, refused beyond `ANSWER_BYTES_MAX` before it is all in memory."""
+    def _read_body(self, response: httpx.Response, bytes_max: int = ANSWER_BYTES_MAX) -> bytes:
+        """The body, refused beyond `bytes_max` before it is all in memory."""
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > ANSWER_BYTES_MAX:
-            raise self._too_large(response)
+        if declared is not None and declared.isdigit() and int(declared) > bytes_max:
+            raise self._too_large(response, bytes_max)
         body = bytearray()
         try:
             for chunk in response.iter_bytes():
                 body += chunk
-                if len(body) > ANSWER_BYTES_MAX:
-                    raise self._too_large(response)
+                if len(body) > bytes_max:
+                    raise self._too_large(response, bytes_max)
         except httpx.HTTPError as error:
             raise self._transport_error(error) from error
         return bytes(body)
 
-    def _too_large(self, response: httpx.Response) -> ClientError:
+    def _too_large(self, response: httpx.Response, bytes_max: int) -> ClientError:
         return ClientError(
-            f"{response.request.url.path}: the answer is over {ANSWER_BYTES_MAX} bytes",
+            f"{response.request.url.path}: the answer is over {bytes_max} bytes",
             status=response.status_code,
         )
 
-    def _read_json(self, response: httpx.Response) -> JSON:
-        body = self._read_body(response)
+    def _read_json(self, response: httpx.Response, bytes_max: int = ANSWER_BYTES_MAX) -> JSON:
+        body = self._read_body(response, bytes_max)
         try:
             return decode(body)
         except LedgerError as error:
@@ -325,7 +364,7 @@ class Client:
         if status < 400:
             raise ClientError(f"{path}: unexpected HTTP {status}", status=status)
         try:
-            value = self._read_json(response)
+            value = self._read_json(response, SMALL_ANSWER_BYTES_MAX)  # a problem: < 2 KB
         except ClientError as error:
             if error.code != "bad_answer":
                 raise
@@ -337,6 +376,91 @@ class Client:
         detail = value.get("detail")
         detail = _one_line(detail) if isinstance(detail, str) and detail else code
         raise ClientError(f"{detail} (HTTP {status})", code=code, status=status)
+
+
+# The moment (monotonic) by which the request under way in this thread must have its status
+# line and headers, or None: every read and write of its connection waits no longer.
+_DEADLINE: ContextVar[float | None] = ContextVar("tanlian_client_deadline", default=None)
+
+
+def _within_deadline(timeout: float | None) -> float | None:
+    """A socket operation's timeout, cut to what is left before `_DEADLINE`."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    return left if timeout is None else min(timeout, left)
+
+
+class _BoundedStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits at most until `_DEADLINE`: httpx bounds
+    each read, so a node sending one header byte every few seconds held a request for days."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within_deadline(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_deadline(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        inner = self._stream.start_tls(ssl_context, server_hostname, _within_deadline(timeout))
+        return _BoundedStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _BoundedBackend(httpcore.NetworkBackend):
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host, port, _within_deadline(timeout), local_address, socket_options
+        )
+        return _BoundedStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(path, _within_deadline(timeout), socket_options)
+        return _BoundedStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _BoundedTransport(httpx.HTTPTransport):
+    """httpx's own transport, its connections `_BoundedStream`s. httpx takes no network
+    backend, so the pool it builds is given one (httpcore's documented `network_backend`,
+    set on the pool before it opens any connection; pinned versions, and a test)."""
+
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        pool = self._pool
+        assert isinstance(pool, httpcore.ConnectionPool)
+        pool._network_backend = _BoundedBackend(pool._network_backend)
 
 
 class _TooSlow(httpx.ReadTimeout):

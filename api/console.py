@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, printable
 
 out = Console()
 err = Console(stderr=True)
@@ -55,7 +55,7 @@ def load_key(path: Path) -> PrivateKey:
 
 def fail(line: str) -> NoReturn:
     """Print `line` as one line on stderr, as it is, and exit 1."""
-    err.print(" ".join(line.splitlines()), markup=False, highlight=False, soft_wrap=True)
+    err.print(printable(" ".join(line.splitlines())), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -68,12 +68,12 @@ def fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except LedgerError as error:
             err.print(
-                f"[red]error[/red] ({error.code}): {escape(error.message)}",
+                f"[red]error[/red] ({printable(error.code)}): {escape(printable(error.message))}",
                 highlight=False,
                 soft_wrap=True,
             )
         except OSError as error:
-            reason = escape(f"{error.strerror or error}: {error.filename}")
+            reason = escape(printable(f"{error.strerror or error}: {error.filename}"))
             err.print(f"[red]error[/red]: {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

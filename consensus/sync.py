@@ -69,7 +69,7 @@ from consensus.messages import (
 from ledger.blocks import Block, Certificate
 from ledger.crypto import GENESIS_DOMAIN, hash_domain
 from ledger.encoding import decode
-from ledger.errors import InvalidBlockError, LedgerError
+from ledger.errors import InvalidBlockError, LedgerError, printable
 from ledger.genesis import Genesis
 from ledger.limits import (
     SYNC_ATTEMPT_MS_MAX,
@@ -436,7 +436,7 @@ class BlockSync:
         self._not_before_ms[index] = now + penalty
         if index == self._first:
             self._first = (index + 1) % len(self.sources)
-        reason = f"({error.code}) {error.message}"[:REFUSAL_CHARS_MAX]
+        reason = printable(f"({error.code}) {error.message}")[:REFUSAL_CHARS_MAX]
         self.counters.refusals += 1
         self.counters.last_refusal = f"{source.name}: {reason}"
         log.warning(

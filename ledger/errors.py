@@ -111,3 +111,13 @@ class StoreError(LedgerError):
     """A data directory that cannot be used as it is."""
 
     code = "store_error"
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal could act on (controls, escapes, format and
+    line separators: whatever `str.isprintable` refuses, but the space) written as its
+    Python escape, so a message that quotes another party's words can be printed or logged
+    as it is: an `ESC [2J` sent by a node cannot clear the auditor's screen."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -10,9 +10,11 @@ size, line length, timeouts) are checked on an in-memory transport.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -26,7 +28,13 @@ import httpx
 import pytest
 
 from api.cli_verify import read_lines
-from api.client import ANSWER_BYTES_MAX, Client, ClientError, split_lines
+from api.client import (
+    ANSWER_BYTES_MAX,
+    SMALL_ANSWER_BYTES_MAX,
+    Client,
+    ClientError,
+    split_lines,
+)
 from ledger.blocks import compute_validators_hash, parse_certificate, parse_header
 from ledger.blocks import verify_certificate as verify_block_certificate
 from ledger.encoding import canonical
@@ -283,10 +291,94 @@ def test_an_endless_answer_is_refused_at_the_cap() -> None:
 
     answer = httpx.Response(200, content=endless())
     with mock_client(lambda request: answer) as hostile, pytest.raises(ClientError) as refused:
-        hostile.checkpoint()
+        hostile.genesis()
     assert refused.value.code == "bad_answer"
     assert f"over {ANSWER_BYTES_MAX} bytes" in refused.value.message
     assert sent <= ANSWER_BYTES_MAX + 2 * len(chunk)
+
+
+@pytest.mark.parametrize("read", ["checkpoint", "consistency", "problem"])
+def test_a_checkpoint_proof_or_problem_is_refused_past_a_mebibyte(read: str) -> None:
+    """Found by review: a 64 MiB "checkpoint" of `[{},{},...]` cost the monitor 1.8 GB of
+    parsed objects; a real one is a few kilobytes."""
+    body = b"[" + b"{}," * (SMALL_ANSWER_BYTES_MAX // 3) + b"{}]"
+    status = 500 if read == "problem" else 200
+    answer = httpx.Response(status, content=body)
+    with mock_client(lambda request: answer) as hostile, pytest.raises(ClientError) as refused:
+        if read == "consistency":
+            hostile.consistency(1, 2)
+        else:
+            hostile.checkpoint()
+    assert f"over {SMALL_ANSWER_BYTES_MAX} bytes" in refused.value.message or read == "problem"
+    assert refused.value.code == "bad_answer"
+
+
+def test_no_compressed_answer_is_asked_for_or_decoded() -> None:
+    """Found by review: `Content-Encoding: gzip, gzip` (a 13 KB answer) decoded to 8 GiB,
+    past every bound, and killed a follower with MemoryError."""
+    bomb = gzip.compress(gzip.compress(b"\0" * (64 * 1024 * 1024)))
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["accept-encoding"])
+        return httpx.Response(200, headers={"content-encoding": "gzip, gzip"}, content=bomb)
+
+    with mock_client(answer) as hostile, pytest.raises(ClientError) as refused:
+        hostile.checkpoint()
+    assert asked == ["identity"]
+    assert refused.value.code == "bad_answer"
+    assert "content-encoding 'gzip, gzip'" in refused.value.message
+    with mock_client(answer) as hostile, pytest.raises(ClientError):
+        next(hostile.export_lines())
+
+
+def test_a_node_dripping_its_headers_is_given_up_at_the_deadline() -> None:
+    """Found by review: httpx bounds each read, not the headers, so a node sending one header
+    byte every few seconds held a follower, a monitor or an auditor for days. Here a byte
+    every 0.2 s, against a whole-answer bound of 1 s (the server stops after 8 s, so the
+    test ends even without the bound)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"x-slow: " + b"z" * 40:
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up and closed
+                time.sleep(0.2)
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    started = time.monotonic()
+    slow = Client(f"http://127.0.0.1:{port}", timeout=5, answer_seconds_max=1.0)
+    with listener, slow, pytest.raises(ClientError) as refused:
+        slow.checkpoint()
+    elapsed = time.monotonic() - started
+    assert refused.value.code == "node_unreachable"
+    assert "no status and headers within 1 s" in refused.value.message
+    assert 0.9 <= elapsed <= 3.0, elapsed
+    server.join(timeout=10)
+
+
+def test_a_node_cannot_write_to_the_terminal_through_its_words() -> None:
+    """Found by review: a problem's detail reached stderr with its escape sequences, so a
+    node could clear an auditor's screen and draw a line of its own."""
+    problem = {"type": "x", "title": "t", "status": 400, "code": "x\x1b]0;t\x07"}
+    problem["detail"] = "\x1b[2J\x1b[Hchain verified\u202e"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, content=json.dumps(problem).encode())
+
+    with mock_client(answer) as node, pytest.raises(ClientError) as refused:
+        node.checkpoint()
+    message = refused.value.message
+    assert "\x1b" not in message and "\u202e" not in message, message
+    assert message == "\\x1b[2J\\x1b[Hchain verified\\u202e (HTTP 400)"
+    assert refused.value.code == "x\\x1b]0;t\\x07"
 
 
 def test_a_declared_oversized_answer_is_refused_before_reading() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from ledger.encoding import canonical, canonical_object, decode
-from ledger.errors import DecodeError, LedgerError
+from ledger.errors import DecodeError, LedgerError, printable
 from ledger.limits import JSON_DEPTH_MAX, JSON_INTEGER_MAX
 
 KEYS = st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True)
@@ -319,3 +319,11 @@ def test_canonical_refuses_values_outside_the_space(value: Any) -> None:
 def test_canonical_refuses_lone_surrogates() -> None:
     with pytest.raises(DecodeError):
         canonical({"a": "\ud800"})
+
+
+@given(st.text())
+def test_printable_leaves_nothing_a_terminal_acts_on(text: str) -> None:
+    shown = printable(text)
+    assert shown.isprintable()
+    assert shown == text if text.isprintable() else shown != text
+    assert printable("\x1b[2J 碳链\u202e") == "\\x1b[2J 碳链\\u202e"
