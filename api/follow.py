@@ -9,9 +9,13 @@ answers is a claim; `consensus.sync.verify_lines` checks the blocks.
 pool, so it forwards the body as it came to the nodes it follows, in the order given, and
 answers what the first that answers decides, as that node answered it: 202 pending, 200
 committed, an array's results, or that node's RFC 9457 problem (its status from this node's
-own table). A user of a follower gets the validators' outcome, not a guess. What the
-follower cannot vouch for it does not relay, and asks the next node instead (a transaction is
-idempotent by its id); when none gives an answer to relay:
+own table). A user of a follower gets the validators' outcome, not a guess, and never a
+commit the follower has not verified (`vouch`): an answer must name the transactions
+submitted, and "committed" is answered only for what the follower's own store holds (with its
+height and log index); a commit it has not synced yet is answered pending, or, with
+`?wait=commit`, waited for in its own store. What the follower cannot vouch for it does not
+relay, and asks the next node instead (a transaction is idempotent by its id); when none gives
+an answer to relay:
 
     upstream_unavailable (503)  no followed node could be reached
     bad_upstream (502)          one answered something that is not a submission's answer, or
@@ -20,7 +24,7 @@ idempotent by its id); when none gives an answer to relay:
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Final
 
 import httpx
@@ -29,8 +33,11 @@ from pydantic import TypeAdapter, ValidationError
 from api import schemas
 from api.client import Client, ClientError
 from api.problems import STATUS
+from consensus.producer import Outcome
+from ledger.encoding import decode
 from ledger.errors import LedgerError
 from ledger.limits import SYNC_READ_MS_MAX, SYNC_REQUEST_MS_MAX
+from ledger.transactions import parse_envelope
 
 _SUBMISSION_ANSWER: Final = TypeAdapter(schemas.Committed | schemas.Pending | schemas.Results)
 # A followed node's problem is relayed when this node knows its code; its internal error is
@@ -85,15 +92,25 @@ class Forwarder:
         assert urls, "a follower follows at least one node"
         self.clients = [Client(url, transport=transport) for url in urls]
 
-    def submit(self, body: bytes, *, wait: bool) -> tuple[int, dict[str, Any]]:
-        """The first answer to `body` a followed node gives that can be relayed: its status
-        (200 or 202) and body, or its problem raised as a `LedgerError` with the problem's
-        code. A node that cannot be reached or answers something else is passed over for the
-        next (a transaction is idempotent by its id, so a second node may see it too)."""
+    def submit(
+        self,
+        body: bytes,
+        *,
+        wait: bool,
+        ids: list[str | None] | None,
+        own: Callable[[str], Outcome | None],
+    ) -> tuple[int, dict[str, Any], list[str]]:
+        """The first answer to `body` a followed node gives that can be relayed, as `vouch`
+        makes it (`ids`: the body's, `own`: this follower's outcomes): its status (200 or
+        202), body and the commits claimed that this store does not hold yet; or its problem
+        raised as a `LedgerError` with the problem's code. A node that cannot be reached or
+        answers something else is passed over for the next (a transaction is idempotent by
+        its id, so a second node may see it too)."""
         failures: list[LedgerError] = []
         for client in self.clients:
             try:
-                return self._forward(client, body, wait)
+                _, answer = self._forward(client, body, wait)
+                return vouch(answer, ids, own, upstream=client.base_url)
             except LedgerError as error:
                 if error.code not in ("upstream_unavailable", "bad_upstream"):
                     raise  # that node's decision
@@ -137,3 +154,74 @@ class Forwarder:
     def close(self) -> None:
         for client in self.clients:
             client.close()
+
+
+def submitted_ids(body: bytes, *, transaction_bytes_max: int) -> list[str | None] | None:
+    """The id of each envelope a submission body holds, None for an item that is no envelope;
+    None for a body that is neither an envelope nor an array (a followed node refuses it)."""
+    try:
+        value = decode(body)
+    except LedgerError:
+        return None
+    if not isinstance(value, dict | list):
+        return None
+    ids: list[str | None] = []
+    for item in value if isinstance(value, list) else [value]:
+        try:
+            ids.append(parse_envelope(item, transaction_bytes_max=transaction_bytes_max).tx_id)
+        except LedgerError:
+            ids.append(None)
+    return ids
+
+
+def vouch(
+    answer: dict[str, Any],
+    ids: list[str | None] | None,
+    own: Callable[[str], Outcome | None],
+    *,
+    upstream: str,
+) -> tuple[int, dict[str, Any], list[str]]:
+    """A followed node's answer to a submission, as this follower can stand behind it: the
+    HTTP status, the answer, and the ids it claimed committed that this follower's store does
+    not hold yet (answered pending). A commit this store holds is answered with this store's
+    height and log index. An answer that names other transactions than `ids` (the body's, by
+    `submitted_ids`), or accepts what is no envelope, raises `bad_upstream`."""
+    single = "results" not in answer
+    results: list[dict[str, Any]] = [answer] if single else list(answer["results"])
+
+    def refuse(why: str) -> LedgerError:
+        return LedgerError(f"{upstream} answered the submission {why}", code="bad_upstream")
+
+    if ids is None or len(ids) != len(results):
+        raise refuse("for other transactions than were submitted")
+    vouched: list[dict[str, Any]] = []
+    unsynced: list[str] = []
+    for tx_id, result in zip(ids, results, strict=True):
+        if tx_id is None:
+            if result["status"] != "rejected":
+                raise refuse(f"{result['status']} for an item that is no envelope")
+            vouched.append(result)
+            continue
+        if result.get("tx_id") != tx_id:
+            raise refuse(f"with transaction {result.get('tx_id')}, where {tx_id} was submitted")
+        if result["status"] != "committed":
+            vouched.append(result)
+            continue
+        mine = own(tx_id)
+        if mine is not None and mine.status == "committed":
+            vouched.append(
+                {
+                    "tx_id": tx_id,
+                    "status": "committed",
+                    "height": mine.height,
+                    "log_index": mine.log_index,
+                }
+            )
+        else:  # a commit this follower has not verified: not its to claim yet
+            unsynced.append(tx_id)
+            vouched.append({"tx_id": tx_id, "status": "pending"})
+    if single:
+        (only,) = vouched
+        return (200 if only["status"] == "committed" else 202), only, unsynced
+    done = all(r["status"] in ("committed", "rejected") for r in vouched)
+    return (200 if done else 202), {"results": vouched}, unsynced

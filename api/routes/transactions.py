@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from api import schemas
 from api.admission import RETRY_AFTER_SECONDS, Admission, Refused
+from api.follow import submitted_ids
 from api.intake import Submission
 from api.node import Node
 from api.problems import problem, problem_body, problem_responses
@@ -151,10 +152,7 @@ async def submit(
         # wait their turn (api.admission), and a full queue is answered at once.
         async with admission.queue_for(len(body)).turn(client):
             if node.forwarder is not None:  # a follower: the nodes it follows decide
-                status, forwarded = await run_in_threadpool(
-                    node.forwarder.submit, body, wait=wait == "commit"
-                )
-                return JSONResponse(forwarded, status_code=status)
+                return await _forward(node, settings, body, wait=wait == "commit")
             # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event
             # loop, and for a large body in one of the node's intake worker processes (api.intake);
             # then the pool. One trip to a thread for both: on a busy node each trip waits
@@ -191,6 +189,32 @@ async def submit(
     ]
     done = all(b["status"] in ("committed", "rejected") for b in bodies)
     return JSONResponse({"results": bodies}, status_code=200 if done else 202)
+
+
+async def _forward(node: Node, settings: Settings, body: bytes, *, wait: bool) -> JSONResponse:
+    """A follower's submission (api.follow): forwarded, and answered as this follower can
+    vouch for it; with `wait`, a commit claimed that its store has not synced yet is waited
+    for there (bounded), then answered from it."""
+    forwarder = node.forwarder
+    assert forwarder is not None
+    limit = node.genesis.params.transaction_bytes_max
+
+    def forward() -> tuple[int, dict[str, Any], list[str]]:
+        ids = submitted_ids(body, transaction_bytes_max=limit)
+        return forwarder.submit(body, wait=wait, ids=ids, own=node.outcome)
+
+    status, answer, unsynced = await run_in_threadpool(forward)
+    if wait and unsynced:
+        await node.wait_for_commit_async(unsynced, settings.commit_wait_seconds)
+        results = answer.get("results", [answer])
+        for result in results:
+            claimed = result.get("tx_id")
+            mine = node.outcome(claimed) if claimed in unsynced else None
+            if mine is not None and mine.status == "committed":
+                result.update(status="committed", height=mine.height, log_index=mine.log_index)
+        done = all(r["status"] in ("committed", "rejected") for r in results)
+        status = 200 if done else 202
+    return JSONResponse(answer, status_code=status)
 
 
 def _parse_and_admit(

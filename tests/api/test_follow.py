@@ -23,6 +23,7 @@ from api.node import Node
 from api.problems import problem_body
 from api.settings import Settings
 from consensus.follower import Follower
+from consensus.producer import Outcome
 from consensus.sync import BlockSync, MemorySource
 from consensus.wal import WAL_FILE_NAME
 from ledger.encoding import canonical
@@ -165,6 +166,26 @@ PENDING = {"tx_id": TX_ID, "status": "pending"}
 COMMITTED = {"tx_id": TX_ID, "status": "committed", "height": 3, "log_index": 7}
 
 
+def synced(tx_id: str) -> Outcome | None:
+    """This follower's own store, holding TX_ID where COMMITTED says."""
+    return (
+        Outcome(tx_id=tx_id, status="committed", height=3, log_index=7) if tx_id == TX_ID else None
+    )
+
+
+def relayed(
+    relay: Forwarder,
+    body: bytes = b"{}",
+    *,
+    wait: bool = False,
+    ids: list[str | None] | None = None,
+    own: Callable[[str], Outcome | None] = synced,
+) -> tuple[int, dict[str, Any]]:
+    """`relay.submit` of a body whose envelopes are `ids` (TX_ID alone by default)."""
+    status, answer, _ = relay.submit(body, wait=wait, ids=ids or [TX_ID], own=own)
+    return status, answer
+
+
 def test_the_followed_nodes_answer_is_relayed_with_its_status() -> None:
     seen: list[httpx.Request] = []
 
@@ -172,26 +193,27 @@ def test_the_followed_nodes_answer_is_relayed_with_its_status() -> None:
         seen.append(request)
         return httpx.Response(202, json=PENDING)
 
-    assert forwarder(pending).submit(b'{"as": "it came"}', wait=False) == (202, PENDING)
+    assert relayed(forwarder(pending), b'{"as": "it came"}') == (202, PENDING)
     assert seen[0].content == b'{"as": "it came"}' and "wait" not in seen[0].url.params
-    assert forwarder(answering(200, COMMITTED)).submit(b"{}", wait=True) == (200, COMMITTED)
+    assert relayed(forwarder(answering(200, COMMITTED)), wait=True) == (200, COMMITTED)
     results = {"results": [PENDING, {"status": "rejected", "problem": problem_body("x", "y")}]}
-    assert forwarder(answering(202, results)).submit(b"[]", wait=False) == (202, results)
+    relay = forwarder(answering(202, results))
+    assert relayed(relay, b"[]", ids=[TX_ID, None]) == (202, results)
 
 
 def test_the_next_node_is_asked_when_one_cannot_be_reached_or_answers_badly() -> None:
     relay = forwarder(unreachable, answering(202, PENDING))
-    assert relay.submit(b"{}", wait=False) == (202, PENDING)
+    assert relayed(relay) == (202, PENDING)
     relay = forwarder(answering(501, {"not": "an answer"}), answering(200, COMMITTED))
-    assert relay.submit(b"{}", wait=True) == (200, COMMITTED)
+    assert relayed(relay, wait=True) == (200, COMMITTED)
     with pytest.raises(LedgerError) as refused:
-        forwarder(unreachable, answering(200, {"tx_id": TX_ID})).submit(b"{}", wait=False)
+        relayed(forwarder(unreachable, answering(200, {"tx_id": TX_ID})))
     assert refused.value.code == "bad_upstream"
 
 
 def test_no_node_reachable_is_upstream_unavailable() -> None:
     with pytest.raises(LedgerError) as refused:
-        forwarder(unreachable, unreachable).submit(b"{}", wait=False)
+        relayed(forwarder(unreachable, unreachable))
     assert refused.value.code == "upstream_unavailable"
     assert refused.value.message.count("cannot reach") == 2
 
@@ -200,7 +222,7 @@ def test_a_problem_is_relayed_with_its_code() -> None:
     problem = problem_body("bad_nonce", "nonce 3 does not follow 1")
     relay = forwarder(answering(409, problem, **{"content-type": "application/problem+json"}))
     with pytest.raises(LedgerError) as refused:
-        relay.submit(b"{}", wait=False)
+        relayed(relay)
     assert refused.value.code == "bad_nonce"
     assert "http://node-0.test: nonce 3 does not follow 1 (HTTP 409)" in refused.value.message
 
@@ -219,8 +241,55 @@ def test_a_problem_is_relayed_with_its_code() -> None:
 )
 def test_what_is_not_a_submissions_answer_is_bad_upstream(status: int, body: Any) -> None:
     with pytest.raises(LedgerError) as refused:
-        forwarder(answering(status, body)).submit(b"{}", wait=False)
+        relayed(forwarder(answering(status, body)))
     assert refused.value.code == "bad_upstream", refused.value
+
+
+OTHER_ID = "cd" * 32
+
+
+def test_a_commit_is_answered_only_as_this_followers_store_holds_it() -> None:
+    """Found by review: a hostile followed node's "committed at height 999999" was relayed
+    as it came. A commit this store has not synced is pending here; one it holds is
+    answered with its own height and log index."""
+    claimed = {**COMMITTED, "height": 999_999, "log_index": 123_456}
+    status, answer, unsynced = forwarder(answering(200, claimed)).submit(
+        b"{}", wait=False, ids=[TX_ID], own=synced
+    )
+    assert (status, answer, unsynced) == (200, COMMITTED, [])
+    status, answer, unsynced = forwarder(answering(200, COMMITTED)).submit(
+        b"{}", wait=False, ids=[TX_ID], own=lambda tx_id: None
+    )
+    assert (status, answer, unsynced) == (202, PENDING, [TX_ID])
+    results = {"results": [COMMITTED, {**COMMITTED, "tx_id": OTHER_ID}]}
+    status, answer, unsynced = forwarder(answering(200, results)).submit(
+        b"[]", wait=False, ids=[TX_ID, OTHER_ID], own=synced
+    )
+    pending_other = {"tx_id": OTHER_ID, "status": "pending"}
+    assert (status, answer, unsynced) == (202, {"results": [COMMITTED, pending_other]}, [OTHER_ID])
+
+
+@pytest.mark.parametrize(
+    ("ids", "body"),
+    [
+        ([OTHER_ID], PENDING),  # another transaction than the one submitted
+        (None, PENDING),  # an answer to what is no envelope
+        ([TX_ID, TX_ID], PENDING),  # one answer to an array of two
+        ([None], {"results": [PENDING]}),  # accepted what is no envelope
+    ],
+)
+def test_an_answer_about_other_transactions_is_bad_upstream(
+    ids: list[str | None] | None, body: dict[str, Any]
+) -> None:
+    with pytest.raises(LedgerError) as refused:
+        forwarder(answering(202, body)).submit(b"{}", wait=False, ids=ids, own=synced)
+    assert refused.value.code == "bad_upstream", refused.value
+    assert "answered the submission" in refused.value.message
+
+
+def test_after_an_answer_about_another_transaction_the_next_node_is_asked() -> None:
+    relay = forwarder(answering(202, PENDING), answering(202, {**PENDING, "tx_id": OTHER_ID}))
+    assert relayed(relay, ids=[OTHER_ID]) == (202, {**PENDING, "tx_id": OTHER_ID})
 
 
 # --- a follower node ----------------------------------------------------------------------------
@@ -274,8 +343,11 @@ async def test_a_follower_serves_the_api_from_its_own_store(
     assert "tanlian_blocks_synced 250.0" in metrics and "tanlian_sync_refusals 0.0" in metrics
     assert node.blocks_produced == 250
     # Submissions go to the followed node, and its answer comes back.
-    submitted = await client.post("/v1/transactions", content=b"{}")
-    assert submitted.status_code == 202 and submitted.json() == PENDING
+    envelope = chain.chain.create_program("zibo-late")
+    pending = {"tx_id": envelope.tx_id, "status": "pending"}
+    node.forwarder = forwarder(answering(202, pending))
+    submitted = await client.post("/v1/transactions", content=envelope.leaf)
+    assert submitted.status_code == 202 and submitted.json() == pending
     # It runs no consensus and signs nothing: it holds no key and keeps no signed-message log.
     refused = await client.post("/v1/consensus/messages", content=b"{}\n")
     assert_problem(refused, 404, "not_found")
@@ -293,6 +365,8 @@ async def test_a_follower_answers_problems_for_what_it_cannot_forward(
     )
     node.forwarder = forwarder(answering(200, {"tx_id": "nope"}))
     assert_problem(await client.post("/v1/transactions", content=b"{}"), 502, "bad_upstream")
+    node.forwarder = forwarder(answering(202, PENDING))  # an answer to what is no envelope
+    assert_problem(await client.post("/v1/transactions", content=b"{}"), 502, "bad_upstream")
     problem = problem_body("insufficient_credits", "holds 5, needs 10")
     node.forwarder = forwarder(answering(409, problem))
     relayed = assert_problem(
@@ -301,6 +375,42 @@ async def test_a_follower_answers_problems_for_what_it_cannot_forward(
         "insufficient_credits",
     )
     assert "holds 5, needs 10" in relayed["detail"]
+
+
+@pytest.mark.anyio
+async def test_a_follower_answers_committed_only_what_its_own_store_holds(
+    follower: tuple[Node, httpx.AsyncClient],
+) -> None:
+    """Found by review: a hostile followed node's "committed at height 999999, log index
+    123456" was relayed as it came, for a transaction the follower holds at height 2."""
+    node, client = follower
+    block, _ = decoded(built().lines[1])
+    held = block.transactions[0]
+    mine = node.outcome(held.tx_id)
+    assert mine is not None and mine.height == 2
+    forged = {"tx_id": held.tx_id, "status": "committed", "height": 999_999, "log_index": 123_456}
+    node.forwarder = forwarder(answering(200, forged))
+    answer = await client.post("/v1/transactions", content=held.leaf)
+    assert answer.status_code == 200
+    assert answer.json() == {**forged, "height": 2, "log_index": mine.log_index}
+    # A commit it has not synced is pending here; waited for, it stays pending when it
+    # does not come (the wait is bounded).
+    unsynced = built().chain.create_program("zibo-unsynced")
+    claimed = {**forged, "tx_id": unsynced.tx_id}
+    node.forwarder = forwarder(answering(200, claimed))
+    answer = await client.post("/v1/transactions", content=unsynced.leaf)
+    assert (answer.status_code, answer.json()) == (
+        202,
+        {"tx_id": unsynced.tx_id, "status": "pending"},
+    )
+    quick = create_app(node, Settings(data=node.data, commit_wait_seconds=0.3), manage_node=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=quick), base_url="http://follower"
+    ) as waiting:
+        started = time.monotonic()
+        answer = await waiting.post("/v1/transactions?wait=commit", content=unsynced.leaf)
+    assert answer.status_code == 202 and answer.json()["status"] == "pending"
+    assert 0.25 <= time.monotonic() - started < 5
 
 
 # --- the command line ---------------------------------------------------------------------------
