@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -133,15 +134,42 @@ class HeadAsGet:
     """HEAD on every GET resource (RFC 9110 §9.3.2: a general-purpose server must support
     it): the application answers it as GET, and uvicorn, which still sees HEAD, sends the
     status and headers (Content-Length included) without the body. A HEAD of a resource that
-    takes no GET is answered 405, as GET would be."""
+    takes no GET is answered 405, as GET would be.
+
+    The answer ends with its head: the body is never made. A streamed answer (an export) is
+    stopped there, the client being gone as far as it knows (Starlette's streaming answers
+    end when the client is): uvicorn writes nothing of a HEAD's body, so nothing else would
+    slow it, and a HEAD of /v1/export had read the whole chain (found by review)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
-            scope = {**scope, "method": "GET"}  # a copy: the server's own scope stays HEAD
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = anyio.Event()
+        request_read = False
+
+        async def receiving() -> Message:
+            nonlocal request_read
+            if not request_read:  # the request's own (empty) body, as the server gives it
+                request_read = True
+                return await receive()
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def sending(message: Message) -> None:
+            if answered.is_set():  # the body of a HEAD: nobody reads it
+                await anyio.lowlevel.checkpoint()  # where the stream's cancellation lands
+                return
+            await send(message)
+            if message["type"] == "http.response.start":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                answered.set()
+
+        # a copy: the server's own scope stays HEAD
+        await self.app({**scope, "method": "GET"}, receiving, sending)
 
 
 # Every answer: no content-type sniffing (a JSON answer or an asset is never run as another

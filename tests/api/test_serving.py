@@ -17,14 +17,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from starlette.responses import StreamingResponse
 
+from api.app import HeadAsGet
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.serving import FILES_RESERVE, server_config
 from api.settings import CONNECTIONS_MAX as CONNECTIONS_MAX_DEFAULT
@@ -264,10 +266,10 @@ async def tiny_app(scope: Scope, receive: Any, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, parser: str) -> Iterator[tuple[str, int]]:
-    """`server_config(settings)` serving `tiny_app` with `parser`, in a thread, until the
-    block ends."""
-    config = server_config(tiny_app, settings, parser)
+def serving(settings: Settings, parser: str, app: Any = tiny_app) -> Iterator[tuple[str, int]]:
+    """`server_config(settings)` serving `app` with `parser`, in a thread, until the block
+    ends."""
+    config = server_config(app, settings, parser)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -425,3 +427,33 @@ def test_a_range_on_an_asset_is_ignored_rather_than_refused_in_plain_text(
     assert whole.status_code == ranged.status_code == 200, ranged.text
     assert ranged.content == whole.content and len(whole.content) > 1000
     assert "content-range" not in ranged.headers
+
+
+def test_a_head_of_a_streamed_answer_makes_no_body(tmp_path: Path) -> None:
+    """Found by review: uvicorn writes nothing of a HEAD's body, so nothing slowed a streamed
+    answer, and a HEAD of /v1/export read the whole chain (2 GiB in 3 s in the review's run,
+    where a GET whose client reads nothing stalls after a few MiB)."""
+    made = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal made
+        for _ in range(20_000):
+            made += 1
+            yield b"x" * 65536
+
+    async def exporting(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await tiny_app(scope, receive, send)
+            return
+        await StreamingResponse(chunks(), media_type="application/x-ndjson")(scope, receive, send)
+
+    settings = Settings(data=tmp_path, port=free_port())
+    with serving(settings, "httptools", HeadAsGet(exporting)) as where, connect(where) as client:
+        client.sendall(b"HEAD /v1/export HTTP/1.1\r\nhost: node\r\n\r\n")
+        head = http.client.HTTPResponse(client, method="HEAD")
+        head.begin()
+        assert head.status == 200 and head.read() == b""
+        time.sleep(0.5)  # time enough to make thousands of chunks, were it still going
+        assert made <= 2, made
+        client.sendall(HEALTHZ)  # the connection serves the next request
+        assert read_answer(client)[0] == 200
