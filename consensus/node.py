@@ -96,6 +96,7 @@ from consensus.transport import Transport
 from consensus.wal import SignedLog
 from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
+from ledger.encoding import canonical
 from ledger.errors import LedgerError, StoreError
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
@@ -116,12 +117,16 @@ log = logging.getLogger("tanlian.consensus.node")
 
 
 def message_bytes(message: Message) -> int:
-    """What a peer's message counts against PEER_QUEUE_BYTES_MAX: its block's transactions'
-    bytes (shared with the pool when they came by reference: an overcount, on the safe
-    side) and PEER_MESSAGE_BYTES_BASE."""
+    """What a peer's message counts against PEER_QUEUE_BYTES_MAX: PEER_MESSAGE_BYTES_BASE,
+    and its block's encoding, evidence and last commit included (its transactions shared
+    with the pool when they came by reference: an overcount, on the safe side), and a
+    decision's certificate."""
     if isinstance(message, Vote):
         return PEER_MESSAGE_BYTES_BASE
-    return PEER_MESSAGE_BYTES_BASE + sum(len(e.leaf) for e in message.block.transactions)
+    size = PEER_MESSAGE_BYTES_BASE + len(message.block.canonical_bytes())
+    if isinstance(message, Decision):
+        size += len(canonical(message.certificate.to_json()))
+    return size
 
 
 def _monotonic_ms() -> int:

@@ -113,11 +113,11 @@ PEER_ANSWER_BYTES_MAX: Final = 4096  # of a peer's answer to a batch: a count, o
 HTTP_IDLE_REUSE_SECONDS_MAX: Final = 1.0
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
 # Peers' messages waiting for a validator's replica are bounded in bytes too (a message counts
-# its block's transactions' bytes and PEER_MESSAGE_BYTES_BASE): nothing checks a message's
-# signature before the replica does, and while a block sync runs the replica reads none, so
-# anyone could otherwise queue 10,000 whole blocks. The newest message always stays.
+# its block's encoding, a decision's certificate and PEER_MESSAGE_BYTES_BASE): nothing checks
+# a message's signature before the replica does, and while a block sync runs the replica reads
+# none, so anyone could otherwise queue 10,000 whole blocks. The newest message always stays.
 PEER_QUEUE_BYTES_MAX: Final = 64 * 1024 * 1024
-PEER_MESSAGE_BYTES_BASE: Final = 4096  # a vote; a block's header, certificate and evidence
+PEER_MESSAGE_BYTES_BASE: Final = 4096  # a vote; what a message holds beside its encoding
 
 # Block sync (consensus.sync): a validator that peers' messages show at least
 # SYNC_LAG_HEIGHTS_MIN heights behind, or a follower, fetches the blocks it lacks from other

@@ -42,6 +42,7 @@ from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
 from tests.consensus.simulation.world import BLOCK_INTERVAL_MS, make_world
 from tests.factory import CHAIN_ID, GENESIS_TIME, METHODOLOGIES, key
+from tests.ledger.test_block_evidence import double_proposal, with_evidence
 
 WORLD = make_world(4)
 FAST = Timeouts(base_ms=300, delta_ms=100, rebroadcast_ms=200, catch_up_ms=200)
@@ -451,6 +452,19 @@ def test_peers_messages_wait_within_a_byte_bound_and_the_newest_always_stays(
         )
         size = message_bytes(forged)
         assert size > sum(len(e.leaf) for e in WORLD.workload) > 10_000
+        assert size >= len(encode_message(forged))  # at least what it takes on the wire
+        # Evidence counts too (found by review: an empty block with 100 pieces of evidence,
+        # 70 KB on the wire, had counted as 4 KiB).
+        evidence = tuple(double_proposal(key(f"liar-{i}"), height=1) for i in range(40))
+        heavy = sign_proposal(
+            key("outsider"),
+            chain_id=CHAIN_ID,
+            height=1,
+            round=0,
+            valid_round=-1,
+            block=with_evidence(block, evidence),
+        )
+        assert message_bytes(heavy) >= len(encode_message(heavy)) > size + 20_000
         assert validator.on_batch(encode_message(forged) + b"\n") == 1  # the route's path
         assert validator.inbox_bytes() == size
         copies = PEER_QUEUE_BYTES_MAX // size + 100
