@@ -273,22 +273,21 @@ class Client:
         none is set) of sending the request, however slowly they drip (`_BoundedTransport`);
         an answer in any encoding but identity is refused before a byte of it is read."""
         head_seconds = self.answer_seconds_max or ONE_ANSWER_SECONDS_MAX
-        head_by = _DEADLINE.set(time.monotonic() + head_seconds)
+        sent = time.monotonic()
+        head_by = _DEADLINE.set(sent + head_seconds)
         try:
             with self._http.stream(method, path, **options) as response:
                 _DEADLINE.set(None)  # the body has its own bounds (`_Deadline`, `_Pace`)
-                encoding = response.headers.get("content-encoding", "identity").strip().lower()
-                if encoding != "identity":
+                encoding = response.headers.get("content-encoding", "").strip().lower()
+                if encoding not in ("", "identity"):
                     raise ClientError(
                         f"{path}: the node answered in content-encoding"
                         f" {_one_line(encoding, 64)!r}, where this client takes identity only",
                         status=response.status_code,
                     )
-                if self.answer_seconds_max is not None:
+                if self.answer_seconds_max is not None:  # the whole answer, head included
                     response.stream = _Deadline(
-                        response.stream,
-                        time.monotonic() + self.answer_seconds_max,
-                        response.request,
+                        response.stream, sent + self.answer_seconds_max, response.request
                     )
                 if self.answer_pace is not None:
                     response.stream = _Pace(response.stream, self.answer_pace, response.request)

@@ -330,6 +330,9 @@ def test_no_compressed_answer_is_asked_for_or_decoded() -> None:
     assert "content-encoding 'gzip, gzip'" in refused.value.message
     with mock_client(answer) as hostile, pytest.raises(ClientError):
         next(hostile.export_lines())
+    empty = httpx.Response(200, headers={"content-encoding": ""}, content=b"{}")
+    with mock_client(lambda request: empty) as node:
+        assert node.checkpoint() == {}  # an empty Content-Encoding is no encoding
 
 
 def test_a_node_dripping_its_headers_is_given_up_at_the_deadline() -> None:
@@ -361,6 +364,32 @@ def test_a_node_dripping_its_headers_is_given_up_at_the_deadline() -> None:
     assert refused.value.code == "node_unreachable"
     assert "no status and headers within 1 s" in refused.value.message
     assert 0.9 <= elapsed <= 3.0, elapsed
+    server.join(timeout=10)
+
+
+def test_the_whole_answer_bound_counts_from_the_request_not_from_the_headers() -> None:
+    """Found by review: after slow headers, the body's bound started afresh, so a bound of
+    1 s let an answer take 2 s. Here headers at 0.6 s, the last byte at 1.2 s."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def slow() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            time.sleep(0.6)
+            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{")
+            time.sleep(0.6)
+            with contextlib.suppress(OSError):
+                connection.sendall(b"}")
+
+    server = threading.Thread(target=slow, daemon=True)
+    server.start()
+    client = Client(f"http://127.0.0.1:{port}", timeout=5, answer_seconds_max=1.0)
+    with listener, client, pytest.raises(ClientError) as refused:
+        client.checkpoint()
+    assert refused.value.code == "node_unreachable"
+    assert "the whole answer took too long" in refused.value.message
     server.join(timeout=10)
 
 
