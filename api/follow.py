@@ -197,11 +197,11 @@ def vouch(
     vouched: list[dict[str, Any]] = []
     unsynced: list[str] = []
     for tx_id, result in zip(ids, results, strict=True):
-        if tx_id is None:
-            if result["status"] != "rejected":
-                raise refuse(f"{result['status']} for an item that is no envelope")
-            vouched.append(result)
+        if result["status"] == "rejected" and result.get("tx_id") is None:
+            vouched.append(result)  # refused as it was read: the node's schema may be stricter
             continue
+        if tx_id is None:
+            raise refuse(f"{result['status']} for an item that is no envelope")
         if result.get("tx_id") != tx_id:
             raise refuse(f"with transaction {result.get('tx_id')}, where {tx_id} was submitted")
         if result["status"] != "committed":

@@ -26,6 +26,7 @@ builds the next snapshot.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import threading
@@ -161,11 +162,15 @@ class Statistics:
         if self._snapshot.height >= state.height:
             return self._snapshot
         with self._lock:  # one refresh at a time; the others then find it done
-            tally = self._tally
-            while tally.height < state.height and not (stop is not None and stop.is_set()):
-                high = min(state.height, tally.height + REFRESH_HEIGHTS_MAX)
-                self._read(node.reader(), state, tally, high)
-            self._snapshot = tally.snapshot()
+            while self._tally.height < state.height and not (stop is not None and stop.is_set()):
+                high = min(state.height, self._tally.height + REFRESH_HEIGHTS_MAX)
+                # Counted into a copy, kept only once the whole range is read: a read that
+                # fails halfway (StoreError) must leave the tally as it was, or the next
+                # refresh would count the range's first events twice.
+                working = copy.deepcopy(self._tally)
+                self._read(node.reader(), state, working, high)
+                self._tally = working
+            self._snapshot = self._tally.snapshot()
             return self._snapshot
 
     def _read(self, store: Store, state: State, tally: _Tally, high: int) -> None:
@@ -177,10 +182,7 @@ class Statistics:
                 break
             tally.add(("issued",), batch["issued"], self.month(batch["time"]), batch)
             tally.batches += 1
-        # Every row read before any is counted: a read that fails halfway (StoreError) must
-        # leave the tally as it was, or the next refresh would count the first rows twice.
-        events = store.db.execute(_EVENTS, (tally.height, high)).fetchall()
-        for tx_id, kind, time_ms, envelope in events:
+        for tx_id, kind, time_ms, envelope in store.db.execute(_EVENTS, (tally.height, high)):
             month = self.month(time_ms)
             if kind == "retire":
                 record = state.get(f"retirement/{tx_id}")

@@ -6,6 +6,7 @@ first that answers decided (`api.follow.Forwarder`, docs/decisions/0006).
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -194,18 +195,20 @@ async def submit(
 async def _forward(node: Node, settings: Settings, body: bytes, *, wait: bool) -> JSONResponse:
     """A follower's submission (api.follow): forwarded, and answered as this follower can
     vouch for it; with `wait`, a commit claimed that its store has not synced yet is waited
-    for there (bounded), then answered from it."""
+    for there, within what is left of the one commit wait the request has."""
     forwarder = node.forwarder
     assert forwarder is not None
     limit = node.genesis.params.transaction_bytes_max
+    wait_until = time.monotonic() + settings.commit_wait_seconds
 
     def forward() -> tuple[int, dict[str, Any], list[str]]:
         ids = submitted_ids(body, transaction_bytes_max=limit)
         return forwarder.submit(body, wait=wait, ids=ids, own=node.outcome)
 
     status, answer, unsynced = await run_in_threadpool(forward)
-    if wait and unsynced:
-        await node.wait_for_commit_async(unsynced, settings.commit_wait_seconds)
+    left = wait_until - time.monotonic()
+    if wait and unsynced and left > 0:
+        await node.wait_for_commit_async(unsynced, left)
         results = answer.get("results", [answer])
         for result in results:
             claimed = result.get("tx_id")

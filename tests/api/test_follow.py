@@ -276,6 +276,15 @@ def test_a_commit_is_answered_only_as_this_followers_store_holds_it() -> None:
         (None, PENDING),  # an answer to what is no envelope
         ([TX_ID, TX_ID], PENDING),  # one answer to an array of two
         ([None], {"results": [PENDING]}),  # accepted what is no envelope
+        (  # a rejection of another transaction
+            [TX_ID, TX_ID],
+            {
+                "results": [
+                    PENDING,
+                    {"tx_id": "cd" * 32, "status": "rejected", "problem": problem_body("x", "y")},
+                ]
+            },
+        ),
     ],
 )
 def test_an_answer_about_other_transactions_is_bad_upstream(
@@ -285,6 +294,14 @@ def test_an_answer_about_other_transactions_is_bad_upstream(
         forwarder(answering(202, body)).submit(b"{}", wait=False, ids=ids, own=synced)
     assert refused.value.code == "bad_upstream", refused.value
     assert "answered the submission" in refused.value.message
+
+
+def test_an_item_refused_as_it_was_read_is_relayed_whatever_this_follower_parsed() -> None:
+    """A followed node's schema may refuse what this follower's parser took (another version,
+    a stricter edge check): its rejection without an id is relayed, not bad_upstream."""
+    refused = {"status": "rejected", "problem": problem_body("invalid_field", "x")}
+    relay = forwarder(answering(200, {"results": [refused, PENDING]}))
+    assert relayed(relay, b"[]", ids=[TX_ID, TX_ID]) == (202, {"results": [refused, PENDING]})
 
 
 def test_after_an_answer_about_another_transaction_the_next_node_is_asked() -> None:
