@@ -16,7 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from ledger.errors import DecodeError, LedgerError
-from ledger.limits import JSON_DEPTH_MAX, JSON_INTEGER_MAX
+from ledger.limits import (
+    JSON_DENSE_CHARS_MIN,
+    JSON_DEPTH_MAX,
+    JSON_INTEGER_MAX,
+    JSON_TOKEN_CHARS_MIN,
+)
 
 KEY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
 
@@ -137,7 +142,9 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
     """Decode outside input strictly (SPEC §2.1): UTF-8, no duplicate keys, no floats, integers
-    in [0, 2**53 - 1], nesting at most `max_depth`, no trailing data. Raises `DecodeError`.
+    in [0, 2**53 - 1], nesting at most `max_depth`, no trailing data; a large document no
+    denser in objects, arrays and strings than JSON_TOKEN_CHARS_MIN allows. Raises
+    `DecodeError`.
 
     Field-level rules (unknown, missing, types, lengths) are the schema's (`transactions`).
     """
@@ -148,6 +155,14 @@ def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
             raise DecodeError(f"invalid UTF-8 at byte {error.start}") from error
     else:
         text = data
+    if len(text) > JSON_DENSE_CHARS_MIN:
+        tokens = text.count("{") + text.count("[") + text.count('"') // 2
+        if tokens * JSON_TOKEN_CHARS_MIN > len(text):
+            raise DecodeError(
+                f"{tokens:,} objects, arrays and strings in {len(text):,} characters: more"
+                f" than one every {JSON_TOKEN_CHARS_MIN}, which no ledger document holds",
+                code="limit_exceeded",
+            )
     try:
         value = json.loads(
             text,

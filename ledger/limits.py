@@ -8,6 +8,13 @@ from typing import Final
 
 JSON_INTEGER_MAX: Final = 2**53 - 1
 JSON_DEPTH_MAX: Final = 8
+# A document over JSON_DENSE_CHARS_MIN characters must average at least JSON_TOKEN_CHARS_MIN
+# characters for each object, array and string it holds, checked before it is parsed: each of
+# those is a Python object of 50-70 bytes, so `[{},{},...]` cost 27 times its size in memory
+# (4.4 GB for an export line within its bound, found by review), where a real block's
+# transactions take 25-70 characters for each (ids, keys and signatures are 64-128 hex).
+JSON_DENSE_CHARS_MIN: Final = 1024 * 1024
+JSON_TOKEN_CHARS_MIN: Final = 8
 HASH_HEX_CHARS: Final = 64
 SIGNATURE_HEX_CHARS: Final = 128
 

@@ -14,7 +14,8 @@ from hypothesis.strategies import SearchStrategy
 
 from ledger.encoding import canonical, canonical_object, decode
 from ledger.errors import DecodeError, LedgerError, printable
-from ledger.limits import JSON_DEPTH_MAX, JSON_INTEGER_MAX
+from ledger.limits import JSON_DENSE_CHARS_MIN, JSON_DEPTH_MAX, JSON_INTEGER_MAX
+from tests.factory import Chain
 
 KEYS = st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True)
 SPECIAL_CHARS = st.sampled_from(
@@ -327,3 +328,30 @@ def test_printable_leaves_nothing_a_terminal_acts_on(text: str) -> None:
     assert shown.isprintable()
     assert shown == text if text.isprintable() else shown != text
     assert printable("\x1b[2J 碳链\u202e") == "\\x1b[2J 碳链\\u202e"
+
+
+@pytest.mark.parametrize("item", [b"{}", b"[]", b'"ab"', b'{"a":{}}'])
+def test_a_large_document_of_tiny_objects_is_refused_before_it_is_parsed(item: bytes) -> None:
+    """Found by review: `[{},{},...]` parses to ~27 times its size (4.4 GB for an export line
+    within its bound); a large document must average JSON_TOKEN_CHARS_MIN characters for each
+    object, array and string."""
+    count = JSON_DENSE_CHARS_MIN // (len(item) + 1) + 1
+    dense = b"[" + b",".join([item] * count) + b"]"
+    assert len(dense) > JSON_DENSE_CHARS_MIN
+    with pytest.raises(DecodeError) as refused:
+        decode(dense)
+    assert (
+        refused.value.code == "limit_exceeded" and "more than one every 8" in refused.value.message
+    )
+    below = b"[" + b",".join([item] * (count // 2)) + b"]"  # under the size checked: parsed
+    assert len(decode(below)) == count // 2
+
+
+def test_real_transactions_over_a_mebibyte_are_not_dense() -> None:
+    """2,500 signed transfers, as a block's `transactions` (the densest part of a block)."""
+    chain = Chain().funded()
+    payload = {"to": chain.bob.account_id, "batch_id": "B-1", "quantity": 1}
+    envelopes = [chain.tx(chain.alice, "transfer", payload) for _ in range(2500)]
+    line = canonical({"transactions": [envelope.to_json() for envelope in envelopes]})
+    assert len(line) > JSON_DENSE_CHARS_MIN
+    assert canonical(decode(line)) == line
