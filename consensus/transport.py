@@ -39,6 +39,7 @@ import httpx
 
 from consensus.messages import ConsensusError, Message
 from consensus.relay import encode_lines
+from ledger.errors import printable
 from ledger.limits import (
     CONSENSUS_BATCH_BYTES_MAX,
     CONSENSUS_MESSAGES_BATCH_MAX,
@@ -158,7 +159,7 @@ class _Peer:
             log.debug("peer %s unreachable: %s", self.url, error)
             return False
         if answer.status_code >= 300:
-            shown = bytes(head[:200]).decode("utf-8", "replace")
+            shown = printable(bytes(head[:200]).decode("utf-8", "replace"))
             log.warning("peer %s refused a batch: %s %s", self.url, answer.status_code, shown)
             return False
         return True
