@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from api.console import write_atomically
 from api.explorer import TARGETS_FILE
 from consensus.pool import Pool
 from consensus.producer import SoloProducer
@@ -89,9 +90,8 @@ class _City:
 
     def key(self, name: str) -> PrivateKey:
         key = PrivateKey(seed=hashlib.sha256(f"tanlian-demo/{self.seed}/{name}".encode()).digest())
-        path = self.keys_dir / f"{name}.pem"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(key.to_pem())
+        # Readable by their owner only, and whole or absent, as every key file (`keys new`).
+        write_atomically(self.keys_dir / f"{name}.pem", key.to_pem(), mode=0o600)
         return key
 
     def tx(self, account: str, kind: str, payload: dict[str, Any]) -> Envelope:

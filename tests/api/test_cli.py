@@ -226,6 +226,8 @@ def test_demo_builds_a_chain_with_keys_and_genesis(demo_dir: Path) -> None:
     names = {path.stem for path in pems}
     assert {"authority-1", "authority-2", "authority-3", "validator-city"} <= names
     assert len(list((demo_dir / "keys").glob("*.pem"))) >= 4
+    # Readable by their owner only, as every key file (found by a docs review: 0644 here).
+    assert {path.stat().st_mode & 0o777 for path in pems} == {0o600}
     validator = PrivateKey.from_pem((demo_dir / "keys" / "validator-city.pem").read_bytes())
     assert [v.public_key for v in genesis.validators] == [validator.public_key_hex]
     store = Store.open(demo_dir)
