@@ -293,7 +293,8 @@ class Client:
                     response.stream = _Pace(response.stream, self.answer_pace, response.request)
                 yield response
         except httpx.HTTPError as error:
-            if _DEADLINE.get() is not None and time.monotonic() >= (_DEADLINE.get() or 0):
+            head_deadline = _DEADLINE.get()  # None once the head has come
+            if head_deadline is not None and time.monotonic() >= head_deadline:
                 raise ClientError(
                     f"{self.base_url} answered too slowly: no status and headers within"
                     f" {head_seconds:g} s",

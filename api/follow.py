@@ -24,7 +24,7 @@ an answer to relay:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final
 
 import httpx
@@ -207,21 +207,26 @@ def vouch(
         if result["status"] != "committed":
             vouched.append(result)
             continue
-        mine = own(tx_id)
-        if mine is not None and mine.status == "committed":
-            vouched.append(
-                {
-                    "tx_id": tx_id,
-                    "status": "committed",
-                    "height": mine.height,
-                    "log_index": mine.log_index,
-                }
-            )
-        else:  # a commit this follower has not verified: not its to claim yet
+        mine = committed_here(own, tx_id)
+        if mine is None:  # a commit this follower has not verified: not its to claim yet
             unsynced.append(tx_id)
-            vouched.append({"tx_id": tx_id, "status": "pending"})
-    if single:
-        (only,) = vouched
-        return (200 if only["status"] == "committed" else 202), only, unsynced
-    done = all(r["status"] in ("committed", "rejected") for r in vouched)
-    return (200 if done else 202), {"results": vouched}, unsynced
+        vouched.append(mine or {"tx_id": tx_id, "status": "pending"})
+    return status_of(vouched), vouched[0] if single else {"results": vouched}, unsynced
+
+
+def committed_here(own: Callable[[str], Outcome | None], tx_id: str) -> dict[str, Any] | None:
+    """The answer "committed" for `tx_id` as `own` (this node's outcomes) holds it, or None."""
+    mine = own(tx_id)
+    if mine is None or mine.status != "committed":
+        return None
+    return {
+        "tx_id": tx_id,
+        "status": "committed",
+        "height": mine.height,
+        "log_index": mine.log_index,
+    }
+
+
+def status_of(results: Sequence[Mapping[str, Any]]) -> int:
+    """A submission's HTTP status: 200 once every result is final, 202 while one is pending."""
+    return 200 if all(r["status"] in ("committed", "rejected") for r in results) else 202

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from api import schemas
 from api.admission import RETRY_AFTER_SECONDS, Admission, Refused
-from api.follow import submitted_ids
+from api.follow import committed_here, status_of, submitted_ids
 from api.intake import Submission
 from api.node import Node
 from api.problems import problem, problem_body, problem_responses
@@ -188,8 +188,7 @@ async def submit(
         else outcome_body(a)
         for a in answers
     ]
-    done = all(b["status"] in ("committed", "rejected") for b in bodies)
-    return JSONResponse({"results": bodies}, status_code=200 if done else 202)
+    return JSONResponse({"results": bodies}, status_code=status_of(bodies))
 
 
 async def _forward(node: Node, settings: Settings, body: bytes, *, wait: bool) -> JSONResponse:
@@ -211,12 +210,9 @@ async def _forward(node: Node, settings: Settings, body: bytes, *, wait: bool) -
         await node.wait_for_commit_async(unsynced, left)
         results = answer.get("results", [answer])
         for result in results:
-            claimed = result.get("tx_id")
-            mine = node.outcome(claimed) if claimed in unsynced else None
-            if mine is not None and mine.status == "committed":
-                result.update(status="committed", height=mine.height, log_index=mine.log_index)
-        done = all(r["status"] in ("committed", "rejected") for r in results)
-        status = 200 if done else 202
+            if result.get("tx_id") in unsynced:
+                result.update(committed_here(node.outcome, result["tx_id"]) or {})
+        status = status_of(results)
     return JSONResponse(answer, status_code=status)
 
 

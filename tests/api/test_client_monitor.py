@@ -335,62 +335,68 @@ def test_no_compressed_answer_is_asked_for_or_decoded() -> None:
         assert node.checkpoint() == {}  # an empty Content-Encoding is no encoding
 
 
+@contextlib.contextmanager
+def one_connection(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """The URL of a server on loopback that takes one connection, reads its request and
+    hands the socket to `answer` in a thread (whose writes end quietly once the client has
+    gone), until the block ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            answer(connection)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    with listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server.join(timeout=10)
+
+
 def test_a_node_dripping_its_headers_is_given_up_at_the_deadline() -> None:
     """Found by review: httpx bounds each read, not the headers, so a node sending one header
     byte every few seconds held a follower, a monitor or an auditor for days. Here a byte
     every 0.2 s, against a whole-answer bound of 1 s (the server stops after 8 s, so the
     test ends even without the bound)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
-    def drip() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\n" + b"x-slow: " + b"z" * 40:
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return  # the client gave up and closed
-                time.sleep(0.2)
+    def drip(connection: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"x-slow: " + b"z" * 40:
+            connection.sendall(bytes([byte]))
+            time.sleep(0.2)
 
-    server = threading.Thread(target=drip, daemon=True)
-    server.start()
     started = time.monotonic()
-    slow = Client(f"http://127.0.0.1:{port}", timeout=5, answer_seconds_max=1.0)
-    with listener, slow, pytest.raises(ClientError) as refused:
+    with (
+        one_connection(drip) as url,
+        Client(url, timeout=5, answer_seconds_max=1.0) as slow,
+        pytest.raises(ClientError) as refused,
+    ):
         slow.checkpoint()
     elapsed = time.monotonic() - started
     assert refused.value.code == "node_unreachable"
     assert "no status and headers within 1 s" in refused.value.message
     assert 0.9 <= elapsed <= 3.0, elapsed
-    server.join(timeout=10)
 
 
 def test_the_whole_answer_bound_counts_from_the_request_not_from_the_headers() -> None:
     """Found by review: after slow headers, the body's bound started afresh, so a bound of
     1 s let an answer take 2 s. Here headers at 0.6 s, the last byte at 1.2 s."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
-    def slow() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            time.sleep(0.6)
-            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{")
-            time.sleep(0.6)
-            with contextlib.suppress(OSError):
-                connection.sendall(b"}")
+    def slow(connection: socket.socket) -> None:
+        time.sleep(0.6)
+        connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{")
+        time.sleep(0.6)
+        connection.sendall(b"}")
 
-    server = threading.Thread(target=slow, daemon=True)
-    server.start()
-    client = Client(f"http://127.0.0.1:{port}", timeout=5, answer_seconds_max=1.0)
-    with listener, client, pytest.raises(ClientError) as refused:
+    with (
+        one_connection(slow) as url,
+        Client(url, timeout=5, answer_seconds_max=1.0) as client,
+        pytest.raises(ClientError) as refused,
+    ):
         client.checkpoint()
     assert refused.value.code == "node_unreachable"
     assert "the whole answer took too long" in refused.value.message
-    server.join(timeout=10)
 
 
 def test_a_node_cannot_write_to_the_terminal_through_its_words() -> None:
