@@ -101,12 +101,19 @@ def held_lots(
 
 
 def roles(node: Node, account_id: str) -> list[str]:
+    """What the account may do at the head: "certifier" only while its accreditation is
+    unrevoked and the head's time lies in `[valid_from, valid_until)` (SPEC §3.3), so an
+    expired or not yet valid one is not shown as a role it cannot sign in."""
     state = node.state
     found = ["holder"]
     if account_id == state.authority:
         found.append("authority")
     certifier = state.get(f"certifier/{account_id}")
-    if certifier is not None and certifier["revoked_height"] is None:
+    if (
+        certifier is not None
+        and certifier["revoked_height"] is None
+        and certifier["valid_from"] <= state.head_time < certifier["valid_until"]
+    ):
         found.append("certifier")
     return found
 

@@ -316,6 +316,41 @@ async def test_proofs_receipts_and_export_verify_with_the_pure_library(live: Liv
     assert health == {"status": "ok", "height": header["height"]}
 
 
+async def test_roles_name_a_certifier_only_inside_its_accreditation(live: Live) -> None:
+    """An expired or not yet valid accreditation cannot sign an issuance (SPEC §3.3), so the
+    account is not shown as a certifier; a revoked one neither."""
+    chain = live.chain
+    expired, early, revoked = key("expired-certifier"), key("early-certifier"), key("revoked")
+    now_ms = int(time.time() * 1000)
+    for envelope in (
+        chain.accredit(chain.certifier),
+        chain.accredit(expired, valid_until=now_ms - 60_000),
+        chain.accredit(early, valid_from=now_ms + 86_400_000),
+        chain.accredit(revoked),
+        chain.authority_tx(
+            "revoke_certifier", {"certifier": revoked.account_id, "reason": "misconduct"}
+        ),
+        # An account comes into being when it first signs.
+        *(
+            chain.tx(signer, "set_keys", {"keys": [signer.public_key_hex], "threshold": 1})
+            for signer in (chain.certifier, expired, early, revoked)
+        ),
+    ):
+        assert (await post(live, envelope.to_json())).json()["status"] == "committed"
+    # ...and the rules agree: the expired one's issuance is refused.
+    refused = await post(live, chain.issue([(chain.alice, 10)], certifier=expired).to_json())
+    assert refused.json()["code"] == "not_accredited", refused.text
+
+    for certifier, roles in (
+        (chain.certifier, ["holder", "certifier"]),
+        (expired, ["holder"]),
+        (early, ["holder"]),
+        (revoked, ["holder"]),
+    ):
+        account = (await live.client.get(f"/v1/accounts/{certifier.account_id}")).json()
+        assert account["roles"] == roles, certifier.account_id
+
+
 async def test_openapi_and_docs_are_served(live: Live) -> None:
     spec = (await live.client.get("/openapi.json")).json()
     assert "/v1/transactions" in spec["paths"] and "/v1/proofs/inclusion" in spec["paths"]
