@@ -454,6 +454,36 @@ class Node:
                 with self._waiters_lock, contextlib.suppress(ValueError):
                     self._waiters.remove((loop, woken))
 
+    def wait_for_height(self, height: int, timeout: float) -> bool:
+        """Whether the node's state reached `height` within `timeout` seconds (not once the
+        block loop has stopped for good)."""
+        deadline = time.monotonic() + timeout
+        with self._committed:
+            while self.state.height < height and self.failure is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._committed.wait(remaining)
+        return self.state.height >= height
+
+    async def wait_for_height_async(self, height: int, timeout: float) -> bool:
+        """`wait_for_height` for an event loop, holding no thread."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            with self._waiters_lock:  # before looking: a block committed meanwhile wakes it
+                self._waiters.append((loop, woken))
+            try:
+                remaining = deadline - loop.time()
+                if self.state.height >= height or remaining <= 0 or self.failure is not None:
+                    return self.state.height >= height
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, remaining)
+            finally:
+                with self._waiters_lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, woken))
+
     def _outcomes(self, tx_ids: Sequence[str]) -> list[Outcome | None]:
         return [self.outcome(tx_id) for tx_id in tx_ids]
 

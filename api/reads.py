@@ -2,7 +2,7 @@
 
 Values come from the node's latest state (`node.state`: one consistent height, in memory);
 lists come from the store's indexed query tables through this thread's read connection
-(`node.reader()`), newest first, each page bounded by its `limit` and continued by an opaque
+(`node.reader()`), read in one transaction at the state's height (`_settled`), newest first, each page bounded by its `limit` and continued by an opaque
 cursor (`api.cursors`). A list query reads at most `limit + 1` rows: one more than the page,
 to know whether another page follows. An id that names nothing raises `not_found`; a cursor
 this node did not give out raises `invalid_field`.
@@ -14,9 +14,11 @@ HTML.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from api.cursors import decode_cursor, encode_cursor
 from api.node import Node
@@ -27,6 +29,9 @@ from ledger.store import Store
 HOLDING_RANGES_MAX: Final = 1000  # serial ranges in one JSON account answer
 POSITION_MAX: Final = 2**63 - 1  # past every log index, batch number and serial
 FAMILY_ENTRIES_MAX: Final = 1000  # methodologies, certifiers or programmes on one page
+READ_SETTLE_SECONDS: Final = 2.0  # how long a read waits for the state to reach the store's head
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,46 +49,100 @@ def _page(items: list[Any], position: dict[str, Any] | None) -> Page:
     return Page(items=items, next_cursor=None if position is None else encode_cursor(position))
 
 
+class StoreAhead(Exception):
+    """The store holds a block the node's state has not taken yet (the block loop takes it
+    within a poll of the write): rows read now are of a later height than the state."""
+
+    def __init__(self, height: int) -> None:
+        super().__init__(height)
+        self.height = height
+
+
+def _settled(node: Node, read: Callable[[State, sqlite3.Connection], T], *, wait: bool = True) -> T:
+    """`read(state, db)` with the node's state and a read transaction of the store at the
+    same height. The writer commits block H+1 before the state moves on to it, so a query
+    table read then, checked against the state of H, would lose what H+1 moved: a lot that
+    changed hands in H+1 is in neither (an account shown holding nothing at H). So the
+    store's head is read in the same transaction as the rows, and if it is ahead the read
+    waits for the state (in this thread; `wait=False` raises `StoreAhead` instead, for an
+    event loop to wait its own way) and is made again."""
+    deadline = time.monotonic() + READ_SETTLE_SECONDS
+    while True:
+        state = node.state
+        db = node.reader().db.conn
+        db.execute("BEGIN")
+        try:
+            (head,) = db.execute("SELECT value FROM meta WHERE key = 'head_height'").fetchone()
+            if int(head) == state.height:
+                return read(state, db)
+        finally:
+            db.execute("COMMIT")
+        if not wait:
+            raise StoreAhead(int(head))
+        remaining = deadline - time.monotonic()
+        if int(head) < state.height or not node.wait_for_height(int(head), remaining):
+            raise LedgerError(
+                f"the store's head ({head}) and the node's state ({state.height}) do not agree",
+                code="store_unavailable",
+            )
+
+
 # --- accounts -------------------------------------------------------------------------------------
 
 
-def account(node: Node, account_id: str) -> dict[str, Any]:
-    """Keys, nonce, status, roles and holdings by batch with serial ranges (at most
-    HOLDING_RANGES_MAX ranges; `holdings_truncated` says when there are more)."""
-    state = node.state
-    value = state.get(f"account/{account_id}")
-    if value is None:
-        raise LedgerError(f"no account {account_id}", code="not_found")
-    rows = (
-        node.reader()
-        .db.execute(
-            "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
+def account(node: Node, account_id: str, *, wait: bool = True) -> dict[str, Any]:
+    """Keys, nonce, status, roles and holdings by batch with serial ranges: at most
+    HOLDING_RANGES_MAX ranges, the circulating ones first (what the account can spend), and
+    `holdings_truncated` when it has more; each batch's totals count the ranges shown. Lots
+    changing hands cannot make one vanish (`_settled`); `wait` as there."""
+
+    def read(state: State, db: sqlite3.Connection) -> dict[str, Any]:
+        value = state.get(f"account/{account_id}")
+        if value is None:
+            raise LedgerError(f"no account {account_id}", code="not_found")
+        # Retired lots never merge, so an account retiring a unit at a time has thousands:
+        # they must not push its circulating lots out of the answer.
+        listed = HOLDING_RANGES_MAX + 1
+        rows = db.execute(
+            "SELECT batch_id, first_serial FROM lots WHERE owner = ? AND status = 'circulating' "
             "ORDER BY batch_id, first_serial LIMIT ?",
-            (account_id, HOLDING_RANGES_MAX + 1),
-        )
-        .fetchall()
-    )
-    holdings: dict[str, dict[str, Any]] = {}
-    for batch_id, first, quantity, status in held_lots(
-        state, account_id, rows[:HOLDING_RANGES_MAX]
-    ):
-        entry = holdings.setdefault(
-            batch_id,
-            {"batch_id": batch_id, "circulating": 0, "retired": 0, "invalidated": 0, "ranges": []},
-        )
-        entry[status] += quantity
-        entry["ranges"].append({"first": first, "last": first + quantity - 1, "status": status})
-    return {
-        "account_id": account_id,
-        "keys": value["keys"],
-        "threshold": value["threshold"],
-        "nonce": value["nonce"],
-        "status": value["status"],
-        "roles": roles(node, account_id),
-        "holdings": list(holdings.values()),
-        "holdings_truncated": len(rows) > HOLDING_RANGES_MAX,
-        "height": state.height,
-    }
+            (account_id, listed),
+        ).fetchall()
+        if len(rows) < listed:
+            rows += db.execute(
+                "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
+                "AND status != 'circulating' ORDER BY batch_id, first_serial LIMIT ?",
+                (account_id, listed - len(rows)),
+            ).fetchall()
+        holdings: dict[str, dict[str, Any]] = {}
+        for batch_id, first, quantity, status in held_lots(
+            state, account_id, sorted(rows[:HOLDING_RANGES_MAX])
+        ):
+            entry = holdings.setdefault(
+                batch_id,
+                {
+                    "batch_id": batch_id,
+                    "circulating": 0,
+                    "retired": 0,
+                    "invalidated": 0,
+                    "ranges": [],
+                },
+            )
+            entry[status] += quantity
+            entry["ranges"].append({"first": first, "last": first + quantity - 1, "status": status})
+        return {
+            "account_id": account_id,
+            "keys": value["keys"],
+            "threshold": value["threshold"],
+            "nonce": value["nonce"],
+            "status": value["status"],
+            "roles": _roles(state, account_id),
+            "holdings": list(holdings.values()),
+            "holdings_truncated": len(rows) > HOLDING_RANGES_MAX,
+            "height": state.height,
+        }
+
+    return _settled(node, read, wait=wait)
 
 
 def held_lots(
@@ -101,10 +160,13 @@ def held_lots(
 
 
 def roles(node: Node, account_id: str) -> list[str]:
+    return _roles(node.state, account_id)
+
+
+def _roles(state: State, account_id: str) -> list[str]:
     """What the account may do at the head: "certifier" only while its accreditation is
     unrevoked and the head's time lies in `[valid_from, valid_until)` (SPEC §3.3), so an
     expired or not yet valid one is not shown as a role it cannot sign in."""
-    state = node.state
     found = ["holder"]
     if account_id == state.authority:
         found.append("authority")
@@ -145,41 +207,45 @@ def account_lots(node: Node, account_id: str, *, limit: int, cursor: str | None)
     quantity, status, retirement_id}`."""
     position = decode_cursor(cursor, {"batch": str, "serial": int})
     after = (position["batch"], position["serial"]) if position else ("", -1)
-    rows = (
-        node.reader()
-        .db.execute(
+
+    def read(state: State, db: sqlite3.Connection) -> Page:
+        rows = db.execute(
             "SELECT batch_id, first_serial FROM lots "
             "WHERE owner = ? AND (batch_id, first_serial) > (?, ?) "
             "ORDER BY batch_id, first_serial LIMIT ?",
             (account_id, *after, limit + 1),
+        ).fetchall()
+        items = [
+            _lot(state, batch_id, first, quantity, status)
+            for batch_id, first, quantity, status in held_lots(state, account_id, rows[:limit])
+        ]
+        more = (
+            {"batch": rows[limit - 1][0], "serial": rows[limit - 1][1]}
+            if len(rows) > limit
+            else None
         )
-        .fetchall()
-    )
-    items = [
-        _lot(node, batch_id, first, quantity, status)
-        for batch_id, first, quantity, status in held_lots(node.state, account_id, rows[:limit])
-    ]
-    more = (
-        {"batch": rows[limit - 1][0], "serial": rows[limit - 1][1]} if len(rows) > limit else None
-    )
-    return _page(items, more)
+        return _page(items, more)
+
+    return _settled(node, read)
 
 
 def account_totals(node: Node, account_id: str) -> dict[str, int]:
     """Units the account holds (circulating), has retired, and lost to invalidation."""
-    totals = {"circulating": 0, "retired": 0, "invalidated": 0}
-    rows = node.reader().db.execute(
-        "SELECT batch_id, first_serial FROM lots WHERE owner = ?", (account_id,)
-    )
-    for _, _, quantity, status in held_lots(node.state, account_id, rows):
-        totals[status] += quantity
-    return totals
+
+    def read(state: State, db: sqlite3.Connection) -> dict[str, int]:
+        totals = {"circulating": 0, "retired": 0, "invalidated": 0}
+        rows = db.execute("SELECT batch_id, first_serial FROM lots WHERE owner = ?", (account_id,))
+        for _, _, quantity, status in held_lots(state, account_id, rows):
+            totals[status] += quantity
+        return totals
+
+    return _settled(node, read)
 
 
-def _lot(node: Node, batch_id: str, first: int, quantity: int, status: str) -> dict[str, Any]:
+def _lot(state: State, batch_id: str, first: int, quantity: int, status: str) -> dict[str, Any]:
     retirement_id = None
     if status == "retired":
-        value = node.state.get(f"lot/{batch_id}/{first}")
+        value = state.get(f"lot/{batch_id}/{first}")
         retirement_id = None if value is None else value["retirement_id"]
     return {
         "batch_id": batch_id,
@@ -213,20 +279,19 @@ def batches(
     if certifier is not None:
         clauses.append("certifier = ?")
         values.append(certifier)
-    rows = (
-        node.reader()
-        .db.execute(
+
+    def read(state: State, db: sqlite3.Connection) -> Page:
+        rows = db.execute(
             "SELECT batch_id FROM batches WHERE "
             + " AND ".join(clauses)
             + " ORDER BY CAST(substr(batch_id, 3) AS INTEGER) DESC LIMIT ?",
             (*values, limit + 1),
-        )
-        .fetchall()
-    )
-    state = node.state
-    items = [state.get(f"batch/{batch_id}") for (batch_id,) in rows[:limit]]
-    more = {"before": int(rows[limit - 1][0][2:])} if len(rows) > limit else None
-    return _page([item for item in items if item is not None], more)
+        ).fetchall()
+        items = [state.get(f"batch/{batch_id}") for (batch_id,) in rows[:limit]]
+        more = {"before": int(rows[limit - 1][0][2:])} if len(rows) > limit else None
+        return _page([item for item in items if item is not None], more)
+
+    return _settled(node, read)
 
 
 def batch(node: Node, batch_id: str) -> dict[str, Any]:
@@ -241,20 +306,22 @@ def batch_lots(node: Node, batch_id: str, *, limit: int, cursor: str | None) -> 
     retirement_id}`; together they cover the batch's serials exactly (SPEC §3.4)."""
     position = decode_cursor(cursor, {"serial": int})
     after = position["serial"] if position else -1
-    rows = (
-        node.reader()
-        .db.execute(
-            "SELECT first_serial, quantity, owner, status FROM lots "
+
+    def read(state: State, db: sqlite3.Connection) -> Page:
+        rows = db.execute(
+            "SELECT first_serial FROM lots "
             "WHERE batch_id = ? AND first_serial > ? ORDER BY first_serial LIMIT ?",
             (batch_id, after, limit + 1),
-        )
-        .fetchall()
-    )
-    items = [
-        {**_lot(node, batch_id, first, quantity, status), "owner": owner}
-        for first, quantity, owner, status in rows[:limit]
-    ]
-    return _page(items, {"serial": rows[limit - 1][0]} if len(rows) > limit else None)
+        ).fetchall()
+        items = []
+        for (first,) in rows[:limit]:
+            lot = state.get(f"lot/{batch_id}/{first}")
+            if lot is not None:
+                lot_item = _lot(state, batch_id, first, lot["quantity"], lot["status"])
+                items.append({**lot_item, "owner": lot["owner"]})
+        return _page(items, {"serial": rows[limit - 1][0]} if len(rows) > limit else None)
+
+    return _settled(node, read)
 
 
 # --- retirements ----------------------------------------------------------------------------------
@@ -282,19 +349,20 @@ def retirements(
         clauses.append("program_id = ?")
         values.append(program_id)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    rows = (
-        node.reader()
-        .db.execute(
+
+    def read(state: State, db: sqlite3.Connection) -> Page:
+        rows = db.execute(
             f"SELECT retirement_id, height FROM retirements {where} "
             "ORDER BY height DESC, retirement_id DESC LIMIT ?",
             (*values, limit + 1),
+        ).fetchall()
+        items = [state.get(f"retirement/{rid}") for rid, _ in rows[:limit]]
+        more = (
+            {"height": rows[limit - 1][1], "id": rows[limit - 1][0]} if len(rows) > limit else None
         )
-        .fetchall()
-    )
-    state = node.state
-    items = [state.get(f"retirement/{rid}") for rid, _ in rows[:limit]]
-    more = {"height": rows[limit - 1][1], "id": rows[limit - 1][0]} if len(rows) > limit else None
-    return _page([item for item in items if item is not None], more)
+        return _page([item for item in items if item is not None], more)
+
+    return _settled(node, read)
 
 
 def retirement(node: Node, retirement_id: str) -> dict[str, Any]:
@@ -435,14 +503,13 @@ def family(node: Node, prefix: str, *, limit: int, cursor: str | None) -> Page:
     if not after.startswith(prefix):  # a made-up cursor would reach into other families
         raise LedgerError("cursor is not one this node gave out", code="invalid_field")
     end = prefix[:-1] + chr(ord("/") + 1)  # the first key past the family
-    rows = (
-        node.reader()
-        .db.execute(
+
+    def read(state: State, db: sqlite3.Connection) -> Page:
+        rows = db.execute(
             "SELECT key FROM state WHERE key > ? AND key < ? ORDER BY key LIMIT ?",
             (after, end, limit + 1),
-        )
-        .fetchall()
-    )
-    state = node.state
-    items = [value for (key,) in rows[:limit] if (value := state.get(key)) is not None]
-    return _page(items, {"after": rows[limit - 1][0]} if len(rows) > limit else None)
+        ).fetchall()
+        items = [value for (key,) in rows[:limit] if (value := state.get(key)) is not None]
+        return _page(items, {"after": rows[limit - 1][0]} if len(rows) > limit else None)
+
+    return _settled(node, read)

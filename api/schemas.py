@@ -680,8 +680,14 @@ class Account(Answer):
     nonce: Count
     status: Literal["active", "suspended"]
     roles: list[Literal["holder", "authority", "certifier"]]
-    holdings: list[Holding]
-    holdings_truncated: bool
+    holdings: list[Holding] = Field(
+        description="By batch, at most 1,000 serial ranges in all: the circulating ones first,"
+        " then retired and invalidated ones. Each batch's totals count the ranges shown."
+    )
+    holdings_truncated: bool = Field(
+        description="The account has more ranges than shown (retired lots never merge): the"
+        " retired and invalidated totals then count only the ranges shown."
+    )
     height: Height
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Path, Query
 
 from api import reads, schemas
@@ -75,8 +76,13 @@ async def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) 
     # On the event loop, not the thread pool: the answer is bounded (HOLDING_RANGES_MAX ranges,
     # one indexed query, ~25 us typical, ~1 ms at the bound), and the hop to a pool thread and
     # back, contending for the GIL, cost several times that (bench/api.py (c): 857 -> 2,442
-    # req/s, p99 83 -> 22 ms, measured on the 2-core machine).
-    return reads.account(node, account_id)
+    # req/s, p99 83 -> 22 ms, measured on the 2-core machine). In the moment after a block's
+    # write, before the state takes it, the read waits here without holding the loop.
+    try:
+        return reads.account(node, account_id, wait=False)
+    except reads.StoreAhead as ahead:
+        await node.wait_for_height_async(ahead.height, reads.READ_SETTLE_SECONDS)
+    return await anyio.to_thread.run_sync(reads.account, node, account_id)
 
 
 @router.get(

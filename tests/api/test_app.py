@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api import reads
 from api.app import create_app
 from api.node import Node
 from api.problems import PROBLEM_MEDIA_TYPE, STATUS
@@ -489,3 +491,87 @@ async def test_metrics_count_requests_by_route(live: Live) -> None:
     assert 'tanlian_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert 'route="/v1/transactions/{tx_id}",status="404"' in text
     assert "tanlian_height 0.0" in text and "tanlian_pending_transactions" in text
+
+
+def test_an_account_read_never_mixes_the_stores_next_block_with_the_states_last(
+    node: tuple[Chain, Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer commits a block before the state takes it. A transfer moves the lowest
+    serials, so the sender's remaining lot has a new key in the store; read against the state
+    of the block before, it was in neither, and the account showed nothing at that height."""
+    chain, running = node
+    for envelope in (
+        chain.accredit(),
+        chain.create_program(),
+        chain.issue([(chain.alice, 1000)]),
+    ):
+        (outcome,) = running.submit([envelope])
+        assert outcome.status == "pending"
+        assert running.wait_for_commit([envelope.tx_id], 10)[0].status == "committed"  # type: ignore[union-attr]
+    before = running.state.height
+    assert reads.account(running, chain.alice.account_id)["holdings"][0]["circulating"] == 1000
+
+    # Hold the block loop between the store's commit and the state's move.
+    solo = running._solo
+    assert solo is not None
+    release = threading.Event()
+    finish = solo.finish
+
+    def held_finish(prepared: Any) -> Any:
+        release.wait(10)
+        return finish(prepared)
+
+    monkeypatch.setattr(solo, "finish", held_finish)
+    transfer = chain.tx(
+        chain.alice, "transfer", {"to": chain.bob.account_id, "batch_id": "B-1", "quantity": 400}
+    )
+    running.submit([transfer])
+    store = Store.open(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while store.head_height == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.head_height == before + 1 and running.state.height == before
+    finally:
+        store.close()
+
+    with pytest.raises(reads.StoreAhead) as ahead:
+        reads.account(running, chain.alice.account_id, wait=False)
+    assert ahead.value.height == before + 1
+    answers: list[dict[str, Any]] = []
+    reader = threading.Thread(
+        target=lambda: answers.append(reads.account(running, chain.alice.account_id))
+    )
+    reader.start()
+    time.sleep(0.2)
+    assert not answers  # it waits for the state rather than answer a mix
+    release.set()
+    reader.join(10)
+    (answer,) = answers
+    assert answer["height"] == before + 1
+    assert [h["circulating"] for h in answer["holdings"]] == [600]
+
+
+async def test_an_account_past_its_ranges_bound_still_shows_what_it_can_spend(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retired lots never merge: an account retiring a unit at a time fills the answer's
+    ranges with them. Its circulating lots come first, so its spendable balance stays."""
+    await funded(live)
+    chain = live.chain
+    for _ in range(4):
+        retire = chain.tx(
+            chain.alice,
+            "retire",
+            {"batch_id": "B-1", "quantity": 1, "beneficiary": "Alice", "purpose": "voluntary"},
+        )
+        assert (await post(live, retire.to_json())).json()["status"] == "committed"
+    monkeypatch.setattr(reads, "HOLDING_RANGES_MAX", 3)
+    alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
+    assert alice["holdings_truncated"] is True
+    (holding,) = alice["holdings"]
+    assert holding["circulating"] == 996 and holding["retired"] == 2
+    assert [r["status"] for r in holding["ranges"]] == ["retired", "retired", "circulating"]
+    monkeypatch.setattr(reads, "HOLDING_RANGES_MAX", 5)
+    alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
+    assert alice["holdings_truncated"] is False and alice["holdings"][0]["retired"] == 4
