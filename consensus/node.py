@@ -60,6 +60,7 @@ built from the store and the log as at a restart.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import threading
@@ -123,7 +124,14 @@ def message_bytes(message: Message) -> int:
     decision's certificate."""
     if isinstance(message, Vote):
         return PEER_MESSAGE_BYTES_BASE
-    size = PEER_MESSAGE_BYTES_BASE + len(message.block.canonical_bytes())
+    # `Block.canonical_bytes` less its transactions, and each leaf with its comma, counted
+    # without joining them: nothing of a message is checked before it is counted, so the
+    # count must not cost what the message claims.
+    block = message.block
+    skeleton = dataclasses.replace(block, transactions=())
+    size = PEER_MESSAGE_BYTES_BASE + len(skeleton.canonical_bytes())
+    size += sum(len(envelope.leaf) for envelope in block.transactions)
+    size += max(len(block.transactions) - 1, 0)  # the commas between them
     if isinstance(message, Decision):
         size += len(canonical(message.certificate.to_json()))
     return size
@@ -363,9 +371,18 @@ class BftProducer:
         return batch.lines
 
     def _refuses_reference(self, reference: Reference) -> bool:
-        """A block by reference of the next height whose leaf hashes, evidence or last commit
-        are not what its header commits to (`check_block_body`: a replayed signature); one
-        of a later height is left to the replica, which checks it once it has the parent."""
+        """A block by reference that lists more transactions than a block may hold, or one
+        leaf twice (no valid block does: a transaction's nonce is used once), at any height:
+        it would otherwise be filled in from the relay, thousands of copies of one held
+        transaction, before anything of it is checked. And one of the next height whose leaf
+        hashes, evidence or last commit are not what its header commits to
+        (`check_block_body`: a replayed signature); one of a later height is left to the
+        replica, which checks it once it has the parent."""
+        hashes = reference.block.leaf_hashes
+        if len(hashes) > self._state.params.block_transactions_max or len(set(hashes)) != len(
+            hashes
+        ):
+            return True
         tip = self._tip
         if reference.block.skeleton.height != tip.height + 1:
             return False

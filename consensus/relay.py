@@ -67,6 +67,9 @@ from ledger.transactions import Envelope, parse_envelope
 # A canonical envelope's keys sort "signatures" before "tx" (SPEC §2.1).
 _ENVELOPE_LINE: Final = b'{"signatures":'
 REFERENCES_WAITING_MAX: Final = 16  # messages by reference held while transactions are missing
+# A reference waits only for the next height or the one after (a proposal for H+2 may come
+# before this node has decided H+1): one of any later height would wait forever.
+REFERENCE_HEIGHTS_AHEAD: Final = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,6 +269,18 @@ def decode_batch(
     return PeerBatch(envelopes=tuple(envelopes), messages=tuple(messages), lines=len(lines))
 
 
+def first_missing(
+    reference: Reference, lookup: Callable[[bytes], Envelope | None], start: int = 0
+) -> int | None:
+    """The position of the first transaction from `start` on that `lookup` does not hold,
+    or None when it holds them all."""
+    hashes = reference.block.leaf_hashes
+    for position in range(start, len(hashes)):
+        if lookup(hashes[position]) is None:
+            return position
+    return None
+
+
 def complete(reference: Reference, lookup: Callable[[bytes], Envelope | None]) -> Message | None:
     """The message with its block's transactions filled in, or None if one is missing."""
     transactions = []
@@ -306,7 +321,11 @@ class Relay:
         self._lock = threading.Lock()
         # leaf hash -> (envelope, whether its signatures verified here)
         self._held: OrderedDict[bytes, tuple[Envelope, bool]] = OrderedDict()
-        self._waiting: OrderedDict[tuple[str, int, int], Reference] = OrderedDict()
+        # slot -> (the reference, how many of its transactions were found held): a waiting
+        # reference is looked at again from there, not from its first transaction, on every
+        # batch (a reference listing thousands of held leaves then an unknown one would cost
+        # each batch thousands of lookups).
+        self._waiting: OrderedDict[tuple[str, int, int], tuple[Reference, int]] = OrderedDict()
 
     def hold(self, envelope: Envelope, *, verified: bool) -> None:
         """Keep `envelope` (the least recently held beyond `held_max` are dropped, before it
@@ -339,10 +358,11 @@ class Relay:
         refuses: Callable[[Reference], bool] = lambda reference: False,
     ) -> list[Message]:
         """The messages ready for the replica: `items` in order, each message by reference
-        completed through `lookup`, then any waiting one now complete. Incomplete ones
-        wait; those below `height_min` (decided here) are dropped, and so is a reference
-        the receiver `refuses` (its leaf hashes are not what its header commits to: it must
-        not take the waiting place of the real one)."""
+        completed through `lookup`, then any waiting one now complete. Incomplete ones of
+        `height_min` or the height after wait; the others are dropped (decided here, or too
+        far ahead to wait for), and so is a reference the receiver `refuses` (its leaf
+        hashes are not what its header commits to: it must not take the waiting place of the
+        real one)."""
         ready: list[Message] = []
         with self._lock:
             for slot in [slot for slot in self._waiting if slot[1] < height_min]:
@@ -353,20 +373,30 @@ class Relay:
                     continue
                 if refuses(item):
                     continue
-                message = complete(item, lookup)
+                missing = first_missing(item, lookup)
+                message = None if missing is not None else complete(item, lookup)
                 if message is not None:
                     ready.append(message)
-                elif item.block.skeleton.height >= height_min:
+                elif (
+                    height_min
+                    <= item.block.skeleton.height
+                    <= (height_min + REFERENCE_HEIGHTS_AHEAD)
+                ):
                     # The oldest goes before the newest comes, so no reader (`waiting`, which
                     # takes no lock) ever sees more than waiting_max.
                     slot = _slot(item)
                     if slot not in self._waiting and len(self._waiting) >= self.waiting_max:
                         self._waiting.popitem(last=False)
-                    self._waiting[slot] = item
+                    self._waiting[slot] = (item, missing or 0)
                     self._waiting.move_to_end(slot)
-            for slot, reference in list(self._waiting.items()):
-                message = complete(reference, lookup)
+            for slot, (reference, found) in list(self._waiting.items()):
+                missing = first_missing(reference, lookup, found)
+                # Held envelopes can be dropped meanwhile: all are looked up once none seems
+                # missing, and the search starts over if one is.
+                message = None if missing is not None else complete(reference, lookup)
                 if message is not None:
                     del self._waiting[slot]
                     ready.append(message)
+                else:
+                    self._waiting[slot] = (reference, missing or 0)
         return ready

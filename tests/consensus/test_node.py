@@ -36,11 +36,13 @@ from ledger.limits import (
     PEER_QUEUE_MESSAGES_MAX,
     PROPOSAL_TRANSACTIONS_MAX,
 )
+from ledger.merkle import leaf_hash
 from ledger.state_transition import build_block
 from ledger.store import DATABASE_FILE, Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from ledger.verification import audit_chain
 from tests.consensus.simulation.world import BLOCK_INTERVAL_MS, make_world
+from tests.consensus.test_replica import block as replica_block
 from tests.factory import CHAIN_ID, GENESIS_TIME, METHODOLOGIES, key
 from tests.ledger.test_block_evidence import double_proposal, with_evidence
 
@@ -260,6 +262,59 @@ def test_a_block_by_reference_whose_leaves_its_header_does_not_commit_to_is_not_
             assert validator.relay.waiting() == waiting
     finally:
         consortium.close()
+
+
+def test_a_reference_repeating_one_held_transaction_is_refused_before_it_is_filled_in(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a 4 MiB post listing one forwarded transaction 62,000 times, by
+    reference for the height after next (left unchecked), was filled in from the relay and
+    joined into a 1 GB block before anything of it was checked (3 GB resident, 12 s). A
+    reference listing a leaf twice, or more than a block holds, is refused at any height."""
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        built = build_block(
+            validator.state,
+            WORLD.workload[:1],
+            time=validator.state.head_time + 1,
+            proposer=WORLD.keys[1].public_key_hex,
+            last_commit=None,
+        ).block
+        (envelope,) = built.transactions
+        validator.on_batch(envelope.leaf + b"\n")  # forwarded: the relay holds it
+        assert validator.relay.lookup(leaf_hash(envelope.leaf)) is not None
+        limit = validator.state.params.block_transactions_max
+        for copies in (2, limit + 1):
+            header = dataclasses.replace(built.header, height=3)
+            repeated = dataclasses.replace(built, header=header, transactions=(envelope,) * copies)
+            line = encode_reference(
+                sign_proposal(
+                    WORLD.keys[1], chain_id=CHAIN_ID, height=3, round=0, valid_round=-1,
+                    block=repeated,
+                )
+            )  # fmt: skip
+            assert validator.on_batch(line + b"\n") == 1
+            assert validator.inbox_bytes() == 0 and validator.relay.waiting() == 0
+        # The same reference listing the leaf once is taken (and left to the replica).
+        once = dataclasses.replace(built, header=dataclasses.replace(built.header, height=3))
+        line = encode_reference(
+            sign_proposal(
+                WORLD.keys[1], chain_id=CHAIN_ID, height=3, round=0, valid_round=-1, block=once
+            )
+        )
+        validator.on_batch(line + b"\n")
+        assert validator.inbox_bytes() > 0
+    finally:
+        consortium.close()
+
+
+def test_a_messages_count_is_its_encoding_without_being_encoded() -> None:
+    value = replica_block(transactions=3)
+    message = sign_proposal(
+        WORLD.keys[0], chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=value
+    )
+    assert message_bytes(message) == PEER_MESSAGE_BYTES_BASE + len(value.canonical_bytes())
 
 
 def committed_everywhere(consortium: Consortium, tx_ids: Sequence[str]) -> Callable[[], bool]:

@@ -276,3 +276,38 @@ def test_only_the_same_leaf_counts_as_verified() -> None:
     assert relay.verified(checked)
     assert not relay.verified(unchecked)
     assert not relay.verified(value.transactions[2])  # never held
+
+
+def test_a_reference_waits_only_for_the_next_two_heights() -> None:
+    """Found by review: references for a far height never expired and were looked at again
+    on every batch. One for the height after next is not kept waiting."""
+    value = block()  # of height 1: height_min, then height_min + 1, then height_min + 2
+    for height_min, waits in ((1, True), (0, True), (-1, False)):
+        relay = Relay(held_max=10, waiting_max=4)
+        line = encode_lines([proposal(0, value)])[-1]  # the block is of height 1
+        reference = decode_batch(line, transaction_bytes_max=LIMIT, known=nothing)
+        relay.receive(reference.messages, missing, height_min=height_min)
+        assert relay.waiting() == (1 if waits else 0), height_min
+
+
+def test_a_waiting_reference_is_searched_again_from_where_it_stopped() -> None:
+    """Found by review: a reference listing thousands of held leaves and then one unknown
+    was walked whole on every batch, a thousandfold slowdown of every peer's batch."""
+    value = block(transactions=3)
+    line = encode_lines([proposal(0, value)])[-1]
+    reference = decode_batch(line, transaction_bytes_max=LIMIT, known=nothing)
+    held = held_in(value.transactions[:-1])
+    looked: list[bytes] = []
+
+    def lookup(leaf: bytes) -> Envelope | None:
+        looked.append(leaf)
+        return held.get(leaf)
+
+    relay = Relay(held_max=10)
+    assert relay.receive(reference.messages, lookup, height_min=1) == []
+    looked.clear()
+    assert relay.receive([], lookup, height_min=1) == []
+    assert looked == [leaf_hash(value.transactions[-1].leaf)]  # only the one it lacks
+    held.update(held_in(value.transactions))
+    (ready,) = relay.receive([], lookup, height_min=1)
+    assert isinstance(ready, Proposal) and ready.block_hash == value.block_hash()
