@@ -2,8 +2,9 @@
 
 Values come from the node's latest state (`node.state`: one consistent height, in memory);
 lists come from the store's indexed query tables through this thread's read connection
-(`node.reader()`), read in one transaction at the state's height (`_settled`), newest first, each page bounded by its `limit` and continued by an opaque
-cursor (`api.cursors`). A list query reads at most `limit + 1` rows: one more than the page,
+(`node.reader()`), read in one transaction at the state's height (`_settled`), newest
+first, each page bounded by its `limit` and continued by an opaque cursor (`api.cursors`).
+A list query reads at most `limit + 1` rows: one more than the page,
 to know whether another page follows. An id that names nothing raises `not_found`; a cursor
 this node did not give out raises `invalid_field`.
 

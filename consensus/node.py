@@ -70,7 +70,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from consensus.messages import Decision, Message, Vote
+from consensus.messages import (
+    ConsensusError,
+    Decision,
+    Message,
+    Proposal,
+    Vote,
+    verify_decision,
+    verify_proposal,
+    verify_vote,
+)
 from consensus.pool import Pool
 from consensus.producer import (
     CommittedBlock,
@@ -205,6 +214,9 @@ class BftProducer:
         self.proposal_transactions_max = proposal_transactions_max
         self._joining = _check_membership(self._state, validator_key, can_sync=sync is not None)
         self._lock = threading.Lock()  # the pool, the outcomes, the inbox
+        # The highest height each validator's own signed message showed decided (`_hint`).
+        self._claims: dict[str, int] = {}
+        self._claims_lock = threading.Lock()
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[tuple[Message, int]] = deque()  # each with its `message_bytes`
         self._inbox_bytes = 0
@@ -434,7 +446,7 @@ class BftProducer:
     def on_messages(self, messages: Sequence[Message]) -> None:
         """The inbox (any thread): queue peers' parsed messages for the replica."""
         if self.sync is not None:
-            self.sync.heard(messages)
+            self._hint(messages)
         sized = [(message, message_bytes(message)) for message in messages]
         with self._lock:
             self._inbox.extend(sized)
@@ -446,6 +458,59 @@ class BftProducer:
                 _, size = self._inbox.popleft()
                 self._inbox_bytes -= size
                 self.messages_dropped += 1
+
+    def _hint(self, messages: Sequence[Message]) -> None:
+        """Tell block sync how far peers have decided, from signed messages only: a vote or
+        proposal of height h shows h - 1 decided by its signer, a decision of h shows h.
+        Only a message at least SYNC_LAG_HEIGHTS_MIN beyond the tip, above what its signer
+        showed already, is checked (under the set governing the next height: across a
+        change of the whole set, the replica's own catch-up by decisions goes on); a
+        decision's certificate is a hint on its own, and otherwise validators with more than
+        a third of the power must agree. Review found one forged vote of a far height, with
+        a Byzantine validator's API dripping its answer, held the block loop in a sync
+        attempt for up to a minute, again and again."""
+        tip = self._tip
+        floor = tip.height + SYNC_LAG_HEIGHTS_MIN
+        validators = tip.current_validators()
+        power = {v.public_key: v.power for v in validators}
+        chain_id = tip.chain_id
+        for message in messages:
+            height = message.height if isinstance(message, Decision) else message.height - 1
+            if height < floor or height <= self.sync_hint_height():
+                continue
+            try:
+                if isinstance(message, Decision):
+                    verify_decision(message, chain_id=chain_id, validators=validators)
+                    self._raise_hint(height)
+                    continue
+                if isinstance(message, Vote):
+                    signer = message.public_key
+                    if signer not in power or height <= self._claims.get(signer, 0):
+                        continue
+                    verify_vote(message, chain_id=chain_id, validators=validators)
+                else:
+                    assert isinstance(message, Proposal)
+                    signer = verify_proposal(message, chain_id=chain_id, validators=validators)
+            except ConsensusError:
+                continue  # unknown signer, another set, or forged: no hint
+            with self._claims_lock:
+                self._claims[signer] = max(self._claims.get(signer, 0), height)
+                claims = sorted(
+                    ((h, key) for key, h in self._claims.items() if key in power), reverse=True
+                )
+            total, backed = sum(power.values()), 0
+            for claimed, key in claims:
+                backed += power[key]
+                if 3 * backed > total:  # more than a third: one correct validator at least
+                    self._raise_hint(claimed)
+                    break
+
+    def sync_hint_height(self) -> int:
+        return 0 if self.sync is None else self.sync.heard_height
+
+    def _raise_hint(self, height: int) -> None:
+        assert self.sync is not None
+        self.sync.hint(height)
 
     def inbox_bytes(self) -> int:
         """What the messages waiting for the replica count (`message_bytes`)."""

@@ -34,11 +34,15 @@ SYNC_RETRY_MS_MAX. An attempt asks each source at most once and starts no reques
 line after SYNC_ATTEMPT_MS_MAX; after one that brought nothing the next waits at least
 SYNC_RETRY_MS_MIN, and while every source is refused, until the first may be asked again.
 
-What tells a validator it is behind is a hint: `heard` keeps the highest height peers'
-messages show decided (a vote or proposal of height h shows h - 1, a decision of h shows h).
-It is taken before any signature check, because a message of a far height cannot be checked
-(its validator set may not be known yet): a false hint costs one bounded attempt, after which
-it is forgotten. The blocks are what is checked.
+What tells a validator it is behind is a hint: `heard` (or `hint`) keeps the highest height
+peers' messages show decided (a vote or proposal of height h shows h - 1, a decision of h
+shows h). The validator (`consensus.node.BftProducer`) passes on only what signed messages
+show: a decision's certificate, or validators with more than a third of the power, each
+message's signature checked under the set governing its next height. An attempt holds the
+validator's block loop (up to SYNC_ATTEMPT_MS_MAX when a source drips its answer), so one
+forged message of a far height must not start one. A hint still costs at most one bounded
+attempt when no source backs it, after which it is forgotten. The blocks are what is
+checked.
 
 `verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
 in-memory twin, for tests.
@@ -286,8 +290,12 @@ class BlockSync:
         top = max(
             (m.height if isinstance(m, Decision) else m.height - 1 for m in messages), default=0
         )
+        self.hint(top)
+
+    def hint(self, height: int) -> None:
+        """Note that peers show `height` decided (a hint: never trusted, the blocks are)."""
         with self._lock:
-            self._heard = max(self._heard, top)
+            self._heard = max(self._heard, height)
 
     def expect(self, height: int) -> None:
         """Note a height this node knows for certain is decided (its own signed-message log
@@ -347,7 +355,7 @@ class BlockSync:
             try:
                 head = self.sources[index].head_height()
             except LedgerError as error:
-                self._refuse(index, error, 0, now)
+                self._refuse(index, error, 0)
                 continue
             refusal = None
             if head > state.height:
@@ -356,7 +364,7 @@ class BlockSync:
             if refusal is not None:
                 if self._closing.is_set():
                     return state  # not the source's fault
-                self._refuse(index, refusal, state.height - reached, now)
+                self._refuse(index, refusal, state.height - reached)
                 continue
             self._penalty_ms[index] = 0
             if head > reached:
@@ -367,7 +375,10 @@ class BlockSync:
                 return state
         with self._lock:  # no source served a range: forget a hint none of them backed
             self._heard = max(min(self._heard, state.height), self._expected)
-            self._retry_at_ms = max(now + self.retry_ms_min, min(self._not_before_ms))
+            # From the attempt's end: an attempt a source made last its whole bound must not
+            # leave the next one due at once.
+            ended = self._clock_ms()
+            self._retry_at_ms = max(ended + self.retry_ms_min, min(self._not_before_ms))
         return state
 
     def _take_range(
@@ -429,11 +440,14 @@ class BlockSync:
                 )
             yield line
 
-    def _refuse(self, index: int, error: LedgerError, kept: int, now: int) -> None:
+    def _refuse(self, index: int, error: LedgerError, kept: int) -> None:
+        """Refuse source `index` for its penalty, counted from now (the refusal), not from the
+        attempt's start: a source that held the attempt for its whole bound is not asked
+        again the moment it ends."""
         source = self.sources[index]
         penalty = min(max(2 * self._penalty_ms[index], self.retry_ms_min), self.retry_ms_max)
         self._penalty_ms[index] = penalty
-        self._not_before_ms[index] = now + penalty
+        self._not_before_ms[index] = self._clock_ms() + penalty
         if index == self._first:
             self._first = (index + 1) % len(self.sources)
         reason = printable(f"({error.code}) {error.message}")[:REFUSAL_CHARS_MAX]

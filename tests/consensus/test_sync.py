@@ -497,3 +497,25 @@ def test_a_store_that_fails_is_this_nodes_fault_not_the_sources() -> None:
     with pytest.raises(StoreError, match="the disk is full"):
         sync.step(built().genesis, failing)
     assert sync.counters.refusals == 0
+
+
+def test_a_source_that_held_an_attempt_to_its_end_waits_from_the_end() -> None:
+    """Found by review: the penalty and the next attempt's wait were counted from the
+    attempt's start, so a source that dripped its answer for the whole attempt was over its
+    wait already, and asked again at once: one attempt after another held the block loop."""
+    chain = built()
+    clock = Clock()
+
+    def slow(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        clock.ms += 100
+        return [None] * len(envelopes)
+
+    dripping = source(lines=[*chain.lines[:5], b"{}\n"])
+    sync = make_sync(
+        dripping, clock=clock, attempt_ms_max=10_000, retry_ms_min=500, verify_signatures=slow
+    )
+    started = clock.ms
+    state = sync.step(chain.genesis, Sink().append)
+    assert state.height == 5 and clock.ms == started + 500  # the attempt took 500 ms
+    assert sync.counters.refusals == 1
+    assert sync.retry_at_ms == clock.ms + 500  # not started + 500: due at once
