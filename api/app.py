@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,7 +27,16 @@ from api.admission import RETRY_AFTER_SECONDS, Admission, BodyBudget
 from api.explorer import ASSETS_URL, STATIC, Explorer, is_page
 from api.node import Node
 from api.problems import problem, problem_body
-from api.routes import chain, consensus, explorer, metrics, proofs, registry, transactions
+from api.routes import (
+    chain,
+    consensus,
+    explorer,
+    metrics,
+    proofs,
+    registry,
+    strict_url,
+    transactions,
+)
 from api.settings import Settings
 from ledger.errors import LedgerError, StoreError
 
@@ -265,6 +274,10 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         lifespan=lifespan,
         # one schema per model: the request body refers to the same `Envelope` the answers use
         separate_input_output_schemas=False,
+        # A path with a slash too many is not found, not redirected: the redirect's Location
+        # was built from the client's Host header, and had no problem body.
+        redirect_slashes=False,
+        dependencies=[Depends(strict_url)],
     )
     app.state.node = node
     app.state.settings = settings

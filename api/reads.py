@@ -30,6 +30,7 @@ from ledger.store import Store
 HOLDING_RANGES_MAX: Final = 1000  # serial ranges in one JSON account answer
 POSITION_MAX: Final = 2**63 - 1  # past every log index, batch number and serial
 FAMILY_ENTRIES_MAX: Final = 1000  # methodologies, certifiers or programmes on one page
+BLOCKS_PAGE_TRANSACTIONS_MAX: Final = 2000  # in one page of whole blocks (one block may hold more)
 READ_SETTLE_SECONDS: Final = 2.0  # how long a read waits for the state to reach the store's head
 
 T = TypeVar("T")
@@ -384,10 +385,25 @@ def _top(node: Node, cursor: str | None) -> int:
 
 
 def blocks(node: Node, *, limit: int, cursor: str | None) -> Page:
-    """Blocks with their certificates, newest first."""
+    """Blocks with their certificates, newest first: at most `limit` of them, and no more
+    than BLOCKS_PAGE_TRANSACTIONS_MAX transactions in all but for the page's first block (a
+    review found 100 full blocks, half a million transactions, could be asked for at once)."""
     top = _top(node, cursor)
-    heights = list(range(top - 1, max(top - 1 - limit, 0), -1))
     store = node.reader()
+    counts = dict(
+        store.db.execute(
+            "SELECT height, tx_count FROM blocks WHERE height < ? ORDER BY height DESC LIMIT ?",
+            (top, limit),
+        ).fetchall()
+    )
+    heights: list[int] = []
+    taken = 0
+    for height in range(top - 1, max(top - 1 - limit, 0), -1):
+        count = counts.get(height, 0)  # a missing row: `read_block` says the store is damaged
+        if heights and taken + count > BLOCKS_PAGE_TRANSACTIONS_MAX:
+            break
+        heights.append(height)
+        taken += count
     items = [
         {"block": store.read_block(h).to_json(), "certificate": store.read_certificate(h).to_json()}
         for h in heights

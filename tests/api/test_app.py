@@ -575,3 +575,28 @@ async def test_an_account_past_its_ranges_bound_still_shows_what_it_can_spend(
     monkeypatch.setattr(reads, "HOLDING_RANGES_MAX", 5)
     alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
     assert alice["holdings_truncated"] is False and alice["holdings"][0]["retired"] == 4
+
+
+async def test_a_page_of_blocks_is_bounded_by_its_transactions_too(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of `limit` whole blocks could hold half a million transactions; it now stops
+    at BLOCKS_PAGE_TRANSACTIONS_MAX, but always holds one block, and the cursor goes on."""
+    await funded(live)  # three blocks of one transaction each
+    head = live.node.state.height
+    monkeypatch.setattr(reads, "BLOCKS_PAGE_TRANSACTIONS_MAX", 2)
+    seen: list[int] = []
+    cursor = ""
+    while True:
+        page = (await live.client.get(f"/v1/blocks?limit=10{cursor}")).json()
+        heights = [item["block"]["header"]["height"] for item in page["items"]]
+        counts = [len(item["block"]["transactions"]) for item in page["items"]]
+        assert heights and (len(heights) == 1 or sum(counts) <= 2), (heights, counts)
+        seen += heights
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert seen == list(range(head, 0, -1))
+    monkeypatch.setattr(reads, "BLOCKS_PAGE_TRANSACTIONS_MAX", 0)
+    page = (await live.client.get("/v1/blocks?limit=10")).json()
+    assert [item["block"]["header"]["height"] for item in page["items"]] == [head]

@@ -420,3 +420,53 @@ async def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     assert "client disconnected" in caplog.text
     assert running.state.height == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/proofs/state?key=%FF",  # answered once for the key "\ufffd"
+        "/v1/proofs/state?key=%ED%A0%80",  # a UTF-16 surrogate, encoded
+        "/v1/retirements?beneficiary=%C3",
+        "/v1/accounts/%FF",
+    ],
+)
+async def test_percent_escapes_that_are_not_utf8_are_refused(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    body = assert_problem(await client.get(path), 422, "invalid_field")
+    assert "not UTF-8" in body["detail"]
+
+
+async def test_a_valid_escape_is_still_read(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/v1/retirements?beneficiary=%E7%A2%B3%20Alice")
+    assert answer.status_code == 200 and answer.json()["items"] == []
+    assert_problem(await client.get("/v1/accounts/%E7%A2%B3"), 422, "invalid_field")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/blocks/1_0",  # served block 10
+        "/v1/blocks/+1",
+        "/v1/blocks/%201",
+        "/v1/blocks?limit=1.0",
+        "/v1/blocks?limit=1_0",
+        "/v1/proofs/consistency?from_height=0x1",
+        "/v1/export?from_height=1e0",
+    ],
+)
+async def test_integers_are_decimal_digits_only(client: httpx.AsyncClient, path: str) -> None:
+    body = assert_problem(await client.get(path), 422, "invalid_field")
+    assert "decimal digits" in body["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/genesis/", "/v1/checkpoint/", "/v1/blocks/"])
+async def test_a_slash_too_many_is_not_found_not_redirected(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """The redirect's Location was built from the Host header (an open redirect for a cache
+    to store), and had no problem body."""
+    answer = await client.get(path, headers={"host": "evil.example"})
+    assert_problem(answer, 404, "not_found")
+    assert "location" not in answer.headers
