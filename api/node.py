@@ -145,6 +145,7 @@ class Node:
         else:
             self._log = SignedLog(
                 data / WAL_FILE_NAME,
+                public_key=validator_key.public_key_hex,
                 transaction_bytes_max=self.genesis.params.transaction_bytes_max,
             )
             params = self.genesis.params

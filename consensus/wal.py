@@ -16,6 +16,12 @@ Rules the log keeps:
   and the node refuses to start rather than sign anew.
 - One process at a time: a lock file beside it is held (`flock`) while open, so two
   processes started on one data directory cannot both sign (`LogInUse`).
+- One key: the public key it signs with is written beside it (`SIGNER_FILE_NAME`) when it
+  is first opened, and the log refuses to open with another (`WrongKey`). A review started a
+  validator's data directory with another party's key file: the node signed as that party
+  beside it, and the chain recorded evidence of equivocation against a party that had done
+  nothing wrong. A log from before the key was written down is taken if none of its votes
+  is another key's.
 - `compact(above_height)` keeps only messages above a decided height, rewriting the file
   through a temporary file, fsync and rename (the old file stays whole until the rename).
   The rewritten file starts with the line `{"decided_height":H}`: every height up to H was
@@ -29,7 +35,8 @@ Rules the log keeps:
     └── WalError               wal_error
         ├── ConflictingSignature  two different messages for one slot
         ├── CorruptLog            a line in the middle does not decode
-        └── LogInUse              another process holds the log
+        ├── LogInUse              another process holds the log
+        └── WrongKey              the log was signed with another key
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ SignedMessage = Vote | Proposal
 
 PROPOSAL_SLOT: Final = "proposal"
 WAL_FILE_NAME: Final = "consensus-signed.ndjson"
+SIGNER_FILE_NAME: Final = "consensus-signer.txt"  # beside the log: the key it signs with
 DECIDED_HEIGHT_FIELD: Final = "decided_height"
 
 
@@ -68,6 +76,10 @@ class LogInUse(WalError):
     code = "log_in_use"
 
 
+class WrongKey(WalError):
+    code = "wrong_key"
+
+
 def slot_of(message: SignedMessage) -> tuple[int, int, str]:
     kind = message.vote_type if isinstance(message, Vote) else PROPOSAL_SLOT
     return (message.height, message.round, kind)
@@ -77,8 +89,9 @@ class SignedLog:
     """An append-only, fsynced file of this validator's signed messages; see the module
     docstring. Not thread-safe: one thread (the node's consensus thread) owns it."""
 
-    def __init__(self, path: Path, *, transaction_bytes_max: int) -> None:
+    def __init__(self, path: Path, *, public_key: str, transaction_bytes_max: int) -> None:
         self.path = path
+        self.public_key = public_key
         self.transaction_bytes_max = transaction_bytes_max
         self._slots: dict[tuple[int, int, str], bytes] = {}
         self._messages: list[SignedMessage] = []
@@ -94,6 +107,7 @@ class SignedLog:
         self._file: BinaryIO = open(path, "a+b")  # noqa: SIM115 - closed by close()
         try:
             self._load()
+            self._check_signer()
         except BaseException:
             self.close()
             raise
@@ -118,6 +132,33 @@ class SignedLog:
             self._file.truncate(len(data) - len(torn))
             self._file.flush()
             os.fsync(self._file.fileno())
+
+    def _check_signer(self) -> None:
+        """This log is `public_key`'s (see the module docstring), written down if it was not."""
+        signer_file = self.path.with_name(SIGNER_FILE_NAME)
+        try:
+            signer = signer_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            signer = next(
+                (m.public_key for m in self._messages if isinstance(m, Vote)), self.public_key
+            )
+        except (OSError, UnicodeError) as error:
+            raise CorruptLog(f"{signer_file}: unreadable: {error}") from error
+        others = {m.public_key for m in self._messages if isinstance(m, Vote)} - {signer}
+        if signer != self.public_key or others:
+            raise WrongKey(
+                f"{self.path.parent} holds what validator {signer[:16]}… signed, and this key"
+                f" is {self.public_key[:16]}…: a validator's data directory keeps its key"
+                " (another key needs a data directory of its own)"
+            )
+        if not signer_file.exists():
+            temporary = signer_file.with_name(SIGNER_FILE_NAME + ".tmp")
+            with open(temporary, "w", encoding="ascii") as file:
+                file.write(self.public_key + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, signer_file)
+            fsync_directory(signer_file.parent)
 
     def _decided_height(self, line: bytes) -> int:
         try:

@@ -93,7 +93,11 @@ class Consortium:
 
     def start(self, index: int) -> None:
         store = Store.open(self.root / str(index))
-        log = SignedLog(self.root / str(index) / WAL_FILE_NAME, transaction_bytes_max=LIMIT)
+        log = SignedLog(
+            self.root / str(index) / WAL_FILE_NAME,
+            public_key=WORLD.keys[index].public_key_hex,
+            transaction_bytes_max=LIMIT,
+        )
         given = self.given_writers.pop(index) if index in self.given_writers else None
         self.writers[index] = given or ThreadPoolExecutor(1)
         producer = BftProducer(

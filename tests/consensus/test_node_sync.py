@@ -200,7 +200,11 @@ def at_genesis(tmp_path: Path) -> Generator[AtGenesis, None, None]:
     chain = built()
     Store.create(tmp_path, chain.chain.genesis_document).close()
     store = Store.open(tmp_path)
-    log = SignedLog(tmp_path / WAL_FILE_NAME, transaction_bytes_max=16384)
+    log = SignedLog(
+        tmp_path / WAL_FILE_NAME,
+        public_key=NEW_VALIDATOR.public_key_hex,
+        transaction_bytes_max=16384,
+    )
     sync = BlockSync([source()], genesis=parse_genesis(chain.chain.genesis_document))
     try:
         yield AtGenesis(chain=chain, store=store, log=log, sync=sync)

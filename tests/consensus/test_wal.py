@@ -10,7 +10,15 @@ import pytest
 
 from consensus.messages import encode_message
 from consensus.replica import Broadcast, Persist, Replica, SignedMessage
-from consensus.wal import ConflictingSignature, CorruptLog, LogInUse, SignedLog
+from consensus.wal import (
+    SIGNER_FILE_NAME,
+    ConflictingSignature,
+    CorruptLog,
+    LogInUse,
+    SignedLog,
+    WrongKey,
+)
+from ledger.crypto import PrivateKey
 from ledger.limits import TRANSACTION_BYTES_MAX_DEFAULT
 from tests.consensus.simulation.world import transaction_source
 from tests.consensus.test_replica import KEYS, T0, WORLD, block, proposal, proposer, vote
@@ -18,8 +26,10 @@ from tests.consensus.test_replica import KEYS, T0, WORLD, block, proposal, propo
 LIMIT = TRANSACTION_BYTES_MAX_DEFAULT
 
 
-def open_log(tmp_path: Path) -> SignedLog:
-    return SignedLog(tmp_path / "signed.ndjson", transaction_bytes_max=LIMIT)
+def open_log(tmp_path: Path, key: PrivateKey = KEYS[1]) -> SignedLog:
+    return SignedLog(
+        tmp_path / "signed.ndjson", public_key=key.public_key_hex, transaction_bytes_max=LIMIT
+    )
 
 
 def test_appended_messages_are_read_back_after_reopening(tmp_path: Path) -> None:
@@ -63,7 +73,7 @@ def test_a_torn_last_line_is_cut_and_a_damaged_one_refused(tmp_path: Path) -> No
 
 def _try_open(path: str, results: multiprocessing.Queue[str]) -> None:
     try:
-        SignedLog(Path(path), transaction_bytes_max=LIMIT)
+        SignedLog(Path(path), public_key=KEYS[1].public_key_hex, transaction_bytes_max=LIMIT)
         results.put("opened")
     except LogInUse as error:
         results.put(error.code)
@@ -142,3 +152,32 @@ def test_a_replica_rebuilt_from_the_log_resends_byte_for_byte(tmp_path: Path) ->
     ]
     assert resent[: len(sent)] == sent
     log.close()
+
+
+def test_the_log_keeps_its_key(tmp_path: Path) -> None:
+    """Found by review: a validator's data directory started with another party's key file
+    signed as that party, and the chain recorded evidence against the innocent party."""
+    log = open_log(tmp_path)  # KEYS[1]'s
+    log.append(vote(1, "prevote", 0, None))
+    log.compact(above_height=1)  # the log now holds no vote that names its key
+    log.close()
+    assert (tmp_path / SIGNER_FILE_NAME).read_text() == KEYS[1].public_key_hex + "\n"
+    with pytest.raises(WrongKey) as refused:
+        open_log(tmp_path, KEYS[2])
+    assert refused.value.code == "wrong_key" and KEYS[2].public_key_hex[:16] in str(refused.value)
+    assert (tmp_path / SIGNER_FILE_NAME).read_text() == KEYS[1].public_key_hex + "\n"
+    open_log(tmp_path).close()  # its own key still opens it
+
+
+def test_a_log_from_before_its_key_was_written_down_is_checked_by_its_votes(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path)
+    log.append(vote(1, "prevote", 0, None))
+    log.close()
+    (tmp_path / SIGNER_FILE_NAME).unlink()
+    with pytest.raises(WrongKey):
+        open_log(tmp_path, KEYS[2])
+    assert not (tmp_path / SIGNER_FILE_NAME).exists()
+    open_log(tmp_path).close()
+    assert (tmp_path / SIGNER_FILE_NAME).read_text() == KEYS[1].public_key_hex + "\n"

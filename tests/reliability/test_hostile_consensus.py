@@ -114,7 +114,11 @@ class Cluster:
             honest = BftProducer(
                 Store.open(root / str(index)),
                 KEYS[index],
-                log=SignedLog(root / str(index) / WAL_FILE_NAME, transaction_bytes_max=LIMIT),
+                log=SignedLog(
+                    root / str(index) / WAL_FILE_NAME,
+                    public_key=KEYS[index].public_key_hex,
+                    transaction_bytes_max=LIMIT,
+                ),
                 timeouts=FAST,
                 write_executor=writer,
             )
