@@ -117,6 +117,7 @@ from ledger.limits import (
     PROPOSE_TIMEOUT_MS_EXTRA,
     RELAY_BLOCKS_HELD,
     SYNC_LAG_HEIGHTS_MIN,
+    SYNC_PROBE_MS,
 )
 from ledger.state import State
 from ledger.state_transition import check_block_body
@@ -217,6 +218,9 @@ class BftProducer:
         # The highest height each validator's own signed message showed decided (`_hint`).
         self._claims: dict[str, int] = {}
         self._claims_lock = threading.Lock()
+        # When the tip last moved (`_probe_due`), and to what height.
+        self._progress = (self._state.height, clock_ms())
+        self.probes = 0  # sync attempts made because nothing was decided for SYNC_PROBE_MS
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[tuple[Message, int]] = deque()  # each with its `message_bytes`
         self._inbox_bytes = 0
@@ -266,7 +270,36 @@ class BftProducer:
             return True
         if self.sync is not None and self.sync.is_behind(self._tip.height):
             return True
+        if self._probe_due():
+            return True
         return bool(self._timers) and self._timers[0][0] <= self._clock_ms()
+
+    def _probe_due(self) -> bool:
+        """Nothing decided here for SYNC_PROBE_MS (peers that cannot reach this validator
+        send it nothing, so no message would say it is behind): time to ask them."""
+        if self.sync is None:
+            return False
+        height, since = self._progress
+        now = self._clock_ms()
+        if self._tip.height != height:
+            self._progress = (self._tip.height, now)
+            return False
+        return now - since >= SYNC_PROBE_MS
+
+    def _probe(self) -> None:
+        """One sync attempt however little peers' messages said: asks each peer for its head
+        (a head above this validator's is then fetched and verified, as any range)."""
+        assert self.sync is not None
+        height, since = self._progress
+        log.warning(
+            "no block decided here for %d s (height %d): asking the peers for their heads;"
+            " if this goes on, check that the peers can reach this node",
+            (self._clock_ms() - since) // 1000,
+            height,
+        )
+        self._progress = (height, self._clock_ms())
+        self.probes += 1
+        self.sync.probe()
 
     def submit(
         self,
@@ -311,6 +344,8 @@ class BftProducer:
         self._finish_writes(wait=False)
         if self._below_decided():
             return self._sync_to_decided()
+        if self._probe_due():
+            self._probe()
         if self.sync is not None and self.sync.is_behind(self._tip.height):
             self._finish_writes(wait=True)  # sync and rejoining start from the store
             if not self._committed:  # one range at a time: the last one's blocks go first

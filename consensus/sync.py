@@ -274,6 +274,7 @@ class BlockSync:
         self._heard = 0
         self._expected = 0  # decided for certain (`expect`): never forgotten
         self._retry_at_ms = 0  # no attempt before (after one that brought nothing)
+        self._probing = False  # an attempt is asked for, whatever the hint (`probe`)
         self._first = 0  # the source asked first: the last one that served
         # A refused source waits before it is asked again, doubling while it keeps failing.
         self._penalty_ms = [0] * len(self.sources)
@@ -297,6 +298,12 @@ class BlockSync:
         with self._lock:
             self._heard = max(self._heard, height)
 
+    def probe(self) -> None:
+        """Make the next attempt due whatever the hint says (within the retry waits): each
+        source is asked for its head. The hint itself is left as it was."""
+        with self._lock:
+            self._probing = True
+
     def expect(self, height: int) -> None:
         """Note a height this node knows for certain is decided (its own signed-message log
         says it took part beyond it): unlike a hint, it is not forgotten when an attempt
@@ -316,7 +323,8 @@ class BlockSync:
         if self._closing.is_set():
             return False
         with self._lock:
-            return self._heard - height >= lag and self._clock_ms() >= self._retry_at_ms
+            behind = self._probing or self._heard - height >= lag
+            return behind and self._clock_ms() >= self._retry_at_ms
 
     @property
     def retry_at_ms(self) -> int:
@@ -345,6 +353,8 @@ class BlockSync:
         if self._closing.is_set() or now < self.retry_at_ms:
             return state
         deadline = now + self.attempt_ms_max
+        with self._lock:
+            self._probing = False
         count = len(self.sources)
         for index in [(self._first + offset) % count for offset in range(count)]:
             if self._closing.is_set() or self._clock_ms() >= deadline:

@@ -310,3 +310,27 @@ def test_only_signed_messages_of_a_third_of_the_power_tell_a_validator_it_is_beh
         assert validator.sync.heard_height == 49
     finally:
         consortium.close()
+
+
+def test_a_validator_its_peers_cannot_reach_asks_them_for_their_heads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a validator restarted on an address its peers do not know got no
+    message, so nothing told it the chain went on: it stayed at its height, silent and
+    healthy. Having decided nothing for SYNC_PROBE_MS, it now asks its peers for their heads."""
+    monkeypatch.setattr("consensus.node.SYNC_PROBE_MS", 300)
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 3)
+        consortium.stop(3)
+        before = max(consortium.heights().values())
+        consortium.run(lambda: min(consortium.heights().values()) >= before + 5, seconds=60)
+        consortium.start(3)
+        consortium.network.cut.add("3")  # it hears nothing, and nothing it says arrives
+        restarted = consortium.producers[3]
+        restarted.sync = BlockSync(sources(consortium, but=3), genesis=parse_genesis(document()))
+        target = min(consortium.heights()[i] for i in range(3))
+        consortium.run(lambda: restarted.state.height >= target, seconds=30)
+        assert restarted.probes >= 1 and restarted.sync.counters.blocks >= target - before
+    finally:
+        consortium.close()
