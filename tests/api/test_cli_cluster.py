@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,3 +80,45 @@ def _taken(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie waits only for its new parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_validators_end_with_a_cluster_that_is_killed(tmp_path: Path) -> None:
+    """Found by review: a SIGKILLed `tanlian cluster` left its validators running, holding
+    their ports and data directories."""
+    base = free_port()
+    process = subprocess.Popen(
+        [str(TANLIAN), "cluster", "--validators", "1", "--data", str(tmp_path),
+         "--base-port", str(base)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment(),
+    )  # fmt: skip
+    pids: list[int] = []
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        pids = [int(found) for found in re.findall(r"\(pid (\d+)\)", line)]
+        assert len(pids) == 1, line
+        assert _running(pids[0])
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + WAIT_S
+        while _running(pids[0]):
+            assert time.monotonic() < deadline, "the validator outlived its cluster"
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
