@@ -39,7 +39,7 @@ from api.settings import Settings
 from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError, StoreError
+from ledger.errors import LedgerError, StoreError, StoreUnreadable
 from ledger.genesis import make_genesis_document
 from ledger.store import DATABASE_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
@@ -297,6 +297,8 @@ def _check_same_chain(data: Path, genesis_hash: str, genesis_file: Path) -> None
     """The store at `data` is of the chain of `genesis_file` (or too damaged to say)."""
     try:
         store = Store.open(data)
+    except StoreUnreadable:
+        raise  # it may be whole: never set aside or rebuilt for what its files' owner is
     except StoreError:
         return  # none, or its genesis cannot be read: nothing to compare
     try:

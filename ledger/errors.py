@@ -113,6 +113,13 @@ class StoreError(LedgerError):
     code = "store_error"
 
 
+class StoreUnreadable(StoreError):
+    """A store this process may not open (permissions, a read-only file system): nothing says
+    it is damaged, so it must not be rebuilt or moved aside."""
+
+    code = "store_unreadable"
+
+
 def printable(text: str) -> str:
     """`text` with every character a terminal could act on (controls, escapes, format and
     line separators: whatever `str.isprintable` refuses, but the space) written as its

@@ -44,7 +44,7 @@ from ledger.blocks import (
 )
 from ledger.crypto import ZERO_HASH_HEX
 from ledger.encoding import canonical, canonical_object, canonical_unchecked
-from ledger.errors import InvalidProofError, LedgerError, StoreError
+from ledger.errors import InvalidProofError, LedgerError, StoreError, StoreUnreadable
 from ledger.evidence import parse_evidence
 from ledger.genesis import Genesis, genesis_state, parse_genesis
 from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX
@@ -67,6 +67,11 @@ CREATING_SUFFIX: Final = ".creating"  # a database being created (`Store.create`
 # How long a node waits for the data directory's write lock: a node killed a moment ago may
 # leave its writer process finishing (or rolling back) the block it held.
 LOCK_WAIT_SECONDS: Final = 10.0
+# SQLite's answers when the file cannot be opened or written for what it is not (permissions,
+# a read-only file system), not for what it holds.
+_CANNOT_OPEN: Final = frozenset(
+    {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
+)
 SCHEMA_VERSION: Final = 1
 PAGE_CACHE_KIB: Final = 8192
 
@@ -116,6 +121,13 @@ class Store:
         path = directory / DATABASE_FILE
         if path.exists():
             raise StoreError(f"{path} exists already: refusing to overwrite a ledger")
+        orphan = directory / (DATABASE_FILE + "-wal")
+        if orphan.exists():  # SQLite would replay its pages into the new database
+            raise StoreError(
+                f"{orphan} is here without its database: it may hold committed pages of a store"
+                " moved or copied elsewhere. Move it away with that store (--resync sets it"
+                " aside)"
+            )
         # Built under another name and renamed once whole: a node killed while it creates
         # its store (at its first start) leaves no half-made database that refuses to open.
         building = directory / (DATABASE_FILE + CREATING_SUFFIX)
@@ -169,6 +181,13 @@ class Store:
         try:
             connection = cls._connect(path)
             store = cls(directory, connection)
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode in _CANNOT_OPEN:
+                raise StoreUnreadable(
+                    f"cannot open {path}: {error} (check that this user may read and write the"
+                    " data directory and its files, and that its file system is writable)"
+                ) from error
+            raise StoreError(f"{path} is not a usable Tanlian database: {error}") from error
         except (sqlite3.DatabaseError, KeyError, ValueError, LedgerError) as error:
             raise StoreError(f"{path} is not a usable Tanlian database: {error}") from error
         return store
@@ -1014,8 +1033,8 @@ def move_store_aside(directory: Path) -> Path | None:
     directory (the validator's signed-message log above all) stays. Holds the directory's
     write lock meanwhile, so a running node's store is never moved. Returns the folder, or
     None when there was no database."""
-    database = directory / DATABASE_FILE
-    if not database.exists():
+    files = [directory / (DATABASE_FILE + suffix) for suffix in ("-wal", "-shm", "")]
+    if not any(path.exists() for path in files):
         return None
     lock = DirectoryLock(directory / LOCK_FILE)
     lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
@@ -1027,9 +1046,10 @@ def move_store_aside(directory: Path) -> Path | None:
             number += 1
             aside = directory / f"{MOVED_ASIDE_PREFIX}{stamp}-{number}"
         aside.mkdir()
-        # The WAL file goes with the database: it may hold committed pages.
-        for suffix in ("", "-wal", "-shm"):
-            path = directory / (DATABASE_FILE + suffix)
+        # The WAL file goes with the database: it may hold committed pages. It goes first:
+        # killed in between, the database stays whole at its last checkpoint, where a WAL
+        # left behind would be replayed into the next database made here.
+        for path in files:
             if path.exists():
                 path.rename(aside / path.name)
         fsync_directory(directory)

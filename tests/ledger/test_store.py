@@ -12,9 +12,12 @@ from __future__ import annotations
 import io
 import json
 import marshal
+import multiprocessing
 import os
+import shutil
 import sqlite3
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from consensus.producer import CommittedBlock, SoloProducer
 from ledger import store as store_module
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
 from ledger.encoding import canonical_unchecked
-from ledger.errors import StoreError
+from ledger.errors import StoreError, StoreUnreadable
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import LogState
@@ -836,6 +839,70 @@ def test_genesis_state_altered_is_refused(tmp_path: Path) -> None:
 
 
 # --- creating and opening -----------------------------------------------------------------------
+
+
+def _open_as_another_user(directory: str, answers: multiprocessing.Queue[str]) -> None:
+    if os.getuid() == 0:  # root may open anything: open it as nobody, as a service would
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        Store.open(Path(directory)).close()
+        answers.put("opened")
+    except StoreError as error:
+        answers.put(f"{error.code}: {error.message}")
+
+
+def test_a_store_this_process_may_not_open_is_not_called_damaged(produced: Produced) -> None:
+    """Found by review: a store whose files the node's user may not read (started once as
+    root, then as a service user) was reported "not a usable Tanlian database", with
+    `--resync` suggested, which sets a whole store aside."""
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        shutil.copy(produced.directory / DATABASE_FILE, shared / DATABASE_FILE)
+        shared.chmod(0o755)  # others may look in, not open the database (0600)
+        (shared / DATABASE_FILE).chmod(0o600)
+        answers: multiprocessing.Queue[str] = multiprocessing.Queue()
+        child = multiprocessing.get_context("fork").Process(
+            target=_open_as_another_user, args=(str(shared), answers)
+        )
+        child.start()
+        child.join(30)
+        answer = answers.get(timeout=5)
+        assert answer.startswith("store_unreadable: cannot open"), answer
+        assert "may read and write" in answer and "not a usable" not in answer
+        (shared / DATABASE_FILE).write_bytes(b"not a database at all" * 100)
+        with pytest.raises(StoreError) as damaged:
+            Store.open(shared)
+        assert not isinstance(damaged.value, StoreUnreadable)
+        assert "not a usable" in damaged.value.message
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_a_wal_left_without_its_database_is_never_replayed_into_a_new_one(
+    produced: Produced,
+) -> None:
+    """Found by review: a store moved aside by a process killed between its two renames left
+    its WAL behind, and the next store made there had the old WAL's pages replayed into it.
+    The WAL now moves first, a new store is refused beside an orphan WAL, and moving aside
+    takes an orphan along."""
+    directory = produced.directory
+    wal = directory / (DATABASE_FILE + "-wal")
+    store = Store.open(directory)  # a live reader keeps the WAL file
+    try:
+        assert wal.exists()
+        orphan = wal.read_bytes()
+    finally:
+        store.close()
+    (directory / DATABASE_FILE).unlink()
+    wal.write_bytes(orphan or b"\0" * 32)
+    with pytest.raises(StoreError, match="without its database"):
+        Store.create(directory, produced.chain.genesis_document)
+    assert not (directory / DATABASE_FILE).exists()
+    aside = store_module.move_store_aside(directory)
+    assert aside is not None and (aside / wal.name).exists() and not wal.exists()
+    Store.create(directory, produced.chain.genesis_document).close()
+    assert Store.open(directory).head_height == 0
 
 
 def test_create_refuses_an_existing_database(produced: Produced) -> None:
