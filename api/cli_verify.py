@@ -72,7 +72,7 @@ from ledger.blocks import (
     verify_certificate,
 )
 from ledger.encoding import JSON, decode
-from ledger.errors import FieldError, InvalidProofError, LedgerError
+from ledger.errors import FieldError, InvalidProofError, LedgerError, printable
 from ledger.genesis import Genesis, decode_genesis
 from ledger.merkle import verify_consistency
 from ledger.receipts import verify_receipt
@@ -322,6 +322,11 @@ def verify_receipt_file(
 STATE_FILE_BYTES_MAX: Final = 1024 * 1024  # a checkpoint: a header and <= 100 signatures
 EVIDENCE_SUFFIX: Final = ".fork-evidence.json"
 MONITOR_ROUNDS_MAX: Final = 1_000_000
+# A round that meets one of these is missed, and the monitor goes on to the next (a node
+# restarting, a network hiccup); anything else a node answers ends the run.
+MISSED_ROUND_CODES: Final = frozenset(
+    {"node_unreachable", "overloaded", "store_unavailable", "upstream_unavailable"}
+)
 MONITOR_INTERVAL_SECONDS_MAX: Final = 24 * 3600.0
 
 Misbehaviour = Literal["fork", "rollback", "inconsistency"]
@@ -567,38 +572,60 @@ def verify_monitor(
         raise typer.BadParameter("--rounds above 1 needs --interval SECONDS")
     genesis = read_genesis(genesis_file)
     evidence_file = state_file.with_name(state_file.name + EVIDENCE_SUFFIX)
+    missed: ClientError | None = None  # why the last round could not reach the node
     with Client(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         for round_number in range(rounds):
             if round_number > 0:
                 assert interval is not None
                 time.sleep(interval)
-            remembered = read_state(state_file, genesis)
-            latest = fetch_checkpoint(client)
-            verify_checkpoint(latest, genesis)  # step 1
-            if remembered is not None:
-                try:
-                    check_extends(client, remembered, latest)  # step 2
-                except MonitorAlarm as alarm:
-                    evidence = {
-                        "kind": alarm.kind,
-                        "detail": alarm.detail,
-                        "node": client.base_url,
-                        "remembered": remembered.to_json(),
-                        "latest": latest.to_json(),
-                        "proof": alarm.proof,
-                    }
-                    write_json_atomically(evidence_file, evidence)
-                    fail(
-                        f"{alarm.kind.upper()} DETECTED between the remembered height "
-                        f"{remembered.height} and the node's height {latest.height}: "
-                        f"{alarm.detail}; evidence written to {evidence_file}; "
-                        f"{state_file} unchanged"
-                    )
-            if remembered is None or latest.header != remembered.header:  # step 3
-                write_json_atomically(state_file, latest.to_json())
-            out.print(
-                _summary(remembered, latest, state_file),
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
+            try:
+                _monitor_round(client, genesis, state_file, evidence_file)
+                missed = None
+            except ClientError as error:
+                # A node restarting, or a network hiccup, is one missed round of many: say so
+                # and go on (a fork, a rollback or a bad checkpoint still ends the run).
+                if rounds == 1 or error.code not in MISSED_ROUND_CODES:
+                    raise
+                missed = error
+                err.print(
+                    printable(f"round {round_number + 1}: missed ({error.code}): {error.message}"),
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if missed is not None:
+        fail(f"error ({missed.code}): the last round could not reach the node: {missed.message}")
+
+
+def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_file: Path) -> None:
+    """One round of `verify monitor`: steps 1-3 of its docstring."""
+    remembered = read_state(state_file, genesis)
+    latest = fetch_checkpoint(client)
+    verify_checkpoint(latest, genesis)  # step 1
+    if remembered is not None:
+        try:
+            check_extends(client, remembered, latest)  # step 2
+        except MonitorAlarm as alarm:
+            evidence = {
+                "kind": alarm.kind,
+                "detail": alarm.detail,
+                "node": client.base_url,
+                "remembered": remembered.to_json(),
+                "latest": latest.to_json(),
+                "proof": alarm.proof,
+            }
+            write_json_atomically(evidence_file, evidence)
+            fail(
+                f"{alarm.kind.upper()} DETECTED between the remembered height "
+                f"{remembered.height} and the node's height {latest.height}: "
+                f"{alarm.detail}; evidence written to {evidence_file}; "
+                f"{state_file} unchanged"
             )
+    if remembered is None or latest.header != remembered.header:  # step 3
+        write_json_atomically(state_file, latest.to_json())
+    out.print(
+        _summary(remembered, latest, state_file),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

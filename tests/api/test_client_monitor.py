@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -835,3 +835,50 @@ def test_a_remembered_empty_log_is_compared_header_to_header(
     assert "the node's header at the remembered height 2 is block" in result.stderr
     assert state.read_bytes() == original
     assert json.loads(evidence_of(state).read_text())["proof"] is None
+
+
+OVERLOADED: Final = {
+    "type": "urn:tanlian:problem:overloaded",
+    "title": "The node is overloaded: try again later",
+    "status": 503,
+    "detail": "restarting",
+    "code": "overloaded",
+}
+
+
+def test_a_round_that_cannot_reach_the_node_is_missed_and_the_monitor_goes_on(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
+) -> None:
+    """Found by review: with --rounds, the first round meeting a node restarting ended the
+    run, exit 1, as a fork does: a watchdog died at every routine restart."""
+    hostile.serve("/v1/checkpoint", OVERLOADED, status=503)
+    state = tmp_path / "monitor.json"
+    process = subprocess.Popen(
+        [str(TANLIAN), "verify", "monitor", "--node", hostile.url, "--state", str(state),
+         "--genesis", str(node.genesis_file), "--interval", "0.3", "--rounds", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert first.startswith("round 1: missed (overloaded): restarting"), first
+        hostile.serve("/v1/checkpoint", client.checkpoint())  # the node is back
+        out, rest = process.communicate(timeout=60)
+        assert process.returncode == 0, first + rest
+        assert "checkpoint verified" in out and state.exists()
+        # Missed to the end: the run fails, and says why.
+        hostile.serve("/v1/checkpoint", OVERLOADED, status=503)
+        result = tanlian(
+            "verify", "monitor", "--node", hostile.url, "--state", state,
+            "--genesis", node.genesis_file, "--interval", "0.05", "--rounds", "2",
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert result.stderr.count(": missed (overloaded)") == 2
+        assert "the last round could not reach the node" in result.stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
