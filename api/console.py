@@ -74,6 +74,8 @@ def fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
             )
         except OSError as error:
             reason = escape(printable(f"{error.strerror or error}: {error.filename}"))
+            if isinstance(error, FileExistsError) and Path(error.filename or "").is_file():
+                reason = escape(printable(f"{error.filename} is a file, not a directory"))
             err.print(f"[red]error[/red]: {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

@@ -140,9 +140,14 @@ class SoloProducer:
         self._state = store.load_state()
         validators = self._state.current_validators()
         if [v.public_key for v in validators] != [validator_key.public_key_hex]:
+            detail = (
+                f"the chain's only validator is {validators[0].public_key[:16]}…, and this key"
+                f" is {validator_key.public_key_hex[:16]}…: check --validator-key"
+                if len(validators) == 1
+                else "a consortium needs BFT consensus (give each other validator as --peer)"
+            )
             raise LedgerError(
-                "this key is not the chain's only validator: a consortium needs BFT consensus",
-                code="not_a_validator",
+                f"this key is not the chain's only validator: {detail}", code="not_a_validator"
             )
         self.pool = pool if pool is not None else Pool(executor=executor)
         self._last_certificate = store.last_certificate()

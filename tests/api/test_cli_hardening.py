@@ -235,3 +235,40 @@ def test_an_export_kept_alive_byte_by_byte_is_cut_off_and_a_steady_one_is_not() 
                 assert "slower than 1024 bytes in 0.2 s" in error.message
             else:
                 assert expected and len(lines) == 2
+
+
+def test_ctrl_c_while_the_program_loads_ends_it_quietly() -> None:
+    """Found by review: Ctrl-C in the first second of any command (its modules loading)
+    printed a KeyboardInterrupt traceback. Python itself starts in ~20 ms; the program's
+    modules take ~1 s, and the signal comes at 0.15 s."""
+    process = subprocess.Popen(
+        [str(TANLIAN), "keys", "show", "/nonexistent.pem"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    time.sleep(0.15)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (process.returncode, err)
+    assert err == "interrupted\n" and out == ""
+
+
+def test_an_operators_wrong_data_or_key_is_named(tmp_path: Path) -> None:
+    """Found by review: a file given as --data was answered "File exists", and a wrong key
+    for a single-validator chain was told a consortium needs BFT consensus."""
+    for name in ("validator", "other"):
+        assert tanlian("keys", "new", "--out", tmp_path / f"{name}.pem").returncode == 0
+    made = tanlian(
+        "genesis", "new", "--chain-id", "wrong-inputs", "--authority", tmp_path / "validator.pem",
+        "--validator", tmp_path / "validator.pem", "--out", tmp_path / "genesis.json",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    node = ("node", "--genesis", tmp_path / "genesis.json", "--listen", f"127.0.0.1:{free_port()}")
+    as_file = tanlian(*node, "--data", tmp_path / "genesis.json",
+                      "--validator-key", tmp_path / "validator.pem")  # fmt: skip
+    assert_fails_cleanly(as_file, f"{tmp_path / 'genesis.json'} is a file, not a directory")
+    wrong = tanlian(*node, "--data", tmp_path / "data", "--validator-key", tmp_path / "other.pem")
+    assert_fails_cleanly(wrong, "error (not_a_validator): this key is not the chain's only")
+    assert "check --validator-key" in wrong.stderr
