@@ -2,8 +2,10 @@
 
 Values come from the node's latest state (`node.state`: one consistent height, in memory);
 lists come from the store's indexed query tables through this thread's read connection
-(`node.reader()`), read in one transaction at the state's height (`_settled`), newest
-first, each page bounded by its `limit` and continued by an opaque cursor (`api.cursors`).
+(`node.reader()`), newest first, each page bounded by its `limit` and continued by an opaque
+cursor (`api.cursors`). A list whose rows name state values (lots, batches, retirements,
+the registry's entries) is read in one transaction at the state's height (`_settled`); the
+lists of blocks and transactions come from the store alone.
 A list query reads at most `limit + 1` rows: one more than the page,
 to know whether another page follows. An id that names nothing raises `not_found`; a cursor
 this node did not give out raises `invalid_field`.
@@ -51,13 +53,25 @@ def _page(items: list[Any], position: dict[str, Any] | None) -> Page:
     return Page(items=items, next_cursor=None if position is None else encode_cursor(position))
 
 
-class StoreAhead(Exception):
+class ReadInThread(Exception):
+    """Raised instead of reading, with `wait=False` (a caller on the event loop), for a read
+    that would hold the loop: the caller waits its own way, then reads in a thread."""
+
+    height: int | None = None  # the height to wait for first, if any
+
+
+class StoreAhead(ReadInThread):
     """The store holds a block the node's state has not taken yet (the block loop takes it
     within a poll of the write): rows read now are of a later height than the state."""
 
     def __init__(self, height: int) -> None:
         super().__init__(height)
         self.height = height
+
+
+class LargeAccount(ReadInThread):
+    """An account with more lots than an answer lists: finding its circulating ones scans
+    every lot it has (~30 ms at 200,000), too long for the event loop."""
 
 
 def _settled(node: Node, read: Callable[[State, sqlite3.Connection], T], *, wait: bool = True) -> T:
@@ -96,26 +110,36 @@ def account(node: Node, account_id: str, *, wait: bool = True) -> dict[str, Any]
     """Keys, nonce, status, roles and holdings by batch with serial ranges: at most
     HOLDING_RANGES_MAX ranges, the circulating ones first (what the account can spend), and
     `holdings_truncated` when it has more; each batch's totals count the ranges shown. Lots
-    changing hands cannot make one vanish (`_settled`); `wait` as there."""
+    changing hands cannot make one vanish (`_settled`). With `wait=False` a read that would
+    wait, or scan more than an answer's ranges, raises `ReadInThread` instead."""
 
     def read(state: State, db: sqlite3.Connection) -> dict[str, Any]:
         value = state.get(f"account/{account_id}")
         if value is None:
             raise LedgerError(f"no account {account_id}", code="not_found")
-        # Retired lots never merge, so an account retiring a unit at a time has thousands:
-        # they must not push its circulating lots out of the answer.
         listed = HOLDING_RANGES_MAX + 1
         rows = db.execute(
-            "SELECT batch_id, first_serial FROM lots WHERE owner = ? AND status = 'circulating' "
+            "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
             "ORDER BY batch_id, first_serial LIMIT ?",
             (account_id, listed),
         ).fetchall()
-        if len(rows) < listed:
-            rows += db.execute(
+        if len(rows) == listed:
+            # Retired lots never merge, so an account retiring a unit at a time has thousands:
+            # they must not push its circulating lots out of the answer. No index finds an
+            # owner's circulating lots (one would cost every block's write): they are scanned.
+            if not wait:
+                raise LargeAccount
+            rows = db.execute(
                 "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
-                "AND status != 'circulating' ORDER BY batch_id, first_serial LIMIT ?",
-                (account_id, listed - len(rows)),
+                "AND status = 'circulating' ORDER BY batch_id, first_serial LIMIT ?",
+                (account_id, listed),
             ).fetchall()
+            if len(rows) < listed:
+                rows += db.execute(
+                    "SELECT batch_id, first_serial FROM lots WHERE owner = ? "
+                    "AND status != 'circulating' ORDER BY batch_id, first_serial LIMIT ?",
+                    (account_id, listed - len(rows)),
+                ).fetchall()
         holdings: dict[str, dict[str, Any]] = {}
         for batch_id, first, quantity, status in held_lots(
             state, account_id, sorted(rows[:HOLDING_RANGES_MAX])
@@ -153,8 +177,8 @@ def held_lots(
     """`(batch_id, first, quantity, status)` of each lot the rows `(batch_id, first_serial)`
     name, read from the state. The lots table is an index that finds an account's lots; what
     is served comes from the state (verified against the head at start), so a damaged row
-    cannot forge a holding. A row the state does not hold for this account (the store may be a
-    block ahead of `state` while the next block is committed) is left out."""
+    cannot forge a holding. A row the state does not hold for this account (a damaged index)
+    is left out; the rows and the state are of one height (`_settled`)."""
     for batch_id, first in rows:
         lot = state.get(f"lot/{batch_id}/{first}")
         if lot is not None and lot["owner"] == account_id:

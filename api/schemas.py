@@ -686,7 +686,8 @@ class Account(Answer):
     )
     holdings_truncated: bool = Field(
         description="The account has more ranges than shown (retired lots never merge): the"
-        " retired and invalidated totals then count only the ranges shown."
+        " totals then count only the ranges shown (the circulating ones all, unless they"
+        " alone are more than 1,000)."
     )
     height: Height
 

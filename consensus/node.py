@@ -218,9 +218,9 @@ class BftProducer:
         # The highest height each validator's own signed message showed decided (`_hint`).
         self._claims: dict[str, int] = {}
         self._claims_lock = threading.Lock()
-        # When the tip last moved (`_probe_due`), and to what height.
-        self._progress = (self._state.height, clock_ms())
-        self.probes = 0  # sync attempts made because nothing was decided for SYNC_PROBE_MS
+        # When a peer's batch last came, and when this validator last asked (`_probe_due`).
+        self._heard_at = self._probed_at = clock_ms()
+        self.probes = 0  # sync attempts made because no peer said anything for SYNC_PROBE_MS
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[tuple[Message, int]] = deque()  # each with its `message_bytes`
         self._inbox_bytes = 0
@@ -275,29 +275,28 @@ class BftProducer:
         return bool(self._timers) and self._timers[0][0] <= self._clock_ms()
 
     def _probe_due(self) -> bool:
-        """Nothing decided here for SYNC_PROBE_MS (peers that cannot reach this validator
-        send it nothing, so no message would say it is behind): time to ask them."""
+        """No peer has sent anything for SYNC_PROBE_MS, nor has this validator asked them
+        since: peers that cannot reach it (it restarted on an address they do not know) send
+        it nothing, so no message would say it is behind. Peers that can reach it re-send
+        their latest messages every REBROADCAST_INTERVAL_MS while a height is under way, and
+        an idle chain still decides a block every block interval: twice that is added."""
         if self.sync is None:
             return False
-        height, since = self._progress
         now = self._clock_ms()
-        if self._tip.height != height:
-            self._progress = (self._tip.height, now)
-            return False
-        return now - since >= SYNC_PROBE_MS
+        quiet = SYNC_PROBE_MS + 2 * self._state.params.block_interval_ms
+        return min(now - self._heard_at, now - self._probed_at) >= quiet
 
     def _probe(self) -> None:
         """One sync attempt however little peers' messages said: asks each peer for its head
         (a head above this validator's is then fetched and verified, as any range)."""
         assert self.sync is not None
-        height, since = self._progress
         log.warning(
-            "no block decided here for %d s (height %d): asking the peers for their heads;"
-            " if this goes on, check that the peers can reach this node",
-            (self._clock_ms() - since) // 1000,
-            height,
+            "no message from any peer for %d s (height %d): asking them for their heads;"
+            " check that they can reach this node (their --peer URL for it)",
+            (self._clock_ms() - self._heard_at) // 1000,
+            self._tip.height,
         )
-        self._progress = (height, self._clock_ms())
+        self._probed_at = self._clock_ms()
         self.probes += 1
         self.sync.probe()
 
@@ -400,6 +399,7 @@ class BftProducer:
     def on_batch(self, body: bytes) -> int:
         """The route's inbox (any thread): a peer's batch (`consensus.relay.decode_batch`;
         `MalformedMessage` refuses it whole). Returns how many lines it held."""
+        self._heard_at = self._clock_ms()
         batch = decode_batch(
             body,
             transaction_bytes_max=self._state.params.transaction_bytes_max,

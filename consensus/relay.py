@@ -373,8 +373,7 @@ class Relay:
                     continue
                 if refuses(item):
                     continue
-                missing = first_missing(item, lookup)
-                message = None if missing is not None else complete(item, lookup)
+                message = complete(item, lookup)  # mostly complete: each looked up once
                 if message is not None:
                     ready.append(message)
                 elif (
@@ -387,7 +386,7 @@ class Relay:
                     slot = _slot(item)
                     if slot not in self._waiting and len(self._waiting) >= self.waiting_max:
                         self._waiting.popitem(last=False)
-                    self._waiting[slot] = (item, missing or 0)
+                    self._waiting[slot] = (item, first_missing(item, lookup) or 0)
                     self._waiting.move_to_end(slot)
             for slot, (reference, found) in list(self._waiting.items()):
                 missing = first_missing(reference, lookup, found)

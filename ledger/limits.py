@@ -143,10 +143,11 @@ SYNC_ATTEMPT_MS_MAX: Final = 60_000
 SYNC_RETRY_MS_MIN: Final = 500
 SYNC_RETRY_MS_MAX: Final = 30_000
 FOLLOW_POLL_MS: Final = 500
-# A validator that has decided nothing for SYNC_PROBE_MS asks its peers for their heads (one
-# sync attempt), and again every SYNC_PROBE_MS while nothing is decided: peers that do not
-# know its address (restarted on another port) send it nothing, and nothing else would tell
-# it the chain went on.
+# A validator no peer has sent anything for SYNC_PROBE_MS (plus two block intervals) asks
+# its peers for their heads (one sync attempt), and again as long while none does: peers
+# that do not know its address (restarted on another port) send it nothing, and nothing else
+# would tell it the chain went on. Peers that reach it re-send their messages every
+# REBROADCAST_INTERVAL_MS while a height is under way, and decide a block every interval.
 SYNC_PROBE_MS: Final = 15_000
 
 assert ROUND_TIMEOUT_MS_BASE <= ROUND_TIMEOUT_MS_MAX

@@ -182,7 +182,7 @@ class Store:
             connection = cls._connect(path)
             store = cls(directory, connection)
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode in _CANNOT_OPEN:
+            if (error.sqlite_errorcode & 0xFF) in _CANNOT_OPEN:  # an extended code's primary
                 raise StoreUnreadable(
                     f"cannot open {path}: {error} (check that this user may read and write the"
                     " data directory and its files, and that its file system is writable)"
@@ -1033,7 +1033,7 @@ def move_store_aside(directory: Path) -> Path | None:
     directory (the validator's signed-message log above all) stays. Holds the directory's
     write lock meanwhile, so a running node's store is never moved. Returns the folder, or
     None when there was no database."""
-    files = [directory / (DATABASE_FILE + suffix) for suffix in ("-wal", "-shm", "")]
+    files = [directory / (DATABASE_FILE + suffix) for suffix in ("", "-wal", "-shm")]
     if not any(path.exists() for path in files):
         return None
     lock = DirectoryLock(directory / LOCK_FILE)
@@ -1046,9 +1046,11 @@ def move_store_aside(directory: Path) -> Path | None:
             number += 1
             aside = directory / f"{MOVED_ASIDE_PREFIX}{stamp}-{number}"
         aside.mkdir()
-        # The WAL file goes with the database: it may hold committed pages. It goes first:
-        # killed in between, the database stays whole at its last checkpoint, where a WAL
-        # left behind would be replayed into the next database made here.
+        # The WAL file goes with the database: it may hold committed pages. The database
+        # goes first: killed in between, no database is left here to open at its last
+        # checkpoint, silently without its newest blocks (a single validator would decide
+        # those heights again, differently); the WAL left behind refuses a new database
+        # here (`create`) until it is moved aside too (another --resync).
         for path in files:
             if path.exists():
                 path.rename(aside / path.name)

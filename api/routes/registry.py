@@ -77,11 +77,13 @@ async def account(account_id: ACCOUNT, node: Annotated[Node, Depends(node_of)]) 
     # one indexed query, ~25 us typical, ~1 ms at the bound), and the hop to a pool thread and
     # back, contending for the GIL, cost several times that (bench/api.py (c): 857 -> 2,442
     # req/s, p99 83 -> 22 ms, measured on the 2-core machine). In the moment after a block's
-    # write, before the state takes it, the read waits here without holding the loop.
+    # write, before the state takes it, the read waits here without holding the loop; an
+    # account with more lots than an answer lists is read in a thread.
     try:
         return reads.account(node, account_id, wait=False)
-    except reads.StoreAhead as ahead:
-        await node.wait_for_height_async(ahead.height, reads.READ_SETTLE_SECONDS)
+    except reads.ReadInThread as deferred:
+        if deferred.height is not None:
+            await node.wait_for_height_async(deferred.height, reads.READ_SETTLE_SECONDS)
     return await anyio.to_thread.run_sync(reads.account, node, account_id)
 
 

@@ -317,10 +317,15 @@ def test_a_validator_its_peers_cannot_reach_asks_them_for_their_heads(
 ) -> None:
     """Found by review: a validator restarted on an address its peers do not know got no
     message, so nothing told it the chain went on: it stayed at its height, silent and
-    healthy. Having decided nothing for SYNC_PROBE_MS, it now asks its peers for their heads."""
+    healthy. Having heard nothing for SYNC_PROBE_MS (and two block intervals), it now asks
+    its peers for their heads; the validators that hear each other never do."""
     monkeypatch.setattr("consensus.node.SYNC_PROBE_MS", 300)
     consortium = Consortium(tmp_path)
     try:
+        for i in range(3):  # able to probe: they never need to
+            consortium.producers[i].sync = BlockSync(
+                sources(consortium, but=i), genesis=parse_genesis(document())
+            )
         consortium.run(lambda: min(consortium.heights().values()) >= 3)
         consortium.stop(3)
         before = max(consortium.heights().values())
@@ -332,5 +337,6 @@ def test_a_validator_its_peers_cannot_reach_asks_them_for_their_heads(
         target = min(consortium.heights()[i] for i in range(3))
         consortium.run(lambda: restarted.state.height >= target, seconds=30)
         assert restarted.probes >= 1 and restarted.sync.counters.blocks >= target - before
+        assert [consortium.producers[i].probes for i in range(3)] == [0, 0, 0]
     finally:
         consortium.close()

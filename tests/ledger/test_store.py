@@ -853,30 +853,42 @@ def _open_as_another_user(directory: str, answers: multiprocessing.Queue[str]) -
 
 
 def test_a_store_this_process_may_not_open_is_not_called_damaged(produced: Produced) -> None:
-    """Found by review: a store whose files the node's user may not read (started once as
-    root, then as a service user) was reported "not a usable Tanlian database", with
-    `--resync` suggested, which sets a whole store aside."""
-    shared = Path(tempfile.mkdtemp(dir="/tmp"))
+    """Found by review: a store whose files the node's user may not read or write (started
+    once as root, then as a service user) was reported "not a usable Tanlian database", with
+    `--resync` suggested, which sets a whole store aside. As root the test opens the store as
+    nobody; as any other user, it takes the permissions away from itself."""
+    as_root = os.getuid() == 0
+    for database_mode, directory_mode in ((0o600, 0o755), (0o644, 0o755), (0o444, 0o555)):
+        shared = Path(tempfile.mkdtemp(dir="/tmp"))
+        try:
+            shutil.copy(produced.directory / DATABASE_FILE, shared / DATABASE_FILE)
+            # As root: others may look in, not open (0600) or not write (0644) the database.
+            # As another user: no permission at all, or a read-only database and directory.
+            (shared / DATABASE_FILE).chmod(
+                database_mode if as_root or database_mode == 0o444 else 0o000
+            )
+            shared.chmod(directory_mode)
+            answers: multiprocessing.Queue[str] = multiprocessing.Queue()
+            child = multiprocessing.get_context("fork").Process(
+                target=_open_as_another_user, args=(str(shared), answers)
+            )
+            child.start()
+            child.join(30)
+            answer = answers.get(timeout=5)
+            assert answer.startswith("store_unreadable: cannot open"), (database_mode, answer)
+            assert "may read and write" in answer and "not a usable" not in answer
+        finally:
+            shared.chmod(0o755)
+            shutil.rmtree(shared)
+    damaged = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
-        shutil.copy(produced.directory / DATABASE_FILE, shared / DATABASE_FILE)
-        shared.chmod(0o755)  # others may look in, not open the database (0600)
-        (shared / DATABASE_FILE).chmod(0o600)
-        answers: multiprocessing.Queue[str] = multiprocessing.Queue()
-        child = multiprocessing.get_context("fork").Process(
-            target=_open_as_another_user, args=(str(shared), answers)
-        )
-        child.start()
-        child.join(30)
-        answer = answers.get(timeout=5)
-        assert answer.startswith("store_unreadable: cannot open"), answer
-        assert "may read and write" in answer and "not a usable" not in answer
-        (shared / DATABASE_FILE).write_bytes(b"not a database at all" * 100)
-        with pytest.raises(StoreError) as damaged:
-            Store.open(shared)
-        assert not isinstance(damaged.value, StoreUnreadable)
-        assert "not a usable" in damaged.value.message
+        (damaged / DATABASE_FILE).write_bytes(b"not a database at all" * 100)
+        with pytest.raises(StoreError) as refused:
+            Store.open(damaged)
+        assert not isinstance(refused.value, StoreUnreadable)
+        assert "not a usable" in refused.value.message
     finally:
-        shutil.rmtree(shared)
+        shutil.rmtree(damaged)
 
 
 def test_a_wal_left_without_its_database_is_never_replayed_into_a_new_one(
@@ -884,8 +896,7 @@ def test_a_wal_left_without_its_database_is_never_replayed_into_a_new_one(
 ) -> None:
     """Found by review: a store moved aside by a process killed between its two renames left
     its WAL behind, and the next store made there had the old WAL's pages replayed into it.
-    The WAL now moves first, a new store is refused beside an orphan WAL, and moving aside
-    takes an orphan along."""
+    A new store is now refused beside an orphan WAL, and moving aside takes an orphan along."""
     directory = produced.directory
     wal = directory / (DATABASE_FILE + "-wal")
     store = Store.open(directory)  # a live reader keeps the WAL file
