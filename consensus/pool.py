@@ -6,7 +6,10 @@
   from a peer (or from anyone posting to the consensus route) leaves room for this node's
   own clients, whose transactions it proposes itself in its turn (docs/decisions/0006).
 - Per account it holds nonces from the next expected one up to `nonce_gap_max` ahead, and
-  releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`.
+  releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`. One
+  still waiting behind a missing nonce after `gap_wait_ms` leaves the pool (`drop_stale`):
+  fresh keys cost nothing, and a review filled the pool with transactions that could never be
+  proposed (nonce 2 of fresh accounts), for good.
 - The listed keys must belong to the signer's key set at the node's tip and reach its
   threshold (`check_authorization`), so nobody can hold another account's nonce (and make its
   own transaction `bad_nonce`) with one that account did not sign. After a pending
@@ -21,13 +24,19 @@
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import LedgerError, PoolError
-from ledger.limits import POOL_LOCAL_RESERVED, POOL_NONCE_GAP_MAX, POOL_TRANSACTIONS_MAX
+from ledger.limits import (
+    POOL_GAP_WAIT_MS,
+    POOL_LOCAL_RESERVED,
+    POOL_NONCE_GAP_MAX,
+    POOL_TRANSACTIONS_MAX,
+)
 from ledger.merkle import leaf_hash
 from ledger.state_transition import check_authorization
 from ledger.transactions import Envelope, check_signatures
@@ -72,6 +81,7 @@ class Pool:
         local_reserved: int | None = None,
         executor: Executor | None = None,
         check_signatures: SignatureCheck | None = None,
+        clock_ms: Callable[[], int] = lambda: time.monotonic_ns() // 1_000_000,
     ) -> None:
         assert capacity > 0 and nonce_gap_max > 0
         self.capacity = capacity
@@ -89,6 +99,9 @@ class Pool:
         self._by_signer: dict[str, dict[int, Envelope]] = {}
         self._arrival: dict[str, int] = {}  # tx_id -> admission sequence number
         self._sequence = 0
+        self.gap_wait_ms = POOL_GAP_WAIT_MS
+        self._clock_ms = clock_ms
+        self._admitted_at: dict[str, int] = {}  # tx_id -> `clock_ms()` when it was admitted
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -173,6 +186,7 @@ class Pool:
         self._by_leaf[leaf_hash(envelope.leaf)] = envelope
         self._sequence += 1
         self._arrival[envelope.tx_id] = self._sequence
+        self._admitted_at[envelope.tx_id] = self._clock_ms()
         return True
 
     def ready(self, committed_nonce: Callable[[str], int], limit: int) -> list[Envelope]:
@@ -201,18 +215,35 @@ class Pool:
                 continue
             del self._by_leaf[leaf_hash(pending_envelope.leaf)]
             del self._arrival[envelope.tx_id]
+            del self._admitted_at[envelope.tx_id]
             pending = self._by_signer[envelope.tx.signer]
             del pending[envelope.tx.nonce]
             if not pending:
                 del self._by_signer[envelope.tx.signer]
 
-    def drop_stale(self, committed_nonce: Callable[[str], int]) -> list[Envelope]:
-        """Remove and return transactions whose nonce a committed transaction has used."""
-        stale = [
-            envelope
-            for signer, pending in self._by_signer.items()
-            for nonce, envelope in pending.items()
-            if nonce <= committed_nonce(signer)
-        ]
-        self.remove(stale)
+    def drop_stale(self, committed_nonce: Callable[[str], int]) -> list[tuple[Envelope, str]]:
+        """After a block is committed, or when there is none to build: remove and return,
+        each with why, the transactions whose nonce a committed transaction has used, and
+        those that waited `gap_wait_ms` behind a missing nonce."""
+        now = self._clock_ms()
+        stale: list[tuple[Envelope, str]] = []
+        for signer, pending in self._by_signer.items():
+            committed = committed_nonce(signer)
+            ready_to = committed + 1  # the first nonce not reachable without a gap
+            while ready_to in pending:
+                ready_to += 1
+            for nonce, envelope in pending.items():
+                if nonce <= committed:
+                    stale.append((envelope, "another transaction used this nonce first"))
+                elif nonce > ready_to and now - self._admitted_at[envelope.tx_id] >= (
+                    self.gap_wait_ms
+                ):
+                    stale.append(
+                        (
+                            envelope,
+                            f"nonce {ready_to} of this signer did not come within"
+                            f" {self.gap_wait_ms // 1000} s",
+                        )
+                    )
+        self.remove(envelope for envelope, _ in stale)
         return stale

@@ -70,19 +70,15 @@ def settle_pool(
     committed_nonce: Callable[[str], int],
 ) -> None:
     """After `block` is committed (the caller holds its lock): its transactions leave the
-    pool with their outcomes, and any left holding a nonce now used is rejected."""
+    pool with their outcomes, and any left holding a nonce now used, or waiting too long
+    behind a missing one (`Pool.drop_stale`), is rejected."""
     pool.remove(block.transactions)
     for outcome in committed:
         remember(outcomes, outcome)
-    for stale in pool.drop_stale(committed_nonce):
+    for stale, why in pool.drop_stale(committed_nonce):
         remember(
             outcomes,
-            Outcome(
-                tx_id=stale.tx_id,
-                status="rejected",
-                code="bad_nonce",
-                message="another transaction used this nonce first",
-            ),
+            Outcome(tx_id=stale.tx_id, status="rejected", code="bad_nonce", message=why),
         )
 
 
@@ -261,6 +257,11 @@ class SoloProducer:
             tip = self._tip
             limit = tip.params.block_transactions_max
             candidates = self.pool.ready(self._tip_nonce, limit)
+            if not candidates:  # only transactions waiting behind a gap: they do not wait
+                for stale, why in self.pool.drop_stale(self._committed_nonce):  # for ever
+                    self._remember(
+                        Outcome(tx_id=stale.tx_id, status="rejected", code="bad_nonce", message=why)
+                    )
         if not candidates:
             return None
         built = build_block(

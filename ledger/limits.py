@@ -44,6 +44,12 @@ TRANSACTION_BYTES_MAX_CEILING: Final = 1024 * 1024
 # committed nonce it holds transactions.
 POOL_TRANSACTIONS_MAX: Final = 50_000
 POOL_NONCE_GAP_MAX: Final = 64
+# A transaction waiting behind a missing nonce of its signer leaves the pool (rejected
+# bad_nonce) once it has waited POOL_GAP_WAIT_MS for that nonce: fresh keys cost nothing, and
+# transactions that can never be proposed would otherwise fill the pool for good
+# (mempool_full to everyone else). A client that sends nonces out of order fills its gap in
+# well under a second.
+POOL_GAP_WAIT_MS: Final = 30_000
 # Room in the pool that transactions forwarded by peers may not take: this node's own clients
 # keep it (docs/decisions/0006, pool forwarding).
 POOL_LOCAL_RESERVED: Final = 10_000

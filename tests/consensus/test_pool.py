@@ -221,7 +221,8 @@ def test_drop_stale_removes_and_returns_used_nonces() -> None:
     codes(pool, [a1, a2, a3, b1])
     nonces = {ALICE.account_id: 2}
     stale = pool.drop_stale(committed(nonces))
-    assert {e.tx_id for e in stale} == {a1.tx_id, a2.tx_id}
+    assert {e.tx_id for e, _ in stale} == {a1.tx_id, a2.tx_id}
+    assert {why for _, why in stale} == {"another transaction used this nonce first"}
     assert len(pool) == 2
     assert a3.tx_id in pool and b1.tx_id in pool
     assert pool.ready(committed(nonces), limit=10) == [a3, b1]
@@ -369,3 +370,23 @@ def test_a_node_catching_up_does_not_refuse_a_nonce_far_ahead_of_its_tip() -> No
     by_bob = CHAIN.tx(BOB, "transfer", payload, signer=ALICE.account_id, nonce=12)
     (refused,) = pool.admit([by_bob], [None], accounts(), tip_behind=True)
     assert refused.error is not None and refused.error.code == "unknown_key"
+
+
+def test_a_transaction_waiting_behind_a_missing_nonce_leaves_after_the_gap_wait() -> None:
+    """Found by review: nonce 2 of fresh accounts (fresh keys cost nothing) can never be
+    proposed, and such transactions filled the pool for good: mempool_full to everyone.
+    One still waiting behind its gap after gap_wait_ms is dropped, with why; a transaction
+    that follows on without a gap stays however long it waits."""
+    now = [0]
+    pool = Pool(capacity=4, clock_ms=lambda: now[0])
+    a1, a2, b2, b3 = envelope(ALICE, 1), envelope(ALICE, 2), envelope(BOB, 2), envelope(BOB, 3)
+    assert codes(pool, [a1, a2, b2, b3]) == [None] * 4
+    assert codes(pool, [envelope(ALICE, 3)]) == ["mempool_full"]
+    now[0] = pool.gap_wait_ms - 1
+    assert pool.drop_stale(committed()) == []
+    now[0] = pool.gap_wait_ms
+    stale = pool.drop_stale(committed())
+    assert [e.tx_id for e, _ in stale] == [b2.tx_id, b3.tx_id]
+    assert {why for _, why in stale} == {"nonce 1 of this signer did not come within 30 s"}
+    assert a1.tx_id in pool and a2.tx_id in pool and len(pool) == 2
+    assert codes(pool, [envelope(ALICE, 3)]) == [None]  # room again

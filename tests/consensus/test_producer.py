@@ -469,3 +469,21 @@ def test_after_a_full_block_the_next_is_due_once_it_is_written(tmp_path: Path) -
         assert producer.due(T1 + 1 + 1000)
     finally:
         store.close()
+
+
+def test_a_single_validator_with_only_gapped_transactions_still_lets_them_go(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """A pool holding only transactions behind a missing nonce builds no block, so nothing
+    settled it after a block: they must leave all the same once they waited the gap wait."""
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    gapped = transfer(chain, 5, nonce=5)  # alice's next nonce is 1: 1..4 never come
+    (outcome,) = producer.submit([gapped])
+    assert outcome.status == "pending"
+    producer.pool.gap_wait_ms = 0  # as if the wait was over
+    assert producer.produce(T1 + 1000) is None  # no block: nothing ready
+    assert gapped.tx_id not in producer.pool
+    rejected = producer.outcomes[gapped.tx_id]
+    assert rejected.status == "rejected" and rejected.code == "bad_nonce"
+    assert "did not come within" in (rejected.message or "")
