@@ -74,7 +74,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     node = Node(data, chain.validator)
     node.start()
     revoked, lapsed = key("revoked-certifier"), key("lapsed-certifier")
-    ends = int(time.time() * 1000) + 1000  # a programme that ends during the set-up
+    # A programme that ends during the set-up (it waits for the end below): far enough ahead
+    # that its creation, on a loaded machine, still comes before it ends.
+    ends = int(time.time() * 1000) + 5000
     try:
         commit_all(
             node,
