@@ -25,7 +25,7 @@ from consensus.relay import encode_reference
 from consensus.replica import Timeouts
 from consensus.transport import MemoryNetwork, MemoryTransport
 from consensus.wal import WAL_FILE_NAME, SignedLog
-from ledger.blocks import Validator
+from ledger.blocks import Block, Validator
 from ledger.crypto import PrivateKey
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import (
@@ -240,19 +240,24 @@ def test_a_decided_block_is_answered_committed_only_once_durable(tmp_path: Path)
         consortium.close()
 
 
+def first_block(validator: BftProducer, transactions: int) -> Block:
+    """Block 1 on `validator`'s genesis state, of the workload's first transactions."""
+    return build_block(
+        validator.state,
+        WORLD.workload[:transactions],
+        time=validator.state.head_time + 1,
+        proposer=WORLD.keys[1].public_key_hex,
+        last_commit=None,
+    ).block
+
+
 def test_a_block_by_reference_whose_leaves_its_header_does_not_commit_to_is_not_held(
     tmp_path: Path,
 ) -> None:
     consortium = Consortium(tmp_path)
     try:
         validator = consortium.producers[0]
-        built = build_block(
-            validator.state,
-            WORLD.workload[:3],
-            time=validator.state.head_time + 1,
-            proposer=WORLD.keys[1].public_key_hex,
-            last_commit=None,
-        ).block
+        built = first_block(validator, 3)
         proposer = compute_proposer(validator.state.current_validators(), 1, 0)
         (signer,) = [k for k in WORLD.keys if k.public_key_hex == proposer]
         genuine = sign_proposal(
@@ -278,13 +283,7 @@ def test_a_reference_repeating_one_held_transaction_is_refused_before_it_is_fill
     consortium = Consortium(tmp_path)
     try:
         validator = consortium.producers[0]
-        built = build_block(
-            validator.state,
-            WORLD.workload[:1],
-            time=validator.state.head_time + 1,
-            proposer=WORLD.keys[1].public_key_hex,
-            last_commit=None,
-        ).block
+        built = first_block(validator, 1)
         (envelope,) = built.transactions
         validator.on_batch(envelope.leaf + b"\n")  # forwarded: the relay holds it
         assert validator.relay.lookup(leaf_hash(envelope.leaf)) is not None
