@@ -193,6 +193,9 @@ def retirement(
 @router.get(
     "/blocks",
     summary="Blocks with their certificates, newest first",
+    description=f"At most `limit` blocks, and no more than"
+    f" {reads.BLOCKS_PAGE_TRANSACTIONS_MAX:,} transactions in all but for the page's first"
+    " block: a page may hold fewer than `limit` blocks while `next_cursor` says more follow.",
     response_model=schemas.Page[schemas.CertifiedBlock],
     response_model_exclude_unset=True,
     responses=LIST_PROBLEMS,
