@@ -21,10 +21,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio
 
@@ -52,6 +52,8 @@ from ledger.store import Store
 from ledger.transactions import Envelope
 
 log = logging.getLogger("tanlian.node")
+
+T = TypeVar("T")
 
 POLL_SECONDS: Final = 0.01  # how often the block loop looks at the clock and the pool
 # A block the store could not write is dropped (its transactions stay pending) and built
@@ -435,20 +437,31 @@ class Node:
     ) -> list[Outcome | None]:
         """`wait_for_commit` for an event loop: no thread is held while it waits, so clients
         waiting for their commits cannot take every request thread."""
+
+        async def look() -> tuple[bool, list[Outcome | None]]:
+            outcomes = self._outcomes_in_memory(tx_ids)
+            if outcomes is None:  # one must be read from the store: in a thread, briefly
+                outcomes = await anyio.to_thread.run_sync(self._outcomes, tx_ids)
+            return not any(o is None or o.status == "pending" for o in outcomes), outcomes
+
+        return await self._look_until_async(look, min(timeout, COMMIT_WAIT_SECONDS_MAX))
+
+    async def _look_until_async(
+        self, look: Callable[[], Awaitable[tuple[bool, T]]], timeout: float
+    ) -> T:
+        """What `look` finds once it says done, the block loop has stopped, or `timeout`
+        ends; it looks again after each committed block, holding no thread meanwhile."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(timeout, COMMIT_WAIT_SECONDS_MAX)
+        deadline = loop.time() + timeout
         while True:
             woken: asyncio.Future[None] = loop.create_future()
             with self._waiters_lock:  # before looking: a block committed meanwhile wakes it
                 self._waiters.append((loop, woken))
             try:
-                outcomes = self._outcomes_in_memory(tx_ids)
-                if outcomes is None:  # one must be read from the store: in a thread, briefly
-                    outcomes = await anyio.to_thread.run_sync(self._outcomes, tx_ids)
-                pending = any(o is None or o.status == "pending" for o in outcomes)
+                done, found = await look()
                 remaining = deadline - loop.time()
-                if not pending or remaining <= 0 or self.failure is not None:
-                    return outcomes
+                if done or remaining <= 0 or self.failure is not None:
+                    return found
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, remaining)
             finally:
@@ -469,21 +482,12 @@ class Node:
 
     async def wait_for_height_async(self, height: int, timeout: float) -> bool:
         """`wait_for_height` for an event loop, holding no thread."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            woken: asyncio.Future[None] = loop.create_future()
-            with self._waiters_lock:  # before looking: a block committed meanwhile wakes it
-                self._waiters.append((loop, woken))
-            try:
-                remaining = deadline - loop.time()
-                if self.state.height >= height or remaining <= 0 or self.failure is not None:
-                    return self.state.height >= height
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken, remaining)
-            finally:
-                with self._waiters_lock, contextlib.suppress(ValueError):
-                    self._waiters.remove((loop, woken))
+
+        async def look() -> tuple[bool, bool]:
+            reached = self.state.height >= height
+            return reached, reached
+
+        return await self._look_until_async(look, timeout)
 
     def _outcomes(self, tx_ids: Sequence[str]) -> list[Outcome | None]:
         return [self.outcome(tx_id) for tx_id in tx_ids]

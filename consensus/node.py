@@ -504,6 +504,8 @@ class BftProducer:
         a third of the power must agree. Review found one forged vote of a far height, with
         a Byzantine validator's API dripping its answer, held the block loop in a sync
         attempt for up to a minute, again and again."""
+        sync = self.sync
+        assert sync is not None
         tip = self._tip
         floor = tip.height + SYNC_LAG_HEIGHTS_MIN
         validators = tip.current_validators()
@@ -511,12 +513,12 @@ class BftProducer:
         chain_id = tip.chain_id
         for message in messages:
             height = message.height if isinstance(message, Decision) else message.height - 1
-            if height < floor or height <= self.sync_hint_height():
+            if height < floor or height <= sync.heard_height:
                 continue
             try:
                 if isinstance(message, Decision):
                     verify_decision(message, chain_id=chain_id, validators=validators)
-                    self._raise_hint(height)
+                    sync.hint(height)
                     continue
                 if isinstance(message, Vote):
                     signer = message.public_key
@@ -537,15 +539,8 @@ class BftProducer:
             for claimed, key in claims:
                 backed += power[key]
                 if 3 * backed > total:  # more than a third: one correct validator at least
-                    self._raise_hint(claimed)
+                    sync.hint(claimed)
                     break
-
-    def sync_hint_height(self) -> int:
-        return 0 if self.sync is None else self.sync.heard_height
-
-    def _raise_hint(self, height: int) -> None:
-        assert self.sync is not None
-        self.sync.hint(height)
 
     def inbox_bytes(self) -> int:
         """What the messages waiting for the replica count (`message_bytes`)."""

@@ -75,6 +75,13 @@ def settle_pool(
     pool.remove(block.transactions)
     for outcome in committed:
         remember(outcomes, outcome)
+    reject_stale(pool, outcomes, committed_nonce)
+
+
+def reject_stale(
+    pool: Pool, outcomes: OrderedDict[str, Outcome], committed_nonce: Callable[[str], int]
+) -> None:
+    """`Pool.drop_stale`, each transaction it drops remembered rejected `bad_nonce`."""
     for stale, why in pool.drop_stale(committed_nonce):
         remember(
             outcomes,
@@ -257,11 +264,8 @@ class SoloProducer:
             tip = self._tip
             limit = tip.params.block_transactions_max
             candidates = self.pool.ready(self._tip_nonce, limit)
-            if not candidates:  # only transactions waiting behind a gap: they do not wait
-                for stale, why in self.pool.drop_stale(self._committed_nonce):  # for ever
-                    self._remember(
-                        Outcome(tx_id=stale.tx_id, status="rejected", code="bad_nonce", message=why)
-                    )
+            if not candidates:  # only transactions behind a gap: they do not wait for ever
+                reject_stale(self.pool, self.outcomes, self._committed_nonce)
         if not candidates:
             return None
         built = build_block(
