@@ -28,9 +28,11 @@ from typing import Final, TypeVar
 
 import anyio
 
+from api.console import write_atomically
 from api.follow import ApiSource, Forwarder
 from api.intake import IntakeWorker
 from consensus.follower import Follower
+from consensus.messages import Decision
 from consensus.node import BftProducer
 from consensus.pool import Pool
 from consensus.producer import (
@@ -40,11 +42,12 @@ from consensus.producer import (
     SoloProducer,
     tune_garbage_collector,
 )
-from consensus.sync import BlockSync
+from consensus.sync import BlockSync, ForkProof
 from consensus.transport import HttpTransport, Inbox
 from consensus.verifier import SignatureWorker
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.crypto import PrivateKey
+from ledger.encoding import canonical
 from ledger.errors import LedgerError, StoreError
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX, PEER_QUEUE_MESSAGES_MAX
 from ledger.state import State
@@ -52,6 +55,10 @@ from ledger.store import Store
 from ledger.transactions import Envelope
 
 log = logging.getLogger("tanlian.node")
+
+# Two certified blocks of one height that block sync met (`consensus.sync.ForkProof`), in the
+# data directory: fork-proof-<height>.json.
+FORK_PROOF_PREFIX: Final = "fork-proof-"
 
 T = TypeVar("T")
 
@@ -196,7 +203,29 @@ class Node:
             [ApiSource(url) for url in urls],
             genesis=self.genesis,
             verify_signatures=self._signatures.check,
+            local=self._decision_at,
+            on_fork=self._write_fork_proof,
         )
+
+    def _decision_at(self, height: int) -> Decision:
+        store = self.reader()
+        return Decision(block=store.read_block(height), certificate=store.read_certificate(height))
+
+    def fork_proof_path(self, height: int) -> Path:
+        return self.data / f"{FORK_PROOF_PREFIX}{height}.json"
+
+    def _write_fork_proof(self, proof: ForkProof) -> None:
+        """Keep a fork's proof where the operator finds it (the first one of each height:
+        a source refused again serves the same)."""
+        path = self.fork_proof_path(proof.height)
+        if path.exists():
+            return
+        try:
+            write_atomically(path, canonical(proof.to_json()) + b"\n")
+        except OSError as error:
+            log.error("the fork's proof could not be written to %s: %s", path, error)
+            return
+        log.error("the fork's proof is in %s", path)
 
     @property
     def state(self) -> State:

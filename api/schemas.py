@@ -571,9 +571,28 @@ class ConsensusAccepted(Answer):
     accepted: Annotated[int, Field(ge=1, description="Messages handed to the consensus engine.")]
 
 
+class Fork(Answer):
+    """Two blocks of one height, each certified, that block sync met: proof that more than a
+    third of the validators signed two chains. The whole proof (both blocks and certificates,
+    and any duplicate precommits) is in the node's data directory, fork-proof-HEIGHT.json."""
+
+    height: PositiveHeight
+    ours: Hex64 = Field(description="The hash of this node's block at that height.")
+    theirs: Hex64 = Field(description="The hash of the other certified block.")
+    source: str = Field(description="The node that served the other block.")
+    signers_of_both: list[Hex64] = Field(
+        description="The validators whose signatures are in both certificates."
+    )
+
+
 class Healthz(Answer):
-    status: Literal["ok"]
+    status: Literal["ok"] = Field(description="The node answers (liveness).")
     height: Height
+    fork: Fork | None = Field(
+        default=None,
+        description="Present once block sync met another certified block at a height this "
+        "node holds (the first such fork). The node keeps serving its own verified chain.",
+    )
 
 
 class Committed(Answer):

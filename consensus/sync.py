@@ -44,6 +44,17 @@ forged message of a far height must not start one. A hint still costs at most on
 attempt when no source backs it, after which it is forgotten. The blocks are what is
 checked.
 
+A source whose next block is certified but does not extend this node's head (rule
+`parent_hash`) may be on a fork: more than a third of the validators signed two chains. Once
+the node gives `BlockSync` a way to read its own blocks (`local`), such a refusal is followed
+by one more request: the source's block at this node's head height. When its certificate
+verifies under the set that governed that height and it commits another block, the two
+certified blocks are a `ForkProof` (SPEC §6.2: "proof of a fork, signed by the validators"),
+with the duplicate precommits of every validator that signed both when they are of one round
+(`ledger.evidence.evidence_from_certificates`). It is counted, kept (the first one) and
+handed to `on_fork`: the node writes it to its data directory and says so in `/healthz` and
+`/metrics`. Nothing of the other chain is stored; the source stays refused.
+
 `verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
 in-memory twin, for tests.
 
@@ -72,8 +83,9 @@ from consensus.messages import (
 )
 from ledger.blocks import Block, Certificate
 from ledger.crypto import GENESIS_DOMAIN, hash_domain
-from ledger.encoding import decode
+from ledger.encoding import JSON, decode
 from ledger.errors import InvalidBlockError, LedgerError, printable
+from ledger.evidence import Evidence, evidence_from_certificates
 from ledger.genesis import Genesis
 from ledger.limits import (
     SYNC_ATTEMPT_MS_MAX,
@@ -233,6 +245,76 @@ def _replay(state: State, block: Block, verify_signatures: SignatureVerifier) ->
         raise SyncRefused(height=block.height, rule=error.code, detail=error.message) from error
 
 
+# --- a fork ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForkProof:
+    """Two blocks of one height, each certified by more than 2/3 of the set that governed it:
+    this node's (`ours`) and the one `source` served (`theirs`). `evidence`: the duplicate
+    precommits of each validator that signed both, when both certificates are of one round
+    (otherwise the two certificates are the proof, with no single vote to name)."""
+
+    height: int
+    source: str
+    ours: Decision
+    theirs: Decision
+    evidence: tuple[Evidence, ...]
+
+    def signers_of_both(self) -> list[str]:
+        """The keys whose signatures are in both certificates (whatever their rounds)."""
+        theirs = {key for key, _ in self.theirs.certificate.signatures}
+        return sorted(key for key, _ in self.ours.certificate.signatures if key in theirs)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "kind": "fork",
+            "height": self.height,
+            "source": self.source,
+            "ours": self.ours.to_json(),
+            "theirs": self.theirs.to_json(),
+            "signers_of_both": list(self.signers_of_both()),
+            "evidence": [item.to_json() for item in self.evidence],
+        }
+
+
+def prove_fork(
+    state: State, ours: Decision, line: bytes, *, source: str, line_bytes_max: int
+) -> ForkProof | None:
+    """A `ForkProof` when `line` (an export line a source served for `ours.height`) holds
+    another block of that height certified under the set that governed it in `state` (the
+    state at `ours.height` or later, within the heights it remembers sets for); None when it
+    proves nothing (the same block, an uncertified one, or a set this state no longer knows).
+    Raises `SyncRefused` for a line that is no block and certificate of that height."""
+    height = ours.height
+    validators = state.governing_validators(height)
+    theirs = _parse_line(line, height, line_bytes_max, state.params.transaction_bytes_max)
+    if validators is None or theirs.block.block_hash() == ours.block.block_hash():
+        return None
+    try:
+        verify_decision(theirs, chain_id=state.chain_id, validators=validators)
+    except InvalidMessage:
+        return None
+    return ForkProof(
+        height=height,
+        source=source,
+        ours=ours,
+        theirs=theirs,
+        evidence=tuple(evidence_from_certificates(ours.certificate, theirs.certificate)),
+    )
+
+
+def _may_be_fork(refusal: LedgerError, state: State) -> bool:
+    """A certified block of the next height that names another parent than this node's head
+    (its certificate is checked before the block is replayed)."""
+    return (
+        isinstance(refusal, SyncRefused)
+        and refusal.rule == "parent_hash"
+        and refusal.height == state.height + 1
+        and state.height > 0
+    )
+
+
 # --- the attempts (the node's shell) ------------------------------------------------------------
 
 
@@ -257,7 +339,11 @@ class BlockSync:
         retry_ms_min: int = SYNC_RETRY_MS_MIN,
         retry_ms_max: int = SYNC_RETRY_MS_MAX,
         clock_ms: Callable[[], int] = _monotonic_ms,
+        local: Callable[[int], Decision] | None = None,
+        on_fork: Callable[[ForkProof], None] | None = None,
     ) -> None:
+        """`local(height)` reads this node's own decided block of a height (on the thread of
+        `step`); without it no fork is looked for. `on_fork` is told of each proof found."""
         assert sources, "a node syncs from at least one source"
         assert range_blocks_max >= 1 and attempt_ms_max > 0
         assert 0 < retry_ms_min <= retry_ms_max
@@ -283,6 +369,8 @@ class BlockSync:
         # Where `append` runs: block N is written while block N + 1 is checked.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sync-write")
         self.counters = SyncCounters()
+        self._local = local
+        self._on_fork = on_fork
 
     # --- what peers say (any thread) ----------------------------------------------------------
 
@@ -375,6 +463,8 @@ class BlockSync:
                 if self._closing.is_set():
                     return state  # not the source's fault
                 self._refuse(index, refusal, state.height - reached)
+                if _may_be_fork(refusal, state):
+                    self._look_for_fork(index, state, deadline)
                 continue
             self._penalty_ms[index] = 0
             if head > reached:
@@ -450,6 +540,48 @@ class BlockSync:
                 )
             yield line
 
+    def _look_for_fork(self, index: int, state: State, deadline: int) -> None:
+        """After a certified block that does not extend this node's head: the source's block
+        at the head's height, and a `ForkProof` if it is one (module docstring)."""
+        if self._local is None or self._clock_ms() >= deadline:
+            return
+        source = self.sources[index]
+        lines = source.export_lines(state.height, state.height, line_bytes_max=self.line_bytes_max)
+        try:
+            _check_genesis_line(next(lines, None), self.genesis_hash, self.line_bytes_max)
+            line = next(lines, None)
+            if line is None:
+                return
+            proof = prove_fork(
+                state,
+                self._local(state.height),
+                line,
+                source=source.name,
+                line_bytes_max=self.line_bytes_max,
+            )
+        except LedgerError as error:  # the source's: it is refused already
+            log.info("block sync: no fork proof from %s: %s", source.name, printable(str(error)))
+            return
+        finally:
+            lines.close()
+        if proof is None:
+            return
+        self.counters.forks += 1
+        if self.counters.fork is None:
+            self.counters.fork = proof
+        log.error(
+            "FORK: %s serves block %s at height %d, certified, and this node holds block %s "
+            "there, certified: more than a third of the validators signed both (signers of "
+            "both: %s)",
+            printable(source.name),
+            proof.theirs.block.block_hash(),
+            proof.height,
+            proof.ours.block.block_hash(),
+            ", ".join(proof.signers_of_both()) or "none in common",
+        )
+        if self._on_fork is not None:
+            self._on_fork(proof)
+
     def _refuse(self, index: int, error: LedgerError, kept: int) -> None:
         """Refuse source `index` for its penalty, counted from now (the refusal), not from the
         attempt's start: a source that held the attempt for its whole bound is not asked
@@ -477,6 +609,8 @@ class SyncCounters:
     blocks: int = 0  # blocks verified and appended
     refusals: int = 0  # sources refused (unreachable, or serving what fails a check)
     last_refusal: str | None = field(default=None)
+    forks: int = 0  # fork proofs found (`ForkProof`), each time one was found
+    fork: ForkProof | None = field(default=None)  # the first one
 
 
 @dataclass(slots=True)

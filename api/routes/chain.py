@@ -45,7 +45,17 @@ NDJSON: Final = "application/x-ndjson"
 async def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     # Answered on the event loop, with no trip to a request thread: liveness says whether
     # the node answers at all, and a busy node's threads must not make it look dead.
-    return {"status": "ok", "height": node.state.height}
+    answer: dict[str, Any] = {"status": "ok", "height": node.state.height}
+    fork = node.sync.counters.fork if node.sync is not None else None
+    if fork is not None:
+        answer["fork"] = {
+            "height": fork.height,
+            "ours": fork.ours.block.block_hash(),
+            "theirs": fork.theirs.block.block_hash(),
+            "source": fork.source,
+            "signers_of_both": fork.signers_of_both(),
+        }
+    return answer
 
 
 @router.get(

@@ -63,6 +63,12 @@ class Metrics:
             "Times block sync refused a source (unreachable, or serving what fails a check)",
             registry=self.registry,
         )
+        self.forks = Gauge(
+            "tanlian_forks_detected",
+            "Times block sync met another certified block at a height this node holds (a "
+            "fork: more than a third of the validators signed two chains)",
+            registry=self.registry,
+        )
         self.dropped = Gauge(
             "tanlian_consensus_messages_dropped",
             "Peers' consensus messages a validator took and did not hold, by why: an admission"
@@ -124,6 +130,7 @@ def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Respon
     if node.sync is not None:
         registry.synced.set(node.sync.counters.blocks)
         registry.refusals.set(node.sync.counters.refusals)
+        registry.forks.set(node.sync.counters.forks)
     if isinstance(node.producer, BftProducer):
         # Since the replica was built (at the start, or when it rejoins after block sync).
         for reason, count in dict(node.producer.replica.dropped).items():

@@ -28,9 +28,10 @@ from consensus.sync import BlockSync, MemorySource
 from consensus.wal import WAL_FILE_NAME
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
+from ledger.evidence import parse_evidence
 from ledger.store import Store
 from tests.api.test_app import assert_problem
-from tests.consensus.test_sync import Sink, built, decoded
+from tests.consensus.test_sync import NEW_VALIDATOR, Sink, built, decoded, forked_lines
 
 Handler = Callable[[httpx.Request], httpx.Response]
 TX_ID = "ab" * 32
@@ -428,6 +429,56 @@ async def test_a_follower_answers_committed_only_what_its_own_store_holds(
         answer = await waiting.post("/v1/transactions?wait=commit", content=unsynced.leaf)
     assert answer.status_code == 202 and answer.json()["status"] == "pending"
     assert 0.25 <= time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+async def test_a_follower_keeps_the_proof_of_a_fork_and_says_so(tmp_path: Path) -> None:
+    """Found by review: a follower whose upstream served a certified fork only logged a
+    refusal every 30 s; /healthz said ok and nothing of the proof was kept."""
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    node = Node(tmp_path, None, follow=["http://honest.test", "http://forked.test"])
+    assert node.sync is not None
+    node.sync.sources = (
+        MemorySource(name="honest", genesis_line=chain.genesis_line, lines=list(chain.lines[:30])),
+        MemorySource(name="forked", genesis_line=chain.genesis_line, lines=forked_lines(30)),
+    )
+    node.start()
+    served = create_app(node, Settings(data=tmp_path), manage_node=False)
+    try:
+        deadline = time.monotonic() + 30
+        while node.sync.counters.fork is None:
+            assert time.monotonic() < deadline, node.sync.counters
+            time.sleep(0.02)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served), base_url="http://follower"
+        ) as client:
+            health = (await client.get("/healthz")).json()
+            metrics = (await client.get("/metrics")).text
+            checkpoint = (await client.get("/v1/checkpoint")).json()
+    finally:
+        node.stop()
+    ours, theirs = decoded(chain.lines[29])[0], decoded(forked_lines(30)[29])[0]
+    signer = NEW_VALIDATOR.public_key_hex
+    assert health == {
+        "status": "ok",
+        "height": 30,
+        "fork": {
+            "height": 30,
+            "ours": ours.block_hash(),
+            "theirs": theirs.block_hash(),
+            "source": "forked",
+            "signers_of_both": [signer],
+        },
+    }
+    assert "tanlian_forks_detected 1.0" in metrics
+    # Its own verified chain is what it serves, and nothing of the other was stored.
+    assert checkpoint["header"]["height"] == 30
+    assert Store.open(tmp_path).read_block(30).block_hash() == ours.block_hash()
+    kept = json.loads(node.fork_proof_path(30).read_bytes())
+    assert kept["kind"] == "fork" and kept["source"] == "forked"
+    assert kept["ours"]["block"] == ours.to_json() and kept["theirs"]["block"] == theirs.to_json()
+    assert [parse_evidence(item).public_key for item in kept["evidence"]] == [signer]
 
 
 # --- the command line ---------------------------------------------------------------------------

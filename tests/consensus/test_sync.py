@@ -14,11 +14,19 @@ from typing import Any
 import pytest
 
 from consensus.messages import Decision, decode_message, sign_proposal, sign_vote
-from consensus.sync import BlockSync, MemorySource, SyncRefused, verify_lines
+from consensus.sync import (
+    BlockSync,
+    ForkProof,
+    MemorySource,
+    SyncRefused,
+    prove_fork,
+    verify_lines,
+)
 from ledger.blocks import Block, Certificate, sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
 from ledger.errors import LedgerError, StoreError
+from ledger.evidence import verify_evidence
 from ledger.genesis import genesis_state, make_genesis_document, parse_genesis
 from ledger.limits import SYNC_LAG_HEIGHTS_MIN
 from ledger.state import State
@@ -345,6 +353,105 @@ def test_another_chains_export_is_refused_at_its_genesis_line() -> None:
     refused_then_healed(not_json, rule="genesis", at=1)
     with pytest.raises(SyncRefused, match="rule genesis: the answer is empty"):
         list(verify_lines(built().genesis, [], last=1, genesis_hash="00" * 32, line_bytes_max=9))
+
+
+# --- a fork: two certified blocks of one height ---------------------------------------------------
+
+FORK_AT = 30  # the forked chain's first block of its own; the set of NEW_VALIDATOR governs it
+
+
+def forked_lines(at: int = FORK_AT, *, certified: bool = True) -> list[bytes]:
+    """The built chain to `at - 1`, then blocks `at` and `at + 1` of another chain: each block
+    certified by the set governing its height (unless `certified` is False: block `at`'s
+    certificate is then signed by a key that is no validator)."""
+    chain = built()
+    lines = list(chain.lines[: at - 1])
+    state = chain.states[at - 1]
+    last = decoded(chain.lines[at - 2])[1]
+    for height in (at, at + 1):
+        governing = [chain.keys[v.public_key] for v in state.current_validators()]
+        made = build_block(
+            state,
+            [],
+            time=GENESIS_TIME + 1000 * height + 1,  # one millisecond later than the built chain
+            proposer=governing[0].public_key_hex,
+            last_commit=last,
+        )
+        signers = governing if certified or height > at else [key("not-a-validator")]
+        last = sign_certificate(
+            chain_id=CHAIN_ID,
+            height=height,
+            round=0,
+            block_hash=made.block.block_hash(),
+            keys=signers,
+        )
+        lines.append(line_of(made.block, last))
+        state = made.state
+    return lines
+
+
+def ours(height: int) -> Decision:
+    block, certificate = decoded(built().lines[height - 1])
+    return Decision(block=block, certificate=certificate)
+
+
+def test_a_certified_block_on_another_parent_brings_the_proof_of_a_fork() -> None:
+    chain = built()
+    found: list[ForkProof] = []
+    fork = source("fork", lines=forked_lines())
+    sync = make_sync(fork, range_blocks_max=300, local=ours, on_fork=found.append)
+    at = chain.states[FORK_AT]  # this node holds the built chain to FORK_AT
+    assert sync.step(at, Sink().append) is at  # nothing of the other chain is taken
+    assert "rule parent_hash at height 31" in (sync.counters.last_refusal or "")
+    assert sync.counters.forks == 1 and found == [sync.counters.fork]
+    proof = found[0]
+    assert proof.height == FORK_AT and proof.source == "fork"
+    assert proof.ours == ours(FORK_AT)
+    assert proof.theirs.block.block_hash() == decoded(forked_lines()[FORK_AT - 1])[0].block_hash()
+    assert proof.theirs.block.block_hash() != proof.ours.block.block_hash()
+    # The one validator signed both blocks in round 0: its two precommits are the evidence,
+    # as any node checks evidence, against the set that governed that height.
+    signer = NEW_VALIDATOR.public_key_hex
+    assert proof.signers_of_both() == [signer]
+    assert [item.public_key for item in proof.evidence] == [signer]
+    verify_evidence(
+        proof.evidence[0],
+        chain_id=CHAIN_ID,
+        validators=chain.states[FORK_AT - 1].current_validators(),
+    )
+    document = proof.to_json()
+    assert document["kind"] == "fork" and document["height"] == FORK_AT
+    assert (
+        decode_message(canonical(document["theirs"]), transaction_bytes_max=16384) == proof.theirs
+    )
+
+
+def test_an_uncertified_other_block_proves_no_fork() -> None:
+    found: list[ForkProof] = []
+    fork = source("fork", lines=forked_lines(certified=False))
+    sync = make_sync(fork, local=ours, on_fork=found.append)
+    at = built().states[FORK_AT]
+    assert sync.step(at, Sink().append) is at
+    assert "rule parent_hash at height 31" in (sync.counters.last_refusal or "")
+    assert sync.counters.forks == 0 and sync.counters.fork is None and not found
+    with pytest.raises(SyncRefused, match="rule height"):  # a line of another height
+        prove_fork(at, ours(FORK_AT), built().lines[3], source="x", line_bytes_max=1 << 20)
+    # The same block is no fork, and neither is a height whose set the state has forgotten.
+    line = built().lines[FORK_AT - 1]
+    assert prove_fork(at, ours(FORK_AT), line, source="x", line_bytes_max=1 << 20) is None
+    forgotten = dataclasses.replace(at, recent_validators=())
+    other = forked_lines()[FORK_AT - 1]
+    assert prove_fork(forgotten, ours(FORK_AT), other, source="x", line_bytes_max=1 << 20) is None
+    assert prove_fork(at, ours(FORK_AT), other, source="x", line_bytes_max=1 << 20) is not None
+
+
+def test_without_its_own_blocks_a_sync_looks_for_no_fork() -> None:
+    fork = source("fork", lines=forked_lines())
+    sync = make_sync(fork)
+    at = built().states[FORK_AT]
+    assert sync.step(at, Sink().append) is at
+    assert sync.counters.forks == 0
+    assert fork.requests == 2  # its head and the range: nothing more was asked
 
 
 # --- unreachable sources, retries, the hint -----------------------------------------------------
