@@ -132,11 +132,23 @@ def block(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, 
 def export(
     node: Annotated[Node, Depends(node_of)],
     from_height: Annotated[
-        int, Query(ge=1, le=JSON_INTEGER_MAX, openapi_examples=example(1, "From the first block"))
+        int,
+        Query(
+            ge=1,
+            le=JSON_INTEGER_MAX,
+            description="The first block's height: at most the head's height + 1 (an empty "
+            "tail, answered with the genesis alone); above that, 404 not_found.",
+            openapi_examples=example(1, "From the first block"),
+        ),
     ] = 1,
     to_height: Annotated[
         int | None,
-        Query(ge=1, le=JSON_INTEGER_MAX, openapi_examples=example(10, "Up to height 10")),
+        Query(
+            ge=1,
+            le=JSON_INTEGER_MAX,
+            description="The last block's height (default and at most: the head's).",
+            openapi_examples=example(10, "Up to height 10"),
+        ),
     ] = None,
 ) -> StreamingResponse:
     if to_height is not None and to_height < from_height:  # as the consistency route has it
@@ -144,7 +156,13 @@ def export(
             f"no blocks from height {from_height} to {to_height}: to_height is below from_height",
             code="not_found",
         )
-    last = node.state.height if to_height is None else min(to_height, node.state.height)
+    head = node.state.height
+    if from_height > head + 1:  # the next height is an empty tail; beyond it, a mistake
+        raise LedgerError(
+            f"no block at height {from_height} yet: the chain's head is at height {head}",
+            code="not_found",
+        )
+    last = head if to_height is None else min(to_height, head)
     store = Store.open(node.data)  # its own connection: the stream outlives this thread
     produced = store.export_lines(from_height, last)
     try:  # the genesis and the first block before answering: a corrupt one is a 503

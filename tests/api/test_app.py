@@ -480,8 +480,16 @@ async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:
     reversed_range = await client.get("/v1/export?from_height=5&to_height=3")
     problem = assert_problem(reversed_range, 404, "not_found")  # as consistency proofs have it
     assert "to_height is below from_height" in problem["detail"]
-    empty = await client.get("/v1/export?from_height=5&to_height=5")  # past the head: genesis
-    assert empty.status_code == 200 and len(empty.content.splitlines()) == 1
+    assert live.node.state.height == 0
+    # The height after the head is an empty tail (the genesis alone); past it, a mistake that
+    # had been answered 200 with the genesis alone, where the consistency route answers 404.
+    for tail in ("/v1/export?from_height=1", "/v1/export?from_height=1&to_height=5"):
+        empty = await client.get(tail)
+        assert empty.status_code == 200 and len(empty.content.splitlines()) == 1
+    past = assert_problem(
+        await client.get("/v1/export?from_height=2&to_height=5"), 404, "not_found"
+    )
+    assert "no block at height 2 yet: the chain's head is at height 0" in past["detail"]
 
 
 async def test_metrics_count_requests_by_route(live: Live) -> None:
