@@ -45,10 +45,17 @@ async def strict_url(request: Request) -> None:
     - an integer parameter is decimal digits and nothing else: pydantic also reads `1_0`,
       `+1`, ` 1` and `1.0`, so one block had many spellings (`/v1/blocks/1_0` answered
       block 10). A validator on the type would do it, but FastAPI then writes the bounds
-      into the OpenAPI document under pydantic's names (`ge`), not JSON Schema's."""
+      into the OpenAPI document under pydantic's names (`ge`), not JSON Schema's;
+    - a query parameter of the route given twice is refused: Starlette keeps the last, so
+      `?limit=10&limit=500` was answered as 500 wherever a client or proxy added the other."""
     scope = request.scope
     route = scope.get("route")
     if isinstance(route, APIRoute):
+        for field in route.dependant.query_params:
+            if len(request.query_params.getlist(field.alias)) > 1:
+                raise LedgerError(
+                    f"query.{field.alias}: given more than once", code="invalid_field"
+                )
         found = [
             ("path", field.alias, [request.path_params.get(field.alias, "")])
             for field in route.dependant.path_params

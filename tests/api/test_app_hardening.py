@@ -461,6 +461,26 @@ async def test_integers_are_decimal_digits_only(client: httpx.AsyncClient, path:
     assert "decimal digits" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/blocks?limit=1&limit=500", "limit"),  # answered as limit=500: the last one won
+        ("/v1/retirements?beneficiary=a&beneficiary=b", "beneficiary"),
+        ("/v1/export?to_height=1&from_height=1&to_height=2", "to_height"),
+    ],
+)
+async def test_a_query_parameter_given_twice_is_refused(
+    client: httpx.AsyncClient, path: str, name: str
+) -> None:
+    body = assert_problem(await client.get(path), 422, "invalid_field")
+    assert body["detail"] == f"query.{name}: given more than once"
+
+
+async def test_unknown_query_parameters_are_still_ignored(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/v1/blocks?limit=1&utm=a&utm=b")
+    assert answer.status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/v1/genesis/", "/v1/checkpoint/", "/v1/blocks/"])
 async def test_a_slash_too_many_is_not_found_not_redirected(
     client: httpx.AsyncClient, path: str
