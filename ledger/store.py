@@ -179,6 +179,12 @@ class Store:
         if not path.is_file():
             raise StoreError(f"no ledger at {path}")
         try:
+            empty = path.stat().st_size == 0
+        except OSError as error:
+            raise StoreUnreadable(f"cannot open {path}: {error}") from error
+        if empty:  # SQLite would make it a new database: 4 KiB written where nothing may change
+            raise StoreError(f"{path} is empty (0 bytes), not a Tanlian database")
+        try:
             connection = cls._connect(path)
             store = cls(directory, connection)
         except sqlite3.OperationalError as error:

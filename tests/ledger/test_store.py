@@ -965,7 +965,20 @@ def test_open_refuses_a_garbage_file(tmp_path: Path) -> None:
 
 
 def test_open_refuses_an_empty_sqlite_database(tmp_path: Path) -> None:
-    sqlite3.connect(tmp_path / DATABASE_FILE).close()
+    sqlite3.connect(tmp_path / DATABASE_FILE).close()  # SQLite's empty database: 0 bytes
+    assert (tmp_path / DATABASE_FILE).stat().st_size == 0
+    with pytest.raises(StoreError, match=r"is empty \(0 bytes\), not a Tanlian database"):
+        Store.open(tmp_path)
+    # Refused and untouched: the attempt to open it had made it a 4 KiB WAL database.
+    assert (tmp_path / DATABASE_FILE).stat().st_size == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [DATABASE_FILE]
+
+
+def test_open_refuses_a_database_with_tables_but_no_ledger(tmp_path: Path) -> None:
+    connection = sqlite3.connect(tmp_path / DATABASE_FILE)
+    connection.execute("CREATE TABLE other (x)")
+    connection.commit()
+    connection.close()
     with pytest.raises(StoreError, match="not a usable Tanlian database"):
         Store.open(tmp_path)
 
