@@ -700,8 +700,9 @@ class Account(Answer):
     status: Literal["active", "suspended"]
     roles: list[Literal["holder", "authority", "certifier"]]
     holdings: list[Holding] = Field(
-        description="By batch, at most 1,000 serial ranges in all: the circulating ones first,"
-        " then retired and invalidated ones. Each batch's totals count the ranges shown."
+        description="By batch in issuance order (B-2 before B-10), at most 1,000 serial ranges"
+        " in all: when an account has more, the circulating ones are chosen first, then retired"
+        " and invalidated ones. Each batch's totals count the ranges shown."
     )
     holdings_truncated: bool = Field(
         description="The account has more ranges than shown (retired lots never merge): the"

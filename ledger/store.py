@@ -1152,8 +1152,11 @@ _LIST_INDEXES: Final = (
     "ON retirements (program_id, height, retirement_id)",
     "CREATE INDEX IF NOT EXISTS retirements_beneficiary_newest "
     "ON retirements (beneficiary, height, retirement_id)",
-    "CREATE INDEX IF NOT EXISTS lots_owner_supply "
-    "ON lots (owner, batch_id, first_serial, status, quantity)",
+    # An account's lots in issuance order (B-2 before B-10), as `api.reads` lists them, with
+    # what its totals need: the expression is the queries' own.
+    "CREATE INDEX IF NOT EXISTS lots_owner_number "
+    "ON lots (owner, CAST(substr(batch_id, 3) AS INTEGER), first_serial, batch_id, status, "
+    "quantity)",
     # Batches newest first, by their number (B-12 after B-9), as `api.reads.batches` orders
     # them: the expression is the query's own, so no page sorts every batch (300,000 batches
     # took ~100 ms a page with a sort, found by review).
@@ -1164,8 +1167,8 @@ _LIST_INDEXES: Final = (
     "ON batches (certifier, CAST(substr(batch_id, 3) AS INTEGER))",
 )
 
-# Single-column indexes a store made before 2026-12-05 has (the batches' two until later that
-# day), each a prefix of one above, which answers every query it did: `ensure_indexes` drops
+# Indexes a store made before 2026-12-05 has (the batches' two and the lots' text-ordered one
+# until later that day): one above answers every query each did, and `ensure_indexes` drops
 # them. Every row a block writes into an index is a random insert, so each cost the writer a
 # B-tree page: dropping the lots' owner index took its share of the writer's time from ~21 to
 # ~16 us a transaction (transfers and retirements, in-process; docs/decisions/0006).
@@ -1175,6 +1178,7 @@ _SUPERSEDED_INDEXES: Final = (
     "idx_retirements_program_id",  # by retirements_program_newest
     "idx_batches_methodology_id",  # by batches_methodology_newest
     "idx_batches_certifier",  # by batches_certifier_newest
+    "lots_owner_supply",  # by lots_owner_number (it listed batches in text order)
 )
 
 

@@ -14,13 +14,14 @@ import pytest
 
 from api import reads
 from api.app import create_app
+from api.cursors import encode_cursor
 from api.node import Node
 from api.problems import PROBLEM_MEDIA_TYPE, STATUS
 from api.routes.transactions import in_nonce_order
 from api.settings import Settings
 from ledger.blocks import compute_validators_hash
 from ledger.encoding import canonical
-from ledger.errors import RULE_CODES
+from ledger.errors import RULE_CODES, LedgerError
 from ledger.evidence import make_evidence, sign_vote
 from ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ledger.state_tree import verify_state_proof
@@ -587,6 +588,35 @@ async def test_an_account_past_its_ranges_bound_still_shows_what_it_can_spend(
     monkeypatch.setattr(reads, "HOLDING_RANGES_MAX", 5)
     alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
     assert alice["holdings_truncated"] is False and alice["holdings"][0]["retired"] == 4
+
+
+async def test_holdings_and_lots_are_listed_in_issuance_order(live: Live) -> None:
+    """Found by review: batch ids were ordered as text, so a household's monthly batches read
+    B-1, B-10, B-11, B-2, ... in the API and on the explorer's account page."""
+    await funded(live)  # B-1
+    chain = live.chain
+    issues = [
+        chain.issue([(chain.alice, 10 + n)], project_id=f"meter-{n:04d}").to_json()
+        for n in range(2, 12)
+    ]
+    answer = await live.client.post("/v1/transactions?wait=commit", json=issues)
+    assert answer.status_code == 200, answer.text
+    order = [f"B-{n}" for n in range(1, 12)]
+    alice = (await live.client.get(f"/v1/accounts/{chain.alice.account_id}")).json()
+    assert [h["batch_id"] for h in alice["holdings"]] == order
+    assert [h["circulating"] for h in alice["holdings"]] == [1000, *range(12, 22)]
+    listed: list[str] = []
+    cursor = None
+    while True:  # the explorer's pages of lots, four at a time
+        page = reads.account_lots(live.node, chain.alice.account_id, limit=4, cursor=cursor)
+        listed += [item["batch_id"] for item in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert listed == order
+    forged = encode_cursor({"batch": "X-1", "serial": 0})
+    with pytest.raises(LedgerError, match="cursor is not one this node gave out"):
+        reads.account_lots(live.node, chain.alice.account_id, limit=4, cursor=forged)
 
 
 async def test_a_page_of_blocks_is_bounded_by_its_transactions_too(

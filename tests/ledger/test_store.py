@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import rfc8785
 
+from api.reads import LOT_ORDER
 from consensus.producer import CommittedBlock, SoloProducer
 from ledger import store as store_module
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
@@ -1016,7 +1017,7 @@ def test_the_writer_never_creates_a_database(tmp_path: Path) -> None:
 def test_a_store_from_an_earlier_version_gets_its_list_indexes(tmp_path: Path) -> None:
     chain = Chain()
     store = Store.create(tmp_path, chain.genesis_document)
-    names = ["retirements_newest", "retirements_program_newest", "lots_owner_supply"]
+    names = ["retirements_newest", "retirements_program_newest", "lots_owner_number"]
     for name in names:
         store.db.execute(f"DROP INDEX {name}")  # as a store made before they existed
     store.ensure_indexes()
@@ -1039,7 +1040,12 @@ SUPERSEDED_QUERIES = {
     "idx_lots_owner": (
         "CREATE INDEX idx_lots_owner ON lots (owner)",
         "SELECT batch_id, first_serial FROM lots WHERE owner = 'a'",
-        "lots_owner_supply",
+        "lots_owner_number",
+    ),
+    "lots_owner_supply": (
+        "CREATE INDEX lots_owner_supply ON lots (owner, batch_id, first_serial, status, quantity)",
+        f"SELECT batch_id, first_serial FROM lots WHERE owner = 'a' ORDER BY {LOT_ORDER} LIMIT 9",
+        "lots_owner_number",
     ),
     "idx_retirements_beneficiary": (
         "CREATE INDEX idx_retirements_beneficiary ON retirements (beneficiary)",
@@ -1086,6 +1092,26 @@ def test_a_page_of_batches_reads_an_index_in_order(tmp_path: Path, where: str, i
     store.close()
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "owner = 'a'",
+        "owner = 'a' AND status = 'circulating'",
+        f"owner = 'a' AND ({LOT_ORDER}) > (3, 7)",  # a page of `api.reads.account_lots`
+    ],
+)
+def test_an_accounts_lots_are_read_in_issuance_order_from_an_index(
+    tmp_path: Path, where: str
+) -> None:
+    """`api.reads`' queries: batches by number (B-2 before B-10, found by review shown in
+    text order), with no sort of the account's lots."""
+    store = Store.create(tmp_path, Chain().genesis_document)
+    query = f"SELECT batch_id, first_serial FROM lots WHERE {where} ORDER BY {LOT_ORDER} LIMIT 9"
+    plan = " ".join(row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {query}"))
+    assert "lots_owner_number" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+
 def test_a_new_store_has_no_index_another_one_covers(tmp_path: Path) -> None:
     store = Store.create(tmp_path, Chain().genesis_document)
     present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
@@ -1105,7 +1131,7 @@ def test_a_store_from_an_earlier_version_loses_its_superseded_indexes(tmp_path: 
     store.ensure_indexes()  # once is enough; again changes nothing
     present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
     assert present.isdisjoint(SUPERSEDED_QUERIES)
-    assert "lots_owner_supply" in present
+    assert "lots_owner_number" in present
     store.close()
     reopened = Store.open(tmp_path)  # and the store still opens, its head checked
     assert reopened.load_state().height == 0
