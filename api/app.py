@@ -177,8 +177,8 @@ class HeadAsGet:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 answered.set()
 
-        # a copy: the server's own scope stays HEAD
-        await self.app({**scope, "method": "GET"}, receiving, sending)
+        # a copy: the server's own scope stays HEAD, and the metrics count a HEAD
+        await self.app({**scope, "method": "GET", metrics.SENT_METHOD: "HEAD"}, receiving, sending)
 
 
 # Every answer: no content-type sniffing (a JSON answer or an asset is never run as another

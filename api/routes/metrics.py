@@ -5,7 +5,7 @@ registry per application."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import (
@@ -78,6 +78,11 @@ class Metrics:
         )
 
 
+# The method the client sent, where a middleware changed the scope's (`api.app.HeadAsGet`
+# answers HEAD as GET): what the request counter is labelled with.
+SENT_METHOD: Final = "tanlian.sent_method"
+
+
 class Measure:
     """ASGI middleware counting requests and timing them by the route template the router
     matched (FastAPI records it in the scope; bounded cardinality: unknown paths are
@@ -104,7 +109,8 @@ class Measure:
         finally:
             path = getattr(scope.get("route"), "path", None)
             route = path if isinstance(path, str) else "unmatched"
-            self.metrics.requests.labels(route, scope["method"], status[0]).inc()
+            method = scope.get(SENT_METHOD, scope["method"])
+            self.metrics.requests.labels(route, method, status[0]).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 

@@ -495,9 +495,12 @@ async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:
 
 async def test_metrics_count_requests_by_route(live: Live) -> None:
     await live.client.get("/healthz")
+    assert (await live.client.head("/healthz")).status_code == 200
     await live.client.get(f"/v1/transactions/{'ab' * 32}")
     text = (await live.client.get("/metrics")).text
     assert 'tanlian_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    # A HEAD is answered as a GET, and counted as what it was (it had been counted as a GET).
+    assert 'tanlian_http_requests_total{method="HEAD",route="/healthz",status="200"} 1.0' in text
     assert 'route="/v1/transactions/{tx_id}",status="404"' in text
     assert "tanlian_height 0.0" in text and "tanlian_pending_transactions" in text
 
