@@ -116,8 +116,11 @@ def load_targets(path: Path) -> dict[str, ProgrammeTarget]:
 
 
 def is_page(path: str) -> bool:
-    """Whether a path is the explorer's (HTML errors) rather than a machine interface's."""
-    return path != "/v1" and not path.startswith(MACHINE_PATHS)
+    """Whether a path is the explorer's (HTML errors) rather than a machine interface's.
+    Judged as a client meant it: `//v1/...` and `/V1/...` are the API's, misspelt, and a
+    program that sent them gets a problem it can read, not an HTML page."""
+    meant = "/" + path.lstrip("/").lower()
+    return meant != "/v1" and not meant.startswith(MACHINE_PATHS)
 
 
 def embed_json(value: Any) -> Markup:

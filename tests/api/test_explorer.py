@@ -488,6 +488,9 @@ async def test_the_json_api_keeps_its_problems(live: Live) -> None:
         ("/v1/no-such-thing", 404, "not_found"),
         ("/v1/blocks/abc", 422, "invalid_field"),
         ("/v1/batches/B-99", 404, "not_found"),
+        ("http://node//v1/genesis", 404, "not_found"),  # had been the explorer's HTML page
+        ("/V1/genesis", 404, "not_found"),
+        ("/V1", 404, "not_found"),
     ):
         response = await live.client.get(path)
         assert response.status_code == status
