@@ -324,6 +324,39 @@ def test_blocks_with_evidence_and_the_validator_history_survive_a_reopen(
     assert json.loads(recorded) == [run.to_json() for run in following.state.recent_validators]
 
 
+def test_a_store_is_loaded_as_of_one_commit_while_its_writer_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: `tanlian export --data` and `receipt --data` beside a running node
+    failed 1 time in 5 with "refusing to start: ... transactions stored, head says ...": the
+    head was read before the writer's next commit and the rows after it."""
+    chain = Chain()
+    writer = Store.create(tmp_path, chain.genesis_document)
+    writer.start_writer()
+    producer = SoloProducer(writer, chain.validator)
+    blocks = scenario_blocks(chain)
+    for number in range(3):
+        commit(producer, next(blocks), GENESIS_TIME + 1000 * (number + 1))
+    at_three = producer.state
+    reader = Store.open(tmp_path)
+    reading_log = Store._load_log
+
+    def appended_meanwhile(store: Store, size: int) -> LogState:
+        if producer.state.height == 3:  # the writer commits block 4 in the middle of the read
+            commit(producer, next(blocks), GENESIS_TIME + 4000)
+        return reading_log(store, size)
+
+    monkeypatch.setattr(Store, "_load_log", appended_meanwhile)
+    try:
+        loaded = reader.load_state()
+        assert producer.state.height == 4  # the append did happen during the read
+        assert_same_state(loaded, at_three)
+        assert_same_state(reader.load_state(), producer.state)  # and the next read sees it
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_genesis_only_store_reopens_at_height_zero(tmp_path: Path) -> None:
     chain = Chain()
     Store.create(tmp_path, chain.genesis_document).close()
