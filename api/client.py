@@ -72,9 +72,17 @@ class ClientError(LedgerError):
 
     code = "bad_answer"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.detail = detail  # a problem's own detail (one printable line), if it was one
 
 
 def _one_line(text: str, limit: int = REASON_CHARS_MAX) -> str:
@@ -375,7 +383,7 @@ class Client:
         code = _one_line(value["code"], 64)
         detail = value.get("detail")
         detail = _one_line(detail) if isinstance(detail, str) and detail else code
-        raise ClientError(f"{detail} (HTTP {status})", code=code, status=status)
+        raise ClientError(f"{detail} (HTTP {status})", code=code, status=status, detail=detail)
 
 
 # The moment (monotonic) by which the request under way in this thread must have its status

@@ -24,6 +24,7 @@ an answer to relay:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final
 
@@ -38,6 +39,8 @@ from ledger.encoding import decode
 from ledger.errors import LedgerError
 from ledger.limits import SYNC_READ_MS_MAX, SYNC_REQUEST_MS_MAX
 from ledger.transactions import parse_envelope
+
+log = logging.getLogger("tanlian.follow")
 
 _SUBMISSION_ANSWER: Final = TypeAdapter(schemas.Committed | schemas.Pending | schemas.Results)
 # A followed node's problem is relayed when this node knows its code; its internal error is
@@ -131,7 +134,10 @@ class Forwarder:
             if error.code in ("node_unreachable", "bad_url"):
                 raise LedgerError(error.message, code="upstream_unavailable") from error
             if error.status is not None and error.code in _RELAYED:
-                raise LedgerError(f"{client.base_url}: {error.message}", code=error.code) from error
+                # The validator's own words, as its problem had them: its address and status
+                # are not the client's business (the status had been printed twice).
+                log.info("%s refused a forwarded submission: %s", client.base_url, error.message)
+                raise LedgerError(error.detail or error.message, code=error.code) from error
             raise LedgerError(
                 f"{client.base_url} answered the submission badly: {error.message}",
                 code="bad_upstream",
