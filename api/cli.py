@@ -40,7 +40,7 @@ from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreUnreadable
-from ledger.genesis import make_genesis_document
+from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.store import DATABASE_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
 
@@ -106,8 +106,17 @@ def genesis_new(  # noqa: PLR0917 - typer maps each option to a parameter
             for path in validator
         ],
     )
+    # The authority's account id is derived from its keys and threshold: without it here, a
+    # newcomer had no way to name the account its transactions sign for (`--signer`).
+    genesis = parse_genesis(document)
     write_atomically(out_file, json.dumps(document, indent=2, ensure_ascii=False).encode())
     out.print(f"wrote {out_file}", highlight=False)
+    out.print(
+        f"authority account id: {genesis.authority_id} "
+        f"({genesis.authority_threshold} of {len(genesis.authority_keys)} keys sign for it)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

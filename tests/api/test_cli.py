@@ -195,6 +195,8 @@ def test_genesis_new_writes_a_genesis_the_ledger_accepts(tmp_path: Path) -> None
     assert [v.power for v in genesis.validators] == [1]
     state = genesis_state(genesis)
     assert state.get(f"account/{genesis.authority_id}")["threshold"] == 2
+    # It names the account the authority's keys sign for (a newcomer had no way to find it).
+    assert f"authority account id: {genesis.authority_id} (2 of 3 keys" in result.stdout
     # A store can be made on it.
     Store.create(tmp_path / "node", genesis.document).close()
 
