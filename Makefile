@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= data/dev
+PORT ?= 8000
 
 .PHONY: run test lint bench clean
 
@@ -23,7 +24,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.run-installed
-	$(BIN)/tanlian dev --data $(DATA)
+	$(BIN)/tanlian dev --data $(DATA) --port $(PORT)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .

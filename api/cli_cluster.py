@@ -27,12 +27,14 @@ from api.cli_verify import read_genesis
 from api.console import fails_cleanly, out, read_key_file, write_atomically
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, printable
 from ledger.genesis import make_genesis_document
 
 PARTIES: Final = ("city", "certification-centre", "platform-operator", "independent-party")
 VALIDATORS_MAX: Final = 16  # processes on one machine
 STOP_SECONDS: Final = 20.0  # how long each child may take to stop before it is killed
+LOG_TAIL_BYTES: Final = 64 * 1024  # of an exited child's log, read for its reason
+ERROR_CHARS_MAX: Final = 300  # of that reason, in the one line
 CHAIN_ID: Final = "tanlian-consortium"
 
 
@@ -98,6 +100,21 @@ def _end_with(parent: int) -> None:
         os._exit(1)
 
 
+def _last_error(log_path: Path, start: int) -> str:
+    """`: <the last "error (code): ..." line the child wrote>`, or "" when it wrote none:
+    the reason, where the log (kept across runs, perhaps written by another run too) buries
+    it (found by review)."""
+    try:
+        with log_path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(start, size - LOG_TAIL_BYTES))
+            tail = log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    found = [line for line in tail.splitlines() if line.startswith("error (")]
+    return f": {printable(found[-1])[:ERROR_CHARS_MAX]}" if found else ""
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
@@ -126,6 +143,7 @@ def cluster(
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(validators)]
     program = Path(sys.executable).parent / "tanlian"
     children: list[subprocess.Popen[bytes]] = []
+    starts: list[int] = []  # each log's size when its child started
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -139,6 +157,7 @@ def cluster(
         for i, name in enumerate(names):
             peers = [arg for j, url in enumerate(urls) if j != i for arg in ("--peer", url)]
             log = (data / name / "node.log").open("ab")
+            starts.append(log.tell())  # where this run's lines begin (the log is kept)
             command = [
                 str(program), "node",
                 "--genesis", str(genesis),
@@ -161,11 +180,12 @@ def cluster(
             out.print(f"{name:22} {urls[i]}  (pid {children[-1].pid})", highlight=False)
         out.print(f"genesis {genesis}; logs in {data}/<party>/node.log (Ctrl-C stops all)")
         while not stopping:
-            for name, child in zip(names, children, strict=False):
+            for name, child, start in zip(names, children, starts, strict=False):
                 if child.poll() is not None:
+                    log_path = data / name / "node.log"
                     raise LedgerError(
-                        f"{name}'s validator process exited ({child.returncode}): see"
-                        f" {data / name / 'node.log'}",
+                        f"{name}'s validator process exited ({child.returncode})"
+                        f"{_last_error(log_path, start)}: see {log_path}",
                         code="exited",
                     )
             time.sleep(0.2)

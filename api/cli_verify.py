@@ -307,9 +307,11 @@ def verify_receipt_file(
         fail(f"receipt not verified: {error.message}")
     record = receipt["retirement"]
     header = receipt["checkpoint"]["header"]
+    # Quoted as JSON, the same way whatever the name holds (Python's repr chose its quotes).
+    beneficiary = json.dumps(record["beneficiary"], ensure_ascii=False)
     out.print(
         f"receipt verified: retirement {record['retirement_id']}, {record['quantity']} kg CO2e "
-        f"of {record['batch_id']} retired by {record['holder']} for {record['beneficiary']!r} "
+        f"of {record['batch_id']} retired by {record['holder']} for {beneficiary} "
         f"({record['purpose']}), certified at height {header['height']}",
         markup=False,
         highlight=False,

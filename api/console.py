@@ -50,7 +50,16 @@ def read_key_file(path: Path) -> bytes:
 
 def load_key(path: Path) -> PrivateKey:
     """A PEM key file, decrypted with $TANLIAN_PASSPHRASE when it is set."""
-    return PrivateKey.from_pem(read_key_file(path), passphrase())
+    given = passphrase()
+    try:
+        return PrivateKey.from_pem(read_key_file(path), given)
+    except LedgerError as error:
+        if given or not error.message.startswith("the key file is encrypted"):
+            raise
+        # Where the passphrase comes from, which the library's words cannot say.
+        raise LedgerError(
+            f"{path}: {error.message} (set ${PASSPHRASE_ENV})", code=error.code
+        ) from error
 
 
 def fail(line: str) -> NoReturn:

@@ -142,7 +142,8 @@ def test_keys_with_a_passphrase_are_encrypted(tmp_path: Path) -> None:
     shown = tanlian("keys", "show", path, passphrase="correct horse")
     assert shown.returncode == 0, shown.stderr
     assert printed_key(shown.stdout) == printed_key(made.stdout)
-    assert_fails_cleanly(tanlian("keys", "show", path), "passphrase")
+    # It says where the passphrase comes from (found by review: only "give its passphrase").
+    assert_fails_cleanly(tanlian("keys", "show", path), "give its passphrase (set $TANLIAN_PASS")
     assert_fails_cleanly(tanlian("keys", "show", path, passphrase="wrong"), "passphrase")
 
 

@@ -91,6 +91,31 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+def test_a_validator_that_exits_is_named_with_its_reason(tmp_path: Path) -> None:
+    """Found by review: only the log's path was given, and the log, kept across runs (and
+    written by another run on the same directory), buried the reason."""
+    (tmp_path / "city").mkdir()
+    (tmp_path / "city" / "node.log").write_text("error (earlier): a line of an earlier run\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        base = holder.getsockname()[1]
+        result = subprocess.run(
+            [str(TANLIAN), "cluster", "--validators", "1", "--data", str(tmp_path),
+             "--base-port", str(base)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=environment(),
+            timeout=WAIT_S,
+        )  # fmt: skip
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error (exited): city's validator process exited (1): error (")
+    assert "earlier" not in line and str(base) in line, line
+    assert line.endswith(f"see {tmp_path / 'city' / 'node.log'}")
+
+
 def test_validators_end_with_a_cluster_that_is_killed(tmp_path: Path) -> None:
     """Found by review: a SIGKILLed `tanlian cluster` left its validators running, holding
     their ports and data directories."""

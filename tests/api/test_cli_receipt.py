@@ -46,6 +46,9 @@ def test_a_written_receipt_verifies_against_the_genesis(demo: Path, tmp_path: Pa
     assert checked.returncode == 0, checked.stderr
     assert "receipt verified" in checked.stdout
     assert retirement_id in checked.stdout
+    # The beneficiary is quoted as JSON, whatever it holds (repr had chosen ' or " by it).
+    beneficiary = json.dumps(document["retirement"]["beneficiary"], ensure_ascii=False)
+    assert f" for {beneficiary} (" in checked.stdout
 
 
 def test_a_receipt_verifies_against_a_trusted_validators_hash(demo: Path, tmp_path: Path) -> None:
