@@ -6,9 +6,11 @@ traceback), 2 on bad usage. Commands that talk to a node arrive with the HTTP AP
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
+import re
 import signal
 import socket
 import threading
@@ -505,6 +507,37 @@ def _small_retirement(state: Any, key: PrivateKey) -> Any:
             )
             return sign_transaction(transaction, [key])
     return None
+
+
+# A line that starts a table row, a list item or an indented block: its paragraph keeps its
+# line breaks (`tx`'s fields by type).
+_LAID_OUT = re.compile(r"\s|[\w ,?-]+:\s|(\d+\.|-|\*)\s")
+
+
+def unwrapped(doc: str) -> str:
+    """`doc` with each prose paragraph on one line. Typer keeps the line breaks of a help's
+    later paragraphs, so the source's ~90-column lines broke mid-sentence in a terminal of
+    80 columns (found by review); rich wraps one line to whatever width there is."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        paragraph
+        if any(_LAID_OUT.match(line) for line in paragraph.splitlines()[1:])
+        else " ".join(paragraph.split())
+        for paragraph in paragraphs
+    )
+
+
+def _unwrap_helps(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback else None)
+        if doc:
+            command.help = unwrapped(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_helps(group.typer_instance)
+
+
+_unwrap_helps(app)
 
 
 def main() -> None:

@@ -86,8 +86,8 @@ from ledger.verification import (
 )
 
 verify_app: typer.Typer = typer.Typer(
-    help="Verify a chain or a retirement receipt offline, trusting only a genesis file or a "
-    "validator set.",
+    help="Verify a chain, a retirement receipt or a node's new checkpoints, trusting only a "
+    "genesis file or a validator set: offline, or against a node that is trusted for nothing.",
     no_args_is_help=True,
 )
 

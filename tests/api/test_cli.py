@@ -25,7 +25,9 @@ import pytest
 import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from typer.testing import CliRunner
 
+from api.cli import app, unwrapped
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
 from ledger.crypto import PrivateKey
 from ledger.genesis import genesis_state, parse_genesis
@@ -168,6 +170,25 @@ def test_unknown_command_is_bad_usage() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "frobnicate" in result.stderr
+
+
+# --- help -----------------------------------------------------------------------------------------
+
+
+def test_help_is_wrapped_to_the_terminal_not_to_the_source() -> None:
+    """Found by review: a help's later paragraphs kept the source's line breaks, so in 80
+    columns they broke mid-sentence ("Checks" alone on a line)."""
+    shown = CliRunner().invoke(app, ["verify", "chain", "--help"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert any("Checks every hash link" in line for line in shown.output.splitlines())
+    assert all(len(line) <= 80 for line in shown.output.splitlines())
+    # A laid-out paragraph keeps its lines (tx's fields by type).
+    table = "Intro:\nalpha: a b\nbeta: c d"
+    assert unwrapped(f"Short.\n\nOne long\nsentence.\n\n{table}") == (
+        f"Short.\n\nOne long sentence.\n\n{table}"
+    )
+    laid_out = CliRunner().invoke(app, ["tx", "--help"], env={"COLUMNS": "100"})
+    assert "\n register_methodology: methodology_id name document_sha256" in laid_out.output
 
 
 # --- genesis ------------------------------------------------------------------------------------
