@@ -184,7 +184,12 @@ class SoloProducer:
             return False
         if not self._unfinished and self._last_full:
             return True
-        return now_ms - self._tip.head_time >= params.block_interval_ms
+        # A clock behind the last block's time (stepped back, or the data directory moved to
+        # a machine whose clock is behind) cannot measure the interval: cut the block now,
+        # stamped just after the last (`build_block`), where it had waited for the clock to
+        # catch up, answering pending meanwhile (found by review).
+        elapsed = now_ms - self._tip.head_time
+        return elapsed >= params.block_interval_ms or elapsed < 0
 
     def _tip_nonce(self, signer: str) -> int:
         account = self._tip_account(signer)

@@ -138,6 +138,7 @@ PROPOSE: Final = "propose"
 REBROADCAST: Final = "rebroadcast"  # a timeout kind only, never a step
 WAIT: Final = "wait"  # a timeout kind only: a proposer looking again for transactions
 STEPS: Final = (NEW_HEIGHT, PROPOSE, PREVOTE, PRECOMMIT)  # in order
+LONG_PAST_MS: Final = 2**62  # how long ago a time after now is taken to be (`_since`)
 TIMEOUT_KINDS: Final = (*STEPS, REBROADCAST, WAIT)
 
 TransactionSource = Callable[[State, int], Sequence[Envelope]]
@@ -360,7 +361,7 @@ class Replica:
         if round != 0 or self.valid_hash is not None or self._decided_at == 0:
             return False
         longest = min(self.state.params.block_interval_ms, self.timeouts.for_round(0, PROPOSE) // 2)
-        if self._now - self._decided_at >= longest:
+        if self._since(self._decided_at) >= longest:
             return False
         return not self.transactions(self.state, self._now)
 
@@ -514,11 +515,11 @@ class Replica:
             return
         if (
             vote.height == self.height - 1
-            and self._now - self._decided_at < self.timeouts.catch_up_ms
+            and self._since(self._decided_at) < self.timeouts.catch_up_ms
         ):
             return
         last = self._catch_up_sent.get(sender)
-        if last is not None and self._now - last < self.timeouts.catch_up_ms:
+        if last is not None and self._since(last) < self.timeouts.catch_up_ms:
             return
         # Only a vote its sender signed: a forged one would cost reads of old blocks and a
         # send of them, and take the sender's catch-up slot from its own votes.
@@ -658,11 +659,26 @@ class Replica:
         return self._applied[block_hash]
 
     def _is_valid(self, block: Block) -> bool:
-        """valid(v) for voting: the block applies and its time is not too far ahead."""
+        """valid(v) for voting: the block applies and its time is not too far ahead, of this
+        validator's clock or of the parent's time, whichever is later.
+
+        The parent's time is there for a validator whose clock is behind (a VM paused and
+        resumed, a clock stepped back, a genesis made on a fast clock): against its own
+        clock alone it refused every block but its own while it was more than the drift
+        behind, so one slow clock used up the consortium's one fault (found by review). A
+        block still moves the chain's time at most the drift past what the validators with
+        right clocks, or the chain itself, have seen."""
+        ahead_of = max(self._now, self.state.head_time)
         return (
-            block.header.time <= self._now + self.timeouts.drift_ms
+            block.header.time <= ahead_of + self.timeouts.drift_ms
             and self._applies(block) is not None
         )
+
+    def _since(self, then: int) -> int:
+        """Milliseconds from `then` to now, on the caller's clock; a clock stepped back past
+        `then` counts as long past, so no wait lasts the size of the step."""
+        elapsed = self._now - then
+        return elapsed if elapsed >= 0 else LONG_PAST_MS
 
     def _certificate(self, round: int, block_hash: str, precommits: list[Vote]) -> Certificate:
         certificate = Certificate(

@@ -512,6 +512,24 @@ def test_a_valid_proposal_gets_a_prevote_and_an_invalid_one_nil() -> None:
         ]
 
 
+def test_a_validator_with_a_slow_clock_prevotes_for_a_block_of_the_chains_time() -> None:
+    """Found by review: a validator more than the drift behind refused every block but its
+    own, so one slow clock (a VM paused for a minute) used up the consortium's one fault.
+    A block may be the drift ahead of its clock or of the parent's time, whichever is later."""
+    me = not_proposer(1, 0)
+    slow = T0 - 60_000  # a minute behind the others
+    parent_time = WORLD.genesis.head_time
+    for value, expected in (
+        (block(time=T0), True),  # the right time: a second after the parent
+        (block(time=parent_time + BLOCK_TIME_DRIFT_MS_MAX), True),
+        (block(time=parent_time + BLOCK_TIME_DRIFT_MS_MAX + 1), False),  # past both bounds
+    ):
+        target = replica(me)
+        target.on_start(slow)
+        sent = votes_sent(feed(target, [proposal(0, value)], now=slow), "prevote")
+        assert [v.block_hash for v in sent] == [value.block_hash() if expected else None]
+
+
 def _locked_on(value: Block, me: int) -> tuple[Replica, list[SignedMessage]]:
     """A replica that saw 2f+1 prevotes for `value` in round 0 and precommitted it."""
     target = replica(me)
@@ -764,6 +782,11 @@ def test_a_validator_behind_is_sent_the_decision_once_per_interval() -> None:
     ]
     assert target.on_message(vote(2, "prevote", 4, None), later + 1) == []  # rate limited
     assert target.on_message(vote(2, "prevote", 5, None), later + CATCH_UP_INTERVAL_MS) != []
+    # A clock stepped back a minute: what was sent "in the future" does not hold the next
+    # answer back for that minute (found by review), and the interval counts again from it.
+    stepped_back = later - 60_000
+    assert target.on_message(vote(2, "prevote", 6, None), stepped_back) != []
+    assert target.on_message(vote(2, "prevote", 7, None), stepped_back + 1) == []
     stranger = sign_vote(
         key("stranger"), chain_id=CHAIN_ID, vote_type="prevote", height=1, round=9, block_hash=None
     )
