@@ -68,7 +68,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, Final
 
 from consensus.messages import (
     ConsensusError,
@@ -125,6 +125,8 @@ from ledger.store import Store
 from ledger.transactions import Envelope
 
 log = logging.getLogger("tanlian.consensus.node")
+
+CLOCK_WARNING_MS: Final = 60_000  # at most one warning of proposals refused for their time
 
 
 def message_bytes(message: Message) -> int:
@@ -226,6 +228,9 @@ class BftProducer:
         self._inbox_bytes = 0
         self.messages_dropped = 0
         self.signatures_checked = 0  # by `_verify_signatures`, for the replica
+        self.time_refusals = 0  # proposals refused for their time, every replica's
+        self._time_refusals_seen = 0  # the current replica's count, last looked at
+        self._clock_warned_ms: int | None = None
         self.signatures_reused = 0  # passed there: checked on admission
         self._timers: list[tuple[int, int, Timeout]] = []
         self._timer_sequence = 0
@@ -368,7 +373,31 @@ class BftProducer:
         while self._timers and self._timers[0][0] <= self._clock_ms():
             _, _, timeout = heapq.heappop(self._timers)
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
+        self._note_time_refusals()
         return self._committed.popleft() if self._committed else None
+
+    def _note_time_refusals(self) -> None:
+        """Count the proposals the replica refused for their time, and say so in the log (at
+        most once every CLOCK_WARNING_MS): a validator whose clock is behind the others' by
+        more than the drift votes against every block but its own, and had said nothing."""
+        refusals = self.replica.time_refusals  # a replica built again counts from 0
+        new = refusals - self._time_refusals_seen if refusals >= self._time_refusals_seen else 0
+        self._time_refusals_seen = refusals
+        if new == 0:
+            return
+        self.time_refusals += new
+        now = self._clock_ms()
+        if self._clock_warned_ms is not None and now - self._clock_warned_ms < CLOCK_WARNING_MS:
+            return
+        self._clock_warned_ms = now
+        log.warning(
+            "refused a proposal stamped %.1f s ahead of this machine's clock (the bound is "
+            "%.0f s; %d refused so far): if this clock is behind, set it right (NTP), for a "
+            "validator whose clock is behind votes against every block but its own",
+            self.replica.time_ahead_ms / 1000,
+            self.replica.timeouts.drift_ms / 1000,
+            self.time_refusals,
+        )
 
     def _check_joining(self) -> None:
         """A joining validator (see `_check_membership`) is one once a set names it; caught up

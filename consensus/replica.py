@@ -272,6 +272,11 @@ class Replica:
         # Peers' messages taken but not held, by why (an admission status, or the code of the
         # check that failed): what a validator's operator and the hostile-input tests see.
         self.dropped: dict[str, int] = {}
+        # Proposals refused for a time past this clock's drift (`_is_valid`), and how far
+        # ahead the last one was: a clock behind the others' shows here first.
+        self.time_refusals = 0
+        self.time_ahead_ms = 0
+        self._time_refused: tuple[int, int] | None = None
         self._catch_up_sent: dict[str, int] = {}
         self._decided_at = 0  # when the last height was decided here (clock of the caller)
         self._effects: list[Effect] = []
@@ -659,20 +664,21 @@ class Replica:
         return self._applied[block_hash]
 
     def _is_valid(self, block: Block) -> bool:
-        """valid(v) for voting: the block applies and its time is not too far ahead, of this
-        validator's clock or of the parent's time, whichever is later.
-
-        The parent's time is there for a validator whose clock is behind (a VM paused and
-        resumed, a clock stepped back, a genesis made on a fast clock): against its own
-        clock alone it refused every block but its own while it was more than the drift
-        behind, so one slow clock used up the consortium's one fault (found by review). A
-        block still moves the chain's time at most the drift past what the validators with
-        right clocks, or the chain itself, have seen."""
-        ahead_of = max(self._now, self.state.head_time)
-        return (
-            block.header.time <= ahead_of + self.timeouts.drift_ms
-            and self._applies(block) is not None
-        )
+        """valid(v) for voting: the block applies and its time is not too far ahead of this
+        validator's clock. A validator whose clock is behind by more than the drift therefore
+        votes against every block but its own: it counts as faulty, as in Tendermint's
+        proposer-based timestamps. Taking the parent's time as a floor of the clock would
+        keep it voting, but would let one faulty proposer move the chain's time another
+        drift ahead with each of its blocks (docs/decisions/0006). Such a refusal is counted
+        (`time_refusals`, `time_ahead_ms`), so the operator is told (the node logs it)."""
+        ahead = block.header.time - self._now
+        if ahead > self.timeouts.drift_ms:
+            if self._time_refused != (block.height, block.header.time):
+                self._time_refused = (block.height, block.header.time)
+                self.time_refusals += 1
+                self.time_ahead_ms = ahead
+            return False
+        return self._applies(block) is not None
 
     def _since(self, then: int) -> int:
         """Milliseconds from `then` to now, on the caller's clock; a clock stepped back past

@@ -69,6 +69,12 @@ class Metrics:
             "fork: more than a third of the validators signed two chains)",
             registry=self.registry,
         )
+        self.time_refusals = Gauge(
+            "tanlian_proposals_refused_for_time",
+            "Proposals this validator refused because their time was past its clock's drift:"
+            " a clock behind the others' shows here",
+            registry=self.registry,
+        )
         self.dropped = Gauge(
             "tanlian_consensus_messages_dropped",
             "Peers' consensus messages a validator took and did not hold, by why: an admission"
@@ -142,4 +148,5 @@ def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Respon
         for reason, count in dict(node.producer.replica.dropped).items():
             registry.dropped.labels(reason).set(count)
         registry.dropped.labels("inbox_full").set(node.producer.messages_dropped)
+        registry.time_refusals.set(node.producer.time_refusals)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ checked again when a block is validated."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sqlite3
 import threading
 import time
@@ -214,6 +215,35 @@ class HeldWrites(ThreadPoolExecutor):
             return fn(*args, **kwargs)
 
         return super().submit(held)
+
+
+def test_a_validator_whose_clock_is_behind_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: a validator whose clock was a minute behind voted against every
+    block but its own and said nothing; /healthz was ok. It now counts such proposals
+    (tanlian_proposals_refused_for_time) and logs one warning a minute naming the clock."""
+    consortium = Consortium(tmp_path)
+    slow = 3
+    try:
+        deadline = time.monotonic() + 20
+        while min(p.state.height for i, p in consortium.producers.items() if i != slow) < 4:
+            assert time.monotonic() < deadline, consortium.heights()
+            for index, producer in consortium.producers.items():
+                now_ms = int(time.time() * 1000) - (60_000 if index == slow else 0)
+                while producer.due(now_ms) and producer.produce(now_ms) is not None:
+                    pass
+            time.sleep(0.005)
+        lagging = consortium.producers[slow]
+        assert lagging.time_refusals >= 1
+        assert all(consortium.producers[i].time_refusals == 0 for i in range(3))
+    finally:
+        consortium.close()
+    warned = [r.getMessage() for r in caplog.records if "this machine's clock" in r.getMessage()]
+    assert len(warned) == 1, warned  # at most one a minute
+    found = re.search(r"refused a proposal stamped ([0-9.]+) s ahead", warned[0])
+    assert found is not None and 55 <= float(found.group(1)) <= 61, warned[0]
+    assert "set it right (NTP)" in warned[0]
 
 
 def test_a_decided_block_is_answered_committed_only_once_durable(tmp_path: Path) -> None:
