@@ -16,6 +16,7 @@ and the query projections batches, retirements and lots (indexed for the API's q
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import marshal
@@ -70,6 +71,7 @@ CREATING_SUFFIX: Final = ".creating"  # a database being created (`Store.create`
 LOCK_WAIT_SECONDS: Final = 10.0
 # SQLite's answers when the file cannot be opened or written for what it is not (permissions,
 # a read-only file system), not for what it holds.
+DESCRIPTORS_SPARE: Final = 8  # fewer free than this: the process is out of descriptors
 _CANNOT_OPEN: Final = frozenset(
     {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
 )
@@ -88,6 +90,16 @@ def _involved_accounts(envelope: Envelope) -> set[str]:
     for recipient in payload.get("recipients", ()):
         accounts.add(recipient["account"])
     return accounts
+
+
+def _out_of_descriptors() -> bool:
+    """Whether this process has (nearly) all the file descriptors it may: SQLite says only
+    "unable to open database file" then, which had been read as a permissions problem."""
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError as error:  # no descriptor left to read it with, or no /proc
+        return error.errno == errno.EMFILE
+    return open_now >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] - DESCRIPTORS_SPARE
 
 
 class Store:
@@ -194,6 +206,12 @@ class Store:
             store = cls(directory, connection)
         except sqlite3.OperationalError as error:
             if (error.sqlite_errorcode & 0xFF) in _CANNOT_OPEN:  # an extended code's primary
+                if _out_of_descriptors():
+                    raise StoreError(  # this process's own state, not the store's
+                        f"cannot open {path}: {error} (this process has nearly all of its "
+                        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} file descriptors open)",
+                        code="store_unavailable",
+                    ) from error
                 raise StoreUnreadable(
                     f"cannot open {path}: {error} (check that this user may read and write the"
                     " data directory and its files, and that its file system is writable)"

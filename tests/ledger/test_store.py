@@ -17,6 +17,8 @@ import os
 import shutil
 import sqlite3
 import struct
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -995,6 +997,38 @@ def test_open_refuses_a_missing_directory(tmp_path: Path) -> None:
         Store.open(tmp_path / "nowhere")
     with pytest.raises(StoreError, match="no ledger at"):
         Store.open(tmp_path)  # exists, but holds no database
+
+
+def test_a_process_out_of_file_descriptors_is_told_so(produced: Produced) -> None:
+    """Found by review: with every descriptor in use, SQLite's "unable to open database
+    file" was answered with advice on permissions (and `store_unreadable`)."""
+    script = f"""
+import os, resource
+from ledger.errors import StoreError
+from ledger.store import Store
+directory = __import__("pathlib").Path({str(produced.directory)!r})
+Store.open(directory).close()  # everything imported while descriptors are free
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for descriptor in held[-2:]:  # two free: the database opens, its WAL and index do not
+    os.close(descriptor)
+try:
+    Store.open(directory).load_state()
+except StoreError as error:
+    print(error.code, error.message)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("store_unavailable cannot open"), result.stdout
+    assert "nearly all of its 64 file descriptors open" in result.stdout
 
 
 def test_open_refuses_a_garbage_file(tmp_path: Path) -> None:
