@@ -42,17 +42,22 @@ from consensus.producer import (
     SoloProducer,
     tune_garbage_collector,
 )
-from consensus.sync import BlockSync, ForkProof
+from consensus.sync import BlockSync, ForkProof, parse_fork_proof
 from consensus.transport import HttpTransport, Inbox
 from consensus.verifier import SignatureWorker
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.crypto import PrivateKey
-from ledger.encoding import canonical
+from ledger.encoding import canonical, decode
 from ledger.errors import LedgerError, StoreError
-from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX, PEER_QUEUE_MESSAGES_MAX
+from ledger.limits import (
+    CONSENSUS_MESSAGES_BATCH_MAX,
+    JSON_DEPTH_MAX,
+    PEER_QUEUE_MESSAGES_MAX,
+)
 from ledger.state import State
 from ledger.store import Store
 from ledger.transactions import Envelope
+from ledger.verification import compute_line_bytes_max
 
 log = logging.getLogger("tanlian.node")
 
@@ -199,13 +204,39 @@ class Node:
         )
 
     def _block_sync(self, urls: Sequence[str]) -> BlockSync:
-        return BlockSync(
+        sync = BlockSync(
             [ApiSource(url) for url in urls],
             genesis=self.genesis,
             verify_signatures=self._signatures.check,
             local=self._decision_at,
             on_fork=self._write_fork_proof,
         )
+        kept = self._kept_fork_proof()
+        if kept is not None:  # the alarm outlives a restart, as the proof does
+            sync.counters.fork, sync.counters.forks = kept, 1
+        return sync
+
+    def _kept_fork_proofs(self) -> list[Path]:
+        return sorted(self.data.glob(f"{FORK_PROOF_PREFIX}*.json"))
+
+    def _kept_fork_proof(self) -> ForkProof | None:
+        """The fork proof this data directory keeps, if any (the first one written)."""
+        for path in self._kept_fork_proofs():
+            try:
+                # Two of the chain's longest export lines, and their evidence besides.
+                bound = 2 * compute_line_bytes_max(self.genesis.params) + (1 << 20)
+                with path.open("rb") as handle:
+                    data = handle.read(bound + 1)
+                if len(data) > bound:
+                    raise LedgerError(f"over {bound} bytes")
+                # Its decisions sit one level below an export line's.
+                value = decode(data.rstrip(b"\n"), max_depth=JSON_DEPTH_MAX + 1)
+                return parse_fork_proof(
+                    value, transaction_bytes_max=self.genesis.params.transaction_bytes_max
+                )
+            except (OSError, LedgerError) as error:
+                log.warning("%s is not a fork proof this node can read: %s", path, error)
+        return None
 
     def _decision_at(self, height: int) -> Decision:
         store = self.reader()
@@ -215,11 +246,12 @@ class Node:
         return self.data / f"{FORK_PROOF_PREFIX}{height}.json"
 
     def _write_fork_proof(self, proof: ForkProof) -> None:
-        """Keep a fork's proof where the operator finds it (the first one of each height:
-        a source refused again serves the same)."""
-        path = self.fork_proof_path(proof.height)
-        if path.exists():
+        """Keep a fork's proof where the operator finds it: the first one only. A forked
+        source refused again is asked again every 30 s at most, at this node's new head
+        each time, and each proof had been a new file of two blocks (found by review)."""
+        if self._kept_fork_proofs():
             return
+        path = self.fork_proof_path(proof.height)
         try:
             write_atomically(path, canonical(proof.to_json()) + b"\n")
         except OSError as error:

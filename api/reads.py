@@ -36,7 +36,8 @@ BLOCKS_PAGE_TRANSACTIONS_MAX: Final = 2000  # in one page of whole blocks (one b
 READ_SETTLE_SECONDS: Final = 2.0  # how long a read waits for the state to reach the store's head
 # An account's lots in issuance order (B-2 before B-10), as the index `lots_owner_number` holds
 # them: the expression is the index's own (ledger.store), so no read sorts an account's lots.
-LOT_ORDER: Final = "CAST(substr(batch_id, 3) AS INTEGER), first_serial"
+BATCH_NUMBER: Final = "CAST(substr(batch_id, 3) AS INTEGER)"
+LOT_ORDER: Final = f"{BATCH_NUMBER}, first_serial"
 
 T = TypeVar("T")
 
@@ -173,11 +174,14 @@ def account(node: Node, account_id: str, *, wait: bool = True) -> dict[str, Any]
 
 
 def batch_number(batch_id: str) -> int:
-    """n of a batch id `B-<n>`; -1 for anything else (a damaged row, a forged cursor)."""
+    """n of a batch id `B-<n>`; -1 for anything else (a damaged row, a forged cursor), a
+    number past POSITION_MAX included: SQLite takes no larger integer (a forged cursor's
+    B-99999999999999999999 had been a 500, found by review)."""
     digits = batch_id[2:]
-    if batch_id[:2] != "B-" or not digits.isascii() or not digits.isdigit():
+    if batch_id[:2] != "B-" or not digits.isascii() or not digits.isdigit() or len(digits) > 19:
         return -1
-    return int(digits)
+    number = int(digits)
+    return number if number <= POSITION_MAX else -1
 
 
 def held_lots(
@@ -246,10 +250,14 @@ def account_lots(node: Node, account_id: str, *, limit: int, cursor: str | None)
         raise LedgerError("cursor is not one this node gave out", code="invalid_field")
 
     def read(state: State, db: sqlite3.Connection) -> Page:
+        # The first term is what SQLite seeks the index with (it does not seek on a row
+        # value over an expression: every page had walked the account's lots from the first,
+        # found by review); the second is the exact position.
         rows = db.execute(
             "SELECT batch_id, first_serial FROM lots "
-            f"WHERE owner = ? AND ({LOT_ORDER}) > (?, ?) ORDER BY {LOT_ORDER} LIMIT ?",
-            (account_id, *after, limit + 1),
+            f"WHERE owner = ? AND {BATCH_NUMBER} >= ? AND ({LOT_ORDER}) > (?, ?) "
+            f"ORDER BY {LOT_ORDER} LIMIT ?",
+            (account_id, after[0], *after, limit + 1),
         ).fetchall()
         items = [
             _lot(state, batch_id, first, quantity, status)

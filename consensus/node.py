@@ -229,7 +229,8 @@ class BftProducer:
         self.messages_dropped = 0
         self.signatures_checked = 0  # by `_verify_signatures`, for the replica
         self.time_refusals = 0  # proposals refused for their time, every replica's
-        self._time_refusals_seen = 0  # the current replica's count, last looked at
+        self._time_refusals_seen = 0  # the count of `_time_replica`, last looked at
+        self._time_replica: Replica | None = None
         self._clock_warned_ms: int | None = None
         self.signatures_reused = 0  # passed there: checked on admission
         self._timers: list[tuple[int, int, Timeout]] = []
@@ -380,8 +381,10 @@ class BftProducer:
         """Count the proposals the replica refused for their time, and say so in the log (at
         most once every CLOCK_WARNING_MS): a validator whose clock is behind the others' by
         more than the drift votes against every block but its own, and had said nothing."""
-        refusals = self.replica.time_refusals  # a replica built again counts from 0
-        new = refusals - self._time_refusals_seen if refusals >= self._time_refusals_seen else 0
+        if self._time_replica is not self.replica:  # built again: it counts from 0
+            self._time_replica, self._time_refusals_seen = self.replica, 0
+        refusals = self.replica.time_refusals
+        new = refusals - self._time_refusals_seen
         self._time_refusals_seen = refusals
         if new == 0:
             return

@@ -44,16 +44,17 @@ forged message of a far height must not start one. A hint still costs at most on
 attempt when no source backs it, after which it is forgotten. The blocks are what is
 checked.
 
-A source whose next block is certified but does not extend this node's head (rule
-`parent_hash`) may be on a fork: more than a third of the validators signed two chains. Once
-the node gives `BlockSync` a way to read its own blocks (`local`), such a refusal is followed
-by one more request: the source's block at this node's head height. When its certificate
-verifies under the set that governed that height and it commits another block, the two
-certified blocks are a `ForkProof` (SPEC §6.2: "proof of a fork, signed by the validators"),
-with the duplicate precommits of every validator that signed both when they are of one round
-(`ledger.evidence.evidence_from_certificates`). It is counted, kept (the first one) and
-handed to `on_fork`: the node writes it to its data directory and says so in `/healthz` and
-`/metrics`. Nothing of the other chain is stored; the source stays refused.
+A source whose next block is certified but does not apply on this node's head (another
+parent, an earlier time, any rule of step 5) may be on a fork: more than a third of the
+validators signed two chains. Once the node gives `BlockSync` a way to read its own blocks
+(`local`), such a refusal is followed by one more request: the source's block at this node's
+head height. When its certificate verifies under the set that governed that height and it
+commits another block, the two certified blocks are a `ForkProof` (SPEC §6.2: "proof of a
+fork, signed by the validators"), with the duplicate precommits of every validator that
+signed both when they are of one round (`ledger.evidence.evidence_from_certificates`). It
+is counted, kept (the first one) and handed to `on_fork`: the node writes the first one to
+its data directory and says so in `/healthz` and `/metrics`, across restarts. Nothing of the
+other chain is stored; the source stays refused.
 
 `verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
 in-memory twin, for tests.
@@ -70,7 +71,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from consensus.messages import (
     ConsensusError,
@@ -83,9 +84,9 @@ from consensus.messages import (
 )
 from ledger.blocks import Block, Certificate
 from ledger.crypto import GENESIS_DOMAIN, hash_domain
-from ledger.encoding import JSON, decode
+from ledger.encoding import JSON, canonical, decode
 from ledger.errors import InvalidBlockError, LedgerError, printable
-from ledger.evidence import Evidence, evidence_from_certificates
+from ledger.evidence import Evidence, evidence_from_certificates, parse_evidence
 from ledger.genesis import Genesis
 from ledger.limits import (
     SYNC_ATTEMPT_MS_MAX,
@@ -113,16 +114,20 @@ called in order, one block at a time, on the sync's write thread, while the thre
 
 
 class SyncRefused(ConsensusError):
-    """What a source served fails check `rule` at `height` (None: not a block's line)."""
+    """What a source served fails check `rule` at `height` (None: not a block's line);
+    `certified`: the block's certificate had been verified (step 5 refused it)."""
 
     code = "sync_refused"
 
-    def __init__(self, *, height: int | None, rule: str, detail: str) -> None:
+    def __init__(
+        self, *, height: int | None, rule: str, detail: str, certified: bool = False
+    ) -> None:
         where = "" if height is None else f" at height {height}"
         super().__init__(f"rule {rule}{where}: {detail}")
         self.height = height
         self.rule = rule
         self.detail = detail
+        self.certified = certified
 
 
 class BlockSource(Protocol):
@@ -236,13 +241,18 @@ def _replay(state: State, block: Block, verify_signatures: SignatureVerifier) ->
                 height=block.height,
                 rule="bad_signature",
                 detail=f"transaction {envelope.tx_id}: {error.message}",
+                certified=True,
             )
     try:
         return apply_block(state, block, signatures_verified=True)
     except InvalidBlockError as error:
-        raise SyncRefused(height=block.height, rule=error.rule, detail=error.message) from error
+        raise SyncRefused(
+            height=block.height, rule=error.rule, detail=error.message, certified=True
+        ) from error
     except LedgerError as error:
-        raise SyncRefused(height=block.height, rule=error.code, detail=error.message) from error
+        raise SyncRefused(
+            height=block.height, rule=error.code, detail=error.message, certified=True
+        ) from error
 
 
 # --- a fork ------------------------------------------------------------------------------------
@@ -278,6 +288,32 @@ class ForkProof:
         }
 
 
+def parse_fork_proof(value: Any, *, transaction_bytes_max: int) -> ForkProof:
+    """A `ForkProof` from its `to_json` (a proof kept in a data directory, read back at a
+    start); raises `LedgerError` for anything else. Parsed, not checked again: it is the
+    node's own record of what it checked when it was made."""
+    if not isinstance(value, dict) or value.get("kind") != "fork":
+        raise LedgerError("not a fork proof", code="invalid_field")
+    try:
+        decisions = [
+            decode_message(canonical(value[side]), transaction_bytes_max=transaction_bytes_max)
+            for side in ("ours", "theirs")
+        ]
+        evidence = tuple(parse_evidence(item) for item in value["evidence"])
+        height, source = value["height"], value["source"]
+    except (KeyError, TypeError) as error:
+        raise LedgerError(f"not a fork proof: {error}", code="invalid_field") from error
+    ours, theirs = decisions
+    if not (
+        isinstance(ours, Decision)
+        and isinstance(theirs, Decision)
+        and isinstance(source, str)
+        and height == ours.height == theirs.height
+    ):
+        raise LedgerError("not a fork proof: two decisions of its height", code="invalid_field")
+    return ForkProof(height=height, source=source, ours=ours, theirs=theirs, evidence=evidence)
+
+
 def prove_fork(
     state: State, ours: Decision, line: bytes, *, source: str, line_bytes_max: int
 ) -> ForkProof | None:
@@ -305,11 +341,13 @@ def prove_fork(
 
 
 def _may_be_fork(refusal: LedgerError, state: State) -> bool:
-    """A certified block of the next height that names another parent than this node's head
-    (its certificate is checked before the block is replayed)."""
+    """A certified block of the next height that does not apply on this node's head: on
+    another parent, or stamped before it (its time is checked before its parent: a chain
+    that decided faster stamps its next block earlier, and a review's fork was missed for
+    that), or breaking any other rule. Honest validators certify none of these here."""
     return (
         isinstance(refusal, SyncRefused)
-        and refusal.rule == "parent_hash"
+        and refusal.certified
         and refusal.height == state.height + 1
         and state.height > 0
     )

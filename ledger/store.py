@@ -200,7 +200,7 @@ class Store:
         except OSError as error:
             raise StoreUnreadable(f"cannot open {path}: {error}") from error
         if empty:  # SQLite would make it a new database: 4 KiB written where nothing may change
-            raise StoreError(f"{path} is empty (0 bytes), not a Tanlian database")
+            raise StoreError(f"{path} is not a usable Tanlian database: it is empty (0 bytes)")
         try:
             connection = cls._connect(path)
             store = cls(directory, connection)

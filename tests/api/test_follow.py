@@ -5,6 +5,7 @@ node serving the API from its own store."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -481,6 +482,23 @@ async def test_a_follower_keeps_the_proof_of_a_fork_and_says_so(tmp_path: Path) 
     assert kept["kind"] == "fork" and kept["source"] == "forked"
     assert kept["ours"]["block"] == ours.to_json() and kept["theirs"]["block"] == theirs.to_json()
     assert [parse_evidence(item).public_key for item in kept["evidence"]] == [signer]
+    # Only the first proof is kept: a forked source asked again at each new head had made a
+    # new file of two blocks every 30 s (found by review).
+    proof = node.sync.counters.fork
+    assert proof is not None
+    node._write_fork_proof(dataclasses.replace(proof, height=31))
+    assert [path.name for path in tmp_path.glob("fork-proof-*")] == ["fork-proof-30.json"]
+    # The alarm outlives a restart, as the proof does (found by review: /healthz forgot it).
+    restarted = Node(tmp_path, None, follow=["http://honest.test"])
+    try:
+        again = create_app(restarted, Settings(data=tmp_path), manage_node=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=again), base_url="http://follower"
+        ) as client:
+            assert (await client.get("/healthz")).json() == health
+            assert "tanlian_forks_detected 1.0" in (await client.get("/metrics")).text
+    finally:
+        restarted.stop()
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -19,16 +19,17 @@ from consensus.sync import (
     ForkProof,
     MemorySource,
     SyncRefused,
+    parse_fork_proof,
     prove_fork,
     verify_lines,
 )
 from ledger.blocks import Block, Certificate, sign_certificate
 from ledger.crypto import PrivateKey
-from ledger.encoding import canonical
+from ledger.encoding import canonical, decode
 from ledger.errors import LedgerError, StoreError
 from ledger.evidence import verify_evidence
 from ledger.genesis import genesis_state, make_genesis_document, parse_genesis
-from ledger.limits import SYNC_LAG_HEIGHTS_MIN
+from ledger.limits import JSON_DEPTH_MAX, SYNC_LAG_HEIGHTS_MIN
 from ledger.state import State
 from ledger.state_transition import build_block
 from ledger.transactions import Envelope
@@ -360,10 +361,14 @@ def test_another_chains_export_is_refused_at_its_genesis_line() -> None:
 FORK_AT = 30  # the forked chain's first block of its own; the set of NEW_VALIDATOR governs it
 
 
-def forked_lines(at: int = FORK_AT, *, certified: bool = True) -> list[bytes]:
+def forked_lines(
+    at: int = FORK_AT, *, certified: bool = True, earlier: bool = False
+) -> list[bytes]:
     """The built chain to `at - 1`, then blocks `at` and `at + 1` of another chain: each block
     certified by the set governing its height (unless `certified` is False: block `at`'s
-    certificate is then signed by a key that is no validator)."""
+    certificate is then signed by a key that is no validator), stamped a millisecond after
+    the built chain's, or (`earlier`) before the built chain's block `at`: a chain that
+    decided faster."""
     chain = built()
     lines = list(chain.lines[: at - 1])
     state = chain.states[at - 1]
@@ -373,7 +378,11 @@ def forked_lines(at: int = FORK_AT, *, certified: bool = True) -> list[bytes]:
         made = build_block(
             state,
             [],
-            time=GENESIS_TIME + 1000 * height + 1,  # one millisecond later than the built chain
+            time=(
+                GENESIS_TIME + 1000 * (at - 1) + 100 * (height - at + 1)
+                if earlier
+                else GENESIS_TIME + 1000 * height + 1  # a millisecond after the built chain's
+            ),
             proposer=governing[0].public_key_hex,
             last_commit=last,
         )
@@ -424,6 +433,33 @@ def test_a_certified_block_on_another_parent_brings_the_proof_of_a_fork() -> Non
     assert (
         decode_message(canonical(document["theirs"]), transaction_bytes_max=16384) == proof.theirs
     )
+
+
+def test_a_fork_stamped_before_this_nodes_head_is_proven_too() -> None:
+    """Found by review: the other chain's next block, stamped before this node's head (a
+    chain that decided faster), was refused for its time, checked before its parent, and no
+    fork was looked for."""
+    found: list[ForkProof] = []
+    lines = forked_lines(earlier=True)
+    fork = source("fork", lines=lines)
+    sync = make_sync(fork, local=ours, on_fork=found.append)
+    at = built().states[FORK_AT]
+    assert decoded(lines[FORK_AT])[0].header.time < at.head_time  # block 31 before our 30
+    assert sync.step(at, Sink().append) is at
+    assert "rule time at height 31" in (sync.counters.last_refusal or "")
+    assert sync.counters.forks == 1 and [proof.height for proof in found] == [FORK_AT]
+
+
+def test_a_fork_proof_reads_back_from_its_json() -> None:
+    found: list[ForkProof] = []
+    sync = make_sync(source("fork", lines=forked_lines()), local=ours, on_fork=found.append)
+    sync.step(built().states[FORK_AT], Sink().append)
+    (proof,) = found
+    value = decode(canonical(proof.to_json()), max_depth=JSON_DEPTH_MAX + 1)
+    assert parse_fork_proof(value, transaction_bytes_max=16384) == proof
+    for broken in ({**value, "kind": "other"}, {**value, "height": 7}, {"kind": "fork"}):
+        with pytest.raises(LedgerError, match="not a fork proof"):
+            parse_fork_proof(broken, transaction_bytes_max=16384)
 
 
 def test_an_uncertified_other_block_proves_no_fork() -> None:
