@@ -27,7 +27,7 @@ from api.cursors import decode_cursor, encode_cursor
 from api.node import Node
 from ledger.errors import LedgerError
 from ledger.state import State
-from ledger.store import Store
+from ledger.store import BATCH_NUMBER, Store
 
 HOLDING_RANGES_MAX: Final = 1000  # serial ranges in one JSON account answer
 POSITION_MAX: Final = 2**63 - 1  # past every log index, batch number and serial
@@ -36,7 +36,6 @@ BLOCKS_PAGE_TRANSACTIONS_MAX: Final = 2000  # in one page of whole blocks (one b
 READ_SETTLE_SECONDS: Final = 2.0  # how long a read waits for the state to reach the store's head
 # An account's lots in issuance order (B-2 before B-10), as the index `lots_owner_number` holds
 # them: the expression is the index's own (ledger.store), so no read sorts an account's lots.
-BATCH_NUMBER: Final = "CAST(substr(batch_id, 3) AS INTEGER)"
 LOT_ORDER: Final = f"{BATCH_NUMBER}, first_serial"
 
 T = TypeVar("T")
@@ -315,7 +314,7 @@ def batches(
     """Batches (their state values), newest first, by methodology or certifier."""
     position = decode_cursor(cursor, {"before": int})
     before = position["before"] if position else POSITION_MAX
-    clauses: list[str] = ["CAST(substr(batch_id, 3) AS INTEGER) < ?"]
+    clauses: list[str] = [f"{BATCH_NUMBER} < ?"]
     values: list[Any] = [before]
     if methodology_id is not None:
         clauses.append("methodology_id = ?")
@@ -328,7 +327,7 @@ def batches(
         rows = db.execute(
             "SELECT batch_id FROM batches WHERE "
             + " AND ".join(clauses)
-            + " ORDER BY CAST(substr(batch_id, 3) AS INTEGER) DESC LIMIT ?",
+            + f" ORDER BY {BATCH_NUMBER} DESC LIMIT ?",
             (*values, limit + 1),
         ).fetchall()
         items = [state.get(f"batch/{batch_id}") for (batch_id,) in rows[:limit]]

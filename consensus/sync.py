@@ -283,7 +283,7 @@ class ForkProof:
             "source": self.source,
             "ours": self.ours.to_json(),
             "theirs": self.theirs.to_json(),
-            "signers_of_both": list(self.signers_of_both()),
+            "signers_of_both": self.signers_of_both(),
             "evidence": [item.to_json() for item in self.evidence],
         }
 

@@ -580,7 +580,7 @@ class Store:
         """The validator set of this chain with that hash: the genesis set or one the state
         recorded since (read again only when a block names a set not seen yet)."""
         if validators_hash not in self._validator_sets:
-            sets = {compute_validators_hash(self.genesis.validators): self.genesis.validators}
+            sets = dict(self._validator_sets)  # the genesis set, and any read before
             for (value,) in self._conn.execute(
                 f"SELECT value FROM state_changes WHERE {_VALIDATOR_CHANGES} AND value IS NOT NULL"
             ):
@@ -1195,6 +1195,10 @@ def _read_transaction(connection: sqlite3.Connection) -> Iterator[None]:
 # only when a set changes. The query's WHERE is this very expression, as SQLite requires.
 _VALIDATOR_CHANGES: Final = "key IN ('validators/current', 'validators/next')"
 
+# A batch's number n of its id `B-<n>`, as the indexes below hold it: a query that reads them
+# in this order must use this very expression (`api.reads`).
+BATCH_NUMBER: Final = "CAST(substr(batch_id, 3) AS INTEGER)"
+
 _LIST_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS state_changes_validators "
     f"ON state_changes (height) WHERE {_VALIDATOR_CHANGES}",
@@ -1206,16 +1210,14 @@ _LIST_INDEXES: Final = (
     # An account's lots in issuance order (B-2 before B-10), as `api.reads` lists them, with
     # what its totals need: the expression is the queries' own.
     "CREATE INDEX IF NOT EXISTS lots_owner_number "
-    "ON lots (owner, CAST(substr(batch_id, 3) AS INTEGER), first_serial, batch_id, status, "
-    "quantity)",
+    f"ON lots (owner, {BATCH_NUMBER}, first_serial, batch_id, status, quantity)",
     # Batches newest first, by their number (B-12 after B-9), as `api.reads.batches` orders
     # them: the expression is the query's own, so no page sorts every batch (300,000 batches
     # took ~100 ms a page with a sort, found by review).
-    "CREATE INDEX IF NOT EXISTS batches_newest ON batches (CAST(substr(batch_id, 3) AS INTEGER))",
+    f"CREATE INDEX IF NOT EXISTS batches_newest ON batches ({BATCH_NUMBER})",
     "CREATE INDEX IF NOT EXISTS batches_methodology_newest "
-    "ON batches (methodology_id, CAST(substr(batch_id, 3) AS INTEGER))",
-    "CREATE INDEX IF NOT EXISTS batches_certifier_newest "
-    "ON batches (certifier, CAST(substr(batch_id, 3) AS INTEGER))",
+    f"ON batches (methodology_id, {BATCH_NUMBER})",
+    f"CREATE INDEX IF NOT EXISTS batches_certifier_newest ON batches (certifier, {BATCH_NUMBER})",
 )
 
 # Indexes a store made before 2026-12-05 has (the batches' two and the lots' text-ordered one

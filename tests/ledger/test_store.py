@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import rfc8785
 
-from api.reads import BATCH_NUMBER, LOT_ORDER
+from api.reads import LOT_ORDER
 from consensus.producer import CommittedBlock, SoloProducer
 from ledger import store as store_module
 from ledger.blocks import (
@@ -44,7 +44,7 @@ from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import LogState
 from ledger.state import State
 from ledger.state_transition import apply_block
-from ledger.store import DATABASE_FILE, Store
+from ledger.store import BATCH_NUMBER, DATABASE_FILE, Store
 from ledger.transactions import Envelope
 from ledger.worker import read_frame
 from tests.factory import GENESIS_TIME, Chain, key
