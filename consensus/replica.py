@@ -50,11 +50,15 @@ set governing h, "f+1" more than 1/3):
         timeoutPrecommit: StartRound(r+1).
 
 Timeouts of round r last min(base + r * delta, max) (ledger.limits ROUND_TIMEOUT_MS_*) and
-start again from round 0 at each height. After deciding an empty block the replica waits
-the chain's `block_interval_ms` before round 0 of the next height (the pace of an idle
-chain), still taking messages meanwhile; after a block with transactions it starts at once,
-and its proposer, if it has no transaction to propose, looks again every `wait_poll_ms`
-(at most `block_interval_ms`, and half a propose timeout) before it proposes an empty block.
+start again from round 0 at each height. After deciding a block the replica starts round 0
+of the next height once it has something to decide (a transaction to propose, evidence to
+record), looking every `wait_poll_ms`, or once `empty_block_ms` has passed since the decision
+(an idle chain's empty blocks are that far apart); a message of the height from a validator
+of its set starts round 0 at once (another validator has something, or its wait ran out).
+After an empty block it first waits the chain's `block_interval_ms` (the pace of the chain),
+still taking messages meanwhile. A proposer woken with no transaction to propose looks again
+every `wait_poll_ms` (at most `block_interval_ms` from the decision, and half a propose
+timeout) before it proposes an empty block.
 
 A proposal is held only if its block's body is the one its header commits to
 (`check_block_body`: transactions against log_size and log_root, evidence against
@@ -133,7 +137,7 @@ from ledger.state import State
 from ledger.state_transition import apply_block, build_block, check_block_body
 from ledger.transactions import Envelope, check_signatures
 
-NEW_HEIGHT: Final = "new_height"  # waiting block_interval_ms after a decision
+NEW_HEIGHT: Final = "new_height"  # after a decision, before round 0 (`_idle`)
 PROPOSE: Final = "propose"
 REBROADCAST: Final = "rebroadcast"  # a timeout kind only, never a step
 WAIT: Final = "wait"  # a timeout kind only: a proposer looking again for transactions
@@ -175,11 +179,16 @@ class Timeouts:
     drift_ms: int = BLOCK_TIME_DRIFT_MS_MAX
     propose_extra_ms: int = 0  # the propose step waits this much longer
     wait_poll_ms: int = PROPOSER_WAIT_POLL_MS  # how often a waiting proposer looks again
+    # After a decision, how long an idle validator may wait for something to decide before
+    # it starts the next height all the same: after an empty block never less than the
+    # chain's block_interval_ms (0: no wait; an idle chain adds an empty block every interval).
+    empty_block_ms: int = 0
 
     def __post_init__(self) -> None:
         assert 0 < self.base_ms <= self.max_ms and self.delta_ms >= 0
         assert self.rebroadcast_ms > 0 and self.catch_up_ms >= 0 and self.drift_ms >= 0
         assert self.propose_extra_ms >= 0 and self.wait_poll_ms > 0
+        assert self.empty_block_ms >= 0
 
     def for_round(self, round: int, step: str = PRECOMMIT) -> int:
         extra = self.propose_extra_ms if step == PROPOSE else 0
@@ -448,6 +457,8 @@ class Replica:
             elif admission.status == "old" and isinstance(message, Vote):
                 self._on_lagging(message)
             if admission.status == "added":
+                if self.step == NEW_HEIGHT and message.height == self.height:
+                    self._start_round(self.round)  # another validator has begun this height
                 self._run_rules()
         return self._end()
 
@@ -477,7 +488,13 @@ class Replica:
     def _on_step_timeout(self, timeout: Timeout) -> None:
         """Algorithm 1 lines 57, 61 and 65, and the wait before a new height's round 0."""
         if timeout.step == NEW_HEIGHT:
-            if self.step == NEW_HEIGHT:
+            if self.step != NEW_HEIGHT:
+                return
+            if self._idle():
+                self._effects.append(
+                    ScheduleTimeout(timeout=timeout, delay_ms=self.timeouts.wait_poll_ms)
+                )
+            else:
                 self._start_round(self.round)  # 0, unless the log says it signed later
             return
         if timeout.round != self.round:
@@ -494,6 +511,19 @@ class Replica:
             self.step = PRECOMMIT
         elif timeout.step == PRECOMMIT:
             self._start_round(self.round + 1)
+
+    def _idle(self) -> bool:
+        """After a decision, whether round 0 of this height still waits: nothing to decide
+        here (no transaction to propose, no evidence to record, no change of the validator
+        set under way: the new set governs from the height after this one, which should come
+        without delay) and less than `empty_block_ms` since the decision. A message of this
+        height from another validator ends the wait at once (`on_message`): it has
+        something, or its own wait ran out."""
+        if self._decided_at == 0 or self._since(self._decided_at) >= self.timeouts.empty_block_ms:
+            return False
+        if self.evidence or self.state.next_validators() != self.validators:
+            return False
+        return not self.transactions(self.state, self._now)
 
     def _on_decision(self, decision: Decision) -> None:
         if decision.height != self.height:

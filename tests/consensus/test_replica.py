@@ -38,7 +38,13 @@ from consensus.replica import (
     Timeout,
     Timeouts,
 )
-from ledger.blocks import Block, compute_evidence_hash, sign_certificate, verify_certificate
+from ledger.blocks import (
+    Block,
+    Certificate,
+    compute_evidence_hash,
+    sign_certificate,
+    verify_certificate,
+)
 from ledger.crypto import SignatureError
 from ledger.errors import LedgerError
 from ledger.evidence import Vote, make_evidence, verify_evidence
@@ -51,7 +57,7 @@ from ledger.limits import (
 )
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
-from ledger.transactions import Envelope
+from ledger.transactions import Envelope, Transaction, sign_transaction
 from tests.consensus.simulation.world import World, make_world, transaction_source
 from tests.factory import CHAIN_ID, key
 
@@ -377,6 +383,174 @@ def test_after_a_busy_block_the_proposer_waits_for_transactions_briefly() -> Non
         e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
     ]
     assert empty.block.transactions == ()
+
+
+# --- an idle consortium: after an empty block, wait for something to decide ---------------------
+
+IDLE_MS = 10_000  # the empty-block interval of these tests
+POLL_MS = 40
+
+
+def _idle_replica(index: int, offered: list[Envelope], state: State | None = None) -> Replica:
+    state = state or WORLD.genesis
+    return Replica(
+        key=KEYS[index],
+        state=state,
+        last_certificate=None if state.height == 0 else _certificate_of(state),
+        transactions=lambda state, now_ms: list(offered),
+        timeouts=Timeouts(wait_poll_ms=POLL_MS, empty_block_ms=IDLE_MS),
+    )
+
+
+def _empty_block(state: State = WORLD.genesis) -> Block:
+    height = state.height + 1
+    return build_block(
+        state,
+        [],
+        time=T0 + height,
+        proposer=KEYS[proposer(height, 0)].public_key_hex,
+        last_commit=None if state.height == 0 else _certificate_of(state),
+    ).block
+
+
+def _certificate_of(state: State) -> Certificate:
+    return sign_certificate(
+        chain_id=CHAIN_ID, height=state.height, round=0, block_hash=state.head_hash, keys=KEYS[:3]
+    )
+
+
+def _decide_empty(target: Replica, now: int = T0) -> ScheduleTimeout:
+    """Decide an empty block at the target's height; the pause it then schedules."""
+    effects = target.on_message(_decision(_empty_block(target.state), target.state), now)
+    assert isinstance(effects[0], Decide) and target.step == NEW_HEIGHT
+    (pause,) = timeouts(effects, NEW_HEIGHT)
+    assert pause.delay_ms == WORLD.genesis.params.block_interval_ms
+    return pause
+
+
+def _proposed(effects: Sequence[Effect]) -> list[Proposal]:
+    return [
+        e.message for e in effects if isinstance(e, Persist) and isinstance(e.message, Proposal)
+    ]
+
+
+def test_an_idle_validator_adds_an_empty_block_only_after_the_empty_block_interval() -> None:
+    me = proposer(2, 0)
+    target = _idle_replica(me, [])
+    target.on_start(T0)
+    pause = _decide_empty(target)
+    now = T0 + pause.delay_ms
+    effects = target.on_timeout(pause.timeout, now)
+    looks = 0
+    while now < T0 + IDLE_MS:
+        # Nothing to decide: it looks again every poll, and signs nothing.
+        (look,) = timeouts(effects, NEW_HEIGHT)
+        assert look.delay_ms == POLL_MS and not signed_by(effects, Persist), now
+        assert target.step == NEW_HEIGHT and target.height == 2
+        looks += 1
+        now += POLL_MS
+        effects = target.on_timeout(look.timeout, now)
+    assert looks > (IDLE_MS - pause.delay_ms) // POLL_MS - 1 and now - POLL_MS < T0 + IDLE_MS
+    (heartbeat,) = _proposed(effects)  # the interval ran out: an empty block all the same
+    assert heartbeat.height == 2 and heartbeat.block.transactions == ()
+    # With no empty-block interval (0), the chain's block interval alone paces it.
+    paced = replica(me)
+    paced.on_start(T0)
+    pause = _decide_empty(paced)
+    assert _proposed(paced.on_timeout(pause.timeout, T0 + pause.delay_ms))
+
+
+def test_an_idle_validator_starts_the_height_once_a_transaction_arrives() -> None:
+    offered: list[Envelope] = []
+    me = proposer(2, 0)
+    target = _idle_replica(me, offered)
+    target.on_start(T0)
+    pause = _decide_empty(target)
+    effects = target.on_timeout(pause.timeout, T0 + pause.delay_ms)
+    (look,) = timeouts(effects, NEW_HEIGHT)
+    offered.append(WORLD.workload[0])
+    (proposed,) = _proposed(target.on_timeout(look.timeout, T0 + pause.delay_ms + POLL_MS))
+    assert [e.tx_id for e in proposed.block.transactions] == [WORLD.workload[0].tx_id]
+    # Not before the block interval, though: the pace of the chain holds.
+    early = _idle_replica(me, [WORLD.workload[0]])
+    early.on_start(T0)
+    pause = _decide_empty(early)
+    assert pause.delay_ms > 0 and early.step == NEW_HEIGHT
+
+
+def test_an_idle_validator_joins_at_once_when_another_validator_begins_the_height() -> None:
+    me = not_proposer(2, 0)
+    other = next(i for i in range(4) if i != me)
+    target = _idle_replica(me, [])
+    target.on_start(T0)
+    _decide_empty(target)
+    # A vote of this height signed by a key outside the set is refused and starts nothing.
+    outsider = sign_vote(
+        key("outsider"), chain_id=CHAIN_ID, vote_type="prevote", height=2, round=0, block_hash=None
+    )
+    effects = target.on_message(outsider, T0 + 5)
+    assert target.step == NEW_HEIGHT and not timeouts(effects, PROPOSE)
+    # A validator's vote of the height just decided (a straggler's precommit) starts nothing.
+    effects = target.on_message(vote(other, "precommit", 0, None, height=1), T0 + 5)
+    assert target.step == NEW_HEIGHT
+    # One of this height: round 0 starts now, before the block interval or any look.
+    effects = target.on_message(vote(other, "prevote", 0, None, height=2), T0 + 6)
+    assert target.step == PROPOSE and target.round == 0
+    assert [t.timeout.height for t in timeouts(effects, PROPOSE)] == [2]
+
+
+def test_evidence_a_set_change_or_a_clock_stepped_back_ends_the_wait() -> None:
+    interval = WORLD.genesis.params.block_interval_ms
+    me = proposer(2, 0)
+    # Evidence held for a block: proposed at the block interval, with the evidence.
+    equivocator = next(i for i in range(4) if i != me)
+    holder = _idle_replica(me, [])
+    holder.on_start(T0)
+    feed(holder, [vote(equivocator, "prevote", 0, h) for h in (None, "ab" * 32)])
+    pause = _decide_empty(holder)
+    (proposed,) = _proposed(holder.on_timeout(pause.timeout, T0 + interval))
+    assert [e.public_key for e in proposed.block.evidence] == [KEYS[equivocator].public_key_hex]
+    # A validator set changing: the height before the new set governs is not held back,
+    # while after another block with a transaction the validator waits as ever.
+    authority = [key(f"authority-{i}") for i in range(2)]
+    change = sign_transaction(
+        Transaction(
+            chain_id=CHAIN_ID,
+            type="set_validators",
+            signer=WORLD.workload[0].tx.signer,  # the authority
+            nonce=1,
+            payload={
+                "validators": [
+                    {"public_key": v.public_key, "power": 2, "name": v.name}
+                    for v in WORLD.validators
+                ]
+            },
+        ),
+        authority,
+    )
+    for envelope, waits in ((change, False), (WORLD.workload[0], True)):
+        built = build_block(
+            WORLD.genesis,
+            [envelope],
+            time=T0,
+            proposer=KEYS[proposer(1, 0)].public_key_hex,
+            last_commit=None,
+        )
+        assert not built.rejected, built.rejected
+        mover = _idle_replica(me, [])
+        mover.on_start(T0)
+        effects = mover.on_message(_decision(built.block, WORLD.genesis), T0)
+        (pause,) = timeouts(effects, NEW_HEIGHT)
+        assert pause.delay_ms == 0  # a block with a transaction: no pace to keep
+        changing = built.state.next_validators() != built.state.current_validators()
+        assert changing is not waits
+        effects = mover.on_timeout(pause.timeout, T0)
+        assert (mover.step == NEW_HEIGHT) is waits and bool(timeouts(effects, NEW_HEIGHT)) is waits
+    # A clock stepped back past the decision: the wait counts as over, not as the step.
+    stepped = _idle_replica(proposer(2, 0), [])
+    stepped.on_start(T0)
+    pause = _decide_empty(stepped, now=T0 + 60_000)
+    assert _proposed(stepped.on_timeout(pause.timeout, T0))
 
 
 def test_the_propose_step_may_wait_longer_than_the_others() -> None:

@@ -49,6 +49,7 @@ from consensus.replica import (
     SendDecision,
     SignedMessage,
     Timeout,
+    Timeouts,
 )
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import ZERO_HASH_HEX
@@ -58,7 +59,7 @@ from ledger.state import State
 from ledger.state_transition import apply_block
 from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
 from tests.consensus.simulation.network import Clock, Links
-from tests.consensus.simulation.scenario import Scenario
+from tests.consensus.simulation.scenario import TRANSACTION_GAP_MS, Scenario
 from tests.consensus.simulation.world import World, make_world, transaction_source
 
 HEAL_PROGRESS_MS_MAX = 30_000  # after the heal, every core validator decides a new height
@@ -235,7 +236,8 @@ class Simulation:
         self.rng = random.Random(scenario.seed)
         self.clock = Clock()
         self.links = Links(scenario, self.rng)
-        self.source = transaction_source(self.world)
+        gap_ms = TRANSACTION_GAP_MS if scenario.empty_block_ms else 0
+        self.source = transaction_source(self.world, gap_ms=gap_ms)
         behaviours = dict(scenario.byzantine)
         self.nodes: list[Node] = []
         for validator in range(scenario.n):
@@ -332,6 +334,7 @@ class Simulation:
             last_certificate=None if head is None else head.certificate,
             transactions=self.source,
             signed=tuple(node.log),
+            timeouts=Timeouts(empty_block_ms=self.scenario.empty_block_ms),
         )
         self._carry_out(node, node.replica.on_start(self._now(node)))
 

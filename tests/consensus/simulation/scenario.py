@@ -26,6 +26,13 @@ DELAY_MS_MAX = 400
 HEAL_DELAY_MS_MAX = 100
 CHAOS_MS_MIN, CHAOS_MS_MAX = 1_000, 6_000
 SKEW_MS_MAX = 300  # each validator's clock is off by at most this much
+# Half the runs' validators wait, after an empty block, for something to decide (a
+# transaction, evidence, another validator's message) for up to this long before they add
+# another (`Timeouts.empty_block_ms`); the others add one every block interval. In those
+# runs the workload arrives a block's worth every TRANSACTION_GAP_MS, so the chain idles
+# between batches: each gap holds a wait that runs out and one that a transaction ends.
+EMPTY_BLOCK_MS = 5_000
+TRANSACTION_GAP_MS = 7_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +71,7 @@ class Scenario:
     core: tuple[int, ...]  # correct validators healed after the chaos, at least 2f+1
     skew_ms: tuple[int, ...]
     beyond_f: bool = False  # more than f Byzantine validators: only the negative test
+    empty_block_ms: int = 0  # every validator's `Timeouts.empty_block_ms`
 
     @property
     def f(self) -> int:
@@ -160,6 +168,7 @@ def build_scenario(draw: Draw, seed: int) -> Scenario:
         chaos_ms=chaos_ms,
         core=core,
         skew_ms=tuple(draw.integer(-SKEW_MS_MAX, SKEW_MS_MAX) for _ in range(n)),
+        empty_block_ms=EMPTY_BLOCK_MS * draw.integer(0, 1),
     )
 
 

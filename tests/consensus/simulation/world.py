@@ -159,11 +159,17 @@ def pending(workload: Sequence[Envelope], state: State, limit: int) -> list[Enve
 
 
 def transaction_source(
-    world: World, limit: int = TRANSACTIONS_PER_BLOCK
+    world: World, limit: int = TRANSACTIONS_PER_BLOCK, gap_ms: int = 0
 ) -> Callable[[State, int], list[Envelope]]:
-    """A replica's `TransactionSource`: what the workload still holds, in order."""
+    """A replica's `TransactionSource`: what the workload still holds, in order. With
+    `gap_ms`, the workload arrives TRANSACTIONS_PER_BLOCK at a time, a batch every `gap_ms`
+    of the caller's clock from the genesis time, so the chain idles between batches."""
 
     def source(state: State, now_ms: int) -> list[Envelope]:
-        return pending(world.workload, state, limit)
+        workload = world.workload
+        if gap_ms:
+            batches = max(0, (now_ms - world.genesis.head_time) // gap_ms + 1)
+            workload = workload[: batches * TRANSACTIONS_PER_BLOCK]
+        return pending(workload, state, limit)
 
     return source
