@@ -43,6 +43,7 @@ from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
+from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT, EMPTY_BLOCK_INTERVAL_MS_MAX
 from ledger.store import DATABASE_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
 
@@ -246,6 +247,17 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             "store_unavailable.",
         ),
     ] = False,
+    empty_block_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=EMPTY_BLOCK_INTERVAL_MS_MAX / 1000,
+            help="A validator of a consortium: while no one has anything to decide, add an "
+            "empty block at most every this many seconds (never more often than the chain's "
+            "block interval; a transaction, evidence or another validator's message starts "
+            "the next block at once).",
+        ),
+    ] = EMPTY_BLOCK_INTERVAL_MS_DEFAULT / 1000,
 ) -> None:
     """Run a node serving the HTTP API: the single validator of its chain; one validator of a
     consortium running BFT consensus (with --peer URL for each other validator; far behind,
@@ -293,6 +305,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             simulate=False,
             peers=tuple(peer or ()),
             follow=tuple(follow),
+            empty_block_ms=round(empty_block_interval * 1000),
         )
     except StoreError as error:
         damaged = error.message.startswith("refusing to start") or "not a usable" in error.message
@@ -351,6 +364,7 @@ def _serve(
     simulate: bool,
     peers: tuple[str, ...] = (),
     follow: tuple[str, ...] = (),
+    empty_block_ms: int = EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
 ) -> None:
     try:
         settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
@@ -359,7 +373,7 @@ def _serve(
         raise typer.BadParameter(str(error)) from None
     listening = _listening_sockets(host, port)
     try:
-        running = Node(data, validator, peers=peers, follow=follow)
+        running = Node(data, validator, peers=peers, follow=follow, empty_block_ms=empty_block_ms)
     except BaseException:
         for one in listening:
             one.close()

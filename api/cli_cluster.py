@@ -29,6 +29,7 @@ from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, printable
 from ledger.genesis import make_genesis_document
+from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT, EMPTY_BLOCK_INTERVAL_MS_MAX
 
 PARTIES: Final = ("city", "certification-centre", "platform-operator", "independent-party")
 VALIDATORS_MAX: Final = 16  # processes on one machine
@@ -136,6 +137,14 @@ def cluster(
     base_port: Annotated[
         int, typer.Option(min=1, max=65535 - VALIDATORS_MAX, help="The first one's port.")
     ] = 8100,
+    empty_block_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=EMPTY_BLOCK_INTERVAL_MS_MAX / 1000,
+            help="While idle, an empty block at most every this many seconds (tanlian node).",
+        ),
+    ] = EMPTY_BLOCK_INTERVAL_MS_DEFAULT / 1000,
 ) -> None:
     """Run N local validator processes as one consortium, until Ctrl-C stops them all."""
     names = party_names(validators)
@@ -164,6 +173,7 @@ def cluster(
                 "--data", str(data / name / "data"),
                 "--validator-key", str(data / name / "validator.pem"),
                 "--listen", f"127.0.0.1:{base_port + i}",
+                "--empty-block-interval", f"{empty_block_interval:g}",
                 *peers,
             ]  # fmt: skip
             children.append(

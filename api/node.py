@@ -42,6 +42,7 @@ from consensus.producer import (
     SoloProducer,
     tune_garbage_collector,
 )
+from consensus.replica import Timeouts
 from consensus.sync import BlockSync, ForkProof, parse_fork_proof
 from consensus.transport import HttpTransport, Inbox
 from consensus.verifier import SignatureWorker
@@ -51,8 +52,10 @@ from ledger.encoding import canonical, decode
 from ledger.errors import LedgerError, StoreError
 from ledger.limits import (
     CONSENSUS_MESSAGES_BATCH_MAX,
+    EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
     JSON_DEPTH_MAX,
     PEER_QUEUE_MESSAGES_MAX,
+    PROPOSE_TIMEOUT_MS_EXTRA,
 )
 from ledger.state import State
 from ledger.store import Store
@@ -130,10 +133,12 @@ class Node:
         *,
         peers: Sequence[str] = (),
         follow: Sequence[str] = (),
+        empty_block_ms: int = EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
     ) -> None:
         """A single validator with no peers runs `SoloProducer`; with peers, or a genesis
-        naming several validators, the node runs BFT consensus (`consensus.node`); with no
-        key, it follows the nodes at `follow` (`consensus.follower`)."""
+        naming several validators, the node runs BFT consensus (`consensus.node`), adding an
+        empty block at most every `empty_block_ms` while idle; with no key, it follows the
+        nodes at `follow` (`consensus.follower`)."""
         assert (validator_key is None) == bool(follow), "a follower has no key, and follows"
         self.data = data
         self._writer = Store.open(data)
@@ -180,6 +185,9 @@ class Node:
                 pool=pool,
                 sync=self.sync,
                 write_executor=self._write,  # decided blocks are written beside the next
+                timeouts=Timeouts(
+                    propose_extra_ms=PROPOSE_TIMEOUT_MS_EXTRA, empty_block_ms=empty_block_ms
+                ),
             )
         self._committed_ids = self._load_committed_ids(0)
         self._readers = threading.local()

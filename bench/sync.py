@@ -203,7 +203,8 @@ def consortium(heights: int) -> None:
                     [str(program), "node", "--genesis", str(root / "genesis.json"),
                      "--data", str(root / f"data-{index}"),
                      "--validator-key", str(root / f"key-{index}.pem"),
-                     "--listen", f"127.0.0.1:{ports[index]}", *peers],
+                     "--listen", f"127.0.0.1:{ports[index]}",
+                     "--empty-block-interval", "1", *peers],  # heights move while idle
                     stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
 

@@ -110,6 +110,7 @@ from ledger.encoding import canonical
 from ledger.errors import LedgerError, StoreError
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
+    EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
     PEER_MESSAGE_BYTES_BASE,
     PEER_QUEUE_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
@@ -239,7 +240,11 @@ class BftProducer:
         self._started = False
         self.relay = Relay(held_max=RELAY_BLOCKS_HELD * self._state.params.block_transactions_max)
         self.replica = self._new_replica(
-            timeouts or Timeouts(propose_extra_ms=PROPOSE_TIMEOUT_MS_EXTRA)
+            timeouts
+            or Timeouts(
+                propose_extra_ms=PROPOSE_TIMEOUT_MS_EXTRA,
+                empty_block_ms=EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
+            )
         )
 
     def _new_replica(self, timeouts: Timeouts) -> Replica:
@@ -285,11 +290,13 @@ class BftProducer:
         since: peers that cannot reach it (it restarted on an address they do not know) send
         it nothing, so no message would say it is behind. Peers that can reach it re-send
         their latest messages every REBROADCAST_INTERVAL_MS while a height is under way, and
-        an idle chain still decides a block every block interval: twice that is added."""
+        an idle chain still decides a block every empty-block interval (at least the block
+        interval): twice that is added."""
         if self.sync is None:
             return False
         now = self._clock_ms()
-        quiet = SYNC_PROBE_MS + 2 * self._state.params.block_interval_ms
+        idle = max(self._state.params.block_interval_ms, self.replica.timeouts.empty_block_ms)
+        quiet = SYNC_PROBE_MS + 2 * idle
         return min(now - self._heard_at, now - self._probed_at) >= quiet
 
     def _probe(self) -> None:

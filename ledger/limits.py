@@ -83,9 +83,19 @@ PROPOSE_TIMEOUT_MS_EXTRA: Final = 2000
 # loaded 2-core machine took ~0.3 ms a transaction for each of those (docs/decisions/0006),
 # and blocks of ~3,000 missed round after round, each miss making the next block larger.
 PROPOSAL_TRANSACTIONS_MAX: Final = 2000
-# After a block with transactions the next height starts at once; its proposer, with nothing
-# to propose, looks for transactions again this often before it proposes an empty block.
+# A validator with nothing to decide after a block looks for something this often (a
+# transaction, evidence), and so does a proposer woken with nothing to propose, before it
+# proposes an empty block.
 PROPOSER_WAIT_POLL_MS: Final = 50
+# An idle consortium adds an empty block at most this often by default (`tanlian node
+# --empty-block-interval`): after a block, a validator starts the next height only once it
+# has something to decide (a transaction, evidence, a validator set changing) or another
+# validator has begun it, or after this long. Each empty block costs every validator
+# ~4 KB of store and every auditor a certificate to check, for nothing (docs/decisions/0006).
+EMPTY_BLOCK_INTERVAL_MS_DEFAULT: Final = 60_000
+# At most an hour: a validator no peer reaches waits two of these before it asks them for
+# their heads (SYNC_PROBE_MS), and evidence waits for the next block.
+EMPTY_BLOCK_INTERVAL_MS_MAX: Final = 3_600_000
 REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
 # A node answering a lagging validator sends the decisions of up to this many heights from

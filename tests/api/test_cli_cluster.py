@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 
 from api.cli_cluster import party_names
-from tests.api.test_cli import TANLIAN, environment, free_port
+from ledger.genesis import parse_genesis
+from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
 
 WAIT_S = 60.0  # four nodes started in 8 s on the loaded 2-core machine, once in over 30 s
 
@@ -29,7 +30,16 @@ def test_party_names_follow_the_consortium_then_number() -> None:
     ]
 
 
-def test_cluster_runs_four_validators_and_stops_them_all(tmp_path: Path) -> None:
+IDLE_S = 5.0  # with nothing to decide, no block for this long (the default waits up to 60 s)
+COMMIT_S = 15.0  # a transaction submitted to an idle consortium is committed within this
+
+
+def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
+    tmp_path: Path,
+) -> None:
+    """Four named validators with the default empty-block interval: the first block, then
+    no empty block while nothing happens (there had been one a second: ~340 MB a day), and a
+    transaction to any of them wakes the consortium and is committed on all four at once."""
     base = free_port()
     while any(_taken(base + i) for i in range(1, 4)):
         base = free_port()
@@ -39,24 +49,49 @@ def test_cluster_runs_four_validators_and_stops_them_all(tmp_path: Path) -> None
         stderr=subprocess.STDOUT,
         env=environment(),
     )
+    urls = [f"http://127.0.0.1:{base + i}" for i in range(4)]
     try:
-        deadline = time.monotonic() + WAIT_S
-        heights: list[int] = []
         with httpx.Client(timeout=1, trust_env=False) as client:
-            while len(heights) < 4 or min(heights) < 2:
-                assert time.monotonic() < deadline, heights
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                heights = []
-                for i in range(4):
+
+            def heights() -> list[int]:
+                found = []
+                for url in urls:
                     try:
-                        heights.append(
-                            client.get(f"http://127.0.0.1:{base + i}/healthz").json()["height"]
-                        )
+                        found.append(client.get(f"{url}/healthz").json()["height"])
                     except httpx.HTTPError:
-                        break
+                        return found
+                return found
+
+            deadline = time.monotonic() + WAIT_S
+            # Idle: every validator at one height that stays put for IDLE_S.
+            settled, since = heights(), time.monotonic()
+            while len(settled) < 4 or min(settled) < 1 or time.monotonic() - since < IDLE_S:
+                assert time.monotonic() < deadline, settled
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                time.sleep(0.2)
+                now = heights()
+                if now != settled or len(set(now)) != 1:
+                    settled, since = now, time.monotonic()
+            genesis = json.loads((tmp_path / "genesis.json").read_text())
+            assert sorted(v["name"] for v in genesis["validators"]) == sorted(party_names(4))
+            # A transaction to one validator: committed in the next block, on every one.
+            started = time.monotonic()
+            submitted = tanlian(
+                "tx", "register_methodology", "--node", urls[2],
+                "--key", tmp_path / "authority.pem",
+                "--signer", parse_genesis(genesis).authority_id,
+                "--field", "methodology_id=rooftop-solar",
+                "--field", "name=Rooftop solar",
+                "--field", f"document_sha256={'ab' * 32}",
+            )  # fmt: skip
+            assert submitted.returncode == 0, submitted
+            assert re.search(r"^status +committed$", submitted.stdout, re.MULTILINE), submitted
+            while heights() != [settled[0] + 1] * 4:
+                assert time.monotonic() - started < COMMIT_S, (settled, heights())
                 time.sleep(0.1)
-        genesis = json.loads((tmp_path / "genesis.json").read_text())
-        assert sorted(v["name"] for v in genesis["validators"]) == sorted(party_names(4))
+            for url in urls:
+                answer = client.get(f"{url}/v1/blocks/{settled[0] + 1}").json()
+                assert len(answer["block"]["transactions"]) == 1, answer
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         output = process.stdout.read().decode() if process.stdout else ""

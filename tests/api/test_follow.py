@@ -511,6 +511,15 @@ async def test_a_follower_keeps_the_proof_of_a_fork_and_says_so(tmp_path: Path) 
         (["--validator-key", "v.pem", "--follow", "http://a.test"], "give either"),
         (["--follow", "http://a.test", "--peer", "http://b.test"], "a follower has no --peer"),
         (["--follow", "ftp://a.test"], "is not an http:// or https:// URL"),
+        (
+            ["--validator-key", "v.pem", "--empty-block-interval", "-1"],
+            "greater than or equal to 0",
+        ),
+        (
+            ["--validator-key", "v.pem", "--empty-block-interval", "3601"],
+            "less than or equal to 3600",
+        ),
+        (["--validator-key", "v.pem", "--empty-block-interval", "soon"], "a valid number"),
     ],
 )
 def test_node_needs_a_key_or_nodes_to_follow(
@@ -521,5 +530,5 @@ def test_node_needs_a_key_or_nodes_to_follow(
     command = ["node", "--genesis", str(genesis), "--data", str(tmp_path / "data"), *arguments]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 2, result.output
-    assert reason in " ".join(result.output.split()), result.output
+    assert reason in " ".join(result.output.replace("│", " ").split()), result.output
     assert not (tmp_path / "data").exists()  # refused before anything is made
