@@ -295,7 +295,7 @@ def test_a_validator_whose_signed_message_log_cannot_be_written_stops_and_recove
         assert log is not None
         # The disk fills under the next message signed, whichever: the file is put on it as
         # that message is appended, since each decided block's compaction opens a new file
-        # (and an idle chain decides empty blocks meanwhile).
+        # (the late transactions' block brings the next ones).
         append = log.append
 
         def append_on_a_full_disk(message: SignedMessage) -> None:
@@ -344,8 +344,9 @@ def test_a_block_made_durable_as_the_log_fails_is_reported_before_the_node_stops
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         log.compact = compact_on_a_full_disk  # type: ignore[method-assign]
+        node.submit(second_block(chain))  # decided, written, answered, then compacted
         deadline = time.monotonic() + WAIT_S
-        while node.failure is None:  # an idle chain decides empty blocks meanwhile
+        while node.failure is None:
             assert time.monotonic() < deadline, "the node went on"
             time.sleep(0.01)
         height = node.state.height
