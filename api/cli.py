@@ -22,12 +22,13 @@ import typer
 import uvicorn
 
 from api.app import create_app
-from api.cli_client import export_from_node, query, tx
+from api.cli_client import QUERIES, Kind, export_from_node, query, tx
 from api.cli_cluster import cluster
 from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
 from api.console import (
     atomic_file,
+    counted,
     fails_cleanly,
     load_key,
     out,
@@ -209,6 +210,9 @@ def receipt(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the receipt.")],
 ) -> None:
     """Write the self-contained receipt of a retirement (SPEC §6.3), against the head."""
+    _, pattern, shape = QUERIES[Kind.retirement]
+    if not pattern.match(retirement_id.lower()):  # bad usage, as in `query`
+        raise typer.BadParameter(f"{retirement_id!r} is not {shape}", param_hint="RETIREMENT_ID")
     _refuse_store_files(out_file, data)
     store = Store.open(data)
     try:
@@ -394,7 +398,7 @@ def _serve(
         role = "single validator" if running.consensus_inbox is None else "validator"
     out.print(
         f"[green]{role} running[/green] on {data}: height {state.height}, "
-        f"{state.log.size} transactions, state root {state.state_root[:16]}…\n"
+        f"{counted(state.log.size, 'transaction')}, state root {state.state_root[:16]}…\n"
         f"explorer {base}/   dashboard {base}/dashboard\n"
         f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
         highlight=False,
@@ -477,7 +481,7 @@ def _after_shutdown(signum: int, frame: object) -> None:
 def _print_block(result: CommittedBlock) -> None:
     header = result.block.header
     out.print(
-        f"block {header.height}: {len(result.block.transactions)} transactions, "
+        f"block {header.height}: {counted(len(result.block.transactions), 'transaction')}, "
         f"log {header.log_size}, state root {header.state_root[:16]}…",
         highlight=False,
     )

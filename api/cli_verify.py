@@ -60,7 +60,7 @@ from api.client import (
     Client,
     ClientError,
 )
-from api.console import err, fail, fails_cleanly, out, write_atomically
+from api.console import counted, err, fail, fails_cleanly, out, write_atomically
 from consensus.pool import verify_signatures
 from consensus.producer import tune_garbage_collector
 from ledger.blocks import (
@@ -256,7 +256,7 @@ def verify_chain(
         fail(f"verification failed {failure.message}")
     rate = report.transactions / seconds if seconds > 0 else 0.0
     out.print(
-        f"chain verified: height {report.height}, {report.transactions} transactions, "
+        f"chain verified: height {report.height}, {counted(report.transactions, 'transaction')}, "
         f"log root {report.log_root}, state root {report.state_root}, "
         f"{seconds:.1f} s, {rate:,.0f} tx/s",
         markup=False,

@@ -32,6 +32,11 @@ PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
 KEY_FILE_BYTES_MAX = 64 * 1024  # a PEM key is a few hundred bytes; /dev/zero is not one
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` and `noun`, plural unless one: "1 transaction", "3 transactions"."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def passphrase() -> bytes | None:
     """$TANLIAN_PASSPHRASE, as bytes: a passphrase need not be text in this locale."""
     return os.environb.get(PASSPHRASE_ENV.encode()) or None

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from api.cli import app, unwrapped
+from api.console import counted
 from ledger.blocks import parse_block, parse_certificate, verify_certificate
 from ledger.crypto import PrivateKey
 from ledger.genesis import genesis_state, parse_genesis
@@ -170,6 +171,13 @@ def test_unknown_command_is_bad_usage() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "frobnicate" in result.stderr
+
+
+def test_one_of_a_thing_is_said_in_the_singular() -> None:
+    """Found by review: a block of one transaction was printed as "1 transactions"."""
+    assert counted(1, "transaction") == "1 transaction"
+    assert counted(0, "transaction") == "0 transactions"
+    assert counted(12_345, "block") == "12,345 blocks"
 
 
 # --- help -----------------------------------------------------------------------------------------
