@@ -189,6 +189,8 @@ class Node:
                     propose_extra_ms=PROPOSE_TIMEOUT_MS_EXTRA, empty_block_ms=empty_block_ms
                 ),
             )
+            if self.sync is not None and self.sync.counters.fork is not None:
+                self.producer.hold_evidence(self.sync.counters.fork.evidence)  # a kept proof
         self._committed_ids = self._load_committed_ids(0)
         self._readers = threading.local()
         self._opened: dict[threading.Thread, Store] = {}  # each reader, by its thread
@@ -256,7 +258,10 @@ class Node:
     def _write_fork_proof(self, proof: ForkProof) -> None:
         """Keep a fork's proof where the operator finds it: the first one only. A forked
         source refused again is asked again every 30 s at most, at this node's new head
-        each time, and each proof had been a new file of two blocks (found by review)."""
+        each time, and each proof had been a new file of two blocks (found by review). A
+        validator also holds its duplicate precommits as evidence for its next block."""
+        if isinstance(self.producer, BftProducer):
+            self.producer.hold_evidence(proof.evidence)
         if self._kept_fork_proofs():
             return
         path = self.fork_proof_path(proof.height)

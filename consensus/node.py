@@ -108,9 +108,11 @@ from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
 from ledger.errors import LedgerError, StoreError
+from ledger.evidence import Evidence, verify_evidence
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
+    EVIDENCE_PENDING_MAX,
     PEER_MESSAGE_BYTES_BASE,
     PEER_QUEUE_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
@@ -227,6 +229,8 @@ class BftProducer:
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._inbox: deque[tuple[Message, int]] = deque()  # each with its `message_bytes`
         self._inbox_bytes = 0
+        # Evidence met outside the consensus messages (a fork's proof), for the replica.
+        self._evidence_inbox: list[Evidence] = []
         self.messages_dropped = 0
         self.signatures_checked = 0  # by `_verify_signatures`, for the replica
         self.time_refusals = 0  # proposals refused for their time, every replica's
@@ -369,6 +373,7 @@ class BftProducer:
             self._rejoin()
         if self._joining:
             self._check_joining()
+        self._take_evidence()  # before a start, whose proposal may carry it
         if not self._started:
             self._started = True
             self._carry_out(self.replica.on_start(now_ms))
@@ -383,6 +388,32 @@ class BftProducer:
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
         self._note_time_refusals()
         return self._committed.popleft() if self._committed else None
+
+    def hold_evidence(self, evidence: Sequence[Evidence]) -> None:
+        """Evidence this node met outside the consensus messages (any thread): a fork's
+        duplicate precommits, which block sync found (`consensus.sync.ForkProof`). Checked
+        against the set that governed its height, the replica holds it for the blocks this
+        validator proposes, as evidence it met itself, so the chain records who signed
+        both. At most EVIDENCE_PENDING_MAX wait."""
+        with self._lock:
+            room = EVIDENCE_PENDING_MAX - len(self._evidence_inbox)
+            self._evidence_inbox.extend(evidence[: max(room, 0)])
+
+    def _take_evidence(self) -> None:
+        with self._lock:
+            taken, self._evidence_inbox = self._evidence_inbox, []
+        for evidence in taken:
+            validators = self._tip.governing_validators(evidence.height)
+            try:
+                if validators is None:
+                    raise LedgerError(
+                        f"its height {evidence.height} is too old or too new to check here"
+                    )
+                verify_evidence(evidence, chain_id=self._tip.chain_id, validators=validators)
+            except LedgerError as error:
+                log.warning("evidence against %s not held: %s", evidence.public_key, error)
+                continue
+            self.replica.add_evidence(evidence)
 
     def _note_time_refusals(self) -> None:
         """Count the proposals the replica refused for their time, and say so in the log (at

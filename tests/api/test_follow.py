@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -499,6 +500,53 @@ async def test_a_follower_keeps_the_proof_of_a_fork_and_says_so(tmp_path: Path) 
             assert "tanlian_forks_detected 1.0" in (await client.get("/metrics")).text
     finally:
         restarted.stop()
+
+
+def test_a_validator_records_the_evidence_of_a_fork_its_block_sync_met(tmp_path: Path) -> None:
+    """Left alone before: a fork proof's duplicate precommits were written to its file but
+    never reached a validator's blocks. A validator now holds them as evidence, from a proof
+    its block sync hands over (`on_fork`) or one it kept from before a restart, and its next
+    block records who signed both."""
+    chain = built()
+    follower_data = tmp_path / "follower"
+    Store.create(follower_data, chain.chain.genesis_document).close()
+    follower = Node(follower_data, None, follow=["http://honest.test", "http://forked.test"])
+    assert follower.sync is not None
+    follower.sync.sources = (
+        MemorySource(name="honest", genesis_line=chain.genesis_line, lines=list(chain.lines[:30])),
+        MemorySource(name="forked", genesis_line=chain.genesis_line, lines=forked_lines(30)),
+    )
+    follower.start()
+    try:
+        deadline = time.monotonic() + 30
+        while follower.sync.counters.fork is None:
+            assert time.monotonic() < deadline, follower.sync.counters
+            time.sleep(0.02)
+    finally:
+        follower.stop()
+    proof = follower.sync.counters.fork
+    (evidence,) = proof.evidence
+    assert evidence.public_key == NEW_VALIDATOR.public_key_hex  # the one validator from 7 on
+    kept, met = tmp_path / "kept", tmp_path / "met"
+    shutil.copytree(follower_data, kept)
+    shutil.copytree(follower_data, met)
+    for path in met.glob("fork-proof-*"):
+        path.unlink()
+    for data in (kept, met):
+        validator = Node(data, NEW_VALIDATOR, peers=["http://127.0.0.1:9"])
+        if data == met:
+            assert validator.sync is not None and validator.sync.counters.fork is None
+            validator._write_fork_proof(proof)  # as its block sync hands a proof over
+        validator.start()
+        try:
+            deadline = time.monotonic() + 30
+            while validator.state.get(evidence.state_key()) is None:
+                assert time.monotonic() < deadline, (data.name, validator.state.height)
+                time.sleep(0.02)
+            recording = validator.reader().read_block(validator.state.height)
+        finally:
+            validator.stop()
+        assert recording.height == 31 and recording.evidence == (evidence,), data.name
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from consensus.transport import MemoryNetwork, MemoryTransport
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.blocks import Block, Validator
 from ledger.crypto import PrivateKey
+from ledger.evidence import Vote, make_evidence
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
@@ -458,6 +459,49 @@ def test_a_block_larger_than_a_request_body_is_decided(tmp_path: Path) -> None:
         assert 0 < consortium.network.largest_body <= CONSENSUS_BATCH_BYTES_MAX
         low = min(consortium.heights().values())
         assert len({tuple(consortium.hashes(i, low)) for i in range(4)}) == 1
+    finally:
+        consortium.close()
+
+
+def test_evidence_handed_to_a_validator_is_checked_then_recorded_by_the_chain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`hold_evidence` (a fork proof's duplicate precommits, from block sync): evidence that
+    verifies against the set of its height goes into a block; forged evidence, or evidence
+    of a height the state cannot check, is refused with a warning and never recorded."""
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+
+        def precommits(signer: int, height: int) -> list[Vote]:
+            return [
+                sign_vote(
+                    WORLD.keys[signer],
+                    chain_id=CHAIN_ID,
+                    vote_type="precommit",
+                    height=height,
+                    round=0,
+                    block_hash=value,
+                )
+                for value in ("ab" * 32, "cd" * 32)
+            ]
+
+        good = make_evidence(*precommits(3, 1))
+        first, second = precommits(2, 1)
+        forged = make_evidence(first, dataclasses.replace(second, signature=first.signature))
+        unknown = make_evidence(*precommits(1, 10_000))
+        with caplog.at_level("WARNING", logger="tanlian.consensus.node"):
+            consortium.producers[0].hold_evidence([forged, unknown, good])
+            consortium.run(
+                lambda: all(
+                    p.state.get(good.state_key()) is not None for p in consortium.producers.values()
+                )
+            )
+        for producer in consortium.producers.values():
+            assert producer.state.get(forged.state_key()) is None
+            assert producer.state.get(unknown.state_key()) is None
+        refusals = [r.getMessage() for r in caplog.records if "not held" in r.getMessage()]
+        assert len(refusals) == 2 and "too old or too new" in refusals[1], refusals
     finally:
         consortium.close()
 
