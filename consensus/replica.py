@@ -457,8 +457,10 @@ class Replica:
             elif admission.status == "old" and isinstance(message, Vote):
                 self._on_lagging(message)
             if admission.status == "added":
-                if self.step == NEW_HEIGHT and message.height == self.height:
-                    self._start_round(self.round)  # another validator has begun this height
+                if self.step == NEW_HEIGHT:
+                    # Another validator has begun this height, or decided it already (a
+                    # message of the next one): this replica's votes then bring it the block.
+                    self._start_round(self.round)
                 self._run_rules()
         return self._end()
 
@@ -514,14 +516,19 @@ class Replica:
 
     def _idle(self) -> bool:
         """After a decision, whether round 0 of this height still waits: nothing to decide
-        here (no transaction to propose, no evidence to record, no change of the validator
-        set under way: the new set governs from the height after this one, which should come
-        without delay) and less than `empty_block_ms` since the decision. A message of this
-        height from another validator ends the wait at once (`on_message`): it has
-        something, or its own wait ran out."""
+        here and less than `empty_block_ms` since the decision. Something to decide is a
+        transaction to propose, evidence to record, a change of the validator set under way
+        (the new set governs from the height after this one, which should come without
+        delay), or a validator's message of this height held already (it came before this
+        replica decided the last height, and nothing would look at it again). A validator's
+        message of this height or the next arriving during the wait ends it at once
+        (`on_message`): another validator has something, its own wait ran out, or it has
+        decided this height, which this replica's votes then bring it."""
         if self._decided_at == 0 or self._since(self._decided_at) >= self.timeouts.empty_block_ms:
             return False
         if self.evidence or self.state.next_validators() != self.validators:
+            return False
+        if self.quorum.current.message_count():
             return False
         return not self.transactions(self.state, self._now)
 

@@ -497,6 +497,35 @@ def test_an_idle_validator_joins_at_once_when_another_validator_begins_the_heigh
     effects = target.on_message(vote(other, "prevote", 0, None, height=2), T0 + 6)
     assert target.step == PROPOSE and target.round == 0
     assert [t.timeout.height for t in timeouts(effects, PROPOSE)] == [2]
+    # One of the next height: the others decided this one without this replica (found by
+    # review: it waited for its heartbeat). It begins the height, and its nil prevote, a
+    # vote of a height they decided, has them send it the block.
+    behind = _idle_replica(me, [])
+    behind.on_start(T0)
+    _decide_empty(behind)
+    effects = behind.on_message(vote(other, "prevote", 0, None, height=3), T0 + 6)
+    assert behind.height == 2 and behind.step == PROPOSE
+    (propose,) = timeouts(effects, PROPOSE)
+    effects = behind.on_timeout(propose.timeout, T0 + 6 + propose.delay_ms)
+    assert [(v.height, v.block_hash) for v in votes_sent(effects, "prevote")] == [(2, None)]
+
+
+def test_a_message_held_before_the_decision_ends_the_wait() -> None:
+    """Found by review: a proposal (or vote) of the next height that came before this
+    replica decided the last one was held, then ignored while it waited for work."""
+    me = not_proposer(2, 0)
+    other = next(i for i in range(4) if i != me)
+    interval = WORLD.genesis.params.block_interval_ms
+    for held in (True, False):
+        target = _idle_replica(me, [])
+        target.on_start(T0)
+        if held:  # at height 1 still: held for height 2
+            feed(target, [vote(other, "prevote", 0, None, height=2)])
+            assert target.height == 1
+        pause = _decide_empty(target)
+        effects = target.on_timeout(pause.timeout, T0 + interval)
+        assert (target.step == PROPOSE) is held
+        assert bool(timeouts(effects, NEW_HEIGHT)) is not held
 
 
 def test_evidence_a_set_change_or_a_clock_stepped_back_ends_the_wait() -> None:
