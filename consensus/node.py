@@ -85,6 +85,7 @@ from consensus.producer import (
     CommittedBlock,
     Outcome,
     committed_outcomes,
+    reject_stale,
     remember,
     settle_pool,
 )
@@ -130,6 +131,7 @@ from ledger.transactions import Envelope
 log = logging.getLogger("tanlian.consensus.node")
 
 CLOCK_WARNING_MS: Final = 60_000  # at most one warning of proposals refused for their time
+STALE_CHECK_MS: Final = 1000  # how often the pool is rid of stale transactions (`_reject_stale`)
 
 
 def message_bytes(message: Message) -> int:
@@ -231,6 +233,7 @@ class BftProducer:
         self._inbox_bytes = 0
         # Evidence met outside the consensus messages (a fork's proof), for the replica.
         self._evidence_inbox: list[Evidence] = []
+        self._stale_checked_ms = 0  # when the pool was last rid of stale transactions
         self.messages_dropped = 0
         self.signatures_checked = 0  # by `_verify_signatures`, for the replica
         self.time_refusals = 0  # proposals refused for their time, every replica's
@@ -387,7 +390,20 @@ class BftProducer:
             _, _, timeout = heapq.heappop(self._timers)
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
         self._note_time_refusals()
+        self._reject_stale()
         return self._committed.popleft() if self._committed else None
+
+    def _reject_stale(self) -> None:
+        """Every STALE_CHECK_MS, not only when a block is committed: an idle consortium
+        commits none for up to its empty-block interval, and a transaction waiting behind a
+        missing nonce is to be answered rejected after the pool's gap wait (found by
+        review: after up to a minute)."""
+        now = self._clock_ms()
+        if now - self._stale_checked_ms < STALE_CHECK_MS:
+            return
+        self._stale_checked_ms = now
+        with self._lock:
+            reject_stale(self.pool, self.outcomes, self._committed_nonce)
 
     def hold_evidence(self, evidence: Sequence[Evidence]) -> None:
         """Evidence this node met outside the consensus messages (any thread): a fork's

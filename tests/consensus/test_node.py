@@ -50,6 +50,7 @@ from tests.ledger.test_block_evidence import double_proposal, with_evidence
 
 WORLD = make_world(4)
 FAST = Timeouts(base_ms=300, delta_ms=100, rebroadcast_ms=200, catch_up_ms=200)
+IDLE = dataclasses.replace(FAST, empty_block_ms=60_000)  # as a node: an idle chain waits
 LIMIT = WORLD.genesis.params.transaction_bytes_max
 
 
@@ -468,8 +469,9 @@ def test_evidence_handed_to_a_validator_is_checked_then_recorded_by_the_chain(
 ) -> None:
     """`hold_evidence` (a fork proof's duplicate precommits, from block sync): evidence that
     verifies against the set of its height goes into a block; forged evidence, or evidence
-    of a height the state cannot check, is refused with a warning and never recorded."""
-    consortium = Consortium(tmp_path)
+    of a height the state cannot check, is refused with a warning and never recorded. The
+    chain is idle: the evidence ends the wait (the run's deadline is well below it)."""
+    consortium = Consortium(tmp_path, timeouts=IDLE)
     try:
         consortium.run(lambda: min(consortium.heights().values()) >= 1)
 
@@ -502,6 +504,36 @@ def test_evidence_handed_to_a_validator_is_checked_then_recorded_by_the_chain(
             assert producer.state.get(unknown.state_key()) is None
         refusals = [r.getMessage() for r in caplog.records if "not held" in r.getMessage()]
         assert len(refusals) == 2 and "too old or too new" in refusals[1], refusals
+    finally:
+        consortium.close()
+
+
+def test_an_idle_consortium_still_answers_a_transaction_stuck_behind_a_gap(
+    tmp_path: Path,
+) -> None:
+    """Found by review: the pool's stale transactions were dropped only when a block was
+    committed, so while a consortium idled (up to its empty-block interval) a transaction
+    waiting behind a missing nonce stayed pending long past the pool's gap wait."""
+    consortium = Consortium(tmp_path, timeouts=IDLE)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+        heights = consortium.heights()
+        for producer in consortium.producers.values():
+            producer.pool.gap_wait_ms = 300
+        gapped = WORLD.workload[1]  # the authority's nonce 2, without its nonce 1
+        assert gapped.tx.nonce == 2
+        (answer,) = consortium.producers[0].submit([gapped])
+        assert answer.status == "pending"
+        started = time.monotonic()
+
+        def rejected() -> bool:
+            outcome = consortium.producers[0].outcomes.get(gapped.tx_id)
+            return outcome is not None and outcome.status == "rejected"
+
+        consortium.run(rejected, seconds=10)
+        assert time.monotonic() - started < 5
+        assert consortium.producers[0].outcomes[gapped.tx_id].code == "bad_nonce"
+        assert consortium.heights() == heights  # no block came for it, nor for anything
     finally:
         consortium.close()
 
