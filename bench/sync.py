@@ -21,11 +21,12 @@ signature checks take at that rate.
     .venv/bin/python bench/sync.py --consortium [--heights 500]
 
 The same question end to end: four real `tanlian node` validators on loopback (genesis
-`block_interval_ms` 20, so heights come quickly), one SIGKILLed while the other three decide
-HEIGHTS more heights, then restarted. Prints how long the restarted validator takes from its
-restart to the head the others had then (its process start included, and printed apart),
-how many of those blocks came by block sync, and beside it the rate at which the three
-decided the heights it missed (a catch-up slower than that would never end).
+`block_interval_ms` 20 and `--empty-block-interval 0`, so heights come quickly), one
+SIGKILLed while the other three decide HEIGHTS more heights, then restarted. Prints how long
+the restarted validator takes from its restart to the head the others had then (its process
+start included, and printed apart), how many of those blocks came by block sync, and beside
+it the rate at which the three decided the heights it missed (a catch-up slower than that
+would never end).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def consortium(heights: int) -> None:
                      "--data", str(root / f"data-{index}"),
                      "--validator-key", str(root / f"key-{index}.pem"),
                      "--listen", f"127.0.0.1:{ports[index]}",
-                     "--empty-block-interval", "1", *peers],  # heights move while idle
+                     "--empty-block-interval", "0", *peers],  # heights move while idle
                     stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
 

@@ -54,8 +54,8 @@ class Consortium:
     def start(self, index: int, *extra: str) -> None:
         """Start validator `index` (`extra`: more arguments of `tanlian node`). These tests
         watch an idle chain's heights move through crashes and stalls, so its validators add
-        an empty block every second (the default waits up to a minute for a transaction:
-        tests/api/test_cli_cluster.py)."""
+        an empty block every block interval (`--empty-block-interval 0`; the default waits
+        up to a minute for something to decide: tests/api/test_cli_cluster.py)."""
         peers = [arg for j in range(NODES) if j != index for arg in ("--peer", self.urls[j])]
         log = (self.root / f"node-{index}.log").open("ab")
         self.processes[index] = subprocess.Popen(
@@ -65,7 +65,7 @@ class Consortium:
                 "--data", str(self.root / f"data-{index}"),
                 "--validator-key", str(self.root / f"key-{index}.pem"),
                 "--listen", f"127.0.0.1:{self.ports[index]}",
-                "--empty-block-interval", "1",
+                "--empty-block-interval", "0",
                 *peers,
                 *extra,
             ],

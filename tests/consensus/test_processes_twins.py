@@ -77,6 +77,9 @@ class Twins:
                 "--data", str(self.root / f"data-{process.name}"),
                 "--validator-key", str(self.root / f"key-{process.validator}.pem"),
                 "--listen", f"127.0.0.1:{process.port}",
+                # A chain that moves while idle gives the twins a height to sign twice at
+                # every block interval, not only when a transaction comes.
+                "--empty-block-interval", "0",
                 *peers,
             ],
             stdout=log,
