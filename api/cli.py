@@ -257,9 +257,9 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             min=0,
             max=EMPTY_BLOCK_INTERVAL_MS_MAX / 1000,
             help="A validator of a consortium: while no one has anything to decide, add an "
-            "empty block at most every this many seconds (never more often than the chain's "
-            "block interval; a transaction, evidence or another validator's message starts "
-            "the next block at once).",
+            "empty block at most every this many seconds (0: every block interval of the "
+            "chain, never more often; a transaction, evidence or another validator's message "
+            "starts the next block at once).",
         ),
     ] = EMPTY_BLOCK_INTERVAL_MS_DEFAULT / 1000,
 ) -> None:

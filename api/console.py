@@ -34,7 +34,7 @@ KEY_FILE_BYTES_MAX = 64 * 1024  # a PEM key is a few hundred bytes; /dev/zero is
 
 def counted(count: int, noun: str) -> str:
     """`count` and `noun`, plural unless one: "1 transaction", "3 transactions"."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def passphrase() -> bytes | None:

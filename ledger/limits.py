@@ -94,7 +94,7 @@ PROPOSER_WAIT_POLL_MS: Final = 50
 # ~4 KB of store and every auditor a certificate to check, for nothing (docs/decisions/0006).
 EMPTY_BLOCK_INTERVAL_MS_DEFAULT: Final = 60_000
 # At most an hour: a validator no peer reaches waits two of these before it asks them for
-# their heads (SYNC_PROBE_MS), and evidence waits for the next block.
+# their heads (SYNC_PROBE_MS), and a chain this quiet says nothing to a monitor for as long.
 EMPTY_BLOCK_INTERVAL_MS_MAX: Final = 3_600_000
 REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
@@ -159,11 +159,12 @@ SYNC_ATTEMPT_MS_MAX: Final = 60_000
 SYNC_RETRY_MS_MIN: Final = 500
 SYNC_RETRY_MS_MAX: Final = 30_000
 FOLLOW_POLL_MS: Final = 500
-# A validator no peer has sent anything for SYNC_PROBE_MS (plus two block intervals) asks
-# its peers for their heads (one sync attempt), and again as long while none does: peers
-# that do not know its address (restarted on another port) send it nothing, and nothing else
-# would tell it the chain went on. Peers that reach it re-send their messages every
-# REBROADCAST_INTERVAL_MS while a height is under way, and decide a block every interval.
+# A validator no peer has sent anything for SYNC_PROBE_MS (plus two empty-block intervals,
+# at least two block intervals) asks its peers for their heads (one sync attempt), and again
+# as long while none does: peers that do not know its address (restarted on another port)
+# send it nothing, and nothing else would tell it the chain went on. Peers that reach it
+# re-send their messages every REBROADCAST_INTERVAL_MS while a height is under way, and
+# decide a block every empty-block interval.
 SYNC_PROBE_MS: Final = 15_000
 
 assert ROUND_TIMEOUT_MS_BASE <= ROUND_TIMEOUT_MS_MAX
