@@ -22,8 +22,8 @@ import typer
 import uvicorn
 
 from api.app import create_app
-from api.cli_client import QUERIES, Kind, export_from_node, query, tx
-from api.cli_cluster import cluster
+from api.cli_client import Kind, checked_id, export_from_node, query, tx
+from api.cli_cluster import EMPTY_BLOCK_INTERVAL_S_DEFAULT, EmptyBlockInterval, cluster
 from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
 from api.console import (
@@ -44,7 +44,7 @@ from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
-from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT, EMPTY_BLOCK_INTERVAL_MS_MAX
+from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT
 from ledger.store import DATABASE_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
 
@@ -155,8 +155,8 @@ def _build_demo(data: Path, transactions: int, seed: int) -> None:
     )
     elapsed = time.perf_counter() - started
     out.print(
-        f"[green]demo chain ready[/green]: {summary.transactions} transactions in "
-        f"{summary.blocks} blocks ({elapsed:.1f} s) in {data}",
+        f"[green]demo chain ready[/green]: {counted(summary.transactions, 'transaction')} in "
+        f"{counted(summary.blocks, 'block')} ({elapsed:.1f} s) in {data}",
         highlight=False,
     )
     for kind, count in sorted(summary.by_type.items()):
@@ -179,7 +179,7 @@ def export(
         raise typer.BadParameter("give either --data DIR or --node URL")
     if node is not None:
         blocks = export_from_node(node, out_file)
-        out.print(f"wrote {blocks} blocks to {out_file}", highlight=False)
+        out.print(f"wrote {counted(blocks, 'block')} to {out_file}", highlight=False)
         return
     assert data is not None
     _refuse_store_files(out_file, data)
@@ -190,7 +190,7 @@ def export(
             blocks = store.export(handle)
     finally:
         store.close()
-    out.print(f"wrote {blocks} blocks to {out_file}", highlight=False)
+    out.print(f"wrote {counted(blocks, 'block')} to {out_file}", highlight=False)
 
 
 def _refuse_store_files(out_file: Path, data: Path) -> None:
@@ -210,13 +210,11 @@ def receipt(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the receipt.")],
 ) -> None:
     """Write the self-contained receipt of a retirement (SPEC §6.3), against the head."""
-    _, pattern, shape = QUERIES[Kind.retirement]
-    if not pattern.match(retirement_id.lower()):  # bad usage, as in `query`
-        raise typer.BadParameter(f"{retirement_id!r} is not {shape}", param_hint="RETIREMENT_ID")
+    normalized = checked_id(Kind.retirement, retirement_id, "RETIREMENT_ID")
     _refuse_store_files(out_file, data)
     store = Store.open(data)
     try:
-        document = store.receipt(store.load_state(), retirement_id.lower())
+        document = store.receipt(store.load_state(), normalized)
     finally:
         store.close()
     out_file.write_text(json.dumps(document, indent=2, ensure_ascii=False))
@@ -251,17 +249,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             "store_unavailable.",
         ),
     ] = False,
-    empty_block_interval: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=EMPTY_BLOCK_INTERVAL_MS_MAX / 1000,
-            help="A validator of a consortium: while no one has anything to decide, add an "
-            "empty block at most every this many seconds (0: every block interval of the "
-            "chain, never more often; a transaction, evidence or another validator's message "
-            "starts the next block at once).",
-        ),
-    ] = EMPTY_BLOCK_INTERVAL_MS_DEFAULT / 1000,
+    empty_block_interval: EmptyBlockInterval = EMPTY_BLOCK_INTERVAL_S_DEFAULT,
 ) -> None:
     """Run a node serving the HTTP API: the single validator of its chain; one validator of a
     consortium running BFT consensus (with --peer URL for each other validator; far behind,

@@ -300,6 +300,16 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
 # --- query and export ---------------------------------------------------------------------------
 
 
+def checked_id(kind: Kind, item_id: str, param_hint: str = "ID") -> str:
+    """`item_id` as the ledger spells an id of `kind` (hex ids in lower case); one of
+    another shape is bad usage (exit 2), refused before anything is read."""
+    _, pattern, shape = QUERIES[kind]
+    normalized = item_id.lower() if pattern is s.HEX64 else item_id
+    if not pattern.match(normalized):
+        raise typer.BadParameter(f"{item_id!r} is not {shape}", param_hint=param_hint)
+    return normalized
+
+
 @fails_cleanly
 def query(
     kind: Annotated[Kind, typer.Argument(help="What to read.")],
@@ -309,10 +319,7 @@ def query(
     node: Annotated[str, typer.Option(help="The node's URL.")] = NODE_DEFAULT,
 ) -> None:
     """Read one account, batch, retirement, block or transaction from a node, as JSON."""
-    _, pattern, shape = QUERIES[kind]
-    normalized = item_id.lower() if pattern is s.HEX64 else item_id
-    if not pattern.match(normalized):
-        raise typer.BadParameter(f"{item_id!r} is not {shape}", param_hint="ID")
+    normalized = checked_id(kind, item_id)
     with Reader(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         value = client.read(kind, normalized)
     out.print_json(data=value, ensure_ascii=False)

@@ -33,6 +33,19 @@ from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT, EMPTY_BLOCK_INTERVAL_
 
 PARTIES: Final = ("city", "certification-centre", "platform-operator", "independent-party")
 VALIDATORS_MAX: Final = 16  # processes on one machine
+# `--empty-block-interval` of `tanlian node` and of `tanlian cluster` (which passes it on).
+EMPTY_BLOCK_INTERVAL_S_DEFAULT: Final = EMPTY_BLOCK_INTERVAL_MS_DEFAULT / 1000
+EmptyBlockInterval = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=EMPTY_BLOCK_INTERVAL_MS_MAX / 1000,
+        help="A validator of a consortium: while no one has anything to decide, add an empty "
+        "block at most every this many seconds (0: every block interval of the chain, never "
+        "more often; a transaction, evidence or another validator's message starts the next "
+        "block at once). The validator with the shortest interval sets the pace for all.",
+    ),
+]
 STOP_SECONDS: Final = 20.0  # how long each child may take to stop before it is killed
 LOG_TAIL_BYTES: Final = 64 * 1024  # of an exited child's log, read for its reason
 ERROR_CHARS_MAX: Final = 300  # of that reason, in the one line
@@ -137,14 +150,7 @@ def cluster(
     base_port: Annotated[
         int, typer.Option(min=1, max=65535 - VALIDATORS_MAX, help="The first one's port.")
     ] = 8100,
-    empty_block_interval: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=EMPTY_BLOCK_INTERVAL_MS_MAX / 1000,
-            help="While idle, an empty block at most every this many seconds (tanlian node).",
-        ),
-    ] = EMPTY_BLOCK_INTERVAL_MS_DEFAULT / 1000,
+    empty_block_interval: EmptyBlockInterval = EMPTY_BLOCK_INTERVAL_S_DEFAULT,
 ) -> None:
     """Run N local validator processes as one consortium, until Ctrl-C stops them all."""
     names = party_names(validators)
@@ -173,7 +179,7 @@ def cluster(
                 "--data", str(data / name / "data"),
                 "--validator-key", str(data / name / "validator.pem"),
                 "--listen", f"127.0.0.1:{base_port + i}",
-                "--empty-block-interval", f"{empty_block_interval:g}",
+                "--empty-block-interval", repr(empty_block_interval),
                 *peers,
             ]  # fmt: skip
             children.append(

@@ -43,6 +43,7 @@ START_S = 120.0
 
 
 def heights(client: httpx.Client, ports: list[int]) -> list[int]:
+    """Every validator's height; [] while one does not answer."""
     found = []
     for port in ports:
         try:
@@ -50,6 +51,15 @@ def heights(client: httpx.Client, ports: list[int]) -> list[int]:
         except (httpx.HTTPError, ValueError, KeyError):
             return []
     return found
+
+
+def top(client: httpx.Client, ports: list[int]) -> int:
+    """The highest height, once every validator answers."""
+    deadline = time.monotonic() + START_S
+    while not (found := heights(client, ports)):
+        assert time.monotonic() < deadline, "a validator stopped answering /healthz"
+        time.sleep(0.2)
+    return max(found)
 
 
 def run(directory: Path, interval: float, transactions: int, idle_s: float) -> str:
@@ -72,9 +82,9 @@ def run(directory: Path, interval: float, transactions: int, idle_s: float) -> s
                 assert time.monotonic() < deadline, "the cluster did not decide its first block"
                 time.sleep(0.2)
             time.sleep(PAUSE_S)  # every validator past its first block
-            before = max(heights(client, cluster.ports))
+            before = top(client, cluster.ports)
             time.sleep(idle_s)
-            idle_blocks = max(heights(client, cluster.ports)) - before
+            idle_blocks = top(client, cluster.ports) - before
             url = f"http://{HOST}:{cluster.ports[0]}/healthz"
             round_trips = []
             for _ in range(ROUND_TRIPS):
@@ -84,7 +94,7 @@ def run(directory: Path, interval: float, transactions: int, idle_s: float) -> s
             genesis = json.loads((directory / "genesis.json").read_text())
             authority = PrivateKey.from_pem((directory / "authority.pem").read_bytes())
             signer = parse_genesis(genesis).authority_id
-            first = max(heights(client, cluster.ports))
+            first = top(client, cluster.ports)
             latencies = []
             for nonce in range(1, transactions + 1):
                 time.sleep(PAUSE_S)
@@ -108,7 +118,7 @@ def run(directory: Path, interval: float, transactions: int, idle_s: float) -> s
                     answer = submitter.submit(envelope, wait=True)
                     latencies.append(time.perf_counter() - started)
                 assert answer["status"] == "committed", answer
-            grown = max(heights(client, cluster.ports)) - first
+            grown = top(client, cluster.ports) - first
     finally:
         cluster.stop()
     p50, round_trip = statistics.median(latencies), statistics.median(round_trips)

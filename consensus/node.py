@@ -44,7 +44,9 @@ checked anew) and sends the rest to the signature worker, off the interpreter's 
 The replica is built from the store (state, last certificate) and the signed-message log, so a
 restarted validator re-sends what it signed, byte for byte, and signs nothing new for a slot
 it used. Wall-clock `now_ms` (from the caller) gives block times; the timers run on
-`time.monotonic`, so a clock step never fires or delays a timeout.
+`time.monotonic`, so a clock step never fires or delays a timeout. The replica's own spans
+(the wait for something to decide, catch-up answers) are on the wall clock: a clock stepped
+back past their start counts as long past, so a step ends such a wait early, never holds it.
 
 Far behind (peers' messages show at least SYNC_LAG_HEIGHTS_MIN heights decided above its
 store), it catches up by block sync (`consensus.sync`) before it takes part again: each
@@ -120,6 +122,7 @@ from ledger.limits import (
     PROPOSAL_TRANSACTIONS_MAX,
     PROPOSE_TIMEOUT_MS_EXTRA,
     RELAY_BLOCKS_HELD,
+    STALE_CHECK_MS,
     SYNC_LAG_HEIGHTS_MIN,
     SYNC_PROBE_MS,
 )
@@ -131,7 +134,6 @@ from ledger.transactions import Envelope
 log = logging.getLogger("tanlian.consensus.node")
 
 CLOCK_WARNING_MS: Final = 60_000  # at most one warning of proposals refused for their time
-STALE_CHECK_MS: Final = 1000  # how often the pool is rid of stale transactions (`_reject_stale`)
 
 
 def message_bytes(message: Message) -> int:
@@ -399,8 +401,8 @@ class BftProducer:
         missing nonce is to be answered rejected after the pool's gap wait (found by
         review: after up to a minute)."""
         now = self._clock_ms()
-        if now - self._stale_checked_ms < STALE_CHECK_MS:
-            return
+        if now - self._stale_checked_ms < STALE_CHECK_MS or self._writing:
+            return  # while a decided block is written, its nonces are not yet committed ones
         self._stale_checked_ms = now
         with self._lock:
             reject_stale(self.pool, self.outcomes, self._committed_nonce)

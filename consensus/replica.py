@@ -56,9 +56,9 @@ record), looking every `wait_poll_ms`, or once `empty_block_ms` has passed since
 (an idle chain's empty blocks are that far apart); a message of the height from a validator
 of its set starts round 0 at once (another validator has something, or its wait ran out).
 After an empty block it first waits the chain's `block_interval_ms` (the pace of the chain),
-still taking messages meanwhile. A proposer woken with no transaction to propose looks again
-every `wait_poll_ms` (at most `block_interval_ms` from the decision, and half a propose
-timeout) before it proposes an empty block.
+unless a validator's message of the height arrives. A proposer woken with no transaction to
+propose looks again every `wait_poll_ms` (at most `block_interval_ms` from the decision, and
+half a propose timeout) before it proposes an empty block.
 
 A proposal is held only if its block's body is the one its header commits to
 (`check_block_body`: transactions against log_size and log_root, evidence against
@@ -137,7 +137,7 @@ from ledger.state import State
 from ledger.state_transition import apply_block, build_block, check_block_body
 from ledger.transactions import Envelope, check_signatures
 
-NEW_HEIGHT: Final = "new_height"  # after a decision, before round 0 (`_idle`)
+NEW_HEIGHT: Final = "new_height"  # after a decision, before round 0 (`_is_idle`)
 PROPOSE: Final = "propose"
 REBROADCAST: Final = "rebroadcast"  # a timeout kind only, never a step
 WAIT: Final = "wait"  # a timeout kind only: a proposer looking again for transactions
@@ -368,10 +368,11 @@ class Replica:
             self._schedule(PROPOSE, round)
 
     def _waits_for_transactions(self, round: int) -> bool:
-        """After a block with transactions the next height starts at once; its proposer
-        then waits for a transaction rather than propose an empty block at once, looking
-        again every `wait_poll_ms`, for at most `block_interval_ms` after the decision and
-        half the others' round 0 propose timeout (so they still get its proposal in time)."""
+        """A proposer whose round 0 began with nothing for it to propose (another
+        validator's message woke it, or its pool's transactions went into the last block)
+        waits for a transaction rather than propose an empty block at once, looking again
+        every `wait_poll_ms`, for at most `block_interval_ms` after the decision and half the
+        others' round 0 propose timeout (so they still get its proposal in time)."""
         if round != 0 or self.valid_hash is not None or self._decided_at == 0:
             return False
         longest = min(self.state.params.block_interval_ms, self.timeouts.for_round(0, PROPOSE) // 2)
@@ -492,7 +493,7 @@ class Replica:
         if timeout.step == NEW_HEIGHT:
             if self.step != NEW_HEIGHT:
                 return
-            if self._idle():
+            if self._is_idle():
                 self._effects.append(
                     ScheduleTimeout(timeout=timeout, delay_ms=self.timeouts.wait_poll_ms)
                 )
@@ -514,7 +515,7 @@ class Replica:
         elif timeout.step == PRECOMMIT:
             self._start_round(self.round + 1)
 
-    def _idle(self) -> bool:
+    def _is_idle(self) -> bool:
         """After a decision, whether round 0 of this height still waits: nothing to decide
         here and less than `empty_block_ms` since the decision. Something to decide is a
         transaction to propose, evidence to record, a change of the validator set under way
@@ -751,9 +752,10 @@ class Replica:
         self._effects.append(
             ScheduleTimeout(
                 timeout=Timeout(height=self.height, round=0, step=NEW_HEIGHT),
-                # A block with transactions says more may be waiting: the next height starts
-                # at once (as the solo producer cuts the next block once a full one is
-                # written). After an empty one, the pace of an idle chain.
+                # A block with transactions says more may be waiting: the next height may
+                # start at once (as the solo producer cuts the next block once a full one is
+                # written), when there is something to decide (`_is_idle`). After an empty
+                # one, first the chain's pace (a validator's message ends it early).
                 delay_ms=state.params.block_interval_ms if not block.transactions else 0,
             )
         )

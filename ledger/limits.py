@@ -159,6 +159,9 @@ SYNC_ATTEMPT_MS_MAX: Final = 60_000
 SYNC_RETRY_MS_MIN: Final = 500
 SYNC_RETRY_MS_MAX: Final = 30_000
 FOLLOW_POLL_MS: Final = 500
+# A validator's pool is rid of stale transactions (a nonce used, or a gap waited out) this
+# often, besides at each committed block: an idle consortium commits none for a while.
+STALE_CHECK_MS: Final = 1000
 # A validator no peer has sent anything for SYNC_PROBE_MS (plus two empty-block intervals,
 # at least two block intervals) asks its peers for their heads (one sync attempt), and again
 # as long while none does: peers that do not know its address (restarted on another port)

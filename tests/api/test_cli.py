@@ -177,7 +177,7 @@ def test_one_of_a_thing_is_said_in_the_singular() -> None:
     """Found by review: a block of one transaction was printed as "1 transactions"."""
     assert counted(1, "transaction") == "1 transaction"
     assert counted(0, "transaction") == "0 transactions"
-    assert counted(12_345, "block") == "12345 blocks"  # as `verify chain` printed it
+    assert counted(12_345, "block") == "12345 blocks"  # as `export` printed it
 
 
 # --- help -----------------------------------------------------------------------------------------

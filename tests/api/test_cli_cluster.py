@@ -37,18 +37,20 @@ COMMIT_S = 15.0  # a transaction submitted to an idle consortium is committed wi
 def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
     tmp_path: Path,
 ) -> None:
-    """Four named validators with the default empty-block interval: the first block, then
-    no empty block while nothing happens (there had been one a second: ~340 MB a day), and a
-    transaction to any of them wakes the consortium and is committed on all four at once."""
+    """Four named validators with an empty-block interval of 45 s (passed on to each; the
+    default is 60): the first block, then no empty block while nothing happens (there had
+    been one a second: ~340 MB a day), and a transaction to any of them wakes the consortium
+    and is committed on all four at once."""
     base = free_port()
     while any(_taken(base + i) for i in range(1, 4)):
         base = free_port()
     process = subprocess.Popen(
-        [str(TANLIAN), "cluster", "--data", str(tmp_path), "--base-port", str(base)],
+        [str(TANLIAN), "cluster", "--data", str(tmp_path), "--base-port", str(base),
+         "--empty-block-interval", "45"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=environment(),
-    )
+    )  # fmt: skip
     urls = [f"http://127.0.0.1:{base + i}" for i in range(4)]
     try:
         with httpx.Client(timeout=1, trust_env=False) as client:
@@ -74,6 +76,9 @@ def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
                     settled, since = now, time.monotonic()
             genesis = json.loads((tmp_path / "genesis.json").read_text())
             assert sorted(v["name"] for v in genesis["validators"]) == sorted(party_names(4))
+            assert [_option(command, "--empty-block-interval") for command in _nodes(tmp_path)] == [
+                "45.0"
+            ] * 4
             # A transaction to one validator: committed in the next block, on every one.
             started = time.monotonic()
             submitted = tanlian(
@@ -106,6 +111,23 @@ def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def _nodes(data: Path) -> list[list[str]]:
+    """The command lines of the `tanlian node` processes running on `data`'s parties."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = path.read_bytes().decode().split("\0")
+        except OSError:
+            continue  # ended meanwhile
+        if "node" in command and any(part.startswith(str(data)) for part in command):
+            found.append(command)
+    return found
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
 
 
 def _taken(port: int) -> bool:

@@ -435,18 +435,27 @@ async def test_a_follower_answers_committed_only_what_its_own_store_holds(
     assert 0.25 <= time.monotonic() - started < 5
 
 
-@pytest.mark.anyio
-async def test_a_follower_keeps_the_proof_of_a_fork_and_says_so(tmp_path: Path) -> None:
-    """Found by review: a follower whose upstream served a certified fork only logged a
-    refusal every 30 s; /healthz said ok and nothing of the proof was kept."""
+def follower_of_a_fork(data: Path) -> Node:
+    """A follower (not started) of two nodes whose chains part at height 30, each certified:
+    the second one's block there was signed by the validator that signed the first's."""
     chain = built()
-    Store.create(tmp_path, chain.chain.genesis_document).close()
-    node = Node(tmp_path, None, follow=["http://honest.test", "http://forked.test"])
+    Store.create(data, chain.chain.genesis_document).close()
+    node = Node(data, None, follow=["http://honest.test", "http://forked.test"])
     assert node.sync is not None
     node.sync.sources = (
         MemorySource(name="honest", genesis_line=chain.genesis_line, lines=list(chain.lines[:30])),
         MemorySource(name="forked", genesis_line=chain.genesis_line, lines=forked_lines(30)),
     )
+    return node
+
+
+@pytest.mark.anyio
+async def test_a_follower_keeps_the_proof_of_a_fork_and_says_so(tmp_path: Path) -> None:
+    """Found by review: a follower whose upstream served a certified fork only logged a
+    refusal every 30 s; /healthz said ok and nothing of the proof was kept."""
+    chain = built()
+    node = follower_of_a_fork(tmp_path)
+    assert node.sync is not None
     node.start()
     served = create_app(node, Settings(data=tmp_path), manage_node=False)
     try:
@@ -507,15 +516,9 @@ def test_a_validator_records_the_evidence_of_a_fork_its_block_sync_met(tmp_path:
     never reached a validator's blocks. A validator now holds them as evidence, from a proof
     its block sync hands over (`on_fork`) or one it kept from before a restart, and its next
     block records who signed both."""
-    chain = built()
     follower_data = tmp_path / "follower"
-    Store.create(follower_data, chain.chain.genesis_document).close()
-    follower = Node(follower_data, None, follow=["http://honest.test", "http://forked.test"])
+    follower = follower_of_a_fork(follower_data)
     assert follower.sync is not None
-    follower.sync.sources = (
-        MemorySource(name="honest", genesis_line=chain.genesis_line, lines=list(chain.lines[:30])),
-        MemorySource(name="forked", genesis_line=chain.genesis_line, lines=forked_lines(30)),
-    )
     follower.start()
     try:
         deadline = time.monotonic() + 30

@@ -24,7 +24,7 @@ from ledger.errors import LedgerError
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
 from ledger.store import Store
-from tests.consensus.test_node import WORLD, Consortium, document
+from tests.consensus.test_node import IDLE, WORLD, Consortium, document
 from tests.consensus.test_sync import NEW_VALIDATOR, Built, built, source
 from tests.factory import CHAIN_ID, key
 
@@ -338,5 +338,28 @@ def test_a_validator_its_peers_cannot_reach_asks_them_for_their_heads(
         consortium.run(lambda: restarted.state.height >= target, seconds=30)
         assert restarted.probes >= 1 and restarted.sync.counters.blocks >= target - before
         assert [consortium.producers[i].probes for i in range(3)] == [0, 0, 0]
+    finally:
+        consortium.close()
+
+
+def test_idle_validators_that_hear_each_other_do_not_ask_for_heads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle consortium is silent between its empty blocks: the probe's quiet spell counts
+    two empty-block intervals, not two block intervals, or every validator would ask its
+    peers for their heads (and log a warning) many times in every idle minute."""
+    monkeypatch.setattr("consensus.node.SYNC_PROBE_MS", 300)
+    consortium = Consortium(tmp_path, timeouts=IDLE)
+    try:
+        for i in range(4):
+            consortium.producers[i].sync = BlockSync(
+                sources(consortium, but=i), genesis=parse_genesis(document())
+            )
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+        heights = consortium.heights()
+        quiet_until = time.monotonic() + 2.0  # four times the old quiet spell (300 + 2 x 100)
+        consortium.run(lambda: time.monotonic() > quiet_until)
+        assert consortium.heights() == heights  # idle: no block, no message
+        assert [consortium.producers[i].probes for i in range(4)] == [0, 0, 0, 0]
     finally:
         consortium.close()
