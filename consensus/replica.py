@@ -527,7 +527,7 @@ class Replica:
         decided this height, which this replica's votes then bring it."""
         if self._decided_at == 0 or self._since(self._decided_at) >= self.timeouts.empty_block_ms:
             return False
-        if self.evidence or self.state.next_validators() != self.validators:
+        if self.evidence or self.quorum.following.validators != self.validators:
             return False
         if self.quorum.current.message_count():
             return False
