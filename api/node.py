@@ -142,7 +142,7 @@ class Node:
         assert (validator_key is None) == bool(follow), "a follower has no key, and follows"
         self.data = data
         self._writer = Store.open(data)
-        self._writer.ensure_indexes()  # a store from an earlier version gets its list indexes
+        self._writer.ensure_layout()  # a store from an earlier version gets this layout
         self._writer.start_writer()  # a process: see Store.start_writer for why
         self.genesis = self._writer.genesis
         self._signatures = SignatureWorker()  # a process: see consensus.verifier for why

@@ -37,7 +37,6 @@ from ledger.limits import (
     POOL_NONCE_GAP_MAX,
     POOL_TRANSACTIONS_MAX,
 )
-from ledger.merkle import leaf_hash
 from ledger.state_transition import check_authorization
 from ledger.transactions import Envelope, check_signatures
 
@@ -183,7 +182,7 @@ class Pool:
             raise PoolError(f"the pending pool holds {len(self._by_id)}", code="mempool_full")
         self._by_signer.setdefault(envelope.tx.signer, pending)[nonce] = envelope
         self._by_id[envelope.tx_id] = envelope
-        self._by_leaf[leaf_hash(envelope.leaf)] = envelope
+        self._by_leaf[envelope.leaf_hash] = envelope
         self._sequence += 1
         self._arrival[envelope.tx_id] = self._sequence
         self._admitted_at[envelope.tx_id] = self._clock_ms()
@@ -213,7 +212,7 @@ class Pool:
             pending_envelope = self._by_id.pop(envelope.tx_id, None)
             if pending_envelope is None:
                 continue
-            del self._by_leaf[leaf_hash(pending_envelope.leaf)]
+            del self._by_leaf[pending_envelope.leaf_hash]
             del self._arrival[envelope.tx_id]
             del self._admitted_at[envelope.tx_id]
             pending = self._by_signer[envelope.tx.signer]

@@ -114,7 +114,7 @@ class PeerBatch:
 def _block_ref_json(block: Block) -> dict[str, JSON]:
     value = dataclasses.replace(block, transactions=()).to_json()
     del value["transactions"]
-    value["leaf_hashes"] = [leaf_hash(envelope.leaf).hex() for envelope in block.transactions]
+    value["leaf_hashes"] = [envelope.leaf_hash.hex() for envelope in block.transactions]
     return value
 
 
@@ -330,7 +330,7 @@ class Relay:
     def hold(self, envelope: Envelope, *, verified: bool) -> None:
         """Keep `envelope` (the least recently held beyond `held_max` are dropped, before it
         comes: the holding never exceeds `held_max`)."""
-        key = leaf_hash(envelope.leaf)
+        key = envelope.leaf_hash
         with self._lock:
             if key not in self._held and len(self._held) >= self.held_max:
                 self._held.popitem(last=False)
@@ -343,7 +343,7 @@ class Relay:
 
     def verified(self, envelope: Envelope) -> bool:
         """This very envelope (same leaf) is held, and its signatures verified here."""
-        held = self._held.get(leaf_hash(envelope.leaf))
+        held = self._held.get(envelope.leaf_hash)
         return held is not None and held[1] and held[0].leaf == envelope.leaf
 
     def waiting(self) -> int:

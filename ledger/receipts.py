@@ -35,7 +35,7 @@ from ledger.blocks import (
 from ledger.encoding import canonical
 from ledger.errors import InvalidProofError, LedgerError
 from ledger.limits import ISSUE_RECIPIENTS_MAX, TRANSACTION_BYTES_MAX_CEILING
-from ledger.merkle import leaf_hash, verify_inclusion
+from ledger.merkle import verify_inclusion
 from ledger.state_tree import verify_state_proof
 from ledger.transactions import parse_envelope, verify_envelope_signatures
 
@@ -153,7 +153,7 @@ def _verify(receipt: Any, trusted: str, genesis_hash: str | None, chain_id: str 
     # 5. In the log.
     try:
         verify_inclusion(
-            leaf_hash=leaf_hash(envelope.leaf),
+            leaf_hash=envelope.leaf_hash,
             index=fields["log_index"],
             size=header.log_size,
             path=[bytes.fromhex(node) for node in fields["inclusion"]],

@@ -47,7 +47,6 @@ from ledger.encoding import canonical_unchecked
 from ledger.errors import InvalidBlockError, InvalidProofError, LedgerError, TransactionRejected
 from ledger.evidence import EVIDENCE_CHECK_CODES, Evidence, verify_evidence
 from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, EVIDENCE_PER_BLOCK_MAX, JSON_INTEGER_MAX
-from ledger.merkle import leaf_hash
 from ledger.state import BlockDelta, HoldingKey, State, holding_key, remember_validators
 from ledger.transactions import AUTHORITY_TYPES, Envelope, verify_envelope_signatures
 
@@ -739,7 +738,7 @@ def _finish(
             holdings[holding] = tuple(starts)
         elif holding in holdings:
             del holdings[holding]
-    log, nodes = base.log.append([leaf_hash(envelope.leaf) for envelope in applied])
+    log, nodes = base.log.append([envelope.leaf_hash for envelope in applied])
     encoded = {
         key: None if value is None else canonical_unchecked(value) for key, value in changes.items()
     }
@@ -836,7 +835,7 @@ def check_block_body(
     """
     header, height = block.header, block.header.height
     if leaf_hashes is None:
-        leaf_hashes = [leaf_hash(envelope.leaf) for envelope in block.transactions]
+        leaf_hashes = [envelope.leaf_hash for envelope in block.transactions]
 
     def fail(rule: str, message: str) -> InvalidBlockError:
         return InvalidBlockError(height, rule, message)

@@ -10,7 +10,9 @@ state and log rebuilt from the tables give the header's `state_root`, `log_root`
 name and renamed once whole, so a node killed at its first start leaves none half made.
 
 Tables: meta, blocks, transactions, account_transactions, state, state_changes, log_nodes,
-and the query projections batches, retirements and lots (indexed for the API's queries).
+and the query projections batches, retirements and lots (indexed for the API's queries). The
+`lots` rows are also the one stored copy of each lot's state value (`_LOT_COLUMNS`): `state`
+holds every other key, and the head's `state_root` check covers both.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from ledger.merkle import (
     LogState,
     consistency_path,
     inclusion_path,
-    leaf_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -76,6 +77,13 @@ _CANNOT_OPEN: Final = frozenset(
     {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
 )
 SCHEMA_VERSION: Final = 1
+# A lot's state value is kept once, as its row of the `lots` table (these columns are the
+# value's own members), not also as a row of `state`: a transfer rewrites two or three lots,
+# and each row of a random-keyed table dirties a page that the commit writes twice (the WAL,
+# then the checkpoint). Measured in-process on blocks of 1,200 transfers and retirements: the
+# store's write from ~92 to ~77 us a transaction, a new file 12 % smaller (docs/decisions/0006).
+_LOT_PREFIX: Final = "lot/"
+_LOT_COLUMNS: Final = ("batch_id", "first_serial", "quantity", "owner", "status", "retirement_id")
 PAGE_CACHE_KIB: Final = 8192
 
 
@@ -273,6 +281,10 @@ class Store:
             key: json.loads(value)
             for key, value in self._conn.execute("SELECT key, value FROM state")
         }
+        if self._lots_held_once():  # else a store from before `ensure_layout`: lots in `state`
+            for row in self._conn.execute(f"SELECT {', '.join(_LOT_COLUMNS)} FROM lots"):
+                lot = dict(zip(_LOT_COLUMNS, row, strict=True))
+                entries[f"{_LOT_PREFIX}{lot['batch_id']}/{lot['first_serial']}"] = lot
         if height == 0:
             state = genesis_state(genesis)
             if dict(state.entries) != entries:
@@ -385,7 +397,7 @@ class Store:
             ).fetchall()
         )
         for offset, envelope in enumerate(block.transactions):
-            if stored.get(first + offset) != leaf_hash(envelope.leaf):
+            if stored.get(first + offset) != envelope.leaf_hash:
                 raise StoreError(
                     f"refusing to start: transaction {first + offset} of block "
                     f"{block.height} does not match its log leaf"
@@ -419,10 +431,42 @@ class Store:
         else:
             self._writer.write(record)
 
-    def ensure_indexes(self) -> None:
-        """Add the list indexes a store made by an earlier version lacks (once; seconds on a
-        large chain), and drop the ones they superseded. Call it before the writer starts,
-        while nothing else writes."""
+    def ensure_layout(self) -> None:
+        """Bring a store made by an earlier version to this one's layout (once; seconds on a
+        large chain): each lot held once (`_LOT_COLUMNS`), the list indexes added and the
+        ones they superseded dropped. Call it before the writer starts: it becomes the
+        directory's writer first, so a killed predecessor's writer finishing a block in the
+        old layout is waited for, never moved over half way. StoreError if the old rows
+        cannot be moved (a damaged store: nothing is changed)."""
+        self._lock_for_writing()
+        try:
+            with _transaction(self._conn):
+                if not self._lots_held_once():
+                    self._hold_lots_once()
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"refusing to start: the store's lots cannot be moved to this version's layout"
+                f" ({error})"
+            ) from error
+        self._ensure_indexes()
+
+    def _hold_lots_once(self) -> None:
+        # The lots' values move from `state`, the hashed copy the head's state_root was
+        # checked against, into `lots`, whose rows are rebuilt from them. The file keeps its
+        # size (no VACUUM): the freed pages take the next blocks' rows.
+        lots = f"key > '{_LOT_PREFIX}' AND key < '{_LOT_PREFIX[:-1]}0'"
+        columns = ", ".join(_LOT_COLUMNS)
+        values = ", ".join(f"json_extract(value, '$.{column}')" for column in _LOT_COLUMNS)
+        self._conn.execute("ALTER TABLE lots ADD COLUMN retirement_id TEXT")
+        self._conn.execute("DELETE FROM lots")
+        self._conn.execute(f"INSERT INTO lots ({columns}) SELECT {values} FROM state WHERE {lots}")
+        self._conn.execute(f"DELETE FROM state WHERE {lots}")
+
+    def _lots_held_once(self) -> bool:
+        columns = self._conn.execute("PRAGMA table_info(lots)").fetchall()
+        return any(column[1] == "retirement_id" for column in columns)
+
+    def _ensure_indexes(self) -> None:
 
         def present(name: str) -> bool:
             return (
@@ -517,7 +561,7 @@ class Store:
         log = self._stored_log(first, self.read_header(height - 1).log_root if height > 1 else "")
         if log is None:
             raise corrupt("the stored log before it does not give its parent's log_root")
-        grown, _ = log.append([leaf_hash(envelope.leaf) for envelope in block.transactions])
+        grown, _ = log.append([envelope.leaf_hash for envelope in block.transactions])
         if grown.root().hex() != header.log_root:
             raise corrupt("its transactions do not give its log_root")
 
@@ -641,7 +685,7 @@ class Store:
         header = self.read_header(height)
         try:  # the stored envelope, signatures included, is the log's leaf at its index
             verify_inclusion(
-                leaf_hash=leaf_hash(envelope.leaf),
+                leaf_hash=envelope.leaf_hash,
                 index=index,
                 size=header.log_size,
                 path=inclusion_path(index, header.log_size, self.log_node),
@@ -664,7 +708,7 @@ class Store:
         path = inclusion_path(index, header.log_size, self.log_node)
         try:
             verify_inclusion(
-                leaf_hash=leaf_hash(envelope.leaf),
+                leaf_hash=envelope.leaf_hash,
                 index=index,
                 size=header.log_size,
                 path=path,
@@ -818,8 +862,8 @@ _STATEMENTS: Final = (
     ("lots_removed", "DELETE FROM lots WHERE batch_id = ? AND first_serial = ?"),
     (
         "lots",
-        "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, status) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO lots (batch_id, first_serial, quantity, owner, status, "
+        "retirement_id) VALUES (?, ?, ?, ?, ?, ?)",
     ),
     ("meta", "INSERT OR REPLACE INTO meta (value, key) VALUES (?, ?)"),
 )
@@ -872,8 +916,15 @@ def _rows(record: Record) -> Rows:
             for account in accounts
         ),
         "state_changes": [(height, key, value) for key, value in changes],
-        "state_removed": [(key,) for key, value in changes if value is None],
-        "state": [(key, value) for key, value in changes if value is not None],
+        # A lot's current value is its row in `lots` (`_LOT_COLUMNS`), not a second copy here.
+        "state_removed": [
+            (key,) for key, value in changes if value is None and not key.startswith(_LOT_PREFIX)
+        ],
+        "state": [
+            (key, value)
+            for key, value in changes
+            if value is not None and not key.startswith(_LOT_PREFIX)
+        ],
         "log_nodes": record["log_nodes"],
         "batches": batches,
         "retirements": retirements,
@@ -930,6 +981,7 @@ def _projections(
                         value["quantity"],
                         value["owner"],
                         value["status"],
+                        value["retirement_id"],
                     )
                 )
     return batches, retirements, sorted(lots), sorted(gone)
@@ -1186,7 +1238,7 @@ def _read_transaction(connection: sqlite3.Connection) -> Iterator[None]:
 
 # Indexes that answer the lists newest first, and an owner's lots in order and its supply,
 # without a sort or a visit to every row (a store made before them gets them when a node
-# opens it: `ensure_indexes`). Without them, on a chain of 700,000 transactions, the newest
+# opens it: `ensure_layout`). Without them, on a chain of 700,000 transactions, the newest
 # retirements took 640 ms (a scan and a sort of every retirement) and the supply of an account
 # with 27,000 lots 470 ms (a lookup of each lot), measured on the loaded 2-core machine.
 # The rows of the history table that record a validator set: a partial index holds only them,
@@ -1221,7 +1273,7 @@ _LIST_INDEXES: Final = (
 )
 
 # Indexes a store made before 2026-12-05 has (the batches' two and the lots' text-ordered one
-# until later that day): one above answers every query each did, and `ensure_indexes` drops
+# until later that day): one above answers every query each did, and `ensure_layout` drops
 # them. Every row a block writes into an index is a random insert, so each cost the writer a
 # B-tree page: dropping the lots' owner index took its share of the writer's time from ~21 to
 # ~16 us a transaction (transfers and retirements, in-process; docs/decisions/0006).
@@ -1306,7 +1358,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE TABLE lots (batch_id TEXT NOT NULL, first_serial INTEGER NOT NULL, "
         "quantity INTEGER NOT NULL, owner TEXT NOT NULL, status TEXT NOT NULL, "
-        "PRIMARY KEY (batch_id, first_serial)) WITHOUT ROWID"
+        "retirement_id TEXT, PRIMARY KEY (batch_id, first_serial)) WITHOUT ROWID"
     )
     for statement in _LIST_INDEXES:
         db.execute(statement)

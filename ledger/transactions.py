@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ledger import merkle
 from ledger import schema as s
 from ledger.crypto import TX_DOMAIN, SignatureError, verify_signature
 from ledger.encoding import JSON, canonical_object, canonical_unchecked, decode
@@ -187,6 +188,9 @@ class Envelope:
     signatures: tuple[Signature, ...]
     tx_id: str = field(init=False, compare=False)
     leaf: bytes = field(init=False, compare=False, repr=False)
+    # Its RFC 9162 leaf hash: the log, the pool, block references and the store all name
+    # the envelope by it, several times on a validator's path.
+    leaf_hash: bytes = field(init=False, compare=False, repr=False)
     _tx_start: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -195,6 +199,7 @@ class Envelope:
         leaf = canonical_object({"signatures": signatures, "tx": tx_bytes})
         object.__setattr__(self, "tx_id", hashlib.sha256(TX_DOMAIN + tx_bytes).hexdigest())
         object.__setattr__(self, "leaf", leaf)
+        object.__setattr__(self, "leaf_hash", merkle.leaf_hash(leaf))
         object.__setattr__(self, "_tx_start", len(leaf) - len(tx_bytes) - 1)
 
     def signing_bytes(self) -> bytes:
@@ -219,6 +224,7 @@ def restore_envelope(
     object.__setattr__(envelope, "signatures", signatures)
     object.__setattr__(envelope, "tx_id", tx_id)
     object.__setattr__(envelope, "leaf", leaf)
+    object.__setattr__(envelope, "leaf_hash", merkle.leaf_hash(leaf))
     object.__setattr__(envelope, "_tx_start", leaf.index(b'"tx":') + len(b'"tx":'))
     assert hashlib.sha256(envelope.signing_bytes()).hexdigest() == tx_id, "id and leaf agree"
     return envelope

@@ -469,18 +469,13 @@ def test_query_tables_agree_with_the_state(produced: Produced) -> None:
         for value in family("retirement/").values()
     }
     assert len(retirements) == 2
-    # Lots split, merged and deleted along the way: the table holds exactly the state's lots.
+    # Lots split, merged and deleted along the way: the table holds exactly the state's lots,
+    # each value whole (it is the only copy the store keeps).
     assert lots == {
-        (value["batch_id"], value["first_serial"]): {
-            "batch_id": value["batch_id"],
-            "first_serial": value["first_serial"],
-            "quantity": value["quantity"],
-            "owner": value["owner"],
-            "status": value["status"],
-        }
-        for value in family("lot/").values()
+        (value["batch_id"], value["first_serial"]): value for value in family("lot/").values()
     }
     assert {lot["status"] for lot in lots.values()} == {"circulating", "retired", "invalidated"}
+    assert {lot["retirement_id"] is None for lot in lots.values()} == {True, False}
 
     committed = [e for block in produced.blocks for e in block.block.transactions]
     assert [(t["log_index"], t["tx_id"], t["type"], t["signer"]) for t in transactions] == [
@@ -750,6 +745,17 @@ def _alter_state_value(connection: sqlite3.Connection) -> None:
     connection.execute("UPDATE state SET value = ? WHERE key = 'batch/B-1'", (changed,))
 
 
+def _alter_lot(statement: str) -> Callable[[sqlite3.Connection], None]:
+    def alter(connection: sqlite3.Connection) -> None:
+        cursor = connection.execute(
+            f"{statement} WHERE (batch_id, first_serial) = "
+            "(SELECT batch_id, first_serial FROM lots WHERE status = 'retired' LIMIT 1)"
+        )
+        assert cursor.rowcount == 1
+
+    return alter
+
+
 def _alter_peak(connection: sqlite3.Connection) -> None:
     size = connection.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
     level, index = LogState.peak_positions(size)[0]
@@ -809,6 +815,15 @@ TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     "header closing brace": (_alter_header(_replace_once("}", " ")), "does not parse"),
     # (b) a state row value
     "state value": (_alter_state_value, "state_root"),
+    # (b') a lot's row, the only copy of its value the store keeps
+    "lot quantity": (_alter_lot("UPDATE lots SET quantity = quantity + 1"), "state_root"),
+    "lot owner": (_alter_lot("UPDATE lots SET owner = 'someone-else'"), "state_root"),
+    "lot retirement": (_alter_lot("UPDATE lots SET retirement_id = NULL"), "state_root"),
+    "lot quantity not a number": (
+        _alter_lot("UPDATE lots SET quantity = 'many'"),
+        "state_root",
+    ),
+    "lot deleted": (_alter_lot("DELETE FROM lots"), "state_root"),
     # (c) a log_nodes hash of a peak
     "log peak": (_alter_peak, "log_root"),
     # (d) the head certificate's signature
@@ -1098,8 +1113,8 @@ def test_a_store_from_an_earlier_version_gets_its_list_indexes(tmp_path: Path) -
     ]
     for name in names:
         store.db.execute(f"DROP INDEX {name}")  # as a store made before they existed
-    store.ensure_indexes()
-    store.ensure_indexes()  # once is enough; again changes nothing
+    store.ensure_layout()
+    store.ensure_layout()  # once is enough; again changes nothing
     present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
     assert set(names) <= present
     plan = " ".join(
@@ -1231,8 +1246,8 @@ def test_a_store_from_an_earlier_version_loses_its_superseded_indexes(tmp_path: 
     store = Store.create(tmp_path, chain.genesis_document)
     for statement, _, _ in SUPERSEDED_QUERIES.values():
         store.db.execute(statement)  # as a store made before 2026-12-05 has them
-    store.ensure_indexes()
-    store.ensure_indexes()  # once is enough; again changes nothing
+    store.ensure_layout()
+    store.ensure_layout()  # once is enough; again changes nothing
     present = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master")}
     assert present.isdisjoint(SUPERSEDED_QUERIES)
     assert "lots_owner_number" in present
@@ -1240,3 +1255,84 @@ def test_a_store_from_an_earlier_version_loses_its_superseded_indexes(tmp_path: 
     reopened = Store.open(tmp_path)  # and the store still opens, its head checked
     assert reopened.load_state().height == 0
     reopened.close()
+
+
+def _lots(connection: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    rows = connection.execute("SELECT * FROM lots").fetchall()
+    return {f"lot/{row['batch_id']}/{row['first_serial']}": dict(row) for row in rows}
+
+
+def test_each_lot_is_stored_once_and_loads_back_whole(produced: Produced) -> None:
+    entries = dict(produced.state.entries)
+    connection = connect(produced.directory)
+    try:
+        in_state = connection.execute("SELECT key FROM state WHERE key LIKE 'lot/%'").fetchall()
+        lots = _lots(connection)
+    finally:
+        connection.close()
+    assert in_state == []
+    assert lots == {key: value for key, value in entries.items() if key.startswith("lot/")}
+    store = Store.open(produced.directory)
+    try:
+        assert_same_state(store.load_state(), produced.state)
+    finally:
+        store.close()
+
+
+def test_a_store_holding_each_lot_twice_loads_and_moves_to_one_copy(produced: Produced) -> None:
+    """A store made before the evening of 2026-12-05 kept each lot's value in `state` too,
+    and its `lots` rows had no retirement_id: it loads as it is, and `ensure_layout` moves it
+    over."""
+    connection = connect(produced.directory)
+    try:
+        lots = _lots(connection)
+        with connection:  # as that version wrote it
+            connection.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)",
+                [(key, canonical_unchecked(value).decode()) for key, value in lots.items()],
+            )
+            connection.execute("ALTER TABLE lots DROP COLUMN retirement_id")
+    finally:
+        connection.close()
+    store = Store.open(produced.directory)
+    try:
+        assert_same_state(store.load_state(), produced.state)  # read from `state`, as before
+        store.ensure_layout()
+        store.ensure_layout()  # once is enough; again changes nothing
+        assert_same_state(store.load_state(), produced.state)
+    finally:
+        store.close()
+    connection = connect(produced.directory)
+    try:
+        assert connection.execute("SELECT key FROM state WHERE key LIKE 'lot/%'").fetchall() == []
+        assert _lots(connection) == lots
+    finally:
+        connection.close()
+    reopened = Store.open(produced.directory)
+    try:
+        assert_same_state(reopened.load_state(), produced.state)
+    finally:
+        reopened.close()
+
+
+def test_an_old_store_whose_lots_cannot_be_moved_is_refused_unchanged(
+    produced: Produced,
+) -> None:
+    connection = connect(produced.directory)
+    try:
+        lots = _lots(connection)
+        with connection:
+            rows = [(key, canonical_unchecked(value).decode()) for key, value in lots.items()]
+            rows[0] = (rows[0][0], rows[0][1][:-1])  # one value cut short: not JSON
+            connection.executemany("INSERT INTO state (key, value) VALUES (?, ?)", rows)
+            connection.execute("ALTER TABLE lots DROP COLUMN retirement_id")
+        before = dump(produced.directory)
+    finally:
+        connection.close()
+    store = Store.open(produced.directory)
+    try:
+        with pytest.raises(StoreError, match="refusing to start: the store's lots cannot be moved"):
+            store.ensure_layout()
+    finally:
+        store.close()
+    assert dump(produced.directory) == before
