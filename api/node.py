@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -191,7 +192,10 @@ class Node:
             )
             if self.sync is not None and self.sync.counters.fork is not None:
                 self.producer.hold_evidence(self.sync.counters.fork.evidence)  # a kept proof
-        self._committed_ids = self._load_committed_ids(0)
+        self._committed_ids = self._load_committed_ids(self._writer, 0)
+        self._committed_ids_lock = threading.Lock()
+        # While a larger filter is filled beside the block loop: the ids committed meanwhile.
+        self._committed_while_growing: list[str] | None = None
         self._readers = threading.local()
         self._opened: dict[threading.Thread, Store] = {}  # each reader, by its thread
         self._opened_lock = threading.Lock()
@@ -445,13 +449,7 @@ class Node:
             self.on_failure(reason)
 
     def _committed_block(self, result: CommittedBlock) -> None:
-        if self._committed_ids.count + len(result.block.transactions) > (
-            self._committed_ids.capacity
-        ):
-            self._committed_ids = self._load_committed_ids(self._committed_ids.capacity)
-        else:
-            for envelope in result.block.transactions:
-                self._committed_ids.add(envelope.tx_id)
+        self._note_committed([envelope.tx_id for envelope in result.block.transactions])
         self.blocks_produced += 1
         self._wake()
         if self.on_block is not None:
@@ -477,14 +475,53 @@ class Node:
         checks made already (by an intake worker), which are then not made again."""
         return self.producer.submit(envelopes, signature_checks)
 
-    def _load_committed_ids(self, at_least: int) -> _CommittedIds:
-        """A filter over the store's committed ids, with room to spare (the block loop
+    def _load_committed_ids(self, store: Store, at_least: int) -> _CommittedIds:
+        """A filter over `store`'s committed ids, with room to spare (`_note_committed`
         replaces it with one twice as large when it fills)."""
         size = self.producer.state.log.size
         committed = _CommittedIds(max(COMMITTED_IDS_MIN, 2 * at_least, 2 * size))
-        for tx_id in self._writer.transaction_ids():
+        for tx_id in store.transaction_ids():
             committed.add(tx_id)
         return committed
+
+    def _note_committed(self, tx_ids: list[str]) -> None:
+        """Add a block's ids to the filter. Once it holds more than it was sized for, a
+        filter twice as large is filled from the store on a thread of its own, which reads
+        every committed id (~3 s a million): on the block loop that had stopped the chain,
+        or this validator's part in it, for as long, at each doubling. Meanwhile the full
+        filter goes on taking ids: overfull, it answers "maybe" more often (a lookup in the
+        store), never a wrong "no". The new one takes the ids committed since it began and
+        replaces it."""
+        with self._committed_ids_lock:
+            for tx_id in tx_ids:
+                self._committed_ids.add(tx_id)
+            if self._committed_while_growing is not None:
+                self._committed_while_growing += tx_ids
+            elif self._committed_ids.count > self._committed_ids.capacity:
+                self._committed_while_growing = []
+                threading.Thread(
+                    target=self._grow_committed_ids,
+                    args=(self._committed_ids.capacity,),
+                    name="committed-ids",
+                    daemon=True,
+                ).start()
+
+    def _grow_committed_ids(self, capacity: int) -> None:
+        try:
+            store = Store.open(self.data)
+            try:
+                grown = self._load_committed_ids(store, capacity)
+            finally:
+                store.close()
+        except (LedgerError, sqlite3.Error) as error:  # the next block tries again
+            log.warning("the committed-id filter could not grow: %s", error)
+            with self._committed_ids_lock:
+                self._committed_while_growing = None
+            return
+        with self._committed_ids_lock:
+            for tx_id in self._committed_while_growing or ():
+                grown.add(tx_id)
+            self._committed_ids, self._committed_while_growing = grown, None
 
     def outcome(self, tx_id: str) -> Outcome | None:
         """What became of a transaction: pending in the pool, remembered by the producer, or

@@ -8,6 +8,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from api.node import Node, _CommittedIds
 from consensus.producer import SoloProducer
 from ledger import limits
 from ledger.store import Store
+from ledger.transactions import Envelope
 from tests.factory import GENESIS_TIME, Chain
 
 
@@ -122,12 +124,70 @@ def test_the_loop_commits_and_the_filter_grows_with_the_chain(
         assert all(a.status == "pending" for a in node.submit(moves))
         done = node.wait_for_commit([e.tx_id for e in moves], timeout=20)
         assert all(o is not None and o.status == "committed" for o in done)
+        deadline = time.monotonic() + 20
+        while node._committed_ids.capacity == capacity and time.monotonic() < deadline:
+            time.sleep(0.05)  # the larger filter is filled on a thread of its own
         assert node._committed_ids.capacity > capacity
         node.producer.outcomes.clear()  # forget: the answers must come from filter and store
         assert all(
             (o := node.outcome(e.tx_id)) is not None and o.status == "committed" for e in moves
         )
     finally:
+        node.stop()
+
+
+def test_blocks_go_on_while_the_larger_filter_is_filled(
+    tmp_path: Path, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filling a larger filter reads every committed id (~3 s a million); it used to be done
+    on the block loop, which stopped committing for as long. Now the loop goes on with the
+    full filter, and the larger one, once filled, also holds what was committed meanwhile."""
+    monkeypatch.setattr("api.node.COMMITTED_IDS_MIN", 2)
+    committed_chain(tmp_path, chain)
+    released = threading.Event()
+    reading = threading.Event()
+    every_id = Store.transaction_ids
+
+    def slow_ids(store: Store) -> Iterator[str]:
+        if threading.current_thread().name == "committed-ids":
+            reading.set()
+            assert released.wait(30)
+        yield from every_id(store)
+
+    monkeypatch.setattr(Store, "transaction_ids", slow_ids)
+    node = Node(tmp_path, chain.validator)
+    node.start()
+    try:
+        capacity = node._committed_ids.capacity
+
+        def moves(count: int) -> list[Envelope]:
+            return [
+                chain.tx(
+                    chain.alice,
+                    "transfer",
+                    {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 1},
+                )
+                for _ in range(count)
+            ]
+
+        first = moves(capacity + 1)
+        node.submit(first)
+        done = node.wait_for_commit([e.tx_id for e in first], timeout=20)
+        assert all(o is not None and o.status == "committed" for o in done)
+        assert reading.wait(10)  # the larger filter is being filled, and is held there
+        later = moves(3)
+        node.submit(later)
+        done = node.wait_for_commit([e.tx_id for e in later], timeout=20)
+        assert all(o is not None and o.status == "committed" for o in done)
+        assert node._committed_ids.capacity == capacity  # still the full one
+        released.set()
+        deadline = time.monotonic() + 20
+        while node._committed_ids.capacity == capacity and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node._committed_ids.capacity > capacity
+        assert all(e.tx_id in node._committed_ids for e in first + later)
+    finally:
+        released.set()
         node.stop()
 
 
