@@ -226,6 +226,7 @@ def receipt(
 @app.command()
 @fails_cleanly
 def node(  # noqa: PLR0917 - typer maps each option to a parameter
+    context: typer.Context,
     genesis_file: Annotated[Path, typer.Option("--genesis", help="The chain's genesis file.")],
     data: Annotated[Path, typer.Option(help="The data directory (created if new).")],
     validator_key: Annotated[
@@ -265,6 +266,12 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         )
     if follow and peer:
         raise typer.BadParameter("a follower has no --peer: it follows the --follow nodes")
+    source = context.get_parameter_source("empty_block_interval")
+    interval_given = source is not None and source.name != "DEFAULT"
+    if follow and interval_given:
+        raise typer.BadParameter(
+            "a follower makes no blocks: --empty-block-interval is for a validator of a consortium"
+        )
     for option, urls in (("--follow", follow), ("--peer", peer or [])):
         for url in urls:
             try:
@@ -278,6 +285,11 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         raise typer.BadParameter("--resync rebuilds the store from other nodes: give --peer")
     genesis = read_genesis(genesis_file)  # bounded, and named in its errors
     document, genesis_hash = genesis.document, genesis.genesis_hash()
+    if interval_given and not peer and len(genesis.validators) == 1:
+        raise typer.BadParameter(
+            "a single validator adds no empty blocks: --empty-block-interval is for a"
+            " validator of a consortium (with --peer)"
+        )
     key = None if validator_key is None else load_key(validator_key)
     if resync:
         _check_same_chain(data, genesis_hash, genesis_file)  # never set aside another chain

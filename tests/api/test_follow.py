@@ -571,6 +571,14 @@ def test_a_validator_records_the_evidence_of_a_fork_its_block_sync_met(tmp_path:
             "less than or equal to 3600",
         ),
         (["--validator-key", "v.pem", "--empty-block-interval", "soon"], "a valid number"),
+        (
+            ["--follow", "http://a.test", "--empty-block-interval", "5"],
+            "a follower makes no blocks: --empty-block-interval is for a validator",
+        ),
+        (  # the genesis names one validator, and no --peer is given
+            ["--validator-key", "v.pem", "--empty-block-interval", "60"],
+            "a single validator adds no empty blocks",
+        ),
     ],
 )
 def test_node_needs_a_key_or_nodes_to_follow(
