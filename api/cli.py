@@ -23,7 +23,12 @@ import uvicorn
 
 from api.app import create_app
 from api.cli_client import Kind, checked_id, export_from_node, query, tx
-from api.cli_cluster import EMPTY_BLOCK_INTERVAL_S_DEFAULT, EmptyBlockInterval, cluster
+from api.cli_cluster import (
+    EMPTY_BLOCK_INTERVAL_S_DEFAULT,
+    EmptyBlockInterval,
+    cluster,
+    option_given,
+)
 from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
 from api.console import (
@@ -266,8 +271,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         )
     if follow and peer:
         raise typer.BadParameter("a follower has no --peer: it follows the --follow nodes")
-    source = context.get_parameter_source("empty_block_interval")
-    interval_given = source is not None and source.name != "DEFAULT"
+    interval_given = option_given(context, "empty_block_interval")
     if follow and interval_given:
         raise typer.BadParameter(
             "a follower makes no blocks: --empty-block-interval is for a validator of a consortium"

@@ -52,6 +52,13 @@ ERROR_CHARS_MAX: Final = 300  # of that reason, in the one line
 CHAIN_ID: Final = "tanlian-consortium"
 
 
+def option_given(context: typer.Context, name: str) -> bool:
+    """Whether the parameter `name` was given (on the command line), not left at its
+    default."""
+    source = context.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
 def party_names(count: int) -> list[str]:
     return [PARTIES[i] if i < len(PARTIES) else f"validator-{i + 1}" for i in range(count)]
 
@@ -143,6 +150,7 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
 
 @fails_cleanly
 def cluster(
+    context: typer.Context,
     data: Annotated[Path, typer.Option(help="The consortium's directory (made if new).")],
     validators: Annotated[
         int, typer.Option(min=1, max=VALIDATORS_MAX, help="How many validators.")
@@ -153,6 +161,14 @@ def cluster(
     empty_block_interval: EmptyBlockInterval = EMPTY_BLOCK_INTERVAL_S_DEFAULT,
 ) -> None:
     """Run N local validator processes as one consortium, until Ctrl-C stops them all."""
+    # One validator is a single validator, which adds no empty blocks: the option is not
+    # passed on, and refused if given (as `tanlian node` refuses it).
+    interval = [] if validators == 1 else ["--empty-block-interval", repr(empty_block_interval)]
+    if validators == 1 and option_given(context, "empty_block_interval"):
+        raise typer.BadParameter(
+            "a single validator adds no empty blocks: --empty-block-interval is for two"
+            " validators or more"
+        )
     names = party_names(validators)
     genesis = prepare(data, names)
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(validators)]
@@ -179,7 +195,7 @@ def cluster(
                 "--data", str(data / name / "data"),
                 "--validator-key", str(data / name / "validator.pem"),
                 "--listen", f"127.0.0.1:{base_port + i}",
-                "--empty-block-interval", repr(empty_block_interval),
+                *interval,
                 *peers,
             ]  # fmt: skip
             children.append(

@@ -507,6 +507,7 @@ class Node:
                 ).start()
 
     def _grow_committed_ids(self, capacity: int) -> None:
+        grown: _CommittedIds | None = None
         try:
             store = Store.open(self.data)
             try:
@@ -515,13 +516,13 @@ class Node:
                 store.close()
         except (LedgerError, sqlite3.Error) as error:  # the next block tries again
             log.warning("the committed-id filter could not grow: %s", error)
+        finally:  # whatever happened, the ids committed meanwhile are no longer kept aside
             with self._committed_ids_lock:
+                if grown is not None:
+                    for tx_id in self._committed_while_growing or ():
+                        grown.add(tx_id)
+                    self._committed_ids = grown
                 self._committed_while_growing = None
-            return
-        with self._committed_ids_lock:
-            for tx_id in self._committed_while_growing or ():
-                grown.add(tx_id)
-            self._committed_ids, self._committed_while_growing = grown, None
 
     def outcome(self, tx_id: str) -> Outcome | None:
         """What became of a transaction: pending in the pool, remembered by the producer, or

@@ -173,6 +173,20 @@ def test_a_validator_that_exits_is_named_with_its_reason(tmp_path: Path) -> None
     assert line.endswith(f"see {tmp_path / 'city' / 'node.log'}")
 
 
+def test_a_cluster_of_one_is_refused_an_empty_block_interval(tmp_path: Path) -> None:
+    """One validator adds no empty blocks, so `cluster --validators 1` passes the option on to
+    no node (a node refuses it there: found by review, every one-validator cluster had
+    exited 2), and refuses it when given."""
+    result = tanlian(
+        "cluster", "--validators", 1, "--data", tmp_path / "one", "--empty-block-interval", 5
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "a single validator adds no empty blocks" in " ".join(
+        result.stderr.replace("│", " ").split()
+    )
+    assert not (tmp_path / "one").exists()  # refused before anything is made
+
+
 def test_validators_end_with_a_cluster_that_is_killed(tmp_path: Path) -> None:
     """Found by review: a SIGKILLed `tanlian cluster` left its validators running, holding
     their ports and data directories."""

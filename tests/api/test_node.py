@@ -150,10 +150,11 @@ def test_blocks_go_on_while_the_larger_filter_is_filled(
     every_id = Store.transaction_ids
 
     def slow_ids(store: Store) -> Iterator[str]:
+        ids = list(every_id(store))  # read now: what is committed later is not among them
         if threading.current_thread().name == "committed-ids":
             reading.set()
             assert released.wait(30)
-        yield from every_id(store)
+        yield from ids
 
     monkeypatch.setattr(Store, "transaction_ids", slow_ids)
     node = Node(tmp_path, chain.validator)
