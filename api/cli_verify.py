@@ -32,6 +32,7 @@ you can write it.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -263,6 +264,29 @@ def verify_chain(
         highlight=False,
         soft_wrap=True,
     )
+    if report.early_issuances:
+        _print_early_issuances(report)
+
+
+def _print_early_issuances(report: AuditReport) -> None:
+    """The audit's notice (not a failure: the chain is valid): which issuances credited a
+    period that had not ended when they were committed."""
+    count = report.early_issuances
+    lines = [
+        f"notice: {counted(count, 'issuance')} credited a period that had not ended at"
+        " its block's time (UTC). SPEC §3.3 allows it, but savings not yet measured"
+        " cannot have been certified: ask the certifier."
+    ]
+    for early in report.early_listed:
+        moment = datetime.datetime.fromtimestamp(early.block_time / 1000, datetime.UTC)
+        lines.append(
+            f"  {early.batch_id} at height {early.height} ({moment:%Y-%m-%dT%H:%M:%SZ}):"
+            f" {early.methodology_id}/{printable(early.project_id)},"
+            f" {early.period_start} to {early.period_end}, transaction {early.tx_id}"
+        )
+    if count > len(report.early_listed):
+        lines.append(f"  and {count - len(report.early_listed):,} more")
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 RECEIPT_FILE_BYTES_MAX: Final = 4 * 1024 * 1024

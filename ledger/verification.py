@@ -26,7 +26,10 @@ The steps, in order, for a chain the auditor trusts only through `genesis`:
 5. The line's own certificate commits this block with more than 2/3 of the power of the set
    governing its height: the current set of the state before the block, which the state
    transition moves on by the H+2 rule of `set_validators` (rule `certificate`).
-6. After the last line the head is reported: height, transactions, both roots, head hash.
+6. After the last line the head is reported: height, transactions, both roots, head hash,
+   and a notice the SPEC does not make a rule: the issuances that credited a period which had
+   not ended at their block's time (`EarlyIssuance`; SPEC §3.3 allows them, and savings not
+   yet measured cannot have been certified, so an auditor asks the certifier why).
    A genesis line alone is a valid, empty chain. What is not there cannot be checked: an
    export cut at a line boundary is a shorter valid chain, so compare the reported head with
    a head you trust (a checkpoint) when you have one.
@@ -44,7 +47,8 @@ Receipts are checked by `verify_receipt` (SPEC §6.4 names it here; it lives in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -93,15 +97,36 @@ class AuditFailure(LedgerError):
         self.detail = detail
 
 
+EARLY_ISSUANCES_LISTED: Final = 10  # an audit keeps this many; it counts them all
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EarlyIssuance:
+    """An `issue` committed before the period it credits had ended: its block's time is
+    before 00:00 UTC of `period_end` (exclusive), so part of the period was still to come."""
+
+    height: int
+    block_time: int  # unix ms
+    tx_id: str
+    batch_id: str
+    methodology_id: str
+    project_id: str
+    period_start: str
+    period_end: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditReport:
-    """The head of a chain that passed every check."""
+    """The head of a chain that passed every check, and the early issuances met on the way
+    (`early_issuances` of them; the first EARLY_ISSUANCES_LISTED in `early_listed`)."""
 
     height: int
     transactions: int
     log_root: str
     state_root: str
     head_hash: str
+    early_issuances: int = 0
+    early_listed: tuple[EarlyIssuance, ...] = ()
 
 
 def compute_line_bytes_max(params: Params) -> int:
@@ -133,6 +158,8 @@ def audit_chain(
     remaining = iter(lines)
     _check_genesis_line(genesis, next(remaining, None), line_bytes_max)  # step 1
     state = genesis_state(genesis)
+    early: list[EarlyIssuance] = []
+    early_count = 0
     for line in remaining:
         height = state.height + 1
         try:  # step 2
@@ -142,6 +169,10 @@ def audit_chain(
             raise AuditFailure(height=height, rule="malformed", detail=detail) from error
         _check_signatures(block, verify(block.transactions), height)  # step 3
         state = _check_block(state, block, certificate)  # steps 4 and 5
+        for found in early_issuances(block, state):
+            early_count += 1
+            if len(early) < EARLY_ISSUANCES_LISTED:
+                early.append(found)
         if on_block is not None:
             on_block(state.height, state.log.size)
     return AuditReport(  # step 6
@@ -150,7 +181,49 @@ def audit_chain(
         log_root=state.log.root().hex(),
         state_root=state.state_root,
         head_hash=state.head_hash,
+        early_issuances=early_count,
+        early_listed=tuple(early),
     )
+
+
+def early_issuances(block: Block, after: State) -> Iterator[EarlyIssuance]:
+    """The issuances of `block` (applied: `after` is the state it produced) that credit a
+    period which had not ended at the block's time, in block order."""
+    time = block.header.time
+    for envelope in block.transactions:
+        if envelope.tx.type != "issue":
+            continue
+        payload = envelope.tx.payload
+        if _day_start_ms(payload["period_end"]) <= time:
+            continue
+        methodology, project = payload["methodology_id"], payload["project_id"]
+        periods = after.get(f"issuance/{methodology}/{project}") or ()
+        batch_id = next(  # a (methodology, project, period) is credited once while it stands
+            (
+                p["batch_id"]
+                for p in reversed(periods)
+                if (p["period_start"], p["period_end"])
+                == (payload["period_start"], payload["period_end"])
+            ),
+            "",
+        )
+        yield EarlyIssuance(
+            height=block.height,
+            block_time=time,
+            tx_id=envelope.tx_id,
+            batch_id=batch_id,
+            methodology_id=methodology,
+            project_id=project,
+            period_start=payload["period_start"],
+            period_end=payload["period_end"],
+        )
+
+
+def _day_start_ms(day: str) -> int:
+    start = datetime.datetime.combine(
+        datetime.date.fromisoformat(day), datetime.time(), tzinfo=datetime.UTC
+    )
+    return int(start.timestamp()) * 1000
 
 
 def _check_genesis_line(genesis: Genesis, line: bytes | None, line_bytes_max: int) -> None:

@@ -8,6 +8,7 @@ file; 2 on bad usage.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from ledger.evidence import make_evidence, sign_vote
 from ledger.store import Store
 from tests.api.test_cli import assert_fails_cleanly, free_port, tanlian
 from tests.factory import key
+from tests.ledger.test_verification_audit import ConsortiumChain, export_of
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,31 @@ def stored_head(data: Path) -> tuple[int, str, str]:
     finally:
         store.close()
     return state.height, state.log.root().hex(), state.state_root
+
+
+def test_an_issuance_of_a_period_not_yet_ended_is_a_notice_not_a_failure(
+    tmp_path: Path,
+) -> None:
+    chain = ConsortiumChain()
+    chain.funded()  # B-1 credits January 2026, in a block of 2026-01-01
+    block = chain.blocks[0].block
+    (issue,) = [e for e in block.transactions if e.tx.type == "issue"]
+    export_file, genesis_file = tmp_path / "chain.ndjson", tmp_path / "genesis.json"
+    export_file.write_bytes(b"".join(export_of(chain)))
+    genesis_file.write_bytes(canonical(chain.genesis_document))
+    result = tanlian("verify", "chain", "--export", export_file, "--genesis", genesis_file)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("chain verified: height 1, 3 transactions,"), lines
+    assert lines[1].startswith("notice: 1 issuance credited a period that had not ended at its"), (
+        lines
+    )
+    moment = datetime.datetime.fromtimestamp(block.header.time / 1000, datetime.UTC)
+    assert moment.date() == datetime.date(2026, 1, 1)
+    assert lines[2:] == [
+        f"  B-1 at height 1 ({moment:%Y-%m-%dT%H:%M:%SZ}): household-electricity/meter-0001,"
+        f" 2026-01-01 to 2026-02-01, transaction {issue.tx_id}"
+    ]
 
 
 def test_a_sound_export_verifies_and_prints_the_head(exported: tuple[Path, Path]) -> None:

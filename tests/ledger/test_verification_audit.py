@@ -33,8 +33,10 @@ from ledger.merkle import EMPTY_ROOT
 from ledger.state_transition import BuiltBlock
 from ledger.transactions import Envelope, Transaction, parse_envelope, sign_transaction
 from ledger.verification import (
+    EARLY_ISSUANCES_LISTED,
     AuditFailure,
     AuditReport,
+    EarlyIssuance,
     audit_chain,
     compute_line_bytes_max,
 )
@@ -141,12 +143,28 @@ def scenario() -> Scenario:
         line = {"block": built.block.to_json(), "certificate": certificate.to_json()}
         lines.append(canonical(line) + b"\n")
     state = chain.state
+    first = chain.blocks[0].block
+    (issue,) = [e for e in first.transactions if e.tx.type == "issue"]
     report = AuditReport(
         height=state.height,
         transactions=state.log.size,
         log_root=state.log.root().hex(),
         state_root=state.state_root,
         head_hash=state.head_hash,
+        # `funded` issues B-1 for January 2026 in a block of 2026-01-01: a period not ended
+        early_issuances=1,
+        early_listed=(
+            EarlyIssuance(
+                height=1,
+                block_time=first.header.time,
+                tx_id=issue.tx_id,
+                batch_id="B-1",
+                methodology_id="household-electricity",
+                project_id="meter-0001",
+                period_start="2026-01-01",
+                period_end="2026-02-01",
+            ),
+        ),
     )
     governing = tuple(
         tuple(v.public_key for v in built.state.last_validators) for built in chain.blocks
@@ -672,3 +690,59 @@ def test_any_byte_change_passes_unchanged_or_fails_as_an_audit_failure(
     event("passes")
     # Only a change JSON ignores (spacing, a newline at the end) may pass, with the same head.
     assert report == scenario().report
+
+
+# --- the audit's notice: issuances of a period not yet ended --------------------------------------
+
+
+def export_of(chain: ConsortiumChain) -> list[bytes]:
+    lines = [canonical(chain.genesis_document) + b"\n"]
+    for built, certificate in zip(chain.blocks, chain.certificates, strict=True):
+        line = {"block": built.block.to_json(), "certificate": certificate.to_json()}
+        lines.append(canonical(line) + b"\n")
+    return lines
+
+
+def test_an_issuance_is_noticed_when_its_period_had_not_ended_at_its_block() -> None:
+    """A period's end is exclusive: one ending on the block's own day (UTC) had ended at 00:00,
+    one ending the next day had not. The chain is valid either way (SPEC §3.3)."""
+    chain = ConsortiumChain()
+    alice = chain.alice
+    built = chain.commit(
+        chain.accredit(),
+        chain.issue([(alice, 10)], project_id="ended", period=("2025-12-01", "2026-01-01")),
+        chain.issue([(alice, 10)], project_id="not-ended", period=("2025-12-01", "2026-01-02")),
+    )
+    assert not built.rejected, built.rejected
+    assert built.block.header.time >= GENESIS_TIME  # 2026-01-01T00:00:00Z or after
+    early = built.block.transactions[2]
+    report = audit_chain(chain.genesis, export_of(chain))
+    assert report.early_issuances == 1
+    assert report.early_listed == (
+        EarlyIssuance(
+            height=1,
+            block_time=built.block.header.time,
+            tx_id=early.tx_id,
+            batch_id="B-2",
+            methodology_id="household-electricity",
+            project_id="not-ended",
+            period_start="2025-12-01",
+            period_end="2026-01-02",
+        ),
+    )
+
+
+def test_every_early_issuance_is_counted_and_the_first_ones_listed() -> None:
+    chain = ConsortiumChain()
+    count = EARLY_ISSUANCES_LISTED + 2
+    projects = [f"meter-{n:02d}" for n in range(count)]
+    built = chain.commit(
+        chain.accredit(), *(chain.issue([(chain.alice, 1)], project_id=p) for p in projects)
+    )
+    assert not built.rejected, built.rejected
+    report = audit_chain(chain.genesis, export_of(chain))
+    assert report.early_issuances == count
+    assert [e.project_id for e in report.early_listed] == projects[:EARLY_ISSUANCES_LISTED]
+    assert [e.batch_id for e in report.early_listed] == [
+        f"B-{n}" for n in range(1, EARLY_ISSUANCES_LISTED + 1)
+    ]
