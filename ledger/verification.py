@@ -194,7 +194,7 @@ def early_issuances(block: Block, after: State) -> Iterator[EarlyIssuance]:
         if envelope.tx.type != "issue":
             continue
         payload = envelope.tx.payload
-        if _day_start_ms(payload["period_end"]) <= time:
+        if not period_not_ended(payload["period_end"], time):
             continue
         methodology, project = payload["methodology_id"], payload["project_id"]
         periods = after.get(f"issuance/{methodology}/{project}") or ()
@@ -219,11 +219,13 @@ def early_issuances(block: Block, after: State) -> Iterator[EarlyIssuance]:
         )
 
 
-def _day_start_ms(day: str) -> int:
+def period_not_ended(period_end: str, time_ms: int) -> bool:
+    """Whether a period ending (exclusive) on `period_end` had not ended at `time_ms`: the
+    time is before 00:00 UTC of that day."""
     start = datetime.datetime.combine(
-        datetime.date.fromisoformat(day), datetime.time(), tzinfo=datetime.UTC
+        datetime.date.fromisoformat(period_end), datetime.time(), tzinfo=datetime.UTC
     )
-    return int(start.timestamp()) * 1000
+    return time_ms < int(start.timestamp()) * 1000
 
 
 def _check_genesis_line(genesis: Genesis, line: bytes | None, line_bytes_max: int) -> None:

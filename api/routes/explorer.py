@@ -28,6 +28,7 @@ from api.routes import node_of
 from api.statistics import Totals
 from ledger.errors import LedgerError
 from ledger.limits import JSON_INTEGER_MAX, TEXT_CHARS_MAX
+from ledger.verification import period_not_ended
 
 router = APIRouter(include_in_schema=False)
 
@@ -355,6 +356,7 @@ def batch(
         node,
         "batch.html",
         b=value,
+        issued_early=period_not_ended(value["period_end"], value["time"]),
         methodology=node.state.get(f"methodology/{value['methodology_id']}"),
         lots=lots,
         cursor=cursor,

@@ -69,7 +69,7 @@ class City:
                 [(bob, 2000)],
                 project_id="roof-7",
                 methodology_id="rooftop-solar",
-                period=("2026-02-01", "2026-03-01"),
+                period=("2026-01-01", "2026-02-01"),  # ended when it is issued, unlike B-1
             ),
         ]
         self.issue_ids = [e.tx_id for e in issues]
@@ -222,7 +222,14 @@ async def test_every_page_renders(live: Live) -> None:
         f"/transactions/{city.transfers[0]}": ["Transfer", "Check it yourself", "proof-data"],
         f"/accounts/{chain.alice.account_id}": ["Holdings", "Serial ranges by batch", "History"],
         "/batches": ["Batches", "B-1", "B-2", "rooftop-solar"],
-        "/batches/B-1": ["Evidence hash", "Supply by status", "serial ranges", "Invalidated"],
+        "/batches/B-1": [
+            "Evidence hash",
+            "Supply by status",
+            "serial ranges",
+            "Invalidated",
+            'id="issued-early"',  # issued on 2026-01-02 for January 2026
+            "issued before its period ended",
+        ],
         "/retirements": ["Retirements", "张伟 Zhang Wei household"],
         f"/retirements/{retirement}": [
             "Carbon credit retirement certificate",
@@ -243,6 +250,7 @@ async def test_every_page_renders(live: Live) -> None:
         assert "<title>" in html and 'lang="zh-CN"' in html, path
         assert "http://" not in html.replace("http://www.w3.org/2000/svg", ""), path
         assert "https://" not in html, path  # nothing from outside the node
+    assert 'id="issued-early"' not in await live.page("/batches/B-2")  # its period had ended
 
 
 async def test_the_dashboard_draws_labelled_charts_with_tables(live: Live) -> None:
