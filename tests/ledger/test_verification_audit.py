@@ -76,6 +76,15 @@ class ConsortiumChain(Chain):
         return certificate
 
 
+def export_of(chain: ConsortiumChain) -> list[bytes]:
+    """The chain as `tanlian export` writes it: the genesis, then one block a line."""
+    lines = [canonical(chain.genesis_document) + b"\n"]
+    for built, certificate in zip(chain.blocks, chain.certificates, strict=True):
+        line = {"block": built.block.to_json(), "certificate": certificate.to_json()}
+        lines.append(canonical(line) + b"\n")
+    return lines
+
+
 def _double_vote(name: str, height: int) -> Evidence:
     votes = [
         sign_vote(key(name), chain_id=CHAIN_ID, vote_type="prevote", height=height, round=1,
@@ -138,10 +147,7 @@ def scenario() -> Scenario:
         built = chain.commit(*envelopes, evidence=evidence)
         assert not built.rejected, built.rejected
         assert built.block.evidence == evidence, built.evidence_left_out
-    lines = [canonical(chain.genesis_document) + b"\n"]
-    for built, certificate in zip(chain.blocks, chain.certificates, strict=True):
-        line = {"block": built.block.to_json(), "certificate": certificate.to_json()}
-        lines.append(canonical(line) + b"\n")
+    lines = export_of(chain)
     state = chain.state
     first = chain.blocks[0].block
     (issue,) = [e for e in first.transactions if e.tx.type == "issue"]
@@ -693,14 +699,6 @@ def test_any_byte_change_passes_unchanged_or_fails_as_an_audit_failure(
 
 
 # --- the audit's notice: issuances of a period not yet ended --------------------------------------
-
-
-def export_of(chain: ConsortiumChain) -> list[bytes]:
-    lines = [canonical(chain.genesis_document) + b"\n"]
-    for built, certificate in zip(chain.blocks, chain.certificates, strict=True):
-        line = {"block": built.block.to_json(), "certificate": certificate.to_json()}
-        lines.append(canonical(line) + b"\n")
-    return lines
 
 
 def test_an_issuance_is_noticed_when_its_period_had_not_ended_at_its_block() -> None:
