@@ -23,12 +23,7 @@ import uvicorn
 
 from api.app import create_app
 from api.cli_client import Kind, checked_id, export_from_node, query, tx
-from api.cli_cluster import (
-    EMPTY_BLOCK_INTERVAL_S_DEFAULT,
-    EmptyBlockInterval,
-    cluster,
-    option_given,
-)
+from api.cli_cluster import EMPTY_BLOCK_INTERVAL_S_DEFAULT, EmptyBlockInterval, cluster
 from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
 from api.console import (
@@ -36,6 +31,7 @@ from api.console import (
     counted,
     fails_cleanly,
     load_key,
+    option_given,
     out,
     passphrase,
     write_atomically,

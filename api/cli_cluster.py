@@ -24,7 +24,7 @@ from typing import Annotated, Final
 import typer
 
 from api.cli_verify import read_genesis
-from api.console import fails_cleanly, out, read_key_file, write_atomically
+from api.console import fails_cleanly, option_given, out, read_key_file, write_atomically
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, printable
@@ -50,13 +50,6 @@ STOP_SECONDS: Final = 20.0  # how long each child may take to stop before it is 
 LOG_TAIL_BYTES: Final = 64 * 1024  # of an exited child's log, read for its reason
 ERROR_CHARS_MAX: Final = 300  # of that reason, in the one line
 CHAIN_ID: Final = "tanlian-consortium"
-
-
-def option_given(context: typer.Context, name: str) -> bool:
-    """Whether the parameter `name` was given (on the command line), not left at its
-    default."""
-    source = context.get_parameter_source(name)
-    return source is not None and source.name != "DEFAULT"
 
 
 def party_names(count: int) -> list[str]:

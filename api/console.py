@@ -32,6 +32,13 @@ PASSPHRASE_ENV = "TANLIAN_PASSPHRASE"
 KEY_FILE_BYTES_MAX = 64 * 1024  # a PEM key is a few hundred bytes; /dev/zero is not one
 
 
+def option_given(context: typer.Context, name: str) -> bool:
+    """Whether the parameter `name` was given (on the command line), not left at its
+    default."""
+    source = context.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
 def counted(count: int, noun: str) -> str:
     """`count` and `noun`, plural unless one: "1 transaction", "3 transactions"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
