@@ -455,6 +455,10 @@ class Store:
         # checked against, into `lots`, whose rows are rebuilt from them. The file keeps its
         # size (no VACUUM): the freed pages take the next blocks' rows.
         lots = f"key > '{_LOT_PREFIX}' AND key < '{_LOT_PREFIX[:-1]}0'"
+        in_state = self._conn.execute(f"SELECT 1 FROM state WHERE {lots} LIMIT 1").fetchone()
+        if in_state is None and self._conn.execute("SELECT 1 FROM lots LIMIT 1").fetchone():
+            # Lots, but none in `state`: a store of this layout whose column was removed.
+            raise StoreError("refusing to start: the lots table lost its retirement_id column")
         columns = ", ".join(_LOT_COLUMNS)
         values = ", ".join(f"json_extract(value, '$.{column}')" for column in _LOT_COLUMNS)
         self._conn.execute("ALTER TABLE lots ADD COLUMN retirement_id TEXT")

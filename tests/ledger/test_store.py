@@ -1336,3 +1336,24 @@ def test_an_old_store_whose_lots_cannot_be_moved_is_refused_unchanged(
     finally:
         store.close()
     assert dump(produced.directory) == before
+
+
+def test_a_store_of_this_layout_that_lost_a_column_is_not_taken_for_an_old_one(
+    produced: Produced,
+) -> None:
+    """Found by review: with retirement_id dropped, it looked like a store of the old layout,
+    and the move rebuilt its lots from `state`, which holds none: every lot row deleted."""
+    connection = connect(produced.directory)
+    try:
+        with connection:
+            connection.execute("ALTER TABLE lots DROP COLUMN retirement_id")
+    finally:
+        connection.close()
+    before = dump(produced.directory)
+    store = Store.open(produced.directory)
+    try:
+        with pytest.raises(StoreError, match="lots table lost its retirement_id column"):
+            store.ensure_layout()
+    finally:
+        store.close()
+    assert dump(produced.directory) == before
