@@ -76,7 +76,11 @@ DESCRIPTORS_SPARE: Final = 8  # fewer free than this: the process is out of desc
 _CANNOT_OPEN: Final = frozenset(
     {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
 )
-SCHEMA_VERSION: Final = 1
+# The store's layout, in its `meta` row: 1 kept each lot in `state` and `lots`; 2 keeps it once,
+# in `lots` (`_LOT_COLUMNS`). A store of a later version is refused, not misread: its layout is
+# one this build does not know. (Versions 1 and 2 shared the number 1 for a while; the lots
+# table's columns tell them apart, and `ensure_layout` writes 2 once it holds lots once.)
+SCHEMA_VERSION: Final = 2
 # A lot's state value is kept once, as its row of the `lots` table (these columns are the
 # value's own members), not also as a row of `state`: a transfer rewrites two or three lots,
 # and each row of a random-keyed table dirties a page that the commit writes twice (the WAL,
@@ -119,6 +123,14 @@ class Store:
         self._writer: _Writer | None = None
         self._lock: DirectoryLock | None = None
         self.db = sqlite_utils.Database(connection)
+        version = self._meta("schema_version")
+        if not version.isdigit() or len(version) > 6:
+            raise StoreError(f"its schema version {version[:20]!r} is not a number")
+        if int(version) > SCHEMA_VERSION:
+            raise StoreError(
+                f"its layout is schema version {int(version)}, written by a later version of"
+                f" Tanlian; this one reads versions up to {SCHEMA_VERSION}: run the later one"
+            )
         self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
         # The genesis set is known without a read: a chain whose set never changed reads no
         # history for it (each new connection had scanned the whole history table).
@@ -443,6 +455,9 @@ class Store:
             with _transaction(self._conn):
                 if not self._lots_held_once():
                     self._hold_lots_once()
+                self._conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
         except sqlite3.Error as error:
             raise StoreError(
                 f"refusing to start: the store's lots cannot be moved to this version's layout"

@@ -44,7 +44,7 @@ from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import LogState
 from ledger.state import State
 from ledger.state_transition import apply_block
-from ledger.store import BATCH_NUMBER, DATABASE_FILE, Store
+from ledger.store import BATCH_NUMBER, DATABASE_FILE, SCHEMA_VERSION, Store
 from ledger.transactions import Envelope
 from ledger.worker import read_frame
 from tests.factory import GENESIS_TIME, Chain, key
@@ -1292,6 +1292,7 @@ def test_a_store_holding_each_lot_twice_loads_and_moves_to_one_copy(produced: Pr
                 [(key, canonical_unchecked(value).decode()) for key, value in lots.items()],
             )
             connection.execute("ALTER TABLE lots DROP COLUMN retirement_id")
+            connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     finally:
         connection.close()
     store = Store.open(produced.directory)
@@ -1306,6 +1307,7 @@ def test_a_store_holding_each_lot_twice_loads_and_moves_to_one_copy(produced: Pr
     try:
         assert connection.execute("SELECT key FROM state WHERE key LIKE 'lot/%'").fetchall() == []
         assert _lots(connection) == lots
+        assert _schema_version(connection) == str(SCHEMA_VERSION) == "2"
     finally:
         connection.close()
     reopened = Store.open(produced.directory)
@@ -1356,4 +1358,68 @@ def test_a_store_of_this_layout_that_lost_a_column_is_not_taken_for_an_old_one(
             store.ensure_layout()
     finally:
         store.close()
+    assert dump(produced.directory) == before
+
+
+def _schema_version(connection: sqlite3.Connection) -> str:
+    row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return str(row[0])
+
+
+def test_a_new_store_is_of_this_schema_version(produced: Produced) -> None:
+    connection = connect(produced.directory)
+    try:
+        assert _schema_version(connection) == str(SCHEMA_VERSION)
+    finally:
+        connection.close()
+
+
+def test_a_store_of_this_layout_labelled_version_1_is_labelled_again(produced: Produced) -> None:
+    """The build that first held each lot once still wrote version 1: its stores keep their
+    rows and take the number 2."""
+    connection = connect(produced.directory)
+    try:
+        with connection:
+            connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        lots = _lots(connection)
+    finally:
+        connection.close()
+    store = Store.open(produced.directory)
+    try:
+        store.ensure_layout()
+        assert_same_state(store.load_state(), produced.state)
+    finally:
+        store.close()
+    connection = connect(produced.directory)
+    try:
+        assert _schema_version(connection) == "2"
+        assert _lots(connection) == lots
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        (str(SCHEMA_VERSION + 1), "schema version 3, written by a later version of Tanlian"),
+        ("12345678901234567890", "schema version '12345678901234567890' is not a number"),
+        ("2.0", "schema version '2.0' is not a number"),
+        ("", "schema version '' is not a number"),
+    ],
+)
+def test_a_store_of_a_later_or_unknown_schema_version_is_refused_unchanged(
+    produced: Produced, version: str, reason: str
+) -> None:
+    """Its layout is not one this build knows: read as this one's, its rows could be
+    misread, or moved over and lost."""
+    connection = connect(produced.directory)
+    try:
+        with connection:
+            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    finally:
+        connection.close()
+    before = dump(produced.directory)
+    with pytest.raises(StoreError, match="is not a usable Tanlian database: its ") as raised:
+        Store.open(produced.directory)
+    assert reason in raised.value.message
     assert dump(produced.directory) == before
