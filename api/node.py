@@ -95,9 +95,10 @@ class _CommittedIds:
     HASHES: Final = 7
     BITS_PER_ID: Final = 10
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, filled: bool = True) -> None:
         self.capacity = capacity
         self.count = 0
+        self.filled = filled  # False: the committed ids are not in it yet, every id is "maybe"
         self._bits = (capacity * self.BITS_PER_ID).bit_length()  # a power of two, rounded up
         assert self._bits <= 32, "each position is one 32-bit word of the id"
         self._table = bytearray(1 << (self._bits - 3))
@@ -115,7 +116,7 @@ class _CommittedIds:
         self.count += 1
 
     def __contains__(self, tx_id: object) -> bool:
-        if not isinstance(tx_id, str) or len(tx_id) < 8 * self.HASHES:
+        if not self.filled or not isinstance(tx_id, str) or len(tx_id) < 8 * self.HASHES:
             return True  # not an id this filter can rule out
         try:
             positions = self._positions(tx_id)
@@ -192,7 +193,10 @@ class Node:
             )
             if self.sync is not None and self.sync.counters.fork is not None:
                 self.producer.hold_evidence(self.sync.counters.fork.evidence)  # a kept proof
-        self._committed_ids = self._load_committed_ids(self._writer, 0)
+        # Filled from the store once the node starts, on a thread of its own (2.2 s a million
+        # ids, which had been added to every start): until then every id is "maybe"
+        # committed, a lookup in the store.
+        self._committed_ids = _CommittedIds(1, filled=False)
         self._committed_ids_lock = threading.Lock()
         # While a larger filter is filled beside the block loop: the ids committed meanwhile.
         self._committed_while_growing: list[str] | None = None
@@ -304,6 +308,8 @@ class Node:
 
     def start(self) -> None:
         tune_garbage_collector()
+        with self._committed_ids_lock:
+            self._fill_committed_ids_beside()
         self._loop = threading.Thread(target=self._run, name="block-loop", daemon=True)
         self._loop.start()
 
@@ -485,26 +491,31 @@ class Node:
         return committed
 
     def _note_committed(self, tx_ids: list[str]) -> None:
-        """Add a block's ids to the filter. Once it holds more than it was sized for, a
-        filter twice as large is filled from the store on a thread of its own, which reads
-        every committed id (2.2 s a million on this machine): on the block loop that had
-        stopped the chain, or this validator's part in it, for as long, at each doubling.
-        Meanwhile the full filter goes on taking ids: overfull, it answers "maybe" more
-        often (a lookup in the store), never a wrong "no". The new one takes the ids
-        committed since it began and replaces it."""
+        """Add a block's ids to the filter. Once it holds more than it was sized for (or
+        was never filled: its filling failed), a filter twice as large is filled from the
+        store on a thread of its own, which reads every committed id (2.2 s a million on
+        this machine): on the block loop that had stopped the chain, or this validator's
+        part in it, for as long, at each doubling. Meanwhile the full filter goes on taking
+        ids: overfull, it answers "maybe" more often (a lookup in the store), never a wrong
+        "no". The new one takes the ids committed since it began and replaces it."""
         with self._committed_ids_lock:
             for tx_id in tx_ids:
                 self._committed_ids.add(tx_id)
             if self._committed_while_growing is not None:
                 self._committed_while_growing += tx_ids
-            elif self._committed_ids.count > self._committed_ids.capacity:
-                self._committed_while_growing = []
-                threading.Thread(
-                    target=self._grow_committed_ids,
-                    args=(self._committed_ids.capacity,),
-                    name="committed-ids",
-                    daemon=True,
-                ).start()
+            elif (
+                not self._committed_ids.filled
+                or self._committed_ids.count > self._committed_ids.capacity
+            ):
+                self._fill_committed_ids_beside()
+
+    def _fill_committed_ids_beside(self) -> None:
+        """Start filling a new filter (the caller holds `_committed_ids_lock`)."""
+        self._committed_while_growing = []
+        capacity = self._committed_ids.capacity if self._committed_ids.filled else 0
+        threading.Thread(
+            target=self._grow_committed_ids, args=(capacity,), name="committed-ids", daemon=True
+        ).start()
 
     def _grow_committed_ids(self, capacity: int) -> None:
         grown: _CommittedIds | None = None
