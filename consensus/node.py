@@ -87,6 +87,8 @@ from consensus.producer import (
     CommittedBlock,
     Outcome,
     committed_outcomes,
+    is_authentic,
+    refusal,
     reject_stale,
     remember,
     settle_pool,
@@ -342,19 +344,14 @@ class BftProducer:
             )
             fresh = [admission.envelope for admission in admissions if admission.new]
             for admission, check in zip(admissions, checks, strict=True):
-                tx_id = admission.envelope.tx_id
-                if admission.error is None or (check is None and tx_id in self._unsettled):
-                    self.outcomes.pop(tx_id, None)
-                    answers.append(Outcome(tx_id=tx_id, status="pending"))
+                envelope, error = admission.envelope, admission.error
+                if error is None or (check is None and envelope.tx_id in self._unsettled):
+                    self.outcomes.pop(envelope.tx_id, None)
+                    answers.append(Outcome(tx_id=envelope.tx_id, status="pending"))
                 else:
-                    outcome = Outcome(
-                        tx_id=tx_id,
-                        status="rejected",
-                        code=admission.error.code,
-                        message=admission.error.message,
-                    )
-                    self._remember(outcome)
-                    answers.append(outcome)
+                    account = self._tip_account(envelope.tx.signer)
+                    authentic = is_authentic(check, account, envelope)
+                    answers.append(refusal(self.outcomes, envelope, error, authentic=authentic))
         if fresh and self.transport is not None:
             self.transport.forward(fresh)
         return answers

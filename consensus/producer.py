@@ -21,7 +21,7 @@ from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.limits import OUTCOMES_REMEMBERED_MAX
 from ledger.state import State
-from ledger.state_transition import build_block
+from ledger.state_transition import build_block, check_authorization
 from ledger.store import Store
 from ledger.transactions import Envelope
 
@@ -76,6 +76,45 @@ def settle_pool(
     for outcome in committed:
         remember(outcomes, outcome)
     reject_stale(pool, outcomes, committed_nonce)
+
+
+def refusal(
+    outcomes: OrderedDict[str, Outcome],
+    envelope: Envelope,
+    error: LedgerError,
+    *,
+    authentic: bool,
+) -> Outcome:
+    """The answer to a submission the pool refused (the caller holds the producer's lock).
+
+    A transaction answered committed stays so: its block was committed after the route
+    looked, and the pool then found its nonce used. The refusal is remembered under the
+    transaction's id only for an `authentic` copy: an id names the transaction alone, and a
+    copy anyone can make (unsigned, or signed by a key not the signer's) must neither replace
+    what became of the transaction nor, a thousand at a time, push other outcomes out of
+    memory (found by review: a copy with no signatures turned a genuine rejection into
+    `insufficient_signatures`, and made ids never submitted answer "rejected")."""
+    known = outcomes.get(envelope.tx_id)
+    if known is not None and known.status == "committed":
+        return known
+    outcome = Outcome(
+        tx_id=envelope.tx_id, status="rejected", code=error.code, message=error.message
+    )
+    if authentic:
+        remember(outcomes, outcome)
+    return outcome
+
+
+def is_authentic(check: LedgerError | None, account: Any, envelope: Envelope) -> bool:
+    """The envelope's signatures verified (`check` is None) and its listed keys are its
+    signer's and reach the threshold at `account` (its `account/` record, or None)."""
+    if check is not None:
+        return False
+    try:
+        check_authorization(account, envelope)
+    except LedgerError:
+        return False
+    return True
 
 
 def reject_stale(
@@ -213,15 +252,13 @@ class SoloProducer:
         """Admit envelopes to the pool; each answer is pending or rejected with its code.
         `signature_checks`, where given, are the envelopes' checks made already."""
         limit = self._state.params.transaction_bytes_max
+        if signature_checks is None:
+            signature_checks = self.pool.check_signatures(envelopes)
         checks: list[LedgerError | None] = [
             error if size_error is None else size_error
             for size_error, error in zip(
                 (_size_error(envelope, limit) for envelope in envelopes),
-                (
-                    self.pool.check_signatures(envelopes)
-                    if signature_checks is None
-                    else signature_checks
-                ),
+                signature_checks,
                 strict=True,
             )
         ]
@@ -229,21 +266,22 @@ class SoloProducer:
         with self._lock:
             # Nonces count from the tip: one in a block being written is used already.
             admissions = self.pool.admit(envelopes, checks, self._tip_account)
-        for admission in admissions:
-            tx_id = admission.envelope.tx_id
-            error = admission.error
-            if error is None:
-                outcome = Outcome(tx_id=tx_id, status="pending")
-                with self._lock:
+        for admission, check in zip(admissions, signature_checks, strict=True):
+            envelope, error = admission.envelope, admission.error
+            with self._lock:
+                if error is None:
+                    outcome = Outcome(tx_id=envelope.tx_id, status="pending")
                     # Ids come from the transaction alone: a new attempt (say, now signed by
                     # the right key) replaces what an earlier one was answered.
-                    self.outcomes.pop(tx_id, None)
-            else:
-                outcome = Outcome(
-                    tx_id=tx_id, status="rejected", code=error.code, message=error.message
-                )
-                with self._lock:
-                    self._remember(outcome)
+                    self.outcomes.pop(envelope.tx_id, None)
+                else:
+                    account = self._tip_account(envelope.tx.signer)
+                    outcome = refusal(
+                        self.outcomes,
+                        envelope,
+                        error,
+                        authentic=is_authentic(check, account, envelope),
+                    )
             answers.append(outcome)
         return answers
 

@@ -248,7 +248,8 @@ def _admit(node: Node, submission: Submission) -> tuple[dict[str, Outcome], dict
     failed is answered so without the pool (an id names the transaction alone: a broken copy
     says nothing of what became of it, and a flood of them must not push other outcomes out
     of the producer's memory), and a good copy beside it still goes to the pool, as do the
-    rest."""
+    rest. For the same reason the producer does not remember the refusal of a copy whose
+    listed keys do not authorize it (`consensus.producer.refusal`)."""
     outcomes: dict[str, Outcome] = {}
     refused: dict[bytes, Outcome] = {}
     fresh = []

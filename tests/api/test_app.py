@@ -162,6 +162,8 @@ async def test_nobody_holds_another_accounts_nonce_and_a_broken_copy_spoils_noth
     ):
         assert_problem(await post(live, squatter, wait=False), 422, code)
         assert live.node.producer.pending_count() == 0
+    # Nor is what a copy anyone can make was answered kept as what became of the transaction.
+    assert_problem(await live.client.get(f"/v1/transactions/{own.tx_id}"), 404, "not_found")
     broken = own.to_json()
     signature = broken["signatures"][0]["signature"]
     broken["signatures"][0]["signature"] = ("0" if signature[0] != "0" else "1") + signature[1:]

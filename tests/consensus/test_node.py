@@ -655,3 +655,28 @@ def test_peers_messages_wait_within_a_byte_bound_and_the_newest_always_stays(
         assert validator.inbox_bytes() == message_bytes(vote) == PEER_MESSAGE_BYTES_BASE
     finally:
         consortium.close()
+
+
+def test_a_validator_keeps_what_became_of_a_transaction_against_copies(tmp_path: Path) -> None:
+    """As the single validator (found by review): a copy nobody signed is answered, and
+    neither remembered nor forwarded; a committed transaction submitted again stays
+    committed (its nonce used, the pool refuses it `bad_nonce`)."""
+    consortium = Consortium(tmp_path)
+    try:
+        first, second = WORLD.workload[0], WORLD.workload[1]
+        validator = consortium.producers[0]
+        (answer,) = validator.submit([first])
+        assert answer.status == "pending"
+        consortium.run(committed_everywhere(consortium, [first.tx_id]))
+        committed = validator.outcomes[first.tx_id]
+        assert committed.status == "committed"
+        (again,) = validator.submit([first])
+        assert again == committed
+        assert validator.outcomes[first.tx_id] == committed
+        stripped = Envelope(tx=second.tx, signatures=())
+        (refused,) = validator.submit([stripped])
+        assert refused.status == "rejected"
+        assert second.tx_id not in validator.outcomes
+        assert all(second.tx_id not in p.pool for p in consortium.producers.values())
+    finally:
+        consortium.close()

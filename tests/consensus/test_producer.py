@@ -174,7 +174,7 @@ def test_a_bad_signature_is_rejected_at_submission(producer: SoloProducer, chain
     )
     (answer,) = producer.submit([bad])
     assert (answer.status, answer.code) == ("rejected", "bad_signature")
-    assert producer.outcomes[bad.tx_id].code == "bad_signature"
+    assert bad.tx_id not in producer.outcomes  # a broken copy says nothing of the transaction
     assert producer.pending_count() == 0
     assert producer.produce(T1) is None
 
@@ -334,12 +334,12 @@ def test_refuses_a_chain_with_more_than_one_validator(tmp_path: Path, chain: Cha
         store.close()
 
 
-def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
+def test_a_copy_signed_by_another_key_is_answered_and_forgotten(
     producer: SoloProducer, chain: Chain
 ) -> None:
     """Ids come from the transaction alone: signed by a key outside the signer's set it is
-    rejected (on admission, by the pool); the same transaction signed rightly must not keep
-    that answer."""
+    rejected (on admission, by the pool), and that answer is not what became of the
+    transaction: the same transaction signed rightly then commits."""
     for envelope in producer.submit(setup_envelopes(chain)):
         assert envelope.status == "pending"
     produced(producer, T1)
@@ -357,13 +357,76 @@ def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
     (refused,) = producer.submit([wrong])
     assert (refused.status, refused.code) == ("rejected", "unknown_key")
     assert producer.pending_count() == 0
-    assert producer.outcomes[wrong.tx_id].code == "unknown_key"
+    assert wrong.tx_id not in producer.outcomes  # anyone can make such a copy
     (again,) = producer.submit([right])
     assert again.status == "pending"
-    assert wrong.tx_id not in producer.outcomes  # the old rejection is forgotten
     result = produced(producer, T1 + 2000)
     assert [e.tx_id for e in result.block.transactions] == [right.tx_id]
     assert producer.outcomes[right.tx_id].status == "committed"
+
+
+def test_a_new_attempt_at_a_rejected_transaction_replaces_its_answer(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """An authentic copy refused on admission (its nonce too far ahead) is remembered so;
+    admitted once its nonce is within reach, the answer it had is replaced."""
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    nonce = chain.next_nonce(chain.alice.account_id)
+    far = transfer(chain, 3, nonce=nonce + producer.pool.nonce_gap_max)
+    (answer,) = producer.submit([far])
+    assert (answer.status, answer.code) == ("rejected", "bad_nonce")
+    assert producer.outcomes[far.tx_id].code == "bad_nonce"  # authentic: remembered
+    producer.submit([transfer(chain, 1, nonce=nonce)])
+    produced(producer, T1 + 1000)
+    (again,) = producer.submit([far])
+    assert again.status == "pending"
+    assert far.tx_id not in producer.outcomes  # the old rejection is forgotten
+
+
+def test_a_copy_nobody_signed_never_replaces_what_became_of_a_transaction(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """Found by review: a copy with its signatures stripped was refused
+    `insufficient_signatures`, and that answer replaced the transaction's genuine rejection;
+    copies of transactions nobody submitted were remembered "rejected", and a thousand at a
+    time pushed genuine outcomes out of memory."""
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    too_much = transfer(chain, 5000)
+    producer.submit([too_much])
+    produced_or_none = producer.produce(T1 + 1000)
+    assert produced_or_none is None  # nothing applied: the transfer was rejected
+    assert producer.outcomes[too_much.tx_id].code == "insufficient_credits"
+    stripped = Envelope(tx=too_much.tx, signatures=())
+    (answer,) = producer.submit([stripped])
+    assert (answer.status, answer.code) == ("rejected", "insufficient_signatures")
+    assert producer.outcomes[too_much.tx_id].code == "insufficient_credits"
+    remembered = len(producer.outcomes)
+    never_submitted = [
+        Envelope(tx=transfer(chain, 1, nonce=nonce).tx, signatures=()) for nonce in range(100, 130)
+    ]
+    answers = producer.submit(never_submitted)
+    assert {answer.status for answer in answers} == {"rejected"}
+    assert len(producer.outcomes) == remembered
+    assert not any(envelope.tx_id in producer.outcomes for envelope in never_submitted)
+
+
+def test_a_committed_transaction_submitted_again_stays_committed(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """Found by review: the route looks whether a transaction is committed before the pool
+    sees it; committed in between, its nonce is used and the pool refuses it `bad_nonce`,
+    which had replaced the committed answer."""
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    move = transfer(chain, 1)
+    producer.submit([move])
+    produced(producer, T1 + 1000)
+    assert producer.outcomes[move.tx_id].status == "committed"
+    (again,) = producer.submit([move])
+    assert again.status == "committed" and again.height == 2
+    assert producer.outcomes[move.tx_id].status == "committed"
 
 
 # --- a block built while the previous one is written ------------------------------------------
