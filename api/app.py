@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from api.admission import RETRY_AFTER_SECONDS, Admission, BodyBudget
 from api.explorer import ASSETS_URL, STATIC, Explorer, is_page
 from api.node import Node
-from api.problems import problem, problem_body
+from api.problems import problem
 from api.routes import (
     chain,
     consensus,
@@ -357,6 +357,6 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         log.exception("internal error on %s", request.url.path)
         if is_page(request.url.path):
             return pages.error(request, "internal_error", "internal error")
-        return JSONResponse(problem_body("internal_error", "internal error"), status_code=500)
+        return problem("internal_error", "internal error")
 
     return app

@@ -47,6 +47,12 @@ STATIC: Final = PACKAGE / "static"
 ASSETS_URL: Final = "/assets"
 TARGETS_FILE: Final = "programme-targets.json"
 TARGETS_FILE_BYTES_MAX: Final = 1024 * 1024
+# The calendar ends in the year 9999, a signed time may be any integer up to 2^53 - 1 ms (the
+# year 287396: a programme "valid until for ever"), and such a time had made every page that
+# shows it fail (found by review). Later times are shown as this, from a day before the end,
+# whatever the display offset.
+LATEST_MS: Final = int((datetime.datetime(9999, 12, 30, tzinfo=datetime.UTC)).timestamp()) * 1000
+LATEST_TEXT: Final = "after 9999-12-30"
 # Paths that belong to the machine interfaces: their errors stay RFC 9457 JSON problems.
 MACHINE_PATHS: Final = ("/v1/", "/healthz", "/metrics", "/openapi.json", "/docs", "/redoc")
 
@@ -197,14 +203,20 @@ class Explorer:
     # --- formatting ---------------------------------------------------------------------------
 
     def local(self, time_ms: int) -> datetime.datetime:
+        """`time_ms` on the display clock, at most `LATEST_MS` (the calendar's end)."""
         return datetime.datetime.fromtimestamp(
-            time_ms / 1000, tz=datetime.timezone(datetime.timedelta(minutes=self.offset_minutes))
+            min(time_ms, LATEST_MS) / 1000,
+            tz=datetime.timezone(datetime.timedelta(minutes=self.offset_minutes)),
         )
 
     def when(self, time_ms: int) -> str:
+        if time_ms >= LATEST_MS:
+            return LATEST_TEXT
         return self.local(time_ms).strftime("%Y-%m-%d %H:%M:%S")
 
     def day(self, time_ms: int) -> str:
+        if time_ms >= LATEST_MS:
+            return LATEST_TEXT
         return self.local(time_ms).strftime("%Y-%m-%d")
 
     def month_now(self, time_ms: int) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import datetime
 import functools
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -1037,8 +1036,3 @@ def build_block(
         deferred=tuple(deferred),
         evidence_left_out=tuple(left_out),
     )
-
-
-def transaction_date(time_ms: int) -> datetime.date:
-    """The UTC calendar date of a block time, for reports."""
-    return datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.UTC).date()

@@ -547,8 +547,9 @@ def dashboard(
     state = node.state
     last = explorer.month_now(state.head_time)
     first = next(iter(totals.by_month), last)
-    if to is not None and not MONTH.match(to):
-        raise _bad(f"'to' is a month as YYYY-MM, not {to[:80]!r}")
+    earliest = _shift("0001-01", WINDOW_MONTHS - 1)  # the window's first month is 0001-01
+    if to is not None and (not MONTH.match(to) or to < earliest):
+        raise _bad(f"'to' is a month as YYYY-MM, from {earliest} on, not {to[:80]!r}")
     end = last if to is None else to
     months = _months_until(end, WINDOW_MONTHS)
     by_month = totals.by_month
@@ -558,7 +559,7 @@ def dashboard(
         "months": months,
         "by_month": by_month,
         "earlier": _shift(months[0], -1) if months[0] > first else None,
-        "later": _shift(end, WINDOW_MONTHS) if end < last else None,
+        "later": min(_shift(end, WINDOW_MONTHS), "9999-12") if end < last else None,
         "charts": _dashboard_charts(totals, months, column, node, explorer),
         "methodologies": sorted(totals.by_methodology.items(), key=lambda kv: -kv[1]["issued"]),
     }

@@ -21,7 +21,7 @@ import pytest
 
 from api import charts
 from api.app import create_app
-from api.explorer import embed_json, load_targets
+from api.explorer import LATEST_TEXT, embed_json, load_targets
 from api.node import Node
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import Settings
@@ -521,6 +521,25 @@ async def test_a_bug_in_a_page_is_a_500_page_not_a_traceback(
     assert "<code>internal_error</code>" in response.text and "a bug" not in response.text
 
 
+async def test_a_bug_in_a_json_route_is_a_500_problem_not_a_traceback(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the JSON answer to a bug was sent as application/json, not as the
+    RFC 9457 problem every other refusal is."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(live.node, "reader", broken)
+    app = live.client._transport.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        response = await client.get("/v1/checkpoint")
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+    assert response.json()["code"] == "internal_error" and "a bug" not in response.text
+
+
 async def test_pages_are_not_in_the_openapi_schema(live: Live) -> None:
     schema = (await live.client.get("/openapi.json")).json()
     assert all(path.startswith(("/v1/", "/healthz", "/metrics")) for path in schema["paths"])
@@ -687,3 +706,46 @@ async def test_a_read_failing_halfway_counts_nothing_twice(
     again = statistics.refresh(live.node)
     assert again.total["retired"] > 0 and again.total["invalidated"] > 0
     assert again == Statistics(utc_offset_minutes=480).refresh(live.node)
+
+
+async def test_times_past_the_calendars_end_are_shown_not_a_500(tmp_path: Path) -> None:
+    """Found by review: a programme or an accreditation valid until 2^53 - 1 ms (the year
+    287396, "for ever": any signed time may be that large) made every page that shows it
+    answer 500; the calendar ends in 9999."""
+    chain = Chain()
+    forever = 2**53 - 1
+    store = Store.create(tmp_path, chain.genesis_document)
+    producer = SoloProducer(store, chain.validator)
+    envelopes = [
+        chain.accredit(valid_until=forever),
+        chain.authority_tx(
+            "create_program",
+            {"program_id": "for-ever", "name": "A programme for ever", "valid_until": forever},
+        ),
+    ]
+    assert all(o.status == "pending" for o in producer.submit(envelopes))
+    result = producer.produce(GENESIS_TIME + 1000)
+    assert result is not None and len(result.block.transactions) == 2
+    store.close()
+    node = Node(tmp_path, chain.validator)
+    node.start()
+    try:
+        app = create_app(node, Settings(data=tmp_path), manage_node=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            for path in ("/programmes", "/programmes/for-ever", "/certifiers"):
+                response = await client.get(path)
+                assert response.status_code == 200, (path, response.text[:300])
+                assert LATEST_TEXT in response.text, path
+    finally:
+        node.stop()
+
+
+async def test_the_dashboard_refuses_months_before_its_window_can_start(live: Live) -> None:
+    """Found by review: `to=0000-01` drew months of the year -1."""
+    for to in ("0000-01", "0001-11"):
+        html = await live.page(f"/dashboard?to={to}", 400)
+        assert "<code>bad_query</code>" in html and "from 0001-12 on" in html
+    html = await live.page("/dashboard?to=0001-12")
+    assert "0001-01 – 0001-12" in html
+    assert 'href="/dashboard?to=0002-12"' in html
