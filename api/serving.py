@@ -22,7 +22,13 @@ uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
   node keeps that bound itself;
 - bytes that are not HTTP/1.1 (a request line or header the parser refuses) are answered 400
   `malformed_request`, a problem, where uvicorn would answer plain text, and the connection
-  closes as uvicorn closes it.
+  closes as uvicorn closes it;
+- a request answered before its body was read (refused early: 415, 413, 503...) has the rest
+  of its body read and dropped, within the same clock and `body_bytes_max`, so that the client
+  reads its answer whole (closed at once, a connection with unread bytes sends a reset, which
+  can destroy the answer before the client reads it); past either bound the connection closes
+  without another answer. Review found that rest of the body counted as the next request's
+  head: answered a second, unasked-for 413, then reset.
 
 The request body is bounded in size and time by `api.app.BodyGuard`; together they leave no
 phase of a request unbounded in time.
@@ -35,6 +41,7 @@ import json
 import resource
 from typing import Any, ClassVar, Final, cast
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -55,6 +62,7 @@ class HeadBound(asyncio.Protocol):
 
     head_seconds: ClassVar[float]
     head_bytes_max: ClassVar[int]
+    body_bytes_max: ClassVar[int]
     connections_max: ClassVar[int]
     # The server's connections whose head clock runs, oldest clock first, with its start.
     waiting: ClassVar[dict[HeadBound, float]]
@@ -69,6 +77,7 @@ class HeadBound(asyncio.Protocol):
     _head_transport: asyncio.Transport | None = None
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _draining = False  # the clock runs on the rest of an answered request's body, not a head
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,6 +102,11 @@ class HeadBound(asyncio.Protocol):
     def is_between_requests(self) -> bool:
         """True when no request of this connection is being answered."""
         return self.cycle is None or bool(self.cycle.response_complete)
+
+    def request_read(self) -> bool:
+        """True when the parser has the whole of this connection's latest request, its
+        body included (each parser's subclass says)."""
+        raise NotImplementedError
 
     def current_cycle(self) -> object:
         """The latest request cycle uvicorn started: a new one means a complete head."""
@@ -136,13 +150,24 @@ class HeadBound(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._head_timer is None and self.is_between_requests():
-            self._start_head_clock()  # the first byte of the next request on this connection
+            # The first byte of the next request on this connection, or of the rest of the
+            # body of one answered before it was read.
+            self._start_head_clock(draining=not self.request_read())
         cycle = self.current_cycle()
         super().data_received(data)
         if self._head_timer is None:
             return
         if self.current_cycle() is not cycle:
             self._stop_head_clock()  # a complete head: its body is BodyGuard's to bound
+            return
+        if self._draining:
+            if self.request_read():  # all of it dropped: what follows is the next request's
+                self._stop_head_clock()
+                self._start_head_clock(draining=False)
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > self.body_bytes_max:
+                self._close_quietly()
             return
         # Everything received since the clock started is head: the head is not complete yet.
         self._head_bytes += len(data)
@@ -155,8 +180,9 @@ class HeadBound(asyncio.Protocol):
         self._stop_head_clock()
         super().connection_lost(exc)
 
-    def _start_head_clock(self) -> None:
+    def _start_head_clock(self, *, draining: bool = False) -> None:
         self._head_bytes = 0
+        self._draining = draining
         loop = asyncio.get_running_loop()
         self._head_timer = loop.call_later(self.head_seconds, self._on_head_timeout)
         self.waiting[self] = loop.time()
@@ -168,8 +194,18 @@ class HeadBound(asyncio.Protocol):
             self._head_timer = None
 
     def _on_head_timeout(self) -> None:
+        if self._draining:  # the request was answered: no second answer
+            self._close_quietly()
+            return
         detail = f"no complete request line and headers within {self.head_seconds:g} s"
         self._refuse("request_timeout", detail)
+
+    def _close_quietly(self) -> None:
+        self._stop_head_clock()
+        transport = self._head_transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            self.forget_connection()
 
     def send_400_response(self, msg: str) -> None:
         """What uvicorn calls when its parser refuses the bytes received (both protocols):
@@ -204,9 +240,28 @@ def problem_answer(code: str, detail: str, headers: list[tuple[bytes, bytes]]) -
 class HeadBoundHttpTools(HeadBound, HttpToolsProtocol):
     """uvicorn's httptools (llhttp) protocol with the head bound."""
 
+    _request_read = True  # no request yet
+
+    def on_message_begin(self) -> None:
+        self._request_read = False
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        # Called by the parser even for a request answered already, whose end uvicorn drops.
+        self._request_read = True
+        super().on_message_complete()
+
+    def request_read(self) -> bool:
+        return self._request_read
+
 
 class HeadBoundH11(HeadBound, H11Protocol):
     """uvicorn's h11 protocol with the head bound."""
+
+    conn: h11.Connection
+
+    def request_read(self) -> bool:
+        return self.conn.their_state is not h11.SEND_BODY
 
 
 PROTOCOLS: Final[dict[str, type[HeadBound]]] = {
@@ -221,6 +276,7 @@ def protocol_class(settings: Settings, parser: str = "httptools") -> type[asynci
     attributes: dict[str, Any] = {
         "head_seconds": settings.request_head_seconds,
         "head_bytes_max": settings.request_head_bytes_max,
+        "body_bytes_max": settings.body_bytes_max,
         "connections_max": settings.connections_max,
         "waiting": {},
         "__module__": __name__,

@@ -390,6 +390,56 @@ def test_bytes_that_are_not_http_are_answered_a_problem(
             assert read_answer(next_client)[0] == 200
 
 
+def posted(size: int) -> bytes:
+    """The head of a POST whose body is `size` bytes (the body not included)."""
+    return b"POST /anything HTTP/1.1\r\nhost: node\r\ncontent-length: %d\r\n\r\n" % size
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_the_rest_of_a_body_answered_early_is_dropped_not_answered_again(
+    parser: str, tmp_path: Path
+) -> None:
+    """Found by review: a request answered before its body was read (refused early, as
+    `tiny_app` answers everything) had the rest of its body read as the next request's head:
+    answered a second, unasked-for 413, then reset. Now the rest is dropped and the
+    connection goes on; past the body bound, or the clock, it closes with no second answer."""
+    settings = Settings(
+        data=tmp_path,
+        port=free_port(),
+        request_head_seconds=2.0,
+        keep_alive_seconds=1,
+        body_bytes_max=256 * 1024,
+    )
+    with serving(settings, parser) as where:
+        with connect(where) as client:
+            client.sendall(posted(200_000))
+            assert read_answer(client)[0] == 200
+            for _ in range(20):  # 200 kB, far over the 16 KiB head bound, slower than a read
+                client.sendall(b"x" * 10_000)
+                time.sleep(0.01)
+            client.sendall(HEALTHZ)
+            status, _, body = read_answer(client)  # the answer to the next request, not a 413
+            assert (status, body) == (200, b"ok")
+        with connect(where) as client:  # more than the body bound: closed, not answered
+            client.sendall(posted(10_000_000))
+            assert read_answer(client)[0] == 200
+            with contextlib.suppress(OSError):  # the node may reset what it no longer reads
+                for _ in range(40):
+                    client.sendall(b"x" * 10_000)
+            try:
+                rest = client.recv(65536)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b""
+        with connect(where) as client:  # a body that stops: closed on the clock, not answered
+            client.sendall(posted(10_000) + b"x" * 100)
+            assert read_answer(client)[0] == 200
+            client.sendall(b"x" * 100)  # the clock starts; keep-alive's does not run
+            started = time.monotonic()
+            assert is_closed(client)
+            assert 2.0 - MARGIN_SECONDS <= time.monotonic() - started <= 2.0 + MARGIN_SECONDS
+
+
 # --- HTTP semantics on the real node -------------------------------------------------------------
 
 
