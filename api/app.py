@@ -316,6 +316,10 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         request: Request, code: str, detail: str, headers: Mapping[str, str] | None = None
     ) -> Response:
         if is_page(request.url.path):
+            # A page's address refused is 400 `bad_query`, also when the check is the one
+            # every route shares (a parameter given twice, escapes that are not UTF-8), which
+            # says `invalid_field` as the API does (found by review).
+            code = "bad_query" if code == "invalid_field" else code
             return pages.error(request, code, detail, headers)
         return problem(code, detail, headers)
 
@@ -331,9 +335,7 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         detail = f"{where}: {first.get('msg', 'invalid')}"
-        return answer(
-            request, "bad_query" if is_page(request.url.path) else "invalid_field", detail
-        )
+        return answer(request, "invalid_field", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:

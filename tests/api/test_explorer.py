@@ -477,6 +477,8 @@ async def test_bad_addresses_are_400_pages(live: Live) -> None:
         f"/accounts/{live.city.chain.alice.account_id}?lots=eyJ4IjoxfQ",
         "/dashboard?to=2026-13",
         "/search?q=" + "x" * 201,
+        "/dashboard?to=2026-01&to=2026-02",  # given twice (found by review: was 422)
+        "/blocks?cursor=%FF",  # an escape that is not UTF-8
     ):
         response = await live.client.get(path)
         assert response.status_code == 400, (path, response.status_code)
