@@ -41,12 +41,13 @@ from api.node import Node
 from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
 from consensus.producer import CommittedBlock
+from consensus.wal import WAL_FILE_NAME
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT
-from ledger.store import DATABASE_FILE, Store, move_store_aside
+from ledger.store import CREATING_SUFFIX, DATABASE_FILE, LOCK_FILE, Store, move_store_aside
 from ledger.transactions import Transaction, sign_transaction
 
 app = typer.Typer(
@@ -195,11 +196,32 @@ def export(
 
 
 def _refuse_store_files(out_file: Path, data: Path) -> None:
-    """--out must not name the ledger's own database (or its WAL): that would be the chain."""
-    store_files = {(data / f"{DATABASE_FILE}{suffix}").resolve() for suffix in ("", "-wal", "-shm")}
-    if out_file.resolve() in store_files:
+    """--out must not name a file of the data directory: the database and its WAL are the
+    chain, the lock keeps a second node off it, the signed-message log is what a validator
+    signed (each refused whether or not it exists now), and nothing there that exists is
+    another command's to replace. Found by review: an export written over the lock of a
+    running node let a second node start on the same directory."""
+    directory = data.resolve()
+    named = {
+        (directory / name).resolve()
+        for name in (
+            *(f"{DATABASE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
+            f"{DATABASE_FILE}{CREATING_SUFFIX}",
+            LOCK_FILE,
+            WAL_FILE_NAME,
+        )
+    }
+    target = out_file.resolve()
+    if target in named:
         raise LedgerError(
-            f"{out_file} is the ledger's own database: choose another --out", code="exists"
+            f"{out_file} is one of the ledger's own files in {data}: choose another --out",
+            code="exists",
+        )
+    if target.exists() and target.is_relative_to(directory):
+        raise LedgerError(
+            f"{out_file} already exists in the data directory {data}, whose files are the"
+            " node's: choose another --out",
+            code="exists",
         )
 
 

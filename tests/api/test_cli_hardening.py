@@ -19,7 +19,8 @@ import pytest
 
 from api.client import Client, ClientError
 from api.demo import _City, _month_activity
-from ledger.store import DATABASE_FILE
+from consensus.wal import WAL_FILE_NAME
+from ledger.store import DATABASE_FILE, LOCK_FILE
 from tests.api.test_cli import TANLIAN, assert_fails_cleanly, environment, free_port, tanlian
 
 WAIT_S = 60
@@ -96,17 +97,27 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def test_out_never_names_the_ledgers_own_database(demo: Path) -> None:
-    database = demo / DATABASE_FILE
-    before = database.read_bytes()
-    assert_fails_cleanly(
-        tanlian("export", "--data", demo, "--out", database), "the ledger's own database"
-    )
-    assert_fails_cleanly(
-        tanlian("receipt", "ab" * 32, "--data", demo, "--out", database),
-        "the ledger's own database",
-    )
-    assert database.read_bytes() == before
+def test_out_never_names_the_ledgers_own_files(demo: Path) -> None:
+    """Found by review: `export --out DATA/ledger.lock` replaced the lock a running node
+    held, and a second node then started on the same directory; `DATA/genesis.json` was
+    replaced without a word."""
+    before = {path: path.read_bytes() for path in demo.rglob("*") if path.is_file()}
+    for name in (DATABASE_FILE, f"{DATABASE_FILE}-wal", LOCK_FILE, WAL_FILE_NAME):
+        for command in (["export"], ["receipt", "ab" * 32]):
+            assert_fails_cleanly(
+                tanlian(*command, "--data", demo, "--out", demo / name),
+                "one of the ledger's own files",
+            )
+    for existing in (demo / "genesis.json", demo / "keys" / "authority-1.pem"):
+        assert_fails_cleanly(
+            tanlian("export", "--data", demo, "--out", existing), "already exists in the data"
+        )
+    assert {path: path.read_bytes() for path in demo.rglob("*") if path.is_file()} == before
+    assert not (demo / WAL_FILE_NAME).exists()
+    new = demo / "a-new-export.ndjson"
+    written = tanlian("export", "--data", demo, "--out", new)
+    assert written.returncode == 0, written.stderr  # a new file there is still anyone's to make
+    new.unlink()
 
 
 def test_demo_never_writes_over_keys_or_a_genesis(tmp_path: Path) -> None:
