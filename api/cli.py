@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -37,6 +38,7 @@ from api.console import (
     write_atomically,
 )
 from api.demo import build_demo
+from api.explorer import TARGETS_FILE
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
@@ -47,7 +49,14 @@ from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT
-from ledger.store import CREATING_SUFFIX, DATABASE_FILE, LOCK_FILE, Store, move_store_aside
+from ledger.store import (
+    CREATING_SUFFIX,
+    DATABASE_FILE,
+    LOCK_FILE,
+    Store,
+    fsync_directory,
+    move_store_aside,
+)
 from ledger.transactions import Transaction, sign_transaction
 
 app = typer.Typer(
@@ -136,25 +145,40 @@ def demo(
     _build_demo(data, transactions, seed)
 
 
+DEMO_BUILDING: Final = ".demo-building"  # where `demo` builds, inside its --data
+
+
 def _build_demo(data: Path, transactions: int, seed: int) -> None:
     if (data / DATABASE_FILE).exists():
         raise LedgerError(
             f"{data} holds a ledger already: choose an empty directory", code="exists"
         )
-    for made in (data / "genesis.json", data / "keys"):
-        if made.exists():  # a demo writes both: never over someone's keys
+    for made in (data / "genesis.json", data / "keys", data / TARGETS_FILE):
+        if made.exists():  # a demo writes these: never over someone's keys
             raise LedgerError(
                 f"{made} exists but {data} holds no ledger: remove it or choose an empty directory",
                 code="exists",
             )
     started = time.perf_counter()
+    # Built aside and moved in once whole, the ledger last: a demo stopped halfway (Ctrl-C, a
+    # full disk) leaves no keys, genesis or chain that `dev` would take for a finished demo
+    # (found by review), and the next one starts over.
+    building = data / DEMO_BUILDING
+    if building.exists():
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
     summary = build_demo(
-        data,
+        building,
         transactions=transactions,
         seed=seed,
         now_ms=int(time.time() * 1000),
         report=lambda line: out.print(f"  {line}", highlight=False),
     )
+    for name in ("keys", "genesis.json", TARGETS_FILE, DATABASE_FILE):
+        os.rename(building / name, data / name)
+    fsync_directory(data)
+    shutil.rmtree(building)
+    summary.keys = {name: data / path.relative_to(building) for name, path in summary.keys.items()}
     elapsed = time.perf_counter() - started
     out.print(
         f"[green]demo chain ready[/green]: {counted(summary.transactions, 'transaction')} in "
@@ -313,21 +337,52 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             " validator of a consortium (with --peer)"
         )
     key = None if validator_key is None else load_key(validator_key)
-    if resync:
-        _check_same_chain(data, genesis_hash, genesis_file)  # never set aside another chain
-        aside = move_store_aside(data)
-        sources = ", ".join(peer or follow)
-        where = "no store to move aside" if aside is None else f"store moved aside to {aside}"
-        out.print(f"resync: {where}; rebuilding it from {sources}", highlight=False, soft_wrap=True)
-    if not (data / DATABASE_FILE).exists():
-        Store.create(data, document).close()
-    _check_same_chain(data, genesis_hash, genesis_file)
+    # A new store's validators are the genesis's: a key not among them would stop the node
+    # once its store was made (found by review: the refused start left a new store behind).
+    # One with --peer may be joining: the chain's later sets decide.
+    new_store = not (data / DATABASE_FILE).exists() and not resync
+    if (
+        new_store
+        and key is not None
+        and not peer
+        and key.public_key_hex not in {v.public_key for v in genesis.validators}
+    ):
+        validators = genesis.validators
+        raise LedgerError(
+            (
+                f"this key is not the chain's only validator: the chain's only validator is"
+                f" {validators[0].public_key[:16]}…, and this key is {key.public_key_hex[:16]}…"
+                if len(validators) == 1
+                else f"this key ({key.public_key_hex[:16]}…) is not one of the chain's"
+                f" {len(validators)} validators"
+            )
+            + f" in {genesis_file}: check --validator-key {validator_key}",
+            code="not_a_validator",
+        )
+    # Settings and the listening sockets before anything is written (found by review: a bad
+    # setting or a port in use had left a new data directory and store behind).
+    settings, listening = _open_api(data, host, int(port_text))
+    try:
+        if resync:
+            _check_same_chain(data, genesis_hash, genesis_file)  # never set aside another chain
+            aside = move_store_aside(data)
+            sources = ", ".join(peer or follow)
+            where = "no store to move aside" if aside is None else f"store moved aside to {aside}"
+            out.print(
+                f"resync: {where}; rebuilding it from {sources}", highlight=False, soft_wrap=True
+            )
+        if not (data / DATABASE_FILE).exists():
+            Store.create(data, document).close()
+        _check_same_chain(data, genesis_hash, genesis_file)
+    except BaseException:
+        _close(listening)
+        raise
     try:
         _serve(
             data,
             key,
-            host=host,
-            port=int(port_text),
+            settings=settings,
+            listening=listening,
             simulate=False,
             peers=tuple(peer or ()),
             follow=tuple(follow),
@@ -370,47 +425,60 @@ def dev(
 ) -> None:
     """Build the demo if DATA is empty, then run its single validator and serve the API and
     its docs on 127.0.0.1, with live simulated activity, until Ctrl-C."""
-    if not (data / DATABASE_FILE).exists():
-        _build_demo(data, transactions, seed=1)
-    _serve(
-        data,
-        load_key(data / "keys" / "validator-city.pem"),
-        host="127.0.0.1",
-        port=port,
-        simulate=simulate,
-    )
+    # The port before the demo is built (found by review: with the port in use, the whole
+    # demo was built, then the start refused).
+    settings, listening = _open_api(data, "127.0.0.1", port)
+    try:
+        if not (data / DATABASE_FILE).exists():
+            _build_demo(data, transactions, seed=1)
+        key = load_key(data / "keys" / "validator-city.pem")
+    except BaseException:
+        _close(listening)
+        raise
+    _serve(data, key, settings=settings, listening=listening, simulate=simulate)
+
+
+def _open_api(data: Path, host: str, port: int) -> tuple[Settings, list[socket.socket]]:
+    """The settings (from the environment) and the API's listening sockets, checked and
+    taken before a command writes anything."""
+    try:
+        settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
+        ensure_file_limit(settings)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    return settings, _listening_sockets(host, port)
+
+
+def _close(listening: list[socket.socket]) -> None:
+    for one in listening:
+        one.close()
 
 
 def _serve(
     data: Path,
     validator: PrivateKey | None,
     *,
-    host: str,
-    port: int,
+    settings: Settings,
+    listening: list[socket.socket],
     simulate: bool,
     peers: tuple[str, ...] = (),
     follow: tuple[str, ...] = (),
     empty_block_ms: int = EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
 ) -> None:
-    try:
-        settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
-        ensure_file_limit(settings)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-    listening = _listening_sockets(host, port)
+    """Run a node on `data` serving the API on `listening` (closed when it stops, or if it
+    cannot start)."""
+    host, port = settings.host, settings.port
     try:
         running = Node(data, validator, peers=peers, follow=follow, empty_block_ms=empty_block_ms)
     except BaseException:
-        for one in listening:
-            one.close()
+        _close(listening)
         raise
     running.on_block = _print_block
     try:
         app_ = create_app(running, settings)
     except ValueError as error:  # a setting the explorer cannot use
         running.stop()
-        for one in listening:
-            one.close()
+        _close(listening)
         raise typer.BadParameter(str(error)) from None
     state = running.state
     base = f"http://{host}:{port}"
@@ -454,8 +522,7 @@ def _serve(
             raise LedgerError("the HTTP server could not start", code="exited") from None
     finally:
         stopping.set()
-        for one in listening:
-            one.close()
+        _close(listening)
     if running.failure is not None:
         raise LedgerError(
             f"stopped at height {running.state.height}: {running.failure}",
@@ -512,7 +579,7 @@ def _print_block(result: CommittedBlock) -> None:
 def _live(running: Node, household_files: list[Path], stopping: threading.Event) -> None:
     """Live activity: each block interval a few households retire a little."""
     rng = random.Random()
-    keys = [PrivateKey.from_pem(path.read_bytes()) for path in household_files]
+    keys = [load_key(path) for path in household_files]
     interval = running.state.params.block_interval_ms / 1000
     while not stopping.wait(interval):
         state = running.state

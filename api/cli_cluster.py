@@ -24,7 +24,14 @@ from typing import Annotated, Final
 import typer
 
 from api.cli_verify import read_genesis
-from api.console import fails_cleanly, option_given, out, read_key_file, write_atomically
+from api.console import (
+    fails_cleanly,
+    load_key,
+    option_given,
+    out,
+    passphrase,
+    write_atomically,
+)
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, printable
@@ -57,11 +64,14 @@ def party_names(count: int) -> list[str]:
 
 
 def _key(path: Path) -> PrivateKey:
+    """The key at `path`, or a new one written there: read and written with
+    $TANLIAN_PASSPHRASE as the nodes it starts read it (found by review: the cluster wrote
+    plain keys that its nodes, given a passphrase, refused)."""
     if path.exists():
-        return PrivateKey.from_pem(read_key_file(path))
+        return load_key(path)
     key = PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, key.to_pem(), mode=0o600)
+    write_atomically(path, key.to_pem(passphrase()), mode=0o600)
     return key
 
 
@@ -77,10 +87,7 @@ def prepare(data: Path, names: list[str]) -> Path:
             )
         for name in names:
             path = data / name / "validator.pem"
-            if (
-                not path.exists()
-                or PrivateKey.from_pem(read_key_file(path)).public_key_hex != named[name]
-            ):
+            if not path.exists() or load_key(path).public_key_hex != named[name]:
                 raise LedgerError(
                     f"{path} is not the key {genesis} names for {name}", code="exists"
                 )

@@ -61,17 +61,22 @@ def read_key_file(path: Path) -> bytes:
 
 
 def load_key(path: Path) -> PrivateKey:
-    """A PEM key file, decrypted with $TANLIAN_PASSPHRASE when it is set."""
+    """A PEM key file, decrypted with $TANLIAN_PASSPHRASE when it is set. A refusal names
+    the file (found by review: with several keys given, it did not say which)."""
     given = passphrase()
     try:
         return PrivateKey.from_pem(read_key_file(path), given)
     except LedgerError as error:
-        if given or not error.message.startswith("the key file is encrypted"):
-            raise
         # Where the passphrase comes from, which the library's words cannot say.
-        raise LedgerError(
-            f"{path}: {error.message} (set ${PASSPHRASE_ENV})", code=error.code
-        ) from error
+        hint = (
+            ""
+            if given or not error.message.startswith("the key file is encrypted")
+            else (f" (set ${PASSPHRASE_ENV})")
+        )
+        message = (
+            error.message if error.message.startswith(f"{path}:") else f"{path}: {error.message}"
+        )
+        raise LedgerError(f"{message}{hint}", code=error.code) from error
 
 
 def fail(line: str) -> NoReturn:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from api.console import write_atomically
+from api.console import passphrase, write_atomically
 from api.explorer import TARGETS_FILE
 from consensus.pool import Pool
 from consensus.producer import SoloProducer
@@ -90,8 +90,10 @@ class _City:
 
     def key(self, name: str) -> PrivateKey:
         key = PrivateKey(seed=hashlib.sha256(f"tanlian-demo/{self.seed}/{name}".encode()).digest())
-        # Readable by their owner only, and whole or absent, as every key file (`keys new`).
-        write_atomically(self.keys_dir / f"{name}.pem", key.to_pem(), mode=0o600)
+        # Readable by their owner only, whole or absent, and encrypted with
+        # $TANLIAN_PASSPHRASE when it is set, as every key file (`keys new`): `dev` reads
+        # them with it (found by review: it could not read the plain ones it had written).
+        write_atomically(self.keys_dir / f"{name}.pem", key.to_pem(passphrase()), mode=0o600)
         return key
 
     def tx(self, account: str, kind: str, payload: dict[str, Any]) -> Envelope:

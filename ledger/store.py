@@ -168,13 +168,19 @@ class Store:
         # Built under another name and renamed once whole: a node killed while it creates
         # its store (at its first start) leaves no half-made database that refuses to open.
         building = directory / (DATABASE_FILE + CREATING_SUFFIX)
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(building) + suffix).unlink(missing_ok=True)  # a killed creation's
-        connection = cls._connect(building)
+        leftovers = [Path(str(building) + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)  # a killed creation's
         try:
-            cls._fill(connection, genesis, genesis_document)
-        finally:
-            connection.close()  # the last connection: SQLite folds its WAL into the file
+            connection = cls._connect(building)
+            try:
+                cls._fill(connection, genesis, genesis_document)
+            finally:
+                connection.close()  # the last connection: SQLite folds its WAL into the file
+        except sqlite3.Error as error:  # a full disk, say (found by review: a traceback)
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
+            raise StoreError(f"cannot create the ledger {path}: {error}") from error
         descriptor = os.open(building, os.O_RDONLY)
         try:
             os.fsync(descriptor)
@@ -439,7 +445,10 @@ class Store:
         record = _block_record(block, certificate, state)
         self._lock_for_writing()
         if self._writer is None:
-            _write(self._conn, record)
+            try:
+                _write(self._conn, record)
+            except sqlite3.Error as error:  # rolled back: say so as the writer process does
+                raise StoreError(f"the block was not written: {error}") from error
         else:
             self._writer.write(record)
 

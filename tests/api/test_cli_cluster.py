@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from api.cli_cluster import party_names
+from api.cli_cluster import party_names, prepare
+from ledger.errors import LedgerError
 from ledger.genesis import parse_genesis
 from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
 
@@ -218,3 +220,50 @@ def test_validators_end_with_a_cluster_that_is_killed(tmp_path: Path) -> None:
         for pid in pids:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cluster_keeps_its_keys_encrypted_with_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: `cluster` wrote plain keys whatever $TANLIAN_PASSPHRASE said, and
+    read its keys without it, while the validators it starts use it: with a passphrase set,
+    every start failed ("the key file is not encrypted", or "is encrypted")."""
+    base = free_port()
+    while _taken(base + 1):
+        base = free_port()
+    process = subprocess.Popen(
+        [str(TANLIAN), "cluster", "--validators", "2", "--data", str(tmp_path),
+         "--base-port", str(base)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment(passphrase="cluster secret"),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT_S
+        with httpx.Client(timeout=1, trust_env=False) as client:
+            while True:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline
+                try:
+                    answers = [client.get(f"http://127.0.0.1:{base + i}/healthz") for i in (0, 1)]
+                except httpx.HTTPError:
+                    answers = []
+                if answers and all(a.json()["height"] >= 1 for a in answers):
+                    break
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    names = party_names(2)
+    for path in [tmp_path / name / "validator.pem" for name in names] + [
+        tmp_path / "authority.pem"
+    ]:
+        assert b"ENCRYPTED PRIVATE KEY" in path.read_bytes(), path
+    monkeypatch.setenv("TANLIAN_PASSPHRASE", "cluster secret")
+    assert prepare(tmp_path, names) == tmp_path / "genesis.json"  # read back with it
+    monkeypatch.delenv("TANLIAN_PASSPHRASE")
+    with pytest.raises(LedgerError, match=r"validator\.pem: the key file is encrypted"):
+        prepare(tmp_path, names)
