@@ -264,7 +264,7 @@ def receipt(
         document = store.receipt(store.load_state(), normalized)
     finally:
         store.close()
-    out_file.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    write_atomically(out_file, json.dumps(document, indent=2, ensure_ascii=False).encode())
     out.print(
         f"wrote the receipt of {retirement_id} to {out_file}", highlight=False, soft_wrap=True
     )

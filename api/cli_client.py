@@ -45,7 +45,7 @@ from api.client import (
     Client,
     ClientError,
 )
-from api.console import err, fail, fails_cleanly, load_key, out
+from api.console import err, fail, fails_cleanly, load_key, out, replace_naming, write_atomically
 from ledger import schema as s
 from ledger.crypto import PrivateKey
 from ledger.encoding import JSON, KEY_PATTERN, canonical, decode
@@ -280,7 +280,7 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
             transaction_bytes_max=genesis.params.transaction_bytes_max,
         )
         if out is not None:
-            out.write_bytes(canonical(envelope.to_json()) + b"\n")
+            write_atomically(out, canonical(envelope.to_json()) + b"\n")  # whole or absent
             err.print(
                 f"signed {envelope.tx_id}, not submitted: {out}",
                 markup=False,
@@ -344,7 +344,7 @@ def export_from_node(node: str, out_file: Path) -> int:
         if lines == 0:
             raise ClientError(f"{node} sent an empty export, without even its genesis")
         Path(temporary).chmod(0o644)  # an export is public, unlike mkstemp's default
-        Path(temporary).replace(out_file)
+        replace_naming(Path(temporary), out_file)
     finally:
         with contextlib.suppress(FileNotFoundError):
             Path(temporary).unlink()

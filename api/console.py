@@ -122,10 +122,19 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        replace_naming(Path(temporary), path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def replace_naming(temporary: Path, path: Path) -> None:
+    """`os.replace(temporary, path)`, whose failure (`path` is a directory, say) names
+    `path`, the file the user gave, not the temporary one (found by review)."""
+    try:
+        os.replace(temporary, path)
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(path)) from error
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:

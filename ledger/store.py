@@ -260,6 +260,15 @@ class Store:
         """Become the data directory's one writer (`DirectoryLock`), waiting a little for a
         writer that is finishing; StoreError if another process keeps it."""
         if self._lock is None:
+            database = self.directory / DATABASE_FILE
+            if not os.access(database, os.W_OK):
+                # SQLite opens a file it may not write read-only, without a word, and fails
+                # at the first write: a node had started, taken transactions, and stopped at
+                # its first block (found by review).
+                raise StoreUnreadable(
+                    f"cannot write {database} (check that this user may read and write the"
+                    " data directory and its files, and that its file system is writable)"
+                )
             lock = DirectoryLock(self.directory / LOCK_FILE)
             lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
             self._lock = lock

@@ -416,3 +416,17 @@ def test_a_full_disk_while_a_store_or_a_demo_is_made_is_one_line_and_leaves_noth
     assert sorted(p.name for p in city.iterdir()) == sorted(
         [DATABASE_FILE, "genesis.json", "keys", "programme-targets.json"]
     )
+
+
+def test_an_out_that_is_a_directory_is_named_as_given(demo: Path, tmp_path: Path) -> None:
+    """Found by review: the reason named the temporary file beside it (".out.x1y2z3")."""
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    assert_fails_cleanly(
+        tanlian("export", "--data", demo, "--out", directory), f"Is a directory: {directory}"
+    )
+    assert_fails_cleanly(
+        tanlian("receipt", "ab" * 32, "--data", demo, "--out", directory), "(not_found)"
+    )  # checked before anything is written
+    assert [p.name for p in tmp_path.iterdir()] == ["a-directory"]
+    assert list(directory.iterdir()) == []

@@ -908,6 +908,46 @@ def _open_as_another_user(directory: str, answers: multiprocessing.Queue[str]) -
         answers.put(f"{error.code}: {error.message}")
 
 
+def _start_as_its_owner(directory: str, answers: multiprocessing.Queue[str]) -> None:
+    if os.getuid() == 0:  # root may write anything: be the files' owner, nobody
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        store = Store.open(Path(directory))  # a reader may read a read-only store
+        try:
+            assert store.load_state().height > 0
+            store.ensure_layout()  # what a node does first
+            answers.put("started")
+        finally:
+            store.close()
+    except StoreError as error:
+        answers.put(f"{error.code}: {error.message}")
+
+
+def test_a_store_its_owner_may_not_write_is_refused_at_the_start(produced: Produced) -> None:
+    """Found by review: SQLite opened a database file its owner may not write (mode 0444,
+    in a directory it may write) read-only, without a word; the node started, took
+    transactions and stopped at its first block."""
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        shutil.copy(produced.directory / DATABASE_FILE, shared / DATABASE_FILE)
+        (shared / DATABASE_FILE).chmod(0o444)
+        if os.getuid() == 0:
+            for path in (shared, shared / DATABASE_FILE):
+                os.chown(path, 65534, 65534)
+        answers: multiprocessing.Queue[str] = multiprocessing.Queue()
+        child = multiprocessing.get_context("fork").Process(
+            target=_start_as_its_owner, args=(str(shared), answers)
+        )
+        child.start()
+        child.join(30)
+        answer = answers.get(timeout=5)
+        assert answer.startswith("store_unreadable: cannot write"), answer
+        assert "may read and write" in answer
+    finally:
+        shutil.rmtree(shared)
+
+
 def test_a_store_this_process_may_not_open_is_not_called_damaged(produced: Produced) -> None:
     """Found by review: a store whose files the node's user may not read or write (started
     once as root, then as a service user) was reported "not a usable Tanlian database", with
