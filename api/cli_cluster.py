@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,6 +171,17 @@ def cluster(
             " validators or more"
         )
     names = party_names(validators)
+    for port in range(base_port, base_port + validators):  # before anything is written
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a node listens
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as error:
+                raise LedgerError(
+                    f"cannot listen on 127.0.0.1:{port}: {error.strerror} (choose another"
+                    " --base-port)",
+                    code="bad_listen",
+                ) from None
     genesis = prepare(data, names)
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(validators)]
     program = Path(sys.executable).parent / "tanlian"

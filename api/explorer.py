@@ -166,6 +166,9 @@ class Explorer:
         self.zone = _zone_name(self.offset_minutes)
         self.statistics = Statistics(utc_offset_minutes=self.offset_minutes)
         targets_file = settings.programme_targets or settings.data / TARGETS_FILE
+        if settings.programme_targets is not None and not targets_file.is_file():
+            # Named on purpose, so not optional (found by review: silently none).
+            raise ValueError(f"programme targets {targets_file}: no such file")
         self.targets = load_targets(targets_file)
         self._chain: Chain | None = None
         self.env = jinja2.Environment(

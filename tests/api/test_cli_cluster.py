@@ -267,3 +267,17 @@ def test_a_cluster_keeps_its_keys_encrypted_with_the_passphrase(
     monkeypatch.delenv("TANLIAN_PASSPHRASE")
     with pytest.raises(LedgerError, match=r"validator\.pem: the key file is encrypted"):
         prepare(tmp_path, names)
+
+
+def test_a_cluster_whose_port_is_taken_writes_nothing(tmp_path: Path) -> None:
+    """Found by review: its keys, genesis and data directories were written first."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        refused = tanlian(
+            "cluster", "--validators", "2", "--data", tmp_path / "c", "--base-port", busy
+        )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"cannot listen on 127.0.0.1:{busy}" in refused.stderr
+    assert not (tmp_path / "c").exists()
