@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -430,3 +431,11 @@ def test_an_out_that_is_a_directory_is_named_as_given(demo: Path, tmp_path: Path
     )  # checked before anything is written
     assert [p.name for p in tmp_path.iterdir()] == ["a-directory"]
     assert list(directory.iterdir()) == []
+
+
+def test_a_demo_says_when_it_made_fewer_transactions_than_asked(tmp_path: Path) -> None:
+    made = tanlian("demo", "--data", tmp_path / "big", "--transactions", 40_000)
+    assert made.returncode == 0, made.stderr
+    ready = re.search(r"demo chain ready: (\d+) transactions", made.stdout)
+    assert ready is not None and int(ready.group(1)) < 40_000, made.stdout
+    assert f"asked for 40000: the scenario's year has room for {ready.group(1)}" in made.stdout
