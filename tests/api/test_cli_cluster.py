@@ -17,6 +17,7 @@ import pytest
 from api.cli_cluster import party_names, prepare
 from ledger.errors import LedgerError
 from ledger.genesis import parse_genesis
+from ledger.store import DATABASE_FILE
 from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
 
 WAIT_S = 60.0  # four nodes started in 8 s on the loaded 2-core machine, once in over 30 s
@@ -153,25 +154,24 @@ def _running(pid: int) -> bool:
 def test_a_validator_that_exits_is_named_with_its_reason(tmp_path: Path) -> None:
     """Found by review: only the log's path was given, and the log, kept across runs (and
     written by another run on the same directory), buried the reason."""
-    (tmp_path / "city").mkdir()
+    (tmp_path / "city" / "data").mkdir(parents=True)
     (tmp_path / "city" / "node.log").write_text("error (earlier): a line of an earlier run\n")
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        base = holder.getsockname()[1]
-        result = subprocess.run(
-            [str(TANLIAN), "cluster", "--validators", "1", "--data", str(tmp_path),
-             "--base-port", str(base)],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=environment(),
-            timeout=WAIT_S,
-        )  # fmt: skip
+    # A store that is not one: the validator starts, then refuses it and exits. (A port
+    # taken is refused by the cluster itself, before any validator starts.)
+    (tmp_path / "city" / "data" / DATABASE_FILE).write_bytes(b"not a database" * 100)
+    result = subprocess.run(
+        [str(TANLIAN), "cluster", "--validators", "1", "--data", str(tmp_path),
+         "--base-port", str(free_port())],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=WAIT_S,
+    )  # fmt: skip
     assert result.returncode == 1, (result.stdout, result.stderr)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error (exited): city's validator process exited (1): error (")
-    assert "earlier" not in line and str(base) in line, line
+    assert "earlier" not in line and "not a usable Tanlian database" in line, line
     assert line.endswith(f"see {tmp_path / 'city' / 'node.log'}")
 
 
