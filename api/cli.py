@@ -110,6 +110,8 @@ def genesis_new(  # noqa: PLR0917 - typer maps each option to a parameter
     genesis_time: Annotated[int | None, typer.Option(help="Unix ms; default now.")] = None,
 ) -> None:
     """Write a genesis file (SPEC §5.1)."""
+    if out_file.exists():  # a chain's identity: never replaced by a typo (as `keys new`)
+        raise LedgerError(f"{out_file} exists: refusing to overwrite a genesis", code="exists")
     document = make_genesis_document(
         chain_id=chain_id,
         genesis_time=genesis_time if genesis_time is not None else int(time.time() * 1000),

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -318,6 +319,10 @@ def verify_receipt_file(
     else:
         assert validators_hash is not None
         trusted = validators_hash.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", trusted):  # bad usage, not an untrusted set
+            raise typer.BadParameter(
+                f"--validators-hash is a SHA-256 in 64 hex digits, not {validators_hash[:80]!r}"
+            )
     with receipt_file.open("rb") as handle:
         data = handle.read(RECEIPT_FILE_BYTES_MAX + 1)
     if len(data) > RECEIPT_FILE_BYTES_MAX:

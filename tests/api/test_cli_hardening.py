@@ -439,3 +439,31 @@ def test_a_demo_says_when_it_made_fewer_transactions_than_asked(tmp_path: Path) 
     ready = re.search(r"demo chain ready: (\d+) transactions", made.stdout)
     assert ready is not None and int(ready.group(1)) < 40_000, made.stdout
     assert f"asked for 40000: the scenario's year has room for {ready.group(1)}" in made.stdout
+
+
+def test_genesis_new_never_replaces_a_genesis(tmp_path: Path) -> None:
+    """Found by review: it wrote over an existing file without a word (`keys new` refuses):
+    a consortium's genesis is its chain's identity."""
+    key = tmp_path / "k.pem"
+    assert tanlian("keys", "new", "--out", key).returncode == 0
+    genesis = tmp_path / "genesis.json"
+    genesis.write_text("a consortium's genesis")
+    refused = tanlian(
+        "genesis", "new", "--chain-id", "again", "--authority", key, "--validator", key,
+        "--out", genesis,
+    )  # fmt: skip
+    assert_fails_cleanly(refused, "exists: refusing to overwrite a genesis")
+    assert genesis.read_text() == "a consortium's genesis"
+
+
+def test_a_validators_hash_that_is_not_one_is_bad_usage(tmp_path: Path) -> None:
+    """Found by review: `--validators-hash zz` was answered as a receipt not certified by
+    the trusted set, as if the hash were one."""
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text("{}")
+    for given in ("zz", "ab" * 31, "ab" * 33):
+        refused = tanlian("verify", "receipt", receipt, "--validators-hash", given)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused
+        assert "64 hex digits" in refused.stderr
+    checked = tanlian("verify", "receipt", receipt, "--validators-hash", "AB" * 32)
+    assert_fails_cleanly(checked, "receipt not verified")  # a hash: the receipt is looked at
