@@ -120,6 +120,11 @@ class Client:
             raise ClientError(
                 f"{base_url!r} is not an http:// or https:// URL with a host", code="bad_url"
             )
+        if url.query or url.fragment:  # the API's paths go after it (found by review)
+            raise ClientError(
+                f"{base_url!r} is a node's address: it has no ?query or #fragment",
+                code="bad_url",
+            )
         self.base_url = str(url).rstrip("/")
         self.timeout = timeout
         self.answer_seconds_max = answer_seconds_max

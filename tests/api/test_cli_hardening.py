@@ -61,6 +61,15 @@ def test_a_url_whose_host_cannot_be_encoded_is_bad_url() -> None:
         assert_fails_cleanly(tanlian("query", "block", "1", "--node", url), "(bad_url)")
 
 
+def test_a_node_address_with_a_query_or_fragment_is_bad_url() -> None:
+    """Found by review: `--node http://h:p?x=1` sent the API's requests to the explorer's
+    page and reported "not acceptable JSON"."""
+    for url in ("http://127.0.0.1:1?x=1", "http://127.0.0.1:1/#top"):
+        assert_fails_cleanly(
+            tanlian("query", "block", "1", "--node", url), "has no ?query or #fragment"
+        )
+
+
 def test_a_node_with_a_peer_or_a_host_it_cannot_use_says_so(tmp_path: Path) -> None:
     key, genesis = tmp_path / "validator.pem", tmp_path / "genesis.json"
     assert tanlian("keys", "new", "--out", key).returncode == 0
