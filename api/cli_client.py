@@ -113,6 +113,10 @@ def read_field(text: str) -> tuple[str, JSON]:
     name, equals, value = text.partition("=")
     if not equals or not KEY_PATTERN.match(name):
         raise typer.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--field")
+    if any("\udc80" <= char <= "\udcff" for char in value):
+        # Bytes that are not UTF-8, as Python hands them over from the command line (found
+        # by review: reported as control characters).
+        raise typer.BadParameter(f"{name}'s value is not UTF-8 text", param_hint="--field")
     if name in INTEGER_FIELDS:
         if not INTEGER_TEXT.match(value):
             raise typer.BadParameter(

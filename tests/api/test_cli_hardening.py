@@ -476,3 +476,14 @@ def test_a_validators_hash_that_is_not_one_is_bad_usage(tmp_path: Path) -> None:
         assert "64 hex digits" in refused.stderr
     checked = tanlian("verify", "receipt", receipt, "--validators-hash", "AB" * 32)
     assert_fails_cleanly(checked, "receipt not verified")  # a hash: the receipt is looked at
+
+
+def test_a_field_that_is_not_utf_8_is_named_so() -> None:
+    """Found by review: bytes that are not UTF-8 were reported as control characters."""
+    refused = subprocess.run(
+        [str(TANLIAN).encode(), b"tx", b"retire", b"--node", b"http://127.0.0.1:1",
+         b"--key", b"k.pem", b"--field", b"memo=caf\xe9"],
+        capture_output=True, env=environment(), timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and b"Traceback" not in refused.stderr, refused
+    assert b"memo's value is not UTF-8 text" in refused.stderr
