@@ -26,9 +26,11 @@ uvicorn's own HTTP/1.1 protocols, whose parsers stay as they are:
 - a request answered before its body was read (refused early: 415, 413, 503...) has the rest
   of its body read and dropped, within the same clock and `body_bytes_max`, so that the client
   reads its answer whole (closed at once, a connection with unread bytes sends a reset, which
-  can destroy the answer before the client reads it); past either bound the connection closes
-  without another answer. Review found that rest of the body counted as the next request's
-  head: answered a second, unasked-for 413, then reset.
+  can destroy the answer before the client reads it); past either bound, or chosen to make
+  room, the connection closes without another answer. Then the connection goes on: idle for
+  keep-alive's time (closed quietly after it), or the next request's head on its clock. Review
+  found that rest of the body counted as the next request's head: answered a second,
+  unasked-for 413, then reset.
 
 The request body is bounded in size and time by `api.app.BodyGuard`; together they leave no
 phase of a request unbounded in time.
@@ -63,6 +65,7 @@ class HeadBound(asyncio.Protocol):
     head_seconds: ClassVar[float]
     head_bytes_max: ClassVar[int]
     body_bytes_max: ClassVar[int]
+    keep_alive_seconds: ClassVar[float]
     connections_max: ClassVar[int]
     # The server's connections whose head clock runs, oldest clock first, with its start.
     waiting: ClassVar[dict[HeadBound, float]]
@@ -78,6 +81,7 @@ class HeadBound(asyncio.Protocol):
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
     _draining = False  # the clock runs on the rest of an answered request's body, not a head
+    _idle_timer: asyncio.TimerHandle | None = None  # after such a rest: keep-alive's time
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,6 +110,11 @@ class HeadBound(asyncio.Protocol):
     def request_read(self) -> bool:
         """True when the parser has the whole of this connection's latest request, its
         body included (each parser's subclass says)."""
+        raise NotImplementedError
+
+    def next_request_begun(self) -> bool:
+        """True when bytes after the latest whole request have come: the head of the next
+        one, not yet complete (each parser's subclass says)."""
         raise NotImplementedError
 
     def current_cycle(self) -> object:
@@ -149,6 +158,7 @@ class HeadBound(asyncio.Protocol):
         oldest._refuse("request_timeout", detail)
 
     def data_received(self, data: bytes) -> None:
+        self._stop_idle_clock()
         if self._head_timer is None and self.is_between_requests():
             # The first byte of the next request on this connection, or of the rest of the
             # body of one answered before it was read.
@@ -161,9 +171,16 @@ class HeadBound(asyncio.Protocol):
             self._stop_head_clock()  # a complete head: its body is BodyGuard's to bound
             return
         if self._draining:
-            if self.request_read():  # all of it dropped: what follows is the next request's
+            if self.request_read():  # all of it dropped
                 self._stop_head_clock()
-                self._start_head_clock(draining=False)
+                if self.next_request_begun():
+                    # The next request's head, bounded as any (what of it came in this same
+                    # read is not counted: lenient by one read at most).
+                    self._start_head_clock()
+                else:  # idle, as after any answer: keep-alive's time, then closed quietly
+                    self._idle_timer = asyncio.get_running_loop().call_later(
+                        self.keep_alive_seconds, self._close_quietly
+                    )
                 return
             self._head_bytes += len(data)
             if self._head_bytes > self.body_bytes_max:
@@ -178,6 +195,7 @@ class HeadBound(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
+        self._stop_idle_clock()
         super().connection_lost(exc)
 
     def _start_head_clock(self, *, draining: bool = False) -> None:
@@ -193,6 +211,11 @@ class HeadBound(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _stop_idle_clock(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
     def _on_head_timeout(self) -> None:
         if self._draining:  # the request was answered: no second answer
             self._close_quietly()
@@ -202,6 +225,7 @@ class HeadBound(asyncio.Protocol):
 
     def _close_quietly(self) -> None:
         self._stop_head_clock()
+        self._stop_idle_clock()
         transport = self._head_transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -213,7 +237,13 @@ class HeadBound(asyncio.Protocol):
         self._refuse("malformed_request", "the request line or headers are not valid HTTP/1.1")
 
     def _refuse(self, code: str, detail: str) -> None:
-        """Answer a problem and close; the parser has no request, so uvicorn sends nothing."""
+        """Answer a problem and close; the parser has no request, so uvicorn sends nothing.
+        A connection whose request was answered while the rest of its body came is closed
+        with no second answer (found by review: made room for a new connection, it was sent
+        a 408)."""
+        if self._draining:
+            self._close_quietly()
+            return
         self._stop_head_clock()
         transport = self._head_transport
         if transport is None or transport.is_closing():
@@ -240,19 +270,27 @@ def problem_answer(code: str, detail: str, headers: list[tuple[bytes, bytes]]) -
 class HeadBoundHttpTools(HeadBound, HttpToolsProtocol):
     """uvicorn's httptools (llhttp) protocol with the head bound."""
 
-    _request_read = True  # no request yet
+    _read_cycle: Any = None  # the request cycle whose message the parser last completed
+    _next_begun = False  # bytes of a message after that one have come
 
     def on_message_begin(self) -> None:
-        self._request_read = False
+        self._next_begun = True
         super().on_message_begin()
 
     def on_message_complete(self) -> None:
         # Called by the parser even for a request answered already, whose end uvicorn drops.
-        self._request_read = True
+        # Its cycle is still the latest: the next one starts with the next complete head.
+        # (A flag set here and cleared at the next message's begin had taken the rest of a
+        # body and a next head in one read for more body: found by review.)
+        self._read_cycle = self.cycle
+        self._next_begun = False
         super().on_message_complete()
 
     def request_read(self) -> bool:
-        return self._request_read
+        return self.cycle is None or self._read_cycle is self.cycle
+
+    def next_request_begun(self) -> bool:
+        return self._next_begun
 
 
 class HeadBoundH11(HeadBound, H11Protocol):
@@ -262,6 +300,9 @@ class HeadBoundH11(HeadBound, H11Protocol):
 
     def request_read(self) -> bool:
         return self.conn.their_state is not h11.SEND_BODY
+
+    def next_request_begun(self) -> bool:
+        return bool(self.conn.trailing_data[0])  # received, not yet an event: a partial head
 
 
 PROTOCOLS: Final[dict[str, type[HeadBound]]] = {
@@ -277,6 +318,7 @@ def protocol_class(settings: Settings, parser: str = "httptools") -> type[asynci
         "head_seconds": settings.request_head_seconds,
         "head_bytes_max": settings.request_head_bytes_max,
         "body_bytes_max": settings.body_bytes_max,
+        "keep_alive_seconds": settings.keep_alive_seconds,
         "connections_max": settings.connections_max,
         "waiting": {},
         "__module__": __name__,

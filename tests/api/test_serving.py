@@ -440,6 +440,51 @@ def test_the_rest_of_a_body_answered_early_is_dropped_not_answered_again(
             assert 2.0 - MARGIN_SECONDS <= time.monotonic() - started <= 2.0 + MARGIN_SECONDS
 
 
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_after_the_rest_of_a_body_the_connection_is_as_after_any_answer(
+    parser: str, tmp_path: Path
+) -> None:
+    """Found by review of the drain: an idle client was sent a 408 after the head clock (it
+    had been started at once), the rest of a body and the start of a next head in one read
+    had that head bounded as body (4 MiB, not 16 KiB), and a draining connection chosen to
+    make room was sent a 408."""
+    settings = Settings(
+        data=tmp_path,
+        port=free_port(),
+        request_head_seconds=2.0,
+        keep_alive_seconds=1,
+        connections_max=3,
+    )
+    with serving(settings, parser) as where:
+        with connect(where) as idle:  # idle after it: keep-alive's time, closed quietly
+            idle.sendall(posted(100) + b"x" * 50)
+            assert read_answer(idle)[0] == 200
+            idle.sendall(b"x" * 50)
+            started = time.monotonic()
+            assert is_closed(idle)  # no answer came first: recv saw the end, not a 408
+            assert 1.0 - MARGIN_SECONDS <= time.monotonic() - started <= 1.0 + MARGIN_SECONDS
+        with connect(where) as client:  # the rest, then a head: bounded as a head
+            client.sendall(posted(100) + b"x" * 50)
+            assert read_answer(client)[0] == 200
+            client.sendall(b"x" * 50 + b"GET /healthz HTTP/1.1\r\nhost: node\r\nx-big: ")
+            for _ in range(17):  # just past 16 KiB, and no more: nothing unread at the close
+                client.sendall(b"z" * 1000)
+                time.sleep(0.01)
+            status, _, body = read_answer(client)
+            assert status in (400, 413), (status, body)  # not 200: the 16 KiB bound held
+        with connect(where) as draining:  # made room for others: closed, not answered
+            draining.sendall(posted(100) + b"x" * 50)
+            assert read_answer(draining)[0] == 200
+            draining.sendall(b"x" * 10)  # draining now, its clock running
+            time.sleep(0.2)
+            with connect(where), connect(where), connect(where):
+                try:
+                    rest = draining.recv(65536)
+                except ConnectionResetError:
+                    rest = b""
+                assert rest == b""
+
+
 # --- HTTP semantics on the real node -------------------------------------------------------------
 
 
