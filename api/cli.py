@@ -38,7 +38,7 @@ from api.console import (
     write_atomically,
 )
 from api.demo import build_demo
-from api.explorer import TARGETS_FILE
+from api.explorer import TARGETS_FILE, load_targets
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
@@ -455,6 +455,10 @@ def _open_api(data: Path, host: str, port: int) -> tuple[Settings, list[socket.s
     try:
         settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
         ensure_file_limit(settings)
+        # The explorer reads it at its start, after the store is made: a targets file named
+        # but missing or bad had left a new store, or a whole demo, behind (found by review).
+        named = settings.programme_targets
+        load_targets(named or data / TARGETS_FILE, required=named is not None)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     return settings, _listening_sockets(host, port)

@@ -102,10 +102,13 @@ class ProgrammeTargets(RootModel[dict[str, ProgrammeTarget]]):
     """`programme-targets.json`: program_id -> its target."""
 
 
-def load_targets(path: Path) -> dict[str, ProgrammeTarget]:
-    """The programme targets in `path` (none if it does not exist); ValueError naming the
-    file and the fault if it is not a valid targets file."""
+def load_targets(path: Path, *, required: bool = False) -> dict[str, ProgrammeTarget]:
+    """The programme targets in `path` (none if it does not exist, unless `required`: named
+    on purpose); ValueError naming the file and the fault if it is not a valid targets
+    file."""
     if not path.is_file():
+        if required:  # found by review: a file named but missing was silently none
+            raise ValueError(f"programme targets {path} (TANLIAN_PROGRAMME_TARGETS): no such file")
         return {}
     try:
         with path.open("rb") as handle:
@@ -165,11 +168,10 @@ class Explorer:
         self.offset_minutes = settings.display_utc_offset_minutes
         self.zone = _zone_name(self.offset_minutes)
         self.statistics = Statistics(utc_offset_minutes=self.offset_minutes)
-        targets_file = settings.programme_targets or settings.data / TARGETS_FILE
-        if settings.programme_targets is not None and not targets_file.is_file():
-            # Named on purpose, so not optional (found by review: silently none).
-            raise ValueError(f"programme targets {targets_file}: no such file")
-        self.targets = load_targets(targets_file)
+        named = settings.programme_targets
+        self.targets = load_targets(
+            named or settings.data / TARGETS_FILE, required=named is not None
+        )
         self._chain: Chain | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),

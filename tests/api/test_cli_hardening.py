@@ -359,6 +359,15 @@ def test_a_node_that_cannot_start_writes_nothing(demo: Path, tmp_path: Path) -> 
         env={"TANLIAN_BODY_BYTES_MAX": "abc"},
     )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    # Found by review of the fix: a targets file named but missing was found only after the
+    # store was made.
+    missing = tmp_path / "missing-targets.json"
+    refused = start(
+        tmp_path / "targets", "--validator-key", key, "--listen", listen,
+        env={"TANLIAN_PROGRAMME_TARGETS": str(missing)},
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "TANLIAN_PROGRAMME_TARGETS" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
