@@ -215,6 +215,7 @@ def export(
     if (data is None) == (node is None):
         raise typer.BadParameter("give either --data DIR or --node URL")
     if node is not None:
+        _refuse_store_files(out_file, None)
         blocks = export_from_node(node, out_file)
         out.print(f"wrote {counted(blocks, 'block')} to {out_file}", highlight=False)
         return
@@ -230,34 +231,39 @@ def export(
     out.print(f"wrote {counted(blocks, 'block')} to {out_file}", highlight=False)
 
 
-def _refuse_store_files(out_file: Path, data: Path) -> None:
-    """--out must not name a file of the data directory: the database and its WAL are the
-    chain, the lock keeps a second node off it, the signed-message log is what a validator
-    signed (each refused whether or not it exists now), and nothing there that exists is
-    another command's to replace. Found by review: an export written over the lock of a
-    running node let a second node start on the same directory."""
-    directory = data.resolve()
-    named = {
-        (directory / name).resolve()
-        for name in (
-            *(f"{DATABASE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
-            f"{DATABASE_FILE}{CREATING_SUFFIX}",
-            LOCK_FILE,
-            WAL_FILE_NAME,
-        )
-    }
+def _refuse_store_files(out_file: Path, data: Path | None) -> None:
+    """--out must not name a file of a data directory (`data`, or the one --out is in): the
+    database and its WAL are the chain, the lock keeps a second node off it, the
+    signed-message log is what a validator signed (each refused whether or not it exists
+    now), and nothing there that exists is another command's to replace. Found by review:
+    an export written over the lock of a running node let a second node start on the same
+    directory."""
     target = out_file.resolve()
-    if target in named:
-        raise LedgerError(
-            f"{out_file} is one of the ledger's own files in {data}: choose another --out",
-            code="exists",
-        )
-    if target.exists() and target.is_relative_to(directory):
-        raise LedgerError(
-            f"{out_file} already exists in the data directory {data}, whose files are the"
-            " node's: choose another --out",
-            code="exists",
-        )
+    beside = target.parent
+    directories = {beside} if (beside / DATABASE_FILE).exists() else set()
+    if data is not None:
+        directories.add(data.resolve())
+    for directory in directories:
+        named = {
+            directory / name
+            for name in (
+                *(f"{DATABASE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
+                f"{DATABASE_FILE}{CREATING_SUFFIX}",
+                LOCK_FILE,
+                WAL_FILE_NAME,
+            )
+        }
+        if target in named:
+            raise LedgerError(
+                f"{out_file} is one of the ledger's own files in {directory}: choose another --out",
+                code="exists",
+            )
+        if target.exists() and target.is_relative_to(directory):
+            raise LedgerError(
+                f"{out_file} already exists in the data directory {directory}, whose files"
+                " are the node's: choose another --out",
+                code="exists",
+            )
 
 
 @app.command()

@@ -124,11 +124,13 @@ class Store:
         self._lock: DirectoryLock | None = None
         self.db = sqlite_utils.Database(connection)
         version = self._meta("schema_version")
-        if not version.isdigit() or len(version) > 6:
+        if not version.isdigit():
             raise StoreError(f"its schema version {version[:20]!r} is not a number")
-        if int(version) > SCHEMA_VERSION:
-            raise StoreError(
-                f"its layout is schema version {int(version)}, written by a later version of"
+        if len(version) > 6 or int(version) > SCHEMA_VERSION:
+            # Not damaged: a layout this build does not know. Unreadable, so that nothing
+            # sets it aside or rebuilds it (--resync had: found by review).
+            raise StoreUnreadable(
+                f"its layout is schema version {version[:20]}, written by a later version of"
                 f" Tanlian; this one reads versions up to {SCHEMA_VERSION}: run the later one"
             )
         self.genesis: Genesis = parse_genesis(json.loads(self._meta("genesis")))
@@ -243,6 +245,8 @@ class Store:
                     " data directory and its files, and that its file system is writable)"
                 ) from error
             raise StoreError(f"{path} is not a usable Tanlian database: {error}") from error
+        except StoreUnreadable as error:
+            raise StoreUnreadable(f"cannot open {path}: {error.message}") from error
         except (sqlite3.DatabaseError, KeyError, ValueError, LedgerError) as error:
             raise StoreError(f"{path} is not a usable Tanlian database: {error}") from error
         return store
@@ -261,7 +265,8 @@ class Store:
         writer that is finishing; StoreError if another process keeps it."""
         if self._lock is None:
             database = self.directory / DATABASE_FILE
-            if not os.access(database, os.W_OK):
+            effective = os.access in os.supports_effective_ids  # as the writes will be made
+            if not os.access(database, os.W_OK, effective_ids=effective):
                 # SQLite opens a file it may not write read-only, without a word, and fails
                 # at the first write: a node had started, taken transactions, and stopped at
                 # its first block (found by review).
@@ -473,9 +478,11 @@ class Store:
             with _transaction(self._conn):
                 if not self._lots_held_once():
                     self._hold_lots_once()
-                self._conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-                )
+                if self._meta("schema_version") != str(SCHEMA_VERSION):
+                    self._conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),),
+                    )
         except sqlite3.Error as error:
             raise StoreError(
                 f"refusing to start: the store's lots cannot be moved to this version's layout"

@@ -9,8 +9,10 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +126,15 @@ def test_out_never_names_the_ledgers_own_files(demo: Path) -> None:
         assert_fails_cleanly(
             tanlian("export", "--data", demo, "--out", existing), "already exists in the data"
         )
+    # Nor those of a data directory --out is in, whatever the source (found by review).
+    assert_fails_cleanly(
+        tanlian("export", "--node", "http://127.0.0.1:1", "--out", demo / LOCK_FILE),
+        "one of the ledger's own files",
+    )
+    assert_fails_cleanly(
+        tanlian("receipt", "ab" * 32, "--data", demo / "elsewhere", "--out", demo / LOCK_FILE),
+        "one of the ledger's own files",
+    )
     assert {path: path.read_bytes() for path in demo.rglob("*") if path.is_file()} == before
     assert not (demo / WAL_FILE_NAME).exists()
     new = demo / "a-new-export.ndjson"
@@ -496,3 +507,26 @@ def test_a_field_that_is_not_utf_8_is_named_so() -> None:
     )  # fmt: skip
     assert refused.returncode == 2 and b"Traceback" not in refused.stderr, refused
     assert b"memo's value is not UTF-8 text" in refused.stderr
+
+
+def test_resync_never_sets_aside_a_store_of_a_later_version(demo: Path, tmp_path: Path) -> None:
+    """Found by review: a store of a later schema version was taken for too damaged to say
+    whose chain it was, and --resync set it aside (kept, yet not the user's to lose sight
+    of); such a store is not damaged, only not this build's to read."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(demo / DATABASE_FILE, data / DATABASE_FILE)
+    connection = sqlite3.connect(data / DATABASE_FILE)
+    with connection:
+        connection.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    connection.close()
+    before = sorted(p.name for p in data.iterdir())
+    refused = tanlian(
+        "node", "--genesis", demo / "genesis.json", "--data", data,
+        "--validator-key", demo / "keys" / "validator-city.pem",
+        "--peer", "http://127.0.0.1:1", "--resync", "--listen", f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    assert_fails_cleanly(refused, "(store_unreadable)")
+    assert "written by a later version of Tanlian" in refused.stderr
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing set aside
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
