@@ -147,6 +147,28 @@ def test_the_loop_commits_and_the_filter_grows_with_the_chain(
         node.stop()
 
 
+def hold_filling(
+    monkeypatch: pytest.MonkeyPatch, *, passed: int
+) -> tuple[threading.Event, threading.Event]:
+    """Hold the filter's filling thread after its read of the committed ids, once `passed`
+    fillings have gone through: (set once it is held, set to let it go on)."""
+    reading, released = threading.Event(), threading.Event()
+    every_id = Store.transaction_ids
+    fillings: list[str] = []
+
+    def slow_ids(store: Store) -> Iterator[str]:
+        ids = list(every_id(store))  # read now: what is committed later is not among them
+        if threading.current_thread().name == "committed-ids":
+            fillings.append("read")
+            if len(fillings) > passed:
+                reading.set()
+                assert released.wait(30)
+        yield from ids
+
+    monkeypatch.setattr(Store, "transaction_ids", slow_ids)
+    return reading, released
+
+
 def test_blocks_go_on_while_the_larger_filter_is_filled(
     tmp_path: Path, chain: Chain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,21 +178,7 @@ def test_blocks_go_on_while_the_larger_filter_is_filled(
     committed meanwhile."""
     monkeypatch.setattr("api.node.COMMITTED_IDS_MIN", 2)
     committed_chain(tmp_path, chain)
-    released = threading.Event()
-    reading = threading.Event()
-    every_id = Store.transaction_ids
-    fillings: list[str] = []
-
-    def slow_ids(store: Store) -> Iterator[str]:
-        ids = list(every_id(store))  # read now: what is committed later is not among them
-        if threading.current_thread().name == "committed-ids":
-            fillings.append("read")
-            if len(fillings) > 1:  # the first filling, at the start, goes through
-                reading.set()
-                assert released.wait(30)
-        yield from ids
-
-    monkeypatch.setattr(Store, "transaction_ids", slow_ids)
+    reading, released = hold_filling(monkeypatch, passed=1)  # the start's goes through
     node = Node(tmp_path, chain.validator)
     node.start()
     try:
@@ -243,18 +251,7 @@ def test_a_node_starts_before_its_filter_is_filled_and_answers_from_the_store(
     id is looked up in the store, and the filter, once filled, also holds what was committed
     meanwhile."""
     before = committed_chain(tmp_path, chain)
-    released = threading.Event()
-    reading = threading.Event()
-    every_id = Store.transaction_ids
-
-    def slow_ids(store: Store) -> Iterator[str]:
-        ids = list(every_id(store))  # read now: what is committed later is not among them
-        if threading.current_thread().name == "committed-ids":
-            reading.set()
-            assert released.wait(30)
-        yield from ids
-
-    monkeypatch.setattr(Store, "transaction_ids", slow_ids)
+    reading, released = hold_filling(monkeypatch, passed=0)
     node = Node(tmp_path, chain.validator)
     node.start()
     try:

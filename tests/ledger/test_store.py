@@ -908,6 +908,19 @@ def _open_as_another_user(directory: str, answers: multiprocessing.Queue[str]) -
         answers.put(f"{error.code}: {error.message}")
 
 
+def _answer_of_child(
+    target: Callable[[str, multiprocessing.Queue[str]], None], directory: Path
+) -> str:
+    """What `target`, run in a forked child on `directory`, put on its queue."""
+    answers: multiprocessing.Queue[str] = multiprocessing.Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=target, args=(str(directory), answers)
+    )
+    child.start()
+    child.join(30)
+    return answers.get(timeout=5)
+
+
 def _start_as_its_owner(directory: str, answers: multiprocessing.Queue[str]) -> None:
     if os.getuid() == 0:  # root may write anything: be the files' owner, nobody
         os.setgid(65534)
@@ -935,13 +948,7 @@ def test_a_store_its_owner_may_not_write_is_refused_at_the_start(produced: Produ
         if os.getuid() == 0:
             for path in (shared, shared / DATABASE_FILE):
                 os.chown(path, 65534, 65534)
-        answers: multiprocessing.Queue[str] = multiprocessing.Queue()
-        child = multiprocessing.get_context("fork").Process(
-            target=_start_as_its_owner, args=(str(shared), answers)
-        )
-        child.start()
-        child.join(30)
-        answer = answers.get(timeout=5)
+        answer = _answer_of_child(_start_as_its_owner, shared)
         assert answer.startswith("store_unreadable: cannot write"), answer
         assert "may read and write" in answer
     finally:
@@ -964,13 +971,7 @@ def test_a_store_this_process_may_not_open_is_not_called_damaged(produced: Produ
                 database_mode if as_root or database_mode == 0o444 else 0o000
             )
             shared.chmod(directory_mode)
-            answers: multiprocessing.Queue[str] = multiprocessing.Queue()
-            child = multiprocessing.get_context("fork").Process(
-                target=_open_as_another_user, args=(str(shared), answers)
-            )
-            child.start()
-            child.join(30)
-            answer = answers.get(timeout=5)
+            answer = _answer_of_child(_open_as_another_user, shared)
             assert answer.startswith("store_unreadable: cannot open"), (database_mode, answer)
             assert "may read and write" in answer and "not a usable" not in answer
         finally:
