@@ -29,8 +29,10 @@ from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
 from api.console import (
     atomic_file,
+    close_all,
     counted,
     fails_cleanly,
+    listening_sockets,
     load_key,
     option_given,
     out,
@@ -392,7 +394,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             Store.create(data, document).close()
         _check_same_chain(data, genesis_hash, genesis_file)
     except BaseException:
-        _close(listening)
+        close_all(listening)
         raise
     try:
         _serve(
@@ -450,7 +452,7 @@ def dev(
             _build_demo(data, transactions, seed=1)
         key = load_key(data / "keys" / "validator-city.pem")
     except BaseException:
-        _close(listening)
+        close_all(listening)
         raise
     _serve(data, key, settings=settings, listening=listening, simulate=simulate)
 
@@ -467,12 +469,7 @@ def _open_api(data: Path, host: str, port: int) -> tuple[Settings, list[socket.s
         load_targets(named or data / TARGETS_FILE, required=named is not None)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    return settings, _listening_sockets(host, port)
-
-
-def _close(listening: list[socket.socket]) -> None:
-    for one in listening:
-        one.close()
+    return settings, listening_sockets(host, port)
 
 
 def _serve(
@@ -492,14 +489,14 @@ def _serve(
     try:
         running = Node(data, validator, peers=peers, follow=follow, empty_block_ms=empty_block_ms)
     except BaseException:
-        _close(listening)
+        close_all(listening)
         raise
     running.on_block = _print_block
     try:
         app_ = create_app(running, settings)
     except ValueError as error:  # a setting the explorer cannot use
         running.stop()
-        _close(listening)
+        close_all(listening)
         raise typer.BadParameter(str(error)) from None
     state = running.state
     base = f"http://{host}:{port}"
@@ -543,45 +540,13 @@ def _serve(
             raise LedgerError("the HTTP server could not start", code="exited") from None
     finally:
         stopping.set()
-        _close(listening)
+        close_all(listening)
     if running.failure is not None:
         raise LedgerError(
             f"stopped at height {running.state.height}: {running.failure}",
             code=running.failure_code,
         )
     out.print(f"stopped at height {running.state.height}", highlight=False)
-
-
-LISTEN_BACKLOG: Final = 2048  # uvicorn's own
-
-
-def _listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """The API's sockets, listening before the node says it runs: a port in use, or a host
-    this machine cannot listen on, is one line and exit 1, not uvicorn's exit 3 after the
-    banner. One socket for each address the host names (`localhost` may be ::1 and
-    127.0.0.1), as asyncio's `create_server` makes them; an IPv6 address may come in
-    brackets (`[::1]:8000`)."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        found = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as error:
-        raise LedgerError(f"cannot listen on {host}:{port}: {error}", code="bad_listen") from None
-    listening: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(found):
-            one = socket.socket(family, kind, proto)
-            listening.append(one)
-            one.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # `::` is IPv6 only, as create_server has it
-                one.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            one.bind(address)
-            one.listen(LISTEN_BACKLOG)  # now: a second node cannot take the port meanwhile
-    except OSError as error:
-        for one in listening:
-            one.close()
-        reason = error.strerror or str(error)
-        raise LedgerError(f"cannot listen on {host}:{port}: {reason}", code="bad_listen") from None
-    return listening
 
 
 def _after_shutdown(signum: int, frame: object) -> None:

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,9 @@ import typer
 
 from api.cli_verify import read_genesis
 from api.console import (
+    close_all,
     fails_cleanly,
+    listening_sockets,
     load_key,
     option_given,
     out,
@@ -172,16 +173,12 @@ def cluster(
         )
     names = party_names(validators)
     for port in range(base_port, base_port + validators):  # before anything is written
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a node listens
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError as error:
-                raise LedgerError(
-                    f"cannot listen on 127.0.0.1:{port}: {error.strerror} (choose another"
-                    " --base-port)",
-                    code="bad_listen",
-                ) from None
+        try:
+            close_all(listening_sockets("127.0.0.1", port))  # as each validator will listen
+        except LedgerError as error:
+            raise LedgerError(
+                f"{error.message} (choose another --base-port)", code=error.code
+            ) from error
     genesis = prepare(data, names)
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(validators)]
     program = Path(sys.executable).parent / "tanlian"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, NoReturn, ParamSpec, TypeVar
+from typing import IO, Final, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -37,6 +38,43 @@ def option_given(context: typer.Context, name: str) -> bool:
     default."""
     source = context.get_parameter_source(name)
     return source is not None and source.name != "DEFAULT"
+
+
+LISTEN_BACKLOG: Final = 2048  # uvicorn's own
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The API's sockets, listening before the node says it runs: a port in use, or a host
+    this machine cannot listen on, is one line and exit 1, not uvicorn's exit 3 after the
+    banner. One socket for each address the host names (`localhost` may be ::1 and
+    127.0.0.1), as asyncio's `create_server` makes them; an IPv6 address may come in
+    brackets (`[::1]:8000`)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        found = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as error:
+        raise LedgerError(f"cannot listen on {host}:{port}: {error}", code="bad_listen") from None
+    listening: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            one = socket.socket(family, kind, proto)
+            listening.append(one)
+            one.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # `::` is IPv6 only, as create_server has it
+                one.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            one.bind(address)
+            one.listen(LISTEN_BACKLOG)  # now: a second node cannot take the port meanwhile
+    except OSError as error:
+        for one in listening:
+            one.close()
+        reason = error.strerror or str(error)
+        raise LedgerError(f"cannot listen on {host}:{port}: {reason}", code="bad_listen") from None
+    return listening
+
+
+def close_all(listening: list[socket.socket]) -> None:
+    for one in listening:
+        one.close()
 
 
 def counted(count: int, noun: str) -> str:
@@ -71,7 +109,7 @@ def load_key(path: Path) -> PrivateKey:
         hint = (
             ""
             if given or not error.message.startswith("the key file is encrypted")
-            else (f" (set ${PASSPHRASE_ENV})")
+            else f" (set ${PASSPHRASE_ENV})"
         )
         message = (
             error.message if error.message.startswith(f"{path}:") else f"{path}: {error.message}"
