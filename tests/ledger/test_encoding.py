@@ -355,3 +355,19 @@ def test_real_transactions_over_a_mebibyte_are_not_dense() -> None:
     line = canonical({"transactions": [envelope.to_json() for envelope in envelopes]})
     assert len(line) > JSON_DENSE_CHARS_MIN
     assert canonical(decode(line)) == line
+
+
+@pytest.mark.parametrize("held", ["[" * 400, "{" * 400, '\\"' * 200, "[{" * 200 + '\\"'])
+def test_brackets_and_quotes_inside_strings_are_not_counted_as_objects(held: str) -> None:
+    """Found by review: a valid block of transfers whose memos are brackets was refused as
+    dense (the bound had counted what strings hold); a document the first count refuses is
+    counted again, each string once."""
+    item = b'{"memo":"' + held.encode() + b'","to":"' + b"ab" * 32 + b'"}'
+    document = b"[" + b",".join([item] * (JSON_DENSE_CHARS_MIN // len(item) + 1)) + b"]"
+    assert len(document) > JSON_DENSE_CHARS_MIN
+    decoded = decode(document)
+    assert isinstance(decoded, list) and decoded[0]["memo"] == json.loads(f'"{held}"')
+    dense = b"[" + b",".join([b'"' + held.encode() + b'"'] * 1000) + b",[]" * 400_000 + b"]"
+    with pytest.raises(DecodeError) as refused:  # strings that hide no object do not excuse them
+        decode(dense)
+    assert refused.value.code == "limit_exceeded"

@@ -29,6 +29,7 @@ from ledger.encoding import canonical
 from ledger.errors import LedgerError
 from ledger.evidence import Evidence, make_evidence, parse_evidence, sign_vote
 from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_genesis
+from ledger.limits import JSON_DENSE_CHARS_MIN
 from ledger.merkle import EMPTY_ROOT
 from ledger.state_transition import BuiltBlock
 from ledger.transactions import Envelope, Transaction, parse_envelope, sign_transaction
@@ -744,3 +745,27 @@ def test_every_early_issuance_is_counted_and_the_first_ones_listed() -> None:
     assert [e.batch_id for e in report.early_listed] == [
         f"B-{n}" for n in range(1, EARLY_ISSUANCES_LISTED + 1)
     ]
+
+
+def test_a_block_over_a_mebibyte_of_bracket_memos_is_audited() -> None:
+    """Found by review: the decoder's density bound counted the brackets inside strings, so
+    a valid block of 1,100 transfers with memos of `[` (1.1 MB) was refused by `verify chain`
+    and by block sync (`malformed`, `limit_exceeded`) after the consortium committed it."""
+    chain = ConsortiumChain()
+    chain.funded()
+    memo = "[{" * 250
+    transfers = [
+        chain.tx(sender, "transfer", {"to": to, "batch_id": "B-1", "quantity": 1, "memo": memo})
+        for sender, to, count in [
+            (chain.alice, chain.bob.account_id, 1000),
+            (chain.bob, chain.carol.account_id, 100),
+        ]
+        for _ in range(count)
+    ]
+    built = chain.commit(*transfers)
+    assert not built.rejected and len(built.block.transactions) == 1100
+    lines = export_of(chain)
+    assert len(lines[-1]) > JSON_DENSE_CHARS_MIN
+    report = audit_chain(chain.genesis, lines)
+    assert report.height == built.block.height
+    assert report.state_root == built.state.state_root
