@@ -9,9 +9,11 @@ the node shell (or the simulator) calls
 
 and each returns the effects to carry out, in order:
 
-    Persist(message)        make a message this replica signed durable. The shell MUST have
+    Persist(message)        make a message this replica signed durable, or the proposal
+                            whose block its next precommit locks on. The shell MUST have
                             written it (fsync) before it carries out any later effect, above
-                            all the Broadcast of the same message (SPEC §5.4).
+                            all the Broadcast of the same message (SPEC §5.4), and gives it
+                            back as `signed=` at a restart.
     Broadcast(message)      send to every other validator (best effort; it is re-sent).
     SendDecision(to, height)  send validator `to` the decided block of `height` with its
                             certificate, from the store, as a `Decision` message (it lags).
@@ -271,6 +273,7 @@ class Replica:
         self.transactions = transactions
         self.verify_signatures = verify_signatures
         self.timeouts = timeouts or Timeouts()
+        # What this replica signed, and the proposals it locked on (`_keep_locked_block`).
         self.signed: dict[tuple[int, int, str], SignedMessage] = {}
         for message in signed:
             if message.height > state.height:
@@ -641,6 +644,7 @@ class Replica:
         ):  # line 36
             self._locked_rounds.add(round)
             if self.step == PREVOTE:
+                self._keep_locked_block(proposal)
                 vote = self._vote(PRECOMMIT, proposal.block_hash)
                 if vote is not None and vote.block_hash == proposal.block_hash:
                     self.locked_round, self.locked_hash = round, proposal.block_hash
@@ -802,6 +806,19 @@ class Replica:
         self._emit(vote)
         self.quorum.admit(vote, current_round=self.round)
         return vote
+
+    def _keep_locked_block(self, proposal: Proposal) -> None:
+        """Make durable, before the precommit that locks on it, the proposal that carries the
+        block: a lock is a value, not a hash (line 36). Only this replica's own messages were
+        durable, so one restarted after locking on another proposer's block knew its hash but
+        no longer held it: it could not propose it again (line 15) and prevoted nil on every
+        other block, and when no live validator held it either the height never ended (found
+        by review: two of four restarted after locking, the proposer down). Kept in `signed`
+        by its slot, which no message of this replica can take (a round has one proposer),
+        it is admitted again at the restart (`_restore`)."""
+        if self.is_validator and _slot(proposal) not in self.signed:
+            self.signed[_slot(proposal)] = proposal
+            self._effects.append(Persist(message=proposal))
 
     def _emit(self, message: SignedMessage) -> None:
         """Send what this replica signed, persisting it first if it is new."""

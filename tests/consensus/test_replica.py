@@ -783,6 +783,40 @@ def test_a_locked_replica_prevotes_nil_for_another_block_even_after_a_restart() 
         assert [v.block_hash for v in prevotes] == [expected]
 
 
+def test_a_restarted_replica_holds_the_block_it_locked_on_and_proposes_it_again() -> None:
+    """Found by review: only a replica's own messages were durable, so one restarted after
+    locking on another proposer's block knew its hash only. As proposer it built a new block,
+    which every locked replica prevotes nil: with the block lost everywhere (its proposer
+    down, the others restarted) the height never ended. The proposal is now made durable
+    before the precommit that locks on it, and proposed again at the replica's turn
+    (line 15)."""
+    me = proposer(1, 1)
+    assert me != proposer(1, 0)
+    value = block()
+    _, log = _locked_on(value, me)
+    persisted = [m.vote_type if isinstance(m, Vote) else "proposal" for m in log]
+    assert persisted == ["prevote", "proposal", "precommit"]  # the block before the lock
+    restarted = replica(me, signed=log)
+    restarted.on_start(T0 + 5000)
+    assert restarted.locked_hash == value.block_hash()
+    effects = _to_round_1(restarted, me)
+    proposed = [
+        e.message for e in effects if isinstance(e, Broadcast) and isinstance(e.message, Proposal)
+    ]
+    assert [(p.round, p.valid_round, p.block_hash) for p in proposed] == [
+        (1, 0, value.block_hash())
+    ]
+    # Without the block in the log, the same replica proposes a block of its own, which no
+    # replica locked on the first can prevote: what stalled the height.
+    forgetful = replica(me, signed=[m for m in log if isinstance(m, Vote)])
+    forgetful.on_start(T0 + 5000)
+    effects = _to_round_1(forgetful, me)
+    (new,) = [
+        e.message for e in effects if isinstance(e, Broadcast) and isinstance(e.message, Proposal)
+    ]
+    assert new.block_hash != value.block_hash() and new.valid_round == NO_ROUND
+
+
 def test_a_later_polka_unlocks_line_28() -> None:
     me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(1, 1), proposer(1, 2)))
     first_value, later_value = block(), block(time=T0 + 1)

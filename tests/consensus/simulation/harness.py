@@ -52,7 +52,7 @@ from consensus.replica import (
     Timeouts,
 )
 from ledger.blocks import Block, Certificate, verify_certificate
-from ledger.crypto import ZERO_HASH_HEX
+from ledger.crypto import ZERO_HASH_HEX, SignatureError, verify_signature
 from ledger.evidence import Evidence, Vote, verify_evidence
 from ledger.limits import CATCH_UP_HEIGHTS_MAX, EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
 from ledger.state import State
@@ -126,6 +126,8 @@ class Checker:
         key = self.world.keys[node.validator].public_key_hex
         if isinstance(message, Vote) and message.public_key != key:
             raise self.fail(f"node {node.id} persisted a vote of another key")
+        if not isinstance(message, Vote) and not _signed_by(key, message):
+            return  # another proposer's proposal, kept for the block a precommit locks on
         content = message.signed_bytes()
         known = self.signed.setdefault((key, *slot(message)), content)
         if known != content:
@@ -491,6 +493,16 @@ class Simulation:
             for key in self.awaited
             if head.get(key) is None and int(key.rsplit("/", 1)[1]) >= oldest
         }
+
+
+def _signed_by(public_key: str, message: SignedMessage) -> bool:
+    try:
+        verify_signature(
+            bytes.fromhex(public_key), message.signed_bytes(), bytes.fromhex(message.signature)
+        )
+    except SignatureError:
+        return False
+    return True
 
 
 def describe(effect: Effect) -> str:
