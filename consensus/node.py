@@ -383,8 +383,13 @@ class BftProducer:
             messages = [message for message, _ in self._inbox]
             self._inbox.clear()
             self._inbox_bytes = 0
+        heard = self.replica.heard
         for message in messages:
             self._carry_out(self.replica.on_message(message, now_ms))
+        if self.replica.heard != heard:
+            # A validator's message, not any post: a stranger's every minute, malformed or
+            # forged, had put off the probe for good (found by review).
+            self._heard_at = self._clock_ms()
         while self._timers and self._timers[0][0] <= self._clock_ms():
             _, _, timeout = heapq.heappop(self._timers)
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
@@ -484,7 +489,6 @@ class BftProducer:
     def on_batch(self, body: bytes) -> int:
         """The route's inbox (any thread): a peer's batch (`consensus.relay.decode_batch`;
         `MalformedMessage` refuses it whole). Returns how many lines it held."""
-        self._heard_at = self._clock_ms()
         batch = decode_batch(
             body,
             transaction_bytes_max=self._state.params.transaction_bytes_max,

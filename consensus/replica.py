@@ -290,6 +290,11 @@ class Replica:
         self.time_ahead_ms = 0
         self._time_refused: tuple[int, int] | None = None
         self._catch_up_sent: dict[str, int] = {}
+        # Each validator's latest height this replica has seen it sign a vote at.
+        self._signed_at: dict[str, int] = {}
+        # Messages taken as validators' own (held or a copy of one held, a verified decision
+        # or old vote): how a shell knows its peers reach it (anyone can post a message).
+        self.heard = 0
         self._decided_at = 0  # when the last height was decided here (clock of the caller)
         self._effects: list[Effect] = []
         self._now = 0
@@ -460,7 +465,11 @@ class Replica:
                 self.add_evidence(admission.evidence)
             elif admission.status == "old" and isinstance(message, Vote):
                 self._on_lagging(message)
+            if admission.status in ("added", "known"):
+                self.heard += 1
             if admission.status == "added":
+                if isinstance(message, Vote):
+                    self._signed_at[message.public_key] = self.height
                 if self.step == NEW_HEIGHT:
                     # Another validator has begun this height, or decided it already (a
                     # message of the next one): this replica's votes then bring it the block.
@@ -545,6 +554,7 @@ class Replica:
         except InvalidMessage as error:
             self._drop(error.code)
             return
+        self.heard += 1
         state = self._applies(decision.block)
         if state is not None:
             self._decide(decision.block, decision.certificate, state)
@@ -558,6 +568,13 @@ class Replica:
         sender is stuck there."""
         sender = vote.public_key
         if sender == self.public_key or all(v.public_key != sender for v in self.validators):
+            return
+        if vote.height < self._signed_at.get(sender, 0):
+            # It has signed at a later height since: a late vote, or a replay (anyone can
+            # take a validator's precommits from an export's certificates). Answered, one
+            # replayed every 100 ms had taken the validator's catch-up slot from its own
+            # votes, and each made this replica send up to CATCH_UP_HEIGHTS_MAX old blocks
+            # (found by review).
             return
         if (
             vote.height == self.height - 1
@@ -574,7 +591,9 @@ class Replica:
         except InvalidMessage as error:
             self._drop(error.code)
             return
+        self.heard += 1
         self._catch_up_sent[sender] = self._now
+        self._signed_at[sender] = vote.height
         self._effects.append(SendDecision(to=sender, height=vote.height))
 
     def _rebroadcast(self) -> None:

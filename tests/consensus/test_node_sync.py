@@ -23,6 +23,7 @@ from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import parse_genesis
+from ledger.limits import SYNC_PROBE_MS
 from ledger.store import Store
 from tests.consensus.test_node import IDLE, WORLD, Consortium, document
 from tests.consensus.test_sync import NEW_VALIDATOR, Built, built, source
@@ -338,6 +339,48 @@ def test_a_validator_its_peers_cannot_reach_asks_them_for_their_heads(
         consortium.run(lambda: restarted.state.height >= target, seconds=30)
         assert restarted.probes >= 1 and restarted.sync.counters.blocks >= target - before
         assert [consortium.producers[i].probes for i in range(3)] == [0, 0, 0]
+    finally:
+        consortium.close()
+
+
+def test_posts_from_anyone_do_not_put_off_the_probe(tmp_path: Path) -> None:
+    """Found by review: any post to the consensus route, malformed or forged, counted as
+    hearing from a peer, so a stranger posting more often than the quiet spell kept a
+    validator its peers cannot reach from ever asking them for their heads. Only a message
+    the replica takes as a validator's own counts."""
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        clock = [10_000_000]
+        validator._clock_ms = lambda: clock[0]
+        validator._heard_at = validator._probed_at = clock[0]
+        validator.sync = BlockSync(sources(consortium, but=0), genesis=parse_genesis(document()))
+        idle = max(
+            validator.state.params.block_interval_ms, validator.replica.timeouts.empty_block_ms
+        )
+        quiet = SYNC_PROBE_MS + 2 * idle
+        forged = dataclasses.replace(
+            sign_vote(
+                WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0,
+                block_hash=None,
+            ),
+            signature="00" * 64,
+        )  # fmt: skip
+        for _ in range(quiet // 10_000 + 2):  # a post every 10 s, for longer than the spell
+            clock[0] += 10_000
+            with pytest.raises(LedgerError):
+                validator.on_batch(b"not json at all\n")
+            validator.on_messages([forged])
+            validator.produce(clock[0])
+        assert validator.replica.dropped.get("bad_signature", 0) >= 1
+        assert validator.probes == 1  # asked once, when the spell ended
+        genuine = sign_vote(
+            WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0,
+            block_hash=None,
+        )  # fmt: skip
+        validator.on_messages([genuine])
+        validator.produce(clock[0])
+        assert validator._heard_at == clock[0]  # a validator's own vote is hearing from it
     finally:
         consortium.close()
 

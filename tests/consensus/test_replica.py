@@ -1059,6 +1059,41 @@ def test_a_forged_vote_of_a_decided_height_is_not_answered_and_keeps_no_slot() -
     ]
 
 
+def test_a_replayed_vote_of_an_older_height_is_neither_answered_nor_takes_the_slot() -> None:
+    """Found by review: anyone can take a validator's precommits from an export's
+    certificates. Replayed every 100 ms, one of height 1 took the validator's catch-up slot
+    from its own votes (stuck one height behind, it never got its decision), and each
+    answer sent up to CATCH_UP_HEIGHTS_MAX old blocks. A vote older than one its validator
+    was seen signing is no longer answered."""
+    target = replica(0)
+    target.on_start(T0)
+    first = block()
+    first_decision = _decision(first, WORLD.genesis, signers=(0, 1, 3))
+    target.on_message(first_decision, T0)
+    after_first = apply_block(WORLD.genesis, first)
+    second = build_block(
+        after_first,
+        WORLD.workload[3:6],
+        time=T0 + 10,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=first_decision.certificate,
+    ).block
+    target.on_message(_decision(second, after_first, signers=(0, 1, 3)), T0 + 20)
+    assert target.height == 3
+    stuck = vote(2, "prevote", 1, None, height=2)  # validator 2, one height behind
+    replayed = vote(2, "precommit", 0, first.block_hash(), height=1)  # from a certificate
+    at = T0 + 20 + CATCH_UP_INTERVAL_MS  # past the stragglers after the decision
+    assert target.on_message(stuck, at) == [SendDecision(to=KEYS[2].public_key_hex, height=2)]
+    for tick in range(1, 30):  # ten a second for three seconds
+        assert target.on_message(replayed, at + 100 * tick) == []
+        if tick % 10 == 0:  # its own vote, re-sent each second, is answered each time
+            again = target.on_message(stuck, at + 100 * tick)
+            assert again == [SendDecision(to=KEYS[2].public_key_hex, height=2)]
+    # Once it signs at this height, its votes of height 2 are old news too.
+    feed(target, [vote(2, "prevote", 0, None, height=3)], now=at + 5000)
+    assert target.on_message(stuck, at + 10_000) == []
+
+
 def _decision(value: Block, state: State, signers: Sequence[int] = (0, 1, 2)) -> Decision:
     certificate = sign_certificate(
         chain_id=CHAIN_ID,
