@@ -28,6 +28,10 @@ ACCOUNT_KEYS_MAX: Final = 10
 TRANSACTION_SIGNATURES_MAX: Final = ACCOUNT_KEYS_MAX
 ACCREDITATION_METHODOLOGIES_MAX: Final = 64
 ISSUE_RECIPIENTS_MAX: Final = 1000
+# A retirement's receipt carries a state proof of each lot it retired (SPEC §6.3); verifiers
+# bound how many they read. A proposer leaves out a retirement that would take more of the
+# holder's lots (docs/decisions/0004): the rule is its own, not a block's validity.
+RETIREMENT_LOTS_MAX: Final = 1000
 VALIDATORS_MAX: Final = 100
 VALIDATOR_POWER_MAX: Final = 1000
 ISSUE_PERIOD_DAYS_MAX: Final = 366

@@ -34,13 +34,13 @@ from ledger.blocks import (
 )
 from ledger.encoding import canonical
 from ledger.errors import InvalidProofError, LedgerError
-from ledger.limits import ISSUE_RECIPIENTS_MAX, TRANSACTION_BYTES_MAX_CEILING
+from ledger.limits import RETIREMENT_LOTS_MAX, TRANSACTION_BYTES_MAX_CEILING
 from ledger.merkle import verify_inclusion
 from ledger.state_tree import verify_state_proof
 from ledger.transactions import parse_envelope, verify_envelope_signatures
 
 LOG_PATH_MAX: Final = 64
-RECEIPT_LOTS_MAX: Final = ISSUE_RECIPIENTS_MAX  # a retirement never spans more lots than this
+RECEIPT_LOTS_MAX: Final = RETIREMENT_LOTS_MAX  # what a proposer takes in one retirement
 
 _ANY = s.Field(lambda path, value: value)
 _RECEIPT: Final = s.obj(

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from ledger import receipts, state_transition
 from ledger.blocks import Validator, compute_validators_hash, sign_certificate
 from ledger.crypto import PrivateKey, compute_account_id
 from ledger.errors import RULE_CODES, InvalidBlockError
-from ledger.limits import JSON_INTEGER_MAX
+from ledger.limits import JSON_INTEGER_MAX, RETIREMENT_LOTS_MAX
 from ledger.state_transition import BuiltBlock, apply_block, build_block
 from ledger.transactions import AUTHORITY_TYPES, Envelope
 from tests.factory import CHAIN_ID, FAR_FUTURE, Chain, key
@@ -817,6 +818,41 @@ def test_double_retirement(chain: Chain) -> None:
     valid = sign(chain, chain.alice, "retire", retirement(400))
     invalid = sign(chain, chain.alice, "retire", retirement(401))
     check_one_change(chain, valid, invalid, "insufficient_credits")
+
+
+def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a retirement's receipt proves each lot it retired, and verifiers
+    read at most RETIREMENT_LOTS_MAX (1,000) of them; a holding fragmented by transfers gave
+    a retirement of 1,001 lots whose receipt no verifier took. A proposer now leaves such a
+    retirement out (`limit_exceeded`, with what to do); a block that holds one is still
+    valid, as SPEC §3.3 says (docs/decisions/0004)."""
+    assert receipts.RECEIPT_LOTS_MAX == RETIREMENT_LOTS_MAX
+    monkeypatch.setattr(state_transition, "RETIREMENT_LOTS_MAX", 3)
+    for _ in range(4):  # carol ends with serials 2, 4, 6 and 8: four lots
+        commit_ok(chain, sign(chain, chain.alice, "transfer", transfer(chain.bob, 1)))
+        commit_ok(chain, sign(chain, chain.alice, "transfer", transfer(chain.carol, 1)))
+    too_many = sign(chain, chain.carol, "retire", retirement(4))
+    before = chain.state
+    built = chain.commit(too_many)  # the proposer's side only: a block is not invalid for it
+    assert [(e.tx_id, error.code) for e, error in built.rejected] == [
+        (too_many.tx_id, "limit_exceeded")
+    ]
+    assert built.block.transactions == () and built.state.log.size == before.log.size
+    assert "would take 4 lots" in built.rejected[0][1].message
+    assert "retire fewer units at once" in built.rejected[0][1].message
+    commit_ok(chain, sign(chain, chain.carol, "retire", retirement(3)))  # three lots: taken
+    # Validity is unchanged: a block another proposer built with such a retirement applies.
+    monkeypatch.setattr(state_transition, "RETIREMENT_LOTS_MAX", 1000)
+    bob_retires = sign(chain, chain.bob, "retire", retirement(504))  # {1}, {3}, {5}, {7}, rest
+    block = next_block(chain, [bob_retires], time=chain.time + 1000).block
+    assert block.transactions == (bob_retires,)
+    monkeypatch.setattr(state_transition, "RETIREMENT_LOTS_MAX", 3)
+    after = apply_block(chain.state, block)
+    (retired,) = [v for k, v in after.entries.items() if k.startswith("retirement/")
+                  and v["holder"] == chain.bob.account_id]  # fmt: skip
+    assert len(retired["serials"]) == 5
 
 
 def test_retired_units_do_not_transfer(chain: Chain) -> None:
