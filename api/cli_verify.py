@@ -260,7 +260,7 @@ def verify_chain(
     out.print(
         f"chain verified: height {report.height}, {counted(report.transactions, 'transaction')}, "
         f"log root {report.log_root}, state root {report.state_root}, "
-        f"{seconds:.1f} s, {rate:,.0f} tx/s",
+        f"validators hash {report.validators_hash}, {seconds:.1f} s, {rate:,.0f} tx/s",
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -341,7 +341,8 @@ def verify_receipt_file(
     out.print(
         f"receipt verified: retirement {record['retirement_id']}, {record['quantity']} kg CO2e "
         f"of {record['batch_id']} retired by {record['holder']} for {beneficiary} "
-        f"({record['purpose']}), certified at height {header['height']}",
+        f"({record['purpose']}), certified at height {header['height']} of chain"
+        f" {header['chain_id']}",
         markup=False,
         highlight=False,
         soft_wrap=True,

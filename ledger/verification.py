@@ -52,7 +52,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ledger.blocks import Block, Certificate, parse_block, parse_certificate, verify_certificate
+from ledger.blocks import (
+    Block,
+    Certificate,
+    compute_validators_hash,
+    parse_block,
+    parse_certificate,
+    verify_certificate,
+)
 from ledger.crypto import GENESIS_DOMAIN, hash_domain
 from ledger.encoding import decode
 from ledger.errors import FieldError, InvalidBlockError, LedgerError
@@ -125,6 +132,8 @@ class AuditReport:
     log_root: str
     state_root: str
     head_hash: str
+    # The set that certified the head (a receipt certified there trusts it: docs/verification.md)
+    validators_hash: str
     early_issuances: int = 0
     early_listed: tuple[EarlyIssuance, ...] = ()
 
@@ -181,6 +190,9 @@ def audit_chain(
         log_root=state.log.root().hex(),
         state_root=state.state_root,
         head_hash=state.head_hash,
+        validators_hash=compute_validators_hash(
+            state.last_validators or state.current_validators()
+        ),
         early_issuances=early_count,
         early_listed=tuple(early),
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.blocks import compute_evidence_hash
+from ledger.blocks import compute_evidence_hash, compute_validators_hash
 from ledger.encoding import canonical
 from ledger.evidence import make_evidence, sign_vote
 from ledger.store import Store
@@ -60,6 +60,8 @@ def test_an_issuance_of_a_period_not_yet_ended_is_a_notice_not_a_failure(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("chain verified: height 1, 3 transactions,"), lines
+    validators = compute_validators_hash(chain.genesis.validators)
+    assert f", validators hash {validators}, " in lines[0]  # a receipt's trust, from the audit
     assert lines[1].startswith("notice: 1 issuance credited a period that had not ended at its"), (
         lines
     )

@@ -23,7 +23,12 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from consensus.pool import verify_signatures
-from ledger.blocks import Certificate, compute_evidence_hash, sign_certificate
+from ledger.blocks import (
+    Certificate,
+    compute_evidence_hash,
+    compute_validators_hash,
+    sign_certificate,
+)
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
@@ -158,6 +163,7 @@ def scenario() -> Scenario:
         log_root=state.log.root().hex(),
         state_root=state.state_root,
         head_hash=state.head_hash,
+        validators_hash=chain.blocks[-1].block.header.validators_hash,
         # `funded` issues B-1 for January 2026 in a block of 2026-01-01: a period not ended
         early_issuances=1,
         early_listed=(
@@ -251,6 +257,7 @@ def test_a_genesis_line_alone_is_a_valid_empty_chain() -> None:
         log_root=EMPTY_ROOT.hex(),
         state_root=state.state_root,
         head_hash=s.genesis.genesis_hash(),
+        validators_hash=compute_validators_hash(s.genesis.validators),
     )
 
 
@@ -769,3 +776,13 @@ def test_a_block_over_a_mebibyte_of_bracket_memos_is_audited() -> None:
     report = audit_chain(chain.genesis, lines)
     assert report.height == built.block.height
     assert report.state_root == built.state.state_root
+
+
+def test_the_audit_names_the_validator_set_that_certified_the_head() -> None:
+    """Found by review: docs/verification.md sends the holder of a receipt certified after a
+    `set_validators` to the chain audit for the new set's hash, which it did not give."""
+    chosen = scenario()
+    report = audit(chosen.lines)
+    head = json.loads(chosen.lines[-1])["block"]["header"]
+    assert report.validators_hash == head["validators_hash"]
+    assert report.validators_hash != compute_validators_hash(chosen.genesis.validators)
