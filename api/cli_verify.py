@@ -449,6 +449,8 @@ def check_consistency(remembered: Checkpoint, latest: Checkpoint, proof: Any) ->
         if not isinstance(path, list) or not all(isinstance(node, str) for node in path):
             raise FieldError("proof.path", "expected a list of hex strings")
         nodes = [bytes.fromhex(node) for node in path]
+        if any(len(node) != 32 for node in nodes):  # no proof, not a proof of a fork (review)
+            raise FieldError("proof.path", "expected SHA-256 hashes of 64 hex digits")
     except (LedgerError, ValueError) as error:
         message = error.message if isinstance(error, LedgerError) else str(error)
         raise ClientError(f"the consistency proof is malformed: {message}") from error

@@ -738,6 +738,27 @@ def test_a_consistency_proof_that_does_not_rebuild_the_roots_is_an_inconsistency
     assert evidence["latest"] == head
 
 
+@pytest.mark.parametrize("node_hex", ["00", "00" * 33])
+def test_a_path_of_other_than_hashes_is_a_malformed_proof_not_a_fork(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path, node_hex: str
+) -> None:
+    """Found by review: a path node of valid hex but the wrong length was reported as an
+    inconsistency, with fork evidence written, though a proof that is no proof is a bad
+    answer (as a path that is not hex was)."""
+    head = client.checkpoint()
+    height = int(head["header"]["height"])
+    proof = client.consistency(2, height)
+    proof["path"][0] = node_hex
+    hostile.serve("/v1/checkpoint", head)
+    hostile.serve("/v1/proofs/consistency", proof)
+    state = tmp_path / "monitor.json"
+    original = remembered(client, state, lambda header: None)
+    result = monitor(hostile.url, state, node.genesis_file)
+    assert_fails_cleanly(result, "the consistency proof is malformed: proof.path: expected SHA-256")
+    assert "DETECTED" not in result.stdout + result.stderr
+    assert state.read_bytes() == original and not evidence_of(state).exists()
+
+
 def test_a_proof_about_other_checkpoints_is_an_inconsistency(
     node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
 ) -> None:
