@@ -74,6 +74,14 @@ def canonical_object(members: Mapping[str, bytes]) -> bytes:
     )
 
 
+def shown_integer(value: int) -> str:
+    """`value` for a message: digits, or its size when Python would refuse to write them
+    (past 4,300 digits) or a reader to read them."""
+    if -(10**20) < value < 10**20:
+        return str(value)
+    return f"an integer of {value.bit_length()} bits"
+
+
 def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
     if isinstance(value, Mapping | list | tuple) and depth >= JSON_DEPTH_MAX:
         raise LedgerError(f"nesting deeper than {JSON_DEPTH_MAX}", code="limit_exceeded")
@@ -82,7 +90,7 @@ def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
     if isinstance(value, int):
         low = -JSON_INTEGER_MAX if signed else 0
         if not low <= value <= JSON_INTEGER_MAX:
-            raise LedgerError(f"integer {value} outside [{low}, {JSON_INTEGER_MAX}]")
+            raise LedgerError(f"{shown_integer(value)} outside [{low}, {JSON_INTEGER_MAX}]")
         return
     if isinstance(value, str):
         _check_string(value)
@@ -93,7 +101,7 @@ def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
                 raise LedgerError(f"object key {key!r} does not match [a-z][a-z0-9_]*")
             _check_value(item, depth + 1, signed=signed)
         return
-    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray | memoryview):
         for item in value:
             _check_value(item, depth + 1, signed=signed)
         return

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ledger.encoding import shown_integer
 from ledger.errors import InvalidProofError
 
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
@@ -133,7 +134,9 @@ def subtree_hash(start: int, end: int, node: NodeReader) -> bytes:
 def inclusion_path(index: int, size: int, node: NodeReader) -> list[bytes]:
     """PATH(index, D[size]) of RFC 9162 §2.1.3.1, read from stored nodes, leaf side first."""
     if not 0 <= index < size:
-        raise InvalidProofError(f"index {index} is not inside a tree of size {size}")
+        raise InvalidProofError(
+            f"index {_shown(index)} is not inside a tree of size {_shown(size)}"
+        )
     path: list[bytes] = []
     start, width, target = 0, size, index
     while width > 1:
@@ -151,7 +154,9 @@ def inclusion_path(index: int, size: int, node: NodeReader) -> list[bytes]:
 def consistency_path(size1: int, size2: int, node: NodeReader) -> list[bytes]:
     """PROOF(size1, D[size2]) of RFC 9162 §2.1.4.1, read from stored nodes."""
     if not 0 < size1 <= size2:
-        raise InvalidProofError(f"no consistency proof from size {size1} to size {size2}")
+        raise InvalidProofError(
+            f"no consistency proof from size {_shown(size1)} to size {_shown(size2)}"
+        )
     proof: list[bytes] = []
     start, width, m, complete = 0, size2, size1, True
     while m != width:
@@ -179,6 +184,12 @@ def _check_hash(name: str, value: object) -> bytes:
     return value
 
 
+def _shown(value: object) -> str:
+    """A size or index for a message: a caller may pass any object, of any size (SPEC §6.4:
+    every refusal is an InvalidProofError, found by review)."""
+    return shown_integer(value) if isinstance(value, int) else type(value).__name__
+
+
 def verify_inclusion(
     *, leaf_hash: bytes, index: int, size: int, path: Sequence[bytes], root: bytes
 ) -> None:
@@ -186,7 +197,9 @@ def verify_inclusion(
     _check_hash("leaf hash", leaf_hash)
     _check_hash("root", root)
     if not (isinstance(index, int) and isinstance(size, int)) or not 0 <= index < size:
-        raise InvalidProofError(f"index {index} is not inside a tree of size {size}")
+        raise InvalidProofError(
+            f"index {_shown(index)} is not inside a tree of size {_shown(size)}"
+        )
     _check_path("inclusion path", path)
     if len(path) > 64:
         raise InvalidProofError("inclusion path is longer than any tree allows")
@@ -223,7 +236,9 @@ def verify_consistency(
     if size1 <= 0:
         raise InvalidProofError("a consistency proof from size 0 is meaningless")
     if size1 > size2:
-        raise InvalidProofError(f"first size {size1} is larger than second size {size2}")
+        raise InvalidProofError(
+            f"first size {_shown(size1)} is larger than second size {_shown(size2)}"
+        )
     _check_path("consistency path", path)
     if len(path) > 128:
         raise InvalidProofError("consistency path is longer than any tree allows")

@@ -26,6 +26,7 @@ from ledger.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from ledger.state_tree import verify_state_proof
 
 SIZE_MAX = 64
 EXHAUSTIVE_MAX = 16
@@ -512,3 +513,29 @@ def test_a_path_that_is_not_a_list_is_refused(bad: Any) -> None:
     own error (SPEC §6.4), never a TypeError."""
     expect_refused(check_inclusion, 2, 5, bad, mth(0, 5))
     expect_refused(check_consistency, 3, 7, bad, mth(0, 3), mth(0, 7))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: verify_inclusion(
+            leaf_hash=bytes(32), index=10**5000, size=4, path=[], root=bytes(32)
+        ),
+        lambda: verify_consistency(
+            size1=10**5000, size2=5, path=[], root1=bytes(32), root2=bytes(32)
+        ),
+        lambda: verify_state_proof(
+            proof={"key": "a", "value": 10**5000, "siblings": []}, root=bytes(32)
+        ),
+        lambda: verify_state_proof(
+            proof={"key": "a", "value": memoryview(b"x"), "siblings": []}, root=bytes(32)
+        ),
+    ],
+)
+def test_a_verifier_refuses_any_python_value_with_its_own_error(call: Callable[[], None]) -> None:
+    """SPEC §6.4: each verifier raises InvalidProofError. An integer past Python's 4,300
+    digits had raised ValueError while its message was written, and a memoryview TypeError
+    from the encoder (found by review; JSON can hold neither, a library caller can)."""
+    with pytest.raises(InvalidProofError) as refused:
+        call()
+    assert "16610 bits" in refused.value.message or "memoryview" in refused.value.message
