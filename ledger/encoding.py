@@ -90,7 +90,9 @@ def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
     if isinstance(value, int):
         low = -JSON_INTEGER_MAX if signed else 0
         if not low <= value <= JSON_INTEGER_MAX:
-            raise LedgerError(f"{shown_integer(value)} outside [{low}, {JSON_INTEGER_MAX}]")
+            shown = shown_integer(value)
+            shown = shown if shown.startswith("an ") else f"integer {shown}"
+            raise LedgerError(f"{shown} outside [{low}, {JSON_INTEGER_MAX}]")
         return
     if isinstance(value, str):
         _check_string(value)
