@@ -28,9 +28,10 @@ import bisect
 import dataclasses
 import functools
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ledger.blocks import (
     Block,
@@ -368,6 +369,8 @@ def _issue(ctx: _Context) -> None:
     p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
     methodology_id = p["methodology_id"]
     _check_accredited(work, signer, methodology_id)
+    if work.building:
+        _check_project_id(p["project_id"])
     for recipient in p["recipients"]:
         _check_not_suspended(work, recipient["account"], "recipient")
     issuance_key = f"issuance/{methodology_id}/{p['project_id']}"
@@ -491,6 +494,35 @@ def _retire(ctx: _Context) -> None:
             "time": work.time,
         },
     )
+
+
+# Characters that change no glyph, or none a reader can rely on: format (zero-width, bidi
+# controls, BOM), private use, unassigned, and line or paragraph separators.
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Zl", "Zp"})
+
+
+def _check_project_id(project_id: str) -> None:
+    """A proposer's rule, not a block's validity (docs/decisions/0004): a project id reads
+    as what it is. SPEC §3.3 keys "the same meter period can never be credited twice" on
+    the id's exact text, and review credited one meter's January five times under
+    `meter-0001` followed by a zero-width space, a word joiner or a BOM, or preceded by a
+    right-to-left override. Refused: such characters, spaces other than U+0020, a space at
+    either end, and text not in Unicode NFC (an accented letter typed two ways)."""
+    for position, char in enumerate(project_id):
+        category = unicodedata.category(char)
+        if category in _INVISIBLE_CATEGORIES or (category == "Zs" and char != " "):
+            raise _reject(
+                "invalid_field",
+                f"project_id holds U+{ord(char):04X} ({unicodedata.name(char, category)}) at"
+                f" {position}: an id another could not tell from one without it",
+            )
+    if project_id != project_id.strip(" "):
+        raise _reject("invalid_field", "project_id begins or ends with a space")
+    if not unicodedata.is_normalized("NFC", project_id):
+        raise _reject(
+            "invalid_field",
+            "project_id is not in Unicode NFC: the same text can be written otherwise",
+        )
 
 
 def _check_receipt_size(work: _Work, batch_id: str, owner: str, quantity: int) -> None:

@@ -855,6 +855,45 @@ def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
     assert len(retired["serials"]) == 5
 
 
+@pytest.mark.parametrize(
+    "project_id",
+    [
+        "meter-0001\u200b",  # zero-width space
+        "meter-0001\u2060",  # word joiner
+        "\ufeffmeter-0001",  # byte order mark
+        "\u202emeter-0001",  # right-to-left override
+        "meter\u00a00001",  # no-break space
+        "meter-0001 ",
+        "caf\u0065\u0301-meter",  # e and a combining acute: "café" not in NFC
+    ],
+)
+def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
+    chain: Chain, project_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: "the same meter period can never be credited twice" (SPEC §3.3) is
+    keyed on the project id's exact text, and a certifier credited one meter's January again
+    under `meter-0001` with an invisible character added. A proposer now leaves out an id
+    another could not tell from one without it; a block holding one is still valid
+    (docs/decisions/0004)."""
+    # the fixture's B-1 credits meter-0001 for January 2026
+    again = chain.issue([(chain.carol, 10)], project_id=project_id)
+    built = chain.commit(again)
+    assert [(e.tx_id, error.code) for e, error in built.rejected] == [
+        (again.tx_id, "invalid_field")
+    ]
+    assert "project_id" in built.rejected[0][1].message and built.block.transactions == ()
+    # Another implementation's proposer may include it: the block applies here.
+    monkeypatch.setattr(state_transition, "_check_project_id", lambda project_id: None)
+    block = next_block(chain, [chain.issue([(chain.carol, 10)], project_id=project_id)]).block
+    assert len(block.transactions) == 1 and apply_block(chain.state, block)
+
+
+@pytest.mark.parametrize("project_id", ["淄博-张店-电表-0001", "caf\u00e9-meter", "site 7 / roof"])
+def test_readable_project_ids_in_any_script_are_taken(chain: Chain, project_id: str) -> None:
+    built = chain.commit(chain.issue([(chain.carol, 10)], project_id=project_id))
+    assert not built.rejected and len(built.block.transactions) == 1
+
+
 def test_retired_units_do_not_transfer(chain: Chain) -> None:
     commit_ok(chain, sign(chain, chain.bob, "retire", retirement(500)))
     assert_rejected(
