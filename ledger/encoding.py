@@ -79,7 +79,8 @@ def shown_integer(value: int) -> str:
     (past 4,300 digits) or a reader to read them."""
     if -(10**20) < value < 10**20:
         return str(value)
-    return f"an integer of {value.bit_length()} bits"
+    sign = "a negative" if value < 0 else "an"
+    return f"{sign} integer of {value.bit_length()} bits"
 
 
 def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
@@ -91,7 +92,7 @@ def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
         low = -JSON_INTEGER_MAX if signed else 0
         if not low <= value <= JSON_INTEGER_MAX:
             shown = shown_integer(value)
-            shown = shown if shown.startswith("an ") else f"integer {shown}"
+            shown = shown if shown.startswith("a") else f"integer {shown}"
             raise LedgerError(f"{shown} outside [{low}, {JSON_INTEGER_MAX}]")
         return
     if isinstance(value, str):
@@ -100,7 +101,8 @@ def _check_value(value: JSON, depth: int, *, signed: bool) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str) or not KEY_PATTERN.match(key):
-                raise LedgerError(f"object key {key!r} does not match [a-z][a-z0-9_]*")
+                shown = shown_integer(key) if isinstance(key, int) else repr(key)[:40]
+                raise LedgerError(f"object key {shown} does not match [a-z][a-z0-9_]*")
             _check_value(item, depth + 1, signed=signed)
         return
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray | memoryview):
@@ -190,8 +192,11 @@ def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
 
 
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
-# A JSON string literal, escapes included (the loop unrolled: linear on any input).
-_STRING_LITERAL: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A JSON string literal, escapes included; one never closed runs to the end of the text.
+# It cannot fail once begun at a quote, so the scan is linear: a pattern that had to end at a
+# closing quote was tried again from each escaped quote of an unclosed literal, quadratic
+# (one 1 MiB line held the GIL for ~12 minutes, found by review).
+STRING_LITERAL: Final = re.compile(r'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
 
 
 def _check_density(text: str) -> None:
@@ -205,7 +210,7 @@ def _check_density(text: str) -> None:
     tokens = text.count("{") + text.count("[") + text.count('"') // 2
     if tokens * JSON_TOKEN_CHARS_MIN <= len(text):
         return
-    outside, strings = _STRING_LITERAL.subn("", text)
+    outside, strings = STRING_LITERAL.subn("", text)
     tokens = outside.count("{") + outside.count("[") + strings
     if tokens * JSON_TOKEN_CHARS_MIN > len(text):
         raise DecodeError(

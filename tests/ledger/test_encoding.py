@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from ledger.encoding import canonical, canonical_object, decode
+from ledger.encoding import STRING_LITERAL, canonical, canonical_object, decode
 from ledger.errors import DecodeError, LedgerError, printable
 from ledger.limits import JSON_DENSE_CHARS_MIN, JSON_DEPTH_MAX, JSON_INTEGER_MAX
 from tests.factory import Chain
@@ -371,3 +371,18 @@ def test_brackets_and_quotes_inside_strings_are_not_counted_as_objects(held: str
     with pytest.raises(DecodeError) as refused:  # strings that hide no object do not excuse them
         decode(dense)
     assert refused.value.code == "limit_exceeded"
+
+
+def test_an_unclosed_string_is_counted_once_to_the_end_of_the_text() -> None:
+    """Found by review: the recount's pattern had to end at a closing quote, so on an
+    unclosed literal of escaped quotes it was tried again from each of them: quadratic, one
+    1 MiB line held the interpreter for ~12 minutes. A literal now runs to the end of the
+    text when unclosed, and the document is then refused by the parser, at once."""
+    unclosed = '"' + '\\"' * 1000
+    assert STRING_LITERAL.subn("", unclosed) == ("", 1)
+    assert STRING_LITERAL.subn("", 'x"a\\"b"y"c\\\\"z"\\') == ("xyz", 3)
+    document = b'"' + b'\\"' * 262_154 + b" " * 524_298  # past the size the bound checks
+    assert len(document) > JSON_DENSE_CHARS_MIN
+    with pytest.raises(DecodeError) as refused:
+        decode(document)
+    assert "Unterminated string" in refused.value.message
