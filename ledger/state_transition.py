@@ -532,15 +532,16 @@ def _check_receipt_size(work: _Work, batch_id: str, owner: str, quantity: int) -
     retirement of 1,001 lots whose receipt `verify receipt` refused)."""
     taken = held = 0
     for start in work.holding(batch_id, owner):
-        if held >= quantity:
+        if held >= quantity or taken > RETIREMENT_LOTS_MAX:
             break
         taken += 1
         held += work.get(f"lot/{batch_id}/{start}")["quantity"]
     if taken > RETIREMENT_LOTS_MAX:
         raise _reject(
             "limit_exceeded",
-            f"retiring {quantity} units of {batch_id} would take {taken} lots of this"
-            f" holding, at most {RETIREMENT_LOTS_MAX} a retirement (a receipt proves each):"
+            f"retiring {quantity} units of {batch_id} would take more than"
+            f" {RETIREMENT_LOTS_MAX} lots of this holding, at most {RETIREMENT_LOTS_MAX} a"
+            " retirement (a receipt proves each):"
             " retire fewer units at once",
         )
 

@@ -530,6 +530,12 @@ def test_a_path_that_is_not_a_list_is_refused(bad: Any) -> None:
         lambda: verify_state_proof(
             proof={"key": "a", "value": memoryview(b"x"), "siblings": []}, root=bytes(32)
         ),
+        lambda: verify_state_proof(
+            proof={"key": "a", "value": {10**5000: 1}, "siblings": []}, root=bytes(32)
+        ),
+        lambda: verify_inclusion(
+            leaf_hash=bytes(32), index=-(10**5000), size=4, path=[], root=bytes(32)
+        ),
     ],
 )
 def test_a_verifier_refuses_any_python_value_with_its_own_error(call: Callable[[], None]) -> None:
@@ -539,3 +545,12 @@ def test_a_verifier_refuses_any_python_value_with_its_own_error(call: Callable[[
     with pytest.raises(InvalidProofError) as refused:
         call()
     assert "16610 bits" in refused.value.message or "memoryview" in refused.value.message
+    assert len(refused.value.message) < 200
+
+
+def test_a_long_object_key_is_shown_cut_short() -> None:
+    with pytest.raises(InvalidProofError) as refused:
+        verify_state_proof(
+            proof={"key": "a", "value": {"a" * 10**6 + "!": 1}, "siblings": []}, root=bytes(32)
+        )
+    assert len(refused.value.message) < 200
