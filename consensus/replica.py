@@ -292,8 +292,8 @@ class Replica:
         self._catch_up_sent: dict[str, int] = {}
         # Each validator's latest height this replica has seen it sign a vote at.
         self._signed_at: dict[str, int] = {}
-        # Messages taken as validators' own (held or a copy of one held, a verified decision
-        # or old vote): how a shell knows its peers reach it (anyone can post a message).
+        # Validators' messages new to this replica (held, a verified decision or old vote):
+        # how a shell knows its peers reach it (anyone can post, or replay, a message).
         self.heard = 0
         self._decided_at = 0  # when the last height was decided here (clock of the caller)
         self._effects: list[Effect] = []
@@ -465,7 +465,7 @@ class Replica:
                 self.add_evidence(admission.evidence)
             elif admission.status == "old" and isinstance(message, Vote):
                 self._on_lagging(message)
-            if admission.status in ("added", "known"):
+            if admission.status == "added":  # a copy proves nothing: anyone can replay one
                 self.heard += 1
             if admission.status == "added":
                 if isinstance(message, Vote):
@@ -569,12 +569,17 @@ class Replica:
         sender = vote.public_key
         if sender == self.public_key or all(v.public_key != sender for v in self.validators):
             return
-        if vote.height < self._signed_at.get(sender, 0):
-            # It has signed at a later height since: a late vote, or a replay (anyone can
-            # take a validator's precommits from an export's certificates). Answered, one
-            # replayed every 100 ms had taken the validator's catch-up slot from its own
-            # votes, and each made this replica send up to CATCH_UP_HEIGHTS_MAX old blocks
-            # (found by review).
+        if (
+            vote.vote_type == PRECOMMIT
+            and vote.block_hash is not None
+            and vote.height < self._signed_at.get(sender, 0)
+        ):
+            # A precommit for a block, older than a height its validator has signed at since:
+            # what anyone can take from an export's certificates. Answered, one replayed
+            # every 100 ms had taken the validator's catch-up slot from its own votes, and
+            # each made this replica send up to CATCH_UP_HEIGHTS_MAX old blocks (found by
+            # review). Its other votes are still answered: a validator that restarts lower
+            # (its last decided block not yet durable) re-sends its prevotes from its log.
             return
         if (
             vote.height == self.height - 1

@@ -381,6 +381,13 @@ def test_posts_from_anyone_do_not_put_off_the_probe(tmp_path: Path) -> None:
         validator.on_messages([genuine])
         validator.produce(clock[0])
         assert validator._heard_at == clock[0]  # a validator's own vote is hearing from it
+        # A copy of it proves nothing: anyone can replay a precommit from an export's
+        # certificates (found by review of the first version, which counted copies).
+        heard = clock[0]
+        clock[0] += 10_000
+        validator.on_messages([genuine])
+        validator.produce(clock[0])
+        assert validator._heard_at == heard
     finally:
         consortium.close()
 

@@ -1059,7 +1059,7 @@ def test_a_forged_vote_of_a_decided_height_is_not_answered_and_keeps_no_slot() -
     ]
 
 
-def test_a_replayed_vote_of_an_older_height_is_neither_answered_nor_takes_the_slot() -> None:
+def test_a_replayed_precommit_of_an_older_height_is_neither_answered_nor_takes_the_slot() -> None:
     """Found by review: anyone can take a validator's precommits from an export's
     certificates. Replayed every 100 ms, one of height 1 took the validator's catch-up slot
     from its own votes (stuck one height behind, it never got its decision), and each
@@ -1089,9 +1089,16 @@ def test_a_replayed_vote_of_an_older_height_is_neither_answered_nor_takes_the_sl
         if tick % 10 == 0:  # its own vote, re-sent each second, is answered each time
             again = target.on_message(stuck, at + 100 * tick)
             assert again == [SendDecision(to=KEYS[2].public_key_hex, height=2)]
-    # Once it signs at this height, its votes of height 2 are old news too.
+    # Once it signs at this height, its precommits of height 2 are replays too.
     feed(target, [vote(2, "prevote", 0, None, height=3)], now=at + 5000)
-    assert target.on_message(stuck, at + 10_000) == []
+    certified = vote(2, "precommit", 0, second.block_hash(), height=2)
+    assert target.on_message(certified, at + 10_000) == []
+    # But a validator that restarts lower (its block of height 2 was not yet durable when it
+    # died) re-sends its prevotes of height 2 from its log: those are still answered (found
+    # by review of the first version, which answered none of its votes again).
+    assert target.on_message(stuck, at + 10_000) == [
+        SendDecision(to=KEYS[2].public_key_hex, height=2)
+    ]
 
 
 def _decision(value: Block, state: State, signers: Sequence[int] = (0, 1, 2)) -> Decision:
