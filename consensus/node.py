@@ -4,8 +4,9 @@ It implements the `BlockProducer` interface the node's block loop drives (`produ
 is called often; `due` says whether there is work), and carries out the replica's effects in
 order, as docs/decisions/0006 requires:
 
-    Persist          `SignedLog.append`: written and fsynced before anything later happens,
-                     above all the Broadcast of the same message (SPEC §5.4)
+    Persist          `SignedLog.append_all` (a run of them at once, one fsync): written and
+                     fsynced before anything later happens, above all the Broadcast of the
+                     same message (SPEC §5.4)
     Broadcast        gathered and handed to the `Transport` once the effects of one event are
                      carried out (after the Persists before them, so never before)
     SendDecision     the block and certificate of that height from the store, as a `Decision`,
@@ -64,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import logging
 import threading
 import time
@@ -646,9 +648,12 @@ class BftProducer:
 
     def _carry_out(self, effects: list[Effect]) -> None:
         outgoing: list[Message] = []
-        for effect in effects:
+        for index, effect in enumerate(effects):
             if isinstance(effect, Persist):
-                self.log.append(effect.message)
+                if index and isinstance(effects[index - 1], Persist):
+                    continue  # written with the first of its run
+                run = itertools.takewhile(lambda e: isinstance(e, Persist), effects[index:])
+                self.log.append_all([e.message for e in run if isinstance(e, Persist)])
             elif isinstance(effect, Broadcast):
                 outgoing.append(effect.message)
             elif isinstance(effect, SendDecision):

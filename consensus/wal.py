@@ -10,7 +10,10 @@ signs two different messages for one (height, round, type), even across crashes.
 Rules the log keeps:
 - One message per slot (height, round, type): appending a different message to a taken slot
   is a bug and raises `ConflictingSignature` before anything is written; the same message
-  again is a no-op.
+  again is a no-op. Besides what it signed, a validator keeps here what a lock needs after a
+  restart (consensus.replica, `_keep_locked_block`): the proposal that carries the locked
+  block, in that round's proposal slot (a round has one proposer), and the other
+  validators' prevotes for it, each filed under its own signer.
 - A torn last line (a crash during `append`, before its fsync returned) was never sent: it
   is cut off on open. Any other unreadable line means the file was damaged: `CorruptLog`,
   and the node refuses to start rather than sign anew.
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -93,7 +97,7 @@ class SignedLog:
         self.path = path
         self.public_key = public_key
         self.transaction_bytes_max = transaction_bytes_max
-        self._slots: dict[tuple[int, int, str], bytes] = {}
+        self._slots: dict[tuple[int, int, str] | tuple[int, int, str, str], bytes] = {}
         self._messages: list[SignedMessage] = []
         self.decided_height = 0  # this validator signs nothing at or below (see above)
         # The lock is on a file of its own, so compaction's rename never leaves the log open to
@@ -136,15 +140,16 @@ class SignedLog:
     def _check_signer(self) -> None:
         """This log is `public_key`'s (see the module docstring), written down if it was not."""
         signer_file = self.path.with_name(SIGNER_FILE_NAME)
+        others: set[str] = set()
         try:
             signer = signer_file.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            signer = next(
+        except FileNotFoundError:  # a log from before the key was written down keeps no votes
+            signer = next(  # but its own (a kept prevote needs a later version)
                 (m.public_key for m in self._messages if isinstance(m, Vote)), self.public_key
             )
+            others = {m.public_key for m in self._messages if isinstance(m, Vote)} - {signer}
         except (OSError, UnicodeError) as error:
             raise CorruptLog(f"{signer_file}: unreadable: {error}") from error
-        others = {m.public_key for m in self._messages if isinstance(m, Vote)} - {signer}
         if signer != self.public_key or others:
             raise WrongKey(
                 f"{self.path.parent} holds what validator {signer[:16]}… signed, and this key"
@@ -172,8 +177,15 @@ class SignedLog:
             raise CorruptLog(f"{self.path}: line 1: not a decided height")
         return height
 
+    def _key(self, message: SignedMessage) -> tuple[int, int, str] | tuple[int, int, str, str]:
+        """Where a message is filed: its slot, and for another validator's prevote (kept
+        for a lock) its signer too, so it never takes this validator's own slot."""
+        if isinstance(message, Vote) and message.public_key != self.public_key:
+            return (*slot_of(message), message.public_key)
+        return slot_of(message)
+
     def _remember(self, message: SignedMessage, line: bytes) -> bool:
-        slot = slot_of(message)
+        slot = self._key(message)
         known = self._slots.get(slot)
         if known is not None:
             if known != line:
@@ -191,12 +203,30 @@ class SignedLog:
 
     def append(self, message: SignedMessage) -> None:
         """Write `message` and fsync before returning (the Persist effect)."""
-        line = encode_message(message)
-        assert b"\n" not in line, "canonical JSON is one line"
-        if not self._remember(message, line):
+        self.append_all([message])
+
+    def append_all(self, messages: Sequence[SignedMessage]) -> None:
+        """Write `messages` and fsync once before returning (the Persist effects in a row:
+        a lock's block, its prevotes and the precommit cost one fsync, not five)."""
+        encoded = [(message, encode_message(message)) for message in messages]
+        assert all(b"\n" not in line for _, line in encoded), "canonical JSON is one line"
+        # Every conflict refuses the whole batch before anything is remembered or written.
+        batch = {self._key(message): line for message, line in reversed(encoded)}
+        for message, line in encoded:
+            if batch[self._key(message)] != line:
+                raise ConflictingSignature(
+                    f"{self.path}: two different messages for {slot_of(message)} in one batch"
+                )
+            known = self._slots.get(self._key(message))
+            if known is not None and known != line:
+                raise ConflictingSignature(
+                    f"{self.path}: a different message is already signed for {slot_of(message)}"
+                )
+        lines = [line + b"\n" for message, line in encoded if self._remember(message, line)]
+        if not lines:
             return
         self._file.seek(0, os.SEEK_END)
-        self._file.write(line + b"\n")
+        self._file.write(b"".join(lines))
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -211,7 +241,7 @@ class SignedLog:
         with open(temporary, "wb") as file:
             file.write(canonical({DECIDED_HEIGHT_FIELD: decided}) + b"\n")
             for message in kept:
-                file.write(self._slots[slot_of(message)] + b"\n")
+                file.write(self._slots[self._key(message)] + b"\n")
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.path)
@@ -219,7 +249,7 @@ class SignedLog:
         self._file.close()
         self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
         self._messages = kept
-        self._slots = {slot_of(m): self._slots[slot_of(m)] for m in kept}
+        self._slots = {self._key(m): self._slots[self._key(m)] for m in kept}
         self.decided_height = decided
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import pytest
@@ -119,13 +119,13 @@ def test_a_validator_on_a_rebuilt_store_signs_nothing_below_its_log_until_synced
         decided = restarted.log.decided_height
         assert decided >= 5 and restarted.state.height == 0
         signed: list[int] = []
-        append = restarted.log.append
+        append_all = restarted.log.append_all
 
-        def spy(message: SignedMessage) -> None:
-            signed.append(message.height)
-            append(message)
+        def spy(messages: Sequence[SignedMessage]) -> None:
+            signed.extend(message.height for message in messages)
+            append_all(messages)
 
-        restarted.log.append = spy  # type: ignore[method-assign]
+        restarted.log.append_all = spy  # type: ignore[method-assign]
         # No peer's message and no block sync: it stays silent, it does not start over.
         consortium.run(lambda: max(consortium.heights().values()) >= decided + 2)
         assert restarted.state.height == 0 and signed == []

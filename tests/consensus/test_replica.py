@@ -788,24 +788,46 @@ def test_a_restarted_replica_holds_the_block_it_locked_on_and_proposes_it_again(
     locking on another proposer's block knew its hash only. As proposer it built a new block,
     which every locked replica prevotes nil: with the block lost everywhere (its proposer
     down, the others restarted) the height never ended. The proposal is now made durable
-    before the precommit that locks on it, and proposed again at the replica's turn
-    (line 15)."""
+    before the precommit that locks on it, with the prevotes that justify the lock, and
+    proposed again at the replica's turn (line 15), which a replica that never saw the first
+    round takes (line 28)."""
     me = proposer(1, 1)
     assert me != proposer(1, 0)
     value = block()
     _, log = _locked_on(value, me)
-    persisted = [m.vote_type if isinstance(m, Vote) else "proposal" for m in log]
-    assert persisted == ["prevote", "proposal", "precommit"]  # the block before the lock
+    persisted = [
+        (m.vote_type, m.public_key == KEYS[me].public_key_hex) if isinstance(m, Vote) else m
+        for m in log
+    ]
+    others = [i for i in range(4) if i != me]
+    assert persisted == [  # the block and its polka before the lock
+        ("prevote", True),
+        proposal(0, value),
+        ("prevote", False),
+        ("prevote", False),
+        ("precommit", True),
+    ]
     restarted = replica(me, signed=log)
     restarted.on_start(T0 + 5000)
     assert restarted.locked_hash == value.block_hash()
     effects = _to_round_1(restarted, me)
-    proposed = [
-        e.message for e in effects if isinstance(e, Broadcast) and isinstance(e.message, Proposal)
-    ]
-    assert [(p.round, p.valid_round, p.block_hash) for p in proposed] == [
+    effects += restarted.on_timeout(Timeout(height=1, round=1, step=REBROADCAST), T0 + 6000)
+    sent = [e.message for e in effects if isinstance(e, Broadcast)]
+    proposed = [m for m in sent if isinstance(m, Proposal)]
+    assert {(p.round, p.valid_round, p.block_hash) for p in proposed} == {
         (1, 0, value.block_hash())
-    ]
+    }
+    # A replica that saw nothing of round 0 (its proposer is down) is sent the polka with it,
+    # and prevotes the block again.
+    fresh = next(i for i in others if i != proposer(1, 0))
+    newcomer = replica(fresh)
+    newcomer.on_start(T0 + 5000)
+    newcomer.on_timeout(Timeout(height=1, round=0, step=PROPOSE), T0 + 5000)
+    feed(newcomer, [vote(i, "precommit", 0, None) for i in others if i != fresh][:2])
+    newcomer.on_timeout(Timeout(height=1, round=0, step="precommit"), T0 + 5000)
+    assert newcomer.round == 1
+    prevotes = votes_sent(feed(newcomer, sent), "prevote")
+    assert [v.block_hash for v in prevotes] == [value.block_hash()]
     # Without the block in the log, the same replica proposes a block of its own, which no
     # replica locked on the first can prevote: what stalled the height.
     forgetful = replica(me, signed=[m for m in log if isinstance(m, Vote)])

@@ -55,6 +55,31 @@ def test_a_different_message_for_a_taken_slot_is_refused(tmp_path: Path) -> None
     assert len((tmp_path / "signed.ndjson").read_bytes().splitlines()) == 1
 
 
+def test_a_locks_block_and_others_prevotes_are_kept_beside_its_own_votes(
+    tmp_path: Path,
+) -> None:
+    """What a lock needs after a restart (consensus.replica, `_keep_locked_block`): the
+    proposal and the other validators' prevotes for its block, each filed under its signer
+    so none takes this validator's own slot; one batch, one fsync, all or nothing."""
+    value = block()
+    own = vote(1, "prevote", 0, value.block_hash())
+    polka = [vote(i, "prevote", 0, value.block_hash()) for i in (0, 2)]
+    lock = vote(1, "precommit", 0, value.block_hash())
+    log = open_log(tmp_path)
+    log.append(own)
+    log.append_all([proposal(0, value), *polka, lock])
+    with pytest.raises(ConflictingSignature):  # a conflict refuses the batch before writing
+        log.append_all([vote(3, "prevote", 1, None), vote(1, "precommit", 0, None)])
+    log.close()
+    again = open_log(tmp_path)  # the signer check takes others' prevotes
+    expected: list[SignedMessage] = [own, proposal(0, value), *polka, lock]
+    assert [encode_message(m) for m in again.read()] == [encode_message(m) for m in expected]
+    again.compact(above_height=0)  # nothing decided yet: all kept, each line once
+    again.close()
+    lines = (tmp_path / "signed.ndjson").read_bytes().splitlines()
+    assert lines == [encode_message(m) for m in expected]
+
+
 def test_a_torn_last_line_is_cut_and_a_damaged_one_refused(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     log.append(vote(1, "prevote", 0, None))

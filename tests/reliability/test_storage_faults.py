@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -296,14 +296,14 @@ def test_a_validator_whose_signed_message_log_cannot_be_written_stops_and_recove
         # The disk fills under the next message signed, whichever: the file is put on it as
         # that message is appended, since each decided block's compaction opens a new file
         # (the late transactions' block brings the next ones).
-        append = log.append
+        append_all = log.append_all
 
-        def append_on_a_full_disk(message: SignedMessage) -> None:
+        def append_on_a_full_disk(messages: Sequence[SignedMessage]) -> None:
             if not isinstance(log._file, FullDisk):
                 log._file = FullDisk(log._file, room=40)  # type: ignore[assignment]
-            append(message)
+            append_all(messages)
 
-        log.append = append_on_a_full_disk  # type: ignore[method-assign]
+        log.append_all = append_on_a_full_disk  # type: ignore[method-assign]
         assert commit(node, late) == ["pending", "pending"]
         assert node.failure is not None
         assert "the signed-message log could not be written" in node.failure

@@ -125,7 +125,9 @@ class Checker:
             return
         key = self.world.keys[node.validator].public_key_hex
         if isinstance(message, Vote) and message.public_key != key:
-            raise self.fail(f"node {node.id} persisted a vote of another key")
+            if message.vote_type != "prevote":
+                raise self.fail(f"node {node.id} persisted a {message.vote_type} of another key")
+            return  # another validator's prevote, kept with a lock's block
         if not isinstance(message, Vote) and not _signed_by(key, message):
             return  # another proposer's proposal, kept for the block a precommit locks on
         content = message.signed_bytes()
@@ -400,7 +402,9 @@ class Simulation:
         if isinstance(effect, Persist):
             self.checker.on_persist(node, effect.message)
             node.log.append(effect.message)
-            node.logged[slot(effect.message)] = effect.message
+            message = effect.message
+            if not isinstance(message, Vote) or message.public_key == self._public_key(node):
+                node.logged[slot(message)] = message  # what it signed (and a kept proposal)
         elif isinstance(effect, Broadcast):
             self.checker.on_send(node, effect.message)
             assert node.replica is not None
@@ -424,6 +428,9 @@ class Simulation:
             assert isinstance(effect, Decide)
             self.checker.on_decide(node, effect)
             node.store.append(Stored(effect.block, effect.certificate, effect.state))
+
+    def _public_key(self, node: Node) -> str:
+        return self.world.keys[node.validator].public_key_hex
 
     def _validator_of(self, public_key: str) -> int:
         return next(i for i, k in enumerate(self.world.keys) if k.public_key_hex == public_key)
