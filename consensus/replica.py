@@ -590,17 +590,15 @@ class Replica:
         sender = vote.public_key
         if sender == self.public_key or all(v.public_key != sender for v in self.validators):
             return
-        if (
-            vote.vote_type == PRECOMMIT
-            and vote.block_hash is not None
-            and vote.height < self._signed_at.get(sender, 0)
-        ):
-            # A precommit for a block, older than a height its validator has signed at since:
-            # what anyone can take from an export's certificates. Answered, one replayed
-            # every 100 ms had taken the validator's catch-up slot from its own votes, and
-            # each made this replica send up to CATCH_UP_HEIGHTS_MAX old blocks (found by
-            # review). Its other votes are still answered: a validator that restarts lower
-            # (its last decided block not yet durable) re-sends its prevotes from its log.
+        # A precommit for a block is what anyone can take from an export's certificates.
+        # Answered, one replayed every 100 ms had taken the validator's catch-up slot from
+        # its own votes, made this replica send up to CATCH_UP_HEIGHTS_MAX old blocks each
+        # time, and (counted as hearing from a peer) put off the probe for good (found by
+        # review). It is answered once, and only if its validator has signed at no later
+        # height; its other votes always are: a validator that restarts lower (its last
+        # decided block not yet durable) re-sends its prevotes from its log.
+        certified = vote.vote_type == PRECOMMIT and vote.block_hash is not None
+        if certified and vote.height <= self._signed_at.get(sender, 0):
             return
         if (
             vote.height == self.height - 1
@@ -617,9 +615,10 @@ class Replica:
         except InvalidMessage as error:
             self._drop(error.code)
             return
-        self.heard += 1
+        if not certified:
+            self.heard += 1
         self._catch_up_sent[sender] = self._now
-        self._signed_at[sender] = vote.height
+        self._signed_at[sender] = max(vote.height, self._signed_at.get(sender, 0))
         self._effects.append(SendDecision(to=sender, height=vote.height))
 
     def _rebroadcast(self) -> None:
@@ -718,10 +717,23 @@ class Replica:
     # --- values -------------------------------------------------------------------------------
 
     def _block(self, block_hash: str) -> Block | None:
-        """A block with this hash that this replica holds at its height, if any."""
+        """A block with this hash that this replica holds at its height, if any: proposed,
+        or kept for a lock (an equivocating proposer's other proposal may hold the slot in
+        the quorum, found by review)."""
         for proposal in self.quorum.current.proposals.values():
             if proposal.block_hash == block_hash:
                 return proposal.block
+        return self._signed_block(block_hash)
+
+    def _signed_block(self, block_hash: str) -> Block | None:
+        """A block of this height with this hash in a proposal the log holds."""
+        for message in self.signed.values():
+            if (
+                isinstance(message, Proposal)
+                and message.height == self.height
+                and message.block_hash == block_hash
+            ):
+                return message.block
         return None
 
     def _body_matches(self, proposal: Proposal) -> bool:
@@ -870,7 +882,8 @@ class Replica:
         it is admitted again at the restart (`_restore`)."""
         if not self.is_validator:
             return
-        if _slot(proposal) not in self.signed:
+        # One copy of a block: locked on again in a later round, it is not written again.
+        if _slot(proposal) not in self.signed and self._signed_block(proposal.block_hash) is None:
             self.signed[_slot(proposal)] = proposal
             self._effects.append(Persist(message=proposal))
         # And the polka: a restarted replica that held the block but not the prevotes for it

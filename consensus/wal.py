@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from consensus.messages import ConsensusError, Proposal, decode_message, encode_message
+from consensus.quorum import PREVOTE
 from ledger.encoding import canonical, decode
 from ledger.errors import LedgerError
 from ledger.evidence import Vote
@@ -140,17 +141,36 @@ class SignedLog:
     def _check_signer(self) -> None:
         """This log is `public_key`'s (see the module docstring), written down if it was not."""
         signer_file = self.path.with_name(SIGNER_FILE_NAME)
-        others: set[str] = set()
         try:
             signer = signer_file.read_text(encoding="ascii").strip()
-        except FileNotFoundError:  # a log from before the key was written down keeps no votes
-            signer = next(  # but its own (a kept prevote needs a later version)
+        except FileNotFoundError:  # its first vote is its own (it prevotes before it keeps any)
+            signer = next(
                 (m.public_key for m in self._messages if isinstance(m, Vote)), self.public_key
             )
-            others = {m.public_key for m in self._messages if isinstance(m, Vote)} - {signer}
         except (OSError, UnicodeError) as error:
             raise CorruptLog(f"{signer_file}: unreadable: {error}") from error
-        if signer != self.public_key or others:
+        # Another key's vote is taken only as a kept prevote: one of a round the signer
+        # prevoted in itself. Any other is another validator's log (found by review: with the
+        # signer file in place, such a log had opened and stopped the replica on an assertion).
+        own_prevotes = {
+            (m.height, m.round)
+            for m in self._messages
+            if isinstance(m, Vote) and m.public_key == signer and m.vote_type == PREVOTE
+        }
+        others = {
+            m.public_key
+            for m in self._messages
+            if isinstance(m, Vote)
+            and m.public_key != signer
+            and (m.vote_type != PREVOTE or (m.height, m.round) not in own_prevotes)
+        }
+        if signer == self.public_key and others:
+            raise WrongKey(
+                f"{self.path} holds votes of validator {sorted(others)[0][:16]}… that this one"
+                " did not keep for a lock: another validator's log (a data directory is one"
+                " validator's)"
+            )
+        if signer != self.public_key:
             raise WrongKey(
                 f"{self.path.parent} holds what validator {signer[:16]}… signed, and this key"
                 f" is {self.public_key[:16]}…: a validator's data directory keeps its key"
@@ -206,8 +226,8 @@ class SignedLog:
         self.append_all([message])
 
     def append_all(self, messages: Sequence[SignedMessage]) -> None:
-        """Write `messages` and fsync once before returning (the Persist effects in a row:
-        a lock's block, its prevotes and the precommit cost one fsync, not five)."""
+        """Write `messages`, each fsynced, before returning (the Persist effects in a row: a
+        lock's block, its prevotes and the precommit); a conflict refuses them all first."""
         encoded = [(message, encode_message(message)) for message in messages]
         assert all(b"\n" not in line for _, line in encoded), "canonical JSON is one line"
         # Every conflict refuses the whole batch before anything is remembered or written.
@@ -222,13 +242,15 @@ class SignedLog:
                 raise ConflictingSignature(
                     f"{self.path}: a different message is already signed for {slot_of(message)}"
                 )
-        lines = [line + b"\n" for message, line in encoded if self._remember(message, line)]
-        if not lines:
-            return
+        # Each line fsynced before the next is written: one write of several lines may reach
+        # the disk out of order, leaving a damaged line before whole ones, which a restart
+        # must refuse (`CorruptLog`), where only a torn last line is cut (found by review).
         self._file.seek(0, os.SEEK_END)
-        self._file.write(b"".join(lines))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        for message, line in encoded:
+            if self._remember(message, line):
+                self._file.write(line + b"\n")
+                self._file.flush()
+                os.fsync(self._file.fileno())
 
     def compact(self, *, above_height: int) -> None:
         """Keep only messages of heights above `above_height` (decided and stored), and

@@ -1123,6 +1123,27 @@ def test_a_replayed_precommit_of_an_older_height_is_neither_answered_nor_takes_t
     ]
 
 
+def test_a_certified_precommit_replayed_is_answered_once_and_is_not_hearing() -> None:
+    """Found by review: a node whose peers cannot reach it had never seen them sign, so the
+    precommit of its last decided height, copied from any export, was answered once a
+    second (sixteen blocks read and sent each time) and counted as hearing from a peer,
+    which put off its probe for good."""
+    target = replica(0)
+    target.on_start(T0)
+    first = block()
+    target.on_message(_decision(first, WORLD.genesis, signers=(0, 1, 3)), T0)
+    assert target.height == 2
+    replayed = vote(2, "precommit", 0, first.block_hash(), height=1)
+    heard = target.heard
+    answers = [
+        effect
+        for second in range(1, 61)
+        for effect in target.on_message(replayed, T0 + second * CATCH_UP_INTERVAL_MS)
+    ]
+    assert answers == [SendDecision(to=KEYS[2].public_key_hex, height=1)]
+    assert target.heard == heard
+
+
 def _decision(value: Block, state: State, signers: Sequence[int] = (0, 1, 2)) -> Decision:
     certificate = sign_certificate(
         chain_id=CHAIN_ID,

@@ -3,7 +3,9 @@ time, and a replica rebuilt from it re-sends byte for byte."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,51 @@ def test_a_locks_block_and_others_prevotes_are_kept_beside_its_own_votes(
     again.close()
     lines = (tmp_path / "signed.ndjson").read_bytes().splitlines()
     assert lines == [encode_message(m) for m in expected]
+
+
+def test_another_validators_log_is_refused_though_its_directory_names_this_key(
+    tmp_path: Path,
+) -> None:
+    """Found by review: since a log keeps other validators' prevotes, another key's votes
+    were taken whenever the signer file was there, so validator 1's log copied into
+    validator 2's directory opened, and its replica stopped on an assertion. Another key's
+    vote is taken only as a prevote of a round this validator prevoted in itself."""
+    value = block()
+    log = open_log(tmp_path, KEYS[1])
+    log.append(vote(1, "prevote", 0, value.block_hash()))
+    log.append(vote(1, "precommit", 0, value.block_hash()))
+    log.close()
+    (tmp_path / SIGNER_FILE_NAME).write_text(KEYS[2].public_key_hex + "\n")
+    with pytest.raises(WrongKey) as refused:
+        open_log(tmp_path, KEYS[2])
+    assert "did not keep for a lock" in refused.value.message
+
+
+def test_each_line_of_a_run_is_fsynced_before_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a run written in one go with one fsync may reach the disk out of
+    order, a damaged line before whole ones, which a restart refuses; each line is synced."""
+    value = block()
+    log = open_log(tmp_path)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(len((tmp_path / "signed.ndjson").read_bytes()))
+        real_fsync(fd)
+
+    monkeypatch.setattr("consensus.wal.os.fsync", counting_fsync)
+    run: list[SignedMessage] = [
+        vote(1, "prevote", 0, value.block_hash()),
+        proposal(0, value),
+        vote(0, "prevote", 0, value.block_hash()),
+        vote(1, "precommit", 0, value.block_hash()),
+    ]
+    log.append_all(run)
+    log.close()
+    ends = list(itertools.accumulate(len(encode_message(m)) + 1 for m in run))
+    assert synced == ends
 
 
 def test_a_torn_last_line_is_cut_and_a_damaged_one_refused(tmp_path: Path) -> None:
