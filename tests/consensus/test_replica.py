@@ -949,13 +949,7 @@ def test_a_forged_proposal_of_the_next_height_gives_its_slot_back_once_the_paren
     first = block()
     parent = apply_block(WORLD.genesis, first)
     decision = _decision(first, WORLD.genesis)
-    second = build_block(
-        parent,
-        WORLD.workload[3:6],
-        time=T0 + 10,
-        proposer=KEYS[proposer(2, 0)].public_key_hex,
-        last_commit=decision.certificate,
-    ).block
+    second = _second_block(parent, decision.certificate)
     genuine = proposal(0, second, height=2)
     forged = dataclasses.replace(genuine, block=dataclasses.replace(second, transactions=()))
     feed(target, [forged])  # held for height 2: its parent is not known yet
@@ -1020,13 +1014,7 @@ def test_a_lock_signed_at_a_later_height_is_taken_back_when_the_replica_gets_the
     assert target.height == 2
     assert (target.locked_round, target.locked_hash) == (0, locked_on)
     target.on_timeout(Timeout(height=2, round=0, step=NEW_HEIGHT), T0 + 20)
-    second = build_block(
-        apply_block(WORLD.genesis, first),
-        WORLD.workload[3:6],
-        time=T0 + 10,
-        proposer=KEYS[proposer(2, 0)].public_key_hex,
-        last_commit=decision.certificate,
-    ).block
+    second = _second_block(apply_block(WORLD.genesis, first), decision.certificate)
     effects = feed(target, [proposal(0, second, height=2)], now=T0 + 20)
     assert [v.block_hash for v in votes_sent(effects, "prevote")] == [None]  # locked elsewhere
     assert target.signed[(2, 0, "precommit")] is precommit  # never signed anew
@@ -1093,13 +1081,7 @@ def test_a_replayed_precommit_of_an_older_height_is_neither_answered_nor_takes_t
     first_decision = _decision(first, WORLD.genesis, signers=(0, 1, 3))
     target.on_message(first_decision, T0)
     after_first = apply_block(WORLD.genesis, first)
-    second = build_block(
-        after_first,
-        WORLD.workload[3:6],
-        time=T0 + 10,
-        proposer=KEYS[proposer(2, 0)].public_key_hex,
-        last_commit=first_decision.certificate,
-    ).block
+    second = _second_block(after_first, first_decision.certificate)
     target.on_message(_decision(second, after_first, signers=(0, 1, 3)), T0 + 20)
     assert target.height == 3
     stuck = vote(2, "prevote", 1, None, height=2)  # validator 2, one height behind
@@ -1142,6 +1124,17 @@ def test_a_certified_precommit_replayed_is_answered_once_and_is_not_hearing() ->
     ]
     assert answers == [SendDecision(to=KEYS[2].public_key_hex, height=1)]
     assert target.heard == heard
+
+
+def _second_block(parent: State, certificate: Certificate) -> Block:
+    """Height 2's block on `parent`, by its round 0 proposer, committing height 1."""
+    return build_block(
+        parent,
+        WORLD.workload[3:6],
+        time=T0 + 10,
+        proposer=KEYS[proposer(2, 0)].public_key_hex,
+        last_commit=certificate,
+    ).block
 
 
 def _decision(value: Block, state: State, signers: Sequence[int] = (0, 1, 2)) -> Decision:
