@@ -4,9 +4,9 @@ It implements the `BlockProducer` interface the node's block loop drives (`produ
 is called often; `due` says whether there is work), and carries out the replica's effects in
 order, as docs/decisions/0006 requires:
 
-    Persist          `SignedLog.append_all` (a run of them at once, one fsync): written and
-                     fsynced before anything later happens, above all the Broadcast of the
-                     same message (SPEC §5.4)
+    Persist          `SignedLog.append_all` (a run of them at once, each line fsynced in
+                     turn): written and fsynced before anything later happens, above all
+                     the Broadcast of the same message (SPEC §5.4)
     Broadcast        gathered and handed to the `Transport` once the effects of one event are
                      carried out (after the Persists before them, so never before)
     SendDecision     the block and certificate of that height from the store, as a `Decision`,

@@ -486,9 +486,8 @@ class Replica:
                 self.add_evidence(admission.evidence)
             elif admission.status == "old" and isinstance(message, Vote):
                 self._on_lagging(message)
-            if admission.status == "added":  # a copy proves nothing: anyone can replay one
-                self.heard += 1
             if admission.status == "added":
+                self.heard += 1  # not for a copy ("known"): anyone can replay one
                 if isinstance(message, Vote):
                     self._signed_at[message.public_key] = self.height
                 if self.step == NEW_HEIGHT:
@@ -625,9 +624,9 @@ class Replica:
         for slot, message in sorted(self.signed.items(), key=lambda item: item[0]):
             if slot[0] != self.height:
                 continue
-            # A proposal: this round's, and only its proposer's own (not one kept for a lock,
-            # `_keep_locked_block`: three copies of every block a height had cost the
-            # consortium ~8 % of its rate). Line 15 proposes a kept block again in its turn.
+            # A proposal: this round's, and only its proposer's own, not one kept for a lock
+            # (`_keep_locked_block`: every replica that locked would send the block again each
+            # interval while the round lasts). Line 15 proposes a kept block in its turn.
             if isinstance(message, Vote) or (
                 slot[1] == self.round and self.quorum.proposer(slot[1]) == self.public_key
             ):
