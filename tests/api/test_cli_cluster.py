@@ -23,6 +23,18 @@ from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
 WAIT_S = 60.0  # four nodes started in 8 s on the loaded 2-core machine, once in over 30 s
 
 
+def start_cluster(
+    data: Path, base: int, *options: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`tanlian cluster --data DATA --base-port BASE OPTIONS...`, its output in one pipe."""
+    return subprocess.Popen(
+        [str(TANLIAN), "cluster", "--data", str(data), "--base-port", str(base), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment() if env is None else env,
+    )
+
+
 def test_party_names_follow_the_consortium_then_number() -> None:
     assert party_names(5) == [
         "city",
@@ -47,13 +59,7 @@ def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
     base = free_port()
     while any(_taken(base + i) for i in range(1, 4)):
         base = free_port()
-    process = subprocess.Popen(
-        [str(TANLIAN), "cluster", "--data", str(tmp_path), "--base-port", str(base),
-         "--empty-block-interval", "45"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=environment(),
-    )  # fmt: skip
+    process = start_cluster(tmp_path, base, "--empty-block-interval", "45")
     urls = [f"http://127.0.0.1:{base + i}" for i in range(4)]
     try:
         with httpx.Client(timeout=1, trust_env=False) as client:
@@ -193,13 +199,7 @@ def test_validators_end_with_a_cluster_that_is_killed(tmp_path: Path) -> None:
     """Found by review: a SIGKILLed `tanlian cluster` left its validators running, holding
     their ports and data directories."""
     base = free_port()
-    process = subprocess.Popen(
-        [str(TANLIAN), "cluster", "--validators", "1", "--data", str(tmp_path),
-         "--base-port", str(base)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=environment(),
-    )  # fmt: skip
+    process = start_cluster(tmp_path, base, "--validators", "1")
     pids: list[int] = []
     try:
         assert process.stdout is not None
@@ -231,13 +231,9 @@ def test_a_cluster_keeps_its_keys_encrypted_with_the_passphrase(
     base = free_port()
     while _taken(base + 1):
         base = free_port()
-    process = subprocess.Popen(
-        [str(TANLIAN), "cluster", "--validators", "2", "--data", str(tmp_path),
-         "--base-port", str(base)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=environment(passphrase="cluster secret"),
-    )  # fmt: skip
+    process = start_cluster(
+        tmp_path, base, "--validators", "2", env=environment(passphrase="cluster secret")
+    )
     try:
         deadline = time.monotonic() + WAIT_S
         with httpx.Client(timeout=1, trust_env=False) as client:
