@@ -15,13 +15,17 @@ broken or hostile answer ends in one line and exit 1 (`api.client`).
 The monitor (SPEC §6.2, "two checkpoints") remembers the last checkpoint it verified in a state
 file and, each round, proves the node's latest checkpoint extends it:
 
-1. The node's latest checkpoint is signed by the trusted genesis's validator set: its header's
-   `validators_hash` is that set's hash (else the set changed, and only an audit of the chain
-   can say whether the change is legitimate) and its certificate carries more than 2/3 of
-   the set's power for this header's block hash.
+1. The node's latest checkpoint is signed by the validator set that governs its height: its
+   header's `validators_hash` is that set's hash and its certificate carries more than 2/3 of
+   the set's power for this header's block hash. The set is the genesis's until a
+   `set_validators` changes it; the monitor follows each change as a light client does
+   (`follow_validators`): the last header the trusted set certified names the next set by
+   its hash, and the block before it holds the set_validators with those members. The state
+   file keeps the members of the set it trusts once they are not the genesis's.
 2. Against the remembered checkpoint: the same height must be the same header; a lower height
    is a rollback; a higher height needs an RFC 9162 consistency proof whose checkpoints are
    exactly the remembered header and the latest one, and whose path rebuilds both log roots.
+   After a set change, the same holds from the last header the old set certified.
 3. On success the latest checkpoint replaces the remembered one (write, then rename). On a
    fork, a rollback or an inconsistency the state file is left as it was, the evidence (both
    checkpoints and the proof) is written beside it, and the command fails loudly.
@@ -33,6 +37,7 @@ you can write it.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import re
@@ -68,9 +73,12 @@ from consensus.producer import tune_garbage_collector
 from ledger.blocks import (
     Certificate,
     Header,
+    Validator,
     compute_validators_hash,
     parse_certificate,
     parse_header,
+    parse_validators,
+    validators_to_json,
     verify_certificate,
 )
 from ledger.encoding import JSON, decode
@@ -85,6 +93,7 @@ from ledger.verification import (
     SignatureVerifier,
     audit_chain,
     compute_line_bytes_max,
+    parse_export_line,
 )
 
 verify_app: typer.Typer = typer.Typer(
@@ -379,6 +388,24 @@ class Checkpoint:
         return {"header": self.header.to_json(), "certificate": self.certificate.to_json()}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trusted:
+    """What a monitor trusts: the last checkpoint it verified (None before its first run) and
+    the validator set that governs that height (the genesis's until a set change)."""
+
+    checkpoint: Checkpoint | None
+    validators: tuple[Validator, ...]
+
+    def to_json(self, genesis: Genesis) -> dict[str, JSON]:
+        """The state file: the checkpoint, and its set's members once they are not the
+        genesis's (a file of an earlier version, without them, reads the same)."""
+        assert self.checkpoint is not None
+        value = self.checkpoint.to_json()
+        if self.validators != genesis.validators:
+            value["validators"] = validators_to_json(self.validators)
+        return value
+
+
 def parse_checkpoint(value: Any, path: str = "checkpoint") -> Checkpoint:
     """Exactly `{"header", "certificate"}`, each strictly parsed; raises `FieldError`."""
     if not isinstance(value, dict) or set(value) != {"header", "certificate"}:
@@ -403,8 +430,11 @@ class MonitorAlarm(LedgerError):
         self.proof = proof
 
 
-def verify_checkpoint(checkpoint: Checkpoint, genesis: Genesis) -> None:
-    """Step 1: `checkpoint` is certified by the genesis's validator set; raises LedgerError."""
+def verify_checkpoint(
+    checkpoint: Checkpoint, genesis: Genesis, validators: Sequence[Validator]
+) -> None:
+    """Step 1: `checkpoint` is of the genesis's chain and certified by `validators`, the set
+    that governs its height (`follow_validators` found it); raises LedgerError."""
     header, height = checkpoint.header, checkpoint.height
     if header.chain_id != genesis.chain_id:
         raise LedgerError(
@@ -412,13 +442,11 @@ def verify_checkpoint(checkpoint: Checkpoint, genesis: Genesis) -> None:
             f"the genesis for {genesis.chain_id!r}",
             code="wrong_chain",
         )
-    trusted = compute_validators_hash(genesis.validators)
+    trusted = compute_validators_hash(validators)
     if header.validators_hash != trusted:
-        raise LedgerError(
-            f"the node's checkpoint at height {height} is governed by validator set "
-            f"{header.validators_hash}, not the genesis set {trusted}: the set changed, so "
-            "audit the chain (tanlian verify chain) before trusting this node again",
-            code="validators_changed",
+        raise InvalidProofError(
+            f"the node's checkpoint at height {height} is not certified: it names validator "
+            f"set {header.validators_hash}, and set {trusted} governs that height"
         )
     try:
         verify_certificate(
@@ -426,12 +454,126 @@ def verify_checkpoint(checkpoint: Checkpoint, genesis: Genesis) -> None:
             chain_id=genesis.chain_id,
             height=height,
             block_hash=header.block_hash(),
-            validators=genesis.validators,
+            validators=validators,
         )
     except InvalidProofError as error:
         raise InvalidProofError(
             f"the node's checkpoint at height {height} is not certified: {error.message}"
         ) from error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetChange:
+    """A validator set the monitor followed to: named by the certified header at `named_at`
+    (governed by the set before), set by a set_validators of the block before it, governing
+    from `named_at + 1` (SPEC §3.2's H+2 rule)."""
+
+    named_at: int
+    validators: tuple[Validator, ...]
+
+    def describe(self) -> str:
+        power = sum(v.power for v in self.validators)
+        members = counted(len(self.validators), "validator")
+        return (
+            f"validator set changed: the certified header at height {self.named_at} names set "
+            f"{compute_validators_hash(self.validators)} ({members}, power {power}), set in "
+            f"block {self.named_at - 1}; it governs from height {self.named_at + 1}"
+        )
+
+
+def follow_validators(
+    client: Client, genesis: Genesis, trusted: Trusted, latest: Checkpoint
+) -> tuple[tuple[Validator, ...], list[SetChange], Checkpoint | None]:
+    """The set that governs `latest`'s height, reached from the trusted one as a light client
+    does (Tendermint's sequential verification, at the heights where the set changed only),
+    the changes followed, and the last certified checkpoint before the newest change (None:
+    no change). Raises `InvalidProofError` when the node's answers do not add up.
+
+    For each change: bisect the heights after the anchor (the remembered checkpoint, or
+    height 0) for the last one whose checkpoint the trusted set certifies; its header's
+    `next_validators_hash` names the next set, whose members are those of a set_validators
+    in the block before it (fetched, bound to that header by its hash) that hash to that
+    name. The heights between are not fetched: a set changes only by a block the set before
+    certified. Trusting a header the old set certified is trusting that set's honest
+    majority, as every light client does (docs/verification.md)."""
+    validators = trusted.validators
+    anchor = trusted.checkpoint
+    changes: list[SetChange] = []
+    while latest.header.validators_hash != (current := compute_validators_hash(validators)):
+        low = 0 if anchor is None else anchor.height
+        if latest.height <= low:
+            raise InvalidProofError(
+                f"the node's checkpoint at height {latest.height} is not certified: it names "
+                f"validator set {latest.header.validators_hash}, and set {current} governs "
+                "that height"
+            )
+        found, lo, hi = anchor, low, latest.height
+        while hi - lo > 1:
+            middle = (lo + hi) // 2
+            probe = fetch_checkpoint(client, middle)
+            if probe.height != middle:
+                raise ClientError(
+                    f"asked for the checkpoint at height {middle}, the node answered one at "
+                    f"height {probe.height}"
+                )
+            if probe.header.validators_hash == current:
+                verify_checkpoint(probe, genesis, validators)
+                found, lo = probe, middle
+            else:
+                hi = middle
+        named = current if found is None else found.header.next_validators_hash
+        if named == current:
+            claimed = fetch_checkpoint(client, hi).header if hi < latest.height else latest.header
+            why = (
+                "the genesis's set governs it"
+                if found is None
+                else f"the certified header at height {lo} names set {current} to govern it"
+            )
+            raise InvalidProofError(
+                f"the node's checkpoint at height {hi} is not certified: it names validator "
+                f"set {claimed.validators_hash}, and {why}"
+            )
+        assert found is not None  # height 1's header names the genesis's set
+        validators = _announced_set(client, genesis, found, named)
+        changes.append(SetChange(named_at=found.height, validators=validators))
+        anchor = found
+    return validators, changes, (anchor if changes else None)
+
+
+def _announced_set(
+    client: Client, genesis: Genesis, named_by: Checkpoint, named: str
+) -> tuple[Validator, ...]:
+    """The members of the set `named` (a validators hash) by the certified `named_by`: a
+    set_validators of the block before it with exactly that hash."""
+    height = named_by.height - 1
+    lines = list(
+        itertools.islice(
+            client.export_lines(
+                height, height, line_bytes_max=compute_line_bytes_max(genesis.params)
+            ),
+            3,
+        )
+    )
+    if len(lines) != 2:
+        raise ClientError(f"the node's export of height {height} is not the genesis and one block")
+    try:
+        block, _ = parse_export_line(lines[1], genesis)
+    except LedgerError as error:
+        raise ClientError(f"the node's block {height} is malformed: {error.message}") from error
+    if block.header.block_hash() != named_by.header.parent_hash:
+        raise ClientError(
+            f"the node's block {height} is not the parent of the certified header at height "
+            f"{named_by.height}"
+        )
+    for envelope in block.transactions:
+        if envelope.tx.type == "set_validators":
+            members = parse_validators(envelope.tx.payload["validators"])
+            if compute_validators_hash(members) == named:
+                return members
+    raise InvalidProofError(
+        f"the certified header at height {named_by.height} names validator set {named}, and "
+        f"no set_validators of block {height} sets it"
+    )
 
 
 def check_consistency(remembered: Checkpoint, latest: Checkpoint, proof: Any) -> None:
@@ -531,18 +673,22 @@ def check_extends(client: Client, remembered: Checkpoint, latest: Checkpoint) ->
         check_consistency(remembered, latest, client.consistency(old.height, new.height))
 
 
-def read_state(path: Path, genesis: Genesis) -> Checkpoint | None:
-    """The remembered checkpoint, or None before the first run."""
+def read_state(path: Path, genesis: Genesis) -> Trusted:
+    """The remembered checkpoint and the set that governs it (the genesis's set and no
+    checkpoint before the first run)."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        return None
+        return Trusted(checkpoint=None, validators=genesis.validators)
     with handle:
         data = handle.read(STATE_FILE_BYTES_MAX + 1)
     if len(data) > STATE_FILE_BYTES_MAX:
         raise LedgerError(f"{path}: over {STATE_FILE_BYTES_MAX} bytes, not a monitor state file")
     try:
-        remembered = parse_checkpoint(decode(data))
+        value = decode(data)
+        members = value.pop("validators", None) if isinstance(value, dict) else None
+        remembered = parse_checkpoint(value)
+        validators = genesis.validators if members is None else parse_validators(members)
     except LedgerError as error:
         raise LedgerError(f"{path}: not a checkpoint: {error.message}", code=error.code) from error
     if remembered.header.chain_id != genesis.chain_id:
@@ -551,7 +697,13 @@ def read_state(path: Path, genesis: Genesis) -> Checkpoint | None:
             f"not of the genesis's {genesis.chain_id!r}",
             code="wrong_chain",
         )
-    return remembered
+    if compute_validators_hash(validators) != remembered.header.validators_hash:
+        raise LedgerError(
+            f"{path}: the remembered checkpoint names validator set "
+            f"{remembered.header.validators_hash}, and the file "
+            + ("names no other set than the genesis's" if members is None else "another set")
+        )
+    return Trusted(checkpoint=remembered, validators=validators)
 
 
 def write_json_atomically(path: Path, value: JSON) -> None:
@@ -598,9 +750,11 @@ def verify_monitor(
     """Prove the node's latest checkpoint extends the last one verified (SPEC §6.2).
 
     Remembers the last verified checkpoint in --state. Each round verifies the node's latest
-    checkpoint against the genesis's validator set and proves, by an RFC 9162 consistency
-    proof, that its log extends the remembered one. A fork, a rollback or an inconsistency
-    leaves --state unchanged, writes the evidence to STATE.fork-evidence.json and exits 1.
+    checkpoint against the validator set that governs it (the genesis's, or the one each
+    set_validators named, followed from header to header) and proves, by an RFC 9162
+    consistency proof, that its log extends the remembered one. A fork, a rollback or an
+    inconsistency leaves --state unchanged, writes the evidence to STATE.fork-evidence.json
+    and exits 1.
     """
     if rounds > 1 and interval is None:
         raise typer.BadParameter("--rounds above 1 needs --interval SECONDS")
@@ -633,30 +787,38 @@ def verify_monitor(
 
 def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_file: Path) -> None:
     """One round of `verify monitor`: steps 1-3 of its docstring."""
-    remembered = read_state(state_file, genesis)
+    trusted = read_state(state_file, genesis)
+    remembered = trusted.checkpoint
     latest = fetch_checkpoint(client)
-    verify_checkpoint(latest, genesis)  # step 1
-    if remembered is not None:
+    validators, changes, anchor = follow_validators(client, genesis, trusted, latest)
+    verify_checkpoint(latest, genesis, validators)  # step 1
+    for change in changes:
+        out.print(change.describe(), markup=False, highlight=False, soft_wrap=True)
+    for earlier in (remembered, anchor):  # step 2
+        if earlier is None:
+            continue
         try:
-            check_extends(client, remembered, latest)  # step 2
+            check_extends(client, earlier, latest)
         except MonitorAlarm as alarm:
             evidence = {
                 "kind": alarm.kind,
                 "detail": alarm.detail,
                 "node": client.base_url,
-                "remembered": remembered.to_json(),
+                "remembered": earlier.to_json(),
                 "latest": latest.to_json(),
                 "proof": alarm.proof,
             }
             write_json_atomically(evidence_file, evidence)
+            which = "remembered" if earlier is remembered else "certified"
             fail(
-                f"{alarm.kind.upper()} DETECTED between the remembered height "
-                f"{remembered.height} and the node's height {latest.height}: "
+                f"{alarm.kind.upper()} DETECTED between the {which} height "
+                f"{earlier.height} and the node's height {latest.height}: "
                 f"{alarm.detail}; evidence written to {evidence_file}; "
                 f"{state_file} unchanged"
             )
     if remembered is None or latest.header != remembered.header:  # step 3
-        write_json_atomically(state_file, latest.to_json())
+        now = Trusted(checkpoint=latest, validators=validators)
+        write_json_atomically(state_file, now.to_json(genesis))
     out.print(
         _summary(remembered, latest, state_file),
         markup=False,

@@ -259,6 +259,12 @@ def _check_genesis_line(genesis: Genesis, line: bytes | None, line_bytes_max: in
         raise fail(f"the export's genesis hashes to {found}, the trusted genesis to {expected}")
 
 
+def parse_export_line(line: bytes, genesis: Genesis) -> tuple[Block, Certificate]:
+    """One export line `{"block", "certificate"}` of the chain of `genesis`, strictly parsed
+    (nothing about it verified); raises `LedgerError`."""
+    return _parse_line(line, genesis, compute_line_bytes_max(genesis.params))
+
+
 def _parse_line(line: bytes, genesis: Genesis, line_bytes_max: int) -> tuple[Block, Certificate]:
     """Step 2: exactly {"block", "certificate"}, each strictly parsed."""
     if len(line) > line_bytes_max:

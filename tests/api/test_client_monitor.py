@@ -35,13 +35,14 @@ from api.client import (
     ClientError,
     split_lines,
 )
-from ledger.blocks import compute_validators_hash, parse_certificate, parse_header
+from api.console import load_key
+from ledger.blocks import Validator, compute_validators_hash, parse_certificate, parse_header
 from ledger.blocks import verify_certificate as verify_block_certificate
 from ledger.encoding import canonical
 from ledger.genesis import Genesis, decode_genesis
 from ledger.merkle import verify_consistency
 from ledger.receipts import verify_receipt
-from ledger.transactions import parse_envelope
+from ledger.transactions import Transaction, parse_envelope, sign_transaction
 from tests.api.test_cli import TANLIAN, assert_fails_cleanly, environment, free_port, tanlian
 
 NODE_WAIT_S = 60  # the demo build and the first answer of /healthz
@@ -787,15 +788,118 @@ def test_an_uncertified_checkpoint_is_refused_without_evidence(
     assert not evidence_of(state).exists()
 
 
-def test_a_changed_validator_set_asks_for_an_audit(
+def test_a_set_no_certified_header_names_is_refused(
     node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
 ) -> None:
+    """A checkpoint naming a set the chain never named: the monitor looks for the change
+    (the node's own checkpoints below it) and finds the last certified header naming the
+    genesis's set for that height."""
     head = client.checkpoint()
+    height = int(head["header"]["height"])
     head["header"]["validators_hash"] = "ef" * 32
     hostile.serve("/v1/checkpoint", head)
-    result = monitor(hostile.url, tmp_path / "monitor.json", node.genesis_file)
-    assert_fails_cleanly(result, "error (validators_changed): ")
-    assert "the set changed, so audit the chain" in result.stderr
+    for at in range(1, height):
+        hostile.serve(f"/v1/checkpoints/{at}", client.checkpoint_at(at))
+    state = tmp_path / "monitor.json"
+    result = monitor(hostile.url, state, node.genesis_file)
+    genesis_set = compute_validators_hash(node.genesis().validators)
+    assert_fails_cleanly(
+        result,
+        f"error (invalid_proof): the node's checkpoint at height {height} is not certified: it"
+        f" names validator set {'ef' * 32}, and the certified header at height {height - 1}"
+        f" names set {genesis_set} to govern it",
+    )
+    assert not state.exists() and not evidence_of(state).exists()
+
+
+def test_a_set_change_the_node_answers_wrongly_is_refused(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
+) -> None:
+    """Another set at or below the remembered height cannot be followed; a checkpoint of
+    another height than asked for is a bad answer."""
+    low = client.checkpoint_at(2)
+    low["header"]["validators_hash"] = "ef" * 32
+    hostile.serve("/v1/checkpoint", low)
+    state = tmp_path / "monitor.json"
+    original = remembered(client, state, lambda header: None)
+    result = monitor(hostile.url, state, node.genesis_file)
+    genesis_set = compute_validators_hash(node.genesis().validators)
+    assert_fails_cleanly(
+        result,
+        f"the node's checkpoint at height 2 is not certified: it names validator set"
+        f" {'ef' * 32}, and set {genesis_set} governs that height",
+    )
+    head = client.checkpoint()
+    height = int(head["header"]["height"])
+    head["header"]["validators_hash"] = "ef" * 32
+    hostile.serve("/v1/checkpoint", head)
+    for at in range(1, height):
+        hostile.serve(f"/v1/checkpoints/{at}", client.checkpoint_at(2 if at > 2 else 1))
+    result = monitor(hostile.url, state, node.genesis_file)
+    assert_fails_cleanly(result, "error (bad_answer): asked for the checkpoint at height ")
+    assert state.read_bytes() == original and not evidence_of(state).exists()
+
+
+def _set_validators(url: str, data: Path, genesis: Genesis, power: int) -> int:
+    """The demo's authority sets the validators to the city alone with `power` (another set:
+    the power is hashed), committed; the block's height."""
+    authority = [load_key(data / "keys" / f"authority-{i}.pem") for i in (1, 2)]
+    account = httpx.get(f"{url}/v1/accounts/{genesis.authority_id}", timeout=10).json()
+    city = genesis.validators[0]
+    transaction = Transaction(
+        chain_id=genesis.chain_id,
+        type="set_validators",
+        signer=genesis.authority_id,
+        nonce=int(account["nonce"]) + 1,
+        payload={"validators": [{"public_key": city.public_key, "power": power, "name": "city"}]},
+    )
+    with Client(url) as client:
+        answer = client.submit(sign_transaction(transaction, authority), wait=True)
+    assert answer["status"] == "committed", answer
+    return int(answer["height"])
+
+
+def test_the_monitor_follows_the_validator_set_through_its_changes(tmp_path: Path) -> None:
+    """A real node whose authority changes the set twice: a monitor that remembered a height
+    of the genesis's set, and one run for the first time, each follow both changes header to
+    header, verify the head with the set that governs it, and keep that set's members."""
+    with running_dev_node(tmp_path, simulate=False) as running:
+        genesis = running.genesis()
+        state, fresh = tmp_path / "monitor.json", tmp_path / "fresh.json"
+        before = monitor(running.url, state, running.genesis_file)
+        assert before.returncode == 0, before.stderr
+        first = _set_validators(running.url, running.data, genesis, power=2)
+        second = _set_validators(running.url, running.data, genesis, power=3)
+        _set_validators(running.url, running.data, genesis, power=3)  # no change: two blocks
+        last = _set_validators(running.url, running.data, genesis, power=3)  # so the third set
+        assert last >= second + 2  # governs the head
+        city = genesis.validators[0]
+        sets = [[Validator(public_key=city.public_key, power=p, name="city")] for p in (2, 3)]
+        for state_file in (state, fresh):
+            result = monitor(running.url, state_file, running.genesis_file)
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.strip().splitlines()
+            assert lines[:2] == [
+                f"validator set changed: the certified header at height {at + 1} names set"
+                f" {compute_validators_hash(members)} (1 validator, power {power}), set in"
+                f" block {at}; it governs from height {at + 2}"
+                for at, members, power in ((first, sets[0], 2), (second, sets[1], 3))
+            ]
+            assert lines[2].startswith(f"checkpoint verified: height {last}, log size ")
+            saved = json.loads(state_file.read_text())
+            assert saved["validators"] == [v.to_json() for v in sets[1]]
+            assert saved["header"]["validators_hash"] == compute_validators_hash(sets[1])
+        again = monitor(running.url, state, running.genesis_file)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip().endswith("unchanged since the last run")
+        saved["validators"][0]["power"] = 2  # a state file whose set is not its header's
+        state.write_text(json.dumps(saved))
+        broken = monitor(running.url, state, running.genesis_file)
+        assert_fails_cleanly(
+            broken,
+            f"monitor.json: the remembered checkpoint names validator set"
+            f" {compute_validators_hash(sets[1])}, and the file another set",
+        )
 
 
 def test_a_malformed_checkpoint_or_state_fails_cleanly(
