@@ -276,6 +276,26 @@ def verify_chain(
     )
     if report.early_issuances:
         _print_early_issuances(report)
+    if report.proposer_notices:
+        _print_proposer_notices(report)
+
+
+def _print_proposer_notices(report: AuditReport) -> None:
+    """The audit's other notice: transactions valid by the SPEC that this implementation's
+    proposer leaves out (docs/decisions/0004), committed in a block another built."""
+    count = report.proposer_notices
+    lines = [
+        f"notice: {counted(count, 'transaction')} this implementation's proposer leaves out"
+        " (valid by the SPEC; docs/decisions/0004): ask the validator that proposed the block."
+    ]
+    for notice in report.proposer_listed:
+        lines.append(
+            f"  transaction {notice.tx_id} at height {notice.height}, proposed by"
+            f" {notice.proposer}: {printable(notice.reason)}"
+        )
+    if count > len(report.proposer_listed):
+        lines.append(f"  and {count - len(report.proposer_listed):,} more")
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_early_issuances(report: AuditReport) -> None:

@@ -503,26 +503,32 @@ _INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Zl", "Zp"})
 
 def _check_project_id(project_id: str) -> None:
     """A proposer's rule, not a block's validity (docs/decisions/0004): a project id reads
-    as what it is. SPEC §3.3 keys "the same meter period can never be credited twice" on
-    the id's exact text, and review credited one meter's January five times under
-    `meter-0001` followed by a zero-width space, a word joiner or a BOM, or preceded by a
-    right-to-left override. Refused: such characters, spaces other than U+0020, a space at
-    either end, and text not in Unicode NFC (an accented letter typed two ways)."""
+    as what it is (`project_id_objection`)."""
+    objection = project_id_objection(project_id)
+    if objection is not None:
+        raise _reject("invalid_field", objection)
+
+
+def project_id_objection(project_id: str) -> str | None:
+    """Why this implementation's proposer leaves out an issuance of `project_id`, or None.
+    SPEC §3.3 keys "the same meter period can never be credited twice" on the id's exact
+    text, and review credited one meter's January five times under `meter-0001` followed by
+    a zero-width space, a word joiner or a BOM, or preceded by a right-to-left override.
+    Refused: such characters, spaces other than U+0020, a space at either end, and text not
+    in Unicode NFC (an accented letter typed two ways). The auditor reports a committed one
+    (`ledger.verification.proposer_notices`)."""
     for position, char in enumerate(project_id):
         category = unicodedata.category(char)
         if category in _INVISIBLE_CATEGORIES or (category == "Zs" and char != " "):
-            raise _reject(
-                "invalid_field",
+            return (
                 f"project_id holds U+{ord(char):04X} ({unicodedata.name(char, category)}) at"
-                f" {position}: an id another could not tell from one without it",
+                f" {position}: an id another could not tell from one without it"
             )
     if project_id != project_id.strip(" "):
-        raise _reject("invalid_field", "project_id begins or ends with a space")
+        return "project_id begins or ends with a space"
     if not unicodedata.is_normalized("NFC", project_id):
-        raise _reject(
-            "invalid_field",
-            "project_id is not in Unicode NFC: the same text can be written otherwise",
-        )
+        return "project_id is not in Unicode NFC: the same text can be written otherwise"
+    return None
 
 
 def _check_receipt_size(work: _Work, batch_id: str, owner: str, quantity: int) -> None:

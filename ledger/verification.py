@@ -64,9 +64,10 @@ from ledger.crypto import GENESIS_DOMAIN, hash_domain
 from ledger.encoding import decode
 from ledger.errors import FieldError, InvalidBlockError, LedgerError
 from ledger.genesis import Genesis, genesis_state
+from ledger.limits import RETIREMENT_LOTS_MAX
 from ledger.receipts import verify_receipt
 from ledger.state import Params, State
-from ledger.state_transition import apply_block
+from ledger.state_transition import apply_block, project_id_objection
 from ledger.transactions import Envelope, check_signatures
 
 LINE_FIELDS: Final = frozenset({"block", "certificate"})
@@ -123,6 +124,18 @@ class EarlyIssuance:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProposerNotice:
+    """A committed transaction this implementation's proposer leaves out (docs/decisions/0004,
+    "proposer's rules"): valid by the SPEC, so the chain passes, but worth a question to the
+    validator that proposed its block."""
+
+    height: int
+    proposer: str
+    tx_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditReport:
     """The head of a chain that passed every check, and the early issuances met on the way
     (`early_issuances` of them; the first EARLY_ISSUANCES_LISTED in `early_listed`)."""
@@ -136,6 +149,8 @@ class AuditReport:
     validators_hash: str
     early_issuances: int = 0
     early_listed: tuple[EarlyIssuance, ...] = ()
+    proposer_notices: int = 0
+    proposer_listed: tuple[ProposerNotice, ...] = ()
 
 
 def compute_line_bytes_max(params: Params) -> int:
@@ -169,6 +184,8 @@ def audit_chain(
     state = genesis_state(genesis)
     early: list[EarlyIssuance] = []
     early_count = 0
+    notices: list[ProposerNotice] = []
+    notice_count = 0
     for line in remaining:
         height = state.height + 1
         try:  # step 2
@@ -182,6 +199,10 @@ def audit_chain(
             early_count += 1
             if len(early) < EARLY_ISSUANCES_LISTED:
                 early.append(found)
+        for notice in proposer_notices(block, state):
+            notice_count += 1
+            if len(notices) < EARLY_ISSUANCES_LISTED:
+                notices.append(notice)
         if on_block is not None:
             on_block(state.height, state.log.size)
     return AuditReport(  # step 6
@@ -195,6 +216,8 @@ def audit_chain(
         ),
         early_issuances=early_count,
         early_listed=tuple(early),
+        proposer_notices=notice_count,
+        proposer_listed=tuple(notices),
     )
 
 
@@ -229,6 +252,32 @@ def early_issuances(block: Block, after: State) -> Iterator[EarlyIssuance]:
             period_start=payload["period_start"],
             period_end=payload["period_end"],
         )
+
+
+def proposer_notices(block: Block, after: State) -> Iterator[ProposerNotice]:
+    """The transactions of `block` (applied: `after` is the state it produced) that this
+    implementation's proposer leaves out, in block order: an issuance whose project id
+    hides characters (`project_id_objection`), a retirement of more than
+    RETIREMENT_LOTS_MAX lots (its receipt, a state proof a lot, is one no verifier reads)."""
+    for envelope in block.transactions:
+        reason = None
+        if envelope.tx.type == "issue":
+            reason = project_id_objection(envelope.tx.payload["project_id"])
+        elif envelope.tx.type == "retire":
+            record = after.get(f"retirement/{envelope.tx_id}")
+            lots = 0 if record is None else len(record["serials"])
+            if lots > RETIREMENT_LOTS_MAX:
+                reason = (
+                    f"a retirement of {lots:,} lots, over {RETIREMENT_LOTS_MAX:,}: no verifier"
+                    " reads its receipt"
+                )
+        if reason is not None:
+            yield ProposerNotice(
+                height=block.height,
+                proposer=block.header.proposer,
+                tx_id=envelope.tx_id,
+                reason=reason,
+            )
 
 
 def period_not_ended(period_end: str, time_ms: int) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger import state_transition
 from ledger.blocks import compute_evidence_hash, compute_validators_hash
 from ledger.encoding import canonical
 from ledger.evidence import make_evidence, sign_vote
@@ -70,6 +71,36 @@ def test_an_issuance_of_a_period_not_yet_ended_is_a_notice_not_a_failure(
     assert lines[2:] == [
         f"  B-1 at height 1 ({moment:%Y-%m-%dT%H:%M:%SZ}): household-electricity/meter-0001,"
         f" 2026-01-01 to 2026-02-01, transaction {issue.tx_id}"
+    ]
+
+
+def test_a_transaction_this_proposer_leaves_out_is_a_notice_naming_its_proposer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block another implementation's proposer built, with an issuance whose project id
+    ends in a zero-width space (valid by the SPEC; this proposer leaves it out): the audit
+    passes and asks about it, naming the transaction, its height and who proposed it."""
+    chain = ConsortiumChain()
+    chain.funded()
+    monkeypatch.setattr(state_transition, "_check_project_id", lambda project_id: None)
+    hidden = chain.issue([(chain.carol, 10)], project_id="meter-0001\u200b")
+    built = chain.commit(hidden)
+    assert built.block.transactions == (hidden,)
+    export_file, genesis_file = tmp_path / "chain.ndjson", tmp_path / "genesis.json"
+    export_file.write_bytes(b"".join(export_of(chain)))
+    genesis_file.write_bytes(canonical(chain.genesis_document))
+    result = tanlian("verify", "chain", "--export", export_file, "--genesis", genesis_file)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("chain verified: height 2, 4 transactions,"), lines
+    notice = lines.index(
+        "notice: 1 transaction this implementation's proposer leaves out (valid by the SPEC;"
+        " docs/decisions/0004): ask the validator that proposed the block."
+    )
+    assert lines[notice + 1 :] == [
+        f"  transaction {hidden.tx_id} at height 2, proposed by {built.block.header.proposer}:"
+        " project_id holds U+200B (ZERO WIDTH SPACE) at 10: an id another could not tell from"
+        " one without it"
     ]
 
 

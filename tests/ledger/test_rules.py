@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ledger import receipts, state_transition
+from ledger import receipts, state_transition, verification
 from ledger.blocks import Validator, compute_validators_hash, sign_certificate
 from ledger.crypto import PrivateKey, compute_account_id
 from ledger.errors import RULE_CODES, InvalidBlockError
@@ -853,6 +853,18 @@ def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
     (retired,) = [v for k, v in after.entries.items() if k.startswith("retirement/")
                   and v["holder"] == chain.bob.account_id]  # fmt: skip
     assert len(retired["serials"]) == 5
+    # The auditor asks about it: a notice, naming the block's proposer.
+    monkeypatch.setattr(verification, "RETIREMENT_LOTS_MAX", 3)
+    assert list(verification.proposer_notices(block, after)) == [
+        verification.ProposerNotice(
+            height=block.height,
+            proposer=block.header.proposer,
+            tx_id=bob_retires.tx_id,
+            reason="a retirement of 5 lots, over 3: no verifier reads its receipt",
+        )
+    ]
+    monkeypatch.setattr(verification, "RETIREMENT_LOTS_MAX", 5)
+    assert list(verification.proposer_notices(block, after)) == []
 
 
 @pytest.mark.parametrize(
@@ -885,13 +897,19 @@ def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
     # Another implementation's proposer may include it: the block applies here.
     monkeypatch.setattr(state_transition, "_check_project_id", lambda project_id: None)
     block = next_block(chain, [chain.issue([(chain.carol, 10)], project_id=project_id)]).block
-    assert len(block.transactions) == 1 and apply_block(chain.state, block)
+    assert len(block.transactions) == 1
+    after = apply_block(chain.state, block)
+    # The auditor asks about it, for the proposer's own reason.
+    (notice,) = verification.proposer_notices(block, after)
+    reason = state_transition.project_id_objection(project_id)
+    assert reason is not None and notice.reason == reason
 
 
 @pytest.mark.parametrize("project_id", ["淄博-张店-电表-0001", "caf\u00e9-meter", "site 7 / roof"])
 def test_readable_project_ids_in_any_script_are_taken(chain: Chain, project_id: str) -> None:
     built = chain.commit(chain.issue([(chain.carol, 10)], project_id=project_id))
     assert not built.rejected and len(built.block.transactions) == 1
+    assert list(verification.proposer_notices(built.block, built.state)) == []
 
 
 def test_retired_units_do_not_transfer(chain: Chain) -> None:
