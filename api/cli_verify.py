@@ -528,6 +528,7 @@ def follow_validators(
                 "that height"
             )
         found, lo, hi = anchor, low, latest.height
+        claimed = latest.header  # the header at `hi`, which names another set
         while hi - lo > 1:
             middle = (lo + hi) // 2
             probe = fetch_checkpoint(client, middle)
@@ -540,10 +541,9 @@ def follow_validators(
                 verify_checkpoint(probe, genesis, validators)
                 found, lo = probe, middle
             else:
-                hi = middle
+                hi, claimed = middle, probe.header
         named = current if found is None else found.header.next_validators_hash
         if named == current:
-            claimed = fetch_checkpoint(client, hi).header if hi < latest.height else latest.header
             why = (
                 "the genesis's set governs it"
                 if found is None
@@ -596,9 +596,13 @@ def _announced_set(
     )
 
 
-def check_consistency(remembered: Checkpoint, latest: Checkpoint, proof: Any) -> None:
+def check_consistency(
+    remembered: Checkpoint, latest: Checkpoint, proof: Any, *, which: str = "remembered"
+) -> None:
     """Step 2, higher height: `proof` is an RFC 9162 consistency proof between exactly these
-    two checkpoints. Raises `MonitorAlarm`, or `ClientError` for a proof that is no proof."""
+    two checkpoints. Raises `MonitorAlarm`, or `ClientError` for a proof that is no proof.
+    `which` names the earlier checkpoint in messages: "remembered", or "certified" (the last
+    header an old validator set certified, `follow_validators`)."""
     old, new = remembered.header, latest.header
     assert old.height < new.height
     try:
@@ -619,8 +623,8 @@ def check_consistency(remembered: Checkpoint, latest: Checkpoint, proof: Any) ->
     if first.header != old:
         raise MonitorAlarm(
             "fork",
-            f"the node's header at the remembered height {old.height} is block "
-            f"{first.header.block_hash()}, the remembered one block {old.block_hash()}",
+            f"the node's header at the {which} height {old.height} is block "
+            f"{first.header.block_hash()}, the {which} one block {old.block_hash()}",
             proof=proof,
         )
     if second.header != new:
@@ -649,7 +653,7 @@ def check_consistency(remembered: Checkpoint, latest: Checkpoint, proof: Any) ->
         raise MonitorAlarm(
             "inconsistency",
             f"the log at height {new.height} (size {new.log_size}) does not provably extend "
-            f"the remembered log at height {old.height} (size {old.log_size}): {error.message}",
+            f"the {which} log at height {old.height} (size {old.log_size}): {error.message}",
             proof=proof,
         ) from error
 
@@ -664,33 +668,37 @@ def fetch_checkpoint(client: Client, height: int | None = None) -> Checkpoint:
         raise ClientError(f"the node's checkpoint is malformed: {error.message}") from error
 
 
-def check_extends(client: Client, remembered: Checkpoint, latest: Checkpoint) -> None:
+def check_extends(
+    client: Client, remembered: Checkpoint, latest: Checkpoint, *, which: str = "remembered"
+) -> None:
     """Step 2: `latest` (verified) extends `remembered`. Raises `MonitorAlarm` for a fork, a
-    rollback or an inconsistency, `ClientError` when the node cannot answer."""
+    rollback or an inconsistency, `ClientError` when the node cannot answer. `which` as for
+    `check_consistency`."""
     old, new = remembered.header, latest.header
     if new.height == old.height:
         if new != old:
             raise MonitorAlarm(
                 "fork",
                 f"the node's certified header at height {new.height} is block "
-                f"{new.block_hash()}, the remembered one block {old.block_hash()}",
+                f"{new.block_hash()}, the {which} one block {old.block_hash()}",
             )
     elif new.height < old.height:
         raise MonitorAlarm(
             "rollback",
             f"the node's latest checkpoint is at height {new.height} (log size {new.log_size}), "
-            f"below the remembered height {old.height} (log size {old.log_size})",
+            f"below the {which} height {old.height} (log size {old.log_size})",
         )
     elif old.log_size == 0:  # every log extends the empty one: compare the header itself
         at = fetch_checkpoint(client, old.height).header
         if at != old:
             raise MonitorAlarm(
                 "fork",
-                f"the node's header at the remembered height {old.height} is block "
-                f"{at.block_hash()}, the remembered one block {old.block_hash()}",
+                f"the node's header at the {which} height {old.height} is block "
+                f"{at.block_hash()}, the {which} one block {old.block_hash()}",
             )
     else:
-        check_consistency(remembered, latest, client.consistency(old.height, new.height))
+        proof = client.consistency(old.height, new.height)
+        check_consistency(remembered, latest, proof, which=which)
 
 
 def read_state(path: Path, genesis: Genesis) -> Trusted:
@@ -706,9 +714,10 @@ def read_state(path: Path, genesis: Genesis) -> Trusted:
         raise LedgerError(f"{path}: over {STATE_FILE_BYTES_MAX} bytes, not a monitor state file")
     try:
         value = decode(data)
-        members = value.pop("validators", None) if isinstance(value, dict) else None
+        named = isinstance(value, dict) and "validators" in value
+        members = value.pop("validators") if named else None
         remembered = parse_checkpoint(value)
-        validators = genesis.validators if members is None else parse_validators(members)
+        validators = parse_validators(members) if named else genesis.validators
     except LedgerError as error:
         raise LedgerError(f"{path}: not a checkpoint: {error.message}", code=error.code) from error
     if remembered.header.chain_id != genesis.chain_id:
@@ -721,7 +730,7 @@ def read_state(path: Path, genesis: Genesis) -> Trusted:
         raise LedgerError(
             f"{path}: the remembered checkpoint names validator set "
             f"{remembered.header.validators_hash}, and the file "
-            + ("names no other set than the genesis's" if members is None else "another set")
+            + ("another set" if named else "names no other set than the genesis's")
         )
     return Trusted(checkpoint=remembered, validators=validators)
 
@@ -810,32 +819,44 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
     trusted = read_state(state_file, genesis)
     remembered = trusted.checkpoint
     latest = fetch_checkpoint(client)
+    if (
+        remembered is not None
+        and latest.height < remembered.height
+        and latest.header.validators_hash != remembered.header.validators_hash
+    ):
+        # Below a set change the monitor followed: the set that governs that height is one it
+        # no longer holds, and the rollback is the finding (found by review: it was reported
+        # as an uncertified checkpoint, without evidence).
+        _check_or_alarm(
+            client,
+            remembered,
+            latest,
+            which="remembered",
+            state_file=state_file,
+            evidence_file=evidence_file,
+        )
     validators, changes, anchor = follow_validators(client, genesis, trusted, latest)
     verify_checkpoint(latest, genesis, validators)  # step 1
     for change in changes:
         out.print(change.describe(), markup=False, highlight=False, soft_wrap=True)
-    for earlier in (remembered, anchor):  # step 2
-        if earlier is None:
-            continue
-        try:
-            check_extends(client, earlier, latest)
-        except MonitorAlarm as alarm:
-            evidence = {
-                "kind": alarm.kind,
-                "detail": alarm.detail,
-                "node": client.base_url,
-                "remembered": earlier.to_json(),
-                "latest": latest.to_json(),
-                "proof": alarm.proof,
-            }
-            write_json_atomically(evidence_file, evidence)
-            which = "remembered" if earlier is remembered else "certified"
-            fail(
-                f"{alarm.kind.upper()} DETECTED between the {which} height "
-                f"{earlier.height} and the node's height {latest.height}: "
-                f"{alarm.detail}; evidence written to {evidence_file}; "
-                f"{state_file} unchanged"
-            )
+    if remembered is not None:  # step 2
+        _check_or_alarm(
+            client,
+            remembered,
+            latest,
+            which="remembered",
+            state_file=state_file,
+            evidence_file=evidence_file,
+        )
+    if anchor is not None and anchor is not remembered:
+        _check_or_alarm(
+            client,
+            anchor,
+            latest,
+            which="certified",
+            state_file=state_file,
+            evidence_file=evidence_file,
+        )
     if remembered is None or latest.header != remembered.header:  # step 3
         now = Trusted(checkpoint=latest, validators=validators)
         write_json_atomically(state_file, now.to_json(genesis))
@@ -845,3 +866,32 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _check_or_alarm(
+    client: Client,
+    earlier: Checkpoint,
+    latest: Checkpoint,
+    *,
+    which: str,
+    state_file: Path,
+    evidence_file: Path,
+) -> None:
+    """`check_extends`; on an alarm, the evidence written and the run failed loudly."""
+    try:
+        check_extends(client, earlier, latest, which=which)
+    except MonitorAlarm as alarm:
+        evidence = {
+            "kind": alarm.kind,
+            "detail": alarm.detail,
+            "node": client.base_url,
+            which: earlier.to_json(),
+            "latest": latest.to_json(),
+            "proof": alarm.proof,
+        }
+        write_json_atomically(evidence_file, evidence)
+        fail(
+            f"{alarm.kind.upper()} DETECTED between the {which} height {earlier.height} and "
+            f"the node's height {latest.height}: {alarm.detail}; evidence written to "
+            f"{evidence_file}; {state_file} unchanged"
+        )

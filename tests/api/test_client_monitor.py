@@ -859,7 +859,9 @@ def _set_validators(url: str, data: Path, genesis: Genesis, power: int) -> int:
     return int(answer["height"])
 
 
-def test_the_monitor_follows_the_validator_set_through_its_changes(tmp_path: Path) -> None:
+def test_the_monitor_follows_the_validator_set_through_its_changes(
+    tmp_path: Path, hostile: Hostile
+) -> None:
     """A real node whose authority changes the set twice: a monitor that remembered a height
     of the genesis's set, and one run for the first time, each follow both changes header to
     header, verify the head with the set that governs it, and keep that set's members."""
@@ -892,6 +894,23 @@ def test_the_monitor_follows_the_validator_set_through_its_changes(tmp_path: Pat
         again = monitor(running.url, state, running.genesis_file)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip().endswith("unchanged since the last run")
+        # A node serving a height before the changes: a rollback, with evidence (found by
+        # review: it was refused as uncertified, the genesis's set no longer trusted).
+        with Client(running.url) as client:
+            hostile.serve("/v1/checkpoint", client.checkpoint_at(first))
+        kept = state.read_bytes()
+        rolled = monitor(hostile.url, state, running.genesis_file)
+        assert_fails_cleanly(
+            rolled,
+            f"ROLLBACK DETECTED between the remembered height {last} and the node's height {first}",
+        )
+        assert state.read_bytes() == kept
+        assert json.loads(evidence_of(state).read_text())["kind"] == "rollback"
+        nameless = {**saved, "validators": None}
+        state.write_text(json.dumps(nameless))
+        assert_fails_cleanly(
+            monitor(running.url, state, running.genesis_file), "monitor.json: not a checkpoint"
+        )
         saved["validators"][0]["power"] = 2  # a state file whose set is not its header's
         state.write_text(json.dumps(saved))
         broken = monitor(running.url, state, running.genesis_file)
