@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import regex
+
 from ledger.blocks import (
     Block,
     Certificate,
@@ -499,6 +501,12 @@ def _retire(ctx: _Context) -> None:
 # Characters that change no glyph, or none a reader can rely on: format (zero-width, bidi
 # controls, BOM), private use, unassigned, and line or paragraph separators.
 _INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Zl", "Zp"})
+# Scripts with letters that look alike (Latin `e`, Cyrillic `е`, Greek `ε`...): a project id
+# may hold letters of one of them (Unicode's Script_Extensions property, through `regex`).
+_LOOK_ALIKE_SCRIPTS: Final = tuple(
+    (name, regex.compile(rf"\p{{Script_Extensions={name}}}"))
+    for name in ("Latin", "Greek", "Cyrillic")
+)
 
 
 def _check_project_id(project_id: str) -> None:
@@ -514,9 +522,12 @@ def project_id_objection(project_id: str) -> str | None:
     SPEC §3.3 keys "the same meter period can never be credited twice" on the id's exact
     text, and review credited one meter's January five times under `meter-0001` followed by
     a zero-width space, a word joiner or a BOM, or preceded by a right-to-left override.
-    Refused: such characters, spaces other than U+0020, a space at either end, and text not
-    in Unicode NFC (an accented letter typed two ways). The auditor reports a committed one
+    Refused: such characters, spaces other than U+0020, a space at either end, text not in
+    Unicode NFC (an accented letter typed two ways), and letters of two of Latin, Greek and
+    Cyrillic (`meter-0001` with a Cyrillic `е`: UTS #39's mixed-script confusables; an id
+    wholly in one of them, or Han with Latin, is taken). The auditor reports a committed one
     (`ledger.verification.proposer_notices`)."""
+    scripts: dict[str, int] = {}  # a look-alike script the id's letters use -> where first
     for position, char in enumerate(project_id):
         category = unicodedata.category(char)
         if category in _INVISIBLE_CATEGORIES or (category == "Zs" and char != " "):
@@ -524,6 +535,16 @@ def project_id_objection(project_id: str) -> str | None:
                 f"project_id holds U+{ord(char):04X} ({unicodedata.name(char, category)}) at"
                 f" {position}: an id another could not tell from one without it"
             )
+        used = [name for name, letters in _LOOK_ALIKE_SCRIPTS if letters.match(char)]
+        if len(used) == 1:  # a character several scripts share (a sign, a digit) is neither
+            scripts.setdefault(used[0], position)
+            if len(scripts) > 1:
+                first = min(scripts, key=scripts.__getitem__)
+                return (
+                    f"project_id mixes {first} and {used[0]} letters (U+{ord(char):04X}"
+                    f" {unicodedata.name(char, category)} at {position}): look-alike letters"
+                    " a reader could not tell apart"
+                )
     if project_id != project_id.strip(" "):
         return "project_id begins or ends with a space"
     if not unicodedata.is_normalized("NFC", project_id):

@@ -877,6 +877,8 @@ def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
         "meter\u00a00001",  # no-break space
         "meter-0001 ",
         "caf\u0065\u0301-meter",  # e and a combining acute: "café" not in NFC
+        "m\u0435ter-0001",  # a Cyrillic е among Latin letters
+        "met\u0435r-\u03bf001",  # Cyrillic е and a Greek omicron
     ],
 )
 def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
@@ -905,7 +907,17 @@ def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
     assert reason is not None and notice.reason == reason
 
 
-@pytest.mark.parametrize("project_id", ["淄博-张店-电表-0001", "caf\u00e9-meter", "site 7 / roof"])
+@pytest.mark.parametrize(
+    "project_id",
+    [
+        "淄博-张店-电表-0001",
+        "caf\u00e9-meter",
+        "site 7 / roof",
+        "淄博-Zibo-0001",  # Han and Latin: nothing alike
+        "Москва-01",  # one of the look-alike scripts, wholly
+        "ΑΒΓ-001",
+    ],
+)
 def test_readable_project_ids_in_any_script_are_taken(chain: Chain, project_id: str) -> None:
     built = chain.commit(chain.issue([(chain.carol, 10)], project_id=project_id))
     assert not built.rejected and len(built.block.transactions) == 1
