@@ -501,12 +501,69 @@ def _retire(ctx: _Context) -> None:
 # Characters that change no glyph, or none a reader can rely on: format (zero-width, bidi
 # controls, BOM), private use, unassigned, and line or paragraph separators.
 _INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Zl", "Zp"})
-# Scripts with letters that look alike (Latin `e`, Cyrillic `е`, Greek `ε`...): a project id
-# may hold letters of one of them (Unicode's Script_Extensions property, through `regex`).
-_LOOK_ALIKE_SCRIPTS: Final = tuple(
+# Letters that look alike across scripts (Latin `e`, Cyrillic `е`, Greek `ε`, Cherokee `Ꭼ`,
+# mathematical `𝐞`...), told apart by Unicode's Script_Extensions property (the `regex`
+# library's table): `_letter_script`.
+_SCRIPT_LETTERS: Final = tuple(
     (name, regex.compile(rf"\p{{Script_Extensions={name}}}"))
     for name in ("Latin", "Greek", "Cyrillic")
 )
+# The scripts UTS #39's "highly restrictive" level lets Latin be written with: nothing in them
+# looks like a Latin letter.
+_WITH_LATIN: Final = regex.compile(
+    r"[\p{Script_Extensions=Han}\p{Script_Extensions=Hiragana}\p{Script_Extensions=Katakana}"
+    r"\p{Script_Extensions=Hangul}\p{Script_Extensions=Bopomofo}]"
+)
+_ANOTHER_SCRIPT: Final = "another script"
+# Which scripts' letters may not stand beside a letter of this one.
+_CLASHES: Final[dict[str, frozenset[str]]] = {
+    "Latin": frozenset({"Greek", "Cyrillic", _ANOTHER_SCRIPT}),
+    "Greek": frozenset({"Latin", "Cyrillic"}),
+    "Cyrillic": frozenset({"Latin", "Greek"}),
+    _ANOTHER_SCRIPT: frozenset({"Latin"}),
+}
+
+
+def _letter_script(char: str) -> str | None:
+    """Latin, Greek or Cyrillic for a letter of exactly one of them; `_ANOTHER_SCRIPT` for a
+    letter of none of them nor of `_WITH_LATIN`; None for the rest (shared letters, those
+    that may sit beside Latin)."""
+    used = [name for name, letters in _SCRIPT_LETTERS if letters.match(char)]
+    if len(used) == 1:
+        return used[0]
+    if used or _WITH_LATIN.match(char):
+        return None
+    return _ANOTHER_SCRIPT
+
+
+def _mixed_scripts(project_id: str) -> str | None:
+    """Why `project_id`'s letters mix look-alike scripts, or None: Latin letters with letters
+    of any script but Han, kana, Hangul and Bopomofo (UTS #39's "highly restrictive" level
+    for them), or Greek with Cyrillic. Only letters count: digits, signs and combining marks
+    are shared by design."""
+    if project_id.isascii():
+        return None
+    first: dict[str, int] = {}  # script -> where its first letter is
+    for position, char in enumerate(project_id):
+        if not unicodedata.category(char).startswith("L"):
+            continue
+        script = _letter_script(char)
+        if script is None:
+            continue
+        first.setdefault(script, position)
+        clash = _CLASHES[script] & first.keys()
+        if clash:
+            earlier = min(clash, key=first.__getitem__)
+            return (
+                f"project_id mixes {_letters(earlier)} and U+{ord(char):04X}"
+                f" {unicodedata.name(char, 'a letter')} ({script}) at {position}: look-alike"
+                " letters a reader could not tell apart"
+            )
+    return None
+
+
+def _letters(script: str) -> str:
+    return "letters of another script" if script == _ANOTHER_SCRIPT else f"{script} letters"
 
 
 def _check_project_id(project_id: str) -> None:
@@ -523,11 +580,11 @@ def project_id_objection(project_id: str) -> str | None:
     text, and review credited one meter's January five times under `meter-0001` followed by
     a zero-width space, a word joiner or a BOM, or preceded by a right-to-left override.
     Refused: such characters, spaces other than U+0020, a space at either end, text not in
-    Unicode NFC (an accented letter typed two ways), and letters of two of Latin, Greek and
-    Cyrillic (`meter-0001` with a Cyrillic `е`: UTS #39's mixed-script confusables; an id
-    wholly in one of them, or Han with Latin, is taken). The auditor reports a committed one
-    (`ledger.verification.proposer_notices`)."""
-    scripts: dict[str, int] = {}  # a look-alike script the id's letters use -> where first
+    Unicode NFC (an accented letter typed two ways), and letters of look-alike scripts mixed
+    (`meter-0001` with a Cyrillic `е`, `_mixed_scripts`; an id wholly in one script, or Han
+    with Latin, is taken). The auditor reports a committed one
+    (`ledger.verification.proposer_notices`). The answers follow the Unicode version of
+    Python's `unicodedata` and of `regex`: a letter newer than them is unassigned here."""
     for position, char in enumerate(project_id):
         category = unicodedata.category(char)
         if category in _INVISIBLE_CATEGORIES or (category == "Zs" and char != " "):
@@ -535,16 +592,9 @@ def project_id_objection(project_id: str) -> str | None:
                 f"project_id holds U+{ord(char):04X} ({unicodedata.name(char, category)}) at"
                 f" {position}: an id another could not tell from one without it"
             )
-        used = [name for name, letters in _LOOK_ALIKE_SCRIPTS if letters.match(char)]
-        if len(used) == 1:  # a character several scripts share (a sign, a digit) is neither
-            scripts.setdefault(used[0], position)
-            if len(scripts) > 1:
-                first = min(scripts, key=scripts.__getitem__)
-                return (
-                    f"project_id mixes {first} and {used[0]} letters (U+{ord(char):04X}"
-                    f" {unicodedata.name(char, category)} at {position}): look-alike letters"
-                    " a reader could not tell apart"
-                )
+    mixed = _mixed_scripts(project_id)
+    if mixed is not None:
+        return mixed
     if project_id != project_id.strip(" "):
         return "project_id begins or ends with a space"
     if not unicodedata.is_normalized("NFC", project_id):

@@ -83,24 +83,30 @@ def test_a_transaction_this_proposer_leaves_out_is_a_notice_naming_its_proposer(
     chain = ConsortiumChain()
     chain.funded()
     monkeypatch.setattr(state_transition, "_check_project_id", lambda project_id: None)
-    hidden = chain.issue([(chain.carol, 10)], project_id="meter-0001\u200b")
-    built = chain.commit(hidden)
-    assert built.block.transactions == (hidden,)
+    hidden = [
+        chain.issue([(chain.carol, 10)], project_id=f"meter-{n:04d}\u200b") for n in range(11)
+    ]
+    built = chain.commit(*hidden)
+    assert built.block.transactions == tuple(hidden)
     export_file, genesis_file = tmp_path / "chain.ndjson", tmp_path / "genesis.json"
     export_file.write_bytes(b"".join(export_of(chain)))
     genesis_file.write_bytes(canonical(chain.genesis_document))
     result = tanlian("verify", "chain", "--export", export_file, "--genesis", genesis_file)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("chain verified: height 2, 4 transactions,"), lines
+    assert lines[0].startswith("chain verified: height 2, 14 transactions,"), lines
     notice = lines.index(
-        "notice: 1 transaction this implementation's proposer leaves out (valid by the SPEC;"
+        "notice: 11 transactions this implementation's proposer leaves out (valid by the SPEC;"
         " docs/decisions/0004): ask the validator that proposed the block."
     )
     assert lines[notice + 1 :] == [
-        f"  transaction {hidden.tx_id} at height 2, proposed by {built.block.header.proposer}:"
-        " project_id holds U+200B (ZERO WIDTH SPACE) at 10: an id another could not tell from"
-        " one without it"
+        *(
+            f"  transaction {issue.tx_id} at height 2, proposed by"
+            f" {built.block.header.proposer}: project_id holds U+200B (ZERO WIDTH SPACE) at 10:"
+            " an id another could not tell from one without it"
+            for issue in hidden[:10]
+        ),
+        "  and 1 more",
     ]
 
 

@@ -879,6 +879,9 @@ def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
         "caf\u0065\u0301-meter",  # e and a combining acute: "café" not in NFC
         "m\u0435ter-0001",  # a Cyrillic е among Latin letters
         "met\u0435r-\u03bf001",  # Cyrillic е and a Greek omicron
+        "M\u13acTER-0001",  # Cherokee Ꭼ
+        "carb\u0585n-01",  # Armenian օ
+        "\U0001d426eter-0001",  # mathematical bold m
     ],
 )
 def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
@@ -916,12 +919,45 @@ def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
         "淄博-Zibo-0001",  # Han and Latin: nothing alike
         "Москва-01",  # one of the look-alike scripts, wholly
         "ΑΒΓ-001",
+        "\u0561\u0563-01",  # Armenian, wholly
+        "张·三-01",  # a middle dot: several scripts share it
+        "\u0430\u0303-01",  # a Cyrillic а and a combining tilde: marks are no script's letters
     ],
 )
 def test_readable_project_ids_in_any_script_are_taken(chain: Chain, project_id: str) -> None:
     built = chain.commit(chain.issue([(chain.carol, 10)], project_id=project_id))
     assert not built.rejected and len(built.block.transactions) == 1
     assert list(verification.proposer_notices(built.block, built.state)) == []
+
+
+@pytest.mark.parametrize(
+    ("project_id", "reason"),
+    [
+        (
+            "m\u0435ter-0001",
+            "project_id mixes Latin letters and U+0435 CYRILLIC SMALL LETTER IE (Cyrillic) at 1",
+        ),
+        (
+            "\u0395\u0435-01",
+            "project_id mixes Greek letters and U+0435 CYRILLIC SMALL LETTER IE (Cyrillic) at 1",
+        ),
+        (
+            "M\u13acTER",
+            "project_id mixes Latin letters and U+13AC CHEROKEE LETTER GV (another script) at 1",
+        ),
+        (
+            "\u13acMT",
+            "project_id mixes letters of another script and U+004D LATIN CAPITAL LETTER M"
+            " (Latin) at 1",
+        ),
+    ],
+)
+def test_the_reason_names_both_scripts_and_the_letter_where_they_meet(
+    project_id: str, reason: str
+) -> None:
+    assert state_transition.project_id_objection(project_id) == (
+        f"{reason}: look-alike letters a reader could not tell apart"
+    )
 
 
 def test_retired_units_do_not_transfer(chain: Chain) -> None:
