@@ -314,7 +314,7 @@ async def dropped_as(
     answer = await post(client, body)
     assert answer.status_code == 202, answer.text
     assert answer.json() == {"accepted": body.count(b"\n")}
-    wait_until(lambda: dropped(cluster, reason) >= count + len(messages), f"{reason} drops", 5.0)
+    wait_until(lambda: dropped(cluster, reason) >= count + len(messages), f"{reason} drops")
     assert snapshot(cluster) == before
     signatures = {m.signature for m in messages if isinstance(m, Vote | Proposal)}
     assert not signatures & held_signatures(cluster)
@@ -590,7 +590,7 @@ async def test_a_proposal_whose_body_is_not_the_one_its_header_commits_to(
     before = dropped(paused, "body_mismatch")
     answer = await post(client, encode_message(forged) + b"\n")
     assert answer.status_code == 202 and answer.json() == {"accepted": 1}
-    wait_until(lambda: dropped(paused, "body_mismatch") > before, "the drop", 5.0)
+    wait_until(lambda: dropped(paused, "body_mismatch") > before, "the drop")
     assert forged.signature not in held_signatures(paused)
 
 
@@ -644,7 +644,7 @@ async def test_a_replayed_vote_of_the_current_height_counts_once(
     before, count = snapshot(paused), held_count(paused)
     answer = await post(client, (encode_message(vote) + b"\n") * 3)
     assert answer.status_code == 202 and answer.json() == {"accepted": 3}
-    wait_until(lambda: dropped(paused, "known") >= 3, "the copies dropped", 5.0)
+    wait_until(lambda: dropped(paused, "known") >= 3, "the copies dropped")
     assert snapshot(paused) == before
     assert held_count(paused)[0] <= count[0] + 1  # the node's own vote may have come since
 
