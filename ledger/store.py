@@ -89,6 +89,14 @@ SCHEMA_VERSION: Final = 2
 _LOT_PREFIX: Final = "lot/"
 _LOT_COLUMNS: Final = ("batch_id", "first_serial", "quantity", "owner", "status", "retirement_id")
 PAGE_CACHE_KIB: Final = 8192
+# Pages the WAL may hold before a commit copies them into the database (SQLite's default is
+# 1,000, less than one block of 1,400 transactions writes, ~8,000): a page a later block
+# dirties again is copied once for them all. In-process, blocks of 1,400 on a 229 MB store:
+# 98-105 us a transaction at 1,000, 87-92 at 20,000-40,000; with none the WAL grows without
+# end and reads through it slow every write (115 us). Up to ~80 MB of WAL a node. Live
+# (bench/cluster.py, 4 validators, alternated): the writers 313-326 us a transaction across
+# the four against 329-339 at 1,000, the rate within its spread (docs/decisions/0006).
+WAL_CHECKPOINT_PAGES: Final = 20_000
 
 
 def _involved_accounts(envelope: Envelope) -> set[str]:
@@ -149,6 +157,7 @@ class Store:
         connection.execute("PRAGMA synchronous=FULL")
         # A larger page cache keeps the hot B-tree pages of random-keyed tables in memory.
         connection.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+        connection.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         connection.execute("PRAGMA foreign_keys=ON")
         return connection
 
