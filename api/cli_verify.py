@@ -730,7 +730,7 @@ def read_state(path: Path, genesis: Genesis) -> Trusted:
         raise LedgerError(
             f"{path}: the remembered checkpoint names validator set "
             f"{remembered.header.validators_hash}, and the file "
-            + ("another set" if named else "names no other set than the genesis's")
+            + ("names another set" if named else "names no set, so the genesis's")
         )
     return Trusted(checkpoint=remembered, validators=validators)
 

@@ -917,7 +917,7 @@ def test_the_monitor_follows_the_validator_set_through_its_changes(
         assert_fails_cleanly(
             broken,
             f"monitor.json: the remembered checkpoint names validator set"
-            f" {compute_validators_hash(sets[1])}, and the file another set",
+            f" {compute_validators_hash(sets[1])}, and the file names another set",
         )
 
 
