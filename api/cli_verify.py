@@ -819,6 +819,17 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
     trusted = read_state(state_file, genesis)
     remembered = trusted.checkpoint
     latest = fetch_checkpoint(client)
+
+    def extends(earlier: Checkpoint, which: str) -> None:
+        _check_or_alarm(
+            client,
+            earlier,
+            latest,
+            which=which,
+            state_file=state_file,
+            evidence_file=evidence_file,
+        )
+
     if (
         remembered is not None
         and latest.height < remembered.height
@@ -827,36 +838,15 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
         # Below a set change the monitor followed: the set that governs that height is one it
         # no longer holds, and the rollback is the finding (found by review: it was reported
         # as an uncertified checkpoint, without evidence).
-        _check_or_alarm(
-            client,
-            remembered,
-            latest,
-            which="remembered",
-            state_file=state_file,
-            evidence_file=evidence_file,
-        )
+        extends(remembered, "remembered")
     validators, changes, anchor = follow_validators(client, genesis, trusted, latest)
     verify_checkpoint(latest, genesis, validators)  # step 1
     for change in changes:
         out.print(change.describe(), markup=False, highlight=False, soft_wrap=True)
     if remembered is not None:  # step 2
-        _check_or_alarm(
-            client,
-            remembered,
-            latest,
-            which="remembered",
-            state_file=state_file,
-            evidence_file=evidence_file,
-        )
+        extends(remembered, "remembered")
     if anchor is not None and anchor is not remembered:
-        _check_or_alarm(
-            client,
-            anchor,
-            latest,
-            which="certified",
-            state_file=state_file,
-            evidence_file=evidence_file,
-        )
+        extends(anchor, "certified")
     if remembered is None or latest.header != remembered.header:  # step 3
         now = Trusted(checkpoint=latest, validators=validators)
         write_json_atomically(state_file, now.to_json(genesis))

@@ -47,6 +47,16 @@ def stored_head(data: Path) -> tuple[int, str, str]:
     return state.height, state.log.root().hex(), state.state_root
 
 
+def verified_lines(chain: ConsortiumChain, directory: Path) -> list[str]:
+    """`tanlian verify chain` of the chain's export, which passes: its stdout's lines."""
+    export_file, genesis_file = directory / "chain.ndjson", directory / "genesis.json"
+    export_file.write_bytes(b"".join(export_of(chain)))
+    genesis_file.write_bytes(canonical(chain.genesis_document))
+    result = tanlian("verify", "chain", "--export", export_file, "--genesis", genesis_file)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()
+
+
 def test_an_issuance_of_a_period_not_yet_ended_is_a_notice_not_a_failure(
     tmp_path: Path,
 ) -> None:
@@ -54,12 +64,7 @@ def test_an_issuance_of_a_period_not_yet_ended_is_a_notice_not_a_failure(
     chain.funded()  # B-1 credits January 2026, in a block of 2026-01-01
     block = chain.blocks[0].block
     (issue,) = [e for e in block.transactions if e.tx.type == "issue"]
-    export_file, genesis_file = tmp_path / "chain.ndjson", tmp_path / "genesis.json"
-    export_file.write_bytes(b"".join(export_of(chain)))
-    genesis_file.write_bytes(canonical(chain.genesis_document))
-    result = tanlian("verify", "chain", "--export", export_file, "--genesis", genesis_file)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    lines = verified_lines(chain, tmp_path)
     assert lines[0].startswith("chain verified: height 1, 3 transactions,"), lines
     validators = compute_validators_hash(chain.genesis.validators)
     assert f", validators hash {validators}, " in lines[0]  # a receipt's trust, from the audit
@@ -88,12 +93,7 @@ def test_a_transaction_this_proposer_leaves_out_is_a_notice_naming_its_proposer(
     ]
     built = chain.commit(*hidden)
     assert built.block.transactions == tuple(hidden)
-    export_file, genesis_file = tmp_path / "chain.ndjson", tmp_path / "genesis.json"
-    export_file.write_bytes(b"".join(export_of(chain)))
-    genesis_file.write_bytes(canonical(chain.genesis_document))
-    result = tanlian("verify", "chain", "--export", export_file, "--genesis", genesis_file)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    lines = verified_lines(chain, tmp_path)
     assert lines[0].startswith("chain verified: height 2, 14 transactions,"), lines
     notice = lines.index(
         "notice: 11 transactions this implementation's proposer leaves out (valid by the SPEC;"
