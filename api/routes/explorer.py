@@ -28,6 +28,7 @@ from api.routes import node_of
 from api.statistics import Totals
 from ledger.errors import LedgerError
 from ledger.limits import JSON_INTEGER_MAX, TEXT_CHARS_MAX
+from ledger.state_transition import project_id_objection
 from ledger.verification import period_not_ended
 
 router = APIRouter(include_in_schema=False)
@@ -357,6 +358,9 @@ def batch(
         "batch.html",
         b=value,
         issued_early=period_not_ended(value["period_end"], value["time"]),
+        # Why this registry's proposer would have left the issuance out (docs/decisions/0004):
+        # a reader cannot see a hidden character, nor tell look-alike letters apart.
+        project_questioned=project_id_objection(value["project_id"]),
         methodology=node.state.get(f"methodology/{value['methodology_id']}"),
         lots=lots,
         cursor=cursor,

@@ -27,6 +27,7 @@ from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import Settings
 from api.statistics import _EVENTS, Statistics
 from consensus.producer import SoloProducer
+from ledger import state_transition
 from ledger.store import Store
 from tests.api.test_cli import TANLIAN, environment
 from tests.factory import GENESIS_TIME, Chain
@@ -757,3 +758,37 @@ async def test_the_dashboard_refuses_months_before_its_window_can_start(live: Li
     html = await live.page("/dashboard?to=0001-12")
     assert "0001-01 – 0001-12" in html
     assert 'href="/dashboard?to=0002-12"' in html
+
+
+async def test_a_batch_whose_project_id_this_proposer_refuses_says_what_is_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch another implementation's proposer committed under `meter-0001` with a Cyrillic
+    `е` (valid by the SPEC, decision 0004): the page cannot show the difference in the id
+    itself, so it says what is in it; a batch whose id reads as it is shows nothing."""
+    chain = Chain()
+    chain.funded()
+    monkeypatch.setattr(state_transition, "_check_project_id", lambda project_id: None)
+    built = chain.commit(chain.issue([(chain.carol, 10)], project_id="m\u0435ter-0001"))
+    assert len(built.block.transactions) == 1
+    store = Store.create(tmp_path, chain.genesis_document)
+    for block in chain.blocks:
+        store.append(block.block, chain.certify(block), block.state)
+    store.close()
+    node = Node(tmp_path, chain.validator)
+    node.start()
+    try:
+        app = create_app(node, Settings(data=tmp_path), manage_node=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            questioned = (await client.get("/batches/B-2")).text
+            plain = (await client.get("/batches/B-1")).text
+    finally:
+        node.stop()
+    assert 'id="project-questioned"' in questioned
+    assert "id with hidden or look-alike characters" in questioned
+    assert (
+        "project_id mixes Latin letters and U+0435 CYRILLIC SMALL LETTER IE (Cyrillic) at 1"
+        in questioned
+    )
+    assert 'id="project-questioned"' not in plain
