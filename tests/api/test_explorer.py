@@ -7,6 +7,7 @@ dashboard's totals agree with the state. The browser's side is tests/api/test_ex
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import sqlite3
@@ -28,6 +29,7 @@ from api.settings import Settings
 from api.statistics import _EVENTS, Statistics
 from consensus.producer import SoloProducer
 from ledger import state_transition
+from ledger.crypto import PrivateKey
 from ledger.store import Store
 from tests.api.test_cli import TANLIAN, environment
 from tests.factory import GENESIS_TIME, Chain
@@ -190,6 +192,20 @@ async def live(city_node: tuple[City, Node, Path]) -> AsyncIterator[Live]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
         yield Live(city, node, client, data)
+
+
+@contextlib.asynccontextmanager
+async def serving(data: Path, key: PrivateKey) -> AsyncIterator[httpx.AsyncClient]:
+    """A node of its own on `data` (started, stopped at the end) and a client of its app."""
+    node = Node(data, key)
+    node.start()
+    try:
+        app = create_app(node, Settings(data=data), manage_node=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            yield client
+    finally:
+        node.stop()
 
 
 def text_of(html: str) -> str:
@@ -736,18 +752,11 @@ async def test_times_past_the_calendars_end_are_shown_not_a_500(tmp_path: Path) 
     result = producer.produce(GENESIS_TIME + 1000)
     assert result is not None and len(result.block.transactions) == 2
     store.close()
-    node = Node(tmp_path, chain.validator)
-    node.start()
-    try:
-        app = create_app(node, Settings(data=tmp_path), manage_node=False)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            for path in ("/programmes", "/programmes/for-ever", "/certifiers"):
-                response = await client.get(path)
-                assert response.status_code == 200, (path, response.text[:300])
-                assert LATEST_TEXT in response.text, path
-    finally:
-        node.stop()
+    async with serving(tmp_path, chain.validator) as client:
+        for path in ("/programmes", "/programmes/for-ever", "/certifiers"):
+            response = await client.get(path)
+            assert response.status_code == 200, (path, response.text[:300])
+            assert LATEST_TEXT in response.text, path
 
 
 async def test_the_dashboard_refuses_months_before_its_window_can_start(live: Live) -> None:
@@ -775,16 +784,9 @@ async def test_a_batch_whose_project_id_this_proposer_refuses_says_what_is_in_it
     for block in chain.blocks:
         store.append(block.block, chain.certify(block), block.state)
     store.close()
-    node = Node(tmp_path, chain.validator)
-    node.start()
-    try:
-        app = create_app(node, Settings(data=tmp_path), manage_node=False)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            questioned = (await client.get("/batches/B-2")).text
-            plain = (await client.get("/batches/B-1")).text
-    finally:
-        node.stop()
+    async with serving(tmp_path, chain.validator) as client:
+        questioned = (await client.get("/batches/B-2")).text
+        plain = (await client.get("/batches/B-1")).text
     assert 'id="project-questioned"' in questioned
     assert "id with hidden or look-alike characters" in questioned
     assert (
