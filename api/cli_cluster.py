@@ -77,23 +77,31 @@ def _key(path: Path) -> PrivateKey:
     return key
 
 
+def checked_genesis(data: Path, names: list[str]) -> Path | None:
+    """`data`'s genesis, checked with each party's key against it, or None when there is
+    none yet. It reads and writes nothing else, so a damaged genesis is the error given
+    whatever else is wrong (a port taken by chance had hidden it, found in CI)."""
+    genesis = data / "genesis.json"
+    if not genesis.exists():
+        return None
+    named = {v.name: v.public_key for v in read_genesis(genesis).validators}
+    if sorted(named) != sorted(names):
+        raise LedgerError(
+            f"{genesis} names validators {sorted(named)}, not {sorted(names)}", code="exists"
+        )
+    for name in names:
+        path = data / name / "validator.pem"
+        if not path.exists() or load_key(path).public_key_hex != named[name]:
+            raise LedgerError(f"{path} is not the key {genesis} names for {name}", code="exists")
+    return genesis
+
+
 def prepare(data: Path, names: list[str]) -> Path:
     """Keys and genesis under `data` (made once; the same on later runs). An existing genesis
     is checked, with each party's key against it, before anything is written."""
-    genesis = data / "genesis.json"
-    if genesis.exists():
-        named = {v.name: v.public_key for v in read_genesis(genesis).validators}
-        if sorted(named) != sorted(names):
-            raise LedgerError(
-                f"{genesis} names validators {sorted(named)}, not {sorted(names)}", code="exists"
-            )
-        for name in names:
-            path = data / name / "validator.pem"
-            if not path.exists() or load_key(path).public_key_hex != named[name]:
-                raise LedgerError(
-                    f"{path} is not the key {genesis} names for {name}", code="exists"
-                )
-        return genesis
+    existing = checked_genesis(data, names)
+    if existing is not None:
+        return existing
     keys = {name: _key(data / name / "validator.pem") for name in names}
     authority = _key(data / "authority.pem")
     document = make_genesis_document(
@@ -106,6 +114,7 @@ def prepare(data: Path, names: list[str]) -> Path:
             Validator(public_key=keys[name].public_key_hex, power=1, name=name) for name in names
         ],
     )
+    genesis = data / "genesis.json"
     write_atomically(genesis, json.dumps(document, indent=2, ensure_ascii=False).encode())
     return genesis
 
@@ -172,6 +181,7 @@ def cluster(
             " validators or more"
         )
     names = party_names(validators)
+    checked_genesis(data, names)  # what is in the directory first, then the ports
     for port in range(base_port, base_port + validators):  # before anything is written
         try:
             close_all(listening_sockets("127.0.0.1", port))  # as each validator will listen

@@ -94,13 +94,19 @@ def test_a_node_with_a_peer_or_a_host_it_cannot_use_says_so(tmp_path: Path) -> N
 
 
 def test_cluster_refuses_a_damaged_genesis_before_it_writes_anything(tmp_path: Path) -> None:
-    for text in ("{bad", "{}", json.dumps({"validators": [{"public_key": "ab"}]})):
-        data = tmp_path / f"cluster-{len(text)}"
-        data.mkdir()
-        (data / "genesis.json").write_text(text)
-        result = tanlian("cluster", "--data", data, "--base-port", free_port())
-        assert_fails_cleanly(result, "not a genesis document")
-        assert sorted(p.name for p in data.iterdir()) == ["genesis.json"]
+    """The genesis is the error given, even when the ports are taken too (CI once gave a port
+    that a parallel test had taken meanwhile, and the cluster named the port)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for text in ("{bad", "{}", json.dumps({"validators": [{"public_key": "ab"}]})):
+            data = tmp_path / f"cluster-{len(text)}"
+            data.mkdir()
+            (data / "genesis.json").write_text(text)
+            result = tanlian("cluster", "--data", data, "--base-port", port)
+            assert_fails_cleanly(result, "not a genesis document")
+            assert sorted(p.name for p in data.iterdir()) == ["genesis.json"]
 
 
 @pytest.fixture(scope="module")
