@@ -16,7 +16,7 @@ SPEC §2.1 limit of 8, so any wrapper would make it undecodable. For the same re
 (the body of `POST /v1/consensus/messages`) is NDJSON, one message per line, at most
 CONSENSUS_MESSAGES_BATCH_MAX lines, each decoded on its own (`decode_batch`). A proposal names
 no signer (SPEC §5.4's fields): its signer is the proposer of its (height, round)
-(`consensus.proposer`), which the receiver computes. Its `valid_round` is -1 in the signed
+(`ledger.proposer`), which the receiver computes. Its `valid_round` is -1 in the signed
 bytes and `null` on the wire, since the strict decoder admits no negative integer
 (docs/decisions/0006).
 
@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from consensus.proposer import compute_proposer
 from ledger import schema as s
 from ledger.blocks import (
     Block,
@@ -63,6 +62,7 @@ from ledger.evidence import (
     verify_signed,
 )
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
+from ledger.proposer import compute_proposer
 
 __all__ = [
     "MESSAGE_CODES",

@@ -43,10 +43,10 @@ from consensus.messages import (
     verify_proposal,
     verify_vote,
 )
-from consensus.proposer import compute_proposer
 from ledger.blocks import Validator, has_quorum
 from ledger.evidence import Evidence, SignedProposal, make_evidence
 from ledger.limits import HEIGHTS_AHEAD_MAX, ROUNDS_AHEAD_MAX
+from ledger.proposer import compute_proposer
 
 PROPOSAL: Final = "proposal"
 PREVOTE: Final = "prevote"

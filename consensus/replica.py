@@ -71,7 +71,10 @@ one. A proposal of the next height is checked once its parent is decided here.
 
 valid(v) is the auditor's rule: `apply_block` on the replica's state accepts v, every
 signature checked through the injected `verify_signatures` (by default right here; a node
-skips what it checked on admission and checks the rest in a worker process). Before it
+skips what it checked on admission and checks the rest in a worker process); and v's header
+names the validator that built it (the round's proposer for a new block, one of a round up
+to `valid_round` for a block proposed again; the audit checks the weaker half, a turn up to
+its certificate's round, `ledger.proposer.had_a_turn`). Before it
 prevotes for or locks on v, the replica also requires v's time to be at most
 BLOCK_TIME_DRIFT_MS_MAX after its own clock (the header's time is already after the parent's);
 deciding (line 49, or a `Decision` message) needs only `apply_block`, so a validator with a
@@ -136,6 +139,7 @@ from ledger.limits import (
     ROUND_TIMEOUT_MS_DELTA,
     ROUND_TIMEOUT_MS_MAX,
 )
+from ledger.proposer import compute_proposer, had_a_turn
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block, check_block_body
 from ledger.transactions import Envelope, check_signatures
@@ -664,14 +668,14 @@ class Replica:
         if self.step == PROPOSE and proposal is not None:
             vr = proposal.valid_round
             if vr == NO_ROUND:  # line 22
-                vote_for = self._is_valid(proposal.block) and (
+                vote_for = self._is_valid(proposal) and (
                     self.locked_round == NO_ROUND or self.locked_hash == proposal.block_hash
                 )
                 self._vote(PREVOTE, proposal.block_hash if vote_for else None)
                 self.step = PREVOTE
                 return True
             if vr < round and held.has_quorum_for(vr, PREVOTE, proposal.block_hash):  # line 28
-                vote_for = self._is_valid(proposal.block) and (
+                vote_for = self._is_valid(proposal) and (
                     self.locked_round <= vr or self.locked_hash == proposal.block_hash
                 )
                 self._vote(PREVOTE, proposal.block_hash if vote_for else None)
@@ -690,7 +694,7 @@ class Replica:
             and proposal is not None
             and round not in self._locked_rounds
             and held.has_quorum_for(round, PREVOTE, proposal.block_hash)
-            and self._is_valid(proposal.block)
+            and self._is_valid(proposal)
         ):  # line 36
             self._locked_rounds.add(round)
             if self.step == PREVOTE:
@@ -768,14 +772,18 @@ class Replica:
                 self._applied[block_hash] = None
         return self._applied[block_hash]
 
-    def _is_valid(self, block: Block) -> bool:
-        """valid(v) for voting: the block applies and its time is not too far ahead of this
-        validator's clock. A validator whose clock is behind by more than the drift therefore
-        votes against every block but its own: it counts as faulty, as in Tendermint's
-        proposer-based timestamps. Taking the parent's time as a floor of the clock would
-        keep it voting, but would let one faulty proposer move the chain's time another
-        drift ahead with each of its blocks (docs/decisions/0006). Such a refusal is counted
-        (`time_refusals`, `time_ahead_ms`), so the operator is told (the node logs it)."""
+    def _is_valid(self, proposal: Proposal) -> bool:
+        """valid(v) for voting: the block names its proposer truly (`_names_its_builder`),
+        applies, and its time is not too far ahead of this validator's clock. A validator
+        whose clock is behind by more than the drift therefore votes against every block but
+        its own: it counts as faulty, as in Tendermint's proposer-based timestamps. Taking
+        the parent's time as a floor of the clock would keep it voting, but would let one
+        faulty proposer move the chain's time another drift ahead with each of its blocks
+        (docs/decisions/0006). Such a refusal is counted (`time_refusals`, `time_ahead_ms`),
+        so the operator is told (the node logs it)."""
+        block = proposal.block
+        if not self._names_its_builder(proposal):
+            return False
         ahead = block.header.time - self._now
         if ahead > self.timeouts.drift_ms:
             if self._time_refused != (block.height, block.header.time):
@@ -784,6 +792,17 @@ class Replica:
                 self.time_ahead_ms = ahead
             return False
         return self._applies(block) is not None
+
+    def _names_its_builder(self, proposal: Proposal) -> bool:
+        """The header's `proposer` is the validator that built the block: this round's
+        proposer for a new block (Algorithm 1 line 15 proposes its own value unless it has
+        a validValue), a proposer of a round up to `valid_round` for one proposed again. A
+        block naming another validator would let the audit ask the wrong validator why it
+        holds what it holds (found by review: a proposer framed another)."""
+        named = proposal.block.header.proposer
+        if proposal.valid_round == NO_ROUND:
+            return named == compute_proposer(self.validators, self.height, proposal.round)
+        return had_a_turn(self.validators, self.height, named, proposal.valid_round)
 
     def _since(self, then: int) -> int:
         """Milliseconds from `then` to now, on the caller's clock; a clock stepped back past

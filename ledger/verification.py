@@ -25,7 +25,9 @@ The steps, in order, for a chain the auditor trusts only through `genesis`:
    `height`.
 5. The line's own certificate commits this block with more than 2/3 of the power of the set
    governing its height: the current set of the state before the block, which the state
-   transition moves on by the H+2 rule of `set_validators` (rule `certificate`).
+   transition moves on by the H+2 rule of `set_validators` (rule `certificate`); and the
+   header's `proposer` had a turn (SPEC §5.4) in some round up to the certificate's, as the
+   validator that built a block decided in that round must have (rule `proposer`).
 6. After the last line the head is reported: height, transactions, both roots, head hash,
    and a notice the SPEC does not make a rule: the issuances that credited a period which had
    not ended at their block's time (`EarlyIssuance`; SPEC §3.3 allows them, and savings not
@@ -65,6 +67,7 @@ from ledger.encoding import decode
 from ledger.errors import FieldError, InvalidBlockError, LedgerError
 from ledger.genesis import Genesis, genesis_state
 from ledger.limits import RETIREMENT_LOTS_MAX
+from ledger.proposer import had_a_turn
 from ledger.receipts import verify_receipt
 from ledger.state import Params, State
 from ledger.state_transition import apply_block, project_id_objection
@@ -365,6 +368,17 @@ def _check_block(state: State, block: Block, certificate: Certificate) -> State:
         )
     except LedgerError as error:  # InvalidProofError, naming the failed check
         raise AuditFailure(height=height, rule="certificate", detail=error.message) from error
+    # The header names the validator that built the block, whose turn came in a round up to
+    # the one that decided it (SPEC §5.4; docs/decisions/0004): a proposer naming another
+    # would have the audit's notices ask the wrong validator (found by review).
+    proposer = block.header.proposer
+    if not had_a_turn(state.current_validators(), height, proposer, certificate.round):
+        raise AuditFailure(
+            height=height,
+            rule="proposer",
+            detail=f"the header names {proposer} as its proposer, whose turn came in no"
+            f" round up to {certificate.round}, the round of its certificate",
+        )
     return after
 
 

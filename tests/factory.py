@@ -16,6 +16,7 @@ from ledger.blocks import Certificate, Validator, sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.evidence import Evidence
 from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_genesis
+from ledger.proposer import compute_proposer
 from ledger.state import State
 from ledger.state_transition import BuiltBlock, apply_block, build_block
 from ledger.transactions import Envelope, Transaction, sign_transaction
@@ -53,7 +54,6 @@ class Chain:
         # Keys that certify blocks: those of the governing set this chain knows (a
         # set_validators may bring in more with `validator_keys`).
         self.validator_keys = {self.validator.public_key_hex: self.validator}
-        self.proposer = self.validator.public_key_hex
         self.certifier = key("certifier")
         self.alice = key("alice")
         self.bob = key("bob")
@@ -119,7 +119,8 @@ class Chain:
             self.state,
             envelopes,
             time=self.time,
-            proposer=self.proposer,
+            # the proposer of round 0, which `certify` signs for: the header names it
+            proposer=compute_proposer(self.state.current_validators(), self.state.height + 1, 0),
             last_commit=self.last_certificate,
             evidence=evidence,
         )

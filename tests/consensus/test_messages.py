@@ -30,13 +30,13 @@ from consensus.messages import (
     verify_proposal,
     verify_vote,
 )
-from consensus.proposer import compute_proposer
 from ledger.blocks import Block, sign_certificate
 from ledger.crypto import PROPOSAL_DOMAIN, verify_signature
 from ledger.encoding import canonical
 from ledger.errors import LedgerError
 from ledger.evidence import vote_bytes
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX
+from ledger.proposer import compute_proposer
 from ledger.state_transition import build_block
 from tests.consensus.simulation.world import World, make_world
 from tests.factory import CHAIN_ID, GENESIS_TIME, key

@@ -21,7 +21,6 @@ import pytest
 
 from consensus.messages import encode_message, sign_proposal, sign_vote
 from consensus.node import BftProducer, message_bytes
-from consensus.proposer import compute_proposer
 from consensus.relay import encode_reference
 from consensus.replica import Timeouts
 from consensus.transport import MemoryNetwork, MemoryTransport
@@ -39,6 +38,7 @@ from ledger.limits import (
     PROPOSAL_TRANSACTIONS_MAX,
 )
 from ledger.merkle import leaf_hash
+from ledger.proposer import compute_proposer
 from ledger.state_transition import build_block
 from ledger.store import DATABASE_FILE, Store
 from ledger.transactions import Envelope, Transaction, sign_transaction

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from consensus.proposer import compute_proposer
 from ledger.blocks import parse_block
 from ledger.crypto import PrivateKey
 from ledger.genesis import parse_genesis
+from ledger.proposer import compute_proposer
 from ledger.transactions import Envelope, Transaction, sign_transaction
 from tests.consensus.test_node import WORLD, document
 from tests.consensus.test_processes import NODES, Consortium, consortium

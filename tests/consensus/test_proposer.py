@@ -7,8 +7,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.proposer import compute_proposer
 from ledger.blocks import Validator
+from ledger.proposer import compute_proposer, had_a_turn
 from tests.factory import key
 
 KEYS = sorted(key(f"proposer-{i}").public_key_hex for i in range(12))
@@ -63,3 +63,28 @@ def test_a_new_round_moves_to_the_next_slot() -> None:
         KEYS[1],
         KEYS[2],
     ]
+
+
+@given(
+    powers=st.lists(st.integers(1, 5), min_size=1, max_size=6),
+    height=st.integers(1, 10**6),
+    round=st.integers(0, 40),
+    who=st.integers(0, 6),
+)
+def test_a_turn_up_to_a_round_is_a_proposer_of_one_of_those_rounds(
+    powers: list[int], height: int, round: int, who: int
+) -> None:
+    """`had_a_turn` (what a header's `proposer` may name once its block is decided in
+    `round`) against the rounds one by one; one outside the set never had one."""
+    members = validators(powers)
+    public_key = KEYS[who]
+    expected = any(compute_proposer(members, height, r) == public_key for r in range(round + 1))
+    assert had_a_turn(members, height, public_key, round) == expected
+
+
+def test_a_turn_takes_at_most_one_cycle_whatever_the_round() -> None:
+    members = validators([1, 2, 1])
+    assert all(had_a_turn(members, 5, KEYS[i], 2**53 - 1) for i in range(3))
+    assert not had_a_turn(members, 5, KEYS[3], 2**53 - 1)
+    first = compute_proposer(members, 5, 0)
+    assert [k for k in KEYS[:3] if had_a_turn(members, 5, k, 0)] == [first]

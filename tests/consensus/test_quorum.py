@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.messages import NO_ROUND, Proposal, Vote, sign_proposal, sign_vote
-from consensus.proposer import compute_proposer
 from consensus.quorum import PRECOMMIT, PREVOTE, Quorum, VoteSet, has_one_third
 from ledger.blocks import Block, Validator
 from ledger.limits import ROUNDS_AHEAD_MAX
+from ledger.proposer import compute_proposer
 from ledger.state_transition import build_block
 from tests.consensus.simulation.world import make_world
 from tests.factory import CHAIN_ID, GENESIS_TIME, key

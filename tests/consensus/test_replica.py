@@ -21,7 +21,6 @@ from consensus.messages import (
     sign_proposal,
     sign_vote,
 )
-from consensus.proposer import compute_proposer
 from consensus.replica import (
     NEW_HEIGHT,
     PROPOSE,
@@ -55,6 +54,7 @@ from ledger.limits import (
     ROUND_TIMEOUT_MS_BASE,
     ROUND_TIMEOUT_MS_DELTA,
 )
+from ledger.proposer import compute_proposer
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
 from ledger.transactions import Envelope, Transaction, sign_transaction
@@ -715,6 +715,31 @@ def test_a_valid_proposal_gets_a_prevote_and_an_invalid_one_nil() -> None:
         ]
 
 
+def test_a_block_whose_header_names_another_proposer_gets_nil() -> None:
+    """Found by review: a proposer could build a block naming another validator as its
+    proposer, and `verify chain`'s notices then asked that validator about its content. A new
+    block must name the round's proposer; one proposed again (line 28) a proposer of a round
+    up to its valid round."""
+    me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(1, 1)))
+    framing = block(builder=proposer(1, 1))  # proposed in round 0, naming round 1's proposer
+    target = replica(me)
+    target.on_start(T0)
+    prevotes = votes_sent(feed(target, [proposal(0, framing)]), "prevote")
+    assert [v.block_hash for v in prevotes] == [None]
+    others = [i for i in range(4) if i != me]
+    for builder, expected in ((proposer(1, 0), True), (proposer(1, 1), False)):
+        value = block(time=T0 + 1, builder=builder)
+        target = replica(me)
+        target.on_start(T0)
+        # A polka for the value in round 0 (its proposal never reached this replica), then
+        # two validators in round 1: the replica skips there (line 55), unlocked.
+        feed(target, [vote(i, "prevote", 0, value.block_hash()) for i in others])
+        feed(target, [vote(i, "prevote", 1, None) for i in others[:2]])
+        assert target.round == 1 and target.locked_round == NO_ROUND
+        prevotes = votes_sent(feed(target, [proposal(1, value, valid_round=0)]), "prevote")
+        assert [v.block_hash for v in prevotes] == [value.block_hash() if expected else None]
+
+
 def test_a_proposal_refused_for_its_time_is_counted_once_with_how_far_ahead() -> None:
     """A validator whose clock is behind by more than the drift votes against every block
     but its own (it counts as faulty, as in proposer-based timestamps: trusting the parent's
@@ -765,7 +790,7 @@ def _to_round_1(target: Replica, me: int) -> list[Effect]:
 
 def test_a_locked_replica_prevotes_nil_for_another_block_even_after_a_restart() -> None:
     me = next(i for i in range(4) if i not in (proposer(1, 0), proposer(1, 1)))
-    locked_value, other_value = block(), block(time=T0 + 1)
+    locked_value, other_value = block(), block(time=T0 + 1, builder=proposer(1, 1))
     target, log = _locked_on(locked_value, me)
     restarted = replica(me, signed=log)
     assert restarted.locked_round == 0 and restarted.locked_hash == locked_value.block_hash()

@@ -332,7 +332,6 @@ def test_evidence_is_verified_against_the_set_that_governed_its_height() -> None
         )
     )  # fmt: skip
     chain.commit()  # height 2, still governed by city
-    chain.proposer = new[0].public_key_hex
     chain.commit()  # height 3, the new set
     state = chain.state
     assert state.recent_validators == (

@@ -294,7 +294,6 @@ def test_blocks_with_evidence_and_the_validator_history_survive_a_reopen(
         )
     )
     chain.commit()
-    chain.proposer = other.public_key_hex
     votes = [
         sign_vote(chain.validator, chain_id=chain.genesis.chain_id, vote_type="precommit",
                   height=2, round=0, block_hash=block_hash)

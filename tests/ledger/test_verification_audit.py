@@ -11,6 +11,7 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -25,8 +26,10 @@ from hypothesis import strategies as st
 from consensus.pool import verify_signatures
 from ledger.blocks import (
     Certificate,
+    Validator,
     compute_evidence_hash,
     compute_validators_hash,
+    parse_block,
     sign_certificate,
 )
 from ledger.crypto import PrivateKey
@@ -36,6 +39,7 @@ from ledger.evidence import Evidence, make_evidence, parse_evidence, sign_vote
 from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_genesis
 from ledger.limits import JSON_DENSE_CHARS_MIN
 from ledger.merkle import EMPTY_ROOT
+from ledger.proposer import compute_proposer
 from ledger.state_transition import BuiltBlock
 from ledger.transactions import Envelope, Transaction, parse_envelope, sign_transaction
 from ledger.verification import (
@@ -507,6 +511,45 @@ def test_the_new_set_does_not_govern_the_height_after_the_change() -> None:
 
 
 # --- lines missing, moved or broken -------------------------------------------------------------
+
+
+def test_a_header_naming_a_validator_whose_turn_had_not_come_fails() -> None:
+    """Found by review: a block's header could name any validator of the set as its
+    proposer, and the audit's notices then asked that one about the block. The named
+    proposer must have had a turn in a round up to the certificate's: taken at the round of
+    its turn, refused at round 0 (the last block, so no later line links to its hash)."""
+    s = scenario()
+    height = s.report.height
+    line = json.loads(s.lines[height])
+    block = parse_block(line["block"], transaction_bytes_max=s.genesis.params.transaction_bytes_max)
+    members = [
+        Validator(public_key=key(name).public_key_hex, power=1, name=name)
+        for name in VALIDATOR_NAMES
+    ]
+    first = compute_proposer(members, height, 0)
+    assert block.header.proposer == first
+    other = compute_proposer(members, height, 1)
+    assert other != first
+    changed = dataclasses.replace(block, header=dataclasses.replace(block.header, proposer=other))
+
+    def export_at(round: int) -> list[bytes]:
+        certificate = sign_certificate(
+            chain_id=CHAIN_ID,
+            height=height,
+            round=round,
+            block_hash=changed.block_hash(),
+            keys=[key(name) for name in VALIDATOR_NAMES],
+        )
+        lines = list(s.lines)
+        lines[height] = canonical(
+            {"block": changed.to_json(), "certificate": certificate.to_json()}
+        )
+        return lines
+
+    failure = expect_failure(export_at(0), height=height, rule="proposer")
+    assert other in failure.message and "up to 0" in failure.message
+    report = audit(export_at(1))
+    assert report.head_hash == changed.block_hash() != s.report.head_hash
 
 
 def test_a_deleted_block_is_named() -> None:

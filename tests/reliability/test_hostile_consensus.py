@@ -55,7 +55,6 @@ from consensus.messages import (
     sign_vote,
 )
 from consensus.node import BftProducer
-from consensus.proposer import compute_proposer
 from consensus.quorum import PRECOMMIT, PREVOTE
 from consensus.relay import REFERENCES_WAITING_MAX, encode_lines, encode_reference
 from consensus.replica import Replica
@@ -63,6 +62,7 @@ from consensus.transport import MESSAGES_PATH, NDJSON, MemoryNetwork
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.crypto import FIELD_P, GROUP_L, PrivateKey
 from ledger.limits import CONSENSUS_MESSAGES_BATCH_MAX, HEIGHTS_AHEAD_MAX, ROUNDS_AHEAD_MAX
+from ledger.proposer import compute_proposer
 from ledger.state_transition import build_block
 from ledger.store import Store
 from tests.consensus.simulation.world import make_world

@@ -10,6 +10,9 @@ and the proposer of (height, round) owns slot `(height + round) mod sum(power)`.
 proposes in proportion to its power; with equal powers (n validators of power p: p layers of
 the whole set) the proposer is validator `(height + round) mod n`, as the SPEC requires.
 Consecutive rounds of a height take consecutive slots.
+
+In the ledger, not in consensus: the auditor checks a block header's `proposer` against the
+turns too (`had_a_turn`).
 """
 
 from __future__ import annotations
@@ -32,3 +35,15 @@ def _slots(powers: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
     """The cycle of slots for validators given as sorted (public_key, power) pairs."""
     layers = max(power for _, power in powers)
     return tuple(key for layer in range(layers) for key, power in powers if power > layer)
+
+
+def had_a_turn(validators: Sequence[Validator], height: int, public_key: str, round: int) -> bool:
+    """Whether `public_key` proposes (height, r) for some round r up to `round`: what a
+    block's header may name as its `proposer` once the block is decided at `round` (it was
+    built in that round, or in an earlier one and proposed again). Bounded by the cycle, so
+    any round costs at most one pass over it."""
+    assert validators and height >= 1 and round >= 0
+    slots = _slots(tuple(sorted((v.public_key, v.power) for v in validators)))
+    return any(
+        slots[(height + r) % len(slots)] == public_key for r in range(min(round + 1, len(slots)))
+    )
