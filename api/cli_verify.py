@@ -365,8 +365,10 @@ def verify_receipt_file(
         fail(f"receipt not verified: {error.message}")
     record = receipt["retirement"]
     header = receipt["checkpoint"]["header"]
-    # Quoted as JSON, the same way whatever the name holds (Python's repr chose its quotes).
-    beneficiary = json.dumps(record["beneficiary"], ensure_ascii=False)
+    # Quoted as JSON, the same way whatever the name holds (Python's repr chose its quotes),
+    # and a character a terminal acts on escaped: a right-to-left override in a beneficiary
+    # had reordered the rest of the line, the chain's name included (found by review).
+    beneficiary = printable(json.dumps(record["beneficiary"], ensure_ascii=False))
     out.print(
         f"receipt verified: retirement {record['retirement_id']}, {record['quantity']} kg CO2e "
         f"of {record['batch_id']} retired by {record['holder']} for {beneficiary} "

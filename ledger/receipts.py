@@ -179,8 +179,12 @@ def _verify(receipt: Any, trusted: str, genesis_hash: str | None, chain_id: str 
         raise _fail("6", "the record names no serials")
     total = 0
     for entry in serials:
-        if not (isinstance(entry, list) and len(entry) == 2):
-            raise _fail("6", "a serial range is not [first, last]")
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(type(serial) is int for serial in entry)  # not bool (found by review)
+        ):
+            raise _fail("6", "a serial range is not [first, last] integers")
         first, last = entry
         lot = proven.get(f"lot/{record['batch_id']}/{first}")
         if not isinstance(lot, dict) or lot.get("status") != "retired":

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from ledger.genesis import parse_genesis
-from ledger.store import DATABASE_FILE
+from ledger.store import DATABASE_FILE, Store
 from tests.api.test_cli import assert_fails_cleanly, tanlian
+from tests.factory import Chain
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,33 @@ def test_error_messages_quoting_markup_are_printed_as_they_are(tmp_path: Path) -
             tmp_path / "genesis.json",
         )
         assert_fails_cleanly(result, chain_id)
+
+
+def test_a_beneficiarys_bidirectional_controls_are_printed_escaped(tmp_path: Path) -> None:
+    """Found by review: the success line printed a beneficiary's right-to-left override as
+    it was, which reorders the rest of the line on a terminal that honours it, the chain's
+    name included."""
+    chain = Chain()
+    chain.funded()
+    beneficiary = "Alice \u202e(fake text)\u202c"
+    retire = chain.tx(
+        chain.alice,
+        "retire",
+        {"batch_id": "B-1", "quantity": 5, "beneficiary": beneficiary, "purpose": "voluntary"},
+    )
+    chain.commit(retire)
+    data = tmp_path / "data"
+    store = Store.create(data, chain.genesis_document)
+    try:
+        for built in chain.blocks:
+            store.append(built.block, chain.certify(built), built.state)
+    finally:
+        store.close()
+    genesis = tmp_path / "genesis.json"
+    genesis.write_text(json.dumps(chain.genesis_document))
+    receipt = tmp_path / "receipt.json"
+    write_receipt(data, retire.tx_id, receipt)
+    checked = tanlian("verify", "receipt", receipt, "--genesis", genesis)
+    assert checked.returncode == 0, checked.stderr
+    assert "\u202e" not in checked.stdout and "\u202c" not in checked.stdout
+    assert 'for "Alice \\u202e(fake text)\\u202c" (voluntary)' in checked.stdout

@@ -1252,6 +1252,15 @@ def test_step_6_refuses_a_certified_state_that_does_not_back_the_record(
             "the lots hold 50 units",
         ),
         "record without serials": ({record_key: {**record, "serials": []}}, "names no serials"),
+        # Found by review: these reached `last - first + 1` (a TypeError, or True - True + 1).
+        "record serials as strings": (
+            {record_key: {**record, "serials": [[str(a), str(b)] for a, b in record["serials"]]}},
+            "not [first, last] integers",
+        ),
+        "record serials as booleans": (
+            {record_key: {**record, "serials": [[True, True]]}},
+            "not [first, last] integers",
+        ),
         "record absent": ({record_key: None}, "does not hold this retirement record"),
     }
     for name, (changes, message) in cases.items():
