@@ -53,6 +53,7 @@ GROWTH_WAIT_S = 30  # the simulation adds a block about every second
 class RunningNode:
     url: str
     data: Path
+    pid: int
 
     @property
     def genesis_file(self) -> Path:
@@ -98,7 +99,7 @@ def running_dev_node(directory: Path, *, simulate: bool) -> Iterator[RunningNode
                 pass
             assert time.monotonic() < deadline, f"no answer from {url} in {NODE_WAIT_S} s"
             time.sleep(0.1)
-        yield RunningNode(url=url, data=data)
+        yield RunningNode(url=url, data=data, pid=process.pid)
     finally:
         _stop(process)
     assert "Traceback" not in (directory / "dev.err").read_text()
