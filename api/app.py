@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Mount
 
 from api.admission import RETRY_AFTER_SECONDS, Admission, BodyBudget
 from api.explorer import ASSETS_URL, STATIC, Explorer, is_page
@@ -309,6 +310,16 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
     ):
         app.include_router(router)
     app.mount(ASSETS_URL, AssetFiles(directory=STATIC), name="assets")
+    # The docs' own assets too: FastAPIOffline mounts plain StaticFiles, which answered a bad
+    # Range in plain text (found by review).
+    for index, route in enumerate(app.router.routes):
+        if (
+            isinstance(route, Mount)
+            and route.path == DOCS_ASSETS_URL
+            and type(route.app) is StaticFiles
+        ):
+            docs_assets = AssetFiles(directory=route.app.directory)
+            app.router.routes[index] = Mount(route.path, docs_assets, name=route.name)
 
     # The explorer's paths answer their errors as HTML pages of the same problem (the same
     # code and status); the machine interfaces keep RFC 9457 JSON.
