@@ -32,4 +32,8 @@ def decode_cursor(cursor: str | None, fields: dict[str, type]) -> dict[str, Any]
     for name, kind in fields.items():
         if not isinstance(position[name], kind) or isinstance(position[name], bool):
             raise LedgerError("cursor is not one this node gave out", code="invalid_field")
+    # One spelling a position: the one `encode_cursor` gives (padded, other JSON spacing or
+    # escapes of it were taken as the same cursor, found by review).
+    if encode_cursor(position) != cursor:
+        raise LedgerError("cursor is not one this node gave out", code="invalid_field")
     return position

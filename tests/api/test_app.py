@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -475,6 +476,13 @@ async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:
         response = await client.get(f"/v1/blocks?cursor={cursor}")
         assert response.status_code == 422, (cursor, response.text)
         assert response.json()["code"] == "invalid_field"
+    # One spelling a cursor (found by review: padded or respaced ones were taken as the same).
+    given = encode_cursor({"before": 5})
+    assert (await client.get(f"/v1/blocks?cursor={given}")).status_code == 200
+    spaced = base64.urlsafe_b64encode(b'{"before": 5}').decode().rstrip("=")
+    for other in (f"{given}=", f"{given}==", f"{given}%3D", spaced):
+        assert other != given
+        assert_problem(await client.get(f"/v1/blocks?cursor={other}"), 422, "invalid_field")
     assert_problem(await client.get(f"/v1/accounts/{'cd' * 32}"), 404, "not_found")
     assert_problem(await client.get("/v1/batches/B-9"), 404, "not_found")
     assert_problem(await client.get("/v1/batches/B-01"), 422, "invalid_field")

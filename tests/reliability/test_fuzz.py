@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.cli_verify import parse_checkpoint
-from api.cursors import decode_cursor
+from api.cursors import decode_cursor, encode_cursor
 from api.node import Node
 from consensus.messages import decode_batch, decode_message, encode_batch
 from ledger.blocks import parse_block, parse_certificate, parse_header
@@ -217,9 +217,11 @@ def test_the_receipt_verifier_refuses_every_mutation_it_cannot_prove(
 @given(cursor=st.text(max_size=80) | st.none())
 def test_a_cursor_keeps_its_contract(cursor: str | None) -> None:
     try:
-        decode_cursor(cursor, {"before": int})
+        position = decode_cursor(cursor, {"before": int})
     except LedgerError as error:
         assert error.code == "invalid_field"
+    else:  # what is taken is the one spelling this node gives out
+        assert position is None or encode_cursor(position) == cursor
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
