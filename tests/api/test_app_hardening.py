@@ -4,6 +4,7 @@ operation has examples for its parameters and body and declares its problem resp
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -131,6 +132,26 @@ async def test_a_submission_declared_as_another_media_type_is_415_and_admits_not
         f"the body is declared {kind!r}; send it as application/json (content-type header)"
     )
     assert running.outcome(envelope.tx_id) is None
+
+
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "identity, deflate", "br"])
+async def test_a_submission_in_a_content_coding_is_415_and_admits_nothing(
+    client: httpx.AsyncClient, node: tuple[Chain, Node], coding: str
+) -> None:
+    """Found by review: a gzipped body was answered "invalid UTF-8 at byte 1", and a plain
+    one labelled gzip was taken. Either way the node now names the header, and only what is
+    sent unencoded (or labelled identity) is read."""
+    chain, running = node
+    envelope = chain.create_program()
+    for body in (gzip.compress(envelope.leaf), envelope.leaf):
+        headers = {"content-type": "application/json", "content-encoding": coding}
+        answer = await client.post("/v1/transactions", content=body, headers=headers)
+        problem = assert_problem(answer, 415, "unsupported_media_type")
+        assert "content coding" in problem["detail"] and "content-encoding" in problem["detail"]
+        assert running.outcome(envelope.tx_id) is None
+    headers = {"content-type": "application/json", "content-encoding": "identity"}
+    answer = await client.post("/v1/transactions", content=envelope.leaf, headers=headers)
+    assert answer.status_code == 202, answer.text
 
 
 @pytest.mark.parametrize(
