@@ -14,7 +14,8 @@ auditor checks an export (ledger.verification), line by line, in order:
 3. its block is of the next height: no gap, repetition or reordering (rule `height`);
 4. its certificate commits the block with more than 2/3 of the power of the set governing its
    height: the current set of the state before it, which the state transition moves on by the
-   H+2 rule of `set_validators` (rule `certificate`);
+   H+2 rule of `set_validators` (rule `certificate`); and the header's proposer had a turn
+   in a round up to the certificate's (rule `proposer`, `ledger.proposer.had_a_turn`);
 5. every transaction signature verifies (rule `bad_signature`, through an injected batch
    verifier) and the block applies to the state before it (`apply_block`: hash links,
    `last_commit`, every transaction rule, `log_size`, `log_root`, `state_root`; the rule is
@@ -95,6 +96,7 @@ from ledger.limits import (
     SYNC_RETRY_MS_MAX,
     SYNC_RETRY_MS_MIN,
 )
+from ledger.proposer import proposer_objection
 from ledger.state import State
 from ledger.state_transition import apply_block
 from ledger.verification import (
@@ -183,6 +185,14 @@ def verify_lines(
             )
         except InvalidMessage as error:
             raise SyncRefused(height=height, rule="certificate", detail=error.message) from error
+        objection = proposer_objection(
+            state.current_validators(),
+            height,
+            decision.block.header.proposer,
+            decision.certificate.round,
+        )
+        if objection is not None:  # as the audit has it
+            raise SyncRefused(height=height, rule="proposer", detail=objection)
         state = _replay(state, decision.block, verify_signatures)  # step 5
         yield decision, state
 

@@ -37,13 +37,33 @@ def _slots(powers: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
     return tuple(key for layer in range(layers) for key, power in powers if power > layer)
 
 
+def first_turn(validators: Sequence[Validator], height: int, public_key: str) -> int | None:
+    """The first round of `height` that `public_key` proposes, or None if it never does (not
+    in the set). Within one cycle of slots: a round past it repeats an earlier one."""
+    assert validators and height >= 1
+    slots = _slots(tuple(sorted((v.public_key, v.power) for v in validators)))
+    return next(
+        (r for r in range(len(slots)) if slots[(height + r) % len(slots)] == public_key), None
+    )
+
+
 def had_a_turn(validators: Sequence[Validator], height: int, public_key: str, round: int) -> bool:
     """Whether `public_key` proposes (height, r) for some round r up to `round`: what a
     block's header may name as its `proposer` once the block is decided at `round` (it was
-    built in that round, or in an earlier one and proposed again). Bounded by the cycle, so
-    any round costs at most one pass over it."""
-    assert validators and height >= 1 and round >= 0
-    slots = _slots(tuple(sorted((v.public_key, v.power) for v in validators)))
-    return any(
-        slots[(height + r) % len(slots)] == public_key for r in range(min(round + 1, len(slots)))
+    built in that round, or in an earlier one and proposed again)."""
+    assert round >= 0
+    first = first_turn(validators, height, public_key)
+    return first is not None and first <= round
+
+
+def proposer_objection(
+    validators: Sequence[Validator], height: int, proposer: str, round: int
+) -> str | None:
+    """Why a block of `height` decided at `round` may not name `proposer` in its header (no
+    turn of it up to that round), or None: the audit's rule `proposer`, and block sync's."""
+    if had_a_turn(validators, height, proposer, round):
+        return None
+    return (
+        f"the header names {proposer} as its proposer, whose turn came in no round up to"
+        f" {round}, the round of its certificate"
     )

@@ -67,7 +67,7 @@ from ledger.encoding import decode
 from ledger.errors import FieldError, InvalidBlockError, LedgerError
 from ledger.genesis import Genesis, genesis_state
 from ledger.limits import RETIREMENT_LOTS_MAX
-from ledger.proposer import had_a_turn
+from ledger.proposer import proposer_objection
 from ledger.receipts import verify_receipt
 from ledger.state import Params, State
 from ledger.state_transition import apply_block, project_id_objection
@@ -371,14 +371,11 @@ def _check_block(state: State, block: Block, certificate: Certificate) -> State:
     # The header names the validator that built the block, whose turn came in a round up to
     # the one that decided it (SPEC §5.4; docs/decisions/0004): a proposer naming another
     # would have the audit's notices ask the wrong validator (found by review).
-    proposer = block.header.proposer
-    if not had_a_turn(state.current_validators(), height, proposer, certificate.round):
-        raise AuditFailure(
-            height=height,
-            rule="proposer",
-            detail=f"the header names {proposer} as its proposer, whose turn came in no"
-            f" round up to {certificate.round}, the round of its certificate",
-        )
+    objection = proposer_objection(
+        state.current_validators(), height, block.header.proposer, certificate.round
+    )
+    if objection is not None:
+        raise AuditFailure(height=height, rule="proposer", detail=objection)
     return after
 
 

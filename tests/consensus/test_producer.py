@@ -21,6 +21,7 @@ from ledger.genesis import genesis_state, make_genesis_document
 from ledger.state_transition import apply_block
 from ledger.store import Store
 from ledger.transactions import Envelope, Signature
+from ledger.verification import audit_chain
 from tests.factory import CHAIN_ID, GENESIS_TIME, Chain, key
 
 PROGRAM = "zibo-green-home"
@@ -332,6 +333,31 @@ def test_refuses_a_chain_with_more_than_one_validator(tmp_path: Path, chain: Cha
         assert raised.value.code == "not_a_validator"
     finally:
         store.close()
+
+
+def test_after_giving_others_power_the_validator_certifies_at_its_own_turn(
+    producer: SoloProducer, store: Store, chain: Chain
+) -> None:
+    """Found by review: a single validator that keeps more than 2/3 of a set it changed goes
+    on alone, as before; its certificates said round 0 also in another member's turn, so
+    `verify chain` failed the chain it wrote (rule proposer). Each block is now certified at
+    the round of the validator's own turn, which the absent member's lets pass."""
+    centre = key("validator-centre")
+    weighted = [
+        {"public_key": chain.validator.public_key_hex, "power": 3, "name": "city"},
+        {"public_key": centre.public_key_hex, "power": 1, "name": "centre"},
+    ]
+    producer.submit([chain.authority_tx("set_validators", {"validators": weighted})])
+    now = T1
+    produced(producer, now)
+    rounds = []
+    for number in range(1, 9):  # heights 2-9: the new set governs from 3, a cycle of 4
+        now += 1000
+        producer.submit([chain.create_program(f"programme-{number}")])
+        rounds.append(produced(producer, now).certificate.round)
+    assert 1 in rounds and set(rounds) <= {0, 1}  # the centre's turn came and passed
+    report = audit_chain(chain.genesis, list(store.export_lines()))
+    assert report.height == 9
 
 
 def test_a_copy_signed_by_another_key_is_answered_and_forgotten(

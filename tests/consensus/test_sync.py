@@ -219,6 +219,53 @@ def test_verify_lines_checks_the_h_plus_2_rule_across_a_validator_change() -> No
     assert refused.value.rule == "certificate" and refused.value.height == CHANGE_AT + 2
 
 
+def test_verify_lines_refuses_a_header_naming_a_proposer_whose_turn_had_not_come() -> None:
+    """As the audit does (rule `proposer`): a block certified in round 0 must name round 0's
+    proposer; the same block certified in the other validator's round 1 is taken."""
+    chain = Chain()
+    centre = key("validator-centre")
+    chain.validator_keys[centre.public_key_hex] = centre
+    members = [chain.validator, centre]
+    chain.commit(
+        chain.authority_tx(
+            "set_validators",
+            {"validators": [
+                {"public_key": k.public_key_hex, "power": 1, "name": f"member {i}"}
+                for i, k in enumerate(members)
+            ]},
+        )
+    )  # fmt: skip
+    chain.commit()  # height 2, still the city alone; the two govern height 3
+    made = chain.build([])
+    named = made.block.header.proposer
+    other = next(k for k in members if k.public_key_hex != named)
+    block = dataclasses.replace(
+        made.block, header=dataclasses.replace(made.block.header, proposer=other.public_key_hex)
+    )
+    lines = [
+        line_of(built.block, chain.certify(built)) for built in chain.blocks
+    ]  # heights 1 and 2
+
+    def verified(round: int) -> list[Any]:
+        certificate = sign_certificate(
+            chain_id=CHAIN_ID, height=3, round=round, block_hash=block.block_hash(), keys=members
+        )
+        return list(
+            verify_lines(
+                genesis_state(chain.genesis),
+                [canonical(chain.genesis_document) + b"\n", *lines, line_of(block, certificate)],
+                last=3,
+                genesis_hash=chain.genesis.genesis_hash(),
+                line_bytes_max=1 << 20,
+            )
+        )
+
+    with pytest.raises(SyncRefused) as refused:
+        verified(0)
+    assert refused.value.rule == "proposer" and refused.value.height == 3
+    assert verified(1)[-1][1].head_hash == block.block_hash()
+
+
 def verify(state: State, lines: list[bytes], *, last: int, limit: int = 1 << 20) -> Any:
     chain = built()
     return verify_lines(

@@ -58,6 +58,7 @@ from ledger.evidence import (
 )
 from ledger.genesis import genesis_state
 from ledger.merkle import EMPTY_ROOT, compute_root, leaf_hash, node_hash
+from ledger.proposer import compute_proposer
 from ledger.state import State
 from ledger.state_transition import BuiltBlock, apply_block, build_block
 from ledger.state_tree import EMPTY_HASH, StateTree, compute_leaf_hash, key_hash, value_hash
@@ -665,7 +666,7 @@ def evidence_vectors(scenario: Scenario) -> dict[str, JSON]:
         state,
         [],
         time=chain.time + 1000,
-        proposer=chain.validator.public_key_hex,
+        proposer=compute_proposer(state.current_validators(), state.height + 1, 0),
         last_commit=scenario.certificates[-1],
         evidence=included,
     )
@@ -693,7 +694,7 @@ def evidence_vectors(scenario: Scenario) -> dict[str, JSON]:
             state,
             [],
             time=chain.time + 1000,
-            proposer=chain.validator.public_key_hex,
+            proposer=compute_proposer(state.current_validators(), state.height + 1, 0),
             last_commit=scenario.certificates[-1],
             evidence=(piece,),
         )
