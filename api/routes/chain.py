@@ -7,13 +7,15 @@ import logging
 from collections.abc import Callable, Generator, Iterator
 from typing import Annotated, Any, Final
 
+import anyio
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from api import schemas
-from api.node import Node
-from api.problems import problem_body, problem_responses
+from api.admission import RETRY_AFTER_SECONDS
+from api.node import EXPORTS_AT_ONCE_MAX, Node
+from api.problems import problem, problem_body, problem_responses
 from api.routes import example, node_of
 from ledger.encoding import canonical
 from ledger.errors import LedgerError, StoreError
@@ -34,6 +36,9 @@ HEIGHT = Annotated[
     ),
 ]
 NDJSON: Final = "application/x-ndjson"
+# The longest an export waits for its client to take the next part: a client reading a
+# block line of 80 MB at 1.4 MB/s (~11 Mbit/s) takes it within this.
+EXPORT_STALL_SECONDS: Final = 60.0
 
 
 @router.get(
@@ -151,7 +156,7 @@ def export(
             openapi_examples=example(10, "Up to height 10"),
         ),
     ] = None,
-) -> StreamingResponse:
+) -> Response:
     if to_height is not None and to_height < from_height:  # as the consistency route has it
         raise LedgerError(
             f"no blocks from height {from_height} to {to_height}: to_height is below from_height",
@@ -164,12 +169,23 @@ def export(
             code="not_found",
         )
     last = head if to_height is None else min(to_height, head)
-    store = Store.open(node.data)  # its own connection: the stream outlives this thread
+    if not node.exports.acquire(blocking=False):
+        return problem(
+            "overloaded",
+            f"{EXPORTS_AT_ONCE_MAX} exports are being streamed already, the most at once",
+            {"retry-after": str(RETRY_AFTER_SECONDS)},
+        )
+    try:
+        store = Store.open(node.data)  # its own connection: the stream outlives this thread
+    except BaseException:
+        node.exports.release()
+        raise
     produced = store.export_lines(from_height, last)
     try:  # the genesis and the first block before answering: a corrupt one is a 503
         first = list(itertools.islice(produced, 2))
     except BaseException:
         store.close()
+        node.exports.release()
         raise
 
     def lines() -> Generator[bytes]:
@@ -187,26 +203,47 @@ def export(
     stream = lines()
 
     def end() -> None:
-        stream.close()  # its `finally`, if it began
-        store.close()  # and if it never began (a HEAD)
+        try:
+            stream.close()  # its `finally`, if it began
+            store.close()  # and if it never began (a HEAD)
+        finally:
+            node.exports.release()
 
-    return ClosingStream(stream, media_type=NDJSON, on_end=end)
+    return ClosingStream(stream, media_type=NDJSON, on_end=end, stall_seconds=EXPORT_STALL_SECONDS)
 
 
 class ClosingStream(StreamingResponse):
     """A streamed answer that releases what it reads from when the answer ends, however it
-    ends: sent whole, stopped after its head (a HEAD), or the client gone. Left to the
-    generator's own `finally`, a stream never begun or abandoned kept its store connection
-    (two file descriptors) until a cyclic garbage collection, which a node makes rare: HEAD
-    requests in a loop ran a node out of descriptors (found by review). Starlette's thread
+    ends: sent whole, stopped after its head (a HEAD), the client gone, or the client taking
+    nothing for `stall_seconds`. Left to the generator's own `finally`, a stream never begun
+    or abandoned kept its store connection (two file descriptors) until a cyclic garbage
+    collection, which a node makes rare: HEAD requests in a loop ran a node out of
+    descriptors (found by review). A client that stops reading keeps its connection open and
+    its stream's turn (`Node.exports`): past `stall_seconds` the stream ends unfinished, the
+    connection is closed without the chunked body's end (the client sees a cut answer, never
+    a shorter chain; uvicorn logs one line), and the turn comes back. Starlette's thread
     running the generator is awaited before this returns, so `on_end` never races it."""
 
-    def __init__(self, content: Iterator[bytes], *, media_type: str, on_end: Callable[[], None]):
+    def __init__(
+        self,
+        content: Iterator[bytes],
+        *,
+        media_type: str,
+        on_end: Callable[[], None],
+        stall_seconds: float,
+    ) -> None:
         super().__init__(content, media_type=media_type)
         self._on_end = on_end
+        self._stall_seconds = stall_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            with anyio.fail_after(self._stall_seconds):
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded)
+        except TimeoutError:
+            log.warning("an export stopped: its client took nothing for %ss", self._stall_seconds)
         finally:
             self._on_end()

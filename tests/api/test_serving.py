@@ -29,6 +29,7 @@ from starlette.responses import StreamingResponse
 
 from api.app import HeadAsGet
 from api.problems import PROBLEM_MEDIA_TYPE
+from api.routes.chain import ClosingStream
 from api.serving import FILES_RESERVE, server_config
 from api.settings import CONNECTIONS_MAX as CONNECTIONS_MAX_DEFAULT
 from api.settings import Settings
@@ -556,6 +557,44 @@ def test_a_range_on_an_asset_is_ignored_rather_than_refused_in_plain_text(
         assert whole.status_code == ranged.status_code == 200, ranged.text
         assert ranged.content == whole.content and len(whole.content) > 1000
         assert "content-range" not in ranged.headers
+
+
+def test_a_stream_its_client_stops_reading_ends_cut_and_gives_back_what_it_held(
+    tmp_path: Path,
+) -> None:
+    """An export whose client takes nothing for its stall bound ends: what it held is given
+    back (its store, its turn) and the connection closes without the chunked body's last
+    chunk, so the client cannot take what it had for a whole (shorter) chain."""
+    ended: list[float] = []
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            yield b"x" * 65536 + b"\n"
+
+    async def exporting(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await tiny_app(scope, receive, send)
+            return
+        stream = ClosingStream(
+            chunks(),
+            media_type="application/x-ndjson",
+            on_end=lambda: ended.append(time.monotonic()),
+            stall_seconds=0.5,
+        )
+        await stream(scope, receive, send)
+
+    settings = Settings(data=tmp_path, port=free_port())
+    with serving(settings, "httptools", HeadAsGet(exporting)) as where, connect(where) as client:
+        client.sendall(b"GET /v1/export HTTP/1.1\r\nhost: node\r\n\r\n")
+        started = time.monotonic()
+        while not ended and time.monotonic() - started < ANSWER_WAIT_SECONDS:
+            time.sleep(0.05)  # reading nothing
+        assert ended and ended[0] - started >= 0.5
+        received = b""
+        while chunk := client.recv(1 << 20):  # what was in flight, then the close
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200") and len(received) > 65536
+        assert not received.endswith(b"0\r\n\r\n")  # cut, not ended
 
 
 def test_a_head_of_a_streamed_answer_makes_no_body(tmp_path: Path) -> None:
