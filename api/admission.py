@@ -28,6 +28,7 @@ own limits are the ones that tell them apart.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,3 +168,49 @@ class Admission:
 
     def queue_for(self, body_bytes: int) -> FairQueue:
         return self.large if body_bytes >= SMALL_BODY_BYTES else self.small
+
+
+class StreamTurns:
+    """Answers streamed at once (`GET /v1/export`): at most `total_max` in all and
+    `per_client_max` for one client address, taken without waiting and given back when the
+    answer ends. Each holds a store connection (two file descriptors) for as long as its
+    client reads: without a bound, clients that read nothing ran a node out of descriptors,
+    and with one bound alone, 32 connections of one client kept every export, block sync's
+    included, from everybody else (both found by review). Used from request threads."""
+
+    def __init__(self, *, total_max: int, per_client_max: int) -> None:
+        self.total_max = total_max
+        self.per_client_max = per_client_max
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> Refused | None:
+        """A turn for `client`, or the refusal: `too_many_requests` for a client holding
+        its share, `overloaded` when every turn is taken."""
+        with self._lock:
+            mine = self._held.get(client, 0)
+            if mine >= self.per_client_max:
+                return Refused(
+                    "too_many_requests",
+                    f"{mine} exports to {client} are being streamed already, at most"
+                    f" {self.per_client_max} at once",
+                )
+            if sum(self._held.values()) >= self.total_max:
+                return Refused(
+                    "overloaded",
+                    f"{self.total_max} exports are being streamed already, the most at once",
+                )
+            self._held[client] = mine + 1
+            return None
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            left = self._held[client] - 1
+            if left:
+                self._held[client] = left
+            else:
+                del self._held[client]
+
+    def held(self) -> int:
+        with self._lock:
+            return sum(self._held.values())

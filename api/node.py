@@ -29,6 +29,7 @@ from typing import Final, TypeVar
 
 import anyio
 
+from api.admission import StreamTurns
 from api.console import write_atomically
 from api.follow import ApiSource, Forwarder
 from api.intake import IntakeWorker
@@ -79,11 +80,10 @@ WRITE_RETRY_SECONDS: Final = 0.2
 WRITE_ATTEMPTS_MAX: Final = 3
 COMMIT_WAIT_SECONDS_MAX: Final = 30.0  # the longest a submitter may wait for its commit
 COMMITTED_IDS_MIN: Final = 1 << 20  # transaction ids the filter holds before it grows
-# Exports streamed at once: each holds a store connection (two file descriptors) for as long
-# as its client takes to read, so without a bound clients that read nothing ran the node out
-# of descriptors (found by review). 2 x 32 fit in api.serving's FILES_RESERVE beside the
-# request threads' readers.
+# Exports streamed at once (`api.admission.StreamTurns`): 2 x 32 file descriptors fit in
+# api.serving's FILES_RESERVE beside the request threads' readers.
 EXPORTS_AT_ONCE_MAX: Final = 32
+EXPORTS_PER_CLIENT_MAX: Final = 4
 
 
 class _CommittedIds:
@@ -210,7 +210,9 @@ class Node:
         self._opened_lock = threading.Lock()
         # A stream's turn (`GET /v1/export`), taken without waiting and given back when its
         # answer ends, however it ends.
-        self.exports = threading.BoundedSemaphore(EXPORTS_AT_ONCE_MAX)
+        self.exports = StreamTurns(
+            total_max=EXPORTS_AT_ONCE_MAX, per_client_max=EXPORTS_PER_CLIENT_MAX
+        )
         self._committed = threading.Condition()
         # Event loops' futures waiting for the next block (`wait_for_commit_async`)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []

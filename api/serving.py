@@ -94,7 +94,12 @@ class HeadBound(asyncio.Protocol):
         it runs)."""
         requests = len(self.tasks) - 1
         if self.open_connections() < self.connections_max and requests < self.connections_max:
-            await self._served_app(scope, receive, send)
+            try:
+                await self._served_app(scope, receive, send)
+            finally:
+                # This request's own cycle: `send` is its bound method (`self.cycle` may be
+                # a pipelined request's already).
+                self._drop_if_cut(getattr(send, "__self__", None))
             return
         detail = (
             f"{self.open_connections()} connections open and {requests} requests in flight "
@@ -102,6 +107,20 @@ class HeadBound(asyncio.Protocol):
         )
         headers = {"connection": "close", "retry-after": str(RETRY_AFTER_SECONDS)}
         await problem("overloaded", detail, headers)(scope, receive, send)
+
+    def _drop_if_cut(self, cycle: Any) -> None:
+        """An answer the application began and did not finish (a stream its client took too
+        slowly, `api.routes.chain.ClosingStream`) drops the connection at once. uvicorn then
+        closes it, but a close waits for the unsent bytes to drain, which a client that reads
+        nothing never lets happen: the socket stayed open, counted in `connections_max`
+        (found by review)."""
+        if (
+            cycle is not None
+            and cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+        ):
+            cycle.transport.abort()
 
     def is_between_requests(self) -> bool:
         """True when no request of this connection is being answered."""

@@ -8,13 +8,13 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Annotated, Any, Final
 
 import anyio
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api import schemas
 from api.admission import RETRY_AFTER_SECONDS
-from api.node import EXPORTS_AT_ONCE_MAX, Node
+from api.node import Node
 from api.problems import problem, problem_body, problem_responses
 from api.routes import example, node_of
 from ledger.encoding import canonical
@@ -36,9 +36,11 @@ HEIGHT = Annotated[
     ),
 ]
 NDJSON: Final = "application/x-ndjson"
-# The longest an export waits for its client to take the next part: a client reading a
-# block line of 80 MB at 1.4 MB/s (~11 Mbit/s) takes it within this.
-EXPORT_STALL_SECONDS: Final = 60.0
+# An export's pace (`ClosingStream`): its client takes the stream at 64 KiB a second (0.5
+# Mbit/s) on average after a minute's grace, or the stream ends. What `tanlian verify` asks
+# of a node is gentler (64 KiB every 30 s): a node serves many, an auditor reads one.
+EXPORT_GRACE_SECONDS: Final = 60.0
+EXPORT_PACE_BYTES_MIN: Final = 64 * 1024
 
 
 @router.get(
@@ -136,6 +138,7 @@ def block(height: HEIGHT, node: Annotated[Node, Depends(node_of)]) -> dict[str, 
     },
 )
 def export(
+    request: Request,
     node: Annotated[Node, Depends(node_of)],
     from_height: Annotated[
         int,
@@ -169,23 +172,21 @@ def export(
             code="not_found",
         )
     last = head if to_height is None else min(to_height, head)
-    if not node.exports.acquire(blocking=False):
-        return problem(
-            "overloaded",
-            f"{EXPORTS_AT_ONCE_MAX} exports are being streamed already, the most at once",
-            {"retry-after": str(RETRY_AFTER_SECONDS)},
-        )
+    client = request.client.host if request.client is not None else "unknown"
+    refused = node.exports.take(client)
+    if refused is not None:
+        return problem(refused.code, refused.detail, {"retry-after": str(RETRY_AFTER_SECONDS)})
     try:
         store = Store.open(node.data)  # its own connection: the stream outlives this thread
     except BaseException:
-        node.exports.release()
+        node.exports.give_back(client)
         raise
     produced = store.export_lines(from_height, last)
     try:  # the genesis and the first block before answering: a corrupt one is a 503
         first = list(itertools.islice(produced, 2))
     except BaseException:
         store.close()
-        node.exports.release()
+        node.exports.give_back(client)
         raise
 
     def lines() -> Generator[bytes]:
@@ -207,22 +208,37 @@ def export(
             stream.close()  # its `finally`, if it began
             store.close()  # and if it never began (a HEAD)
         finally:
-            node.exports.release()
+            node.exports.give_back(client)
 
-    return ClosingStream(stream, media_type=NDJSON, on_end=end, stall_seconds=EXPORT_STALL_SECONDS)
+    return ClosingStream(
+        stream,
+        media_type=NDJSON,
+        on_end=end,
+        grace_seconds=EXPORT_GRACE_SECONDS,
+        pace_bytes_min=EXPORT_PACE_BYTES_MIN,
+    )
+
+
+class _Slow(Exception):
+    """The client fell behind the stream's pace (not an OSError, which Starlette's ASGI 2.4
+    path would take for the client being gone)."""
 
 
 class ClosingStream(StreamingResponse):
     """A streamed answer that releases what it reads from when the answer ends, however it
     ends: sent whole, stopped after its head (a HEAD), the client gone, or the client taking
-    nothing for `stall_seconds`. Left to the generator's own `finally`, a stream never begun
-    or abandoned kept its store connection (two file descriptors) until a cyclic garbage
-    collection, which a node makes rare: HEAD requests in a loop ran a node out of
-    descriptors (found by review). A client that stops reading keeps its connection open and
-    its stream's turn (`Node.exports`): past `stall_seconds` the stream ends unfinished, the
-    connection is closed without the chunked body's end (the client sees a cut answer, never
-    a shorter chain; uvicorn logs one line), and the turn comes back. Starlette's thread
-    running the generator is awaited before this returns, so `on_end` never races it."""
+    it too slowly. Left to the generator's own `finally`, a stream never begun or abandoned
+    kept its store connection (two file descriptors) until a cyclic garbage collection, which
+    a node makes rare: HEAD requests in a loop ran a node out of descriptors (found by
+    review). Starlette's thread running the generator is awaited before this returns, so
+    `on_end` never races it.
+
+    The pace: by `grace_seconds` after it began, plus one second for every `pace_bytes_min`
+    bytes sent so far, the client must have taken all but the last of them (uvicorn's `send`
+    waits for the part before to drain). A client that falls behind has its stream ended
+    unfinished; `api.serving.HeadBound` then drops the connection (the client sees a cut
+    answer, never a shorter chain) and the turn comes back. A client that stops reading, or
+    reads a trickle, cannot keep a stream's turn for ever (found by review)."""
 
     def __init__(
         self,
@@ -230,20 +246,38 @@ class ClosingStream(StreamingResponse):
         *,
         media_type: str,
         on_end: Callable[[], None],
-        stall_seconds: float,
+        grace_seconds: float,
+        pace_bytes_min: int,
     ) -> None:
         super().__init__(content, media_type=media_type)
         self._on_end = on_end
-        self._stall_seconds = stall_seconds
+        self._grace_seconds = grace_seconds
+        self._pace_bytes_min = pace_bytes_min
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def bounded(message: Message) -> None:
-            with anyio.fail_after(self._stall_seconds):
-                await send(message)
+        began = anyio.current_time()
+        sent = 0
+
+        async def paced(message: Message) -> None:
+            nonlocal sent
+            due = began + self._grace_seconds + sent / self._pace_bytes_min
+            sent += len(message.get("body", b""))
+            try:
+                with anyio.fail_after(max(due - anyio.current_time(), 0.0)):
+                    await send(message)
+            except TimeoutError:
+                raise _Slow from None
 
         try:
-            await super().__call__(scope, receive, bounded)
-        except TimeoutError:
-            log.warning("an export stopped: its client took nothing for %ss", self._stall_seconds)
+            await super().__call__(scope, receive, paced)
+        except _Slow:
+            log.warning(
+                "an export stopped: its client took %d bytes in %.0f s, slower than %d bytes a"
+                " second after the first %.0f s",
+                sent,
+                anyio.current_time() - began,
+                self._pace_bytes_min,
+                self._grace_seconds,
+            )
         finally:
             self._on_end()

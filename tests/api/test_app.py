@@ -16,7 +16,7 @@ import pytest
 from api import reads
 from api.app import create_app
 from api.cursors import encode_cursor
-from api.node import EXPORTS_AT_ONCE_MAX, Node
+from api.node import EXPORTS_AT_ONCE_MAX, EXPORTS_PER_CLIENT_MAX, Node
 from api.problems import PROBLEM_MEDIA_TYPE, STATUS
 from api.routes.transactions import in_nonce_order
 from api.settings import Settings
@@ -472,26 +472,35 @@ async def test_recorded_evidence_is_served_proven_and_counted(tmp_path: Path) ->
 
 async def test_exports_at_once_are_bounded_and_each_gives_its_turn_back(live: Live) -> None:
     """Found by review: each export holds a store connection (two file descriptors) while its
-    client reads, so clients that read nothing could run the node out of descriptors. At most
-    EXPORTS_AT_ONCE_MAX stream at once; one more is told to come back, and every answer,
-    read whole, refused or a HEAD, gives its turn back."""
+    client reads, so clients that read nothing could run the node out of descriptors; and
+    with one bound alone, one client's connections could keep every export from everybody.
+    At most EXPORTS_PER_CLIENT_MAX for one address and EXPORTS_AT_ONCE_MAX in all stream at
+    once; one more is told to come back, and every answer, read whole, refused or a HEAD,
+    gives its turn back."""
     await funded(live)
-    taken = 0
-    while live.node.exports.acquire(blocking=False):  # as many streams as the bound
-        taken += 1
-    assert taken == EXPORTS_AT_ONCE_MAX
+    turns, here = live.node.exports, "127.0.0.1"  # the address httpx's ASGI transport gives
+    for _ in range(EXPORTS_PER_CLIENT_MAX):
+        assert turns.take(here) is None
+    refused = await live.client.get("/v1/export")
+    problem = assert_problem(refused, 429, "too_many_requests")
+    assert refused.headers["retry-after"] and here in problem["detail"]
+    for _ in range(EXPORTS_PER_CLIENT_MAX):
+        turns.give_back(here)
+    others = [f"10.0.0.{i}" for i in range(EXPORTS_AT_ONCE_MAX)]
+    for other in others:
+        assert turns.take(other) is None
     refused = await live.client.get("/v1/export")
     problem = assert_problem(refused, 503, "overloaded")
     assert refused.headers["retry-after"] and str(EXPORTS_AT_ONCE_MAX) in problem["detail"]
-    live.node.exports.release()
+    turns.give_back(others.pop())
     for method in ("GET", "HEAD", "GET"):
         answer = await live.client.request(method, "/v1/export")
         assert answer.status_code == 200
-    assert not (await live.client.get("/v1/export?from_height=99")).is_success  # 404: no turn
-    assert live.node.exports.acquire(blocking=False)  # the one turn came back each time
-    assert not live.node.exports.acquire(blocking=False)
-    for _ in range(EXPORTS_AT_ONCE_MAX):
-        live.node.exports.release()
+    assert (await live.client.get("/v1/export?from_height=99")).status_code == 404  # no turn
+    assert turns.held() == EXPORTS_AT_ONCE_MAX - 1  # each answer gave its turn back
+    for other in others:
+        turns.give_back(other)
+    assert turns.held() == 0
 
 
 async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:

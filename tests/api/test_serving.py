@@ -268,11 +268,18 @@ async def tiny_app(scope: Scope, receive: Any, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, parser: str, app: Any = tiny_app) -> Iterator[tuple[str, int]]:
+def serving(
+    settings: Settings,
+    parser: str,
+    app: Any = tiny_app,
+    servers: list[uvicorn.Server] | None = None,
+) -> Iterator[tuple[str, int]]:
     """`server_config(settings)` serving `app` with `parser`, in a thread, until the block
-    ends."""
+    ends; the server is appended to `servers` when given."""
     config = server_config(app, settings, parser)
     server = uvicorn.Server(config)
+    if servers is not None:
+        servers.append(server)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     try:
@@ -559,12 +566,15 @@ def test_a_range_on_an_asset_is_ignored_rather_than_refused_in_plain_text(
         assert "content-range" not in ranged.headers
 
 
-def test_a_stream_its_client_stops_reading_ends_cut_and_gives_back_what_it_held(
+def test_a_stream_its_client_stops_reading_is_dropped_and_gives_back_what_it_held(
     tmp_path: Path,
 ) -> None:
-    """An export whose client takes nothing for its stall bound ends: what it held is given
-    back (its store, its turn) and the connection closes without the chunked body's last
-    chunk, so the client cannot take what it had for a whole (shorter) chain."""
+    """Found by review: an export whose client reads nothing kept its turn for ever, and then
+    its connection (a close waits for the unsent bytes to drain). Past its grace and pace the
+    stream ends, gives back what it held (its store, its turn), and the connection is
+    dropped at once, no longer counted; the client gets what the kernel had taken and then
+    the end, never the chunked body's last chunk, so it cannot take what it had for a whole,
+    shorter chain."""
     ended: list[float] = []
 
     def chunks() -> Iterator[bytes]:
@@ -579,22 +589,30 @@ def test_a_stream_its_client_stops_reading_ends_cut_and_gives_back_what_it_held(
             chunks(),
             media_type="application/x-ndjson",
             on_end=lambda: ended.append(time.monotonic()),
-            stall_seconds=0.5,
+            grace_seconds=0.5,
+            pace_bytes_min=1 << 30,  # past the grace, nothing more is the client's due
         )
         await stream(scope, receive, send)
 
     settings = Settings(data=tmp_path, port=free_port())
-    with serving(settings, "httptools", HeadAsGet(exporting)) as where, connect(where) as client:
+    servers: list[uvicorn.Server] = []
+    with (
+        serving(settings, "httptools", HeadAsGet(exporting), servers) as where,
+        connect(where) as client,
+    ):
         client.sendall(b"GET /v1/export HTTP/1.1\r\nhost: node\r\n\r\n")
         started = time.monotonic()
         while not ended and time.monotonic() - started < ANSWER_WAIT_SECONDS:
             time.sleep(0.05)  # reading nothing
         assert ended and ended[0] - started >= 0.5
+        (server,) = servers
+        while server.server_state.connections and time.monotonic() - started < 5:
+            time.sleep(0.05)  # still reading nothing
+        assert not server.server_state.connections  # dropped: not open, not counted
         received = b""
-        while chunk := client.recv(1 << 20):  # what was in flight, then the close
+        while chunk := client.recv(1 << 20):  # what the kernel had taken, then the end
             received += chunk
-        assert received.startswith(b"HTTP/1.1 200") and len(received) > 65536
-        assert not received.endswith(b"0\r\n\r\n")  # cut, not ended
+        assert received.startswith(b"HTTP/1.1 200") and not received.endswith(b"0\r\n\r\n")
 
 
 def test_a_head_of_a_streamed_answer_makes_no_body(tmp_path: Path) -> None:
