@@ -10,6 +10,7 @@ Every key is derived from a name, so runs are reproducible and golden vectors ar
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from ledger.blocks import Certificate, Validator, sign_certificate
@@ -19,6 +20,7 @@ from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_
 from ledger.proposer import compute_proposer
 from ledger.state import State
 from ledger.state_transition import BuiltBlock, apply_block, build_block
+from ledger.store import Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 
 CHAIN_ID = "zibo-test"
@@ -107,6 +109,16 @@ class Chain:
     def authority_tx(self, kind: str, payload: dict[str, Any]) -> Envelope:
         return self.tx(self.authority_keys[:2], kind, payload, signer=self.authority_id)
 
+    def set_validators(self, members: list[PrivateKey], name: str = "validator") -> Envelope:
+        """The authority's `set_validators` of `members`, power 1 each, named `name i`; their
+        keys are kept to certify the heights they will govern."""
+        self.validator_keys.update({k.public_key_hex: k for k in members})
+        validators = [
+            {"public_key": k.public_key_hex, "power": 1, "name": f"{name} {i}"}
+            for i, k in enumerate(members)
+        ]
+        return self.authority_tx("set_validators", {"validators": validators})
+
     def build(
         self,
         envelopes: list[Envelope],
@@ -160,6 +172,16 @@ class Chain:
         self.last_certificate = self.certify(built)
         self.blocks.append(built)
         return built
+
+    def write_store(self, directory: Path) -> None:
+        """A node's store in `directory` holding every block committed so far, each with
+        its certificate (as a node that produced them would have it)."""
+        store = Store.create(directory, self.genesis_document)
+        try:
+            for built in self.blocks:
+                store.append(built.block, self.certify(built), built.state)
+        finally:
+            store.close()
 
     # --- common set-ups -----------------------------------------------------------------------
 

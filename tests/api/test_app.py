@@ -437,12 +437,7 @@ async def test_recorded_evidence_is_served_proven_and_counted(tmp_path: Path) ->
     ]  # fmt: skip
     evidence = make_evidence(*votes)
     carrying = chain.commit(evidence=(evidence,))
-    store = Store.create(tmp_path, chain.genesis_document)
-    try:
-        for built in chain.blocks:
-            store.append(built.block, chain.certify(built), built.state)
-    finally:
-        store.close()
+    chain.write_store(tmp_path)
     running = Node(tmp_path, city)
     running.start()
     try:

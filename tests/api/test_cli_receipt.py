@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ledger.genesis import parse_genesis
-from ledger.store import DATABASE_FILE, Store
+from ledger.store import DATABASE_FILE
 from tests.api.test_cli import assert_fails_cleanly, tanlian
 from tests.factory import Chain
 
@@ -174,12 +174,7 @@ def test_a_beneficiarys_bidirectional_controls_are_printed_escaped(tmp_path: Pat
     )
     chain.commit(retire)
     data = tmp_path / "data"
-    store = Store.create(data, chain.genesis_document)
-    try:
-        for built in chain.blocks:
-            store.append(built.block, chain.certify(built), built.state)
-    finally:
-        store.close()
+    chain.write_store(data)
     genesis = tmp_path / "genesis.json"
     genesis.write_text(json.dumps(chain.genesis_document))
     receipt = tmp_path / "receipt.json"

@@ -321,16 +321,7 @@ def test_evidence_is_verified_against_the_set_that_governed_its_height() -> None
     Evidence of height 2 names city, never a new one; of height 3 a new one, never city."""
     chain = Chain()
     new = [key(f"new-validator-{i}") for i in range(3)]
-    chain.validator_keys.update({k.public_key_hex: k for k in new})
-    chain.commit(
-        chain.authority_tx(
-            "set_validators",
-            {"validators": [
-                {"public_key": k.public_key_hex, "power": 1, "name": f"new {i}"}
-                for i, k in enumerate(new)
-            ]},
-        )
-    )  # fmt: skip
+    chain.commit(chain.set_validators(new, name="new"))
     chain.commit()  # height 2, still governed by city
     chain.commit()  # height 3, the new set
     state = chain.state

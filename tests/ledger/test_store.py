@@ -269,15 +269,6 @@ def test_read_block_and_certificate_round_trip(produced: Produced) -> None:
         store.close()
 
 
-def _store_chain(chain: Chain, directory: Path) -> None:
-    store = Store.create(directory, chain.genesis_document)
-    try:
-        for built in chain.blocks:
-            store.append(built.block, chain.certify(built), built.state)
-    finally:
-        store.close()
-
-
 def test_blocks_with_evidence_and_the_validator_history_survive_a_reopen(
     tmp_path: Path,
 ) -> None:
@@ -301,7 +292,7 @@ def test_blocks_with_evidence_and_the_validator_history_survive_a_reopen(
     ]  # fmt: skip
     with_evidence = chain.commit(evidence=(make_evidence(*votes),))
     assert with_evidence.block.evidence and len(chain.state.recent_validators) == 2
-    _store_chain(chain, tmp_path)
+    chain.write_store(tmp_path)
     store = Store.open(tmp_path)
     try:
         assert store.read_block(3) == with_evidence.block
