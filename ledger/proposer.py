@@ -17,6 +17,7 @@ turns too (`had_a_turn`).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -37,14 +38,28 @@ def _slots(powers: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
     return tuple(key for layer in range(layers) for key, power in powers if power > layer)
 
 
+@lru_cache(maxsize=4)
+def _positions(slots: tuple[str, ...]) -> dict[str, list[int]]:
+    """Each key's slots in the cycle, in order."""
+    positions: dict[str, list[int]] = {}
+    for index, key in enumerate(slots):
+        positions.setdefault(key, []).append(index)
+    return positions
+
+
 def first_turn(validators: Sequence[Validator], height: int, public_key: str) -> int | None:
     """The first round of `height` that `public_key` proposes, or None if it never does (not
-    in the set). Within one cycle of slots: a round past it repeats an earlier one."""
+    in the set): its first slot from the height's, round 0's, going round the cycle (a
+    round past one cycle repeats an earlier one). A lookup, whatever the cycle's length."""
     assert validators and height >= 1
     slots = _slots(tuple(sorted((v.public_key, v.power) for v in validators)))
-    return next(
-        (r for r in range(len(slots)) if slots[(height + r) % len(slots)] == public_key), None
-    )
+    mine = _positions(slots).get(public_key)
+    if mine is None:
+        return None
+    start = height % len(slots)
+    after = bisect.bisect_left(mine, start)
+    slot = mine[after] if after < len(mine) else mine[0] + len(slots)
+    return slot - start
 
 
 def had_a_turn(validators: Sequence[Validator], height: int, public_key: str, round: int) -> bool:
