@@ -261,8 +261,8 @@ def proposer_notices(block: Block, after: State) -> Iterator[ProposerNotice]:
     """The transactions of `block` (applied: `after` is the state it produced) that this
     implementation's proposer leaves out, in block order: an issuance whose project id
     hides characters or mixes look-alike scripts (`project_id_objection`), a retirement of
-    more than
-    RETIREMENT_LOTS_MAX lots (its receipt, a state proof a lot, is one no verifier reads)."""
+    more than RETIREMENT_LOTS_MAX lots (its receipt, a state proof a lot, is one no verifier
+    reads)."""
     for envelope in block.transactions:
         reason = None
         if envelope.tx.type == "issue":

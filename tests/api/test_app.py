@@ -28,6 +28,7 @@ from ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ledger.state_tree import verify_state_proof
 from ledger.store import Store
 from ledger.verification import audit_chain, verify_receipt
+from tests.api.test_explorer import serving
 from tests.factory import Chain, key
 
 pytestmark = pytest.mark.anyio
@@ -438,31 +439,24 @@ async def test_recorded_evidence_is_served_proven_and_counted(tmp_path: Path) ->
     evidence = make_evidence(*votes)
     carrying = chain.commit(evidence=(evidence,))
     chain.write_store(tmp_path)
-    running = Node(tmp_path, city)
-    running.start()
-    try:
-        app = create_app(running, Settings(data=tmp_path), manage_node=False)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            block = (await client.get("/v1/blocks/2")).json()["block"]
-            assert block["evidence"] == [evidence.to_json()]
-            answer = await client.get(
-                "/v1/proofs/state", params={"key": f"evidence/{city.public_key_hex}/1"}
-            )
-            assert answer.status_code == 200, answer.text
-            proven = answer.json()
-            root = bytes.fromhex(proven["checkpoint"]["header"]["state_root"])
-            verify_state_proof(proof=proven["proof"], root=root)
-            assert proven["proof"]["value"] == carrying.state.get(evidence.state_key())
-            assert proven["proof"]["value"]["evidence"] == evidence.to_json()
-            absent = await client.get(
-                "/v1/proofs/state", params={"key": f"evidence/{city.public_key_hex}/2"}
-            )
-            assert absent.json()["proof"]["value"] is None
-            stats = (await client.get("/v1/stats")).json()
-            assert stats["evidence"] == {city.public_key_hex: 1}
-    finally:
-        running.stop()
+    async with serving(tmp_path, city) as client:
+        block = (await client.get("/v1/blocks/2")).json()["block"]
+        assert block["evidence"] == [evidence.to_json()]
+        answer = await client.get(
+            "/v1/proofs/state", params={"key": f"evidence/{city.public_key_hex}/1"}
+        )
+        assert answer.status_code == 200, answer.text
+        proven = answer.json()
+        root = bytes.fromhex(proven["checkpoint"]["header"]["state_root"])
+        verify_state_proof(proof=proven["proof"], root=root)
+        assert proven["proof"]["value"] == carrying.state.get(evidence.state_key())
+        assert proven["proof"]["value"]["evidence"] == evidence.to_json()
+        absent = await client.get(
+            "/v1/proofs/state", params={"key": f"evidence/{city.public_key_hex}/2"}
+        )
+        assert absent.json()["proof"]["value"] is None
+        stats = (await client.get("/v1/stats")).json()
+        assert stats["evidence"] == {city.public_key_hex: 1}
 
 
 async def test_exports_at_once_are_bounded_and_each_gives_its_turn_back(live: Live) -> None:
