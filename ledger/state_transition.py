@@ -501,6 +501,16 @@ def _retire(ctx: _Context) -> None:
 # Characters that change no glyph, or none a reader can rely on: format (zero-width, bidi
 # controls, BOM), private use, unassigned, and line or paragraph separators.
 _INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Zl", "Zp"})
+# Those Unicode says a reader never sees though their categories are others' (the combining
+# grapheme joiner, variation selectors, Hangul fillers, which count as Hangul letters), and
+# the blank Braille pattern, a symbol drawn as nothing (found by review: each credited
+# `meter-0001` again).
+_INVISIBLE: Final = regex.compile(r"[\p{Default_Ignorable_Code_Point}\u2800]")
+# Dashes drawn as the hyphen-minus `-` of most ids (NFKC keeps them: they are not
+# compatibility forms).
+_DASHES: Final = frozenset(
+    "\u02d7\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\u2796\u2e3a\u2e3b\ufe58"
+)
 # Letters that look alike across scripts (Latin `e`, Cyrillic `е`, Greek `ε`, Cherokee `Ꭼ`,
 # mathematical `𝐞`...), told apart by Unicode's Script_Extensions property (the `regex`
 # library's table): `_letter_script`.
@@ -579,26 +589,40 @@ def project_id_objection(project_id: str) -> str | None:
     SPEC §3.3 keys "the same meter period can never be credited twice" on the id's exact
     text, and review credited one meter's January five times under `meter-0001` followed by
     a zero-width space, a word joiner or a BOM, or preceded by a right-to-left override.
-    Refused: such characters, spaces other than U+0020, a space at either end, text not in
-    Unicode NFC (an accented letter typed two ways), and letters of look-alike scripts mixed
+    Refused: such characters and others drawn as nothing (a variation selector, a Hangul
+    filler), dashes drawn as `-`, spaces other than U+0020, a space at either end, text not
+    in Unicode NFKC (an accented letter typed two ways, a fullwidth or mathematical digit for
+    a digit), and letters of look-alike scripts mixed
     (`meter-0001` with a Cyrillic `е`, `_mixed_scripts`; an id wholly in one script, or Han
     with Latin, is taken). The auditor reports a committed one
     (`ledger.verification.proposer_notices`). The answers follow the Unicode version of
     Python's `unicodedata` and of `regex`: a letter newer than them is unassigned here."""
     for position, char in enumerate(project_id):
         category = unicodedata.category(char)
-        if category in _INVISIBLE_CATEGORIES or (category == "Zs" and char != " "):
+        if (
+            category in _INVISIBLE_CATEGORIES
+            or (category == "Zs" and char != " ")
+            or _INVISIBLE.match(char)
+        ):
             return (
                 f"project_id holds U+{ord(char):04X} ({unicodedata.name(char, category)}) at"
                 f" {position}: an id another could not tell from one without it"
+            )
+        if char in _DASHES:
+            return (
+                f"project_id holds U+{ord(char):04X} ({unicodedata.name(char)}) at"
+                f" {position}: a dash another could not tell from '-'"
             )
     mixed = _mixed_scripts(project_id)
     if mixed is not None:
         return mixed
     if project_id != project_id.strip(" "):
         return "project_id begins or ends with a space"
-    if not unicodedata.is_normalized("NFC", project_id):
-        return "project_id is not in Unicode NFC: the same text can be written otherwise"
+    if not unicodedata.is_normalized("NFKC", project_id):
+        return (
+            "project_id is not in Unicode NFKC: the same text can be written otherwise"
+            f" ({unicodedata.normalize('NFKC', project_id)[:80]!r})"
+        )
     return None
 
 

@@ -882,6 +882,17 @@ def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
         "M\u13acTER-0001",  # Cherokee Ꭼ
         "carb\u0585n-01",  # Armenian օ
         "\U0001d426eter-0001",  # mathematical bold m
+        # found by a later review: drawn as nothing, though not format characters
+        "meter-0001\u034f",  # combining grapheme joiner
+        "meter-0001\ufe0f",  # variation selector 16
+        "meter-0001\U000e0100",  # variation selector 17
+        "\u3164meter-0001",  # Hangul filler, a Hangul letter beside Latin ones
+        "meter-0001\u2800",  # blank Braille pattern
+        # ... or as another character of the id
+        "meter\u20100001",  # hyphen
+        "meter\u22120001",  # minus sign
+        "meter-\U0001d7e2\U0001d7e2\U0001d7e2\U0001d7e3",  # mathematical sans-serif digits
+        "meter-\uff10\uff10\uff10\uff11",  # fullwidth digits
     ],
 )
 def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
