@@ -367,9 +367,17 @@ def create_app(node: Node, settings: Settings, *, manage_node: bool = True) -> F
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
+        # Starlette runs this handler outside every middleware, `SecurityHeaders` included:
+        # its headers are set here (found by review: the 500 page had none).
         log.exception("internal error on %s", request.url.path)
-        if is_page(request.url.path):
-            return pages.error(request, "internal_error", "internal error")
-        return problem("internal_error", "internal error")
+        page = is_page(request.url.path)
+        response = (
+            pages.error(request, "internal_error", "internal error")
+            if page
+            else problem("internal_error", "internal error")
+        )
+        for name, value in (NOSNIFF, *(PAGE_HEADERS if page else ())):
+            response.headers[name.decode()] = value.decode()
+        return response
 
     return app

@@ -322,6 +322,36 @@ def test_each_parser_bounds_heads_and_idle_connections(parser: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_whole_head_over_its_byte_limit_in_one_read_is_answered_413(
+    parser: str, tmp_path: Path
+) -> None:
+    """Found by review: a head that ended within one read was never counted (100 KB of
+    headers in one write were answered 200; a URL over 64 KiB got llhttp's 400)."""
+    settings = Settings(data=tmp_path, port=free_port())
+    limit = settings.request_head_bytes_max
+    large_header = b"GET /healthz HTTP/1.1\r\nhost: node\r\nx-big: " + b"z" * limit + b"\r\n\r\n"
+    long_url = b"GET /healthz?" + b"q" * 70_000 + b" HTTP/1.1\r\nhost: node\r\n\r\n"
+    # Within the bound, with a body larger than it in the same read: only the head counts
+    # (`tiny_app` answers "ok" to anything).
+    body = b"[" + b" " * (2 * limit) + b"]"
+    within = (
+        b"POST /v1/transactions HTTP/1.1\r\nhost: node\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nx-pad: " % len(body) + b"p" * (limit - 200) + b"\r\n\r\n" + body
+    )
+    with serving(settings, parser) as where:
+        for head in (large_header, long_url):
+            with connect(where) as client:
+                client.sendall(head)
+                status, headers, answer = read_answer(client)
+                assert is_closed(client)
+            assert (status, headers["x-content-type-options"]) == (413, "nosniff")
+            assert json.loads(answer)["detail"] == f"request heads are at most {limit} bytes"
+        with connect(where) as client:
+            client.sendall(within)
+            assert read_answer(client)[:3:2] == (200, b"ok")
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
 def test_connections_max_closes_the_longest_waiting_head_first(parser: str, tmp_path: Path) -> None:
     settings = Settings(data=tmp_path, port=free_port(), connections_max=3)
     with serving(settings, parser) as where, connect(where) as oldest, connect(where) as older:
