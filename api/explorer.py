@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 import threading
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ STATIC: Final = PACKAGE / "static"
 ASSETS_URL: Final = "/assets"
 TARGETS_FILE: Final = "programme-targets.json"
 TARGETS_FILE_BYTES_MAX: Final = 1024 * 1024
+HIDDEN_SHOWN_MAX: Final = 5  # invisible characters named after a free text
 # The calendar ends in the year 9999, a signed time may be any integer up to 2^53 - 1 ms (the
 # year 287396: a programme "valid until for ever"), and such a time had made every page that
 # shows it fail (found by review). Later times are shown as this, from a day before the end,
@@ -132,6 +134,28 @@ def is_page(path: str) -> bool:
     return meant != "/v1" and not meant.startswith(MACHINE_PATHS)
 
 
+def free_text(value: str | None) -> Markup:
+    """Text anyone may write into the ledger (a beneficiary, a memo, a reason, a name),
+    isolated from the page's own text around it (`<bdi>`): a right-to-left override at a
+    beneficiary's end reversed the purpose label and programme link the page put after it
+    (found by review). The format characters it holds (bidirectional controls, zero-width
+    ones) are named after it: the text cannot show them, and a search for what it seems to
+    say finds nothing."""
+    if value is None:
+        return Markup("")
+    hidden = sorted({f"U+{ord(char):04X}" for char in value if unicodedata.category(char) == "Cf"})
+    html = Markup("<bdi>{}</bdi>").format(value)
+    if hidden:
+        shown = ", ".join(hidden[:HIDDEN_SHOWN_MAX]) + (
+            " …" if len(hidden) > HIDDEN_SHOWN_MAX else ""
+        )
+        html += Markup(
+            ' <span class="hint">(<span lang="zh-CN">含不可见字符</span>'
+            " holds invisible characters: {})</span>"
+        ).format(shown)
+    return html
+
+
 def embed_json(value: Any) -> Markup:
     """JSON for a `<script type="application/json">`: `<`, `>` and `&` escaped as \\u00XX, so
     no text inside can close the element; JSON parsers read the escapes back unchanged."""
@@ -187,6 +211,7 @@ class Explorer:
             short=_short,
             number=lambda value: f"{value:,}",
             embed_json=embed_json,
+            free=free_text,
         )
         self.env.globals.update(
             TYPE_LABELS=TYPE_LABELS,

@@ -25,7 +25,7 @@ from api.node import Node
 from api.settings import Settings
 from ledger.errors import LedgerError, printable
 
-_DECIMAL: Final = re.compile(r"[0-9]{1,16}\Z")
+_DECIMAL: Final = re.compile(r"(?:0|[1-9][0-9]{0,15})\Z")
 
 
 def _is_integer(annotation: Any) -> bool:
@@ -44,7 +44,8 @@ async def strict_url(request: Request) -> None:
       `value == null` took its own key for absent;
     - an integer parameter is decimal digits and nothing else: pydantic also reads `1_0`,
       `+1`, ` 1` and `1.0`, so one block had many spellings (`/v1/blocks/1_0` answered
-      block 10). A validator on the type would do it, but FastAPI then writes the bounds
+      block 10), and `0001` answered block 1 (leading zeros are refused as the explorer
+      refuses them). A validator on the type would do it, but FastAPI then writes the bounds
       into the OpenAPI document under pydantic's names (`ge`), not JSON Schema's;
     - a query parameter of the route given twice is refused: Starlette keeps the last, so
       `?limit=10&limit=500` was answered as 500 wherever a client or proxy added the other."""
@@ -68,7 +69,8 @@ async def strict_url(request: Request) -> None:
         for where, name, values in found:
             if any(not _DECIMAL.match(value) for value in values):
                 raise LedgerError(
-                    f"{where}.{name}: must be an integer in decimal digits", code="invalid_field"
+                    f"{where}.{name}: must be an integer in decimal digits, no leading zero",
+                    code="invalid_field",
                 )
     for what, raw in (("path", scope.get("raw_path") or b""), ("query", scope["query_string"])):
         try:

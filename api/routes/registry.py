@@ -24,6 +24,10 @@ from api.settings import LIST_LIMIT_MAX
 router = APIRouter(prefix="/v1", tags=["registry"])
 
 HEX64 = r"^[0-9a-f]{64}$"
+# A filter that no id could match is refused, as the explorer's pages refuse it (found by
+# review: `?methodology_id=Household%20Electricity` answered an empty page, a typo read as
+# "nothing there").
+SLUG = r"^[a-z0-9][a-z0-9-]{1,62}$"
 ACCOUNT = Annotated[
     str,
     Path(
@@ -116,7 +120,10 @@ def batches(
     node: Annotated[Node, Depends(node_of)],
     methodology_id: Annotated[
         str | None,
-        Query(max_length=63, openapi_examples=example("household-electricity", "A methodology")),
+        Query(
+            pattern=SLUG,
+            openapi_examples=example("household-electricity", "A methodology"),
+        ),
     ] = None,
     certifier: Annotated[
         str | None,
@@ -158,13 +165,14 @@ def retirements(
     beneficiary: Annotated[
         str | None,
         Query(
+            min_length=1,
             max_length=200,
             openapi_examples=example("Household 560fbf3d, Zhangdian", "A beneficiary"),
         ),
     ] = None,
     program_id: Annotated[
         str | None,
-        Query(max_length=63, openapi_examples=example("zibo-green-home", "A programme")),
+        Query(pattern=SLUG, openapi_examples=example("zibo-green-home", "A programme")),
     ] = None,
     limit: LIMIT = 20,
     cursor: RETIREMENT_CURSOR = None,

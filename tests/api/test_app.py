@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -679,3 +680,17 @@ async def test_a_page_of_blocks_is_bounded_by_its_transactions_too(
     monkeypatch.setattr(reads, "BLOCKS_PAGE_TRANSACTIONS_MAX", 0)
     page = (await live.client.get("/v1/blocks?limit=10")).json()
     assert [item["block"]["header"]["height"] for item in page["items"]] == [head]
+
+
+async def test_the_explorer_of_a_chain_with_no_block_yet_links_to_no_block_0(
+    live: Live,
+) -> None:
+    """Found by review: every page's header linked its height, `/blocks/0`, which answers
+    400, until a new registry's first block."""
+    assert live.node.state.height == 0
+    for path in ("/", "/blocks", "/dashboard"):
+        page = await live.client.get(path)
+        assert page.status_code == 200
+        assert 'href="/blocks/0"' not in page.text
+        for height in re.findall(r'href="/blocks/([0-9]+)"', page.text):
+            assert (await live.client.get(f"/blocks/{height}")).status_code == 200

@@ -459,6 +459,23 @@ async def test_percent_escapes_that_are_not_utf8_are_refused(
     assert "not UTF-8" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/batches?methodology_id=Household%20Electricity",
+        "/v1/retirements?program_id=ZIBO_GREEN",
+        "/v1/retirements?beneficiary=",
+    ],
+)
+async def test_a_filter_no_item_could_match_is_refused(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """Found by review: each answered 200 with an empty page, a client's typo read as
+    "nothing there", where the explorer's pages refuse the same filters."""
+    body = assert_problem(await client.get(path), 422, "invalid_field")
+    assert "query." in body["detail"]
+
+
 async def test_a_valid_escape_is_still_read(client: httpx.AsyncClient) -> None:
     answer = await client.get("/v1/retirements?beneficiary=%E7%A2%B3%20Alice")
     assert answer.status_code == 200 and answer.json()["items"] == []
@@ -475,6 +492,8 @@ async def test_a_valid_escape_is_still_read(client: httpx.AsyncClient) -> None:
         "/v1/blocks?limit=1_0",
         "/v1/proofs/consistency?from_height=0x1",
         "/v1/export?from_height=1e0",
+        "/v1/blocks/0001",  # served block 1 (found by review)
+        "/v1/blocks?limit=010",
     ],
 )
 async def test_integers_are_decimal_digits_only(client: httpx.AsyncClient, path: str) -> None:

@@ -538,6 +538,10 @@ async def test_a_bug_in_a_page_is_a_500_page_not_a_traceback(
         response = await client.get("/blocks")
     assert response.status_code == 500
     assert "<code>internal_error</code>" in response.text and "a bug" not in response.text
+    # Starlette answers it outside every middleware: the page sets its own (found by review)
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
 
 
 async def test_a_bug_in_a_json_route_is_a_500_problem_not_a_traceback(
@@ -556,6 +560,8 @@ async def test_a_bug_in_a_json_route_is_a_500_problem_not_a_traceback(
         response = await client.get("/v1/checkpoint")
     assert response.status_code == 500
     assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in response.headers
     assert response.json()["code"] == "internal_error" and "a bug" not in response.text
 
 
@@ -794,3 +800,36 @@ async def test_a_batch_whose_project_id_this_proposer_refuses_says_what_is_in_it
         in questioned
     )
     assert 'id="project-questioned"' not in plain
+
+
+async def test_free_text_is_isolated_and_its_invisible_characters_named(tmp_path: Path) -> None:
+    """Found by review: a beneficiary ending in a right-to-left override reversed the
+    purpose label and the programme link the page wrote after it, and the certificate
+    showed it as the plain name, which a search did not find."""
+    chain = Chain().funded()
+    beneficiary = "Household 0001, Zhangdian\u202e"
+    retire = chain.tx(
+        chain.alice,
+        "retire",
+        {
+            "batch_id": "B-1",
+            "quantity": 5,
+            "beneficiary": beneficiary,
+            "purpose": "incentive",
+            "program_id": "zibo-green-home",
+        },
+    )
+    assert not chain.commit(retire).rejected
+    chain.write_store(tmp_path)
+    async with serving(tmp_path, chain.validator) as client:
+        pages = [
+            (await client.get(path)).text
+            for path in (f"/transactions/{retire.tx_id}", "/retirements", "/")
+        ]
+        programme = (await client.get("/programmes/zibo-green-home")).text
+    for html in pages:
+        assert f"<bdi>{beneficiary}</bdi>" in html
+        assert "holds invisible characters: U+202E" in html
+    # A name without such characters is isolated all the same, and nothing is named.
+    assert "<h1><bdi>Zibo green home incentive</bdi></h1>" in programme
+    assert programme.count("holds invisible characters") == 1  # the beneficiary's alone
