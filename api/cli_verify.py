@@ -441,7 +441,8 @@ def parse_checkpoint(value: Any, path: str = "checkpoint") -> Checkpoint:
 class MonitorAlarm(LedgerError):
     """The node's chain does not extend the remembered checkpoint: a fork (two certified
     headers for one height, or a log that does not extend the remembered log), a rollback or
-    an answer contradicting itself. `proof` is the consistency proof, if one was fetched."""
+    an answer contradicting itself. `proof` is the consistency proof, if one was fetched (or
+    the certified checkpoint that differs, where the log was empty)."""
 
     code = "fork_detected"
 
@@ -505,11 +506,12 @@ class SetChange:
 
 def follow_validators(
     client: Client, genesis: Genesis, trusted: Trusted, latest: Checkpoint
-) -> tuple[tuple[Validator, ...], list[SetChange], Checkpoint | None]:
+) -> tuple[tuple[Validator, ...], list[SetChange], Trusted | None]:
     """The set that governs `latest`'s height, reached from the trusted one as a light client
     does (Tendermint's sequential verification, at the heights where the set changed only),
-    the changes followed, and the last certified checkpoint before the newest change (None:
-    no change). Raises `InvalidProofError` when the node's answers do not add up.
+    the changes followed, and the last certified checkpoint before the newest change with
+    the set that certified it (None: no change). Raises `InvalidProofError` when the node's
+    answers do not add up.
 
     For each change: bisect the heights after the anchor (the remembered checkpoint, or
     height 0) for the last one whose checkpoint the trusted set certifies; its header's
@@ -520,6 +522,7 @@ def follow_validators(
     majority, as every light client does (docs/verification.md)."""
     validators = trusted.validators
     anchor = trusted.checkpoint
+    anchor_set = validators
     changes: list[SetChange] = []
     while latest.header.validators_hash != (current := compute_validators_hash(validators)):
         low = 0 if anchor is None else anchor.height
@@ -556,10 +559,11 @@ def follow_validators(
                 f"set {claimed.validators_hash}, and {why}"
             )
         assert found is not None  # height 1's header names the genesis's set
+        anchor, anchor_set = found, validators
         validators = _announced_set(client, genesis, found, named)
         changes.append(SetChange(named_at=found.height, validators=validators))
-        anchor = found
-    return validators, changes, (anchor if changes else None)
+    certified = Trusted(checkpoint=anchor, validators=anchor_set) if changes else None
+    return validators, changes, certified
 
 
 def _announced_set(
@@ -599,13 +603,22 @@ def _announced_set(
 
 
 def check_consistency(
-    remembered: Checkpoint, latest: Checkpoint, proof: Any, *, which: str = "remembered"
+    genesis: Genesis,
+    earlier: Trusted,
+    latest: Trusted,
+    proof: Any,
+    *,
+    which: str = "remembered",
 ) -> None:
     """Step 2, higher height: `proof` is an RFC 9162 consistency proof between exactly these
-    two checkpoints. Raises `MonitorAlarm`, or `ClientError` for a proof that is no proof.
-    `which` names the earlier checkpoint in messages: "remembered", or "certified" (the last
-    header an old validator set certified, `follow_validators`)."""
-    old, new = remembered.header, latest.header
+    two checkpoints (each with the set that governs its height). Raises `MonitorAlarm`, or
+    `ClientError` for a proof that is no proof. `which` names the earlier checkpoint in
+    messages: "remembered", or "certified" (the last header an old validator set certified,
+    `follow_validators`). A header of the proof's that differs from the checkpoint's is
+    evidence only once its own certificate holds: anyone can write a header."""
+    assert earlier.checkpoint is not None and latest.checkpoint is not None
+    remembered, current = earlier.checkpoint, latest.checkpoint
+    old, new = remembered.header, current.header
     assert old.height < new.height
     try:
         if not isinstance(proof, dict):
@@ -623,6 +636,7 @@ def check_consistency(
         message = error.message if isinstance(error, LedgerError) else str(error)
         raise ClientError(f"the consistency proof is malformed: {message}") from error
     if first.header != old:
+        _certified_or_bad_answer(first, genesis, earlier.validators, old.height, "proof.first")
         raise MonitorAlarm(
             "fork",
             f"the node's header at the {which} height {old.height} is block "
@@ -630,6 +644,7 @@ def check_consistency(
             proof=proof,
         )
     if second.header != new:
+        _certified_or_bad_answer(second, genesis, latest.validators, new.height, "proof.second")
         raise MonitorAlarm(
             "inconsistency",
             f"the node's proof to height {new.height} ends at block "
@@ -660,6 +675,27 @@ def check_consistency(
         ) from error
 
 
+def _certified_or_bad_answer(
+    checkpoint: Checkpoint,
+    genesis: Genesis,
+    validators: Sequence[Validator],
+    height: int,
+    what: str,
+) -> None:
+    """`checkpoint`, which the node gave as its header at `height`, is of that height and
+    certified by `validators`; otherwise it is a bad answer, not evidence of a fork (found
+    by review: a header edited on its way in raised FORK DETECTED and was written as
+    evidence)."""
+    if checkpoint.height != height:
+        raise ClientError(
+            f"{what} is the node's checkpoint at height {checkpoint.height}, not {height}"
+        )
+    try:
+        verify_checkpoint(checkpoint, genesis, validators)
+    except LedgerError as error:
+        raise ClientError(f"{what}: {error.message}") from error
+
+
 def fetch_checkpoint(client: Client, height: int | None = None) -> Checkpoint:
     """The node's latest checkpoint (or the one at `height`), parsed; a malformed one is a
     bad answer."""
@@ -671,12 +707,13 @@ def fetch_checkpoint(client: Client, height: int | None = None) -> Checkpoint:
 
 
 def check_extends(
-    client: Client, remembered: Checkpoint, latest: Checkpoint, *, which: str = "remembered"
+    client: Client, genesis: Genesis, earlier: Trusted, latest: Trusted, *, which: str
 ) -> None:
-    """Step 2: `latest` (verified) extends `remembered`. Raises `MonitorAlarm` for a fork, a
-    rollback or an inconsistency, `ClientError` when the node cannot answer. `which` as for
-    `check_consistency`."""
-    old, new = remembered.header, latest.header
+    """Step 2: `latest` (verified) extends `earlier`'s checkpoint. Raises `MonitorAlarm` for
+    a fork, a rollback or an inconsistency, `ClientError` when the node cannot answer or
+    answers a header no certificate vouches for. `which` as for `check_consistency`."""
+    assert earlier.checkpoint is not None and latest.checkpoint is not None
+    old, new = earlier.checkpoint.header, latest.checkpoint.header
     if new.height == old.height:
         if new != old:
             raise MonitorAlarm(
@@ -691,16 +728,19 @@ def check_extends(
             f"below the {which} height {old.height} (log size {old.log_size})",
         )
     elif old.log_size == 0:  # every log extends the empty one: compare the header itself
-        at = fetch_checkpoint(client, old.height).header
-        if at != old:
+        at = fetch_checkpoint(client, old.height)
+        if at.header != old:
+            what = f"the node's checkpoint at height {old.height}"
+            _certified_or_bad_answer(at, genesis, earlier.validators, old.height, what)
             raise MonitorAlarm(
                 "fork",
                 f"the node's header at the {which} height {old.height} is block "
-                f"{at.block_hash()}, the {which} one block {old.block_hash()}",
+                f"{at.header.block_hash()}, the {which} one block {old.block_hash()}",
+                proof={"checkpoint": at.to_json()},
             )
     else:
         proof = client.consistency(old.height, new.height)
-        check_consistency(remembered, latest, proof, which=which)
+        check_consistency(genesis, earlier, latest, proof, which=which)
 
 
 def read_state(path: Path, genesis: Genesis) -> Trusted:
@@ -822,11 +862,12 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
     remembered = trusted.checkpoint
     latest = fetch_checkpoint(client)
 
-    def extends(earlier: Checkpoint, which: str) -> None:
+    def extends(earlier: Trusted, now: Trusted, which: str) -> None:
         _check_or_alarm(
             client,
+            genesis,
             earlier,
-            latest,
+            now,
             which=which,
             state_file=state_file,
             evidence_file=evidence_file,
@@ -839,18 +880,30 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
     ):
         # Below a set change the monitor followed: the set that governs that height is one it
         # no longer holds, and the rollback is the finding (found by review: it was reported
-        # as an uncertified checkpoint, without evidence).
-        extends(remembered, "remembered")
+        # as an uncertified checkpoint, without evidence). It is evidence only if certified
+        # (found by a later review: any header at all raised ROLLBACK DETECTED): the monitor
+        # can check it under the genesis's set, and under no other set it has let go of.
+        if latest.header.validators_hash != compute_validators_hash(genesis.validators):
+            raise ClientError(
+                f"the node's checkpoint at height {latest.height}, below the remembered height"
+                f" {remembered.height}, names validator set {latest.header.validators_hash},"
+                " which this monitor no longer holds: it cannot tell a rollback from a"
+                " header anyone could write"
+            )
+        _certified_or_bad_answer(
+            latest, genesis, genesis.validators, latest.height, "the node's latest checkpoint"
+        )
+        extends(trusted, Trusted(checkpoint=latest, validators=genesis.validators), "remembered")
     validators, changes, anchor = follow_validators(client, genesis, trusted, latest)
     verify_checkpoint(latest, genesis, validators)  # step 1
+    now = Trusted(checkpoint=latest, validators=validators)
     for change in changes:
         out.print(change.describe(), markup=False, highlight=False, soft_wrap=True)
     if remembered is not None:  # step 2
-        extends(remembered, "remembered")
-    if anchor is not None and anchor is not remembered:
-        extends(anchor, "certified")
+        extends(trusted, now, "remembered")
+    if anchor is not None and anchor.checkpoint is not remembered:
+        extends(anchor, now, "certified")
     if remembered is None or latest.header != remembered.header:  # step 3
-        now = Trusted(checkpoint=latest, validators=validators)
         write_json_atomically(state_file, now.to_json(genesis))
     out.print(
         _summary(remembered, latest, state_file),
@@ -862,28 +915,30 @@ def _monitor_round(client: Client, genesis: Genesis, state_file: Path, evidence_
 
 def _check_or_alarm(
     client: Client,
-    earlier: Checkpoint,
-    latest: Checkpoint,
+    genesis: Genesis,
+    earlier: Trusted,
+    latest: Trusted,
     *,
     which: str,
     state_file: Path,
     evidence_file: Path,
 ) -> None:
     """`check_extends`; on an alarm, the evidence written and the run failed loudly."""
+    assert earlier.checkpoint is not None and latest.checkpoint is not None
     try:
-        check_extends(client, earlier, latest, which=which)
+        check_extends(client, genesis, earlier, latest, which=which)
     except MonitorAlarm as alarm:
         evidence = {
             "kind": alarm.kind,
             "detail": alarm.detail,
             "node": client.base_url,
-            which: earlier.to_json(),
-            "latest": latest.to_json(),
+            which: earlier.checkpoint.to_json(),
+            "latest": latest.checkpoint.to_json(),
             "proof": alarm.proof,
         }
         write_json_atomically(evidence_file, evidence)
         fail(
-            f"{alarm.kind.upper()} DETECTED between the {which} height {earlier.height} and "
-            f"the node's height {latest.height}: {alarm.detail}; evidence written to "
-            f"{evidence_file}; {state_file} unchanged"
+            f"{alarm.kind.upper()} DETECTED between the {which} height "
+            f"{earlier.checkpoint.height} and the node's height {latest.checkpoint.height}: "
+            f"{alarm.detail}; evidence written to {evidence_file}; {state_file} unchanged"
         )

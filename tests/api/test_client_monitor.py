@@ -761,18 +761,62 @@ def test_a_path_of_other_than_hashes_is_a_malformed_proof_not_a_fork(
     assert state.read_bytes() == original and not evidence_of(state).exists()
 
 
-def test_a_proof_about_other_checkpoints_is_an_inconsistency(
+def test_a_proof_about_other_checkpoints_is_a_bad_answer(
     node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
 ) -> None:
-    """A sound proof from 2 to an earlier height than the checkpoint it is offered for."""
+    """A sound proof from 2 to an earlier height than the checkpoint it is offered for:
+    both headers certified, one chain, so nothing any validator did wrong."""
     head = client.checkpoint()
     height = int(head["header"]["height"])
     hostile.serve("/v1/checkpoint", head)
     hostile.serve("/v1/proofs/consistency", client.consistency(2, height - 1))
     state = tmp_path / "monitor.json"
-    remembered(client, state, lambda header: None)
+    original = remembered(client, state, lambda header: None)
     result = monitor(hostile.url, state, node.genesis_file)
-    assert_fails_cleanly(result, f"the node's proof to height {height} ends at block")
+    assert_fails_cleanly(
+        result, f"error (bad_answer): proof.second is the node's checkpoint at height"
+        f" {height - 1}, not {height}",
+    )  # fmt: skip
+    assert state.read_bytes() == original and not evidence_of(state).exists()
+
+
+@pytest.mark.parametrize("which", ["first", "second"])
+def test_a_header_of_the_proof_no_certificate_vouches_for_is_a_bad_answer_not_a_fork(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path, which: str
+) -> None:
+    """Found by review: a proof whose `first` header was edited (its time plus one, on its
+    way in over plain http) raised FORK DETECTED and was written as evidence."""
+    head = client.checkpoint()
+    height = int(head["header"]["height"])
+    proof = client.consistency(2, height)
+    proof[which]["header"]["time"] += 1
+    hostile.serve("/v1/checkpoint", head)
+    hostile.serve("/v1/proofs/consistency", proof)
+    state = tmp_path / "monitor.json"
+    original = remembered(client, state, lambda header: None)
+    result = monitor(hostile.url, state, node.genesis_file)
+    assert_fails_cleanly(
+        result, f"error (bad_answer): proof.{which}: the node's checkpoint at height"
+    )  # fmt: skip
+    assert "is not certified" in result.stderr and "DETECTED" not in result.stderr
+    assert state.read_bytes() == original and not evidence_of(state).exists()
+
+
+def test_a_lower_checkpoint_naming_a_set_the_monitor_let_go_of_is_no_rollback(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
+) -> None:
+    """Found by review: a checkpoint below the remembered one naming any other set (here
+    one that exists nowhere) raised ROLLBACK DETECTED, evidence written, unchecked."""
+    lower = client.checkpoint_at(2)
+    lower["header"]["validators_hash"] = "11" * 32
+    hostile.serve("/v1/checkpoint", lower)
+    state = tmp_path / "monitor.json"
+    state.write_text(json.dumps(client.checkpoint()))
+    original = state.read_bytes()
+    result = monitor(hostile.url, state, node.genesis_file)
+    assert_fails_cleanly(result, "error (bad_answer): the node's checkpoint at height 2, below")
+    assert "which this monitor no longer holds" in result.stderr
+    assert state.read_bytes() == original and not evidence_of(state).exists()
 
 
 def test_an_uncertified_checkpoint_is_refused_without_evidence(
@@ -979,7 +1023,24 @@ def test_a_remembered_empty_log_is_compared_header_to_header(
     assert_fails_cleanly(result, "FORK DETECTED between the remembered height 2 and the node's")
     assert "the node's header at the remembered height 2 is block" in result.stderr
     assert state.read_bytes() == original
-    assert json.loads(evidence_of(state).read_text())["proof"] is None
+    # the certified header that differs is the evidence (found by review: none was kept)
+    evidence = json.loads(evidence_of(state).read_text())
+    assert evidence["proof"] == {"checkpoint": client.checkpoint_at(2)}
+
+
+def test_a_remembered_empty_log_against_an_uncertified_header_is_a_bad_answer(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
+) -> None:
+    forged = client.checkpoint_at(2)
+    forged["header"]["time"] += 1
+    hostile.serve("/v1/checkpoint", client.checkpoint())
+    hostile.serve("/v1/checkpoints/2", forged)
+    state = tmp_path / "monitor.json"
+    original = remembered(client, state, lambda header: header.update(log_size=0))
+    result = monitor(hostile.url, state, node.genesis_file)
+    assert_fails_cleanly(result, "error (bad_answer): the node's checkpoint at height 2: the")
+    assert "is not certified" in result.stderr
+    assert state.read_bytes() == original and not evidence_of(state).exists()
 
 
 OVERLOADED: Final = {
