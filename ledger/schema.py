@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ledger.crypto import is_public_key
+from ledger.encoding import shown_integer
 from ledger.errors import FieldError
 from ledger.limits import JSON_INTEGER_MAX
 
@@ -35,9 +36,11 @@ def integer(low: int = 0, high: int = JSON_INTEGER_MAX) -> Validator:
         if not isinstance(value, int) or isinstance(value, bool):
             raise FieldError(path, f"expected an integer, got {_kind(value)}")
         if value < low:
-            raise FieldError(path, f"{value} is below the minimum {low}")
+            raise FieldError(path, f"{shown_integer(value)} is below the minimum {low}")
         if value > high:
-            raise FieldError(path, f"{value} is above the maximum {high}", code="limit_exceeded")
+            raise FieldError(
+                path, f"{shown_integer(value)} is above the maximum {high}", code="limit_exceeded"
+            )
         return value
 
     return check
@@ -95,7 +98,8 @@ def date(path: str, value: Any) -> str:
 def enum(*choices: str) -> Validator:
     def check(path: str, value: Any) -> str:
         if value not in choices or not isinstance(value, str):
-            raise FieldError(path, f"{value!r} is not one of {', '.join(choices)}")
+            shown = f"{value[:80]!r}" if isinstance(value, str) else _kind(value)
+            raise FieldError(path, f"{shown} is not one of {', '.join(choices)}")
         return value
 
     return check
@@ -138,9 +142,9 @@ def obj(fields: Mapping[str, Field | Validator]) -> Validator:
     def check(path: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise FieldError(path, f"expected an object, got {_kind(value)}")
-        unknown = sorted(set(value) - set(spec))
+        unknown = sorted(str(name) for name in set(value) - set(spec))
         if unknown:
-            raise FieldError(path, f"unknown field {unknown[0]!r}")
+            raise FieldError(path, f"unknown field {unknown[0][:80]!r}")
         result: dict[str, Any] = {}
         for name, field in spec.items():
             if name in value:

@@ -266,6 +266,23 @@ def test_unknown_field_in_tx_envelope_and_signature() -> None:
     expect("invalid_field", tx, signatures=[signature])
 
 
+def test_outside_input_is_quoted_in_a_message_at_bounded_length() -> None:
+    """Found by review: a 3 MB transaction type or unknown key was quoted whole, a 3 MB
+    line on `tanlian verify receipt`'s stderr; an integer of over 4,300 digits could not be
+    written at all (ValueError)."""
+    tx = make_tx("transfer", VALID["transfer"])
+    errors = [
+        expect("invalid_field", {**tx, "type": "A" * 3_000_000}),
+        expect("invalid_field", {**tx, "k" * 3_000_000: 1}),
+        expect("invalid_field", {**tx, "nonce": -(10**5000)}),
+        expect_payload("limit_exceeded", "transfer", {**VALID["transfer"], "quantity": 10**5000}),
+    ]
+    for error in errors:
+        assert len(error.message) < 300, error.message[:300]
+    assert "'AAAA" in errors[0].message and "'kkkk" in errors[1].message
+    assert "a negative integer of 16610 bits is below the minimum" in errors[2].message
+
+
 def required_field_paths() -> list[tuple[str, Path]]:
     """The path of every field of every object in every payload, but the optional ones."""
     cases = []
