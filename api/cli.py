@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final
 
 import typer
 import uvicorn
+from rich.markup import escape
 
 from api.app import create_app
 from api.cli_client import Kind, checked_id, export_from_node, query, tx
@@ -37,6 +38,7 @@ from api.console import (
     option_given,
     out,
     passphrase,
+    refuse_precious_out,
     write_atomically,
 )
 from api.demo import build_demo
@@ -45,16 +47,13 @@ from api.node import Node
 from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
 from consensus.producer import CommittedBlock
-from consensus.wal import WAL_FILE_NAME
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT
 from ledger.store import (
-    CREATING_SUFFIX,
     DATABASE_FILE,
-    LOCK_FILE,
     Store,
     fsync_directory,
     move_store_aside,
@@ -163,6 +162,18 @@ def _build_demo(data: Path, transactions: int, seed: int) -> None:
                 f"{made} exists but {data} holds no ledger: remove it or choose an empty directory",
                 code="exists",
             )
+    for suffix in ("-wal", "-shm", "-journal"):
+        # As `Store.create` refuses: SQLite would replay the orphan's pages into the demo's
+        # database, moved in beside it (found by review: an old store's table appeared in
+        # the new one, and its integrity check failed).
+        orphan = data / f"{DATABASE_FILE}{suffix}"
+        if orphan.exists():
+            raise LedgerError(
+                f"{orphan} is here without its database: it may hold committed pages of a"
+                " store moved or copied elsewhere. Move it away with that store, or choose"
+                " an empty directory",
+                code="exists",
+            )
     started = time.perf_counter()
     # Built aside and moved in once whole, the ledger last: a demo stopped halfway (Ctrl-C, a
     # full disk) leaves no keys, genesis or chain that `dev` would take for a finished demo
@@ -186,7 +197,8 @@ def _build_demo(data: Path, transactions: int, seed: int) -> None:
     elapsed = time.perf_counter() - started
     out.print(
         f"[green]demo chain ready[/green]: {counted(summary.transactions, 'transaction')} in "
-        f"{counted(summary.blocks, 'block')} ({elapsed:.1f} s) in {data}",
+        f"{counted(summary.blocks, 'block')} ({elapsed:.1f} s) in {escape(str(data))}",
+        markup=True,
         highlight=False,
     )
     if summary.transactions < transactions:
@@ -217,12 +229,12 @@ def export(
     if (data is None) == (node is None):
         raise typer.BadParameter("give either --data DIR or --node URL")
     if node is not None:
-        _refuse_store_files(out_file, None)
+        refuse_precious_out(out_file, None)
         blocks = export_from_node(node, out_file)
         out.print(f"wrote {counted(blocks, 'block')} to {out_file}", highlight=False)
         return
     assert data is not None
-    _refuse_store_files(out_file, data)
+    refuse_precious_out(out_file, data)
     store = Store.open(data)
     try:
         store.load_state()  # refuse to export from a damaged store
@@ -231,41 +243,6 @@ def export(
     finally:
         store.close()
     out.print(f"wrote {counted(blocks, 'block')} to {out_file}", highlight=False)
-
-
-def _refuse_store_files(out_file: Path, data: Path | None) -> None:
-    """--out must not name a file of a data directory (`data`, or the one --out is in): the
-    database and its WAL are the chain, the lock keeps a second node off it, the
-    signed-message log is what a validator signed (each refused whether or not it exists
-    now), and nothing there that exists is another command's to replace. Found by review:
-    an export written over the lock of a running node let a second node start on the same
-    directory."""
-    target = out_file.resolve()
-    beside = target.parent
-    directories = {beside} if (beside / DATABASE_FILE).exists() else set()
-    if data is not None:
-        directories.add(data.resolve())
-    for directory in directories:
-        named = {
-            directory / name
-            for name in (
-                *(f"{DATABASE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
-                f"{DATABASE_FILE}{CREATING_SUFFIX}",
-                LOCK_FILE,
-                WAL_FILE_NAME,
-            )
-        }
-        if target in named:
-            raise LedgerError(
-                f"{out_file} is one of the ledger's own files in {directory}: choose another --out",
-                code="exists",
-            )
-        if target.exists() and target.is_relative_to(directory):
-            raise LedgerError(
-                f"{out_file} already exists in the data directory {directory}, whose files"
-                " are the node's: choose another --out",
-                code="exists",
-            )
 
 
 @app.command()
@@ -277,7 +254,7 @@ def receipt(
 ) -> None:
     """Write the self-contained receipt of a retirement (SPEC §6.3), against the head."""
     normalized = checked_id(Kind.retirement, retirement_id, "RETIREMENT_ID")
-    _refuse_store_files(out_file, data)
+    refuse_precious_out(out_file, data)
     store = Store.open(data)
     try:
         document = store.receipt(store.load_state(), normalized)
@@ -505,10 +482,11 @@ def _serve(
     else:
         role = "single validator" if running.consensus_inbox is None else "validator"
     out.print(
-        f"[green]{role} running[/green] on {data}: height {state.height}, "
+        f"[green]{role} running[/green] on {escape(str(data))}: height {state.height}, "
         f"{counted(state.log.size, 'transaction')}, state root {state.state_root[:16]}…\n"
         f"explorer {base}/   dashboard {base}/dashboard\n"
         f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
+        markup=True,
         highlight=False,
     )
     keys = data / "keys"

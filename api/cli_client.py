@@ -28,15 +28,16 @@ stable code and end in one line and exit 1 (`api.console.fails_cleanly`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
+from rich.highlighter import JSONHighlighter
 
 from api.client import (
     ONE_ANSWER_SECONDS_MAX,
@@ -45,7 +46,17 @@ from api.client import (
     Client,
     ClientError,
 )
-from api.console import err, fail, fails_cleanly, load_key, out, replace_naming, write_atomically
+from api.console import (
+    err,
+    fail,
+    fails_cleanly,
+    load_key,
+    out,
+    refuse_precious_out,
+    replace_naming,
+    temporary_beside,
+    write_atomically,
+)
 from ledger import schema as s
 from ledger.crypto import PrivateKey
 from ledger.encoding import JSON, KEY_PATTERN, canonical, decode
@@ -196,8 +207,9 @@ def _transaction(kind: str, signer: str, nonce: int, chain_id: str, payload: Any
     return parse_transaction({**value, "payload": payload})
 
 
-def print_outcome(answer: dict[str, Any], tx_id: str) -> None:
-    """Print the node's answer for the envelope `tx_id`: committed (where) or pending."""
+def print_outcome(answer: dict[str, Any], tx_id: str, node: str = NODE_DEFAULT) -> None:
+    """Print the node's answer for the envelope `tx_id`: committed (where) or pending, with
+    the command that asks `node` again."""
     status = answer.get("status")
     if answer.get("tx_id") != tx_id or status not in ("committed", "pending"):
         raise ClientError(f"the node answered for another transaction or oddly: {answer!r}"[:300])
@@ -209,7 +221,9 @@ def print_outcome(answer: dict[str, Any], tx_id: str) -> None:
         lines += [f"height     {height}", f"log index  {log_index}"]
     out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     if status == "pending":
-        out.print(f"not committed yet: tanlian query tx {tx_id}", highlight=False, soft_wrap=True)
+        # naming the node asked (found by review: the hint asked the default one)
+        again = "" if node == NODE_DEFAULT else f" --node {node}"
+        out.print(f"not committed yet: tanlian query tx {tx_id}{again}", highlight=False)
 
 
 @fails_cleanly
@@ -274,6 +288,8 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
     keys = _load_keys(key)
     account = signer.lower() if signer is not None else keys[0].account_id
     _transaction(kind, account, nonce or 1, LOCAL_CHAIN_ID, payload)  # before any network call
+    if out is not None:
+        refuse_precious_out(out, None)
     with Reader(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         genesis = parse_genesis(client.genesis())
         transaction = _transaction(
@@ -298,7 +314,7 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
             if error.status is None:  # no answer at all: not a rejection
                 raise
             fail(f"rejected ({error.code}): {error.message}")
-    print_outcome(answer, envelope.tx_id)
+    print_outcome(answer, envelope.tx_id, node)
 
 
 # --- query and export ---------------------------------------------------------------------------
@@ -326,7 +342,24 @@ def query(
     normalized = checked_id(kind, item_id)
     with Reader(node, answer_seconds_max=ONE_ANSWER_SECONDS_MAX) as client:
         value = client.read(kind, normalized)
-    out.print_json(data=value, ensure_ascii=False)
+    out.print(JSONHighlighter()(terminal_json(value)))
+
+
+def terminal_json(value: JSON) -> str:
+    """`value` as indented JSON for a terminal: other scripts as they are, and every
+    character a terminal could act on (controls, bidirectional overrides, zero-width ones)
+    as its JSON escape, so the output is still the same JSON (found by review: a
+    beneficiary's right-to-left override reversed the rest of the line)."""
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def export_from_node(node: str, out_file: Path) -> int:
@@ -334,7 +367,7 @@ def export_from_node(node: str, out_file: Path) -> int:
 
     The lines are written as they come, through a temporary file beside `out_file` that
     replaces it only once the stream has ended well."""
-    handle, temporary = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.")
+    handle, temporary = temporary_beside(out_file)
     lines = 0
     try:
         with (

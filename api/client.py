@@ -190,17 +190,34 @@ class Client:
     ) -> Iterator[bytes]:
         """Stream `GET /v1/export`: the genesis line, then one `{"block", "certificate"}` line
         per height, none longer than `line_bytes_max` + 1 bytes (a longer line comes in
-        pieces, as `api.cli_verify.read_lines` gives it, so an auditor refuses the first)."""
+        pieces, as `api.cli_verify.read_lines` gives it, so an auditor refuses the first).
+
+        An export the node ended with a problem line (a block it could not read) raises
+        `ClientError` with the problem's code, and so does one that ends without its last
+        newline (cut short): neither can pass for a whole, shorter chain (found by review:
+        `tanlian export --node` wrote either as a success)."""
         params: dict[str, int] = {"from_height": int(from_height)}
         if to_height is not None:
             params["to_height"] = int(to_height)
         with self._request("GET", "/v1/export", params=params) as response:
             if response.status_code != 200:
                 self._raise_for(response)
+            held = b""  # a piece without its newline: given once more follows
             try:
-                yield from split_lines(response.iter_bytes(), line_bytes_max)
+                for line in split_lines(response.iter_bytes(), line_bytes_max):
+                    if held:
+                        yield held
+                        held = b""
+                    if line.startswith(EXPORT_PROBLEM_START):
+                        raise _export_problem(line)
+                    if line.endswith(b"\n"):
+                        yield line
+                    else:
+                        held = line
             except httpx.HTTPError as error:
                 raise self._transport_error(error) from error
+            if held:
+                raise ClientError("the node's export ended in the middle of a line: it was cut")
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -532,6 +549,23 @@ def _envelope_json(item: Submission) -> JSON:
     if isinstance(item, Envelope):
         return item.to_json()
     return dict(item)
+
+
+# How a node ends an export it cannot finish (api.routes.chain): canonical JSON, one key.
+EXPORT_PROBLEM_START: Final = b'{"problem":'
+
+
+def _export_problem(line: bytes) -> ClientError:
+    """The error of an export's closing problem line."""
+    try:
+        problem = decode(line)["problem"]
+        code, detail = problem["code"], problem["detail"]
+    except (LedgerError, KeyError, TypeError):
+        code = detail = None
+    if not isinstance(code, str) or not isinstance(detail, str):
+        return ClientError("the node ended its export with a malformed problem line")
+    code, detail = _one_line(code, 64), _one_line(detail)
+    return ClientError(f"the node ended its export unfinished: {detail}", code=code, detail=detail)
 
 
 def split_lines(chunks: Iterable[bytes], line_bytes_max: int) -> Iterator[bytes]:

@@ -19,11 +19,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from consensus.wal import WAL_FILE_NAME
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, printable
+from ledger.store import CREATING_SUFFIX, DATABASE_FILE, LOCK_FILE
 
-out = Console()
-err = Console(stderr=True)
+# Text is printed as it is: a file name such as `chain[v2].ndjson` was read as markup (found
+# by review: printed as `chain.ndjson`, or a traceback for `[/x]`). The few coloured words
+# ask for markup, with what they interpolate escaped. Lines are not wrapped at the
+# terminal's width either: a path or id is one word to copy.
+out = Console(markup=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,6 +47,7 @@ def option_given(context: typer.Context, name: str) -> bool:
 
 
 LISTEN_BACKLOG: Final = 2048  # uvicorn's own
+PEM_HEAD_BYTES: Final = 64  # enough of a file to see a PEM private key's first line
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
@@ -117,6 +124,49 @@ def load_key(path: Path) -> PrivateKey:
         raise LedgerError(f"{message}{hint}", code=error.code) from error
 
 
+def refuse_precious_out(out_file: Path, data: Path | None) -> None:
+    """--out must not name a file of a data directory (`data`, or the one --out is in): the
+    database and its WAL are the chain, the lock keeps a second node off it, the
+    signed-message log is what a validator signed (each refused whether or not it exists
+    now), and nothing there that exists is another command's to replace. Found by review:
+    an export written over the lock of a running node let a second node start on the same
+    directory. Nor may it name a private key file, anywhere (found by a later review: `tx
+    --out` replaced the very key it signed with)."""
+    target = out_file.resolve()
+    beside = target.parent
+    directories = {beside} if (beside / DATABASE_FILE).exists() else set()
+    if data is not None:
+        directories.add(data.resolve())
+    for directory in directories:
+        named = {
+            directory / name
+            for name in (
+                *(f"{DATABASE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")),
+                f"{DATABASE_FILE}{CREATING_SUFFIX}",
+                LOCK_FILE,
+                WAL_FILE_NAME,
+            )
+        }
+        if target in named:
+            raise LedgerError(
+                f"{out_file} is one of the ledger's own files in {directory}: choose another --out",
+                code="exists",
+            )
+        if target.exists() and target.is_relative_to(directory):
+            raise LedgerError(
+                f"{out_file} already exists in the data directory {directory}, whose files"
+                " are the node's: choose another --out",
+                code="exists",
+            )
+    with contextlib.suppress(OSError):
+        with target.open("rb") as existing:
+            first = existing.read(PEM_HEAD_BYTES)
+        if first.startswith(b"-----BEGIN") and b"PRIVATE KEY-----" in first:
+            raise LedgerError(
+                f"{out_file} holds a private key: choose another --out", code="exists"
+            )
+
+
 def fail(line: str) -> NoReturn:
     """Print `line` as one line on stderr, as it is, and exit 1."""
     err.print(printable(" ".join(line.splitlines())), markup=False, highlight=False, soft_wrap=True)
@@ -132,7 +182,9 @@ def fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except LedgerError as error:
             err.print(
-                f"[red]error[/red] ({printable(error.code)}): {escape(printable(error.message))}",
+                f"[red]error[/red] ({escape(printable(error.code))}):"
+                f" {escape(printable(error.message))}",
+                markup=True,
                 highlight=False,
                 soft_wrap=True,
             )
@@ -140,7 +192,7 @@ def fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
             reason = escape(printable(f"{error.strerror or error}: {error.filename}"))
             if isinstance(error, FileExistsError) and Path(error.filename or "").is_file():
                 reason = escape(printable(f"{error.filename} is a file, not a directory"))
-            err.print(f"[red]error[/red]: {reason}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error[/red]: {reason}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
     return wrapper
@@ -152,8 +204,7 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
     to a temporary file beside it (created with `mode`), fsynced, then renamed over `path`.
     A reader, a crash, a full disk or a failed check leaves the old file or the new one,
     never half of one (a truncated key, genesis or export would be worse than none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    descriptor, temporary = temporary_beside(path)
     try:
         os.fchmod(descriptor, mode)
         with os.fdopen(descriptor, "wb") as handle:
@@ -164,6 +215,17 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in `path`'s directory (made if missing), whose failure (a
+    read-only directory, say) names `path`, not the temporary file's random name (found by
+    review)."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # its own errors name the directory
+    try:
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(path)) from error
 
 
 def replace_naming(temporary: Path, path: Path) -> None:

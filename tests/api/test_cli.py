@@ -205,7 +205,7 @@ def test_help_is_wrapped_to_the_terminal_not_to_the_source() -> None:
 def test_genesis_new_writes_a_genesis_the_ledger_accepts(tmp_path: Path) -> None:
     authorities = [write_key(tmp_path / f"authority-{i}.pem", f"authority-{i}") for i in range(3)]
     validator = write_key(tmp_path / "validator-city.pem", "validator-city")
-    out = tmp_path / "genesis.json"
+    out = tmp_path / "genesis[2026].json"  # printed as it is, not read as markup (review)
     result = tanlian(
         "genesis", "new",
         "--chain-id", "zibo-2026",
@@ -227,6 +227,7 @@ def test_genesis_new_writes_a_genesis_the_ledger_accepts(tmp_path: Path) -> None
     assert state.get(f"account/{genesis.authority_id}")["threshold"] == 2
     # It names the account the authority's keys sign for (a newcomer had no way to find it).
     assert f"authority account id: {genesis.authority_id} (2 of 3 keys" in result.stdout
+    assert f"wrote {out}" in result.stdout
     # A store can be made on it.
     Store.create(tmp_path / "node", genesis.document).close()
 

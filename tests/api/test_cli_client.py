@@ -23,10 +23,19 @@ from typing import Any
 import httpx
 import pytest
 import typer
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from api.cli import app
-from api.cli_client import Reader, next_nonce, print_outcome, read_field, read_payload
+from api.cli_client import (
+    Reader,
+    next_nonce,
+    print_outcome,
+    read_field,
+    read_payload,
+    terminal_json,
+)
 from api.client import ClientError
 from api.console import PASSPHRASE_ENV
 from ledger.crypto import PrivateKey, compute_account_id
@@ -262,6 +271,30 @@ def test_out_signs_without_submitting_and_the_file_posts_as_is(
     )
     assert posted.status_code == 200, posted.text
     assert posted.json()["tx_id"] == envelope.tx_id and posted.json()["status"] == "committed"
+
+
+def test_out_never_replaces_a_private_key_or_a_ledger_file(
+    node: RunningNode, parties: Parties, tmp_path: Path
+) -> None:
+    """Found by review: `tx --out` replaced the very key it signed with, or a ledger's
+    database, with the envelope."""
+    sender = parties.sender
+    key_copy = tmp_path / "sender.pem"
+    key_copy.write_bytes(Path(sender.key_file).read_bytes())
+    store = node.data / "ledger.sqlite"
+    for target in (key_copy, store):
+        before = target.read_bytes()
+        result = submit(
+            node,
+            "transfer",
+            "--key", key_copy,
+            "--field", f"to={parties.recipient.account_id}",
+            "--field", "batch_id=B-1",
+            "--field", "quantity=1",
+            "--out", target,
+        )  # fmt: skip
+        assert result.returncode == 1 and "choose another --out" in result.stderr
+        assert "Traceback" not in result.stderr and target.read_bytes() == before
 
 
 def test_a_household_retires_credits_read_back_as_a_retirement(
@@ -715,3 +748,33 @@ def test_an_outcome_for_another_transaction_or_without_its_position_is_refused(
         with pytest.raises(ClientError):
             print_outcome(odd, tx_id)
     assert capsys.readouterr().out == ""
+
+
+def test_a_pending_outcome_names_the_node_to_ask_again(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by review: the hint asked the default node, not the one given with --node."""
+    tx_id = "b" * 64
+    print_outcome({"tx_id": tx_id, "status": "pending"}, tx_id, "http://127.0.0.1:8731")
+    assert f"tanlian query tx {tx_id} --node http://127.0.0.1:8731\n" in capsys.readouterr().out
+    print_outcome({"tx_id": tx_id, "status": "pending"}, tx_id)
+    assert capsys.readouterr().out.endswith(f"tanlian query tx {tx_id}\n")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_query_output_is_the_same_json_with_nothing_a_terminal_acts_on(value: Any) -> None:
+    """Found by review: `tanlian query` printed a beneficiary's right-to-left override as it
+    was, reversing the rest of the line on the reader's terminal."""
+    text = terminal_json(value)
+    assert json.loads(text) == value
+    assert all(line.isprintable() for line in text.split("\n"))
+
+
+def test_query_output_escapes_a_bidi_override_and_keeps_other_scripts() -> None:
+    text = terminal_json({"beneficiary": "Bob \u202eevil, 淄博"})
+    assert '"Bob \\u202eevil, 淄博"' in text

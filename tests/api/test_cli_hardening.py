@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api import console
 from api.client import Client, ClientError
 from api.demo import _City, _month_activity
 from consensus.wal import WAL_FILE_NAME
@@ -155,6 +156,20 @@ def test_demo_never_writes_over_keys_or_a_genesis(tmp_path: Path) -> None:
     (keys / "authority-1.pem").write_text("someone's key")
     assert_fails_cleanly(tanlian("demo", "--data", tmp_path), "keys exists")
     assert (keys / "authority-1.pem").read_text() == "someone's key"
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_demo_refuses_a_directory_holding_an_orphaned_wal(tmp_path: Path, suffix: str) -> None:
+    """Found by review: the demo's database, moved in beside an old store's WAL, had the
+    old store's pages replayed into it."""
+    orphan = tmp_path / f"ledger.sqlite{suffix}"
+    orphan.write_bytes(b"an old store's pages")
+    for command in ("demo", "dev"):
+        result = tanlian(
+            command, "--data", tmp_path, *(("--port", "1") if command == "dev" else ())
+        )
+        assert_fails_cleanly(result, f"{orphan} is here without its database")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [orphan.name]
 
 
 def _children(pid: int) -> list[int]:
@@ -466,6 +481,23 @@ def test_an_out_that_is_a_directory_is_named_as_given(demo: Path, tmp_path: Path
     )  # checked before anything is written
     assert [p.name for p in tmp_path.iterdir()] == ["a-directory"]
     assert list(directory.iterdir()) == []
+
+
+def test_a_temporary_file_that_cannot_be_made_is_named_as_the_file_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a read-only directory's refusal named the random temporary file
+    (".k.pem.igs1pzn0") the key was to be written through."""
+
+    def refused(*, dir: str, prefix: str) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}igs1pzn0")
+
+    monkeypatch.setattr("api.console.tempfile.mkstemp", refused)
+    out = tmp_path / "deep" / "k.pem"
+    with pytest.raises(PermissionError) as caught:
+        console.write_atomically(out, b"key")
+    assert caught.value.filename == str(out)
+    assert (tmp_path / "deep").is_dir()  # its directory is made, as `export --data` made it
 
 
 def test_a_demo_says_when_it_made_fewer_transactions_than_asked(tmp_path: Path) -> None:

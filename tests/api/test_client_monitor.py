@@ -490,11 +490,11 @@ def test_a_broken_answer_is_a_bad_answer() -> None:
 def test_export_lines_are_bounded_like_read_lines() -> None:
     def export(request: httpx.Request) -> httpx.Response:
         assert request.url.params["from_height"] == "1"
-        return httpx.Response(200, content=iter([b"ab\ncdefghij", b"klmn\n", b"\n", b"tail"]))
+        return httpx.Response(200, content=iter([b"ab\ncdefghij", b"klmn\n", b"\n", b"tail\n"]))
 
     with mock_client(export) as node:
         lines = list(node.export_lines(line_bytes_max=4))
-    assert lines == [b"ab\n", b"cdefg", b"hijkl", b"mn\n", b"\n", b"tail"]
+    assert lines == [b"ab\n", b"cdefg", b"hijkl", b"mn\n", b"\n", b"tail\n"]
     assert max(map(len, lines)) == 5
 
 
@@ -615,6 +615,33 @@ def test_verify_chain_refuses_a_hostile_export(
     hostile.serve("/v1/checkpoint", b"<html>")
     result = tanlian("verify", "chain", "--node", hostile.url, "--genesis", node.genesis_file)
     assert_fails_cleanly(result, "error (bad_answer)")
+
+
+@pytest.mark.parametrize("command", ["export", "verify"])
+def test_an_export_ended_by_a_problem_or_cut_mid_line_is_no_export(
+    node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path, command: str
+) -> None:
+    """Found by review: `tanlian export --node` wrote an export that a node ended with its
+    problem line (a block it could not read), or one cut in the middle of a line, and said
+    it succeeded."""
+    head = client.checkpoint()
+    hostile.serve("/v1/checkpoint", head)
+    lines = list(client.export_lines(1, int(head["header"]["height"])))
+    problem = {"problem": {"code": "store_unavailable", "detail": "block 3 is corrupt"}}
+    out = tmp_path / "chain.ndjson"
+    run = (
+        ("export", "--node", hostile.url, "--out", out)
+        if command == "export"
+        else ("verify", "chain", "--node", hostile.url, "--genesis", node.genesis_file)
+    )
+    hostile.serve("/v1/export", b"".join(lines[:3]) + canonical(problem) + b"\n")
+    result = tanlian(*run)
+    assert_fails_cleanly(result, "error (store_unavailable): the node ended its export")
+    assert "block 3 is corrupt" in result.stderr
+    hostile.serve("/v1/export", b"".join(lines[:3]) + lines[3][:-40])
+    result = tanlian(*run)
+    assert_fails_cleanly(result, "error (bad_answer): the node's export ended in the middle")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 # --- verify monitor -----------------------------------------------------------------------------
