@@ -210,8 +210,8 @@ class Client:
                         held = b""
                     if line.startswith(EXPORT_PROBLEM_START):
                         raise _export_problem(line)
-                    if line.endswith(b"\n"):
-                        yield line
+                    if line.endswith(b"\n") or len(line) > line_bytes_max:
+                        yield line  # whole, or a piece of a line too long: more follows
                     else:
                         held = line
             except httpx.HTTPError as error:
@@ -580,11 +580,15 @@ def split_lines(chunks: Iterable[bytes], line_bytes_max: int) -> Iterator[bytes]
         while True:
             newline = buffer.find(b"\n", scanned, piece)
             if newline != -1:
-                yield bytes(buffer[: newline + 1])
+                with memoryview(buffer) as view:
+                    line = bytes(view[: newline + 1])
+                yield line
                 del buffer[: newline + 1]
                 scanned = 0
             elif len(buffer) >= piece:
-                yield bytes(buffer[:piece])
+                with memoryview(buffer) as view:  # one copy of a long piece, not two
+                    taken = bytes(view[:piece])
+                yield taken
                 del buffer[:piece]
                 scanned = 0
             else:

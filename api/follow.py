@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from api import schemas
-from api.client import Client, ClientError
+from api.client import (
+    COMMIT_WAIT_MARGIN_SECONDS,
+    COMMIT_WAIT_SECONDS_MAX,
+    Client,
+    ClientError,
+)
 from api.problems import STATUS
 from consensus.producer import Outcome
 from ledger.encoding import decode
@@ -42,6 +47,7 @@ from ledger.transactions import parse_envelope
 
 log = logging.getLogger("tanlian.follow")
 
+FORWARD_ANSWER_SECONDS_MAX: Final = COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS
 _SUBMISSION_ANSWER: Final = TypeAdapter(schemas.Committed | schemas.Pending | schemas.Results)
 # A followed node's problem is relayed when this node knows its code; its internal error is
 # not ours to claim (bad_upstream instead).
@@ -93,7 +99,13 @@ class Forwarder:
         self, urls: Sequence[str], *, transport: httpx.BaseTransport | None = None
     ) -> None:
         assert urls, "a follower follows at least one node"
-        self.clients = [Client(url, transport=transport) for url in urls]
+        # A whole answer within the longest commit wait and its margin: a node that drips
+        # its answer is passed over for the next, as one that cannot be reached (found by
+        # review: one held every submission, its status line sent, for as long as it liked).
+        self.clients = [
+            Client(url, answer_seconds_max=FORWARD_ANSWER_SECONDS_MAX, transport=transport)
+            for url in urls
+        ]
 
     def submit(
         self,
@@ -116,7 +128,13 @@ class Forwarder:
                 return vouch(answer, ids, own, upstream=client.base_url)
             except LedgerError as error:
                 if error.code not in ("upstream_unavailable", "bad_upstream"):
-                    raise  # that node's decision
+                    # That node's decision, unless this follower's own verified chain holds
+                    # the one envelope committed (found by review: a followed node's 409
+                    # was relayed for a transaction this store held committed).
+                    mine = committed_here(own, ids[0]) if _one_envelope(ids, body) else None
+                    if mine is not None:
+                        return 200, mine, []
+                    raise
                 failures.append(error)
         reasons = "; ".join(failure.message for failure in failures)
         if any(failure.code == "bad_upstream" for failure in failures):
@@ -160,6 +178,11 @@ class Forwarder:
     def close(self) -> None:
         for client in self.clients:
             client.close()
+
+
+def _one_envelope(ids: list[str | None] | None, body: bytes) -> TypeGuard[list[str]]:
+    """Whether `body`, whose items are `ids`, is a single envelope (not an array)."""
+    return ids is not None and len(ids) == 1 and ids[0] is not None and body.lstrip()[:1] == b"{"
 
 
 def submitted_ids(body: bytes, *, transaction_bytes_max: int) -> list[str | None] | None:
@@ -210,10 +233,11 @@ def vouch(
             raise refuse(f"{result['status']} for an item that is no envelope")
         if result.get("tx_id") != tx_id:
             raise refuse(f"with transaction {result.get('tx_id')}, where {tx_id} was submitted")
-        if result["status"] != "committed":
-            vouched.append(result)
-            continue
         mine = committed_here(own, tx_id)
+        if result["status"] != "committed":
+            # this store's commit stands over a followed node's refusal or pending (review)
+            vouched.append(mine or result)
+            continue
         if mine is None:  # a commit this follower has not verified: not its to claim yet
             unsynced.append(tx_id)
         vouched.append(mine or {"tx_id": tx_id, "status": "pending"})

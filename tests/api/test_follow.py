@@ -176,6 +176,11 @@ def synced(tx_id: str) -> Outcome | None:
     )
 
 
+def nothing(tx_id: str) -> Outcome | None:
+    """A follower's store that holds no commit yet."""
+    return None
+
+
 def relayed(
     relay: Forwarder,
     body: bytes = b"{}",
@@ -196,17 +201,17 @@ def test_the_followed_nodes_answer_is_relayed_with_its_status() -> None:
         seen.append(request)
         return httpx.Response(202, json=PENDING)
 
-    assert relayed(forwarder(pending), b'{"as": "it came"}') == (202, PENDING)
+    assert relayed(forwarder(pending), b'{"as": "it came"}', own=nothing) == (202, PENDING)
     assert seen[0].content == b'{"as": "it came"}' and "wait" not in seen[0].url.params
     assert relayed(forwarder(answering(200, COMMITTED)), wait=True) == (200, COMMITTED)
     results = {"results": [PENDING, {"status": "rejected", "problem": problem_body("x", "y")}]}
     relay = forwarder(answering(202, results))
-    assert relayed(relay, b"[]", ids=[TX_ID, None]) == (202, results)
+    assert relayed(relay, b"[]", ids=[TX_ID, None], own=nothing) == (202, results)
 
 
 def test_the_next_node_is_asked_when_one_cannot_be_reached_or_answers_badly() -> None:
     relay = forwarder(unreachable, answering(202, PENDING))
-    assert relayed(relay) == (202, PENDING)
+    assert relayed(relay, own=nothing) == (202, PENDING)
     relay = forwarder(answering(501, {"not": "an answer"}), answering(200, COMMITTED))
     assert relayed(relay, wait=True) == (200, COMMITTED)
     with pytest.raises(LedgerError) as refused:
@@ -225,7 +230,7 @@ def test_a_problem_is_relayed_with_its_code() -> None:
     problem = problem_body("bad_nonce", "nonce 3 does not follow 1")
     relay = forwarder(answering(409, problem, **{"content-type": "application/problem+json"}))
     with pytest.raises(LedgerError) as refused:
-        relayed(relay)
+        relayed(relay, own=nothing)
     assert refused.value.code == "bad_nonce"
     # The validator's own words, once: the status and its address had been added, so a
     # client printed "... (HTTP 409) (HTTP 409)".
@@ -306,7 +311,44 @@ def test_an_item_refused_as_it_was_read_is_relayed_whatever_this_follower_parsed
     a stricter edge check): its rejection without an id is relayed, not bad_upstream."""
     refused = {"status": "rejected", "problem": problem_body("invalid_field", "x")}
     relay = forwarder(answering(200, {"results": [refused, PENDING]}))
-    assert relayed(relay, b"[]", ids=[TX_ID, TX_ID]) == (202, {"results": [refused, PENDING]})
+    answer = relayed(relay, b"[]", ids=[TX_ID, TX_ID], own=nothing)
+    assert answer == (202, {"results": [refused, PENDING]})
+
+
+def test_this_followers_own_commit_stands_over_a_followed_nodes_refusal_or_pending() -> None:
+    """Found by review: a followed node's 409 (or a rejected item, or pending) was relayed
+    for a transaction this follower's verified chain held committed."""
+    problem = problem_body("bad_nonce", "nonce 3 does not follow 1")
+    relay = forwarder(answering(409, problem, **{"content-type": "application/problem+json"}))
+    assert relayed(relay, b' {"tx": 1}') == (200, COMMITTED)
+    with pytest.raises(LedgerError) as refused:  # an array's answer keeps its shape
+        relayed(relay, b"[]")
+    assert refused.value.code == "bad_nonce"
+    rejected = {"tx_id": TX_ID, "status": "rejected", "problem": problem}
+    relay = forwarder(answering(200, {"results": [rejected, PENDING]}))
+    status, answer = relayed(relay, b"[]", ids=[TX_ID, TX_ID])
+    assert (status, answer) == (200, {"results": [COMMITTED, COMMITTED]})
+
+
+def test_a_node_dripping_its_answer_is_passed_over_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: a followed node that sent its status line, then its answer a byte at
+    a time, held every submission for as long as it liked; the next was never asked."""
+
+    def dripping(request: httpx.Request) -> httpx.Response:
+        def drip() -> Iterator[bytes]:
+            for _ in range(40):
+                time.sleep(0.05)
+                yield b" "
+            yield canonical(PENDING)
+
+        return httpx.Response(202, content=drip())
+
+    monkeypatch.setattr("api.follow.FORWARD_ANSWER_SECONDS_MAX", 0.3)
+    started = time.monotonic()
+    assert relayed(forwarder(dripping, answering(202, PENDING)), own=nothing) == (202, PENDING)
+    assert time.monotonic() - started < 1.5
 
 
 def test_after_an_answer_about_another_transaction_the_next_node_is_asked() -> None:

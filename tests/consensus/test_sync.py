@@ -6,7 +6,9 @@ tells a validator it is behind."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import sys
 from collections.abc import Generator, Sequence
 from functools import lru_cache
 from typing import Any
@@ -699,3 +701,21 @@ def test_a_source_that_held_an_attempt_to_its_end_waits_from_the_end() -> None:
     assert state.height == 5 and clock.ms == started + 500  # the attempt took 500 ms
     assert sync.counters.refusals == 1
     assert sync.retry_at_ms == clock.ms + 500  # not started + 500: due at once
+
+
+def test_a_refused_line_is_let_go_with_its_refusal() -> None:
+    """Found by review: the refusal kept its traceback, whose frames held the refused line
+    (up to the chain's line bound, ~160 MB) until a full collection, which an idle follower
+    seldom ran: a peer serving over-long lines grew a follower to 4 GB."""
+    refused = b'{"block": ' + b"x" * 100_000
+    bad = source("bad", lines=[refused])
+    sync = make_sync(bad)
+    gc.disable()  # only reference counting may free it, as between an idle node's collections
+    try:
+        state = built().genesis
+        assert sync.step(state, Sink().append) is state
+        assert sync.counters.refusals == 1
+        bad.lines.clear()
+        assert sys.getrefcount(refused) == 2  # this function's name for it, and the call's
+    finally:
+        gc.enable()
