@@ -6,6 +6,7 @@ traceback), 2 on bad usage. Commands that talk to a node arrive with the HTTP AP
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -49,7 +50,7 @@ from api.settings import Settings
 from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError, StoreError, StoreUnreadable
+from ledger.errors import LedgerError, StoreError, StoreExists, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT
 from ledger.store import (
@@ -368,7 +369,10 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
                 f"resync: {where}; rebuilding it from {sources}", highlight=False, soft_wrap=True
             )
         if not (data / DATABASE_FILE).exists():
-            Store.create(data, document).close()
+            # Another process starting on the same directory may make it first: the lock
+            # then says which process runs there (`_serve`).
+            with contextlib.suppress(StoreExists):
+                Store.create(data, document).close()
         _check_same_chain(data, genesis_hash, genesis_file)
     except BaseException:
         close_all(listening)

@@ -9,6 +9,8 @@
     │                            evidence names its check (ledger.evidence's codes)
     ├── PoolError                mempool_full, bad_nonce, duplicate (node-side admission)
     └── StoreError               the data directory cannot be used (corrupt, mismatched)
+        ├── StoreUnreadable      store_unreadable: this process may not open it
+        └── StoreExists          a ledger is already where one was to be made
 
 Messages say which rule failed and with what values; `code` never changes once published.
 """
@@ -118,6 +120,11 @@ class StoreUnreadable(StoreError):
     it is damaged, so it must not be rebuilt or moved aside."""
 
     code = "store_unreadable"
+
+
+class StoreExists(StoreError):
+    """A ledger is where a new one was to be created (another process may have made it
+    while this one waited for the directory)."""
 
 
 def printable(text: str) -> str:

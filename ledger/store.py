@@ -48,7 +48,13 @@ from ledger.blocks import (
 )
 from ledger.crypto import ZERO_HASH_HEX
 from ledger.encoding import canonical, canonical_object, canonical_unchecked
-from ledger.errors import InvalidProofError, LedgerError, StoreError, StoreUnreadable
+from ledger.errors import (
+    InvalidProofError,
+    LedgerError,
+    StoreError,
+    StoreExists,
+    StoreUnreadable,
+)
 from ledger.evidence import parse_evidence
 from ledger.genesis import Genesis, genesis_state, parse_genesis
 from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX
@@ -163,12 +169,27 @@ class Store:
 
     @classmethod
     def create(cls, directory: Path, genesis_document: dict[str, Any]) -> Store:
-        """A new data directory for the chain of `genesis_document`."""
+        """A new data directory for the chain of `genesis_document`. Made under the
+        directory's lock: two processes starting on one empty directory at once had each
+        deleted the other's half-made file and renamed one into place, a store refused at
+        every later start (found by review); the second now finds the first's ledger."""
         genesis = parse_genesis(genesis_document)
         directory.mkdir(parents=True, exist_ok=True)
+        lock = DirectoryLock(directory / LOCK_FILE)
+        lock.acquire(wait_seconds=LOCK_WAIT_SECONDS)
+        try:
+            cls._create_locked(directory, genesis, genesis_document)
+        finally:
+            lock.release()
+        return cls(directory, cls._connect(directory / DATABASE_FILE))
+
+    @classmethod
+    def _create_locked(
+        cls, directory: Path, genesis: Genesis, genesis_document: dict[str, Any]
+    ) -> None:
         path = directory / DATABASE_FILE
         if path.exists():
-            raise StoreError(f"{path} exists already: refusing to overwrite a ledger")
+            raise StoreExists(f"{path} exists already: refusing to overwrite a ledger")
         orphan = directory / (DATABASE_FILE + "-wal")
         if orphan.exists():  # SQLite would replay its pages into the new database
             raise StoreError(
@@ -199,7 +220,6 @@ class Store:
             os.close(descriptor)
         os.rename(building, path)
         fsync_directory(directory)
-        return cls(directory, cls._connect(path))
 
     @staticmethod
     def _fill(
@@ -472,8 +492,29 @@ class Store:
                 _write(self._conn, record)
             except sqlite3.Error as error:  # rolled back: say so as the writer process does
                 raise StoreError(f"the block was not written: {error}") from error
-        else:
+            return
+        try:
             self._writer.write(record)
+        except WriterDied:
+            # It may have died after its COMMIT and before its answer: then the block is
+            # stored, and building it again broke the next append (found by review: a node
+            # said "not stored", then stopped on an assertion).
+            if not self._holds(block):
+                raise
+
+    def _holds(self, block: Block) -> bool:
+        """Whether this store's head is `block` (read now, on this process's connection)."""
+        try:
+            row = self._conn.execute(
+                "SELECT hash FROM blocks WHERE height = ?", (block.height,)
+            ).fetchone()
+            return (
+                row is not None
+                and row[0] == block.block_hash()
+                and self.head_height == block.height
+            )
+        except sqlite3.Error:
+            return False
 
     def ensure_layout(self) -> None:
         """Bring a store made by an earlier version to this one's layout (once; seconds on a
@@ -497,7 +538,13 @@ class Store:
                 f"refusing to start: the store's lots cannot be moved to this version's layout"
                 f" ({error})"
             ) from error
-        self._ensure_indexes()
+        try:
+            self._ensure_indexes()
+        except sqlite3.Error as error:  # a full disk, say (found by review: a traceback)
+            raise StoreError(
+                f"refusing to start: the store's indexes cannot be brought to this version's"
+                f" layout ({error}); nothing was changed"
+            ) from error
 
     def _hold_lots_once(self) -> None:
         # The lots' values move from `state`, the hashed copy the head's state_root was
@@ -1084,9 +1131,10 @@ FAULT_ENVIRONMENT: Final = "TANLIAN_STORE_FAULT"
 (and, with `forever`, every one after it) fail for real inside its SQLite transaction. KIND is
 `ioerror` (the kernel refuses the COMMIT's file writes, RLIMIT_FSIZE: SQLite's own
 SQLITE_IOERR_WRITE, every row already written), `full` (the database may not grow by a page,
-`PRAGMA max_page_count`: SQLite's own SQLITE_FULL once the block needs a new page) or `exit`
-(the writer process dies just before COMMIT). Unset, nothing is injected."""
-FAULT_KINDS: Final = ("ioerror", "full", "exit")
+`PRAGMA max_page_count`: SQLite's own SQLITE_FULL once the block needs a new page), `exit`
+(the writer process dies just before COMMIT) or `exit_committed` (it dies just after COMMIT,
+before it answers: the block is stored). Unset, nothing is injected."""
+FAULT_KINDS: Final = ("ioerror", "full", "exit", "exit_committed")
 
 
 def parse_fault(text: str | None) -> tuple[int, str, bool] | None:
@@ -1101,11 +1149,16 @@ def parse_fault(text: str | None) -> tuple[int, str, bool] | None:
     return int(parts[0]), parts[1], len(parts) == 3
 
 
+class WriterDied(StoreError):
+    """The writer process ended before it answered: the block may or may not be stored."""
+
+
 class _Writer:
     """`python -m ledger.store DATABASE`: writes each block record it is sent, one SQLite
     transaction each, and answers once the block is durable (an empty answer) or with the
-    error that rolled it back. A writer that dies fails the block it held (nothing of it was
-    committed) and is replaced at the next block."""
+    error that rolled it back. A writer that dies before its COMMIT fails the block it held
+    (nothing of it was committed); one that dies after it left the block stored, which
+    `Store.append` reads back. Either is replaced at the next block."""
 
     def __init__(self, database: Path, lock: DirectoryLock) -> None:
         self.database = database
@@ -1133,7 +1186,7 @@ class _Writer:
         # Answers are empty or an error's text, made by our own child: no bound needed.
         answer = self.child.exchange(marshal.dumps(record), answer_bytes_max=None)
         if answer is None:
-            raise StoreError("the store's writer process died: the block was not written")
+            raise WriterDied("the store's writer process died: the block was not written")
         if answer:
             raise StoreError(f"the block was not written: {answer.decode()}")
 
@@ -1148,11 +1201,14 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
     connection = Store._connect(database)
     try:
         while (request := read_frame(source, max_bytes=None)) is not None:
+            record = marshal.loads(request)
             try:
-                _write(connection, marshal.loads(request))
+                _write(connection, record)
             except (sqlite3.Error, AssertionError, ValueError) as error:
                 answer = str(error).encode() or type(error).__name__.encode()
             else:
+                if record.get("fault") == "exit_committed":
+                    os._exit(3)  # the block committed, its answer never sent
                 answer = b""
             try:
                 write_frame(sink, answer)

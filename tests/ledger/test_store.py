@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from ledger.blocks import (
     verify_certificate,
 )
 from ledger.encoding import canonical_unchecked
-from ledger.errors import StoreError, StoreUnreadable
+from ledger.errors import StoreError, StoreExists, StoreUnreadable
 from ledger.evidence import make_evidence, sign_vote
 from ledger.genesis import genesis_state, parse_genesis
 from ledger.merkle import LogState
@@ -1011,6 +1012,60 @@ def test_create_refuses_an_existing_database(produced: Produced) -> None:
     store = Store.open(produced.directory)
     try:
         assert store.load_state().state_root == produced.state.state_root
+    finally:
+        store.close()
+
+
+def test_two_creations_at_once_make_one_store_and_refuse_the_other(tmp_path: Path) -> None:
+    """Found by review: two processes starting on one empty directory each deleted the
+    other's half-made file, and one renamed a half-made database into place, refused at
+    every later start. Under the directory's lock one makes it, the other finds it."""
+    chain = Chain()
+
+    def create(directory: Path, start: threading.Barrier, outcomes: list[str]) -> None:
+        start.wait()
+        try:
+            Store.create(directory, chain.genesis_document).close()
+            outcomes.append("made")
+        except StoreExists:
+            outcomes.append("exists")
+
+    for attempt in range(8):
+        directory = tmp_path / str(attempt)
+        start = threading.Barrier(2)
+        outcomes: list[str] = []
+        threads = [
+            threading.Thread(target=create, args=(directory, start, outcomes)) for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(outcomes) == ["exists", "made"]
+        store = Store.open(directory)
+        try:
+            assert store.head_height == 0 and store.load_state().height == 0
+        finally:
+            store.close()
+        assert not list(directory.glob(f"{DATABASE_FILE}.*creating*"))
+
+
+def test_indexes_that_cannot_be_made_refuse_the_start_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a full disk while an older store's indexes were made escaped as a
+    traceback."""
+    store = Store.create(tmp_path, Chain().genesis_document)
+    try:
+        store.db.execute("DROP INDEX lots_owner_number")
+
+        def full(self: Store) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(Store, "_ensure_indexes", full)
+        with pytest.raises(StoreError, match="indexes cannot be brought") as refused:
+            store.ensure_layout()
+        assert "database or disk is full" in refused.value.message
     finally:
         store.close()
 
