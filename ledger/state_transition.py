@@ -506,10 +506,12 @@ _INVISIBLE_CATEGORIES: Final = frozenset({"Cf", "Co", "Cn", "Zl", "Zp"})
 # the blank Braille pattern, a symbol drawn as nothing (found by review: each credited
 # `meter-0001` again).
 _INVISIBLE: Final = regex.compile(r"[\p{Default_Ignorable_Code_Point}\u2800]")
-# Dashes drawn as the hyphen-minus `-` of most ids (NFKC keeps them: they are not
-# compatibility forms).
-_DASHES: Final = frozenset(
-    "\u02d7\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\u2796\u2e3a\u2e3b\ufe58"
+# Dashes drawn as the hyphen-minus `-` of most ids: every dash punctuation but the wave
+# dashes (U+301C, U+3030, drawn as `~`), and the signs and lines drawn as a dash (minus
+# signs, box drawing's horizontal lines). NFKC keeps them: they are not compatibility forms.
+_WAVE_DASHES: Final = frozenset("\u301c\u3030")
+_DASH_LIKE: Final = frozenset(
+    "\u02d7\u2043\u2212\u2796\u23af\u2500\u2501\u2574\u2576\u2578\u257a\u257c\u257e"
 )
 # Letters that look alike across scripts (Latin `e`, Cyrillic `е`, Greek `ε`, Cherokee `Ꭼ`,
 # mathematical `𝐞`...), told apart by Unicode's Script_Extensions property (the `regex`
@@ -590,9 +592,10 @@ def project_id_objection(project_id: str) -> str | None:
     text, and review credited one meter's January five times under `meter-0001` followed by
     a zero-width space, a word joiner or a BOM, or preceded by a right-to-left override.
     Refused: such characters and others drawn as nothing (a variation selector, a Hangul
-    filler), dashes drawn as `-`, spaces other than U+0020, a space at either end, text not
-    in Unicode NFKC (an accented letter typed two ways, a fullwidth or mathematical digit for
-    a digit), and letters of look-alike scripts mixed
+    filler), dashes drawn as `-`, compatibility forms of ASCII letters and digits (fullwidth,
+    mathematical, a Roman numeral `Ⅱ`), digits of two numbering systems or other than ASCII
+    beside Latin letters, spaces other than U+0020, a space at either end, text not in
+    Unicode NFC (an accented letter typed two ways), and letters of look-alike scripts mixed
     (`meter-0001` with a Cyrillic `е`, `_mixed_scripts`; an id wholly in one script, or Han
     with Latin, is taken). The auditor reports a committed one
     (`ledger.verification.proposer_notices`). The answers follow the Unicode version of
@@ -608,21 +611,47 @@ def project_id_objection(project_id: str) -> str | None:
                 f"project_id holds U+{ord(char):04X} ({unicodedata.name(char, category)}) at"
                 f" {position}: an id another could not tell from one without it"
             )
-        if char in _DASHES:
+        if char != "-" and ((category == "Pd" and char not in _WAVE_DASHES) or char in _DASH_LIKE):
             return (
                 f"project_id holds U+{ord(char):04X} ({unicodedata.name(char)}) at"
                 f" {position}: a dash another could not tell from '-'"
             )
-    mixed = _mixed_scripts(project_id)
+        reads_as = unicodedata.normalize("NFKC", char)
+        if reads_as != char and any(c.isascii() and (c.isalnum() or c == "-") for c in reads_as):
+            # A compatibility form of what most ids are written in (a fullwidth or
+            # mathematical digit or letter, a Roman numeral, a superscript): one text read
+            # two ways. Other scripts' compatibility forms (fullwidth punctuation) are kept.
+            return (
+                f"project_id holds U+{ord(char):04X} ({unicodedata.name(char)}) at"
+                f" {position}, which reads as {reads_as!r}: write that instead"
+            )
+    mixed = _mixed_scripts(project_id) or _mixed_digits(project_id)
     if mixed is not None:
         return mixed
     if project_id != project_id.strip(" "):
         return "project_id begins or ends with a space"
-    if not unicodedata.is_normalized("NFKC", project_id):
-        return (
-            "project_id is not in Unicode NFKC: the same text can be written otherwise"
-            f" ({unicodedata.normalize('NFKC', project_id)[:80]!r})"
-        )
+    if not unicodedata.is_normalized("NFC", project_id):
+        return "project_id is not in Unicode NFC: the same text can be written otherwise"
+    return None
+
+
+def _mixed_digits(project_id: str) -> str | None:
+    """Why `project_id`'s digits could be read as others, or None: digits of two numbering
+    systems (a Bengali `০` among ASCII digits reads as `0`), or other than ASCII digits
+    beside Latin letters (`meter-০০০১`). Found by review: each credited `meter-0001` again."""
+    zeros: dict[int, int] = {}  # a system's zero -> where its first digit is
+    latin = any(c.isascii() and c.isalpha() for c in project_id)
+    for position, char in enumerate(project_id):
+        if unicodedata.category(char) != "Nd":
+            continue
+        zero = ord(char) - unicodedata.decimal(char)
+        zeros.setdefault(zero, position)
+        if len(zeros) > 1 or (latin and zero != ord("0")):
+            others = "ASCII digits" if latin else "the digits beside them"
+            return (
+                f"project_id holds U+{ord(char):04X} ({unicodedata.name(char)}) at"
+                f" {position}: a digit another could read as one of {others}"
+            )
     return None
 
 

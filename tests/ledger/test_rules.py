@@ -893,6 +893,12 @@ def test_a_proposer_leaves_out_a_retirement_of_more_lots_than_a_receipt_proves(
         "meter\u22120001",  # minus sign
         "meter-\U0001d7e2\U0001d7e2\U0001d7e2\U0001d7e3",  # mathematical sans-serif digits
         "meter-\uff10\uff10\uff10\uff11",  # fullwidth digits
+        # found by the review of those: more dashes, and digits of other numbering systems
+        "meter\u058a0001",  # Armenian hyphen
+        "meter\u25000001",  # box drawing's horizontal line
+        "meter-00\u09e61",  # a Bengali zero among ASCII digits
+        "meter-\u09e6\u09e6\u09e6\u09e7",  # Bengali digits beside Latin letters
+        "\u6dc4\u535a\u5149\u4f0f\u2161\u671f",  # 淄博光伏Ⅱ期: a Roman numeral for II
     ],
 )
 def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
@@ -933,6 +939,10 @@ def test_a_proposer_leaves_out_an_issue_whose_project_id_hides_characters(
         "\u0561\u0563-01",  # Armenian, wholly
         "张·三-01",  # a middle dot: several scripts share it
         "\u0430\u0303-01",  # a Cyrillic а and a combining tilde: marks are no script's letters
+        # fullwidth punctuation, as Chinese input methods type it (NFKC was a regression)
+        "张店区热电厂（2号机组）",
+        "1月\u301c3月",  # a wave dash is no hyphen
+        "\u09e7\u09e8-\u09e9",  # Bengali digits alone
     ],
 )
 def test_readable_project_ids_in_any_script_are_taken(chain: Chain, project_id: str) -> None:
