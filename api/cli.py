@@ -481,15 +481,15 @@ def _serve(
         raise typer.BadParameter(str(error)) from None
     state = running.state
     base = f"http://{host}:{port}"
-    if follow:
-        role = f"follower of {', '.join(follow)}"
+    if follow:  # a URL may hold brackets: escaped, as every interpolation below (review)
+        role = escape(f"follower of {', '.join(follow)}")
     else:
         role = "single validator" if running.consensus_inbox is None else "validator"
     out.print(
         f"[green]{role} running[/green] on {escape(str(data))}: height {state.height}, "
         f"{counted(state.log.size, 'transaction')}, state root {state.state_root[:16]}…\n"
-        f"explorer {base}/   dashboard {base}/dashboard\n"
-        f"API {base}/v1/checkpoint   docs {base}/docs   (Ctrl-C stops)",
+        f"explorer {escape(base)}/   dashboard {escape(base)}/dashboard\n"
+        f"API {escape(base)}/v1/checkpoint   docs {escape(base)}/docs   (Ctrl-C stops)",
         markup=True,
         highlight=False,
     )

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +27,10 @@ from ledger.store import CREATING_SUFFIX, DATABASE_FILE, LOCK_FILE
 
 # Text is printed as it is: a file name such as `chain[v2].ndjson` was read as markup (found
 # by review: printed as `chain.ndjson`, or a traceback for `[/x]`). The few coloured words
-# ask for markup, with what they interpolate escaped. Lines are not wrapped at the
-# terminal's width either: a path or id is one word to copy.
-out = Console(markup=False, soft_wrap=True)
-err = Console(stderr=True, markup=False, soft_wrap=True)
+# ask for markup, with what they interpolate escaped. Nor is `:cd:` read as an emoji code,
+# nor a line wrapped at the terminal's width: a path or id is one word to copy.
+out = Console(markup=False, emoji=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -159,6 +160,8 @@ def refuse_precious_out(out_file: Path, data: Path | None) -> None:
                 code="exists",
             )
     with contextlib.suppress(OSError):
+        if not stat.S_ISREG(target.stat().st_mode):
+            return  # a pipe or a terminal: reading it would wait (found by review)
         with target.open("rb") as existing:
             first = existing.read(PEM_HEAD_BYTES)
         if first.startswith(b"-----BEGIN") and b"PRIVATE KEY-----" in first:

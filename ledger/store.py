@@ -543,7 +543,8 @@ class Store:
         except sqlite3.Error as error:  # a full disk, say (found by review: a traceback)
             raise StoreError(
                 f"refusing to start: the store's indexes cannot be brought to this version's"
-                f" layout ({error}); nothing was changed"
+                f" layout ({error}); its lots are in this version's layout already, and the"
+                " indexes are made at the next start"
             ) from error
 
     def _hold_lots_once(self) -> None:

@@ -205,7 +205,8 @@ def test_help_is_wrapped_to_the_terminal_not_to_the_source() -> None:
 def test_genesis_new_writes_a_genesis_the_ledger_accepts(tmp_path: Path) -> None:
     authorities = [write_key(tmp_path / f"authority-{i}.pem", f"authority-{i}") for i in range(3)]
     validator = write_key(tmp_path / "validator-city.pem", "validator-city")
-    out = tmp_path / "genesis[2026].json"  # printed as it is, not read as markup (review)
+    # printed as it is, not read as markup or an emoji code (found by review)
+    out = tmp_path / "genesis[2026]:cd:.json"
     result = tanlian(
         "genesis", "new",
         "--chain-id", "zibo-2026",

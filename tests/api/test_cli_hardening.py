@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -481,6 +482,17 @@ def test_an_out_that_is_a_directory_is_named_as_given(demo: Path, tmp_path: Path
     )  # checked before anything is written
     assert [p.name for p in tmp_path.iterdir()] == ["a-directory"]
     assert list(directory.iterdir()) == []
+
+
+def test_an_out_that_is_a_pipe_is_not_read(tmp_path: Path) -> None:
+    """Found by review: the check for a private key read an --out that named a FIFO, which
+    waits for a writer that never comes."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    checked = threading.Thread(target=console.refuse_precious_out, args=(fifo, None))
+    checked.start()
+    checked.join(timeout=5)
+    assert not checked.is_alive()
 
 
 def test_a_temporary_file_that_cannot_be_made_is_named_as_the_file_given(

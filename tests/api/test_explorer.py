@@ -802,7 +802,9 @@ async def test_a_batch_whose_project_id_this_proposer_refuses_says_what_is_in_it
     assert 'id="project-questioned"' not in plain
 
 
-async def test_free_text_is_isolated_and_its_invisible_characters_named(tmp_path: Path) -> None:
+async def test_free_text_is_isolated_and_its_invisible_characters_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by review: a beneficiary ending in a right-to-left override reversed the
     purpose label and the programme link the page wrote after it, and the certificate
     showed it as the plain name, which a search did not find."""
@@ -820,6 +822,9 @@ async def test_free_text_is_isolated_and_its_invisible_characters_named(tmp_path
         },
     )
     assert not chain.commit(retire).rejected
+    monkeypatch.setattr(state_transition, "_check_project_id", lambda project_id: None)
+    questioned = chain.issue([(chain.carol, 10)], project_id="meter-0002\u202e")
+    assert not chain.commit(questioned).rejected  # B-2, as another proposer may commit it
     chain.write_store(tmp_path)
     async with serving(tmp_path, chain.validator) as client:
         pages = [
@@ -827,9 +832,13 @@ async def test_free_text_is_isolated_and_its_invisible_characters_named(tmp_path
             for path in (f"/transactions/{retire.tx_id}", "/retirements", "/")
         ]
         programme = (await client.get("/programmes/zibo-green-home")).text
+        batch_page = (await client.get("/batches/B-2")).text
     for html in pages:
         assert f"<bdi>{beneficiary}</bdi>" in html
         assert "holds invisible characters: U+202E" in html
+    # A project id another proposer committed with one is isolated too (found by review).
+    assert '<bdi>meter-0002\u202e</bdi> <span class="hint">' in batch_page
+    assert "holds invisible characters: U+202E" in batch_page
     # A name without such characters is isolated all the same, and nothing is named.
     assert "<h1><bdi>Zibo green home incentive</bdi></h1>" in programme
     assert programme.count("holds invisible characters") == 1  # the beneficiary's alone

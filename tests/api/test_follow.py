@@ -324,6 +324,11 @@ def test_this_followers_own_commit_stands_over_a_followed_nodes_refusal_or_pendi
     with pytest.raises(LedgerError) as refused:  # an array's answer keeps its shape
         relayed(relay, b"[]")
     assert refused.value.code == "bad_nonce"
+    # ... and when no followed node answers at all (found by the review of that fix)
+    assert relayed(forwarder(unreachable, unreachable), b"{}") == (200, COMMITTED)
+    with pytest.raises(LedgerError) as unanswered:
+        relayed(forwarder(unreachable), b"{}", own=nothing)
+    assert unanswered.value.code == "upstream_unavailable"
     rejected = {"tx_id": TX_ID, "status": "rejected", "problem": problem}
     relay = forwarder(answering(200, {"results": [rejected, PENDING]}))
     status, answer = relayed(relay, b"[]", ids=[TX_ID, TX_ID])

@@ -1066,6 +1066,7 @@ def test_indexes_that_cannot_be_made_refuse_the_start_in_one_line(
         with pytest.raises(StoreError, match="indexes cannot be brought") as refused:
             store.ensure_layout()
         assert "database or disk is full" in refused.value.message
+        assert "the indexes are made at the next start" in refused.value.message
     finally:
         store.close()
 
