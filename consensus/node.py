@@ -219,6 +219,7 @@ class BftProducer:
         self.pool = pool if pool is not None else Pool()
         self._clock_ms = clock_ms
         self._state = store.load_state()
+        self.pool.chain_id = self._state.chain_id
         self._tip = self._state  # the replica's: decided, perhaps not yet durable
         self._write_executor = write_executor
         self._writing: deque[tuple[Decide, Future[None]]] = deque()  # in height order

@@ -9,7 +9,13 @@
   releases them strictly in order; a nonce already used or too far ahead is `bad_nonce`. One
   still waiting behind a missing nonce after `gap_wait_ms` leaves the pool (`drop_stale`):
   fresh keys cost nothing, and a review filled the pool with transactions that could never be
-  proposed (nonce 2 of fresh accounts), for good.
+  proposed (nonce 2 of fresh accounts), for good. At most `gapped_max` wait so at once (a
+  later review refilled the pool faster than they left, one client keeping everyone else's
+  transactions out): beyond, another behind a gap is `mempool_full`, and ready ones still
+  have the rest of the pool.
+- Transactions must be for the pool's `chain_id` (`wrong_chain`; set by the producer that
+  owns the pool): one signed for another chain with the same key could otherwise hold its
+  signer's nonce here until its block refused it (found by review).
 - The listed keys must belong to the signer's key set at the node's tip and reach its
   threshold (`check_authorization`), so nobody can hold another account's nonce (and make its
   own transaction `bad_nonce`) with one that account did not sign. After a pending
@@ -33,6 +39,7 @@ from typing import Any
 from ledger.errors import LedgerError, PoolError
 from ledger.limits import (
     POOL_GAP_WAIT_MS,
+    POOL_GAPPED_MAX,
     POOL_LOCAL_RESERVED,
     POOL_NONCE_GAP_MAX,
     POOL_TRANSACTIONS_MAX,
@@ -78,6 +85,8 @@ class Pool:
         capacity: int = POOL_TRANSACTIONS_MAX,
         nonce_gap_max: int = POOL_NONCE_GAP_MAX,
         local_reserved: int | None = None,
+        gapped_max: int = POOL_GAPPED_MAX,
+        chain_id: str | None = None,
         executor: Executor | None = None,
         check_signatures: SignatureCheck | None = None,
         clock_ms: Callable[[], int] = lambda: time.monotonic_ns() // 1_000_000,
@@ -89,6 +98,8 @@ class Pool:
             local_reserved = min(POOL_LOCAL_RESERVED, capacity // 2)
         assert 0 <= local_reserved < capacity
         self.forwarded_capacity = capacity - local_reserved
+        self.gapped_max = gapped_max
+        self.chain_id = chain_id  # None: not checked (the producer owning the pool sets it)
         self.executor = executor
         self.check_signatures: SignatureCheck = check_signatures or (
             lambda envelopes: verify_signatures(envelopes, executor)
@@ -101,6 +112,11 @@ class Pool:
         self.gap_wait_ms = POOL_GAP_WAIT_MS
         self._clock_ms = clock_ms
         self._admitted_at: dict[str, int] = {}  # tx_id -> `clock_ms()` when it was admitted
+        # Pending behind a missing nonce of their signer, as of the last admission of the
+        # signer's or the last `drop_stale`; with their admission times, oldest first (ids
+        # no longer gapped are skipped when met).
+        self._gapped: set[str] = set()
+        self._gap_heap: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -152,6 +168,34 @@ class Pool:
             answers.append(Admission(envelope, error, new))
         return answers
 
+    def gapped_count(self) -> int:
+        """How many pending transactions wait behind a missing nonce of their signer."""
+        return len(self._gapped)
+
+    def gap_expired(self) -> bool:
+        """Whether a transaction behind a gap has waited `gap_wait_ms`: `drop_stale` would
+        drop it. Cheap: the oldest one's time."""
+        heap = self._gap_heap
+        while heap and heap[0][1] not in self._gapped:
+            heapq.heappop(heap)
+        return bool(heap) and self._clock_ms() - heap[0][0] >= self.gap_wait_ms
+
+    def _reach(self, pending: Mapping[int, Envelope], committed: int) -> int:
+        """The first nonce after `committed` that `pending` lacks: those above wait."""
+        reach = committed + 1
+        while reach in pending:
+            reach += 1
+        return reach
+
+    def _regap(self, pending: Mapping[int, Envelope], reach: int) -> None:
+        for nonce, waiting in pending.items():
+            tx_id = waiting.tx_id
+            if nonce < reach:
+                self._gapped.discard(tx_id)
+            elif tx_id not in self._gapped:
+                self._gapped.add(tx_id)
+                heapq.heappush(self._gap_heap, (self._admitted_at[tx_id], tx_id))
+
     def _admit(
         self,
         envelope: Envelope,
@@ -161,6 +205,12 @@ class Pool:
     ) -> bool:
         if envelope.tx_id in self._by_id:
             return False  # the same transaction again: already pending, nothing changes
+        if self.chain_id is not None and envelope.tx.chain_id != self.chain_id:
+            raise LedgerError(
+                f"transaction is for chain {envelope.tx.chain_id[:80]!r}, not"
+                f" {self.chain_id!r}",
+                code="wrong_chain",
+            )
         committed = 0 if account is None else int(account["nonce"])
         nonce = envelope.tx.nonce
         if nonce <= committed:
@@ -180,12 +230,20 @@ class Pool:
             )
         if len(self._by_id) >= capacity:
             raise PoolError(f"the pending pool holds {len(self._by_id)}", code="mempool_full")
+        reach = self._reach(pending, committed)
+        if nonce > reach and len(self._gapped) >= self.gapped_max:
+            raise PoolError(
+                f"{len(self._gapped)} pending transactions wait behind missing nonces, at most"
+                f" {self.gapped_max}: send nonce {reach} of this signer first",
+                code="mempool_full",
+            )
         self._by_signer.setdefault(envelope.tx.signer, pending)[nonce] = envelope
         self._by_id[envelope.tx_id] = envelope
         self._by_leaf[envelope.leaf_hash] = envelope
         self._sequence += 1
         self._arrival[envelope.tx_id] = self._sequence
         self._admitted_at[envelope.tx_id] = self._clock_ms()
+        self._regap(pending, self._reach(pending, committed))
         return True
 
     def ready(self, committed_nonce: Callable[[str], int], limit: int) -> list[Envelope]:
@@ -215,6 +273,7 @@ class Pool:
             del self._by_leaf[pending_envelope.leaf_hash]
             del self._arrival[envelope.tx_id]
             del self._admitted_at[envelope.tx_id]
+            self._gapped.discard(envelope.tx_id)
             pending = self._by_signer[envelope.tx.signer]
             del pending[envelope.tx.nonce]
             if not pending:
@@ -226,12 +285,13 @@ class Pool:
         those that waited `gap_wait_ms` behind a missing nonce."""
         now = self._clock_ms()
         stale: list[tuple[Envelope, str]] = []
+        gapped: list[tuple[int, str]] = []
         for signer, pending in self._by_signer.items():
             committed = committed_nonce(signer)
-            ready_to = committed + 1  # the first nonce not reachable without a gap
-            while ready_to in pending:
-                ready_to += 1
+            ready_to = self._reach(pending, committed)  # the first nonce a gap keeps out
             for nonce, envelope in pending.items():
+                if nonce > ready_to:
+                    gapped.append((self._admitted_at[envelope.tx_id], envelope.tx_id))
                 if nonce <= committed:
                     stale.append((envelope, "another transaction used this nonce first"))
                 elif nonce > ready_to and now - self._admitted_at[envelope.tx_id] >= (
@@ -244,5 +304,9 @@ class Pool:
                             f" {self.gap_wait_ms // 1000} s",
                         )
                     )
+        # Which wait behind a gap, counted afresh: blocks committed since moved accounts on.
+        self._gapped = {tx_id for _, tx_id in gapped}
+        heapq.heapify(gapped)
+        self._gap_heap = gapped
         self.remove(envelope for envelope, _ in stale)
         return stale

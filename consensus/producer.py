@@ -193,6 +193,7 @@ class SoloProducer:
                 f"this key is not the chain's only validator: {detail}", code="not_a_validator"
             )
         self.pool = pool if pool is not None else Pool(executor=executor)
+        self.pool.chain_id = self._state.chain_id
         self._last_certificate = store.last_certificate()
         # The tip: the last block prepared, which `finish` has not made committed yet.
         self._tip = self._state
@@ -217,11 +218,13 @@ class SoloProducer:
         written. A full block means more arrives than a block holds: waiting out the interval
         then would only leave the node idle while transactions queue."""
         pending = self.pending_count()
+        if pending == self.pool.gapped_count():
+            # Nothing to build from (found by review: a pool of transactions behind gaps was
+            # scanned every poll, 100 times a second): due only once one of them may leave.
+            return pending > 0 and self.pool.gap_expired()
         params = self._tip.params
         if pending >= params.block_transactions_max:
             return True
-        if pending == 0:
-            return False
         if not self._unfinished and self._last_full:
             return True
         # A clock behind the last block's time (stepped back, or the data directory moved to
@@ -264,17 +267,20 @@ class SoloProducer:
             )
         ]
         answers = []
+        # One locked section: the block loop may build, reject and remember an admitted
+        # transaction as soon as the lock is let go, and a later "pending" must not erase
+        # that (found by review: answered pending, then unknown for good).
         with self._lock:
             # Nonces count from the tip: one in a block being written is used already.
             admissions = self.pool.admit(envelopes, checks, self._tip_account)
-        for admission, check in zip(admissions, signature_checks, strict=True):
-            envelope, error = admission.envelope, admission.error
-            with self._lock:
+            for admission, check in zip(admissions, signature_checks, strict=True):
+                envelope, error = admission.envelope, admission.error
                 if error is None:
                     outcome = Outcome(tx_id=envelope.tx_id, status="pending")
-                    # Ids come from the transaction alone: a new attempt (say, now signed by
-                    # the right key) replaces what an earlier one was answered.
-                    self.outcomes.pop(envelope.tx_id, None)
+                    if admission.new:
+                        # Ids come from the transaction alone: a new attempt (say, now signed
+                        # by the right key) replaces what an earlier one was answered.
+                        self.outcomes.pop(envelope.tx_id, None)
                 else:
                     account = self._tip_account(envelope.tx.signer)
                     outcome = refusal(
@@ -283,7 +289,7 @@ class SoloProducer:
                         error,
                         authentic=is_authentic(check, account, envelope),
                     )
-            answers.append(outcome)
+                answers.append(outcome)
         return answers
 
     def produce(self, now_ms: int) -> CommittedBlock | None:
@@ -308,7 +314,8 @@ class SoloProducer:
             tip = self._tip
             limit = tip.params.block_transactions_max
             candidates = self.pool.ready(self._tip_nonce, limit)
-            if not candidates:  # only transactions behind a gap: they do not wait for ever
+            if not candidates and self.pool.gap_expired():
+                # only transactions behind a gap: they do not wait for ever
                 reject_stale(self.pool, self.outcomes, self._committed_nonce)
         if not candidates:
             return None

@@ -54,6 +54,9 @@ POOL_NONCE_GAP_MAX: Final = 64
 # (mempool_full to everyone else). A client that sends nonces out of order fills its gap in
 # well under a second.
 POOL_GAP_WAIT_MS: Final = 30_000
+# At most so many wait behind a missing nonce at once: one client refilled the pool with such
+# transactions faster than they expired (found by review), keeping everyone else out.
+POOL_GAPPED_MAX: Final = 5_000
 # Room in the pool that transactions forwarded by peers may not take: this node's own clients
 # keep it (docs/decisions/0006, pool forwarding).
 POOL_LOCAL_RESERVED: Final = 10_000
@@ -62,6 +65,7 @@ OUTCOMES_REMEMBERED_MAX: Final = 10_000  # recent outcomes in memory; the store 
 assert ISSUE_RECIPIENTS_MAX * JSON_INTEGER_MAX > JSON_INTEGER_MAX, "sums must be checked"
 assert POOL_NONCE_GAP_MAX < POOL_TRANSACTIONS_MAX
 assert POOL_LOCAL_RESERVED < POOL_TRANSACTIONS_MAX
+assert POOL_NONCE_GAP_MAX < POOL_GAPPED_MAX < POOL_TRANSACTIONS_MAX - POOL_LOCAL_RESERVED
 assert BLOCK_TRANSACTIONS_MAX_DEFAULT <= BLOCK_TRANSACTIONS_MAX_CEILING
 assert TRANSACTION_BYTES_MAX_DEFAULT <= TRANSACTION_BYTES_MAX_CEILING
 

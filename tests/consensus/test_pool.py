@@ -390,3 +390,38 @@ def test_a_transaction_waiting_behind_a_missing_nonce_leaves_after_the_gap_wait(
     assert {why for _, why in stale} == {"nonce 1 of this signer did not come within 30 s"}
     assert a1.tx_id in pool and a2.tx_id in pool and len(pool) == 2
     assert codes(pool, [envelope(ALICE, 3)]) == [None]  # room again
+
+
+def test_transactions_behind_gaps_are_bounded_apart_from_ready_ones() -> None:
+    """Found by review: one client refilled the pool with transactions of fresh accounts
+    behind a missing nonce faster than they expired, so everybody else got mempool_full.
+    At most gapped_max wait behind gaps; ready ones keep the rest of the pool."""
+    now = [0]
+    pool = Pool(gapped_max=2, clock_ms=lambda: now[0])
+    carol, dave = CHAIN.carol, key("dave")
+    assert codes(pool, [envelope(ALICE, 2), envelope(BOB, 3)]) == [None, None]
+    assert pool.gapped_count() == 2
+    refused = pool.add_many([envelope(carol, 2)], accounts())
+    assert refused[0].error is not None and refused[0].error.code == "mempool_full"
+    assert "send nonce 1 of this signer first" in refused[0].error.message
+    assert codes(pool, [envelope(carol, 1), envelope(dave, 1)]) == [None, None]  # ready: taken
+    assert codes(pool, [envelope(carol, 2)]) == [None]  # follows on: not behind a gap
+    assert codes(pool, [envelope(ALICE, 1)]) == [None]  # fills Alice's gap
+    assert pool.gapped_count() == 1  # Bob's nonce 3 alone
+    assert not pool.gap_expired()
+    now[0] = pool.gap_wait_ms
+    assert pool.gap_expired()
+    # After a block, counted afresh from the committed nonces: Bob's 1 and 2 came elsewhere.
+    assert pool.drop_stale(committed({BOB.account_id: 2})) == []
+    assert pool.gapped_count() == 0 and not pool.gap_expired()
+
+
+def test_a_transaction_for_another_chain_is_refused_at_admission() -> None:
+    """Found by review: one signed for another chain with the same key was pending until its
+    block refused it, holding its signer's nonce (the genuine one was bad_nonce)."""
+    pool = Pool(chain_id="zibo-demo")
+    other = envelope(ALICE, 1)  # the test chain's
+    answers = pool.add_many([other], accounts())
+    assert answers[0].error is not None and answers[0].error.code == "wrong_chain"
+    assert len(pool) == 0
+    assert codes(Pool(chain_id=other.tx.chain_id), [other]) == [None]

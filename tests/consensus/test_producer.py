@@ -7,6 +7,7 @@ against what the store holds and what an independent replay (`apply_block`) acce
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -582,3 +583,55 @@ def test_a_single_validator_with_only_gapped_transactions_still_lets_them_go(
     rejected = producer.outcomes[gapped.tx_id]
     assert rejected.status == "rejected" and rejected.code == "bad_nonce"
     assert "did not come within" in (rejected.message or "")
+
+
+def test_a_rejection_made_while_a_submission_is_answered_is_kept(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """Found by review: the answer "pending" was settled after the producer's lock was let
+    go once, and a block built in between rejected the transaction and remembered it; the
+    late answer then erased that rejection, and the transaction was unknown for good."""
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    too_much = transfer(chain, 5000)
+    submitter = threading.current_thread()
+    inner = producer._lock
+    built: list[CommittedBlock | None] = []
+
+    class BuildOnRelease:
+        """The producer's lock; the first time the submitting thread lets it go, the block
+        loop runs at once (as it may whenever the lock is free)."""
+
+        def __enter__(self) -> None:
+            inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            inner.release()
+            if threading.current_thread() is submitter and not built:
+                loop = threading.Thread(target=lambda: built.append(producer.produce(T1 + 1000)))
+                loop.start()
+                loop.join(timeout=10)
+
+    producer._lock = BuildOnRelease()  # type: ignore[assignment]
+    assert [o.status for o in producer.submit([too_much])] == ["pending"]
+    assert built == [None]  # the block loop ran, and its one transaction was rejected
+    outcome = producer.outcomes.get(too_much.tx_id)
+    assert outcome is not None and outcome.code == "insufficient_credits"
+
+
+def test_a_pool_of_transactions_behind_gaps_is_not_due_until_one_may_leave(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """Found by review: such a pool was due at every poll, 100 times a second, each time
+    scanning the whole pool under the producer's lock."""
+    now = [0]
+    producer.pool._clock_ms = lambda: now[0]
+    later = transfer(chain, 1, nonce=5)  # nonces 1 to 4 never came
+    assert [o.status for o in producer.submit([later])] == ["pending"]
+    assert producer.pending_count() == 1 and producer.pool.gapped_count() == 1
+    assert not producer.due(T1 + 60_000)
+    now[0] = producer.pool.gap_wait_ms
+    assert producer.due(T1 + 60_000)
+    assert producer.produce(T1 + 60_000) is None
+    outcome = producer.outcomes[later.tx_id]
+    assert outcome.code == "bad_nonce" and producer.pending_count() == 0
