@@ -178,9 +178,18 @@ class StreamTurns:
     and with one bound alone, 32 connections of one client kept every export, block sync's
     included, from everybody else (both found by review). Used from request threads."""
 
-    def __init__(self, *, total_max: int, per_client_max: int) -> None:
+    def __init__(
+        self,
+        *,
+        total_max: int,
+        per_client_max: int,
+        what: str = "exports",
+        doing: str = "being streamed",
+    ) -> None:
         self.total_max = total_max
         self.per_client_max = per_client_max
+        self.what = what  # in refusals: "4 exports to 127.0.0.1 are being streamed already"
+        self.doing = doing
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -192,13 +201,13 @@ class StreamTurns:
             if mine >= self.per_client_max:
                 return Refused(
                     "too_many_requests",
-                    f"{mine} exports to {client} are being streamed already, at most"
+                    f"{mine} {self.what} of {client} are {self.doing} already, at most"
                     f" {self.per_client_max} at once",
                 )
             if sum(self._held.values()) >= self.total_max:
                 return Refused(
                     "overloaded",
-                    f"{self.total_max} exports are being streamed already, the most at once",
+                    f"{self.total_max} {self.what} are {self.doing} already, the most at once",
                 )
             self._held[client] = mine + 1
             return None

@@ -84,6 +84,10 @@ COMMITTED_IDS_MIN: Final = 1 << 20  # transaction ids the filter holds before it
 # api.serving's FILES_RESERVE beside the request threads' readers.
 EXPORTS_AT_ONCE_MAX: Final = 32
 EXPORTS_PER_CLIENT_MAX: Final = 4
+# A follower's submissions forwarded and waiting for the nodes it follows (api.follow): each
+# holds a request thread for up to the commit wait.
+FORWARDS_AT_ONCE_MAX: Final = 32
+FORWARDS_PER_CLIENT_MAX: Final = 4
 
 
 class _CommittedIds:
@@ -212,6 +216,15 @@ class Node:
         # answer ends, however it ends.
         self.exports = StreamTurns(
             total_max=EXPORTS_AT_ONCE_MAX, per_client_max=EXPORTS_PER_CLIENT_MAX
+        )
+        # A follower's forwarded submission's turn, held while the nodes it follows answer
+        # (out of the parsing queues, which it had held for the whole commit wait: 16 such
+        # requests of one client kept everyone's submissions waiting, found by review).
+        self.forwards = StreamTurns(
+            total_max=FORWARDS_AT_ONCE_MAX,
+            per_client_max=FORWARDS_PER_CLIENT_MAX,
+            what="forwarded submissions",
+            doing="waiting for the nodes this follower follows",
         )
         self._committed = threading.Condition()
         # Event loops' futures waiting for the next block (`wait_for_commit_async`)

@@ -207,8 +207,7 @@ class Pool:
             return False  # the same transaction again: already pending, nothing changes
         if self.chain_id is not None and envelope.tx.chain_id != self.chain_id:
             raise LedgerError(
-                f"transaction is for chain {envelope.tx.chain_id[:80]!r}, not"
-                f" {self.chain_id!r}",
+                f"transaction is for chain {envelope.tx.chain_id[:80]!r}, not {self.chain_id!r}",
                 code="wrong_chain",
             )
         committed = 0 if account is None else int(account["nonce"])

@@ -148,12 +148,12 @@ async def submit(
 ) -> JSONResponse:
     body = await request.body()
     client = request.client.host if request.client is not None else ""
+    if node.forwarder is not None:  # a follower: the nodes it follows decide
+        return await _forward(node, settings, admission, body, client, wait=wait == "commit")
     try:
         # Parsing costs CPU per envelope, good signatures or not: each client's submissions
         # wait their turn (api.admission), and a full queue is answered at once.
         async with admission.queue_for(len(body)).turn(client):
-            if node.forwarder is not None:  # a follower: the nodes it follows decide
-                return await _forward(node, settings, body, wait=wait == "commit")
             # Decoding, parsing and checking up to 1,000 envelopes is CPU work: off the event
             # loop, and for a large body in one of the node's intake worker processes (api.intake);
             # then the pool. One trip to a thread for both: on a busy node each trip waits
@@ -191,20 +191,37 @@ async def submit(
     return JSONResponse({"results": bodies}, status_code=status_of(bodies))
 
 
-async def _forward(node: Node, settings: Settings, body: bytes, *, wait: bool) -> JSONResponse:
-    """A follower's submission (api.follow): forwarded, and answered as this follower can
-    vouch for it; with `wait`, a commit claimed that its store has not synced yet is waited
-    for there, within what is left of the one commit wait the request has."""
+async def _forward(
+    node: Node,
+    settings: Settings,
+    admission: Admission,
+    body: bytes,
+    client: str,
+    *,
+    wait: bool,
+) -> JSONResponse:
+    """A follower's submission (api.follow): its ids read in the client's parsing turn,
+    then forwarded in a forwarding turn of its own (`Node.forwards`), and answered as this
+    follower can vouch for it; with `wait`, a commit claimed that its store has not synced
+    yet is waited for there, within what is left of the one commit wait the request has."""
     forwarder = node.forwarder
     assert forwarder is not None
     limit = node.genesis.params.transaction_bytes_max
     wait_until = time.monotonic() + settings.commit_wait_seconds
-
-    def forward() -> tuple[int, dict[str, Any], list[str]]:
-        ids = submitted_ids(body, transaction_bytes_max=limit)
-        return forwarder.submit(body, wait=wait, ids=ids, own=node.outcome)
-
-    status, answer, unsynced = await run_in_threadpool(forward)
+    try:
+        async with admission.queue_for(len(body)).turn(client):
+            ids = await run_in_threadpool(lambda: submitted_ids(body, transaction_bytes_max=limit))
+    except Refused as refused:
+        return problem(refused.code, refused.detail, {"retry-after": str(RETRY_AFTER_SECONDS)})
+    turn = node.forwards.take(client)
+    if turn is not None:
+        return problem(turn.code, turn.detail, {"retry-after": str(RETRY_AFTER_SECONDS)})
+    try:
+        status, answer, unsynced = await run_in_threadpool(
+            lambda: forwarder.submit(body, wait=wait, ids=ids, own=node.outcome)
+        )
+    finally:
+        node.forwards.give_back(client)
     left = wait_until - time.monotonic()
     if wait and unsynced and left > 0:
         await node.wait_for_commit_async(unsynced, left)

@@ -5,9 +5,11 @@ node serving the API from its own store."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -215,13 +217,13 @@ def test_the_next_node_is_asked_when_one_cannot_be_reached_or_answers_badly() ->
     relay = forwarder(answering(501, {"not": "an answer"}), answering(200, COMMITTED))
     assert relayed(relay, wait=True) == (200, COMMITTED)
     with pytest.raises(LedgerError) as refused:
-        relayed(forwarder(unreachable, answering(200, {"tx_id": TX_ID})))
+        relayed(forwarder(unreachable, answering(200, {"tx_id": TX_ID})), own=nothing)
     assert refused.value.code == "bad_upstream"
 
 
 def test_no_node_reachable_is_upstream_unavailable() -> None:
     with pytest.raises(LedgerError) as refused:
-        relayed(forwarder(unreachable, unreachable))
+        relayed(forwarder(unreachable, unreachable), own=nothing)
     assert refused.value.code == "upstream_unavailable"
     assert refused.value.message.count("cannot reach") == 2
 
@@ -251,7 +253,7 @@ def test_a_problem_is_relayed_with_its_code() -> None:
 )
 def test_what_is_not_a_submissions_answer_is_bad_upstream(status: int, body: Any) -> None:
     with pytest.raises(LedgerError) as refused:
-        relayed(forwarder(answering(status, body)))
+        relayed(forwarder(answering(status, body)), own=nothing)
     assert refused.value.code == "bad_upstream", refused.value
 
 
@@ -638,3 +640,42 @@ def test_node_needs_a_key_or_nodes_to_follow(
     assert result.exit_code == 2, result.output
     assert reason in " ".join(result.output.replace("│", " ").split()), result.output
     assert not (tmp_path / "data").exists()  # refused before anything is made
+
+
+@pytest.mark.anyio
+async def test_a_followers_forwarded_submissions_hold_turns_of_their_own(
+    follower: tuple[Node, httpx.AsyncClient],
+) -> None:
+    """Found by review: a forwarded submission held its client's parsing turn for the whole
+    commit wait, so 16 `wait=commit` requests of one client kept everyone's submissions
+    waiting. Forwards now take turns of their own, 4 a client, given back as they end."""
+    node, client = follower
+    release = threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if b"slow" in request.content:
+            release.wait(30)
+        return httpx.Response(202, json=PENDING)
+
+    node.forwarder = forwarder(slow)
+    headers = {"content-type": "application/json"}
+
+    def post(number: int) -> Any:
+        return client.post("/v1/transactions", content=b'{"slow": %d}' % number, headers=headers)
+
+    held = [asyncio.ensure_future(post(n)) for n in range(4)]
+    deadline = time.monotonic() + 10
+    while node.forwards.held() < 4:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    fifth = await post(5)
+    assert fifth.status_code == 429 and fifth.json()["code"] == "too_many_requests"
+    assert "4 forwarded submissions of 127.0.0.1" in fifth.json()["detail"]
+    app = client._transport.app  # type: ignore[attr-defined]
+    other = httpx.ASGITransport(app=app, client=("127.0.0.2", 1))
+    async with httpx.AsyncClient(transport=other, base_url="http://follower") as elsewhere:
+        answered = await elsewhere.post("/v1/transactions", content=b"{}", headers=headers)
+    assert answered.status_code in (202, 502)  # answered, not kept waiting
+    release.set()
+    assert [(await answer).status_code for answer in held] == [502] * 4
+    assert node.forwards.held() == 0
