@@ -362,7 +362,15 @@ def verify_receipt_file(
             receipt, validators_hash=trusted, genesis_hash=genesis_hash, chain_id=chain_id
         )
     except LedgerError as error:
-        fail(f"receipt not verified: {error.message}")
+        hint = ""
+        if genesis_file is not None and error.message.endswith("are not the trusted set"):
+            # The genesis's set certifies only until a set_validators changes it (review).
+            hint = (
+                ": --genesis trusts the genesis's validator set; a receipt certified after a"
+                " set_validators needs --validators-hash of a later set you trust (one"
+                " `verify monitor` followed, docs/verification.md)"
+            )
+        fail(f"receipt not verified: {error.message}{hint}")
     record = receipt["retirement"]
     header = receipt["checkpoint"]["header"]
     # Quoted as JSON, the same way whatever the name holds (Python's repr chose its quotes),

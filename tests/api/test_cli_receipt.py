@@ -11,7 +11,7 @@ import pytest
 from ledger.genesis import parse_genesis
 from ledger.store import DATABASE_FILE
 from tests.api.test_cli import assert_fails_cleanly, tanlian
-from tests.factory import Chain
+from tests.factory import Chain, key
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,29 @@ def test_a_beneficiarys_bidirectional_controls_are_printed_escaped(tmp_path: Pat
     assert checked.returncode == 0, checked.stderr
     assert "\u202e" not in checked.stdout and "\u202c" not in checked.stdout
     assert 'for "Alice \\u202e(fake text)\\u202c" (voluntary)' in checked.stdout
+
+
+def test_a_receipt_under_a_later_validator_set_says_how_to_trust_it(tmp_path: Path) -> None:
+    """Found by review: after a set_validators, `--genesis` refused a sound receipt with
+    "the validators are not the trusted set" and no word of `--validators-hash`."""
+    chain = Chain().funded()
+    successors = [key(f"successor-{i}") for i in range(4)]
+    assert not chain.commit(chain.set_validators(successors)).rejected
+    chain.commit()  # the new set governs from two heights on
+    retire = chain.tx(
+        chain.alice,
+        "retire",
+        {"batch_id": "B-1", "quantity": 5, "beneficiary": "Alice", "purpose": "voluntary"},
+    )
+    assert not chain.commit(retire).rejected
+    data = tmp_path / "data"
+    chain.write_store(data)
+    genesis = tmp_path / "genesis.json"
+    genesis.write_text(json.dumps(chain.genesis_document))
+    receipt = tmp_path / "receipt.json"
+    write_receipt(data, retirement_ids(data)[0], receipt)
+    result = tanlian("verify", "receipt", receipt, "--genesis", genesis)
+    assert_fails_cleanly(result, "the validators are not the trusted set: --genesis trusts")
+    assert "needs --validators-hash of a later set you trust" in result.stderr
+    trusted = json.loads(receipt.read_text())["checkpoint"]["header"]["validators_hash"]
+    assert tanlian("verify", "receipt", receipt, "--validators-hash", trusted).returncode == 0
