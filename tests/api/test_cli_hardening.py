@@ -457,7 +457,9 @@ def test_a_full_disk_while_a_store_or_a_demo_is_made_is_one_line_and_leaves_noth
     )
     assert_fails_cleanly(started, "cannot create the ledger")
     assert not (data / DATABASE_FILE).exists()
-    assert [p.name for p in data.iterdir()] == []
+    # only the directory's lock file, empty, which creating takes (never unlinked: a process
+    # waiting on it would then lock another file)
+    assert [(p.name, p.stat().st_size) for p in data.iterdir()] == [(LOCK_FILE, 0)]
     city = tmp_path / "demo"
     assert_fails_cleanly(
         limited("demo", "--data", city, "--transactions", 3000, limit=400 * 1024), "error"
