@@ -162,7 +162,9 @@ class Pool:
             new = False
             if error is None:
                 try:
-                    new = self._admit(envelope, account(envelope.tx.signer), capacity, tip_behind)
+                    new = self._admit(
+                        envelope, account(envelope.tx.signer), capacity, tip_behind, forwarded
+                    )
                 except LedgerError as refused:  # PoolError, or the envelope's authorization
                     error = refused
             answers.append(Admission(envelope, error, new))
@@ -202,6 +204,7 @@ class Pool:
         account: Mapping[str, Any] | None,
         capacity: int,
         tip_behind: bool,
+        forwarded: bool = False,
     ) -> bool:
         if envelope.tx_id in self._by_id:
             return False  # the same transaction again: already pending, nothing changes
@@ -230,10 +233,17 @@ class Pool:
         if len(self._by_id) >= capacity:
             raise PoolError(f"the pending pool holds {len(self._by_id)}", code="mempool_full")
         reach = self._reach(pending, committed)
-        if nonce > reach and len(self._gapped) >= self.gapped_max:
+        # Peers' (forwarded) transactions take the gapped share in proportion to their share
+        # of the pool: the rest is this node's own clients' (found by review).
+        gapped_max = (
+            self.gapped_max * self.forwarded_capacity // self.capacity
+            if forwarded
+            else self.gapped_max
+        )
+        if nonce > reach and len(self._gapped) >= gapped_max:
             raise PoolError(
                 f"{len(self._gapped)} pending transactions wait behind missing nonces, at most"
-                f" {self.gapped_max}: send nonce {reach} of this signer first",
+                f" {gapped_max}: send nonce {reach} of this signer first",
                 code="mempool_full",
             )
         self._by_signer.setdefault(envelope.tx.signer, pending)[nonce] = envelope

@@ -314,8 +314,13 @@ class SoloProducer:
             tip = self._tip
             limit = tip.params.block_transactions_max
             candidates = self.pool.ready(self._tip_nonce, limit)
-            if not candidates and self.pool.gap_expired():
-                # only transactions behind a gap: they do not wait for ever
+            if not candidates and (
+                self.pool.gap_expired() or self.pending_count() != self.pool.gapped_count()
+            ):
+                # Only transactions behind a gap: they do not wait for ever. Or the pool's
+                # count of them is behind (a block refused a nonce and held back the signer's
+                # later ones): counted afresh, so that `due` waits for them (found by review:
+                # pending for ever, the loop polling 100 times a second).
                 reject_stale(self.pool, self.outcomes, self._committed_nonce)
         if not candidates:
             return None

@@ -668,10 +668,13 @@ async def test_a_followers_forwarded_submissions_hold_turns_of_their_own(
     while node.forwards.held() < 4:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+    app = client._transport.app  # type: ignore[attr-defined]
+    # Held forwards hold no parsing turn (found by review: this test passed with both held).
+    admission = app.state.admission
+    assert admission.small.working == 0 and admission.large.working == 0
     fifth = await post(5)
     assert fifth.status_code == 429 and fifth.json()["code"] == "too_many_requests"
     assert "4 forwarded submissions of 127.0.0.1" in fifth.json()["detail"]
-    app = client._transport.app  # type: ignore[attr-defined]
     other = httpx.ASGITransport(app=app, client=("127.0.0.2", 1))
     async with httpx.AsyncClient(transport=other, base_url="http://follower") as elsewhere:
         answered = await elsewhere.post("/v1/transactions", content=b"{}", headers=headers)

@@ -425,3 +425,14 @@ def test_a_transaction_for_another_chain_is_refused_at_admission() -> None:
     assert answers[0].error is not None and answers[0].error.code == "wrong_chain"
     assert len(pool) == 0
     assert codes(Pool(chain_id=other.tx.chain_id), [other]) == [None]
+
+
+def test_peers_take_the_gapped_share_in_proportion_to_their_share_of_the_pool() -> None:
+    """Found by review: transactions forwarded by peers (or anyone posting to the consensus
+    route) could take every gapped slot, and a local client whose nonce 2 came just before
+    its nonce 1 got mempool_full."""
+    pool = Pool(capacity=100, local_reserved=50, gapped_max=4)  # peers: 2 of the 4
+    forwarded = [envelope(signer, 2) for signer in (ALICE, BOB, CHAIN.carol)]
+    answers = pool.admit(forwarded, [None] * 3, accounts(), forwarded=True)
+    assert [a.error.code if a.error else None for a in answers] == [None, None, "mempool_full"]
+    assert codes(pool, [envelope(key("dave"), 2)]) == [None]  # a local client's: room kept

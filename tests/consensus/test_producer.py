@@ -635,3 +635,27 @@ def test_a_pool_of_transactions_behind_gaps_is_not_due_until_one_may_leave(
     assert producer.produce(T1 + 60_000) is None
     outcome = producer.outcomes[later.tx_id]
     assert outcome.code == "bad_nonce" and producer.pending_count() == 0
+
+
+def test_later_nonces_held_back_by_a_refused_one_are_counted_behind_a_gap(
+    producer: SoloProducer, chain: Chain
+) -> None:
+    """Found by review: a block refused a signer's nonce 1 and held back its nonce 2, and
+    the block was empty; the pool had not counted nonce 2 behind a gap, so the loop found it
+    due at every poll and nonce 2 was pending for ever."""
+    producer.submit(setup_envelopes(chain))
+    produced(producer, T1)
+    now = [0]
+    producer.pool._clock_ms = lambda: now[0]
+    stranger = key("stranger")  # holds nothing: its transfer is refused in the block
+    payload = {"to": chain.carol.account_id, "batch_id": "B-1", "quantity": 1}
+    first, second = (chain.tx(stranger, "transfer", payload, nonce=n) for n in (1, 2))
+    assert [o.status for o in producer.submit([first, second])] == ["pending", "pending"]
+    assert producer.produce(T1 + 1000) is None  # first refused, second held back: no block
+    assert producer.outcomes[first.tx_id].code == "insufficient_credits"
+    if producer.due(T1 + 2000):  # at most once, to count the pool afresh
+        assert producer.produce(T1 + 2000) is None
+    assert producer.pool.gapped_count() == 1 and not producer.due(T1 + 3000)
+    now[0] = producer.pool.gap_wait_ms
+    assert producer.due(T1 + 4000) and producer.produce(T1 + 4000) is None
+    assert producer.outcomes[second.tx_id].code == "bad_nonce"
