@@ -284,16 +284,17 @@ def decode_message(data: bytes, *, transaction_bytes_max: int) -> Message:
 def decode_batch(data: bytes, *, transaction_bytes_max: int) -> list[Message]:
     """An NDJSON batch: 1 to CONSENSUS_MESSAGES_BATCH_MAX messages, one per line (a final
     newline is optional). One bad line refuses the batch, naming the line."""
+    count = data.count(b"\n") + (not data.endswith(b"\n"))
+    if count > CONSENSUS_MESSAGES_BATCH_MAX:  # counted before a list of lines is made (review)
+        raise MalformedMessage(
+            f"{count} messages, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
+            code="limit_exceeded",
+        )
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
         raise MalformedMessage("an empty batch")
-    if len(lines) > CONSENSUS_MESSAGES_BATCH_MAX:
-        raise MalformedMessage(
-            f"{len(lines)} messages, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
-            code="limit_exceeded",
-        )
     messages = []
     for number, line in enumerate(lines, start=1):
         try:

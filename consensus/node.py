@@ -743,7 +743,17 @@ class BftProducer:
         committed = committed_outcomes(block)
         with self._lock:
             self._state = decision.state
-            settle_pool(self.pool, self.outcomes, committed, block, self._committed_nonce)
+            # Not while a later decided block is written (as `_reject_stale`): its nonces are
+            # not committed ones yet, and a transaction waiting behind one of them would be
+            # refused `bad_nonce` though the gap is filled (found by review).
+            settle_pool(
+                self.pool,
+                self.outcomes,
+                committed,
+                block,
+                self._committed_nonce,
+                drop_stale=not self._writing,
+            )
             self._unsettled.difference_update(e.tx_id for e in block.transactions)
         # Reported whatever the compaction meets (a full disk): the block is durable.
         self._committed.append(

@@ -69,14 +69,17 @@ def settle_pool(
     committed: Sequence[Outcome],
     block: Block,
     committed_nonce: Callable[[str], int],
+    *,
+    drop_stale: bool = True,
 ) -> None:
     """After `block` is committed (the caller holds its lock): its transactions leave the
-    pool with their outcomes, and any left holding a nonce now used, or waiting too long
-    behind a missing one (`Pool.drop_stale`), is rejected."""
+    pool with their outcomes, and, with `drop_stale`, any left holding a nonce now used, or
+    waiting too long behind a missing one (`Pool.drop_stale`), is rejected."""
     pool.remove(block.transactions)
     for outcome in committed:
         remember(outcomes, outcome)
-    reject_stale(pool, outcomes, committed_nonce)
+    if drop_stale:
+        reject_stale(pool, outcomes, committed_nonce)
 
 
 def refusal(

@@ -243,16 +243,17 @@ def decode_batch(
     """A peer batch: 1 to CONSENSUS_MESSAGES_BATCH_MAX lines (a final newline is optional).
     Envelope lines whose leaf hash is `known` are skipped unparsed. One bad line refuses the
     batch, naming the line."""
+    count = data.count(b"\n") + (not data.endswith(b"\n"))
+    if count > CONSENSUS_MESSAGES_BATCH_MAX:  # counted before a list of lines is made (review)
+        raise MalformedMessage(
+            f"{count} lines, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
+            code="limit_exceeded",
+        )
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
         raise MalformedMessage("an empty batch")
-    if len(lines) > CONSENSUS_MESSAGES_BATCH_MAX:
-        raise MalformedMessage(
-            f"{len(lines)} lines, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
-            code="limit_exceeded",
-        )
     envelopes: list[Envelope] = []
     messages: list[Message | Reference] = []
     for number, line in enumerate(lines, start=1):

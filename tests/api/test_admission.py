@@ -24,6 +24,7 @@ from api.admission import (
 from api.app import create_app
 from api.node import Node
 from api.settings import Settings
+from consensus.transport import UNBUDGETED_BODY_BYTES
 from tests.api.test_app import Live, assert_problem, funded, post
 from tests.factory import Chain
 
@@ -316,3 +317,9 @@ async def test_a_commit_wait_reads_the_store_for_an_outcome_no_longer_remembered
         (outcome,) = await running.wait_for_commit_async([retire.tx_id], timeout=1)
         assert outcome is not None and outcome.status == "committed"
         assert (outcome.height, outcome.log_index) == (committed["height"], committed["log_index"])
+
+
+def test_the_bodies_peers_fall_back_to_are_ones_the_budget_never_counts() -> None:
+    """consensus.transport sends a refused batch again in bodies this small (it may not
+    import the API's constant)."""
+    assert UNBUDGETED_BODY_BYTES <= SMALL_BODY_BYTES

@@ -11,6 +11,7 @@ import httpx
 from consensus.messages import Message, decode_batch, encode_message
 from consensus.transport import (
     MESSAGES_PATH,
+    UNBUDGETED_BODY_BYTES,
     HttpTransport,
     MemoryNetwork,
     batches,
@@ -160,3 +161,32 @@ def test_a_peer_answering_without_end_holds_neither_memory_nor_the_lane() -> Non
         assert all(s.sent <= 10 for s in streams["drip"])  # ~300 ms of drip, not 20 s
     finally:
         transport.close()
+
+
+def test_a_batch_refused_for_the_peers_body_budget_goes_again_in_small_bodies() -> None:
+    """Found by review: a stranger's stalled 4 MiB uploads filled a node's body budget, which
+    refused every peer batch above 32 KiB 503 (a proposal of more than ~50 transactions),
+    and the sender dropped the rest of its lines. Small bodies are never counted."""
+    seen: list[bytes] = []
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with lock:
+            sizes.append(len(request.content))
+            if len(request.content) > UNBUDGETED_BODY_BYTES:
+                return httpx.Response(503, json={"code": "overloaded"})
+            seen.extend(request.content.splitlines())
+        return httpx.Response(202, json={"accepted": 1})
+
+    lines = [encode_message(m) for m in VOTES] * 200
+    assert sum(map(len, lines)) > 2 * UNBUDGETED_BODY_BYTES
+    transport = HttpTransport(["http://one:1"], http=httpx.MockTransport(answer))
+    transport.broadcast(list(VOTES) * 200)
+    wait_until(lambda: len(seen) == len(lines))
+    transport.close()
+    assert seen == lines
+    assert sizes[0] > UNBUDGETED_BODY_BYTES  # tried whole first
+    assert all(size <= UNBUDGETED_BODY_BYTES for size in sizes[1:])
+    (counters,) = transport.counters().values()
+    assert counters.batches_failed == 0
