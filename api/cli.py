@@ -508,6 +508,8 @@ def _serve(
         server.should_exit = True
 
     running.on_failure = stop_serving
+    # A closed terminal (SIGHUP) stops the node as SIGTERM does, not at once (review).
+    signal.signal(signal.SIGHUP, lambda *_: stop_serving("SIGHUP"))
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
     # that was there before: let that be a no-op (SIGTERM) or a caught KeyboardInterrupt, so
     # a clean stop exits 0.

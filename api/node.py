@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -79,6 +79,8 @@ POLL_SECONDS: Final = 0.01  # how often the block loop looks at the clock and th
 WRITE_RETRY_SECONDS: Final = 0.2
 WRITE_ATTEMPTS_MAX: Final = 3
 COMMIT_WAIT_SECONDS_MAX: Final = 30.0  # the longest a submitter may wait for its commit
+# Transactions pending and no block committed for this long: /healthz says the node is stalled.
+STALLED_SECONDS: Final = 60.0
 COMMITTED_IDS_MIN: Final = 1 << 20  # transaction ids the filter holds before it grows
 # Exports streamed at once (`api.admission.StreamTurns`): 2 x 32 file descriptors fit in
 # api.serving's FILES_RESERVE beside the request threads' readers.
@@ -233,6 +235,7 @@ class Node:
         self._stopping = threading.Event()
         self._loop: threading.Thread | None = None
         self.blocks_produced = 0
+        self.last_commit_monotonic = time.monotonic()  # or the node's start
         self.on_block: Callable[[CommittedBlock], None] | None = None
         # Why the block loop stopped for good (the store kept failing), and whom to tell.
         self.failure: str | None = None
@@ -480,6 +483,7 @@ class Node:
     def _committed_block(self, result: CommittedBlock) -> None:
         self._note_committed([envelope.tx_id for envelope in result.block.transactions])
         self.blocks_produced += 1
+        self.last_commit_monotonic = time.monotonic()
         self._wake()
         if self.on_block is not None:
             self.on_block(result)
@@ -512,6 +516,23 @@ class Node:
         for tx_id in store.transaction_ids():
             committed.add(tx_id)
         return committed
+
+    def stalled(self) -> dict[str, Any] | None:
+        """Transactions pending and no block committed for STALLED_SECONDS (a consortium
+        without 2/3 of its power, a store that does not write), or the block loop stopped
+        for good: what /healthz reports beside liveness (found by review: it said "ok" and
+        nothing else while nothing could commit)."""
+        if self.failure is not None:
+            return {"reason": self.failure, "code": self.failure_code}
+        pending = self.producer.pending_count()
+        since = time.monotonic() - self.last_commit_monotonic
+        if pending and since >= STALLED_SECONDS:
+            return {
+                "reason": f"{pending} transactions pending and no block committed for"
+                f" {since:.0f} s",
+                "code": "stalled",
+            }
+        return None
 
     def _note_committed(self, tx_ids: list[str]) -> None:
         """Add a block's ids to the filter. Once it holds more than it was sized for (or

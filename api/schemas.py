@@ -585,9 +585,20 @@ class Fork(Answer):
     )
 
 
+class Stalled(Answer):
+    reason: str = Field(description="Why, in words: what is pending and for how long.")
+    code: str = Field(description="`stalled`, or the code the block loop stopped with.")
+
+
 class Healthz(Answer):
     status: Literal["ok"] = Field(description="The node answers (liveness).")
     height: Height
+    stalled: Stalled | None = Field(
+        default=None,
+        description="Present while the node cannot commit: transactions pending and no block "
+        "for 60 s (a consortium without 2/3 of its power, a store that does not write), or "
+        "its block loop stopped for good. Liveness stays ok: the node still serves reads.",
+    )
     fork: Fork | None = Field(
         default=None,
         description="Present once block sync met another certified block at a height this "

@@ -53,6 +53,7 @@ from api.problems import PROBLEM_MEDIA_TYPE, problem, problem_body
 from api.settings import Settings
 
 REASONS: Final = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large"}
+SHUTDOWN_GRACE_SECONDS: Final = 10
 FILES_RESERVE: Final = 256  # the node's own files: the store, each thread's reader, logs
 
 
@@ -398,4 +399,7 @@ def server_config(app: Any, settings: Settings, parser: str = "httptools") -> uv
         limit_concurrency=None,  # HeadBound keeps connections_max, answering a problem
         timeout_keep_alive=settings.keep_alive_seconds,
         h11_max_incomplete_event_size=settings.request_head_bytes_max,
+        # A stop waits this long for answers under way, then ends them: two exports read by
+        # nobody had held a SIGTERM for 102 s (found by review), past a supervisor's patience.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

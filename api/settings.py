@@ -29,6 +29,8 @@ LARGE_SUBMISSION_QUEUE_MAX = 8  # large bodies waiting for the intake workers, u
 DISPLAY_UTC_OFFSET_MINUTES = 480  # China Standard Time (UTC+8), where Zibo's officials count
 ENVIRONMENT_PREFIX = "TANLIAN_"
 FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
+# Read elsewhere: the key's passphrase (api.console) and the store's test faults (ledger.store).
+OTHER_VARIABLES = frozenset({"TANLIAN_PASSPHRASE", "TANLIAN_STORE_FAULT"})
 
 
 class Settings(BaseModel):
@@ -45,7 +47,7 @@ class Settings(BaseModel):
     )
     request_body_seconds: float = Field(
         default=REQUEST_BODY_SECONDS,
-        gt=0,
+        ge=0.1,  # found by review: 1e-300 was taken, and refused every remote client
         le=300,
         description="How long a request body may take to arrive in full (408 after).",
     )
@@ -57,7 +59,7 @@ class Settings(BaseModel):
     )
     request_head_seconds: float = Field(
         default=REQUEST_HEAD_SECONDS,
-        gt=0,
+        ge=0.1,
         le=300,
         description=(
             "How long a request line and headers may take to arrive in full, counted from the "
@@ -150,6 +152,18 @@ class Settings(BaseModel):
         """The settings `given` (the command line's), each other one from `environment`'s
         TANLIAN_<NAME> when set there; a bad value raises ValueError naming the variable."""
         values = dict(given)
+        known = {ENVIRONMENT_PREFIX + name.upper() for name in cls.model_fields} | {
+            *OTHER_VARIABLES
+        }
+        for variable in sorted(environment):
+            # A misspelt setting had been ignored without a word (found by review).
+            if variable.startswith(ENVIRONMENT_PREFIX) and variable not in known:
+                settings = ", ".join(
+                    ENVIRONMENT_PREFIX + name.upper()
+                    for name in cls.model_fields
+                    if name not in FROM_COMMAND_LINE
+                )
+                raise ValueError(f"{variable}: not a setting of this node (they are {settings})")
         for name in cls.model_fields:
             variable = ENVIRONMENT_PREFIX + name.upper()
             if name not in FROM_COMMAND_LINE and name not in given and variable in environment:

@@ -54,6 +54,9 @@ async def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     # Answered on the event loop, with no trip to a request thread: liveness says whether
     # the node answers at all, and a busy node's threads must not make it look dead.
     answer: dict[str, Any] = {"status": "ok", "height": node.state.height}
+    stalled = node.stalled()
+    if stalled is not None:
+        answer["stalled"] = stalled
     fork = node.sync.counters.fork if node.sync is not None else None
     if fork is not None:
         answer["fork"] = {

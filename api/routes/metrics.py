@@ -51,7 +51,9 @@ class Metrics:
             registry=self.registry,
         )
         self.blocks = Gauge(
-            "tanlian_blocks_produced", "Blocks this process produced", registry=self.registry
+            "tanlian_blocks_produced",
+            "Blocks this node committed (built, decided with its consortium, or synced)",
+            registry=self.registry,
         )
         self.synced = Gauge(
             "tanlian_blocks_synced",
@@ -144,7 +146,9 @@ def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Respon
         registry.refusals.set(node.sync.counters.refusals)
         registry.forks.set(node.sync.counters.forks)
     if isinstance(node.producer, BftProducer):
-        # Since the replica was built (at the start, or when it rejoins after block sync).
+        # Since the replica was built (at the start, or when it rejoins after block sync):
+        # reasons an earlier replica counted are cleared, not left at their old values.
+        registry.dropped.clear()
         for reason, count in dict(node.producer.replica.dropped).items():
             registry.dropped.labels(reason).set(count)
         registry.dropped.labels("inbox_full").set(node.producer.messages_dropped)

@@ -694,3 +694,24 @@ async def test_the_explorer_of_a_chain_with_no_block_yet_links_to_no_block_0(
         assert 'href="/blocks/0"' not in page.text
         for height in re.findall(r'href="/blocks/([0-9]+)"', page.text):
             assert (await live.client.get(f"/blocks/{height}")).status_code == 200
+
+
+async def test_healthz_says_when_transactions_wait_and_nothing_commits(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: /healthz said "ok" and nothing more while nothing could commit (a
+    stopped store writer, a consortium without 2/3 of its power). Liveness stays ok; the
+    answer says what is stalled."""
+    assert "stalled" not in (await live.client.get("/healthz")).json()
+    chain = live.chain
+    waiting = chain.tx(
+        chain.alice,
+        "transfer",
+        {"to": chain.bob.account_id, "batch_id": "B-1", "quantity": 1},
+        nonce=5,  # behind nonces that never come: pending, and no block
+    )
+    assert (await post(live, waiting.to_json(), wait=False)).json()["status"] == "pending"
+    monkeypatch.setattr("api.node.STALLED_SECONDS", 0.0)
+    answer = (await live.client.get("/healthz")).json()
+    assert answer["status"] == "ok" and answer["stalled"]["code"] == "stalled"
+    assert answer["stalled"]["reason"].startswith("1 transactions pending and no block")

@@ -237,9 +237,22 @@ async def test_the_deadline_ends_with_the_body() -> None:
 
 def test_the_deadline_is_a_bounded_setting(tmp_path: Path) -> None:
     assert Settings(data=tmp_path).request_body_seconds == 30.0
-    for bad in (0, -1, 301):
+    for bad in (0, -1, 301, 1e-300, 0.05):  # a tiny one refused every remote client (review)
         with pytest.raises(ValidationError):
             Settings(data=tmp_path, request_body_seconds=bad)
+        with pytest.raises(ValidationError):
+            Settings(data=tmp_path, request_head_seconds=bad)
+
+
+def test_a_misspelt_setting_in_the_environment_is_refused(tmp_path: Path) -> None:
+    """Found by review: TANLIAN_REQUEST_HEAD_SECOND=2 was ignored without a word."""
+    with pytest.raises(ValueError, match="TANLIAN_REQUEST_HEAD_SECOND: not a setting"):
+        Settings.from_environment({"TANLIAN_REQUEST_HEAD_SECOND": "2"}, data=tmp_path)
+    taken = Settings.from_environment(
+        {"TANLIAN_REQUEST_HEAD_SECONDS": "2", "TANLIAN_PASSPHRASE": "x", "OTHER": "y"},
+        data=tmp_path,
+    )
+    assert taken.request_head_seconds == 2
 
 
 # The OpenAPI document ------------------------------------------------------------------------

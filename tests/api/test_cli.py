@@ -372,7 +372,9 @@ def free_port() -> int:
         return port
 
 
-def test_dev_runs_the_validator_until_sigterm(tmp_path: Path) -> None:
+# SIGHUP, a closed terminal, had killed the node at once (found by review).
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_dev_runs_the_validator_until_sigterm(tmp_path: Path, stop: signal.Signals) -> None:
     data = tmp_path / "dev"
     stderr = (tmp_path / "dev.stderr").open("w")
     port = str(free_port())
@@ -402,7 +404,7 @@ def test_dev_runs_the_validator_until_sigterm(tmp_path: Path) -> None:
             running = running or "single validator running" in line
             if running and line.startswith("block "):
                 blocks += 1
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         assert process.wait(timeout=30) == 0
         while (line := lines.get(timeout=5)) is not None:
             output.append(line)
