@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import resource
 import select
@@ -30,7 +31,7 @@ from starlette.responses import StreamingResponse
 from api.app import HeadAsGet
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.routes.chain import ClosingStream
-from api.serving import FILES_RESERVE, server_config
+from api.serving import FILES_RESERVE, PER_REQUEST_WARNINGS, server_config
 from api.settings import CONNECTIONS_MAX as CONNECTIONS_MAX_DEFAULT
 from api.settings import Settings
 from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
@@ -673,3 +674,35 @@ def test_a_head_of_a_streamed_answer_makes_no_body(tmp_path: Path) -> None:
         assert made <= 2, made
         client.sendall(HEALTHZ)  # the connection serves the next request
         assert read_answer(client)[0] == 200
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_requests_from_outside_write_no_line_each_to_the_log(parser: str, tmp_path: Path) -> None:
+    """Found by review: every malformed request wrote "Invalid HTTP request received." and
+    every Upgrade header two lines (one advising a WebSocket library), as fast as anyone
+    sent them. The answers say what was wrong; the log is the node's."""
+    records: list[logging.LogRecord] = []
+
+    class Recorded(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Recorded()
+    logger = logging.getLogger("uvicorn.error")
+    settings = Settings(data=tmp_path, port=free_port())
+    with serving(settings, parser) as where:
+        logger.addHandler(handler)
+        try:
+            with connect(where) as client:
+                client.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                assert read_answer(client)[0] == 400
+            with connect(where) as client:
+                client.sendall(
+                    b"GET /healthz HTTP/1.1\r\nhost: node\r\nconnection: upgrade\r\n"
+                    b"upgrade: websocket\r\n\r\n"
+                )
+                assert read_answer(client)[0] == 200
+        finally:
+            logger.removeHandler(handler)
+    noise = [r.getMessage() for r in records if r.getMessage().startswith(PER_REQUEST_WARNINGS)]
+    assert noise == []
