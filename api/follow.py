@@ -122,23 +122,26 @@ class Forwarder:
         answers something else is passed over for the next (a transaction is idempotent by
         its id, so a second node may see it too)."""
         failures: list[LedgerError] = []
+
+        def held_here() -> dict[str, Any] | None:
+            """This follower's own verified commit of the one envelope, read when asked
+            (its chain may have synced meanwhile): it answers whatever the nodes it follows
+            did (found by review: their refusals, or their silence, were relayed)."""
+            return committed_here(own, ids[0]) if _one_envelope(ids, body) else None
+
         for client in self.clients:
             try:
                 _, answer = self._forward(client, body, wait)
                 return vouch(answer, ids, own, upstream=client.base_url)
             except LedgerError as error:
                 if error.code not in ("upstream_unavailable", "bad_upstream"):
-                    # That node's decision, unless this follower's own verified chain holds
-                    # the one envelope committed (found by review: a followed node's 409
-                    # was relayed for a transaction this store held committed).
-                    mine = committed_here(own, ids[0]) if _one_envelope(ids, body) else None
+                    # That node's decision, unless this follower's own chain says otherwise.
+                    mine = held_here()
                     if mine is not None:
                         return 200, mine, []
                     raise
                 failures.append(error)
-        # None answered: this follower's own verified commit still answers for its envelope
-        # (found by review: a client retrying got 502 or 503 for one it held).
-        mine = committed_here(own, ids[0]) if _one_envelope(ids, body) else None
+        mine = held_here()  # none answered: this follower's own commit still does
         if mine is not None:
             return 200, mine, []
         reasons = "; ".join(failure.message for failure in failures)

@@ -152,9 +152,7 @@ class Settings(BaseModel):
         """The settings `given` (the command line's), each other one from `environment`'s
         TANLIAN_<NAME> when set there; a bad value raises ValueError naming the variable."""
         values = dict(given)
-        known = {ENVIRONMENT_PREFIX + name.upper() for name in cls.model_fields} | {
-            *OTHER_VARIABLES
-        }
+        known = {ENVIRONMENT_PREFIX + name.upper() for name in cls.model_fields} | OTHER_VARIABLES
         for variable in sorted(environment):
             # A misspelt setting had been ignored without a word (found by review).
             if variable.startswith(ENVIRONMENT_PREFIX) and variable not in known:

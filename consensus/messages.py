@@ -281,13 +281,14 @@ def decode_message(data: bytes, *, transaction_bytes_max: int) -> Message:
     return parse_message(value, transaction_bytes_max=transaction_bytes_max)
 
 
-def decode_batch(data: bytes, *, transaction_bytes_max: int) -> list[Message]:
-    """An NDJSON batch: 1 to CONSENSUS_MESSAGES_BATCH_MAX messages, one per line (a final
-    newline is optional). One bad line refuses the batch, naming the line."""
+def batch_lines(data: bytes, what: str) -> list[bytes]:
+    """The lines of an NDJSON batch, 1 to CONSENSUS_MESSAGES_BATCH_MAX (a final newline is
+    optional), counted before a list of them is made (found by review: a 4 MiB batch of
+    2-byte lines made ~1.4 M objects first); `what` names them in the refusal."""
     count = data.count(b"\n") + (not data.endswith(b"\n"))
-    if count > CONSENSUS_MESSAGES_BATCH_MAX:  # counted before a list of lines is made (review)
+    if count > CONSENSUS_MESSAGES_BATCH_MAX:
         raise MalformedMessage(
-            f"{count} messages, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
+            f"{count} {what}, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
             code="limit_exceeded",
         )
     lines = data.split(b"\n")
@@ -295,6 +296,13 @@ def decode_batch(data: bytes, *, transaction_bytes_max: int) -> list[Message]:
         lines.pop()
     if not lines:
         raise MalformedMessage("an empty batch")
+    return lines
+
+
+def decode_batch(data: bytes, *, transaction_bytes_max: int) -> list[Message]:
+    """An NDJSON batch: 1 to CONSENSUS_MESSAGES_BATCH_MAX messages, one per line (a final
+    newline is optional). One bad line refuses the batch, naming the line."""
+    lines = batch_lines(data, "messages")
     messages = []
     for number, line in enumerate(lines, start=1):
         try:

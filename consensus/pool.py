@@ -252,7 +252,7 @@ class Pool:
         self._sequence += 1
         self._arrival[envelope.tx_id] = self._sequence
         self._admitted_at[envelope.tx_id] = self._clock_ms()
-        self._regap(pending, self._reach(pending, committed))
+        self._regap(pending, self._reach(pending, reach - 1))  # on from where the gap was
         return True
 
     def ready(self, committed_nonce: Callable[[str], int], limit: int) -> list[Envelope]:

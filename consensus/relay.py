@@ -52,6 +52,7 @@ from consensus.messages import (
     Message,
     Proposal,
     Vote,
+    batch_lines,
     encode_message,
     parse_message,
 )
@@ -60,7 +61,7 @@ from ledger.blocks import Block, Certificate, parse_block, parse_certificate
 from ledger.encoding import JSON, canonical, decode
 from ledger.errors import LedgerError
 from ledger.evidence import parse_valid_round, valid_round_to_json
-from ledger.limits import BLOCK_TRANSACTIONS_MAX_CEILING, CONSENSUS_MESSAGES_BATCH_MAX
+from ledger.limits import BLOCK_TRANSACTIONS_MAX_CEILING
 from ledger.merkle import leaf_hash
 from ledger.transactions import Envelope, parse_envelope
 
@@ -243,17 +244,7 @@ def decode_batch(
     """A peer batch: 1 to CONSENSUS_MESSAGES_BATCH_MAX lines (a final newline is optional).
     Envelope lines whose leaf hash is `known` are skipped unparsed. One bad line refuses the
     batch, naming the line."""
-    count = data.count(b"\n") + (not data.endswith(b"\n"))
-    if count > CONSENSUS_MESSAGES_BATCH_MAX:  # counted before a list of lines is made (review)
-        raise MalformedMessage(
-            f"{count} lines, at most {CONSENSUS_MESSAGES_BATCH_MAX} allowed",
-            code="limit_exceeded",
-        )
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if not lines:
-        raise MalformedMessage("an empty batch")
+    lines = batch_lines(data, "lines")
     envelopes: list[Envelope] = []
     messages: list[Message | Reference] = []
     for number, line in enumerate(lines, start=1):

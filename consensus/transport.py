@@ -100,6 +100,10 @@ def batches(
     return bodies
 
 
+def _taken(status: int | None) -> bool:
+    return status is not None and status < 300
+
+
 @dataclass(slots=True)
 class PeerCounters:
     batches_sent: int = 0
@@ -174,14 +178,10 @@ class _Peer:
         """`body` to the peer; refused for its size or the peer's body budget, again in
         bodies of at most UNBUDGETED_BODY_BYTES. Whether the peer took every line."""
         status = self._post(body)
-        if status is not None and status in (413, 503) and len(body) > UNBUDGETED_BODY_BYTES:
+        if status in (413, 503) and len(body) > UNBUDGETED_BODY_BYTES:
             parts = batches(body.splitlines(), bytes_max=UNBUDGETED_BODY_BYTES)
-            return all(self._send_part(part) for part in parts)
-        return status is not None and status < 300
-
-    def _send_part(self, body: bytes) -> bool:
-        status = self._post(body)
-        return status is not None and status < 300
+            return all(_taken(self._post(part)) for part in parts)
+        return _taken(status)
 
     def _run(self) -> None:
         while (lines := self._take()) is not None:

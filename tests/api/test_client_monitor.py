@@ -744,19 +744,47 @@ def test_a_node_below_the_remembered_height_is_a_rollback(
     assert evidence["proof"] is None
 
 
+@dataclass
+class ProofServed:
+    """A monitor run against a hostile node serving the real head and `proof` from the
+    remembered height 2; what it printed and what its state file held before."""
+
+    head: dict[str, Any]
+    result: subprocess.CompletedProcess[str]
+    state: Path
+    original: bytes
+
+
+def monitor_given_proof(
+    node: RunningNode,
+    client: Client,
+    hostile: Hostile,
+    tmp_path: Path,
+    proof_of: Callable[[int], Any],
+) -> ProofServed:
+    """The node's head served as it is, with the consistency proof `proof_of(height)`."""
+    head = client.checkpoint()
+    hostile.serve("/v1/checkpoint", head)
+    hostile.serve("/v1/proofs/consistency", proof_of(int(head["header"]["height"])))
+    state = tmp_path / "monitor.json"
+    original = remembered(client, state, lambda header: None)
+    return ProofServed(head, monitor(hostile.url, state, node.genesis_file), state, original)
+
+
 def test_a_consistency_proof_that_does_not_rebuild_the_roots_is_an_inconsistency(
     node: RunningNode, client: Client, hostile: Hostile, tmp_path: Path
 ) -> None:
-    head = client.checkpoint()
+    proof: dict[str, Any] = {}
+
+    def broken(height: int) -> dict[str, Any]:
+        proof.update(client.consistency(2, height))
+        assert proof["path"], "a proof from height 2 needs a path"
+        proof["path"][0] = "00" * 32
+        return proof
+
+    served = monitor_given_proof(node, client, hostile, tmp_path, broken)
+    head, result, state, original = served.head, served.result, served.state, served.original
     height = int(head["header"]["height"])
-    proof = client.consistency(2, height)
-    assert proof["path"], "a proof from height 2 needs a path"
-    proof["path"][0] = "00" * 32
-    hostile.serve("/v1/checkpoint", head)
-    hostile.serve("/v1/proofs/consistency", proof)
-    state = tmp_path / "monitor.json"
-    original = remembered(client, state, lambda header: None)
-    result = monitor(hostile.url, state, node.genesis_file)
     assert_fails_cleanly(
         result, f"INCONSISTENCY DETECTED between the remembered height 2 and the node's height "
         f"{height}: the log at height {height}",
@@ -774,15 +802,14 @@ def test_a_path_of_other_than_hashes_is_a_malformed_proof_not_a_fork(
     """Found by review: a path node of valid hex but the wrong length was reported as an
     inconsistency, with fork evidence written, though a proof that is no proof is a bad
     answer (as a path that is not hex was)."""
-    head = client.checkpoint()
-    height = int(head["header"]["height"])
-    proof = client.consistency(2, height)
-    proof["path"][0] = node_hex
-    hostile.serve("/v1/checkpoint", head)
-    hostile.serve("/v1/proofs/consistency", proof)
-    state = tmp_path / "monitor.json"
-    original = remembered(client, state, lambda header: None)
-    result = monitor(hostile.url, state, node.genesis_file)
+
+    def malformed(height: int) -> dict[str, Any]:
+        proof = client.consistency(2, height)
+        proof["path"][0] = node_hex
+        return proof
+
+    served = monitor_given_proof(node, client, hostile, tmp_path, malformed)
+    result, state, original = served.result, served.state, served.original
     assert_fails_cleanly(result, "the consistency proof is malformed: proof.path: expected SHA-256")
     assert "DETECTED" not in result.stdout + result.stderr
     assert state.read_bytes() == original and not evidence_of(state).exists()
@@ -793,13 +820,11 @@ def test_a_proof_about_other_checkpoints_is_a_bad_answer(
 ) -> None:
     """A sound proof from 2 to an earlier height than the checkpoint it is offered for:
     both headers certified, one chain, so nothing any validator did wrong."""
-    head = client.checkpoint()
-    height = int(head["header"]["height"])
-    hostile.serve("/v1/checkpoint", head)
-    hostile.serve("/v1/proofs/consistency", client.consistency(2, height - 1))
-    state = tmp_path / "monitor.json"
-    original = remembered(client, state, lambda header: None)
-    result = monitor(hostile.url, state, node.genesis_file)
+    served = monitor_given_proof(
+        node, client, hostile, tmp_path, lambda height: client.consistency(2, height - 1)
+    )
+    result, state, original = served.result, served.state, served.original
+    height = int(served.head["header"]["height"])
     assert_fails_cleanly(
         result, f"error (bad_answer): proof.second is the node's checkpoint at height"
         f" {height - 1}, not {height}",
@@ -813,15 +838,14 @@ def test_a_header_of_the_proof_no_certificate_vouches_for_is_a_bad_answer_not_a_
 ) -> None:
     """Found by review: a proof whose `first` header was edited (its time plus one, on its
     way in over plain http) raised FORK DETECTED and was written as evidence."""
-    head = client.checkpoint()
-    height = int(head["header"]["height"])
-    proof = client.consistency(2, height)
-    proof[which]["header"]["time"] += 1
-    hostile.serve("/v1/checkpoint", head)
-    hostile.serve("/v1/proofs/consistency", proof)
-    state = tmp_path / "monitor.json"
-    original = remembered(client, state, lambda header: None)
-    result = monitor(hostile.url, state, node.genesis_file)
+
+    def edited(height: int) -> dict[str, Any]:
+        proof = client.consistency(2, height)
+        proof[which]["header"]["time"] += 1
+        return proof
+
+    served = monitor_given_proof(node, client, hostile, tmp_path, edited)
+    result, state, original = served.result, served.state, served.original
     assert_fails_cleanly(
         result, f"error (bad_answer): proof.{which}: the node's checkpoint at height"
     )  # fmt: skip
