@@ -10,8 +10,8 @@ order, as docs/decisions/0006 requires:
     Broadcast        gathered and handed to the `Transport` once the effects of one event are
                      carried out (after the Persists before them, so never before)
     SendDecision     the block and certificate of that height from the store, as a `Decision`,
-                     and of a few heights after it (sent to every peer: it is authenticated
-                     by its certificate)
+                     and of the height after it (CATCH_UP_HEIGHTS_MAX; sent to every peer:
+                     it is authenticated by its certificate; a lag beyond is block sync's)
     ScheduleTimeout  a timer on the monotonic clock; `produce` fires the due ones
     Decide           `Store.append` of block, certificate and state, exactly as SoloProducer
                      writes: on the write thread (`write_executor`) while the replica goes
@@ -25,10 +25,15 @@ Peers' batches arrive on any thread through `on_batch` (the route's inbox, docs/
 to the pool as forwarded ones (their signatures checked once, in the signature worker, and
 never forwarded again: every validator forwards only what its own clients submitted, to
 every peer); blocks sent by reference are completed from the pool and the `consensus.relay`
-holding; the messages are queued (at most PEER_QUEUE_MESSAGES_MAX messages and about
-PEER_QUEUE_BYTES_MAX bytes, the oldest dropped and counted) and fed to the replica on the
-block-loop thread: the replica is touched by one thread only. The replica checks every
-signature and certificate; what it refuses is dropped there.
+holding; a proposal or decision is queued only if it is of a height the replica can take
+and signed for it (`_authentic`: otherwise anyone's large block could push the real one out
+of the queue), a vote always (the replica checks it; a lagging validator's old votes are
+what tells it to answer); votes and blocks wait apart (at most PEER_QUEUE_MESSAGES_MAX
+votes, and PEER_QUEUE_MESSAGES_MAX messages with a block within about PEER_QUEUE_BYTES_MAX
+bytes, the oldest of each dropped and counted: blocks never push votes out) and are fed to
+the replica in the order they came, on the block-loop thread: the replica is touched by one
+thread only. The replica checks every signature and certificate again, and the rest; what
+it refuses is dropped there.
 
 Two states: `state` is the committed one (durable: what readers see and the store holds),
 the tip is the replica's (decided, perhaps still being written). Nonces count from the tip,
@@ -120,6 +125,7 @@ from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
     EVIDENCE_PENDING_MAX,
+    HEIGHTS_AHEAD_MAX,
     PEER_MESSAGE_BYTES_BASE,
     PEER_QUEUE_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
@@ -236,8 +242,14 @@ class BftProducer:
         self._heard_at = self._probed_at = clock_ms()
         self.probes = 0  # sync attempts made because no peer said anything for SYNC_PROBE_MS
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
-        self._inbox: deque[tuple[Message, int]] = deque()  # each with its `message_bytes`
+        # Peers' messages waiting for the replica, each with its arrival number (`on_messages`):
+        # votes apart from proposals and decisions, these with their `message_bytes`.
+        self._inbox_votes: deque[tuple[int, Vote]] = deque()
+        self._inbox: deque[tuple[int, Proposal | Decision, int]] = deque()
         self._inbox_bytes = 0
+        self._arrivals = 0
+        # Peers' proposals and decisions not queued (`_authentic`), by why: the replica's names.
+        self.refused: dict[str, int] = {}
         # Evidence met outside the consensus messages (a fork's proof), for the replica.
         self._evidence_inbox: list[Evidence] = []
         self._stale_checked_ms = 0  # when the pool was last rid of stale transactions
@@ -289,7 +301,7 @@ class BftProducer:
             return bool(self._committed) or (
                 self.sync is not None and self.sync.is_behind(self._tip.height, lag=1)
             )
-        if not self._started or self._committed or self._inbox:
+        if not self._started or self._committed or self._inbox or self._inbox_votes:
             return True
         if self._writing and self._writing[0][1].done():
             return True
@@ -383,9 +395,9 @@ class BftProducer:
             self._started = True
             self._carry_out(self.replica.on_start(now_ms))
         with self._lock:
-            messages = [message for message, _ in self._inbox]
-            self._inbox.clear()
-            self._inbox_bytes = 0
+            blocks = ((arrival, message) for arrival, message, _ in self._inbox)
+            messages = [message for _, message in heapq.merge(self._inbox_votes, blocks)]
+            self._clear_inbox()
         heard = self.replica.heard
         for message in messages:
             self._carry_out(self.replica.on_message(message, now_ms))
@@ -509,6 +521,51 @@ class BftProducer:
             self.on_messages(messages)
         return batch.lines
 
+    def _authentic(self, messages: Sequence[Message]) -> list[Message]:
+        """Of peers' messages, those worth the replica's queue: every vote, and a proposal or
+        decision only if the replica can take it and it is signed for it. A decision must be
+        of the next height, with a certificate of the set governing it; a proposal of the next
+        height or the one after, signed by the proposer of its round. One of the next height
+        must carry the body its header commits to (a replayed signature with other
+        transactions). Review found a post of 48 made-up proposals by reference, their
+        transactions any the relay held, counted 63 MiB against the queue and pushed out the
+        votes and the real proposal waiting there; and old decisions (a catch-up answer meant
+        for a peer behind) were queued only for the replica to drop them. What is left out is
+        counted in `refused`, under the name the replica gives it."""
+        tip = self._tip
+        kept: list[Message] = []
+        for message in messages:
+            if isinstance(message, Vote):
+                kept.append(message)
+                continue
+            height = message.height
+            ahead = HEIGHTS_AHEAD_MAX if isinstance(message, Proposal) else 0
+            reason = None
+            if height <= tip.height:
+                reason = "old"
+            elif height > tip.height + 1 + ahead:
+                reason = "future"
+            else:
+                following = height > tip.height + 1
+                validators = tip.next_validators() if following else tip.current_validators()
+                try:
+                    if isinstance(message, Decision):
+                        verify_decision(message, chain_id=tip.chain_id, validators=validators)
+                    else:
+                        verify_proposal(message, chain_id=tip.chain_id, validators=validators)
+                    if not following:
+                        check_block_body(tip, message.block)
+                except ConsensusError as error:
+                    reason = error.code
+                except LedgerError:
+                    reason = "body_mismatch"
+            if reason is None:
+                kept.append(message)
+            else:
+                with self._lock:
+                    self.refused[reason] = self.refused.get(reason, 0) + 1
+        return kept
+
     def _refuses_reference(self, reference: Reference) -> bool:
         """A block by reference that lists more transactions than a block may hold, or one
         leaf twice (no valid block does: a transaction's nonce is used once), at any height:
@@ -535,17 +592,27 @@ class BftProducer:
         """Transactions from a peer: into the pool within its forwarded share, and into the
         relay (a block may hold one the pool refused). Refusals are not remembered as
         outcomes: the transaction may well be pending at the validator that sent it."""
-        checks = self.pool.check_signatures(envelopes)
+        # One whose nonce the tip has used can never be pending: its signature is not checked
+        # (the relay holds it unchecked, for a block that may list it). A peer's catch-up
+        # answer meant for another, sent to every peer, is all such transactions: checked,
+        # they had cost each receiver a signature check a transaction for nothing.
+        fresh = [envelope for envelope in envelopes if not self._nonce_used(envelope)]
+        checks = self.pool.check_signatures(fresh)
         with self._lock:
             self.pool.admit(
-                envelopes,
+                fresh,
                 checks,
                 self._tip_account,
                 forwarded=True,
                 tip_behind=self._tip_behind(),
             )
-        for envelope, check in zip(envelopes, checks, strict=True):
-            self.relay.hold(envelope, verified=check is None)
+        verified = {e.leaf_hash for e, check in zip(fresh, checks, strict=True) if check is None}
+        for envelope in envelopes:
+            self.relay.hold(envelope, verified=envelope.leaf_hash in verified)
+
+    def _nonce_used(self, envelope: Envelope) -> bool:
+        account = self._tip_account(envelope.tx.signer)
+        return account is not None and envelope.tx.nonce <= int(account["nonce"])
 
     def _holds_leaf(self, leaf: bytes) -> bool:
         return self.pool.by_leaf_hash(leaf) is not None or self.relay.lookup(leaf) is not None
@@ -574,17 +641,43 @@ class BftProducer:
         """The inbox (any thread): queue peers' parsed messages for the replica."""
         if self.sync is not None:
             self._hint(messages)
-        sized = [(message, message_bytes(message)) for message in messages]
+        messages = self._authentic(messages)
+        sized = [
+            (message, 0 if isinstance(message, Vote) else message_bytes(message))
+            for message in messages
+        ]
         with self._lock:
-            self._inbox.extend(sized)
-            self._inbox_bytes += sum(size for _, size in sized)
+            for message, size in sized:
+                self._arrivals += 1
+                if isinstance(message, Vote):
+                    self._inbox_votes.append((self._arrivals, message))
+                else:
+                    self._inbox.append((self._arrivals, message, size))
+                    self._inbox_bytes += size
+            while len(self._inbox_votes) > PEER_QUEUE_MESSAGES_MAX:
+                self._inbox_votes.popleft()
+                self.messages_dropped += 1
             while len(self._inbox) > 1 and (
                 len(self._inbox) > PEER_QUEUE_MESSAGES_MAX
                 or self._inbox_bytes > PEER_QUEUE_BYTES_MAX
             ):
-                _, size = self._inbox.popleft()
+                _, _, size = self._inbox.popleft()
                 self._inbox_bytes -= size
                 self.messages_dropped += 1
+
+    def dropped(self) -> dict[str, int]:
+        """Peers' messages taken and not held, by why: those left out of the queue
+        (`refused`) and those the replica dropped, under one set of names."""
+        with self._lock:
+            counts = dict(self.refused)
+        for reason, count in dict(self.replica.dropped).items():
+            counts[reason] = counts.get(reason, 0) + count
+        return counts
+
+    def _clear_inbox(self) -> None:
+        self._inbox_votes.clear()
+        self._inbox.clear()
+        self._inbox_bytes = 0
 
     def _hint(self, messages: Sequence[Message]) -> None:
         """Tell block sync how far peers have decided, from signed messages only: a vote or
@@ -637,7 +730,7 @@ class BftProducer:
     def inbox_bytes(self) -> int:
         """What the messages waiting for the replica count (`message_bytes`)."""
         with self._lock:
-            return self._inbox_bytes
+            return self._inbox_bytes + len(self._inbox_votes) * PEER_MESSAGE_BYTES_BASE
 
     def next_timer_ms(self) -> int | None:
         """Milliseconds until the next timer is due (None: none), for a loop that sleeps."""
@@ -788,8 +881,7 @@ class BftProducer:
         re-sent), the blocks up to the log's `decided_height` fetched and verified."""
         self._finish_writes(wait=True)
         with self._lock:
-            self._inbox.clear()
-            self._inbox_bytes = 0
+            self._clear_inbox()
         if (
             not self._committed
             and self.sync is not None

@@ -130,6 +130,7 @@ from ledger.errors import LedgerError
 from ledger.evidence import NO_ROUND, Evidence, Vote
 from ledger.limits import (
     BLOCK_TIME_DRIFT_MS_MAX,
+    CATCH_UP_HEIGHTS_MAX,
     CATCH_UP_INTERVAL_MS,
     EVIDENCE_AGE_HEIGHTS_MAX,
     EVIDENCE_PENDING_MAX,
@@ -600,8 +601,17 @@ class Replica:
         # review). It is answered once, and only if its validator has signed at no later
         # height; its other votes always are: a validator that restarts lower (its last
         # decided block not yet durable) re-sends its prevotes from its log.
+        # And an old vote, replayed, had made every correct validator send old blocks to
+        # every peer once a second (review, decision 0006 "Open"): a vote older than its
+        # validator's latest is answered only if recent (the validator restarted lower), and
+        # a certified precommit only if both newer and recent; a lag beyond CATCH_UP_HEIGHTS_MAX
+        # is block sync's, which brings blocks to the validator behind alone.
         certified = vote.vote_type == PRECOMMIT and vote.block_hash is not None
-        if certified and vote.height <= self._signed_at.get(sender, 0):
+        signed_at = self._signed_at.get(sender, 0)
+        recent = self.height - vote.height <= CATCH_UP_HEIGHTS_MAX
+        if certified and (vote.height <= signed_at or not recent):
+            return
+        if vote.height < signed_at and not recent:
             return
         if (
             vote.height == self.height - 1

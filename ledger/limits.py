@@ -108,8 +108,13 @@ REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
 # A node answering a lagging validator sends the decisions of up to this many heights from
 # the one it lags at (and at most block_transactions_max transactions in them beyond the
-# first), so one answer a CATCH_UP_INTERVAL_MS moves it that many heights.
-CATCH_UP_HEIGHTS_MAX: Final = 16
+# first), so one answer a CATCH_UP_INTERVAL_MS moves it that many heights; and it answers a
+# vote older than its validator's latest only if it is at most this many heights back (a
+# validator restarted lower). The answer goes to every peer (the transport knows peers by
+# address, not key): a validator further behind is block sync's (SYNC_LAG_HEIGHTS_MIN),
+# which brings the blocks to it alone. At 16, old votes replayed had made every correct
+# validator send MBs a second to every peer (review, docs/decisions/0006).
+CATCH_UP_HEIGHTS_MAX: Final = 2
 # A validator prevotes for a block only if its time is at most this far ahead of its own clock.
 BLOCK_TIME_DRIFT_MS_MAX: Final = 10_000
 # What a replica holds of messages not yet useful: rounds up to ROUNDS_AHEAD_MAX past its own,
@@ -183,6 +188,7 @@ assert REBROADCAST_INTERVAL_MS <= ROUND_TIMEOUT_MS_MAX
 assert PEER_QUEUE_MESSAGES_MAX >= CONSENSUS_MESSAGES_BATCH_MAX
 assert HEIGHTS_AHEAD_MAX == 1, "only the next height's validator set is known (the H+2 rule)"
 assert SYNC_LAG_HEIGHTS_MIN >= 2, "a lag of one height is the Decision message's to close"
+assert CATCH_UP_HEIGHTS_MAX >= SYNC_LAG_HEIGHTS_MIN, "a lag below block sync's is one answer's"
 assert SYNC_READ_MS_MAX <= SYNC_REQUEST_MS_MAX <= SYNC_ATTEMPT_MS_MAX
 assert 0 < SYNC_RETRY_MS_MIN <= SYNC_RETRY_MS_MAX
 assert EVIDENCE_PENDING_MAX >= EVIDENCE_PER_BLOCK_MAX >= 1

@@ -146,10 +146,11 @@ def metrics(request: Request, node: Annotated[Node, Depends(node_of)]) -> Respon
         registry.refusals.set(node.sync.counters.refusals)
         registry.forks.set(node.sync.counters.forks)
     if isinstance(node.producer, BftProducer):
-        # Since the replica was built (at the start, or when it rejoins after block sync):
-        # reasons an earlier replica counted are cleared, not left at their old values.
+        # The replica's since it was built (at the start, or when it rejoins after block
+        # sync), the queue's since the node started: reasons an earlier replica counted are
+        # cleared, not left at their old values.
         registry.dropped.clear()
-        for reason, count in dict(node.producer.replica.dropped).items():
+        for reason, count in node.producer.dropped().items():
             registry.dropped.labels(reason).set(count)
         registry.dropped.labels("inbox_full").set(node.producer.messages_dropped)
         registry.time_refusals.set(node.producer.time_refusals)

@@ -27,6 +27,7 @@ from consensus.transport import MemoryNetwork, MemoryTransport
 from consensus.wal import WAL_FILE_NAME, SignedLog
 from ledger.blocks import Block, Validator
 from ledger.crypto import PrivateKey
+from ledger.errors import LedgerError
 from ledger.evidence import Vote, make_evidence
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import (
@@ -331,13 +332,15 @@ def test_a_reference_repeating_one_held_transaction_is_refused_before_it_is_fill
             )  # fmt: skip
             assert validator.on_batch(line + b"\n") == 1
             assert validator.inbox_bytes() == 0 and validator.relay.waiting() == 0
-        # The same reference listing the leaf once is taken (and left to the replica).
-        once = dataclasses.replace(built, header=dataclasses.replace(built.header, height=3))
+        # The same reference listing the leaf once is taken (and left to the replica), for
+        # the height after next signed by its proposer.
+        once = dataclasses.replace(built, header=dataclasses.replace(built.header, height=2))
         line = encode_reference(
             sign_proposal(
-                WORLD.keys[1], chain_id=CHAIN_ID, height=3, round=0, valid_round=-1, block=once
+                proposer_key(validator, 2, 0), chain_id=CHAIN_ID, height=2, round=0,
+                valid_round=-1, block=once,
             )
-        )
+        )  # fmt: skip
         validator.on_batch(line + b"\n")
         assert validator.inbox_bytes() > 0
     finally:
@@ -584,23 +587,25 @@ def test_a_damaged_older_block_is_not_sent_to_a_lagging_peer(tmp_path: Path) -> 
     try:
         consortium.run(lambda: min(consortium.heights().values()) >= 5)
         producer = consortium.producers[0]
-        assert len(producer._decisions_from(1)) >= 3
+        assert [d.height for d in producer._decisions_from(2)] == [2, 3]
         connection = sqlite3.connect(tmp_path / "0" / DATABASE_FILE)
         connection.execute("UPDATE blocks SET hash = ? WHERE height = 3", ("00" * 32,))
         connection.commit()
         connection.close()
-        assert [d.height for d in producer._decisions_from(1)] == [1, 2]
+        assert [d.height for d in producer._decisions_from(2)] == [2]
         assert producer._decisions_from(3) == []
     finally:
         consortium.close()
 
 
-def test_peers_messages_wait_within_a_byte_bound_and_the_newest_always_stays(
+def test_peers_messages_wait_within_a_byte_bound_and_votes_are_never_pushed_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing checks a message's signature before the replica, which reads none while a
-    block sync runs: anyone could queue 10,000 whole blocks. They wait within
-    PEER_QUEUE_BYTES_MAX, the oldest dropped, and a forged one goes when the replica reads it."""
+    """The replica reads no message while a block sync runs: a validator could queue 10,000
+    whole blocks (a stranger no longer can: see the next test). They wait within
+    PEER_QUEUE_BYTES_MAX, the oldest dropped, the newest always kept; votes wait apart, so
+    no block pushes one out (found by review: 48 proposals by reference, made of
+    transactions the relay held, counted 63 MiB and pushed out every vote waiting)."""
     consortium = Consortium(tmp_path)
     try:
         validator = consortium.producers[0]
@@ -608,20 +613,21 @@ def test_peers_messages_wait_within_a_byte_bound_and_the_newest_always_stays(
             validator.state,
             WORLD.workload,
             time=validator.state.head_time + 1,
-            proposer=key("outsider").public_key_hex,
+            proposer=WORLD.keys[1].public_key_hex,
             last_commit=None,
         ).block
-        forged = sign_proposal(
-            key("outsider"), chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=block
+        signer = proposer_key(validator, 1, 0)
+        genuine = sign_proposal(
+            signer, chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=block
         )
-        size = message_bytes(forged)
+        size = message_bytes(genuine)
         assert size > sum(len(e.leaf) for e in WORLD.workload) > 10_000
-        assert size >= len(encode_message(forged))  # at least what it takes on the wire
+        assert size >= len(encode_message(genuine))  # at least what it takes on the wire
         # Evidence counts too (found by review: an empty block with 100 pieces of evidence,
         # 70 KB on the wire, had counted as 4 KiB).
         evidence = tuple(double_proposal(key(f"liar-{i}"), height=1) for i in range(40))
         heavy = sign_proposal(
-            key("outsider"),
+            signer,
             chain_id=CHAIN_ID,
             height=1,
             round=0,
@@ -629,30 +635,121 @@ def test_peers_messages_wait_within_a_byte_bound_and_the_newest_always_stays(
             block=with_evidence(block, evidence),
         )
         assert message_bytes(heavy) >= len(encode_message(heavy)) > size + 20_000
-        assert validator.on_batch(encode_message(forged) + b"\n") == 1  # the route's path
-        assert validator.inbox_bytes() == size
-        copies = PEER_QUEUE_BYTES_MAX // size + 100
-        assert copies < PEER_QUEUE_MESSAGES_MAX  # the byte bound is the one met
-        validator.on_messages([forged] * copies)
-        held = PEER_QUEUE_BYTES_MAX // size
-        assert validator.inbox_bytes() == held * size
-        assert validator.messages_dropped == copies + 1 - held
-        validator.produce(int(time.time() * 1000))  # the replica reads them, and drops them
-        assert validator.inbox_bytes() == 0 and validator.state.height == 0
-
-        monkeypatch.setattr("consensus.node.PEER_QUEUE_BYTES_MAX", size - 1)
-        validator.on_messages([forged])  # over the bound alone: the newest stays
-        assert validator.inbox_bytes() == size
         vote = sign_vote(
-            WORLD.keys[1],
-            chain_id=CHAIN_ID,
-            vote_type="prevote",
-            height=1,
-            round=0,
+            WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0,
             block_hash=None,
-        )
+        )  # fmt: skip
         validator.on_messages([vote])
         assert validator.inbox_bytes() == message_bytes(vote) == PEER_MESSAGE_BYTES_BASE
+        assert validator.on_batch(encode_message(genuine) + b"\n") == 1  # the route's path
+        assert validator.inbox_bytes() == size + PEER_MESSAGE_BYTES_BASE
+        copies = PEER_QUEUE_BYTES_MAX // size + 100
+        assert copies < PEER_QUEUE_MESSAGES_MAX  # the byte bound is the one met
+        validator.on_messages([genuine] * copies)
+        held = PEER_QUEUE_BYTES_MAX // size
+        assert validator.inbox_bytes() == held * size + PEER_MESSAGE_BYTES_BASE
+        assert validator.messages_dropped == copies + 1 - held
+        assert [m for _, m in validator._inbox_votes] == [vote]  # the vote stays
+        validator.produce(int(time.time() * 1000))  # the replica reads them all
+        assert validator.inbox_bytes() == 0 and validator.state.height == 0
+        assert validator.replica.dropped.get("known", 0) >= held - 1  # copies: one is taken
+
+        monkeypatch.setattr("consensus.node.PEER_QUEUE_BYTES_MAX", size - 1)
+        validator.on_messages([genuine])  # over the bound alone: the newest stays
+        assert validator.inbox_bytes() == size
+    finally:
+        consortium.close()
+
+
+def test_a_transaction_whose_nonce_is_used_is_held_without_a_signature_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up answer goes to every peer (found by review): its transactions, all
+    committed, had cost each receiver a signature check apiece, to be refused `bad_nonce`.
+    One whose nonce the tip has used is now held for a block that may list it, unchecked."""
+    consortium = Consortium(tmp_path)
+    try:
+        first = WORLD.workload[0]
+        consortium.producers[1].submit([first])
+        consortium.run(committed_everywhere(consortium, [first.tx_id]))
+        validator = consortium.producers[1]  # its own client's: held by no relay of its own
+        assert validator.relay.lookup(first.leaf_hash) is None
+        checked: list[Envelope] = []
+        check = validator.pool.check_signatures
+
+        def counting(envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+            checked.extend(envelopes)
+            return check(envelopes)
+
+        monkeypatch.setattr(validator.pool, "check_signatures", counting)
+        second = WORLD.workload[1]
+        validator.on_batch(first.leaf + b"\n" + second.leaf + b"\n")
+        assert checked == [second]  # the new one only
+        assert validator.relay.lookup(first.leaf_hash) is not None
+        assert not validator.relay.verified(first) and validator.relay.verified(second)
+    finally:
+        consortium.close()
+
+
+def proposer_key(validator: BftProducer, height: int, round: int) -> PrivateKey:
+    public = compute_proposer(validator.state.current_validators(), height, round)
+    (signer,) = [k for k in WORLD.keys if k.public_key_hex == public]
+    return signer
+
+
+def test_only_proposals_and_decisions_the_replica_can_take_are_queued(tmp_path: Path) -> None:
+    """Found by review: anyone's proposals and decisions were queued unchecked, so a stranger
+    could push the real ones out of the queue, and old decisions (a catch-up answer meant
+    for a peer behind: it goes to every peer) were queued for nothing. Now a proposal is
+    queued only if signed by its round's proposer, of the next height (with the body its
+    header commits to) or the one after; a decision only of the next height, with a
+    certificate of its set. What is left out is counted by the replica's names."""
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        block = first_block(validator, 3)
+        signer = proposer_key(validator, 1, 0)
+        outsider = sign_proposal(
+            key("outsider"), chain_id=CHAIN_ID, height=1, round=0, valid_round=-1, block=block
+        )
+        other_body = sign_proposal(
+            signer, chain_id=CHAIN_ID, height=1, round=0, valid_round=-1,
+            block=dataclasses.replace(block, transactions=block.transactions[1:]),
+        )  # fmt: skip
+        later = dataclasses.replace(block, header=dataclasses.replace(block.header, height=2))
+        far = dataclasses.replace(block, header=dataclasses.replace(block.header, height=3))
+        lines = [
+            encode_message(outsider),
+            encode_message(other_body),
+            encode_message(
+                sign_proposal(
+                    proposer_key(validator, 3, 0), chain_id=CHAIN_ID, height=3, round=0,
+                    valid_round=-1, block=far,
+                )
+            ),
+        ]  # fmt: skip
+        validator.on_batch(b"\n".join(lines) + b"\n")
+        assert validator.inbox_bytes() == 0
+        assert validator.refused == {"not_proposer": 1, "body_mismatch": 1, "future": 1}
+        # Signed by the proposer of its round: of this height, or the next (no parent yet).
+        for height, body in ((1, block), (2, later)):
+            taken = sign_proposal(
+                proposer_key(validator, height, 0), chain_id=CHAIN_ID, height=height, round=0,
+                valid_round=-1, block=body,
+            )  # fmt: skip
+            validator.on_batch(encode_message(taken) + b"\n")
+        assert (
+            validator.inbox_bytes() == sum(message_bytes(m) for _, m, _ in validator._inbox)
+            and len(validator._inbox) == 2
+        )
+        # A decision of a height decided here: the answer to a peer behind, not queued.
+        first = WORLD.workload[0]
+        consortium.producers[1].submit([first])
+        consortium.run(committed_everywhere(consortium, [first.tx_id]))
+        (decision, *_) = consortium.producers[1]._decisions_from(1)
+        old = validator.refused.get("old", 0)
+        validator.on_batch(encode_message(decision) + b"\n")
+        assert validator.refused["old"] == old + 1
     finally:
         consortium.close()
 

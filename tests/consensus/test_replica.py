@@ -49,6 +49,7 @@ from ledger.errors import LedgerError
 from ledger.evidence import Vote, make_evidence, verify_evidence
 from ledger.limits import (
     BLOCK_TIME_DRIFT_MS_MAX,
+    CATCH_UP_HEIGHTS_MAX,
     CATCH_UP_INTERVAL_MS,
     EVIDENCE_AGE_HEIGHTS_MAX,
     ROUND_TIMEOUT_MS_BASE,
@@ -1149,6 +1150,48 @@ def test_a_certified_precommit_replayed_is_answered_once_and_is_not_hearing() ->
     ]
     assert answers == [SendDecision(to=KEYS[2].public_key_hex, height=1)]
     assert target.heard == heard
+
+
+def test_an_old_vote_is_answered_only_while_recent_and_a_certified_one_only_if_also_new() -> None:
+    """Found by review (decision 0006, "Open"): replayed old prevotes of a validator, or a
+    silent validator's precommits taken from an export one height higher each second, made
+    every correct validator send up to 16 old blocks to every peer once a second. A vote
+    older than its validator's latest is answered only within CATCH_UP_HEIGHTS_MAX of this
+    height (a validator restarted lower); a certified precommit only if newer and recent. A
+    validator's own lag, at a height it was not seen past, is still answered however far."""
+    target = replica(0)
+    target.on_start(T0)
+    state, certificate = WORLD.genesis, None
+    blocks = []
+    for height in range(1, 5):
+        value = build_block(
+            state,
+            WORLD.workload[3 * (height - 1) : 3 * height],
+            time=T0 + 10 * height,
+            proposer=KEYS[proposer(height, 0)].public_key_hex,
+            last_commit=certificate,
+        ).block
+        decision = _decision(value, state, signers=(0, 1, 3))
+        target.on_message(decision, T0 + 10 * height)
+        state, certificate = apply_block(state, value), decision.certificate
+        blocks.append(value)
+    assert target.height == 5
+    at = T0 + 100 + CATCH_UP_INTERVAL_MS
+    feed(target, [vote(2, "prevote", 0, None, height=5)], now=at)  # validator 2 signs here
+    old = vote(2, "prevote", 3, None, height=2)  # three heights back: block sync's
+    certified_old = vote(2, "precommit", 0, blocks[1].block_hash(), height=2)
+    assert target.on_message(old, at + CATCH_UP_INTERVAL_MS) == []
+    assert target.on_message(certified_old, at + 2 * CATCH_UP_INTERVAL_MS) == []
+    recent = vote(2, "prevote", 3, None, height=5 - CATCH_UP_HEIGHTS_MAX)
+    assert target.on_message(recent, at + 3 * CATCH_UP_INTERVAL_MS) == [
+        SendDecision(to=KEYS[2].public_key_hex, height=5 - CATCH_UP_HEIGHTS_MAX)
+    ]
+    # A silent validator's precommit of height 2, from an export: new, but not recent.
+    assert target.on_message(vote(1, "precommit", 0, blocks[1].block_hash(), height=2), at) == []
+    # Validator 3, never seen signing here, stuck at height 1: answered, however far.
+    assert target.on_message(vote(3, "prevote", 7, None, height=1), at) == [
+        SendDecision(to=KEYS[3].public_key_hex, height=1)
+    ]
 
 
 def _second_block(parent: State, certificate: Certificate) -> Block:

@@ -11,10 +11,10 @@ Two answers, as docs/decisions/0006 and `api.routes.consensus` document them:
 - refused at the HTTP edge, the batch whole (nothing of it read): a body that is not a batch of
   wire-form messages (`malformed_message`, naming the line), over the line count
   (`limit_exceeded`) or over the body limit (`payload_too_large`), each an RFC 9457 problem;
-- accepted but dropped (202 `{"accepted": <lines>}`): a well-formed message is checked by the
-  replica (signatures are not checked in the request), which drops what fails and counts why
-  (`Replica.dropped`: `unknown_validator`, `bad_signature`, `wrong_chain`, `not_proposer`,
-  `body_mismatch`, `old`, `future`, `known`).
+- accepted but dropped (202 `{"accepted": <lines>}`): a well-formed message is checked, a
+  proposal or decision before it is queued (`BftProducer._authentic`), a vote by the replica,
+  and what fails is dropped and counted by why (`BftProducer.dropped()`: `unknown_validator`,
+  `bad_signature`, `wrong_chain`, `not_proposer`, `body_mismatch`, `old`, `future`, `known`).
 
 Each case then checks that nothing changed: the same head and state root, the same pool,
 no new evidence, nothing waiting in the relay, and the message held nowhere in the quorum.
@@ -283,7 +283,7 @@ def snapshot(cluster: Cluster) -> dict[str, object]:
 
 
 def dropped(cluster: Cluster, reason: str) -> int:
-    return cluster.replica.dropped.get(reason, 0)
+    return cluster.bft.dropped().get(reason, 0)
 
 
 async def post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
@@ -323,7 +323,7 @@ async def dropped_as(
         lambda: dropped(cluster, reason) >= count + len(messages),
         lambda: (
             f"{reason} drops (the replica at height {cluster.replica.height}, round"
-            f" {cluster.replica.round}, dropped {dict(cluster.replica.dropped)}, {count} before)"
+            f" {cluster.replica.round}, dropped {cluster.bft.dropped()}, {count} before)"
         ),
     )
     assert snapshot(cluster) == before

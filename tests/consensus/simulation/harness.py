@@ -54,7 +54,7 @@ from consensus.replica import (
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import ZERO_HASH_HEX, SignatureError, verify_signature
 from ledger.evidence import Evidence, Vote, verify_evidence
-from ledger.limits import CATCH_UP_HEIGHTS_MAX, EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
+from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
 from ledger.state import State
 from ledger.state_transition import apply_block
 from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
@@ -65,6 +65,8 @@ from tests.consensus.simulation.world import World, make_world, transaction_sour
 HEAL_PROGRESS_MS_MAX = 30_000  # after the heal, every core validator decides a new height
 # After that progress, the evidence the core holds is recorded within this much virtual time.
 EVIDENCE_COMMIT_MS_MAX = 30_000
+# A catch-up answer, with block sync for a lag beyond it (`Simulation._decisions_from`).
+SIMULATED_CATCH_UP_HEIGHTS = 16
 
 
 class SimulationFailure(AssertionError):
@@ -446,17 +448,20 @@ class Simulation:
                 self.clock.at(self.clock.now + delay, partial(self._deliver, target, wire))
 
     def _decisions_from(self, node: Node, height: int) -> list[Decision]:
-        """What the node shell answers a SendDecision with (`BftProducer._decisions_from`):
-        the decisions of `height` and of the heights after it that `node` has, at most
-        CATCH_UP_HEIGHTS_MAX and, beyond the first, block_transactions_max transactions in
-        all. One a round trip was too slow: a validator cut off during the chaos fell further
-        behind a 7-validator chain deciding faster than a height a second, never proposed
-        again, and so never put the evidence it held in a block."""
+        """What a validator behind gets for a SendDecision, to it alone: the decisions of
+        `height` and of the heights after it that `node` has, at most
+        SIMULATED_CATCH_UP_HEIGHTS and, beyond the first, block_transactions_max transactions
+        in all. The node shell sends CATCH_UP_HEIGHTS_MAX (2) to every peer, and a validator
+        further behind fetches the rest by block sync (`consensus.sync`), from the peers'
+        API to itself; the simulation has no API, so this answer stands in for both. One a
+        round trip was too slow: a validator cut off during the chaos fell further behind a
+        7-validator chain deciding faster than a height a second, never proposed again, and
+        so never put the evidence it held in a block."""
         decisions: list[Decision] = []
         if height < 1:
             return decisions
         budget = self.world.genesis.params.block_transactions_max
-        for stored in node.store[height - 1 : height - 1 + CATCH_UP_HEIGHTS_MAX]:
+        for stored in node.store[height - 1 : height - 1 + SIMULATED_CATCH_UP_HEIGHTS]:
             budget -= len(stored.block.transactions)
             if decisions and budget < 0:
                 break

@@ -86,7 +86,8 @@ def test_a_validator_cut_off_during_the_chaos_catches_up_and_its_evidence_is_rec
     for half a second; after the heal it was sent one decision a round trip, fell further
     behind a 7-validator chain deciding faster than a height a second, never proposed again
     and so never put the evidence it held (of validator 5, flooding) in a block. The shell
-    answers with up to CATCH_UP_HEIGHTS_MAX decisions a request, and so does the simulation."""
+    answers with up to CATCH_UP_HEIGHTS_MAX decisions a request and block sync brings the
+    rest; the simulation's answer stands in for both (SIMULATED_CATCH_UP_HEIGHTS)."""
     scenario = Scenario(
         seed=0,
         n=7,
