@@ -25,13 +25,14 @@ Peers' batches arrive on any thread through `on_batch` (the route's inbox, docs/
 to the pool as forwarded ones (their signatures checked once, in the signature worker, and
 never forwarded again: every validator forwards only what its own clients submitted, to
 every peer); blocks sent by reference are completed from the pool and the `consensus.relay`
-holding; a proposal or decision is queued only if it is of a height the replica can take
-and signed for it (`_authentic`: otherwise anyone's large block could push the real one out
-of the queue), a vote always (the replica checks it; a lagging validator's old votes are
-what tells it to answer); votes and blocks wait apart (at most PEER_QUEUE_MESSAGES_MAX
-votes, and PEER_QUEUE_MESSAGES_MAX messages with a block within about PEER_QUEUE_BYTES_MAX
-bytes, the oldest of each dropped and counted: blocks never push votes out) and are fed to
-the replica in the order they came, on the block-loop thread: the replica is touched by one
+holding; a message is queued only if it is signed for what it is (`_authentic`: a vote by
+a validator, a proposal by its round's proposer, a decision with its certificate, each of a
+height the replica can take but a vote, whose old ones tell it a validator lags): otherwise
+anyone's messages could push the real ones out of the queue. Votes and blocks wait apart
+(at most PEER_QUEUE_MESSAGES_MAX votes, of a decided height only each validator's latest,
+and PEER_QUEUE_MESSAGES_MAX messages with a block within about PEER_QUEUE_BYTES_MAX bytes,
+the oldest of each dropped and counted: blocks never push votes out) and are fed to the
+replica in the order they came, on the block-loop thread: the replica is touched by one
 thread only. The replica checks every signature and certificate again, and the rest; what
 it refuses is dropped there.
 
@@ -243,8 +244,10 @@ class BftProducer:
         self.probes = 0  # sync attempts made because no peer said anything for SYNC_PROBE_MS
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         # Peers' messages waiting for the replica, each with its arrival number (`on_messages`):
-        # votes apart from proposals and decisions, these with their `message_bytes`.
+        # votes apart from proposals and decisions, these with their `message_bytes`, and of
+        # votes of a decided height only each validator's latest (all a catch-up answer needs).
         self._inbox_votes: deque[tuple[int, Vote]] = deque()
+        self._inbox_old_votes: dict[str, tuple[int, Vote]] = {}
         self._inbox: deque[tuple[int, Proposal | Decision, int]] = deque()
         self._inbox_bytes = 0
         self._arrivals = 0
@@ -302,6 +305,8 @@ class BftProducer:
                 self.sync is not None and self.sync.is_behind(self._tip.height, lag=1)
             )
         if not self._started or self._committed or self._inbox or self._inbox_votes:
+            return True
+        if self._inbox_old_votes:
             return True
         if self._writing and self._writing[0][1].done():
             return True
@@ -396,7 +401,9 @@ class BftProducer:
             self._carry_out(self.replica.on_start(now_ms))
         with self._lock:
             blocks = ((arrival, message) for arrival, message, _ in self._inbox)
-            messages = [message for _, message in heapq.merge(self._inbox_votes, blocks)]
+            old = sorted(self._inbox_old_votes.values(), key=lambda item: item[0])
+            waiting = heapq.merge(self._inbox_votes, blocks, old, key=lambda item: item[0])
+            messages = [message for _, message in waiting]
             self._clear_inbox()
         heard = self.replica.heard
         for message in messages:
@@ -522,38 +529,44 @@ class BftProducer:
         return batch.lines
 
     def _authentic(self, messages: Sequence[Message]) -> list[Message]:
-        """Of peers' messages, those worth the replica's queue: every vote, and a proposal or
-        decision only if the replica can take it and it is signed for it. A decision must be
-        of the next height, with a certificate of the set governing it; a proposal of the next
-        height or the one after, signed by the proposer of its round. One of the next height
-        must carry the body its header commits to (a replayed signature with other
-        transactions). Review found a post of 48 made-up proposals by reference, their
-        transactions any the relay held, counted 63 MiB against the queue and pushed out the
-        votes and the real proposal waiting there; and old decisions (a catch-up answer meant
-        for a peer behind) were queued only for the replica to drop them. What is left out is
-        counted in `refused`, under the name the replica gives it."""
+        """Of peers' messages, those worth the replica's queue: each signed for what it is.
+        A vote by a validator of the set governing the next height or the one after, its
+        signature checked (of any height: an old one is how a validator behind asks for
+        blocks). A proposal of the next height or the one after, signed by the proposer of
+        its round; a decision of the same heights (a catch-up answer holds two: the replica
+        takes them in order), with a certificate of the set governing it. A proposal or
+        decision of the next height must carry the body its header commits to (a replayed
+        signature with other transactions). Review found a post of 48 made-up proposals by
+        reference, their transactions any the relay held, counted 63 MiB against the queue
+        and pushed out the votes and the real proposal waiting there; a second review, that
+        a stranger's votes did the same to the votes; and old decisions (a catch-up answer
+        meant for a peer behind) were queued only for the replica to drop them. What is left
+        out is counted in `refused`, under the name the replica gives it."""
         tip = self._tip
+        current, following = tip.current_validators(), tip.next_validators()
+        voters = [*current, *(v for v in following if v not in current)]
         kept: list[Message] = []
         for message in messages:
-            if isinstance(message, Vote):
-                kept.append(message)
-                continue
             height = message.height
-            ahead = HEIGHTS_AHEAD_MAX if isinstance(message, Proposal) else 0
             reason = None
-            if height <= tip.height:
+            if isinstance(message, Vote):
+                try:
+                    verify_vote(message, chain_id=tip.chain_id, validators=voters)
+                except ConsensusError as error:
+                    reason = error.code
+            elif height <= tip.height:
                 reason = "old"
-            elif height > tip.height + 1 + ahead:
+            elif height > tip.height + 1 + HEIGHTS_AHEAD_MAX:
                 reason = "future"
             else:
-                following = height > tip.height + 1
-                validators = tip.next_validators() if following else tip.current_validators()
+                ahead = height > tip.height + 1
+                validators = following if ahead else current
                 try:
                     if isinstance(message, Decision):
                         verify_decision(message, chain_id=tip.chain_id, validators=validators)
                     else:
                         verify_proposal(message, chain_id=tip.chain_id, validators=validators)
-                    if not following:
+                    if not ahead:
                         check_block_body(tip, message.block)
                 except ConsensusError as error:
                     reason = error.code
@@ -646,10 +659,15 @@ class BftProducer:
             (message, 0 if isinstance(message, Vote) else message_bytes(message))
             for message in messages
         ]
+        decided = self._tip.height
         with self._lock:
             for message, size in sized:
                 self._arrivals += 1
-                if isinstance(message, Vote):
+                if isinstance(message, Vote) and message.height <= decided:
+                    if message.public_key in self._inbox_old_votes:  # the earlier one goes
+                        self.refused["old"] = self.refused.get("old", 0) + 1
+                    self._inbox_old_votes[message.public_key] = (self._arrivals, message)
+                elif isinstance(message, Vote):
                     self._inbox_votes.append((self._arrivals, message))
                 else:
                     self._inbox.append((self._arrivals, message, size))
@@ -676,6 +694,7 @@ class BftProducer:
 
     def _clear_inbox(self) -> None:
         self._inbox_votes.clear()
+        self._inbox_old_votes.clear()
         self._inbox.clear()
         self._inbox_bytes = 0
 
@@ -730,7 +749,8 @@ class BftProducer:
     def inbox_bytes(self) -> int:
         """What the messages waiting for the replica count (`message_bytes`)."""
         with self._lock:
-            return self._inbox_bytes + len(self._inbox_votes) * PEER_MESSAGE_BYTES_BASE
+            votes = len(self._inbox_votes) + len(self._inbox_old_votes)
+            return self._inbox_bytes + votes * PEER_MESSAGE_BYTES_BASE
 
     def next_timer_ms(self) -> int | None:
         """Milliseconds until the next timer is due (None: none), for a loop that sleeps."""

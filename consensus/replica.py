@@ -602,17 +602,19 @@ class Replica:
         # height; its other votes always are: a validator that restarts lower (its last
         # decided block not yet durable) re-sends its prevotes from its log.
         # And an old vote, replayed, had made every correct validator send old blocks to
-        # every peer once a second (review, decision 0006 "Open"): a vote older than its
-        # validator's latest is answered only if recent (the validator restarted lower), and
-        # a certified precommit only if both newer and recent; a lag beyond CATCH_UP_HEIGHTS_MAX
-        # is block sync's, which brings blocks to the validator behind alone.
+        # every peer once a second (review, decision 0006 "Open"). A vote older than its
+        # validator's latest (or than one answered already) is answered from its height only
+        # if recent (the validator restarted lower), and otherwise with the latest decision
+        # alone: its certificate starts the validator's block sync, which brings the blocks
+        # to it alone (a validator restarted far lower, that one peer reaches, had waited for
+        # its probe; found by review). A certified precommit is answered only if both newer
+        # and recent.
         certified = vote.vote_type == PRECOMMIT and vote.block_hash is not None
         signed_at = self._signed_at.get(sender, 0)
         recent = self.height - vote.height <= CATCH_UP_HEIGHTS_MAX
         if certified and (vote.height <= signed_at or not recent):
             return
-        if vote.height < signed_at and not recent:
-            return
+        start = vote.height if vote.height >= signed_at or recent else self.height - 1
         if (
             vote.height == self.height - 1
             and self._since(self._decided_at) < self.timeouts.catch_up_ms
@@ -631,8 +633,10 @@ class Replica:
         if not certified:
             self.heard += 1
         self._catch_up_sent[sender] = self._now
-        self._signed_at[sender] = max(vote.height, self._signed_at.get(sender, 0))
-        self._effects.append(SendDecision(to=sender, height=vote.height))
+        # Past the height answered: the same vote again (a replay of a silent validator's
+        # last one, too) is no longer fresh, and draws the latest decision at most.
+        self._signed_at[sender] = max(vote.height + 1, signed_at)
+        self._effects.append(SendDecision(to=sender, height=start))
 
     def _rebroadcast(self) -> None:
         for slot, message in sorted(self.signed.items(), key=lambda item: item[0]):

@@ -108,12 +108,13 @@ REBROADCAST_INTERVAL_MS: Final = 1000
 CATCH_UP_INTERVAL_MS: Final = 1000
 # A node answering a lagging validator sends the decisions of up to this many heights from
 # the one it lags at (and at most block_transactions_max transactions in them beyond the
-# first), so one answer a CATCH_UP_INTERVAL_MS moves it that many heights; and it answers a
-# vote older than its validator's latest only if it is at most this many heights back (a
-# validator restarted lower). The answer goes to every peer (the transport knows peers by
-# address, not key): a validator further behind is block sync's (SYNC_LAG_HEIGHTS_MIN),
-# which brings the blocks to it alone. At 16, old votes replayed had made every correct
-# validator send MBs a second to every peer (review, docs/decisions/0006).
+# first), so one answer a CATCH_UP_INTERVAL_MS moves it that many heights; a vote older than
+# its validator's latest it answers so only if it is at most this many heights back (a
+# validator restarted lower), and otherwise with its latest decision alone, whose
+# certificate starts the validator's block sync. The answer goes to every peer (the
+# transport knows peers by address, not key): a validator further behind is block sync's
+# (SYNC_LAG_HEIGHTS_MIN), which brings the blocks to it alone. At 16, old votes replayed had
+# made every correct validator send MBs a second to every peer (review, docs/decisions/0006).
 CATCH_UP_HEIGHTS_MAX: Final = 2
 # A validator prevotes for a block only if its time is at most this far ahead of its own clock.
 BLOCK_TIME_DRIFT_MS_MAX: Final = 10_000

@@ -33,6 +33,7 @@ from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
     CONSENSUS_BATCH_BYTES_MAX,
+    CONSENSUS_MESSAGES_BATCH_MAX,
     PEER_MESSAGE_BYTES_BASE,
     PEER_QUEUE_BYTES_MAX,
     PEER_QUEUE_MESSAGES_MAX,
@@ -687,6 +688,97 @@ def test_a_transaction_whose_nonce_is_used_is_held_without_a_signature_check(
         assert checked == [second]  # the new one only
         assert validator.relay.lookup(first.leaf_hash) is not None
         assert not validator.relay.verified(first) and validator.relay.verified(second)
+    finally:
+        consortium.close()
+
+
+def test_a_catch_up_answer_of_two_decisions_moves_a_validator_two_heights(tmp_path: Path) -> None:
+    """Found by review of the first version of `_authentic`, which took decisions of the
+    next height only: the second decision of an answer was refused `future` before the
+    replica, which takes them in order, could see it."""
+    consortium = Consortium(tmp_path / "consortium")
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= CATCH_UP_HEIGHTS_MAX + 1)
+        answer = consortium.producers[0]._decisions_from(1)
+    finally:
+        consortium.close()
+    assert [d.height for d in answer] == list(range(1, CATCH_UP_HEIGHTS_MAX + 1))
+    Store.create(tmp_path / "behind", document()).close()
+    writer = ThreadPoolExecutor(1)
+    behind = BftProducer(
+        Store.open(tmp_path / "behind"),
+        WORLD.keys[3],
+        log=SignedLog(
+            tmp_path / "behind" / WAL_FILE_NAME,
+            public_key=WORLD.keys[3].public_key_hex,
+            transaction_bytes_max=LIMIT,
+        ),
+        timeouts=FAST,
+        write_executor=writer,
+    )
+    try:
+        behind.on_batch(b"".join(encode_message(d) + b"\n" for d in answer))
+        assert behind.refused == {}
+        deadline = time.monotonic() + 10
+        while behind.state.height < CATCH_UP_HEIGHTS_MAX:
+            assert time.monotonic() < deadline, behind.dropped()
+            behind.produce(int(time.time() * 1000))
+            time.sleep(0.01)
+    finally:
+        writer.shutdown(wait=True)
+        behind.log.close()
+        behind.store.close()
+
+
+def test_a_strangers_votes_are_not_queued_and_old_votes_wait_one_per_validator(
+    tmp_path: Path,
+) -> None:
+    """Found by review: votes were queued unchecked, so ten posts of a stranger's votes
+    (3 MB) pushed out every real vote waiting. A vote is queued only if its signer is a
+    validator and its signature verifies; of a decided height, only each validator's
+    latest waits (all a catch-up answer needs)."""
+    consortium = Consortium(tmp_path)
+    try:
+        validator = consortium.producers[0]
+        real = sign_vote(
+            WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0,
+            block_hash=None,
+        )  # fmt: skip
+        validator.on_batch(encode_message(real) + b"\n")
+        stranger = key("stranger")
+        rounds = range(PEER_QUEUE_MESSAGES_MAX)
+        for start in rounds[::CONSENSUS_MESSAGES_BATCH_MAX]:  # posts of a batch's most lines
+            votes = [
+                sign_vote(stranger, chain_id=CHAIN_ID, vote_type="prevote", height=1, round=r,
+                          block_hash=None)
+                for r in rounds[start : start + CONSENSUS_MESSAGES_BATCH_MAX]
+            ]  # fmt: skip
+            validator.on_batch(b"".join(encode_message(v) + b"\n" for v in votes))
+        forged = dataclasses.replace(real, round=1, signature="00" * 64)
+        validator.on_batch(encode_message(forged) + b"\n")
+        assert [m for _, m in validator._inbox_votes] == [real]
+        assert validator.refused == {
+            "unknown_validator": PEER_QUEUE_MESSAGES_MAX,
+            "bad_signature": 1,
+        }
+        assert validator.messages_dropped == 0
+        # Votes of a decided height: each validator's latest waits.
+        first = WORLD.workload[0]
+        consortium.producers[1].submit([first])
+        consortium.run(committed_everywhere(consortium, [first.tx_id]))
+        old = [
+            sign_vote(
+                WORLD.keys[signer], chain_id=CHAIN_ID, vote_type="prevote", height=1,
+                round=round, block_hash=None,
+            )
+            for signer, round in ((1, 5), (2, 5), (1, 6), (1, 7))
+        ]  # fmt: skip
+        refused = validator.refused.get("old", 0)
+        validator.on_batch(b"".join(encode_message(v) + b"\n" for v in old))
+        assert sorted(
+            (v.public_key, v.round) for _, v in validator._inbox_old_votes.values()
+        ) == sorted([(WORLD.keys[1].public_key_hex, 7), (WORLD.keys[2].public_key_hex, 5)])
+        assert validator.refused["old"] == refused + 2
     finally:
         consortium.close()
 

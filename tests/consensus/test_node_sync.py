@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +20,7 @@ from consensus.messages import Vote
 from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
 from consensus.sync import BlockSync, MemorySource
+from consensus.transport import MemoryNetwork
 from consensus.wal import WAL_FILE_NAME, SignedLog, SignedMessage
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -28,6 +31,8 @@ from ledger.store import Store
 from tests.consensus.test_node import IDLE, WORLD, Consortium, document
 from tests.consensus.test_sync import NEW_VALIDATOR, Built, built, source
 from tests.factory import CHAIN_ID, key
+
+T = TypeVar("T")
 
 
 class StoreSource:
@@ -372,7 +377,7 @@ def test_posts_from_anyone_do_not_put_off_the_probe(tmp_path: Path) -> None:
                 validator.on_batch(b"not json at all\n")
             validator.on_messages([forged])
             validator.produce(clock[0])
-        assert validator.replica.dropped.get("bad_signature", 0) >= 1
+        assert validator.dropped().get("bad_signature", 0) >= 1
         assert validator.probes == 1  # asked once, when the spell ended
         genuine = sign_vote(
             WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=1, round=0,
@@ -411,5 +416,66 @@ def test_idle_validators_that_hear_each_other_do_not_ask_for_heads(
         consortium.run(lambda: time.monotonic() > quiet_until)
         assert consortium.heights() == heights  # idle: no block, no message
         assert [consortium.producers[i].probes for i in range(4)] == [0, 0, 0, 0]
+    finally:
+        consortium.close()
+
+
+class _OnePeerReaches(MemoryNetwork):
+    """Only member `reaches` delivers to member `alone` (whose own sends reach everyone)."""
+
+    def __init__(self, alone: str, reaches: str) -> None:
+        super().__init__()
+        self.alone, self.reaches = alone, reaches
+
+    def deliver(self, sender: str, body: bytes) -> None:
+        inbox = self.inboxes.pop(self.alone, None)
+        try:
+            super().deliver(sender, body)
+        finally:
+            if inbox is not None:
+                self.inboxes[self.alone] = inbox
+        if inbox is not None and sender == self.reaches:
+            inbox(body)
+
+
+class _LostWrites(ThreadPoolExecutor):
+    """A write thread that never writes: a crash while decided blocks are still in flight."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return Future()
+
+
+def test_a_validator_restarted_far_lower_that_one_peer_reaches_catches_up_at_once(
+    tmp_path: Path,
+) -> None:
+    """Found by review of the catch-up answers' bound: a validator whose last decided blocks
+    were lost in a crash (it had signed at later heights) re-sends votes older than what its
+    peers saw it sign, and not recent; with only one peer reaching it (a quarter of the power:
+    no hint for block sync) it waited for its probe, 135 s by default. Its peers now answer
+    such a vote with their latest decision, whose certificate starts its block sync."""
+    consortium = Consortium(tmp_path)
+    network = _OnePeerReaches(alone="3", reaches="1")
+    for index, producer in consortium.producers.items():
+        assert producer.transport is not None
+        producer.transport.close()
+        producer.transport = network.join(str(index), producer.on_batch)
+    consortium.network = network
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 3)
+        behind = consortium.producers[3]
+        consortium.writers.pop(3).shutdown(wait=True)
+        consortium.writers[3] = behind._write_executor = _LostWrites(1)
+        durable = behind.state.height
+        consortium.run(lambda: behind._tip.height >= durable + 3)  # signs on, writes nothing
+        consortium.stop(3)  # the crash
+        others = list(consortium.producers.values())
+        consortium.run(lambda: min(p.state.height for p in others) >= durable + 10)
+        consortium.start(3)  # its store at `durable`, its log above it
+        restarted = consortium.producers[3]
+        restarted.sync = BlockSync(sources(consortium, but=3), genesis=parse_genesis(document()))
+        assert restarted.state.height == durable
+        top = max(p.state.height for p in others)
+        consortium.run(lambda: restarted.state.height >= top, seconds=10)
+        assert restarted.probes == 0  # not its probe: a peer's answer started it
     finally:
         consortium.close()

@@ -1152,13 +1152,16 @@ def test_a_certified_precommit_replayed_is_answered_once_and_is_not_hearing() ->
     assert target.heard == heard
 
 
-def test_an_old_vote_is_answered_only_while_recent_and_a_certified_one_only_if_also_new() -> None:
+def test_an_old_vote_draws_old_blocks_only_while_recent_or_new_and_else_the_latest_alone() -> None:
     """Found by review (decision 0006, "Open"): replayed old prevotes of a validator, or a
     silent validator's precommits taken from an export one height higher each second, made
     every correct validator send up to 16 old blocks to every peer once a second. A vote
-    older than its validator's latest is answered only within CATCH_UP_HEIGHTS_MAX of this
-    height (a validator restarted lower); a certified precommit only if newer and recent. A
-    validator's own lag, at a height it was not seen past, is still answered however far."""
+    older than its validator's latest (or than one answered) draws the decisions from its
+    height only within CATCH_UP_HEIGHTS_MAX of this height (a validator restarted lower),
+    and otherwise the latest decision alone, whose certificate starts the validator's block
+    sync (a second review: a validator restarted far lower, that one peer reached, had
+    waited for its probe). A certified precommit is answered only if newer and recent. A
+    validator's own lag, at a height it was not seen at or past, is answered from there."""
     target = replica(0)
     target.on_start(T0)
     state, certificate = WORLD.genesis, None
@@ -1176,21 +1179,30 @@ def test_an_old_vote_is_answered_only_while_recent_and_a_certified_one_only_if_a
         state, certificate = apply_block(state, value), decision.certificate
         blocks.append(value)
     assert target.height == 5
-    at = T0 + 100 + CATCH_UP_INTERVAL_MS
+    latest = target.height - 1
+    second = CATCH_UP_INTERVAL_MS
+    at = T0 + 100 + second
     feed(target, [vote(2, "prevote", 0, None, height=5)], now=at)  # validator 2 signs here
     old = vote(2, "prevote", 3, None, height=2)  # three heights back: block sync's
+    assert target.on_message(old, at + second) == [
+        SendDecision(to=KEYS[2].public_key_hex, height=latest)
+    ]
     certified_old = vote(2, "precommit", 0, blocks[1].block_hash(), height=2)
-    assert target.on_message(old, at + CATCH_UP_INTERVAL_MS) == []
-    assert target.on_message(certified_old, at + 2 * CATCH_UP_INTERVAL_MS) == []
+    assert target.on_message(certified_old, at + 2 * second) == []
     recent = vote(2, "prevote", 3, None, height=5 - CATCH_UP_HEIGHTS_MAX)
-    assert target.on_message(recent, at + 3 * CATCH_UP_INTERVAL_MS) == [
+    assert target.on_message(recent, at + 3 * second) == [
         SendDecision(to=KEYS[2].public_key_hex, height=5 - CATCH_UP_HEIGHTS_MAX)
     ]
     # A silent validator's precommit of height 2, from an export: new, but not recent.
     assert target.on_message(vote(1, "precommit", 0, blocks[1].block_hash(), height=2), at) == []
-    # Validator 3, never seen signing here, stuck at height 1: answered, however far.
-    assert target.on_message(vote(3, "prevote", 7, None, height=1), at) == [
-        SendDecision(to=KEYS[3].public_key_hex, height=1)
+    # Validator 3, never seen signing here, stuck at height 1: answered from there.
+    stuck = vote(3, "prevote", 7, None, height=1)
+    assert target.on_message(stuck, at) == [SendDecision(to=KEYS[3].public_key_hex, height=1)]
+    # The same vote again (its lag, or a replay of a silent validator's last vote): the
+    # latest decision alone, once a second at most.
+    assert target.on_message(stuck, at + second // 2) == []
+    assert target.on_message(stuck, at + second) == [
+        SendDecision(to=KEYS[3].public_key_hex, height=latest)
     ]
 
 
