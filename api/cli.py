@@ -44,6 +44,7 @@ from api.console import (
 )
 from api.demo import build_demo
 from api.explorer import TARGETS_FILE, load_targets
+from api.logs import configure_logging
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
@@ -466,6 +467,7 @@ def _serve(
 ) -> None:
     """Run a node on `data` serving the API on `listening` (closed when it stops, or if it
     cannot start)."""
+    configure_logging()
     host, port = settings.host, settings.port
     try:
         running = Node(data, validator, peers=peers, follow=follow, empty_block_ms=empty_block_ms)

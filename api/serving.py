@@ -417,6 +417,7 @@ def server_config(app: Any, settings: Settings, parser: str = "httptools") -> uv
         http=protocol_class(settings, parser),
         ws="none",  # the API has no WebSocket
         lifespan="on",  # a node that cannot start its block loop must not serve
+        log_config=None,  # the node's own (`api.logs`): every line with its time
         log_level="warning",
         access_log=False,  # one line per request is no node's log; /metrics counts them
         proxy_headers=False,  # nothing reads the client's address: trust no X-Forwarded-For

@@ -55,6 +55,9 @@ log = logging.getLogger("tanlian.consensus.transport")
 MESSAGES_PATH: Final = "/v1/consensus/messages"
 NDJSON: Final = "application/x-ndjson"
 RETRY_SECONDS: Final = 0.2  # after a failed request, before the next one to that peer
+# A peer's refusals are logged at most once this often (with a count of those between); that
+# it stops answering, and answers again, once each time.
+REFUSALS_LOGGED_EVERY_S: Final = 60.0
 # A peer's node counts bodies above this against its body budget, which anyone's stalled
 # uploads can fill (api.admission.SMALL_BODY_BYTES): a batch it refuses as overloaded is sent
 # again in bodies this small, which it always takes (found by review: a stranger's 16 stalled
@@ -123,6 +126,12 @@ class _Peer:
         self.queue: deque[bytes] = deque()
         self.queue_max = queue_max
         self.counters = PeerCounters()
+        self.lane = lane
+        # What the operator was told (`_note`): whether the peer answers, and refusals not yet
+        # told, at most one line a REFUSALS_LOGGED_EVERY_S.
+        self.answering: bool | None = None
+        self.refusals_untold = 0
+        self.refusal_told_at = -REFUSALS_LOGGED_EVERY_S
         self.ready = threading.Condition()
         self.closing = False
         self.thread = threading.Thread(target=self._run, name=f"{lane} {url}", daemon=True)
@@ -165,14 +174,37 @@ class _Peer:
                     if len(head) >= PEER_ANSWER_BYTES_MAX or time.monotonic() > deadline:
                         break  # the rest is never read: closing drops the connection
         except httpx.HTTPError as error:
-            log.debug("peer %s unreachable: %s", self.url, error)
+            if self.answering is not False:
+                log.warning(
+                    "peer %s (%s) unreachable: %s; said again once it answers",
+                    self.url, self.lane, printable(str(error)[:200]) or type(error).__name__,
+                )  # fmt: skip
+            self.answering = False
             return None
+        if self.answering is False:
+            log.warning("peer %s (%s) answers again", self.url, self.lane)
+        self.answering = True
         if answer.status_code >= 300 and not (
             answer.status_code in (413, 503) and len(body) > UNBUDGETED_BODY_BYTES
         ):
-            shown = printable(bytes(head[:200]).decode("utf-8", "replace"))
-            log.warning("peer %s refused a batch: %s %s", self.url, answer.status_code, shown)
+            self._note_refusal(answer.status_code, bytes(head[:200]))
         return answer.status_code
+
+    def _note_refusal(self, status: int, head: bytes) -> None:
+        """A refused batch, told at most once a REFUSALS_LOGGED_EVERY_S with how many went
+        untold since (a peer refusing every batch had written a line each, several a second)."""
+        self.refusals_untold += 1
+        now = time.monotonic()
+        if now - self.refusal_told_at < REFUSALS_LOGGED_EVERY_S:
+            return
+        shown = printable(head.decode("utf-8", "replace"))
+        more = self.refusals_untold - 1
+        since = f" ({more} more since the last such line)" if more else ""
+        log.warning(
+            "peer %s (%s) refused a batch: %s %s%s", self.url, self.lane, status, shown, since
+        )
+        self.refusals_untold = 0
+        self.refusal_told_at = now
 
     def _send(self, body: bytes) -> bool:
         """`body` to the peer; refused for its size or the peer's body budget, again in

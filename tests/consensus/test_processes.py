@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from ledger.encoding import canonical
 from tests.consensus.test_node import WORLD, document
 
 TANLIAN = Path(sys.executable).parent / "tanlian"
+TIMED_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING tanlian\.")
 NODES = 4
 WAIT_S = 30.0
 
@@ -171,6 +173,15 @@ def test_four_processes_agree_through_a_crash_and_a_stall(
     target = max(h or 0 for h in c.heights([0, 1, 2]))
     c.wait(lambda: (c.height(3) or 0) >= target, "3 catches up")
     c.assert_one_chain(list(range(NODES)))
+    # Its peers' logs said it was gone, and back, once each, with the time (the operator's
+    # first clue; found by review: a peer that could not be reached was logged at debug).
+    peer = f"peer {c.urls[3]}/v1/consensus/messages (consensus)"
+    lines = (c.root / "node-0.log").read_text(errors="replace").splitlines()
+    told = [line for line in lines if line.partition(": ")[2].startswith(peer)]
+    said = [t.partition(": ")[2].removeprefix(peer).split(":")[0] for t in told]
+    # (A first pair if node 0 sent before node 3 listened at the start.)
+    assert said in ([" unreachable", " answers again"] * n for n in (1, 2)), told
+    assert all(TIMED_LINE.match(line) for line in told), told
 
     # Two of four stopped: no quorum, so at most the height in flight is decided.
     c.signal(2, signal.SIGSTOP)

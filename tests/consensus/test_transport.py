@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import pytest
 
 from consensus.messages import Message, decode_batch, encode_message
 from consensus.transport import (
@@ -190,3 +192,52 @@ def test_a_batch_refused_for_the_peers_body_budget_goes_again_in_small_bodies() 
     assert all(size <= UNBUDGETED_BODY_BYTES for size in sizes[1:])
     (counters,) = transport.counters().values()
     assert counters.batches_failed == 0
+
+
+def test_a_peer_that_stops_answering_or_refuses_is_told_once_not_per_batch(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a peer refusing every batch wrote a warning line each, several a
+    second, and one that could not be reached wrote nothing at all above debug (a
+    partitioned validator was silent). Now each change is told once (it stopped answering;
+    it answers again) and refusals once a REFUSALS_LOGGED_EVERY_S, with how many between."""
+    monkeypatch.setattr("consensus.transport.REFUSALS_LOGGED_EVERY_S", 0.5)
+    monkeypatch.setattr("consensus.transport.RETRY_SECONDS", 0.0)
+    answers = iter(["down"] * 5 + ["ok"] + ["refuse"] * 6)
+    done = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        kind = next(answers, "end")
+        if kind == "end":
+            done.set()
+            return httpx.Response(202, json={"accepted": 1})
+        if kind == "down":
+            raise httpx.ConnectError("connection refused", request=request)
+        if kind == "refuse":
+            return httpx.Response(400, text="bad line")
+        return httpx.Response(202, json={"accepted": 1})
+
+    caplog.set_level(logging.INFO, logger="tanlian.consensus.transport")
+    transport = HttpTransport(["http://peer:1"], http=httpx.MockTransport(answer))
+    try:
+        while not done.is_set():
+            transport.broadcast(VOTES[:1])
+            time.sleep(0.01)
+    finally:
+        transport.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tanlian.consensus.transport"]
+    consensus = [line for line in lines if "(consensus)" in line]
+    assert [line for line in consensus if "unreachable" in line] == [
+        "peer http://peer:1/v1/consensus/messages (consensus) unreachable: connection refused;"
+        " said again once it answers"
+    ]
+    assert [line for line in consensus if "answers again" in line] == [
+        "peer http://peer:1/v1/consensus/messages (consensus) answers again"
+    ]
+    refused = [line for line in consensus if "refused a batch" in line]
+    assert (
+        refused[0]
+        == "peer http://peer:1/v1/consensus/messages (consensus) refused a batch: 400 bad line"
+    )
+    assert len(refused) <= 2  # six refusals within well under a second
+    assert all("more since the last such line" in line for line in refused[1:])

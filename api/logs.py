@@ -1,0 +1,49 @@
+"""The node's log: each line on stderr with its time (UTC, ISO 8601, to the millisecond), its
+level and where it comes from, as an operator reads it beside another validator's.
+
+    2026-12-06T12:03:41.207Z WARNING tanlian.consensus.transport: peer http://... unreachable
+
+The node's own loggers (`tanlian.*`) write from INFO on, uvicorn's from WARNING on (its
+per-request lines are left out: `api.serving.PER_REQUEST_WARNINGS`). Before this, the node
+configured no handler: Python's last-resort one printed bare WARNING lines with no time, and
+nothing of uvicorn's but in its own form. The handler writes to `sys.stderr` as it is when a
+line is written (a test runner may swap it), never to a stream that was closed since.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Final, TextIO
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS: Final = {"tanlian": logging.INFO, "uvicorn": logging.WARNING}
+
+
+class _Utc(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to the `sys.stderr` of the moment (as logging's last resort does)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+        self.setFormatter(_Utc(LOG_FORMAT))
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+
+def configure_logging() -> None:
+    """Give the node's loggers and uvicorn's the timed handler, once (calling it again
+    changes nothing)."""
+    for name, level in LEVELS.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
+            logger.addHandler(_Stderr())
