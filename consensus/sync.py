@@ -686,6 +686,7 @@ class MemorySource:
     lines: list[bytes]
     head: int | None = None
     requests: int = 0
+    ranges: list[int] = field(default_factory=list)  # the first height of each range asked
 
     def head_height(self) -> int:
         self.requests += 1
@@ -695,6 +696,7 @@ class MemorySource:
         self, from_height: int, to_height: int, *, line_bytes_max: int
     ) -> Generator[bytes, None, None]:
         self.requests += 1
+        self.ranges.append(from_height)
         yield self.genesis_line
         yield from self.lines[from_height - 1 : to_height]
 

@@ -4,7 +4,6 @@ refusals through the real application on a real node and store (httpx.ASGITransp
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -288,13 +287,12 @@ async def test_clients_waiting_for_commits_hold_no_request_thread(
             )
             for n in range(60)
         ]
-        started = time.monotonic()
         submissions = [asyncio.create_task(post(live, e.to_json())) for e in waiting]
         await asyncio.sleep(0.5)
         checkpoint = await live.client.get("/v1/checkpoint")  # a plain function: a thread
-        answered = time.monotonic() - started
         assert checkpoint.status_code == 200
-        assert answered < 3, f"a read waited {answered:.1f} s behind commit waits"
+        # Answered while every commit wait still waits (each ends, pending, after 4 s).
+        assert not any(task.done() for task in submissions)
         answers = await asyncio.gather(*submissions)
         assert {a.status_code for a in answers} == {202}
         assert {a.json()["status"] for a in answers} == {"pending"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -110,29 +111,44 @@ def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
         assert process.wait(timeout=60) == 0
         output = process.stdout.read().decode() if process.stdout else ""
         assert "stopped every validator" in output
+        assert _node_processes(tmp_path) == {}
     finally:
-        # SIGTERM first: the supervisor stops its validators by their pids (a SIGKILL would
-        # leave them running); kill it only if it does not end.
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        _stop_cluster(process, tmp_path)
 
 
 def _nodes(data: Path) -> list[list[str]]:
     """The command lines of the `tanlian node` processes running on `data`'s parties."""
-    found = []
+    return list(_node_processes(data).values())
+
+
+def _node_processes(data: Path) -> dict[int, list[str]]:
+    """The `tanlian node` processes running on `data`'s parties (the test's own directory),
+    by pid."""
+    found = {}
     for path in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             command = path.read_bytes().decode().split("\0")
         except OSError:
             continue  # ended meanwhile
         if "node" in command and any(part.startswith(str(data)) for part in command):
-            found.append(command)
+            found[int(path.parent.name)] = command
     return found
+
+
+def _stop_cluster(process: subprocess.Popen[bytes], data: Path) -> None:
+    """SIGTERM first: the supervisor stops its validators by their pids. If it does not
+    end, SIGKILL it and then the validators it started on `data` (this test's directory),
+    by their pids, whatever the code under test did (found by review)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    for pid in _node_processes(data):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _option(command: list[str], name: str) -> str:
@@ -249,10 +265,9 @@ def test_a_cluster_keeps_its_keys_encrypted_with_the_passphrase(
                 time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+        assert _node_processes(tmp_path) == {}
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        _stop_cluster(process, tmp_path)
     names = party_names(2)
     for path in [tmp_path / name / "validator.pem" for name in names] + [
         tmp_path / "authority.pem"

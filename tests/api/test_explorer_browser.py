@@ -393,7 +393,16 @@ def test_the_genuine_receipt_verifies_in_both(explorer: Explorer, genuine_receip
     assert js_verifies_receipt(text, explorer, chain_id="zibo-prod") is False
 
 
-@settings(max_examples=60, deadline=None)
+def scaled(ci_examples: int) -> int:
+    """Examples for a browser-driven property: `ci_examples` under the `ci` profile, scaled
+    with the profile in use (dev fewer, nightly more: tests/conftest.py), each a page load."""
+    ci = settings.get_profile("ci").max_examples
+    current = settings.default
+    assert current is not None  # tests/conftest.py loads a profile
+    return max(1, ci_examples * current.max_examples // ci)
+
+
+@settings(max_examples=scaled(60), deadline=None)
 @given(data=st.data())
 def test_javascript_and_python_agree_on_tampered_receipts(
     explorer: Explorer, genuine_receipt: Any, data: st.DataObject
@@ -459,7 +468,7 @@ def genuine_proof(explorer: Explorer) -> tuple[str, Any]:
     return tx_id, proof
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=scaled(40), deadline=None)
 @given(data=st.data())
 def test_javascript_and_python_agree_on_tampered_transaction_proofs(
     explorer: Explorer, genuine_proof: tuple[str, Any], data: st.DataObject
@@ -493,7 +502,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=scaled(80), deadline=None)
 @given(value=json_values)
 def test_javascript_canonical_json_is_pythons(explorer: Explorer, value: Any) -> None:
     explorer.load_verifier()

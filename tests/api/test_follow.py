@@ -348,14 +348,13 @@ def test_a_node_dripping_its_answer_is_passed_over_for_the_next(
             for _ in range(40):
                 time.sleep(0.05)
                 yield b" "
-            yield canonical(PENDING)
+            yield canonical(COMMITTED)  # what it would say, had it been waited for
 
-        return httpx.Response(202, content=drip())
+        return httpx.Response(200, content=drip())
 
     monkeypatch.setattr("api.follow.FORWARD_ANSWER_SECONDS_MAX", 0.3)
-    started = time.monotonic()
+    # The next node's answer, not the dripping one's: it was passed over.
     assert relayed(forwarder(dripping, answering(202, PENDING)), own=nothing) == (202, PENDING)
-    assert time.monotonic() - started < 1.5
 
 
 def test_after_an_answer_about_another_transaction_the_next_node_is_asked() -> None:

@@ -156,12 +156,6 @@ def make_sync(
     return BlockSync(sources, genesis=genesis, clock_ms=clock or Clock(), **options)
 
 
-def catch_up(sync: BlockSync, sink: Sink, state: State, steps: int = 20) -> State:
-    for _ in range(steps):
-        state = sync.step(state, sink.append)
-    return state
-
-
 def tampered(line: bytes, change: Any) -> bytes:
     value = json.loads(line)
     change(value)
@@ -281,12 +275,16 @@ def refused_then_healed(bad: MemorySource, *, rule: str, at: int) -> BlockSync:
     sink = Sink()
     state = sync.step(chain.genesis, sink.append)
     assert sync.counters.refusals == 1, sync.counters
-    assert f"rule {rule}" in (sync.counters.last_refusal or ""), sync.counters
-    assert sync.counters.last_refusal is not None and sync.counters.last_refusal.startswith("bad")
+    refusal = sync.counters.last_refusal or ""
+    where = "" if rule == "genesis" else f" at height {at}"  # the genesis line: before any
+    assert f"rule {rule}{where}:" in refusal, sync.counters
+    assert refusal.startswith("bad")
     assert state.height == 250  # the honest source brought the rest in the same attempt
     stored = [b.block_hash() for b, _, _ in sink.blocks]
     assert stored == [decoded(line)[0].block_hash() for line in chain.lines]
-    assert honest.requests == 2  # its head, then one range from `at`
+    # The bad source's blocks below `at` were kept: the honest one was asked from `at` on.
+    assert bad.ranges == [1] and honest.ranges == [at]
+    assert honest.requests == 2  # its head, then that one range
     return sync
 
 

@@ -12,12 +12,14 @@ throughout with identical hashes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from ledger.blocks import (
 )
 from ledger.encoding import canonical
 from ledger.genesis import decode_genesis
+from ledger.limits import SYNC_RETRY_MS_MAX
 from ledger.receipts import verify_receipt
 from ledger.store import Store
 from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
@@ -196,6 +199,7 @@ def test_a_follower_of_a_dev_node_follows_refuses_forgeries_and_outlives_it(
                 lambda: httpx.get(f"{follower.url}/v1/transactions/{tx_id}").status_code == 200,
                 "the follower takes the forwarded transaction's block",
             )
+        gone = datetime.now(UTC).replace(tzinfo=None)  # as the log's times: UTC
         # The node it follows is gone: it keeps serving, and says so to a submission (the
         # hostile node, still there, answers it badly).
         served = httpx.get(f"{follower.url}/v1/checkpoint")
@@ -203,8 +207,24 @@ def test_a_follower_of_a_dev_node_follows_refuses_forgeries_and_outlives_it(
         answer = httpx.post(f"{follower.url}/v1/transactions", content=b"{}")
         assert answer.status_code == 502 and answer.json()["code"] == "bad_upstream"
         assert f"cannot reach {dev_url}" in answer.json()["detail"]
-        time.sleep(1)  # and it asks again, with a bounded backoff, logging why
-        assert "node_unreachable" in follower.output()
+
+        # And it asks again, backing off, saying why each time with the time it did (it was
+        # refused before the dev node started, too: those lines are earlier).
+        def unreachable() -> list[tuple[datetime, int]]:
+            return [
+                (at, int(found.group(1)))
+                for line in follower.output().splitlines()
+                if "(node_unreachable)" in line
+                and (found := re.search(rf"refused {re.escape(dev_url)}\S* for (\d+) ms", line))
+                and (at := datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f")) >= gone
+            ]
+
+        wait(lambda: len(unreachable()) >= 2, "the node that is gone asked again, and refused")
+        told = unreachable()
+        penalties = [ms for _, ms in told]
+        assert penalties == sorted(penalties) and penalties[-1] <= SYNC_RETRY_MS_MAX, told
+        for (earlier, penalty), (later, _) in itertools.pairwise(told):
+            assert (later - earlier).total_seconds() >= penalty / 1000 - 0.05, told
         assert height(follower.url) >= top
 
 
