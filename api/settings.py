@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 BODY_BYTES_MAX = 4 * 1024 * 1024
 SUBMISSION_ENVELOPES_MAX = 1000
@@ -147,6 +147,18 @@ class Settings(BaseModel):
         ),
     )
 
+    @model_validator(mode="after")
+    def _bodies_fit(self) -> Settings:
+        """The node's hold on all bodies at once takes one of the largest (found by review: a
+        smaller one was taken, and every body above it refused 503 for good)."""
+        if self.request_bodies_bytes_max < self.body_bytes_max:
+            raise ValueError(
+                f"{ENVIRONMENT_PREFIX}REQUEST_BODIES_BYTES_MAX ({self.request_bodies_bytes_max})"
+                f" is below {ENVIRONMENT_PREFIX}BODY_BYTES_MAX ({self.body_bytes_max}): no body"
+                " above it could ever be taken"
+            )
+        return self
+
     @classmethod
     def from_environment(cls, environment: Mapping[str, str], **given: Any) -> Settings:
         """The settings `given` (the command line's), each other one from `environment`'s
@@ -170,6 +182,8 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as error:
             first = error.errors()[0]
-            name = str(first["loc"][0]) if first["loc"] else ""
+            if not first["loc"]:  # between settings: the message names them
+                raise ValueError(str(first["msg"]).removeprefix("Value error, ")) from None
+            name = str(first["loc"][0])
             where = ENVIRONMENT_PREFIX + name.upper() if name not in given else name
             raise ValueError(f"{where}: {first['msg']}") from None

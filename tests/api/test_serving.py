@@ -192,6 +192,20 @@ def test_a_bad_setting_in_the_environment_is_a_usage_error(
     assert "Traceback" not in done.stderr
 
 
+def test_a_hold_on_all_bodies_below_one_body_is_refused_naming_both() -> None:
+    """Found by review: TANLIAN_REQUEST_BODIES_BYTES_MAX below TANLIAN_BODY_BYTES_MAX was
+    taken, and every body above it was then refused 503 for good."""
+    with pytest.raises(ValueError, match="no body above it could ever be taken") as refused:
+        Settings.from_environment(
+            {"TANLIAN_REQUEST_BODIES_BYTES_MAX": "2048"}, data=Path("d"), host="h", port=1
+        )
+    assert str(refused.value).startswith(
+        "TANLIAN_REQUEST_BODIES_BYTES_MAX (2048) is below TANLIAN_BODY_BYTES_MAX (4194304)"
+    )
+    equal = {"TANLIAN_REQUEST_BODIES_BYTES_MAX": "4096", "TANLIAN_BODY_BYTES_MAX": "4096"}
+    assert Settings.from_environment(equal, data=Path("d")).request_bodies_bytes_max == 4096
+
+
 def limit_open_files(soft: int, hard: int) -> Callable[[], None]:
     def limit() -> None:  # in the child, before it runs
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
