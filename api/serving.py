@@ -42,6 +42,7 @@ import asyncio
 import json
 import logging
 import resource
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, cast
 
 import h11
@@ -71,6 +72,8 @@ class HeadBound(asyncio.Protocol):
     connections_max: ClassVar[int]
     # The server's connections whose head clock runs, oldest clock first, with its start.
     waiting: ClassVar[dict[HeadBound, float]]
+    # Told the code of each request refused before the application saw it (`/metrics`).
+    refused: ClassVar[Callable[[str], None]]
 
     # uvicorn's own attributes, the same in its httptools and h11 protocols
     app: Any
@@ -109,6 +112,7 @@ class HeadBound(asyncio.Protocol):
             f"(at most {self.connections_max} of each)"
         )
         headers = {"connection": "close", "retry-after": str(RETRY_AFTER_SECONDS)}
+        type(self).refused("overloaded")
         await problem("overloaded", detail, headers)(scope, receive, send)
 
     def _drop_if_cut(self, cycle: Any) -> None:
@@ -287,6 +291,7 @@ class HeadBound(asyncio.Protocol):
         transport = self._head_transport
         if transport is None or transport.is_closing():
             return
+        type(self).refused(code)
         transport.write(problem_answer(code, detail, self.default_headers()))
         transport.close()
         self.forget_connection()
@@ -351,8 +356,13 @@ PROTOCOLS: Final[dict[str, type[HeadBound]]] = {
 }
 
 
-def protocol_class(settings: Settings, parser: str = "httptools") -> type[asyncio.Protocol]:
-    """The HTTP protocol class for uvicorn's `http=`, bound by `settings`."""
+def protocol_class(
+    settings: Settings,
+    parser: str = "httptools",
+    refused: Callable[[str], None] = lambda code: None,
+) -> type[asyncio.Protocol]:
+    """The HTTP protocol class for uvicorn's `http=`, bound by `settings`; `refused` is told
+    the problem code of each request it answers itself."""
     base = PROTOCOLS[parser]
     attributes: dict[str, Any] = {
         "head_seconds": settings.request_head_seconds,
@@ -361,6 +371,7 @@ def protocol_class(settings: Settings, parser: str = "httptools") -> type[asynci
         "keep_alive_seconds": settings.keep_alive_seconds,
         "connections_max": settings.connections_max,
         "waiting": {},
+        "refused": staticmethod(refused),
         "__module__": __name__,
     }
     return cast(type[asyncio.Protocol], type(f"{base.__name__}Configured", (base,), attributes))
@@ -408,13 +419,16 @@ def _quiet_per_request_warnings() -> None:
 
 def server_config(app: Any, settings: Settings, parser: str = "httptools") -> uvicorn.Config:
     """uvicorn's configuration for a node: its bounds from `settings`, uvloop and httptools
-    (measured in docs/decisions/0005-serving.md), and nothing the API does not use."""
+    (measured in docs/decisions/0005-serving.md), and nothing the API does not use. What it
+    refuses before the application sees a request is counted in the app's `/metrics`."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    refused = (lambda code: None) if metrics is None else metrics.refused_early
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=protocol_class(settings, parser),
+        http=protocol_class(settings, parser, refused),
         ws="none",  # the API has no WebSocket
         lifespan="on",  # a node that cannot start its block loop must not serve
         log_config=None,  # the node's own (`api.logs`): every line with its time

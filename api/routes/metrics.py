@@ -41,6 +41,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
+        self.connections_refused = Counter(
+            "tanlian_http_refused_before_routing",
+            "Requests the server answered itself, before any route saw them, by problem code:"
+            " request_timeout (no complete head in time), payload_too_large (a head too"
+            " large), malformed_request (not HTTP/1.1), overloaded (connections_max reached)",
+            ["code"],
+            registry=self.registry,
+        )
         self.height = Gauge("tanlian_height", "Height of the latest block", registry=self.registry)
         self.transactions = Gauge(
             "tanlian_transactions", "Transactions in the log", registry=self.registry
@@ -84,6 +92,10 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+
+    def refused_early(self, code: str) -> None:
+        """A request the server answered itself (`api.serving.HeadBound`)."""
+        self.connections_refused.labels(code).inc()
 
 
 # The method the client sent, where a middleware changed the scope's (`api.app.HeadAsGet`

@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import resource
 import select
 import socket
@@ -180,6 +181,35 @@ def test_a_head_over_its_byte_limit_is_answered_413(node: RunningNode) -> None:
         assert is_closed(large)
     assert (status, headers["content-type"]) == (413, PROBLEM_MEDIA_TYPE)
     assert json.loads(body)["detail"] == f"request heads are at most {limit} bytes"
+
+
+def test_requests_the_server_answers_itself_are_counted_in_metrics(node: RunningNode) -> None:
+    """Found by review: a head too large, a malformed request or a head that never ends was
+    answered before any route saw it, so nothing in /metrics showed an operator the
+    attack."""
+
+    def refused() -> dict[str, float]:
+        text = httpx.get(f"{node.url}/metrics", timeout=ANSWER_WAIT_SECONDS).text
+        return {
+            code: float(value)
+            for code, value in re.findall(
+                r'^tanlian_http_refused_before_routing_total\{code="(\w+)"\} (\S+)$',
+                text,
+                re.MULTILINE,
+            )
+        }
+
+    before = refused()
+    limit = Settings(data=node.data).request_head_bytes_max
+    with connect(address(node.url)) as large:
+        large.sendall(NEVER_ENDING_HEAD + b"z" * limit)
+        assert read_answer(large)[0] == 413
+    with connect(address(node.url)) as bad:
+        bad.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert read_answer(bad)[0] == 400
+    after = refused()
+    for code in ("payload_too_large", "malformed_request"):
+        assert after.get(code, 0) == before.get(code, 0) + 1, (before, after)
 
 
 def test_a_bad_setting_in_the_environment_is_a_usage_error(
