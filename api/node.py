@@ -69,6 +69,9 @@ log = logging.getLogger("tanlian.node")
 # Two certified blocks of one height that block sync met (`consensus.sync.ForkProof`), in the
 # data directory: fork-proof-<height>.json.
 FORK_PROOF_PREFIX: Final = "fork-proof-"
+# A stop waits this long for the block loop; if it is then waiting on the store's writer, the
+# writer is killed (`Node._abandon_write`) and the loop waited for as long again.
+STOP_LOOP_SECONDS: Final = 10.0
 
 T = TypeVar("T")
 
@@ -343,13 +346,19 @@ class Node:
         self._stopping.set()
         if self.sync is not None:
             self.sync.close()  # an attempt under way ends at its next line
+        abandoned = False
         if self._loop is not None:
-            self._loop.join(timeout=10)
+            self._loop.join(timeout=STOP_LOOP_SECONDS)
+            if self._loop.is_alive() and self._writer.writing():
+                self._abandon_write()
+                abandoned = True
         if self.sync is not None:
             self.sync.close_sources()
         if self.forwarder is not None:
             self.forwarder.close()
-        self._write.shutdown(wait=True)
+        self._write.shutdown(wait=not abandoned)
+        if abandoned:
+            self._writer.kill_writer()  # a write begun again meanwhile: never waited for
         if self._transport is not None:
             self._transport.close()
         if self._log is not None:
@@ -361,6 +370,21 @@ class Node:
                 store.close()
             self._opened.clear()
         self._writer.close()
+
+    def _abandon_write(self) -> None:
+        """The stop waited STOP_LOOP_SECONDS for a block the store's writer never answered
+        (a hung disk, a stopped process): kill the writer, and say so as the node's failure.
+        Found by review: the stop hung for good, and a writer killed from outside then made
+        the node exit with a false `internal_error`."""
+        reason = (
+            f"the store's writer did not answer within {STOP_LOOP_SECONDS:g} s of the stop and"
+            " was killed: the block it held is stored or not, which the next start reads back"
+        )
+        log.error("stopping: %s", reason)
+        self._writer.kill_writer()
+        assert self._loop is not None
+        self._loop.join(timeout=STOP_LOOP_SECONDS)
+        self.failure, self.failure_code = reason, "store_unavailable"
 
     def _run(self) -> None:
         """The block loop's thread. Whatever ends it unforeseen stops the node (`_fail`), so

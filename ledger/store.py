@@ -598,6 +598,17 @@ class Store:
         if self._writer is None:
             self._writer = _Writer(self.directory / DATABASE_FILE, self._lock_for_writing())
 
+    def writing(self) -> bool:
+        """A block is with the writer process, not yet answered."""
+        return self._writer is not None and self._writer.child.busy
+
+    def kill_writer(self) -> None:
+        """Kill the writer process now, a block under way or not (a node's stop, when the
+        writer does not answer): that block is stored or not, as after any writer's death,
+        and `append` says which at the next start (it reads the head back)."""
+        if self._writer is not None:
+            self._writer.child.kill()
+
     # --- reading --------------------------------------------------------------------------
 
     def read_block(self, height: int) -> Block:

@@ -125,6 +125,20 @@ class Child:
         with self._lock:
             self._stop()
 
+    @property
+    def busy(self) -> bool:
+        """A request is under way (its answer not yet read)."""
+        return self._lock.locked()
+
+    def kill(self) -> None:
+        """Kill the child now, without waiting for a request under way: one that never
+        answers (a hung disk, a stopped process) held `close`, and a node's stop, for good.
+        The request gets no answer (None)."""
+        process = self.process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.kill()
+
     def _stop(self) -> None:
         process, self.process = self.process, None
         if process is not None:

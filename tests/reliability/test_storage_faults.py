@@ -13,11 +13,14 @@ head re-derives, the audit passes).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +30,7 @@ from typing import Any, BinaryIO, Final
 import httpx
 import pytest
 
-from api.node import WRITE_ATTEMPTS_MAX, Node
+from api.node import STOP_LOOP_SECONDS, WRITE_ATTEMPTS_MAX, Node
 from consensus.follower import Follower
 from consensus.node import BftProducer
 from consensus.producer import CommittedBlock, Outcome
@@ -609,3 +612,102 @@ def test_anything_unforeseen_in_the_block_loop_stops_the_node(chain: Chain, tmp_
         assert stopped == [node.failure]
     finally:
         node.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(path.parent.name))
+    return found
+
+
+def _store_writer(pid: int) -> int:
+    """The pid of `pid`'s store writer process (`python -m ledger.store`)."""
+    (writer,) = [
+        child
+        for child in _children(pid)
+        if b"ledger.store" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+    ]
+    return writer
+
+
+def test_a_stop_with_a_writer_that_never_answers_ends_and_says_so(tmp_path: Path) -> None:
+    """Found by review: a store writer that never answered (a hung disk; here, a stopped
+    process) held a node's stop for good, and one killed from outside then made the node
+    exit with a false `internal_error`. The stop now waits STOP_LOOP_SECONDS, kills the
+    writer and says why; the next start reads the store's head back and goes on."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "city"
+    command = [str(TANLIAN), "dev", "--data", str(data), "--port", str(port),
+               "--transactions", "50"]  # fmt: skip
+    with (tmp_path / "err").open("wb") as err:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=err, env=environment()
+        )
+    writer = 0
+    try:
+        height = _wait_for_height(url, process, above=0)
+        writer = _store_writer(process.pid)
+        os.kill(writer, signal.SIGSTOP)
+        # The live simulation submits every block interval: a block goes to the writer.
+        deadline = time.monotonic() + 30
+        while not _holds_a_block(writer):
+            assert time.monotonic() < deadline, "no block reached the stopped writer"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_LOOP_SECONDS * 2 + 30) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        if writer and _alive(writer):
+            os.kill(writer, signal.SIGKILL)
+    stderr = (tmp_path / "err").read_text()
+    assert "the store's writer did not answer within 10 s of the stop" in stderr, stderr
+    assert "internal_error" not in stderr and "Traceback" not in stderr, stderr
+    # Started again on the same store: its head is read back and the chain goes on.
+    with (tmp_path / "err2").open("wb") as err:
+        again = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=environment())
+    try:
+        _wait_for_height(url, again, above=height)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=60) == 0
+
+
+def _holds_a_block(writer: int) -> bool:
+    """The stopped writer's input pipe holds bytes: a block record it has not read."""
+    fd = os.open(f"/proc/{writer}/fd/0", os.O_RDONLY | os.O_NONBLOCK)  # the same pipe
+    try:
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    finally:
+        os.close(fd)
+    return int.from_bytes(waiting, sys.byteorder) > 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_for_height(url: str, process: subprocess.Popen[bytes], *, above: int) -> int:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None
+        try:
+            height = int(httpx.get(f"{url}/healthz", timeout=2).json()["height"])
+            if height > above:
+                return height
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} not above height {above}"
+        time.sleep(0.2)
