@@ -162,7 +162,8 @@ class Forwarder:
             if error.status is not None and error.code in _RELAYED:
                 # The validator's own words, as its problem had them: its address and status
                 # are not the client's business (the status had been printed twice).
-                log.info("%s refused a forwarded submission: %s", client.base_url, error.message)
+                # Debug: the submitter is answered; anyone could fill the log (review).
+                log.debug("%s refused a forwarded submission: %s", client.base_url, error.message)
                 raise LedgerError(error.detail or error.message, code=error.code) from error
             raise LedgerError(
                 f"{client.base_url} answered the submission badly: {error.message}",

@@ -3,11 +3,13 @@ level and where it comes from, as an operator reads it beside another validator'
 
     2026-12-06T12:03:41.207Z WARNING tanlian.consensus.transport: peer http://... unreachable
 
-The node's own loggers (`tanlian.*`) write from INFO on, uvicorn's from WARNING on (its
-per-request lines are left out: `api.serving.PER_REQUEST_WARNINGS`). Before this, the node
-configured no handler: Python's last-resort one printed bare WARNING lines with no time, and
-nothing of uvicorn's but in its own form. The handler writes to `sys.stderr` as it is when a
-line is written (a test runner may swap it), never to a stream that was closed since.
+The handler is the root logger's, so every line goes through it, a library's too (asyncio's
+"Task exception was never retrieved"). The node's own loggers (`tanlian.*`) write from INFO
+on, the rest from WARNING on (uvicorn's per-request lines are left out:
+`api.serving.PER_REQUEST_WARNINGS`). Before this, the node configured no handler: Python's
+last-resort one printed bare WARNING lines with no time. The handler writes to `sys.stderr`
+as it is when a line is written (a test runner may swap it), never to a stream that was
+closed since.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from typing import Final, TextIO
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LEVELS: Final = {"tanlian": logging.INFO, "uvicorn": logging.WARNING}
+LEVELS: Final = {"": logging.WARNING, "tanlian": logging.INFO, "uvicorn": logging.WARNING}
 
 
 class _Utc(logging.Formatter):
@@ -40,10 +42,10 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging() -> None:
-    """Give the node's loggers and uvicorn's the timed handler, once (calling it again
-    changes nothing)."""
+    """Give the root logger the timed handler, once (calling it again changes nothing), and
+    the node's loggers and uvicorn's their levels."""
     for name, level in LEVELS.items():
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
-            logger.addHandler(_Stderr())
+        logging.getLogger(name).setLevel(level)
+    root = logging.getLogger()
+    if not any(isinstance(handler, _Stderr) for handler in root.handlers):
+        root.addHandler(_Stderr())

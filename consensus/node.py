@@ -101,6 +101,7 @@ from consensus.producer import (
     remember,
     settle_pool,
 )
+from consensus.quorum import PRECOMMIT
 from consensus.relay import Reference, Relay, decode_batch
 from consensus.replica import (
     Broadcast,
@@ -145,6 +146,9 @@ from ledger.transactions import Envelope
 log = logging.getLogger("tanlian.consensus.node")
 
 CLOCK_WARNING_MS: Final = 60_000  # at most one warning of proposals refused for their time
+# Votes remembered as checked (`BftProducer._seen_vote`): a few heights' worth of every
+# validator's votes and re-sends, so copies cost a lookup, not a signature check.
+VOTES_CHECKED_MAX: Final = 4096
 
 
 def message_bytes(message: Message) -> int:
@@ -165,6 +169,16 @@ def message_bytes(message: Message) -> int:
     if isinstance(message, Decision):
         size += len(canonical(message.certificate.to_json()))
     return size
+
+
+def _vote_key(vote: Vote) -> tuple[object, ...]:
+    return (vote.chain_id, vote.vote_type, vote.height, vote.round, vote.block_hash,
+            vote.public_key, vote.signature)  # fmt: skip
+
+
+def _certified(vote: Vote) -> bool:
+    """A precommit for a block: what any export's certificates hold."""
+    return vote.vote_type == PRECOMMIT and vote.block_hash is not None
 
 
 def _monotonic_ms() -> int:
@@ -245,13 +259,15 @@ class BftProducer:
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         # Peers' messages waiting for the replica, each with its arrival number (`on_messages`):
         # votes apart from proposals and decisions, these with their `message_bytes`, and of
-        # votes of a decided height only each validator's latest (all a catch-up answer needs).
+        # votes of a decided height only each validator's latest of each kind (`on_messages`).
         self._inbox_votes: deque[tuple[int, Vote]] = deque()
-        self._inbox_old_votes: dict[str, tuple[int, Vote]] = {}
+        self._inbox_old_votes: dict[tuple[str, bool], tuple[int, Vote]] = {}
+        # Votes whose signatures `_authentic` checked lately (`_seen_vote`), oldest first.
+        self._votes_checked: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self._inbox: deque[tuple[int, Proposal | Decision, int]] = deque()
         self._inbox_bytes = 0
         self._arrivals = 0
-        # Peers' proposals and decisions not queued (`_authentic`), by why: the replica's names.
+        # Peers' messages not queued (`_authentic`, `on_messages`), by why: the replica's names.
         self.refused: dict[str, int] = {}
         # Evidence met outside the consensus messages (a fork's proof), for the replica.
         self._evidence_inbox: list[Evidence] = []
@@ -550,10 +566,14 @@ class BftProducer:
             height = message.height
             reason = None
             if isinstance(message, Vote):
-                try:
-                    verify_vote(message, chain_id=tip.chain_id, validators=voters)
-                except ConsensusError as error:
-                    reason = error.code
+                if height > tip.height + 1 + HEIGHTS_AHEAD_MAX:
+                    reason = "future"  # the replica holds none: not worth a check
+                elif not self._seen_vote(message):
+                    try:
+                        verify_vote(message, chain_id=tip.chain_id, validators=voters)
+                        self._saw_vote(message)
+                    except ConsensusError as error:
+                        reason = error.code
             elif height <= tip.height:
                 reason = "old"
             elif height > tip.height + 1 + HEIGHTS_AHEAD_MAX:
@@ -578,6 +598,19 @@ class BftProducer:
                 with self._lock:
                     self.refused[reason] = self.refused.get(reason, 0) + 1
         return kept
+
+    def _seen_vote(self, vote: Vote) -> bool:
+        """`vote`, every field and its signature, was checked here lately: a copy (each
+        validator re-sends its votes every REBROADCAST_INTERVAL_MS) is not checked again."""
+        with self._lock:
+            return _vote_key(vote) in self._votes_checked
+
+    def _saw_vote(self, vote: Vote) -> None:
+        with self._lock:
+            self._votes_checked[_vote_key(vote)] = None
+            self._votes_checked.move_to_end(_vote_key(vote))
+            while len(self._votes_checked) > VOTES_CHECKED_MAX:
+                self._votes_checked.popitem(last=False)
 
     def _refuses_reference(self, reference: Reference) -> bool:
         """A block by reference that lists more transactions than a block may hold, or one
@@ -664,9 +697,13 @@ class BftProducer:
             for message, size in sized:
                 self._arrivals += 1
                 if isinstance(message, Vote) and message.height <= decided:
-                    if message.public_key in self._inbox_old_votes:  # the earlier one goes
+                    # Each validator's latest of each kind: a precommit for a block, which
+                    # anyone can take from an export, must not take the place of its other
+                    # votes (found by review: replayed, it starved a validator behind).
+                    slot = (message.public_key, _certified(message))
+                    if slot in self._inbox_old_votes:  # the earlier one goes
                         self.refused["old"] = self.refused.get("old", 0) + 1
-                    self._inbox_old_votes[message.public_key] = (self._arrivals, message)
+                    self._inbox_old_votes[slot] = (self._arrivals, message)
                 elif isinstance(message, Vote):
                     self._inbox_votes.append((self._arrivals, message))
                 else:

@@ -630,8 +630,8 @@ class Replica:
         except InvalidMessage as error:
             self._drop(error.code)
             return
-        if not certified:
-            self.heard += 1
+        if vote.height >= signed_at and not certified:
+            self.heard += 1  # a height it was not seen at: not a replay (found by review)
         self._catch_up_sent[sender] = self._now
         # Past the height answered: the same vote again (a replay of a silent validator's
         # last one, too) is no longer fresh, and draws the latest decision at most.

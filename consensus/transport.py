@@ -55,9 +55,9 @@ log = logging.getLogger("tanlian.consensus.transport")
 MESSAGES_PATH: Final = "/v1/consensus/messages"
 NDJSON: Final = "application/x-ndjson"
 RETRY_SECONDS: Final = 0.2  # after a failed request, before the next one to that peer
-# A peer's refusals are logged at most once this often (with a count of those between); that
-# it stops answering, and answers again, once each time.
-REFUSALS_LOGGED_EVERY_S: Final = 60.0
+# That a peer stops answering (and then that it answers again), and its refusals, are logged
+# at most once this often each, with how many went untold between.
+PEER_LOGGED_EVERY_S: Final = 60.0
 # A peer's node counts bodies above this against its body budget, which anyone's stalled
 # uploads can fill (api.admission.SMALL_BODY_BYTES): a batch it refuses as overloaded is sent
 # again in bodies this small, which it always takes (found by review: a stranger's 16 stalled
@@ -127,11 +127,14 @@ class _Peer:
         self.queue_max = queue_max
         self.counters = PeerCounters()
         self.lane = lane
-        # What the operator was told (`_note`): whether the peer answers, and refusals not yet
-        # told, at most one line a REFUSALS_LOGGED_EVERY_S.
-        self.answering: bool | None = None
+        # What the operator was told: that the peer stopped answering (at most once a
+        # PEER_LOGGED_EVERY_S, with how often it did since) and answers again; refusals, at
+        # most one line a PEER_LOGGED_EVERY_S with how many went untold.
+        self.told_down = False
+        self.down_told_at = -PEER_LOGGED_EVERY_S
+        self.downs_untold = 0
         self.refusals_untold = 0
-        self.refusal_told_at = -REFUSALS_LOGGED_EVERY_S
+        self.refusal_told_at = -PEER_LOGGED_EVERY_S
         self.ready = threading.Condition()
         self.closing = False
         self.thread = threading.Thread(target=self._run, name=f"{lane} {url}", daemon=True)
@@ -174,28 +177,40 @@ class _Peer:
                     if len(head) >= PEER_ANSWER_BYTES_MAX or time.monotonic() > deadline:
                         break  # the rest is never read: closing drops the connection
         except httpx.HTTPError as error:
-            if self.answering is not False:
-                log.warning(
-                    "peer %s (%s) unreachable: %s; said again once it answers",
-                    self.url, self.lane, printable(str(error)[:200]) or type(error).__name__,
-                )  # fmt: skip
-            self.answering = False
+            self._note_down(printable(str(error)[:200]) or type(error).__name__)
             return None
-        if self.answering is False:
+        if self.told_down:
             log.warning("peer %s (%s) answers again", self.url, self.lane)
-        self.answering = True
+            self.told_down = False
         if answer.status_code >= 300 and not (
             answer.status_code in (413, 503) and len(body) > UNBUDGETED_BODY_BYTES
         ):
             self._note_refusal(answer.status_code, bytes(head[:200]))
         return answer.status_code
 
+    def _note_down(self, why: str) -> None:
+        """The peer did not answer: told once while it stays so, and at most once a
+        PEER_LOGGED_EVERY_S (a peer up and down by turns had written two lines a request)."""
+        if self.told_down:
+            return
+        self.downs_untold += 1
+        now = time.monotonic()
+        if now - self.down_told_at < PEER_LOGGED_EVERY_S:
+            return
+        more = self.downs_untold - 1
+        since = f" ({more} more times since the last such line)" if more else ""
+        log.warning(
+            "peer %s (%s) unreachable: %s; said again once it answers%s",
+            self.url, self.lane, why, since,
+        )  # fmt: skip
+        self.told_down, self.down_told_at, self.downs_untold = True, now, 0
+
     def _note_refusal(self, status: int, head: bytes) -> None:
-        """A refused batch, told at most once a REFUSALS_LOGGED_EVERY_S with how many went
+        """A refused batch, told at most once a PEER_LOGGED_EVERY_S with how many went
         untold since (a peer refusing every batch had written a line each, several a second)."""
         self.refusals_untold += 1
         now = time.monotonic()
-        if now - self.refusal_told_at < REFUSALS_LOGGED_EVERY_S:
+        if now - self.refusal_told_at < PEER_LOGGED_EVERY_S:
             return
         shown = printable(head.decode("utf-8", "replace"))
         more = self.refusals_untold - 1

@@ -149,10 +149,10 @@ PEER_ANSWER_BYTES_MAX: Final = 4096  # of a peer's answer to a batch: a count, o
 # closing at that moment (it would meet a reset). httpx's own default is 5 s, the race itself.
 HTTP_IDLE_REUSE_SECONDS_MAX: Final = 1.0
 PEER_QUEUE_MESSAGES_MAX: Final = 10_000
-# Peers' messages waiting for a validator's replica are bounded in bytes too (a message counts
-# its block's encoding, a decision's certificate and PEER_MESSAGE_BYTES_BASE): nothing checks
-# a message's signature before the replica does, and while a block sync runs the replica reads
-# none, so anyone could otherwise queue 10,000 whole blocks. The newest message always stays.
+# Peers' proposals and decisions waiting for a validator's replica are bounded in bytes too (a
+# message counts its block's encoding, a decision's certificate and PEER_MESSAGE_BYTES_BASE):
+# while a block sync runs the replica reads none, and a Byzantine validator could otherwise
+# queue 10,000 whole blocks (its signed proposals of many rounds). The newest always stays.
 PEER_QUEUE_BYTES_MAX: Final = 64 * 1024 * 1024
 PEER_MESSAGE_BYTES_BASE: Final = 4096  # a vote; what a message holds beside its encoding
 

@@ -24,9 +24,12 @@ def test_lines_carry_a_utc_time_a_level_and_a_source_once_however_often_configur
     logging.getLogger("tanlian.node").info("caught up to height %d", 7)
     logging.getLogger("uvicorn.error").info("not the node's: below uvicorn's level")
     logging.getLogger("uvicorn.error").warning("a server warning")
+    logging.getLogger("asyncio").info("not the node's: below the root's level")
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 3, lines  # each once: the second call added no second handler
+    assert len(lines) == 4, lines  # each once: the second call added no second handler
     assert all(LINE.match(line) for line in lines), lines
     assert lines[0].endswith("WARNING tanlian.consensus.transport: peer x unreachable")
     assert lines[1].endswith("INFO tanlian.node: caught up to height 7")
     assert lines[2].endswith("WARNING uvicorn.error: a server warning")
+    assert lines[3].endswith("ERROR asyncio: Task exception was never retrieved")

@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from consensus.messages import encode_message, sign_proposal, sign_vote
+from consensus.messages import (
+    Decision,
+    Message,
+    encode_message,
+    sign_proposal,
+    sign_vote,
+    verify_vote,
+)
 from consensus.node import BftProducer, message_bytes
 from consensus.relay import encode_reference
 from consensus.replica import Timeouts
@@ -32,6 +39,7 @@ from ledger.evidence import Vote, make_evidence
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
+    CATCH_UP_INTERVAL_MS,
     CONSENSUS_BATCH_BYTES_MAX,
     CONSENSUS_MESSAGES_BATCH_MAX,
     PEER_MESSAGE_BYTES_BASE,
@@ -730,7 +738,7 @@ def test_a_catch_up_answer_of_two_decisions_moves_a_validator_two_heights(tmp_pa
         behind.store.close()
 
 
-def test_a_strangers_votes_are_not_queued_and_old_votes_wait_one_per_validator(
+def test_a_strangers_votes_are_not_queued_and_old_ones_wait_one_per_validator_and_kind(
     tmp_path: Path,
 ) -> None:
     """Found by review: votes were queued unchecked, so ten posts of a stranger's votes
@@ -781,6 +789,92 @@ def test_a_strangers_votes_are_not_queued_and_old_votes_wait_one_per_validator(
         assert validator.refused["old"] == refused + 2
     finally:
         consortium.close()
+
+
+def test_a_replayed_certified_precommit_does_not_take_a_validators_old_vote_from_the_queue(
+    tmp_path: Path,
+) -> None:
+    """Found by review: of a decided height only one vote a validator waited, so a precommit
+    for a block taken from an export's certificate, posted after the validator's own old
+    prevote, took its place; the replica drops such a replay unanswered, and the validator
+    behind got no catch-up answer. Each validator's latest of each kind waits."""
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 4)
+        validator = consortium.producers[0]
+        sent: list[int] = []
+        network = validator.transport
+
+        class Watching:
+            def broadcast(self, messages: Sequence[Message]) -> None:
+                sent.extend(m.height for m in messages if isinstance(m, Decision))
+                assert network is not None
+                network.broadcast(messages)
+
+        time.sleep(CATCH_UP_INTERVAL_MS / 1000)  # past the stragglers of the last decision
+        drained(validator)
+        validator.transport = Watching()  # type: ignore[assignment]
+        height = validator.replica.height
+        # Validator 1 restarted two heights lower re-sends its prevote there (recent: answered).
+        own = sign_vote(
+            WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=height - 2, round=9,
+            block_hash=None,
+        )  # fmt: skip
+        certificate = validator.store.read_certificate(1)
+        replayed = sign_vote(
+            WORLD.keys[1], chain_id=CHAIN_ID, vote_type="precommit", height=1,
+            round=certificate.round, block_hash=certificate.block_hash,
+        )  # fmt: skip
+        assert (replayed.public_key, replayed.signature) in certificate.signatures
+        validator.on_batch(encode_message(own) + b"\n" + encode_message(replayed) + b"\n")
+        drained(validator)
+        validator.transport = network
+        assert sent[:1] == [height - 2], sent  # its own vote was answered
+    finally:
+        consortium.close()
+
+
+def test_copies_and_far_votes_cost_no_signature_check_at_the_door(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: every vote was checked at the door, copies of one it had checked
+    (each validator re-sends its votes every second; anyone can post a thousand copies) and
+    votes of heights the replica never holds, where the replica had refused both without a
+    check. A copy costs a lookup now, and a far vote nothing."""
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 2)
+        validator = consortium.producers[0]
+        height = validator.replica.height
+        vote = sign_vote(
+            WORLD.keys[1], chain_id=CHAIN_ID, vote_type="prevote", height=height, round=5,
+            block_hash=None,
+        )  # fmt: skip
+        validator.on_batch(encode_message(vote) + b"\n")
+        checked: list[Vote] = []
+        check = verify_vote
+
+        def counting(vote: Vote, **given: Any) -> None:
+            checked.append(vote)
+            check(vote, **given)
+
+        monkeypatch.setattr("consensus.node.verify_vote", counting)
+        validator.on_batch((encode_message(vote) + b"\n") * 1000)
+        far = [dataclasses.replace(vote, height=height + 10**6, round=r) for r in range(1000)]
+        validator.on_batch(b"".join(encode_message(v) + b"\n" for v in far))
+        assert checked == []
+        assert validator.refused["future"] == 1000
+        forged = dataclasses.replace(vote, round=6)  # a changed field: not a copy
+        validator.on_batch(encode_message(forged) + b"\n")
+        assert checked == [forged] and validator.refused["bad_signature"] == 1
+    finally:
+        consortium.close()
+
+
+def drained(producer: BftProducer) -> None:
+    now = int(time.time() * 1000)
+    while producer.due(now) and producer.produce(now) is not None:
+        pass
 
 
 def proposer_key(validator: BftProducer, height: int, round: int) -> PrivateKey:

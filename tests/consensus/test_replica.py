@@ -1199,11 +1199,17 @@ def test_an_old_vote_draws_old_blocks_only_while_recent_or_new_and_else_the_late
     stuck = vote(3, "prevote", 7, None, height=1)
     assert target.on_message(stuck, at) == [SendDecision(to=KEYS[3].public_key_hex, height=1)]
     # The same vote again (its lag, or a replay of a silent validator's last vote): the
-    # latest decision alone, once a second at most.
+    # latest decision alone, once a second at most, and not hearing from a peer (a second
+    # review: each answer had put off the probe, once a second, for anyone's replay).
+    heard = target.heard
     assert target.on_message(stuck, at + second // 2) == []
     assert target.on_message(stuck, at + second) == [
         SendDecision(to=KEYS[3].public_key_hex, height=latest)
     ]
+    assert target.on_message(old, at + 10 * second) == [
+        SendDecision(to=KEYS[2].public_key_hex, height=latest)
+    ]
+    assert target.heard == heard
 
 
 def _second_block(parent: State, certificate: Certificate) -> Block:

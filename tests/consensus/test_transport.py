@@ -199,9 +199,9 @@ def test_a_peer_that_stops_answering_or_refuses_is_told_once_not_per_batch(
 ) -> None:
     """Found by review: a peer refusing every batch wrote a warning line each, several a
     second, and one that could not be reached wrote nothing at all above debug (a
-    partitioned validator was silent). Now each change is told once (it stopped answering;
-    it answers again) and refusals once a REFUSALS_LOGGED_EVERY_S, with how many between."""
-    monkeypatch.setattr("consensus.transport.REFUSALS_LOGGED_EVERY_S", 0.5)
+    partitioned validator was silent). Now that it stopped answering is told once, then that
+    it answers again, and refusals once a PEER_LOGGED_EVERY_S, with how many between."""
+    monkeypatch.setattr("consensus.transport.PEER_LOGGED_EVERY_S", 0.5)
     monkeypatch.setattr("consensus.transport.RETRY_SECONDS", 0.0)
     answers = iter(["down"] * 5 + ["ok"] + ["refuse"] * 6)
     done = threading.Event()
@@ -241,3 +241,35 @@ def test_a_peer_that_stops_answering_or_refuses_is_told_once_not_per_batch(
     )
     assert len(refused) <= 2  # six refusals within well under a second
     assert all("more since the last such line" in line for line in refused[1:])
+
+
+def test_a_peer_up_and_down_by_turns_is_told_at_most_once_a_while(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a peer whose requests failed every other time (a flaky link) wrote
+    two lines a request. That it stops answering is told at most once a PEER_LOGGED_EVERY_S
+    (60 s), and that it answers again only after such a line."""
+    monkeypatch.setattr("consensus.transport.RETRY_SECONDS", 0.0)
+    calls = 0
+    done = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls > 200:
+            done.set()
+        if calls % 2:
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return httpx.Response(202, json={"accepted": 1})
+
+    caplog.set_level(logging.INFO, logger="tanlian.consensus.transport")
+    transport = HttpTransport(["http://peer:1"], http=httpx.MockTransport(answer))
+    try:
+        while not done.is_set():
+            transport.broadcast(VOTES[:1])
+            time.sleep(0.001)
+    finally:
+        transport.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tanlian.consensus.transport"]
+    assert calls > 200 and len(lines) == 2, lines  # well within a minute
+    assert "unreachable: connection reset by peer" in lines[0] and "answers again" in lines[1]
