@@ -44,7 +44,7 @@ from api.console import (
 )
 from api.demo import build_demo
 from api.explorer import TARGETS_FILE, load_targets
-from api.logs import configure_logging
+from api.logs import configure_logging, utc_stamp
 from api.node import Node
 from api.serving import ensure_file_limit, server_config
 from api.settings import Settings
@@ -488,8 +488,9 @@ def _serve(
     else:
         role = "single validator" if running.consensus_inbox is None else "validator"
     out.print(
-        f"[green]{role} running[/green] on {escape(str(data))}: height {state.height}, "
-        f"{counted(state.log.size, 'transaction')}, state root {state.state_root[:16]}…\n"
+        f"{utc_stamp()} [green]{role} running[/green] on {escape(str(data))}: "
+        f"height {state.height}, {counted(state.log.size, 'transaction')}, "
+        f"state root {state.state_root[:16]}…\n"
         f"explorer {escape(base)}/   dashboard {escape(base)}/dashboard\n"
         f"API {escape(base)}/v1/checkpoint   docs {escape(base)}/docs   (Ctrl-C stops)",
         markup=True,
@@ -532,7 +533,7 @@ def _serve(
             f"stopped at height {running.state.height}: {running.failure}",
             code=running.failure_code,
         )
-    out.print(f"stopped at height {running.state.height}", highlight=False)
+    out.print(f"{utc_stamp()} stopped at height {running.state.height}", highlight=False)
 
 
 def _after_shutdown(signum: int, frame: object) -> None:
@@ -542,7 +543,8 @@ def _after_shutdown(signum: int, frame: object) -> None:
 def _print_block(result: CommittedBlock) -> None:
     header = result.block.header
     out.print(
-        f"block {header.height}: {counted(len(result.block.transactions), 'transaction')}, "
+        f"{utc_stamp()} block {header.height}: "
+        f"{counted(len(result.block.transactions), 'transaction')}, "
         f"log {header.log_size}, state root {header.state_root[:16]}…",
         highlight=False,
     )

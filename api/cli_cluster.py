@@ -5,6 +5,8 @@ city, certification centre, platform operator, independent party, then validator
 with its own validator key and data, an authority key, and one genesis naming all N
 validators. Each party then runs `tanlian node --peer ...` on 127.0.0.1:BASE_PORT+i, and
 Ctrl-C (or SIGTERM) stops every child process, each by its pid, and waits for it (bounded).
+A validator that exits is named with its reason and the command that starts it again; the
+others go on (the chain does, with up to f down), and the cluster ends when none is left.
 A later run on the same DIR resumes the same chain.
 """
 
@@ -14,6 +16,7 @@ import ctypes
 import functools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +29,8 @@ import typer
 from api.cli_verify import read_genesis
 from api.console import (
     close_all,
+    counted,
+    err,
     fails_cleanly,
     listening_sockets,
     load_key,
@@ -171,7 +176,8 @@ def cluster(
     ] = 8100,
     empty_block_interval: EmptyBlockInterval = EMPTY_BLOCK_INTERVAL_S_DEFAULT,
 ) -> None:
-    """Run N local validator processes as one consortium, until Ctrl-C stops them all."""
+    """Run N local validator processes as one consortium, until Ctrl-C stops them all (one
+    that exits is named, with the command that starts it again; the others go on)."""
     # One validator is a single validator, which adds no empty blocks: the option is not
     # passed on, and refused if given (as `tanlian node` refuses it).
     interval = [] if validators == 1 else ["--empty-block-interval", repr(empty_block_interval)]
@@ -193,6 +199,7 @@ def cluster(
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(validators)]
     program = Path(sys.executable).parent / "tanlian"
     children: list[subprocess.Popen[bytes]] = []
+    commands: list[list[str]] = []
     starts: list[int] = []  # each log's size when its child started
     stopping = False
 
@@ -217,6 +224,7 @@ def cluster(
                 *interval,
                 *peers,
             ]  # fmt: skip
+            commands.append(command)
             children.append(
                 subprocess.Popen(
                     command,
@@ -230,15 +238,26 @@ def cluster(
             log.close()
             out.print(f"{name:22} {urls[i]}  (pid {children[-1].pid})", highlight=False)
         out.print(f"genesis {genesis}; logs in {data}/<party>/node.log (Ctrl-C stops all)")
+        running = dict(enumerate(children))
         while not stopping:
-            for name, child, start in zip(names, children, starts, strict=False):
-                if child.poll() is not None:
-                    log_path = data / name / "node.log"
-                    raise LedgerError(
-                        f"{name}'s validator process exited ({child.returncode})"
-                        f"{_last_error(log_path, start)}: see {log_path}",
-                        code="exited",
-                    )
+            for i, child in list(running.items()):
+                if child.poll() is None:
+                    continue
+                del running[i]
+                log_path = data / names[i] / "node.log"
+                why = (
+                    f"{names[i]}'s validator process exited ({child.returncode})"
+                    f"{_last_error(log_path, starts[i])}: see {log_path}"
+                )
+                if not running:
+                    raise LedgerError(why, code="exited")
+                # The others go on (found by review: one validator killed had stopped them
+                # all, where the chain goes on with up to f down).
+                err.print(
+                    f"warning: {why}; the {counted(len(running), 'other')} go on; start it"
+                    f" again (apart from this cluster) with: {shlex.join(commands[i])}",
+                    highlight=False,
+                )
             time.sleep(0.2)
     finally:
         _stop(children)

@@ -23,10 +23,17 @@ LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS: Final = {"": logging.WARNING, "tanlian": logging.INFO, "uvicorn": logging.WARNING}
 
 
+def utc_stamp(seconds: float | None = None) -> str:
+    """`seconds` since the epoch (default: now) as the log writes times:
+    2026-12-06T12:03:41.207Z. The node's progress lines on stdout carry it too."""
+    seconds = time.time() if seconds is None else seconds
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{whole}.{int(seconds * 1000) % 1000:03d}Z"
+
+
 class _Utc(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{stamp}.{int(record.msecs):03d}Z"
+        return utc_stamp(record.created)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]

@@ -402,7 +402,7 @@ def test_dev_runs_the_validator_until_sigterm(tmp_path: Path, stop: signal.Signa
             assert line is not None, f"dev exited early: {''.join(output)}"
             output.append(line)
             running = running or "single validator running" in line
-            if running and line.startswith("block "):
+            if running and re.match(r"\S+Z block ", line):
                 blocks += 1
         process.send_signal(stop)
         assert process.wait(timeout=30) == 0
@@ -418,7 +418,11 @@ def test_dev_runs_the_validator_until_sigterm(tmp_path: Path, stop: signal.Signa
     stopped = re.search(r"stopped at height (\d+)", text)
     assert started and stopped, text
     demo_height = int(started.group(1))
-    printed = [int(h) for h in re.findall(r"^block (\d+):", text, re.MULTILINE)]
+    # Each progress line with its UTC time, as the log's lines (an operator's run found
+    # most of a validator's node.log untimed).
+    printed = [
+        int(h) for h in re.findall(r"^\d{4}-\d\d-\d\dT\S+Z block (\d+):", text, re.MULTILINE)
+    ]
     assert printed[:2] == [demo_height + 1, demo_height + 2]
     height = stored_state(data).height
     assert height > demo_height

@@ -6,10 +6,13 @@ import contextlib
 import json
 import os
 import re
+import select
+import shlex
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -292,3 +295,75 @@ def test_a_cluster_whose_port_is_taken_writes_nothing(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"cannot listen on 127.0.0.1:{busy}" in refused.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_a_validator_killed_leaves_the_others_running_and_is_told_how_to_start_again(
+    tmp_path: Path,
+) -> None:
+    """Found by an operator's run of the README: SIGKILL of one validator stopped the whole
+    cluster, where the chain goes on with up to f down. The cluster names it, says how to
+    start it again, and the others go on; started so, it catches up."""
+    base = free_port()
+    while any(_taken(base + i) for i in range(1, 4)):
+        base = free_port()
+    process = start_cluster(tmp_path, base, "--empty-block-interval", "0")
+    urls = [f"http://127.0.0.1:{base + i}" for i in range(4)]
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        assert process.stdout is not None
+        pids = [int(re.findall(r"\(pid (\d+)\)", process.stdout.readline().decode())[0])
+                for _ in range(4)]  # fmt: skip
+        with httpx.Client(timeout=1, trust_env=False) as client:
+
+            def height(url: str) -> int:
+                try:
+                    return int(client.get(f"{url}/healthz").json()["height"])
+                except httpx.HTTPError:
+                    return -1
+
+            def wait(condition: Callable[[], bool], what: str) -> None:
+                deadline = time.monotonic() + WAIT_S
+                while not condition():
+                    assert time.monotonic() < deadline, what
+                    time.sleep(0.2)
+
+            wait(lambda: min(height(url) for url in urls) >= 1, "the first block everywhere")
+            os.kill(pids[2], signal.SIGKILL)
+            lines: list[str] = []
+
+            def told_so() -> bool:
+                lines.extend(_lines(process))
+                exited = "warning: platform-operator's validator process exited (-9)"
+                return any(exited in line for line in lines)
+
+            wait(told_so, "the cluster to say so")
+            (told,) = [line for line in lines if line.startswith("warning: ")]
+            assert "the 3 others go on" in told, told
+            assert process.poll() is None  # the cluster runs on
+            top = max(height(url) for url in urls)
+            wait(lambda: min(height(urls[i]) for i in (0, 1, 3)) >= top + 2, "the others go on")
+            command = shlex.split(told.split("start it again (apart from this cluster) with: ")[1])
+            assert command[1] == "node" and f"127.0.0.1:{base + 2}" in command
+            with (tmp_path / "restarted.log").open("wb") as log:
+                restarted = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=environment()
+                )
+            target = max(height(url) for url in urls)
+            wait(lambda: height(urls[2]) >= target, "the restarted validator to catch up")
+    finally:
+        if restarted is not None and restarted.poll() is None:
+            restarted.terminate()
+            restarted.wait(timeout=60)
+        _stop_cluster(process, tmp_path)
+
+
+def _lines(process: subprocess.Popen[bytes]) -> list[str]:
+    """What `process` has written since the last call, whole lines, without waiting."""
+    assert process.stdout is not None
+    found = []
+    while select.select([process.stdout], [], [], 0)[0]:
+        line = process.stdout.readline()
+        if not line:
+            break
+        found.append(line.decode())
+    return found
