@@ -29,7 +29,6 @@ import typer
 from api.cli_verify import read_genesis
 from api.console import (
     close_all,
-    counted,
     err,
     fails_cleanly,
     listening_sockets,
@@ -148,8 +147,20 @@ def _last_error(log_path: Path, start: int) -> str:
             tail = log.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    found = [line for line in tail.splitlines() if line.startswith("error (")]
-    return f": {printable(found[-1])[:ERROR_CHARS_MAX]}" if found else ""
+    lines = tail.splitlines()
+    found = [line for line in lines if line.startswith("error (")]
+    if found:
+        return f": {printable(found[-1])[:ERROR_CHARS_MAX]}"
+    # A usage error (exit 2) is a box: "╭─ Error ─...", then "│ text │" lines (review).
+    boxes = [i for i, line in enumerate(lines) if line.startswith("╭─ Error")]
+    if not boxes:
+        return ""
+    text = []
+    for line in lines[boxes[-1] + 1 :]:
+        if not line.startswith("│"):
+            break
+        text.append(line.strip("│ "))
+    return f": {printable(' '.join(text))[:ERROR_CHARS_MAX]}" if text else ""
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
@@ -200,6 +211,7 @@ def cluster(
     program = Path(sys.executable).parent / "tanlian"
     children: list[subprocess.Popen[bytes]] = []
     commands: list[list[str]] = []
+    exited: list[str] = []  # the validators that exited on their own
     starts: list[int] = []  # each log's size when its child started
     stopping = False
 
@@ -239,28 +251,47 @@ def cluster(
             out.print(f"{name:22} {urls[i]}  (pid {children[-1].pid})", highlight=False)
         out.print(f"genesis {genesis}; logs in {data}/<party>/node.log (Ctrl-C stops all)")
         running = dict(enumerate(children))
+        quorum = 2 * validators // 3 + 1  # more than 2/3 of the (equal) power
         while not stopping:
-            for i, child in list(running.items()):
-                if child.poll() is None:
-                    continue
+            # Every child looked at first, then told: several may end at once (review).
+            ended = [i for i, child in running.items() if child.poll() is not None]
+            for i in ended:
                 del running[i]
-                log_path = data / names[i] / "node.log"
-                why = (
-                    f"{names[i]}'s validator process exited ({child.returncode})"
-                    f"{_last_error(log_path, starts[i])}: see {log_path}"
-                )
-                if not running:
-                    raise LedgerError(why, code="exited")
-                # The others go on (found by review: one validator killed had stopped them
-                # all, where the chain goes on with up to f down).
+                exited.append(names[i])
+            reasons = [_exited(data / names[i] / "node.log", names[i], children[i], starts[i])
+                       for i in ended]  # fmt: skip
+            if ended and not running:
+                raise LedgerError("; ".join(reasons), code="exited")
+            # The others go on (found by review: one validator killed had stopped them all,
+            # where the chain goes on with up to f down).
+            for i, reason in zip(ended, reasons, strict=True):
                 err.print(
-                    f"warning: {why}; the {counted(len(running), 'other')} go on; start it"
-                    f" again (apart from this cluster) with: {shlex.join(commands[i])}",
+                    f"warning: {reason}; start it again (apart from this cluster) with:"
+                    f" {shlex.join(commands[i])}",
                     highlight=False,
                 )
+            if ended:
+                left = len(running)
+                err.print(
+                    f"warning: {left} of {validators} validators run: "
+                    + ("the chain goes on" if left >= quorum else
+                       f"the chain decides nothing until {quorum} run again")
+                )  # fmt: skip
             time.sleep(0.2)
     finally:
         _stop(children)
         for number, handler in previous.items():
             signal.signal(number, handler)
+    if exited:  # stopped, but not as it was started: say so, and exit non-zero (review)
+        raise LedgerError(
+            f"stopped the validators still running; {', '.join(exited)} had exited on their own",
+            code="exited",
+        )
     out.print("stopped every validator", highlight=False)
+
+
+def _exited(log_path: Path, name: str, child: subprocess.Popen[bytes], start: int) -> str:
+    return (
+        f"{name}'s validator process exited ({child.returncode})"
+        f"{_last_error(log_path, start)}: see {log_path}"
+    )

@@ -346,19 +346,21 @@ class Node:
         self._stopping.set()
         if self.sync is not None:
             self.sync.close()  # an attempt under way ends at its next line
-        abandoned = False
         if self._loop is not None:
             self._loop.join(timeout=STOP_LOOP_SECONDS)
-            if self._loop.is_alive() and self._writer.writing():
-                self._abandon_write()
-                abandoned = True
         if self.sync is not None:
             self.sync.close_sources()
         if self.forwarder is not None:
             self.forwarder.close()
-        self._write.shutdown(wait=not abandoned)
-        if abandoned:
-            self._writer.kill_writer()  # a write begun again meanwhile: never waited for
+        # The writes under way (a validator's go on beside its block loop, a single
+        # validator's loop waits on its own), for STOP_LOOP_SECONDS; then a writer that never
+        # answered is killed, and they are waited for as long again.
+        if not _ended_within(self._write.shutdown, STOP_LOOP_SECONDS) and self._writer.writing():
+            self._abandon_write()
+            if not _ended_within(self._write.shutdown, STOP_LOOP_SECONDS):
+                self._writer.kill_writer()  # a write begun again meanwhile: not waited for
+        if self._loop is not None and self._loop.is_alive():
+            self._loop.join(timeout=STOP_LOOP_SECONDS)
         if self._transport is not None:
             self._transport.close()
         if self._log is not None:
@@ -374,16 +376,17 @@ class Node:
     def _abandon_write(self) -> None:
         """The stop waited STOP_LOOP_SECONDS for a block the store's writer never answered
         (a hung disk, a stopped process): kill the writer, and say so as the node's failure.
-        Found by review: the stop hung for good, and a writer killed from outside then made
-        the node exit with a false `internal_error`."""
+        Found by review: the stop hung for good (a single validator's, and, found by a
+        second review, a validator's, whose writes go on beside its block loop), and a
+        writer killed from outside then made the node exit with a false `internal_error`."""
         reason = (
             f"the store's writer did not answer within {STOP_LOOP_SECONDS:g} s of the stop and"
             " was killed: the block it held is stored or not, which the next start reads back"
         )
         log.error("stopping: %s", reason)
         self._writer.kill_writer()
-        assert self._loop is not None
-        self._loop.join(timeout=STOP_LOOP_SECONDS)
+        if self._loop is not None:
+            self._loop.join(timeout=STOP_LOOP_SECONDS)
         self.failure, self.failure_code = reason, "store_unavailable"
 
     def _run(self) -> None:
@@ -709,6 +712,15 @@ class Node:
             else:
                 return None
         return outcomes
+
+
+def _ended_within(step: Callable[[], object], seconds: float) -> bool:
+    """Run `step` on a thread of its own; whether it ended within `seconds` (if not, it goes
+    on, unwaited for)."""
+    thread = threading.Thread(target=step, name="stopping", daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    return not thread.is_alive()
 
 
 def _wake_future(future: asyncio.Future[None]) -> None:

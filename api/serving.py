@@ -291,7 +291,8 @@ class HeadBound(asyncio.Protocol):
         transport = self._head_transport
         if transport is None or transport.is_closing():
             return
-        type(self).refused(code)
+        if self.is_between_requests():  # else a route has the request, and counts it (review)
+            type(self).refused(code)
         transport.write(problem_answer(code, detail, self.default_headers()))
         transport.close()
         self.forget_connection()

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from starlette.responses import StreamingResponse
 from api.app import HeadAsGet
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.routes.chain import ClosingStream
+from api.routes.metrics import Metrics
 from api.serving import FILES_RESERVE, PER_REQUEST_WARNINGS, server_config
 from api.settings import CONNECTIONS_MAX as CONNECTIONS_MAX_DEFAULT
 from api.settings import Settings
@@ -750,3 +752,60 @@ def test_requests_from_outside_write_no_line_each_to_the_log(parser: str, tmp_pa
             logger.removeHandler(handler)
     noise = [r.getMessage() for r in records if r.getMessage().startswith(PER_REQUEST_WARNINGS)]
     assert noise == []
+
+
+# --- what the server answers itself is counted once -----------------------------------------
+
+
+class _CountingApp:
+    """Reads the whole body, then answers 200; remembers each request it was given."""
+
+    def __init__(self) -> None:
+        self.state = SimpleNamespace(metrics=Metrics())
+        self.seen: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.seen.append(scope["path"])
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _refused(app: _CountingApp, code: str) -> float:
+    value = app.state.metrics.registry.get_sample_value(
+        "tanlian_http_refused_before_routing_total", {"code": code}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_request_a_route_saw_is_not_counted_as_refused_before_routing(
+    parser: str, tmp_path: Path
+) -> None:
+    """Found by review: a body that turned malformed after its head (a bad chunk size) was
+    counted as refused before routing, though a route had the request (and counted it)."""
+    settings = Settings(data=tmp_path, port=free_port())
+    app = _CountingApp()
+    with serving(settings, parser, app) as where, connect(where) as client:
+        client.sendall(b"POST /v1/transactions HTTP/1.1\r\nhost: node\r\n"
+                       b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+        deadline = time.monotonic() + 5
+        while not app.seen:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        client.sendall(b"ZZZ-not-a-chunk-size\r\n")
+        answer = client.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert app.seen == ["/v1/transactions"]  # the route had the request
+    assert _refused(app, "malformed_request") == 0, (
+        f"{parser}: counted as refused before routing, though a route had it"
+    )

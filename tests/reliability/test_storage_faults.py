@@ -12,6 +12,7 @@ head re-derives, the audit passes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -711,3 +712,41 @@ def _wait_for_height(url: str, process: subprocess.Popen[bytes], *, above: int) 
             pass
         assert time.monotonic() < deadline, f"{url} not above height {above}"
         time.sleep(0.2)
+
+
+def test_a_validators_stop_with_a_writer_that_never_answers_ends_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Found by review of the single validator's fix: a validator of a consortium writes its
+    decided blocks beside its block loop, which ends at once at a stop, so the stop never saw
+    the hung writer and waited for it for good."""
+    chain = Chain(block_interval_ms=20)
+    Store.create(tmp_path, chain.genesis_document).close()
+    node = Node(tmp_path, chain.validator, peers=["http://127.0.0.1:9"])  # nobody there
+    assert isinstance(node.producer, BftProducer)
+    node.start()
+    writer = node._writer._writer
+    assert writer is not None and writer.child.process is not None
+    pid = writer.child.process.pid
+    stopping = threading.Thread(target=node.stop, name="stop", daemon=True)
+    try:
+        first = chain.accredit()
+        node.submit([first])
+        (committed,) = node.wait_for_commit([first.tx_id], WAIT_S)
+        assert committed is not None and committed.status == "committed"
+        os.kill(pid, signal.SIGSTOP)  # a hung disk
+        node.submit([chain.create_program()])
+        deadline = time.monotonic() + WAIT_S
+        while not node._writer.writing():
+            assert time.monotonic() < deadline, "no block reached the writer"
+            time.sleep(0.05)
+        stopping.start()
+        stopping.join(timeout=3 * STOP_LOOP_SECONDS)
+        assert not stopping.is_alive(), "the stop waited for the hung writer"
+        assert node.failure_code == "store_unavailable"
+        assert node.failure is not None and "did not answer within" in node.failure
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # let a stuck stop end
+        if stopping.ident is not None:
+            stopping.join(timeout=30)
