@@ -39,17 +39,7 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     script = walkthrough()
     assert "tx issue" in script and "tx retire" in script and "verify receipt" in script
     with running_dev_node(tmp_path, simulate=True) as node:
-        run = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=ROOT,
-            env={**environment(), "NODE": node.url, "DATA": str(node.data)},
-            capture_output=True,
-            text=True,
-            timeout=WALKTHROUGH_SECONDS_MAX,
-            check=False,
-        )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr
+        run = ran(script, NODE=node.url, DATA=str(node.data))
     # step 2: the envelope POSTed with curl committed
     assert re.search(r'"status":"committed","height":\d+,"log_index":\d+', run.stdout), run.stdout
     # step 5: the receipt of Bob's 40 kg verified offline
@@ -79,20 +69,25 @@ def test_a_new_consortium_is_set_up_and_walked_through_as_written(tmp_path: Path
                 pass
             assert time.monotonic() < deadline, "the cluster did not answer"
             time.sleep(0.2)
-        environment_ = {**environment(), "C": str(consortium), "N": node}
-        for script, more in ((block("consortium-setup"), {}),
-                             (walkthrough(), {"NODE": node, "DATA": str(consortium)})):  # fmt: skip
-            run = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", script],
-                cwd=ROOT,
-                env={**environment_, **more},
-                capture_output=True,
-                text=True,
-                timeout=WALKTHROUGH_SECONDS_MAX,
-                check=False,
-            )
-            assert run.returncode == 0, run.stdout + run.stderr
-            assert "Traceback" not in run.stderr
+        ran(block("consortium-setup"), C=str(consortium), N=node)
+        run = ran(walkthrough(), NODE=node, DATA=str(consortium))
         assert re.search(r"receipt verified: retirement [0-9a-f]{64}, 40 kg CO2e", run.stdout)
     finally:
         _stop_cluster(process, consortium)
+
+
+def ran(script: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by bash (`set -euo pipefail`) at the repository's root with `variables`
+    set; it must succeed without a traceback."""
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env={**environment(), **variables},
+        capture_output=True,
+        text=True,
+        timeout=WALKTHROUGH_SECONDS_MAX,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    return run

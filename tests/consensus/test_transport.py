@@ -217,15 +217,7 @@ def test_a_peer_that_stops_answering_or_refuses_is_told_once_not_per_batch(
             return httpx.Response(400, text="bad line")
         return httpx.Response(202, json={"accepted": 1})
 
-    caplog.set_level(logging.INFO, logger="tanlian.consensus.transport")
-    transport = HttpTransport(["http://peer:1"], http=httpx.MockTransport(answer))
-    try:
-        while not done.is_set():
-            transport.broadcast(VOTES[:1])
-            time.sleep(0.01)
-    finally:
-        transport.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "tanlian.consensus.transport"]
+    lines = logged_until(done, answer, caplog, pause=0.01)
     consensus = [line for line in lines if "(consensus)" in line]
     assert [line for line in consensus if "unreachable" in line] == [
         "peer http://peer:1/v1/consensus/messages (consensus) unreachable: connection refused;"
@@ -262,14 +254,26 @@ def test_a_peer_up_and_down_by_turns_is_told_at_most_once_a_while(
             raise httpx.ReadError("connection reset by peer", request=request)
         return httpx.Response(202, json={"accepted": 1})
 
+    lines = logged_until(done, answer, caplog, pause=0.001)
+    assert calls > 200 and len(lines) == 2, lines  # well within a minute
+    assert "unreachable: connection reset by peer" in lines[0] and "answers again" in lines[1]
+
+
+def logged_until(
+    done: threading.Event,
+    answer: Callable[[httpx.Request], httpx.Response],
+    caplog: pytest.LogCaptureFixture,
+    *,
+    pause: float,
+) -> list[str]:
+    """The transport's log lines while one peer answering with `answer` is sent a vote every
+    `pause` seconds, until `done`."""
     caplog.set_level(logging.INFO, logger="tanlian.consensus.transport")
     transport = HttpTransport(["http://peer:1"], http=httpx.MockTransport(answer))
     try:
         while not done.is_set():
             transport.broadcast(VOTES[:1])
-            time.sleep(0.001)
+            time.sleep(pause)
     finally:
         transport.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "tanlian.consensus.transport"]
-    assert calls > 200 and len(lines) == 2, lines  # well within a minute
-    assert "unreachable: connection reset by peer" in lines[0] and "answers again" in lines[1]
+    return [r.getMessage() for r in caplog.records if r.name == "tanlian.consensus.transport"]
