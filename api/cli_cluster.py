@@ -5,8 +5,10 @@ city, certification centre, platform operator, independent party, then validator
 with its own validator key and data, an authority key, and one genesis naming all N
 validators. Each party then runs `tanlian node --peer ...` on 127.0.0.1:BASE_PORT+i, and
 Ctrl-C (or SIGTERM) stops every child process, each by its pid, and waits for it (bounded).
-A validator that exits is named with its reason and the command that starts it again; the
-others go on (the chain does, with up to f down), and the cluster ends when none is left.
+A validator that exits is named with its reason and the command that starts it again, and
+the cluster says how many of its validators still run and how many the chain needs to decide
+(more than 2/3); the others go on, and the cluster ends when none is left. Stopped after one
+had exited on its own, it says so and exits 1.
 A later run on the same DIR resumes the same chain.
 """
 
@@ -60,6 +62,7 @@ EmptyBlockInterval = Annotated[
     ),
 ]
 STOP_SECONDS: Final = 20.0  # how long each child may take to stop before it is killed
+EXITS_GATHER_SECONDS: Final = 1.0  # after a validator exits, before the others are looked at
 LOG_TAIL_BYTES: Final = 64 * 1024  # of an exited child's log, read for its reason
 ERROR_CHARS_MAX: Final = 300  # of that reason, in the one line
 CHAIN_ID: Final = "tanlian-consortium"
@@ -188,7 +191,8 @@ def cluster(
     empty_block_interval: EmptyBlockInterval = EMPTY_BLOCK_INTERVAL_S_DEFAULT,
 ) -> None:
     """Run N local validator processes as one consortium, until Ctrl-C stops them all (one
-    that exits is named, with the command that starts it again; the others go on)."""
+    that exits is named, with the command that starts it again, and whether the chain can
+    still decide; the others go on)."""
     # One validator is a single validator, which adds no empty blocks: the option is not
     # passed on, and refused if given (as `tanlian node` refuses it).
     interval = [] if validators == 1 else ["--empty-block-interval", repr(empty_block_interval)]
@@ -224,6 +228,8 @@ def cluster(
     }
     try:
         for i, name in enumerate(names):
+            if stopping:  # Ctrl-C while they start: start no more (review)
+                break
             peers = [arg for j, url in enumerate(urls) if j != i for arg in ("--peer", url)]
             log = (data / name / "node.log").open("ab")
             starts.append(log.tell())  # where this run's lines begin (the log is kept)
@@ -252,31 +258,36 @@ def cluster(
         out.print(f"genesis {genesis}; logs in {data}/<party>/node.log (Ctrl-C stops all)")
         running = dict(enumerate(children))
         quorum = 2 * validators // 3 + 1  # more than 2/3 of the (equal) power
+        reasons: list[str] = []  # of every validator that exited, in turn
         while not stopping:
-            # Every child looked at first, then told: several may end at once (review).
             ended = [i for i, child in running.items() if child.poll() is not None]
+            if ended:
+                # Several often end together (a setting every node refuses): a moment more,
+                # and every child looked at again, so that they are told at once (review).
+                time.sleep(EXITS_GATHER_SECONDS)
+                ended = [i for i, child in running.items() if child.poll() is not None]
             for i in ended:
                 del running[i]
                 exited.append(names[i])
-            reasons = [_exited(data / names[i] / "node.log", names[i], children[i], starts[i])
-                       for i in ended]  # fmt: skip
+            told = [_exited(data / names[i] / "node.log", names[i], children[i], starts[i])
+                    for i in ended]  # fmt: skip
+            reasons += told
             if ended and not running:
                 raise LedgerError("; ".join(reasons), code="exited")
             # The others go on (found by review: one validator killed had stopped them all,
             # where the chain goes on with up to f down).
-            for i, reason in zip(ended, reasons, strict=True):
+            for i, reason in zip(ended, told, strict=True):
                 err.print(
                     f"warning: {reason}; start it again (apart from this cluster) with:"
                     f" {shlex.join(commands[i])}",
                     highlight=False,
                 )
-            if ended:
-                left = len(running)
+            if ended:  # its own children only: one started again apart from it counts too
                 err.print(
-                    f"warning: {left} of {validators} validators run: "
-                    + ("the chain goes on" if left >= quorum else
-                       f"the chain decides nothing until {quorum} run again")
-                )  # fmt: skip
+                    f"warning: {len(running)} of the {validators} validators this cluster"
+                    f" started run; the chain decides while {quorum} or more do",
+                    highlight=False,
+                )
             time.sleep(0.2)
     finally:
         _stop(children)

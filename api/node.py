@@ -355,7 +355,10 @@ class Node:
         # The writes under way (a validator's go on beside its block loop, a single
         # validator's loop waits on its own), for STOP_LOOP_SECONDS; then a writer that never
         # answered is killed, and they are waited for as long again.
-        if not _ended_within(self._write.shutdown, STOP_LOOP_SECONDS) and self._writer.writing():
+        # A follower's (and a validator's catching up by block sync) are its block loop's own.
+        written = _ended_within(self._write.shutdown, STOP_LOOP_SECONDS)
+        looping = self._loop is not None and self._loop.is_alive()
+        if (not written or looping) and self._writer.writing():
             self._abandon_write()
             if not _ended_within(self._write.shutdown, STOP_LOOP_SECONDS):
                 self._writer.kill_writer()  # a write begun again meanwhile: not waited for
@@ -376,9 +379,10 @@ class Node:
     def _abandon_write(self) -> None:
         """The stop waited STOP_LOOP_SECONDS for a block the store's writer never answered
         (a hung disk, a stopped process): kill the writer, and say so as the node's failure.
-        Found by review: the stop hung for good (a single validator's, and, found by a
-        second review, a validator's, whose writes go on beside its block loop), and a
-        writer killed from outside then made the node exit with a false `internal_error`."""
+        Found by review: the stop hung for good (a single validator's, and, found by later
+        reviews, a validator's, whose writes go on beside its block loop, and a follower's,
+        whose loop writes), and a writer killed from outside then made the node exit with
+        a false `internal_error`."""
         reason = (
             f"the store's writer did not answer within {STOP_LOOP_SECONDS:g} s of the stop and"
             " was killed: the block it held is stored or not, which the next start reads back"

@@ -121,9 +121,16 @@ class Child:
             return answer
 
     def close(self) -> None:
-        """Stop the child (it exits when its input closes); idempotent."""
-        with self._lock:
+        """Stop the child (it exits when its input closes); idempotent. A request under way
+        is waited for `stop_seconds`, then the child is killed (a request that never ends
+        had held this for good; found by review)."""
+        if not self._lock.acquire(timeout=self.stop_seconds):
+            self.kill()
+            self._lock.acquire()
+        try:
             self._stop()
+        finally:
+            self._lock.release()
 
     @property
     def busy(self) -> bool:

@@ -750,3 +750,40 @@ def test_a_validators_stop_with_a_writer_that_never_answers_ends_and_says_so(
             os.kill(pid, signal.SIGKILL)  # let a stuck stop end
         if stopping.ident is not None:
             stopping.join(timeout=30)
+
+
+def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) -> None:
+    """Found by a third review: a follower (and a validator catching up by block sync)
+    writes on its block loop, not on the write thread, so the stop's check of the write
+    thread passed and the close then waited on the hung writer for good. The block loop's
+    next append is made here directly, on the loop, as `sync.step` makes it."""
+    chain = Chain(block_interval_ms=20)
+    Store.create(tmp_path, chain.genesis_document).close()
+    node = Node(tmp_path, None, follow=["http://127.0.0.1:9"])  # nobody there
+    writer = node._writer._writer
+    assert writer is not None and writer.child.process is not None
+    pid = writer.child.process.pid
+    os.kill(pid, signal.SIGSTOP)  # a hung disk
+
+    def appending(now_ms: int) -> None:  # what `sync.step` does with a verified block
+        writer.child.exchange(b"a block record")
+
+    node.producer.produce = appending  # type: ignore[method-assign]
+    node.producer.due = lambda now_ms: True  # type: ignore[method-assign]
+    stopping = threading.Thread(target=node.stop, name="stop", daemon=True)
+    node.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not node._writer.writing():
+            assert time.monotonic() < deadline, "the loop did not reach the writer"
+            time.sleep(0.05)
+        stopping.start()
+        # The loop (here, always due) and the close are each waited for STOP_LOOP_SECONDS.
+        stopping.join(timeout=4 * STOP_LOOP_SECONDS)
+        assert not stopping.is_alive(), "the stop waited for the hung writer"
+        assert node.failure_code == "store_unavailable"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if stopping.ident is not None:
+            stopping.join(timeout=30)
