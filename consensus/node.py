@@ -101,7 +101,7 @@ from consensus.producer import (
     remember,
     settle_pool,
 )
-from consensus.quorum import PRECOMMIT
+from consensus.quorum import is_certified
 from consensus.relay import Reference, Relay, decode_batch
 from consensus.replica import (
     Broadcast,
@@ -174,11 +174,6 @@ def message_bytes(message: Message) -> int:
 def _vote_key(vote: Vote) -> tuple[object, ...]:
     return (vote.chain_id, vote.vote_type, vote.height, vote.round, vote.block_hash,
             vote.public_key, vote.signature)  # fmt: skip
-
-
-def _certified(vote: Vote) -> bool:
-    """A precommit for a block: what any export's certificates hold."""
-    return vote.vote_type == PRECOMMIT and vote.block_hash is not None
 
 
 def _monotonic_ms() -> int:
@@ -700,7 +695,7 @@ class BftProducer:
                     # Each validator's latest of each kind: a precommit for a block, which
                     # anyone can take from an export, must not take the place of its other
                     # votes (found by review: replayed, it starved a validator behind).
-                    slot = (message.public_key, _certified(message))
+                    slot = (message.public_key, is_certified(message))
                     if slot in self._inbox_old_votes:  # the earlier one goes
                         self.refused["old"] = self.refused.get("old", 0) + 1
                     self._inbox_old_votes[slot] = (self._arrivals, message)

@@ -55,6 +55,12 @@ PRECOMMIT: Final = "precommit"
 ADMISSIONS: Final = ("old", "future", "invalid", "known", "equivocation", "added")
 
 
+def is_certified(vote: Vote) -> bool:
+    """A precommit for a block: what any certificate (and so any export) holds, which anyone
+    can replay."""
+    return vote.vote_type == PRECOMMIT and vote.block_hash is not None
+
+
 def has_one_third(power: int, total: int) -> bool:
     """More than 1/3 of the total power (f+1 in Algorithm 1), in integers."""
     return 3 * power > total

@@ -123,7 +123,7 @@ from consensus.messages import (
     verify_decision,
     verify_vote,
 )
-from consensus.quorum import PRECOMMIT, PREVOTE, PROPOSAL, Quorum
+from consensus.quorum import PRECOMMIT, PREVOTE, PROPOSAL, Quorum, is_certified
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
@@ -609,7 +609,7 @@ class Replica:
         # to it alone (a validator restarted far lower, that one peer reaches, had waited for
         # its probe; found by review). A certified precommit is answered only if both newer
         # and recent.
-        certified = vote.vote_type == PRECOMMIT and vote.block_hash is not None
+        certified = is_certified(vote)
         signed_at = self._signed_at.get(sender, 0)
         recent = self.height - vote.height <= CATCH_UP_HEIGHTS_MAX
         if certified and (vote.height <= signed_at or not recent):

@@ -53,6 +53,8 @@ from ledger.store import (
 from ledger.transactions import Envelope
 from ledger.verification import audit_chain
 from tests.api.test_cli import TANLIAN, environment
+from tests.api.test_cli_cluster import _running
+from tests.api.test_cli_hardening import _children
 from tests.consensus.test_sync import built, make_sync, source
 from tests.factory import Chain
 from tests.reliability.crash import free_port
@@ -615,18 +617,6 @@ def test_anything_unforeseen_in_the_block_loop_stops_the_node(chain: Chain, tmp_
         node.stop()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = path.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(path.parent.name))
-    return found
-
-
 def _store_writer(pid: int) -> int:
     """The pid of `pid`'s store writer process (`python -m ledger.store`)."""
     (writer,) = [
@@ -667,7 +657,7 @@ def test_a_stop_with_a_writer_that_never_answers_ends_and_says_so(tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-        if writer and _alive(writer):
+        if writer and _running(writer):
             os.kill(writer, signal.SIGKILL)
     stderr = (tmp_path / "err").read_text()
     assert "the store's writer did not answer within 10 s of the stop" in stderr, stderr
@@ -690,14 +680,6 @@ def _holds_a_block(writer: int) -> bool:
     finally:
         os.close(fd)
     return int.from_bytes(waiting, sys.byteorder) > 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _wait_for_height(url: str, process: subprocess.Popen[bytes], *, above: int) -> int:
@@ -736,20 +718,10 @@ def test_a_validators_stop_with_a_writer_that_never_answers_ends_and_says_so(
         assert committed is not None and committed.status == "committed"
         os.kill(pid, signal.SIGSTOP)  # a hung disk
         node.submit([chain.create_program()])
-        deadline = time.monotonic() + WAIT_S
-        while not node._writer.writing():
-            assert time.monotonic() < deadline, "no block reached the writer"
-            time.sleep(0.05)
-        stopping.start()
-        stopping.join(timeout=3 * STOP_LOOP_SECONDS)
-        assert not stopping.is_alive(), "the stop waited for the hung writer"
-        assert node.failure_code == "store_unavailable"
+        stopped_past_hung_writer(node, stopping, within=3 * STOP_LOOP_SECONDS)
         assert node.failure is not None and "did not answer within" in node.failure
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # let a stuck stop end
-        if stopping.ident is not None:
-            stopping.join(timeout=30)
+        let_go(pid, stopping)
 
 
 def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) -> None:
@@ -773,17 +745,28 @@ def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) 
     stopping = threading.Thread(target=node.stop, name="stop", daemon=True)
     node.start()
     try:
-        deadline = time.monotonic() + WAIT_S
-        while not node._writer.writing():
-            assert time.monotonic() < deadline, "the loop did not reach the writer"
-            time.sleep(0.05)
-        stopping.start()
         # The loop (here, always due) and the close are each waited for STOP_LOOP_SECONDS.
-        stopping.join(timeout=4 * STOP_LOOP_SECONDS)
-        assert not stopping.is_alive(), "the stop waited for the hung writer"
-        assert node.failure_code == "store_unavailable"
+        stopped_past_hung_writer(node, stopping, within=4 * STOP_LOOP_SECONDS)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if stopping.ident is not None:
-            stopping.join(timeout=30)
+        let_go(pid, stopping)
+
+
+def stopped_past_hung_writer(node: Node, stopping: threading.Thread, *, within: float) -> None:
+    """Once a block reaches the node's hung writer, `stopping` (its stop) ends `within`
+    seconds, and the node says its store failed."""
+    deadline = time.monotonic() + WAIT_S
+    while not node._writer.writing():
+        assert time.monotonic() < deadline, "no block reached the writer"
+        time.sleep(0.05)
+    stopping.start()
+    stopping.join(timeout=within)
+    assert not stopping.is_alive(), "the stop waited for the hung writer"
+    assert node.failure_code == "store_unavailable"
+
+
+def let_go(writer: int, stopping: threading.Thread) -> None:
+    """Kill the hung writer process, if still there, so that a stuck stop ends."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(writer, signal.SIGKILL)
+    if stopping.ident is not None:
+        stopping.join(timeout=30)
