@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from ledger.native import PURE_PYTHON_ENV
+
 BODY_BYTES_MAX = 4 * 1024 * 1024
 SUBMISSION_ENVELOPES_MAX = 1000
 LIST_LIMIT_MAX = 100
@@ -29,8 +31,9 @@ LARGE_SUBMISSION_QUEUE_MAX = 8  # large bodies waiting for the intake workers, u
 DISPLAY_UTC_OFFSET_MINUTES = 480  # China Standard Time (UTC+8), where Zibo's officials count
 ENVIRONMENT_PREFIX = "TANLIAN_"
 FROM_COMMAND_LINE = frozenset({"data", "host", "port"})
-# Read elsewhere: the key's passphrase (api.console) and the store's test faults (ledger.store).
-OTHER_VARIABLES = frozenset({"TANLIAN_PASSPHRASE", "TANLIAN_STORE_FAULT"})
+# Read elsewhere: the key's passphrase (api.console), the store's test faults (ledger.store)
+# and the choice of the ledger's sources over its compiled build (ledger.native).
+OTHER_VARIABLES = frozenset({"TANLIAN_PASSPHRASE", "TANLIAN_STORE_FAULT", PURE_PYTHON_ENV})
 
 
 class Settings(BaseModel):

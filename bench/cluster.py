@@ -80,6 +80,7 @@ from ledger.blocks import Block, Certificate, Validator, sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.genesis import genesis_state, make_genesis_document, parse_genesis
 from ledger.limits import POOL_NONCE_GAP_MAX
+from ledger.native import describe as native_build
 from ledger.state import State
 from ledger.state_transition import apply_block, build_block
 from ledger.store import Store
@@ -666,6 +667,7 @@ def main() -> None:
     load = Workload(genesis=genesis, key=validator_key, setup=setup, work=work)
     raw, backend = raw_verify_rate()
     print(f"raw Ed25519 verify: {raw:,.0f}/s on one core ({backend})", flush=True)
+    print(f"ledger's hot modules: {native_build()} (the nodes run the same)", flush=True)
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as temporary:
@@ -689,7 +691,7 @@ def main() -> None:
         + ", ".join(f"{load:.2f}" for load in loads)
         + f" (at the start and after each run) on {os.cpu_count()} cores"
     )
-    print(f"raw Ed25519 verify {raw:,.0f}/s, one core ({backend})")
+    print(f"raw Ed25519 verify {raw:,.0f}/s, one core ({backend}); ledger: {native_build()}")
     single = next((r for r in results if r.validators == 1), None)
     for r in results:
         clients = args.clients * args.validators[0]

@@ -163,8 +163,8 @@ def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
     if isinstance(data, bytes | bytearray | memoryview):
         try:
             text = bytes(data).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DecodeError(f"invalid UTF-8 at byte {error.start}") from error
+        except UnicodeDecodeError as invalid:
+            raise DecodeError(f"invalid UTF-8 at byte {invalid.start}") from invalid
     else:
         text = data
     if len(text) > JSON_DENSE_CHARS_MIN:
@@ -182,8 +182,8 @@ def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
     except json.JSONDecodeError as error:
         message = f"not JSON: {error.msg} at line {error.lineno} column {error.colno}"
         raise DecodeError(message) from error
-    except RecursionError as error:
-        raise DecodeError(f"nesting deeper than {max_depth}", code="limit_exceeded") from error
+    except RecursionError as deep:
+        raise DecodeError(f"nesting deeper than {max_depth}", code="limit_exceeded") from deep
     # Strings need a look only if the text escapes a surrogate (UTF-8 input cannot hold one
     # raw). An escaped backslash before "ud8.." only costs the look, never an error.
     strings = _SURROGATE_ESCAPE.search(text) is not None

@@ -22,13 +22,13 @@ from ledger.limits import JSON_INTEGER_MAX
 
 Validator = Callable[[str, Any], Any]
 
-HEX64: Final = re.compile(r"[0-9a-f]{64}\Z")
-HEX128: Final = re.compile(r"[0-9a-f]{128}\Z")
-SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{1,62}\Z")
-BATCH_ID: Final = re.compile(r"B-[1-9][0-9]{0,15}\Z")
-CHAIN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
-JURISDICTION: Final = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}\Z")
+HEX64: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}\Z")
+HEX128: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{128}\Z")
+SLUG: Final[re.Pattern[str]] = re.compile(r"[a-z0-9][a-z0-9-]{1,62}\Z")
+BATCH_ID: Final[re.Pattern[str]] = re.compile(r"B-[1-9][0-9]{0,15}\Z")
+CHAIN_ID: Final[re.Pattern[str]] = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+DATE: Final[re.Pattern[str]] = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+JURISDICTION: Final[re.Pattern[str]] = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}\Z")
 
 
 def integer(low: int = 0, high: int = JSON_INTEGER_MAX) -> Validator:
@@ -69,10 +69,10 @@ def text(high: int, *, low: int = 1, pattern: re.Pattern[str] | None = None) -> 
     return check
 
 
-HASH_HEX: Final = text(64, low=64, pattern=HEX64)
-ACCOUNT_ID: Final = HASH_HEX
-SLUG_ID: Final = text(63, low=2, pattern=SLUG)
-BATCH: Final = text(18, low=3, pattern=BATCH_ID)
+HASH_HEX: Final[Validator] = text(64, low=64, pattern=HEX64)
+ACCOUNT_ID: Final[Validator] = HASH_HEX
+SLUG_ID: Final[Validator] = text(63, low=2, pattern=SLUG)
+BATCH: Final[Validator] = text(18, low=3, pattern=BATCH_ID)
 
 
 def public_key(path: str, value: Any) -> str:

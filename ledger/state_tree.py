@@ -316,7 +316,7 @@ _PROOF_SCHEMA: Final = s.obj(
 )
 
 
-def verify_state_proof(*, proof: Any, root: bytes) -> None:
+def verify_state_proof(*, proof: Any, root: object) -> None:
     """Check a SPEC §4 state proof against `root`; raises `InvalidProofError` naming the check.
 
     1. The proof has exactly the fields key, value, siblings (at most 256) and, for an absent

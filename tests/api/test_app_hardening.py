@@ -253,6 +253,10 @@ def test_a_misspelt_setting_in_the_environment_is_refused(tmp_path: Path) -> Non
         data=tmp_path,
     )
     assert taken.request_head_seconds == 2
+    # Read by ledger.native: every node refused to start with it set (found by the benchmark).
+    assert Settings.from_environment({"TANLIAN_PURE_PYTHON": "1"}, data=tmp_path) == Settings(
+        data=tmp_path
+    )
 
 
 # The OpenAPI document ------------------------------------------------------------------------

@@ -601,7 +601,7 @@ def test_malformed_state_proofs_are_invalid_proofs_and_nothing_else() -> None:
     assert count > 500
     for bad_root in (b"", bytes(31), "00" * 32, None):
         with pytest.raises(InvalidProofError):
-            verify_state_proof(proof=bases[0], root=bad_root)  # type: ignore[arg-type]
+            verify_state_proof(proof=bases[0], root=bad_root)
 
 
 ANY_JSON: SearchStrategy[Any] = st.recursive(
