@@ -24,11 +24,13 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # The hottest pure ledger modules, compiled to C by mypyc (ledger/native.py); rebuilt when
-# one changes. Without a C compiler they run as Python source, slower, and say so each time.
-NATIVE_SOURCES := ledger/encoding.py ledger/schema.py ledger/state_tree.py ledger/native.py
+# any ledger source changes (a compiled module holds what it took from those it imports).
+# Without a C compiler they run as Python source, slower, and say so each time.
+NATIVE_SOURCES := $(wildcard ledger/*.py)
 
-$(VENV)/.native-built: $(NATIVE_SOURCES) pyproject.toml | $(BIN)/python
-	$(BIN)/python -c 'import sys, ledger.native as n; sys.exit(n.build())' && touch $@ || true
+$(VENV)/.native-built: $(NATIVE_SOURCES) $(VENV)/.run-installed
+	TANLIAN_PURE_PYTHON=1 $(BIN)/python -c 'import sys, ledger.native as n; sys.exit(n.build())' \
+		&& touch $@ || true
 
 run: $(VENV)/.run-installed $(VENV)/.native-built
 	$(BIN)/tanlian dev --data $(DATA) --port $(PORT)

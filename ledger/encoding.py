@@ -152,7 +152,7 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def decode(data: bytes | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
+def decode(data: bytes | bytearray | memoryview | str, *, max_depth: int = JSON_DEPTH_MAX) -> JSON:
     """Decode outside input strictly (SPEC §2.1): UTF-8, no duplicate keys, no floats, integers
     in [0, 2**53 - 1], nesting at most `max_depth`, no trailing data; a large document no
     denser in objects, arrays and strings than JSON_TOKEN_CHARS_MIN allows. Raises

@@ -75,6 +75,22 @@ def _reject(code: str, message: str) -> TransactionRejected:
     return TransactionRejected(code, message)
 
 
+@dataclass(frozen=True, slots=True)
+class ProposerRules:
+    """What this implementation's proposer leaves out of a block it builds beyond the SPEC's
+    validity rules (docs/decisions/0004): another proposer's block may hold what these
+    refuse, and it applies here. Tests build such blocks with `VALIDITY_ONLY`."""
+
+    # A retirement takes at most this many of its holder's lots (`_check_receipt_size`).
+    retirement_lots_max: int = RETIREMENT_LOTS_MAX
+    # An issuance's project id reads as what it is (`project_id_objection`).
+    check_project_ids: bool = True
+
+
+OWN_RULES: Final = ProposerRules()
+VALIDITY_ONLY: Final = ProposerRules(retirement_lots_max=JSON_INTEGER_MAX, check_project_ids=False)
+
+
 class _Work:
     """A block in progress: reads fall through to the base state; writes stay here."""
 
@@ -92,7 +108,7 @@ class _Work:
         # The set that governed each height the block's evidence names, built once per height.
         self.governing: dict[int, tuple[Validator, ...] | None] = {}
         # A proposer's block (`build_block`), not one being validated: its own rules apply too.
-        self.building = False
+        self.rules: ProposerRules | None = None
 
     def get(self, key: str) -> Any:
         if key in self.changes:
@@ -371,7 +387,7 @@ def _issue(ctx: _Context) -> None:
     p, work, signer = ctx.payload, ctx.work, ctx.tx.signer
     methodology_id = p["methodology_id"]
     _check_accredited(work, signer, methodology_id)
-    if work.building:
+    if work.rules is not None and work.rules.check_project_ids:
         _check_project_id(p["project_id"])
     for recipient in p["recipients"]:
         _check_not_suspended(work, recipient["account"], "recipient")
@@ -461,8 +477,8 @@ def _retire(ctx: _Context) -> None:
         if program["valid_until"] <= work.time:
             raise _reject("program_expired", f"programme {p['program_id']} has ended")
     _check_holding(work, p["batch_id"], signer, p["quantity"])
-    if work.building:
-        _check_receipt_size(work, p["batch_id"], signer, p["quantity"])
+    if work.rules is not None:
+        _check_receipt_size(work, p["batch_id"], signer, p["quantity"], work.rules)
     tx_id = ctx.envelope.tx_id
     serials = _move(
         work, p["batch_id"], signer, p["quantity"], to=signer, status=RETIRED, retirement_id=tx_id
@@ -563,7 +579,7 @@ def _mixed_scripts(project_id: str) -> str | None:
         if script is None:
             continue
         first.setdefault(script, position)
-        clash = _CLASHES[script] & first.keys()
+        clash = _CLASHES[script].intersection(first)
         if clash:
             earlier = min(clash, key=first.__getitem__)
             return (
@@ -655,22 +671,25 @@ def _mixed_digits(project_id: str) -> str | None:
     return None
 
 
-def _check_receipt_size(work: _Work, batch_id: str, owner: str, quantity: int) -> None:
+def _check_receipt_size(
+    work: _Work, batch_id: str, owner: str, quantity: int, rules: ProposerRules
+) -> None:
     """A proposer's rule, not a block's validity (docs/decisions/0004): a retirement takes at
     most RETIREMENT_LOTS_MAX of the holder's lots, or its receipt, a state proof a lot, is
     one no verifier reads (found by review: a holding fragmented by transfers gave a
     retirement of 1,001 lots whose receipt `verify receipt` refused)."""
+    lots_max = rules.retirement_lots_max
     taken = held = 0
     for start in work.holding(batch_id, owner):
-        if held >= quantity or taken > RETIREMENT_LOTS_MAX:
+        if held >= quantity or taken > lots_max:
             break
         taken += 1
         held += work.get(f"lot/{batch_id}/{start}")["quantity"]
-    if taken > RETIREMENT_LOTS_MAX:
+    if taken > lots_max:
         raise _reject(
             "limit_exceeded",
             f"retiring {quantity} units of {batch_id} would take more than"
-            f" {RETIREMENT_LOTS_MAX} lots of this holding, at most {RETIREMENT_LOTS_MAX} a"
+            f" {lots_max} lots of this holding, at most {lots_max} a"
             " retirement (a receipt proves each):"
             " retire fewer units at once",
         )
@@ -1150,8 +1169,10 @@ def build_block(
     last_commit: Certificate | None,
     evidence: Iterable[Evidence] = (),
     signatures_verified: bool = False,
+    rules: ProposerRules = OWN_RULES,
 ) -> BuiltBlock:
-    """The proposer's side: apply what is valid, in order, and leave out what fails.
+    """The proposer's side: apply what is valid, in order, and leave out what fails, and
+    what the proposer's own `rules` refuse.
 
     Evidence first: each piece that holds (`_record_evidence`) is included, in order, up to
     EVIDENCE_PER_BLOCK_MAX; the rest is left out with its reason (`evidence_left_out`, which
@@ -1162,7 +1183,7 @@ def build_block(
     height = state.height + 1
     time = max(time, state.head_time + 1)
     work = _Work(state, height=height, time=time)
-    work.building = True
+    work.rules = rules
     included: list[Evidence] = []
     left_out: list[tuple[Evidence, InvalidBlockError]] = []
     for item in evidence:

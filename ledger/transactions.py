@@ -219,7 +219,7 @@ def restore_envelope(
     """An envelope whose id and leaf another of this node's processes derived already (a
     worker that parsed it): nothing is encoded again. The id is checked against the leaf, a
     hash of bytes at hand, so a mix-up between the two processes cannot pass unnoticed."""
-    envelope = object.__new__(Envelope)
+    envelope = Envelope.__new__(Envelope)  # not object.__new__: mypyc compiles the class
     object.__setattr__(envelope, "tx", tx)
     object.__setattr__(envelope, "signatures", signatures)
     object.__setattr__(envelope, "tx_id", tx_id)
@@ -263,7 +263,9 @@ def parse_envelope(value: Any, *, transaction_bytes_max: int) -> Envelope:
     return envelope
 
 
-def decode_envelope(data: bytes, *, transaction_bytes_max: int) -> Envelope:
+def decode_envelope(
+    data: bytes | bytearray | memoryview | str, *, transaction_bytes_max: int
+) -> Envelope:
     if len(data) > 4 * transaction_bytes_max:
         raise LedgerError(
             f"transaction body is {len(data)} bytes, far over {transaction_bytes_max}",

@@ -19,7 +19,7 @@ from ledger.evidence import Evidence
 from ledger.genesis import Genesis, genesis_state, make_genesis_document, parse_genesis
 from ledger.proposer import compute_proposer
 from ledger.state import State
-from ledger.state_transition import BuiltBlock, apply_block, build_block
+from ledger.state_transition import OWN_RULES, BuiltBlock, ProposerRules, apply_block, build_block
 from ledger.store import Store
 from ledger.transactions import Envelope, Transaction, sign_transaction
 
@@ -78,6 +78,9 @@ class Chain:
         self.time = GENESIS_TIME
         self.nonces: dict[str, int] = {}
         self.last_certificate: Certificate | None = None
+        # The proposer's own rules `build` applies; VALIDITY_ONLY builds the blocks another
+        # implementation's proposer could (docs/decisions/0004).
+        self.rules: ProposerRules = OWN_RULES
         self.blocks: list[BuiltBlock] = []
 
     def next_nonce(self, signer: str) -> int:
@@ -135,6 +138,7 @@ class Chain:
             proposer=compute_proposer(self.state.current_validators(), self.state.height + 1, 0),
             last_commit=self.last_certificate,
             evidence=evidence,
+            rules=self.rules,
         )
 
     def certify(self, built: BuiltBlock) -> Certificate:

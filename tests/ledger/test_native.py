@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import ledger
-from ledger import encoding, native, schema, state_tree
+from ledger import encoding, native, schema, state_transition, state_tree, transactions
 
 ROOT = Path(ledger.__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_the_suite_runs_the_build_make_chose() -> None:
     # it says, or a failed build would leave the compiled code untested.
     pure = os.environ.get(native.PURE_PYTHON_ENV, "") not in ("", "0")
     assert native.in_use() is not pure
-    for module in (encoding, schema, state_tree):
+    for module in (encoding, schema, state_tree, transactions, state_transition):
         suffix = Path(str(module.__file__)).suffix
         assert suffix == (".py" if pure else ".so"), module.__name__
     if not pure:
@@ -36,15 +36,15 @@ def copy_of_the_build(tmp_path: Path) -> Path:
     shutil.copytree(
         ROOT / "ledger", tmp_path / "ledger", ignore=shutil.ignore_patterns("__pycache__")
     )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)  # mypyc reads mypy's settings there
     return tmp_path
 
 
 def imported_from(root: Path, *, environment: dict[str, str] | None = None) -> dict[str, str]:
     """Where a fresh interpreter with `root` first on its path finds the native modules."""
     script = (
-        "import json, ledger.encoding, ledger.schema, ledger.state_tree, ledger.native;"
-        "print(json.dumps({m.__name__: m.__file__ for m in"
-        " (ledger.encoding, ledger.schema, ledger.state_tree)}))"
+        "import importlib, json, ledger.native as n;"
+        "print(json.dumps({m: importlib.import_module(m).__file__ for m in n.NATIVE_MODULES}))"
     )
     env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
     env.update(environment or {})
@@ -59,6 +59,7 @@ def imported_from(root: Path, *, environment: dict[str, str] | None = None) -> d
         env=env,
     )
     files: dict[str, str] = json.loads(done.stdout)
+    assert sorted(files) == sorted(native.NATIVE_MODULES)
     assert all(Path(path).is_relative_to(root) for path in files.values()), files
     return files
 
@@ -74,13 +75,21 @@ def test_a_current_build_is_imported(tmp_path: Path) -> None:
     assert suffixes(imported_from(root, environment={native.PURE_PYTHON_ENV: "1"})) == {".py"}
 
 
-def test_a_source_changed_since_the_build_runs_every_module_from_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("edited", ["ledger.schema", "ledger.limits", "ledger.receipts"])
+def test_a_source_changed_since_the_build_runs_every_module_from_source(
+    tmp_path: Path, edited: str
+) -> None:
+    # A compiled module: all or none, as the others' compiled code calls it directly. One
+    # left as Python: a compiled module holds its constants (mypyc inlines a `Final`). Any
+    # other: the build is judged on the whole package, simply.
     root = copy_of_the_build(tmp_path)
-    source = native.source_path("ledger.schema", root)
+    source = native.source_path(edited, root)
     source.write_text(source.read_text("utf-8") + "\n# edited after the build\n", "utf-8")
-    assert native.current_build_reason(root) == "ledger.schema changed since it was compiled"
-    # All or none: the unchanged modules' compiled code would call the stale one's directly.
+    path = source.relative_to(root).as_posix()
+    assert native.current_build_reason(root) == f"{path} changed since the build"
     assert suffixes(imported_from(root)) == {".py"}
+    source.unlink()
+    assert native.current_build_reason(root) == f"{path} changed since the build"
 
 
 def test_a_build_missing_a_part_or_its_record_is_not_used(tmp_path: Path) -> None:
@@ -114,3 +123,120 @@ def test_a_build_that_fails_says_why_and_leaves_the_sources_in_use(
     assert all(not native.extension_paths(m, root) for m in (*native.NATIVE_MODULES, native.GROUP))
     assert native.current_build_reason(root) == "not built"
     assert suffixes(imported_from(root)) == {".py"}
+
+
+def test_an_extension_the_build_did_not_make_is_not_used(tmp_path: Path) -> None:
+    # Another build's extension (a second Python's build left beside it, or an older build
+    # finishing after a newer one) is told by its size and modification time.
+    root = copy_of_the_build(tmp_path)
+    (path,) = [
+        p
+        for p in native.extension_paths("ledger.state_tree", root)
+        if p.name.endswith(native.SUFFIX[1:])
+    ]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    relative = path.relative_to(root).as_posix()
+    assert native.current_build_reason(root) == f"{relative} is not the one the build made"
+    assert suffixes(imported_from(root)) == {".py"}
+
+
+def test_a_build_by_another_python_is_not_used(tmp_path: Path) -> None:
+    root = copy_of_the_build(tmp_path)
+    manifest = root / "ledger" / "native.json"
+    record = json.loads(manifest.read_text("utf-8"))
+    record["suffix"] = ".cpython-312-x86_64-linux-gnu.so"
+    manifest.write_text(json.dumps(record), "utf-8")
+    assert native.current_build_reason(root) == "not built for this Python"
+    assert suffixes(imported_from(root)) == {".py"}
+
+
+def test_falling_back_to_the_sources_says_why_unless_asked(tmp_path: Path) -> None:
+    root = copy_of_the_build(tmp_path)
+    (root / "ledger" / "native.json").unlink()
+    script = "import ledger.state_tree; print(ledger.state_tree.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
+    env["PYTHONPATH"] = str(root)
+    said = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=root,
+    )
+    assert said.stdout == f"{root / 'ledger' / 'state_tree.py'}\n"
+    assert said.stderr == (
+        "tanlian: the ledger runs as Python source, slower (not built): `make` compiles it;"
+        " TANLIAN_PURE_PYTHON=1 runs the sources without this line\n"
+    )
+    env[native.PURE_PYTHON_ENV] = "1"
+    quiet = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=root,
+    )
+    assert quiet.stdout == said.stdout and quiet.stderr == ""
+
+
+def test_another_builds_extension_of_a_module_compiled_no_more_is_not_imported(
+    tmp_path: Path,
+) -> None:
+    # After a checkout of a commit that compiles fewer modules, say: the left-over
+    # extension would start its own group's compiled modules, past the sources.
+    root = copy_of_the_build(tmp_path)
+    (state,) = [
+        p for p in native.extension_paths("ledger.state", root) if p.name.endswith(native.SUFFIX)
+    ]
+    leftover = root / "ledger" / f"receipts{native.SUFFIX}"
+    shutil.copy2(state, leftover)
+    relative = leftover.relative_to(root).as_posix()
+    assert native.current_build_reason(root) == f"{relative} is not the build's"
+    assert suffixes(imported_from(root)) == {".py"}
+    script = "import ledger.receipts as r; print(r.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
+    env["PYTHONPATH"] = str(root)
+    for environment in ({}, {native.PURE_PYTHON_ENV: "1"}):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env | environment,
+            check=True,
+            cwd=root,
+        )
+        assert done.stdout == f"{root / 'ledger' / 'receipts.py'}\n"
+
+
+def test_the_line_about_the_sources_is_said_once_a_process_tree_and_never_on_stdout(
+    tmp_path: Path,
+) -> None:
+    root = copy_of_the_build(tmp_path)
+    (root / "ledger" / "native.json").unlink()
+    # A node's helper processes inherit its environment; their stdout may carry frames.
+    script = (
+        "import subprocess, sys, ledger.state_tree;"
+        "subprocess.run([sys.executable, '-c', 'import ledger.state_tree'], check=True)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
+    env["PYTHONPATH"] = str(root)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=root,
+    )
+    assert done.stdout == "" and done.stderr.count("tanlian: the ledger runs as Python") == 1
+    closed = subprocess.run(  # stderr closed: Python's sys.stderr is None, print's default stdout
+        ["sh", "-c", f"exec {sys.executable} -c 'import ledger.state_tree' 2>&-"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=True,
+        cwd=root,
+    )
+    assert closed.stdout == ""
