@@ -40,24 +40,32 @@ def copy_of_the_build(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def run_python(
+    root: Path, script: str, *, environment: dict[str, str] | None = None, shell: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter with `root` first on its path (in `sh -c` if `shell`),
+    in this environment less what chooses or reports the build, plus `environment`."""
+    chosen = (native.PURE_PYTHON_ENV, "_TANLIAN_SOURCES_SAID")
+    env = {k: v for k, v in os.environ.items() if k not in chosen} | (environment or {})
+    env["PYTHONPATH"] = str(root)
+    command = ["sh", "-c", script] if shell else [sys.executable, "-c", script]
+    return subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=60, cwd=root, env=env
+    )
+
+
+def this_pythons_extension(module: str, root: Path) -> Path:
+    (path,) = [p for p in native.extension_paths(module, root) if p.name.endswith(native.SUFFIX)]
+    return path
+
+
 def imported_from(root: Path, *, environment: dict[str, str] | None = None) -> dict[str, str]:
     """Where a fresh interpreter with `root` first on its path finds the native modules."""
     script = (
         "import importlib, json, ledger.native as n;"
         "print(json.dumps({m: importlib.import_module(m).__file__ for m in n.NATIVE_MODULES}))"
     )
-    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
-    env.update(environment or {})
-    env["PYTHONPATH"] = str(root)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        cwd=root,
-        env=env,
-    )
+    done = run_python(root, script, environment=environment)
     files: dict[str, str] = json.loads(done.stdout)
     assert sorted(files) == sorted(native.NATIVE_MODULES)
     assert all(Path(path).is_relative_to(root) for path in files.values()), files
@@ -129,11 +137,7 @@ def test_an_extension_the_build_did_not_make_is_not_used(tmp_path: Path) -> None
     # Another build's extension (a second Python's build left beside it, or an older build
     # finishing after a newer one) is told by its size and modification time.
     root = copy_of_the_build(tmp_path)
-    (path,) = [
-        p
-        for p in native.extension_paths("ledger.state_tree", root)
-        if p.name.endswith(native.SUFFIX[1:])
-    ]
+    path = this_pythons_extension("ledger.state_tree", root)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
     relative = path.relative_to(root).as_posix()
     assert native.current_build_reason(root) == f"{relative} is not the one the build made"
@@ -154,30 +158,13 @@ def test_falling_back_to_the_sources_says_why_unless_asked(tmp_path: Path) -> No
     root = copy_of_the_build(tmp_path)
     (root / "ledger" / "native.json").unlink()
     script = "import ledger.state_tree; print(ledger.state_tree.__file__)"
-    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
-    env["PYTHONPATH"] = str(root)
-    said = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        cwd=root,
-    )
+    said = run_python(root, script)
     assert said.stdout == f"{root / 'ledger' / 'state_tree.py'}\n"
     assert said.stderr == (
         "tanlian: the ledger runs as Python source, slower (not built): `make` compiles it;"
         " TANLIAN_PURE_PYTHON=1 runs the sources without this line\n"
     )
-    env[native.PURE_PYTHON_ENV] = "1"
-    quiet = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        cwd=root,
-    )
+    quiet = run_python(root, script, environment={native.PURE_PYTHON_ENV: "1"})
     assert quiet.stdout == said.stdout and quiet.stderr == ""
 
 
@@ -187,26 +174,14 @@ def test_another_builds_extension_of_a_module_compiled_no_more_is_not_imported(
     # After a checkout of a commit that compiles fewer modules, say: the left-over
     # extension would start its own group's compiled modules, past the sources.
     root = copy_of_the_build(tmp_path)
-    (state,) = [
-        p for p in native.extension_paths("ledger.state", root) if p.name.endswith(native.SUFFIX)
-    ]
     leftover = root / "ledger" / f"receipts{native.SUFFIX}"
-    shutil.copy2(state, leftover)
+    shutil.copy2(this_pythons_extension("ledger.state", root), leftover)
     relative = leftover.relative_to(root).as_posix()
     assert native.current_build_reason(root) == f"{relative} is not the build's"
     assert suffixes(imported_from(root)) == {".py"}
     script = "import ledger.receipts as r; print(r.__file__)"
-    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
-    env["PYTHONPATH"] = str(root)
     for environment in ({}, {native.PURE_PYTHON_ENV: "1"}):
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            env=env | environment,
-            check=True,
-            cwd=root,
-        )
+        done = run_python(root, script, environment=environment)
         assert done.stdout == f"{root / 'ledger' / 'receipts.py'}\n"
 
 
@@ -220,23 +195,8 @@ def test_the_line_about_the_sources_is_said_once_a_process_tree_and_never_on_std
         "import subprocess, sys, ledger.state_tree;"
         "subprocess.run([sys.executable, '-c', 'import ledger.state_tree'], check=True)"
     )
-    env = {k: v for k, v in os.environ.items() if k != native.PURE_PYTHON_ENV}
-    env["PYTHONPATH"] = str(root)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        cwd=root,
-    )
+    done = run_python(root, script)
     assert done.stdout == "" and done.stderr.count("tanlian: the ledger runs as Python") == 1
-    closed = subprocess.run(  # stderr closed: Python's sys.stderr is None, print's default stdout
-        ["sh", "-c", f"exec {sys.executable} -c 'import ledger.state_tree' 2>&-"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        check=True,
-        cwd=root,
-    )
-    assert closed.stdout == ""
+    # With stderr closed, Python's sys.stderr is None, and print's default is stdout.
+    closed = f"exec {sys.executable} -c 'import ledger.state_tree' 2>&-"
+    assert run_python(root, closed, shell=True).stdout == ""
