@@ -72,10 +72,9 @@ def source_path(module: str, root: Path = PACKAGE.parent) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def extension_paths(module: str, root: Path = PACKAGE.parent) -> list[Path]:
-    """The compiled builds of `module` under `root`, for any Python."""
-    source = source_path(module, root)
-    return sorted(source.parent.glob(f"{source.stem}.*.so"))
+def extension_path(module: str, root: Path = PACKAGE.parent) -> Path:
+    """Where this Python finds `module`'s compiled build under `root`."""
+    return source_path(module, root).with_suffix(SUFFIX)
 
 
 def source_digests(root: Path = PACKAGE.parent) -> dict[str, str]:
@@ -114,14 +113,14 @@ def current_build_reason(root: Path = PACKAGE.parent) -> str | None:
         return "not built for this Python"
     built = _built(root)
     for module in (*NATIVE_MODULES, GROUP):
-        path = source_path(module, root).with_suffix(SUFFIX).relative_to(root).as_posix()
+        path = extension_path(module, root).relative_to(root).as_posix()
         if path not in built:
             return f"{module} has no compiled build for this Python"
         if recorded["built"].get(path) != built[path]:
             return f"{path} is not the one the build made"
-    for extra in sorted(built.keys() - recorded["built"].keys()):
-        # Another build's module (one compiled no more) would start its own group's.
-        return f"{extra} is not the build's"
+    extras = sorted(built.keys() - recorded["built"].keys())
+    if extras:  # another build's module (one compiled no more) would start its own group's
+        return f"{extras[0]} is not the build's"
     sources = recorded["sources"]
     current = source_digests(root)
     for path in sorted(set(sources) | current.keys()):
@@ -152,12 +151,13 @@ def pure_python_asked() -> bool:
 
 def use_current_build() -> bool:
     """Keep the compiled build if it is current and not refused by the environment, else
-    make NATIVE_MODULES import from their sources (saying why on stderr unless the
-    environment asked). True if the compiled build is in use."""
-    reason = None if pure_python_asked() else current_build_reason()
-    if reason is None and not pure_python_asked():
+    make every module of the package import from its source (saying why on stderr unless
+    the environment asked). True if the compiled build is in use."""
+    asked = pure_python_asked()
+    reason = None if asked else current_build_reason()
+    if reason is None and not asked:
         return True
-    if not any(isinstance(finder, _SourcesFirst) for finder in sys.meta_path):
+    if in_use():
         sys.meta_path.insert(0, _SourcesFirst())
         # Once a process tree: a node's helper processes inherit the environment, and their
         # stdout may be a pipe of frames (where print sends a line when stderr is closed).
