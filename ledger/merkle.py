@@ -76,6 +76,23 @@ class LogState:
                 completed.append(LogNode(level, (size >> level) - 1, merged))
         return LogState(size=size, peaks=tuple(peaks)), completed
 
+    def extended(self, leaf_hashes: Sequence[bytes]) -> LogState:
+        """The log with `leaf_hashes` appended, as `append` gives it, without the nodes it
+        completed: what checking a block's `log_root` needs, at about a third of the cost
+        (no node objects). A node checks each block so several times (a proposal at the
+        door, by reference, in the replica)."""
+        peaks = list(self.peaks)
+        size = self.size
+        for leaf in leaf_hashes:
+            size += 1
+            merged = leaf
+            bit = 1
+            while not size & bit:  # each trailing zero of the new size: a subtree closes
+                merged = node_hash(peaks.pop(), merged)
+                bit <<= 1
+            peaks.append(merged)
+        return LogState(size=size, peaks=tuple(peaks))
+
     @staticmethod
     def root_of_prefix(size: int, node: NodeReader) -> bytes:
         """The root of the log's first `size` leaves, from stored nodes (O(log n) reads)."""

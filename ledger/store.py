@@ -673,7 +673,7 @@ class Store:
         log = self._stored_log(first, self.read_header(height - 1).log_root if height > 1 else "")
         if log is None:
             raise corrupt("the stored log before it does not give its parent's log_root")
-        grown, _ = log.append([envelope.leaf_hash for envelope in block.transactions])
+        grown = log.extended([envelope.leaf_hash for envelope in block.transactions])
         if grown.root().hex() != header.log_root:
             raise corrupt("its transactions do not give its log_root")
 

@@ -188,6 +188,7 @@ def test_log_state_one_leaf_at_a_time(size: int) -> None:
     whole, nodes = LogState().append(LEAVES[:size])
     assert whole == state
     assert nodes == completed
+    assert LogState().extended(LEAVES[:size]) == state
 
 
 @given(st.lists(st.integers(0, 40), max_size=8))
@@ -196,6 +197,7 @@ def test_log_state_in_random_chunks(chunks: list[int]) -> None:
     for chunk in chunks:
         before = state
         state, new = state.append(LEAVES[state.size : state.size + chunk])
+        assert before.extended(LEAVES[before.size : before.size + chunk]) == state
         assert state.size == before.size + chunk
         assert before.root() == compute_root(LEAVES[: before.size]), "append changes nothing"
         completed += new
