@@ -79,8 +79,8 @@ class LogState:
     def extended(self, leaf_hashes: Sequence[bytes]) -> LogState:
         """The log with `leaf_hashes` appended, as `append` gives it, without the nodes it
         completed: what checking a block's `log_root` needs, at about a third of the cost
-        (no node objects). A node checks each block so several times (a proposal at the
-        door, by reference, in the replica)."""
+        (no node objects). A validator checks each block's body several times: at the door
+        (whole or by reference), in its replica's body match, and before its apply."""
         peaks = list(self.peaks)
         size = self.size
         for leaf in leaf_hashes:
