@@ -185,6 +185,12 @@ def describe() -> str:
     return f"Python source ({current_build_reason()})"
 
 
+def _remove_extensions(root: Path) -> None:
+    """Every extension in the package under `root`, of any Python's build."""
+    for path in (root / PACKAGE.name).glob("*.so"):
+        path.unlink()
+
+
 def build(root: Path = PACKAGE.parent) -> int:
     """Compile NATIVE_MODULES under `root` with mypyc in place, then record what the build was
     made from and made. One build at a time. On failure, say why in one line, remove what
@@ -195,8 +201,7 @@ def build(root: Path = PACKAGE.parent) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = _manifest(root)
         manifest.unlink(missing_ok=True)
-        for path in (root / PACKAGE.name).glob("*.so"):  # no other build's part is kept
-            path.unlink()
+        _remove_extensions(root)  # no other build's part is kept
         sources = [str(source_path(module, root).relative_to(root)) for module in NATIVE_MODULES]
         digests = source_digests(root)
         done = subprocess.run(
@@ -213,8 +218,7 @@ def build(root: Path = PACKAGE.parent) -> int:
         elif source_digests(root) != digests:
             reason = "the ledger's sources changed during the build; build again"
         if reason is not None:
-            for path in (root / PACKAGE.name).glob("*.so"):
-                path.unlink()
+            _remove_extensions(root)
             print(
                 f"tanlian: the compiled ledger modules were not built ({reason});"
                 " they run as Python source, slower",

@@ -675,7 +675,8 @@ def _check_receipt_size(
     work: _Work, batch_id: str, owner: str, quantity: int, rules: ProposerRules
 ) -> None:
     """A proposer's rule, not a block's validity (docs/decisions/0004): a retirement takes at
-    most RETIREMENT_LOTS_MAX of the holder's lots, or its receipt, a state proof a lot, is
+    most `rules.retirement_lots_max` of the holder's lots (RETIREMENT_LOTS_MAX in this
+    proposer's own rules), or its receipt, a state proof a lot, is
     one no verifier reads (found by review: a holding fragmented by transfers gave a
     retirement of 1,001 lots whose receipt `verify receipt` refused)."""
     lots_max = rules.retirement_lots_max

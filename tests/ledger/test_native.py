@@ -20,7 +20,7 @@ def test_the_suite_runs_the_build_make_chose() -> None:
     # `make test` runs the suite on the compiled build, then the ledger's tests on the
     # sources (TANLIAN_PURE_PYTHON=1), whose lines coverage can see: each pass must be what
     # it says, or a failed build would leave the compiled code untested.
-    pure = os.environ.get(native.PURE_PYTHON_ENV, "") not in ("", "0")
+    pure = native.pure_python_asked()
     assert native.in_use() is not pure
     for module in (encoding, schema, state_tree, transactions, state_transition):
         suffix = Path(str(module.__file__)).suffix
