@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -296,6 +298,34 @@ def test_lone_surrogate_escape_in_an_object_key_is_refused(data: bytes) -> None:
 )
 def test_other_malformed_input_is_refused(data: bytes) -> None:
     expect_decode_error(data)
+
+
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbf{}", "\ufeff[1]"])
+def test_a_byte_order_mark_is_refused_by_name(data: bytes | str) -> None:
+    with pytest.raises(DecodeError, match="byte order mark") as caught:
+        decode(data)
+    assert caught.value.code == "malformed_json"
+
+
+def test_threads_decoding_at_once_each_get_their_own_value() -> None:
+    # One decoder serves every thread (its hooks run Python, where the GIL changes hands
+    # mid-document): each thread's values must still be its own, keys and all.
+    def documents(thread: int) -> list[bytes]:
+        return [
+            canonical({f"k{thread}_{i}": [{"n": i, f"t{thread}": [thread] * 20}] * 5})
+            for i in range(300)
+        ]
+
+    def run(thread: int) -> bool:
+        return all(decode(data) == json.loads(data) for data in documents(thread))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the GIL changes hands as often as it can
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert all(pool.map(run, range(8)))
+    finally:
+        sys.setswitchinterval(interval)
 
 
 @given(json_values(JSON_DEPTH_MAX - 1), st.integers(1, 3))
