@@ -1,7 +1,8 @@
 """The `tanlian` command line (SPEC §8).
 
 Exit 0 on success, 1 when a verification or a transaction fails (one line on stderr, no
-traceback), 2 on bad usage. Commands that talk to a node arrive with the HTTP API.
+traceback), 2 on bad usage. Commands that talk to a node arrive with the HTTP API. The
+commands that run a node load the web server only when they run (`api.cli_node`).
 """
 
 from __future__ import annotations
@@ -9,22 +10,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
-import random
 import re
-import shutil
-import signal
-import socket
-import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated
 
 import typer
-import uvicorn
-from rich.markup import escape
 
-from api.app import create_app
 from api.cli_client import Kind, checked_id, export_from_node, query, tx
 from api.cli_cluster import EMPTY_BLOCK_INTERVAL_S_DEFAULT, EmptyBlockInterval, cluster
 from api.cli_verify import read_genesis, verify_app
@@ -34,7 +26,6 @@ from api.console import (
     close_all,
     counted,
     fails_cleanly,
-    listening_sockets,
     load_key,
     option_given,
     out,
@@ -42,25 +33,11 @@ from api.console import (
     refuse_precious_out,
     write_atomically,
 )
-from api.demo import build_demo
-from api.explorer import TARGETS_FILE, load_targets
-from api.logs import configure_logging, utc_stamp
-from api.node import Node
-from api.serving import ensure_file_limit, server_config
-from api.settings import Settings
-from consensus.producer import CommittedBlock
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, StoreError, StoreExists, StoreUnreadable
 from ledger.genesis import make_genesis_document, parse_genesis
-from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT
-from ledger.store import (
-    DATABASE_FILE,
-    Store,
-    fsync_directory,
-    move_store_aside,
-)
-from ledger.transactions import Transaction, sign_transaction
+from ledger.store import DATABASE_FILE, Store, move_store_aside
 
 app = typer.Typer(
     help="Tanlian (碳链): a verifiable carbon-credit ledger.",
@@ -76,8 +53,6 @@ app.command()(cluster)
 app.add_typer(verify_app, name="verify")
 app.command("tx")(tx)
 app.command("query")(query)
-
-POLL_SECONDS = 0.05  # how often the block loop looks at the clock and the pool
 
 
 @keys_app.command("new")
@@ -147,76 +122,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Makes the demo reproducible.")] = 1,
 ) -> None:
     """Build a local single-validator chain with a realistic Zibo scenario, then exit."""
-    _build_demo(data, transactions, seed)
+    from api.cli_node import make_demo  # noqa: PLC0415 - loaded only to serve (api.cli_node)
 
-
-DEMO_BUILDING: Final = ".demo-building"  # where `demo` builds, inside its --data
-
-
-def _build_demo(data: Path, transactions: int, seed: int) -> None:
-    if (data / DATABASE_FILE).exists():
-        raise LedgerError(
-            f"{data} holds a ledger already: choose an empty directory", code="exists"
-        )
-    for made in (data / "genesis.json", data / "keys", data / TARGETS_FILE):
-        if made.exists():  # a demo writes these: never over someone's keys
-            raise LedgerError(
-                f"{made} exists but {data} holds no ledger: remove it or choose an empty directory",
-                code="exists",
-            )
-    for suffix in ("-wal", "-shm", "-journal"):
-        # As `Store.create` refuses: SQLite would replay the orphan's pages into the demo's
-        # database, moved in beside it (found by review: an old store's table appeared in
-        # the new one, and its integrity check failed).
-        orphan = data / f"{DATABASE_FILE}{suffix}"
-        if orphan.exists():
-            raise LedgerError(
-                f"{orphan} is here without its database: it may hold committed pages of a"
-                " store moved or copied elsewhere. Move it away with that store, or choose"
-                " an empty directory",
-                code="exists",
-            )
-    started = time.perf_counter()
-    # Built aside and moved in once whole, the ledger last: a demo stopped halfway (Ctrl-C, a
-    # full disk) leaves no keys, genesis or chain that `dev` would take for a finished demo
-    # (found by review), and the next one starts over.
-    building = data / DEMO_BUILDING
-    if building.exists():
-        shutil.rmtree(building)
-    building.mkdir(parents=True)
-    summary = build_demo(
-        building,
-        transactions=transactions,
-        seed=seed,
-        now_ms=int(time.time() * 1000),
-        report=lambda line: out.print(f"  {line}", highlight=False),
-    )
-    for name in ("keys", "genesis.json", TARGETS_FILE, DATABASE_FILE):
-        os.rename(building / name, data / name)
-    fsync_directory(data)
-    shutil.rmtree(building)
-    summary.keys = {name: data / path.relative_to(building) for name, path in summary.keys.items()}
-    elapsed = time.perf_counter() - started
-    out.print(
-        f"[green]demo chain ready[/green]: {counted(summary.transactions, 'transaction')} in "
-        f"{counted(summary.blocks, 'block')} ({elapsed:.1f} s) in {escape(str(data))}",
-        markup=True,
-        highlight=False,
-    )
-    if summary.transactions < transactions:
-        # The scenario's households hold what their meters earned: past some tens of
-        # thousands of transactions a year they have nothing left to move (found by review:
-        # the shortfall went unsaid).
-        out.print(
-            f"  (asked for {transactions}: the scenario's year has room for"
-            f" {summary.transactions}, its households' credits spent)",
-            highlight=False,
-        )
-    for kind, count in sorted(summary.by_type.items()):
-        out.print(f"  {kind:<22} {count}", highlight=False)
-    out.print("keys:", highlight=False)
-    for name, path in summary.keys.items():
-        out.print(f"  {name:<14} {path}", highlight=False)
+    make_demo(data, transactions, seed)
 
 
 @app.command()
@@ -359,7 +267,9 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         )
     # Settings and the listening sockets before anything is written (found by review: a bad
     # setting or a port in use had left a new data directory and store behind).
-    settings, listening = _open_api(data, host, int(port_text))
+    from api.cli_node import open_api, serve  # noqa: PLC0415 - loaded only to serve (api.cli_node)
+
+    settings, listening = open_api(data, host, int(port_text))
     try:
         if resync:
             _check_same_chain(data, genesis_hash, genesis_file)  # never set aside another chain
@@ -371,7 +281,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             )
         if not (data / DATABASE_FILE).exists():
             # Another process starting on the same directory may make it first: the lock
-            # then says which process runs there (`_serve`).
+            # then says which process runs there (`serve`).
             with contextlib.suppress(StoreExists):
                 Store.create(data, document).close()
         _check_same_chain(data, genesis_hash, genesis_file)
@@ -379,7 +289,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         close_all(listening)
         raise
     try:
-        _serve(
+        serve(
             data,
             key,
             settings=settings,
@@ -428,166 +338,17 @@ def dev(
     its docs on 127.0.0.1, with live simulated activity, until Ctrl-C."""
     # The port before the demo is built (found by review: with the port in use, the whole
     # demo was built, then the start refused).
-    settings, listening = _open_api(data, "127.0.0.1", port)
+    from api.cli_node import make_demo, open_api, serve  # noqa: PLC0415 - loaded only to serve (api.cli_node)
+
+    settings, listening = open_api(data, "127.0.0.1", port)
     try:
         if not (data / DATABASE_FILE).exists():
-            _build_demo(data, transactions, seed=1)
+            make_demo(data, transactions, seed=1)
         key = load_key(data / "keys" / "validator-city.pem")
     except BaseException:
         close_all(listening)
         raise
-    _serve(data, key, settings=settings, listening=listening, simulate=simulate)
-
-
-def _open_api(data: Path, host: str, port: int) -> tuple[Settings, list[socket.socket]]:
-    """The settings (from the environment) and the API's listening sockets, checked and
-    taken before a command writes anything."""
-    try:
-        settings = Settings.from_environment(os.environ, data=data, host=host, port=port)
-        ensure_file_limit(settings)
-        # The explorer reads it at its start, after the store is made: a targets file named
-        # but missing or bad had left a new store, or a whole demo, behind (found by review).
-        named = settings.programme_targets
-        load_targets(named or data / TARGETS_FILE, required=named is not None)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-    return settings, listening_sockets(host, port)
-
-
-def _serve(
-    data: Path,
-    validator: PrivateKey | None,
-    *,
-    settings: Settings,
-    listening: list[socket.socket],
-    simulate: bool,
-    peers: tuple[str, ...] = (),
-    follow: tuple[str, ...] = (),
-    empty_block_ms: int = EMPTY_BLOCK_INTERVAL_MS_DEFAULT,
-) -> None:
-    """Run a node on `data` serving the API on `listening` (closed when it stops, or if it
-    cannot start)."""
-    configure_logging()
-    host, port = settings.host, settings.port
-    try:
-        running = Node(data, validator, peers=peers, follow=follow, empty_block_ms=empty_block_ms)
-    except BaseException:
-        close_all(listening)
-        raise
-    running.on_block = _print_block
-    try:
-        app_ = create_app(running, settings)
-    except ValueError as error:  # a setting the explorer cannot use
-        running.stop()
-        close_all(listening)
-        raise typer.BadParameter(str(error)) from None
-    state = running.state
-    base = f"http://{host}:{port}"
-    if follow:  # a URL may hold brackets: escaped, as every interpolation below (review)
-        role = escape(f"follower of {', '.join(follow)}")
-    else:
-        role = "single validator" if running.consensus_inbox is None else "validator"
-    out.print(
-        f"{utc_stamp()} [green]{role} running[/green] on {escape(str(data))}: "
-        f"height {state.height}, {counted(state.log.size, 'transaction')}, "
-        f"state root {state.state_root[:16]}…\n"
-        f"explorer {escape(base)}/   dashboard {escape(base)}/dashboard\n"
-        f"API {escape(base)}/v1/checkpoint   docs {escape(base)}/docs   (Ctrl-C stops)",
-        markup=True,
-        highlight=False,
-    )
-    keys = data / "keys"
-    if keys.is_dir():
-        out.print(f"demo keys in {keys} (households in {keys / 'households'})", highlight=False)
-    stopping = threading.Event()
-    if simulate:
-        households = sorted((keys / "households").glob("household-*.pem"))
-        threading.Thread(
-            target=_live, args=(running, households, stopping), name="simulation", daemon=True
-        ).start()
-    server = uvicorn.Server(server_config(app_, settings))
-
-    def stop_serving(reason: str) -> None:  # the store keeps failing: stop, and say why
-        server.should_exit = True
-
-    running.on_failure = stop_serving
-    # A closed terminal (SIGHUP) stops the node as SIGTERM does, not at once (review).
-    signal.signal(signal.SIGHUP, lambda *_: stop_serving("SIGHUP"))
-    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
-    # that was there before: let that be a no-op (SIGTERM) or a caught KeyboardInterrupt, so
-    # a clean stop exits 0.
-    signal.signal(signal.SIGTERM, _after_shutdown)
-    try:
-        server.run(sockets=listening)
-    except KeyboardInterrupt:
-        pass
-    except SystemExit as exited:  # uvicorn's own startup failure (it logged why)
-        if exited.code not in (None, 0):
-            running.stop()
-            raise LedgerError("the HTTP server could not start", code="exited") from None
-    finally:
-        stopping.set()
-        close_all(listening)
-    if running.failure is not None:
-        raise LedgerError(
-            f"stopped at height {running.state.height}: {running.failure}",
-            code=running.failure_code,
-        )
-    out.print(f"{utc_stamp()} stopped at height {running.state.height}", highlight=False)
-
-
-def _after_shutdown(signum: int, frame: object) -> None:
-    """The signal uvicorn already handled, raised again after its shutdown: nothing to do."""
-
-
-def _print_block(result: CommittedBlock) -> None:
-    header = result.block.header
-    out.print(
-        f"{utc_stamp()} block {header.height}: "
-        f"{counted(len(result.block.transactions), 'transaction')}, "
-        f"log {header.log_size}, state root {header.state_root[:16]}…",
-        highlight=False,
-    )
-
-
-def _live(running: Node, household_files: list[Path], stopping: threading.Event) -> None:
-    """Live activity: each block interval a few households retire a little."""
-    rng = random.Random()
-    keys = [load_key(path) for path in household_files]
-    interval = running.state.params.block_interval_ms / 1000
-    while not stopping.wait(interval):
-        state = running.state
-        envelopes = []
-        for key in rng.sample(keys, k=min(3, len(keys))):
-            envelope = _small_retirement(state, key)
-            if envelope is not None:
-                envelopes.append(envelope)
-        running.submit(envelopes)
-
-
-def _small_retirement(state: Any, key: PrivateKey) -> Any:
-    account_id = key.account_id
-    account = state.get(f"account/{account_id}")
-    if account is None or account["status"] != "active":
-        return None
-    if account["keys"] and account["keys"] != [key.public_key_hex]:
-        return None  # this household rotated its key
-    for (batch_id, owner), starts in state.holdings.items():
-        if owner == account_id and starts:
-            transaction = Transaction(
-                chain_id=state.chain_id,
-                type="retire",
-                signer=account_id,
-                nonce=account["nonce"] + 1,
-                payload={
-                    "batch_id": batch_id,
-                    "quantity": 1,
-                    "beneficiary": f"Household {account_id[:8]}",
-                    "purpose": "voluntary",
-                },
-            )
-            return sign_transaction(transaction, [key])
-    return None
+    serve(data, key, settings=settings, listening=listening, simulate=simulate)
 
 
 # A line that starts a table row, a list item or an indented block: its paragraph keeps its

@@ -27,7 +27,7 @@ from typing import Any, Final, Self
 import httpcore
 import httpx
 
-from api.problems import PROBLEM_MEDIA_TYPE
+from api.media import PROBLEM_MEDIA_TYPE
 from ledger.encoding import JSON, canonical, decode
 from ledger.errors import LedgerError, printable
 from ledger.limits import (

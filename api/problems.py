@@ -19,7 +19,7 @@ from typing import Any, Final
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+from api.media import PROBLEM_MEDIA_TYPE
 
 # code -> (status, title)
 STATUS: Final[dict[str, tuple[int, str]]] = {

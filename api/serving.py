@@ -51,7 +51,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.admission import RETRY_AFTER_SECONDS
-from api.problems import PROBLEM_MEDIA_TYPE, problem, problem_body
+from api.media import PROBLEM_MEDIA_TYPE
+from api.problems import problem, problem_body
 from api.settings import Settings
 
 REASONS: Final = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large"}

@@ -17,8 +17,9 @@ import pytest
 from api import reads
 from api.app import create_app
 from api.cursors import encode_cursor
+from api.media import PROBLEM_MEDIA_TYPE
 from api.node import EXPORTS_AT_ONCE_MAX, EXPORTS_PER_CLIENT_MAX, Node
-from api.problems import PROBLEM_MEDIA_TYPE, STATUS
+from api.problems import STATUS
 from api.routes.transactions import in_nonce_order
 from api.settings import Settings
 from ledger.blocks import compute_validators_hash

@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from api.admission import BodyBudget
 from api.app import DOCS_ASSETS_URL, BodyGuard, Message, Scope, create_app
+from api.media import PROBLEM_MEDIA_TYPE
 from api.node import Node
-from api.problems import COMMON_CODES, PROBLEM_MEDIA_TYPE, STATUS, Problem, problem_responses
+from api.problems import COMMON_CODES, STATUS, Problem, problem_responses
 from api.schemas import validate_envelope
 from api.settings import Settings
 from consensus.messages import decode_batch

@@ -180,6 +180,29 @@ def test_one_of_a_thing_is_said_in_the_singular() -> None:
     assert counted(12_345, "block") == "12345 blocks"  # as `export` printed it
 
 
+def test_the_commands_that_run_no_node_load_no_web_server() -> None:
+    """`api.cli` loads the web server only inside `node`, `dev` and `demo` (`api.cli_node`):
+    it is most of a second on a slow machine that `verify`, `tx` or `keys` never use. The
+    import-linter contract in pyproject.toml says the same of every import, even one made
+    later; this is what a fresh process loads before it parses its command line."""
+    probe = "import sys, api.cli; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(result.stdout.split())
+    assert {"typer", "httpx", "api.cli", "ledger.store"} <= loaded  # what the probe can see
+    web = {"fastapi", "starlette", "uvicorn", "jinja2", "pydantic", "api.cli_node", "api.app"}
+    assert not loaded & web
+    node = subprocess.run(
+        [sys.executable, "-c", probe.replace("api.cli;", "api.cli, api.cli_node;")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert web <= set(node.stdout.split())  # the probe would see them loaded
+
+
 # --- help -----------------------------------------------------------------------------------------
 
 

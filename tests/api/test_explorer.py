@@ -23,8 +23,8 @@ import pytest
 from api import charts
 from api.app import create_app
 from api.explorer import LATEST_TEXT, embed_json, load_targets
+from api.media import PROBLEM_MEDIA_TYPE
 from api.node import Node
-from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import Settings
 from api.statistics import _EVENTS, Statistics
 from consensus.producer import SoloProducer

@@ -44,8 +44,8 @@ from schemathesis.core.transport import Response
 from schemathesis.transport import SerializationContext
 
 from api.app import create_app
+from api.media import PROBLEM_MEDIA_TYPE
 from api.node import Node
-from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import Settings
 from ledger.store import Store
 from ledger.transactions import Envelope

@@ -31,7 +31,7 @@ import uvicorn
 from starlette.responses import StreamingResponse
 
 from api.app import HeadAsGet
-from api.problems import PROBLEM_MEDIA_TYPE
+from api.media import PROBLEM_MEDIA_TYPE
 from api.routes.chain import ClosingStream
 from api.routes.metrics import Metrics
 from api.serving import FILES_RESERVE, PER_REQUEST_WARNINGS, server_config

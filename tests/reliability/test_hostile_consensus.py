@@ -41,8 +41,8 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.media import PROBLEM_MEDIA_TYPE
 from api.node import Node
-from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import BODY_BYTES_MAX, Settings  # SPEC §7.2's 4 MiB
 from consensus.messages import (
     NO_ROUND,

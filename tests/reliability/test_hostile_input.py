@@ -31,8 +31,8 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.media import PROBLEM_MEDIA_TYPE
 from api.node import Node
-from api.problems import PROBLEM_MEDIA_TYPE
 from api.settings import Settings
 from ledger.crypto import FIELD_P, GROUP_L, SignatureError, verify_signature
 from ledger.limits import JSON_INTEGER_MAX, POOL_NONCE_GAP_MAX
