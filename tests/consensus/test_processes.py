@@ -34,6 +34,19 @@ NODES = 4
 WAIT_S = 30.0
 
 
+def node_environment(*, measured: bool = True) -> dict[str, str]:
+    """The environment of a node these tests start: this one's, without a passphrase.
+
+    With `measured=False`, also without coverage's variables, for a node that will be
+    SIGKILLed: coverage writes a process's data at its exit, so a killed node's measurements
+    are lost, and measuring it only slowed it (the two crash tests ran 30-40 % longer, each
+    restart paying for the tracer on its imports and its load)."""
+    unwanted = {"TANLIAN_PASSPHRASE"}
+    if not measured:
+        unwanted |= {"COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"}
+    return {k: v for k, v in os.environ.items() if k not in unwanted}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -53,11 +66,12 @@ class Consortium:
         for index in range(NODES):
             (root / f"key-{index}.pem").write_bytes(WORLD.keys[index].to_pem())
 
-    def start(self, index: int, *extra: str) -> None:
-        """Start validator `index` (`extra`: more arguments of `tanlian node`). These tests
-        watch an idle chain's heights move through crashes and stalls, so its validators add
-        an empty block every block interval (`--empty-block-interval 0`; the default waits
-        up to a minute for something to decide: tests/api/test_cli_cluster.py)."""
+    def start(self, index: int, *extra: str, measured: bool = True) -> None:
+        """Start validator `index` (`extra`: more arguments of `tanlian node`; `measured`:
+        see `node_environment`). These tests watch an idle chain's heights move through
+        crashes and stalls, so its validators add an empty block every block interval
+        (`--empty-block-interval 0`; the default waits up to a minute for something to
+        decide: tests/api/test_cli_cluster.py)."""
         peers = [arg for j in range(NODES) if j != index for arg in ("--peer", self.urls[j])]
         log = (self.root / f"node-{index}.log").open("ab")
         self.processes[index] = subprocess.Popen(
@@ -73,7 +87,7 @@ class Consortium:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if k != "TANLIAN_PASSPHRASE"},
+            env=node_environment(measured=measured),
         )  # fmt: skip
         log.close()
 

@@ -57,6 +57,7 @@ from ledger.genesis import make_genesis_document
 from ledger.limits import HTTP_IDLE_REUSE_SECONDS_MAX
 from ledger.store import DATABASE_FILE, LOCK_FILE, DirectoryLock
 from ledger.transactions import Envelope, Transaction, sign_transaction
+from tests.consensus.test_processes import node_environment
 from tests.factory import FAR_FUTURE, GENESIS_TIME, METHODOLOGIES, key
 
 TANLIAN: Final = Path(sys.executable).parent / "tanlian"
@@ -375,7 +376,7 @@ class CrashHarness:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if k != "TANLIAN_PASSPHRASE"},
+                env=node_environment(measured=False),  # every life ends in a SIGKILL
             )  # fmt: skip
 
     def wait_ready(self) -> None:
