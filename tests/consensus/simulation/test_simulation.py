@@ -50,9 +50,11 @@ from tests.factory import CHAIN_ID
 PROFILE_RUNS = {"dev": 40, "ci": 600, "nightly": 10_000}
 RUNS = PROFILE_RUNS.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
 
-# Seeds replayed on every run: a spread of sizes and faults, and the scenarios that once
-# stalled (before an equivocator's vote counted towards the quorum of a proposed block).
-SEEDS = [0, 4, 7, 13, 21, 44, 100, 168, 169, 251, 400, 777, 1024, 1400]
+# Seeds replayed on every run: a spread of sizes and faults, the scenarios that once stalled
+# (before an equivocator's vote counted towards the quorum of a proposed block), and 22, where
+# a replica finds the block of its lock only in its own signed log (`Replica._signed_block`):
+# coverage measures these runs, not the generated ones (below).
+SEEDS = [0, 4, 7, 13, 21, 22, 44, 100, 168, 169, 251, 400, 777, 1024, 1400]
 
 
 def check(report: Report) -> None:
@@ -60,6 +62,9 @@ def check(report: Report) -> None:
     assert report.heights >= 1
 
 
+# Not measured by coverage: the runs repeat the fixed seeds' code paths, and tracing made the
+# 600 runs of `ci` 50 % slower (84 s against 130 s). Every check still runs after every event.
+@pytest.mark.no_cover
 @settings(
     max_examples=RUNS,
     deadline=None,
