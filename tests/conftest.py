@@ -12,8 +12,10 @@ run, and its last test checks what the earlier ones did.
 """
 
 import os
+from collections.abc import Iterator
 from typing import Final
 
+import coverage
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -47,3 +49,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.relative_to(root).as_posix() in PROCESS_HEAVY:
             item.add_marker(pytest.mark.xdist_group("processes"))
+
+
+@pytest.fixture
+def untraced() -> Iterator[None]:
+    """Runs a test with every coverage measurement of its process paused, for a test that
+    repeats, many times over, paths that other tests measure. pytest-cov's `no_cover` marker
+    pauses only the measurement on top: an xdist worker runs two (pytest-cov starts one as it
+    loads, another at the session's start), and the one below then measured the test alone."""
+    paused: list[coverage.Coverage] = []
+    while (running := coverage.Coverage.current()) is not None:
+        running.stop()
+        paused.append(running)
+    try:
+        yield
+    finally:
+        for measurement in reversed(paused):
+            measurement.start()
