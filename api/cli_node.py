@@ -42,6 +42,8 @@ DEMO_BUILDING: Final = ".demo-building"  # where `demo` builds, inside its --dat
 
 
 def make_demo(data: Path, transactions: int, seed: int) -> None:
+    """`tanlian demo` (and `dev` on an empty directory): the demo chain, keys and targets
+    built aside in `data`, then moved in whole, and what was built printed."""
     if (data / DATABASE_FILE).exists():
         raise LedgerError(
             f"{data} holds a ledger already: choose an empty directory", code="exists"
