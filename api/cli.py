@@ -122,7 +122,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Makes the demo reproducible.")] = 1,
 ) -> None:
     """Build a local single-validator chain with a realistic Zibo scenario, then exit."""
-    from api.cli_node import make_demo  # noqa: PLC0415 - only node, dev and demo load it
+    from api.cli_node import make_demo  # noqa: PLC0415 - node, dev, demo only
 
     make_demo(data, transactions, seed)
 
@@ -267,7 +267,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         )
     # Settings and the listening sockets before anything is written (found by review: a bad
     # setting or a port in use had left a new data directory and store behind).
-    from api.cli_node import open_api, serve  # noqa: PLC0415 - only node, dev and demo load it
+    from api.cli_node import open_api, serve  # noqa: PLC0415 - node, dev, demo only
 
     settings, listening = open_api(data, host, int(port_text))
     try:
@@ -338,7 +338,7 @@ def dev(
     its docs on 127.0.0.1, with live simulated activity, until Ctrl-C."""
     # The port before the demo is built (found by review: with the port in use, the whole
     # demo was built, then the start refused).
-    from api.cli_node import make_demo, open_api, serve  # noqa: PLC0415 - only node, dev and demo load it
+    from api.cli_node import make_demo, open_api, serve  # noqa: PLC0415 - node, dev, demo only
 
     settings, listening = open_api(data, "127.0.0.1", port)
     try:
