@@ -26,6 +26,7 @@ import pytest
 
 from ledger.blocks import parse_block
 from ledger.encoding import canonical
+from tests.api.test_cli import environment
 from tests.consensus.test_node import WORLD, document
 
 TANLIAN = Path(sys.executable).parent / "tanlian"
@@ -41,10 +42,11 @@ def node_environment(*, measured: bool = True) -> dict[str, str]:
     SIGKILLed: coverage writes a process's data at its exit, so a killed node's measurements
     are lost, and measuring it only slowed it (the two crash tests ran 30-40 % longer, each
     restart paying for the tracer on its imports and its load)."""
-    unwanted = {"TANLIAN_PASSPHRASE"}
+    env = environment()
     if not measured:
-        unwanted |= {"COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"}
-    return {k: v for k, v in os.environ.items() if k not in unwanted}
+        for name in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"):
+            env.pop(name, None)
+    return env
 
 
 def free_port() -> int:
