@@ -7,8 +7,9 @@ validators. Each party then runs `tanlian node --peer ...` on 127.0.0.1:BASE_POR
 Ctrl-C (or SIGTERM) stops every child process, each by its pid, and waits for it (bounded).
 A validator that exits is named with its reason and the command that starts it again, and
 the cluster says how many of its validators still run and how many the chain needs to decide
-(more than 2/3); the others go on, and the cluster ends when none is left. Stopped after one
-had exited on its own, it says so and exits 1.
+(more than 2/3); the others go on, and the cluster ends when none is left. A validator ended
+by a signal (a `kill` from outside, the kernel's out-of-memory killer) is named with the
+signal. Stopped after one had ended while it ran, it says so and exits 1.
 A later run on the same DIR resumes the same chain.
 """
 
@@ -215,7 +216,7 @@ def cluster(
     program = Path(sys.executable).parent / "tanlian"
     children: list[subprocess.Popen[bytes]] = []
     commands: list[list[str]] = []
-    exited: list[str] = []  # the validators that exited on their own
+    exited: list[str] = []  # the validators that ended while the cluster ran
     starts: list[int] = []  # each log's size when its child started
     stopping = False
 
@@ -295,14 +296,23 @@ def cluster(
             signal.signal(number, handler)
     if exited:  # stopped, but not as it was started: say so, and exit non-zero (review)
         raise LedgerError(
-            f"stopped the validators still running; {', '.join(exited)} had exited on their own",
+            f"stopped the validators still running; {', '.join(exited)} had ended while the"
+            " cluster ran",
             code="exited",
         )
     out.print("stopped every validator", highlight=False)
 
 
 def _exited(log_path: Path, name: str, child: subprocess.Popen[bytes], start: int) -> str:
-    return (
-        f"{name}'s validator process exited ({child.returncode})"
-        f"{_last_error(log_path, start)}: see {log_path}"
-    )
+    code = child.returncode
+    # Killed from outside, the process exits with no word of its own: say which signal
+    # (a review had read "exited (-15)" as the node's own failure).
+    how = f"was ended by {_signal_name(-code)}" if code < 0 else f"exited ({code})"
+    return f"{name}'s validator process {how}{_last_error(log_path, start)}: see {log_path}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal, which has no name of its own
+        return f"signal {number}"
