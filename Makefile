@@ -55,7 +55,7 @@ ASIDE := build/schemathesis
 # coverage data are kept aside until both end, then printed and combined. The last table is
 # the whole suite's coverage.
 test: lint $(VENV)/.native-built
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 --ignore=$(SCHEMATHESIS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15 --ignore=$(SCHEMATHESIS)
 	rm -rf $(ASIDE) && mkdir -p $(ASIDE)
 	COVERAGE_FILE=$(ASIDE)/.coverage $(BIN)/pytest $(SCHEMATHESIS) > $(ASIDE)/output 2>&1 & \
 	aside=$$!; \
