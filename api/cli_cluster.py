@@ -306,7 +306,7 @@ def cluster(
 def _exited(log_path: Path, name: str, child: subprocess.Popen[bytes], start: int) -> str:
     code = child.returncode
     # Killed from outside, the process exits with no word of its own: say which signal
-    # (a review had read "exited (-15)" as the node's own failure).
+    # ("exited (-15)" read as the node's own failure).
     how = f"was ended by {_signal_name(-code)}" if code < 0 else f"exited ({code})"
     return f"{name}'s validator process {how}{_last_error(log_path, start)}: see {log_path}"
 
