@@ -586,6 +586,22 @@ def test_a_dead_writer_fails_its_block_and_the_next_writer_takes_over(tmp_path: 
         reopened.close()
 
 
+def test_serve_writes_ends_with_one_line_at_a_request_cut_short(
+    produced: Produced, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen in CI's output: a writer resumed after its node had given up on it read a request
+    whose bytes ended early, and died with a traceback. It ends with one line and writes
+    nothing."""
+    before = dump(produced.directory)
+    cut = marshal.dumps({"block": (99, "h")})[:-3]
+    source = io.BytesIO(struct.pack("<Q", len(cut)) + cut)
+    sink = io.BytesIO()
+    store_module.serve_writes(produced.directory / DATABASE_FILE, source, sink)
+    assert sink.getvalue() == b""  # no answer: no one is waiting for it
+    assert capsys.readouterr().err == "tanlian store writer: a request cut short; ending\n"
+    assert dump(produced.directory) == before
+
+
 def test_serve_writes_answers_each_block_and_names_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
