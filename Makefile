@@ -41,7 +41,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Two workers, one per core; the consortium and crash tests share one (tests/conftest.py).
+# Two workers, one per core, each taking tests as it frees up (tests/conftest.py).
 # Schemathesis's generated tests are not run under xdist: they run in one process of their
 # own, beside the next step. The fifteen slowest tests are printed: the suite must stay
 # under 20 minutes on two cores.
