@@ -609,7 +609,9 @@ def test_anything_unforeseen_in_the_block_loop_stops_the_node(chain: Chain, tmp_
     node.start()
     try:
         deadline = time.monotonic() + WAIT_S
-        while node.failure is None and time.monotonic() < deadline:
+        # Waited for on the callback, called last (a wait on `node.failure`, set first,
+        # once read the list before the callback had run).
+        while not stopped and time.monotonic() < deadline:
             time.sleep(0.01)
         assert node.failure == "the block loop failed: RuntimeError: an error nobody foresaw"
         assert stopped == [node.failure]
@@ -627,6 +629,7 @@ def _store_writer(pid: int) -> int:
     return writer
 
 
+@pytest.mark.long(29)
 def test_a_stop_with_a_writer_that_never_answers_ends_and_says_so(tmp_path: Path) -> None:
     """Found by review: a store writer that never answered (a hung disk; here, a stopped
     process) held a node's stop for good, and one killed from outside then made the node
@@ -724,6 +727,7 @@ def test_a_validators_stop_with_a_writer_that_never_answers_ends_and_says_so(
         let_go(pid, stopping)
 
 
+@pytest.mark.long(30)
 def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) -> None:
     """Found by a third review: a follower (and a validator catching up by block sync)
     writes on its block loop, not on the write thread, so the stop's check of the write
