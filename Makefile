@@ -41,7 +41,9 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Two workers, one per core, each taking tests as it frees up (tests/conftest.py).
+# Two workers, one per core. `worksteal`: a worker that runs out takes half of what the other
+# has queued, so both end together; the `long` tests, collected first, stay in one worker's
+# queue and run there one after another (tests/conftest.py).
 # Schemathesis's generated tests are not run under xdist: they run in one process of their
 # own, beside the next step. The fifteen slowest tests are printed: the suite must stay
 # under 20 minutes on two cores.
@@ -55,11 +57,11 @@ ASIDE := build/schemathesis
 # coverage data are kept aside until both end, then printed and combined. The last table is
 # the whole suite's coverage.
 test: lint $(VENV)/.native-built
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15 --ignore=$(SCHEMATHESIS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=15 --ignore=$(SCHEMATHESIS)
 	rm -rf $(ASIDE) && mkdir -p $(ASIDE)
 	COVERAGE_FILE=$(ASIDE)/.coverage $(BIN)/pytest $(SCHEMATHESIS) > $(ASIDE)/output 2>&1 & \
 	aside=$$!; \
-	TANLIAN_PURE_PYTHON=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --cov-append tests/ledger; \
+	TANLIAN_PURE_PYTHON=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal --cov-append tests/ledger; \
 	ledger=$$?; wait $$aside; schemathesis=$$?; \
 	echo "--- $(SCHEMATHESIS), run beside tests/ledger:"; cat $(ASIDE)/output; \
 	test $$ledger -eq 0 && test $$schemathesis -eq 0

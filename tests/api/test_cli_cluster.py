@@ -60,6 +60,7 @@ def test_a_signal_that_ended_a_validator_is_named() -> None:
     assert _signal_name(unnamed) == f"signal {int(unnamed)}"
 
 
+@pytest.mark.long(17)
 def test_cluster_runs_four_validators_idles_commits_at_once_and_stops_them_all(
     tmp_path: Path,
 ) -> None:
@@ -304,6 +305,7 @@ def test_a_cluster_whose_port_is_taken_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.long(25)
 def test_a_validator_killed_leaves_the_others_running_and_is_told_how_to_start_again(
     tmp_path: Path,
 ) -> None:

@@ -517,6 +517,7 @@ def test_a_temporary_file_that_cannot_be_made_is_named_as_the_file_given(
     assert (tmp_path / "deep").is_dir()  # its directory is made, as `export --data` made it
 
 
+@pytest.mark.long(65)
 def test_a_demo_says_when_it_made_fewer_transactions_than_asked(tmp_path: Path) -> None:
     made = tanlian("demo", "--data", tmp_path / "big", "--transactions", 40_000)
     assert made.returncode == 0, made.stderr

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.api.test_cli import environment, free_port
 from tests.api.test_cli_cluster import _stop_cluster, _taken, start_cluster
@@ -35,6 +36,7 @@ def block(name: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.long(17)
 def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     script = walkthrough()
     assert "tx issue" in script and "tx retire" in script and "verify receipt" in script
@@ -48,6 +50,7 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.long(30)
 def test_a_new_consortium_is_set_up_and_walked_through_as_written(tmp_path: Path) -> None:
     """Found by an operator's run: the walkthrough could not run against a new consortium
     (its genesis accredits no certifier) and the README did not say so; a review then found

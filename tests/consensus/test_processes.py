@@ -168,6 +168,7 @@ def committed(consortium: Consortium, index: int, tx_id: str) -> bool:
     return answer.status_code == 200 and body.get("status") == "committed"
 
 
+@pytest.mark.long(32)
 def test_four_processes_agree_through_a_crash_and_a_stall(
     consortium: Consortium, tmp_path: Path
 ) -> None:

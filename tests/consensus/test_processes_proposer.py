@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from ledger.blocks import parse_block
 from ledger.crypto import PrivateKey
@@ -121,6 +122,7 @@ class Submitter:
                 self.acknowledged.append(envelope.tx_id)
 
 
+@pytest.mark.long(27)
 def test_a_stopped_proposer_changes_the_round_and_rejoins(consortium: Consortium) -> None:
     c = consortium
     submitter = Submitter(c)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from api.client import Client
 from ledger.blocks import (
@@ -235,6 +236,7 @@ def metric(url: str, name: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.long(41)
 def test_a_killed_validator_catches_up_by_block_sync_and_a_follower_follows(
     consortium: Consortium,
 ) -> None:

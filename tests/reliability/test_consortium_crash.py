@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.consortium_crash import ConsortiumCrashHarness
 
 KILLS = 100
 
 
+@pytest.mark.long(216)
 def test_a_hundred_kills_of_one_validator_of_four_lose_nothing(tmp_path: Path) -> None:
     seed = int(os.environ.get("TANLIAN_CRASH_SEED", "20261204"))
     lines: list[str] = []

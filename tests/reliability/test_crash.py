@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.crash import CrashHarness
 
 KILLS = 100
 
 
+@pytest.mark.long(171)
 def test_a_hundred_kills_lose_nothing(tmp_path: Path) -> None:
     seed = int(os.environ.get("TANLIAN_CRASH_SEED", "20261204"))
     lines: list[str] = []

@@ -20,6 +20,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ledger.blocks import parse_block, parse_certificate
 from ledger.encoding import canonical
 from ledger.store import DATABASE_FILE, LOCK_FILE, MOVED_ASIDE_PREFIX, DirectoryLock, Store
@@ -56,6 +58,7 @@ def lines(c: Consortium, index: int, top: int) -> list[dict[str, object]]:
     return [json.loads(line) for line in c.export(index, top)[1:]]
 
 
+@pytest.mark.long(28)
 def test_a_validator_with_a_damaged_store_resyncs_from_its_peers_and_rejoins(
     consortium: Consortium, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ def check(report: Report) -> None:
 # Not measured by coverage (`untraced`): the runs repeat the fixed seeds' code paths, and
 # tracing made the 600 runs of `ci` 50 % slower (84 s against 130 s). Every check still runs
 # after every event.
+@pytest.mark.long(108)
 @pytest.mark.usefixtures("untraced")
 @settings(
     max_examples=RUNS,
