@@ -453,7 +453,9 @@ class Node:
         while not self._stopping.is_set():
             now_ms = int(time.time() * 1000)
             try:
-                while producer.due(now_ms):
+                # The stop is looked for between calls too: a producer that stayed due with
+                # nothing to return would keep this loop from ever seeing it.
+                while not self._stopping.is_set() and producer.due(now_ms):
                     result = producer.produce(now_ms)
                     if result is not None:
                         self._committed_block(result)

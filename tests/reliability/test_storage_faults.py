@@ -745,12 +745,20 @@ def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) 
         writer.child.exchange(b"a block record")
 
     node.producer.produce = appending  # type: ignore[method-assign]
+    # Always due: the loop must still see the stop. It once looked only between rounds of
+    # due calls, so here it went on past the stop and the test, each call starting a new
+    # writer (~3 a second for the rest of the worker's run, each refusing these bytes).
     node.producer.due = lambda now_ms: True  # type: ignore[method-assign]
     stopping = threading.Thread(target=node.stop, name="stop", daemon=True)
     node.start()
     try:
-        # The loop (here, always due) and the close are each waited for STOP_LOOP_SECONDS.
+        # The loop and the close are each waited for STOP_LOOP_SECONDS.
         stopped_past_hung_writer(node, stopping, within=4 * STOP_LOOP_SECONDS)
+        loop = node._loop
+        assert loop is not None
+        loop.join(timeout=WAIT_S)
+        assert not loop.is_alive(), "the block loop went on after the stop"
+        assert writer.child.process is None, "a writer was started after the stop"
     finally:
         let_go(pid, stopping)
 
