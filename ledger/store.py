@@ -1221,11 +1221,13 @@ def serve_writes(database: Path, source: IO[bytes], sink: IO[bytes]) -> None:
             try:
                 record = marshal.loads(request)
             except (EOFError, ValueError, TypeError):
-                # Only the node writes this pipe, so a request that does not decode means
-                # its writing ended partway (seen in CI's output as a traceback, from a
-                # writer let go after a test had stopped its node past it). Nothing of it is
+                # Only the node writes this pipe, in whole frames (a frame cut short ends
+                # the loop above as the end of its input), so this is no request the node
+                # makes. It was seen in CI's output as a traceback: a test's stand-in bytes,
+                # sent by a block loop that went on past its node's stop. Nothing of it is
                 # written, and no answer is read: one line, and the writer ends.
-                print("tanlian store writer: a request cut short; ending", file=sys.stderr)
+                line = "tanlian store writer: a request that is no block record; ending"
+                print(line, file=sys.stderr)
                 return
             try:
                 _write(connection, record)

@@ -586,19 +586,21 @@ def test_a_dead_writer_fails_its_block_and_the_next_writer_takes_over(tmp_path: 
         reopened.close()
 
 
-def test_serve_writes_ends_with_one_line_at_a_request_cut_short(
+def test_serve_writes_ends_with_one_line_at_a_request_that_is_no_record(
     produced: Produced, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Seen in CI's output: a writer resumed after its node had given up on it read a request
-    whose bytes ended early, and died with a traceback. It ends with one line and writes
-    nothing."""
+    """Seen in CI's output: a writer read a whole frame that was no block record (a test's
+    stand-in bytes, from a block loop that went on past its node's stop) and died with a
+    traceback. It ends with one line and writes nothing."""
     before = dump(produced.directory)
     cut = marshal.dumps({"block": (99, "h")})[:-3]
     source = io.BytesIO(struct.pack("<Q", len(cut)) + cut)
     sink = io.BytesIO()
     store_module.serve_writes(produced.directory / DATABASE_FILE, source, sink)
     assert sink.getvalue() == b""  # no answer: no one is waiting for it
-    assert capsys.readouterr().err == "tanlian store writer: a request cut short; ending\n"
+    assert capsys.readouterr().err == (
+        "tanlian store writer: a request that is no block record; ending\n"
+    )
     assert dump(produced.directory) == before
 
 
