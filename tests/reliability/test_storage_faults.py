@@ -727,7 +727,6 @@ def test_a_validators_stop_with_a_writer_that_never_answers_ends_and_says_so(
         let_go(pid, stopping)
 
 
-@pytest.mark.long(30)
 def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) -> None:
     """Found by a third review: a follower (and a validator catching up by block sync)
     writes on its block loop, not on the write thread, so the stop's check of the write
@@ -747,7 +746,7 @@ def test_a_followers_stop_with_a_writer_that_never_answers_ends(tmp_path: Path) 
     node.producer.produce = appending  # type: ignore[method-assign]
     # Always due: the loop must still see the stop. It once looked only between rounds of
     # due calls, so here it went on past the stop and the test, each call starting a new
-    # writer (~3 a second for the rest of the worker's run, each refusing these bytes).
+    # writer, one after another, for the rest of the worker's run (each refused these bytes).
     node.producer.due = lambda now_ms: True  # type: ignore[method-assign]
     stopping = threading.Thread(target=node.stop, name="stop", daemon=True)
     node.start()
