@@ -142,7 +142,12 @@ from ledger.limits import (
 )
 from ledger.proposer import compute_proposer, had_a_turn
 from ledger.state import State
-from ledger.state_transition import apply_block, build_block, check_block_body
+from ledger.state_transition import (
+    apply_block,
+    build_block,
+    check_block_body,
+    first_that_applies,
+)
 from ledger.transactions import Envelope, check_signatures
 
 NEW_HEIGHT: Final = "new_height"  # after a decision, before round 0 (`_is_idle`)
@@ -412,7 +417,7 @@ class Replica:
         longest = min(self.state.params.block_interval_ms, self.timeouts.for_round(0, PROPOSE) // 2)
         if self._since(self._decided_at) >= longest:
             return False
-        return not self.transactions(self.state, self._now)
+        return not self._has_transactions()
 
     def proposal_limit(self, round: int) -> int:
         """The most transactions this replica proposes in a new block at `round`: its bound
@@ -568,7 +573,23 @@ class Replica:
             return False
         if self.quorum.current.message_count():
             return False
-        return not self.transactions(self.state, self._now)
+        return not self._has_transactions()
+
+    def _has_transactions(self) -> bool:
+        """Whether a transaction waiting here would go into a block built now: one of the
+        candidates applies to this replica's state (`first_that_applies`). When none does,
+        each one that failed is this replica's `Reject`, as a proposer leaves it out: a
+        transaction the chain refuses does not start a height. Found by review: one transfer
+        of an unknown batch had each validator start a height in turn, an empty block about
+        every second, while it stayed in the pools of those that had not proposed yet; sent
+        again, it started over."""
+        candidates = self.transactions(self.state, self._now)
+        if not candidates:
+            return False
+        applies, rejected = first_that_applies(self.state, candidates, time=self._now)
+        if applies is None and rejected:
+            self._effects.append(Reject(rejected=rejected))
+        return applies is not None
 
     def _on_decision(self, decision: Decision) -> None:
         if decision.height != self.height:

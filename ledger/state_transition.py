@@ -1160,6 +1160,38 @@ class BuiltBlock:
     evidence_left_out: tuple[tuple[Evidence, InvalidBlockError], ...] = ()
 
 
+def first_that_applies(
+    state: State,
+    candidates: Iterable[Envelope],
+    *,
+    time: int,
+    rules: ProposerRules = OWN_RULES,
+) -> tuple[Envelope | None, tuple[tuple[Envelope, TransactionRejected], ...]]:
+    """Whether a block built now on `state` from `candidates` would hold a transaction: the
+    first candidate that applies to `state` on its own, as `build_block` would try it
+    (signatures taken as checked), and the rejections of those before it. A signer's
+    candidates after one of its own that failed are passed over (`build_block` defers them).
+    Each is tried on `state` itself: until one applies, nothing has changed it."""
+    height = state.height + 1
+    time = max(time, state.head_time + 1)
+    rejected: list[tuple[Envelope, TransactionRejected]] = []
+    failed_signers: set[str] = set()
+    for envelope in candidates:
+        if envelope.tx.signer in failed_signers:
+            continue
+        work = _Work(state, height=height, time=time)
+        work.rules = rules
+        try:
+            _apply_transaction(work, envelope, signatures_verified=True)
+        except TransactionRejected as error:
+            error.tx_id = envelope.tx_id
+            rejected.append((envelope, error))
+            failed_signers.add(envelope.tx.signer)
+            continue
+        return envelope, tuple(rejected)
+    return None, tuple(rejected)
+
+
 def build_block(
     state: State,
     candidates: Iterable[Envelope],

@@ -30,6 +30,7 @@ from consensus.replica import (
     Decide,
     Effect,
     Persist,
+    Reject,
     Replica,
     ScheduleTimeout,
     SendDecision,
@@ -477,6 +478,53 @@ def test_an_idle_validator_starts_the_height_once_a_transaction_arrives() -> Non
     early.on_start(T0)
     pause = _decide_empty(early)
     assert pause.delay_ms > 0 and early.step == NEW_HEIGHT
+
+
+def rejections(effects: Sequence[Effect]) -> list[Reject]:
+    return [e for e in effects if isinstance(e, Reject)]
+
+
+def _refused_transfer() -> Envelope:
+    """A transfer, signed by a key of its own, of a batch the chain does not have."""
+    sender = key("a holder of nothing")
+    transaction = Transaction(
+        chain_id=CHAIN_ID,
+        type="transfer",
+        signer=sender.account_id,
+        nonce=1,
+        payload={"to": KEYS[0].account_id, "batch_id": "B-404", "quantity": 5},
+    )
+    return sign_transaction(transaction, [sender])
+
+
+def test_a_transaction_the_chain_refuses_starts_no_height_and_is_rejected() -> None:
+    # Found by review: each validator's pool kept such a transaction until its own turn to
+    # propose, and started a height for it, so one refused transfer made an empty block
+    # about every second, one for each validator.
+    refused = _refused_transfer()
+    offered = [refused]
+    for me in (proposer(2, 0), not_proposer(2, 0)):
+        target = _idle_replica(me, offered)
+        target.on_start(T0)
+        pause = _decide_empty(target)
+        effects = target.on_timeout(pause.timeout, T0 + pause.delay_ms)
+        (look,) = timeouts(effects, NEW_HEIGHT)  # still waiting, and nothing signed
+        assert look.delay_ms == POLL_MS and not signed_by(effects, Persist)
+        assert target.step == NEW_HEIGHT and target.height == 2
+        (rejection,) = rejections(effects)  # answered as a proposer would answer it
+        ((envelope, error),) = rejection.rejected
+        assert envelope.tx_id == refused.tx_id and error.code == "unknown_batch"
+    # Beside one that applies, it is not judged here: the height starts, and the proposer's
+    # block leaves it out (its order decides, as it always has).
+    me = proposer(2, 0)
+    busy = _idle_replica(me, [refused, WORLD.workload[0]])
+    busy.on_start(T0)
+    pause = _decide_empty(busy)
+    effects = busy.on_timeout(pause.timeout, T0 + pause.delay_ms)
+    (proposed,) = _proposed(effects)
+    assert [e.tx_id for e in proposed.block.transactions] == [WORLD.workload[0].tx_id]
+    (rejection,) = rejections(effects)
+    assert [e.tx_id for e, _ in rejection.rejected] == [refused.tx_id]
 
 
 def test_an_idle_validator_joins_at_once_when_another_validator_begins_the_height() -> None:

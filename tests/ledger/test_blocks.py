@@ -30,7 +30,13 @@ from ledger.encoding import canonical, decode
 from ledger.errors import InvalidBlockError, InvalidProofError
 from ledger.evidence import make_evidence, sign_vote, vote_bytes
 from ledger.state import State
-from ledger.state_transition import BuiltBlock, apply_block, build_block, check_block_body
+from ledger.state_transition import (
+    BuiltBlock,
+    apply_block,
+    build_block,
+    check_block_body,
+    first_that_applies,
+)
 from ledger.state_tree import compute_state_root
 from ledger.transactions import Envelope
 from tests.factory import CHAIN_ID, Chain, key
@@ -197,6 +203,36 @@ def test_build_block_is_pure_even_with_rejections(pending: Pending) -> None:
         last_commit=chain.last_certificate,
     )
     assert [error.code for _, error in built.rejected] == ["insufficient_credits"]
+    assert snapshot(pending.state) == before
+
+
+def test_first_that_applies_says_what_a_block_built_now_would_hold(pending: Pending) -> None:
+    chain = pending.chain
+    before = snapshot(pending.state)
+    good = pending.block.transactions[0]
+    too_much = transfer(chain, chain.carol, chain.alice, 5000)
+    behind = transfer(chain, chain.carol, chain.alice, 1)  # carol's next nonce after it
+    time = chain.time + 1
+    # The first that applies, and why those before it do not; a signer's later ones wait.
+    found, rejected = first_that_applies(pending.state, [too_much, behind, good], time=time)
+    assert found is good
+    assert [(e.tx_id, error.code) for e, error in rejected] == [
+        (too_much.tx_id, "insufficient_credits")
+    ]
+    # None applies: each one's reason, as build_block gives it, and the block would be empty.
+    found, rejected = first_that_applies(pending.state, [too_much, behind], time=time)
+    built = build_block(
+        pending.state,
+        [too_much, behind],
+        time=time,
+        proposer=chain.validator.public_key_hex,
+        last_commit=chain.last_certificate,
+    )
+    assert found is None and built.block.transactions == ()
+    assert [(e.tx_id, error.code) for e, error in rejected] == [
+        (e.tx_id, error.code) for e, error in built.rejected
+    ]
+    assert first_that_applies(pending.state, [], time=time) == (None, ())
     assert snapshot(pending.state) == before
 
 
