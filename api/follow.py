@@ -14,8 +14,9 @@ commit the follower has not verified (`vouch`): an answer must name the transact
 submitted, and "committed" is answered only for what the follower's own store holds (with its
 height and log index); a commit it has not synced yet is answered pending, or, with
 `?wait=commit`, waited for in its own store. What the follower cannot vouch for it does not
-relay, and asks the next node instead (a transaction is idempotent by its id); when none gives
-an answer to relay:
+relay, and asks the next node instead (a transaction is idempotent by its id). A node whose
+blocks showed another chain or a fork (`consensus.sync.BlockSync.distrusted`) is not asked at
+all. When none gives an answer to relay:
 
     upstream_unavailable (503)  no followed node could be reached
     bad_upstream (502)          one answered something that is not a submission's answer, or
@@ -40,6 +41,8 @@ from api.client import (
 )
 from api.problems import STATUS
 from consensus.producer import Outcome
+from consensus.sync import Head
+from ledger.blocks import parse_header
 from ledger.encoding import decode
 from ledger.errors import LedgerError
 from ledger.limits import SYNC_READ_MS_MAX, SYNC_REQUEST_MS_MAX
@@ -70,18 +73,24 @@ class ApiSource:
     def name(self) -> str:
         return self.client.base_url
 
-    def head_height(self) -> int:
+    def latest(self) -> Head:
         try:
             checkpoint = self.client.checkpoint()
         except ClientError as error:
             if error.code == "not_found":
-                return 0  # a chain with no block yet
+                return Head(0)  # a chain with no block yet
             raise
         header = checkpoint.get("header")
         height = header.get("height") if isinstance(header, dict) else None
         if not isinstance(height, int) or isinstance(height, bool) or height < 1:
             raise ClientError(f"{self.name}/v1/checkpoint: no header height in the answer")
-        return height
+        try:  # the hash of the header it serves: a claim, which its blocks must back
+            block_hash = parse_header(header).block_hash()
+        except LedgerError as error:
+            raise ClientError(
+                f"{self.name}/v1/checkpoint: not a header ({error.code}): {error.message}"
+            ) from error
+        return Head(height, block_hash)
 
     def export_lines(
         self, from_height: int, to_height: int, *, line_bytes_max: int
@@ -96,9 +105,16 @@ class Forwarder:
     """A follower's `POST /v1/transactions`; see the module docstring."""
 
     def __init__(
-        self, urls: Sequence[str], *, transport: httpx.BaseTransport | None = None
+        self,
+        urls: Sequence[str],
+        *,
+        distrusted: Callable[[int], str | None] = lambda index: None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`distrusted(i)` says why the node at `urls[i]` is not asked (its blocks showed
+        another chain, or a fork: `consensus.sync.BlockSync.distrusted`), or None."""
         assert urls, "a follower follows at least one node"
+        self.distrusted = distrusted
         # A whole answer within the longest commit wait and its margin: a node that drips
         # its answer is passed over for the next, as one that cannot be reached (found by
         # review: one held every submission, its status line sent, for as long as it liked).
@@ -129,7 +145,19 @@ class Forwarder:
             did (found by review: their refusals, or their silence, were relayed)."""
             return committed_here(own, ids[0]) if _one_envelope(ids, body) else None
 
-        for client in self.clients:
+        for index, client in enumerate(self.clients):
+            distrust = self.distrusted(index)
+            if distrust is not None:
+                # Found by review: a follower forwarded to a node it had refused as another
+                # chain, or caught serving a fork; its user was told "pending" for ever, or
+                # the transaction was committed on the fork.
+                failures.append(
+                    LedgerError(
+                        f"{client.base_url} was not asked: {distrust}",
+                        code="upstream_unavailable",
+                    )
+                )
+                continue
             try:
                 _, answer = self._forward(client, body, wait)
                 return vouch(answer, ids, own, upstream=client.base_url)

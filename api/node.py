@@ -173,7 +173,7 @@ class Node:
         self.producer: SoloProducer | BftProducer | Follower
         if validator_key is None:
             self.sync = self._block_sync(follow)
-            self.forwarder = Forwarder(follow)
+            self.forwarder = Forwarder(follow, distrusted=self.sync.distrusted)
             self.producer = Follower(self._writer, self.sync)
         elif not peers and len(self.genesis.validators) == 1:
             self.producer = self._solo = SoloProducer(self._writer, validator_key, pool=pool)
@@ -256,6 +256,7 @@ class Node:
             genesis=self.genesis,
             verify_signatures=self._signatures.check,
             local=self._decision_at,
+            local_hash=self._block_hash_at,
             on_fork=self._write_fork_proof,
         )
         kept = self._kept_fork_proof()
@@ -288,6 +289,9 @@ class Node:
     def _decision_at(self, height: int) -> Decision:
         store = self.reader()
         return Decision(block=store.read_block(height), certificate=store.read_certificate(height))
+
+    def _block_hash_at(self, height: int) -> str:
+        return self.reader().read_header(height).block_hash()
 
     def fork_proof_path(self, height: int) -> Path:
         return self.data / f"{FORK_PROOF_PREFIX}{height}.json"

@@ -55,7 +55,11 @@ fork, signed by the validators"), with the duplicate precommits of every validat
 signed both when they are of one round (`ledger.evidence.evidence_from_certificates`). It
 is counted, kept (the first one) and handed to `on_fork`: the node writes the first one to
 its data directory and says so in `/healthz` and `/metrics`, across restarts. Nothing of the
-other chain is stored; the source stays refused.
+other chain is stored; the source stays refused. A source whose head is not above this node's
+is compared too: a head that names another block at a height this node holds (its own head's,
+or one `local_hash` reads) is followed by the same request for that height, and refused (rule
+`head`) when it proves no fork. A source that served a fork, or another chain's genesis, is
+`distrusted`: a follower forwards its users' transactions to it no more.
 
 `verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
 in-memory twin, for tests.
@@ -132,6 +136,15 @@ class SyncRefused(ConsensusError):
         self.certified = certified
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A source's latest block as it claims it: its height (0: none yet) and its hash (None:
+    not said)."""
+
+    height: int
+    block_hash: str | None = None
+
+
 class BlockSource(Protocol):
     """Another node's blocks, as its public API serves them (SPEC §7.1). Whatever it answers
     is a claim: `verify_lines` checks the blocks, and nothing else is believed."""
@@ -139,9 +152,8 @@ class BlockSource(Protocol):
     @property
     def name(self) -> str: ...
 
-    def head_height(self) -> int:
-        """The height of its latest block, as it claims (0: none yet). Raises `LedgerError`
-        when it cannot answer."""
+    def latest(self) -> Head:
+        """Its latest block, as it claims. Raises `LedgerError` when it cannot answer."""
 
     def export_lines(
         self, from_height: int, to_height: int, *, line_bytes_max: int
@@ -403,10 +415,14 @@ class BlockSync:
         retry_ms_max: int = SYNC_RETRY_MS_MAX,
         clock_ms: Callable[[], int] = _monotonic_ms,
         local: Callable[[int], Decision] | None = None,
+        local_hash: Callable[[int], str] | None = None,
         on_fork: Callable[[ForkProof], None] | None = None,
     ) -> None:
         """`local(height)` reads this node's own decided block of a height (on the thread of
-        `step`); without it no fork is looked for. `on_fork` is told of each proof found."""
+        `step`); without it no fork is looked for. `local_hash(height)` reads that block's
+        hash alone: with it, a source whose head is below this node's is compared there too
+        (its head is always compared with this node's own). `on_fork` is told of each proof
+        found."""
         assert sources, "a node syncs from at least one source"
         assert range_blocks_max >= 1 and attempt_ms_max > 0
         assert 0 < retry_ms_min <= retry_ms_max
@@ -433,7 +449,10 @@ class BlockSync:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sync-write")
         self.counters = SyncCounters()
         self._local = local
+        self._local_hash = local_hash
         self._on_fork = on_fork
+        self._distrust: list[str | None] = [None] * len(self.sources)
+        self._forked: list[SyncRefused | None] = [None] * len(self.sources)
 
     # --- what peers say (any thread) ----------------------------------------------------------
 
@@ -514,22 +533,39 @@ class BlockSync:
                 continue  # refused a moment ago: its wait is not over
             reached = state.height
             try:
-                head = self.sources[index].head_height()
+                claimed = self.sources[index].latest()
             except LedgerError as error:
                 self._refuse(index, error, 0)
                 continue
+            head = claimed.height
             refusal = None
             if head > state.height:
                 last = min(head, state.height + self.range_blocks_max)
                 state, refusal = self._take_range(index, state, last, deadline, append)
+            elif self._differs_here(claimed, state):
+                # Its head is one this node holds, and another block: a fork, or a claim its
+                # blocks must back (found by review: a forked source went unnoticed for as
+                # long as it was behind).
+                if not self._look_for_fork(index, state, deadline, height=head):
+                    refusal = SyncRefused(
+                        height=head,
+                        rule="head",
+                        detail=f"its head names block {claimed.block_hash} at height {head},"
+                        " which this node holds as another, and it served no certified block"
+                        " of its own there",
+                    )
+                else:
+                    refusal = self._forked[index]
             if refusal is not None:
                 if self._closing.is_set():
                     return state  # not the source's fault
                 self._refuse(index, refusal, state.height - reached)
                 if _may_be_fork(refusal, state):
-                    self._look_for_fork(index, state, deadline)
+                    self._look_for_fork(index, state, deadline, height=state.height)
                 continue
             self._penalty_ms[index] = 0
+            if self._distrust[index] is not None and self._forked[index] is None:
+                self._distrust[index] = None  # it serves this chain now
             if head > reached:
                 self._first = index
                 with self._lock:
@@ -603,32 +639,61 @@ class BlockSync:
                 )
             yield line
 
-    def _look_for_fork(self, index: int, state: State, deadline: int) -> None:
-        """After a certified block that does not extend this node's head: the source's block
-        at the head's height, and a `ForkProof` if it is one (module docstring)."""
+    def _differs_here(self, claimed: Head, state: State) -> bool:
+        """Whether a source's claimed head is a height this node holds with another block."""
+        if claimed.block_hash is None or not 1 <= claimed.height <= state.height:
+            return False
+        if claimed.height == state.height:
+            return claimed.block_hash != state.head_hash
+        if self._local_hash is None:
+            return False
+        try:
+            ours = self._local_hash(claimed.height)
+        except LedgerError as error:  # this node's store: said, and nothing compared
+            log.warning("block sync: block %d not read here: %s", claimed.height, error)
+            return False
+        return claimed.block_hash != ours
+
+    def _look_for_fork(self, index: int, state: State, deadline: int, *, height: int) -> bool:
+        """After a certified block that does not extend this node's head, or a head that is
+        another block at a height this node holds: the source's block at `height`, and a
+        `ForkProof` if it is one (module docstring). Whether one was found; a source that
+        serves another chain is refused as one (`distrusted`)."""
         if self._local is None or self._clock_ms() >= deadline:
-            return
+            return False
         source = self.sources[index]
-        lines = source.export_lines(state.height, state.height, line_bytes_max=self.line_bytes_max)
+        lines = source.export_lines(height, height, line_bytes_max=self.line_bytes_max)
         try:
             _check_genesis_line(next(lines, None), self.genesis_hash, self.line_bytes_max)
             line = next(lines, None)
             if line is None:
-                return
+                return False
             proof = prove_fork(
                 state,
-                self._local(state.height),
+                self._local(height),
                 line,
                 source=source.name,
                 line_bytes_max=self.line_bytes_max,
             )
+        except SyncRefused as error:
+            if error.rule == "genesis":
+                self._distrust[index] = "it serves another chain"
+            log.info("block sync: no fork proof from %s: %s", source.name, printable(str(error)))
+            return False
         except LedgerError as error:  # the source's: it is refused already
             log.info("block sync: no fork proof from %s: %s", source.name, printable(str(error)))
-            return
+            return False
         finally:
             lines.close()
         if proof is None:
-            return
+            return False
+        self._forked[index] = SyncRefused(
+            height=height,
+            rule="fork",
+            detail=f"it serves block {proof.theirs.block.block_hash()}, certified, where this"
+            f" node holds block {proof.ours.block.block_hash()}, certified",
+        )
+        self._distrust[index] = f"it serves a fork of this chain (height {height})"
         self.counters.forks += 1
         if self.counters.fork is None:
             self.counters.fork = proof
@@ -644,6 +709,13 @@ class BlockSync:
         )
         if self._on_fork is not None:
             self._on_fork(proof)
+        return True
+
+    def distrusted(self, index: int) -> str | None:
+        """Why source `index` is not this chain's, if its blocks showed that: it serves
+        another chain (until it serves this one), or a fork of it (for good). A follower
+        sends its users' transactions to no such node (`api.follow.Forwarder`)."""
+        return self._distrust[index]
 
     def _refuse(self, index: int, error: LedgerError, kept: int) -> None:
         """Refuse source `index` for its penalty, counted from now (the refusal), not from the
@@ -656,10 +728,12 @@ class BlockSync:
         if index == self._first:
             self._first = (index + 1) % len(self.sources)
         reason = printable(f"({error.code}) {error.message}")[:REFUSAL_CHARS_MAX]
+        if isinstance(error, SyncRefused) and error.rule == "genesis":
+            self._distrust[index] = "it serves another chain"
         self.counters.refusals += 1
         self.counters.last_refusal = f"{source.name}: {reason}"
         log.warning(
-            "block sync: refused %s for %d ms (%d verified blocks from it kept): %s",
+            "block sync: refused %s for %d ms (%d verified blocks of this attempt kept): %s",
             source.name,
             penalty,
             kept,
@@ -685,12 +759,13 @@ class MemorySource:
     genesis_line: bytes
     lines: list[bytes]
     head: int | None = None
+    head_hash: str | None = None  # the hash its head claims (None: not said)
     requests: int = 0
     ranges: list[int] = field(default_factory=list)  # the first height of each range asked
 
-    def head_height(self) -> int:
+    def latest(self) -> Head:
         self.requests += 1
-        return len(self.lines) if self.head is None else self.head
+        return Head(len(self.lines) if self.head is None else self.head, self.head_hash)
 
     def export_lines(
         self, from_height: int, to_height: int, *, line_bytes_max: int

@@ -11,7 +11,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +85,25 @@ def test_a_nodes_api_is_synced_through_its_checkpoint_and_export() -> None:
 
 def test_a_chain_without_blocks_has_head_zero() -> None:
     source = ApiSource("http://node.test", transport=httpx.MockTransport(node_api([])))
-    assert source.head_height() == 0
+    assert source.latest().height == 0
 
 
 @pytest.mark.parametrize(
-    "checkpoint", [{"header": {"height": "7"}}, {"header": None}, {"other": 1}, {"header": {}}]
+    "checkpoint",
+    [
+        {"header": {"height": "7"}},
+        {"header": None},
+        {"other": 1},
+        {"header": {}},
+        {"header": {"height": 7}},  # a height, but no header: its hash cannot be compared
+    ],
 )
 def test_a_checkpoint_without_a_height_is_refused(checkpoint: Any) -> None:
     source = ApiSource(
         "http://node.test", transport=httpx.MockTransport(node_api(checkpoint=checkpoint))
     )
     with pytest.raises(ClientError) as refused:
-        source.head_height()
+        source.latest()
     assert refused.value.code == "bad_answer"
 
 
@@ -144,15 +151,16 @@ def test_a_node_dripping_its_answer_is_cut_off() -> None:
 # --- Forwarder ----------------------------------------------------------------------------------
 
 
-def forwarder(*handlers: Handler) -> Forwarder:
-    """A forwarder to one node per handler, in order."""
+def forwarder(*handlers: Handler, distrust: Sequence[str | None] = ()) -> Forwarder:
+    """A forwarder to one node per handler, in order; `distrust[i]`: why node i is not asked."""
 
     def route(request: httpx.Request) -> httpx.Response:
         index = int(request.url.host.removeprefix("node-").removesuffix(".test"))
         return handlers[index](request)
 
     urls = [f"http://node-{i}.test" for i in range(len(handlers))]
-    return Forwarder(urls, transport=httpx.MockTransport(route))
+    reasons = [*distrust, *[None] * (len(handlers) - len(distrust))]
+    return Forwarder(urls, distrusted=reasons.__getitem__, transport=httpx.MockTransport(route))
 
 
 def answering(status: int, body: Any, **headers: str) -> Handler:
@@ -226,6 +234,24 @@ def test_no_node_reachable_is_upstream_unavailable() -> None:
         relayed(forwarder(unreachable, unreachable), own=nothing)
     assert refused.value.code == "upstream_unavailable"
     assert refused.value.message.count("cannot reach") == 2
+
+
+def test_a_node_the_sync_found_on_another_chain_or_a_fork_is_not_asked() -> None:
+    # Found by review: a follower forwarded to a node it had refused as another chain, and
+    # to one it had caught serving a fork, which committed the transaction there.
+    asked: list[httpx.Request] = []
+
+    def fork(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(202, json=PENDING)
+
+    relay = forwarder(fork, answering(202, PENDING), distrust=["it serves a fork (height 9)"])
+    assert relayed(relay, own=nothing) == (202, PENDING) and not asked
+    relay = forwarder(fork, distrust=["it serves another chain"])
+    with pytest.raises(LedgerError) as refused:
+        relayed(relay, own=nothing)
+    assert refused.value.code == "upstream_unavailable" and not asked
+    assert "http://node-0.test was not asked: it serves another chain" in refused.value.message
 
 
 def test_a_problem_is_relayed_with_its_code() -> None:

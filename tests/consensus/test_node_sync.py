@@ -19,7 +19,7 @@ from consensus.follower import Follower
 from consensus.messages import Vote
 from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
-from consensus.sync import BlockSync, MemorySource
+from consensus.sync import BlockSync, Head, MemorySource
 from consensus.transport import MemoryNetwork
 from consensus.wal import WAL_FILE_NAME, SignedLog, SignedMessage
 from ledger.crypto import PrivateKey
@@ -42,8 +42,9 @@ class StoreSource:
         self.name = name
         self.store = store
 
-    def head_height(self) -> int:
-        return self.store.head_height
+    def latest(self) -> Head:
+        height = self.store.head_height
+        return Head(height, self.store.read_header(height).block_hash() if height else None)
 
     def export_lines(
         self, from_height: int, to_height: int, *, line_bytes_max: int

@@ -19,6 +19,7 @@ from consensus.messages import Decision, decode_message, sign_proposal, sign_vot
 from consensus.sync import (
     BlockSync,
     ForkProof,
+    Head,
     MemorySource,
     SyncRefused,
     parse_fork_proof,
@@ -518,6 +519,64 @@ def test_an_uncertified_other_block_proves_no_fork() -> None:
     assert prove_fork(at, ours(FORK_AT), other, source="x", line_bytes_max=1 << 20) is not None
 
 
+def ours_hash(height: int) -> str:
+    return ours(height).block.block_hash()
+
+
+def test_a_fork_behind_this_node_or_level_with_it_is_proven() -> None:
+    """Found by review: a forked source went unnoticed for as long as its head was not above
+    this node's (only a head above it was read), and a follower sent it transactions."""
+    chain = built()
+    fork_lines = forked_lines()
+    theirs = decoded(fork_lines[FORK_AT - 1])[0].block_hash()
+    for held in (FORK_AT, FORK_AT + 5):  # level with the fork's head of FORK_AT, and above it
+        found: list[ForkProof] = []
+        fork = source("fork", lines=fork_lines[:FORK_AT], head_hash=theirs)
+        sync = make_sync(fork, local=ours, local_hash=ours_hash, on_fork=found.append)
+        assert sync.distrusted(0) is None
+        at = chain.states[held]
+        assert sync.step(at, Sink().append) is at
+        assert [proof.height for proof in found] == [FORK_AT], held
+        assert "rule fork at height 30" in (sync.counters.last_refusal or "")
+        assert "a fork of this chain" in (sync.distrusted(0) or "")
+        # For good: the same fork served again is still one, and never trusted again.
+        sync.step(at, Sink().append)
+        assert sync.distrusted(0) is not None
+    # Behind on this very chain: nothing refused, nothing distrusted, one request (its head).
+    honest = source("honest", lines=list(chain.lines[:FORK_AT]), head_hash=ours_hash(FORK_AT))
+    sync = make_sync(honest, local=ours, local_hash=ours_hash)
+    at = chain.states[FORK_AT + 5]
+    assert sync.step(at, Sink().append) is at
+    assert sync.counters.refusals == 0 and sync.distrusted(0) is None and honest.requests == 1
+    # A head naming another block that its export does not back: refused, and no fork.
+    liar = source("liar", lines=list(chain.lines[:FORK_AT]), head_hash=theirs)
+    sync = make_sync(liar, local=ours, local_hash=ours_hash)
+    assert sync.step(at, Sink().append) is at
+    assert "rule head at height 30" in (sync.counters.last_refusal or "")
+    assert sync.counters.forks == 0 and sync.distrusted(0) is None
+
+
+def test_a_source_of_another_chain_is_distrusted_until_it_serves_this_one() -> None:
+    other = make_genesis_document(
+        chain_id="another-chain",
+        genesis_time=GENESIS_TIME,
+        authority_name="Elsewhere",
+        authority_keys=[key("elsewhere").public_key_hex],
+        authority_threshold=1,
+        validators=list(built().genesis.current_validators()),
+    )
+    clock = Clock()
+    elsewhere = source("elsewhere", genesis_line=canonical(other) + b"\n")
+    sync = make_sync(elsewhere, clock=clock)
+    sync.step(built().genesis, Sink().append)
+    assert sync.distrusted(0) == "it serves another chain"
+    elsewhere.genesis_line = built().genesis_line  # its operator fixed it
+    clock.ms += 60_000
+    sink = Sink()
+    sync.step(built().genesis, sink.append)
+    assert sink.blocks and sync.distrusted(0) is None
+
+
 def test_without_its_own_blocks_a_sync_looks_for_no_fork() -> None:
     fork = source("fork", lines=forked_lines())
     sync = make_sync(fork)
@@ -536,7 +595,7 @@ class Unreachable:
     def __init__(self) -> None:
         self.requests = 0
 
-    def head_height(self) -> int:
+    def latest(self) -> Head:
         self.requests += 1
         raise LedgerError("cannot reach it", code="node_unreachable")
 
