@@ -244,16 +244,18 @@ class Client:
             timeout=self._submit_timeout(wait),
         )
 
-    def forward(self, body: bytes, *, wait: bool = False) -> tuple[int, dict[str, Any]]:
-        """Submit a body as it came, unread (a follower forwarding its users' submissions):
-        the HTTP status (2xx) and the JSON object answered. A problem raises `ClientError`
-        with the problem's code and status."""
+    def forward(
+        self, body: bytes, *, wait: bool = False, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Submit a body as it came, unread (a follower forwarding its users' submissions),
+        with `headers` besides its media type: the HTTP status (2xx) and the JSON object
+        answered. A problem raises `ClientError` with the problem's code and status."""
         with self._request(
             "POST",
             "/v1/transactions",
             params={"wait": "commit"} if wait else None,
             content=body,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **(headers or {})},
             timeout=self._submit_timeout(wait),
         ) as response:
             if not 200 <= response.status_code < 300:

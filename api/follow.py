@@ -21,11 +21,20 @@ all. When none gives an answer to relay:
     upstream_unavailable (503)  no followed node could be reached
     bad_upstream (502)          one answered something that is not a submission's answer, or
                                 a problem whose code this node does not know
+    forward_loop (508)          the followed nodes lead back to this follower
+
+A forwarded submission names the followers it passed through (`FORWARDED_HEADER`: each one's
+random id, made at its start), so a follower that follows itself, or followers that follow
+each other, are answered `forward_loop` at once (found by review: a follower given its own
+URL forwarded to itself until its per-client limit answered 429 `too_many_requests`). At most
+FORWARD_HOPS_MAX followers may pass a submission on.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final, TypeGuard
 
@@ -51,6 +60,9 @@ from ledger.transactions import parse_envelope
 log = logging.getLogger("tanlian.follow")
 
 FORWARD_ANSWER_SECONDS_MAX: Final = COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS
+FORWARDED_HEADER: Final = "tanlian-forwarded-by"
+FORWARD_HOPS_MAX: Final = 8
+_HOP: Final = re.compile(r"[0-9a-f]{16}")
 _SUBMISSION_ANSWER: Final = TypeAdapter(schemas.Committed | schemas.Pending | schemas.Results)
 # A followed node's problem is relayed when this node knows its code; its internal error is
 # not ours to claim (bad_upstream instead).
@@ -115,6 +127,7 @@ class Forwarder:
         another chain, or a fork: `consensus.sync.BlockSync.distrusted`), or None."""
         assert urls, "a follower follows at least one node"
         self.distrusted = distrusted
+        self.identity = secrets.token_hex(8)  # this follower, in `FORWARDED_HEADER`
         # A whole answer within the longest commit wait and its margin: a node that drips
         # its answer is passed over for the next, as one that cannot be reached (found by
         # review: one held every submission, its status line sent, for as long as it liked).
@@ -123,6 +136,26 @@ class Forwarder:
             for url in urls
         ]
 
+    def route(self, via: str) -> str:
+        """The `FORWARDED_HEADER` this follower sends on, given the one a submission came
+        with (anyone's text: what is not a follower's id is left out); raises `LedgerError`
+        `forward_loop` when it names this follower, or FORWARD_HOPS_MAX of them."""
+        hops = [hop for hop in via.split(",")[: FORWARD_HOPS_MAX + 1] if _HOP.fullmatch(hop)]
+        if self.identity in hops:
+            raise LedgerError(
+                "this follower forwarded this submission itself: the nodes it follows lead "
+                "back to it (it follows itself, or a follower that follows it); give each "
+                "--follow the URL of a validator or of a follower of validators",
+                code="forward_loop",
+            )
+        if len(hops) >= FORWARD_HOPS_MAX:
+            raise LedgerError(
+                f"the submission passed through {len(hops)} followers already: at most "
+                f"{FORWARD_HOPS_MAX} forward it",
+                code="forward_loop",
+            )
+        return ",".join([*hops, self.identity])
+
     def submit(
         self,
         body: bytes,
@@ -130,6 +163,7 @@ class Forwarder:
         wait: bool,
         ids: list[str | None] | None,
         own: Callable[[str], Outcome | None],
+        via: str = "",
     ) -> tuple[int, dict[str, Any], list[str]]:
         """The first answer to `body` a followed node gives that can be relayed, as `vouch`
         makes it (`ids`: the body's, `own`: this follower's outcomes): its status (200 or
@@ -159,9 +193,16 @@ class Forwarder:
                 )
                 continue
             try:
-                _, answer = self._forward(client, body, wait)
+                _, answer = self._forward(client, body, wait, via or self.identity)
                 return vouch(answer, ids, own, upstream=client.base_url)
             except LedgerError as error:
+                if error.code == "forward_loop":  # that node leads back here: the next
+                    failures.append(
+                        LedgerError(
+                            f"{client.base_url} leads back to this follower", code="forward_loop"
+                        )
+                    )
+                    continue
                 if error.code not in ("upstream_unavailable", "bad_upstream"):
                     # That node's decision, unless this follower's own chain says otherwise.
                     mine = held_here()
@@ -175,15 +216,19 @@ class Forwarder:
         reasons = "; ".join(failure.message for failure in failures)
         if any(failure.code == "bad_upstream" for failure in failures):
             raise LedgerError(reasons, code="bad_upstream")
+        if all(failure.code == "forward_loop" for failure in failures):
+            raise LedgerError(
+                f"the nodes this follower follows lead back to it: {reasons}", code="forward_loop"
+            )
         raise LedgerError(
             f"this node is a follower and none of the nodes it follows answered: {reasons}",
             code="upstream_unavailable",
         )
 
     @staticmethod
-    def _forward(client: Client, body: bytes, wait: bool) -> tuple[int, dict[str, Any]]:
+    def _forward(client: Client, body: bytes, wait: bool, via: str) -> tuple[int, dict[str, Any]]:
         try:
-            status, answer = client.forward(body, wait=wait)
+            status, answer = client.forward(body, wait=wait, headers={FORWARDED_HEADER: via})
         except ClientError as error:
             if error.code in ("node_unreachable", "bad_url"):
                 raise LedgerError(error.message, code="upstream_unavailable") from error

@@ -71,6 +71,7 @@ STATUS: Final[dict[str, tuple[int, str]]] = {
     # Followers (docs/decisions/0006): a submission forwarded to the nodes followed
     "upstream_unavailable": (503, "No node this follower follows could be reached"),
     "bad_upstream": (502, "The followed node answered badly"),
+    "forward_loop": (508, "The nodes this follower follows lead back to it"),
     "internal_error": (500, "Internal error"),
 }
 

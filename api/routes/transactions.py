@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from api import schemas
 from api.admission import RETRY_AFTER_SECONDS, Admission, Refused
-from api.follow import committed_here, status_of, submitted_ids
+from api.follow import FORWARDED_HEADER, committed_here, status_of, submitted_ids
 from api.intake import Submission
 from api.node import Node
 from api.problems import problem, problem_body, problem_responses
@@ -63,6 +63,7 @@ SUBMIT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "limit_exceeded",
         "upstream_unavailable",
         "bad_upstream",
+        "forward_loop",
         *RULE_CODES,
     ),
 }
@@ -103,7 +104,8 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
         "A validator admits the envelopes to its pool. A follower (`tanlian node --follow`) "
         "forwards the body as it came to the nodes it follows and answers with the first "
         "answer it can relay: that node's outcome or problem; `upstream_unavailable` when "
-        "none can be reached, `bad_upstream` when one answered badly."
+        "none can be reached, `bad_upstream` when one answered badly, `forward_loop` when "
+        "they lead back to this follower (it follows itself, or followers follow each other)."
     ),
     responses=SUBMIT_RESPONSES,
     dependencies=[Depends(body_of("application/json"))],
@@ -149,7 +151,10 @@ async def submit(
     body = await request.body()
     client = request.client.host if request.client is not None else ""
     if node.forwarder is not None:  # a follower: the nodes it follows decide
-        return await _forward(node, settings, admission, body, client, wait=wait == "commit")
+        via = request.headers.get(FORWARDED_HEADER, "")
+        return await _forward(
+            node, settings, admission, body, client, wait=wait == "commit", request_via=via
+        )
     try:
         # Parsing costs CPU per envelope, good signatures or not: each client's submissions
         # wait their turn (api.admission), and a full queue is answered at once.
@@ -199,6 +204,7 @@ async def _forward(
     client: str,
     *,
     wait: bool,
+    request_via: str,
 ) -> JSONResponse:
     """A follower's submission (api.follow): its ids read in the client's parsing turn,
     then forwarded in a forwarding turn of its own (`Node.forwards`), and answered as this
@@ -206,6 +212,10 @@ async def _forward(
     yet is waited for there, within what is left of the one commit wait the request has."""
     forwarder = node.forwarder
     assert forwarder is not None
+    try:  # before any turn: a loop's own request must not wait behind the one it came from
+        via = forwarder.route(request_via)
+    except LedgerError as error:
+        return problem(error.code, error.message)
     limit = node.genesis.params.transaction_bytes_max
     wait_until = time.monotonic() + settings.commit_wait_seconds
     try:
@@ -218,7 +228,7 @@ async def _forward(
         return problem(turn.code, turn.detail, {"retry-after": str(RETRY_AFTER_SECONDS)})
     try:
         status, answer, unsynced = await run_in_threadpool(
-            lambda: forwarder.submit(body, wait=wait, ids=ids, own=node.outcome)
+            lambda: forwarder.submit(body, wait=wait, ids=ids, own=node.outcome, via=via)
         )
     finally:
         node.forwards.give_back(client)

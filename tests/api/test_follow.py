@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.cli import app
 from api.client import Client, ClientError
-from api.follow import ApiSource, Forwarder
+from api.follow import FORWARD_HOPS_MAX, FORWARDED_HEADER, ApiSource, Forwarder
 from api.node import Node
 from api.problems import problem_body
 from api.settings import Settings
@@ -252,6 +252,41 @@ def test_a_node_the_sync_found_on_another_chain_or_a_fork_is_not_asked() -> None
         relayed(relay, own=nothing)
     assert refused.value.code == "upstream_unavailable" and not asked
     assert "http://node-0.test was not asked: it serves another chain" in refused.value.message
+
+
+def test_a_submission_that_comes_back_to_its_follower_is_a_forward_loop() -> None:
+    # Found by review: a follower given its own URL forwarded each submission to itself
+    # until its per-client limit answered 429 too_many_requests.
+    seen: list[httpx.Request] = []
+
+    def pending(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json=PENDING)
+
+    relay = forwarder(pending)
+    me = relay.identity
+    assert relayed(relay, own=nothing) == (202, PENDING)
+    assert seen[-1].headers[FORWARDED_HEADER] == me  # named on the way on
+    other = "0123456789abcdef"
+    assert relay.route(f"{other},not-an-id,{'f' * 40}") == f"{other},{me}"
+    with pytest.raises(LedgerError) as looped:
+        relay.route(f"{other},{me}")
+    assert looped.value.code == "forward_loop" and "lead back to it" in looped.value.message
+    with pytest.raises(LedgerError) as looped:
+        relay.route(",".join(f"{i:016x}" for i in range(FORWARD_HOPS_MAX)))
+    assert looped.value.code == "forward_loop" and "passed through 8" in looped.value.message
+    # A followed node that answers forward_loop leads back here: the next one is asked, and
+    # when every one does, the user is told so.
+    loop_body = problem_body("forward_loop", "leads back")
+    looping = answering(508, loop_body, **{"content-type": "application/problem+json"})
+    assert relayed(forwarder(looping, pending), own=nothing) == (202, PENDING)
+    with pytest.raises(LedgerError) as looped:
+        relayed(forwarder(looping, looping), own=nothing)
+    assert looped.value.code == "forward_loop"
+    assert looped.value.message.count("leads back to this follower") == 2
+    with pytest.raises(LedgerError) as refused:
+        relayed(forwarder(looping, unreachable), own=nothing)
+    assert refused.value.code == "upstream_unavailable"
 
 
 def test_a_problem_is_relayed_with_its_code() -> None:
