@@ -84,6 +84,8 @@ WRITE_ATTEMPTS_MAX: Final = 3
 COMMIT_WAIT_SECONDS_MAX: Final = 30.0  # the longest a submitter may wait for its commit
 # Transactions pending and no block committed for this long: /healthz says the node is stalled.
 STALLED_SECONDS: Final = 60.0
+# No node a follower follows has served it for this long: /healthz says it is out of touch.
+OUT_OF_TOUCH_SECONDS: Final = 60.0
 COMMITTED_IDS_MIN: Final = 1 << 20  # transaction ids the filter holds before it grows
 # Exports streamed at once (`api.admission.StreamTurns`): 2 x 32 file descriptors fit in
 # api.serving's FILES_RESERVE beside the request threads' readers.
@@ -553,6 +555,24 @@ class Node:
         for tx_id in store.transaction_ids():
             committed.add(tx_id)
         return committed
+
+    def out_of_touch(self) -> dict[str, Any] | None:
+        """A follower none of whose nodes has served it for OUT_OF_TOUCH_SECONDS (since its
+        start, if none ever did): what /healthz reports beside liveness, as `stalled` is
+        (found by review: a follower of nodes that were down, or of no Tanlian node at all,
+        said "ok" and nothing else while it could not know the chain). Its reads stay those
+        of its own verified store, however old."""
+        if self.forwarder is None or self.sync is None:
+            return None
+        silent = self.sync.silent_ms() / 1000
+        if silent < OUT_OF_TOUCH_SECONDS:
+            return None
+        last = self.sync.counters.last_refusal
+        return {
+            "reason": f"no node it follows has served it for {silent:.0f} s"
+            + ("" if last is None else f"; last refused: {last}"),
+            "code": "out_of_touch",
+        }
 
     def stalled(self) -> dict[str, Any] | None:
         """Transactions pending and no block committed for STALLED_SECONDS (a consortium

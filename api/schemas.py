@@ -599,6 +599,12 @@ class Healthz(Answer):
         "for 60 s (a consortium without 2/3 of its power, a store that does not write), or "
         "its block loop stopped for good. Liveness stays ok: the node still serves reads.",
     )
+    out_of_touch: Stalled | None = Field(
+        default=None,
+        description="A follower only: present while no node it follows has served it for 60 s "
+        "(since its start if none ever did; code `out_of_touch`). It still serves its own "
+        "verified copy, which may be behind.",
+    )
     fork: Fork | None = Field(
         default=None,
         description="Present once block sync met another certified block at a height this "

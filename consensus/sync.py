@@ -452,6 +452,7 @@ class BlockSync:
         self._local_hash = local_hash
         self._on_fork = on_fork
         self._distrust: list[str | None] = [None] * len(self.sources)
+        self._contact_ms = clock_ms()  # a source last answered what was asked (or the start)
         self._forked: list[SyncRefused | None] = [None] * len(self.sources)
 
     # --- what peers say (any thread) ----------------------------------------------------------
@@ -564,6 +565,7 @@ class BlockSync:
                     self._look_for_fork(index, state, deadline, height=state.height)
                 continue
             self._penalty_ms[index] = 0
+            self._contact_ms = self._clock_ms()
             if self._distrust[index] is not None and self._forked[index] is None:
                 self._distrust[index] = None  # it serves this chain now
             if head > reached:
@@ -710,6 +712,11 @@ class BlockSync:
         if self._on_fork is not None:
             self._on_fork(proof)
         return True
+
+    def silent_ms(self) -> int:
+        """How long no source has answered an attempt with what was asked (its head, and its
+        blocks above this node's, all verified), since this sync was made if none ever did."""
+        return self._clock_ms() - self._contact_ms
 
     def distrusted(self, index: int) -> str | None:
         """Why source `index` is not this chain's, if its blocks showed that: it serves

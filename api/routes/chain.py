@@ -57,6 +57,9 @@ async def healthz(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     stalled = node.stalled()
     if stalled is not None:
         answer["stalled"] = stalled
+    out_of_touch = node.out_of_touch()
+    if out_of_touch is not None:
+        answer["out_of_touch"] = out_of_touch
     fork = node.sync.counters.fork if node.sync is not None else None
     if fork is not None:
         answer["fork"] = {
@@ -96,6 +99,8 @@ def _checkpoint(node: Node, height: int) -> dict[str, Any]:
 def latest_checkpoint(node: Annotated[Node, Depends(node_of)]) -> dict[str, Any]:
     height = node.state.height
     if height == 0:
+        if node.forwarder is not None:  # it cannot know the chain has none
+            raise LedgerError("this follower has synced no block yet", code="not_found")
         raise LedgerError("the chain has no block yet", code="not_found")
     return _checkpoint(node, height)
 

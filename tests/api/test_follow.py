@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from typer.testing import CliRunner
@@ -35,7 +36,14 @@ from ledger.errors import LedgerError
 from ledger.evidence import parse_evidence
 from ledger.store import Store
 from tests.api.test_app import assert_problem
-from tests.consensus.test_sync import NEW_VALIDATOR, Sink, built, decoded, forked_lines
+from tests.consensus.test_sync import (
+    NEW_VALIDATOR,
+    Sink,
+    Unreachable,
+    built,
+    decoded,
+    forked_lines,
+)
 
 Handler = Callable[[httpx.Request], httpx.Response]
 TX_ID = "ab" * 32
@@ -542,6 +550,43 @@ async def test_a_follower_answers_committed_only_what_its_own_store_holds(
         answer = await waiting.post("/v1/transactions?wait=commit", content=unsynced.leaf)
     assert answer.status_code == 202 and answer.json()["status"] == "pending"
     assert 0.25 <= time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+async def test_a_follower_none_of_whose_nodes_serves_it_says_it_is_out_of_touch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a follower of nodes that were down, or of no Tanlian node at all,
+    answered /healthz "ok" and nothing else, and /v1/checkpoint "the chain has no block yet",
+    which it cannot know."""
+    chain = built()
+    Store.create(tmp_path, chain.chain.genesis_document).close()
+    node = Node(tmp_path, None, follow=["http://gone.test"])
+    assert node.sync is not None
+    gone = Unreachable()
+    node.sync.sources = (gone,)
+    served = create_app(node, Settings(data=tmp_path), manage_node=False)
+    node.start()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served), base_url="http://follower"
+        ) as client:
+            deadline = time.monotonic() + 30
+            while not gone.requests:  # its sync asked, and was refused
+                assert time.monotonic() < deadline
+                await anyio.sleep(0.02)
+            assert (await client.get("/healthz")).json() == {"status": "ok", "height": 0}
+            monkeypatch.setattr("api.node.OUT_OF_TOUCH_SECONDS", 0.0)
+            health = (await client.get("/healthz")).json()
+            checkpoint = await client.get("/v1/checkpoint")
+    finally:
+        node.stop()
+    assert health["status"] == "ok" and health["out_of_touch"]["code"] == "out_of_touch"
+    reason = health["out_of_touch"]["reason"]
+    assert reason.startswith("no node it follows has served it for ")
+    assert "last refused: gone: (node_unreachable) cannot reach it" in reason
+    assert checkpoint.status_code == 404
+    assert checkpoint.json()["detail"] == "this follower has synced no block yet"
 
 
 def follower_of_a_fork(data: Path) -> Node:

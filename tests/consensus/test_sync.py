@@ -624,6 +624,25 @@ def test_unreachable_sources_are_retried_with_a_bounded_backoff() -> None:
     assert gone.requests == 6 and sync.counters.refusals == 6
 
 
+def test_silence_counts_from_the_last_attempt_a_source_answered() -> None:
+    clock = Clock()
+    gone, honest = Unreachable(), source()
+    sync = make_sync(gone, clock=clock)
+    clock.ms += 5000
+    sync.step(built().genesis, Sink().append)
+    assert sync.silent_ms() == 5000  # since it was made: none ever answered
+    sync = make_sync(gone, honest, clock=clock, range_blocks_max=10)
+    clock.ms += 7000
+    sink = Sink()
+    state = sync.step(built().genesis, sink.append)
+    assert state.height == 10 and sync.silent_ms() == 0
+    clock.ms += 3000
+    honest.lines = []  # now it cannot answer with the blocks it claims
+    honest.head = 20
+    sync.step(state, sink.append)
+    assert sync.silent_ms() == 3000
+
+
 def test_a_refused_source_waits_while_the_others_are_asked() -> None:
     clock = Clock()
     gone, idle = Unreachable(), source(lines=[])
