@@ -332,13 +332,16 @@ class Client:
                     f" {head_seconds:g} s",
                     code="node_unreachable",
                 ) from error
-            raise self._transport_error(error) from error
+            raise self._transport_error(error, options.get("timeout", self.timeout)) from error
         except httpx.InvalidURL as error:
             raise ClientError(f"{path}: {_one_line(str(error))}", code="bad_url") from error
         finally:
             _DEADLINE.reset(head_by)
 
-    def _transport_error(self, error: httpx.HTTPError) -> ClientError:
+    def _transport_error(self, error: httpx.HTTPError, timeout: float | None = None) -> ClientError:
+        """`error` as this client says it; `timeout`: the request's, when not the client's
+        (a submission that waits for its commit has a longer one: its message had named the
+        client's default, found by review)."""
         reason = _one_line(str(error)) or type(error).__name__
         if isinstance(error, _TooSlow):  # it answered, but slower than this client allows
             return ClientError(
@@ -346,7 +349,8 @@ class Client:
             )
         if isinstance(error, httpx.TimeoutException):
             return ClientError(
-                f"{self.base_url} did not answer within {self.timeout:g} s ({reason})",
+                f"{self.base_url} did not answer within"
+                f" {self.timeout if timeout is None else timeout:g} s ({reason})",
                 code="node_unreachable",
             )
         if isinstance(error, httpx.UnsupportedProtocol):

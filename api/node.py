@@ -175,7 +175,9 @@ class Node:
         self.producer: SoloProducer | BftProducer | Follower
         if validator_key is None:
             self.sync = self._block_sync(follow)
-            self.forwarder = Forwarder(follow, distrusted=self.sync.distrusted)
+            self.forwarder = Forwarder(
+                follow, distrusted=self.sync.distrusted, refused=self.sync.refused_now
+            )
             self.producer = Follower(self._writer, self.sync)
         elif not peers and len(self.genesis.validators) == 1:
             self.producer = self._solo = SoloProducer(self._writer, validator_key, pool=pool)

@@ -713,6 +713,11 @@ class BlockSync:
             self._on_fork(proof)
         return True
 
+    def refused_now(self, index: int) -> bool:
+        """Whether source `index` is waiting out a refusal (it could not be reached, or served
+        what failed a check, a moment ago)."""
+        return self._clock_ms() < self._not_before_ms[index]
+
     def silent_ms(self) -> int:
         """How long no source has answered an attempt with what was asked (its head, and its
         blocks above this node's, all verified), since this sync was made if none ever did."""

@@ -30,6 +30,8 @@ import pytest
 from api.cli_verify import read_lines
 from api.client import (
     ANSWER_BYTES_MAX,
+    COMMIT_WAIT_MARGIN_SECONDS,
+    COMMIT_WAIT_SECONDS_MAX,
     SMALL_ANSWER_BYTES_MAX,
     Client,
     ClientError,
@@ -505,6 +507,23 @@ def test_split_lines_matches_readline() -> None:
         for size in (1, 3, 64):
             chunks = [data[i : i + size] for i in range(0, len(data), size)]
             assert list(split_lines(chunks, limit)) == expected, (limit, size)
+
+
+def test_a_timeout_names_the_requests_own_bound() -> None:
+    # Found by review: a submission waiting for its commit timed out after 35 s, and the
+    # message said "did not answer within 10 s", the client's default.
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    with mock_client(slow) as node:
+        waits = COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS
+        with pytest.raises(ClientError) as refused:
+            node.submit({"tx": {}, "signatures": []}, wait=True)
+        assert f"did not answer within {waits:g} s" in refused.value.message
+        with pytest.raises(ClientError) as refused:
+            node.checkpoint()
+        assert f"did not answer within {node.timeout:g} s" in refused.value.message
+        assert node.timeout != waits
 
 
 def test_an_export_that_fails_mid_stream_is_a_client_error() -> None:

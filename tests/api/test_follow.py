@@ -159,8 +159,11 @@ def test_a_node_dripping_its_answer_is_cut_off() -> None:
 # --- Forwarder ----------------------------------------------------------------------------------
 
 
-def forwarder(*handlers: Handler, distrust: Sequence[str | None] = ()) -> Forwarder:
-    """A forwarder to one node per handler, in order; `distrust[i]`: why node i is not asked."""
+def forwarder(
+    *handlers: Handler, distrust: Sequence[str | None] = (), refused: Sequence[int] = ()
+) -> Forwarder:
+    """A forwarder to one node per handler, in order; `distrust[i]`: why node i is not asked;
+    `refused`: the nodes block sync could not use a moment ago."""
 
     def route(request: httpx.Request) -> httpx.Response:
         index = int(request.url.host.removeprefix("node-").removesuffix(".test"))
@@ -168,7 +171,12 @@ def forwarder(*handlers: Handler, distrust: Sequence[str | None] = ()) -> Forwar
 
     urls = [f"http://node-{i}.test" for i in range(len(handlers))]
     reasons = [*distrust, *[None] * (len(handlers) - len(distrust))]
-    return Forwarder(urls, distrusted=reasons.__getitem__, transport=httpx.MockTransport(route))
+    return Forwarder(
+        urls,
+        distrusted=reasons.__getitem__,
+        refused=lambda index: index in refused,
+        transport=httpx.MockTransport(route),
+    )
 
 
 def answering(status: int, body: Any, **headers: str) -> Handler:
@@ -260,6 +268,33 @@ def test_a_node_the_sync_found_on_another_chain_or_a_fork_is_not_asked() -> None
         relayed(relay, own=nothing)
     assert refused.value.code == "upstream_unavailable" and not asked
     assert "http://node-0.test was not asked: it serves another chain" in refused.value.message
+
+
+def test_nodes_block_sync_cannot_use_are_asked_last_and_not_after_one_is_unreachable() -> None:
+    # Found by review: with four validators stopped, a follower asked each in turn, 10 s
+    # each, and answered after 40 s, past the command line's own wait.
+    asked: list[str] = []
+
+    def counted(handler: Handler) -> Handler:
+        def counting(request: httpx.Request) -> httpx.Response:
+            asked.append(request.url.host)
+            return handler(request)
+
+        return counting
+
+    relay = forwarder(counted(unreachable), counted(answering(202, PENDING)), refused=[0])
+    assert relayed(relay, own=nothing) == (202, PENDING) and asked == ["node-1.test"]
+    asked.clear()
+    relay = forwarder(*(counted(unreachable) for _ in range(4)), refused=[0, 1, 2, 3])
+    with pytest.raises(LedgerError) as refused:
+        relayed(relay, own=nothing)
+    assert refused.value.code == "upstream_unavailable" and asked == ["node-0.test"]
+    assert refused.value.message.count("block sync cannot reach it either") == 3
+    # Refused by block sync but the only ones that answer: still asked, after the others.
+    asked.clear()
+    relay = forwarder(counted(answering(202, PENDING)), counted(unreachable), refused=[0])
+    assert relayed(relay, own=nothing) == (202, PENDING)
+    assert asked == ["node-1.test", "node-0.test"]
 
 
 def test_a_submission_that_comes_back_to_its_follower_is_a_forward_loop() -> None:
