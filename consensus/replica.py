@@ -134,6 +134,7 @@ from ledger.limits import (
     CATCH_UP_INTERVAL_MS,
     EVIDENCE_AGE_HEIGHTS_MAX,
     EVIDENCE_PENDING_MAX,
+    IDLE_REJECT_WAIT_MS,
     PROPOSER_WAIT_POLL_MS,
     REBROADCAST_INTERVAL_MS,
     ROUND_TIMEOUT_MS_BASE,
@@ -196,9 +197,14 @@ class Timeouts:
     # it starts the next height all the same: after an empty block never less than the
     # chain's block_interval_ms (0: no wait; an idle chain adds an empty block every interval).
     empty_block_ms: int = 0
+    # How long an idle validator lets a waiting transaction fail on its state before it
+    # rejects it (`Replica._has_transactions`): one that depends on another's, forwarded from
+    # another validator a moment later, is not rejected for arriving first.
+    reject_wait_ms: int = IDLE_REJECT_WAIT_MS
 
     def __post_init__(self) -> None:
         assert 0 < self.base_ms <= self.max_ms and self.delta_ms >= 0
+        assert self.reject_wait_ms >= 0
         assert self.rebroadcast_ms > 0 and self.catch_up_ms >= 0 and self.drift_ms >= 0
         assert self.propose_extra_ms >= 0 and self.wait_poll_ms > 0
         assert self.empty_block_ms >= 0
@@ -319,6 +325,8 @@ class Replica:
         # how a shell knows its peers reach it (anyone can post, or replay, a message).
         self.heard = 0
         self._decided_at = 0  # when the last height was decided here (clock of the caller)
+        # Waiting transactions that fail on the state, by id: since when (`_has_transactions`).
+        self._failing: dict[str, int] = {}
         self._effects: list[Effect] = []
         self._now = 0
         self.quorum = Quorum(
@@ -578,18 +586,30 @@ class Replica:
     def _has_transactions(self) -> bool:
         """Whether a transaction waiting here would go into a block built now: one of the
         candidates applies to this replica's state (`first_that_applies`). When none does,
-        each one that failed is this replica's `Reject`, as a proposer leaves it out: a
-        transaction the chain refuses does not start a height. Found by review: one transfer
-        of an unknown batch had each validator start a height in turn, an empty block about
-        every second, while it stayed in the pools of those that had not proposed yet; sent
-        again, it started over."""
+        each one that has failed for `reject_wait_ms` is this replica's `Reject`, as a
+        proposer leaves it out: a transaction the chain refuses does not start a height.
+        Found by review: one transfer of an unknown batch had each validator start a height
+        in turn, an empty block about every second, while it stayed in the pools of those
+        that had not proposed yet; sent again, it started over."""
         candidates = self.transactions(self.state, self._now)
         if not candidates:
+            self._failing = {}
             return False
         applies, rejected = first_that_applies(self.state, candidates, time=self._now)
-        if applies is None and rejected:
-            self._effects.append(Reject(rejected=rejected))
-        return applies is not None
+        if applies is not None:
+            return True
+        # Each failing one is rejected once it has failed for `reject_wait_ms`: what it
+        # depends on (an issuance before its transfer) may reach this validator later than
+        # it did. Only those failing now are remembered.
+        failing = {e.tx_id: self._failing.get(e.tx_id, self._now) for e, _ in rejected}
+        wait = self.timeouts.reject_wait_ms
+        due = tuple((e, error) for e, error in rejected if self._now - failing[e.tx_id] >= wait)
+        for envelope, _ in due:
+            del failing[envelope.tx_id]
+        self._failing = failing
+        if due:
+            self._effects.append(Reject(rejected=due))
+        return False
 
     def _on_decision(self, decision: Decision) -> None:
         if decision.height != self.height:

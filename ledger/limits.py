@@ -95,6 +95,10 @@ PROPOSAL_TRANSACTIONS_MAX: Final = 2000
 # transaction, evidence), and so does a proposer woken with nothing to propose, before it
 # proposes an empty block.
 PROPOSER_WAIT_POLL_MS: Final = 50
+# A waiting transaction that no block built now would hold (it fails on the state) starts no
+# height; an idle validator rejects it once it has failed this long, time for one it depends
+# on to be forwarded from another validator (consensus.replica).
+IDLE_REJECT_WAIT_MS: Final = 2000
 # An idle consortium adds an empty block at most this often by default (`tanlian node
 # --empty-block-interval`): after a block, a validator starts the next height only once it
 # has something to decide (a transaction, evidence, a validator set changing) or another

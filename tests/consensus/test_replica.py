@@ -503,20 +503,46 @@ def test_a_transaction_the_chain_refuses_starts_no_height_and_is_rejected() -> N
     # about every second, one for each validator.
     refused = _refused_transfer()
     offered = [refused]
+    wait = Timeouts().reject_wait_ms
     for me in (proposer(2, 0), not_proposer(2, 0)):
         target = _idle_replica(me, offered)
         target.on_start(T0)
         pause = _decide_empty(target)
-        effects = target.on_timeout(pause.timeout, T0 + pause.delay_ms)
-        (look,) = timeouts(effects, NEW_HEIGHT)  # still waiting, and nothing signed
-        assert look.delay_ms == POLL_MS and not signed_by(effects, Persist)
-        assert target.step == NEW_HEIGHT and target.height == 2
+        now = T0 + pause.delay_ms
+        effects = target.on_timeout(pause.timeout, now)
+        first_failed = now
+        while not rejections(effects):
+            # Still waiting, and nothing signed; not rejected before it has failed `wait`
+            # (what it depends on may be forwarded from another validator a moment later).
+            (look,) = timeouts(effects, NEW_HEIGHT)
+            assert look.delay_ms == POLL_MS and not signed_by(effects, Persist)
+            assert target.step == NEW_HEIGHT and target.height == 2
+            assert now - first_failed < wait
+            now += POLL_MS
+            effects = target.on_timeout(look.timeout, now)
+        assert now - first_failed >= wait and not signed_by(effects, Persist)
         (rejection,) = rejections(effects)  # answered as a proposer would answer it
         ((envelope, error),) = rejection.rejected
         assert envelope.tx_id == refused.tx_id and error.code == "unknown_batch"
+        assert target.step == NEW_HEIGHT and target.height == 2
+    # What it depends on arrives within the wait (the certifier's accreditation, after its
+    # issuance): nothing is rejected, and the block holds both.
+    me = proposer(2, 0)
+    accreditation, issuance = WORLD.workload[0], WORLD.workload[2]
+    late = _idle_replica(me, [issuance])
+    late.on_start(T0)
+    pause = _decide_empty(late)
+    now = T0 + pause.delay_ms
+    effects = late.on_timeout(pause.timeout, now)
+    (look,) = timeouts(effects, NEW_HEIGHT)
+    assert not rejections(effects) and not _proposed(effects)
+    late.transactions = lambda state, now_ms: [accreditation, issuance]
+    effects = late.on_timeout(look.timeout, now + POLL_MS)
+    (proposed,) = _proposed(effects)
+    assert [e.tx_id for e in proposed.block.transactions] == [accreditation.tx_id, issuance.tx_id]
+    assert not rejections(effects)
     # Beside one that applies, it is not judged here: the height starts, and the proposer's
     # block leaves it out (its order decides, as it always has).
-    me = proposer(2, 0)
     busy = _idle_replica(me, [refused, WORLD.workload[0]])
     busy.on_start(T0)
     pause = _decide_empty(busy)
