@@ -8,9 +8,14 @@ Ctrl-C (or SIGTERM) stops every child process, each by its pid, and waits for it
 A validator that exits is named with its reason and the command that starts it again, and
 the cluster says how many of its validators still run and how many the chain needs to decide
 (more than 2/3); the others go on, and the cluster ends when none is left. A validator ended
-by a signal (a `kill` from outside, the kernel's out-of-memory killer) is named with the
-signal. Stopped after one had ended while it ran, it says so and exits 1.
-A later run on the same DIR resumes the same chain.
+by a signal it does not handle (SIGKILL, the kernel's out-of-memory killer) is named with the
+signal; one that stopped cleanly (exit 0) though the cluster had not asked it to, as a
+validator does on a SIGTERM, SIGINT or SIGHUP from outside, is said to have stopped on its
+own. Stopped after one had ended while it ran, or with one that had to be killed because it
+did not stop in time (a paused process, say), it says so and exits 1.
+A later run on the same DIR resumes the same chain; a run on a DIR whose validators another
+run still holds, or whose stores exist without their genesis, is refused before anything is
+written.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, BinaryIO, Final
 
 import typer
 
@@ -43,9 +48,10 @@ from api.console import (
 )
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError, printable
+from ledger.errors import LedgerError, StoreError, printable
 from ledger.genesis import make_genesis_document
 from ledger.limits import EMPTY_BLOCK_INTERVAL_MS_DEFAULT, EMPTY_BLOCK_INTERVAL_MS_MAX
+from ledger.store import DATABASE_FILE, LOCK_FILE, DirectoryLock
 
 PARTIES: Final = ("city", "certification-centre", "platform-operator", "independent-party")
 VALIDATORS_MAX: Final = 16  # processes on one machine
@@ -87,10 +93,20 @@ def _key(path: Path) -> PrivateKey:
 
 def checked_genesis(data: Path, names: list[str]) -> Path | None:
     """`data`'s genesis, checked with each party's key against it, or None when there is
-    none yet. It reads and writes nothing else, so a damaged genesis is the error given
-    whatever else is wrong (a port taken by chance had hidden it, found in CI)."""
+    none yet. It writes nothing, so a damaged genesis is the error given whatever else is
+    wrong (a port taken by chance had hidden it, found in CI). A genesis missing beside
+    parties' stores is refused: a new one would be another chain, which every store then
+    refused, and stayed to fail every later run (found by review)."""
     genesis = data / "genesis.json"
     if not genesis.exists():
+        stores = sorted(path.parent for path in data.glob(f"*/data/{DATABASE_FILE}"))
+        if stores:
+            raise LedgerError(
+                f"{genesis} is missing, yet the stores of its parties exist"
+                f" ({', '.join(map(str, stores))}): restore the consortium's genesis.json"
+                " there (a new one would be another chain), or choose another --data",
+                code="missing_genesis",
+            )
         return None
     named = {v.name: v.public_key for v in read_genesis(genesis).validators}
     if sorted(named) != sorted(names):
@@ -127,6 +143,28 @@ def prepare(data: Path, names: list[str]) -> Path:
     return genesis
 
 
+def check_not_running(data: Path, names: list[str]) -> None:
+    """No process holds a party's store (its `ledger.lock`): a cluster or node runs on
+    `data` already. Found by review: a second cluster on one DIR started its validators,
+    which failed after ~10 s waiting for the locks, and their errors went into the running
+    validators' logs, where the first cluster then took one for its own validator's reason.
+    The lock is only tried, and let go at once; it reads and writes nothing else."""
+    for name in names:
+        lock_path = data / name / "data" / LOCK_FILE
+        if not lock_path.exists():  # never made here: trying it would create it
+            continue
+        lock = DirectoryLock(lock_path)
+        try:
+            lock.acquire(wait_seconds=0)
+        except StoreError:
+            raise LedgerError(
+                f"{lock_path.parent} is in use: another process holds its {LOCK_FILE} (a"
+                f" cluster or node runs on {data} already): stop it, or choose another --data",
+                code="in_use",
+            ) from None
+        lock.release()
+
+
 PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 
 
@@ -140,43 +178,42 @@ def _end_with(parent: int) -> None:
         os._exit(1)
 
 
-def _last_error(log_path: Path, start: int) -> str:
-    """`: <the last "error (code): ..." line the child wrote>`, or "" when it wrote none:
-    the reason, where the log (kept across runs, perhaps written by another run too) buries
-    it (found by review)."""
+def _last_error(log_path: Path, start: int, end: int) -> str:
+    """`: <the "error (code): ..." line the child wrote last>`, or "" when its last line is
+    none: the reason, where the log (kept across runs) buries it (found by review). Only the
+    child's own output counts: from `start`, the log's end when it started, to `end`, just
+    after the last bytes it wrote (its log's file offset, which it shares), and of that only
+    its last line, its final word, since a line another process appended while it ran may
+    lie before it. Found by review: a second cluster's error lines, appended to the log of a
+    running validator, were given as its reason once it was killed."""
     try:
         with log_path.open("rb") as log:
-            size = log.seek(0, os.SEEK_END)
-            log.seek(max(start, size - LOG_TAIL_BYTES))
-            tail = log.read().decode("utf-8", "replace")
+            log.seek(max(start, end - LOG_TAIL_BYTES))
+            tail = log.read(max(0, end - log.tell())).decode("utf-8", "replace")
     except OSError:
         return ""
-    lines = tail.splitlines()
-    found = [line for line in lines if line.startswith("error (")]
-    if found:
-        return f": {printable(found[-1])[:ERROR_CHARS_MAX]}"
-    # A usage error (exit 2) is a box: "╭─ Error ─...", then "│ text │" lines (review).
-    boxes = [i for i, line in enumerate(lines) if line.startswith("╭─ Error")]
-    if not boxes:
+    lines = tail.rstrip().splitlines()
+    if not lines or not lines[-1].startswith("error ("):
         return ""
-    text = []
-    for line in lines[boxes[-1] + 1 :]:
-        if not line.startswith("│"):
-            break
-        text.append(line.strip("│ "))
-    return f": {printable(' '.join(text))[:ERROR_CHARS_MAX]}" if text else ""
+    return f": {printable(lines[-1])[:ERROR_CHARS_MAX]}"
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+def _stop(children: list[subprocess.Popen[bytes]]) -> list[int]:
+    """Stop every child still running (SIGTERM), each given STOP_SECONDS; the indices of
+    those killed (SIGKILL) because they did not stop in time (found by review: a paused
+    validator was killed, and the cluster said it had stopped every one)."""
     for child in children:
         if child.poll() is None:
             child.terminate()
-    for child in children:
+    killed = []
+    for i, child in enumerate(children):
         try:
             child.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(timeout=STOP_SECONDS)
+            killed.append(i)
+    return killed
 
 
 @fails_cleanly
@@ -204,6 +241,7 @@ def cluster(
         )
     names = party_names(validators)
     checked_genesis(data, names)  # what is in the directory first, then the ports
+    check_not_running(data, names)
     for port in range(base_port, base_port + validators):  # before anything is written
         try:
             close_all(listening_sockets("127.0.0.1", port))  # as each validator will listen
@@ -217,6 +255,10 @@ def cluster(
     children: list[subprocess.Popen[bytes]] = []
     commands: list[list[str]] = []
     exited: list[str] = []  # the validators that ended while the cluster ran
+    killed: list[int] = []  # those killed because they did not stop in time
+    # Each child's log, kept open: its file offset, shared with the child, is just after
+    # the last bytes the child wrote, whoever else appends to the file (`_last_error`).
+    logs: list[BinaryIO] = []
     starts: list[int] = []  # each log's size when its child started
     stopping = False
 
@@ -233,6 +275,7 @@ def cluster(
                 break
             peers = [arg for j, url in enumerate(urls) if j != i for arg in ("--peer", url)]
             log = (data / name / "node.log").open("ab")
+            logs.append(log)
             starts.append(log.tell())  # where this run's lines begin (the log is kept)
             command = [
                 str(program), "node",
@@ -254,7 +297,6 @@ def cluster(
                     preexec_fn=functools.partial(_end_with, os.getpid()),  # noqa: PLW1509
                 )
             )
-            log.close()
             out.print(f"{name:22} {urls[i]}  (pid {children[-1].pid})", highlight=False)
         out.print(f"genesis {genesis}; logs in {data}/<party>/node.log (Ctrl-C stops all)")
         running = dict(enumerate(children))
@@ -270,8 +312,15 @@ def cluster(
             for i in ended:
                 del running[i]
                 exited.append(names[i])
-            told = [_exited(data / names[i] / "node.log", names[i], children[i], starts[i])
-                    for i in ended]  # fmt: skip
+            told = [
+                _exited(
+                    data / names[i] / "node.log",
+                    names[i],
+                    children[i],
+                    (starts[i], os.lseek(logs[i].fileno(), 0, os.SEEK_CUR)),
+                )
+                for i in ended
+            ]
             reasons += told
             if ended and not running:
                 raise LedgerError("; ".join(reasons), code="exited")
@@ -291,24 +340,46 @@ def cluster(
                 )
             time.sleep(0.2)
     finally:
-        _stop(children)
+        killed = _stop(children)
+        for handle in logs:
+            handle.close()
         for number, handler in previous.items():
             signal.signal(number, handler)
-    if exited:  # stopped, but not as it was started: say so, and exit non-zero (review)
+    # Stopped, but not as it was started, or not cleanly: say so, and exit non-zero (review).
+    problems = []
+    if exited:
+        problems.append(f"{', '.join(exited)} had ended while the cluster ran")
+    if killed:
+        problems.append(
+            f"{', '.join(names[i] for i in killed)} did not stop within {STOP_SECONDS:g} s"
+            f" and {'was' if len(killed) == 1 else 'were'} killed (SIGKILL)"
+        )
+    if problems:
         raise LedgerError(
-            f"stopped the validators still running; {', '.join(exited)} had ended while the"
-            " cluster ran",
-            code="exited",
+            f"stopped the validators still running; {'; '.join(problems)}", code="exited"
         )
     out.print("stopped every validator", highlight=False)
 
 
-def _exited(log_path: Path, name: str, child: subprocess.Popen[bytes], start: int) -> str:
+def _exited(
+    log_path: Path, name: str, child: subprocess.Popen[bytes], written: tuple[int, int]
+) -> str:
+    """How a validator the cluster had not asked to stop ended; `written`: where its own
+    output is in `log_path` (`_last_error`)."""
     code = child.returncode
+    reason = _last_error(log_path, *written)
+    if code == 0:
+        # A validator stops cleanly on SIGTERM, SIGINT or SIGHUP (found by review: "exited
+        # (0)" was all the cluster said of a `kill` from outside).
+        return (
+            f"{name}'s validator process stopped on its own (exit 0, as after a `kill` from"
+            f" outside or another signal it stops on: SIGTERM, SIGINT, SIGHUP){reason}:"
+            f" see {log_path}"
+        )
     # Killed from outside, the process exits with no word of its own: say which signal
     # ("exited (-15)" read as the node's own failure).
     how = f"was ended by {_signal_name(-code)}" if code < 0 else f"exited ({code})"
-    return f"{name}'s validator process {how}{_last_error(log_path, start)}: see {log_path}"
+    return f"{name}'s validator process {how}{reason}: see {log_path}"
 
 
 def _signal_name(number: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.cli_cluster import _signal_name, party_names, prepare
+from api.cli_cluster import STOP_SECONDS, _last_error, _signal_name, _stop, party_names, prepare
 from ledger.errors import LedgerError
 from ledger.genesis import parse_genesis
-from ledger.store import DATABASE_FILE
-from tests.api.test_cli import TANLIAN, environment, free_port, tanlian
+from ledger.store import DATABASE_FILE, LOCK_FILE
+from tests.api.test_cli import TANLIAN, assert_fails_cleanly, environment, free_port, tanlian
 
 WAIT_S = 60.0  # four nodes started in 8 s on the loaded 2-core machine, once in over 30 s
 
@@ -184,9 +186,13 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_validator_that_exits_is_named_with_its_reason(tmp_path: Path) -> None:
+def test_a_validator_that_exits_is_named_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by review: only the log's path was given, and the log, kept across runs (and
     written by another run on the same directory), buried the reason."""
+    monkeypatch.delenv("TANLIAN_PASSPHRASE", raising=False)
+    prepare(tmp_path, ["city"])  # the consortium's keys and genesis, as a first run made them
     (tmp_path / "city" / "data").mkdir(parents=True)
     (tmp_path / "city" / "node.log").write_text("error (earlier): a line of an earlier run\n")
     # A store that is not one: the validator starts, then refuses it and exits. (A port
@@ -215,10 +221,7 @@ def test_a_cluster_of_one_is_refused_an_empty_block_interval(tmp_path: Path) -> 
     result = tanlian(
         "cluster", "--validators", 1, "--data", tmp_path / "one", "--empty-block-interval", 5
     )
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "a single validator adds no empty blocks" in " ".join(
-        result.stderr.replace("│", " ").split()
-    )
+    assert_fails_cleanly(result, "a single validator adds no empty blocks", code=2)
     assert not (tmp_path / "one").exists()  # refused before anything is made
 
 
@@ -397,3 +400,184 @@ def _lines(process: subprocess.Popen[bytes]) -> list[str]:
 
 
 _PARTIAL: dict[int, str] = {}  # by pid: what `_lines` read of a line not yet ended
+
+
+def test_stores_without_their_genesis_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    """Found by review: with DIR/genesis.json gone and the parties' stores there, the cluster
+    wrote a new genesis, a new chain, which every validator then refused as another chain
+    than its store's; and the wrong genesis stayed, so every later run failed too."""
+    store = tmp_path / "city" / "data" / DATABASE_FILE
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"a store of the consortium's chain")
+    before = sorted(tmp_path.rglob("*"))
+    refused = tanlian("cluster", "--validators", 2, "--data", tmp_path, "--base-port", free_port())
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error (missing_genesis): ")
+    assert f"{tmp_path / 'genesis.json'} is missing" in line
+    assert str(tmp_path / "city" / "data") in line
+    assert sorted(tmp_path.rglob("*")) == before  # no genesis, key or log written
+
+
+def test_a_directory_another_cluster_runs_on_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a second cluster on one DIR started its validators, which failed
+    after ~10 s waiting for the stores' locks, and their errors were appended to the running
+    validators' logs. It is refused before it starts any, and touches no log."""
+    monkeypatch.delenv("TANLIAN_PASSPHRASE", raising=False)
+    names = party_names(2)
+    prepare(tmp_path, names)  # a consortium's DIR, as its first run made it
+    lock = tmp_path / names[1] / "data" / LOCK_FILE
+    lock.parent.mkdir(parents=True)
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running validator holds it
+        before = sorted(tmp_path.rglob("*"))
+        started = time.monotonic()
+        refused = tanlian(
+            "cluster", "--validators", 2, "--data", tmp_path, "--base-port", free_port()
+        )
+        took = time.monotonic() - started
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(f"error (in_use): {lock.parent} is in use"), line
+    assert took < 10, took  # the validators' own wait for the lock was ~10 s
+    assert sorted(tmp_path.rglob("*")) == before  # no log, no store
+
+
+def test_a_validators_reason_is_only_what_it_wrote_last(tmp_path: Path) -> None:
+    """What `_last_error` reads: from the log's end at the child's start to just after the
+    child's last bytes, and of that the child's last line."""
+    log = tmp_path / "node.log"
+    earlier = b"error (earlier): a line of an earlier run\n"
+    own = b"2026-01-01T00:00:00.000Z INFO tanlian: validator running\n"
+    foreign = b"error (foreign): a line another process appended\n"
+    final = b"error (store_unavailable): the child's own last word\n"
+    log.write_bytes(earlier + own + foreign + final + foreign)
+    start = len(earlier)
+    end = start + len(own)
+    assert _last_error(log, start, end) == ""  # the foreign line after its last write
+    assert _last_error(log, start, end + len(foreign) + len(final)) == (
+        ": error (store_unavailable): the child's own last word"
+    )
+    # a foreign line before the child's last line is not its reason
+    log.write_bytes(earlier + foreign + own)
+    assert _last_error(log, start, len(earlier + foreign + own)) == ""
+
+
+@pytest.mark.long(15)
+def test_a_validator_stopped_from_outside_is_told_apart_and_never_given_anothers_reason(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a validator SIGKILLed was given, as its reason, an error line another
+    process had appended to its log meanwhile; and one stopped by a plain `kill` (SIGTERM,
+    which a validator takes as a request to stop, exit 0) was reported as "exited (0)"."""
+    base = free_port()
+    while _taken(base + 1):
+        base = free_port()
+    process = start_cluster(tmp_path, base, "--validators", "2")
+    urls = [f"http://127.0.0.1:{base + i}" for i in range(2)]
+    names = party_names(2)
+    try:
+        assert process.stdout is not None
+        pids = [int(re.findall(r"\(pid (\d+)\)", process.stdout.readline().decode())[0])
+                for _ in range(2)]  # fmt: skip
+        _wait_serving(process, urls)
+        with (tmp_path / names[0] / "node.log").open("ab") as log:
+            log.write(b"error (foreign): a line another process appended\n")
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + WAIT_S
+        lines: list[str] = []
+        while not any("warning: 1 of the 2 validators" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            assert process.poll() is None, lines
+            lines.extend(_lines(process))
+            time.sleep(0.1)
+        (killed,) = [line for line in lines if "process was ended by SIGKILL" in line]
+        assert killed.startswith(
+            f"warning: {names[0]}'s validator process was ended by SIGKILL: see"
+            f" {tmp_path / names[0] / 'node.log'}; start it again"
+        ), killed
+        os.kill(pids[1], signal.SIGTERM)  # the last one: the cluster ends
+        assert process.wait(timeout=60) == 1
+        rest = "\n".join([*lines, *_lines(process)])
+        (ended,) = [line for line in rest.splitlines() if line.startswith("error (exited)")]
+        assert f"{names[1]}'s validator process stopped on its own (exit 0, as after a `kill`" in (
+            ended
+        )
+        assert "foreign" not in rest and "exited (0)" not in rest, rest
+    finally:
+        _stop_cluster(process, tmp_path)
+
+
+@pytest.mark.long(30)
+def test_a_validator_killed_after_the_stop_timeout_is_named_and_the_exit_is_1(
+    tmp_path: Path,
+) -> None:
+    """Found by review: stopped (Ctrl-C) with a validator paused (SIGSTOP), the cluster
+    SIGKILLed it after its stop timeout, then said "stopped every validator" and exited 0."""
+    base = free_port()
+    process = start_cluster(tmp_path, base, "--validators", "1")
+    pid: int | None = None
+    try:
+        assert process.stdout is not None
+        (pid,) = [
+            int(found) for found in re.findall(r"\(pid (\d+)\)", process.stdout.readline().decode())
+        ]
+        _wait_serving(process, [f"http://127.0.0.1:{base}"])
+        os.kill(pid, signal.SIGSTOP)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=STOP_SECONDS + 40) == 1
+        output = process.stdout.read().decode()
+        (line,) = [line for line in output.splitlines() if line.startswith("error (")]
+        assert line == (
+            "error (exited): stopped the validators still running; city did not stop within"
+            f" {STOP_SECONDS:g} s and was killed (SIGKILL)"
+        ), output
+        assert "stopped every validator" not in output
+        assert not _running(pid)
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        _stop_cluster(process, tmp_path)
+
+
+def test_stop_names_the_children_it_had_to_kill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_stop`: SIGTERM to each child, then SIGKILL to one still there after STOP_SECONDS;
+    it says which."""
+    monkeypatch.setattr("api.cli_cluster.STOP_SECONDS", 0.5)
+    # A paused validator, whose SIGTERM handler cannot run: a process that ignores SIGTERM.
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print()"
+    children = [
+        subprocess.Popen(["sleep", "60"]),
+        subprocess.Popen(
+            [sys.executable, "-c", f"{ignoring}; time.sleep(60)"], stdout=subprocess.PIPE
+        ),
+    ]
+    try:
+        assert children[1].stdout is not None
+        children[1].stdout.readline()  # SIGTERM is ignored from now on
+        assert _stop(children) == [1]
+        assert children[0].returncode == -signal.SIGTERM
+        assert children[1].returncode == -signal.SIGKILL
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+
+
+def _wait_serving(process: subprocess.Popen[bytes], urls: list[str]) -> None:
+    """Every validator at `urls` answers /healthz (its signal handlers are set by then)."""
+    deadline = time.monotonic() + WAIT_S
+    with httpx.Client(timeout=1, trust_env=False) as client:
+        while True:
+            assert process.poll() is None, process.returncode
+            assert time.monotonic() < deadline, "the validators did not start"
+            try:
+                if all(client.get(f"{url}/healthz").status_code == 200 for url in urls):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
