@@ -1,8 +1,9 @@
 """The `tanlian` command line (SPEC §8).
 
 Exit 0 on success, 1 when a verification or a transaction fails (one line on stderr, no
-traceback), 2 on bad usage. Commands that talk to a node arrive with the HTTP API. The
-commands that run a node load the web server only when they run (`api.cli_node`).
+traceback), 2 on bad usage (one line too: `main`). Commands that talk to a node arrive with
+the HTTP API. The commands that run a node load the web server only when they run
+(`api.cli_node`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import contextlib
 import inspect
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from api.cli_client import Kind, checked_id, export_from_node, query, tx
 from api.cli_cluster import EMPTY_BLOCK_INTERVAL_S_DEFAULT, EmptyBlockInterval, cluster
@@ -23,8 +26,10 @@ from api.cli_verify import read_genesis, verify_app
 from api.client import Client, ClientError
 from api.console import (
     atomic_file,
+    checked_url,
     close_all,
     counted,
+    err,
     fails_cleanly,
     load_key,
     option_given,
@@ -35,9 +40,11 @@ from api.console import (
 )
 from ledger.blocks import Validator
 from ledger.crypto import PrivateKey
-from ledger.errors import LedgerError, StoreError, StoreExists, StoreUnreadable
+from ledger.errors import LedgerError, StoreError, StoreExists, StoreUnreadable, printable
 from ledger.genesis import make_genesis_document, parse_genesis
 from ledger.store import DATABASE_FILE, Store, move_store_aside
+
+USAGE_EXIT = 2  # SPEC §8: bad usage
 
 app = typer.Typer(
     help="Tanlian (碳链): a verifiable carbon-credit ledger.",
@@ -132,7 +139,9 @@ def demo(
 def export(
     out_file: Annotated[Path, typer.Option("--out", help="The NDJSON file to write.")],
     data: Annotated[Path | None, typer.Option(help="A node's data directory.")] = None,
-    node: Annotated[str | None, typer.Option("--node", help="A node's URL.")] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", callback=checked_url, help="A node's URL.")
+    ] = None,
 ) -> None:
     """Write the NDJSON export: the genesis, then one {"block", "certificate"} per line,
     from a node's data directory or streamed from a running node."""
@@ -229,7 +238,7 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             try:
                 Client(url).close()
             except ClientError as error:
-                raise typer.BadParameter(f"{option} {error.message}") from None
+                raise typer.BadParameter(error.message, param_hint=f"'{option}'") from None
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise typer.BadParameter(f"--listen must be HOST:PORT, not {listen!r}")
@@ -264,6 +273,21 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
             )
             + f" in {genesis_file}: check --validator-key {validator_key}",
             code="not_a_validator",
+        )
+    # A validator of several decides nothing alone (found by review: it said "validator
+    # running", and never made a block). A store that exists may be governed by a later set
+    # of this validator alone: then a warning, not a refusal. (After the key's check, which
+    # names a wrong key more precisely.)
+    named = len(genesis.validators)
+    if validator_key is not None and not peer and named > 1:
+        alone = f"a validator of a set of {named} ({genesis_file}) needs --peer URLs of the others"
+        if new_store:
+            raise typer.BadParameter(alone)
+        err.print(
+            f"warning: {alone}: without them it decides blocks only if the chain's current"
+            " validator set is this validator alone",
+            highlight=False,
+            soft_wrap=True,
         )
     # Settings and the listening sockets before anything is written (found by review: a bad
     # setting or a port in use had left a new data directory and store behind).
@@ -383,7 +407,39 @@ _unwrap_helps(app)
 
 
 def main() -> None:
-    app(prog_name="tanlian")
+    """Run the command line. Bad usage is one line on stderr, `error (usage): <reason>. See
+    'tanlian <command> --help'.`, and exit 2 (SPEC §8): found by review, click's usage line,
+    hint and framed box had been the only multi-line error, and a cluster's validator that
+    exited so was read from its log by the frame's characters. Help, exit codes and Ctrl-C
+    (exit 130, no traceback) are as click has them."""
+    try:
+        code = app(prog_name="tanlian", standalone_mode=False)
+    except typer.TyperException as error:  # click's: typer carries its own copy of click
+        code = error.exit_code
+        # A group given no command has printed its help, the whole answer (typer's own test
+        # of this error, by name: its class is not public).
+        if type(error).__name__ != "NoArgsIsHelpError":
+            _print_click_error(error)
+    except typer.Abort:  # end of input at a prompt
+        err.print("aborted", highlight=False)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_click_error(error: typer.TyperException) -> None:
+    """One line: `error (usage): <reason>. See '<command> --help'.` for bad usage (exit 2),
+    `error: <reason>` for another of click's errors."""
+    message = " ".join(error.format_message().split())
+    # A usage error's context names the command whose help says how to use it.
+    command = getattr(getattr(error, "ctx", None), "command_path", None)
+    if error.exit_code != USAGE_EXIT:
+        line = f"[red]error[/red]: {escape(printable(message))}"
+    else:
+        if not message.endswith((".", "?", "!")):
+            message += "."
+        see = f" See '{escape(printable(command))} --help'." if isinstance(command, str) else ""
+        line = f"[red]error[/red] (usage): {escape(printable(message))}{see}"
+    err.print(line, markup=True, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

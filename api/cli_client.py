@@ -9,7 +9,8 @@
 1. Read the payload: `--payload` (one JSON object, from a file or stdin), then each
    `--field NAME=VALUE`, its value read as its field's type (`read_field`): integers for
    quantities, times and thresholds, JSON for the structured fields, text for the rest.
-   Bad usage (an unknown TYPE, a malformed field) exits 2.
+   Bad usage (an unknown TYPE, a malformed field, a `--node` that is not an http(s) URL)
+   exits 2.
 2. Name the signer (the single key's account, or `--signer` for an M-of-N account) and check
    the transaction with the ledger's own stateless rules (`parse_transaction`) before any
    node is asked anything: a field that breaks a rule fails here, with exit 1.
@@ -47,6 +48,7 @@ from api.client import (
     ClientError,
 )
 from api.console import (
+    checked_url,
     err,
     fail,
     fails_cleanly,
@@ -247,7 +249,7 @@ def tx(  # noqa: PLR0917 - typer maps each option to a parameter
         int | None, typer.Option(min=1, max=JSON_INTEGER_MAX, help="Default: the next one.")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the commit.")] = True,
-    node: Annotated[str, typer.Option(help="The node's URL.")] = NODE_DEFAULT,
+    node: Annotated[str, typer.Option(callback=checked_url, help="The node's URL.")] = NODE_DEFAULT,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -336,7 +338,7 @@ def query(
     item_id: Annotated[
         str, typer.Argument(metavar="ID", help="An account, retirement or tx id; B-n; a height.")
     ],
-    node: Annotated[str, typer.Option(help="The node's URL.")] = NODE_DEFAULT,
+    node: Annotated[str, typer.Option(callback=checked_url, help="The node's URL.")] = NODE_DEFAULT,
 ) -> None:
     """Read one account, batch, retirement, block or transaction from a node, as JSON."""
     normalized = checked_id(kind, item_id)

@@ -67,7 +67,7 @@ from api.client import (
     Client,
     ClientError,
 )
-from api.console import counted, err, fail, fails_cleanly, out, write_atomically
+from api.console import checked_url, counted, err, fail, fails_cleanly, out, write_atomically
 from consensus.pool import verify_signatures
 from consensus.producer import tune_garbage_collector
 from ledger.blocks import (
@@ -241,7 +241,9 @@ def verify_chain(
     export_file: Annotated[
         Path | None, typer.Option("--export", help="An NDJSON export (tanlian export).")
     ] = None,
-    node: Annotated[str | None, typer.Option("--node", help="A node's URL.")] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", callback=checked_url, help="A node's URL.")
+    ] = None,
 ) -> None:
     """Audit a whole chain (SPEC §6.2) and name the first failing height and rule.
 
@@ -813,7 +815,9 @@ def verify_monitor(
     genesis_file: Annotated[
         Path, typer.Option("--genesis", help="The genesis file you trust for this chain.")
     ],
-    node: Annotated[str, typer.Option("--node", help="A node's URL.")] = "http://127.0.0.1:8000",
+    node: Annotated[
+        str, typer.Option("--node", callback=checked_url, help="A node's URL.")
+    ] = "http://127.0.0.1:8000",
     interval: Annotated[
         float | None,
         typer.Option(

@@ -1,7 +1,8 @@
 """What every command of the command line shares: its consoles and its way of failing.
 
 A command that meets bad input or a failed check prints one line on stderr and exits 1,
-never a traceback (SPEC §8). Messages quote outside input, so they are never read as markup.
+never a traceback (SPEC §8); bad usage, one line too, exits 2 (`api.cli.main`). Messages
+quote outside input, so they are never read as markup.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from api.client import Client, ClientError
 from consensus.wal import WAL_FILE_NAME
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError, printable
@@ -45,6 +47,18 @@ def option_given(context: typer.Context, name: str) -> bool:
     default."""
     source = context.get_parameter_source(name)
     return source is not None and source.name != "DEFAULT"
+
+
+def checked_url(url: str | None) -> str | None:
+    """A `--node` URL, checked as the client will take it (a typer callback): one that is
+    not http(s)://host is bad usage, exit 2, as `node --follow` and `--peer` have it (found
+    by review: `verify chain --node ftp://x` exited 1, as if a check had failed)."""
+    if url is not None:
+        try:
+            Client(url).close()
+        except ClientError as error:
+            raise typer.BadParameter(error.message) from None
+    return url
 
 
 LISTEN_BACKLOG: Final = 2048  # uvicorn's own

@@ -168,9 +168,47 @@ def test_keys_show_refuses_a_file_that_is_not_a_key(tmp_path: Path) -> None:
 
 def test_unknown_command_is_bad_usage() -> None:
     result = tanlian("frobnicate")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "frobnicate" in result.stderr
+    assert_fails_cleanly(result, "error (usage): No such command 'frobnicate'.", code=2)
+    assert result.stderr == "error (usage): No such command 'frobnicate'. See 'tanlian --help'.\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (
+            ["verify", "chain"],
+            "error (usage): Missing option '--genesis'. See 'tanlian verify chain --help'.",
+        ),
+        (
+            ["keys", "show", "--bogus"],
+            "error (usage): No such option: --bogus. See 'tanlian keys show --help'.",
+        ),
+        (
+            ["demo", "--data", "d", "--transactions", "3"],
+            "error (usage): Invalid value for '--transactions': Input should be greater than or"
+            " equal to 50. See 'tanlian demo --help'.",
+        ),
+        (  # raised by the command itself
+            ["export", "--out", "e.ndjson"],
+            "error (usage): Invalid value: give either --data DIR or --node URL. See 'tanlian"
+            " export --help'.",
+        ),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(arguments: list[str], line: str) -> None:
+    """Found by review: usage errors were click's usage line, a hint and a framed box, where
+    every other error is one line (SPEC §8)."""
+    result = tanlian(*arguments)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"{line}\n")
+
+
+def test_help_and_a_group_without_a_command_are_as_they_were() -> None:
+    """--help prints the help and exits 0; a group with no command prints its help and
+    exits 2 (no error line: the help is the answer)."""
+    shown = tanlian("verify", "chain", "--help")
+    assert shown.returncode == 0 and "--genesis" in shown.stdout and shown.stderr == ""
+    group = tanlian("keys")
+    assert group.returncode == 2 and "new" in group.stdout and "error" not in group.stderr
 
 
 def test_one_of_a_thing_is_said_in_the_singular() -> None:

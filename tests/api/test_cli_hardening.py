@@ -27,7 +27,7 @@ from api import console
 from api.client import Client, ClientError
 from api.demo import _City, _month_activity
 from consensus.wal import WAL_FILE_NAME
-from ledger.store import DATABASE_FILE, LOCK_FILE
+from ledger.store import DATABASE_FILE, LOCK_FILE, Store
 from tests.api.test_cli import TANLIAN, assert_fails_cleanly, environment, free_port, tanlian
 
 WAIT_S = 60
@@ -60,18 +60,49 @@ def test_a_passphrase_that_is_not_utf_8_is_a_passphrase(tmp_path: Path) -> None:
     assert_fails_cleanly(run("keys", "show", str(path), passphrase=False), "passphrase")
 
 
-def test_a_url_whose_host_cannot_be_encoded_is_bad_url() -> None:
+def test_a_url_whose_host_cannot_be_encoded_is_bad_usage() -> None:
     for url in ("http://a..b", "http://" + "a" * 64 + ":8000"):
-        assert_fails_cleanly(tanlian("query", "block", "1", "--node", url), "(bad_url)")
+        assert_fails_cleanly(
+            tanlian("query", "block", "1", "--node", url), f"'{url}' is not a URL", code=2
+        )
 
 
-def test_a_node_address_with_a_query_or_fragment_is_bad_url() -> None:
+def test_a_node_address_with_a_query_or_fragment_is_bad_usage() -> None:
     """Found by review: `--node http://h:p?x=1` sent the API's requests to the explorer's
     page and reported "not acceptable JSON"."""
     for url in ("http://127.0.0.1:1?x=1", "http://127.0.0.1:1/#top"):
         assert_fails_cleanly(
-            tanlian("query", "block", "1", "--node", url), "has no ?query or #fragment"
+            tanlian("query", "block", "1", "--node", url), "has no ?query or #fragment", code=2
         )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify", "chain", "--genesis", "@g.json", "--node"],
+        ["verify", "monitor", "--genesis", "@g.json", "--state", "@s.json", "--node"],
+        ["export", "--out", "@e.ndjson", "--node"],
+        ["query", "block", "1", "--node"],
+        ["tx", "retire", "--key", "@k.pem", "--node"],
+        ["node", "--genesis", "@g.json", "--data", "@d", "--follow"],
+        ["node", "--genesis", "@g.json", "--data", "@d", "--validator-key", "@k.pem", "--peer"],
+    ],
+)
+def test_a_malformed_url_on_the_command_line_is_bad_usage_everywhere(
+    command: list[str], tmp_path: Path
+) -> None:
+    """Found by review: `verify chain --node ftp://x` (and `export --node`, `query`, `tx`)
+    exited 1 with `error (bad_url)`, as if a check had failed, where `node --follow notaurl`
+    exited 2. Each is refused before any file named is read or written."""
+    for url in ("ftp://x", "notaurl"):
+        # @NAME: a file in tmp_path
+        given = [tmp_path / part[1:] if part.startswith("@") else part for part in command]
+        result = tanlian(*given, url)
+        assert_fails_cleanly(
+            result, f"'{url}' is not an http:// or https:// URL with a host", code=2
+        )
+        assert result.stderr.startswith("error (usage): Invalid value for '--"), result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_node_with_a_peer_or_a_host_it_cannot_use_says_so(tmp_path: Path) -> None:
@@ -586,3 +617,41 @@ def test_resync_never_sets_aside_a_store_of_a_later_version(demo: Path, tmp_path
     assert "written by a later version of Tanlian" in refused.stderr
     assert sorted(p.name for p in data.iterdir()) == before  # nothing set aside
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_a_validator_of_several_without_peers_is_bad_usage(tmp_path: Path) -> None:
+    """Found by review: a validator of a genesis naming two, started with no --peer, said
+    "validator running" and could never decide a block. A new store is refused (exit 2,
+    nothing written); a store that exists may be governed by a later set of this validator
+    alone, so it starts, with a warning."""
+    for name in ("city", "operator"):
+        assert tanlian("keys", "new", "--out", tmp_path / f"{name}.pem").returncode == 0
+    made = tanlian(
+        "genesis", "new", "--chain-id", "two", "--authority", tmp_path / "city.pem",
+        "--validator", tmp_path / "city.pem", "--validator", tmp_path / "operator.pem",
+        "--out", tmp_path / "genesis.json",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    data = tmp_path / "data"
+    node = [str(TANLIAN), "node", "--genesis", str(tmp_path / "genesis.json"),
+            "--data", str(data), "--validator-key", str(tmp_path / "city.pem"),
+            "--listen", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    refused = tanlian(*node[1:])
+    assert_fails_cleanly(
+        refused,
+        f"a validator of a set of 2 ({tmp_path / 'genesis.json'}) needs --peer URLs of the others",
+        code=2,
+    )
+    assert not data.exists()
+    Store.create(data, json.loads((tmp_path / "genesis.json").read_text())).close()
+    process = subprocess.Popen(
+        node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment()
+    )
+    try:
+        assert process.stderr is not None
+        warning = process.stderr.readline()
+        assert warning.startswith("warning: a validator of a set of 2"), warning
+        assert "only if the chain's current validator set is this validator alone" in warning
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
