@@ -779,10 +779,20 @@ def read_state(path: Path, genesis: Genesis) -> Trusted:
             code="wrong_chain",
         )
     if compute_validators_hash(validators) != remembered.header.validators_hash:
+        # Found by review: the message read as cut short ("... so the genesis's"), under a
+        # generic code, for a state file of another chain with the same chain id.
+        held = (
+            "the set the file names"
+            if named
+            else f"the genesis's set ({compute_validators_hash(validators)}), as the file names"
+            " none"
+        )
         raise LedgerError(
             f"{path}: the remembered checkpoint names validator set "
-            f"{remembered.header.validators_hash}, and the file "
-            + ("names another set" if named else "names no set, so the genesis's")
+            f"{remembered.header.validators_hash}, not {held}: this state file is of another"
+            " chain, or was altered; give the genesis of the chain it watched, or start a new"
+            " state file",
+            code="wrong_chain",
         )
     return Trusted(checkpoint=remembered, validators=validators)
 

@@ -1031,8 +1031,19 @@ def test_the_monitor_follows_the_validator_set_through_its_changes(
         broken = monitor(running.url, state, running.genesis_file)
         assert_fails_cleanly(
             broken,
-            f"monitor.json: the remembered checkpoint names validator set"
-            f" {compute_validators_hash(sets[1])}, and the file names another set",
+            f"error (wrong_chain): {state}: the remembered checkpoint names validator set"
+            f" {compute_validators_hash(sets[1])}, not the set the file names: this state file"
+            " is of another chain, or was altered",
+        )
+        # No set in the file: the genesis's is taken, and named (found by review: the
+        # message read as cut short, "..., so the genesis's").
+        unnamed = {key: value for key, value in saved.items() if key != "validators"}
+        state.write_text(json.dumps(unnamed))
+        assert_fails_cleanly(
+            monitor(running.url, state, running.genesis_file),
+            f"error (wrong_chain): {state}: the remembered checkpoint names validator set"
+            f" {compute_validators_hash(sets[1])}, not the genesis's set"
+            f" ({compute_validators_hash(genesis.validators)}), as the file names none",
         )
 
 
