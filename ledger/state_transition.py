@@ -1181,15 +1181,27 @@ def first_that_applies(
             continue
         work = _Work(state, height=height, time=time)
         work.rules = rules
-        try:
-            _apply_transaction(work, envelope, signatures_verified=True)
-        except TransactionRejected as error:
-            error.tx_id = envelope.tx_id
-            rejected.append((envelope, error))
-            failed_signers.add(envelope.tx.signer)
-            continue
-        return envelope, tuple(rejected)
+        if _tried(work, envelope, True, rejected, failed_signers):
+            return envelope, tuple(rejected)
     return None, tuple(rejected)
+
+
+def _tried(
+    work: _Work,
+    envelope: Envelope,
+    signatures_verified: bool,
+    rejected: list[tuple[Envelope, TransactionRejected]],
+    failed_signers: set[str],
+) -> bool:
+    """`envelope` applied to `work`; False, its rejection and its signer noted, if it fails."""
+    try:
+        _apply_transaction(work, envelope, signatures_verified=signatures_verified)
+    except TransactionRejected as error:
+        error.tx_id = envelope.tx_id
+        rejected.append((envelope, error))
+        failed_signers.add(envelope.tx.signer)
+        return False
+    return True
 
 
 def build_block(
@@ -1237,14 +1249,8 @@ def build_block(
         if envelope.tx.signer in failed_signers:
             deferred.append(envelope)
             continue
-        try:
-            _apply_transaction(work, envelope, signatures_verified=signatures_verified)
-        except TransactionRejected as error:
-            error.tx_id = envelope.tx_id
-            rejected.append((envelope, error))
-            failed_signers.add(envelope.tx.signer)
-            continue
-        applied.append(envelope)
+        if _tried(work, envelope, signatures_verified, rejected, failed_signers):
+            applied.append(envelope)
     partial = Header(
         chain_id=state.chain_id,
         height=height,

@@ -377,7 +377,8 @@ def test_a_line_that_is_not_a_block_is_refused() -> None:
     refused_then_healed(bad, rule="malformed", at=7)
 
 
-def test_another_chains_export_is_refused_at_its_genesis_line() -> None:
+def another_chains_genesis_line() -> bytes:
+    """The genesis line of a chain with this one's validators and another chain id."""
     other = make_genesis_document(
         chain_id="another-chain",
         genesis_time=GENESIS_TIME,
@@ -386,7 +387,11 @@ def test_another_chains_export_is_refused_at_its_genesis_line() -> None:
         authority_threshold=1,
         validators=list(built().genesis.current_validators()),
     )
-    bad = source("bad", genesis_line=canonical(other) + b"\n")
+    return canonical(other) + b"\n"
+
+
+def test_another_chains_export_is_refused_at_its_genesis_line() -> None:
+    bad = source("bad", genesis_line=another_chains_genesis_line())
     refused_then_healed(bad, rule="genesis", at=1)
     not_json = source("bad", genesis_line=b"<html>\n")
     refused_then_healed(not_json, rule="genesis", at=1)
@@ -557,16 +562,8 @@ def test_a_fork_behind_this_node_or_level_with_it_is_proven() -> None:
 
 
 def test_a_source_of_another_chain_is_distrusted_until_it_serves_this_one() -> None:
-    other = make_genesis_document(
-        chain_id="another-chain",
-        genesis_time=GENESIS_TIME,
-        authority_name="Elsewhere",
-        authority_keys=[key("elsewhere").public_key_hex],
-        authority_threshold=1,
-        validators=list(built().genesis.current_validators()),
-    )
     clock = Clock()
-    elsewhere = source("elsewhere", genesis_line=canonical(other) + b"\n")
+    elsewhere = source("elsewhere", genesis_line=another_chains_genesis_line())
     sync = make_sync(elsewhere, clock=clock)
     sync.step(built().genesis, Sink().append)
     assert sync.distrusted(0) == "it serves another chain"
