@@ -53,6 +53,7 @@ class Follower:
         self.poll_ms = poll_ms
         self._clock_ms = clock_ms
         self.pool = Pool()  # always empty: what the node asks of every producer
+        self.rejections = 0  # likewise: it rejects nothing
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()  # likewise
         self._lock = threading.Lock()  # the state readers see
         self._state = store.load_state()

@@ -251,6 +251,7 @@ class BftProducer:
         # When a peer's batch last came, and when this validator last asked (`_probe_due`).
         self._heard_at = self._probed_at = clock_ms()
         self.probes = 0  # sync attempts made because no peer said anything for SYNC_PROBE_MS
+        self.rejections = 0  # `Reject`s carried out: their submitters are to hear it
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         # Peers' messages waiting for the replica, each with its arrival number (`on_messages`):
         # votes apart from proposals and decisions, these with their `message_bytes`, and of
@@ -843,6 +844,7 @@ class BftProducer:
         """What this validator left out of its proposal leaves its pool, answered rejected
         (without it, each proposal would try it again, and its submitter wait for ever)."""
         with self._lock:
+            self.rejections += 1
             self.pool.remove(envelope for envelope, _ in rejection.rejected)
             for envelope, error in rejection.rejected:
                 self._remember(

@@ -4,6 +4,7 @@ answers about a transaction, from memory, the pool, or the committed-id filter a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import sqlite3
@@ -12,14 +13,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from api.app import create_app
 from api.node import Node, _CommittedIds
+from api.settings import Settings
 from consensus.producer import SoloProducer
 from ledger import limits
 from ledger.store import Store
-from ledger.transactions import Envelope
-from tests.factory import GENESIS_TIME, Chain
+from ledger.transactions import Envelope, Transaction, sign_transaction
+from tests.factory import GENESIS_TIME, Chain, key
 
 
 def ids(label: str, count: int) -> list[str]:
@@ -285,3 +289,48 @@ def test_a_node_starts_before_its_filter_is_filled_and_answers_from_the_store(
     finally:
         released.set()
         node.stop()
+
+
+def test_a_validators_rejection_with_no_block_answers_its_waiting_submitter(
+    tmp_path: Path,
+) -> None:
+    """Found by review: an idle consortium validator rejects a transaction that fails on its
+    state without deciding a block, and only a block woke the submitters waiting for their
+    commit: one with `?wait=commit` heard the rejection at the end of its 25 s wait."""
+    chain = Chain().funded()
+    chain.write_store(tmp_path)
+    # A consortium's producer (a peer given, never reachable): no block for two minutes idle.
+    node = Node(tmp_path, chain.validator, peers=["http://127.0.0.1:9"], empty_block_ms=120_000)
+    nobody = key("nobody")
+    transaction = Transaction(
+        chain_id=chain.state.chain_id,
+        type="transfer",
+        signer=nobody.account_id,
+        nonce=1,
+        payload={"to": chain.alice.account_id, "batch_id": "B-404", "quantity": 5},
+    )
+    refused = sign_transaction(transaction, [nobody])
+    served = create_app(node, Settings(data=tmp_path, commit_wait_seconds=25), manage_node=False)
+    node.start()
+
+    async def submit() -> tuple[httpx.Response, float]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served), base_url="http://node", timeout=60
+        ) as client:
+            started = time.monotonic()
+            answer = await client.post("/v1/transactions?wait=commit", content=refused.leaf)
+            return answer, time.monotonic() - started
+
+    try:
+        start = node.state.height
+        deadline = time.monotonic() + 30
+        while node.state.height == start:  # a start costs one empty block; then it idles
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        height = node.state.height
+        answer, took = asyncio.run(submit())
+    finally:
+        node.stop()
+    assert answer.status_code == 422 and answer.json()["code"] == "unknown_batch"
+    assert took < 10, took  # the 2 s it fails before it is rejected, not the 25 s wait
+    assert node.state.height == height  # and no block for it
