@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final, TypeGuard
 
@@ -60,6 +61,9 @@ from ledger.transactions import parse_envelope
 log = logging.getLogger("tanlian.follow")
 
 FORWARD_ANSWER_SECONDS_MAX: Final = COMMIT_WAIT_SECONDS_MAX + COMMIT_WAIT_MARGIN_SECONDS
+# Past this long, a submission is not forwarded to more nodes block sync could not use a moment
+# ago once one of them could not be reached: `tanlian tx` waits 35 s for an answer.
+FORWARD_PATIENCE_SECONDS: Final = 15.0
 FORWARDED_HEADER: Final = "tanlian-forwarded-by"
 FORWARD_HOPS_MAX: Final = 8
 _HOP: Final = re.compile(r"[0-9a-f]{16}")
@@ -122,16 +126,19 @@ class Forwarder:
         *,
         distrusted: Callable[[int], str | None] = lambda index: None,
         refused: Callable[[int], bool] = lambda index: False,
+        patience_seconds: float = FORWARD_PATIENCE_SECONDS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """`distrusted(i)` says why the node at `urls[i]` is not asked (its blocks showed
         another chain, or a fork: `consensus.sync.BlockSync.distrusted`), or None;
         `refused(i)`, whether block sync could not use it a moment ago
         (`BlockSync.refused_now`): such nodes are asked after the others, and once one of
-        them could not be reached, the rest are not asked."""
+        them could not be reached, the rest only while the submission has waited less than
+        `patience_seconds`."""
         assert urls, "a follower follows at least one node"
         self.distrusted = distrusted
         self.refused = refused
+        self.patience_seconds = patience_seconds
         self.identity = secrets.token_hex(8)  # this follower, in `FORWARDED_HEADER`
         # A whole answer within the longest commit wait and its margin: a node that drips
         # its answer is passed over for the next, as one that cannot be reached (found by
@@ -145,7 +152,11 @@ class Forwarder:
         """The `FORWARDED_HEADER` this follower sends on, given the one a submission came
         with (anyone's text: what is not a follower's id is left out); raises `LedgerError`
         `forward_loop` when it names this follower, or FORWARD_HOPS_MAX of them."""
-        hops = [hop for hop in via.split(",")[: FORWARD_HOPS_MAX + 1] if _HOP.fullmatch(hop)]
+        hops = [
+            hop.strip()
+            for hop in via.split(",")[: FORWARD_HOPS_MAX + 1]
+            if _HOP.fullmatch(hop.strip())
+        ]
         if self.identity in hops:
             raise LedgerError(
                 "this follower forwarded this submission itself: the nodes it follows lead "
@@ -185,16 +196,20 @@ class Forwarder:
             return committed_here(own, ids[0]) if _one_envelope(ids, body) else None
 
         # Nodes block sync could not use a moment ago go last; once one of them could not be
-        # reached, the others are not asked (found by review: four stopped validators held
-        # a submission 10 s each, 40 s in all, past the command line's own wait).
+        # reached, the others only within the patience (found by review: four stopped
+        # validators held a submission 10 s each, 40 s in all, past the command line's own
+        # wait; and the patience, because this follower's own link may have been what failed).
+        started = time.monotonic()
         order = sorted(range(len(self.clients)), key=self.refused)
         unreached = False
         for index in order:
             client = self.clients[index]
-            if unreached and self.refused(index):
+            waited = time.monotonic() - started
+            if unreached and self.refused(index) and waited >= self.patience_seconds:
                 failures.append(
                     LedgerError(
-                        f"{client.base_url} was not asked: block sync cannot reach it either",
+                        f"{client.base_url} was not asked after {waited:.0f} s: block sync"
+                        " could not use it a moment ago either",
                         code="upstream_unavailable",
                     )
                 )
