@@ -532,6 +532,9 @@ class BlockSync:
                 break
             if now < self._not_before_ms[index]:
                 continue  # refused a moment ago: its wait is not over
+            if self._forked[index] is not None:
+                continue  # proven to serve a fork: never asked again (found by review: its
+                # fork was proven anew, downloaded and logged, every 30 s)
             reached = state.height
             try:
                 claimed = self.sources[index].latest()
@@ -547,16 +550,17 @@ class BlockSync:
                 # Its head is one this node holds, and another block: a fork, or a claim its
                 # blocks must back (found by review: a forked source went unnoticed for as
                 # long as it was behind).
-                if not self._look_for_fork(index, state, deadline, height=head):
-                    refusal = SyncRefused(
-                        height=head,
-                        rule="head",
-                        detail=f"its head names block {claimed.block_hash} at height {head},"
-                        " which this node holds as another, and it served no certified block"
-                        " of its own there",
-                    )
-                else:
-                    refusal = self._forked[index]
+                found = self._look_for_fork(index, state, deadline, height=head)
+                if found is None:
+                    continue  # not asked (the attempt's time is up): nothing to say of it
+                refusal = self._forked[index] or SyncRefused(
+                    height=head,
+                    rule="head",
+                    detail=f"its head names block {claimed.block_hash} at height {head}, which"
+                    " this node holds as another, and what it served there proves no fork"
+                    " (the same block, or one not certified by the set this node knows for"
+                    " that height)",
+                )
             if refusal is not None:
                 if self._closing.is_set():
                     return state  # not the source's fault
@@ -656,13 +660,15 @@ class BlockSync:
             return False
         return claimed.block_hash != ours
 
-    def _look_for_fork(self, index: int, state: State, deadline: int, *, height: int) -> bool:
+    def _look_for_fork(
+        self, index: int, state: State, deadline: int, *, height: int
+    ) -> bool | None:
         """After a certified block that does not extend this node's head, or a head that is
         another block at a height this node holds: the source's block at `height`, and a
-        `ForkProof` if it is one (module docstring). Whether one was found; a source that
-        serves another chain is refused as one (`distrusted`)."""
+        `ForkProof` if it is one (module docstring). Whether one was found, None when the
+        source was not asked; a source that serves another chain is `distrusted`."""
         if self._local is None or self._clock_ms() >= deadline:
-            return False
+            return None
         source = self.sources[index]
         lines = source.export_lines(height, height, line_bytes_max=self.line_bytes_max)
         try:

@@ -544,9 +544,12 @@ def test_a_fork_behind_this_node_or_level_with_it_is_proven() -> None:
         assert [proof.height for proof in found] == [FORK_AT], held
         assert "rule fork at height 30" in (sync.counters.last_refusal or "")
         assert "a fork of this chain" in (sync.distrusted(0) or "")
-        # For good: the same fork served again is still one, and never trusted again.
+        # For good: never trusted, nor asked, again (found by review: its fork had been
+        # proven anew, downloaded and logged, at every attempt).
+        asked = fork.requests
         sync.step(at, Sink().append)
         assert sync.distrusted(0) is not None
+        assert fork.requests == asked and sync.counters.forks == 1
     # Behind on this very chain: nothing refused, nothing distrusted, one request (its head).
     honest = source("honest", lines=list(chain.lines[:FORK_AT]), head_hash=ours_hash(FORK_AT))
     sync = make_sync(honest, local=ours, local_hash=ours_hash)
@@ -558,7 +561,13 @@ def test_a_fork_behind_this_node_or_level_with_it_is_proven() -> None:
     sync = make_sync(liar, local=ours, local_hash=ours_hash)
     assert sync.step(at, Sink().append) is at
     assert "rule head at height 30" in (sync.counters.last_refusal or "")
+    assert "proves no fork" in (sync.counters.last_refusal or "")
     assert sync.counters.forks == 0 and sync.distrusted(0) is None
+    # Without its own blocks to compare, a sync asks nothing more and refuses nothing.
+    unseen = source("liar", lines=list(chain.lines[:FORK_AT]), head_hash=theirs)
+    blind = make_sync(unseen)
+    assert blind.step(chain.states[FORK_AT], Sink().append) is chain.states[FORK_AT]
+    assert blind.counters.refusals == 0 and unseen.requests == 1
 
 
 def test_a_source_of_another_chain_is_distrusted_until_it_serves_this_one() -> None:
