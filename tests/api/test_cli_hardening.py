@@ -647,11 +647,15 @@ def test_a_validator_of_several_without_peers_is_bad_usage(tmp_path: Path) -> No
     process = subprocess.Popen(
         node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment()
     )
+    # A node that printed no warning would run on: the read must not wait for ever.
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
     try:
         assert process.stderr is not None
         warning = process.stderr.readline()
         assert warning.startswith("warning: a validator of a set of 2"), warning
         assert "only if the chain's current validator set is this validator alone" in warning
     finally:
+        watchdog.cancel()
         process.terminate()
         process.communicate(timeout=60)
