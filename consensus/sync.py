@@ -59,7 +59,8 @@ other chain is stored; the source stays refused. A source whose head is not abov
 is compared too: a head that names another block at a height this node holds (its own head's,
 or one `local_hash` reads) is followed by the same request for that height, and refused (rule
 `head`) when it proves no fork. A source that served a fork, or another chain's genesis, is
-`distrusted`: a follower forwards its users' transactions to it no more.
+`distrusted`: a follower forwards its users' transactions to it no more; one that served a
+fork is not asked again.
 
 `verify_lines` is pure (no clock, thread, store or network); `MemorySource` is a source's
 in-memory twin, for tests.
