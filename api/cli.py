@@ -23,10 +23,10 @@ from rich.markup import escape
 from api.cli_client import Kind, checked_id, export_from_node, query, tx
 from api.cli_cluster import EMPTY_BLOCK_INTERVAL_S_DEFAULT, EmptyBlockInterval, cluster
 from api.cli_verify import read_genesis, verify_app
-from api.client import Client, ClientError
 from api.console import (
     atomic_file,
     checked_url,
+    checked_urls,
     close_all,
     counted,
     err,
@@ -195,11 +195,14 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         Path | None, typer.Option(help="This node's validator key (PEM); a follower has none.")
     ] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve the API on.")] = "127.0.0.1:8000",
-    peer: Annotated[list[str] | None, typer.Option(help="A peer validator's URL.")] = None,
+    peer: Annotated[
+        list[str] | None, typer.Option(callback=checked_urls, help="A peer validator's URL.")
+    ] = None,
     follow: Annotated[
         list[str] | None,
         typer.Option(
-            help="Follow the node at this URL (repeat: the next is asked when one fails)."
+            callback=checked_urls,
+            help="Follow the node at this URL (repeat: the next is asked when one fails).",
         ),
     ] = None,
     resync: Annotated[
@@ -233,12 +236,6 @@ def node(  # noqa: PLR0917 - typer maps each option to a parameter
         raise typer.BadParameter(
             "a follower makes no blocks: --empty-block-interval is for a validator of a consortium"
         )
-    for option, urls in (("--follow", follow), ("--peer", peer or [])):
-        for url in urls:
-            try:
-                Client(url).close()
-            except ClientError as error:
-                raise typer.BadParameter(error.message, param_hint=f"'{option}'") from None
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise typer.BadParameter(f"--listen must be HOST:PORT, not {listen!r}")

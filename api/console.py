@@ -61,6 +61,13 @@ def checked_url(url: str | None) -> str | None:
     return url
 
 
+def checked_urls(urls: list[str] | None) -> list[str] | None:
+    """`checked_url` for each URL of a repeatable option (`node --follow`, `--peer`)."""
+    for url in urls or []:
+        checked_url(url)
+    return urls
+
+
 LISTEN_BACKLOG: Final = 2048  # uvicorn's own
 PEM_HEAD_BYTES: Final = 64  # enough of a file to see a PEM private key's first line
 

@@ -610,8 +610,10 @@ class Replica:
         if self._verdicts_head != self.state.head_hash:
             self._verdicts, self._verdicts_head = {}, self.state.head_hash
         known = self._verdicts
-        held = {e.tx.signer for e in candidates if e.tx_id in known}
-        fresh = [e for e in candidates if e.tx_id not in known and e.tx.signer not in held]
+        fresh = candidates  # under load, or after a new head: nothing known to pass over
+        if known:
+            held = {e.tx.signer for e in candidates if e.tx_id in known}
+            fresh = [e for e in candidates if e.tx_id not in known and e.tx.signer not in held]
         applies, rejected = first_that_applies(self.state, fresh, time=self._now)
         if applies is not None:
             return True
