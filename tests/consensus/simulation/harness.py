@@ -60,7 +60,12 @@ from ledger.state_transition import apply_block
 from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
 from tests.consensus.simulation.network import Clock, Links
 from tests.consensus.simulation.scenario import TRANSACTION_GAP_MS, Scenario
-from tests.consensus.simulation.world import World, make_world, transaction_source
+from tests.consensus.simulation.world import (
+    World,
+    make_world,
+    transaction_source,
+    with_set_change,
+)
 
 HEAL_PROGRESS_MS_MAX = 30_000  # after the heal, every core validator decides a new height
 # After that progress, the evidence the core holds is recorded within this much virtual time.
@@ -193,13 +198,18 @@ class Checker:
         )
 
     def check_evidence(self, evidence: Evidence, where: str) -> None:
-        """Evidence verifies against the set that governed its height (by the states decided
-        so far; the simulated sets never change) and names a Byzantine validator."""
+        """Evidence verifies against the set that governed its height and names a Byzantine
+        validator. The states decided so far give the set: the state after height h - 1
+        governs h, the latest state's next set the height after its own (H+2 rule); a
+        replica holds no message beyond that."""
         if evidence in self.evidence_seen:
             return
         if evidence.public_key not in self.byzantine_keys:
             raise self.fail(f"{where}: evidence names correct validator {evidence.public_key}")
-        governing = self.states[min(evidence.height, len(self.states)) - 1].current_validators()
+        if evidence.height <= len(self.states):
+            governing = self.states[evidence.height - 1].current_validators()
+        else:
+            governing = self.states[-1].next_validators()
         verify_evidence(evidence, chain_id=self.world.genesis.chain_id, validators=governing)
         self.evidence_seen.add(evidence)
 
@@ -243,7 +253,12 @@ class Simulation:
         self.clock = Clock()
         self.links = Links(scenario, self.rng)
         gap_ms = TRANSACTION_GAP_MS if scenario.empty_block_ms else 0
-        self.source = transaction_source(self.world, gap_ms=gap_ms)
+        workload = (
+            with_set_change(scenario.n, scenario.set_change, scenario.set_change_at)
+            if scenario.set_change
+            else None
+        )
+        self.source = transaction_source(self.world, gap_ms=gap_ms, workload=workload)
         behaviours = dict(scenario.byzantine)
         self.nodes: list[Node] = []
         for validator in range(scenario.n):

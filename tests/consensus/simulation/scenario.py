@@ -7,10 +7,17 @@ to f validators are Byzantine. Then the heal: the `core` (at least 2f+1 correct 
 is restarted where crashed and its links become reliable, with delays of at most
 HEAL_DELAY_MS_MAX; the rest keep misbehaving. Every detail is in the scenario or follows from
 `seed`, so `run(Scenario(...))` with the printed value replays a run event for event.
+
+In one run of three the authority changes the validator set (SPEC §3.2 `set_validators`, the
+H+2 rule): each validator's new power in `set_change` (0: it leaves the set), the transaction
+placed at `set_change_at` in the workload, so that it is decided during the chaos or after. The
+new set keeps the assumptions: the core holds more than two thirds of its power, the Byzantine
+validators less than a third.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +42,8 @@ SKEW_MS_MAX = 300  # each validator's clock is off by at most this much
 # after the heal (HEAL_PROGRESS_MS_MAX, 30 s) needs what ends a wait early.
 EMPTY_BLOCK_MS = (0, 5_000, 60_000)
 TRANSACTION_GAP_MS = 7_000
+SET_CHANGE_POWER_MAX = 3
+SET_CHANGE_AT = (2, 14)  # where in the workload: after the authority's two, up to ~height 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +83,8 @@ class Scenario:
     skew_ms: tuple[int, ...]
     beyond_f: bool = False  # more than f Byzantine validators: only the negative test
     empty_block_ms: int = 0  # every validator's `Timeouts.empty_block_ms`
+    set_change: tuple[int, ...] = ()  # each validator's power in the new set (0: out); () none
+    set_change_at: int = SET_CHANGE_AT[0]  # the set_validators' index in the workload
 
     @property
     def f(self) -> int:
@@ -87,11 +98,29 @@ class Scenario:
         assert not faulty & set(self.core)
         assert all(behaviour in BEHAVIOURS for _, behaviour in self.byzantine)
         assert len(self.skew_ms) == self.n
+        assert not self.set_change or set_change_fits(self, self.set_change)
+        assert SET_CHANGE_AT[0] <= self.set_change_at <= SET_CHANGE_AT[1]
 
     @classmethod
     def from_seed(cls, seed: int) -> Scenario:
         """A scenario drawn from `seed` alone, with the same distribution as `scenarios()`."""
         return build_scenario(_RandomDraw(random.Random(seed)), seed)
+
+
+def set_change_fits(scenario: Scenario, powers: Sequence[int]) -> bool:
+    """Whether the new set `powers` keeps the run's assumptions: every core validator stays
+    in it, the core holds more than 2/3 of its power and (unless `beyond_f`) the Byzantine
+    validators less than 1/3."""
+    total = sum(powers)
+    core = sum(powers[i] for i in scenario.core)
+    byzantine = sum(powers[i] for i, _ in scenario.byzantine)
+    return (
+        len(powers) == scenario.n
+        and all(0 <= p <= SET_CHANGE_POWER_MAX for p in powers)
+        and all(powers[i] >= 1 for i in scenario.core)
+        and 3 * core > 2 * total
+        and (scenario.beyond_f or 3 * byzantine < total)
+    )
 
 
 class Draw(Protocol):
@@ -158,7 +187,7 @@ def build_scenario(draw: Draw, seed: int) -> Scenario:
         )
         for node in sorted(draw.sample(correct, draw.integer(0, min(2, len(correct)))))
     )
-    return Scenario(
+    scenario = Scenario(
         seed=seed,
         n=n,
         byzantine=byzantine,
@@ -172,6 +201,13 @@ def build_scenario(draw: Draw, seed: int) -> Scenario:
         skew_ms=tuple(draw.integer(-SKEW_MS_MAX, SKEW_MS_MAX) for _ in range(n)),
         empty_block_ms=EMPTY_BLOCK_MS[draw.integer(0, len(EMPTY_BLOCK_MS) - 1)],
     )
+    # Drawn last, so that a seed's other choices are what they were before set changes.
+    if draw.integer(0, 2) == 0:
+        powers = tuple(draw.integer(1 if i in core else 0, SET_CHANGE_POWER_MAX) for i in range(n))
+        at = draw.integer(*SET_CHANGE_AT)
+        if set_change_fits(scenario, powers):
+            scenario = dataclasses.replace(scenario, set_change=powers, set_change_at=at)
+    return scenario
 
 
 @st.composite

@@ -144,6 +144,102 @@ def test_a_run_does_not_depend_on_string_hashing() -> None:
     assert len(outputs) == 1 and "trace=" in outputs.pop()
 
 
+# --- the validator set changes (SPEC §3.2 `set_validators`, the H+2 rule) ------------------------
+
+
+SET_CHANGES = [
+    # 4 validators: 3 leaves, 0 gets power 2; lossy links and a torn crash around the change
+    Scenario(
+        seed=11,
+        n=4,
+        byzantine=(),
+        loss_permille=80,
+        duplicate_permille=50,
+        delay_ms=(5, 120),
+        partitions=(),
+        crashes=(Crash(node=1, at_ms=300, down_ms=700, torn=True),),
+        chaos_ms=3_000,
+        core=(0, 1, 2),
+        skew_ms=(0, 40, -40, 0),
+        set_change=(2, 1, 1, 0),
+        set_change_at=2,
+    ),
+    # 7 validators: the equivocating one leaves, later in the run, across a partition; what
+    # it signed while in the set is still evidence, checked against the set of its height
+    Scenario(
+        seed=12,
+        n=7,
+        byzantine=((5, "equivocate"),),
+        loss_permille=50,
+        duplicate_permille=0,
+        delay_ms=(10, 90),
+        partitions=(Partition(start_ms=500, end_ms=1_500, blocked=_cut((0, 1, 2, 3), (4, 5, 6))),),
+        crashes=(),
+        chaos_ms=2_500,
+        core=(0, 1, 2, 3, 4),
+        skew_ms=(0,) * 7,
+        set_change=(1, 1, 2, 1, 1, 0, 1),
+        set_change_at=8,
+    ),
+    # 4 validators: the silent one leaves; the three left decide alone, and must
+    Scenario(
+        seed=13,
+        n=4,
+        byzantine=((3, "silent"),),
+        loss_permille=0,
+        duplicate_permille=100,
+        delay_ms=(20, 200),
+        partitions=(),
+        crashes=(Crash(node=2, at_ms=1_000, down_ms=500, torn=False),),
+        chaos_ms=6_000,
+        core=(0, 1, 2),
+        skew_ms=(0, 0, 0, 0),
+        set_change=(1, 1, 1, 0),
+        set_change_at=5,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "scenario", SET_CHANGES, ids=["4-one-leaves", "7-byzantine-leaves", "4-silent-leaves"]
+)
+def test_a_new_validator_set_certifies_from_h_plus_2(scenario: Scenario) -> None:
+    """The set a `set_validators` at height H names certifies H+2 on, the old one up to H+1
+    (the checker verifies every certificate against the set its states say governs), and the
+    chain goes on under the new set; whoever left signs no later certificate."""
+    simulation = Simulation(scenario)
+    check(simulation.run())
+    checker = simulation.checker
+    states = checker.states
+    changed = [
+        h
+        for h in range(1, len(states))
+        if states[h].next_validators() != states[h - 1].next_validators()
+    ]
+    assert len(changed) == 1
+    height = changed[0]
+    world = simulation.world
+    old = {v.public_key for v in world.validators}
+    new = {world.keys[i].public_key_hex: p for i, p in enumerate(scenario.set_change) if p}
+    assert {v.public_key: v.power for v in states[height + 1].current_validators()} == new
+    assert {v.public_key for v in states[height].current_validators()} == old
+    assert len(checker.blocks) >= height + 3  # two heights decided by the new set at least
+    gone = old - set(new)
+    for h, certificates in checker.certificates.items():
+        signers = {key for certificate in certificates for key, _ in certificate.signatures}
+        assert signers <= (set(new) if h >= height + 2 else old)
+        if h >= height + 2:
+            assert not signers & gone
+
+
+def test_drawn_scenarios_change_the_set_in_about_one_run_in_three() -> None:
+    drawn = [Scenario.from_seed(seed) for seed in range(300)]
+    changes = [s for s in drawn if s.set_change]
+    assert 50 <= len(changes) <= 150
+    assert any(0 in s.set_change for s in changes)  # some leave the set
+    assert any(s.byzantine and any(s.set_change[i] == 0 for i, _ in s.byzantine) for s in changes)
+
+
 # --- more than f Byzantine validators: a fork, detected and attributed ----------------------------
 
 

@@ -146,6 +146,33 @@ def _workload(authority: Sequence[PrivateKey], authority_id: str) -> tuple[Envel
     return tuple(envelopes)
 
 
+@lru_cache(maxsize=64)
+def with_set_change(n: int, powers: tuple[int, ...], at: int) -> tuple[Envelope, ...]:
+    """`make_world(n)`'s workload with the authority's `set_validators` at index `at`: each
+    validator i in the new set with `powers[i]` (left out at 0). The authority signs nothing
+    after its first two transactions, so the change takes its next nonce wherever it stands."""
+    world = make_world(n)
+    authority = [key(f"authority-{i}") for i in range(3)]
+    validators = [
+        {"public_key": k.public_key_hex, "power": p, "name": f"validator-{i}"}
+        for i, (k, p) in enumerate(zip(world.keys, powers, strict=True))
+        if p > 0
+    ]
+    first = world.workload[0].tx
+    change = sign_transaction(
+        Transaction(
+            chain_id=CHAIN_ID,
+            type="set_validators",
+            signer=first.signer,
+            nonce=3,
+            payload={"validators": validators},
+        ),
+        authority[:2],
+    )
+    assert 2 <= at <= len(world.workload)
+    return (*world.workload[:at], change, *world.workload[at:])
+
+
 def pending(workload: Sequence[Envelope], state: State, limit: int) -> list[Envelope]:
     """The first `limit` envelopes of the workload that `state` has not applied."""
     found = []
@@ -159,14 +186,19 @@ def pending(workload: Sequence[Envelope], state: State, limit: int) -> list[Enve
 
 
 def transaction_source(
-    world: World, limit: int = TRANSACTIONS_PER_BLOCK, gap_ms: int = 0
+    world: World,
+    limit: int = TRANSACTIONS_PER_BLOCK,
+    gap_ms: int = 0,
+    workload: tuple[Envelope, ...] | None = None,
 ) -> Callable[[State, int], list[Envelope]]:
-    """A replica's `TransactionSource`: what the workload still holds, in order. With
-    `gap_ms`, the workload arrives TRANSACTIONS_PER_BLOCK at a time, a batch every `gap_ms`
-    of the caller's clock from the genesis time, so the chain idles between batches."""
+    """A replica's `TransactionSource`: what the workload (the world's unless `workload`)
+    still holds, in order. With `gap_ms`, the workload arrives TRANSACTIONS_PER_BLOCK at a
+    time, a batch every `gap_ms` of the caller's clock from the genesis time, so the chain
+    idles between batches."""
+    whole = world.workload if workload is None else workload
 
     def source(state: State, now_ms: int) -> list[Envelope]:
-        workload = world.workload
+        workload = whole
         if gap_ms:
             batches = max(0, (now_ms - world.genesis.head_time) // gap_ms + 1)
             workload = workload[: batches * TRANSACTIONS_PER_BLOCK]
