@@ -522,14 +522,29 @@ class BftProducer:
 
     def on_batch(self, body: bytes) -> int:
         """The route's inbox (any thread): a peer's batch (`consensus.relay.decode_batch`;
-        `MalformedMessage` refuses it whole). Returns how many lines it held."""
+        `MalformedMessage` refuses it whole). Returns how many lines it held.
+
+        A forwarded transaction the relay holds but the pool does not is admitted again from
+        the relay's copy, unparsed: a validator forwards one only when its pool took it anew,
+        so it is one resubmitted after this pool let it go (rejected on an earlier state, or
+        refused while the pool was full). Skipped as known, it had reached no pool but its
+        entry validator's, which alone could then propose it (found by review: 4-12 s and
+        empty blocks, and no commit at all while that validator was stopped)."""
+        again: list[Envelope] = []
+
+        def known(leaf: bytes) -> bool:
+            if self.pool.by_leaf_hash(leaf) is not None:
+                return True
+            held = self.relay.lookup(leaf)
+            if held is not None:
+                again.append(held)
+            return held is not None
+
         batch = decode_batch(
-            body,
-            transaction_bytes_max=self._state.params.transaction_bytes_max,
-            known=self._holds_leaf,
+            body, transaction_bytes_max=self._state.params.transaction_bytes_max, known=known
         )
-        if batch.envelopes:
-            self._admit_forwarded(batch.envelopes)
+        if batch.envelopes or again:
+            self._admit_forwarded([*batch.envelopes, *again])
         messages = self.relay.receive(
             batch.messages,
             self._lookup_leaf,
@@ -639,7 +654,15 @@ class BftProducer:
         # answer meant for another, sent to every peer, is all such transactions: checked,
         # they had cost each receiver a signature check a transaction for nothing.
         fresh = [envelope for envelope in envelopes if not self._nonce_used(envelope)]
-        checks = self.pool.check_signatures(fresh)
+        unchecked = [envelope for envelope in fresh if not self.relay.verified(envelope)]
+        found = dict(
+            zip(
+                (envelope.leaf_hash for envelope in unchecked),
+                self.pool.check_signatures(unchecked),
+                strict=True,
+            )
+        )
+        checks = [found.get(envelope.leaf_hash) for envelope in fresh]  # the relay's: checked
         with self._lock:
             self.pool.admit(
                 fresh,
@@ -655,9 +678,6 @@ class BftProducer:
     def _nonce_used(self, envelope: Envelope) -> bool:
         account = self._tip_account(envelope.tx.signer)
         return account is not None and envelope.tx.nonce <= int(account["nonce"])
-
-    def _holds_leaf(self, leaf: bytes) -> bool:
-        return self.pool.by_leaf_hash(leaf) is not None or self.relay.lookup(leaf) is not None
 
     def _lookup_leaf(self, leaf: bytes) -> Envelope | None:
         return self.pool.by_leaf_hash(leaf) or self.relay.lookup(leaf)

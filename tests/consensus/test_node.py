@@ -589,6 +589,47 @@ def test_a_transaction_a_proposer_leaves_out_is_answered_rejected_everywhere(
         consortium.close()
 
 
+def test_a_transaction_rejected_everywhere_then_sent_again_reaches_every_pool(
+    tmp_path: Path,
+) -> None:
+    """Rejected by every validator on one state (an issuance by a certifier not yet
+    accredited), valid on a later one, and sent again to one validator: it is forwarded to
+    every pool again, though every relay still holds it, and commits. Found by review: the
+    peers skipped the line as known, so only the validator it was sent to could propose it
+    (4-12 s and empty blocks; no commit while that validator was stopped)."""
+    consortium = Consortium(tmp_path)
+    accredit, _, issue = WORLD.workload[:3]
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+        (answer,) = consortium.producers[0].submit([issue])
+        assert answer.status == "pending"
+
+        def rejected_everywhere() -> bool:
+            return all(
+                (o := p.outcomes.get(issue.tx_id)) is not None and o.status == "rejected"
+                for p in consortium.producers.values()
+            )
+
+        consortium.run(rejected_everywhere, seconds=30)
+        peers = [p for i, p in consortium.producers.items() if i != 0]
+        assert all(p.relay.lookup(issue.leaf_hash) for p in peers)  # as forwarded to them
+        consortium.producers[0].submit([accredit])
+        consortium.run(committed_everywhere(consortium, [accredit.tx_id]))
+
+        height = max(consortium.heights().values())
+        validators = WORLD.genesis.current_validators()
+        upcoming = {compute_proposer(validators, height + k, 0) for k in (1, 2, 3)}
+        (late,) = [i for i, k in enumerate(WORLD.keys) if k.public_key_hex not in upcoming]
+        (again,) = consortium.producers[late].submit([issue])
+        assert again.status == "pending"
+        assert all(issue.tx_id in p.pool for p in consortium.producers.values())
+        consortium.run(committed_everywhere(consortium, [issue.tx_id]))
+        outcome = consortium.producers[late].outcomes[issue.tx_id]
+        assert outcome.height is not None and outcome.height <= height + 2
+    finally:
+        consortium.close()
+
+
 def test_a_damaged_older_block_is_not_sent_to_a_lagging_peer(tmp_path: Path) -> None:
     """Catching a peer up reads old blocks: a damaged one is left out (the peer asks another
     validator) instead of ending the block loop with a StoreError."""
