@@ -252,7 +252,9 @@ class Store:
     def open(cls, directory: Path) -> Store:
         path = directory / DATABASE_FILE
         if not path.is_file():
-            raise StoreError(f"no ledger at {path}")
+            nested = directory / "data" / DATABASE_FILE  # a `tanlian cluster` party's directory
+            hint = f"; {nested.parent} holds one" if nested.is_file() else ""
+            raise StoreError(f"no ledger at {path}{hint}")
         try:
             empty = path.stat().st_size == 0
         except OSError as error:
@@ -836,10 +838,30 @@ class Store:
             "checkpoint": self.checkpoint(height),
         }
 
+    def _first_logged(self, up_to: int) -> str:
+        """Where a consistency proof can start: the first height up to `up_to` whose log
+        holds a transaction (log sizes never shrink, so a binary search over headers)."""
+        if self.read_header(up_to).log_size == 0:
+            return f"no block up to height {up_to} holds a transaction yet"
+        low, high = 1, up_to
+        while low < high:
+            middle = (low + high) // 2
+            if self.read_header(middle).log_size > 0:
+                high = middle
+            else:
+                low = middle + 1
+        return f"the first height whose log is not empty is {low}"
+
     def consistency_proof(self, from_height: int, to_height: int) -> dict[str, Any]:
         """The RFC 9162 consistency proof between the logs at two heights, with checkpoints."""
         first, second = self.read_header(from_height), self.read_header(to_height)
-        if first.log_size == 0 or first.log_size > second.log_size:
+        if first.log_size == 0:
+            raise LedgerError(
+                f"no consistency proof from height {from_height}: its log is empty (size 0),"
+                " and RFC 9162 has no proof from an empty log; " + self._first_logged(to_height),
+                code="invalid_field",
+            )
+        if first.log_size > second.log_size:
             raise LedgerError(
                 f"no consistency proof from log size {first.log_size} to {second.log_size}",
                 code="invalid_field",

@@ -171,7 +171,7 @@ def export(
     if to_height is not None and to_height < from_height:  # as the consistency route has it
         raise LedgerError(
             f"no blocks from height {from_height} to {to_height}: to_height is below from_height",
-            code="not_found",
+            code="invalid_field",
         )
     head = node.state.height
     if from_height > head + 1:  # the next height is an empty tail; beyond it, a mistake

@@ -63,9 +63,20 @@ def consistency(
     ],
     to_height: HEIGHT_QUERY = None,
 ) -> dict[str, Any]:
-    to = node.state.height if to_height is None else to_height
-    if to > node.state.height or from_height > to:
-        raise LedgerError(f"no consistency proof from {from_height} to {to}", code="not_found")
+    head = node.state.height
+    if to_height is not None and to_height < from_height:
+        raise LedgerError(
+            f"no consistency proof from height {from_height} to {to_height}: to_height is"
+            " below from_height",
+            code="invalid_field",
+        )
+    to = head if to_height is None else to_height
+    if to > head or from_height > to:
+        raise LedgerError(
+            f"no consistency proof from height {from_height} to {to}: the chain's head is at"
+            f" height {head}",
+            code="not_found",
+        )
     return node.reader().consistency_proof(from_height, to)
 
 

@@ -461,6 +461,36 @@ async def test_recorded_evidence_is_served_proven_and_counted(tmp_path: Path) ->
         assert stats["evidence"] == {city.public_key_hex: 1}
 
 
+async def test_a_consistency_proof_from_an_empty_log_names_where_one_can_start(
+    tmp_path: Path,
+) -> None:
+    """A consortium's block 1 is empty (found by review: `from_height=1`, as the README's
+    first steps have it, answered "no consistency proof from log size 0 to 74" alone). The
+    answer says why, and names the first height a proof can start from; a reversed range is
+    the asker's mistake (422), a height past the head not found (404)."""
+    chain = Chain()
+    chain.commit()  # block 1, empty
+    chain.commit()  # block 2, empty
+    chain.funded()  # block 3, the first transactions
+    chain.write_store(tmp_path)
+    async with serving(tmp_path, chain.validator) as client:
+        empty = await client.get("/v1/proofs/consistency?from_height=1&to_height=2")
+        problem = assert_problem(empty, 422, "invalid_field")
+        assert "its log is empty (size 0)" in problem["detail"]
+        assert "no block up to height 2 holds a transaction yet" in problem["detail"]
+        problem = assert_problem(
+            await client.get("/v1/proofs/consistency?from_height=2"), 422, "invalid_field"
+        )
+        assert "the first height whose log is not empty is 3" in problem["detail"]
+        assert (await client.get("/v1/proofs/consistency?from_height=3")).status_code == 200
+        reversed_range = await client.get("/v1/proofs/consistency?from_height=3&to_height=2")
+        problem = assert_problem(reversed_range, 422, "invalid_field")
+        assert "to_height is below from_height" in problem["detail"]
+        beyond = await client.get("/v1/proofs/consistency?from_height=1&to_height=4")
+        problem = assert_problem(beyond, 404, "not_found")
+        assert "the chain's head is at height 3" in problem["detail"]
+
+
 async def test_exports_at_once_are_bounded_and_each_gives_its_turn_back(live: Live) -> None:
     """Found by review: each export holds a store connection (two file descriptors) while its
     client reads, so clients that read nothing could run the node out of descriptors; and
@@ -513,7 +543,7 @@ async def test_bad_cursors_and_unknown_ids_are_problems(live: Live) -> None:
     assert_problem(await client.get(f"/v1/retirements/{'ef' * 32}"), 404, "not_found")
     assert_problem(await client.get("/v1/retirements?limit=1000"), 422, "invalid_field")
     reversed_range = await client.get("/v1/export?from_height=5&to_height=3")
-    problem = assert_problem(reversed_range, 404, "not_found")  # as consistency proofs have it
+    problem = assert_problem(reversed_range, 422, "invalid_field")  # the asker's mistake
     assert "to_height is below from_height" in problem["detail"]
     assert live.node.state.height == 0
     # The height after the head is an empty tail (the genesis alone); past it, a mistake that

@@ -1122,8 +1122,18 @@ def test_a_creation_cut_short_leaves_no_database(
 def test_open_refuses_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no ledger at"):
         Store.open(tmp_path / "nowhere")
-    with pytest.raises(StoreError, match="no ledger at"):
+    with pytest.raises(StoreError, match="no ledger at") as refused:
         Store.open(tmp_path)  # exists, but holds no database
+    assert "holds one" not in str(refused.value)
+
+
+def test_open_names_the_store_of_a_cluster_partys_directory(tmp_path: Path) -> None:
+    """`tanlian cluster` keeps a party's store in `<party>/data` (found by review:
+    `receipt --data <party>` said only "no ledger at <party>/ledger.sqlite")."""
+    Store.create(tmp_path / "city" / "data", Chain().genesis_document).close()
+    with pytest.raises(StoreError, match="no ledger at") as refused:
+        Store.open(tmp_path / "city")
+    assert str(refused.value).endswith(f"; {tmp_path / 'city' / 'data'} holds one")
 
 
 def test_a_process_out_of_file_descriptors_is_told_so(produced: Produced) -> None:
