@@ -443,6 +443,12 @@ _LIMIT_ERRORS: Final = frozenset(
 
 def validate_envelope(value: Any) -> None:
     """Check decoded JSON against `Envelope`; raise the ledger's error for its first fault."""
+    if not isinstance(value, dict):  # pydantic's words ("a valid dictionary or instance of
+        # Envelope") named its own types, not the request's (found by review)
+        raise LedgerError(
+            f"body: an envelope is a JSON object (SPEC §3.1), not {_json_kind(value)}",
+            code="invalid_field",
+        )
     try:
         _ENVELOPE.validate_python(value)
     except ValidationError as error:
@@ -450,6 +456,18 @@ def validate_envelope(value: Any) -> None:
         code = "limit_exceeded" if first["type"] in _LIMIT_ERRORS else "invalid_field"
         message = first["msg"].removeprefix("Value error, ")
         raise LedgerError(f"{_path(first)}: {message}", code=code) from None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
 
 
 # The names pydantic gives the branches of an optional field's union (`Memo`) in a location.

@@ -242,6 +242,30 @@ async def test_bad_bodies_get_their_problem(
     assert live.node.state.height == 0  # nothing changed
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [(b"null", "null"), (b"5", "a number"), (b'"x"', "a string"), (b"true", "a boolean")],
+)
+async def test_a_body_that_is_no_object_is_told_what_an_envelope_is(
+    live: Live, body: bytes, kind: str
+) -> None:
+    """Found by review: pydantic's "Input should be a valid dictionary or instance of
+    Envelope" named the server's types. In an array, each item is told the same."""
+    headers = {"content-type": "application/json"}
+    response = await live.client.post("/v1/transactions", content=body, headers=headers)
+    problem = assert_problem(response, 422, "invalid_field")
+    assert problem["detail"] == f"body: an envelope is a JSON object (SPEC §3.1), not {kind}"
+    mixed = await live.client.post(
+        "/v1/transactions", content=b"[" + body + b", []]", headers=headers
+    )
+    results = mixed.json()["results"]
+    assert [r["problem"]["detail"] for r in results] == [
+        f"body: an envelope is a JSON object (SPEC §3.1), not {kind}",
+        "body: an envelope is a JSON object (SPEC §3.1), not an array",
+    ]
+    assert live.node.state.height == 0  # nothing changed
+
+
 async def test_a_body_over_the_limit_is_refused_while_streaming(live: Live) -> None:
     declared = await live.client.post(
         "/v1/transactions", content=b"x", headers={"content-length": str(1 << 30)}
