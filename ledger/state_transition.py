@@ -316,8 +316,14 @@ def _revoke_certifier(ctx: _Context) -> None:
     p, work = ctx.payload, ctx.work
     key = f"certifier/{p['certifier']}"
     certifier = work.get(key)
-    if certifier is None or certifier["revoked_height"] is not None:
+    if certifier is None:
         raise _reject("not_accredited", f"{p['certifier']} holds no accreditation to revoke")
+    if certifier["revoked_height"] is not None:
+        raise _reject(
+            "not_accredited",
+            f"{p['certifier']} holds no accreditation to revoke: it was revoked at height"
+            f" {certifier['revoked_height']} already",
+        )
     work.put(key, {**certifier, "revoked_height": work.height, "revoke_reason": p["reason"]})
 
 

@@ -694,8 +694,11 @@ def test_revoking_what_is_not_accredited(chain: Chain) -> None:
 
 def test_revoking_twice(chain: Chain) -> None:
     payload = {"certifier": chain.certifier.account_id, "reason": "audit failed"}
-    commit_ok(chain, as_authority(chain, "revoke_certifier", payload))
-    assert_rejected(chain, as_authority(chain, "revoke_certifier", payload), "not_accredited")
+    revoked = commit_ok(chain, as_authority(chain, "revoke_certifier", payload)).block.height
+    again = as_authority(chain, "revoke_certifier", payload)
+    ((_, error),) = assert_rejected(chain, again, "not_accredited").rejected
+    # says when (found by review: the message read as if it had never been accredited)
+    assert error.message.endswith(f"it was revoked at height {revoked} already")
 
 
 def test_issue_under_an_unregistered_methodology(chain: Chain) -> None:
