@@ -250,6 +250,10 @@ class BftProducer:
         self._claims_lock = threading.Lock()
         # When a peer's batch last came, and when this validator last asked (`_probe_due`).
         self._heard_at = self._probed_at = clock_ms()
+        # The height of a far decision `_hint` could not check against the head's sets (the
+        # set changed since): the next probe is due SYNC_PROBE_MS after the last, not after
+        # a silence, which such a decision's sender does not keep.
+        self._beyond_sets: int | None = None
         self.probes = 0  # sync attempts made because no peer said anything for SYNC_PROBE_MS
         self.rejections = 0  # `Reject`s carried out: their submitters are to hear it
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
@@ -338,6 +342,8 @@ class BftProducer:
         if self.sync is None:
             return False
         now = self._clock_ms()
+        if self._beyond_sets is not None and now - self._probed_at >= SYNC_PROBE_MS:
+            return True  # a far decision this validator's sets cannot check (`_hint`)
         idle = max(self._state.params.block_interval_ms, self.replica.timeouts.empty_block_ms)
         quiet = SYNC_PROBE_MS + 2 * idle
         return min(now - self._heard_at, now - self._probed_at) >= quiet
@@ -346,12 +352,22 @@ class BftProducer:
         """One sync attempt however little peers' messages said: asks each peer for its head
         (a head above this validator's is then fetched and verified, as any range)."""
         assert self.sync is not None
-        log.warning(
-            "no message from any peer for %d s (height %d): asking them for their heads;"
-            " check that they can reach this node (their --peer URL for it)",
-            (self._clock_ms() - self._heard_at) // 1000,
-            self._tip.height,
-        )
+        beyond, self._beyond_sets = self._beyond_sets, None
+        if beyond is not None:
+            log.warning(
+                "a peer sent the decision of height %d, certified by a validator set this"
+                " node's head (height %d) does not know: the set has changed since; asking"
+                " the peers for their heads",
+                beyond,
+                self._tip.height,
+            )
+        else:
+            log.warning(
+                "no message from any peer for %d s (height %d): asking them for their heads;"
+                " check that they can reach this node (their --peer URL for it)",
+                (self._clock_ms() - self._heard_at) // 1000,
+                self._tip.height,
+            )
         self._probed_at = self._clock_ms()
         self.probes += 1
         self.sync.probe()
@@ -407,6 +423,8 @@ class BftProducer:
             self._rejoin()
         if self._joining:
             self._check_joining()
+        elif not _names(self._tip, self.key):
+            self._left_the_set()
         self._take_evidence()  # before a start, whose proposal may carry it
         if not self._started:
             self._started = True
@@ -509,6 +527,21 @@ class BftProducer:
                 f" {self._tip.height}, the peers' head, and no validator set names it",
                 code="not_a_validator",
             )
+
+    def _left_the_set(self) -> None:
+        """A validator a set_validators left out has no part once the last height its set
+        governed is decided (neither the next height's set nor the one after names its key):
+        stop (not_a_validator), every decided block written. Found by review: left running,
+        it went on storing blocks and signing nothing, its /healthz "ok" and its log silent,
+        where the README says such a key stops."""
+        self._finish_writes(wait=True)
+        height = self._tip.height
+        raise LedgerError(
+            f"this key is no longer a validator: a set_validators left it out of the set"
+            f" governing height {height + 1} on; every block up to height {height} is stored"
+            " (to keep following the chain, run a follower: tanlian node --follow URL)",
+            code="not_a_validator",
+        )
 
     def take_settled(self) -> list[CommittedBlock]:
         """The blocks made durable that `produce` has not returned yet, in order: a call that
@@ -755,12 +788,13 @@ class BftProducer:
         """Tell block sync how far peers have decided, from signed messages only: a vote or
         proposal of height h shows h - 1 decided by its signer, a decision of h shows h.
         Only a message at least SYNC_LAG_HEIGHTS_MIN beyond the tip, above what its signer
-        showed already, is checked (under the set governing the next height: across a
-        change of the whole set, the replica's own catch-up by decisions goes on); a
-        decision's certificate is a hint on its own, and otherwise validators with more than
-        a third of the power must agree. Review found one forged vote of a far height, with
-        a Byzantine validator's API dripping its answer, held the block loop in a sync
-        attempt for up to a minute, again and again."""
+        showed already, is checked (under the set governing the next height); a decision's
+        certificate is a hint on its own, and otherwise validators with more than a third of
+        the power must agree. A far decision that set does not certify (the set changed
+        since, or a forgery) makes the next probe due SYNC_PROBE_MS after the last one
+        (`_probe_due`): block sync checks the sets header by header from the head. Review
+        found one forged vote of a far height, with a Byzantine validator's API dripping its
+        answer, held the block loop in a sync attempt for up to a minute, again and again."""
         sync = self.sync
         assert sync is not None
         tip = self._tip
@@ -774,7 +808,16 @@ class BftProducer:
                 continue
             try:
                 if isinstance(message, Decision):
-                    verify_decision(message, chain_id=chain_id, validators=validators)
+                    try:
+                        verify_decision(message, chain_id=chain_id, validators=validators)
+                    except ConsensusError:
+                        # Certified, perhaps, by a set that came after the head's: only block
+                        # sync, header by header from here, can tell. A probe (once every
+                        # SYNC_PROBE_MS at most, whoever sends such decisions) brings it; before,
+                        # the validator waited for its silence probe, which peers deciding
+                        # far ahead never let come (found by the simulation, 2026-12-07).
+                        self._beyond_sets = max(self._beyond_sets or 0, height)
+                        continue
                     sync.hint(height)
                     continue
                 if isinstance(message, Vote):

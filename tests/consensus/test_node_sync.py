@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import pytest
 
 from consensus.follower import Follower
-from consensus.messages import Vote
+from consensus.messages import Decision, Vote
 from consensus.node import BftProducer
 from consensus.producer import CommittedBlock
 from consensus.sync import BlockSync, Head, MemorySource
 from consensus.transport import MemoryNetwork
 from consensus.wal import WAL_FILE_NAME, SignedLog, SignedMessage
+from ledger.blocks import sign_certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.evidence import make_evidence, sign_vote
@@ -29,7 +30,7 @@ from ledger.genesis import parse_genesis
 from ledger.limits import SYNC_PROBE_MS
 from ledger.store import Store
 from tests.consensus.test_node import IDLE, WORLD, Consortium, document
-from tests.consensus.test_sync import NEW_VALIDATOR, Built, built, source
+from tests.consensus.test_sync import CHANGE_AT, NEW_VALIDATOR, Built, built, source
 from tests.factory import CHAIN_ID, key
 
 T = TypeVar("T")
@@ -268,6 +269,40 @@ def test_a_key_no_validator_set_names_stops_once_synced_with_its_peers(
     assert log.read() == []
 
 
+def test_a_validator_a_set_change_left_out_stops_once_its_last_height_is_decided(
+    at_genesis: AtGenesis, tmp_path: Path
+) -> None:
+    """`built()`'s first validator is left out at CHANGE_AT (the new set governs from
+    CHANGE_AT + 2). Run with its key, the node takes the chain past that and stops
+    (not_a_validator), saying why, every block stored (found by review: it ran on, signing
+    nothing, its /healthz "ok" and its log silent)."""
+    chain = at_genesis.chain
+    removed = chain.chain.validator
+    (tmp_path / "removed").mkdir()
+    log = SignedLog(
+        tmp_path / "removed" / WAL_FILE_NAME,
+        public_key=removed.public_key_hex,
+        transaction_bytes_max=16384,
+    )
+    try:
+        producer = BftProducer(at_genesis.store, removed, log=log, sync=at_genesis.sync)
+        assert producer.replica.is_validator  # the genesis set names it
+        height = len(chain.lines)
+        at_genesis.sync.expect(height)
+        deadline = time.monotonic() + 30
+        with pytest.raises(LedgerError) as stopped:
+            while time.monotonic() < deadline:
+                producer.produce(int(time.monotonic() * 1000))
+        assert stopped.value.code == "not_a_validator"
+        assert stopped.value.message.startswith("this key is no longer a validator")
+        stored = at_genesis.store.head_height
+        assert stored >= CHANGE_AT + 1
+        assert f"up to height {stored} is stored" in stopped.value.message
+        assert log.read() == []  # synced, never signing
+    finally:
+        log.close()
+
+
 def test_a_validator_catching_up_takes_a_transaction_whose_nonce_is_far_ahead_of_its_tip(
     at_genesis: AtGenesis,
 ) -> None:
@@ -394,6 +429,56 @@ def test_posts_from_anyone_do_not_put_off_the_probe(tmp_path: Path) -> None:
         validator.on_messages([genuine])
         validator.produce(clock[0])
         assert validator._heard_at == heard
+    finally:
+        consortium.close()
+
+
+def test_a_far_decision_of_a_set_the_head_does_not_know_asks_for_heads_soon(
+    tmp_path: Path,
+) -> None:
+    """A decision two heights or more ahead, certified by a set this validator's head does
+    not name (the set changed since; or forged), is no hint block sync can check: it asks the
+    peers for their heads SYNC_PROBE_MS after the last probe, not after a silence that peers
+    deciding far ahead never let come (found by the simulation: a validator restarted below a
+    set change was stuck until its silence probe). At most one such probe a SYNC_PROBE_MS."""
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 3)
+        validator = consortium.producers[0]
+        clock = [10_000_000]
+        validator._clock_ms = lambda: clock[0]
+        validator._heard_at = validator._probed_at = clock[0]
+        validator.sync = BlockSync(sources(consortium, but=0), genesis=parse_genesis(document()))
+        # as a node runs: the silence probe comes after SYNC_PROBE_MS + 2 x 60 s, off this test
+        validator.replica.timeouts = IDLE
+        height = validator.state.height + 2
+        block = validator.store.read_block(validator.state.height)
+        block = dataclasses.replace(block, header=dataclasses.replace(block.header, height=height))
+        others = [key(f"later-validator-{i}") for i in range(4)]
+        certificate = sign_certificate(
+            chain_id=CHAIN_ID, height=height, round=0, block_hash=block.block_hash(), keys=others
+        )
+        later = Decision(block=block, certificate=certificate)
+        heard = validator.sync.heard_height
+        clock[0] += 1_000
+        validator.on_messages([later])
+        validator._clock_ms = lambda: clock[0]
+        validator.produce(clock[0])
+        assert validator.probes == 0  # the last probe (here, the start) was 1 s ago
+        assert validator.sync.heard_height == heard  # no hint: nothing it could check
+        clock[0] += SYNC_PROBE_MS
+        validator.produce(clock[0])
+        assert validator.probes == 1  # not after SYNC_PROBE_MS + 2 x 60 s of silence
+        validator.on_messages([later])
+        clock[0] += SYNC_PROBE_MS // 2
+        validator.produce(clock[0])
+        assert validator.probes == 1  # one a SYNC_PROBE_MS at most
+        clock[0] += SYNC_PROBE_MS // 2
+        validator.produce(clock[0])
+        assert validator.probes == 2
+        clock[0] += SYNC_PROBE_MS
+        validator.produce(clock[0])
+        assert validator.probes == 2  # asked for by a decision, not by the clock
     finally:
         consortium.close()
 

@@ -5,7 +5,9 @@ what it decided, and a behaviour on the wire (honest or Byzantine). The node car
 replica's effects in order, exactly as the real shell must: Persist writes the log before
 anything later happens, Decide appends to the store, Broadcast and SendDecision go through the
 links, ScheduleTimeout through the clock. A crash loses the replica and every pending timer,
-and keeps the log and the store; a restart builds a new replica from them.
+and keeps the log and the store; a restart builds a new replica from them. The shell's block
+sync, which has no API here, is its hint and probe (`Simulation._block_sync`): a decision
+two heights or more beyond a node has the sender send it the decisions it lacks.
 
 Every message travels as bytes: it is encoded canonically, decoded by the strict decoder and
 parsed, once per message, so the wire forms are exercised by every run.
@@ -37,7 +39,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from consensus.messages import Decision, Message, decode_message, encode_message
+from consensus.messages import (
+    ConsensusError,
+    Decision,
+    Message,
+    decode_message,
+    encode_message,
+    verify_decision,
+)
 from consensus.replica import (
     Broadcast,
     Decide,
@@ -54,7 +63,13 @@ from consensus.replica import (
 from ledger.blocks import Block, Certificate, verify_certificate
 from ledger.crypto import ZERO_HASH_HEX, SignatureError, verify_signature
 from ledger.evidence import Evidence, Vote, verify_evidence
-from ledger.limits import EVIDENCE_AGE_HEIGHTS_MAX, ROUNDS_AHEAD_MAX
+from ledger.limits import (
+    CATCH_UP_INTERVAL_MS,
+    EVIDENCE_AGE_HEIGHTS_MAX,
+    ROUNDS_AHEAD_MAX,
+    SYNC_LAG_HEIGHTS_MIN,
+    SYNC_PROBE_MS,
+)
 from ledger.state import State
 from ledger.state_transition import apply_block
 from tests.consensus.simulation.byzantine import BEHAVIOUR_CLASSES, TICK_MS, Behaviour
@@ -101,6 +116,8 @@ class Node:
     logged: dict[tuple[int, int, str], SignedMessage] = field(default_factory=dict)
     store: list[Stored] = field(default_factory=list)
     torn_crash: bool = False
+    synced_at: int | None = None  # the last block sync a decision's hint started
+    probed_at: int = 0  # the process's start, or its last probe (`BftProducer._probed_at`)
 
     @property
     def height(self) -> int:
@@ -349,6 +366,7 @@ class Simulation:
         if node.replica is not None:
             return
         head = node.store[-1] if node.store else None
+        node.probed_at = self.clock.now  # a new process: its first probe is SYNC_PROBE_MS on
         node.replica = Replica(
             key=self.world.keys[node.validator],
             state=self.world.genesis if head is None else head.state,
@@ -390,13 +408,49 @@ class Simulation:
 
     # --- effects ------------------------------------------------------------------------------
 
-    def _deliver(self, node: Node, message: Message) -> None:
+    def _deliver(self, node: Node, message: Message, source: int) -> None:
         replica = node.replica
         if replica is None:
             return
         node.behaviour.received(message)
         self._send_all(node, node.behaviour.on_receive(replica, message, self._peers(node)))
         self._carry_out(node, replica.on_message(message, self._now(node)))
+        if isinstance(message, Decision) and node.correct and node.replica is not None:
+            self._block_sync(node, message, self.nodes[source])  # unless it crashed just now
+
+    def _block_sync(self, node: Node, decision: Decision, source: Node) -> None:
+        """The node shell's block sync (`BftProducer._hint`, `consensus.sync`): a decision
+        at least SYNC_LAG_HEIGHTS_MIN beyond what `node` decided is a hint, and the node
+        fetches the decisions it lacks from a peer, here the sender, over the same link (an
+        answer `SendDecision`'s cannot give: a validator is answered from its vote's height
+        only once, then with the latest decision alone). A decision its head's set certifies
+        starts a sync at once, at most one a CATCH_UP_INTERVAL_MS; one it cannot check (the
+        set changed since) only at its probe, at most one a SYNC_PROBE_MS from the last or
+        from the process's start. Found by this simulation (2026-12-07): a validator
+        restarted below a set change waited for a probe that peers deciding far ahead never
+        let come."""
+        replica = node.replica
+        assert replica is not None
+        if (
+            decision.height < node.height + SYNC_LAG_HEIGHTS_MIN
+            or source.behaviour.name == "silent"
+        ):
+            return
+        now = self.clock.now
+        try:
+            verify_decision(
+                decision, chain_id=self.world.genesis.chain_id, validators=replica.validators
+            )
+        except ConsensusError:
+            if now - node.probed_at < SYNC_PROBE_MS:
+                return
+            node.probed_at = now
+        else:
+            if node.synced_at is not None and now - node.synced_at < CATCH_UP_INTERVAL_MS:
+                return
+        node.synced_at = now
+        fetched = self._decisions_from(source, node.height + 1)
+        self._send_all(source, [(node.id, d) for d in fetched])
 
     def _timeout(self, node: Node, incarnation: int, timeout: Timeout) -> None:
         if node.replica is None or node.incarnation != incarnation:
@@ -460,7 +514,7 @@ class Simulation:
             target = self.nodes[target_id]
             wire = self._over_the_wire(message)
             for delay in self.links.delays(node.endpoint, target.endpoint, self.clock.now):
-                self.clock.at(self.clock.now + delay, partial(self._deliver, target, wire))
+                self.clock.at(self.clock.now + delay, partial(self._deliver, target, wire, node.id))
 
     def _decisions_from(self, node: Node, height: int) -> list[Decision]:
         """What a validator behind gets for a SendDecision, to it alone: the decisions of
