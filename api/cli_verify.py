@@ -325,6 +325,25 @@ RECEIPT_FILE_BYTES_MAX: Final = 4 * 1024 * 1024
 RECEIPT_DEPTH_MAX: Final = 8  # receipt > state_proofs > proof > value > serials > range
 
 
+def _refuse_a_problem(value: object, path: Path) -> None:
+    """A node's error answer saved in place of a receipt (curl writes a 404's body as it does
+    a receipt) is named as such. Found by review: it was "receipt: receipt: unknown field
+    'code'"."""
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("code"), str)
+        and isinstance(value.get("status"), int)
+        and "retirement" not in value
+    ):
+        detail = value.get("detail")
+        said = f": {printable(detail[:200])}" if isinstance(detail, str) else ""
+        raise LedgerError(
+            f"{path} holds a node's error answer ({printable(value['code'][:40])}, HTTP"
+            f" {value['status']}{said}), not a receipt",
+            code="invalid_field",
+        )
+
+
 @verify_app.command("receipt")
 @fails_cleanly
 def verify_receipt_file(
@@ -360,6 +379,7 @@ def verify_receipt_file(
         fail(f"receipt not verified: {receipt_file} is over {RECEIPT_FILE_BYTES_MAX} bytes")
     try:
         receipt = decode(data, max_depth=RECEIPT_DEPTH_MAX)
+        _refuse_a_problem(receipt, receipt_file)
         verify_receipt(
             receipt, validators_hash=trusted, genesis_hash=genesis_hash, chain_id=chain_id
         )

@@ -71,8 +71,10 @@ def verify_receipt(
         _verify(receipt, trusted, genesis_hash, chain_id)
     except InvalidProofError:
         raise
-    except LedgerError as error:
-        raise InvalidProofError(f"receipt: {error.message}") from error
+    except LedgerError as error:  # a field's path names the receipt already: said once
+        message = error.message
+        said = message if message.startswith("receipt") else f"receipt: {message}"
+        raise InvalidProofError(said) from error
 
 
 def _same(a: Any, b: Any) -> bool:

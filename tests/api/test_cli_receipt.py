@@ -108,6 +108,30 @@ def test_a_receipt_that_is_not_json_fails_with_one_line(demo: Path, tmp_path: Pa
     assert_fails_cleanly(result, "receipt not verified")
 
 
+def test_a_nodes_error_answer_saved_as_a_receipt_is_named_so(demo: Path, tmp_path: Path) -> None:
+    """Found by review: a 404's body, saved by curl as the receipt, was "receipt: receipt:
+    unknown field 'code'". A field's path is said once."""
+    answer = tmp_path / "receipt.json"
+    problem = {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no retirement 00",
+        "code": "not_found",
+    }
+    answer.write_text(json.dumps(problem))
+    result = tanlian("verify", "receipt", answer, "--genesis", demo / "genesis.json")
+    assert_fails_cleanly(
+        result,
+        f"receipt not verified: {answer} holds a node's error answer (not_found, HTTP 404:"
+        " no retirement 00), not a receipt",
+    )
+    other = tmp_path / "other.json"
+    other.write_text('{"foo": 1}')
+    result = tanlian("verify", "receipt", other, "--genesis", demo / "genesis.json")
+    assert_fails_cleanly(result, "receipt not verified: receipt: unknown field 'foo'")
+
+
 def test_verify_receipt_needs_exactly_one_trust_anchor(demo: Path, tmp_path: Path) -> None:
     receipt = tmp_path / "receipt.json"
     receipt.write_text("{}")
