@@ -104,6 +104,7 @@ from consensus.producer import (
 from consensus.quorum import is_certified
 from consensus.relay import Reference, Relay, decode_batch
 from consensus.replica import (
+    NEW_HEIGHT,
     Broadcast,
     Decide,
     Effect,
@@ -121,7 +122,7 @@ from consensus.wal import SignedLog
 from ledger.blocks import Block, Certificate
 from ledger.crypto import PrivateKey
 from ledger.encoding import canonical
-from ledger.errors import LedgerError, StoreError
+from ledger.errors import LedgerError, StoreError, printable
 from ledger.evidence import Evidence, verify_evidence
 from ledger.limits import (
     CATCH_UP_HEIGHTS_MAX,
@@ -146,6 +147,11 @@ from ledger.transactions import Envelope
 log = logging.getLogger("tanlian.consensus.node")
 
 CLOCK_WARNING_MS: Final = 60_000  # at most one warning of proposals refused for their time
+# A height under way this long, undecided, is said in the log (`BftProducer._say_if_stalled`):
+# a stopped proposer costs a height ~4 s (its round 0); with more than a third of the power
+# missing, the rest wait in round 0 for votes that never come, and no timeout moves them on.
+STALL_LOG_AFTER_MS: Final = 15_000
+STALL_LOG_MS: Final = 60_000  # then at most once this often while the height lasts
 # Votes remembered as checked (`BftProducer._seen_vote`): a few heights' worth of every
 # validator's votes and re-sends, so copies cost a lookup, not a signature check.
 VOTES_CHECKED_MAX: Final = 4096
@@ -254,6 +260,8 @@ class BftProducer:
         # set changed since): the next probe is due SYNC_PROBE_MS after the last, not after
         # a silence, which such a decision's sender does not keep.
         self._beyond_sets: int | None = None
+        self._under_way: tuple[int, int] | None = None  # (height, since) `_say_if_stalled`
+        self._stall_logged: tuple[int, int] | None = None  # (height, when) said
         self.probes = 0  # sync attempts made because no peer said anything for SYNC_PROBE_MS
         self.rejections = 0  # `Reject`s carried out: their submitters are to hear it
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
@@ -446,8 +454,53 @@ class BftProducer:
             _, _, timeout = heapq.heappop(self._timers)
             self._carry_out(self.replica.on_timeout(timeout, now_ms))
         self._note_time_refusals()
+        self._say_if_stalled()
         self._reject_stale()
         return self._committed.popleft() if self._committed else None
+
+    def _say_if_stalled(self) -> None:
+        """A height under way (past its start, `NEW_HEIGHT`) for STALL_LOG_AFTER_MS, undecided,
+        is said in the log, then at most every STALL_LOG_MS: which validators sent nothing of
+        it, with their share of the power. Found by review: a set_validators that gave most
+        of the power to a key whose node was not running stalled the chain for minutes
+        without a line in any validator's log."""
+        replica = self.replica
+        if replica.step == NEW_HEIGHT or not replica.is_validator:
+            return
+        now = self._clock_ms()
+        began = self._under_way
+        if began is None or began[0] != replica.height:
+            self._under_way = (replica.height, now)
+            return
+        logged = self._stall_logged
+        if now - began[1] < STALL_LOG_AFTER_MS or (
+            logged is not None and logged[0] == replica.height and now - logged[1] < STALL_LOG_MS
+        ):
+            return
+        self._stall_logged = (replica.height, now)
+        silent = replica.silent_validators()
+        total = sum(v.power for v in replica.validators)
+        if silent:
+            log.warning(
+                "height %d has been under way for %d s (round %d), undecided: nothing of it"
+                " from %s, with %d of the %d power; more than 2/3 of the power must take part:"
+                " check that they run and that this node and they reach each other (--peer)",
+                replica.height,
+                (now - began[1]) // 1000,
+                replica.round,
+                ", ".join(f"{printable(v.name)} ({v.public_key[:12]})" for v in silent),
+                sum(v.power for v in silent),
+                total,
+            )
+        else:
+            log.warning(
+                "height %d has been under way for %d s (round %d), undecided: every validator"
+                " sent messages of it, but no block had more than 2/3 of the power's votes (a"
+                " validator's clock, or proposals the others refuse: see their logs)",
+                replica.height,
+                (now - began[1]) // 1000,
+                replica.round,
+            )
 
     def _reject_stale(self) -> None:
         """Every STALE_CHECK_MS, not only when a block is committed: an idle consortium

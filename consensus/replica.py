@@ -124,7 +124,7 @@ from consensus.messages import (
     verify_vote,
 )
 from consensus.quorum import PRECOMMIT, PREVOTE, PROPOSAL, Quorum, is_certified
-from ledger.blocks import Block, Certificate, verify_certificate
+from ledger.blocks import Block, Certificate, Validator, verify_certificate
 from ledger.crypto import PrivateKey
 from ledger.errors import LedgerError
 from ledger.evidence import NO_ROUND, Evidence, Vote
@@ -532,6 +532,16 @@ class Replica:
             self._on_step_timeout(timeout)
         self._run_rules()  # time moved: a block too far ahead a moment ago may be valid now
         return self._end()
+
+    def silent_validators(self) -> tuple[Validator, ...]:
+        """This height's validators, this one aside, that sent it nothing of this height (no
+        proposal, no vote, in any round): what a height that does not end waits for."""
+        heard = {key for senders in self.quorum.current.senders.values() for key in senders}
+        return tuple(
+            v
+            for v in self.validators
+            if v.public_key != self.public_key and v.public_key not in heard
+        )
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1

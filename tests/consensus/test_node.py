@@ -8,6 +8,7 @@ checked again when a block is validated."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import sqlite3
 import threading
@@ -626,6 +627,41 @@ def test_a_transaction_rejected_everywhere_then_sent_again_reaches_every_pool(
         consortium.run(committed_everywhere(consortium, [issue.tx_id]))
         outcome = consortium.producers[late].outcomes[issue.tx_id]
         assert outcome.height is not None and outcome.height <= height + 2
+    finally:
+        consortium.close()
+
+
+def test_a_height_that_does_not_end_names_the_validators_it_waits_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two of four stopped: the two left cannot decide, and wait in round 0 for votes that
+    never come. Once their height has been under way STALL_LOG_AFTER_MS each says so in its
+    log, naming the two that sent nothing of it and their power, and not again before
+    STALL_LOG_MS (found by review: a set whose power lay mostly with a node that was not
+    running stalled the chain without a line in any log)."""
+    monkeypatch.setattr("consensus.node.STALL_LOG_AFTER_MS", 1_000)
+    monkeypatch.setattr("consensus.node.STALL_LOG_MS", 60_000)
+    consortium = Consortium(tmp_path)
+    try:
+        consortium.run(lambda: min(consortium.heights().values()) >= 1)
+        consortium.stop(2)
+        consortium.stop(3)
+        caplog.set_level(logging.WARNING, logger="tanlian.consensus.node")
+        height = max(p.replica.height for p in consortium.producers.values())
+        until = time.monotonic() + 4.0
+
+        def said() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "undecided" in r.getMessage()]
+
+        consortium.run(lambda: time.monotonic() > until, seconds=10)
+        assert len(said()) == 2, said()  # once each in 4 s, not once a produce
+        assert consortium.heights() == {0: height - 1, 1: height - 1}  # nothing decided
+        stopped = [v for v in WORLD.validators if v.public_key in {
+            WORLD.keys[2].public_key_hex, WORLD.keys[3].public_key_hex}]  # fmt: skip
+        for line in said():
+            assert re.match(rf"height {height} has been under way for \d+ s \(round 0\)", line)
+            assert all(f"{v.name} ({v.public_key[:12]})" in line for v in stopped)
+            assert "with 2 of the 4 power" in line
     finally:
         consortium.close()
 
