@@ -28,11 +28,14 @@ from api.node import Node
 from api.settings import Settings
 from api.statistics import _EVENTS, Statistics
 from consensus.producer import SoloProducer
+from ledger.blocks import compute_validators_hash
 from ledger.crypto import PrivateKey
+from ledger.genesis import parse_genesis
 from ledger.state_transition import VALIDITY_ONLY
 from ledger.store import Store
 from tests.api.test_cli import TANLIAN, environment
 from tests.factory import GENESIS_TIME, Chain
+from tests.factory import key as named_key
 
 pytestmark = pytest.mark.anyio
 
@@ -268,6 +271,44 @@ async def test_every_page_renders(live: Live) -> None:
         assert "http://" not in html.replace("http://www.w3.org/2000/svg", ""), path
         assert "https://" not in html, path  # nothing from outside the node
     assert 'id="issued-early"' not in await live.page("/batches/B-2")  # its period had ended
+    certificate = await live.page(f"/retirements/{retirement}")  # under the genesis's set
+    assert "data-later-set" not in certificate and "--genesis genesis.json" in certificate
+
+
+async def test_a_certificate_under_a_later_validator_set_says_so_and_how_to_check_it(
+    tmp_path: Path,
+) -> None:
+    """Found by review: after a set_validators every genuine certificate page showed
+    "Not verified" against the genesis's set, and its offline hint gave `--genesis`, which
+    fails the same way. The page names the set that certified the receipt, says when to
+    trust it, and its hint gives `--validators-hash`; the browser still trusts the genesis's
+    set unless the reader pastes another. A certificate under the genesis's set says nothing
+    of it."""
+    chain = Chain().funded()
+    retire = {"batch_id": "B-1", "quantity": 5, "beneficiary": "Alice", "purpose": "voluntary"}
+    assert not chain.commit(chain.tx(chain.alice, "retire", retire)).rejected
+    successor = named_key("successor")
+    assert not chain.commit(chain.set_validators([successor])).rejected
+    chain.commit()  # the new set governs from two heights on
+    assert not chain.commit(
+        chain.tx(chain.bob, "retire", {**retire, "beneficiary": "Bob"})
+    ).rejected
+    chain.write_store(tmp_path)
+    later = compute_validators_hash(chain.state.current_validators())
+    genesis_set = compute_validators_hash(parse_genesis(chain.genesis_document).validators)
+    assert later != genesis_set
+    async with serving(tmp_path, successor) as client:
+        ids = (await client.get("/v1/retirements")).json()["items"]
+        pages = {
+            r["beneficiary"]: (await client.get(f"/retirements/{r['retirement_id']}")).text
+            for r in ids
+        }
+    bob, alice = pages["Bob"], pages["Alice"]
+    assert "data-later-set" in bob and later in bob
+    assert f"--validators-hash {later}" in bob and "--genesis genesis.json" not in bob
+    assert f'id="trusted" class="hash-input" value="{genesis_set}"' in bob  # trust unchanged
+    # Alice retired before the change; her receipt, made now, is certified at the head too
+    assert "data-later-set" in alice and f"--validators-hash {later}" in alice
 
 
 async def test_the_dashboard_draws_labelled_charts_with_tables(live: Live) -> None:
