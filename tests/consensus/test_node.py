@@ -376,16 +376,23 @@ def committed_everywhere(consortium: Consortium, tx_ids: Sequence[str]) -> Calla
     return check
 
 
+def not_proposing_soon(consortium: Consortium) -> tuple[int, int]:
+    """The head's height, and the validator that proposes none of the next three heights
+    (at round 0): a transaction only it holds would wait for height + 4 at best."""
+    height = max(consortium.heights().values())
+    validators = WORLD.genesis.current_validators()
+    upcoming = {compute_proposer(validators, height + k, 0) for k in (1, 2, 3)}
+    (late,) = [i for i, k in enumerate(WORLD.keys) if k.public_key_hex not in upcoming]
+    return height, late
+
+
 def test_a_transaction_sent_to_a_non_proposer_is_forwarded_and_committed_next(
     tmp_path: Path,
 ) -> None:
     consortium = Consortium(tmp_path)
     try:
         consortium.run(lambda: min(consortium.heights().values()) >= 1)
-        height = max(consortium.heights().values())
-        validators = WORLD.genesis.current_validators()
-        upcoming = {compute_proposer(validators, height + k, 0) for k in (1, 2, 3)}
-        (late,) = [i for i, k in enumerate(WORLD.keys) if k.public_key_hex not in upcoming]
+        height, late = not_proposing_soon(consortium)
         first = WORLD.workload[0]
         (answer,) = consortium.producers[late].submit([first])
         assert answer.status == "pending"
@@ -617,10 +624,7 @@ def test_a_transaction_rejected_everywhere_then_sent_again_reaches_every_pool(
         consortium.producers[0].submit([accredit])
         consortium.run(committed_everywhere(consortium, [accredit.tx_id]))
 
-        height = max(consortium.heights().values())
-        validators = WORLD.genesis.current_validators()
-        upcoming = {compute_proposer(validators, height + k, 0) for k in (1, 2, 3)}
-        (late,) = [i for i, k in enumerate(WORLD.keys) if k.public_key_hex not in upcoming]
+        height, late = not_proposing_soon(consortium)
         (again,) = consortium.producers[late].submit([issue])
         assert again.status == "pending"
         assert all(issue.tx_id in p.pool for p in consortium.producers.values())
