@@ -431,8 +431,10 @@ class BftProducer:
             self._rejoin()
         if self._joining:
             self._check_joining()
-        elif not _names(self._tip, self.key):
-            self._left_the_set()
+        elif not _names(self._tip, self.key) and not (
+            self.sync is not None and self.sync.is_behind(self._tip.height)
+        ):
+            self._left_the_set()  # caught up: a later set may name it again while behind
         self._take_evidence()  # before a start, whose proposal may carry it
         if not self._started:
             self._started = True
