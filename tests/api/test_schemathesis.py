@@ -15,11 +15,12 @@ chain's ids and a signed envelope, so the examples phase reaches stored data and
 only 404s and rejections. The factory's keys are derived from names, so the chain's ids are
 known when the module is collected, before the node runs.
 
-Two refusals of schema-valid data are expected, because JSON Schema cannot state their rule:
-a submitted envelope (signatures, nonces, the chain's state, integer-only JSON) and a list
-cursor (opaque: valid only if this node gave it out). Those operations accept the refusal
+Three refusals of schema-valid data are expected, because JSON Schema cannot state their rule:
+a submitted envelope (signatures, nonces, the chain's state, integer-only JSON), a list cursor
+(opaque: valid only if this node gave it out), and a range of heights whose `to_height` is
+below its `from_height` (a consistency proof, an export). Those operations accept the refusal
 statuses in positive_data_acceptance, and `refusals_are_explained` checks that a refusal of
-schema-valid data is one of those two reasons and nothing else.
+schema-valid data is one of those reasons and nothing else.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ CURSOR_OPERATIONS: Final = (
     "GET /v1/blocks",
 )
 BAD_CURSOR: Final = "cursor is not one this node gave out"
+RANGE_OPERATIONS: Final = ("GET /v1/proofs/consistency", "GET /v1/export")
+REVERSED_RANGE: Final = "to_height is below from_height"
 # schemathesis's default for positive_data_acceptance, extended below by the refusals explained
 ACCEPTED: Final = list(PositiveDataAcceptanceConfig().expected_statuses)
 REJECTED: Final = list(NegativeDataRejectionConfig().expected_statuses)
@@ -87,6 +90,16 @@ CONFIG: Final = SchemathesisConfig.from_dict(
                     },
                 }
                 for name in CURSOR_OPERATIONS
+            ),
+            *(
+                {
+                    # 422 invalid_field for a to_height below from_height
+                    "include-name": name,
+                    "checks": {
+                        "positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}
+                    },
+                }
+                for name in RANGE_OPERATIONS
             ),
         ]
     }
@@ -246,6 +259,12 @@ def refusals_are_explained(ctx: CheckContext, response: Response, case: OpenAPIC
     assert response.headers.get("content-type", [""])[0].startswith(PROBLEM_MEDIA_TYPE)
     problem = response.json()
     if case.operation.label == SUBMIT:
+        return None
+    if case.operation.label in RANGE_OPERATIONS:
+        query = case.query or {}
+        assert int(query["to_height"]) < int(query["from_height"]), problem
+        assert problem["code"] == "invalid_field", problem
+        assert problem["detail"].endswith(REVERSED_RANGE), problem
         return None
     assert case.operation.label in CURSOR_OPERATIONS, problem
     assert case.query is not None and "cursor" in case.query, problem
